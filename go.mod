@@ -1,0 +1,3 @@
+module github.com/ferrydr/ferry
+
+go 1.26.0
