@@ -1,0 +1,197 @@
+package api
+
+import "time"
+
+// Error is the body of every failed admin call, and what `--json` prints on
+// stderr: {"code": …, "message": …}. Codes are those of protocol.Code.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Token is an enrolment token as listed (the secret is shown once, at creation).
+type Token struct {
+	ID       string    `json:"id"`
+	Created  time.Time `json:"created"`
+	Expires  time.Time `json:"expires"`
+	Uses     int       `json:"uses"` // how many enrolments it allows in all
+	Used     int       `json:"used"` // how many it has served
+	Revoked  bool      `json:"revoked"`
+	Token    string    `json:"token,omitempty"`    // the token itself, only in the create response
+	Commands []string  `json:"commands,omitempty"` // install one-liners, when asked for
+}
+
+// CreateTokenRequest asks for a token.
+type CreateTokenRequest struct {
+	TTL            Duration `json:"ttl"`
+	Uses           int      `json:"uses"`
+	InstallCommand bool     `json:"install_command"`
+	// Controller is the HOST:PORT agents should dial; empty = the controller's own idea.
+	Controller string `json:"controller,omitempty"`
+}
+
+// Agent is an enrolled agent.
+type Agent struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Address     string    `json:"address"`
+	Version     string    `json:"version"`
+	Platform    string    `json:"platform"`
+	Hostname    string    `json:"hostname"`
+	Enrolled    time.Time `json:"enrolled"`
+	LastSeen    time.Time `json:"last_seen"`
+	Connected   bool      `json:"connected"`
+	Revoked     bool      `json:"revoked"`
+	CertExpires time.Time `json:"cert_expires"`
+	ClockSkewMS int64     `json:"clock_skew_ms"`
+}
+
+// InventoryItem is a disk or disk file an agent can protect.
+type InventoryItem struct {
+	Path        string   `json:"path"`
+	Kind        string   `json:"kind"`   // "block" or "file"
+	Format      string   `json:"format"` // raw, vhdx, vhd, vmdk, qcow2
+	Size        int64    `json:"size"`   // virtual size as the guest sees it
+	Mountpoints []string `json:"mountpoints,omitempty"`
+	Note        string   `json:"note,omitempty"`
+}
+
+// Policy is a replication policy.
+type Policy struct {
+	Name         string   `json:"name"`
+	RPEvery      Duration `json:"rp_every"`
+	AppEvery     Duration `json:"app_every"`
+	Retention    Duration `json:"retention"`
+	RPOThreshold Duration `json:"rpo_threshold"`
+	Bandwidth    int64    `json:"bandwidth"` // bytes per second; 0 = unlimited
+	BlockSize    int      `json:"block_size"`
+}
+
+// DefaultPolicy holds CLI.md's defaults.
+func DefaultPolicy(name string) Policy {
+	return Policy{
+		Name:         name,
+		RPEvery:      Duration(30 * time.Second),
+		AppEvery:     Duration(time.Hour),
+		Retention:    Duration(24 * time.Hour),
+		RPOThreshold: Duration(5 * time.Minute),
+		BlockSize:    64 << 10,
+	}
+}
+
+// PolicyUpdate changes the fields that are set.
+type PolicyUpdate struct {
+	RPEvery      *Duration `json:"rp_every,omitempty"`
+	AppEvery     *Duration `json:"app_every,omitempty"`
+	Retention    *Duration `json:"retention,omitempty"`
+	RPOThreshold *Duration `json:"rpo_threshold,omitempty"`
+	Bandwidth    *int64    `json:"bandwidth,omitempty"`
+	BlockSize    *int      `json:"block_size,omitempty"`
+}
+
+// Driver is an exec driver: commands run to power and pause a machine.
+type Driver struct {
+	Start  string `json:"start,omitempty"`
+	Stop   string `json:"stop,omitempty"`
+	Pause  string `json:"pause,omitempty"`
+	Resume string `json:"resume,omitempty"`
+	Status string `json:"status,omitempty"`
+}
+
+// DiskRef names one disk of a protected machine at the source.
+type DiskRef struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+}
+
+// ProtectRequest is `ferry protect`.
+type ProtectRequest struct {
+	Machine      string    `json:"machine"`
+	Agent        string    `json:"agent"`
+	Disks        []DiskRef `json:"disks"`
+	Policy       string    `json:"policy,omitempty"`
+	Target       string    `json:"target,omitempty"`
+	CPUs         int       `json:"cpus,omitempty"`
+	Memory       int64     `json:"memory,omitempty"`
+	NICs         []string  `json:"nics,omitempty"`
+	Driver       Driver    `json:"driver"`
+	PreSnapshot  string    `json:"pre_snapshot,omitempty"`
+	PostSnapshot string    `json:"post_snapshot,omitempty"`
+	Freeze       []string  `json:"freeze,omitempty"`
+}
+
+// MachineDisk is one disk as `machines show` prints it.
+type MachineDisk struct {
+	Name       string `json:"name"`
+	SourcePath string `json:"source_path"`
+	TargetPath string `json:"target_path"`
+	Size       int64  `json:"size"`
+	Format     string `json:"format,omitempty"`
+}
+
+// Machine is a protected machine and its replication health.
+type Machine struct {
+	Name           string        `json:"name"`
+	Agent          string        `json:"agent"`
+	State          string        `json:"state"`
+	Health         string        `json:"health"` // healthy, warning, critical
+	HealthReason   string        `json:"health_reason,omitempty"`
+	RPOSeconds     *float64      `json:"rpo_seconds"` // null before the first point
+	LastPoint      *time.Time    `json:"last_point"`
+	ActiveSite     string        `json:"active_site"` // source or target
+	Direction      string        `json:"direction"`   // forward or reverse
+	Policy         string        `json:"policy"`
+	Target         string        `json:"target,omitempty"`
+	AllowedActions []string      `json:"allowed_actions"`
+	Reasons        []string      `json:"reasons,omitempty"` // why other actions are not allowed, and warnings
+	Disks          []MachineDisk `json:"disks"`
+	CPUs           int           `json:"cpus,omitempty"`
+	Memory         int64         `json:"memory,omitempty"`
+	NICs           []string      `json:"nics,omitempty"`
+	Driver         Driver        `json:"driver"`
+	PreSnapshot    string        `json:"pre_snapshot,omitempty"`
+	PostSnapshot   string        `json:"post_snapshot,omitempty"`
+	Freeze         []string      `json:"freeze,omitempty"`
+	Replication    Replication   `json:"replication"`
+	Job            string        `json:"job,omitempty"` // the running mutating job, if any
+}
+
+// Replication is what the source agent last reported for a machine.
+type Replication struct {
+	Phase      string    `json:"phase,omitempty"` // idle, syncing, shipping, resync, paused, error
+	LastError  string    `json:"last_error,omitempty"`
+	LastCycle  time.Time `json:"last_cycle,omitempty"`
+	BytesSent  int64     `json:"bytes_sent"`
+	BlocksSent int64     `json:"blocks_sent"`
+	Progress   float64   `json:"progress"` // of the current cycle, 0–1
+}
+
+// Point is a recovery point as `points list` prints it.
+type Point struct {
+	ID          int64     `json:"id"`
+	Time        time.Time `json:"time"`
+	Consistency string    `json:"consistency"`
+	Bytes       int64     `json:"bytes"`
+	Name        string    `json:"name,omitempty"`
+	Changed     int64     `json:"changed_blocks"`
+}
+
+// LabelRequest names a point.
+type LabelRequest struct {
+	Point string `json:"point"`
+	Name  string `json:"name"`
+}
+
+// ExportDisk describes one disk of an export stream.
+type ExportDisk struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// ExportManifest answers "which disks, how big" before the data is fetched.
+type ExportManifest struct {
+	Point Point        `json:"point"`
+	Disks []ExportDisk `json:"disks"`
+}
