@@ -1,0 +1,140 @@
+package catalog
+
+import (
+	"context"
+	"database/sql"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func open(t *testing.T) (*Catalog, *clock) {
+	t.Helper()
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	c, err := Open(context.Background(), filepath.Join(t.TempDir(), "catalog.db"), clk.now)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c, clk
+}
+
+func TestTokenConsumption(t *testing.T) {
+	ctx := context.Background()
+	c, clk := open(t)
+	hash := []byte("hash-of-secret")
+	match := func(h []byte) bool { return string(h) == string(hash) }
+	nomatch := func([]byte) bool { return false }
+	noop := func(*sql.Tx) error { return nil }
+	require.NoError(t, c.AddToken(ctx, Token{ID: "a", SecretHash: hash, Created: clk.t, Expires: clk.t.Add(time.Hour), Uses: 1}))
+	require.NoError(t, c.AddToken(ctx, Token{ID: "b", SecretHash: hash, Created: clk.t, Expires: clk.t.Add(time.Hour), Uses: 2}))
+
+	require.ErrorIs(t, c.ConsumeToken(ctx, "a", nomatch, noop), ErrTokenUnknown)
+	require.ErrorIs(t, c.ConsumeToken(ctx, "zz", match, noop), ErrTokenUnknown)
+	// A failing enrolment does not burn the token.
+	require.Error(t, c.ConsumeToken(ctx, "a", match, func(*sql.Tx) error { return sql.ErrConnDone }))
+	require.NoError(t, c.ConsumeToken(ctx, "a", match, noop))
+	require.ErrorIs(t, c.ConsumeToken(ctx, "a", match, noop), ErrTokenUsed)
+
+	require.NoError(t, c.ConsumeToken(ctx, "b", match, noop))
+	require.NoError(t, c.RevokeToken(ctx, "b"))
+	require.ErrorIs(t, c.ConsumeToken(ctx, "b", match, noop), ErrTokenRevoked)
+
+	require.NoError(t, c.AddToken(ctx, Token{ID: "c", SecretHash: hash, Created: clk.t, Expires: clk.t.Add(time.Hour), Uses: 1}))
+	clk.t = clk.t.Add(time.Hour)
+	require.ErrorIs(t, c.ConsumeToken(ctx, "c", match, noop), ErrTokenExpired)
+
+	toks, err := c.Tokens(ctx)
+	require.NoError(t, err)
+	require.Len(t, toks, 3)
+	require.ErrorIs(t, c.RevokeToken(ctx, "nope"), ErrNotFound)
+}
+
+func TestAgentsAndCertificates(t *testing.T) {
+	ctx := context.Background()
+	c, clk := open(t)
+	require.NoError(t, c.AddToken(ctx, Token{ID: "t", SecretHash: []byte("h"), Expires: clk.t.Add(time.Hour), Uses: 5}))
+	add := func(id, name, serial string) error {
+		return c.ConsumeToken(ctx, "t", func([]byte) bool { return true }, func(tx *sql.Tx) error {
+			return AddAgent(ctx, tx, Agent{ID: id, Name: name, TokenID: "t", CertSerial: serial, CertNotAfter: clk.t.Add(time.Hour), Enrolled: clk.t})
+		})
+	}
+	require.NoError(t, add("ag-1", "web", "s1"))
+	require.ErrorIs(t, add("ag-2", "web", "s2"), ErrExists)
+	id, err := c.CertStatus(ctx, "s1")
+	require.NoError(t, err)
+	require.Equal(t, "ag-1", id)
+	_, err = c.CertStatus(ctx, "unknown")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	require.NoError(t, c.AddCert(ctx, "ag-1", "s1b", clk.t.Add(2*time.Hour)))
+	a, err := c.Agent(ctx, "web")
+	require.NoError(t, err)
+	require.Equal(t, "s1b", a.CertSerial)
+
+	_, err = c.RevokeAgent(ctx, "web")
+	require.NoError(t, err)
+	for _, s := range []string{"s1", "s1b"} {
+		_, err = c.CertStatus(ctx, s)
+		require.ErrorIs(t, err, ErrRevoked)
+	}
+	_, err = c.RemoveAgent(ctx, "ag-1")
+	require.NoError(t, err)
+	_, err = c.Agent(ctx, "web")
+	require.ErrorIs(t, err, ErrNotFound)
+	require.NoError(t, add("ag-3", "web", "s3"), "a removed agent's name is free")
+	_, err = c.CertStatus(ctx, "s1")
+	require.ErrorIs(t, err, ErrRevoked, "an old agent's certificates stay refused")
+}
+
+func TestPoliciesAndMachines(t *testing.T) {
+	ctx := context.Background()
+	c, _ := open(t)
+	require.NoError(t, c.EnsureDefaultPolicy(ctx))
+	require.NoError(t, c.EnsureDefaultPolicy(ctx))
+	p, err := c.Policy(ctx, "default")
+	require.NoError(t, err)
+	require.Equal(t, api.DefaultPolicy("default"), p)
+	fast := api.DefaultPolicy("fast")
+	fast.RPEvery = api.Duration(2 * time.Second)
+	require.NoError(t, c.PutPolicy(ctx, fast, true))
+	require.ErrorIs(t, c.PutPolicy(ctx, fast, true), ErrExists)
+	require.ErrorIs(t, c.PutPolicy(ctx, api.DefaultPolicy("ghost"), false), ErrNotFound)
+
+	m := Machine{Name: "db1", AgentID: "ag-1", Policy: "fast", State: StateSyncing, ActiveSite: "source", Direction: "forward",
+		Spec: api.ProtectRequest{Machine: "db1", Disks: []api.DiskRef{{Name: "root", Path: "/x.img"}}}}
+	require.NoError(t, c.AddMachine(ctx, m))
+	require.ErrorIs(t, c.AddMachine(ctx, m), ErrExists)
+	require.ErrorIs(t, c.DeletePolicy(ctx, "fast"), ErrExists, "a used policy cannot be deleted")
+	require.NoError(t, c.SetMachineState(ctx, "db1", StateProtected))
+	got, err := c.Machine(ctx, "db1")
+	require.NoError(t, err)
+	require.Equal(t, StateProtected, got.State)
+	require.Equal(t, "/x.img", got.Spec.Disks[0].Path)
+	ms, err := c.Machines(ctx, "ag-1")
+	require.NoError(t, err)
+	require.Len(t, ms, 1)
+	require.NoError(t, c.DeleteMachine(ctx, "db1"))
+	require.NoError(t, c.DeletePolicy(ctx, "fast"))
+	_, err = c.Machine(ctx, "db1")
+	require.ErrorIs(t, err, ErrNotFound)
+}
+
+func TestRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "catalog.db")
+	c, err := Open(ctx, file, nil)
+	require.NoError(t, err)
+	_, err = c.db.Exec("PRAGMA user_version = 99")
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	_, err = Open(ctx, file, nil)
+	require.ErrorIs(t, err, ErrNewer)
+	require.ErrorContains(t, err, "99")
+}
