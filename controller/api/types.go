@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Error is the body of every failed admin call, and what `--json` prints on
 // stderr: {"code": …, "message": …}. Codes are those of protocol.Code.
@@ -194,4 +197,64 @@ type ExportDisk struct {
 type ExportManifest struct {
 	Point Point        `json:"point"`
 	Disks []ExportDisk `json:"disks"`
+}
+
+// Error codes of the admin API (the same words as protocol.Code).
+const (
+	CodeInvalid            = "invalid"
+	CodeNotFound           = "not_found"
+	CodeUnauthorized       = "unauthorized"
+	CodeConflict           = "conflict"
+	CodeExists             = "exists"
+	CodeUnavailable        = "unavailable"
+	CodeFailedPrecondition = "failed_precondition"
+	CodeInternal           = "internal"
+	CodeBusy               = "busy"
+)
+
+// Errorf makes an *Error with a code.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ExportRequest fetches a point's manifest or a disk's data.
+type ExportRequest struct {
+	Point string `json:"point"`
+	Key   []byte `json:"key,omitempty"` // private key file content, for an encrypted repository
+}
+
+// VerifyRequest asks for a verification of one machine or all.
+type VerifyRequest struct {
+	Machine string `json:"machine,omitempty"`
+}
+
+// VerifyReport is what `ferry verify` prints.
+type VerifyReport struct {
+	Chunks  int64          `json:"chunks"`
+	Bytes   int64          `json:"bytes"`
+	Damaged []DamagedChunk `json:"damaged"`
+}
+
+// DamagedChunk names a chunk that failed verification and what it affects.
+type DamagedChunk struct {
+	Hash     string          `json:"hash"`
+	Pack     string          `json:"pack"`
+	Error    string          `json:"error"`
+	Affected []AffectedBlock `json:"affected"`
+}
+
+// AffectedBlock is a point and disk a damaged chunk belongs to.
+type AffectedBlock struct {
+	Machine string  `json:"machine"`
+	PointID int64   `json:"point_id"`
+	Disk    string  `json:"disk"`
+	Blocks  []int64 `json:"blocks"`
+}
+
+// GCReport is what `ferry gc` prints.
+type GCReport struct {
+	ChunksDeleted int64 `json:"chunks_deleted"`
+	PacksDeleted  int64 `json:"packs_deleted"`
+	PacksRepacked int64 `json:"packs_repacked"`
+	BytesFreed    int64 `json:"bytes_freed"`
 }

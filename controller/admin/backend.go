@@ -1,0 +1,61 @@
+package admin
+
+import (
+	"context"
+	"io"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+// Tokens is what the token routes need.
+type Tokens interface {
+	CreateToken(ctx context.Context, req api.CreateTokenRequest) (api.Token, error)
+	Tokens(ctx context.Context) ([]api.Token, error)
+	RevokeToken(ctx context.Context, id string) error
+}
+
+// Agents is what the agent routes need.
+type Agents interface {
+	Agents(ctx context.Context) ([]api.Agent, error)
+	RevokeAgent(ctx context.Context, agent string) error
+	RemoveAgent(ctx context.Context, agent string) error
+	Inventory(ctx context.Context, agent string) ([]api.InventoryItem, error)
+}
+
+// Policies is what the policy routes need.
+type Policies interface {
+	Policies(ctx context.Context) ([]api.Policy, error)
+	CreatePolicy(ctx context.Context, p api.Policy) (api.Policy, error)
+	UpdatePolicy(ctx context.Context, name string, u api.PolicyUpdate) (api.Policy, error)
+	DeletePolicy(ctx context.Context, name string) error
+}
+
+// Machines is what the machine and point routes need.
+type Machines interface {
+	Protect(ctx context.Context, req api.ProtectRequest) (api.Machine, error)
+	Unprotect(ctx context.Context, machine string, deletePoints bool) error
+	Machines(ctx context.Context) ([]api.Machine, error)
+	Machine(ctx context.Context, machine string) (api.Machine, error)
+	Points(ctx context.Context, machine string) ([]api.Point, error)
+	LabelPoint(ctx context.Context, machine string, req api.LabelRequest) (api.Point, error)
+	// ExportManifest resolves a point spec; key is a private key file's
+	// content (PEM) for an encrypted repository, or nil.
+	ExportManifest(ctx context.Context, machine, spec string, key []byte) (api.ExportManifest, error)
+	// ExportDisk writes the disk's non-zero blocks as a sparse stream.
+	ExportDisk(ctx context.Context, machine string, point int64, disk string, key []byte, w io.Writer) error
+}
+
+// Repository is what the maintenance routes need.
+type Repository interface {
+	Verify(ctx context.Context, machine string) (api.VerifyReport, error)
+	GC(ctx context.Context) (api.GCReport, error)
+}
+
+// Backend is everything the admin server serves.
+type Backend interface {
+	Tokens
+	Agents
+	Policies
+	Machines
+	Repository
+}

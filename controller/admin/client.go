@@ -1,0 +1,264 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+// ErrUnreachable means no controller answered at the admin address.
+var ErrUnreachable = errors.New("controller unreachable")
+
+// ClientConfig says how to reach the admin API.
+type ClientConfig struct {
+	// Address is a Unix socket path or an https:// URL.
+	Address string
+	// Token is the bearer token for TCP access.
+	Token string
+	// CAFile verifies the controller's TLS certificate (https only); empty
+	// means the system roots.
+	CAFile string
+}
+
+// Client is the admin API's Go client.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+	addr  string
+}
+
+// NewClient builds a client; it does not connect yet.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	c := &Client{token: cfg.Token, addr: cfg.Address}
+	if strings.HasPrefix(cfg.Address, "https://") || strings.HasPrefix(cfg.Address, "http://") {
+		u, err := url.Parse(cfg.Address)
+		if err != nil {
+			return nil, fmt.Errorf("admin address %q: %w", cfg.Address, err)
+		}
+		tlsConf := &tls.Config{MinVersion: tls.VersionTLS13}
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, err
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%s: no certificate", cfg.CAFile)
+			}
+			tlsConf.RootCAs = pool
+		}
+		c.base = strings.TrimSuffix(u.String(), "/")
+		c.http = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}}
+		return c, nil
+	}
+	sock := cfg.Address
+	c.base = "http://ferry"
+	c.http = &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	return c, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// send issues a request and turns non-2xx answers into *api.Error.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if isUnreachable(err) {
+			return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.addr, err)
+		}
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var ae api.Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		if json.Unmarshal(b, &ae) != nil || ae.Code == "" {
+			ae = api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))}
+		}
+		return nil, &ae
+	}
+	return resp, nil
+}
+
+func isUnreachable(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) ||
+		errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOTSOCK) || errors.Is(err, syscall.EHOSTUNREACH)
+}
+
+// CreateToken mints an enrolment token.
+func (c *Client) CreateToken(ctx context.Context, req api.CreateTokenRequest) (api.Token, error) {
+	var t api.Token
+	return t, c.do(ctx, "POST", "/v1/tokens", req, &t)
+}
+
+// Tokens lists tokens.
+func (c *Client) Tokens(ctx context.Context) ([]api.Token, error) {
+	var t []api.Token
+	return t, c.do(ctx, "GET", "/v1/tokens", nil, &t)
+}
+
+// RevokeToken revokes a token.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/v1/tokens/"+url.PathEscape(id), nil, nil)
+}
+
+// Agents lists agents.
+func (c *Client) Agents(ctx context.Context) ([]api.Agent, error) {
+	var a []api.Agent
+	return a, c.do(ctx, "GET", "/v1/agents", nil, &a)
+}
+
+// RevokeAgent revokes an agent's certificates and ends its session.
+func (c *Client) RevokeAgent(ctx context.Context, agent string) error {
+	return c.do(ctx, "POST", "/v1/agents/"+url.PathEscape(agent)+"/revoke", nil, nil)
+}
+
+// RemoveAgent forgets an agent.
+func (c *Client) RemoveAgent(ctx context.Context, agent string) error {
+	return c.do(ctx, "DELETE", "/v1/agents/"+url.PathEscape(agent), nil, nil)
+}
+
+// Inventory asks a connected agent what it can protect.
+func (c *Client) Inventory(ctx context.Context, agent string) ([]api.InventoryItem, error) {
+	var items []api.InventoryItem
+	return items, c.do(ctx, "GET", "/v1/agents/"+url.PathEscape(agent)+"/inventory", nil, &items)
+}
+
+// Policies lists policies.
+func (c *Client) Policies(ctx context.Context) ([]api.Policy, error) {
+	var p []api.Policy
+	return p, c.do(ctx, "GET", "/v1/policies", nil, &p)
+}
+
+// CreatePolicy creates a policy.
+func (c *Client) CreatePolicy(ctx context.Context, p api.Policy) (api.Policy, error) {
+	var out api.Policy
+	return out, c.do(ctx, "POST", "/v1/policies", p, &out)
+}
+
+// UpdatePolicy changes a policy's set fields.
+func (c *Client) UpdatePolicy(ctx context.Context, name string, u api.PolicyUpdate) (api.Policy, error) {
+	var out api.Policy
+	return out, c.do(ctx, "PATCH", "/v1/policies/"+url.PathEscape(name), u, &out)
+}
+
+// DeletePolicy deletes a policy.
+func (c *Client) DeletePolicy(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/policies/"+url.PathEscape(name), nil, nil)
+}
+
+// Protect starts protecting a machine.
+func (c *Client) Protect(ctx context.Context, req api.ProtectRequest) (api.Machine, error) {
+	var m api.Machine
+	return m, c.do(ctx, "POST", "/v1/machines", req, &m)
+}
+
+// Unprotect stops protecting a machine.
+func (c *Client) Unprotect(ctx context.Context, machine string, deletePoints bool) error {
+	q := ""
+	if deletePoints {
+		q = "?delete_points=true"
+	}
+	return c.do(ctx, "DELETE", "/v1/machines/"+url.PathEscape(machine)+q, nil, nil)
+}
+
+// Machines lists machines.
+func (c *Client) Machines(ctx context.Context) ([]api.Machine, error) {
+	var m []api.Machine
+	return m, c.do(ctx, "GET", "/v1/machines", nil, &m)
+}
+
+// Machine shows one machine.
+func (c *Client) Machine(ctx context.Context, machine string) (api.Machine, error) {
+	var m api.Machine
+	return m, c.do(ctx, "GET", "/v1/machines/"+url.PathEscape(machine), nil, &m)
+}
+
+// Points lists a machine's recovery points.
+func (c *Client) Points(ctx context.Context, machine string) ([]api.Point, error) {
+	var p []api.Point
+	return p, c.do(ctx, "GET", "/v1/machines/"+url.PathEscape(machine)+"/points", nil, &p)
+}
+
+// LabelPoint names a point.
+func (c *Client) LabelPoint(ctx context.Context, machine string, req api.LabelRequest) (api.Point, error) {
+	var p api.Point
+	return p, c.do(ctx, "POST", "/v1/machines/"+url.PathEscape(machine)+"/points/label", req, &p)
+}
+
+// ExportManifest resolves a point spec for export.
+func (c *Client) ExportManifest(ctx context.Context, machine, spec string, key []byte) (api.ExportManifest, error) {
+	var m api.ExportManifest
+	return m, c.do(ctx, "POST", "/v1/machines/"+url.PathEscape(machine)+"/export", api.ExportRequest{Point: spec, Key: key}, &m)
+}
+
+// ExportDisk streams one disk of a point into dst (sparse) and returns its size.
+func (c *Client) ExportDisk(ctx context.Context, machine string, point int64, disk string, key []byte, dst SparseTarget) (int64, error) {
+	resp, err := c.send(ctx, "POST", fmt.Sprintf("/v1/machines/%s/export/%d/%s", url.PathEscape(machine), point, url.PathEscape(disk)),
+		api.ExportRequest{Key: key})
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	return ReadSparse(resp.Body, dst)
+}
+
+// Verify re-reads and re-hashes stored data.
+func (c *Client) Verify(ctx context.Context, machine string) (api.VerifyReport, error) {
+	var r api.VerifyReport
+	return r, c.do(ctx, "POST", "/v1/verify", api.VerifyRequest{Machine: machine}, &r)
+}
+
+// GC drops unreferenced data.
+func (c *Client) GC(ctx context.Context) (api.GCReport, error) {
+	var r api.GCReport
+	return r, c.do(ctx, "POST", "/v1/gc", nil, &r)
+}

@@ -1,0 +1,226 @@
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+// maxBody bounds every request body.
+const maxBody = 1 << 20
+
+// Server serves the admin API for a Backend.
+type Server struct {
+	b     Backend
+	log   *slog.Logger
+	token string // bearer token required when non-empty (TCP listener)
+	mux   *http.ServeMux
+}
+
+// NewServer builds the handler. token, when set, is required as
+// "Authorization: Bearer TOKEN" on every request.
+func NewServer(b Backend, token string, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{b: b, log: log, token: token, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.token != "" {
+		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+			writeError(w, api.Errorf(api.CodeUnauthorized, "missing or wrong admin token"))
+			return
+		}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) routes() {
+	m := s.mux
+	m.HandleFunc("POST /v1/tokens", jsonIn(s.b.CreateToken))
+	m.HandleFunc("GET /v1/tokens", noIn(s.b.Tokens))
+	m.HandleFunc("DELETE /v1/tokens/{id}", pathOnly("id", s.b.RevokeToken))
+
+	m.HandleFunc("GET /v1/agents", noIn(s.b.Agents))
+	m.HandleFunc("POST /v1/agents/{agent}/revoke", pathOnly("agent", s.b.RevokeAgent))
+	m.HandleFunc("DELETE /v1/agents/{agent}", pathOnly("agent", s.b.RemoveAgent))
+	m.HandleFunc("GET /v1/agents/{agent}/inventory", func(w http.ResponseWriter, r *http.Request) {
+		items, err := s.b.Inventory(r.Context(), r.PathValue("agent"))
+		reply(w, items, err)
+	})
+
+	m.HandleFunc("GET /v1/policies", noIn(s.b.Policies))
+	m.HandleFunc("POST /v1/policies", jsonIn(s.b.CreatePolicy))
+	m.HandleFunc("PATCH /v1/policies/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var u api.PolicyUpdate
+		if !decode(w, r, &u) {
+			return
+		}
+		p, err := s.b.UpdatePolicy(r.Context(), r.PathValue("name"), u)
+		reply(w, p, err)
+	})
+	m.HandleFunc("DELETE /v1/policies/{name}", pathOnly("name", s.b.DeletePolicy))
+
+	m.HandleFunc("POST /v1/machines", jsonIn(s.b.Protect))
+	m.HandleFunc("GET /v1/machines", noIn(s.b.Machines))
+	m.HandleFunc("GET /v1/machines/{machine}", func(w http.ResponseWriter, r *http.Request) {
+		mc, err := s.b.Machine(r.Context(), r.PathValue("machine"))
+		reply(w, mc, err)
+	})
+	m.HandleFunc("DELETE /v1/machines/{machine}", func(w http.ResponseWriter, r *http.Request) {
+		err := s.b.Unprotect(r.Context(), r.PathValue("machine"), r.URL.Query().Get("delete_points") == "true")
+		reply(w, struct{}{}, err)
+	})
+	m.HandleFunc("GET /v1/machines/{machine}/points", func(w http.ResponseWriter, r *http.Request) {
+		ps, err := s.b.Points(r.Context(), r.PathValue("machine"))
+		if ps == nil {
+			ps = []api.Point{}
+		}
+		reply(w, ps, err)
+	})
+	m.HandleFunc("POST /v1/machines/{machine}/points/label", func(w http.ResponseWriter, r *http.Request) {
+		var req api.LabelRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		p, err := s.b.LabelPoint(r.Context(), r.PathValue("machine"), req)
+		reply(w, p, err)
+	})
+	m.HandleFunc("POST /v1/machines/{machine}/export", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ExportRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		man, err := s.b.ExportManifest(r.Context(), r.PathValue("machine"), req.Point, req.Key)
+		reply(w, man, err)
+	})
+	m.HandleFunc("POST /v1/machines/{machine}/export/{point}/{disk}", s.exportDisk)
+
+	m.HandleFunc("POST /v1/verify", jsonIn(func(ctx context.Context, req api.VerifyRequest) (api.VerifyReport, error) {
+		return s.b.Verify(ctx, req.Machine)
+	}))
+	m.HandleFunc("POST /v1/gc", noIn(s.b.GC))
+}
+
+func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {
+	var req api.ExportRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	var point int64
+	if _, err := fmt.Sscan(r.PathValue("point"), &point); err != nil {
+		writeError(w, api.Errorf(api.CodeInvalid, "point id %q is not a number", r.PathValue("point")))
+		return
+	}
+	// The stream's first write commits the 200 status; an error after that
+	// is signalled by the stream's missing end record (the client checks it).
+	w.Header().Set("Content-Type", SparseContentType)
+	fw := &flushWriter{w: w}
+	err := s.b.ExportDisk(r.Context(), r.PathValue("machine"), point, r.PathValue("disk"), req.Key, fw)
+	if err != nil {
+		s.log.Warn("export failed", "machine", r.PathValue("machine"), "err", err)
+		if !fw.written {
+			writeError(w, err)
+		}
+	}
+}
+
+// flushWriter flushes each write so a long export streams.
+type flushWriter struct {
+	w       http.ResponseWriter
+	written bool
+}
+
+func (l *flushWriter) Write(p []byte) (int, error) {
+	l.written = true
+	n, err := l.w.Write(p)
+	if f, ok := l.w.(http.Flusher); ok {
+		f.Flush()
+	}
+	return n, err
+}
+
+func jsonIn[Req, Resp any](fn func(context.Context, Req) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := fn(r.Context(), req)
+		reply(w, resp, err)
+	}
+}
+
+func noIn[Resp any](fn func(context.Context) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		resp, err := fn(r.Context())
+		reply(w, resp, err)
+	}
+}
+
+func pathOnly(name string, fn func(context.Context, string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, fn(r.Context(), r.PathValue(name)))
+	}
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if r.ContentLength == 0 {
+		return true
+	}
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, api.Errorf(api.CodeInvalid, "malformed request body: %v", err))
+		return false
+	}
+	return true
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+var statusOf = map[string]int{
+	api.CodeInvalid:            http.StatusBadRequest,
+	api.CodeNotFound:           http.StatusNotFound,
+	api.CodeUnauthorized:       http.StatusUnauthorized,
+	api.CodeConflict:           http.StatusConflict,
+	api.CodeExists:             http.StatusConflict,
+	api.CodeUnavailable:        http.StatusServiceUnavailable,
+	api.CodeFailedPrecondition: http.StatusPreconditionFailed,
+	api.CodeBusy:               http.StatusConflict,
+	api.CodeInternal:           http.StatusInternalServerError,
+}
+
+// writeError sends {code, message}. Errors that are not *api.Error are
+// internal: their text is still shown, since the admin is the operator.
+func writeError(w http.ResponseWriter, err error) {
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		ae = &api.Error{Code: api.CodeInternal, Message: err.Error()}
+	}
+	status, ok := statusOf[ae.Code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(ae)
+}

@@ -1,0 +1,229 @@
+package msg
+
+import "time"
+
+// Methods the controller serves (agent → controller).
+const (
+	MethodEnrol      = "enrol"          // on an enrol stream, without a client certificate
+	MethodHello      = "hello"          // first call of every session
+	MethodRenew      = "cert.renew"     // a new certificate for the same agent
+	MethodCycleBegin = "cycle.begin"    // open (or resume) the pending point of a machine
+	MethodCycleEnd   = "cycle.end"      // the cycle is complete: make it a point
+	MethodReport     = "machine.report" // replication progress and errors
+)
+
+// Methods the agent serves (controller → agent, over the agent's session).
+const (
+	MethodConfig    = "config.set"  // the whole desired protection state of this agent
+	MethodTime      = "time"        // the agent's clock, for offset measurement
+	MethodInventory = "inventory"   // protectable disks and disk files
+	MethodCycleNow  = "cycle.now"   // run a cycle now and return its point
+	MethodDriver    = "driver.run"  // run a source-driver command
+	MethodCheck     = "disks.check" // can these paths be read as disks? (protect-time check)
+)
+
+// EnrolRequest turns a token into a client certificate.
+type EnrolRequest struct {
+	Token    string `json:"token"`
+	Name     string `json:"name"`
+	Hostname string `json:"hostname"`
+	Platform string `json:"platform"` // GOOS/GOARCH
+	Version  string `json:"version"`
+	// PublicKey is the agent's public key, PKIX DER. The agent keeps the
+	// private key; the controller signs a certificate for it.
+	PublicKey []byte `json:"public_key"`
+}
+
+// EnrolResponse carries the agent's identity and certificates (PEM).
+type EnrolResponse struct {
+	AgentID string `json:"agent_id"`
+	Name    string `json:"name"`
+	Cert    []byte `json:"cert"`
+	CA      []byte `json:"ca"`
+}
+
+// HelloRequest opens an agent session's conversation.
+type HelloRequest struct {
+	Version  string `json:"version"`
+	Platform string `json:"platform"`
+	Hostname string `json:"hostname"`
+}
+
+// HelloResponse tells the agent who the controller thinks it is.
+type HelloResponse struct {
+	AgentID    string `json:"agent_id"`
+	Name       string `json:"name"`
+	ServerTime int64  `json:"server_time"` // unix ns
+}
+
+// RenewRequest asks for a fresh certificate for the same key (or a new one).
+type RenewRequest struct {
+	PublicKey []byte `json:"public_key"`
+}
+
+// RenewResponse carries the new certificate (PEM).
+type RenewResponse struct {
+	Cert []byte `json:"cert"`
+}
+
+// Driver is an exec driver's commands.
+type Driver struct {
+	Start  string `json:"start,omitempty"`
+	Stop   string `json:"stop,omitempty"`
+	Pause  string `json:"pause,omitempty"`
+	Resume string `json:"resume,omitempty"`
+	Status string `json:"status,omitempty"`
+}
+
+// DiskConfig is one disk the agent replicates.
+type DiskConfig struct {
+	Name      string `json:"name"`
+	Path      string `json:"path"`
+	BlockSize int    `json:"block_size"`
+}
+
+// MachineConfig is what an agent needs to replicate one machine.
+type MachineConfig struct {
+	Name         string        `json:"name"`
+	Disks        []DiskConfig  `json:"disks"`
+	RPEvery      time.Duration `json:"rp_every"`
+	AppEvery     time.Duration `json:"app_every"`
+	Bandwidth    int64         `json:"bandwidth"` // bytes/s, 0 = unlimited
+	Driver       Driver        `json:"driver"`
+	PreSnapshot  string        `json:"pre_snapshot,omitempty"`
+	PostSnapshot string        `json:"post_snapshot,omitempty"`
+	Freeze       []string      `json:"freeze,omitempty"`
+	// Paused stops cycles (failover in progress) without forgetting state.
+	Paused bool `json:"paused,omitempty"`
+	// Env is extra context for driver and snapshot commands (FERRY_MACHINE …).
+	Env map[string]string `json:"env,omitempty"`
+}
+
+// ConfigRequest replaces the agent's whole protection state.
+type ConfigRequest struct {
+	Machines []MachineConfig `json:"machines"`
+}
+
+// DiskInfo describes a disk's view in one cycle.
+type DiskInfo struct {
+	Name      string `json:"name"`
+	Size      int64  `json:"size"`
+	BlockSize int    `json:"block_size"`
+}
+
+// MapState is what the agent's block map believes the controller holds.
+type MapState struct {
+	HeadPoint int64 `json:"head_point"` // the newest point the map is known to match (0: none)
+	Pending   int64 `json:"pending"`    // the pending point the map has acknowledged blocks of (0: none)
+	Valid     bool  `json:"valid"`      // false: the map is missing or cannot be trusted
+}
+
+// CycleBeginRequest opens a cycle.
+type CycleBeginRequest struct {
+	Machine string     `json:"machine"`
+	Disks   []DiskInfo `json:"disks"`
+	Map     MapState   `json:"map"`
+}
+
+// CycleBeginResponse names the pending point the cycle writes into, and
+// whether the agent must resync its map against the controller's hashes.
+type CycleBeginResponse struct {
+	Cycle        int64  `json:"cycle"` // the pending point's id; data frames carry it
+	HeadPoint    int64  `json:"head_point"`
+	Resync       bool   `json:"resync"`
+	ResyncReason string `json:"resync_reason,omitempty"`
+	// Patches says whether the controller can build blocks from sub-block
+	// patches (false for an encrypted repository without its private key).
+	Patches bool `json:"patches"`
+}
+
+// CycleEndRequest declares a cycle complete.
+type CycleEndRequest struct {
+	Machine     string `json:"machine"`
+	Cycle       int64  `json:"cycle"`
+	Parts       uint32 `json:"parts"`   // manifest parts sent, over all data streams
+	Entries     uint64 `json:"entries"` // manifest entries sent
+	Instant     int64  `json:"instant"` // the view's instant, agent clock, unix ns
+	Consistency string `json:"consistency"`
+	Note        string `json:"note,omitempty"` // how the view was made, for the point's record
+}
+
+// CycleEndResponse names the new point.
+type CycleEndResponse struct {
+	PointID int64 `json:"point_id"`
+	Instant int64 `json:"instant"` // controller clock, unix ns
+}
+
+// ReportRequest carries replication progress and errors.
+type ReportRequest struct {
+	Machine    string  `json:"machine"`
+	Phase      string  `json:"phase"` // idle, syncing, shipping, resync, paused, error
+	Error      string  `json:"error,omitempty"`
+	BytesSent  int64   `json:"bytes_sent"`
+	BlocksSent int64   `json:"blocks_sent"`
+	Progress   float64 `json:"progress"`
+}
+
+// TimeResponse is the agent's clock.
+type TimeResponse struct {
+	UnixNano int64 `json:"unix_nano"`
+}
+
+// InventoryItem is a protectable disk or disk file.
+type InventoryItem struct {
+	Path        string   `json:"path"`
+	Kind        string   `json:"kind"` // block or file
+	Format      string   `json:"format"`
+	Size        int64    `json:"size"`
+	Mountpoints []string `json:"mountpoints,omitempty"`
+	Note        string   `json:"note,omitempty"`
+}
+
+// InventoryResponse lists what the agent can protect.
+type InventoryResponse struct {
+	Items []InventoryItem `json:"items"`
+}
+
+// CheckRequest asks the agent whether it can read these paths as disks.
+type CheckRequest struct {
+	Paths []string `json:"paths"`
+}
+
+// CheckResponse describes each path, in order; Error is set for a path the
+// agent cannot protect, saying why.
+type CheckResponse struct {
+	Disks []CheckedDisk `json:"disks"`
+}
+
+// CheckedDisk is one answer of CheckResponse.
+type CheckedDisk struct {
+	Path   string `json:"path"`
+	Format string `json:"format,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// CycleNowRequest runs one cycle immediately.
+type CycleNowRequest struct {
+	Machine string `json:"machine"`
+	App     bool   `json:"app"` // app-consistent
+}
+
+// CycleNowResponse names the point that cycle produced.
+type CycleNowResponse struct {
+	PointID int64 `json:"point_id"`
+}
+
+// DriverRequest runs one source-driver action on the agent.
+type DriverRequest struct {
+	Machine string            `json:"machine"`
+	Action  string            `json:"action"` // start, stop, pause, resume, status
+	Env     map[string]string `json:"env,omitempty"`
+	Timeout time.Duration     `json:"timeout,omitempty"`
+}
+
+// DriverResponse reports the command's outcome.
+type DriverResponse struct {
+	Status string `json:"status,omitempty"` // for status: running, stopped, absent
+	Output string `json:"output,omitempty"`
+}
