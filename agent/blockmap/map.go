@@ -1,0 +1,343 @@
+package blockmap
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/zeebo/xxh3"
+)
+
+// Hash is a block's map entry. The all-zero value means "the block is all
+// zeros": a fresh disk at the controller is all zeros, so a new map is a
+// sparse file of zeros and costs nothing to create.
+type Hash = xxh3.Uint128
+
+// ZeroHash is the entry of an all-zero block.
+var ZeroHash Hash
+
+// Sum returns a block's map entry: ZeroHash for an all-zero block, else its
+// xxh3-128 (which is never all-zero in practice: 2^-128).
+func Sum(block []byte) Hash {
+	if IsZero(block) {
+		return ZeroHash
+	}
+	return xxh3.Hash128(block)
+}
+
+// IsZero reports whether b is all zeros, eight bytes at a time.
+func IsZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+const (
+	magic       = "FERRYMAP"
+	version     = 1
+	headerSize  = 4096
+	entrySize   = 16
+	bootIDLen   = 64
+	headerBytes = 8 + 2 + 4 + 8 + 8 + 8 + 1 + bootIDLen // without the CRC
+)
+
+// State is what the map says of itself: which controller state it matches.
+type State struct {
+	// HeadPoint is the newest point the map is known to equal (0: none yet).
+	HeadPoint int64
+	// Pending is the pending point whose acknowledged blocks the map holds
+	// beyond HeadPoint (0: none).
+	Pending int64
+	// InCycle is set (and synced) before the first acknowledgement of a
+	// cycle is recorded and cleared when the cycle's point is committed and
+	// the entries are synced. Entries written while it is set may be lost by
+	// a power cut (they are not fsynced one by one).
+	InCycle bool
+	// BootID identifies the host boot during which InCycle was set. After a
+	// process crash on the same boot the page cache kept every entry, so
+	// the map is still exact; after a reboot it is not.
+	BootID string
+}
+
+// ErrCorrupt is returned for a map file that cannot be trusted.
+var ErrCorrupt = errors.New("block map corrupt")
+
+// Map is one disk's block map.
+type Map struct {
+	mu        sync.Mutex
+	f         *os.File
+	path      string
+	blockSize int
+	entries   []Hash
+	state     State
+}
+
+// Open opens the map at path for a disk of size bytes with blockSize blocks,
+// creating it (all zeros: what a new disk at the controller holds) if
+// missing. It reports whether the map can be trusted: false when the file
+// was damaged or a cycle was in flight across a reboot — the caller must
+// then resync against the controller's hashes. A map of another block size
+// is replaced.
+func Open(path string, blockSize int, size int64, bootID string) (m *Map, trusted bool, err error) {
+	if blockSize <= 0 {
+		return nil, false, fmt.Errorf("blockmap: block size %d", blockSize)
+	}
+	n := blocksFor(size, blockSize)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("blockmap: %w", err)
+	}
+	m = &Map{f: f, path: path, blockSize: blockSize}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, false, err
+	}
+	trusted = true
+	if st.Size() == 0 {
+		m.entries = make([]Hash, n)
+		if err := m.writeHeaderLocked(); err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		return m, true, m.f.Truncate(headerSize + int64(n)*entrySize)
+	}
+	hdrBS, state, count, herr := readHeader(f)
+	if herr != nil || hdrBS != blockSize {
+		// A damaged map or one for another block size: start from zero, but
+		// untrusted, so the owner resyncs against the controller.
+		m.entries = make([]Hash, n)
+		m.state = State{}
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		if err := m.writeHeaderLocked(); err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		return m, false, m.f.Truncate(headerSize + int64(n)*entrySize)
+	}
+	m.state = state
+	m.entries = make([]Hash, max(n, count))
+	if err := m.readEntries(count); err != nil {
+		f.Close()
+		return nil, false, err
+	}
+	if state.InCycle && (state.BootID == "" || state.BootID != bootID) {
+		trusted = false
+	}
+	if count != n {
+		if err := m.resizeLocked(n); err != nil {
+			f.Close()
+			return nil, false, err
+		}
+	}
+	return m, trusted, nil
+}
+
+func blocksFor(size int64, blockSize int) int64 {
+	return (size + int64(blockSize) - 1) / int64(blockSize)
+}
+
+func readHeader(f *os.File) (blockSize int, st State, count int64, err error) {
+	var h [headerBytes + 4]byte
+	if _, err := f.ReadAt(h[:], 0); err != nil {
+		return 0, st, 0, fmt.Errorf("%w: header: %v", ErrCorrupt, err)
+	}
+	if string(h[:8]) != magic {
+		return 0, st, 0, fmt.Errorf("%w: bad magic", ErrCorrupt)
+	}
+	if crc32.ChecksumIEEE(h[:headerBytes]) != binary.LittleEndian.Uint32(h[headerBytes:]) {
+		return 0, st, 0, fmt.Errorf("%w: header checksum", ErrCorrupt)
+	}
+	if v := binary.LittleEndian.Uint16(h[8:]); v != version {
+		return 0, st, 0, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, version)
+	}
+	blockSize = int(binary.LittleEndian.Uint32(h[10:]))
+	count = int64(binary.LittleEndian.Uint64(h[14:]))
+	st.HeadPoint = int64(binary.LittleEndian.Uint64(h[22:]))
+	st.Pending = int64(binary.LittleEndian.Uint64(h[30:]))
+	st.InCycle = h[38] == 1
+	st.BootID = string(trimZero(h[39 : 39+bootIDLen]))
+	if count < 0 || count > 1<<34 {
+		return 0, st, 0, fmt.Errorf("%w: block count %d", ErrCorrupt, count)
+	}
+	return blockSize, st, count, nil
+}
+
+func trimZero(b []byte) []byte {
+	for i, c := range b {
+		if c == 0 {
+			return b[:i]
+		}
+	}
+	return b
+}
+
+func (m *Map) readEntries(count int64) error {
+	buf := make([]byte, 1<<20)
+	off := int64(headerSize)
+	for i := int64(0); i < count; {
+		k := min(int64(len(buf)/entrySize), count-i)
+		b := buf[:k*entrySize]
+		if _, err := m.f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("blockmap: read %s: %w", m.path, err)
+		}
+		for j := int64(0); j < k; j++ {
+			e := b[j*entrySize:]
+			m.entries[i+j] = Hash{Hi: binary.LittleEndian.Uint64(e), Lo: binary.LittleEndian.Uint64(e[8:])}
+		}
+		i += k
+		off += k * entrySize
+	}
+	return nil
+}
+
+func (m *Map) writeHeaderLocked() error {
+	var h [headerBytes + 4]byte
+	copy(h[:], magic)
+	binary.LittleEndian.PutUint16(h[8:], version)
+	binary.LittleEndian.PutUint32(h[10:], uint32(m.blockSize))
+	binary.LittleEndian.PutUint64(h[14:], uint64(len(m.entries)))
+	binary.LittleEndian.PutUint64(h[22:], uint64(m.state.HeadPoint))
+	binary.LittleEndian.PutUint64(h[30:], uint64(m.state.Pending))
+	if m.state.InCycle {
+		h[38] = 1
+	}
+	copy(h[39:39+bootIDLen], m.state.BootID)
+	binary.LittleEndian.PutUint32(h[headerBytes:], crc32.ChecksumIEEE(h[:headerBytes]))
+	if _, err := m.f.WriteAt(h[:], 0); err != nil {
+		return fmt.Errorf("blockmap: write header: %w", err)
+	}
+	return m.f.Sync()
+}
+
+func (m *Map) resizeLocked(n int64) error {
+	if n < int64(len(m.entries)) {
+		m.entries = m.entries[:n]
+	} else {
+		m.entries = append(m.entries, make([]Hash, n-int64(len(m.entries)))...)
+	}
+	if err := m.f.Truncate(headerSize + n*entrySize); err != nil {
+		return err
+	}
+	return m.writeHeaderLocked()
+}
+
+// Resize adapts the map to a new disk size. New blocks are zero (a grown
+// disk reads zeros there until written).
+func (m *Map) Resize(size int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.resizeLocked(blocksFor(size, m.blockSize))
+}
+
+// Len is the number of blocks.
+func (m *Map) Len() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return int64(len(m.entries))
+}
+
+// BlockSize is the map's block size.
+func (m *Map) BlockSize() int { return m.blockSize }
+
+// Get returns a block's entry.
+func (m *Map) Get(block int64) Hash {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.entries[block]
+}
+
+// Entry is one acknowledged block.
+type Entry struct {
+	Block int64
+	Hash  Hash
+}
+
+// Set records acknowledged blocks. The entries reach the page cache at
+// once (pwrite) so a killed process loses nothing; they are fsynced by
+// Commit.
+func (m *Map) Set(es ...Entry) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var buf [entrySize]byte
+	for _, e := range es {
+		if e.Block < 0 || e.Block >= int64(len(m.entries)) {
+			return fmt.Errorf("blockmap: block %d out of range (%d blocks)", e.Block, len(m.entries))
+		}
+		m.entries[e.Block] = e.Hash
+		binary.LittleEndian.PutUint64(buf[:], e.Hash.Hi)
+		binary.LittleEndian.PutUint64(buf[8:], e.Hash.Lo)
+		if _, err := m.f.WriteAt(buf[:], headerSize+e.Block*entrySize); err != nil {
+			return fmt.Errorf("blockmap: write %s: %w", m.path, err)
+		}
+	}
+	return nil
+}
+
+// State returns the map's state.
+func (m *Map) State() State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state
+}
+
+// BeginCycle marks (durably) that acknowledgements for pending point
+// pending are about to be recorded.
+func (m *Map) BeginCycle(pending int64, bootID string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.state.Pending = pending
+	m.state.InCycle = true
+	m.state.BootID = bootID
+	return m.writeHeaderLocked()
+}
+
+// Commit syncs the entries and records that the map equals point head.
+func (m *Map) Commit(head int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.f.Sync(); err != nil {
+		return fmt.Errorf("blockmap: sync %s: %w", m.path, err)
+	}
+	m.state = State{HeadPoint: head}
+	return m.writeHeaderLocked()
+}
+
+// Reset forgets everything (after a resync decision): every entry becomes
+// zero and the state empty. The caller then fills it from a hash resync.
+func (m *Map) Reset() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.entries)
+	m.state = State{}
+	if err := m.f.Truncate(headerSize); err != nil {
+		return err
+	}
+	if err := m.f.Truncate(headerSize + int64(len(m.entries))*entrySize); err != nil {
+		return err
+	}
+	return m.writeHeaderLocked()
+}
+
+// Close closes the file (entries already written stay).
+func (m *Map) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.f.Close()
+}
