@@ -1,0 +1,99 @@
+package frame
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/ferrydr/ferry/protocol"
+)
+
+// Writer writes frames to a stream through a buffer; call Flush to send.
+// It is not safe for concurrent use.
+type Writer struct {
+	w       *bufio.Writer
+	scratch []byte
+}
+
+// NewWriter returns a Writer on w.
+func NewWriter(w io.Writer) *Writer {
+	return &Writer{w: bufio.NewWriterSize(w, 64<<10)}
+}
+
+// Write writes one frame. typ must not be TypeError (use WriteError).
+// Payload limits are the message layer's; Write refuses only what the
+// length field cannot describe.
+func (w *Writer) Write(typ uint8, payload []byte) error {
+	if typ == TypeError {
+		return &FormatError{Reason: "type 0 is the error frame; use WriteError"}
+	}
+	if int64(len(payload)) > maxWire {
+		return &SizeError{Len: int64(len(payload)), Max: maxWire}
+	}
+	var hdr [HeaderLen]byte
+	binary.BigEndian.PutUint32(hdr[:4], uint32(len(payload)+1))
+	hdr[4] = typ
+	if _, err := w.w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.w.Write(payload)
+	return err
+}
+
+// WriteAppend writes one frame whose payload fn appends to the slice it is
+// given, in a buffer the Writer reuses: encoding needs no allocation once
+// the buffer has grown to the largest frame.
+func (w *Writer) WriteAppend(typ uint8, fn func(dst []byte) []byte) error {
+	if typ == TypeError {
+		return &FormatError{Reason: "type 0 is the error frame; use WriteError"}
+	}
+	buf := fn(append(w.scratch[:0], 0, 0, 0, 0, typ))
+	w.scratch = buf[:0]
+	n := int64(len(buf) - HeaderLen)
+	if n > maxWire {
+		return &SizeError{Len: n, Max: maxWire}
+	}
+	binary.BigEndian.PutUint32(buf[:4], uint32(n+1))
+	_, err := w.w.Write(buf)
+	return err
+}
+
+// WriteError writes err as an error frame (protocol.AsError decides the
+// code) and flushes. The peer's Reader returns it as a *protocol.Error; the
+// stream should be closed after it.
+func (w *Writer) WriteError(err error) error {
+	payload, merr := EncodeError(protocol.AsError(err))
+	if merr != nil {
+		return merr
+	}
+	var hdr [HeaderLen]byte
+	binary.BigEndian.PutUint32(hdr[:4], uint32(len(payload)+1))
+	hdr[4] = TypeError
+	if _, err := w.w.Write(hdr[:]); err != nil {
+		return err
+	}
+	if _, err := w.w.Write(payload); err != nil {
+		return err
+	}
+	return w.w.Flush()
+}
+
+// EncodeError is the payload of an error frame for e.
+func EncodeError(e *protocol.Error) ([]byte, error) {
+	if e == nil {
+		e = &protocol.Error{Code: protocol.CodeInternal, Message: "nil error"}
+	}
+	payload, err := json.Marshal(e.Truncated())
+	if err != nil {
+		return nil, fmt.Errorf("frame: encode error frame: %w", err)
+	}
+	return payload, nil
+}
+
+// Flush sends buffered frames.
+func (w *Writer) Flush() error { return w.w.Flush() }
+
+// Buffered reports the bytes waiting for Flush.
+func (w *Writer) Buffered() int { return w.w.Buffered() }
