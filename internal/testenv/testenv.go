@@ -1,0 +1,97 @@
+// Package testenv gives tests the machine capabilities they need — root,
+// tools, loop-mounted filesystems — and decides what happens when one is
+// missing: skip with a clear message, or fail under FERRY_CI=1 where a
+// skipped test that should have run is a defect. It is a leaf package.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// InCI reports whether FERRY_CI=1: missing capabilities fail tests.
+func InCI() bool { return os.Getenv("FERRY_CI") == "1" }
+
+// Require skips (or, in CI, fails) the test when ok is false.
+func Require(t testing.TB, ok bool, why string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if InCI() {
+		t.Fatalf("FERRY_CI=1 and a required capability is missing: %s", why)
+	}
+	t.Skipf("skipping: %s", why)
+}
+
+// RequireRoot needs root on Linux.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	Require(t, runtime.GOOS == "linux" && os.Geteuid() == 0, "needs root on Linux")
+}
+
+// RequireTool needs a program on PATH and returns its path.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	Require(t, err == nil, fmt.Sprintf("needs %s on PATH (scripts/test-deps.sh installs it)", name))
+	return p
+}
+
+// Run runs a command and fails the test on error, showing its output.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// MountLoop creates a sparse image of size bytes, makes a filesystem of
+// fstype (xfs with reflink, btrfs, ext4) on a loop device and mounts it
+// under a temporary directory. Everything is undone at cleanup.
+func MountLoop(t testing.TB, fstype string, size int64) string {
+	t.Helper()
+	RequireRoot(t)
+	mkfs := map[string][]string{
+		"xfs":   {"mkfs.xfs", "-q", "-f", "-m", "reflink=1"},
+		"btrfs": {"mkfs.btrfs", "-q", "-f"},
+		"ext4":  {"mkfs.ext4", "-q", "-F"},
+	}[fstype]
+	if mkfs == nil {
+		t.Fatalf("MountLoop: unknown filesystem %q", fstype)
+	}
+	RequireTool(t, mkfs[0])
+	RequireTool(t, "losetup")
+	base := t.TempDir()
+	img := filepath.Join(base, fstype+".img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	dev := strings.TrimSpace(Run(t, "losetup", "-f", "--show", img))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	Run(t, mkfs[0], append(mkfs[1:], dev)...)
+	mnt := filepath.Join(base, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	Run(t, "mount", dev, mnt)
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			exec.Command("umount", "-l", mnt).Run()
+			t.Logf("umount %s: %v %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
