@@ -69,6 +69,9 @@ func MountLoop(t testing.TB, fstype string, size int64) string {
 	}
 	RequireTool(t, mkfs[0])
 	RequireTool(t, "losetup")
+	if fstype == "xfs" && size < 512<<20 {
+		size = 512 << 20 // mkfs.xfs refuses filesystems under 300 MB; the image is sparse
+	}
 	base := t.TempDir()
 	img := filepath.Join(base, fstype+".img")
 	f, err := os.Create(img)
