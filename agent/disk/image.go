@@ -39,9 +39,11 @@ type compressed struct {
 	decode     func(dst, src []byte) error
 }
 
-// mapper translates guest offsets for one image format.
+// mapper translates guest offsets for one image format. mapAt describes
+// the bytes from off on; it may stop once it has covered want bytes (a
+// hint that keeps small reads from scanning whole tables).
 type mapper interface {
-	mapAt(off int64) (segment, error)
+	mapAt(off, want int64) (segment, error)
 }
 
 // image is a Source over a mapper: the same ReadAt and Extents serve
@@ -94,7 +96,7 @@ func (im *image) ReadAt(p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
-		seg, err := im.m.mapAt(pos)
+		seg, err := im.m.mapAt(pos, int64(len(p)-done))
 		if err != nil {
 			return done, err
 		}
@@ -190,7 +192,7 @@ func (im *image) Extents(ctx context.Context) ([]Extent, error) {
 				return nil, err
 			}
 		}
-		seg, err := im.m.mapAt(off)
+		seg, err := im.m.mapAt(off, im.size-off)
 		if err != nil {
 			return nil, err
 		}

@@ -107,7 +107,9 @@ func (o *opener) open(path string, format Format) (*image, imageMeta, error) {
 	switch format {
 	case FormatRaw:
 		im = newLinearImage(FormatRaw, c, c, c.size)
-	case FormatQCOW2, FormatVHDX, FormatVHD, FormatVMDK:
+	case FormatQCOW2:
+		im, m, err = o.openQCOW2(c)
+	case FormatVHDX, FormatVHD, FormatVMDK:
 		err = unsupportedf(format, path, "no reader for this format yet")
 	default:
 		err = unsupportedf(format, path, "unknown format %q", format)
@@ -195,7 +197,7 @@ type linearMapper struct {
 	size int64
 }
 
-func (m *linearMapper) mapAt(off int64) (segment, error) {
+func (m *linearMapper) mapAt(off, _ int64) (segment, error) {
 	return segment{kind: segData, length: m.size - off, file: m.file, off: m.base + off, refine: true}, nil
 }
 
