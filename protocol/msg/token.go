@@ -1,4 +1,4 @@
-package pki
+package msg
 
 import (
 	"crypto/rand"
@@ -33,7 +33,8 @@ type Token struct {
 	Pin     string // standard base64, as PinOf returns
 }
 
-// NewToken mints a token with a random id and secret.
+// NewToken mints a token with a random id and secret; pin is the
+// controller's public-key pin in standard base64.
 func NewToken(pin string, expires time.Time) (Token, error) {
 	id := make([]byte, 6)
 	secret := make([]byte, 24)
