@@ -17,12 +17,14 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // ServerName is a DNS name every server certificate carries. Agents verify
 // the controller against the CA under this name, so they keep working when
 // the controller is reached through an address the certificate does not list.
-const ServerName = "ferry-controller"
+const ServerName = msg.ControllerServerName
 
 // Validity periods. Client certificates are short-lived and renewed by the
 // agent once a third of the lifetime is left.

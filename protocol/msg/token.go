@@ -93,3 +93,8 @@ func SecretHash(secret []byte) []byte {
 func SecretMatches(secret, storedHash []byte) bool {
 	return subtle.ConstantTimeCompare(SecretHash(secret), storedHash) == 1
 }
+
+// ControllerServerName is a DNS name every controller certificate carries.
+// Agents verify the controller under this name against the CA they got at
+// enrolment, so any address that reaches the controller works.
+const ControllerServerName = "ferry-controller"

@@ -1,0 +1,308 @@
+package ship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/time/rate"
+
+	"github.com/ferrydr/ferry/agent/blockmap"
+	"github.com/ferrydr/ferry/protocol/data"
+)
+
+// Range is a byte range within a block that changed.
+type Range struct{ Offset, Length int }
+
+// Candidate is a block that may have changed since the map's state.
+type Candidate struct {
+	Block int64
+	// Ranges, when known (FIEMAP), are the parts of the block that changed;
+	// nil means unknown (the whole block is compared).
+	Ranges []Range
+	// Hole means the view holds no data here: the block reads as zeros and
+	// need not be read.
+	Hole bool
+}
+
+// Disk is one disk of the cycle.
+type Disk struct {
+	Index      uint16
+	Reader     io.ReaderAt
+	Size       int64
+	BlockSize  int
+	Map        *blockmap.Map
+	Candidates iter.Seq[Candidate]
+}
+
+// Config describes one cycle.
+type Config struct {
+	Cycle uint64
+	Disks []Disk
+	// Open opens a data stream to the controller.
+	Open func(ctx context.Context) (io.ReadWriteCloser, error)
+	// Streams is the number of data streams (default 2).
+	Streams int
+	// Hashers is the number of read-and-hash workers (default: CPUs).
+	Hashers int
+	// Patches lets changed parts of a block travel instead of the block.
+	Patches bool
+	// Limiter caps bytes per second on the wire (nil: unlimited).
+	Limiter *rate.Limiter
+	// Compressor compresses block data (shared, concurrency-safe).
+	Compressor *data.Compressor
+	// Progress, if set, is told how many candidates were processed.
+	Progress func(done int64)
+	Log      *slog.Logger
+}
+
+// Limits of what is in flight, to bound memory (BENCHMARKS.md: the agent
+// stays within 64 MiB + 16 B per block).
+const (
+	partMaxBytes   = 2 << 20 // raw block bytes per manifest part
+	partMaxEntries = 2048
+	batchMaxBytes  = 4 << 20
+	needWindow     = 2 // manifest parts a stream sends ahead of their Need
+)
+
+// Result counts what a cycle did.
+type Result struct {
+	Parts     uint32
+	Entries   uint64
+	Scanned   int64 // candidates examined
+	Unchanged int64 // candidates equal to the map
+	Zero      int64 // zero entries
+	Sent      int64 // blocks whose data travelled
+	Patches   int64 // of which as patches
+	Deduped   int64 // entries the controller already had
+	WireBytes int64 // payload bytes written to data streams
+}
+
+// item is one changed block on its way.
+type item struct {
+	disk    *Disk
+	block   int64
+	mapHash blockmap.Hash
+	zero    bool
+	hash    data.Hash
+	buf     *[]byte // the block's bytes (pooled); nil for zero
+	patch   []Range
+}
+
+type part struct {
+	items []*item
+	bytes int
+}
+
+// Run ships one cycle and returns when every entry is durable at the
+// controller (acknowledged) or on the first error.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.Streams <= 0 {
+		cfg.Streams = 2
+	}
+	if cfg.Hashers <= 0 {
+		cfg.Hashers = runtime.NumCPU()
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Compressor == nil {
+		return Result{}, errors.New("ship: no compressor")
+	}
+	parent := ctx
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	r := &run{cfg: cfg, ctx: ctx, cancel: cancel}
+	maxBS := 0
+	for _, d := range cfg.Disks {
+		maxBS = max(maxBS, d.BlockSize)
+	}
+	r.pool.New = func() any { b := make([]byte, maxBS); return &b }
+
+	work := make(chan struct {
+		d *Disk
+		c Candidate
+	}, 256)
+	items := make(chan *item, 64)
+	parts := make(chan *part, 1)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // feeder
+		defer wg.Done()
+		defer close(work)
+		for i := range cfg.Disks {
+			d := &cfg.Disks[i]
+			for c := range d.Candidates {
+				select {
+				case work <- struct {
+					d *Disk
+					c Candidate
+				}{d, c}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	var hashers sync.WaitGroup
+	for i := 0; i < cfg.Hashers; i++ {
+		hashers.Add(1)
+		go func() {
+			defer hashers.Done()
+			for w := range work {
+				it, err := r.examine(w.d, w.c)
+				if err != nil {
+					cancel(err)
+					return
+				}
+				if it == nil {
+					continue
+				}
+				select {
+				case items <- it:
+				case <-ctx.Done():
+					r.release(it)
+					return
+				}
+			}
+		}()
+	}
+	go func() { hashers.Wait(); close(items) }()
+	wg.Add(1)
+	go func() { // assembler
+		defer wg.Done()
+		defer close(parts)
+		p := &part{}
+		flush := func() bool {
+			if len(p.items) == 0 {
+				return true
+			}
+			select {
+			case parts <- p:
+				p = &part{}
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		for it := range items {
+			p.items = append(p.items, it)
+			if it.buf != nil {
+				p.bytes += it.disk.BlockSize
+			}
+			if (p.bytes >= partMaxBytes || len(p.items) >= partMaxEntries) && !flush() {
+				return
+			}
+		}
+		flush()
+	}()
+	var streams sync.WaitGroup
+	for i := 0; i < cfg.Streams; i++ {
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			if err := r.stream(parts); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	streams.Wait()
+	cause := context.Cause(ctx) // the first error, if any
+	cancel(nil)
+	wg.Wait()
+	// Drain whatever the pipeline still holds after an error.
+	for range work {
+	}
+	for it := range items {
+		r.release(it)
+	}
+	for p := range parts {
+		for _, it := range p.items {
+			r.release(it)
+		}
+	}
+	if err := parent.Err(); err != nil {
+		return r.result(), err
+	}
+	return r.result(), cause
+}
+
+type run struct {
+	cfg    Config
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	pool   sync.Pool
+
+	partSeq                                          atomic.Uint32
+	entries, scanned, unchanged, zero, sent, patches atomic.Int64
+	deduped, wire                                    atomic.Int64
+}
+
+func (r *run) result() Result {
+	return Result{
+		Parts: r.partSeq.Load(), Entries: uint64(r.entries.Load()), Scanned: r.scanned.Load(),
+		Unchanged: r.unchanged.Load(), Zero: r.zero.Load(), Sent: r.sent.Load(), Patches: r.patches.Load(),
+		Deduped: r.deduped.Load(), WireBytes: r.wire.Load(),
+	}
+}
+
+func (r *run) release(it *item) {
+	if it.buf != nil {
+		r.pool.Put(it.buf)
+		it.buf = nil
+	}
+}
+
+// examine reads and hashes one candidate; nil means unchanged.
+func (r *run) examine(d *Disk, c Candidate) (*item, error) {
+	n := r.scanned.Add(1)
+	if r.cfg.Progress != nil && n%1024 == 0 {
+		r.cfg.Progress(n)
+	}
+	old := d.Map.Get(c.Block)
+	if c.Hole {
+		if old == blockmap.ZeroHash {
+			r.unchanged.Add(1)
+			return nil, nil
+		}
+		return &item{disk: d, block: c.Block, zero: true}, nil
+	}
+	bp := r.pool.Get().(*[]byte)
+	buf := (*bp)[:d.BlockSize]
+	off := c.Block * int64(d.BlockSize)
+	k, err := d.Reader.ReadAt(buf, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		r.pool.Put(bp)
+		return nil, fmt.Errorf("read block %d at %d: %w", c.Block, off, err)
+	}
+	clear(buf[k:]) // the last block of a disk is padded with zeros
+	h := blockmap.Sum(buf)
+	if h == old {
+		r.pool.Put(bp)
+		r.unchanged.Add(1)
+		return nil, nil
+	}
+	if h == blockmap.ZeroHash {
+		r.pool.Put(bp)
+		return &item{disk: d, block: c.Block, zero: true}, nil
+	}
+	it := &item{disk: d, block: c.Block, mapHash: h, hash: data.Hash(blake3.Sum256(buf)), buf: bp}
+	if r.cfg.Patches && c.Ranges != nil && old != blockmap.ZeroHash {
+		total := 0
+		for _, rg := range c.Ranges {
+			total += rg.Length
+		}
+		if total <= d.BlockSize/2 {
+			it.patch = c.Ranges
+		}
+	}
+	return it, nil
+}
