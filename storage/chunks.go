@@ -1,0 +1,308 @@
+package storage
+
+import (
+	"context"
+	"crypto/cipher"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/ferrydr/ferry/storage/internal/pack"
+	"github.com/zeebo/blake3"
+)
+
+// chunkRow is a chunk's index row.
+type chunkRow struct {
+	id       int64
+	hash     Hash
+	pack     uint64
+	off      int64
+	length   int64
+	plainLen int
+	codec    Codec
+	slot     uint32
+}
+
+const chunkCols = `id, hash, pack_id, offset, length, plain_len, codec, key_slot`
+
+func scanChunk(sc interface{ Scan(...any) error }) (chunkRow, error) {
+	var r chunkRow
+	var h []byte
+	var pid int64
+	err := sc.Scan(&r.id, &h, &pid, &r.off, &r.length, &r.plainLen, &r.codec, &r.slot)
+	r.pack = uint64(pid)
+	copy(r.hash[:], h)
+	return r, err
+}
+
+func (c *core) chunkByHash(ctx context.Context, h Hash) (chunkRow, error) {
+	r, err := scanChunk(c.db.QueryRowContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE hash=?`, h[:]))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("%w: chunk %s", ErrChunkMissing, h)
+	}
+	return r, err
+}
+
+func (c *core) chunkByID(ctx context.Context, id int64) (chunkRow, error) {
+	r, err := scanChunk(c.db.QueryRowContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE id=?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("%w: chunk id %d", ErrChunkMissing, id)
+	}
+	return r, err
+}
+
+// lookupHashes returns the chunk ids of the hashes that are stored.
+func (c *core) lookupHashes(ctx context.Context, hs []Hash) (map[Hash]int64, error) {
+	out := make(map[Hash]int64, len(hs))
+	if len(hs) == 0 {
+		return out, nil
+	}
+	conn, err := c.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	st, err := conn.PrepareContext(ctx, `SELECT id FROM chunks WHERE hash=?`)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	for _, h := range hs {
+		if _, ok := out[h]; ok {
+			continue
+		}
+		var id int64
+		err := st.QueryRowContext(ctx, h[:]).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[h] = id
+	}
+	return out, nil
+}
+
+// HasChunks reports which of the hashes are stored.
+func (r *Repo) HasChunks(ctx context.Context, hashes []Hash) ([]bool, error) {
+	if err := r.c.check(); err != nil {
+		return nil, err
+	}
+	m, err := r.c.lookupHashes(ctx, hashes)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]bool, len(hashes))
+	for i, h := range hashes {
+		_, out[i] = m[h]
+	}
+	return out, nil
+}
+
+// ReadChunk returns a chunk's plaintext, checked against its hash.
+func (r *Repo) ReadChunk(ctx context.Context, h Hash) ([]byte, error) {
+	if err := r.c.check(); err != nil {
+		return nil, err
+	}
+	row, err := r.c.chunkByHash(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	return r.readChunkRow(ctx, row)
+}
+
+// readChunkID reads a chunk by id; if its pack vanished (GC moved it
+// meanwhile) the row is looked up once more.
+func (r *Repo) readChunkID(ctx context.Context, id int64) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		row, err := r.c.chunkByID(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		b, err := r.readChunkRow(ctx, row)
+		if attempt == 0 && errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		return b, err
+	}
+}
+
+func (r *Repo) readChunkRow(ctx context.Context, row chunkRow) ([]byte, error) {
+	c := r.c
+	ch, err := c.readChunkRecord(row)
+	if err != nil {
+		return nil, err
+	}
+	data := ch.Data
+	if ch.Flags&pack.ChunkEncrypted != 0 {
+		if r.priv == nil {
+			return nil, fmt.Errorf("%w: chunk %s", ErrKeyRequired, row.hash)
+		}
+		aead, err := c.aeadFor(ctx, r.priv, ch.KeySlot)
+		if err != nil {
+			return nil, err
+		}
+		if len(data) < gcmNonceSize {
+			return nil, &CorruptError{Pack: packName(row.pack), Offset: row.off, Hash: row.hash, Reason: "ciphertext shorter than its nonce"}
+		}
+		data, err = aead.Open(nil, data[:gcmNonceSize], data[gcmNonceSize:], chunkAAD(row.hash, Codec(ch.Codec), ch.PlainLen))
+		if err != nil {
+			return nil, &CorruptError{Pack: packName(row.pack), Offset: row.off, Hash: row.hash, Reason: "ciphertext fails authentication", Err: err}
+		}
+	}
+	plain, err := c.zc.decode(Codec(ch.Codec), data, int(ch.PlainLen))
+	if err != nil {
+		return nil, &CorruptError{Pack: packName(row.pack), Offset: row.off, Hash: row.hash, Reason: "decode", Err: err}
+	}
+	if blake3.Sum256(plain) != row.hash {
+		return nil, &CorruptError{Pack: packName(row.pack), Offset: row.off, Hash: row.hash, Reason: "plaintext does not match its hash", Err: ErrHashMismatch}
+	}
+	return plain, nil
+}
+
+// readChunkRecord reads a chunk record and checks it against its index row
+// (CRC and identity only: no key needed).
+func (c *core) readChunkRecord(row chunkRow) (pack.Chunk, error) {
+	rec, err := c.readRecord(row.pack, row.off, row.length)
+	if err != nil {
+		return pack.Chunk{}, err
+	}
+	bad := func(reason string, err error) (pack.Chunk, error) {
+		return pack.Chunk{}, &CorruptError{Pack: packName(row.pack), Offset: row.off, Hash: row.hash, Reason: reason, Err: err}
+	}
+	if rec.Type != pack.TypeChunk {
+		return bad(fmt.Sprintf("record type %d, want chunk", rec.Type), nil)
+	}
+	ch, err := pack.DecodeChunk(rec.Payload)
+	if err != nil {
+		return bad("chunk record", err)
+	}
+	if Hash(ch.Hash) != row.hash || int(ch.PlainLen) != row.plainLen || ch.KeySlot != row.slot || Codec(ch.Codec) != row.codec {
+		return bad("chunk record does not match its index row", nil)
+	}
+	return ch, nil
+}
+
+// aeadFor returns the AEAD of a data key slot, unwrapping it with priv.
+func (c *core) aeadFor(ctx context.Context, priv *PrivateKey, slot uint32) (cipher.AEAD, error) {
+	c.keyMu.Lock()
+	a := c.aeads[slot]
+	c.keyMu.Unlock()
+	if a != nil {
+		return a, nil
+	}
+	sk, err := c.sealedKey(ctx, slot)
+	if err != nil {
+		return nil, err
+	}
+	a, err = openDataKey(priv, c.repoID, sk)
+	if err != nil {
+		return nil, err
+	}
+	c.keyMu.Lock()
+	c.aeads[slot] = a
+	c.keyMu.Unlock()
+	return a, nil
+}
+
+func (c *core) sealedKey(ctx context.Context, slot uint32) (pack.SealedKey, error) {
+	var b []byte
+	err := c.db.QueryRowContext(ctx, `SELECT sealed FROM keys WHERE slot=?`, slot).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return pack.SealedKey{}, fmt.Errorf("%w: no key record for slot %d", ErrCorrupt, slot)
+	}
+	if err != nil {
+		return pack.SealedKey{}, err
+	}
+	sk, err := pack.DecodeKey(b)
+	if err != nil {
+		return sk, fmt.Errorf("%w: key slot %d: %v", ErrCorrupt, slot, err)
+	}
+	return sk, nil
+}
+
+// SealedKey is a data key as stored: wrapped to the repository's public key.
+type SealedKey struct {
+	Slot         uint32
+	EphemeralPub [32]byte
+	Nonce        [12]byte
+	Wrapped      [48]byte
+}
+
+// Envelope is a chunk's stored bytes, for a key-holding reader (the
+// recovery-site agent) that decrypts per docs/storage-format.md.
+type Envelope struct {
+	RepoID   [16]byte
+	Hash     Hash
+	Codec    Codec
+	PlainLen int
+	// Encrypted chunks: Key is the sealed data key and Data is
+	// nonce(12) || AES-256-GCM ciphertext+tag. Otherwise Key is nil and Data
+	// is the encoded chunk.
+	Key  *SealedKey
+	Data []byte
+}
+
+// ChunkEnvelope returns a chunk's stored bytes as they are, after checking
+// the record's CRC; it needs no private key.
+func (r *Repo) ChunkEnvelope(ctx context.Context, h Hash) (Envelope, error) {
+	if err := r.c.check(); err != nil {
+		return Envelope{}, err
+	}
+	row, err := r.c.chunkByHash(ctx, h)
+	if err != nil {
+		return Envelope{}, err
+	}
+	ch, err := r.c.readChunkRecord(row)
+	if err != nil {
+		return Envelope{}, err
+	}
+	env := Envelope{RepoID: r.c.repoID, Hash: h, Codec: Codec(ch.Codec), PlainLen: int(ch.PlainLen), Data: ch.Data}
+	if ch.Flags&pack.ChunkEncrypted != 0 {
+		sk, err := r.c.sealedKey(ctx, ch.KeySlot)
+		if err != nil {
+			return Envelope{}, err
+		}
+		k := SealedKey(sk)
+		env.Key = &k
+	}
+	return env, nil
+}
+
+// OpenEnvelope decrypts and decodes an envelope with the private key and
+// checks the plaintext against its hash: the reference implementation of
+// the construction in docs/storage-format.md.
+func OpenEnvelope(priv *PrivateKey, env Envelope) ([]byte, error) {
+	data := env.Data
+	if env.Key != nil {
+		if priv == nil {
+			return nil, ErrKeyRequired
+		}
+		aead, err := openDataKey(priv, env.RepoID, pack.SealedKey(*env.Key))
+		if err != nil {
+			return nil, err
+		}
+		if len(data) < gcmNonceSize {
+			return nil, fmt.Errorf("%w: ciphertext too short", ErrCorrupt)
+		}
+		data, err = aead.Open(nil, data[:gcmNonceSize], data[gcmNonceSize:], chunkAAD(env.Hash, env.Codec, uint32(env.PlainLen)))
+		if err != nil {
+			return nil, fmt.Errorf("%w: chunk %s fails authentication", ErrCorrupt, env.Hash)
+		}
+	}
+	zc, err := newCodecs()
+	if err != nil {
+		return nil, err
+	}
+	defer zc.close()
+	plain, err := zc.decode(env.Codec, data, env.PlainLen)
+	if err != nil {
+		return nil, fmt.Errorf("%w: chunk %s: %v", ErrCorrupt, env.Hash, err)
+	}
+	if blake3.Sum256(plain) != env.Hash {
+		return nil, fmt.Errorf("%w: chunk %s", ErrHashMismatch, env.Hash)
+	}
+	return plain, nil
+}

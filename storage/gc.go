@@ -1,0 +1,414 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/ferrydr/ferry/storage/internal/pack"
+)
+
+// GCOptions tune a garbage collection.
+type GCOptions struct {
+	// RepackBelow: a sealed pack whose live fraction is below this is
+	// repacked (its live records copied, the pack removed). Default 0.5.
+	RepackBelow float64
+}
+
+// GCReport says what a collection did.
+type GCReport struct {
+	ChunksDeleted int64
+	PacksDeleted  int64
+	PacksRepacked int64
+	BytesFreed    int64
+	RowsSwept     int64
+}
+
+// gcBatch bounds every GC transaction so that writes, which share the
+// write lock, never wait long behind GC.
+const (
+	gcChunkBatch = 512
+	gcCopyBytes  = 8 << 20
+)
+
+// GC removes rows no retained point reads, chunks nothing references, and
+// packs that hold little live data. It runs online, in small transactions
+// under the write lock; a chunk that a concurrent Write dedups against is
+// never deleted (the Write re-checks inside its own transaction and the GC
+// checks references inside its). Interrupting it (ctx or kill) is safe.
+func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
+	c := r.c
+	var rep GCReport
+	if err := c.check(); err != nil {
+		return rep, err
+	}
+	if opts.RepackBelow == 0 {
+		opts.RepackBelow = 0.5
+	}
+	if opts.RepackBelow < 0 || opts.RepackBelow > 1 {
+		return rep, fmt.Errorf("storage: RepackBelow %v outside [0, 1]", opts.RepackBelow)
+	}
+	c.gcMu.Lock()
+	defer c.gcMu.Unlock()
+	var err error
+	if rep.RowsSwept, err = sweepAll(ctx, c.db, c.lockWrite); err != nil {
+		return rep, err
+	}
+	if err := c.gcChunks(ctx, &rep); err != nil {
+		return rep, err
+	}
+	if err := c.gcPacks(ctx, opts, &rep); err != nil {
+		return rep, err
+	}
+	c.log.Info("gc done", "chunks_deleted", rep.ChunksDeleted, "packs_deleted", rep.PacksDeleted,
+		"packs_repacked", rep.PacksRepacked, "bytes_freed", rep.BytesFreed, "rows_swept", rep.RowsSwept)
+	return rep, nil
+}
+
+func (c *core) lockWrite() func() {
+	c.writeMu.Lock()
+	return c.writeMu.Unlock
+}
+
+// gcChunks deletes unreferenced chunk rows in batches; the reference check
+// and the delete are one transaction under the write lock.
+func (c *core) gcChunks(ctx context.Context, rep *GCReport) error {
+	after := int64(0)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		c.fail(FailGCDelete)
+		unlock := c.lockWrite()
+		var last int64
+		var n int
+		err := c.inTx(ctx, func(tx *sql.Tx) error {
+			rows, err := tx.QueryContext(ctx, `SELECT id, length FROM chunks WHERE id>? ORDER BY id LIMIT ?`, after, gcChunkBatch)
+			if err != nil {
+				return err
+			}
+			type cl struct{ id, length int64 }
+			var batch []cl
+			for rows.Next() {
+				var x cl
+				if err := rows.Scan(&x.id, &x.length); err != nil {
+					rows.Close()
+					return err
+				}
+				batch = append(batch, x)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			n = len(batch)
+			for _, x := range batch {
+				last = x.id
+				res, err := tx.ExecContext(ctx, `DELETE FROM chunks WHERE id=? AND NOT EXISTS (SELECT 1 FROM changes WHERE chunk_id=?)`, x.id, x.id)
+				if err != nil {
+					return err
+				}
+				if k, _ := res.RowsAffected(); k == 1 {
+					rep.ChunksDeleted++
+					rep.BytesFreed += x.length
+				}
+			}
+			return nil
+		})
+		unlock()
+		if err != nil {
+			return err
+		}
+		if n < gcChunkBatch {
+			return nil
+		}
+		after = last
+	}
+}
+
+// packLive is a sealed pack's live content.
+type packLive struct {
+	id       uint64
+	size     int64
+	live     int64
+	chunks   []chunkRow
+	records  []recordRow
+	hasDead  bool
+	openPack bool
+}
+
+type recordRow struct {
+	off, length int64
+	typ, flags  uint8
+	pointID     int64
+}
+
+// recordLive decides whether a point record must survive a repack.
+func (c *core) recordLive(ctx context.Context, rr recordRow) (bool, error) {
+	if rr.typ == pack.TypePointDelete {
+		return true, nil // tombstones stay (see docs: limits)
+	}
+	var state, machine string
+	err := c.db.QueryRowContext(ctx, `SELECT state, machine FROM points WHERE id=?`, rr.pointID).Scan(&state, &machine)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	switch state {
+	case "committed", "pending":
+		return true, nil
+	}
+	// A deleted point's records live while any of its rows do.
+	var one int
+	err = c.db.QueryRowContext(ctx, `SELECT 1 FROM changes WHERE disk_id IN (SELECT id FROM disks WHERE machine=?) AND seq=? LIMIT 1`,
+		machine, rr.pointID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (c *core) gcPacks(ctx context.Context, opts GCOptions, rep *GCReport) error {
+	rows, err := c.db.QueryContext(ctx, `SELECT id, size FROM packs WHERE state='sealed' ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	var packs []packLive
+	for rows.Next() {
+		var pl packLive
+		var id int64
+		if err := rows.Scan(&id, &pl.size); err != nil {
+			rows.Close()
+			return err
+		}
+		pl.id = uint64(id)
+		packs = append(packs, pl)
+	}
+	rows.Close()
+	for _, pl := range packs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := c.loadLive(ctx, &pl); err != nil {
+			return err
+		}
+		frac := float64(pl.live) / float64(max(pl.size, 1))
+		if pl.live > 0 && frac >= opts.RepackBelow {
+			continue
+		}
+		if err := c.repack(ctx, &pl); err != nil {
+			return fmt.Errorf("repack %s: %w", packName(pl.id), err)
+		}
+		if pl.live > 0 {
+			rep.PacksRepacked++
+		}
+		rep.PacksDeleted++
+		rep.BytesFreed += pl.size - pl.live
+	}
+	return nil
+}
+
+func (c *core) loadLive(ctx context.Context, pl *packLive) error {
+	rows, err := c.db.QueryContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE pack_id=? ORDER BY offset`, int64(pl.id))
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		ch, err := scanChunk(rows)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		pl.chunks = append(pl.chunks, ch)
+		pl.live += ch.length
+	}
+	rows.Close()
+	rrows, err := c.db.QueryContext(ctx, `SELECT offset, length, type, flags, point_id FROM records WHERE pack_id=? ORDER BY offset`, int64(pl.id))
+	if err != nil {
+		return err
+	}
+	var all []recordRow
+	for rrows.Next() {
+		var rr recordRow
+		if err := rrows.Scan(&rr.off, &rr.length, &rr.typ, &rr.flags, &rr.pointID); err != nil {
+			rrows.Close()
+			return err
+		}
+		all = append(all, rr)
+	}
+	rrows.Close()
+	for _, rr := range all {
+		live, err := c.recordLiveIn(ctx, pl.id, rr)
+		if err != nil {
+			return err
+		}
+		if live {
+			pl.records = append(pl.records, rr)
+			pl.live += rr.length
+		} else {
+			pl.hasDead = true
+		}
+	}
+	return nil
+}
+
+func (c *core) recordLiveIn(ctx context.Context, id uint64, rr recordRow) (bool, error) {
+	if rr.typ != pack.TypePointLabel {
+		return c.recordLive(ctx, rr)
+	}
+	var state string
+	var serial uint32
+	err := c.db.QueryRowContext(ctx, `SELECT state, label_serial FROM points WHERE id=?`, rr.pointID).Scan(&state, &serial)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && state != "committed") {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	rec, err := c.readRecord(id, rr.off, rr.length)
+	if err != nil {
+		return false, err
+	}
+	l, err := pack.DecodeLabel(rec.Payload)
+	return err == nil && l.Serial == serial, nil
+}
+
+// repack copies a pack's live chunks and records to the open pack in
+// bounded steps (each: append, fdatasync, one transaction moving the rows),
+// then drops the pack. Encrypted chunks are copied as ciphertext with their
+// sealed key record: no private key is needed.
+func (c *core) repack(ctx context.Context, pl *packLive) error {
+	var items []copyItem
+	for i := range pl.chunks {
+		items = append(items, copyItem{chunk: &pl.chunks[i]})
+	}
+	for i := range pl.records {
+		items = append(items, copyItem{rec: &pl.records[i]})
+	}
+	for len(items) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var step []copyItem
+		var n int64
+		for len(items) > 0 && (len(step) == 0 || n < gcCopyBytes) {
+			it := items[0]
+			items = items[1:]
+			off, length := int64(0), int64(0)
+			if it.chunk != nil {
+				off, length = it.chunk.off, it.chunk.length
+			} else {
+				off, length = it.rec.off, it.rec.length
+			}
+			rec, err := c.readRecord(pl.id, off, length)
+			if err != nil {
+				return err
+			}
+			it.raw = rec.Payload
+			if it.rec != nil {
+				it.rec.flags = rec.Flags
+			}
+			step = append(step, it)
+			n += length
+		}
+		if err := c.copyStep(ctx, pl.id, step); err != nil {
+			return err
+		}
+	}
+	c.fail(FailGCRepack)
+	unlock := c.lockWrite()
+	err := c.inTx(ctx, func(tx *sql.Tx) error {
+		var k int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM chunks WHERE pack_id=?`, int64(pl.id)).Scan(&k); err != nil {
+			return err
+		}
+		if k != 0 {
+			return fmt.Errorf("storage: pack %s still has %d chunks after repack", packName(pl.id), k)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM records WHERE pack_id=?`, int64(pl.id)); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM packs WHERE id=?`, int64(pl.id))
+		return err
+	})
+	unlock()
+	if err != nil {
+		return err
+	}
+	c.files.forget(pl.id)
+	// Not fsynced: a pack file that survives a crash here is not in the
+	// index and is removed by the next Open.
+	if err := os.Remove(packPath(c.dir, pl.id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return opErr("remove pack", packPath(c.dir, pl.id), err)
+	}
+	return nil
+}
+
+type copyItem struct {
+	chunk *chunkRow
+	rec   *recordRow
+	raw   []byte
+}
+
+// copyStep appends one step of a repack to the open pack and moves the
+// rows in one transaction.
+func (c *core) copyStep(ctx context.Context, from uint64, step []copyItem) error {
+	unlock := c.lockWrite()
+	defer unlock()
+	if err := c.check(); err != nil {
+		return err
+	}
+	b, err := c.newBatch(ctx)
+	if err != nil {
+		return err
+	}
+	type moved struct {
+		it  copyItem
+		off int64
+	}
+	var mv []moved
+	for _, it := range step {
+		if it.chunk != nil {
+			if it.chunk.slot != 0 {
+				sk, err := c.sealedKey(ctx, it.chunk.slot)
+				if err != nil {
+					return err
+				}
+				b.needKey(sk)
+			}
+			off, _ := b.add(pack.TypeChunk, 0, it.raw, it.chunk.hash, 0)
+			mv = append(mv, moved{it, off})
+		} else {
+			off, _ := b.add(it.rec.typ, it.rec.flags, it.raw, Hash{}, it.rec.pointID)
+			mv = append(mv, moved{it, off})
+		}
+	}
+	if err := c.flush(b); err != nil {
+		return err
+	}
+	err = c.inTx(ctx, func(tx *sql.Tx) error {
+		if err := c.indexBatch(ctx, tx, b); err != nil {
+			return err
+		}
+		for _, m := range mv {
+			if m.it.chunk != nil {
+				if _, err := tx.ExecContext(ctx, `UPDATE chunks SET pack_id=?, offset=? WHERE id=? AND pack_id=?`,
+					int64(b.op.id), m.off, m.it.chunk.id, int64(from)); err != nil {
+					return err
+				}
+			} else if _, err := tx.ExecContext(ctx, `DELETE FROM records WHERE pack_id=? AND offset=?`, int64(from), m.it.rec.off); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.finish(ctx, b)
+	return nil
+}

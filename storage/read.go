@@ -1,0 +1,355 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+)
+
+// headSeq reads the newest rows, the pending point's included.
+const headSeq = math.MaxInt64
+
+// rowAt returns the chunk id of block b as of point seq (the newest row at
+// or before it): found=false if the block was never written, cid=nil for
+// an explicit zero block. O(log n) in the changes table.
+func (c *core) rowAt(ctx context.Context, diskID, block, seq int64) (cid *int64, found bool, err error) {
+	err = c.db.QueryRowContext(ctx, `SELECT chunk_id FROM changes WHERE disk_id=? AND block=? AND seq<=?
+		ORDER BY seq DESC LIMIT 1`, diskID, block, seq).Scan(&cid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	return cid, err == nil, err
+}
+
+// blockAt returns the content of a block as of seq (zeros if never written).
+func (r *Repo) blockAt(ctx context.Context, diskID, block, seq int64, bs int) ([]byte, error) {
+	cid, _, err := r.c.rowAt(ctx, diskID, block, seq)
+	if err != nil {
+		return nil, err
+	}
+	if cid == nil {
+		return make([]byte, bs), nil
+	}
+	b, err := r.readChunkID(ctx, *cid)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) != bs {
+		return nil, fmt.Errorf("%w: block %d is %d bytes, disk blocks are %d", ErrCorrupt, block, len(b), bs)
+	}
+	return b, nil
+}
+
+// DiskReader reads one disk as of one point: zeros where never written,
+// every chunk checked against its hash (never wrong bytes).
+type DiskReader struct {
+	r       *Repo
+	diskID  int64
+	seq     int64
+	size    int64
+	bs      int
+	Disk    string
+	PointID int64
+}
+
+// OpenDisk opens a disk of a committed point for reading.
+func (r *Repo) OpenDisk(ctx context.Context, pointID int64, disk string) (*DiskReader, error) {
+	if err := r.c.check(); err != nil {
+		return nil, err
+	}
+	var state string
+	err := r.c.db.QueryRowContext(ctx, `SELECT state FROM points WHERE id=?`, pointID).Scan(&state)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && state != "committed") {
+		return nil, fmt.Errorf("%w: point %d", ErrNotFound, pointID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r.diskReader(ctx, pointID, pointID, disk)
+}
+
+func (r *Repo) diskReader(ctx context.Context, pointID, seq int64, disk string) (*DiskReader, error) {
+	ds, ids, err := r.c.pointDisks(ctx, pointID)
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range ds {
+		if d.Name == disk {
+			return &DiskReader{r: r, diskID: ids[i], seq: seq, size: d.Size, bs: d.BlockSize, Disk: disk, PointID: pointID}, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: disk %q in point %d", ErrNotFound, disk, pointID)
+}
+
+// Size is the disk's virtual size at the point.
+func (d *DiskReader) Size() int64 { return d.size }
+
+// BlockSize is the disk's block size.
+func (d *DiskReader) BlockSize() int { return d.bs }
+
+func (d *DiskReader) nblocks() int64 { return (d.size + int64(d.bs) - 1) / int64(d.bs) }
+
+// ReadBlock returns one whole block.
+func (d *DiskReader) ReadBlock(ctx context.Context, block int64) ([]byte, error) {
+	if block < 0 || block >= d.nblocks() {
+		return nil, fmt.Errorf("storage: block %d outside disk %q of %d blocks", block, d.Disk, d.nblocks())
+	}
+	return d.r.blockAt(ctx, d.diskID, block, d.seq, d.bs)
+}
+
+// BlockHash returns a block's content hash; zero=true (and a zero Hash) for
+// a block that is all zeros by record or never written.
+func (d *DiskReader) BlockHash(ctx context.Context, block int64) (Hash, bool, error) {
+	cid, _, err := d.r.c.rowAt(ctx, d.diskID, block, d.seq)
+	if err != nil || cid == nil {
+		return Hash{}, true, err
+	}
+	row, err := d.r.c.chunkByID(ctx, *cid)
+	if err != nil {
+		return Hash{}, false, err
+	}
+	return row.hash, false, nil
+}
+
+// ReadAt implements io.ReaderAt over the disk's virtual size.
+func (d *DiskReader) ReadAt(p []byte, off int64) (int, error) {
+	ctx := context.Background()
+	if off < 0 {
+		return 0, fmt.Errorf("storage: negative offset %d", off)
+	}
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		if pos >= d.size {
+			return n, io.EOF
+		}
+		blk := pos / int64(d.bs)
+		b, err := d.ReadBlock(ctx, blk)
+		if err != nil {
+			return n, err
+		}
+		in := pos - blk*int64(d.bs)
+		lim := int64(len(b))
+		if end := d.size - blk*int64(d.bs); end < lim {
+			lim = end
+		}
+		n += copy(p[n:], b[in:lim])
+	}
+	return n, nil
+}
+
+// blockRow is one block's newest row as of a point.
+type blockRow struct {
+	block int64
+	cid   *int64
+	hash  Hash
+}
+
+// rowsPage returns up to limit newest rows of blocks > after, ascending.
+func (c *core) rowsPage(ctx context.Context, diskID, seq, after int64, limit int) ([]blockRow, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT g.block, g.chunk_id, k.hash FROM
+		(SELECT block, chunk_id, max(seq) FROM changes WHERE disk_id=? AND block>? AND seq<=?
+		 GROUP BY block ORDER BY block LIMIT ?) g
+		LEFT JOIN chunks k ON k.id = g.chunk_id ORDER BY g.block`, diskID, after, seq, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []blockRow
+	for rows.Next() {
+		var br blockRow
+		var h []byte
+		if err := rows.Scan(&br.block, &br.cid, &h); err != nil {
+			return nil, err
+		}
+		if br.cid != nil && h == nil {
+			return nil, fmt.Errorf("%w: block %d names chunk id %d, which is not stored", ErrCorrupt, br.block, *br.cid)
+		}
+		copy(br.hash[:], h)
+		out = append(out, br)
+	}
+	return out, rows.Err()
+}
+
+const pageRows = 4096
+
+// Blocks calls fn for every block that has a row at or before the point,
+// ascending, explicit zero blocks included.
+func (d *DiskReader) Blocks(ctx context.Context, fn BlockFunc) error {
+	return d.r.c.eachRow(ctx, d.diskID, d.seq, func(br blockRow) error {
+		if br.block >= d.nblocks() {
+			return nil
+		}
+		return fn(br.block, br.hash, br.cid == nil)
+	})
+}
+
+func (c *core) eachRow(ctx context.Context, diskID, seq int64, fn func(blockRow) error) error {
+	after := int64(-1)
+	for {
+		page, err := c.rowsPage(ctx, diskID, seq, after, pageRows)
+		if err != nil {
+			return err
+		}
+		for _, br := range page {
+			if err := fn(br); err != nil {
+				return err
+			}
+		}
+		if len(page) < pageRows {
+			return nil
+		}
+		after = page[len(page)-1].block
+	}
+}
+
+// WriteTo streams the whole virtual disk (zeros where never written).
+func (d *DiskReader) WriteTo(w io.Writer) (int64, error) {
+	ctx := context.Background()
+	zero := make([]byte, d.bs)
+	var written int64
+	put := func(b []byte) error {
+		if rem := d.size - written; int64(len(b)) > rem {
+			b = b[:rem]
+		}
+		n, err := w.Write(b)
+		written += int64(n)
+		return err
+	}
+	next := int64(0)
+	err := d.r.c.eachRow(ctx, d.diskID, d.seq, func(br blockRow) error {
+		if br.block >= d.nblocks() {
+			return nil
+		}
+		for ; next < br.block; next++ {
+			if err := put(zero); err != nil {
+				return err
+			}
+		}
+		next = br.block + 1
+		if br.cid == nil {
+			return put(zero)
+		}
+		b, err := d.r.readChunkID(ctx, *br.cid)
+		if err != nil {
+			return fmt.Errorf("block %d: %w", br.block, err)
+		}
+		if len(b) != d.bs {
+			return fmt.Errorf("%w: block %d is %d bytes", ErrCorrupt, br.block, len(b))
+		}
+		return put(b)
+	})
+	if err != nil {
+		return written, err
+	}
+	for ; next < d.nblocks(); next++ {
+		if err := put(zero); err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// HeadBlocks calls fn for every block of the machine's disk in its newest
+// state, the pending point included (an agent's hash resync).
+func (r *Repo) HeadBlocks(ctx context.Context, machine, disk string, fn BlockFunc) error {
+	if err := r.c.check(); err != nil {
+		return err
+	}
+	did, err := r.c.diskID(ctx, machine, disk)
+	if err != nil {
+		return err
+	}
+	return r.c.eachRow(ctx, did, headSeq, func(br blockRow) error { return fn(br.block, br.hash, br.cid == nil) })
+}
+
+func (c *core) diskID(ctx context.Context, machine, disk string) (int64, error) {
+	var id int64
+	err := c.db.QueryRowContext(ctx, `SELECT id FROM disks WHERE machine=? AND name=?`, machine, disk).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("%w: disk %s/%s", ErrNotFound, machine, disk)
+	}
+	return id, err
+}
+
+// Diff calls fn, ascending, for every block whose content differs between
+// point from (0 = an empty disk) and point to, with its content at to; the
+// points may be in either order. Cost: O(rows between them).
+func (r *Repo) Diff(ctx context.Context, machine, disk string, from, to int64, fn BlockFunc) error {
+	c := r.c
+	if err := c.check(); err != nil {
+		return err
+	}
+	for _, id := range []int64{from, to} {
+		if id == 0 {
+			continue
+		}
+		p, err := r.Point(ctx, id)
+		if err != nil {
+			return err
+		}
+		if p.Machine != machine {
+			return fmt.Errorf("%w: point %d belongs to %q, not %q", ErrNotFound, id, p.Machine, machine)
+		}
+	}
+	did, err := c.diskID(ctx, machine, disk)
+	if err != nil {
+		return err
+	}
+	lo, hi := min(from, to), max(from, to)
+	rows, err := c.db.QueryContext(ctx, `SELECT DISTINCT block FROM changes WHERE disk_id=? AND seq>? AND seq<=?`, did, lo, hi)
+	if err != nil {
+		return err
+	}
+	var cand []int64
+	for rows.Next() {
+		var b int64
+		if err := rows.Scan(&b); err != nil {
+			rows.Close()
+			return err
+		}
+		cand = append(cand, b)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	sort.Slice(cand, func(i, j int) bool { return cand[i] < cand[j] })
+	for _, b := range cand {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var a, z *int64
+		if from != 0 {
+			if a, _, err = c.rowAt(ctx, did, b, from); err != nil {
+				return err
+			}
+		}
+		if to != 0 {
+			if z, _, err = c.rowAt(ctx, did, b, to); err != nil {
+				return err
+			}
+		}
+		if (a == nil && z == nil) || (a != nil && z != nil && *a == *z) {
+			continue
+		}
+		if z == nil {
+			if err := fn(b, Hash{}, true); err != nil {
+				return err
+			}
+			continue
+		}
+		row, err := c.chunkByID(ctx, *z)
+		if err != nil {
+			return err
+		}
+		if err := fn(b, row.hash, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}

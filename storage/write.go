@@ -1,0 +1,285 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/ferrydr/ferry/storage/internal/pack"
+	"github.com/zeebo/blake3"
+)
+
+// prepared is a verified chunk ready to append: encoded, not yet encrypted.
+type prepared struct {
+	hash     Hash
+	codec    Codec
+	data     []byte
+	plainLen int
+}
+
+// prepare verifies a supplied chunk (decode per codec, BLAKE3 == Hash,
+// length == PlainLen) and compresses plaintext when that helps.
+func (c *core) prepare(ch *Chunk) (*prepared, error) {
+	plain, err := c.zc.decode(ch.Codec, ch.Data, ch.PlainLen)
+	if err != nil {
+		return nil, fmt.Errorf("%w: chunk %s: %v", ErrHashMismatch, ch.Hash, err)
+	}
+	if blake3.Sum256(plain) != ch.Hash {
+		return nil, fmt.Errorf("%w: chunk %s", ErrHashMismatch, ch.Hash)
+	}
+	p := &prepared{hash: ch.Hash, codec: ch.Codec, data: ch.Data, plainLen: ch.PlainLen}
+	if ch.Codec == CodecNone {
+		p.codec, p.data = c.zc.compress(plain)
+	}
+	return p, nil
+}
+
+// chunkPayload builds a chunk record payload, encrypting it under the open
+// pack's data key in an encrypted repository.
+func (c *core) chunkPayload(b *batch, p *prepared) ([]byte, uint32, error) {
+	rec := pack.Chunk{Hash: p.hash, Codec: uint8(p.codec), PlainLen: uint32(p.plainLen), Data: p.data}
+	if c.pub != nil {
+		k, err := c.packKey(b)
+		if err != nil {
+			return nil, 0, err
+		}
+		nonce := make([]byte, gcmNonceSize, gcmNonceSize+len(p.data)+16)
+		randRead(nonce)
+		rec.Data = k.aead.Seal(nonce, nonce, p.data, chunkAAD(p.hash, p.codec, uint32(p.plainLen)))
+		rec.Flags = pack.ChunkEncrypted
+		rec.KeySlot = k.slot
+	}
+	return pack.EncodeChunk(rec), rec.KeySlot, nil
+}
+
+type writeItem struct {
+	diskID int64
+	block  int64
+	zero   bool
+	hash   Hash
+}
+
+// Write stores blocks of the pending point. It is durable when it returns:
+// new chunks are appended to the open pack and fdatasync'd once, re-read and
+// checked, then one index transaction inserts the chunk and change rows.
+func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
+	c := p.r.c
+	if err := c.check(); err != nil {
+		return err
+	}
+	items := make([]writeItem, len(ws))
+	supplied := map[Hash]*Chunk{}
+	var hashes []Hash
+	for i, w := range ws {
+		did, ok := p.diskIDs[w.Disk]
+		if !ok {
+			return fmt.Errorf("%w: disk %q is not part of pending point %d", ErrNotFound, w.Disk, p.ID)
+		}
+		spec := p.specs[w.Disk]
+		nblocks := (spec.Size + int64(spec.BlockSize) - 1) / int64(spec.BlockSize)
+		if w.Block < 0 || w.Block >= nblocks {
+			return fmt.Errorf("storage: block %d outside disk %q of %d blocks", w.Block, w.Disk, nblocks)
+		}
+		items[i] = writeItem{diskID: did, block: w.Block, zero: w.Zero, hash: w.Hash}
+		switch {
+		case w.Zero:
+			items[i].hash = Hash{}
+			continue
+		case w.Patch != nil:
+			ch, err := p.patched(ctx, did, spec, w)
+			if err != nil {
+				return err
+			}
+			supplied[w.Hash] = ch
+		case w.Chunk != nil:
+			if w.Chunk.Hash != w.Hash {
+				return fmt.Errorf("%w: block %d: write hash %s, chunk hash %s", ErrHashMismatch, w.Block, w.Hash, w.Chunk.Hash)
+			}
+			if w.Chunk.PlainLen != spec.BlockSize {
+				return fmt.Errorf("storage: block %d: chunk of %d bytes on a disk of %d-byte blocks", w.Block, w.Chunk.PlainLen, spec.BlockSize)
+			}
+			supplied[w.Hash] = w.Chunk
+		}
+		hashes = append(hashes, w.Hash)
+	}
+	have, err := c.lookupHashes(ctx, hashes)
+	if err != nil {
+		return err
+	}
+	preps := map[Hash]*prepared{}
+	for _, h := range hashes {
+		if _, ok := have[h]; ok {
+			continue
+		}
+		if preps[h] != nil {
+			continue
+		}
+		ch := supplied[h]
+		if ch == nil {
+			return fmt.Errorf("%w: %s (hash-only write of a chunk that is not stored)", ErrChunkMissing, h)
+		}
+		pr, err := c.prepare(ch)
+		if err != nil {
+			return err
+		}
+		preps[h] = pr
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if err := c.check(); err != nil {
+		return err
+	}
+	// A deduped chunk may have been deleted by GC since the lookup; the
+	// transaction re-checks, and a second round stores it again.
+	for round := 0; ; round++ {
+		missing, err := c.writeBatch(ctx, p.ID, items, have, preps)
+		if err != nil || len(missing) == 0 {
+			return err
+		}
+		if round >= 2 {
+			return fmt.Errorf("storage: chunks keep disappearing during write (GC race): %d missing", len(missing))
+		}
+		for _, h := range missing {
+			delete(have, h)
+			ch := supplied[h]
+			if ch == nil {
+				return fmt.Errorf("%w: %s (deleted by GC before the write committed)", ErrChunkMissing, h)
+			}
+			pr, err := c.prepare(ch)
+			if err != nil {
+				return err
+			}
+			preps[h] = pr
+		}
+	}
+}
+
+// writeBatch is one append + fdatasync + index transaction. It returns the
+// deduped hashes that vanished (the transaction is then rolled back).
+func (c *core) writeBatch(ctx context.Context, pointID int64, items []writeItem, have map[Hash]int64, preps map[Hash]*prepared) ([]Hash, error) {
+	b, err := c.newBatch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	type placed struct {
+		p      *prepared
+		off, n int64
+		slot   uint32
+	}
+	order := make([]Hash, 0, len(preps))
+	for h := range preps {
+		order = append(order, h)
+	}
+	sort.Slice(order, func(i, j int) bool { return string(order[i][:]) < string(order[j][:]) })
+	var pl []placed
+	var bytes int64
+	for _, h := range order {
+		pr := preps[h]
+		payload, slot, err := c.chunkPayload(b, pr)
+		if err != nil {
+			return nil, err
+		}
+		off, n := b.add(pack.TypeChunk, 0, payload, h, 0)
+		pl = append(pl, placed{p: pr, off: off, n: n, slot: slot})
+		bytes += n
+	}
+	if err := c.flush(b); err != nil {
+		return nil, err
+	}
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	var state string
+	if err := tx.QueryRowContext(ctx, `SELECT state FROM points WHERE id=?`, pointID).Scan(&state); err != nil || state != "pending" {
+		if err == nil || errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("%w: point %d is no longer pending", ErrNotFound, pointID)
+		}
+		return nil, err
+	}
+	var missing []Hash
+	chk, err := tx.PrepareContext(ctx, `SELECT 1 FROM chunks WHERE id=?`)
+	if err != nil {
+		return nil, err
+	}
+	defer chk.Close()
+	for h, id := range have {
+		var one int
+		if err := chk.QueryRowContext(ctx, id).Scan(&one); errors.Is(err, sql.ErrNoRows) {
+			missing = append(missing, h)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	if len(missing) > 0 {
+		return missing, nil
+	}
+	if err := c.indexBatch(ctx, tx, b); err != nil {
+		return nil, err
+	}
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return nil, err
+	}
+	defer ins.Close()
+	ids := make(map[Hash]int64, len(have)+len(pl))
+	for h, id := range have {
+		ids[h] = id
+	}
+	for _, x := range pl {
+		res, err := ins.ExecContext(ctx, x.p.hash[:], int64(b.op.id), x.off, x.n, x.p.plainLen, x.p.codec, x.slot)
+		if err != nil {
+			return nil, err
+		}
+		ids[x.p.hash], _ = res.LastInsertId()
+	}
+	chg, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`)
+	if err != nil {
+		return nil, err
+	}
+	defer chg.Close()
+	for _, it := range items {
+		var cid any
+		if !it.zero {
+			cid = ids[it.hash]
+		}
+		if _, err := chg.ExecContext(ctx, it.diskID, it.block, pointID, cid); err != nil {
+			return nil, err
+		}
+	}
+	if bytes > 0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE points SET bytes=bytes+? WHERE id=?`, bytes, pointID); err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	c.fail(FailIndexCommited)
+	c.finish(ctx, b)
+	return nil, nil
+}
+
+// patched builds the chunk of a Patch write: the block's current content
+// (the pending point's own row, else the newest committed one) with the
+// runs applied, checked against the write's Hash.
+func (p *Pending) patched(ctx context.Context, diskID int64, spec DiskSpec, w BlockWrite) (*Chunk, error) {
+	cur, err := p.r.blockAt(ctx, diskID, w.Block, p.ID, spec.BlockSize)
+	if err != nil {
+		return nil, fmt.Errorf("patch of block %d: %w", w.Block, err)
+	}
+	buf := append([]byte(nil), cur...)
+	for _, run := range w.Patch {
+		if run.Offset < 0 || run.Offset+len(run.Data) > len(buf) {
+			return nil, fmt.Errorf("storage: patch run [%d, %d) outside block of %d bytes", run.Offset, run.Offset+len(run.Data), len(buf))
+		}
+		copy(buf[run.Offset:], run.Data)
+	}
+	if blake3.Sum256(buf) != w.Hash {
+		return nil, fmt.Errorf("%w: patched block %d of disk %q", ErrHashMismatch, w.Block, w.Disk)
+	}
+	return &Chunk{Hash: w.Hash, Codec: CodecNone, Data: buf, PlainLen: len(buf)}, nil
+}

@@ -1,0 +1,70 @@
+package storage
+
+import (
+	"fmt"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// codecs holds one zstd encoder and decoder per repository; both are safe
+// for concurrent EncodeAll/DecodeAll.
+type codecs struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+func newCodecs() (*codecs, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(2), zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2),
+		zstd.WithDecoderMaxMemory(2*MaxBlockSize), zstd.WithDecoderMaxWindow(2*MaxBlockSize))
+	if err != nil {
+		enc.Close()
+		return nil, err
+	}
+	return &codecs{enc: enc, dec: dec}, nil
+}
+
+func (c *codecs) close() {
+	c.enc.Close()
+	c.dec.Close()
+}
+
+// compress returns zstd of plain if it saves at least 1/32 of it; random
+// data is then stored as is (zstd detects it and returns quickly).
+func (c *codecs) compress(plain []byte) (Codec, []byte) {
+	out := c.enc.EncodeAll(plain, make([]byte, 0, len(plain)))
+	if len(out) < len(plain)-len(plain)/32 {
+		return CodecZstd, out
+	}
+	return CodecNone, plain
+}
+
+// decode returns the plaintext of encoded bytes, which must be exactly
+// plainLen long.
+func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) {
+	if plainLen < 0 || plainLen > MaxBlockSize {
+		return nil, fmt.Errorf("plain length %d out of range", plainLen)
+	}
+	switch codec {
+	case CodecNone:
+		if len(data) != plainLen {
+			return nil, fmt.Errorf("length %d, want %d", len(data), plainLen)
+		}
+		return data, nil
+	case CodecZstd:
+		out, err := c.dec.DecodeAll(data, make([]byte, 0, plainLen))
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		if len(out) != plainLen {
+			return nil, fmt.Errorf("decoded length %d, want %d", len(out), plainLen)
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("unknown codec %d", codec)
+	}
+}
