@@ -227,3 +227,15 @@ type DriverResponse struct {
 	Status string `json:"status,omitempty"` // for status: running, stopped, absent
 	Output string `json:"output,omitempty"`
 }
+
+// HashesRequest opens a hashes stream (stream kind hashes): the first frame,
+// type FrameHashesRequest, carries it as JSON. The controller answers with
+// data.HashRun frames of the disk's newest state and a closing data.Barrier
+// whose Seq is the number of runs.
+type HashesRequest struct {
+	Cycle int64  `json:"cycle"`
+	Disk  uint16 `json:"disk"` // index in the cycle's disk list
+}
+
+// FrameHashesRequest is the frame type of a HashesRequest.
+const FrameHashesRequest = 100

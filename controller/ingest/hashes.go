@@ -1,0 +1,63 @@
+package ingest
+
+import (
+	"context"
+	"io"
+
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/data"
+	"github.com/ferrydr/ferry/protocol/frame"
+	"github.com/ferrydr/ferry/storage"
+)
+
+// ServeHashes streams the content hashes of a disk's newest state (the
+// pending point included) for an agent's hash resync: HashRun frames of
+// consecutive stored blocks; blocks never written are zero and not sent.
+func (g *Ingest) ServeHashes(ctx context.Context, agentID string, cycleID uint64, diskIndex uint16, st io.Writer) error {
+	c, err := g.cycleFor(agentID, cycleID)
+	if err != nil {
+		return err
+	}
+	if int(diskIndex) >= len(c.disks) {
+		return protocol.Errorf(protocol.CodeInvalid, "disk %d of %d", diskIndex, len(c.disks))
+	}
+	fw := frame.NewWriter(st)
+	run := data.HashRun{Disk: diskIndex}
+	var runs uint32
+	flush := func() error {
+		if len(run.Zero) == 0 {
+			return nil
+		}
+		if err := fw.WriteAppend(data.FrameHashes, run.Append); err != nil {
+			return err
+		}
+		runs++
+		run.Zero, run.Hashes = run.Zero[:0], run.Hashes[:0]
+		return nil
+	}
+	err = g.repo.HeadBlocks(ctx, c.machine, c.disks[diskIndex].Name, func(block int64, h storage.Hash, zero bool) error {
+		if len(run.Zero) > 0 && (uint64(block) != run.Start+uint64(len(run.Zero)) || len(run.Zero) == data.MaxEntriesPerFrame) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if len(run.Zero) == 0 {
+			run.Start = uint64(block)
+		}
+		run.Zero = append(run.Zero, zero)
+		run.Hashes = append(run.Hashes, data.Hash(h))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	// A Barrier closes the stream: Seq counts the runs sent, so a cut
+	// stream is never taken for a complete one.
+	if err := fw.WriteAppend(data.FrameBarrier, (&data.Barrier{Cycle: cycleID, Seq: runs}).Append); err != nil {
+		return err
+	}
+	return fw.Flush()
+}

@@ -1,0 +1,232 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/data"
+	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/storage"
+)
+
+// Repo is what ingest needs from the repository.
+type Repo interface {
+	BeginPoint(ctx context.Context, machine string, disks []storage.DiskSpec) (*storage.Pending, error)
+	PendingPoint(ctx context.Context, machine string) (*storage.Pending, error)
+	Points(ctx context.Context, machine string) ([]storage.Point, error)
+	HasChunks(ctx context.Context, hashes []storage.Hash) ([]bool, error)
+	HeadBlocks(ctx context.Context, machine, disk string, fn storage.BlockFunc) error
+	Encrypted() bool
+}
+
+// Ingest tracks the cycles in flight.
+type Ingest struct {
+	repo Repo
+	log  *slog.Logger
+	now  func() time.Time
+	// OnCommit is told of every new point (retention, health, waiters).
+	onCommit func(machine string, p storage.Point)
+	// canPatch says whether sub-block patches can be applied (the current
+	// block must be readable: not an encrypted repository without its key).
+	canPatch bool
+
+	mu     sync.Mutex
+	cycles map[uint64]*cycle
+	dec    *data.Decompressor
+}
+
+// Config wires an Ingest.
+type Config struct {
+	Repo     Repo
+	Log      *slog.Logger
+	Now      func() time.Time
+	OnCommit func(machine string, p storage.Point)
+	CanPatch bool
+}
+
+// New builds an Ingest.
+func New(cfg Config) (*Ingest, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.OnCommit == nil {
+		cfg.OnCommit = func(string, storage.Point) {}
+	}
+	dec, err := data.NewDecompressor(0)
+	if err != nil {
+		return nil, err
+	}
+	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, canPatch: cfg.CanPatch,
+		cycles: map[uint64]*cycle{}, dec: dec}, nil
+}
+
+// Close releases the decompressor.
+func (g *Ingest) Close() { g.dec.Close() }
+
+type blockKey struct {
+	disk  uint16
+	block uint64
+}
+
+// cycle is one cycle's bookkeeping. It lives in memory only: after a
+// restart the agent begins a new cycle into the same pending point.
+type cycle struct {
+	mu          sync.Mutex
+	agentID     string
+	machine     string
+	pending     *storage.Pending
+	disks       []storage.DiskSpec
+	parts       map[uint32]bool
+	entries     uint64
+	outstanding map[blockKey]outstanding // needed, not yet stored
+	failed      error
+}
+
+type outstanding struct {
+	hash  data.Hash
+	patch bool // unused on entry; set by the batch
+}
+
+// Begin opens a cycle for machine on behalf of agentID and decides whether
+// the agent's block map can be trusted against what is stored.
+func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRequest) (msg.CycleBeginResponse, error) {
+	if len(req.Disks) == 0 || len(req.Disks) > 1<<16-1 {
+		return msg.CycleBeginResponse{}, protocol.Errorf(protocol.CodeInvalid, "a cycle needs 1 to 65535 disks")
+	}
+	disks := make([]storage.DiskSpec, len(req.Disks))
+	for i, d := range req.Disks {
+		disks[i] = storage.DiskSpec{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize}
+	}
+	head := int64(0)
+	pts, err := g.repo.Points(ctx, req.Machine)
+	if err != nil {
+		return msg.CycleBeginResponse{}, err
+	}
+	if len(pts) > 0 {
+		head = pts[len(pts)-1].ID
+	}
+	before, err := g.repo.PendingPoint(ctx, req.Machine)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return msg.CycleBeginResponse{}, err
+	}
+	resync, reason := false, ""
+	switch {
+	case !req.Map.Valid:
+		resync, reason = true, "the agent's block map is missing or untrusted"
+	case before != nil && req.Map.Pending == before.ID:
+		// Resuming the cycle the map has acknowledgements of.
+	case before == nil && req.Map.Pending == 0 && req.Map.HeadPoint == head:
+	case before == nil && req.Map.Pending == head && head != 0:
+		// The map holds a cycle that was committed as head before the
+		// agent heard of it.
+	default:
+		resync = true
+		reason = fmt.Sprintf("the agent's map (head %d, pending %d) does not match the controller (head %d, pending %d)",
+			req.Map.HeadPoint, req.Map.Pending, head, pendingID(before))
+	}
+	p, err := g.repo.BeginPoint(ctx, req.Machine, disks)
+	if err != nil {
+		return msg.CycleBeginResponse{}, protocol.Errorf(protocol.CodeInvalid, "begin point for %s: %v", req.Machine, err)
+	}
+	c := &cycle{agentID: agentID, machine: req.Machine, pending: p, disks: disks,
+		parts: map[uint32]bool{}, outstanding: map[blockKey]outstanding{}}
+	g.mu.Lock()
+	g.cycles[uint64(p.ID)] = c
+	g.mu.Unlock()
+	g.log.Info("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
+	return msg.CycleBeginResponse{Cycle: p.ID, HeadPoint: head, Resync: resync, ResyncReason: reason,
+		Patches: g.canPatch && !resync}, nil
+}
+
+func pendingID(p *storage.Pending) int64 {
+	if p == nil {
+		return 0
+	}
+	return p.ID
+}
+
+// cycleFor finds an agent's cycle.
+func (g *Ingest) cycleFor(agentID string, id uint64) (*cycle, error) {
+	g.mu.Lock()
+	c := g.cycles[id]
+	g.mu.Unlock()
+	if c == nil {
+		return nil, protocol.Errorf(protocol.CodeNotFound, "no cycle %d is open (begin it first)", id)
+	}
+	if c.agentID != agentID {
+		return nil, protocol.Errorf(protocol.CodeUnauthorized, "cycle %d belongs to another agent", id)
+	}
+	return c, nil
+}
+
+// End commits a complete cycle as a point. offset converts the agent's
+// clock to the controller's (controller = agent + offset).
+func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndRequest, offset time.Duration) (msg.CycleEndResponse, error) {
+	c, err := g.cycleFor(agentID, uint64(req.Cycle))
+	if err != nil {
+		return msg.CycleEndResponse{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.failed != nil:
+		return msg.CycleEndResponse{}, protocol.Errorf(protocol.CodeFailedPrecondition, "cycle %d failed: %v", req.Cycle, c.failed)
+	case uint32(len(c.parts)) != req.Parts:
+		return msg.CycleEndResponse{}, protocol.Errorf(protocol.CodeFailedPrecondition, "cycle %d: %d manifest parts arrived, the agent sent %d", req.Cycle, len(c.parts), req.Parts)
+	case c.entries != req.Entries:
+		return msg.CycleEndResponse{}, protocol.Errorf(protocol.CodeFailedPrecondition, "cycle %d: %d entries arrived, the agent sent %d", req.Cycle, c.entries, req.Entries)
+	case len(c.outstanding) > 0:
+		return msg.CycleEndResponse{}, protocol.Errorf(protocol.CodeFailedPrecondition, "cycle %d: %d blocks were announced but not stored", req.Cycle, len(c.outstanding))
+	}
+	cons := storage.Consistency(req.Consistency)
+	switch cons {
+	case storage.AppConsistent, storage.CrashConsistent, storage.Inconsistent:
+	default:
+		return msg.CycleEndResponse{}, protocol.Errorf(protocol.CodeInvalid, "unknown consistency %q", req.Consistency)
+	}
+	instant := time.Unix(0, req.Instant).Add(offset)
+	if now := g.now(); instant.After(now) {
+		instant = now // a point never claims a future instant
+	}
+	pt, err := c.pending.Commit(ctx, storage.CommitInfo{Instant: instant, Consistency: cons})
+	if err != nil {
+		return msg.CycleEndResponse{}, err
+	}
+	g.mu.Lock()
+	delete(g.cycles, uint64(req.Cycle))
+	g.mu.Unlock()
+	g.log.Info("point committed", "machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "note", req.Note)
+	g.onCommit(c.machine, pt)
+	return msg.CycleEndResponse{PointID: pt.ID, Instant: pt.Instant.UnixNano()}, nil
+}
+
+// Forget drops the in-memory cycles of an agent whose session ended; the
+// pending points stay in the repository for the next cycle to resume.
+func (g *Ingest) Forget(agentID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, c := range g.cycles {
+		if c.agentID == agentID {
+			delete(g.cycles, id)
+		}
+	}
+}
+
+// ForgetMachine drops a machine's in-memory cycle (unprotect, failover).
+func (g *Ingest) ForgetMachine(machine string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, c := range g.cycles {
+		if c.machine == machine {
+			delete(g.cycles, id)
+		}
+	}
+}
