@@ -1,0 +1,162 @@
+package points
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ferrydr/ferry/storage"
+)
+
+// Specs with a fixed meaning. "latest" at failover means "a fresh cycle if
+// the source is reachable" — the failover engine handles that; here it
+// resolves like latest-processed.
+const (
+	SpecLatest              = "latest"
+	SpecLatestProcessed     = "latest-processed"
+	SpecLatestAppConsistent = "latest-app-consistent"
+)
+
+// ErrNoPoint means no point matches the spec.
+var ErrNoPoint = errors.New("no recovery point matches")
+
+// ErrBadSpec means the spec is not a known word, id or RFC 3339 time.
+var ErrBadSpec = errors.New("invalid point spec")
+
+// Lister is what resolution needs from the repository.
+type Lister interface {
+	Points(ctx context.Context, machine string) ([]storage.Point, error)
+}
+
+// Resolve finds the point a spec names among the machine's points.
+func Resolve(ctx context.Context, repo Lister, machine, spec string) (storage.Point, error) {
+	pts, err := repo.Points(ctx, machine)
+	if err != nil {
+		return storage.Point{}, err
+	}
+	return Pick(pts, spec, machine)
+}
+
+// Pick resolves a spec against points sorted by id (oldest first).
+func Pick(pts []storage.Point, spec, machine string) (storage.Point, error) {
+	if spec == "" {
+		spec = SpecLatest
+	}
+	switch spec {
+	case SpecLatest, SpecLatestProcessed:
+		if len(pts) == 0 {
+			return storage.Point{}, fmt.Errorf("%w: machine %s has no recovery point yet", ErrNoPoint, machine)
+		}
+		return pts[len(pts)-1], nil
+	case SpecLatestAppConsistent:
+		for i := len(pts) - 1; i >= 0; i-- {
+			if pts[i].Consistency == storage.AppConsistent {
+				return pts[i], nil
+			}
+		}
+		return storage.Point{}, fmt.Errorf("%w: machine %s has no app-consistent point", ErrNoPoint, machine)
+	}
+	if id, err := strconv.ParseInt(spec, 10, 64); err == nil {
+		for _, p := range pts {
+			if p.ID == id {
+				return p, nil
+			}
+		}
+		return storage.Point{}, fmt.Errorf("%w: machine %s has no point %d", ErrNoPoint, machine, id)
+	}
+	t, err := time.Parse(time.RFC3339Nano, spec)
+	if err != nil {
+		return storage.Point{}, fmt.Errorf("%w %q: want latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time", ErrBadSpec, spec)
+	}
+	for i := len(pts) - 1; i >= 0; i-- {
+		if !pts[i].Instant.After(t) {
+			return pts[i], nil
+		}
+	}
+	return storage.Point{}, fmt.Errorf("%w: machine %s has no point at or before %s", ErrNoPoint, machine, t.Format(time.RFC3339))
+}
+
+// Health levels.
+const (
+	Healthy  = "healthy"
+	Warning  = "warning"
+	Critical = "critical"
+)
+
+// HealthInput is what a machine's health is judged on.
+type HealthInput struct {
+	Now         time.Time
+	LastPoint   *time.Time // instant of the newest point
+	Protected   time.Time  // when protection started
+	Threshold   time.Duration
+	Connected   bool   // the source agent has a session
+	ReplError   string // the agent's last replication error, if any
+	ClockSkew   time.Duration
+	Replicating bool // false when the machine is not replicating (failed over…)
+}
+
+// MaxSkew is the agent clock offset past which a machine gets a warning.
+const MaxSkew = 2 * time.Second
+
+// Health judges RPO against the threshold: warning past it, critical past
+// twice it; before the first point, the initial sync is judged the same way
+// from the moment protection began. It returns the RPO in seconds (nil
+// before the first point), the level and why.
+func Health(in HealthInput) (rpo *float64, level, reason string) {
+	if in.LastPoint != nil {
+		s := in.Now.Sub(*in.LastPoint).Seconds()
+		rpo = &s
+	}
+	if !in.Replicating {
+		return rpo, Healthy, ""
+	}
+	age := in.Now.Sub(in.Protected)
+	what := "initial sync in progress"
+	if in.LastPoint != nil {
+		age = in.Now.Sub(*in.LastPoint)
+		what = fmt.Sprintf("RPO %s", age.Round(time.Second))
+	}
+	level = Healthy
+	switch {
+	case age > 2*in.Threshold:
+		level, reason = Critical, fmt.Sprintf("%s exceeds twice the threshold %s", what, in.Threshold)
+	case age > in.Threshold:
+		level, reason = Warning, fmt.Sprintf("%s exceeds the threshold %s", what, in.Threshold)
+	}
+	extra := func(r string) {
+		if level == Healthy {
+			level = Warning
+		}
+		if reason == "" {
+			reason = r
+		} else {
+			reason += "; " + r
+		}
+	}
+	if !in.Connected {
+		extra("source agent not connected")
+	}
+	if in.ReplError != "" {
+		extra("replication error: " + in.ReplError)
+	}
+	if in.ClockSkew > MaxSkew || in.ClockSkew < -MaxSkew {
+		extra(fmt.Sprintf("agent clock is off by %s", in.ClockSkew.Round(time.Millisecond)))
+	}
+	return rpo, level, reason
+}
+
+// Pruner is what retention needs.
+type Pruner interface {
+	Prune(ctx context.Context, machine string, olderThan time.Time) (int, error)
+}
+
+// ApplyRetention drops points older than the retention window (never the
+// newest). A zero retention keeps everything.
+func ApplyRetention(ctx context.Context, repo Pruner, machine string, retention time.Duration, now time.Time) (int, error) {
+	if retention <= 0 {
+		return 0, nil
+	}
+	return repo.Prune(ctx, machine, now.Add(-retention))
+}
