@@ -28,6 +28,9 @@ type fixture struct {
 	path    string // the image to open
 	qemuFmt string // qemu's driver name for it
 	format  Format // what Open must detect
+	// grain is the format's allocation unit: the extents may exceed the
+	// reference's data only by rounding to it (0: no such check).
+	grain int64
 }
 
 // qemuTools are the external tools the suite uses.
@@ -104,6 +107,22 @@ func checkConformance(t *testing.T, q qemuTools, fx fixture) {
 	qd := q.dataMap(t, fx.path, fx.qemuFmt)
 	require.Equal(t, ext, intersect(ext, qd), "extents %s reach outside qemu-img map's data %s", describe(ext), describe(qd))
 
+	// Tight: no more than the data qemu reads, rounded to the allocation unit.
+	if fx.grain > 0 {
+		rs, err := Open(ref, OpenOptions{Format: FormatRaw})
+		require.NoError(t, err)
+		refExt, err := rs.Extents(context.Background())
+		rs.Close()
+		require.NoError(t, err)
+		var rounded []Extent
+		for _, e := range refExt {
+			lo, hi := e.Offset/fx.grain*fx.grain, (e.End()+fx.grain-1)/fx.grain*fx.grain
+			rounded = appendExtent(rounded, Extent{lo, min(hi, src.Size()) - lo})
+		}
+		require.LessOrEqual(t, totalLength(ext), totalLength(rounded),
+			"extents %s cover more than the data %s rounded to %d", describe(ext), describe(rounded), fx.grain)
+	}
+
 	// Holes are never read: reading every extent reads from the container
 	// files at most the extents' bytes plus the format's tables.
 	stats.Bytes.Store(0)
@@ -141,20 +160,26 @@ func TestConformance(t *testing.T) {
 	q := needQemu(t)
 	dir := t.TempDir()
 	base := baseImage(t, dir)
-	mk := func(name, qemuFmt string, f Format, opts ...string) fixture {
+	mk := func(name, qemuFmt string, f Format, grain int64, opts ...string) fixture {
 		p := filepath.Join(dir, name)
 		q.convert(t, base, "raw", p, qemuFmt, opts...)
-		return fixture{name: name, path: p, qemuFmt: qemuFmt, format: f}
+		return fixture{name: name, path: p, qemuFmt: qemuFmt, format: f, grain: grain}
 	}
 	fixtures := []func() fixture{
-		func() fixture { return fixture{name: "raw", path: base, qemuFmt: "raw", format: FormatRaw} },
-		func() fixture { return mk("v3.qcow2", "qcow2", FormatQCOW2) },
-		func() fixture { return mk("v2.qcow2", "qcow2", FormatQCOW2, "-o", "compat=0.10") },
-		func() fixture { return mk("c4k.qcow2", "qcow2", FormatQCOW2, "-o", "cluster_size=4096") },
-		func() fixture { return mk("c2m.qcow2", "qcow2", FormatQCOW2, "-o", "cluster_size=2M") },
-		func() fixture { return mk("zlib.qcow2", "qcow2", FormatQCOW2, "-c") },
-		func() fixture { return mk("zstd.qcow2", "qcow2", FormatQCOW2, "-c", "-o", "compression_type=zstd") },
-		func() fixture { return mk("v2c.qcow2", "qcow2", FormatQCOW2, "-c", "-o", "compat=0.10") },
+		func() fixture { return fixture{name: "raw", path: base, qemuFmt: "raw", format: FormatRaw} }, // written zero runs are allocated: no grain bound,
+		func() fixture { return mk("v3.qcow2", "qcow2", FormatQCOW2, 64<<10) },
+		func() fixture { return mk("v2.qcow2", "qcow2", FormatQCOW2, 64<<10, "-o", "compat=0.10") },
+		func() fixture { return mk("c4k.qcow2", "qcow2", FormatQCOW2, 4<<10, "-o", "cluster_size=4096") },
+		func() fixture { return mk("c2m.qcow2", "qcow2", FormatQCOW2, 2<<20, "-o", "cluster_size=2M") },
+		func() fixture { return mk("zlib.qcow2", "qcow2", FormatQCOW2, 64<<10, "-c") },
+		func() fixture {
+			return mk("zstd.qcow2", "qcow2", FormatQCOW2, 64<<10, "-c", "-o", "compression_type=zstd")
+		},
+		func() fixture { return mk("v2c.qcow2", "qcow2", FormatQCOW2, 64<<10, "-c", "-o", "compat=0.10") },
+		func() fixture { return mk("dynamic.vhdx", "vhdx", FormatVHDX, 32<<20) },
+		func() fixture { return mk("fixed.vhdx", "vhdx", FormatVHDX, 64<<10, "-o", "subformat=fixed") },
+		func() fixture { return mk("b1m.vhdx", "vhdx", FormatVHDX, 1<<20, "-o", "block_size=1M") },
+		func() fixture { return mk("s4k.vhdx", "vhdx", FormatVHDX, 8<<20, "-o", "block_size=8M,log_size=2M") },
 	}
 	for _, build := range fixtures {
 		fx := build()
@@ -206,7 +231,7 @@ func TestConformanceChains(t *testing.T) {
 				args = append(args, "-c", "write -P 0x33 75M 64k")
 			}
 			run(t, q.io, append(args, child)...)
-			checkConformance(t, q, fixture{name: c.name, path: child, qemuFmt: c.childFmt, format: c.f})
+			checkConformance(t, q, fixture{name: c.name, path: child, qemuFmt: c.childFmt, format: c.f, grain: 64 << 10})
 
 			info, err := Probe(child)
 			require.NoError(t, err)
@@ -239,14 +264,15 @@ func TestConformanceLarge(t *testing.T) {
 	base := filepath.Join(dir, "large.raw")
 	writeImage(t, base, imageSpec{size: size, seed: 4, sparseOnly: true,
 		dataAt: []int64{0, 1<<30 + 512, 4<<30 - 32<<10, 4<<30 + 1<<20 + 1536, size - 96<<10}})
-	mk := func(name, qemuFmt string, f Format, opts ...string) fixture {
+	mk := func(name, qemuFmt string, f Format, grain int64, opts ...string) fixture {
 		p := filepath.Join(dir, name)
 		q.convert(t, base, "raw", p, qemuFmt, opts...)
-		return fixture{name: name, path: p, qemuFmt: qemuFmt, format: f}
+		return fixture{name: name, path: p, qemuFmt: qemuFmt, format: f, grain: grain}
 	}
 	fixtures := []func() fixture{
-		func() fixture { return fixture{name: "raw", path: base, qemuFmt: "raw", format: FormatRaw} },
-		func() fixture { return mk("large.qcow2", "qcow2", FormatQCOW2) },
+		func() fixture { return fixture{name: "raw", path: base, qemuFmt: "raw", format: FormatRaw} }, // written zero runs are allocated: no grain bound,
+		func() fixture { return mk("large.qcow2", "qcow2", FormatQCOW2, 64<<10) },
+		func() fixture { return mk("large.vhdx", "vhdx", FormatVHDX, 32<<20) },
 	}
 	for _, build := range fixtures {
 		fx := build()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -109,7 +110,9 @@ func (o *opener) open(path string, format Format) (*image, imageMeta, error) {
 		im = newLinearImage(FormatRaw, c, c, c.size)
 	case FormatQCOW2:
 		im, m, err = o.openQCOW2(c)
-	case FormatVHDX, FormatVHD, FormatVMDK:
+	case FormatVHDX:
+		im, m, err = o.openVHDX(c)
+	case FormatVHD, FormatVMDK:
 		err = unsupportedf(format, path, "no reader for this format yet")
 	default:
 		err = unsupportedf(format, path, "unknown format %q", format)
@@ -218,4 +221,9 @@ func (l limitedFile) dataRanges(off, n int64) ([]Extent, error) {
 		return nil, nil
 	}
 	return l.fileReader.dataRanges(off, n)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
