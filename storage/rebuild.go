@@ -1,0 +1,334 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/ferrydr/ferry/storage/internal/pack"
+)
+
+// RebuildReport says what Rebuild found in the packs.
+type RebuildReport struct {
+	Packs         int
+	Chunks        int
+	Points        int     // committed points restored
+	Deleted       int     // points restored as deleted (tombstoned)
+	Incomplete    []int64 // points whose change records are not all present
+	MissingChunks int     // rows naming a chunk no pack holds (reads fail)
+	TornPacks     []string
+	Damaged       []string // packs whose header is unreadable or foreign
+}
+
+type rbCopy struct {
+	commit pack.Commit
+	parts  map[uint32]pack.Changes
+	pack   uint64
+	recs   []pack.Entry
+	flags  []uint8
+}
+
+// Rebuild recreates the index of the repository in dir from its packs: it
+// removes any index files, then replays every chunk, key and point record
+// (commits in id order, tombstones, labels by serial) and runs the same
+// sweep as GC. Pending (uncommitted) data is not in the packs and is lost:
+// the controller must resync every machine's block map afterwards.
+func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, error) {
+	var rep RebuildReport
+	cfg, err := readConfig(dir)
+	if err != nil {
+		return rep, err
+	}
+	repoID, _ := cfg.repoID()
+	lock, err := lockRepo(dir)
+	if err != nil {
+		return rep, err
+	}
+	defer lock.Close()
+	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+		if err := os.Remove(filepath.Join(dir, indexName+suffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return rep, opErr("remove index", dir, err)
+		}
+	}
+	db, err := openIndex(ctx, filepath.Join(dir, indexName), opts.ExclusiveLock)
+	if err != nil {
+		return rep, err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `INSERT INTO meta(key, value) VALUES ('repo_id', ?), ('format_version', ?)`,
+		cfg.RepoID, fmt.Sprint(FormatVersionCurrent)); err != nil {
+		return rep, err
+	}
+	copies := map[uint64][]*rbCopy{} // point id -> copies (one per pack)
+	deletes := map[uint64]bool{}
+	type mdel struct {
+		machine string
+		bound   uint64
+	}
+	var mdels []mdel
+	labels := map[uint64]pack.Label{}
+	maxID := uint64(0)
+
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return rep, err
+	}
+	defer tx.Rollback()
+	subs, _ := os.ReadDir(filepath.Join(dir, packsDir))
+	for _, s := range subs {
+		files, _ := os.ReadDir(filepath.Join(dir, packsDir, s.Name()))
+		for _, fe := range files {
+			id, ok := parsePackFileName(fe.Name())
+			if !ok {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return rep, err
+			}
+			path := filepath.Join(dir, packsDir, s.Name(), fe.Name())
+			f, err := os.Open(path)
+			if err != nil {
+				return rep, opErr("open pack", path, err)
+			}
+			st, _ := f.Stat()
+			hdr := make([]byte, pack.HeaderSize)
+			_, rerr := f.ReadAt(hdr, 0)
+			h, herr := pack.ParseHeader(hdr)
+			if rerr != nil || herr != nil || h.PackID != id || h.RepoID != repoID {
+				f.Close()
+				rep.Damaged = append(rep.Damaged, packName(id))
+				continue
+			}
+			if h.Version > pack.Version {
+				f.Close()
+				return rep, &FormatVersionError{Subject: "pack", Path: path, Found: int(h.Version), Min: 1, Max: pack.Version}
+			}
+			state := "sealed"
+			size := st.Size()
+			if _, _, ferr := pack.ReadFooter(f, st.Size()); ferr != nil {
+				state = "open"
+				rep.TornPacks = append(rep.TornPacks, packName(id))
+			}
+			rep.Packs++
+			copiesHere := map[uint64]*rbCopy{}
+			getCopy := func(pid uint64) *rbCopy {
+				cp := copiesHere[pid]
+				if cp == nil {
+					cp = &rbCopy{parts: map[uint32]pack.Changes{}, pack: id}
+					copiesHere[pid] = cp
+				}
+				return cp
+			}
+			end, err := pack.Scan(f, st.Size(), func(off int64, rec pack.Record, n int) error {
+				e := pack.Entry{Type: rec.Type, Offset: off, Length: int64(n)}
+				switch rec.Type {
+				case pack.TypeChunk:
+					ch, err := pack.DecodeChunk(rec.Payload)
+					if err != nil {
+						return nil
+					}
+					if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot)
+						VALUES (?, ?, ?, ?, ?, ?, ?)`, ch.Hash[:], int64(id), off, n, ch.PlainLen, ch.Codec, ch.KeySlot); err != nil {
+						return err
+					}
+				case pack.TypeKey:
+					k, err := pack.DecodeKey(rec.Payload)
+					if err != nil {
+						return nil
+					}
+					if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO keys(slot, sealed) VALUES (?, ?)`, k.Slot, pack.EncodeKey(k)); err != nil {
+						return err
+					}
+				case pack.TypePointChanges:
+					c, err := pack.DecodeChanges(rec.Payload)
+					if err != nil {
+						return nil
+					}
+					cp := getCopy(c.PointID)
+					cp.parts[c.Part] = c
+					cp.recs = append(cp.recs, e)
+					cp.flags = append(cp.flags, rec.Flags)
+					maxID = max(maxID, c.PointID)
+				case pack.TypePointCommit:
+					c, err := pack.DecodeCommit(rec.Payload)
+					if err != nil {
+						return nil
+					}
+					cp := getCopy(c.PointID)
+					cp.commit = c
+					cp.recs = append(cp.recs, e)
+					cp.flags = append(cp.flags, rec.Flags)
+					maxID = max(maxID, c.PointID)
+				case pack.TypePointDelete:
+					d, err := pack.DecodeDelete(rec.Payload)
+					if err != nil {
+						return nil
+					}
+					if rec.Flags&pack.DeleteMachineFlag != 0 {
+						mdels = append(mdels, mdel{d.Machine, d.PointID})
+					} else {
+						deletes[d.PointID] = true
+					}
+					maxID = max(maxID, d.PointID)
+					if _, err := tx.ExecContext(ctx, `INSERT INTO records(pack_id, offset, length, type, flags, point_id) VALUES (?, ?, ?, ?, ?, ?)`,
+						int64(id), off, n, rec.Type, rec.Flags, int64(d.PointID)); err != nil {
+						return err
+					}
+				case pack.TypePointLabel:
+					l, err := pack.DecodeLabel(rec.Payload)
+					if err != nil {
+						return nil
+					}
+					if old, ok := labels[l.PointID]; !ok || l.Serial > old.Serial {
+						labels[l.PointID] = l
+					}
+					if _, err := tx.ExecContext(ctx, `INSERT INTO records(pack_id, offset, length, type, flags, point_id) VALUES (?, ?, ?, ?, ?, ?)`,
+						int64(id), off, n, rec.Type, rec.Flags, int64(l.PointID)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			f.Close()
+			if err != nil {
+				return rep, err
+			}
+			if state == "open" {
+				size = end
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO packs(id, state, size, created_ns) VALUES (?, ?, ?, ?)`,
+				int64(id), state, size, st.ModTime().UnixNano()); err != nil {
+				return rep, err
+			}
+			for pid, cp := range copiesHere {
+				copies[pid] = append(copies[pid], cp)
+			}
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE packs SET state='sealed' WHERE state='open' AND id NOT IN
+		(SELECT id FROM packs WHERE state='open' ORDER BY created_ns DESC LIMIT 1)`); err != nil {
+		return rep, err
+	}
+	// Points in id order: a complete copy gives the metadata; rows are the
+	// union of complete copies (copies of a committed point are identical).
+	ids := make([]uint64, 0, len(copies))
+	for pid := range copies {
+		ids = append(ids, pid)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	diskIDs := map[[2]string]int64{}
+	for _, pid := range ids {
+		var complete []*rbCopy
+		for _, cp := range copies[pid] {
+			if cp.commit.PointID == pid && uint32(len(cp.parts)) == cp.commit.Parts {
+				complete = append(complete, cp)
+			}
+		}
+		if len(complete) == 0 {
+			rep.Incomplete = append(rep.Incomplete, int64(pid))
+			continue
+		}
+		cm := complete[0].commit
+		state := "committed"
+		if deletes[pid] {
+			state = "deleted"
+			rep.Deleted++
+		} else {
+			rep.Points++
+		}
+		name, serial := cm.Name, cm.LabelSerial
+		if l, ok := labels[pid]; ok && l.Serial > serial {
+			name, serial = l.Name, l.Serial
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO points(id, machine, state, instant_ns, consistency, name, label_serial, bytes, changed, committed_ns)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, int64(pid), cm.Machine, state, cm.InstantNs, cm.Consistency, name, serial,
+			cm.Bytes, cm.Changed, cm.CommittedNs); err != nil {
+			return rep, err
+		}
+		for _, d := range cm.Disks {
+			k := [2]string{cm.Machine, d.Name}
+			did, ok := diskIDs[k]
+			if !ok {
+				res, err := tx.ExecContext(ctx, `INSERT INTO disks(machine, name, block_size) VALUES (?, ?, ?)`, cm.Machine, d.Name, d.BlockSize)
+				if err != nil {
+					return rep, err
+				}
+				did, _ = res.LastInsertId()
+				diskIDs[k] = did
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO point_disks(point_id, disk_id, size) VALUES (?, ?, ?)`, int64(pid), did, d.Size); err != nil {
+				return rep, err
+			}
+		}
+		for _, cp := range complete {
+			for i, e := range cp.recs {
+				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO records(pack_id, offset, length, type, flags, point_id) VALUES (?, ?, ?, ?, ?, ?)`,
+					int64(cp.pack), e.Offset, e.Length, e.Type, cp.flags[i], int64(pid)); err != nil {
+					return rep, err
+				}
+			}
+			for _, part := range cp.parts {
+				for _, dc := range part.Disks {
+					did, ok := diskIDs[[2]string{cm.Machine, dc.Disk}]
+					if !ok {
+						continue
+					}
+					for _, ch := range dc.Changes {
+						var cid any
+						if !ch.Zero {
+							var id int64
+							err := tx.QueryRowContext(ctx, `SELECT id FROM chunks WHERE hash=?`, ch.Hash[:]).Scan(&id)
+							if errors.Is(err, sql.ErrNoRows) {
+								id = -1 // no pack holds it: reads fail, never return zeros
+							} else if err != nil {
+								return rep, err
+							}
+							cid = id
+						}
+						if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`,
+							did, ch.Block, int64(pid), cid); err != nil {
+							return rep, err
+						}
+					}
+				}
+			}
+		}
+	}
+	// Machine tombstones: every point up to the bound goes, head rows too.
+	for _, md := range mdels {
+		if _, err := tx.ExecContext(ctx, `UPDATE points SET state='deleted' WHERE machine=? AND id<=?`, md.machine, int64(md.bound)); err != nil {
+			return rep, err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM changes WHERE seq<=? AND disk_id IN (SELECT id FROM disks WHERE machine=?)`,
+			int64(md.bound), md.machine); err != nil {
+			return rep, err
+		}
+	}
+	// New points must get ids above every id the packs mention.
+	res, err := tx.ExecContext(ctx, `UPDATE sqlite_sequence SET seq=max(seq, ?) WHERE name='points'`, int64(maxID))
+	if err != nil {
+		return rep, err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO sqlite_sequence(name, seq) VALUES ('points', ?)`, int64(maxID)); err != nil {
+			return rep, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return rep, err
+	}
+	if _, err := sweepAll(ctx, db, func() func() { return func() {} }); err != nil {
+		return rep, err
+	}
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM changes WHERE chunk_id=-1`).Scan(&rep.MissingChunks); err != nil {
+		return rep, err
+	}
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM chunks`).Scan(&rep.Chunks); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
