@@ -12,21 +12,20 @@ import (
 // durable step goes through a syncer so the power-loss test can remove one
 // of them by name and prove that the removal is caught.
 const (
-	syncConfigFile = "config.file"   // config temp file before rename
-	syncConfigDir  = "config.dir"    // repository dir after config rename
-	syncKeyFile    = "key.file"      // key file temp before rename
-	syncKeyDir     = "key.dir"       // key file's dir after rename
-	syncPackMkdir  = "pack.mkdir"    // packs/ after creating packs/XX
-	syncPackCreate = "pack.create"   // packs/XX after creating a pack file
-	syncPackAppend = "pack.append"   // fdatasync of an appended batch
-	syncPackSeal   = "pack.seal"     // fdatasync of a footer
-	syncPackTrunc  = "pack.truncate" // fdatasync after cutting an unindexed tail
+	syncConfigFile = "config.file" // config temp file before rename
+	syncConfigDir  = "config.dir"  // repository dir after config rename
+	syncKeyFile    = "key.file"    // key file temp before rename
+	syncKeyDir     = "key.dir"     // key file's dir after rename
+	syncPackMkdir  = "pack.mkdir"  // packs/ after creating packs/XX
+	syncPackCreate = "pack.create" // packs/XX after creating a pack file
+	syncPackAppend = "pack.append" // fdatasync of an appended batch
+	syncPackSeal   = "pack.seal"   // fdatasync of a footer
 )
 
 // SyncPoints lists every named fsync, for tests that remove each in turn.
 func syncPoints() []string {
 	return []string{syncConfigFile, syncConfigDir, syncKeyFile, syncKeyDir, syncPackMkdir,
-		syncPackCreate, syncPackAppend, syncPackSeal, syncPackTrunc}
+		syncPackCreate, syncPackAppend, syncPackSeal}
 }
 
 // syncer performs the named fsyncs. Its zero value syncs everything; skip is

@@ -302,10 +302,9 @@ func (c *core) recoverPacks(ctx context.Context) error {
 				f.Close()
 				return opErr("truncate pack", path, err)
 			}
-			if err := c.sync.dataSync(syncPackTrunc, f); err != nil {
-				f.Close()
-				return err
-			}
+			// Not synced on purpose: if the cut is lost in a crash, the
+			// next Open cuts again, and the next append's fdatasync makes
+			// the shorter size durable (docs/crash-semantics.md).
 		}
 		op := &openPack{id: r.id, f: f, size: r.size, slots: map[uint32]bool{}}
 		end, err := pack.Scan(f, r.size, func(off int64, rec pack.Record, n int) error {
