@@ -158,10 +158,12 @@ func (p *Proxy) pipe(pr *pair, src, dst net.Conn, count *atomic.Int64) {
 			}
 			allowed := p.take(int64(n))
 			if allowed > 0 {
+				// Counted before the write, so that a peer that has seen the
+				// bytes also sees them counted.
+				count.Add(allowed)
 				if _, werr := dst.Write(buf[:allowed]); werr != nil {
 					return
 				}
-				count.Add(allowed)
 			}
 			if allowed < int64(n) {
 				p.log.Debug("faultnet: cut", "target", p.target)
