@@ -1,0 +1,334 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zeebo/blake3"
+)
+
+// The crash and power-loss tests run this workload in a child process (a
+// re-exec of the test binary selected by childEnv) and check the repository
+// against a deterministic model after killing it or cutting its power.
+
+const (
+	childEnv     = "FERRY_STORAGE_TEST_CHILD"
+	wlMachine    = "m1"
+	wlBlocks     = 48
+	wlBlockSize  = 4096
+	wlKeep       = 10 // points kept by the child's retention
+	wlPoolChunks = 6  // shared contents, so writes dedup (and hash-only writes happen)
+)
+
+var wlBase = time.Unix(1_700_000_000, 0)
+
+func wlInstant(k int) time.Time { return wlBase.Add(time.Duration(k) * time.Second) }
+
+// childConfig is passed to the child as JSON in childEnv.
+type childConfig struct {
+	Dir       string `json:"dir"`
+	KeyDir    string `json:"key_dir,omitempty"` // encrypted repos: where the key files live
+	Create    bool   `json:"create"`
+	Exclusive bool   `json:"exclusive"`
+	Failpoint string `json:"failpoint,omitempty"`
+	FailHit   int    `json:"fail_hit,omitempty"`
+	SelfKill  bool   `json:"self_kill"` // at the failpoint: SIGKILL itself (else block)
+	SkipSync  string `json:"skip_sync,omitempty"`
+	Encrypted bool   `json:"encrypted"`
+	PackSize  int64  `json:"pack_size"`
+}
+
+// wlWrite is one block the workload writes in commit k.
+type wlWrite struct {
+	block int64
+	kind  int // 0 unique chunk, 1 pool chunk, 2 zero, 3 patch
+	pool  int
+	seed  uint64
+}
+
+// wlCommit lists commit k's writes: six distinct blocks.
+func wlCommit(k int) []wlWrite {
+	rng := rand.New(rand.NewPCG(uint64(k), 77))
+	seen := map[int64]bool{}
+	var ws []wlWrite
+	for len(ws) < 6 {
+		b := int64(rng.IntN(wlBlocks))
+		if seen[b] {
+			continue
+		}
+		seen[b] = true
+		w := wlWrite{block: b, kind: rng.IntN(4), pool: rng.IntN(wlPoolChunks), seed: uint64(k)*1000 + uint64(b)}
+		if k == 1 && w.kind == 3 {
+			w.kind = 0
+		}
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+func wlPool(i int) []byte { return content(uint64(5000+i*3), wlBlockSize) } // seed%3==... varied kinds
+
+// apply returns block content after write w given the previous content.
+func (w wlWrite) apply(prev []byte) []byte {
+	switch w.kind {
+	case 0:
+		return content(w.seed, wlBlockSize)
+	case 1:
+		return wlPool(w.pool)
+	case 2:
+		return make([]byte, wlBlockSize)
+	default:
+		out := append([]byte(nil), prev...)
+		copy(out[100:], content(w.seed, 300))
+		return out
+	}
+}
+
+// wlModel returns the disk image after commits 1..k.
+func wlModel(k int) []byte {
+	img := make([]byte, wlBlocks*wlBlockSize)
+	for j := 1; j <= k; j++ {
+		for _, w := range wlCommit(j) {
+			off := w.block * wlBlockSize
+			copy(img[off:], w.apply(img[off:off+wlBlockSize]))
+		}
+	}
+	return img
+}
+
+func wlDisks() []DiskSpec { return []DiskSpec{{Name: "d0", Size: wlBlocks * wlBlockSize, BlockSize: wlBlockSize}} }
+
+// runChild is the child process: it commits points in a loop, reporting
+// each on stdout only after Commit returned, with retention and GC.
+func runChild(cfgJSON string) error {
+	var cfg childConfig
+	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	say := func(format string, args ...any) { fmt.Fprintf(os.Stdout, format+"\n", args...) }
+	sy := syncer{skip: cfg.SkipSync}
+	hits := map[string]int{}
+	fail := func(name string) {
+		if name != cfg.Failpoint {
+			return
+		}
+		hits[name]++
+		if hits[name] != cfg.FailHit {
+			return
+		}
+		say("fp %s", name)
+		if cfg.SelfKill {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+		select {} // wait for the power cut
+	}
+	var priv *PrivateKey
+	if cfg.Create {
+		co := CreateOptions{PackSize: cfg.PackSize, sync: sy}
+		if cfg.Encrypted {
+			k, err := GenerateKey()
+			if err != nil {
+				return err
+			}
+			if err := sy.writeFile(filepath.Join(cfg.KeyDir, "repo.key"), k.MarshalPEM(), 0o600, syncKeyFile, syncKeyDir); err != nil {
+				return err
+			}
+			co.PublicKey = k.Public()
+		}
+		if err := Create(ctx, cfg.Dir, co); err != nil {
+			return err
+		}
+		say("created")
+	}
+	if cfg.Encrypted {
+		k, err := LoadPrivateKeyFile(filepath.Join(cfg.KeyDir, "repo.key"))
+		if err != nil {
+			return err
+		}
+		priv = k
+	}
+	r, err := Open(ctx, cfg.Dir, OpenOptions{PrivateKey: priv, ExclusiveLock: cfg.Exclusive, Failpoint: fail, sync: sy})
+	if err != nil {
+		return err
+	}
+	say("opened")
+	last := 0
+	pts, err := r.Points(ctx, wlMachine)
+	if err != nil {
+		return err
+	}
+	if len(pts) > 0 {
+		if last, err = wlParseName(pts[len(pts)-1].Name); err != nil {
+			return err
+		}
+	}
+	img := wlModel(last)
+	for k := last + 1; ; k++ {
+		p, err := r.BeginPoint(ctx, wlMachine, wlDisks())
+		if err != nil {
+			return err
+		}
+		ws := wlCommit(k)
+		var bws []BlockWrite
+		for _, w := range ws {
+			off := w.block * wlBlockSize
+			data := w.apply(img[off : off+wlBlockSize])
+			h := Hash(blake3.Sum256(data))
+			switch {
+			case w.kind == 2:
+				bws = append(bws, BlockWrite{Disk: "d0", Block: w.block, Zero: true})
+			case w.kind == 3:
+				bws = append(bws, BlockWrite{Disk: "d0", Block: w.block, Hash: h, Patch: []PatchRun{{Offset: 100, Data: data[100:400]}}})
+			case w.kind == 1:
+				has, err := r.HasChunks(ctx, []Hash{h})
+				if err != nil {
+					return err
+				}
+				if has[0] {
+					bws = append(bws, BlockWrite{Disk: "d0", Block: w.block, Hash: h})
+				} else {
+					bws = append(bws, chunkWrite("d0", w.block, data))
+				}
+			default:
+				bws = append(bws, chunkWrite("d0", w.block, data))
+			}
+			copy(img[off:], data)
+		}
+		// Patches read the pending point's rows, so they go after the rest
+		// of the batch is stored; two Writes also give mid-point kills.
+		var first, second []BlockWrite
+		for _, bw := range bws {
+			if bw.Patch != nil {
+				second = append(second, bw)
+			} else {
+				first = append(first, bw)
+			}
+		}
+		if err := p.Write(ctx, first); err != nil {
+			return fmt.Errorf("write k=%d: %w", k, err)
+		}
+		say("w %d", k)
+		if len(second) > 0 {
+			pp := p
+			if err := pp.Write(ctx, second); err != nil {
+				return fmt.Errorf("patch k=%d: %w", k, err)
+			}
+		}
+		pt, err := p.Commit(ctx, CommitInfo{Instant: wlInstant(k), Consistency: CrashConsistent, Name: fmt.Sprintf("k=%d", k)})
+		if err != nil {
+			return fmt.Errorf("commit k=%d: %w", k, err)
+		}
+		say("c %d %d", k, pt.ID)
+		if k%3 == 0 {
+			if _, err := r.Prune(ctx, wlMachine, wlInstant(k-wlKeep+1)); err != nil {
+				return fmt.Errorf("prune: %w", err)
+			}
+			say("p %d", k)
+		}
+		if k%5 == 0 {
+			if _, err := r.GC(ctx, GCOptions{RepackBelow: 0.8}); err != nil {
+				return fmt.Errorf("gc: %w", err)
+			}
+			say("g %d", k)
+		}
+	}
+}
+
+func wlParseName(name string) (int, error) {
+	s, ok := strings.CutPrefix(name, "k=")
+	if !ok {
+		return 0, fmt.Errorf("point name %q is not the workload's", name)
+	}
+	return strconv.Atoi(s)
+}
+
+// wlCheck opens the repository and checks the guarantees after a crash:
+// every point reads back byte-exact against the model, every reported
+// commit that retention keeps is present, nothing else is visible, and
+// Verify is clean. It returns the first violation.
+func wlCheck(ctx context.Context, dir string, oo OpenOptions, reported map[int]bool, maxReported int) error {
+	r, err := Open(ctx, dir, oo)
+	if err != nil {
+		return fmt.Errorf("open after crash: %w", err)
+	}
+	defer r.Close()
+	pts, err := r.Points(ctx, wlMachine)
+	if err != nil {
+		return err
+	}
+	present := map[int]bool{}
+	newest := 0
+	for _, pt := range pts {
+		k, err := wlParseName(pt.Name)
+		if err != nil {
+			return err
+		}
+		if present[k] {
+			return fmt.Errorf("commit k=%d present twice", k)
+		}
+		present[k] = true
+		newest = max(newest, k)
+		if !pt.Instant.Equal(wlInstant(k)) {
+			return fmt.Errorf("point k=%d has instant %v", k, pt.Instant)
+		}
+		d, err := r.OpenDisk(ctx, pt.ID, "d0")
+		if err != nil {
+			return fmt.Errorf("open disk of k=%d: %w", k, err)
+		}
+		var buf bytes.Buffer
+		if _, err := d.WriteTo(&buf); err != nil {
+			return fmt.Errorf("read k=%d: %w", k, err)
+		}
+		if !bytes.Equal(buf.Bytes(), wlModel(k)) {
+			return fmt.Errorf("point k=%d (id %d) does not read back byte-exact", k, pt.ID)
+		}
+	}
+	if newest < maxReported || newest > maxReported+1 {
+		return fmt.Errorf("newest point k=%d, newest reported commit k=%d", newest, maxReported)
+	}
+	for k := range reported {
+		if k > newest-wlKeep+1 && !present[k] {
+			return fmt.Errorf("reported commit k=%d is missing (newest k=%d)", k, newest)
+		}
+	}
+	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true})
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	if len(rep.Damaged) > 0 {
+		return fmt.Errorf("verify found damage: %v", errors.Join(damageErrs(rep)...))
+	}
+	return nil
+}
+
+func damageErrs(rep VerifyReport) []error {
+	var out []error
+	for _, d := range rep.Damaged {
+		out = append(out, fmt.Errorf("pack %s offset %d: %w", d.Pack, d.Offset, d.Err))
+	}
+	return out
+}
+
+// TestMain runs the child role when selected.
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv(childEnv); cfg != "" {
+		if err := runChild(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
