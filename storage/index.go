@@ -34,7 +34,14 @@ type connector struct {
 }
 
 func newConnector(path string, exclusive bool) *connector {
-	c := &connector{dsn: "file:" + path + "?_txlock=immediate", exclusive: exclusive}
+	dsn := "file:" + path + "?_txlock=immediate"
+	if exclusive {
+		// The unix-excl VFS keeps the WAL index in heap memory from the
+		// first access on: no -shm file and no mmap, even when the
+		// database is already in WAL mode when it is opened.
+		dsn += "&vfs=unix-excl"
+	}
+	c := &connector{dsn: dsn, exclusive: exclusive}
 	c.drv = &sqlite3.SQLiteDriver{ConnectHook: c.hook}
 	return c
 }

@@ -107,7 +107,9 @@ func wlModel(k int) []byte {
 	return img
 }
 
-func wlDisks() []DiskSpec { return []DiskSpec{{Name: "d0", Size: wlBlocks * wlBlockSize, BlockSize: wlBlockSize}} }
+func wlDisks() []DiskSpec {
+	return []DiskSpec{{Name: "d0", Size: wlBlocks * wlBlockSize, BlockSize: wlBlockSize}}
+}
 
 // runChild is the child process: it commits points in a loop, reporting
 // each on stdout only after Commit returned, with retention and GC.
