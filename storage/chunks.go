@@ -166,6 +166,10 @@ func (r *Repo) readChunkRow(ctx context.Context, row chunkRow) ([]byte, error) {
 // (CRC and identity only: no key needed).
 func (c *core) readChunkRecord(row chunkRow) (pack.Chunk, error) {
 	rec, err := c.readRecord(row.pack, row.off, row.length)
+	var ce *CorruptError
+	if errors.As(err, &ce) && ce.Hash == (Hash{}) {
+		ce.Hash = row.hash
+	}
 	if err != nil {
 		return pack.Chunk{}, err
 	}
