@@ -179,6 +179,24 @@ func TestConformance(t *testing.T) {
 		func() fixture { return mk("dynamic.vhdx", "vhdx", FormatVHDX, 32<<20) },
 		func() fixture { return mk("fixed.vhdx", "vhdx", FormatVHDX, 64<<10, "-o", "subformat=fixed") },
 		func() fixture { return mk("b1m.vhdx", "vhdx", FormatVHDX, 1<<20, "-o", "block_size=1M") },
+		func() fixture { return mk("dynamic.vhd", "vpc", FormatVHD, 2<<20) },
+		func() fixture { return mk("fixed.vhd", "vpc", FormatVHD, 64<<10, "-o", "subformat=fixed") },
+		func() fixture { return mk("forced.vhd", "vpc", FormatVHD, 2<<20, "-o", "force_size=on") },
+		func() fixture {
+			return mk("fixed-forced.vhd", "vpc", FormatVHD, 64<<10, "-o", "subformat=fixed,force_size=on")
+		},
+		func() fixture { return mk("sparse.vmdk", "vmdk", FormatVMDK, 64<<10) },
+		func() fixture { return mk("flat.vmdk", "vmdk", FormatVMDK, 64<<10, "-o", "subformat=monolithicFlat") },
+		func() fixture {
+			return mk("stream.vmdk", "vmdk", FormatVMDK, 64<<10, "-o", "subformat=streamOptimized")
+		},
+		func() fixture {
+			return mk("2gbsparse.vmdk", "vmdk", FormatVMDK, 64<<10, "-o", "subformat=twoGbMaxExtentSparse")
+		},
+		func() fixture {
+			return mk("2gbflat.vmdk", "vmdk", FormatVMDK, 64<<10, "-o", "subformat=twoGbMaxExtentFlat")
+		},
+		func() fixture { return mk("v3.vmdk", "vmdk", FormatVMDK, 64<<10, "-o", "compat6=on,zeroed_grain=on") },
 		func() fixture { return mk("s4k.vhdx", "vhdx", FormatVHDX, 8<<20, "-o", "block_size=8M,log_size=2M") },
 	}
 	for _, build := range fixtures {
@@ -204,11 +222,13 @@ func TestConformanceChains(t *testing.T) {
 		name, parentFmt, childFmt string
 		f                         Format
 		childSize                 int64
+		grain                     int64 // 0: the child stores written zeros as data
 	}
 	for _, c := range []chain{
-		{"qcow2-on-qcow2", "qcow2", "qcow2", FormatQCOW2, oddSize},
-		{"qcow2-on-raw", "raw", "qcow2", FormatQCOW2, oddSize},
-		{"qcow2-larger-child", "qcow2", "qcow2", FormatQCOW2, 80 << 20},
+		{"qcow2-on-qcow2", "qcow2", "qcow2", FormatQCOW2, oddSize, 64 << 10},
+		{"qcow2-on-raw", "raw", "qcow2", FormatQCOW2, oddSize, 64 << 10},
+		{"qcow2-larger-child", "qcow2", "qcow2", FormatQCOW2, 80 << 20, 64 << 10},
+		{"vmdk-on-vmdk", "vmdk", "vmdk", FormatVMDK, oddSize, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			sub := filepath.Join(dir, c.name)
@@ -231,7 +251,7 @@ func TestConformanceChains(t *testing.T) {
 				args = append(args, "-c", "write -P 0x33 75M 64k")
 			}
 			run(t, q.io, append(args, child)...)
-			checkConformance(t, q, fixture{name: c.name, path: child, qemuFmt: c.childFmt, format: c.f, grain: 64 << 10})
+			checkConformance(t, q, fixture{name: c.name, path: child, qemuFmt: c.childFmt, format: c.f, grain: c.grain})
 
 			info, err := Probe(child)
 			require.NoError(t, err)

@@ -37,6 +37,9 @@ type compressed struct {
 	guestStart int64 // guest offset of the cluster's first byte
 	size       int64 // decompressed size
 	decode     func(dst, src []byte) error
+	// locate, if set, finds off and n when the cluster is read (a VMDK
+	// grain marker stores the compressed size in front of the data).
+	locate func() (off, n int64, err error)
 }
 
 // mapper translates guest offsets for one image format. mapAt describes
@@ -156,6 +159,14 @@ func (im *image) readCompressed(buf []byte, c *compressed, pos int64) error {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	if im.cacheKey == nil || im.cacheKey.file != c.file || im.cacheKeyO != c.off {
+		key := c.off
+		if c.locate != nil {
+			off, n, err := c.locate()
+			if err != nil {
+				return corruptf(im.format, im.path, "compressed cluster at file offset %d: %v", c.off, err)
+			}
+			c.off, c.n = off, n
+		}
 		src := make([]byte, c.n)
 		if err := readPadded(c.file, src, c.off); err != nil {
 			return ioError(im.format, im.path, "read compressed cluster", err)
@@ -168,7 +179,7 @@ func (im *image) readCompressed(buf []byte, c *compressed, pos int64) error {
 			im.cacheKey = nil
 			return corruptf(im.format, im.path, "compressed cluster at file offset %d: %v", c.off, err)
 		}
-		im.cacheKey, im.cacheKeyO, im.cacheBuf = c, c.off, dst
+		im.cacheKey, im.cacheKeyO, im.cacheBuf = c, key, dst
 	}
 	start := pos - c.guestStart
 	if start < 0 || start+int64(len(buf)) > int64(len(im.cacheBuf)) {

@@ -112,8 +112,10 @@ func (o *opener) open(path string, format Format) (*image, imageMeta, error) {
 		im, m, err = o.openQCOW2(c)
 	case FormatVHDX:
 		im, m, err = o.openVHDX(c)
-	case FormatVHD, FormatVMDK:
-		err = unsupportedf(format, path, "no reader for this format yet")
+	case FormatVHD:
+		im, m, err = o.openVHD(c)
+	case FormatVMDK:
+		im, m, err = o.openVMDK(c)
 	default:
 		err = unsupportedf(format, path, "unknown format %q", format)
 	}
