@@ -36,7 +36,7 @@ bench: build
 	scripts/bench.sh
 
 demo: build
-	$(GO) run ./scripts/demo
+	$(GO) run ./scripts/demo -bin $(BIN)
 
 dist:
 	scripts/dist.sh $(VERSION)

@@ -1,0 +1,306 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Binaries returns a directory holding ferry and ferry-agent: FERRY_BIN
+// when set (make test builds them), else a fresh build shared by the tests.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("FERRY_BIN"); d != "" {
+		return d
+	}
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "ferry-e2e-bin")
+		if buildErr != nil {
+			return
+		}
+		root := moduleRoot()
+		for _, b := range []struct{ name, pkg, cgo string }{{"ferry", "./cmd/ferry", "1"}, {"ferry-agent", "./cmd/ferry-agent", "0"}} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.name), b.pkg)
+			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "CGO_ENABLED="+b.cgo)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", b.name, err, out)
+				return
+			}
+		}
+	})
+	require.NoError(t, buildErr)
+	return binDir
+}
+
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Proc is a running Ferry process with its output captured.
+type Proc struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	name string
+	mu   sync.Mutex
+	out  bytes.Buffer
+	done chan struct{}
+}
+
+func start(t testing.TB, name string, bin string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{t: t, name: name, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	pr, pw := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = pw, pw
+	require.NoError(t, p.cmd.Start())
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.out.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+		}
+	}()
+	go func() {
+		p.cmd.Wait()
+		pw.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			t.Logf("--- output of %s ---\n%s", p.name, p.Output())
+		}
+	})
+	return p
+}
+
+// Output is everything the process printed so far.
+func (p *Proc) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// WaitOutput waits until the output matches re and returns the submatches.
+func (p *Proc) WaitOutput(re *regexp.Regexp, timeout time.Duration) []string {
+	p.t.Helper()
+	var m []string
+	require.Eventually(p.t, func() bool {
+		m = re.FindStringSubmatch(p.Output())
+		return m != nil
+	}, timeout, 20*time.Millisecond, "%s never printed %s; output:\n%s", p.name, re, p.Output())
+	return m
+}
+
+// Kill sends SIGKILL to the process group and waits for it.
+func (p *Proc) Kill() {
+	if p.cmd.Process == nil {
+		return
+	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// Stop sends SIGTERM and waits.
+func (p *Proc) Stop() {
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		p.Kill()
+	}
+}
+
+// Controller is a running `ferry serve`.
+type Controller struct {
+	t       testing.TB
+	Bin     string
+	Data    string
+	Addr    string // agent port
+	Admin   string // admin socket
+	Proc    *Proc
+	listen  string
+	extra   []string
+}
+
+var listeningRE = regexp.MustCompile(`listening on (\S+)`)
+
+// StartController runs a controller on a free loopback port.
+func StartController(t testing.TB, extra ...string) *Controller {
+	t.Helper()
+	c := &Controller{t: t, Bin: Binaries(t), Data: t.TempDir(), listen: "127.0.0.1:0", extra: extra}
+	c.Admin = filepath.Join(c.Data, "admin.sock")
+	c.start()
+	return c
+}
+
+func (c *Controller) start() {
+	args := append([]string{"serve", "--data", c.Data, "--listen", c.listen, "--admin-socket", c.Admin, "--log-level", "debug"}, c.extra...)
+	c.Proc = start(c.t, "controller", filepath.Join(c.Bin, "ferry"), args...)
+	m := c.Proc.WaitOutput(listeningRE, 60*time.Second)
+	c.Addr = m[1]
+	c.listen = c.Addr // a restart keeps the port, as agents expect
+}
+
+// Restart kills the controller with SIGKILL and starts it again on the same
+// port and data directory.
+func (c *Controller) Restart() {
+	c.Proc.Kill()
+	c.start()
+}
+
+// Result is a finished CLI command.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Ferry runs the CLI against this controller.
+func (c *Controller) Ferry(args ...string) Result {
+	c.t.Helper()
+	cmd := exec.Command(filepath.Join(c.Bin, "ferry"), append([]string{"--admin", c.Admin}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("ferry %s: %v", strings.Join(args, " "), err)
+	}
+	return Result{Stdout: out.String(), Stderr: errb.String(), Code: code}
+}
+
+// MustFerry runs the CLI and requires success.
+func (c *Controller) MustFerry(args ...string) string {
+	c.t.Helper()
+	r := c.Ferry(args...)
+	require.Equal(c.t, 0, r.Code, "ferry %s failed: %s%s", strings.Join(args, " "), r.Stdout, r.Stderr)
+	return r.Stdout
+}
+
+// JSON runs a CLI command with --json and decodes its output.
+func (c *Controller) JSON(v any, args ...string) {
+	c.t.Helper()
+	out := c.MustFerry(append(args, "--json")...)
+	require.NoError(c.t, json.Unmarshal([]byte(out), v), "output: %s", out)
+}
+
+// Token creates an enrolment token.
+func (c *Controller) Token(args ...string) string {
+	c.t.Helper()
+	return strings.TrimSpace(c.MustFerry(append([]string{"tokens", "create"}, args...)...))
+}
+
+// Agent is a running ferry-agent.
+type Agent struct {
+	t        testing.TB
+	Bin      string
+	Name     string
+	StateDir string
+	Proc     *Proc
+	args     []string
+}
+
+// EnrollAgent enrols an agent named name (dialling addr: the controller,
+// or a proxy in front of it) and starts it.
+func EnrollAgent(t testing.TB, c *Controller, addr, name string, runArgs ...string) *Agent {
+	t.Helper()
+	a := &Agent{t: t, Bin: c.Bin, Name: name, StateDir: filepath.Join(t.TempDir(), "agent-"+name), args: runArgs}
+	out, err := exec.Command(filepath.Join(a.Bin, "ferry-agent"), "enroll", "--controller", addr, "--token", c.Token(),
+		"--name", name, "--state-dir", a.StateDir).CombinedOutput()
+	require.NoError(t, err, "enroll: %s", out)
+	a.Start()
+	require.Eventually(t, func() bool {
+		var agents []struct {
+			Name      string `json:"name"`
+			Connected bool   `json:"connected"`
+		}
+		c.JSON(&agents, "agents", "list")
+		for _, x := range agents {
+			if x.Name == name && x.Connected {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 50*time.Millisecond, "agent %s never connected", name)
+	return a
+}
+
+// Start (re)starts the agent process.
+func (a *Agent) Start() {
+	a.Proc = start(a.t, "agent "+a.Name, filepath.Join(a.Bin, "ferry-agent"),
+		append([]string{"run", "--state-dir", a.StateDir, "--log-level", "debug"}, a.args...)...)
+}
+
+// Point is a recovery point as `points list --json` prints it.
+type Point struct {
+	ID          int64     `json:"id"`
+	Time        time.Time `json:"time"`
+	Consistency string    `json:"consistency"`
+	Bytes       int64     `json:"bytes"`
+	Name        string    `json:"name"`
+}
+
+// Points lists a machine's points.
+func (c *Controller) Points(machine string) []Point {
+	c.t.Helper()
+	var ps []Point
+	c.JSON(&ps, "points", "list", machine)
+	return ps
+}
+
+// WaitPoint waits for a point of machine newer than after (an id) and
+// returns it.
+func (c *Controller) WaitPoint(machine string, after int64, timeout time.Duration) Point {
+	c.t.Helper()
+	var got Point
+	require.Eventually(c.t, func() bool {
+		ps := c.Points(machine)
+		if len(ps) > 0 && ps[len(ps)-1].ID > after {
+			got = ps[len(ps)-1]
+			return true
+		}
+		return false
+	}, timeout, 50*time.Millisecond, "no point of %s after %d", machine, after)
+	return got
+}
+
+// Export writes a point's disks into a new directory and returns it.
+func (c *Controller) Export(machine string, point int64) string {
+	c.t.Helper()
+	dir := c.t.TempDir()
+	c.MustFerry("points", "export", machine, "--point", fmt.Sprint(point), "--out", dir)
+	return dir
+}
+
+// withTimeout is a context for a helper's own waits.
+func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
