@@ -44,7 +44,7 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 		return rep, err
 	}
 	repoID, _ := cfg.repoID()
-	lock, err := lockRepo(dir)
+	lock, err := lockRepo(dir, false)
 	if err != nil {
 		return rep, err
 	}

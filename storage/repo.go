@@ -78,7 +78,7 @@ func Create(ctx context.Context, dir string, opts CreateOptions) error {
 	if err := os.MkdirAll(filepath.Join(dir, locksDir), 0o700); err != nil {
 		return opErr("mkdir", dir, err)
 	}
-	lock, err := lockRepo(dir)
+	lock, err := lockRepo(dir, true)
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,14 @@ func Create(ctx context.Context, dir string, opts CreateOptions) error {
 
 // lockRepo takes the repository's process lock (flock, released by the
 // kernel when the process dies).
-func lockRepo(dir string) (*os.File, error) {
+func lockRepo(dir string, creating bool) (*os.File, error) {
+	if _, err := os.Stat(filepath.Join(dir, configName)); errors.Is(err, fs.ErrNotExist) && !creating {
+		return nil, fmt.Errorf("%w: %s has no %s", ErrNotRepo, dir, configName)
+	}
+	// locks/ may be missing (a copied repository); it holds no data.
+	if err := os.MkdirAll(filepath.Join(dir, locksDir), 0o700); err != nil {
+		return nil, opErr("mkdir", dir, err)
+	}
 	path := filepath.Join(dir, locksDir, lockName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -168,7 +175,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*Repo, error) {
 		}
 		r.priv = opts.PrivateKey
 	}
-	if c.lock, err = lockRepo(dir); err != nil {
+	if c.lock, err = lockRepo(dir, false); err != nil {
 		return nil, err
 	}
 	ok := false
