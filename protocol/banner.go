@@ -79,6 +79,10 @@ func SanitizeSoftware(s string) string {
 	return sb.String()
 }
 
+// ValidName reports whether s can name a side in a banner: 1 to
+// MaxNameLen bytes of [a-z0-9_-].
+func ValidName(s string) bool { return validName(s) }
+
 func validName(s string) bool {
 	if len(s) == 0 || len(s) > MaxNameLen {
 		return false
