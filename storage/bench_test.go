@@ -255,3 +255,31 @@ func TestIngestThroughput(t *testing.T) {
 	fmt.Printf("| anchor: fdatasync'd 4 MiB writes of the compressed bytes | %s |\n", mbps(plainWrite))
 	fmt.Printf("stored %d bytes in %d packs; zstd(fastest) of the mix: ratio %.2f\n", st.StoredBytes, st.Packs, total/float64(compBytes))
 }
+
+// BenchmarkWrite4MiB measures one 4 MiB Write batch of the mixed workload
+// (go test -bench Write4MiB -run ^$ ./storage/).
+func BenchmarkWrite4MiB(b *testing.B) {
+	ctx := context.Background()
+	blocks := mixedBlocks(64 * 64)
+	dir := b.TempDir()
+	require.NoError(b, Create(ctx, dir, CreateOptions{}))
+	r, err := Open(ctx, dir, OpenOptions{})
+	require.NoError(b, err)
+	defer r.Close()
+	disk := DiskSpec{Name: "d0", Size: 1 << 40, BlockSize: 64 << 10}
+	p, err := r.BeginPoint(ctx, "bench", []DiskSpec{disk})
+	require.NoError(b, err)
+	b.SetBytes(64 << 16)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var ws []BlockWrite
+		for j := 0; j < 64; j++ {
+			blk := blocks[(i*64+j)%len(blocks)]
+			// Vary content so every block is a new chunk.
+			blk = append([]byte(nil), blk...)
+			binary.LittleEndian.PutUint64(blk[len(blk)-8:], uint64(i*64+j+1))
+			ws = append(ws, chunkWrite("d0", int64(i*64+j), blk))
+		}
+		require.NoError(b, p.Write(ctx, ws))
+	}
+}

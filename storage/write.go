@@ -5,7 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
 	"github.com/zeebo/blake3"
@@ -52,6 +55,44 @@ func (c *core) chunkPayload(b *batch, p *prepared) ([]byte, uint32, error) {
 		rec.KeySlot = k.slot
 	}
 	return pack.EncodeChunk(rec), rec.KeySlot, nil
+}
+
+// prepareAll verifies and compresses chunks on all cores (hashing and
+// compression are the CPU cost of ingest; the fdatasync is not).
+func (c *core) prepareAll(ctx context.Context, chunks []*Chunk) (map[Hash]*prepared, error) {
+	out := make(map[Hash]*prepared, len(chunks))
+	if len(chunks) == 0 {
+		return out, nil
+	}
+	res := make([]*prepared, len(chunks))
+	errs := make([]error, len(chunks))
+	workers := min(runtime.GOMAXPROCS(0), len(chunks))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(chunks) || ctx.Err() != nil {
+					return
+				}
+				res[i], errs[i] = c.prepare(chunks[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for i, p := range res {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		out[p.hash] = p
+	}
+	return out, nil
 }
 
 type writeItem struct {
@@ -108,23 +149,22 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	if err != nil {
 		return err
 	}
-	preps := map[Hash]*prepared{}
+	var todo []*Chunk
+	queued := map[Hash]bool{}
 	for _, h := range hashes {
-		if _, ok := have[h]; ok {
-			continue
-		}
-		if preps[h] != nil {
+		if _, ok := have[h]; ok || queued[h] {
 			continue
 		}
 		ch := supplied[h]
 		if ch == nil {
 			return fmt.Errorf("%w: %s (hash-only write of a chunk that is not stored)", ErrChunkMissing, h)
 		}
-		pr, err := c.prepare(ch)
-		if err != nil {
-			return err
-		}
-		preps[h] = pr
+		queued[h] = true
+		todo = append(todo, ch)
+	}
+	preps, err := c.prepareAll(ctx, todo)
+	if err != nil {
+		return err
 	}
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
