@@ -92,6 +92,15 @@ func EncodeError(e *protocol.Error) ([]byte, error) {
 	return payload, nil
 }
 
+// Append appends one frame (header and payload) to dst, for callers that
+// send a frame with a single write of their own. typ must not be
+// TypeError and the payload must fit the length field.
+func Append(dst []byte, typ uint8, payload []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload)+1))
+	dst = append(dst, typ)
+	return append(dst, payload...)
+}
+
 // Flush sends buffered frames.
 func (w *Writer) Flush() error { return w.w.Flush() }
 
