@@ -150,8 +150,8 @@ func (m *qcow2Mapper) classify(e uint64) (segKind, int64, error) {
 	if host%m.clusterSize != 0 {
 		return 0, 0, corruptf(FormatQCOW2, m.path, "data cluster offset %#x not cluster aligned", host)
 	}
-	if host >= m.f.Size() {
-		return 0, 0, corruptf(FormatQCOW2, m.path, "data cluster at %#x beyond end of file (%d bytes)", host, m.f.Size())
+	if host+m.clusterSize > m.f.Size() {
+		return 0, 0, corruptf(FormatQCOW2, m.path, "data cluster at %#x beyond end of file (%d bytes): truncated image", host, m.f.Size())
 	}
 	return segData, host, nil
 }

@@ -141,8 +141,8 @@ func (o *opener) openVHD(c *container) (*image, imageMeta, error) {
 		for i := range vm.bat {
 			e := be.Uint32(raw[i*4:])
 			vm.bat[i] = e
-			if e != vhdUnallocated && int64(e)*512+vm.bitmapSize >= c.size {
-				return corrupt("block %d at sector %d beyond end of file", i, e)
+			if e != vhdUnallocated && int64(e)*512+vm.bitmapSize+blockSize > c.size {
+				return corrupt("block %d at sector %d runs past the end of the file: truncated image", i, e)
 			}
 		}
 	}

@@ -248,7 +248,7 @@ func (m *vhdxMapper) checkEntry(i int64, e uint64) error {
 		if state == vhdxBlockPartiallyPresent && !m.diff {
 			return corruptf(FormatVHDX, m.path, "BAT entry %d partially present in a disk without a parent", i)
 		}
-		if off := vhdxFileOff(e); off < vhdxHeaderArea || off >= m.f.Size() {
+		if off := vhdxFileOff(e); off < vhdxHeaderArea || off+m.blockSize > m.f.Size() {
 			return corruptf(FormatVHDX, m.path, "payload block %d at file offset %d outside the %d-byte file", i, off, m.f.Size())
 		}
 	case state == vhdxBlockNotPresent, state == vhdxBlockUndefined, state == vhdxBlockZero, state == vhdxBlockUnmapped:

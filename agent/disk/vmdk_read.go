@@ -88,7 +88,10 @@ func (o *opener) openVMDK(c *container) (*image, imageMeta, error) {
 		case "FLAT", "VMFS", "SPARSE":
 			var f fileReader
 			var cont *container
-			if self != nil && !selfUsed && filepath.Base(e.file) == filepath.Base(path) && e.typ == "SPARSE" {
+			// A sparse file with an embedded descriptor is its own single
+			// extent whatever name the descriptor gives (as qemu reads it):
+			// a renamed copy or a clone must not read the original.
+			if self != nil && !selfUsed && e.typ == "SPARSE" && len(desc.extents) == 1 {
 				selfUsed = true
 				cont = c
 			} else {
@@ -118,6 +121,10 @@ func (o *opener) openVMDK(c *container) (*image, imageMeta, error) {
 				}
 				ext.sparse = s
 			} else {
+				if need := (e.offset + e.sectors) * vmdkSectorSize; cont.size < need {
+					closeAll()
+					return corrupt("extent %d: flat file %s holds %d bytes, the descriptor needs %d: truncated extent", i, cont.path, cont.size, need)
+				}
 				ext.flat = &linearMapper{file: f, base: e.offset * vmdkSectorSize, size: ext.size}
 			}
 		default:

@@ -186,6 +186,8 @@ func (s *vmdkSparse) grainKind(e uint32) (segKind, error) {
 		return 0, fmt.Errorf("grain table entry points to sector %d inside the metadata (first data sector %d)", e, s.h.overhead)
 	case s.h.flags&vmdkFlagCompressed != 0:
 		return segCompressed, nil
+	case int64(e)*vmdkSectorSize+s.grainBytes > s.f.Size():
+		return 0, fmt.Errorf("grain at sector %d runs past the end of the file (%d bytes): truncated extent", e, s.f.Size())
 	}
 	return segData, nil
 }
