@@ -64,20 +64,22 @@ func (w *Writer) WriteAppend(typ uint8, fn func(dst []byte) []byte) error {
 // code) and flushes. The peer's Reader returns it as a *protocol.Error; the
 // stream should be closed after it.
 func (w *Writer) WriteError(err error) error {
-	payload, merr := EncodeError(protocol.AsError(err))
-	if merr != nil {
-		return merr
-	}
-	var hdr [HeaderLen]byte
-	binary.BigEndian.PutUint32(hdr[:4], uint32(len(payload)+1))
-	hdr[4] = TypeError
-	if _, err := w.w.Write(hdr[:]); err != nil {
-		return err
-	}
-	if _, err := w.w.Write(payload); err != nil {
-		return err
+	if _, werr := w.w.Write(AppendError(nil, err)); werr != nil {
+		return werr
 	}
 	return w.w.Flush()
+}
+
+// AppendError appends err as a whole error frame (header included) to dst,
+// for a sender that writes it with a single write of its own.
+func AppendError(dst []byte, err error) []byte {
+	payload, merr := EncodeError(protocol.AsError(err))
+	if merr != nil {
+		payload = []byte(`{"code":"internal","message":"unencodable error"}`)
+	}
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload)+1))
+	dst = append(dst, TypeError)
+	return append(dst, payload...)
 }
 
 // EncodeError is the payload of an error frame for e.

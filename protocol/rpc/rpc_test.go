@@ -247,3 +247,16 @@ func TestEnvelopeValidation(t *testing.T) {
 	require.NoError(t, q.Decode([]byte(`{"id":18446744073709551615,"method":"cycle.begin","body":{"x":[1,2]},"future":1}`)))
 	require.Equal(t, uint64(18446744073709551615), q.ID)
 }
+
+// The v1 envelope, byte for byte: a change is a wire format change.
+func TestEnvelopeV1Bytes(t *testing.T) {
+	var buf strings.Builder
+	require.NoError(t, writeFrame(&buf, FrameRequest, &Request{ID: 7, Method: "cycle.begin", Body: json.RawMessage(`{"machine":"db1"}`)}))
+	require.Equal(t, "\x00\x00\x00\x39\x01"+`{"id":7,"method":"cycle.begin","body":{"machine":"db1"}}`, buf.String())
+	buf.Reset()
+	require.NoError(t, writeFrame(&buf, FrameResponse, &Response{ID: 7, Error: protocol.Errorf(protocol.CodeNotFound, "no machine db1")}))
+	require.Equal(t, "\x00\x00\x00\x41\x02"+`{"id":7,"error":{"code":"not_found","message":"no machine db1"}}`, buf.String())
+	buf.Reset()
+	require.NoError(t, writeFrame(&buf, FrameResponse, &Response{ID: 7}))
+	require.Equal(t, "\x00\x00\x00\x09\x02"+`{"id":7}`, buf.String())
+}

@@ -210,3 +210,39 @@ func TestConfigValidate(t *testing.T) {
 	require.Error(t, err, "dialling needs TLS")
 	require.False(t, errors.Is(err, protocol.ErrUnavailable))
 }
+
+// The controller's listener completes the TLS handshake itself to see the
+// ALPN before handing the connection to Server.
+func TestServerAfterListenerHandshake(t *testing.T) {
+	p := newPKI(t)
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ln := tls.NewListener(raw, p.ca.ServerConfig(p.server))
+	defer ln.Close()
+	got := make(chan serverResult, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			got <- serverResult{nil, err}
+			return
+		}
+		tc := conn.(*tls.Conn)
+		if err := tc.HandshakeContext(context.Background()); err != nil {
+			got <- serverResult{nil, err}
+			return
+		}
+		if tc.ConnectionState().NegotiatedProtocol != protocol.ALPN {
+			got <- serverResult{nil, errors.New("not ferry/1")}
+			return
+		}
+		s, err := Server(context.Background(), tc, controllerConfig())
+		got <- serverResult{s, err}
+	}()
+	agent, err := Dial(t.Context(), ln.Addr().String(), agentConfig(p, true))
+	require.NoError(t, err)
+	defer agent.Close()
+	r := <-got
+	require.NoError(t, r.err)
+	defer r.s.Close()
+	require.Equal(t, "agent", r.s.PeerName())
+}

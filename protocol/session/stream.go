@@ -110,7 +110,7 @@ func (st *Stream) Reset(err error) {
 		return
 	}
 	_ = st.ys.SetWriteDeadline(time.Now().Add(st.s.cfg.KeepaliveTimeout))
-	if werr := frame.NewWriter(st.ys).WriteError(err); werr != nil {
+	if _, werr := st.ys.Write(frame.AppendError(nil, err)); werr != nil {
 		st.s.log.Debug("stream reset: error frame not sent", keyKind, st.kind.String(), keyStream, st.ID(), keyErr, werr)
 	}
 	_ = st.Close()
