@@ -20,6 +20,11 @@ type Hash = xxh3.Uint128
 // ZeroHash is the entry of an all-zero block.
 var ZeroHash Hash
 
+// Unknown marks a block whose content at the controller is not known to
+// equal anything the agent has (after a resync found a difference): it
+// never equals a block's Sum, so the block is sent.
+var Unknown = Hash{Hi: ^uint64(0), Lo: ^uint64(0)}
+
 // Sum returns a block's map entry: ZeroHash for an all-zero block, else its
 // xxh3-128 (which is never all-zero in practice: 2^-128).
 func Sum(block []byte) Hash {

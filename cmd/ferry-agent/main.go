@@ -1,12 +1,17 @@
-// Command ferry-agent runs on protected and recovery-site hosts.
+// Command ferry-agent runs on protected and recovery-site hosts: it
+// enrols with a controller and replicates the machines it is told to.
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "ferry-agent: not built yet")
-	os.Exit(1)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

@@ -1,12 +1,17 @@
-// Command ferry is the controller (`ferry serve`) and the admin CLI.
+// Command ferry is the controller (`ferry serve`) and the admin CLI that
+// drives it (CLI.md is the contract).
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "ferry: not built yet")
-	os.Exit(1)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

@@ -123,6 +123,9 @@ type ProtectRequest struct {
 	PreSnapshot  string    `json:"pre_snapshot,omitempty"`
 	PostSnapshot string    `json:"post_snapshot,omitempty"`
 	Freeze       []string  `json:"freeze,omitempty"`
+	// BlockSize is fixed when protection starts, from the policy; the
+	// controller sets it.
+	BlockSize int `json:"block_size,omitempty"`
 }
 
 // MachineDisk is one disk as `machines show` prints it.

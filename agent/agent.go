@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/agent/snapshot"
+	"github.com/ferrydr/ferry/internal/buildinfo"
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/data"
+	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/protocol/rpc"
+	"github.com/ferrydr/ferry/protocol/session"
+)
+
+// Config is the agent's configuration; cmd/ferry-agent fills it.
+type Config struct {
+	StateDir string
+	// ScanDirs are searched for disk image files by inventory.
+	ScanDirs []string
+	// Streams is the number of data streams per cycle.
+	Streams int
+	Logger  *slog.Logger
+	Now     func() time.Time
+	// MaxBackoff bounds the wait between reconnection attempts.
+	MaxBackoff time.Duration
+}
+
+// DefaultConfig holds the defaults.
+func DefaultConfig() Config {
+	return Config{StateDir: DefaultStateDir(), Streams: 2, MaxBackoff: 30 * time.Second}
+}
+
+// Validate fills defaults and checks the configuration.
+func (c *Config) Validate() error {
+	if c.StateDir == "" {
+		return errors.New("a state directory is required")
+	}
+	if c.Streams <= 0 {
+		c.Streams = 2
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Agent is a running ferry-agent.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	state *State
+	taker *snapshot.Taker
+	comp  *data.Compressor
+	// ReadStats counts bytes read from disk containers (holes are never read).
+	ReadStats disk.ReadStats
+
+	mu       sync.Mutex
+	sess     *session.Session
+	sessCh   chan struct{} // closed and replaced whenever sess changes
+	machines map[string]*machineLoop
+}
+
+// New loads the agent's state.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := LoadState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	comp, err := data.NewCompressor(runtime.NumCPU())
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("agent", st.Identity.Name)
+	return &Agent{
+		cfg: cfg, log: log, state: st, comp: comp,
+		taker:    &snapshot.Taker{Log: log.With("component", "snapshot"), Now: cfg.Now},
+		sessCh:   make(chan struct{}),
+		machines: map[string]*machineLoop{},
+	}, nil
+}
+
+// Run keeps a session with the controller until ctx ends, reconnecting with
+// backoff; machine loops replicate while a session is up.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.comp.Close()
+	defer a.stopMachines()
+	backoff := time.Second
+	for {
+		start := a.cfg.Now()
+		err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if a.cfg.Now().Sub(start) > time.Minute {
+			backoff = time.Second
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		a.log.Warn("controller session ended; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, a.cfg.MaxBackoff)
+	}
+}
+
+func (a *Agent) session(ctx context.Context) error {
+	sess, err := session.Dial(ctx, a.state.Identity.Controller, session.Config{
+		TLS: a.state.TLSConfig(), Name: "agent", Logger: a.log.With("component", "session"),
+	})
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	go a.serve(ctx, sess)
+	var hello msg.HelloResponse
+	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = rpc.Call(hctx, sess, msg.MethodHello, msg.HelloRequest{
+		Version: buildinfo.Version, Platform: runtime.GOOS + "/" + runtime.GOARCH, Hostname: hostname(),
+	}, &hello)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("hello: %w", err)
+	}
+	a.log.Info("connected to controller", "controller", a.state.Identity.Controller, "agent_id", hello.AgentID)
+	if a.state.NeedsRenewal(a.cfg.Now()) {
+		if err := a.renew(ctx, sess); err != nil {
+			a.log.Warn("certificate renewal failed", "err", err)
+		}
+	}
+	a.setSession(sess)
+	defer a.setSession(nil)
+	renew := time.NewTicker(time.Hour)
+	defer renew.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return sess.Err()
+		case <-renew.C:
+			if a.state.NeedsRenewal(a.cfg.Now()) {
+				if err := a.renew(ctx, sess); err != nil {
+					a.log.Warn("certificate renewal failed", "err", err)
+				}
+			}
+		}
+	}
+}
+
+// renew asks for a fresh certificate for the same key.
+func (a *Agent) renew(ctx context.Context, sess *session.Session) error {
+	pub, err := publicKeyDER(a.state.key)
+	if err != nil {
+		return err
+	}
+	var resp msg.RenewResponse
+	if err := rpc.Call(ctx, sess, msg.MethodRenew, msg.RenewRequest{PublicKey: pub}, &resp); err != nil {
+		return err
+	}
+	if err := a.state.replaceCert(resp.Cert); err != nil {
+		return err
+	}
+	a.log.Info("certificate renewed", "expires", a.state.cert.NotAfter)
+	return nil
+}
+
+func (a *Agent) setSession(s *session.Session) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sess = s
+	close(a.sessCh)
+	a.sessCh = make(chan struct{})
+}
+
+// currentSession returns the live session, or a channel that changes when
+// one comes up.
+func (a *Agent) currentSession() (*session.Session, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sess, a.sessCh
+}
+
+// call runs an RPC on the controller over the live session.
+func (a *Agent) call(ctx context.Context, method string, req, resp any) error {
+	s, _ := a.currentSession()
+	if s == nil {
+		return protocol.Errorf(protocol.CodeUnavailable, "not connected to the controller")
+	}
+	return rpc.Call(ctx, s, method, req, resp)
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}

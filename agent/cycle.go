@@ -1,0 +1,255 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/time/rate"
+
+	"github.com/ferrydr/ferry/agent/blockmap"
+	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/agent/driver"
+	"github.com/ferrydr/ferry/agent/ship"
+	"github.com/ferrydr/ferry/agent/snapshot"
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// cycleDisk is one disk during a cycle.
+type cycleDisk struct {
+	name    string
+	view    snapshot.ViewDisk
+	src     disk.Source
+	m       *blockmap.Map
+	trusted bool
+	bs      int
+}
+
+// cycle takes a view, finds what changed and ships it; it returns the new
+// point's id.
+func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, patches bool) (int64, error) {
+	a := m.a
+	log := a.log.With("machine", cfg.Name)
+	req := snapshot.Request{
+		Machine: cfg.Name, Disks: snapDisks(cfg), App: app,
+		PreSnapshot: cfg.PreSnapshot, PostSnapshot: cfg.PostSnapshot, Freeze: cfg.Freeze, Env: cfg.Env,
+		RunCommand: func(ctx context.Context, line string, env map[string]string) error {
+			_, err := driver.RunShell(ctx, line, env, driver.DefaultTimeout, "snapshot hook")
+			return err
+		},
+	}
+	if d := m.driver(nil); d.Has(driver.ActionStatus) || d.Has(driver.ActionPause) {
+		req.Driver = d
+	}
+	view, err := a.taker.Take(ctx, req)
+	if err != nil {
+		return 0, fmt.Errorf("view: %w", err)
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			view.Discard()
+		}
+	}()
+
+	dir := a.state.MachineDir(cfg.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	disks := make([]*cycleDisk, len(view.Disks))
+	defer func() {
+		for _, d := range disks {
+			if d == nil {
+				continue
+			}
+			if d.src != nil {
+				d.src.Close()
+			}
+			if d.m != nil {
+				d.m.Close()
+			}
+		}
+	}()
+	begin := msg.CycleBeginRequest{Machine: cfg.Name, Map: msg.MapState{Valid: true}}
+	for i, vd := range view.Disks {
+		d := &cycleDisk{name: vd.Name, view: vd, bs: cfg.Disks[i].BlockSize}
+		disks[i] = d
+		if d.src, err = disk.Open(vd.Path, disk.OpenOptions{Stats: &a.ReadStats, BaseDir: filepath.Dir(vd.Source)}); err != nil {
+			return 0, fmt.Errorf("disk %s: %w", vd.Name, err)
+		}
+		if d.m, d.trusted, err = blockmap.Open(filepath.Join(dir, vd.Name+".map"), d.bs, d.src.Size(), blockmap.BootID()); err != nil {
+			return 0, fmt.Errorf("disk %s map: %w", vd.Name, err)
+		}
+		st := d.m.State()
+		if i == 0 {
+			begin.Map.HeadPoint, begin.Map.Pending = st.HeadPoint, st.Pending
+		} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
+			begin.Map.Valid = false // the disks' maps disagree
+		}
+		if !d.trusted {
+			begin.Map.Valid = false
+		}
+		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs})
+	}
+	var bresp msg.CycleBeginResponse
+	if err := a.call(ctx, msg.MethodCycleBegin, begin, &bresp); err != nil {
+		return 0, fmt.Errorf("begin cycle: %w", err)
+	}
+	sd := make([]ship.Disk, len(disks))
+	for i, d := range disks {
+		var cands iter.Seq[ship.Candidate]
+		switch {
+		case bresp.Resync:
+			m.report(ctx, "resync", "", 0, 0)
+			log.Info("hash resync", "disk", d.name, "reason", bresp.ResyncReason)
+			dirty, err := m.resync(ctx, bresp.Cycle, uint16(i), d)
+			if err != nil {
+				return 0, fmt.Errorf("resync disk %s: %w", d.name, err)
+			}
+			cands = listed(dirty)
+		default:
+			cands, err = m.candidates(ctx, cfg.Name, d, begin.Map.HeadPoint)
+			if err != nil {
+				return 0, err
+			}
+		}
+		if err := d.m.BeginCycle(bresp.Cycle, blockmap.BootID()); err != nil {
+			return 0, err
+		}
+		sd[i] = ship.Disk{Index: uint16(i), Reader: d.src, Size: d.src.Size(), BlockSize: d.bs, Map: d.m, Candidates: cands}
+	}
+	var lim *rate.Limiter
+	if cfg.Bandwidth > 0 {
+		lim = rate.NewLimiter(rate.Limit(cfg.Bandwidth), int(min(cfg.Bandwidth, 4<<20)))
+	}
+	m.report(ctx, "shipping", "", 0, 0)
+	res, err := ship.Run(ctx, ship.Config{
+		Cycle: uint64(bresp.Cycle), Disks: sd, Streams: a.cfg.Streams, Patches: patches && bresp.Patches,
+		Limiter: lim, Compressor: a.comp, Log: log,
+		Open: func(ctx context.Context) (io.ReadWriteCloser, error) {
+			s, _ := a.currentSession()
+			if s == nil {
+				return nil, protocol.Errorf(protocol.CodeUnavailable, "not connected")
+			}
+			st, err := s.Open(ctx, protocol.KindData)
+			if err != nil {
+				return nil, err
+			}
+			return st, nil
+		},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ship: %w", err)
+	}
+	var eresp msg.CycleEndResponse
+	err = a.call(ctx, msg.MethodCycleEnd, msg.CycleEndRequest{
+		Machine: cfg.Name, Cycle: bresp.Cycle, Parts: res.Parts, Entries: res.Entries,
+		Instant: view.Instant.UnixNano(), Consistency: view.Consistency, Note: view.Note(),
+	}, &eresp)
+	if err != nil {
+		return 0, fmt.Errorf("end cycle: %w", err)
+	}
+	for _, d := range disks {
+		if err := d.m.Commit(eresp.PointID); err != nil {
+			return 0, err
+		}
+	}
+	if err := view.Keep(eresp.PointID); err != nil {
+		log.Warn("keeping the view as the next base failed; the next cycle scans", "err", err)
+	}
+	kept = true
+	log.Info("point made", "point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
+		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes)
+	m.report(ctx, "idle", "", res.WireBytes, res.Sent)
+	return eresp.PointID, nil
+}
+
+// candidates picks the blocks to compare: the extent diff against the last
+// point's clone when both are reflink clones of a raw file, else every
+// allocated block plus every block the map holds as non-zero.
+func (m *machineLoop) candidates(ctx context.Context, machine string, d *cycleDisk, head int64) (iter.Seq[ship.Candidate], error) {
+	if d.view.Cloned && d.src.Format() == disk.FormatRaw {
+		if base, ok := m.a.taker.Base(machine, snapshot.Disk{Name: d.name, Path: d.view.Source}, head); ok {
+			be, err1 := snapshot.Extents(base)
+			ve, err2 := snapshot.Extents(d.view.Path)
+			if err1 == nil && err2 == nil {
+				return fromRanges(snapshot.DiffExtents(be, ve, d.src.Size()), d.bs), nil
+			}
+		}
+	}
+	ext, err := d.src.Extents(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s extents: %w", d.name, err)
+	}
+	return scan(ext, d.m, d.bs), nil
+}
+
+// fromRanges turns changed byte ranges into candidates with the changed
+// parts of each block.
+func fromRanges(rs []snapshot.Range, bs int) iter.Seq[ship.Candidate] {
+	return func(yield func(ship.Candidate) bool) {
+		var cur *ship.Candidate
+		for _, r := range rs {
+			for off := r.Offset; off < r.Offset+r.Length; {
+				b := off / int64(bs)
+				end := min(r.Offset+r.Length, (b+1)*int64(bs))
+				if cur != nil && cur.Block != b {
+					if !yield(*cur) {
+						return
+					}
+					cur = nil
+				}
+				if cur == nil {
+					cur = &ship.Candidate{Block: b}
+				}
+				cur.Ranges = append(cur.Ranges, ship.Range{Offset: int(off - b*int64(bs)), Length: int(end - off)})
+				off = end
+			}
+		}
+		if cur != nil {
+			yield(*cur)
+		}
+	}
+}
+
+// scan yields every block that holds data, and every hole the map still
+// believes non-zero (it must be zeroed at the controller).
+func scan(ext []disk.Extent, mp *blockmap.Map, bs int) iter.Seq[ship.Candidate] {
+	return func(yield func(ship.Candidate) bool) {
+		n := mp.Len()
+		e := 0
+		for b := int64(0); b < n; b++ {
+			lo, hi := b*int64(bs), (b+1)*int64(bs)
+			for e < len(ext) && ext[e].Offset+ext[e].Length <= lo {
+				e++
+			}
+			allocated := e < len(ext) && ext[e].Offset < hi
+			if allocated {
+				if !yield(ship.Candidate{Block: b}) {
+					return
+				}
+			} else if mp.Get(b) != blockmap.ZeroHash {
+				if !yield(ship.Candidate{Block: b, Hole: true}) {
+					return
+				}
+			}
+		}
+	}
+}
+
+func listed(blocks []int64) iter.Seq[ship.Candidate] {
+	return func(yield func(ship.Candidate) bool) {
+		for _, b := range blocks {
+			if !yield(ship.Candidate{Block: b}) {
+				return
+			}
+		}
+	}
+}
+
+var errCut = errors.New("hash stream ended early")

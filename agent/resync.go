@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/ferrydr/ferry/agent/blockmap"
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/data"
+	"github.com/ferrydr/ferry/protocol/frame"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// ctrlBlock is one block of the controller's newest state.
+type ctrlBlock struct {
+	block int64
+	zero  bool
+	hash  data.Hash
+}
+
+// resync rebuilds a disk's map from the controller's content hashes: every
+// block of the view is compared with what the controller holds; equal
+// blocks enter the map, differing ones are returned to be sent. It costs a
+// read of the disk and no data on the wire beyond 33 bytes per stored block.
+func (m *machineLoop) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
+	sess, _ := m.a.currentSession()
+	if sess == nil {
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "not connected")
+	}
+	st, err := sess.Open(ctx, protocol.KindHashes)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	req, _ := json.Marshal(msg.HashesRequest{Cycle: cycle, Disk: idx})
+	fw := frame.NewWriter(st)
+	if err := fw.Write(msg.FrameHashesRequest, req); err != nil {
+		return nil, err
+	}
+	if err := fw.Flush(); err != nil {
+		return nil, err
+	}
+	ctrl := make(chan ctrlBlock, 4096)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(ctrl)
+		errc <- readHashes(ctx, st, ctrl)
+	}()
+
+	if err := d.m.Reset(); err != nil {
+		return nil, err
+	}
+	ext, err := d.src.Extents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, d.bs)
+	var dirty []int64
+	next, more := <-ctrl
+	e := 0
+	n := d.m.Len()
+	var set []blockmap.Entry
+	for b := int64(0); b < n; b++ {
+		for more && next.block < b {
+			next, more = <-ctrl // beyond the view's size: ignored
+		}
+		c := ctrlBlock{block: b, zero: true}
+		if more && next.block == b {
+			c = next
+			next, more = <-ctrl
+		}
+		lo, hi := b*int64(d.bs), (b+1)*int64(d.bs)
+		for e < len(ext) && ext[e].Offset+ext[e].Length <= lo {
+			e++
+		}
+		allocated := e < len(ext) && ext[e].Offset < hi
+		if !allocated && c.zero {
+			continue // zero on both sides: the reset map already says so
+		}
+		var h blockmap.Hash
+		if allocated {
+			k, err := d.src.ReadAt(buf, lo)
+			if err != nil && !errors.Is(err, io.EOF) {
+				return nil, err
+			}
+			clear(buf[k:])
+			h = blockmap.Sum(buf)
+		}
+		switch {
+		case h == blockmap.ZeroHash && c.zero:
+			// equal: zero
+		case h != blockmap.ZeroHash && !c.zero && data.Hash(blake3.Sum256(buf)) == c.hash:
+			set = append(set, blockmap.Entry{Block: b, Hash: h})
+		default:
+			set = append(set, blockmap.Entry{Block: b, Hash: blockmap.Unknown})
+			dirty = append(dirty, b)
+		}
+		if len(set) >= 4096 {
+			if err := d.m.Set(set...); err != nil {
+				return nil, err
+			}
+			set = set[:0]
+		}
+	}
+	for more {
+		next, more = <-ctrl
+	}
+	if err := <-errc; err != nil {
+		return nil, err
+	}
+	if err := d.m.Set(set...); err != nil {
+		return nil, err
+	}
+	return dirty, nil
+}
+
+// readHashes decodes the controller's hash runs until the closing barrier.
+func readHashes(ctx context.Context, r io.Reader, out chan<- ctrlBlock) error {
+	fr := frame.NewReader(r, data.MaxFrameSize)
+	var runs uint32
+	for {
+		typ, payload, err := fr.Next()
+		if err != nil {
+			return fmt.Errorf("%w: %v", errCut, err)
+		}
+		switch typ {
+		case data.FrameHashes:
+			var h data.HashRun
+			if err := h.Decode(payload); err != nil {
+				return err
+			}
+			runs++
+			for i := range h.Zero {
+				select {
+				case out <- ctrlBlock{block: int64(h.Start) + int64(i), zero: h.Zero[i], hash: h.Hashes[i]}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		case data.FrameBarrier:
+			var b data.Barrier
+			if err := b.Decode(payload); err != nil {
+				return err
+			}
+			if b.Seq != runs {
+				return fmt.Errorf("%w: %d runs announced, %d received", errCut, b.Seq, runs)
+			}
+			return nil
+		case 0:
+			pe, err := frame.DecodeError(payload)
+			if err != nil {
+				return err
+			}
+			return pe
+		default:
+			return fmt.Errorf("%w: unexpected frame %d on a hashes stream", protocol.ErrInvalid, typ)
+		}
+	}
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/internal/buildinfo"
+)
+
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+type globals struct {
+	stdout, stderr io.Writer
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "ferry-agent",
+		Short: "Ferry agent: replicates this host's disks to a Ferry controller",
+		Long: `ferry-agent runs on every protected host and on recovery-site hosts. It
+enrols once with a token, then keeps a session with the controller (dialling
+out only), replicates the machines it is told to protect, and applies blocks
+at the recovery site.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
+	root.AddCommand(newEnrollCommand(g), newRunCommand(g), newVersionCommand(g))
+	addServiceCommands(root, g)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "ferry-agent:", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+type enrollOptions struct {
+	cfg agent.EnrollConfig
+}
+
+func newEnrollCommand(g *globals) *cobra.Command {
+	o := enrollOptions{cfg: agent.EnrollConfig{StateDir: agent.DefaultStateDir()}}
+	cmd := &cobra.Command{
+		Use:   "enroll --controller HOST:PORT --token TOKEN [--name NAME] --state-dir DIR",
+		Short: "Enrol with a controller (without installing a service)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if o.cfg.Controller == "" || o.cfg.Token == "" {
+				return usagef("--controller and --token are required")
+			}
+			st, err := agent.Enroll(c.Context(), o.cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "enrolled as %s (%s) with %s; state in %s\n", st.Identity.Name, st.Identity.ID, st.Identity.Controller, st.Dir)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.cfg.Controller, "controller", "", "the controller's agent port, HOST:PORT")
+	f.StringVar(&o.cfg.Token, "token", "", "an enrolment token (ferry tokens create)")
+	f.StringVar(&o.cfg.Name, "name", "", "this agent's name (default: the host name)")
+	f.StringVar(&o.cfg.StateDir, "state-dir", o.cfg.StateDir, "where the agent keeps its identity and block maps")
+	return cmd
+}
+
+type runOptions struct {
+	cfg      agent.Config
+	logLevel string
+}
+
+func newRunCommand(g *globals) *cobra.Command {
+	o := runOptions{cfg: agent.DefaultConfig()}
+	cmd := &cobra.Command{
+		Use:   "run [--state-dir DIR]",
+		Short: "Run in the foreground (what the service runs)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+				return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
+			}
+			o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			a, err := agent.New(o.cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(c.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.cfg.StateDir, "state-dir", o.cfg.StateDir, "the agent's state directory")
+	f.StringArrayVar(&o.cfg.ScanDirs, "scan", nil, "a directory to search for disk image files for inventory (repeatable)")
+	f.IntVar(&o.cfg.Streams, "streams", o.cfg.Streams, "data streams per cycle")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func newVersionCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprintln(g.stdout, buildinfo.Version)
+			return nil
+		},
+	}
+}

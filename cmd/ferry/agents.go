@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+func newAgentsCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "agents", Short: "Enrolled agents: list, revoke, remove"}
+	list := &cobra.Command{
+		Use: "list", Short: "List agents (name, id, address, version, platform, last_seen, connected)", Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error { return runAgentsList(c.Context(), g) },
+	}
+	revoke := &cobra.Command{
+		Use: "revoke AGENT", Short: "Revoke an agent's certificates and end its session", Args: exactArgs(1, "AGENT"),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			return cl.RevokeAgent(c.Context(), args[0])
+		},
+	}
+	remove := &cobra.Command{
+		Use: "remove AGENT", Short: "Forget an agent (it must protect no machine)", Args: exactArgs(1, "AGENT"),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			return cl.RemoveAgent(c.Context(), args[0])
+		},
+	}
+	cmd.AddCommand(list, revoke, remove)
+	return cmd
+}
+
+func runAgentsList(ctx context.Context, g *globals) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	agents, err := cl.Agents(ctx)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		if agents == nil {
+			agents = []api.Agent{}
+		}
+		return g.printJSON(agents)
+	}
+	now := time.Now()
+	var rows [][]string
+	for _, a := range agents {
+		conn := "no"
+		if a.Connected {
+			conn = "yes"
+		}
+		if a.Revoked {
+			conn = "revoked"
+		}
+		rows = append(rows, []string{a.Name, a.ID, orDash(a.Address), orDash(a.Version), orDash(a.Platform), fmtAgo(a.LastSeen, now), conn})
+	}
+	table(g.stdout, []string{"NAME", "ID", "ADDRESS", "VERSION", "PLATFORM", "LAST SEEN", "CONNECTED"}, rows)
+	return nil
+}
+
+func newInventoryCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "inventory AGENT", Short: "Disks and VM disk files the agent can protect", Args: exactArgs(1, "AGENT"),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			items, err := cl.Inventory(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if items == nil {
+					items = []api.InventoryItem{}
+				}
+				return g.printJSON(items)
+			}
+			var rows [][]string
+			for _, it := range items {
+				rows = append(rows, []string{it.Path, it.Kind, it.Format, api.FormatSize(it.Size), orDash(it.Note)})
+			}
+			table(g.stdout, []string{"PATH", "KIND", "FORMAT", "SIZE", "NOTE"}, rows)
+			return nil
+		},
+	}
+}

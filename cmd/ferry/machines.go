@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+type protectOptions struct {
+	agent, policy, target string
+	disks, nics, freeze   []string
+	cpus                  int
+	memory                string
+	driver                api.Driver
+	preSnapshot, postSnap string
+}
+
+func newProtectCommand(g *globals) *cobra.Command {
+	var o protectOptions
+	cmd := &cobra.Command{
+		Use:   "protect MACHINE --agent AGENT --disk [NAME=]PATH [--disk …]",
+		Short: "Start protecting a machine: replicate its disks to the controller",
+		Long: `Protect a machine: its source agent replicates the named disks to the
+controller per the policy. A disk is a block device, a raw image or a VHDX,
+VHD, VMDK or qcow2 file. The source driver commands (--start … --status) are run
+by the source agent to power and pause the machine; --status must print
+running, stopped or absent.`,
+		Args: exactArgs(1, "MACHINE"),
+		RunE: func(c *cobra.Command, args []string) error { return runProtect(c.Context(), g, args[0], o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.agent, "agent", "", "the source agent (name or id)")
+	f.StringArrayVar(&o.disks, "disk", nil, "a disk, [NAME=]PATH (repeatable; NAME defaults to the file's base name)")
+	f.StringVar(&o.policy, "policy", "", "replication policy (default: default)")
+	f.StringVar(&o.target, "target", "", "default failover target")
+	f.IntVar(&o.cpus, "cpus", 0, "CPUs of the machine, for the target's driver")
+	f.StringVar(&o.memory, "memory", "", "memory of the machine, e.g. 4GiB")
+	f.StringArrayVar(&o.nics, "nic", nil, "a network the machine attaches to (repeatable)")
+	f.StringVar(&o.driver.Start, "start", "", "command that starts the machine")
+	f.StringVar(&o.driver.Stop, "stop", "", "command that stops the machine")
+	f.StringVar(&o.driver.Pause, "pause", "", "command that pauses the machine (writes stop)")
+	f.StringVar(&o.driver.Resume, "resume", "", "command that resumes a paused machine")
+	f.StringVar(&o.driver.Status, "status", "", "command that prints running, stopped or absent")
+	f.StringVar(&o.preSnapshot, "pre-snapshot", "", "command run before an app-consistent snapshot (quiesce)")
+	f.StringVar(&o.postSnap, "post-snapshot", "", "command run after an app-consistent snapshot")
+	f.StringArrayVar(&o.freeze, "freeze", nil, "a mount point to fsfreeze for app-consistent snapshots (repeatable)")
+	return cmd
+}
+
+// parseDisks turns [NAME=]PATH flags into disk refs with unique names.
+func parseDisks(flags []string) ([]api.DiskRef, error) {
+	var out []api.DiskRef
+	seen := map[string]bool{}
+	for _, d := range flags {
+		name, path, ok := strings.Cut(d, "=")
+		if !ok {
+			path = d
+			name = strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+		}
+		if name == "" || path == "" {
+			return nil, usagef("--disk %q: want [NAME=]PATH", d)
+		}
+		if strings.ContainsAny(name, "/\\ ") {
+			return nil, usagef("--disk %q: a disk name may not contain '/', '\\' or spaces", d)
+		}
+		if seen[name] {
+			return nil, usagef("--disk: two disks are named %q; name them with NAME=PATH", name)
+		}
+		seen[name] = true
+		out = append(out, api.DiskRef{Name: name, Path: path})
+	}
+	return out, nil
+}
+
+func runProtect(ctx context.Context, g *globals, machine string, o protectOptions) error {
+	if o.agent == "" {
+		return usagef("--agent is required")
+	}
+	if len(o.disks) == 0 {
+		return usagef("at least one --disk is required")
+	}
+	disks, err := parseDisks(o.disks)
+	if err != nil {
+		return err
+	}
+	var mem int64
+	if o.memory != "" {
+		if mem, err = api.ParseSize(o.memory); err != nil {
+			return usagef("--memory: %v", err)
+		}
+	}
+	if (o.driver.Pause == "") != (o.driver.Resume == "") {
+		return usagef("--pause and --resume go together")
+	}
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	m, err := cl.Protect(ctx, api.ProtectRequest{
+		Machine: machine, Agent: o.agent, Disks: disks, Policy: o.policy, Target: o.target,
+		CPUs: o.cpus, Memory: mem, NICs: o.nics, Driver: o.driver,
+		PreSnapshot: o.preSnapshot, PostSnapshot: o.postSnap, Freeze: o.freeze,
+	})
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(m)
+	}
+	fmt.Fprintf(g.stdout, "protecting %s on agent %s (%d disk(s), policy %s); state %s\n", m.Name, m.Agent, len(m.Disks), m.Policy, m.State)
+	return nil
+}
+
+func newUnprotectCommand(g *globals) *cobra.Command {
+	var deletePoints bool
+	cmd := &cobra.Command{
+		Use: "unprotect MACHINE", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
+		Args: exactArgs(1, "MACHINE"),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			return cl.Unprotect(c.Context(), args[0], deletePoints)
+		},
+	}
+	cmd.Flags().BoolVar(&deletePoints, "delete-points", false, "also delete the machine's stored recovery points")
+	return cmd
+}
+
+func newMachinesCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show"}
+	list := &cobra.Command{
+		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site)", Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error { return runMachinesList(c.Context(), g) },
+	}
+	show := &cobra.Command{
+		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks", Args: exactArgs(1, "MACHINE"),
+		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
+	}
+	cmd.AddCommand(list, show)
+	return cmd
+}
+
+func fmtRPO(m api.Machine) string {
+	if m.RPOSeconds == nil {
+		return "-"
+	}
+	return (time.Duration(*m.RPOSeconds * float64(time.Second))).Round(100 * time.Millisecond).String()
+}
+
+func runMachinesList(ctx context.Context, g *globals) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	ms, err := cl.Machines(ctx)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		if ms == nil {
+			ms = []api.Machine{}
+		}
+		return g.printJSON(ms)
+	}
+	var rows [][]string
+	for _, m := range ms {
+		last := "-"
+		if m.LastPoint != nil {
+			last = fmtTime(*m.LastPoint)
+		}
+		health := m.Health
+		if m.HealthReason != "" && m.Health != "healthy" {
+			health += " (" + m.HealthReason + ")"
+		}
+		rows = append(rows, []string{m.Name, m.Agent, m.State, health, fmtRPO(m), last, m.ActiveSite})
+	}
+	table(g.stdout, []string{"NAME", "AGENT", "STATE", "HEALTH", "RPO", "LAST POINT", "ACTIVE SITE"}, rows)
+	return nil
+}
+
+func runMachineShow(ctx context.Context, g *globals, name string) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	m, err := cl.Machine(ctx, name)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(m)
+	}
+	w := g.stdout
+	fmt.Fprintf(w, "Machine:      %s\n", m.Name)
+	fmt.Fprintf(w, "Agent:        %s\n", m.Agent)
+	fmt.Fprintf(w, "State:        %s\n", m.State)
+	fmt.Fprintf(w, "Health:       %s", m.Health)
+	if m.HealthReason != "" {
+		fmt.Fprintf(w, " — %s", m.HealthReason)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "RPO:          %s\n", fmtRPO(m))
+	if m.LastPoint != nil {
+		fmt.Fprintf(w, "Last point:   %s\n", fmtTime(*m.LastPoint))
+	}
+	fmt.Fprintf(w, "Active site:  %s\nDirection:    %s\nPolicy:       %s\n", m.ActiveSite, m.Direction, m.Policy)
+	if m.Target != "" {
+		fmt.Fprintf(w, "Target:       %s\n", m.Target)
+	}
+	if m.Replication.Phase != "" {
+		fmt.Fprintf(w, "Replication:  %s", m.Replication.Phase)
+		if m.Replication.LastError != "" {
+			fmt.Fprintf(w, " — last error: %s", m.Replication.LastError)
+		}
+		fmt.Fprintln(w)
+	}
+	if m.Job != "" {
+		fmt.Fprintf(w, "Running job:  %s\n", m.Job)
+	}
+	fmt.Fprintf(w, "Allowed:      %s\n", strings.Join(m.AllowedActions, ", "))
+	for _, r := range m.Reasons {
+		fmt.Fprintf(w, "  note: %s\n", r)
+	}
+	fmt.Fprintln(w, "Disks:")
+	var rows [][]string
+	for _, d := range m.Disks {
+		rows = append(rows, []string{"  " + d.Name, d.SourcePath, orDash(d.TargetPath), api.FormatSize(d.Size)})
+	}
+	table(w, []string{"  NAME", "SOURCE PATH", "TARGET PATH", "SIZE"}, rows)
+	return nil
+}

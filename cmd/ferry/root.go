@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/controller/admin"
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+// Exit codes of CLI.md.
+const (
+	exitOK          = 0
+	exitError       = 1
+	exitUsage       = 2
+	exitJobFailed   = 3
+	exitJobPartial  = 4
+	exitUnreachable = 69
+)
+
+// defaultDataDir is where `ferry serve` keeps its state unless told.
+const defaultDataDir = "/var/lib/ferry"
+
+// globals are the flags every admin command shares.
+type globals struct {
+	admin      string
+	adminToken string
+	adminCA    string
+	json       bool
+	stdout     io.Writer
+	stderr     io.Writer
+}
+
+// usageError marks a wrong invocation (exit 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// exitError carries a specific exit code (a job's outcome).
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+func (e *exitCodeError) Unwrap() error { return e.err }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := newRootCommand(g)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	code := exitCodeOf(err)
+	printError(g, err)
+	return code
+}
+
+func exitCodeOf(err error) int {
+	var ue *usageError
+	var ec *exitCodeError
+	switch {
+	case errors.As(err, &ec):
+		return ec.code
+	case errors.As(err, &ue), isCobraUsage(err):
+		return exitUsage
+	case errors.Is(err, admin.ErrUnreachable):
+		return exitUnreachable
+	}
+	return exitError
+}
+
+// printError writes the error as text, or as {"code","message"} with --json.
+func printError(g *globals, err error) {
+	if g.json {
+		var ae *api.Error
+		out := api.Error{Code: api.CodeInternal, Message: err.Error()}
+		var ue *usageError
+		switch {
+		case errors.As(err, &ae):
+			out = *ae
+		case errors.As(err, &ue), isCobraUsage(err):
+			out.Code = "usage"
+		case errors.Is(err, admin.ErrUnreachable):
+			out.Code = api.CodeUnavailable
+		}
+		json.NewEncoder(g.stderr).Encode(out)
+		return
+	}
+	fmt.Fprintln(g.stderr, "ferry:", err)
+}
+
+func newRootCommand(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ferry",
+		Short: "Ferry site recovery: controller and admin CLI",
+		Long: `Ferry keeps servers recoverable at a second site and moves them there
+(failover) and back (failback). 'ferry serve' runs the controller; the other
+commands administer it through its admin API.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.admin, "admin", "", "admin socket path or https:// URL (default $FERRY_ADMIN or "+filepath.Join(defaultDataDir, "admin.sock")+")")
+	pf.StringVar(&g.adminToken, "admin-token", "", "bearer token for TCP admin access (default $FERRY_ADMIN_TOKEN)")
+	pf.StringVar(&g.adminCA, "admin-ca", "", "CA certificate to verify an https admin address (default $FERRY_ADMIN_CA)")
+	pf.BoolVar(&g.json, "json", false, "machine-readable output (errors as JSON on stderr)")
+
+	root.AddCommand(
+		newServeCommand(g),
+		newTokensCommand(g),
+		newAgentsCommand(g),
+		newInventoryCommand(g),
+		newPoliciesCommand(g),
+		newProtectCommand(g),
+		newUnprotectCommand(g),
+		newMachinesCommand(g),
+		newPointsCommand(g),
+		newVerifyCommand(g),
+		newGCCommand(g),
+		newVersionCommand(g),
+	)
+	return root
+}
+
+// client builds the admin client from flags and environment.
+func (g *globals) client() (*admin.Client, error) {
+	addr := g.admin
+	if addr == "" {
+		addr = os.Getenv("FERRY_ADMIN")
+	}
+	if addr == "" {
+		addr = filepath.Join(defaultDataDir, "admin.sock")
+	}
+	token := g.adminToken
+	if token == "" {
+		token = os.Getenv("FERRY_ADMIN_TOKEN")
+	}
+	ca := g.adminCA
+	if ca == "" {
+		ca = os.Getenv("FERRY_ADMIN_CA")
+	}
+	return admin.NewClient(admin.ClientConfig{Address: addr, Token: token, CAFile: ca})
+}
+
+// printJSON writes v as indented JSON.
+func (g *globals) printJSON(v any) error {
+	enc := json.NewEncoder(g.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// exactArgs is cobra.ExactArgs with a usage error.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("want %s", what)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,299 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/points"
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/storage"
+)
+
+// wireErr maps an error from an agent (a protocol.Error) to an API error.
+func wireErr(err error) error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return api.Errorf(string(pe.Code), "%s", pe.Message)
+	}
+	return err
+}
+
+// Protect starts protecting a machine. The source agent must be connected:
+// it checks that it can read every disk before anything is stored.
+func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machine, error) {
+	if err := validName("machine", req.Machine); err != nil {
+		return api.Machine{}, err
+	}
+	if len(req.Disks) == 0 {
+		return api.Machine{}, api.Errorf(api.CodeInvalid, "a machine needs at least one disk")
+	}
+	seen := map[string]bool{}
+	for _, d := range req.Disks {
+		if err := validName("disk", d.Name); err != nil {
+			return api.Machine{}, err
+		}
+		if seen[d.Name] {
+			return api.Machine{}, api.Errorf(api.CodeInvalid, "two disks are named %q", d.Name)
+		}
+		seen[d.Name] = true
+	}
+	if _, err := s.cat.Machine(ctx, req.Machine); err == nil {
+		return api.Machine{}, api.Errorf(api.CodeConflict, "machine %s is already protected", req.Machine)
+	}
+	a, err := s.cat.Agent(ctx, req.Agent)
+	if err != nil {
+		return api.Machine{}, apiErr(err)
+	}
+	if a.Revoked {
+		return api.Machine{}, api.Errorf(api.CodeFailedPrecondition, "agent %s is revoked", a.Name)
+	}
+	if req.Policy == "" {
+		req.Policy = catalog.DefaultPolicyName
+	}
+	pol, err := s.cat.Policy(ctx, req.Policy)
+	if err != nil {
+		return api.Machine{}, apiErr(err)
+	}
+	req.BlockSize = pol.BlockSize
+	req.Agent = a.Name
+
+	// The agent checks every path before anything is stored.
+	paths := make([]string, len(req.Disks))
+	for i, d := range req.Disks {
+		paths[i] = d.Path
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var check msg.CheckResponse
+	if err := s.agents.call(cctx, a.ID, a.Name, msg.MethodCheck, msg.CheckRequest{Paths: paths}, &check); err != nil {
+		return api.Machine{}, wireErr(err)
+	}
+	var bad []string
+	for i, d := range check.Disks {
+		if d.Error != "" {
+			bad = append(bad, fmt.Sprintf("disk %s (%s): %s", req.Disks[i].Name, d.Path, d.Error))
+		}
+	}
+	if len(bad) > 0 || len(check.Disks) != len(req.Disks) {
+		return api.Machine{}, api.Errorf(api.CodeInvalid, "agent %s cannot protect %s: %s", a.Name, req.Machine, strings.Join(bad, "; "))
+	}
+	m := catalog.Machine{Name: req.Machine, AgentID: a.ID, Policy: req.Policy, Target: req.Target,
+		State: catalog.StateSyncing, ActiveSite: "source", Direction: "forward", Spec: req}
+	if err := s.cat.AddMachine(ctx, m); err != nil {
+		return api.Machine{}, apiErr(err)
+	}
+	s.log.Info("machine protected", "machine", req.Machine, "agent", a.Name, "disks", len(req.Disks))
+	if err := s.pushConfig(ctx, a.ID); err != nil {
+		s.log.Warn("config push failed", "agent", a.Name, "err", err)
+	}
+	return s.Machine(ctx, req.Machine)
+}
+
+// Unprotect stops protection; points stay unless deletePoints.
+func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints bool) error {
+	m, err := s.cat.Machine(ctx, machine)
+	if err != nil {
+		return apiErr(err)
+	}
+	if err := s.cat.DeleteMachine(ctx, machine); err != nil {
+		return apiErr(err)
+	}
+	s.ing.ForgetMachine(machine)
+	s.replMu.Lock()
+	delete(s.repl, machine)
+	s.replMu.Unlock()
+	if err := s.pushConfig(ctx, m.AgentID); err != nil {
+		s.log.Warn("config push failed", "agent", m.AgentID, "err", err)
+	}
+	if deletePoints {
+		if err := s.repo.DeleteMachine(ctx, machine); err != nil {
+			return err
+		}
+	}
+	s.log.Info("machine unprotected", "machine", machine, "points_deleted", deletePoints)
+	return nil
+}
+
+// Machines lists machines with their health.
+func (s *Server) Machines(ctx context.Context) ([]api.Machine, error) {
+	ms, err := s.cat.Machines(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	out := []api.Machine{}
+	for _, m := range ms {
+		am, err := s.describe(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, am)
+	}
+	return out, nil
+}
+
+// Machine shows one machine.
+func (s *Server) Machine(ctx context.Context, name string) (api.Machine, error) {
+	m, err := s.cat.Machine(ctx, name)
+	if err != nil {
+		return api.Machine{}, apiErr(err)
+	}
+	return s.describe(ctx, m)
+}
+
+// allowedActions maps a lifecycle state to the commands that make sense in
+// it (DESIGN.md "Machines, targets and staging").
+func allowedActions(state string) []string {
+	switch state {
+	case catalog.StateSyncing:
+		return []string{"unprotect"}
+	case catalog.StateProtected:
+		return []string{"failover", "failover --test", "failover --planned", "points export", "unprotect"}
+	case catalog.StateTestFailedOver:
+		return []string{"cleanup", "points export"}
+	case catalog.StateFailedOver:
+		return []string{"commit", "change-point", "cancel"}
+	case catalog.StateCommitted:
+		return []string{"reprotect", "unprotect"}
+	case catalog.StateReverseProtected:
+		return []string{"failback", "unprotect"}
+	}
+	return []string{}
+}
+
+func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, error) {
+	a, _ := s.cat.Agent(ctx, m.AgentID)
+	pol, err := s.cat.Policy(ctx, m.Policy)
+	if err != nil {
+		return api.Machine{}, err
+	}
+	pts, err := s.repo.Points(ctx, m.Name)
+	if err != nil {
+		return api.Machine{}, err
+	}
+	out := api.Machine{
+		Name: m.Name, Agent: a.Name, State: m.State, ActiveSite: m.ActiveSite, Direction: m.Direction,
+		Policy: m.Policy, Target: m.Target, AllowedActions: allowedActions(m.State),
+		CPUs: m.Spec.CPUs, Memory: m.Spec.Memory, NICs: m.Spec.NICs, Driver: m.Spec.Driver,
+		PreSnapshot: m.Spec.PreSnapshot, PostSnapshot: m.Spec.PostSnapshot, Freeze: m.Spec.Freeze,
+	}
+	var sizes map[string]int64
+	if len(pts) > 0 {
+		last := pts[len(pts)-1]
+		out.LastPoint = &last.Instant
+		sizes = map[string]int64{}
+		for _, d := range last.Disks {
+			sizes[d.Name] = d.Size
+		}
+	}
+	for _, d := range m.Spec.Disks {
+		out.Disks = append(out.Disks, api.MachineDisk{Name: d.Name, SourcePath: d.Path, Size: sizes[d.Name]})
+	}
+	s.replMu.Lock()
+	out.Replication = s.repl[m.Name]
+	s.replMu.Unlock()
+	conn, connected := s.agents.get(m.AgentID)
+	var skew time.Duration
+	if connected {
+		skew = conn.clockOffset()
+	}
+	out.RPOSeconds, out.Health, out.HealthReason = points.Health(points.HealthInput{
+		Now: s.now(), LastPoint: out.LastPoint, Protected: m.Created, Threshold: pol.RPOThreshold.Std(),
+		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew, Replicating: replicates(m.State),
+	})
+	if !connected {
+		out.Reasons = append(out.Reasons, "source agent "+a.Name+" is not connected")
+	}
+	return out, nil
+}
+
+// Points lists a machine's recovery points.
+func (s *Server) Points(ctx context.Context, machine string) ([]api.Point, error) {
+	pts, err := s.repo.Points(ctx, machine)
+	if err != nil {
+		return nil, err
+	}
+	if len(pts) == 0 {
+		if _, err := s.cat.Machine(ctx, machine); errors.Is(err, catalog.ErrNotFound) {
+			return nil, api.Errorf(api.CodeNotFound, "machine %s has no points and is not protected", machine)
+		}
+	}
+	out := []api.Point{}
+	for _, p := range pts {
+		out = append(out, apiPoint(p))
+	}
+	return out, nil
+}
+
+func apiPoint(p storage.Point) api.Point {
+	return api.Point{ID: p.ID, Time: p.Instant, Consistency: string(p.Consistency), Bytes: p.Bytes, Name: p.Name, Changed: p.Changed}
+}
+
+// resolve finds a point by spec, as an API error when it cannot.
+func (s *Server) resolve(ctx context.Context, machine, spec string) (storage.Point, error) {
+	p, err := points.Resolve(ctx, s.repo, machine, spec)
+	switch {
+	case errors.Is(err, points.ErrBadSpec):
+		return p, api.Errorf(api.CodeInvalid, "%v", err)
+	case errors.Is(err, points.ErrNoPoint):
+		return p, api.Errorf(api.CodeNotFound, "%v", err)
+	}
+	return p, err
+}
+
+// LabelPoint names a point.
+func (s *Server) LabelPoint(ctx context.Context, machine string, req api.LabelRequest) (api.Point, error) {
+	if req.Point == "" {
+		return api.Point{}, api.Errorf(api.CodeInvalid, "--point is required")
+	}
+	p, err := s.resolve(ctx, machine, req.Point)
+	if err != nil {
+		return api.Point{}, err
+	}
+	if err := s.repo.LabelPoint(ctx, p.ID, req.Name); err != nil {
+		return api.Point{}, err
+	}
+	p.Name = req.Name
+	return apiPoint(p), nil
+}
+
+// reader returns the repository to read plaintext from: with the given
+// private key for an encrypted repository.
+func (s *Server) reader(key []byte) (*storage.Repo, error) {
+	if !s.repo.Encrypted() {
+		return s.repo, nil
+	}
+	if len(key) == 0 {
+		return nil, api.Errorf(api.CodeFailedPrecondition, "the repository is encrypted: give its private key with --key-file")
+	}
+	k, err := storage.ParsePrivateKeyPEM(key)
+	if err != nil {
+		return nil, api.Errorf(api.CodeInvalid, "--key-file: %v", err)
+	}
+	r, err := s.repo.WithPrivateKey(k)
+	if errors.Is(err, storage.ErrWrongKey) {
+		return nil, api.Errorf(api.CodeInvalid, "--key-file: %v", err)
+	}
+	return r, err
+}
+
+// ExportManifest resolves the point to export and checks the key.
+func (s *Server) ExportManifest(ctx context.Context, machine, spec string, key []byte) (api.ExportManifest, error) {
+	if _, err := s.reader(key); err != nil {
+		return api.ExportManifest{}, err
+	}
+	p, err := s.resolve(ctx, machine, spec)
+	if err != nil {
+		return api.ExportManifest{}, err
+	}
+	out := api.ExportManifest{Point: apiPoint(p)}
+	for _, d := range p.Disks {
+		out.Disks = append(out.Disks, api.ExportDisk{Name: d.Name, Size: d.Size})
+	}
+	return out, nil
+}

@@ -1,0 +1,65 @@
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+)
+
+// Config is the controller's configuration; cmd/ferry fills it from flags.
+type Config struct {
+	DataDir     string // catalog, repository, CA; default /var/lib/ferry
+	Listen      string // agent port, HOST:PORT; default :7443
+	AdminSocket string // default DataDir/admin.sock
+	AdminListen string // optional TCP admin address (TLS + bearer token)
+	AdminToken  string // bearer token for AdminListen; generated and stored when empty
+	Dist        string // directory of agent binaries to serve (make dist)
+	Hosts       []string
+	// Advertise is the HOST:PORT agents should dial, for install commands;
+	// default: the listen address with this host's name.
+	Advertise string
+	// PublicKeyFile encrypts a new repository to this key (ignored for an
+	// existing one).
+	PublicKeyFile string
+	Logger        *slog.Logger
+	Now           func() time.Time
+	// OnReady is called once every listener is up, with the agent and admin
+	// addresses actually bound.
+	OnReady func(agentAddr, adminAddr string)
+}
+
+// DefaultConfig holds CLI.md's defaults.
+func DefaultConfig() Config {
+	return Config{DataDir: "/var/lib/ferry", Listen: ":7443"}
+}
+
+// Validate fills derived defaults and checks the configuration.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("a data directory is required")
+	}
+	if c.Listen == "" {
+		c.Listen = ":7443"
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("--listen %q: %w", c.Listen, err)
+	}
+	if c.AdminListen != "" {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			return fmt.Errorf("--admin-listen %q: %w", c.AdminListen, err)
+		}
+	}
+	if c.AdminSocket == "" {
+		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}

@@ -1,0 +1,154 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"database/sql"
+	"encoding/hex"
+	"encoding/pem"
+	"regexp"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/points"
+	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/storage"
+)
+
+type catalogTx = *sql.Tx
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// validName checks a user-chosen name: it becomes part of paths and URLs.
+func validName(kind, name string) error {
+	if !nameRE.MatchString(name) {
+		return api.Errorf(api.CodeInvalid, "%s name %q: use 1–63 letters, digits, '.', '_' or '-', starting with a letter or digit", kind, name)
+	}
+	return nil
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+// replicates reports whether the source agent ships cycles in a state.
+func replicates(state string) bool {
+	switch state {
+	case catalog.StateSyncing, catalog.StateProtected, catalog.StateTestFailedOver:
+		return true
+	}
+	return false
+}
+
+func (r *registry) closeAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.live {
+		c.sess.Close()
+	}
+}
+
+// pointCommitted moves a syncing machine to protected and applies retention.
+func (s *Server) pointCommitted(machine string, p storage.Point) {
+	ctx := context.Background()
+	m, err := s.cat.Machine(ctx, machine)
+	if err != nil {
+		return
+	}
+	if m.State == catalog.StateSyncing {
+		m.State = catalog.StateProtected
+		if err := s.cat.UpdateMachine(ctx, m); err != nil {
+			s.log.Warn("state update failed", "machine", machine, "err", err)
+		}
+	}
+	go s.applyRetention(ctx, m)
+}
+
+func (s *Server) applyRetention(ctx context.Context, m catalog.Machine) {
+	pol, err := s.cat.Policy(ctx, m.Policy)
+	if err != nil {
+		return
+	}
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	n, err := points.ApplyRetention(ctx, s.repo, m.Name, pol.Retention.Std(), s.now())
+	if err != nil {
+		s.log.Warn("retention failed", "machine", m.Name, "err", err)
+	} else if n > 0 {
+		s.log.Info("retention pruned points", "machine", m.Name, "points", n)
+	}
+}
+
+// retentionLoop applies retention to every machine each minute, for
+// machines that stopped producing points.
+func (s *Server) retentionLoop(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			ms, err := s.cat.Machines(ctx, "")
+			if err != nil {
+				continue
+			}
+			for _, m := range ms {
+				s.applyRetention(ctx, m)
+			}
+		}
+	}
+}
+
+// machineConfig is what an agent needs to replicate m.
+func (s *Server) machineConfig(ctx context.Context, m catalog.Machine) (msg.MachineConfig, error) {
+	pol, err := s.cat.Policy(ctx, m.Policy)
+	if err != nil {
+		return msg.MachineConfig{}, err
+	}
+	mc := msg.MachineConfig{
+		Name: m.Name, RPEvery: pol.RPEvery.Std(), AppEvery: pol.AppEvery.Std(), Bandwidth: pol.Bandwidth,
+		Driver: msg.Driver(m.Spec.Driver), PreSnapshot: m.Spec.PreSnapshot, PostSnapshot: m.Spec.PostSnapshot,
+		Freeze: m.Spec.Freeze, Env: map[string]string{"FERRY_MACHINE": m.Name},
+	}
+	bs := m.Spec.BlockSize
+	if bs == 0 {
+		bs = pol.BlockSize
+	}
+	for _, d := range m.Spec.Disks {
+		mc.Disks = append(mc.Disks, msg.DiskConfig{Name: d.Name, Path: d.Path, BlockSize: bs})
+	}
+	return mc, nil
+}
+
+// pushConfig sends an agent the machines it must replicate now.
+func (s *Server) pushConfig(ctx context.Context, agentID string) error {
+	c, ok := s.agents.get(agentID)
+	if !ok {
+		return nil // pushed at its next hello
+	}
+	ms, err := s.cat.Machines(ctx, agentID)
+	if err != nil {
+		return err
+	}
+	req := msg.ConfigRequest{Machines: []msg.MachineConfig{}}
+	for _, m := range ms {
+		if !replicates(m.State) {
+			continue
+		}
+		mc, err := s.machineConfig(ctx, m)
+		if err != nil {
+			return err
+		}
+		req.Machines = append(req.Machines, mc)
+	}
+	return s.agents.call(ctx, agentID, c.name, msg.MethodConfig, req, &struct{}{})
+}

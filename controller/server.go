@@ -1,0 +1,258 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/admin"
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/ingest"
+	"github.com/ferrydr/ferry/controller/pki"
+	"github.com/ferrydr/ferry/internal/fsutil"
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/storage"
+)
+
+// Server is a running controller.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	cat    *catalog.Catalog
+	repo   *storage.Repo
+	ca     *pki.Authority
+	ing    *ingest.Ingest
+	agents *registry
+
+	agentAddr string
+
+	replMu sync.Mutex
+	repl   map[string]api.Replication // per machine, as its agent reports
+
+	pruneMu sync.Mutex // retention runs one at a time
+}
+
+// New checks the configuration; Run does the work.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
+		agents: newRegistry(), repl: map[string]api.Replication{}}, nil
+}
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.open(ctx); err != nil {
+		s.close()
+		return err
+	}
+	defer s.close()
+
+	agentLn, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.agentAddr = agentLn.Addr().String()
+	adminLn, err := listenUnix(s.cfg.AdminSocket)
+	if err != nil {
+		agentLn.Close()
+		return err
+	}
+	adminSrv := &http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	httpLn := newChanListener(agentLn.Addr())
+	installSrv := &http.Server{Handler: s.installHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+
+	var wg sync.WaitGroup
+	serve := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				s.log.Error("server stopped", "err", err)
+			}
+		}()
+	}
+	serve(func() error { return adminSrv.Serve(adminLn) })
+	serve(func() error { return installSrv.Serve(httpLn) })
+	adminAddr := s.cfg.AdminSocket
+	var tcpAdmin *http.Server
+	if s.cfg.AdminListen != "" {
+		token, err := s.adminToken()
+		if err != nil {
+			return err
+		}
+		ln, err := tls.Listen("tcp", s.cfg.AdminListen, s.serverTLS([]string{"http/1.1"}, tls.NoClientCert))
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.cfg.AdminListen, err)
+		}
+		tcpAdmin = &http.Server{Handler: admin.NewServer(s, token, s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+		serve(func() error { return tcpAdmin.Serve(ln) })
+		adminAddr = "https://" + ln.Addr().String()
+	}
+	serve(func() error { return s.acceptAgents(ctx, agentLn, httpLn) })
+	go s.retentionLoop(ctx)
+
+	s.log.Info("listening", "agents", s.agentAddr, "admin", adminAddr)
+	if s.cfg.OnReady != nil {
+		s.cfg.OnReady(s.agentAddr, adminAddr)
+	}
+	<-ctx.Done()
+	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	agentLn.Close()
+	httpLn.Close()
+	adminSrv.Shutdown(shut)
+	installSrv.Shutdown(shut)
+	if tcpAdmin != nil {
+		tcpAdmin.Shutdown(shut)
+	}
+	s.agents.closeAll()
+	wg.Wait()
+	return nil
+}
+
+func (s *Server) open(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	var err error
+	if s.cat, err = catalog.Open(ctx, filepath.Join(s.cfg.DataDir, "catalog.db"), s.now); err != nil {
+		return err
+	}
+	if err := s.cat.EnsureDefaultPolicy(ctx); err != nil {
+		return err
+	}
+	repoDir := filepath.Join(s.cfg.DataDir, "repository")
+	if _, err := os.Stat(repoDir); errors.Is(err, os.ErrNotExist) {
+		opts := storage.DefaultCreateOptions()
+		opts.Logger = s.log.With("component", "storage")
+		if s.cfg.PublicKeyFile != "" {
+			if opts.PublicKey, err = storage.LoadPublicKeyFile(s.cfg.PublicKeyFile); err != nil {
+				return err
+			}
+		}
+		if err := storage.Create(ctx, repoDir, opts); err != nil {
+			return err
+		}
+	}
+	oo := storage.DefaultOpenOptions()
+	oo.Logger = s.log.With("component", "storage")
+	if s.repo, err = storage.Open(ctx, repoDir, oo); err != nil {
+		return err
+	}
+	if s.ca, err = pki.Load(pki.Config{Dir: filepath.Join(s.cfg.DataDir, "pki"), Hosts: s.cfg.Hosts, Now: s.now}); err != nil {
+		return err
+	}
+	s.ing, err = ingest.New(ingest.Config{
+		Repo: s.repo, Log: s.log.With("component", "ingest"), Now: s.now,
+		OnCommit: s.pointCommitted, CanPatch: !s.repo.Encrypted(),
+	})
+	return err
+}
+
+func (s *Server) close() {
+	if s.ing != nil {
+		s.ing.Close()
+	}
+	if s.repo != nil {
+		s.repo.Close()
+	}
+	if s.cat != nil {
+		s.cat.Close()
+	}
+}
+
+// serverTLS is the TLS configuration of the agent port and the TCP admin port.
+func (s *Server) serverTLS(protos []string, auth tls.ClientAuthType) *tls.Config {
+	cert, key := s.ca.ServerCertificate()
+	pool := x509.NewCertPool()
+	pool.AddCert(s.ca.CACert())
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{cert.Raw, s.ca.CACert().Raw}, PrivateKey: key, Leaf: cert}},
+		ClientAuth:   auth,
+		ClientCAs:    pool,
+		NextProtos:   protos,
+	}
+}
+
+// acceptAgents serves the agent port: a TLS handshake, then ALPN decides
+// between an agent session and the HTTPS install endpoints.
+func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chanListener) error {
+	conf := s.serverTLS([]string{protocol.ALPN, "http/1.1"}, tls.VerifyClientCertIfGiven)
+	for {
+		raw, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			tc := tls.Server(raw, conf)
+			hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			err := tc.HandshakeContext(hctx)
+			cancel()
+			if err != nil {
+				s.log.Info("TLS handshake refused", "remote", raw.RemoteAddr().String(), "err", err)
+				raw.Close()
+				return
+			}
+			if tc.ConnectionState().NegotiatedProtocol == protocol.ALPN {
+				s.serveAgent(ctx, tc)
+				return
+			}
+			if !httpLn.push(tc) {
+				tc.Close()
+			}
+		}()
+	}
+}
+
+// adminToken returns the TCP admin token, creating DATA/admin.token.
+func (s *Server) adminToken() (string, error) {
+	if s.cfg.AdminToken != "" {
+		return s.cfg.AdminToken, nil
+	}
+	path := filepath.Join(s.cfg.DataDir, "admin.token")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, 24)
+	rand.Read(buf)
+	tok := hex.EncodeToString(buf)
+	return tok, fsutil.WriteFileAtomic(path, []byte(tok+"\n"), 0o600)
+}
+
+// listenUnix listens on a 0600 Unix socket, replacing a stale socket file
+// but refusing to steal one a live controller is serving.
+func listenUnix(path string) (net.Listener, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another controller is serving %s", path)
+	}
+	os.Remove(path)
+	old := umask(0o177)
+	ln, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
