@@ -291,4 +291,3 @@ func (s *Server) enrol(ctx context.Context, req msg.EnrolRequest) (msg.EnrolResp
 	s.log.Info("agent enrolled", "agent", name, "agent_id", agentID, "token", tok.ID)
 	return msg.EnrolResponse{AgentID: agentID, Name: name, Cert: pemCert(cert), CA: s.ca.CAPEM()}, nil
 }
-

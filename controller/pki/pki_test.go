@@ -60,4 +60,3 @@ func TestServerCertWorksForTLS(t *testing.T) {
 	_, err = pair.Leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: ServerName})
 	require.NoError(t, err)
 }
-

@@ -139,14 +139,14 @@ func (p *Proc) Stop() {
 
 // Controller is a running `ferry serve`.
 type Controller struct {
-	t       testing.TB
-	Bin     string
-	Data    string
-	Addr    string // agent port
-	Admin   string // admin socket
-	Proc    *Proc
-	listen  string
-	extra   []string
+	t      testing.TB
+	Bin    string
+	Data   string
+	Addr   string // agent port
+	Admin  string // admin socket
+	Proc   *Proc
+	listen string
+	extra  []string
 }
 
 var listeningRE = regexp.MustCompile(`listening on (\S+)`)
