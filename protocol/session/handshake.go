@@ -140,7 +140,7 @@ func establish(ctx context.Context, tc *tls.Conn, cfg Config, isClient bool) (*S
 		if rerr == nil && theirs.Err != nil {
 			vm.PeerMessage = theirs.Err.Message
 		}
-		cfg.Logger.Warn("session refused", "peer", peerAddr, "err", vm)
+		cfg.Logger.Warn("session refused", keyPeer, peerAddr, keyErr, vm)
 		return fail("verdict", vm)
 	}
 	if rerr != nil {

@@ -24,10 +24,14 @@ const yamuxBacklog = 256
 
 // Log attribute keys.
 const (
-	keyPeer   = "peer"
-	keyKind   = "kind"
-	keyStream = "stream"
-	keyErr    = "err"
+	keyPeer         = "peer"
+	keyPeerName     = "peer_name"
+	keyPeerVersions = "peer_versions"
+	keyPeerSoftware = "peer_software"
+	keyVersion      = "version"
+	keyKind         = "kind"
+	keyStream       = "stream"
+	keyErr          = "err"
 )
 
 // Session is an established session. Its methods are safe for concurrent
@@ -59,7 +63,7 @@ func newSession(tc *tls.Conn, cfg Config, isClient bool, peer protocol.Banner, v
 		incoming: make(chan *Stream, cfg.AcceptBacklog),
 		done:     make(chan struct{}),
 	}
-	s.log = cfg.Logger.With(keyPeer, tc.RemoteAddr().String(), "peer_name", peer.Name)
+	s.log = cfg.Logger.With(keyPeer, tc.RemoteAddr().String(), keyPeerName, peer.Name)
 	ycfg := &yamux.Config{
 		// yamux resets streams past its own backlog before the accept
 		// loop sees them; keep it wide and apply cfg.AcceptBacklog in
@@ -87,13 +91,14 @@ func newSession(tc *tls.Conn, cfg Config, isClient bool, peer protocol.Banner, v
 		return nil, fmt.Errorf("session: yamux: %w", err)
 	}
 	go s.acceptLoop()
-	s.log.Debug("session established", "version", version, "peer_versions", peer.Versions.String(), "peer_software", peer.Software)
+	s.log.Debug("session established", keyVersion, version, keyPeerVersions, peer.Versions.String(), keyPeerSoftware, peer.Software)
 	return s, nil
 }
 
 // Open opens a stream of kind k to the peer and sends its kind byte. The
-// peer may refuse the kind; the opener learns it from the error frame that
-// its first read returns (a *protocol.Error through frame.Reader).
+// peer may refuse the kind (k may be one this build does not know, for a
+// newer peer); the opener learns of a refusal from the error frame that its
+// first frame read returns (a *protocol.Error from frame.Reader).
 func (s *Session) Open(ctx context.Context, k protocol.StreamKind) (*Stream, error) {
 	if k == 0 {
 		return nil, &StreamError{Op: "open", Kind: k, Err: protocol.Errorf(protocol.CodeInvalid, "stream kind 0 does not exist")}
