@@ -92,6 +92,12 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 			case protocol.KindData:
 				if err := s.ing.ServeData(ctx, agentID, st); err != nil {
 					log.Warn("data stream ended", "err", err)
+					if errors.Is(err, protocol.ErrInvalid) || errors.Is(err, protocol.ErrTooLarge) {
+						// A peer that sends malformed frames is not trusted
+						// with its other streams either: drop the session.
+						log.Warn("dropping the session of a misbehaving agent")
+						sess.Close()
+					}
 				}
 			case protocol.KindHashes:
 				s.serveHashes(ctx, agentID, st)
