@@ -165,7 +165,11 @@ func (m *qcow2Mapper) mapAt(off, want int64) (segment, error) {
 	}
 	l2Off := int64(m.l1[l1i] & qcow2OffsetMask)
 	if l2Off == 0 {
-		return segment{kind: segParent, length: (l1i+1)*m.l2Entries*m.clusterSize - off}, nil
+		length := (l1i+1)*m.l2Entries*m.clusterSize - off
+		for next := l1i + 1; next < int64(len(m.l1)) && length < want && m.l1[next]&qcow2OffsetMask == 0; next++ {
+			length += m.l2Entries * m.clusterSize
+		}
+		return segment{kind: segParent, length: length}, nil
 	}
 	if l2Off >= m.f.Size() {
 		return segment{}, corruptf(FormatQCOW2, m.path, "L2 table at %#x beyond end of file", l2Off)

@@ -110,6 +110,9 @@ func replayVHDXLog(f fileReader, h *vhdxHeader) (*overlayFile, error) {
 	if logLen == 0 || logLen%vhdxMB != 0 || logLen > vhdxMaxLog || logOff%vhdxMB != 0 || logOff < vhdxHeaderArea {
 		return nil, logBad("log region %d+%d invalid", logOff, logLen)
 	}
+	if logOff+logLen > f.Size() {
+		return nil, logBad("log region %d+%d beyond end of file", logOff, logLen)
+	}
 	buf := make([]byte, logLen)
 	ok, err := readExact(f, buf, logOff)
 	if err != nil {

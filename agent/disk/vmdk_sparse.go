@@ -201,7 +201,11 @@ func (s *vmdkSparse) mapAt(off, want int64) (segment, error) {
 		return segment{}, fmt.Errorf("offset %d beyond the grain directory", off)
 	}
 	if s.gd[gdi] == 0 {
-		return segment{kind: segParent, length: (gdi+1)*s.gtCover - off}, nil
+		length := (gdi+1)*s.gtCover - off
+		for next := gdi + 1; next < int64(len(s.gd)) && length < want && s.gd[next] == 0; next++ {
+			length += s.gtCover
+		}
+		return segment{kind: segParent, length: length}, nil
 	}
 	t, err := s.gt(int64(s.gd[gdi]))
 	if err != nil {
