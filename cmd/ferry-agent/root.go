@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/internal/buildinfo"
+	"github.com/ferrydr/ferry/internal/profiling"
 )
 
 type usageError struct{ msg string }
@@ -85,8 +86,9 @@ func newEnrollCommand(g *globals) *cobra.Command {
 }
 
 type runOptions struct {
-	cfg      agent.Config
-	logLevel string
+	cfg        agent.Config
+	logLevel   string
+	cpuProfile string
 }
 
 func newRunCommand(g *globals) *cobra.Command {
@@ -101,6 +103,11 @@ func newRunCommand(g *globals) *cobra.Command {
 				return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
 			}
 			o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			stop, err := profiling.Start(o.cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer stop()
 			a, err := agent.New(o.cfg)
 			if err != nil {
 				return err
@@ -113,6 +120,7 @@ func newRunCommand(g *globals) *cobra.Command {
 	f.StringArrayVar(&o.cfg.ScanDirs, "scan", nil, "a directory to search for disk image files for inventory (repeatable)")
 	f.IntVar(&o.cfg.Streams, "streams", o.cfg.Streams, "data streams per cycle")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	return cmd
 }
 

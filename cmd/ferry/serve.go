@@ -9,11 +9,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/controller"
+	"github.com/ferrydr/ferry/internal/profiling"
 )
 
 type serveOptions struct {
-	cfg      controller.Config
-	logLevel string
+	cfg        controller.Config
+	logLevel   string
+	cpuProfile string
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -38,6 +40,7 @@ with TLS and a bearer token). It prints "listening on HOST:PORT" once ready.`,
 	f.StringVar(&o.cfg.Advertise, "advertise", "", "HOST:PORT agents should dial, for install commands")
 	f.StringVar(&o.cfg.PublicKeyFile, "public-key", "", "encrypt a new repository to this public key file (ferry keys generate)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	return cmd
 }
 
@@ -50,6 +53,11 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	o.cfg.OnReady = func(agentAddr, adminAddr string) {
 		fmt.Fprintf(g.stdout, "ferry controller listening on %s (admin %s)\n", agentAddr, adminAddr)
 	}
+	stop, err := profiling.Start(o.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	srv, err := controller.New(o.cfg)
 	if err != nil {
 		return usagef("%v", err)

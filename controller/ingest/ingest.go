@@ -88,6 +88,16 @@ type cycle struct {
 	entries     uint64
 	outstanding map[blockKey]outstanding // needed, not yet stored
 	failed      error
+	commits     *committer
+}
+
+// fail records the first error that makes the cycle unusable.
+func (c *cycle) fail(err error) {
+	c.mu.Lock()
+	if c.failed == nil {
+		c.failed = err
+	}
+	c.mu.Unlock()
 }
 
 type outstanding struct {
@@ -137,8 +147,11 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 		return msg.CycleBeginResponse{}, protocol.Errorf(protocol.CodeInvalid, "begin point for %s: %v", req.Machine, err)
 	}
 	c := &cycle{agentID: agentID, machine: req.Machine, pending: p, disks: disks,
-		parts: map[uint32]bool{}, outstanding: map[blockKey]outstanding{}}
+		parts: map[uint32]bool{}, outstanding: map[blockKey]outstanding{}, commits: newCommitter(p)}
 	g.mu.Lock()
+	if old := g.cycles[uint64(p.ID)]; old != nil {
+		go old.commits.close() // a new cycle into the same pending point replaces it
+	}
 	g.cycles[uint64(p.ID)] = c
 	g.mu.Unlock()
 	g.log.Info("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
@@ -174,6 +187,7 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	if err != nil {
 		return msg.CycleEndResponse{}, err
 	}
+	c.commits.drain() // every queued write is durable before the checks
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
@@ -203,6 +217,7 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	g.mu.Lock()
 	delete(g.cycles, uint64(req.Cycle))
 	g.mu.Unlock()
+	go c.commits.close()
 	g.log.Info("point committed", "machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "note", req.Note)
 	g.onCommit(c.machine, pt)
 	return msg.CycleEndResponse{PointID: pt.ID, Instant: pt.Instant.UnixNano()}, nil
@@ -216,6 +231,7 @@ func (g *Ingest) Forget(agentID string) {
 	for id, c := range g.cycles {
 		if c.agentID == agentID {
 			delete(g.cycles, id)
+			go c.commits.close()
 		}
 	}
 }
@@ -227,6 +243,7 @@ func (g *Ingest) ForgetMachine(machine string) {
 	for id, c := range g.cycles {
 		if c.machine == machine {
 			delete(g.cycles, id)
+			go c.commits.close()
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/data"
@@ -14,43 +15,90 @@ import (
 
 // decoded is one frame read ahead of processing.
 type decoded struct {
-	typ      uint8
 	manifest *data.Manifest
 	batch    *data.Batch
 	err      error
 }
 
+// replies serialises what a data stream sends back (Need, Ack, errors)
+// from the handler and from commit callbacks, and remembers the first
+// failure.
+type replies struct {
+	mu     sync.Mutex
+	fw     *frame.Writer
+	failed error
+	stop   context.CancelFunc
+}
+
+func (r *replies) send(typ uint8, m interface{ Append([]byte) []byte }) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failed != nil {
+		return
+	}
+	if err := r.fw.WriteAppend(typ, m.Append); err == nil {
+		err = r.fw.Flush()
+		if err != nil {
+			r.failed = err
+			r.stop()
+		}
+	} else {
+		r.failed = err
+		r.stop()
+	}
+}
+
+// fail sends an error frame (once) and ends the stream.
+func (r *replies) fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failed != nil {
+		return
+	}
+	r.failed = err
+	r.fw.WriteError(protocol.AsError(err))
+	r.fw.Flush()
+	r.stop()
+}
+
+func (r *replies) err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed
+}
+
 // ServeData runs one data stream of agentID: manifest parts are answered
-// with Need, batches are stored durably and then acknowledged. A malformed
-// or refused frame ends the stream with an error frame; the session and
-// its other streams live on.
+// with Need once their zero and deduplicated rows are durable; batches are
+// verified, stored durably (group commit with the cycle's other streams)
+// and then acknowledged. A malformed or refused frame ends the stream with
+// an error frame.
 func (g *Ingest) ServeData(ctx context.Context, agentID string, st io.ReadWriter) error {
-	fw := frame.NewWriter(st)
-	frames := make(chan decoded, 2) // read and decode ahead of the storage writes
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	rep := &replies{fw: frame.NewWriter(st), stop: cancel}
+	frames := make(chan decoded, 4) // read and decode ahead of the storage writes
 	go func() {
 		defer close(frames)
 		fr := frame.NewReader(st, data.MaxFrameSize)
 		for {
 			typ, payload, err := fr.Next()
-			d := decoded{typ: typ, err: err}
-			if err == nil {
-				switch typ {
-				case data.FrameManifest:
-					d.manifest = &data.Manifest{}
-					d.err = d.manifest.Decode(payload)
-				case data.FrameBatch:
-					d.batch = &data.Batch{}
-					if d.err = d.batch.Decode(payload); d.err == nil {
-						// Decode slices the payload, which the reader reuses.
-						for i := range d.batch.Blocks {
-							d.batch.Blocks[i].Data = append([]byte(nil), d.batch.Blocks[i].Data...)
-						}
+			var d decoded
+			switch {
+			case err != nil:
+				d.err = err
+			case typ == data.FrameManifest:
+				d.manifest = &data.Manifest{}
+				d.err = d.manifest.Decode(payload)
+			case typ == data.FrameBatch:
+				d.batch = &data.Batch{}
+				if d.err = d.batch.Decode(payload); d.err == nil {
+					// Decode slices the payload, which the reader reuses.
+					for i := range d.batch.Blocks {
+						d.batch.Blocks[i].Data = append([]byte(nil), d.batch.Blocks[i].Data...)
 					}
-				default:
-					d.err = protocol.Errorf(protocol.CodeInvalid, "unexpected frame type %d on a data stream", typ)
 				}
+			default:
+				d.err = protocol.Errorf(protocol.CodeInvalid, "unexpected frame type %d on a data stream", typ)
 			}
 			select {
 			case frames <- d:
@@ -62,41 +110,45 @@ func (g *Ingest) ServeData(ctx context.Context, agentID string, st io.ReadWriter
 			}
 		}
 	}()
+	var err error
 	for d := range frames {
-		var err error
 		switch {
 		case d.err != nil:
 			err = d.err
 		case d.manifest != nil:
-			err = g.manifest(ctx, agentID, fw, d.manifest)
+			err = g.manifest(ctx, agentID, rep, d.manifest)
 		case d.batch != nil:
-			err = g.batch(ctx, agentID, fw, d.batch)
+			err = g.batch(ctx, agentID, rep, d.batch)
 		}
-		if errors.Is(err, io.EOF) || errors.Is(d.err, io.EOF) {
-			return nil // the agent closed the stream after its last ack
+		if errors.Is(err, io.EOF) {
+			err = nil // the agent closed the stream after its last ack
+			break
 		}
 		if err != nil {
-			pe := protocol.AsError(err)
-			g.log.Warn("data stream refused", "agent", agentID, "code", pe.Code, "err", pe.Message)
-			fw.WriteError(pe)
-			fw.Flush()
-			return err
+			break
 		}
+		if e := rep.err(); e != nil {
+			err = e
+			break
+		}
+	}
+	if err == nil {
+		err = rep.err()
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		pe := protocol.AsError(err)
+		g.log.Warn("data stream refused", "agent", agentID, "code", pe.Code, "err", pe.Message)
+		rep.fail(err)
+		return err
 	}
 	return nil
 }
 
-func (g *Ingest) manifest(ctx context.Context, agentID string, fw *frame.Writer, m *data.Manifest) error {
+func (g *Ingest) manifest(ctx context.Context, agentID string, rep *replies, m *data.Manifest) error {
 	c, err := g.cycleFor(agentID, m.Cycle)
 	if err != nil {
 		return err
 	}
-	c.mu.Lock()
-	if c.parts[m.Part] {
-		c.mu.Unlock()
-		return protocol.Errorf(protocol.CodeInvalid, "cycle %d: manifest part %d sent twice", m.Cycle, m.Part)
-	}
-	c.mu.Unlock()
 	var hashes []storage.Hash
 	for _, e := range m.Entries {
 		if int(e.Disk) >= len(c.disks) {
@@ -113,45 +165,30 @@ func (g *Ingest) manifest(ctx context.Context, agentID string, fw *frame.Writer,
 	if err != nil {
 		return err
 	}
-	need := data.Need{Cycle: m.Cycle, Part: m.Part, Need: make([]bool, len(m.Entries))}
+	need := &data.Need{Cycle: m.Cycle, Part: m.Part, Need: make([]bool, len(m.Entries))}
 	var writes []storage.BlockWrite
-	var idx []int // entry index of each dedup write, to fall back to "needed"
+	var dedup []int // entry index of each write; -1 for zero writes
 	k := 0
 	for i, e := range m.Entries {
 		disk := c.disks[e.Disk].Name
 		if e.Flags&data.FlagZero != 0 {
 			writes = append(writes, storage.BlockWrite{Disk: disk, Block: int64(e.Block), Zero: true})
-			idx = append(idx, -1)
+			dedup = append(dedup, -1)
 			continue
 		}
 		if have[k] {
 			writes = append(writes, storage.BlockWrite{Disk: disk, Block: int64(e.Block), Hash: storage.Hash(e.Hash)})
-			idx = append(idx, i)
+			dedup = append(dedup, i)
 		} else {
 			need.Need[i] = true
 		}
 		k++
 	}
-	if len(writes) > 0 {
-		err := c.pending.Write(ctx, writes)
-		if errors.Is(err, storage.ErrChunkMissing) {
-			// GC removed a chunk between the lookup and the write: ask for
-			// every deduplicated block of this part instead.
-			var zeros []storage.BlockWrite
-			for j, w := range writes {
-				if idx[j] < 0 {
-					zeros = append(zeros, w)
-				} else {
-					need.Need[idx[j]] = true
-				}
-			}
-			err = c.pending.Write(ctx, zeros)
-		}
-		if err != nil {
-			return err
-		}
-	}
 	c.mu.Lock()
+	if c.parts[m.Part] {
+		c.mu.Unlock()
+		return protocol.Errorf(protocol.CodeInvalid, "cycle %d: manifest part %d sent twice", m.Cycle, m.Part)
+	}
 	c.parts[m.Part] = true
 	c.entries += uint64(len(m.Entries))
 	for i, e := range m.Entries {
@@ -160,18 +197,53 @@ func (g *Ingest) manifest(ctx context.Context, agentID string, fw *frame.Writer,
 		}
 	}
 	c.mu.Unlock()
-	if err := fw.WriteAppend(data.FrameNeed, need.Append); err != nil {
-		return err
+	if len(writes) == 0 {
+		rep.send(data.FrameNeed, need)
+		return nil
 	}
-	return fw.Flush()
+	return c.commits.submit(ctx, writes, 0, func(err error) {
+		if errors.Is(err, storage.ErrChunkMissing) {
+			// GC removed a chunk between the lookup and the write: ask for
+			// every deduplicated block of this part instead.
+			var zeros []storage.BlockWrite
+			c.mu.Lock()
+			for j, w := range writes {
+				if dedup[j] < 0 {
+					zeros = append(zeros, w)
+					continue
+				}
+				e := m.Entries[dedup[j]]
+				need.Need[dedup[j]] = true
+				c.outstanding[blockKey{e.Disk, e.Block}] = outstanding{hash: e.Hash}
+			}
+			c.mu.Unlock()
+			err = c.commits.submit(ctx, zeros, 0, func(err error) { g.answered(c, rep, err, func() { rep.send(data.FrameNeed, need) }) })
+			if err != nil {
+				g.answered(c, rep, err, nil)
+			}
+			return
+		}
+		g.answered(c, rep, err, func() { rep.send(data.FrameNeed, need) })
+	})
 }
 
-func (g *Ingest) batch(ctx context.Context, agentID string, fw *frame.Writer, b *data.Batch) error {
+// answered runs ok after a durable write, or fails the cycle and stream.
+func (g *Ingest) answered(c *cycle, rep *replies, err error, ok func()) {
+	if err != nil {
+		c.fail(err)
+		rep.fail(err)
+		return
+	}
+	if ok != nil {
+		ok()
+	}
+}
+
+func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *data.Batch) error {
 	c, err := g.cycleFor(agentID, b.Cycle)
 	if err != nil {
 		return err
 	}
-	writes := make([]storage.BlockWrite, 0, len(b.Blocks))
 	c.mu.Lock()
 	for i := range b.Blocks {
 		blk := &b.Blocks[i]
@@ -182,11 +254,13 @@ func (g *Ingest) batch(ctx context.Context, agentID string, fw *frame.Writer, b 
 		}
 	}
 	c.mu.Unlock()
-	patched := false
+	writes := make([]storage.BlockWrite, 0, len(b.Blocks))
+	patched, bytes := false, 0
 	for i := range b.Blocks {
 		blk := &b.Blocks[i]
 		d := c.disks[blk.Disk]
 		w := storage.BlockWrite{Disk: d.Name, Block: int64(blk.Block), Hash: storage.Hash(blk.Hash)}
+		bytes += len(blk.Data)
 		if blk.Flags&data.FlagPatch != 0 {
 			plain, err := g.dec.Plain(nil, blk)
 			if err != nil {
@@ -215,23 +289,26 @@ func (g *Ingest) batch(ctx context.Context, agentID string, fw *frame.Writer, b 
 		}
 		writes = append(writes, w)
 	}
-	if err := c.pending.Write(ctx, writes); err != nil {
-		if errors.Is(err, storage.ErrHashMismatch) {
-			code := protocol.CodeInvalid
-			if patched {
-				code = protocol.CodeFailedPrecondition // the patch base differed: resend whole blocks
+	ack := &data.Ack{Cycle: b.Cycle, Seq: b.Seq}
+	return c.commits.submit(ctx, writes, bytes, func(err error) {
+		if err != nil {
+			if errors.Is(err, storage.ErrHashMismatch) {
+				code := protocol.CodeInvalid
+				if patched {
+					code = protocol.CodeFailedPrecondition // the patch base differed: resend whole blocks
+				}
+				err = protocol.Errorf(code, "cycle %d batch %d: %v", b.Cycle, b.Seq, err)
+			} else {
+				err = fmt.Errorf("store batch: %w", err)
 			}
-			return protocol.Errorf(code, "cycle %d batch %d: %v", b.Cycle, b.Seq, err)
+			g.answered(c, rep, err, nil)
+			return
 		}
-		return fmt.Errorf("store batch: %w", err)
-	}
-	c.mu.Lock()
-	for i := range b.Blocks {
-		delete(c.outstanding, blockKey{b.Blocks[i].Disk, b.Blocks[i].Block})
-	}
-	c.mu.Unlock()
-	if err := fw.WriteAppend(data.FrameAck, (&data.Ack{Cycle: b.Cycle, Seq: b.Seq}).Append); err != nil {
-		return err
-	}
-	return fw.Flush()
+		c.mu.Lock()
+		for i := range b.Blocks {
+			delete(c.outstanding, blockKey{b.Blocks[i].Disk, b.Blocks[i].Block})
+		}
+		c.mu.Unlock()
+		rep.send(data.FrameAck, ack)
+	})
 }
