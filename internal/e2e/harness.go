@@ -304,3 +304,4 @@ func (c *Controller) Export(machine string, point int64) string {
 func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
+
