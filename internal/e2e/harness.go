@@ -304,4 +304,3 @@ func (c *Controller) Export(machine string, point int64) string {
 func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
-

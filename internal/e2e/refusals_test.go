@@ -169,4 +169,3 @@ func TestMalformedFrameDropsOnlyThatSession(t *testing.T) {
 	c.WaitPoint("vm", p1.ID, time.Minute) // the good agent goes on
 	require.Contains(t, c.MustFerry("verify"), "verified")
 }
-
