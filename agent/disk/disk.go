@@ -55,9 +55,9 @@ type OpenOptions struct {
 	// "" means the directory of the image that names them.
 	BaseDir string
 	// AllowDirty opens images that would otherwise be refused with
-	// ErrDirty (a qcow2 dirty bit, a VHDX log that cannot be replayed, a
-	// VMDK unclean-shutdown flag). For diagnostics only; the agent never
-	// sets it.
+	// ErrDirty (a qcow2 dirty bit; a VHDX log that cannot be replayed is
+	// then ignored and the file read as it stands). For diagnostics only;
+	// the agent never sets it.
 	AllowDirty bool
 }
 
