@@ -79,6 +79,7 @@ func (a *Agent) mux() *rpc.Mux {
 		}
 		return a.runDriver(ctx, req)
 	})
+	a.handleUpgrade(m)
 	return m
 }
 

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"time"
@@ -52,17 +51,6 @@ func (s *Server) advertised(override string) string {
 		}
 	}
 	return net.JoinHostPort(host, port)
-}
-
-// installCommands are the one-liners of `tokens create --install-command`.
-func (s *Server) installCommands(controller string, tok msg.Token) []string {
-	addr := s.advertised(controller)
-	return []string{
-		fmt.Sprintf("curl -fsS --pinnedpubkey 'sha256//%s' -k https://%s/install.sh | sudo sh -s -- --controller %s --token %s",
-			tok.Pin, addr, addr, tok.String()),
-		fmt.Sprintf(`powershell -NoProfile -ExecutionPolicy Bypass -Command "& ([scriptblock]::Create((New-Object Net.WebClient).DownloadString('https://%s/install.ps1'))) -Controller %s -Token %s -Pin %s"`,
-			addr, addr, tok.String(), tok.Pin),
-	}
 }
 
 // Tokens lists tokens (never their secrets).

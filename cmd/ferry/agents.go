@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,7 +36,26 @@ func newAgentsCommand(g *globals) *cobra.Command {
 			return cl.RemoveAgent(c.Context(), args[0])
 		},
 	}
-	cmd.AddCommand(list, revoke, remove)
+	var all bool
+	upgrade := &cobra.Command{
+		Use:   "upgrade AGENT|--all",
+		Short: "Push the controller's agent version to connected agents (they restart into it; a failed upgrade rolls back)",
+		Args: func(_ *cobra.Command, args []string) error {
+			if all == (len(args) == 1) || len(args) > 1 {
+				return usagef("give one AGENT or --all")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			req := api.UpgradeRequest{All: all}
+			if len(args) == 1 {
+				req.Agent = args[0]
+			}
+			return runAgentsUpgrade(c.Context(), g, req)
+		},
+	}
+	upgrade.Flags().BoolVar(&all, "all", false, "upgrade every connected agent")
+	cmd.AddCommand(list, revoke, remove, upgrade)
 	return cmd
 }
 
@@ -96,4 +116,39 @@ func newInventoryCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func runAgentsUpgrade(ctx context.Context, g *globals, req api.UpgradeRequest) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	res, err := cl.UpgradeAgents(ctx, req)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		if res == nil {
+			res = []api.UpgradeResult{}
+		}
+		if err := g.printJSON(res); err != nil {
+			return err
+		}
+	} else {
+		var rows [][]string
+		for _, r := range res {
+			rows = append(rows, []string{r.Agent, orDash(r.FromVersion), orDash(r.ToVersion), r.State, orDash(r.Error)})
+		}
+		table(g.stdout, []string{"AGENT", "FROM", "TO", "STATE", "ERROR"}, rows)
+	}
+	failed := 0
+	for _, r := range res {
+		if r.State == "failed" || r.State == "rolled-back" {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d agent(s) not upgraded", failed)
+	}
+	return nil
 }

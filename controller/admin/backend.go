@@ -20,6 +20,7 @@ type Agents interface {
 	RevokeAgent(ctx context.Context, agent string) error
 	RemoveAgent(ctx context.Context, agent string) error
 	Inventory(ctx context.Context, agent string) ([]api.InventoryItem, error)
+	UpgradeAgents(ctx context.Context, req api.UpgradeRequest) ([]api.UpgradeResult, error)
 }
 
 // Policies is what the policy routes need.

@@ -166,6 +166,12 @@ func (c *Client) RemoveAgent(ctx context.Context, agent string) error {
 	return c.do(ctx, "DELETE", "/v1/agents/"+url.PathEscape(agent), nil, nil)
 }
 
+// UpgradeAgents pushes the controller's agent version to connected agents.
+func (c *Client) UpgradeAgents(ctx context.Context, req api.UpgradeRequest) ([]api.UpgradeResult, error) {
+	var out []api.UpgradeResult
+	return out, c.do(ctx, "POST", "/v1/agents/upgrade", req, &out)
+}
+
 // Inventory asks a connected agent what it can protect.
 func (c *Client) Inventory(ctx context.Context, agent string) ([]api.InventoryItem, error) {
 	var items []api.InventoryItem

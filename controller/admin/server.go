@@ -57,6 +57,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v1/agents", noIn(s.b.Agents))
 	m.HandleFunc("POST /v1/agents/{agent}/revoke", pathOnly("agent", s.b.RevokeAgent))
 	m.HandleFunc("DELETE /v1/agents/{agent}", pathOnly("agent", s.b.RemoveAgent))
+	m.HandleFunc("POST /v1/agents/upgrade", jsonIn(s.b.UpgradeAgents))
 	m.HandleFunc("GET /v1/agents/{agent}/inventory", func(w http.ResponseWriter, r *http.Request) {
 		items, err := s.b.Inventory(r.Context(), r.PathValue("agent"))
 		reply(w, items, err)

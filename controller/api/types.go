@@ -261,3 +261,18 @@ type GCReport struct {
 	PacksRepacked int64 `json:"packs_repacked"`
 	BytesFreed    int64 `json:"bytes_freed"`
 }
+
+// UpgradeRequest is `ferry agents upgrade AGENT|--all`.
+type UpgradeRequest struct {
+	Agent string `json:"agent,omitempty"`
+	All   bool   `json:"all,omitempty"`
+}
+
+// UpgradeResult is one agent's outcome.
+type UpgradeResult struct {
+	Agent       string `json:"agent"`
+	FromVersion string `json:"from_version"`
+	ToVersion   string `json:"to_version"`
+	State       string `json:"state"` // upgraded, current, failed, rolled-back
+	Error       string `json:"error,omitempty"`
+}
