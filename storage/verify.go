@@ -226,6 +226,24 @@ func (c *core) verifyPacks(ctx context.Context, rep *VerifyReport) error {
 		ps = append(ps, p)
 	}
 	rows.Close()
+	// Every committed point must have its commit record in a pack, or
+	// Rebuild could not restore it.
+	orphans, err := c.db.QueryContext(ctx, `SELECT id, machine FROM points p WHERE state='committed'
+		AND NOT EXISTS (SELECT 1 FROM records r WHERE r.point_id=p.id AND r.type=?)`, pack.TypePointCommit)
+	if err != nil {
+		return err
+	}
+	for orphans.Next() {
+		var id int64
+		var m string
+		if err := orphans.Scan(&id, &m); err != nil {
+			orphans.Close()
+			return err
+		}
+		rep.Damaged = append(rep.Damaged, Damage{Err: fmt.Errorf("%w: point %d has no commit record in any pack", ErrCorrupt, id),
+			Affected: []PointDisk{{PointID: id, Machine: m}}})
+	}
+	orphans.Close()
 	for _, p := range ps {
 		if err := ctx.Err(); err != nil {
 			return err

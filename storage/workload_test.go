@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -312,7 +313,78 @@ func wlCheck(ctx context.Context, dir string, oo OpenOptions, reported map[int]b
 	if len(rep.Damaged) > 0 {
 		return fmt.Errorf("verify found damage: %v", errors.Join(damageErrs(rep)...))
 	}
+	if err := r.Close(); err != nil {
+		return err
+	}
+	return wlCheckRebuild(ctx, dir, oo, pts)
+}
+
+// wlCheckRebuild rebuilds a copy of the repository from its packs alone
+// and requires the same points with the same contents.
+func wlCheckRebuild(ctx context.Context, dir string, oo OpenOptions, want []Point) error {
+	cp, err := os.MkdirTemp("", "ferry-rebuild-check-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(cp)
+	if err := copyRepoFiles(dir, cp); err != nil {
+		return err
+	}
+	if _, err := Rebuild(ctx, cp, OpenOptions{}); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	oo.ExclusiveLock = false
+	r, err := Open(ctx, cp, oo)
+	if err != nil {
+		return fmt.Errorf("open rebuilt: %w", err)
+	}
+	defer r.Close()
+	got, err := r.Points(ctx, wlMachine)
+	if err != nil {
+		return err
+	}
+	if len(got) != len(want) {
+		return fmt.Errorf("rebuild restored %d points, the index has %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i].ID != want[i].ID || got[i].Name != want[i].Name {
+			return fmt.Errorf("rebuild restored point %d %q, the index has %d %q", got[i].ID, got[i].Name, want[i].ID, want[i].Name)
+		}
+		k, _ := wlParseName(got[i].Name)
+		d, err := r.OpenDisk(ctx, got[i].ID, "d0")
+		if err != nil {
+			return err
+		}
+		var buf bytes.Buffer
+		if _, err := d.WriteTo(&buf); err != nil {
+			return fmt.Errorf("rebuilt k=%d: %w", k, err)
+		}
+		if !bytes.Equal(buf.Bytes(), wlModel(k)) {
+			return fmt.Errorf("rebuilt point k=%d does not read back byte-exact", k)
+		}
+	}
 	return nil
+}
+
+// copyRepoFiles copies config and packs (not the index) of a repository.
+func copyRepoFiles(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if strings.HasPrefix(rel, indexName) || strings.HasPrefix(rel, locksDir) {
+			return nil
+		}
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o700)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o600)
+	})
 }
 
 func damageErrs(rep VerifyReport) []error {
