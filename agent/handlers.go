@@ -27,6 +27,8 @@ func (a *Agent) serve(ctx context.Context, sess *session.Session) {
 			switch st.Kind() {
 			case protocol.KindControl:
 				rpc.ServeStream(ctx, st, mux.Serve)
+			case protocol.KindRestore:
+				a.serveRestore(ctx, st)
 			default:
 				st.Reset(protocol.Errorf(protocol.CodeInvalid, "the agent does not serve %s streams", st.Kind()))
 			}
@@ -80,6 +82,7 @@ func (a *Agent) mux() *rpc.Mux {
 		return a.runDriver(ctx, req)
 	})
 	a.handleUpgrade(m)
+	a.handleTarget(m)
 	return m
 }
 
