@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -300,4 +299,3 @@ func TestConformanceLarge(t *testing.T) {
 	}
 }
 
-var _ = exec.Command
