@@ -298,4 +298,3 @@ func TestConformanceLarge(t *testing.T) {
 		t.Run(fx.name, func(t *testing.T) { checkConformance(t, q, fx) })
 	}
 }
-

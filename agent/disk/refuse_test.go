@@ -392,4 +392,3 @@ func checkSameOrFail(t *testing.T, src Source, ref string, variant int) {
 		t.Fatalf("variant %d read wrong bytes at %d without an error", variant, i)
 	}
 }
-
