@@ -276,3 +276,110 @@ type UpgradeResult struct {
 	State       string `json:"state"` // upgraded, current, failed, rolled-back
 	Error       string `json:"error,omitempty"`
 }
+
+// Target is a recovery site: an agent, a directory and a driver.
+type Target struct {
+	Name   string `json:"name"`
+	Agent  string `json:"agent"`
+	Dir    string `json:"dir"`
+	Driver string `json:"driver"` // exec (qemu later)
+	Format string `json:"format"` // raw (default), qcow2, vhdx, vmdk
+	Exec   Driver `json:"exec"`   // the exec driver's commands
+	// Connected is filled in when listed.
+	Connected bool `json:"connected"`
+}
+
+// FailoverRequest is `ferry failover` (and its --test and --planned forms).
+type FailoverRequest struct {
+	Machine           string   `json:"machine,omitempty"`
+	Plan              string   `json:"plan,omitempty"`
+	Target            string   `json:"target,omitempty"`
+	Point             string   `json:"point,omitempty"`
+	Test              bool     `json:"test,omitempty"`
+	Planned           bool     `json:"planned,omitempty"`
+	ShutdownSource    bool     `json:"shutdown_source,omitempty"`
+	Direction         string   `json:"direction,omitempty"`
+	Key               []byte   `json:"key,omitempty"` // private key file content (encrypted repositories)
+	AllowInconsistent bool     `json:"allow_inconsistent,omitempty"`
+	DryRun            bool     `json:"dry_run,omitempty"`
+	Timeout           Duration `json:"timeout,omitempty"`
+}
+
+// MachineActionRequest is commit, cleanup, change-point, reprotect, failback.
+type MachineActionRequest struct {
+	Machine string `json:"machine,omitempty"`
+	Plan    string `json:"plan,omitempty"`
+	Point   string `json:"point,omitempty"` // change-point
+	Key     []byte `json:"key,omitempty"`
+}
+
+// Job states and step states (CLI.md).
+const (
+	JobQueued    = "queued"
+	JobRunning   = "running"
+	JobWaiting   = "waiting"
+	JobSucceeded = "succeeded"
+	JobPartial   = "partial"
+	JobFailed    = "failed"
+	JobCancelled = "cancelled"
+
+	StepPending   = "pending"
+	StepRunning   = "running"
+	StepSucceeded = "succeeded"
+	StepFailed    = "failed"
+	StepSkipped   = "skipped"
+)
+
+// JobStep is one step of a job.
+type JobStep struct {
+	Name       string    `json:"name"`
+	State      string    `json:"state"`
+	Progress   float64   `json:"progress"`
+	BytesDone  int64     `json:"bytes_done,omitempty"`
+	BytesTotal int64     `json:"bytes_total,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	Note       string    `json:"note,omitempty"`
+	Started    time.Time `json:"started,omitempty"`
+	Ended      time.Time `json:"ended,omitempty"`
+}
+
+// JobMachine is one machine's outcome in a job.
+type JobMachine struct {
+	Name    string   `json:"name"`
+	State   string   `json:"state"`
+	PointID int64    `json:"point_id"`
+	Error   string   `json:"error,omitempty"`
+	Notes   []string `json:"notes,omitempty"`
+}
+
+// Job is a long-running operation (failover, commit, …).
+type Job struct {
+	ID        string       `json:"id"`
+	Kind      string       `json:"kind"`
+	State     string       `json:"state"`
+	Steps     []JobStep    `json:"steps"`
+	Machines  []JobMachine `json:"machines"`
+	Error     string       `json:"error,omitempty"`
+	Notes     []string     `json:"notes,omitempty"`
+	Created   time.Time    `json:"created"`
+	Updated   time.Time    `json:"updated"`
+	CancelReq bool         `json:"cancel_requested,omitempty"`
+}
+
+// Terminal reports whether a job state is final.
+func Terminal(state string) bool {
+	switch state {
+	case JobSucceeded, JobPartial, JobFailed, JobCancelled:
+		return true
+	}
+	return false
+}
+
+// FailoverInfo is what a machine remembers of its current failover.
+type FailoverInfo struct {
+	Job      string `json:"job"`
+	Target   string `json:"target"`
+	PointID  int64  `json:"point_id"`
+	Set      string `json:"set"` // "live" or "test-<job>"
+	TestName string `json:"test_name,omitempty"`
+}

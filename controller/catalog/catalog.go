@@ -20,7 +20,7 @@ import (
 var migrations embed.FS
 
 // SchemaVersion is the newest catalog schema this build knows.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Sentinels callers branch on.
 var (

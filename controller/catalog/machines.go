@@ -34,20 +34,30 @@ type Machine struct {
 	ActiveSite string // source or target
 	Direction  string // forward or reverse
 	Spec       api.ProtectRequest
-	Created    time.Time
-	Updated    time.Time
+	// Resync makes the next cycle compare every block by hash.
+	Resync bool
+	// Failover is the current (test) failover, if any.
+	Failover *api.FailoverInfo
+	Created  time.Time
+	Updated  time.Time
 }
 
-const machineCols = `name, agent_id, policy, target, state, active_site, direction, spec, created_ns, updated_ns`
+const machineCols = `name, agent_id, policy, target, state, active_site, direction, spec, created_ns, updated_ns, resync, failover`
 
 func scanMachine(sc interface{ Scan(...any) error }) (Machine, error) {
 	var m Machine
-	var spec string
+	var spec, fo string
 	var created, updated int64
-	if err := sc.Scan(&m.Name, &m.AgentID, &m.Policy, &m.Target, &m.State, &m.ActiveSite, &m.Direction, &spec, &created, &updated); err != nil {
+	if err := sc.Scan(&m.Name, &m.AgentID, &m.Policy, &m.Target, &m.State, &m.ActiveSite, &m.Direction, &spec, &created, &updated, &m.Resync, &fo); err != nil {
 		return m, err
 	}
 	m.Created, m.Updated = fromNS(created), fromNS(updated)
+	if fo != "" {
+		m.Failover = &api.FailoverInfo{}
+		if err := json.Unmarshal([]byte(fo), m.Failover); err != nil {
+			return m, err
+		}
+	}
 	return m, json.Unmarshal([]byte(spec), &m.Spec)
 }
 
@@ -58,8 +68,8 @@ func (c *Catalog) AddMachine(ctx context.Context, m Machine) error {
 		return err
 	}
 	now := c.now()
-	_, err = c.db.ExecContext(ctx, `INSERT INTO machines (`+machineCols+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-		m.Name, m.AgentID, m.Policy, m.Target, m.State, m.ActiveSite, m.Direction, string(spec), ns(now), ns(now))
+	_, err = c.db.ExecContext(ctx, `INSERT INTO machines (`+machineCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
+		m.Name, m.AgentID, m.Policy, m.Target, m.State, m.ActiveSite, m.Direction, string(spec), ns(now), ns(now), m.Resync, failoverJSON(m.Failover))
 	if isUnique(err) {
 		return fmt.Errorf("machine %q is already protected: %w", m.Name, ErrExists)
 	}
@@ -105,8 +115,8 @@ func (c *Catalog) UpdateMachine(ctx context.Context, m Machine) error {
 	if err != nil {
 		return err
 	}
-	res, err := c.db.ExecContext(ctx, `UPDATE machines SET agent_id=?, policy=?, target=?, state=?, active_site=?, direction=?, spec=?, updated_ns=? WHERE name=?`,
-		m.AgentID, m.Policy, m.Target, m.State, m.ActiveSite, m.Direction, string(spec), ns(c.now()), m.Name)
+	res, err := c.db.ExecContext(ctx, `UPDATE machines SET agent_id=?, policy=?, target=?, state=?, active_site=?, direction=?, spec=?, updated_ns=?, resync=?, failover=? WHERE name=?`,
+		m.AgentID, m.Policy, m.Target, m.State, m.ActiveSite, m.Direction, string(spec), ns(c.now()), m.Resync, failoverJSON(m.Failover), m.Name)
 	if err != nil {
 		return err
 	}
@@ -136,4 +146,12 @@ func (c *Catalog) DeleteMachine(ctx context.Context, name string) error {
 		return fmt.Errorf("machine %q: %w", name, ErrNotFound)
 	}
 	return nil
+}
+
+func failoverJSON(f *api.FailoverInfo) string {
+	if f == nil {
+		return ""
+	}
+	b, _ := json.Marshal(f)
+	return string(b)
 }

@@ -1,0 +1,295 @@
+package jobs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
+)
+
+// ErrSkip, returned by a step, marks it skipped instead of succeeded.
+var ErrSkip = errors.New("step skipped")
+
+// Retryable is implemented by errors that say whether trying again can help.
+type Retryable interface{ Retryable() bool }
+
+// Kind is one kind of job (failover, commit, …).
+type Kind interface {
+	// Steps returns the step names for a job's spec.
+	Steps(spec json.RawMessage) ([]string, error)
+	// Run executes one step; it must be idempotent.
+	Run(ctx context.Context, r *Run, step string) error
+	// Rollback undoes what the job did, after a cancel.
+	Rollback(ctx context.Context, r *Run) error
+	// Finish runs once when the job ends (any state), e.g. to unpause
+	// replication. It must not fail the job.
+	Finish(ctx context.Context, r *Run)
+}
+
+// Store persists jobs and machine locks (the catalog).
+type Store interface {
+	PutJob(ctx context.Context, j catalog.JobRow) error
+	Job(ctx context.Context, id string) (catalog.JobRow, error)
+	Jobs(ctx context.Context, states ...string) ([]catalog.JobRow, error)
+	LockMachines(ctx context.Context, jobID string, machines []string) error
+	UnlockMachines(ctx context.Context, jobID string) error
+}
+
+// record is what is persisted: the job as the API shows it, plus the spec
+// and the kind's private data.
+type record struct {
+	api.Job
+	Spec     json.RawMessage `json:"spec"`
+	Data     json.RawMessage `json:"data,omitempty"`
+	Deadline time.Time       `json:"deadline"`
+}
+
+// Engine runs jobs.
+type Engine struct {
+	store Store
+	kinds map[string]Kind
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu       sync.Mutex
+	active   map[string]*Run
+	watchers map[string][]chan api.Job
+	wg       sync.WaitGroup
+	ctx      context.Context
+}
+
+// New builds an engine; Resume starts it.
+func New(store Store, kinds map[string]Kind, log *slog.Logger, now func() time.Time) *Engine {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Engine{store: store, kinds: kinds, log: log, now: now,
+		active: map[string]*Run{}, watchers: map[string][]chan api.Job{}, ctx: context.Background()}
+}
+
+// DefaultTimeout is a job's deadline when none is given.
+const DefaultTimeout = 30 * time.Minute
+
+// Start creates a job, locks its machines and runs it in the background.
+func (e *Engine) Start(ctx context.Context, kind string, machines []string, spec any, timeout time.Duration) (api.Job, error) {
+	k, ok := e.kinds[kind]
+	if !ok {
+		return api.Job{}, fmt.Errorf("unknown job kind %q", kind)
+	}
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return api.Job{}, err
+	}
+	steps, err := k.Steps(raw)
+	if err != nil {
+		return api.Job{}, err
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	now := e.now()
+	rec := &record{Spec: raw, Deadline: now.Add(timeout)}
+	rec.ID = newJobID()
+	rec.Kind, rec.State, rec.Created, rec.Updated = kind, api.JobQueued, now, now
+	for _, s := range steps {
+		rec.Steps = append(rec.Steps, api.JobStep{Name: s, State: api.StepPending})
+	}
+	for _, m := range machines {
+		rec.Machines = append(rec.Machines, api.JobMachine{Name: m, State: "pending"})
+	}
+	if err := e.store.LockMachines(ctx, rec.ID, machines); err != nil {
+		if errors.Is(err, catalog.ErrLocked) {
+			return api.Job{}, api.Errorf(api.CodeBusy, "%v", err)
+		}
+		return api.Job{}, err
+	}
+	if err := e.save(ctx, rec); err != nil {
+		e.store.UnlockMachines(ctx, rec.ID)
+		return api.Job{}, err
+	}
+	return e.launch(rec).snapshot(), nil
+}
+
+// Resume restarts every job a previous controller left unfinished. Call
+// once at start with the server's lifetime context.
+func (e *Engine) Resume(ctx context.Context) error {
+	e.ctx = ctx
+	rows, err := e.store.Jobs(ctx, api.JobQueued, api.JobRunning, api.JobWaiting)
+	if err != nil {
+		return err
+	}
+	for _, row := range rows {
+		rec := &record{}
+		if err := json.Unmarshal([]byte(row.Data), rec); err != nil {
+			e.log.Error("job record unreadable", "job", row.ID, "err", err)
+			continue
+		}
+		rec.Notes = append(rec.Notes, fmt.Sprintf("%s: resumed after a controller restart", e.now().Format(time.RFC3339)))
+		e.log.Info("resuming job", "job", rec.ID, "kind", rec.Kind)
+		e.launch(rec)
+	}
+	return nil
+}
+
+// Wait waits for running jobs to stop (after the context ended).
+func (e *Engine) Wait() { e.wg.Wait() }
+
+func (e *Engine) launch(rec *record) *Run {
+	r := &Run{e: e, rec: rec}
+	e.mu.Lock()
+	e.active[rec.ID] = r
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		r.run(e.ctx)
+	}()
+	return r
+}
+
+// Get returns a job.
+func (e *Engine) Get(ctx context.Context, id string) (api.Job, error) {
+	e.mu.Lock()
+	r, ok := e.active[id]
+	e.mu.Unlock()
+	if ok {
+		return r.snapshot(), nil
+	}
+	row, err := e.store.Job(ctx, id)
+	if err != nil {
+		if errors.Is(err, catalog.ErrNotFound) {
+			return api.Job{}, api.Errorf(api.CodeNotFound, "no job %s", id)
+		}
+		return api.Job{}, err
+	}
+	rec := &record{}
+	if err := json.Unmarshal([]byte(row.Data), rec); err != nil {
+		return api.Job{}, err
+	}
+	return rec.Job, nil
+}
+
+// List returns jobs, newest first.
+func (e *Engine) List(ctx context.Context) ([]api.Job, error) {
+	rows, err := e.store.Jobs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []api.Job{}
+	for _, row := range rows {
+		j, err := e.Get(ctx, row.ID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// Cancel asks a running job to stop at its next step boundary and roll back.
+func (e *Engine) Cancel(ctx context.Context, id string) (api.Job, error) {
+	e.mu.Lock()
+	r, ok := e.active[id]
+	e.mu.Unlock()
+	if !ok {
+		j, err := e.Get(ctx, id)
+		if err != nil {
+			return j, err
+		}
+		return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a running job can be cancelled", id, j.State)
+	}
+	r.mu.Lock()
+	r.rec.CancelReq = true
+	r.mu.Unlock()
+	r.persist(true)
+	return r.snapshot(), nil
+}
+
+// Watch returns a channel of job snapshots, sent on every change and
+// closed after the job ends (or when ctx ends).
+func (e *Engine) Watch(ctx context.Context, id string) (<-chan api.Job, error) {
+	j, err := e.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan api.Job, 16)
+	ch <- j
+	if api.Terminal(j.State) {
+		close(ch)
+		return ch, nil
+	}
+	e.mu.Lock()
+	if _, ok := e.active[id]; !ok {
+		e.mu.Unlock()
+		close(ch)
+		return ch, nil
+	}
+	e.watchers[id] = append(e.watchers[id], ch)
+	e.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		e.unwatch(id, ch)
+	}()
+	return ch, nil
+}
+
+func (e *Engine) unwatch(id string, ch chan api.Job) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ws := e.watchers[id]
+	for i, w := range ws {
+		if w == ch {
+			e.watchers[id] = append(ws[:i], ws[i+1:]...)
+			close(ch)
+			return
+		}
+	}
+}
+
+// notify sends a snapshot to watchers; on a terminal state it closes them.
+func (e *Engine) notify(j api.Job) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ch := range e.watchers[j.ID] {
+		select {
+		case ch <- j:
+		default: // a slow watcher misses intermediate progress, never the end
+		}
+	}
+	if api.Terminal(j.State) {
+		for _, ch := range e.watchers[j.ID] {
+			select {
+			case ch <- j:
+			default:
+			}
+			close(ch)
+		}
+		delete(e.watchers, j.ID)
+		delete(e.active, j.ID)
+	}
+}
+
+func (e *Engine) save(ctx context.Context, rec *record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return e.store.PutJob(ctx, catalog.JobRow{ID: rec.ID, Kind: rec.Kind, State: rec.State, Data: string(b), Created: rec.Created, Updated: rec.Updated})
+}
+
+func newJobID() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "job-" + hex.EncodeToString(b)
+}

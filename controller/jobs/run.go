@@ -1,0 +1,334 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
+)
+
+// Run is a job being executed, as its kind's steps see it.
+type Run struct {
+	e           *Engine
+	mu          sync.Mutex
+	rec         *record
+	step        int
+	lastPersist time.Time
+}
+
+// ID is the job's id.
+func (r *Run) ID() string { return r.rec.ID }
+
+// Kind is the job's kind.
+func (r *Run) Kind() string { return r.rec.Kind }
+
+// Spec decodes the job's spec.
+func (r *Run) Spec(v any) error { return json.Unmarshal(r.rec.Spec, v) }
+
+// Data decodes the kind's private data (zero value if none yet).
+func (r *Run) Data(v any) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.rec.Data) == 0 {
+		return nil
+	}
+	return json.Unmarshal(r.rec.Data, v)
+}
+
+// SetData stores the kind's private data durably (before a step relies on it).
+func (r *Run) SetData(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.rec.Data = b
+	r.mu.Unlock()
+	return r.persist(true)
+}
+
+// Machines returns the job's machine names.
+func (r *Run) Machines() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, len(r.rec.Machines))
+	for i, m := range r.rec.Machines {
+		out[i] = m.Name
+	}
+	return out
+}
+
+// Machine returns a machine's record in the job.
+func (r *Run) Machine(name string) api.JobMachine {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.rec.Machines {
+		if m.Name == name {
+			return m
+		}
+	}
+	return api.JobMachine{Name: name}
+}
+
+// SetMachine updates a machine's state, point and error in the job.
+func (r *Run) SetMachine(name, state string, point int64, err error) {
+	r.mu.Lock()
+	for i := range r.rec.Machines {
+		m := &r.rec.Machines[i]
+		if m.Name != name {
+			continue
+		}
+		if state != "" {
+			m.State = state
+		}
+		if point != 0 {
+			m.PointID = point
+		}
+		if err != nil {
+			m.Error = err.Error()
+		}
+	}
+	r.mu.Unlock()
+	r.persist(true)
+}
+
+// MachineNote records a note on a machine (e.g. which point case applied).
+func (r *Run) MachineNote(name, note string) {
+	r.mu.Lock()
+	for i := range r.rec.Machines {
+		if r.rec.Machines[i].Name == name {
+			r.rec.Machines[i].Notes = append(r.rec.Machines[i].Notes, note)
+		}
+	}
+	r.mu.Unlock()
+	r.persist(true)
+}
+
+// Note records a note on the current step and the job.
+func (r *Run) Note(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	r.mu.Lock()
+	st := &r.rec.Steps[r.step]
+	if st.Note == "" {
+		st.Note = s
+	} else {
+		st.Note += "; " + s
+	}
+	r.rec.Notes = append(r.rec.Notes, st.Name+": "+s)
+	r.mu.Unlock()
+	r.persist(true)
+}
+
+// Progress reports bytes moved by the current step.
+func (r *Run) Progress(done, total int64) {
+	r.mu.Lock()
+	st := &r.rec.Steps[r.step]
+	st.BytesDone, st.BytesTotal = done, total
+	if total > 0 {
+		st.Progress = min(1, float64(done)/float64(total))
+	}
+	r.mu.Unlock()
+	r.persist(false)
+}
+
+// CancelRequested reports whether the job was asked to stop.
+func (r *Run) CancelRequested() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rec.CancelReq
+}
+
+// Deadline is when the job gives up retrying.
+func (r *Run) Deadline() time.Time { return r.rec.Deadline }
+
+// StepState returns the state of a named step.
+func (r *Run) StepState(name string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.rec.Steps {
+		if s.Name == name {
+			return s.State
+		}
+	}
+	return ""
+}
+
+func (r *Run) snapshot() api.Job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	j := r.rec.Job
+	j.Steps = append([]api.JobStep(nil), j.Steps...)
+	j.Machines = append([]api.JobMachine(nil), j.Machines...)
+	for i := range j.Machines {
+		j.Machines[i].Notes = append([]string(nil), j.Machines[i].Notes...)
+	}
+	j.Notes = append([]string(nil), j.Notes...)
+	return j
+}
+
+// persist saves the record (progress at most twice a second) and tells
+// watchers.
+func (r *Run) persist(force bool) error {
+	now := r.e.now()
+	r.mu.Lock()
+	if !force && now.Sub(r.lastPersist) < 500*time.Millisecond {
+		r.mu.Unlock()
+		r.e.notify(r.snapshot())
+		return nil
+	}
+	r.lastPersist = now
+	r.rec.Updated = now
+	b, err := json.Marshal(r.rec)
+	row := rowOf(r.rec, b)
+	r.mu.Unlock()
+	if err == nil {
+		err = r.e.store.PutJob(context.WithoutCancel(r.e.ctx), row)
+	}
+	if err != nil {
+		r.e.log.Error("persisting job failed", "job", r.rec.ID, "err", err)
+	}
+	r.e.notify(r.snapshot())
+	return err
+}
+
+func (r *Run) setState(state, errText string) {
+	r.mu.Lock()
+	r.rec.State = state
+	if errText != "" {
+		r.rec.Error = errText
+	}
+	r.mu.Unlock()
+	r.persist(true)
+}
+
+func (r *Run) setStep(i int, state string, err error) {
+	r.mu.Lock()
+	st := &r.rec.Steps[i]
+	st.State = state
+	now := r.e.now()
+	switch state {
+	case api.StepRunning:
+		st.Started, st.Error = now, ""
+	case api.StepSucceeded, api.StepSkipped:
+		st.Ended = now
+		if state == api.StepSucceeded {
+			st.Progress = 1
+		}
+	case api.StepFailed:
+		st.Ended = now
+		if err != nil {
+			st.Error = err.Error()
+		}
+	}
+	r.mu.Unlock()
+	r.persist(true)
+}
+
+// run executes the job's remaining steps.
+func (r *Run) run(ctx context.Context) {
+	k := r.e.kinds[r.rec.Kind]
+	log := r.e.log.With("job", r.rec.ID, "kind", r.rec.Kind)
+	r.setState(api.JobRunning, "")
+	final := func(state, errText string) {
+		k.Finish(context.WithoutCancel(ctx), r)
+		if err := r.e.store.UnlockMachines(context.WithoutCancel(ctx), r.rec.ID); err != nil {
+			log.Error("unlocking machines failed", "err", err)
+		}
+		r.setState(state, errText)
+		log.Info("job ended", "state", state, "err", errText)
+	}
+	for i := range r.rec.Steps {
+		if s := r.rec.Steps[i].State; s == api.StepSucceeded || s == api.StepSkipped {
+			continue
+		}
+		if ctx.Err() != nil {
+			return // controller shutting down: resumed at next start
+		}
+		if r.CancelRequested() {
+			r.cancel(ctx, k, i, final)
+			return
+		}
+		r.mu.Lock()
+		r.step = i
+		r.mu.Unlock()
+		name := r.rec.Steps[i].Name
+		r.setStep(i, api.StepRunning, nil)
+		log.Info("step", "step", name)
+		for attempt := 0; ; attempt++ {
+			err := k.Run(ctx, r, name)
+			if ctx.Err() != nil {
+				return // shutting down mid-step: the step reruns after restart
+			}
+			if err == nil {
+				r.setStep(i, api.StepSucceeded, nil)
+				break
+			}
+			if errors.Is(err, ErrSkip) {
+				r.setStep(i, api.StepSkipped, nil)
+				break
+			}
+			if r.CancelRequested() {
+				r.setStep(i, api.StepFailed, fmt.Errorf("cancelled: %w", err))
+				r.cancel(ctx, k, i+1, final)
+				return
+			}
+			var rt Retryable
+			if errors.As(err, &rt) && rt.Retryable() && r.e.now().Before(r.rec.Deadline) && !r.CancelRequested() {
+				wait := min(time.Duration(1<<min(attempt, 5))*time.Second, 30*time.Second)
+				r.Note("attempt %d failed (%v); retrying in %s", attempt+1, err, wait)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				continue
+			}
+			r.setStep(i, api.StepFailed, err)
+			for j := i + 1; j < len(r.rec.Steps); j++ {
+				r.setStep(j, api.StepSkipped, nil)
+			}
+			final(api.JobFailed, fmt.Sprintf("%s: %v", name, err))
+			return
+		}
+	}
+	state := api.JobSucceeded
+	var failed, ok int
+	for _, m := range r.snapshot().Machines {
+		if m.Error != "" {
+			failed++
+		} else {
+			ok++
+		}
+	}
+	switch {
+	case failed > 0 && ok > 0:
+		state = api.JobPartial
+	case failed > 0:
+		state = api.JobFailed
+	}
+	final(state, "")
+}
+
+// cancel rolls back and ends the job as cancelled.
+func (r *Run) cancel(ctx context.Context, k Kind, at int, final func(string, string)) {
+	r.mu.Lock()
+	r.step = at
+	r.mu.Unlock()
+	for j := at; j < len(r.rec.Steps); j++ {
+		r.setStep(j, api.StepSkipped, nil)
+	}
+	if err := k.Rollback(ctx, r); err != nil {
+		final(api.JobFailed, fmt.Sprintf("cancelled, but the rollback failed: %v", err))
+		return
+	}
+	final(api.JobCancelled, "cancelled by request; the target was rolled back")
+}
+
+func rowOf(rec *record, data []byte) catalog.JobRow {
+	return catalog.JobRow{ID: rec.ID, Kind: rec.Kind, State: rec.State, Data: string(data), Created: rec.Created, Updated: rec.Updated}
+}
