@@ -41,7 +41,7 @@ func powerLoop(t *testing.T, enc bool, skipSync string, plans []crashPlan) error
 	}
 	cfg := childConfig{Dir: dir, KeyDir: keyDir, Create: true, Exclusive: true, Encrypted: enc, SkipSync: skipSync, PackSize: MinPackSize}
 	reported := map[int]bool{}
-	maxRep := 0
+	maxRep, floor := 0, 0
 	for i, pl := range plans {
 		var im *powercut.Image
 		run, err := runChildUntil(t, cfg, pl, func(p *os.Process) {
@@ -77,9 +77,11 @@ func powerLoop(t *testing.T, enc bool, skipSync string, plans []crashPlan) error
 			}
 			oo.PrivateKey = k
 		}
-		if err := wlCheck(ctx, dir, oo, reported, maxRep); err != nil {
+		newest, err := wlCheck(ctx, dir, oo, reported, max(floor, maxRep))
+		if err != nil {
 			return fmt.Errorf("after cut %d (%v, %s, newest reported k=%d): %w", i, pl, run.stopped, maxRep, err)
 		}
+		floor = newest
 		t.Logf("cut %d: %v: %s, %d commits reported, newest k=%d", i, pl, run.stopped, len(run.reported), maxRep)
 	}
 	if maxRep < 15 {

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,7 +43,7 @@ type childConfig struct {
 	Exclusive bool   `json:"exclusive"`
 	Failpoint string `json:"failpoint,omitempty"`
 	FailHit   int    `json:"fail_hit,omitempty"`
-	SelfKill  bool   `json:"self_kill"` // at the failpoint: SIGKILL itself (else block)
+	StopAt    string `json:"stop_at,omitempty"` // "created" or "opened": wait there to be killed
 	SkipSync  string `json:"skip_sync,omitempty"`
 	Encrypted bool   `json:"encrypted"`
 	PackSize  int64  `json:"pack_size"`
@@ -132,10 +131,7 @@ func runChild(cfgJSON string) error {
 			return
 		}
 		say("fp %s", name)
-		if cfg.SelfKill {
-			syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		}
-		select {} // wait for the power cut
+		select {} // wait for the kill or the power cut
 	}
 	var priv *PrivateKey
 	if cfg.Create {
@@ -154,6 +150,9 @@ func runChild(cfgJSON string) error {
 			return err
 		}
 		say("created")
+		if cfg.StopAt == "created" {
+			select {} // nothing may happen after this moment before the cut
+		}
 	}
 	if cfg.Encrypted {
 		k, err := LoadPrivateKeyFile(filepath.Join(cfg.KeyDir, "repo.key"))
@@ -167,6 +166,9 @@ func runChild(cfgJSON string) error {
 		return err
 	}
 	say("opened")
+	if cfg.StopAt == "opened" {
+		select {}
+	}
 	last := 0
 	pts, err := r.Points(ctx, wlMachine)
 	if err != nil {
@@ -261,62 +263,68 @@ func wlParseName(name string) (int, error) {
 // every point reads back byte-exact against the model, every reported
 // commit that retention keeps is present, nothing else is visible, and
 // Verify is clean. It returns the first violation.
-func wlCheck(ctx context.Context, dir string, oo OpenOptions, reported map[int]bool, maxReported int) error {
+// floor is the newest commit known to exist (reported, or seen by the
+// previous check): each run may add at most one unreported commit.
+func wlCheck(ctx context.Context, dir string, oo OpenOptions, reported map[int]bool, floor int) (int, error) {
+	newest, err := wlCheckPoints(ctx, dir, oo, reported, floor)
+	return newest, err
+}
+
+func wlCheckPoints(ctx context.Context, dir string, oo OpenOptions, reported map[int]bool, floor int) (newest int, err error) {
 	r, err := Open(ctx, dir, oo)
 	if err != nil {
-		return fmt.Errorf("open after crash: %w", err)
+		return 0, fmt.Errorf("open after crash: %w", err)
 	}
 	defer r.Close()
 	pts, err := r.Points(ctx, wlMachine)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	present := map[int]bool{}
-	newest := 0
 	for _, pt := range pts {
 		k, err := wlParseName(pt.Name)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if present[k] {
-			return fmt.Errorf("commit k=%d present twice", k)
+			return 0, fmt.Errorf("commit k=%d present twice", k)
 		}
 		present[k] = true
 		newest = max(newest, k)
 		if !pt.Instant.Equal(wlInstant(k)) {
-			return fmt.Errorf("point k=%d has instant %v", k, pt.Instant)
+			return 0, fmt.Errorf("point k=%d has instant %v", k, pt.Instant)
 		}
 		d, err := r.OpenDisk(ctx, pt.ID, "d0")
 		if err != nil {
-			return fmt.Errorf("open disk of k=%d: %w", k, err)
+			return 0, fmt.Errorf("open disk of k=%d: %w", k, err)
 		}
 		var buf bytes.Buffer
 		if _, err := d.WriteTo(&buf); err != nil {
-			return fmt.Errorf("read k=%d: %w", k, err)
+			return 0, fmt.Errorf("read k=%d: %w", k, err)
 		}
 		if !bytes.Equal(buf.Bytes(), wlModel(k)) {
-			return fmt.Errorf("point k=%d (id %d) does not read back byte-exact", k, pt.ID)
+			return 0, fmt.Errorf("point k=%d (id %d) does not read back byte-exact", k, pt.ID)
 		}
 	}
-	if newest < maxReported || newest > maxReported+1 {
-		return fmt.Errorf("newest point k=%d, newest reported commit k=%d", newest, maxReported)
+	if newest < floor || newest > floor+1 {
+		return 0, fmt.Errorf("newest point k=%d, but %d is known to exist and a run adds at most one unreported commit", newest, floor)
 	}
 	for k := range reported {
 		if k > newest-wlKeep+1 && !present[k] {
-			return fmt.Errorf("reported commit k=%d is missing (newest k=%d)", k, newest)
+			return 0, fmt.Errorf("reported commit k=%d is missing (newest k=%d)", k, newest)
 		}
 	}
 	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true})
 	if err != nil {
-		return fmt.Errorf("verify: %w", err)
+		return 0, fmt.Errorf("verify: %w", err)
 	}
 	if len(rep.Damaged) > 0 {
-		return fmt.Errorf("verify found damage: %v", errors.Join(damageErrs(rep)...))
+		return 0, fmt.Errorf("verify found damage: %v", errors.Join(damageErrs(rep)...))
 	}
 	if err := r.Close(); err != nil {
-		return err
+		return 0, err
 	}
-	return wlCheckRebuild(ctx, dir, oo, pts)
+	return newest, wlCheckRebuild(ctx, dir, oo, pts)
 }
 
 // wlCheckRebuild rebuilds a copy of the repository from its packs alone
