@@ -44,33 +44,6 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 	if err != nil {
 		return Point{}, err
 	}
-	// The point's rows, by disk, as change records of bounded size.
-	var parts []pack.Changes
-	cur := pack.Changes{PointID: uint64(p.ID), Machine: p.Machine}
-	n, changed := 0, int64(0)
-	for i, d := range disks {
-		chs, err := c.pointChanges(ctx, diskIDs[i], p.ID)
-		if err != nil {
-			return Point{}, err
-		}
-		changed += int64(len(chs))
-		for len(chs) > 0 {
-			take := min(len(chs), pack.MaxChangesPerRecord-n)
-			cur.Disks = append(cur.Disks, pack.DiskChanges{Disk: d.Name, Changes: chs[:take]})
-			chs = chs[take:]
-			n += take
-			if n == pack.MaxChangesPerRecord {
-				cur.Part = uint32(len(parts))
-				parts = append(parts, cur)
-				cur = pack.Changes{PointID: uint64(p.ID), Machine: p.Machine}
-				n = 0
-			}
-		}
-	}
-	if len(cur.Disks) > 0 || len(parts) == 0 {
-		cur.Part = uint32(len(parts))
-		parts = append(parts, cur)
-	}
 	instant := info.Instant
 	if instant.IsZero() {
 		instant = c.clock()
@@ -80,20 +53,67 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 	if info.Name != "" {
 		serial = 1
 	}
-	cm := pack.Commit{
-		PointID: uint64(p.ID), Machine: p.Machine, InstantNs: instant.UnixNano(), CommittedNs: now.UnixNano(),
-		Consistency: string(info.Consistency), Name: info.Name, LabelSerial: serial,
-		Bytes: bytes, Changed: changed, Parts: uint32(len(parts)),
-	}
-	for _, d := range disks {
-		cm.Disks = append(cm.Disks, pack.DiskSpec{Name: d.Name, Size: d.Size, BlockSize: uint32(d.BlockSize)})
-	}
+	// The point's rows, by disk, as change records of at most
+	// MaxChangesPerRecord entries, read and written in pages so that a
+	// point of millions of blocks (an initial sync) needs bounded memory.
+	// All of a point's records go to one pack: the pack is not rotated
+	// until the index commit.
 	b, err := c.newBatch(ctx)
 	if err != nil {
 		return Point{}, err
 	}
-	for _, part := range parts {
-		b.add(pack.TypePointChanges, 0, pack.EncodeChanges(part), Hash{}, p.ID)
+	batches := []*batch{b}
+	part, changed := uint32(0), int64(0)
+	cur := pack.Changes{PointID: uint64(p.ID), Machine: p.Machine}
+	n := 0
+	emit := func() error {
+		cur.Part = part
+		part++
+		b.add(pack.TypePointChanges, 0, pack.EncodeChanges(cur), Hash{}, p.ID)
+		cur = pack.Changes{PointID: uint64(p.ID), Machine: p.Machine}
+		n = 0
+		if len(b.buf) >= c.commitFlush {
+			if err := c.flush(b); err != nil {
+				return err
+			}
+			b = b.next()
+			batches = append(batches, b)
+		}
+		return nil
+	}
+	for i, d := range disks {
+		after := int64(-1)
+		for {
+			chs, err := c.pointChanges(ctx, diskIDs[i], p.ID, after, c.partEntries-n)
+			if err != nil {
+				return Point{}, err
+			}
+			if len(chs) == 0 {
+				break
+			}
+			after = chs[len(chs)-1].Block
+			changed += int64(len(chs))
+			cur.Disks = append(cur.Disks, pack.DiskChanges{Disk: d.Name, Changes: chs})
+			n += len(chs)
+			if n == c.partEntries {
+				if err := emit(); err != nil {
+					return Point{}, err
+				}
+			}
+		}
+	}
+	if len(cur.Disks) > 0 || part == 0 {
+		if err := emit(); err != nil {
+			return Point{}, err
+		}
+	}
+	cm := pack.Commit{
+		PointID: uint64(p.ID), Machine: p.Machine, InstantNs: instant.UnixNano(), CommittedNs: now.UnixNano(),
+		Consistency: string(info.Consistency), Name: info.Name, LabelSerial: serial,
+		Bytes: bytes, Changed: changed, Parts: part,
+	}
+	for _, d := range disks {
+		cm.Disks = append(cm.Disks, pack.DiskSpec{Name: d.Name, Size: d.Size, BlockSize: uint32(d.BlockSize)})
 	}
 	b.add(pack.TypePointCommit, 0, pack.EncodeCommit(cm), Hash{}, p.ID)
 	if err := c.flush(b); err != nil {
@@ -113,24 +133,33 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 	if k, _ := res.RowsAffected(); k != 1 {
 		return Point{}, fmt.Errorf("%w: point %d is not pending", ErrNotFound, p.ID)
 	}
-	if err := c.indexBatch(ctx, tx, b); err != nil {
-		return Point{}, err
+	for _, bb := range batches {
+		if err := c.indexBatch(ctx, tx, bb); err != nil {
+			return Point{}, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return Point{}, err
 	}
 	c.fail(FailIndexCommited)
-	c.finish(ctx, b)
+	for _, bb := range batches {
+		c.advance(bb)
+	}
+	c.maybeSeal(ctx)
 	return Point{
 		ID: p.ID, Machine: p.Machine, Instant: instant, Consistency: info.Consistency, Name: info.Name,
 		Bytes: bytes, Changed: changed, Disks: disks, Committed: now,
 	}, nil
 }
 
-// pointChanges lists the rows a point wrote on one disk, ascending.
-func (c *core) pointChanges(ctx context.Context, diskID, seq int64) ([]pack.Change, error) {
+// commitFlushBytes bounds the memory of a large commit's records.
+const commitFlushBytes = 16 << 20
+
+// pointChanges lists up to limit rows a point wrote on one disk with block
+// > after, ascending.
+func (c *core) pointChanges(ctx context.Context, diskID, seq, after int64, limit int) ([]pack.Change, error) {
 	rows, err := c.db.QueryContext(ctx, `SELECT c.block, c.chunk_id, k.hash FROM changes c LEFT JOIN chunks k ON k.id = c.chunk_id
-		WHERE c.disk_id=? AND c.seq=? ORDER BY c.block`, diskID, seq)
+		WHERE c.disk_id=? AND c.seq=? AND c.block>? ORDER BY c.block LIMIT ?`, diskID, seq, after, limit)
 	if err != nil {
 		return nil, err
 	}

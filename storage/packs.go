@@ -81,6 +81,7 @@ func (c *core) createPack(ctx context.Context) (*openPack, error) {
 // fdatasync.
 type batch struct {
 	op       *openPack
+	base     int64 // pack offset where this batch starts
 	buf      []byte
 	entries  []pack.Entry
 	points   []int64 // point id per entry (0 for chunks and keys)
@@ -90,7 +91,13 @@ type batch struct {
 	inBatchK map[uint32]bool
 }
 
-func (b *batch) end() int64 { return b.op.size + int64(len(b.buf)) }
+func (b *batch) end() int64 { return b.base + int64(len(b.buf)) }
+
+// next starts a batch that continues this one in the same pack before
+// either is indexed (a large commit is written as several flushes).
+func (b *batch) next() *batch {
+	return &batch{op: b.op, base: b.end(), inBatchK: b.inBatchK}
+}
 
 // add appends one record and returns its offset and length in the pack.
 func (b *batch) add(typ, flags uint8, payload []byte, h Hash, pointID int64) (int64, int64) {
@@ -130,6 +137,7 @@ func (c *core) newBatch(ctx context.Context) (*batch, error) {
 		b.newPack = true
 	}
 	b.op = c.open
+	b.base = c.open.size
 	return b, nil
 }
 
@@ -165,7 +173,7 @@ func (c *core) flush(b *batch) error {
 		return nil
 	}
 	f := b.op.f
-	if _, err := f.WriteAt(b.buf, b.op.size); err != nil {
+	if _, err := f.WriteAt(b.buf, b.base); err != nil {
 		return opErr("append", f.Name(), err)
 	}
 	c.fail(FailPackAppended)
@@ -174,11 +182,11 @@ func (c *core) flush(b *batch) error {
 	}
 	c.fail(FailPackSynced)
 	back := make([]byte, len(b.buf))
-	if _, err := f.ReadAt(back, b.op.size); err != nil {
+	if _, err := f.ReadAt(back, b.base); err != nil {
 		return opErr("re-read", f.Name(), err)
 	}
 	for i, e := range b.entries {
-		rel := e.Offset - b.op.size
+		rel := e.Offset - b.base
 		rec, n, err := pack.ParseRecord(back[rel:])
 		if err != nil || int64(n) != e.Length || rec.Type != e.Type {
 			return &CorruptError{Pack: packName(b.op.id), Offset: e.Offset, Hash: e.Hash,
@@ -216,14 +224,25 @@ func (c *core) indexBatch(ctx context.Context, tx *sql.Tx, b *batch) error {
 // finish advances the open pack after the index commit and seals it once
 // it reached the target size.
 func (c *core) finish(ctx context.Context, b *batch) {
+	c.advance(b)
+	c.maybeSeal(ctx)
+}
+
+// advance moves the open pack past an indexed batch.
+func (c *core) advance(b *batch) {
 	b.op.size = b.end()
 	b.op.entries = append(b.op.entries, b.entries...)
 	for _, k := range b.newKeys {
 		b.op.slots[k.Slot] = true
 	}
-	if b.op.size >= c.packSize {
+}
+
+// maybeSeal seals the open pack once it reached the target size.
+func (c *core) maybeSeal(ctx context.Context) {
+	op := c.open
+	if op != nil && op.size >= c.packSize {
 		if err := c.seal(ctx); err != nil {
-			c.log.Warn("sealing pack failed; it stays open", "pack", packName(b.op.id), "err", err)
+			c.log.Warn("sealing pack failed; it stays open", "pack", packName(op.id), "err", err)
 		}
 	}
 }

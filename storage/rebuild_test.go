@@ -103,3 +103,41 @@ func TestRebuildRestoresCommittedPoints(t *testing.T) {
 		})
 	}
 }
+
+// TestLargeCommitInParts: a point's changes are written as many records
+// over several flushes (as an initial sync of millions of blocks is) and
+// read back, also after a Rebuild from the packs.
+func TestLargeCommitInParts(t *testing.T) {
+	ctx := context.Background()
+	r, dir := newTestRepo(t, CreateOptions{}, OpenOptions{})
+	r.c.partEntries, r.c.commitFlush = 7, 300
+	const n = 100
+	disks := []DiskSpec{{Name: "a", Size: n * tbs, BlockSize: tbs}, {Name: "b", Size: 10 * tbs, BlockSize: tbs}}
+	p, err := r.BeginPoint(ctx, "big", disks)
+	require.NoError(t, err)
+	var ws []BlockWrite
+	for b := 0; b < n; b++ {
+		ws = append(ws, chunkWrite("a", int64(b), content(uint64(b*3+1), tbs)))
+	}
+	ws = append(ws, chunkWrite("b", 9, content(7, tbs)), BlockWrite{Disk: "b", Block: 2, Zero: true})
+	require.NoError(t, p.Write(ctx, ws))
+	pt, err := p.Commit(ctx, CommitInfo{Consistency: CrashConsistent})
+	require.NoError(t, err)
+	require.Equal(t, int64(n+2), pt.Changed)
+	var parts int
+	require.NoError(t, r.c.db.QueryRow(`SELECT count(*) FROM records WHERE point_id=? AND type=3`, pt.ID).Scan(&parts))
+	require.Equal(t, (n+2+6)/7, parts)
+	imgA, imgB := diskImage(t, r, pt.ID, "a"), diskImage(t, r, pt.ID, "b")
+	require.NoError(t, r.Close())
+	rep, err := Rebuild(ctx, dir, OpenOptions{})
+	require.NoError(t, err)
+	require.Equal(t, 1, rep.Points)
+	r2, err := Open(ctx, dir, OpenOptions{})
+	require.NoError(t, err)
+	defer r2.Close()
+	require.Equal(t, imgA, diskImage(t, r2, pt.ID, "a"))
+	require.Equal(t, imgB, diskImage(t, r2, pt.ID, "b"))
+	vr, err := r2.Verify(ctx, VerifyOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Empty(t, vr.Damaged)
+}

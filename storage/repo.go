@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrydr/ferry/storage/internal/pack"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,6 +52,10 @@ type core struct {
 	writeMu sync.Mutex
 	open    *openPack // the pack being appended, under writeMu
 	nextKey uint32    // next data key slot, under writeMu
+
+	// Sizes of a commit's change records and flushes (tests lower them).
+	partEntries int
+	commitFlush int
 
 	// gcMu lets only one GC run at a time (writes never take it).
 	gcMu sync.Mutex
@@ -159,7 +164,8 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*Repo, error) {
 		dir: dir, cfg: cfg, packSize: cfg.PackSize,
 		log:   orDiscard(opts.Logger).With("component", "storage", "repo", dir),
 		clock: orNow(opts.Clock), fail: opts.Failpoint, sync: opts.sync,
-		aeads: map[uint32]cipher.AEAD{},
+		aeads:       map[uint32]cipher.AEAD{},
+		partEntries: pack.MaxChangesPerRecord, commitFlush: commitFlushBytes,
 	}
 	if c.fail == nil {
 		c.fail = func(string) {}
