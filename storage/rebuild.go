@@ -26,7 +26,7 @@ type RebuildReport struct {
 
 type rbCopy struct {
 	commit pack.Commit
-	parts  map[uint32]pack.Changes
+	parts  map[uint32]pack.Entry // where each part is; decoded again in pass 2
 	pack   uint64
 	recs   []pack.Entry
 	flags  []uint8
@@ -118,7 +118,7 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 			getCopy := func(pid uint64) *rbCopy {
 				cp := copiesHere[pid]
 				if cp == nil {
-					cp = &rbCopy{parts: map[uint32]pack.Changes{}, pack: id}
+					cp = &rbCopy{parts: map[uint32]pack.Entry{}, pack: id}
 					copiesHere[pid] = cp
 				}
 				return cp
@@ -149,7 +149,7 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 						return nil
 					}
 					cp := getCopy(c.PointID)
-					cp.parts[c.Part] = c
+					cp.parts[c.Part] = e
 					cp.recs = append(cp.recs, e)
 					cp.flags = append(cp.flags, rec.Flags)
 					maxID = max(maxID, c.PointID)
@@ -221,6 +221,16 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	diskIDs := map[[2]string]int64{}
+	chunkSt, err := tx.PrepareContext(ctx, `SELECT id FROM chunks WHERE hash=?`)
+	if err != nil {
+		return rep, err
+	}
+	defer chunkSt.Close()
+	rowSt, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`)
+	if err != nil {
+		return rep, err
+	}
+	defer rowSt.Close()
 	for _, pid := range ids {
 		var complete []*rbCopy
 		for _, cp := range copies[pid] {
@@ -271,7 +281,11 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 					return rep, err
 				}
 			}
-			for _, part := range cp.parts {
+			for _, e := range cp.parts {
+				part, err := readPart(dir, cp.pack, e)
+				if err != nil {
+					return rep, err
+				}
 				for _, dc := range part.Disks {
 					did, ok := diskIDs[[2]string{cm.Machine, dc.Disk}]
 					if !ok {
@@ -281,7 +295,7 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 						var cid any
 						if !ch.Zero {
 							var id int64
-							err := tx.QueryRowContext(ctx, `SELECT id FROM chunks WHERE hash=?`, ch.Hash[:]).Scan(&id)
+							err := chunkSt.QueryRowContext(ctx, ch.Hash[:]).Scan(&id)
 							if errors.Is(err, sql.ErrNoRows) {
 								id = -1 // no pack holds it: reads fail, never return zeros
 							} else if err != nil {
@@ -289,8 +303,7 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 							}
 							cid = id
 						}
-						if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`,
-							did, ch.Block, int64(pid), cid); err != nil {
+						if _, err := rowSt.ExecContext(ctx, did, ch.Block, int64(pid), cid); err != nil {
 							return rep, err
 						}
 					}
@@ -331,4 +344,23 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 		return rep, err
 	}
 	return rep, nil
+}
+
+// readPart reads one point-changes record again (pass 2 of Rebuild keeps
+// only record locations in memory, not the changes themselves).
+func readPart(dir string, packID uint64, e pack.Entry) (pack.Changes, error) {
+	f, err := os.Open(packPath(dir, packID))
+	if err != nil {
+		return pack.Changes{}, opErr("open pack", packPath(dir, packID), err)
+	}
+	defer f.Close()
+	buf := make([]byte, e.Length)
+	if _, err := f.ReadAt(buf, e.Offset); err != nil {
+		return pack.Changes{}, opErr("read pack", packPath(dir, packID), err)
+	}
+	rec, _, err := pack.ParseRecord(buf)
+	if err != nil {
+		return pack.Changes{}, &CorruptError{Pack: packName(packID), Offset: e.Offset, Reason: "point-changes record changed during rebuild", Err: err}
+	}
+	return pack.DecodeChanges(rec.Payload)
 }
