@@ -62,6 +62,11 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	}
 	req.BlockSize = pol.BlockSize
 	req.Agent = a.Name
+	if req.Target != "" {
+		if _, _, err := s.cat.Target(ctx, req.Target); err != nil {
+			return api.Machine{}, apiErr(err)
+		}
+	}
 
 	// The agent checks every path before anything is stored.
 	paths := make([]string, len(req.Disks))
@@ -100,6 +105,12 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 	m, err := s.cat.Machine(ctx, machine)
 	if err != nil {
 		return apiErr(err)
+	}
+	if job, _ := s.cat.MachineJob(ctx, machine); job != "" {
+		return api.Errorf(api.CodeBusy, "machine %s is busy with job %s", machine, job)
+	}
+	if m.State != catalog.StateProtected && m.State != catalog.StateSyncing && m.State != catalog.StateCommitted {
+		return api.Errorf(api.CodeFailedPrecondition, "machine %s is %s: finish that first (commit, cleanup or cancel)", machine, m.State)
 	}
 	if err := s.cat.DeleteMachine(ctx, machine); err != nil {
 		return apiErr(err)
@@ -197,6 +208,27 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	s.replMu.Lock()
 	out.Replication = s.repl[m.Name]
 	s.replMu.Unlock()
+	out.Job, _ = s.cat.MachineJob(ctx, m.Name)
+	if out.Job != "" {
+		out.AllowedActions = []string{"jobs watch " + out.Job, "cancel " + out.Job + " --force"}
+	}
+	if m.Failover != nil {
+		t, agentID, err := s.cat.Target(ctx, m.Failover.Target)
+		if err == nil {
+			var st msg.TargetStatusResponse
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if s.agents.call(cctx, agentID, t.Name, msg.MethodTargetStatus, msg.TargetStatusRequest{Dir: t.Dir, Machine: m.Name}, &st) == nil {
+				for i := range out.Disks {
+					for _, d := range st.Sets[m.Failover.Set].Disks {
+						if d.Name == out.Disks[i].Name {
+							out.Disks[i].TargetPath = d.Path
+						}
+					}
+				}
+			}
+			cancel()
+		}
+	}
 	conn, connected := s.agents.get(m.AgentID)
 	var skew time.Duration
 	if connected {

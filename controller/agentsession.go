@@ -148,6 +148,9 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if err := s.replicating(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
 		}
+		if m, err := s.cat.Machine(ctx, req.Machine); err == nil && m.Resync {
+			req.Map.Valid = false // after a cancelled failover: compare every block
+		}
 		return s.ing.Begin(ctx, c.agentID, req)
 	})
 	m.Handle(msg.MethodCycleEnd, func(ctx context.Context, body json.RawMessage) (any, error) {
@@ -212,6 +215,7 @@ func (s *Server) afterHello(ctx context.Context, c *agentConn) {
 	if err := s.pushConfig(ctx, c.agentID); err != nil {
 		s.log.Warn("config push failed", "agent", c.name, "err", err)
 	}
+	s.stager.KickAll(ctx) // a target agent may have come back
 }
 
 // serveEnrolment answers enrol streams of a session without a certificate.

@@ -63,11 +63,17 @@ func (s *Server) pointCommitted(machine string, p storage.Point) {
 	if err != nil {
 		return
 	}
-	if m.State == catalog.StateSyncing {
-		m.State = catalog.StateProtected
+	if m.State == catalog.StateSyncing || m.Resync {
+		if m.State == catalog.StateSyncing {
+			m.State = catalog.StateProtected
+		}
+		m.Resync = false // a committed cycle resynced everything
 		if err := s.cat.UpdateMachine(ctx, m); err != nil {
 			s.log.Warn("state update failed", "machine", machine, "err", err)
 		}
+	}
+	if s.stager != nil {
+		s.stager.Kick(machine)
 	}
 	go s.applyRetention(ctx, m)
 }
@@ -118,6 +124,9 @@ func (s *Server) machineConfig(ctx context.Context, m catalog.Machine) (msg.Mach
 		Name: m.Name, RPEvery: pol.RPEvery.Std(), AppEvery: pol.AppEvery.Std(), Bandwidth: pol.Bandwidth,
 		Driver: msg.Driver(m.Spec.Driver), PreSnapshot: m.Spec.PreSnapshot, PostSnapshot: m.Spec.PostSnapshot,
 		Freeze: m.Spec.Freeze, Env: map[string]string{"FERRY_MACHINE": m.Name},
+		// A live failover stops replication before any disk is touched;
+		// the controller may still ask for one more cycle (cycle.now).
+		Paused: m.Failover != nil && m.Failover.Set == "live",
 	}
 	bs := m.Spec.BlockSize
 	if bs == 0 {

@@ -20,7 +20,9 @@ import (
 	"github.com/ferrydr/ferry/controller/admin"
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/failover"
 	"github.com/ferrydr/ferry/controller/ingest"
+	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/controller/pki"
 	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol"
@@ -37,6 +39,9 @@ type Server struct {
 	ca     *pki.Authority
 	ing    *ingest.Ingest
 	agents *registry
+	fo     *failover.Engine
+	jobs   *jobs.Engine
+	stager *failover.Stager
 
 	agentAddr string
 
@@ -106,6 +111,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	serve(func() error { return s.acceptAgents(ctx, agentLn, httpLn) })
 	go s.retentionLoop(ctx)
+	go s.stager.Run(ctx)
+	if err := s.jobs.Resume(ctx); err != nil {
+		s.log.Error("resuming jobs failed", "err", err)
+	}
 
 	s.log.Info("listening", "agents", s.agentAddr, "admin", adminAddr)
 	if s.cfg.OnReady != nil {
@@ -123,6 +132,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.agents.closeAll()
 	wg.Wait()
+	s.jobs.Wait()
 	return nil
 }
 
@@ -162,7 +172,11 @@ func (s *Server) open(ctx context.Context) error {
 		Repo: s.repo, Log: s.log.With("component", "ingest"), Now: s.now,
 		OnCommit: s.pointCommitted, CanPatch: !s.repo.Encrypted(),
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	s.openFailover()
+	return nil
 }
 
 func (s *Server) close() {

@@ -130,6 +130,13 @@ commands administer it through its admin API.`,
 		newUnprotectCommand(g),
 		newMachinesCommand(g),
 		newPointsCommand(g),
+		newTargetsCommand(g),
+		newFailoverCommand(g),
+		newActionCommand(g, "commit", "End a failover: delete the machine's recovery points (change-point is no longer possible)", false),
+		newActionCommand(g, "change-point", "Move a failed-over machine to another point, keeping the writes made there as a named point", true),
+		newActionCommand(g, "cleanup", "End a test failover: stop and remove the test machine and its disks", false),
+		newCancelCommand(g),
+		newJobsCommand(g),
 		newVerifyCommand(g),
 		newGCCommand(g),
 		newVersionCommand(g),
@@ -172,4 +179,10 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// jsonLine encodes v compactly with a newline (NDJSON).
+func jsonLine(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	return append(b, '\n'), err
 }

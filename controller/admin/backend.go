@@ -52,6 +52,22 @@ type Repository interface {
 	GC(ctx context.Context) (api.GCReport, error)
 }
 
+// Failover is what the target, failover and job routes need.
+type Failover interface {
+	AddTarget(ctx context.Context, t api.Target) (api.Target, error)
+	Targets(ctx context.Context) ([]api.Target, error)
+	RemoveTarget(ctx context.Context, name string) error
+	Failover(ctx context.Context, req api.FailoverRequest) (api.Job, error)
+	Commit(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
+	ChangePoint(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
+	Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
+	Jobs(ctx context.Context) ([]api.Job, error)
+	Job(ctx context.Context, id string) (api.Job, error)
+	WatchJob(ctx context.Context, id string) (<-chan api.Job, error)
+	CancelJob(ctx context.Context, id string) (api.Job, error)
+	ResumeJob(ctx context.Context, id string) (api.Job, error)
+}
+
 // Backend is everything the admin server serves.
 type Backend interface {
 	Tokens
@@ -59,4 +75,5 @@ type Backend interface {
 	Policies
 	Machines
 	Repository
+	Failover
 }

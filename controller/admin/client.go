@@ -268,3 +268,78 @@ func (c *Client) GC(ctx context.Context) (api.GCReport, error) {
 	var r api.GCReport
 	return r, c.do(ctx, "POST", "/v1/gc", nil, &r)
 }
+
+// AddTarget binds a recovery site.
+func (c *Client) AddTarget(ctx context.Context, t api.Target) (api.Target, error) {
+	var out api.Target
+	return out, c.do(ctx, "POST", "/v1/targets", t, &out)
+}
+
+// Targets lists targets.
+func (c *Client) Targets(ctx context.Context) ([]api.Target, error) {
+	var out []api.Target
+	return out, c.do(ctx, "GET", "/v1/targets", nil, &out)
+}
+
+// RemoveTarget deletes a target.
+func (c *Client) RemoveTarget(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/targets/"+url.PathEscape(name), nil, nil)
+}
+
+// Failover starts a failover job.
+func (c *Client) Failover(ctx context.Context, req api.FailoverRequest) (api.Job, error) {
+	var j api.Job
+	return j, c.do(ctx, "POST", "/v1/failover", req, &j)
+}
+
+// MachineAction starts commit, change-point or cleanup (verb is the route).
+func (c *Client) MachineAction(ctx context.Context, verb string, req api.MachineActionRequest) (api.Job, error) {
+	var j api.Job
+	return j, c.do(ctx, "POST", "/v1/"+verb, req, &j)
+}
+
+// Jobs lists jobs.
+func (c *Client) Jobs(ctx context.Context) ([]api.Job, error) {
+	var out []api.Job
+	return out, c.do(ctx, "GET", "/v1/jobs", nil, &out)
+}
+
+// Job shows a job.
+func (c *Client) Job(ctx context.Context, id string) (api.Job, error) {
+	var j api.Job
+	return j, c.do(ctx, "GET", "/v1/jobs/"+url.PathEscape(id), nil, &j)
+}
+
+// CancelJob cancels a job.
+func (c *Client) CancelJob(ctx context.Context, id string) (api.Job, error) {
+	var j api.Job
+	return j, c.do(ctx, "POST", "/v1/jobs/"+url.PathEscape(id)+"/cancel", nil, &j)
+}
+
+// ResumeJob resumes a job waiting on a manual action.
+func (c *Client) ResumeJob(ctx context.Context, id string) (api.Job, error) {
+	var j api.Job
+	return j, c.do(ctx, "POST", "/v1/jobs/"+url.PathEscape(id)+"/resume", nil, &j)
+}
+
+// WatchJob calls fn for every snapshot of the job until it ends.
+func (c *Client) WatchJob(ctx context.Context, id string, fn func(api.Job) error) error {
+	resp, err := c.send(ctx, "GET", "/v1/jobs/"+url.PathEscape(id)+"/watch", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var j api.Job
+		if err := dec.Decode(&j); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := fn(j); err != nil {
+			return err
+		}
+	}
+}

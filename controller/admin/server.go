@@ -110,6 +110,28 @@ func (s *Server) routes() {
 	})
 	m.HandleFunc("POST /v1/machines/{machine}/export/{point}/{disk}", s.exportDisk)
 
+	m.HandleFunc("POST /v1/targets", jsonIn(s.b.AddTarget))
+	m.HandleFunc("GET /v1/targets", noIn(s.b.Targets))
+	m.HandleFunc("DELETE /v1/targets/{name}", pathOnly("name", s.b.RemoveTarget))
+	m.HandleFunc("POST /v1/failover", jsonIn(s.b.Failover))
+	m.HandleFunc("POST /v1/commit", jsonIn(s.b.Commit))
+	m.HandleFunc("POST /v1/change-point", jsonIn(s.b.ChangePoint))
+	m.HandleFunc("POST /v1/cleanup", jsonIn(s.b.Cleanup))
+	m.HandleFunc("GET /v1/jobs", noIn(s.b.Jobs))
+	m.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		j, err := s.b.Job(r.Context(), r.PathValue("id"))
+		reply(w, j, err)
+	})
+	m.HandleFunc("POST /v1/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		j, err := s.b.CancelJob(r.Context(), r.PathValue("id"))
+		reply(w, j, err)
+	})
+	m.HandleFunc("POST /v1/jobs/{id}/resume", func(w http.ResponseWriter, r *http.Request) {
+		j, err := s.b.ResumeJob(r.Context(), r.PathValue("id"))
+		reply(w, j, err)
+	})
+	m.HandleFunc("GET /v1/jobs/{id}/watch", s.watchJob)
+
 	m.HandleFunc("POST /v1/verify", jsonIn(func(ctx context.Context, req api.VerifyRequest) (api.VerifyReport, error) {
 		return s.b.Verify(ctx, req.Machine)
 	}))
@@ -224,4 +246,23 @@ func writeError(w http.ResponseWriter, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(ae)
+}
+
+// watchJob streams the job as NDJSON, one object per change, until it ends.
+func (s *Server) watchJob(w http.ResponseWriter, r *http.Request) {
+	ch, err := s.b.WatchJob(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	for j := range ch {
+		if err := enc.Encode(j); err != nil {
+			return
+		}
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
 }

@@ -29,9 +29,9 @@ type Kind interface {
 	Run(ctx context.Context, r *Run, step string) error
 	// Rollback undoes what the job did, after a cancel.
 	Rollback(ctx context.Context, r *Run) error
-	// Finish runs once when the job ends (any state), e.g. to unpause
-	// replication. It must not fail the job.
-	Finish(ctx context.Context, r *Run)
+	// Finish runs once when the job ends, with its final state, e.g. to
+	// resume replication after a failure. It must not fail the job.
+	Finish(ctx context.Context, r *Run, state string)
 }
 
 // Store persists jobs and machine locks (the catalog).
@@ -83,6 +83,12 @@ const DefaultTimeout = 30 * time.Minute
 
 // Start creates a job, locks its machines and runs it in the background.
 func (e *Engine) Start(ctx context.Context, kind string, machines []string, spec any, timeout time.Duration) (api.Job, error) {
+	return e.StartWith(ctx, kind, machines, spec, timeout, nil)
+}
+
+// StartWith is Start with a hook that runs once the job has its id and
+// before its first step (e.g. to hand it a key held in memory only).
+func (e *Engine) StartWith(ctx context.Context, kind string, machines []string, spec any, timeout time.Duration, before func(id string) error) (api.Job, error) {
 	k, ok := e.kinds[kind]
 	if !ok {
 		return api.Job{}, fmt.Errorf("unknown job kind %q", kind)
@@ -113,6 +119,12 @@ func (e *Engine) Start(ctx context.Context, kind string, machines []string, spec
 			return api.Job{}, api.Errorf(api.CodeBusy, "%v", err)
 		}
 		return api.Job{}, err
+	}
+	if before != nil {
+		if err := before(rec.ID); err != nil {
+			e.store.UnlockMachines(ctx, rec.ID)
+			return api.Job{}, err
+		}
 	}
 	if err := e.save(ctx, rec); err != nil {
 		e.store.UnlockMachines(ctx, rec.ID)

@@ -54,10 +54,19 @@ func (k *testKind) Run(ctx context.Context, r *Run, step string) error {
 	return err
 }
 
-func (k *testKind) Rollback(context.Context, *Run) error { k.mu.Lock(); k.rolled = true; k.mu.Unlock(); return nil }
-func (k *testKind) Finish(context.Context, *Run)         { k.mu.Lock(); k.finished++; k.mu.Unlock() }
+func (k *testKind) Rollback(context.Context, *Run) error {
+	k.mu.Lock()
+	k.rolled = true
+	k.mu.Unlock()
+	return nil
+}
+func (k *testKind) Finish(context.Context, *Run, string) { k.mu.Lock(); k.finished++; k.mu.Unlock() }
 
-func (k *testKind) Calls() []string { k.mu.Lock(); defer k.mu.Unlock(); return append([]string(nil), k.calls...) }
+func (k *testKind) Calls() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.calls...)
+}
 
 func openCatalog(t *testing.T, path string) *catalog.Catalog {
 	t.Helper()

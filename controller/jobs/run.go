@@ -235,7 +235,7 @@ func (r *Run) run(ctx context.Context) {
 	log := r.e.log.With("job", r.rec.ID, "kind", r.rec.Kind)
 	r.setState(api.JobRunning, "")
 	final := func(state, errText string) {
-		k.Finish(context.WithoutCancel(ctx), r)
+		k.Finish(context.WithoutCancel(ctx), r, state)
 		if err := r.e.store.UnlockMachines(context.WithoutCancel(ctx), r.rec.ID); err != nil {
 			log.Error("unlocking machines failed", "err", err)
 		}

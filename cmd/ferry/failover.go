@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+// jobFlags are shared by every job-starting command.
+type jobFlags struct {
+	wait bool
+	plan string
+}
+
+func (j *jobFlags) register(c *cobra.Command, withPlan bool) {
+	c.Flags().BoolVar(&j.wait, "wait", false, "follow the job to its end and exit with its outcome (0 succeeded, 3 failed, 4 partial)")
+	if withPlan {
+		c.Flags().StringVar(&j.plan, "plan", "", "a recovery plan instead of one machine")
+	}
+}
+
+// target returns the machine argument or the plan, refusing both or neither.
+func (j *jobFlags) target(args []string) (string, error) {
+	switch {
+	case j.plan != "" && len(args) > 0:
+		return "", usagef("give MACHINE or --plan, not both")
+	case j.plan == "" && len(args) != 1:
+		return "", usagef("give one MACHINE (or --plan PLAN)")
+	}
+	if len(args) == 1 {
+		return args[0], nil
+	}
+	return "", nil
+}
+
+type failoverOptions struct {
+	jobFlags
+	req     api.FailoverRequest
+	keyFile string
+	timeout string
+}
+
+func newFailoverCommand(g *globals) *cobra.Command {
+	var o failoverOptions
+	cmd := &cobra.Command{
+		Use:   "failover MACHINE|--plan PLAN [--target NAME] [--point SPEC] [--test] [--planned] [--shutdown-source] …",
+		Short: "Fail a machine over to its recovery site (or test it, or plan it with zero data loss)",
+		Long: `Fail over: bring a machine up at its target from a recovery point.
+
+  --point SPEC   latest (default: a fresh cycle first if the source is
+                 reachable, else the newest complete point), latest-processed
+                 (the newest point, no processing), latest-app-consistent, a
+                 point id, or an RFC 3339 time (the newest point at or before it)
+  --test         a test failover: clones of the staged disks, started isolated
+                 (FERRY_TEST=1) under a test name while replication goes on;
+                 end it with 'ferry cleanup'
+  --planned      zero data loss: stop the source, take a final cycle, fail
+                 over to it; any failure before the final point restarts the source
+  --shutdown-source  try to stop the source first; the failover continues if
+                 that fails
+
+The command prints the job id; with --wait it follows the job and exits with
+its outcome. 'ferry cancel JOB --force' rolls the target back.`,
+		RunE: func(c *cobra.Command, args []string) error { return runFailover(c.Context(), g, o, args) },
+	}
+	f := cmd.Flags()
+	o.register(cmd, true)
+	f.StringVar(&o.req.Target, "target", "", "the target (default: the machine's)")
+	f.StringVar(&o.req.Point, "point", "", "which point (see above)")
+	f.BoolVar(&o.req.Test, "test", false, "test failover")
+	f.BoolVar(&o.req.Planned, "planned", false, "planned failover (zero data loss)")
+	f.BoolVar(&o.req.ShutdownSource, "shutdown-source", false, "try to shut the source down first")
+	f.StringVar(&o.req.Direction, "direction", "", "forward (reverse comes with re-protection)")
+	f.StringVar(&o.keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
+	f.BoolVar(&o.req.AllowInconsistent, "allow-inconsistent", false, "accept a point labelled inconsistent")
+	f.BoolVar(&o.req.DryRun, "dry-run", false, "check the prerequisites only; touch nothing")
+	f.StringVar(&o.timeout, "timeout", "", "give up retrying after this long (default 30m)")
+	return cmd
+}
+
+func runFailover(ctx context.Context, g *globals, o failoverOptions, args []string) error {
+	machine, err := o.target(args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case o.req.Test && (o.req.Planned || o.req.ShutdownSource):
+		return usagef("--test cannot be combined with --planned or --shutdown-source")
+	case o.req.Planned && o.req.Point != "":
+		return usagef("--planned always fails over to the final point: --point cannot be given")
+	case o.req.Direction != "" && o.req.Direction != "forward" && o.req.Direction != "reverse":
+		return usagef("--direction is forward or reverse")
+	}
+	o.req.Machine, o.req.Plan = machine, o.plan
+	if o.timeout != "" {
+		d, err := api.ParseDuration(o.timeout)
+		if err != nil {
+			return usagef("--timeout: %v", err)
+		}
+		o.req.Timeout = d
+	}
+	if o.keyFile != "" {
+		if o.req.Key, err = os.ReadFile(o.keyFile); err != nil {
+			return fmt.Errorf("--key-file: %w", err)
+		}
+	}
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	j, err := cl.Failover(ctx, o.req)
+	if err != nil {
+		return err
+	}
+	return followJob(ctx, g, j, o.wait || o.req.DryRun)
+}
+
+// newActionCommand builds commit, cleanup and change-point.
+func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Command {
+	var j jobFlags
+	var point, keyFile string
+	cmd := &cobra.Command{
+		Use:   verb + " MACHINE|--plan PLAN",
+		Short: short,
+		RunE: func(c *cobra.Command, args []string) error {
+			machine, err := j.target(args)
+			if err != nil {
+				return err
+			}
+			if needsPoint && point == "" {
+				return usagef("--point is required")
+			}
+			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point}
+			if keyFile != "" {
+				if req.Key, err = os.ReadFile(keyFile); err != nil {
+					return fmt.Errorf("--key-file: %w", err)
+				}
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			job, err := cl.MachineAction(c.Context(), verb, req)
+			if err != nil {
+				return err
+			}
+			return followJob(c.Context(), g, job, j.wait)
+		},
+	}
+	j.register(cmd, !needsPoint)
+	if needsPoint {
+		cmd.Flags().StringVar(&point, "point", "", "the point to move to")
+		cmd.Flags().StringVar(&keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
+	}
+	return cmd
+}
+
+func newCancelCommand(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "cancel JOB-ID --force",
+		Short: "Stop a job at a step boundary and roll the target back",
+		Long: `Cancel a running job. It stops at the next step boundary; a failover's
+target is rolled back (the machine there is stopped and removed, the staged
+disks return to their last point) and replication of the source restarts with
+a hash resync. --force is required: cancelling a failover undoes it.`,
+		Args: exactArgs(1, "JOB-ID"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if !force {
+				return usagef("cancelling undoes the job's work: add --force")
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			j, err := cl.CancelJob(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(j)
+			}
+			fmt.Fprintf(g.stdout, "job %s will stop at its next step boundary and roll back\n", j.ID)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "really cancel")
+	return cmd
+}
+
+// followJob prints the job id, or with wait follows it to its end and
+// returns its outcome as an exit code.
+func followJob(ctx context.Context, g *globals, j api.Job, wait bool) error {
+	if !wait {
+		if g.json {
+			return g.printJSON(j)
+		}
+		fmt.Fprintln(g.stdout, j.ID)
+		return nil
+	}
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	last := j
+	printed := map[string]string{}
+	err = cl.WatchJob(ctx, j.ID, func(s api.Job) error {
+		last = s
+		if g.json {
+			return nil
+		}
+		for _, st := range s.Steps {
+			line := st.State
+			if st.State == api.StepRunning && st.BytesTotal > 0 {
+				line = fmt.Sprintf("running %3.0f%% (%s of %s)", 100*st.Progress, api.FormatSize(st.BytesDone), api.FormatSize(st.BytesTotal))
+			}
+			if printed[st.Name] != line && st.State != api.StepPending {
+				printed[st.Name] = line
+				fmt.Fprintf(g.stdout, "%s  %-16s %s", j.ID, st.Name, line)
+				if st.Error != "" {
+					fmt.Fprintf(g.stdout, ": %s", st.Error)
+				}
+				fmt.Fprintln(g.stdout)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if g.json {
+		if err := g.printJSON(last); err != nil {
+			return err
+		}
+	} else {
+		for _, m := range last.Machines {
+			fmt.Fprintf(g.stdout, "%s: %s, point %d", m.Name, m.State, m.PointID)
+			if m.Error != "" {
+				fmt.Fprintf(g.stdout, ": %s", m.Error)
+			}
+			fmt.Fprintln(g.stdout)
+			for _, n := range m.Notes {
+				fmt.Fprintf(g.stdout, "  %s\n", n)
+			}
+		}
+		fmt.Fprintf(g.stdout, "job %s %s\n", last.ID, last.State)
+	}
+	return jobOutcome(last)
+}
+
+// jobOutcome maps a finished job to the exit codes of CLI.md.
+func jobOutcome(j api.Job) error {
+	switch j.State {
+	case api.JobSucceeded:
+		return nil
+	case api.JobPartial:
+		return &exitCodeError{code: exitJobPartial, err: fmt.Errorf("job %s ended partial: %s", j.ID, machineErrors(j))}
+	case api.JobFailed:
+		return &exitCodeError{code: exitJobFailed, err: fmt.Errorf("job %s failed: %s", j.ID, j.Error)}
+	case api.JobCancelled:
+		return &exitCodeError{code: exitError, err: fmt.Errorf("job %s was cancelled", j.ID)}
+	}
+	return errors.New("the job is still " + j.State)
+}
+
+func machineErrors(j api.Job) string {
+	var out []string
+	for _, m := range j.Machines {
+		if m.Error != "" {
+			out = append(out, m.Name+": "+m.Error)
+		}
+	}
+	return strings.Join(out, "; ")
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+func newJobsCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "jobs", Short: "Jobs: list, show, watch, resume"}
+	list := &cobra.Command{
+		Use: "list", Short: "List jobs, newest first", Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			js, err := cl.Jobs(c.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if js == nil {
+					js = []api.Job{}
+				}
+				return g.printJSON(js)
+			}
+			var rows [][]string
+			for _, j := range js {
+				var ms []string
+				for _, m := range j.Machines {
+					ms = append(ms, m.Name)
+				}
+				rows = append(rows, []string{j.ID, j.Kind, j.State, strings.Join(ms, ","), fmtTime(j.Created), currentStep(j)})
+			}
+			table(g.stdout, []string{"ID", "KIND", "STATE", "MACHINES", "CREATED", "STEP"}, rows)
+			return nil
+		},
+	}
+	show := &cobra.Command{
+		Use: "show ID", Short: "Show a job: steps, progress, machines, errors", Args: exactArgs(1, "ID"),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			j, err := cl.Job(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(j)
+			}
+			printJob(g, j)
+			return nil
+		},
+	}
+	watch := &cobra.Command{
+		Use: "watch ID", Short: "Follow a job live (with --json: one JSON object per line as it changes)", Args: exactArgs(1, "ID"),
+		RunE: func(c *cobra.Command, args []string) error { return runJobsWatch(c.Context(), g, args[0]) },
+	}
+	resume := &cobra.Command{
+		Use: "resume ID", Short: "Continue a job waiting on a manual action", Args: exactArgs(1, "ID"),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			j, err := cl.ResumeJob(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, j.ID, j.State)
+			return nil
+		},
+	}
+	cmd.AddCommand(list, show, watch, resume)
+	return cmd
+}
+
+func currentStep(j api.Job) string {
+	for _, s := range j.Steps {
+		if s.State == api.StepRunning || s.State == api.StepFailed {
+			return s.Name + " " + s.State
+		}
+	}
+	return "-"
+}
+
+func printJob(g *globals, j api.Job) {
+	fmt.Fprintf(g.stdout, "Job:      %s (%s)\nState:    %s\nCreated:  %s\n", j.ID, j.Kind, j.State, fmtTime(j.Created))
+	if j.Error != "" {
+		fmt.Fprintf(g.stdout, "Error:    %s\n", j.Error)
+	}
+	var rows [][]string
+	for _, s := range j.Steps {
+		prog := fmt.Sprintf("%3.0f%%", 100*s.Progress)
+		if s.BytesTotal > 0 {
+			prog += fmt.Sprintf(" (%s of %s)", api.FormatSize(s.BytesDone), api.FormatSize(s.BytesTotal))
+		}
+		detail := s.Error
+		if detail == "" {
+			detail = s.Note
+		}
+		rows = append(rows, []string{"  " + s.Name, s.State, prog, detail})
+	}
+	table(g.stdout, []string{"  STEP", "STATE", "PROGRESS", "DETAIL"}, rows)
+	for _, m := range j.Machines {
+		fmt.Fprintf(g.stdout, "Machine %s: %s, point %d", m.Name, m.State, m.PointID)
+		if m.Error != "" {
+			fmt.Fprintf(g.stdout, ": %s", m.Error)
+		}
+		fmt.Fprintln(g.stdout)
+		for _, n := range m.Notes {
+			fmt.Fprintf(g.stdout, "  %s\n", n)
+		}
+	}
+}
+
+func runJobsWatch(ctx context.Context, g *globals, id string) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	return cl.WatchJob(ctx, id, func(j api.Job) error {
+		if g.json {
+			// NDJSON: one compact object per line.
+			b, err := jsonLine(j)
+			if err != nil {
+				return err
+			}
+			_, err = g.stdout.Write(b)
+			return err
+		}
+		fmt.Fprintf(g.stdout, "%s %s: %s\n", j.ID, j.State, currentStep(j))
+		return nil
+	})
+}

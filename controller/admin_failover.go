@@ -1,0 +1,162 @@
+package controller
+
+import (
+	"context"
+	"path/filepath"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/failover"
+)
+
+// AddTarget binds a recovery-site agent, a directory and a driver.
+func (s *Server) AddTarget(ctx context.Context, t api.Target) (api.Target, error) {
+	if err := validName("target", t.Name); err != nil {
+		return t, err
+	}
+	a, err := s.cat.Agent(ctx, t.Agent)
+	if err != nil {
+		return t, apiErr(err)
+	}
+	if !filepath.IsAbs(t.Dir) {
+		return t, api.Errorf(api.CodeInvalid, "--dir %q must be an absolute path on the target agent's host", t.Dir)
+	}
+	if t.Driver == "" {
+		t.Driver = "exec"
+	}
+	if t.Driver != "exec" {
+		return t, api.Errorf(api.CodeInvalid, "driver %q is not available yet: use exec", t.Driver)
+	}
+	if t.Format == "" {
+		t.Format = "raw"
+	}
+	if t.Format != "raw" {
+		return t, api.Errorf(api.CodeInvalid, "target format %q is not available yet: failed-over disks are sparse raw files", t.Format)
+	}
+	if t.Exec.Start == "" {
+		return t, api.Errorf(api.CodeInvalid, "the exec driver needs at least --start")
+	}
+	t.Agent = a.Name
+	if err := s.cat.AddTarget(ctx, a.ID, t); err != nil {
+		return t, apiErr(err)
+	}
+	s.stager.KickAll(ctx)
+	return t, nil
+}
+
+// Targets lists targets.
+func (s *Server) Targets(ctx context.Context) ([]api.Target, error) {
+	ts, err := s.cat.Targets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []api.Target{}
+	for _, t := range ts {
+		if a, err := s.cat.Agent(ctx, t.Agent); err == nil {
+			_, t.Connected = s.agents.get(a.ID)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// RemoveTarget deletes a target no machine uses.
+func (s *Server) RemoveTarget(ctx context.Context, name string) error {
+	return apiErr(s.cat.RemoveTarget(ctx, name))
+}
+
+// startJob starts a failover-family job, handing it the key if any.
+func (s *Server) startJob(ctx context.Context, kind string, machines []string, spec failover.Spec, key []byte, timeout api.Duration) (api.Job, error) {
+	for _, m := range machines {
+		if _, err := s.cat.Machine(ctx, m); err != nil {
+			return api.Job{}, apiErr(err)
+		}
+	}
+	if len(key) > 0 {
+		// Check the key before the job exists; the job gets it below.
+		if _, err := s.reader(key); err != nil {
+			return api.Job{}, err
+		}
+	}
+	j, err := s.jobs.StartWith(ctx, kind, machines, spec, timeout.Std(), func(id string) error {
+		return s.fo.SetKey(id, key)
+	})
+	return j, apiErr(err)
+}
+
+// Failover starts a failover, test failover or planned failover.
+func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job, error) {
+	if req.Plan != "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version: fail machines over one by one")
+	}
+	if req.Machine == "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "name a machine")
+	}
+	switch {
+	case req.Test && (req.Planned || req.ShutdownSource):
+		return api.Job{}, api.Errorf(api.CodeInvalid, "--test cannot be combined with --planned or --shutdown-source")
+	case req.Planned && req.Point != "":
+		return api.Job{}, api.Errorf(api.CodeInvalid, "--planned always uses the final point: --point cannot be given")
+	case req.Direction != "" && req.Direction != "forward":
+		return api.Job{}, api.Errorf(api.CodeInvalid, "only --direction forward is available in this version")
+	}
+	kind := failover.KindFailover
+	switch {
+	case req.Test:
+		kind = failover.KindTest
+	case req.Planned:
+		kind = failover.KindPlanned
+	}
+	key := req.Key
+	req.Key = nil
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Req: req}, key, req.Timeout)
+}
+
+// Commit ends a failover and deletes the machine's recovery points.
+func (s *Server) Commit(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
+	if req.Plan != "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+	}
+	return s.startJob(ctx, failover.KindCommit, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
+}
+
+// ChangePoint moves a failed-over machine to another point.
+func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
+	if req.Point == "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "--point is required")
+	}
+	return s.startJob(ctx, failover.KindChangePoint, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point}, req.Key, 0)
+}
+
+// Cleanup ends a test failover.
+func (s *Server) Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
+	if req.Plan != "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+	}
+	return s.startJob(ctx, failover.KindCleanup, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
+}
+
+// Jobs lists jobs.
+func (s *Server) Jobs(ctx context.Context) ([]api.Job, error) { return s.jobs.List(ctx) }
+
+// Job shows one job.
+func (s *Server) Job(ctx context.Context, id string) (api.Job, error) { return s.jobs.Get(ctx, id) }
+
+// WatchJob streams a job's snapshots until it ends.
+func (s *Server) WatchJob(ctx context.Context, id string) (<-chan api.Job, error) {
+	return s.jobs.Watch(ctx, id)
+}
+
+// CancelJob stops a job at a step boundary and rolls the target back.
+func (s *Server) CancelJob(ctx context.Context, id string) (api.Job, error) {
+	return s.jobs.Cancel(ctx, id)
+}
+
+// ResumeJob continues a job waiting on a manual action.
+func (s *Server) ResumeJob(ctx context.Context, id string) (api.Job, error) {
+	j, err := s.jobs.Get(ctx, id)
+	if err != nil {
+		return j, err
+	}
+	return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a job waiting on a manual action can be resumed (recovery plans)", id, j.State)
+}
+

@@ -1,0 +1,8 @@
+// Package failover moves machines between sites: it keeps staged replicas
+// at recovery-site agents current as points arrive, and runs the failover
+// jobs of DESIGN.md "Failover semantics" — failover (unplanned, planned,
+// test), change point, commit, cleanup and cancel — as persistent job
+// kinds of controller/jobs. Disks move by rewriting only the blocks that
+// differ between two points, so recovery time follows the change, not the
+// disk size.
+package failover

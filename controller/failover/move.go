@@ -1,0 +1,275 @@
+package failover
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/data"
+	"github.com/ferrydr/ferry/protocol/frame"
+	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/storage"
+)
+
+// batchBytes bounds the data of one restore batch.
+const batchBytes = 8 << 20
+
+// moveBlock is one block a move writes, with its content at the point.
+type moveBlock struct {
+	disk  uint16
+	block int64
+	hash  storage.Hash
+	zero  bool
+}
+
+// Move says how to bring a disk set to a point.
+type Move struct {
+	AgentID string
+	Ref     msg.TargetRef
+	Machine string
+	// From is the point the set holds (0: empty or unknown — every block
+	// ever written is sent). MovingTo is an interrupted earlier move's
+	// destination: its blocks are rewritten too.
+	From, MovingTo, To int64
+	Create             bool
+	JobID              string // whose key reads an encrypted repository ("" for staging)
+	Progress           func(done, total int64)
+}
+
+// MoveResult says what a move sent.
+type MoveResult struct {
+	Blocks, ZeroBlocks, Bytes int64
+}
+
+// move brings a disk set to point To, rewriting only the blocks whose
+// content differs between From (and MovingTo) and To.
+func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
+	repo, err := e.reader(mv.JobID)
+	if mv.JobID == "" {
+		repo, err = e.stagingReader()
+	}
+	if err != nil {
+		return MoveResult{}, err
+	}
+	to, err := e.Repo.Point(ctx, mv.To)
+	if err != nil {
+		return MoveResult{}, fmt.Errorf("point %d: %w", mv.To, err)
+	}
+	from := mv.From
+	if from != 0 {
+		if _, err := e.Repo.Point(ctx, from); err != nil {
+			// The set's point was pruned by retention: send every block.
+			e.Log.Info("the staged point is gone; rewriting every written block", "machine", mv.Machine, "point", from)
+			from = 0
+		}
+	}
+	moving := mv.MovingTo
+	if moving != 0 && moving != mv.To {
+		if _, err := e.Repo.Point(ctx, moving); err != nil {
+			from, moving = 0, 0 // cannot know what the interrupted move wrote
+		}
+	}
+	var blocks []moveBlock
+	disks := make([]msg.TargetDisk, len(to.Disks))
+	for i, d := range to.Disks {
+		disks[i] = msg.TargetDisk{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize}
+		seen := map[int64]bool{}
+		err := e.Repo.Diff(ctx, mv.Machine, d.Name, from, mv.To, func(b int64, h storage.Hash, zero bool) error {
+			seen[b] = true
+			blocks = append(blocks, moveBlock{disk: uint16(i), block: b, hash: h, zero: zero})
+			return nil
+		})
+		if err != nil {
+			return MoveResult{}, fmt.Errorf("diff of disk %s: %w", d.Name, err)
+		}
+		if moving != 0 && moving != mv.To && from != 0 {
+			// Blocks the interrupted move may have written: rewrite them
+			// with their content at To.
+			dr, err := e.Repo.OpenDisk(ctx, mv.To, d.Name)
+			if err != nil {
+				return MoveResult{}, err
+			}
+			err = e.Repo.Diff(ctx, mv.Machine, d.Name, from, moving, func(b int64, _ storage.Hash, _ bool) error {
+				if seen[b] || b*int64(d.BlockSize) >= d.Size {
+					return nil
+				}
+				h, zero, err := dr.BlockHash(ctx, b)
+				if err != nil {
+					return err
+				}
+				blocks = append(blocks, moveBlock{disk: uint16(i), block: b, hash: h, zero: zero})
+				return nil
+			})
+			if err != nil {
+				return MoveResult{}, err
+			}
+		}
+	}
+	sort.Slice(blocks, func(i, j int) bool {
+		if blocks[i].disk != blocks[j].disk {
+			return blocks[i].disk < blocks[j].disk
+		}
+		return blocks[i].block < blocks[j].block
+	})
+	var res MoveResult
+	var total int64
+	for _, b := range blocks {
+		if !b.zero {
+			total += int64(to.Disks[b.disk].BlockSize)
+		}
+	}
+	st, err := e.Agents.Open(ctx, mv.AgentID, protocol.KindRestore)
+	if err != nil {
+		return res, err
+	}
+	defer st.Close()
+	hdr, _ := json.Marshal(msg.RestoreHeader{Ref: mv.Ref, From: mv.From, To: mv.To, Disks: disks,
+		Create: mv.Create, Force: mv.MovingTo != 0 || from != mv.From})
+	fw := frame.NewWriter(st)
+	if err := fw.Write(msg.FrameRestoreHeader, hdr); err != nil {
+		return res, err
+	}
+	// The agent answers an error frame if it refuses; read it in the
+	// background so a refusal ends the move at once.
+	replies := make(chan error, 1)
+	go func() { replies <- readAck(st, uint64(mv.To)) }()
+
+	batch := data.Batch{Cycle: uint64(mv.To)}
+	size := 0
+	var seq uint32
+	flush := func() error {
+		if len(batch.Blocks) == 0 {
+			return nil
+		}
+		seq++
+		batch.Seq = seq
+		if err := fw.WriteAppend(data.FrameBatch, batch.Append); err != nil {
+			return err
+		}
+		if err := fw.Flush(); err != nil {
+			return err
+		}
+		batch.Blocks, size = batch.Blocks[:0], 0
+		if mv.Progress != nil {
+			mv.Progress(res.Bytes, total)
+		}
+		return nil
+	}
+	for _, b := range blocks {
+		select {
+		case err := <-replies:
+			return res, agentRefused(err)
+		default:
+		}
+		bs := to.Disks[b.disk].BlockSize
+		blk := data.Block{Disk: b.disk, Block: uint64(b.block), Hash: data.Hash(b.hash)}
+		if b.zero {
+			blk.Flags, blk.PlainLen = data.FlagZero, uint32(bs)
+			res.ZeroBlocks++
+		} else {
+			if err := e.content(ctx, repo, b.hash, &blk); err != nil {
+				return res, fmt.Errorf("read block %d of disk %s: %w", b.block, to.Disks[b.disk].Name, err)
+			}
+			res.Blocks++
+			res.Bytes += int64(bs)
+			size += len(blk.Data)
+		}
+		batch.Blocks = append(batch.Blocks, blk)
+		if size >= batchBytes || len(batch.Blocks) >= data.MaxEntriesPerFrame {
+			if err := flush(); err != nil {
+				return res, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return res, err
+	}
+	if err := fw.WriteAppend(data.FrameBarrier, (&data.Barrier{Cycle: uint64(mv.To), Seq: seq}).Append); err != nil {
+		return res, err
+	}
+	if err := fw.Flush(); err != nil {
+		return res, err
+	}
+	select {
+	case err := <-replies:
+		if err != nil {
+			return res, agentRefused(err)
+		}
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	if mv.Progress != nil {
+		mv.Progress(total, total)
+	}
+	return res, nil
+}
+
+// content fills a block's data: the stored encoding as is for a plain
+// repository (the agent decodes and checks the hash), or the plaintext
+// read with the job's key.
+func (e *Engine) content(ctx context.Context, repo *storage.Repo, h storage.Hash, blk *data.Block) error {
+	if !e.Repo.Encrypted() {
+		env, err := e.Repo.ChunkEnvelope(ctx, h)
+		if err != nil {
+			return err
+		}
+		blk.Codec, blk.PlainLen, blk.Data = data.CodecNone, uint32(env.PlainLen), env.Data
+		if env.Codec == storage.CodecZstd {
+			blk.Codec = data.CodecZstd
+		}
+		return nil
+	}
+	b, err := repo.ReadChunk(ctx, h)
+	if err != nil {
+		return err
+	}
+	blk.Codec, blk.PlainLen, blk.Data = data.CodecNone, uint32(len(b)), b
+	return nil
+}
+
+// readAck waits for the agent's Ack of a move (or its error frame).
+func readAck(st io.Reader, to uint64) error {
+	fr := frame.NewReader(st, 1<<16)
+	for {
+		typ, payload, err := fr.Next()
+		if err != nil {
+			return err
+		}
+		if typ == data.FrameAck {
+			var a data.Ack
+			if err := a.Decode(payload); err != nil {
+				return err
+			}
+			if a.Cycle != to {
+				return fmt.Errorf("%w: ack for point %d, moving to %d", protocol.ErrInvalid, a.Cycle, to)
+			}
+			return nil
+		}
+		return fmt.Errorf("%w: unexpected frame %d on a restore stream", protocol.ErrInvalid, typ)
+	}
+}
+
+// agentRefused keeps the agent's protocol error (its code says whether a
+// retry can help).
+func agentRefused(err error) error {
+	if err == nil {
+		return errors.New("the agent ended the restore stream early")
+	}
+	return fmt.Errorf("target agent: %w", err)
+}
+
+// stagingReader is the repository staging reads from: plaintext is only
+// needed for an encrypted repository, which staging cannot read without a
+// key (staging then waits for a failover that brings one).
+func (e *Engine) stagingReader() (*storage.Repo, error) {
+	if e.Repo.Encrypted() {
+		return nil, errEncryptedStaging
+	}
+	return e.Repo, nil
+}
+
+var errEncryptedStaging = errors.New("the repository is encrypted: staging needs the private key, which the controller does not hold")

@@ -1,0 +1,136 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// Stager keeps each machine's staged replica at its target as current as
+// its newest point, by moving only changed blocks (DESIGN.md "Staging").
+type Stager struct {
+	e     *Engine
+	mu    sync.Mutex
+	dirty map[string]bool
+	kick  chan struct{}
+	// busy reports whether a job holds the machine's staged set.
+	busy func(ctx context.Context, machine string) bool
+}
+
+// NewStager builds a stager; Run drives it.
+func NewStager(e *Engine, busy func(ctx context.Context, machine string) bool) *Stager {
+	return &Stager{e: e, dirty: map[string]bool{}, kick: make(chan struct{}, 1), busy: busy}
+}
+
+// Kick asks for a machine's staged replica to be brought forward.
+func (s *Stager) Kick(machine string) {
+	s.mu.Lock()
+	s.dirty[machine] = true
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// KickAll marks every machine with a target.
+func (s *Stager) KickAll(ctx context.Context) {
+	ms, err := s.e.Cat.Machines(ctx, "")
+	if err != nil {
+		return
+	}
+	for _, m := range ms {
+		if m.Target != "" {
+			s.Kick(m.Name)
+		}
+	}
+}
+
+// Run stages until ctx ends; it also rechecks every machine periodically.
+func (s *Stager) Run(ctx context.Context) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	s.KickAll(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-tick.C:
+			s.KickAll(ctx)
+			continue
+		}
+		for {
+			s.mu.Lock()
+			var name string
+			for m := range s.dirty {
+				name = m
+				break
+			}
+			delete(s.dirty, name)
+			s.mu.Unlock()
+			if name == "" {
+				break
+			}
+			if err := s.stage(ctx, name); err != nil && ctx.Err() == nil {
+				s.e.Log.Info("staging deferred", "machine", name, "err", err)
+			}
+		}
+	}
+}
+
+// stage brings one machine's staged set to its newest point.
+func (s *Stager) stage(ctx context.Context, name string) error {
+	m, err := s.e.Cat.Machine(ctx, name)
+	if err != nil || m.Target == "" {
+		return nil
+	}
+	switch m.State {
+	case catalog.StateSyncing, catalog.StateProtected, catalog.StateTestFailedOver:
+	default:
+		return nil // failed over: the staged set became the machine's disks
+	}
+	if s.busy(ctx, name) {
+		return nil // a job moves the disks itself
+	}
+	t, agentID, err := s.e.Cat.Target(ctx, m.Target)
+	if err != nil {
+		return err
+	}
+	if !s.e.Agents.Connected(agentID) {
+		return nil // kicked again when the agent connects
+	}
+	pts, err := s.e.Repo.Points(ctx, name)
+	if err != nil || len(pts) == 0 {
+		return err
+	}
+	newest := pts[len(pts)-1].ID
+	var st msg.TargetStatusResponse
+	if err := s.e.Agents.Call(ctx, agentID, msg.MethodTargetStatus, msg.TargetStatusRequest{Dir: t.Dir, Machine: name}, &st); err != nil {
+		return err
+	}
+	set, ok := st.Sets["staged"]
+	if ok && set.Point == newest && set.MovingTo == 0 && !set.Written {
+		return nil
+	}
+	mv := Move{AgentID: agentID, Ref: msg.TargetRef{Dir: t.Dir, Machine: name, Set: "staged"}, Machine: name,
+		From: set.Point, MovingTo: set.MovingTo, To: newest, Create: !ok}
+	if set.Written {
+		mv.From = 0 // something wrote to it: rewrite everything ever written
+	}
+	start := time.Now()
+	res, err := s.e.move(ctx, mv)
+	if errors.Is(err, errEncryptedStaging) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.e.Log.Info("staged", "machine", name, "target", t.Name, "from", set.Point, "to", newest,
+		"blocks", res.Blocks, "zero", res.ZeroBlocks, "bytes", res.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
