@@ -159,4 +159,3 @@ func (s *Server) ResumeJob(ctx context.Context, id string) (api.Job, error) {
 	}
 	return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a job waiting on a manual action can be resumed (recovery plans)", id, j.State)
 }
-
