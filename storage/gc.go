@@ -136,7 +136,6 @@ type packLive struct {
 	chunks   []chunkRow
 	records  []recordRow
 	hasDead  bool
-	openPack bool
 }
 
 type recordRow struct {
