@@ -32,6 +32,9 @@ type Config struct {
 	Now     func() time.Time
 	// MaxBackoff bounds the wait between reconnection attempts.
 	MaxBackoff time.Duration
+	// Upgrade, when set, lets the controller upgrade this agent (upgrade.go);
+	// `ferry-agent run` sets it when the service's supervisor runs it.
+	Upgrade *UpgradeConfig
 }
 
 // DefaultConfig holds the defaults.
