@@ -33,19 +33,40 @@ type cycleDisk struct {
 // cycle takes a view, finds what changed and ships it; it returns the new
 // point's id.
 func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, patches bool) (int64, error) {
-	a := m.a
+	var drv snapshot.Driver
+	if d := m.driver(nil); d.Has(driver.ActionStatus) || d.Has(driver.ActionPause) {
+		drv = d
+	}
+	return m.a.runCycle(ctx, cycleParams{cfg: cfg, app: app, patches: patches, driver: drv,
+		mapDir: m.a.state.MachineDir(cfg.Name), keep: true, report: m.report})
+}
+
+// cycleParams says how to run one cycle.
+type cycleParams struct {
+	cfg     msg.MachineConfig
+	app     bool
+	patches bool
+	driver  snapshot.Driver // the source driver, for consistency (nil: none)
+	mapDir  string          // where the disks' block maps live
+	resync  bool            // compare every block with the controller's hashes
+	name    string          // a name for the point
+	keep    bool            // keep the view as the next cycle's base
+	report  func(ctx context.Context, phase, errText string, bytes, blocks int64)
+}
+
+// runCycle is one cycle: view, change detection, shipping, commit.
+func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
+	cfg := p.cfg
 	log := a.log.With("machine", cfg.Name)
 	req := snapshot.Request{
-		Machine: cfg.Name, Disks: snapDisks(cfg), App: app,
+		Machine: cfg.Name, Disks: snapDisks(cfg), App: p.app,
 		PreSnapshot: cfg.PreSnapshot, PostSnapshot: cfg.PostSnapshot, Freeze: cfg.Freeze, Env: cfg.Env,
 		RunCommand: func(ctx context.Context, line string, env map[string]string) error {
 			_, err := driver.RunShell(ctx, line, env, driver.DefaultTimeout, "snapshot hook")
 			return err
 		},
 	}
-	if d := m.driver(nil); d.Has(driver.ActionStatus) || d.Has(driver.ActionPause) {
-		req.Driver = d
-	}
+	req.Driver = p.driver
 	view, err := a.taker.Take(ctx, req)
 	if err != nil {
 		return 0, fmt.Errorf("view: %w", err)
@@ -57,7 +78,7 @@ func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, pat
 		}
 	}()
 
-	dir := a.state.MachineDir(cfg.Name)
+	dir := p.mapDir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, err
 	}
@@ -91,7 +112,7 @@ func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, pat
 		} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
 			begin.Map.Valid = false // the disks' maps disagree
 		}
-		if !d.trusted {
+		if !d.trusted || p.resync {
 			begin.Map.Valid = false
 		}
 		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs})
@@ -105,15 +126,15 @@ func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, pat
 		var cands iter.Seq[ship.Candidate]
 		switch {
 		case bresp.Resync:
-			m.report(ctx, "resync", "", 0, 0)
+			p.report(ctx, "resync", "", 0, 0)
 			log.Info("hash resync", "disk", d.name, "reason", bresp.ResyncReason)
-			dirty, err := m.resync(ctx, bresp.Cycle, uint16(i), d)
+			dirty, err := a.resync(ctx, bresp.Cycle, uint16(i), d)
 			if err != nil {
 				return 0, fmt.Errorf("resync disk %s: %w", d.name, err)
 			}
 			cands = listed(dirty)
 		default:
-			cands, err = m.candidates(ctx, cfg.Name, d, begin.Map.HeadPoint)
+			cands, err = a.candidates(ctx, cfg.Name, d, begin.Map.HeadPoint)
 			if err != nil {
 				return 0, err
 			}
@@ -127,9 +148,9 @@ func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, pat
 	if cfg.Bandwidth > 0 {
 		lim = rate.NewLimiter(rate.Limit(cfg.Bandwidth), int(min(cfg.Bandwidth, 4<<20)))
 	}
-	m.report(ctx, "shipping", "", 0, 0)
+	p.report(ctx, "shipping", "", 0, 0)
 	res, err := ship.Run(ctx, ship.Config{
-		Cycle: uint64(bresp.Cycle), Disks: sd, Streams: a.cfg.Streams, Patches: patches && bresp.Patches,
+		Cycle: uint64(bresp.Cycle), Disks: sd, Streams: a.cfg.Streams, Patches: p.patches && bresp.Patches,
 		Limiter: lim, Compressor: a.comp, Log: log,
 		Open: func(ctx context.Context) (io.ReadWriteCloser, error) {
 			s, _ := a.currentSession()
@@ -149,7 +170,7 @@ func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, pat
 	var eresp msg.CycleEndResponse
 	err = a.call(ctx, msg.MethodCycleEnd, msg.CycleEndRequest{
 		Machine: cfg.Name, Cycle: bresp.Cycle, Parts: res.Parts, Entries: res.Entries,
-		Instant: view.Instant.UnixNano(), Consistency: view.Consistency, Note: view.Note(),
+		Instant: view.Instant.UnixNano(), Consistency: view.Consistency, Note: view.Note(), Name: p.name,
 	}, &eresp)
 	if err != nil {
 		return 0, fmt.Errorf("end cycle: %w", err)
@@ -159,22 +180,24 @@ func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, pat
 			return 0, err
 		}
 	}
-	if err := view.Keep(eresp.PointID); err != nil {
-		log.Warn("keeping the view as the next base failed; the next cycle scans", "err", err)
+	if p.keep {
+		if err := view.Keep(eresp.PointID); err != nil {
+			log.Warn("keeping the view as the next base failed; the next cycle scans", "err", err)
+		}
+		kept = true
 	}
-	kept = true
 	log.Info("point made", "point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
 		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes)
-	m.report(ctx, "idle", "", res.WireBytes, res.Sent)
+	p.report(ctx, "idle", "", res.WireBytes, res.Sent)
 	return eresp.PointID, nil
 }
 
 // candidates picks the blocks to compare: the extent diff against the last
 // point's clone when both are reflink clones of a raw file, else every
 // allocated block plus every block the map holds as non-zero.
-func (m *machineLoop) candidates(ctx context.Context, machine string, d *cycleDisk, head int64) (iter.Seq[ship.Candidate], error) {
+func (a *Agent) candidates(ctx context.Context, machine string, d *cycleDisk, head int64) (iter.Seq[ship.Candidate], error) {
 	if d.view.Cloned && d.src.Format() == disk.FormatRaw {
-		if base, ok := m.a.taker.Base(machine, snapshot.Disk{Name: d.name, Path: d.view.Source}, head); ok {
+		if base, ok := a.taker.Base(machine, snapshot.Disk{Name: d.name, Path: d.view.Source}, head); ok {
 			be, err1 := snapshot.Extents(base)
 			ve, err2 := snapshot.Extents(d.view.Path)
 			if err1 == nil && err2 == nil {

@@ -27,8 +27,8 @@ type ctrlBlock struct {
 // block of the view is compared with what the controller holds; equal
 // blocks enter the map, differing ones are returned to be sent. It costs a
 // read of the disk and no data on the wire beyond 33 bytes per stored block.
-func (m *machineLoop) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
-	sess, _ := m.a.currentSession()
+func (a *Agent) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
+	sess, _ := a.currentSession()
 	if sess == nil {
 		return nil, protocol.Errorf(protocol.CodeUnavailable, "not connected")
 	}

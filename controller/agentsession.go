@@ -190,6 +190,13 @@ func (s *Server) replicating(ctx context.Context, agentID, machine string) error
 	if err != nil {
 		return err
 	}
+	if m.Failover != nil && m.AgentID != agentID {
+		// The recovery site ships a failed-over machine's disks (the
+		// writes made there) while its source is stopped.
+		if _, tAgent, err := s.cat.Target(ctx, m.Failover.Target); err == nil && tAgent == agentID {
+			return nil
+		}
+	}
 	if m.AgentID != agentID {
 		return protocol.Errorf(protocol.CodeUnauthorized, "machine %s is replicated by another agent", machine)
 	}

@@ -210,7 +210,7 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	if now := g.now(); instant.After(now) {
 		instant = now // a point never claims a future instant
 	}
-	pt, err := c.pending.Commit(ctx, storage.CommitInfo{Instant: instant, Consistency: cons})
+	pt, err := c.pending.Commit(ctx, storage.CommitInfo{Instant: instant, Consistency: cons, Name: req.Name})
 	if err != nil {
 		return msg.CycleEndResponse{}, err
 	}

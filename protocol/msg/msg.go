@@ -146,6 +146,7 @@ type CycleEndRequest struct {
 	Instant     int64  `json:"instant"` // the view's instant, agent clock, unix ns
 	Consistency string `json:"consistency"`
 	Note        string `json:"note,omitempty"` // how the view was made, for the point's record
+	Name        string `json:"name,omitempty"` // a name for the point (points Ferry keeps on its own account)
 }
 
 // CycleEndResponse names the new point.

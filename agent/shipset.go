@@ -1,0 +1,60 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/ferrydr/ferry/agent/snapshot"
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/protocol/rpc"
+)
+
+// stopped is the driver of a disk set whose machine the controller has
+// stopped before shipping it: the view is of a powered-off machine.
+type stopped struct{}
+
+func (stopped) Has(action string) bool                      { return action == "status" }
+func (stopped) Run(context.Context, string) (string, error) { return "", nil }
+func (stopped) Status(context.Context) (string, error)      { return "stopped", nil }
+
+var _ snapshot.Driver = stopped{}
+
+// handleShip registers target.ship: the recovery site sends a disk set's
+// content to the controller as a named point of the machine (the writes a
+// failed-over machine made, kept before its disks move). Every block is
+// compared with the controller's newest state by hash, so only what
+// differs travels.
+func (a *Agent) handleShip(m *rpc.Mux) {
+	m.Handle(msg.MethodTargetShip, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetShipRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		dir := filepath.Join(req.Ref.Dir, req.Ref.Machine, req.Ref.Set)
+		b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+		if err != nil {
+			return nil, protocol.Errorf(protocol.CodeNotFound, "disk set %s of %s: %v", req.Ref.Set, req.Ref.Machine, err)
+		}
+		var st msg.DiskSetState
+		if err := json.Unmarshal(b, &st); err != nil {
+			return nil, fmt.Errorf("disk set state: %w", err)
+		}
+		cfg := msg.MachineConfig{Name: req.Ref.Machine}
+		for _, d := range st.Disks {
+			cfg.Disks = append(cfg.Disks, msg.DiskConfig{Name: d.Name, Path: filepath.Join(dir, d.Name+".raw"), BlockSize: d.BlockSize})
+		}
+		id, err := a.runCycle(ctx, cycleParams{
+			cfg: cfg, driver: stopped{}, resync: true, name: req.Name,
+			mapDir: filepath.Join(a.state.Dir, "ship", req.Ref.Machine+"-"+req.Ref.Set),
+			report: func(context.Context, string, string, int64, int64) {},
+		})
+		if err != nil {
+			return nil, err
+		}
+		return msg.TargetShipResponse{PointID: id}, nil
+	})
+}
