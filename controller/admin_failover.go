@@ -3,8 +3,10 @@ package controller
 import (
 	"context"
 	"path/filepath"
+	"strings"
 
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/failover"
 )
 
@@ -64,6 +66,30 @@ func (s *Server) RemoveTarget(ctx context.Context, name string) error {
 	return apiErr(s.cat.RemoveTarget(ctx, name))
 }
 
+// requireState refuses an action a machine's state does not allow, with
+// the reason, before any job exists.
+func (s *Server) requireState(ctx context.Context, machine, action string, allowed ...string) error {
+	m, err := s.cat.Machine(ctx, machine)
+	if err != nil {
+		return apiErr(err)
+	}
+	for _, st := range allowed {
+		if m.State == st {
+			return nil
+		}
+	}
+	if job, _ := s.cat.MachineJob(ctx, machine); job != "" {
+		return api.Errorf(api.CodeBusy, "machine %s is busy with job %s", machine, job)
+	}
+	switch {
+	case m.State == catalog.StateCommitted && (action == "change-point" || action == "commit"):
+		return api.Errorf(api.CodeFailedPrecondition, "machine %s: the failover was committed and its recovery points deleted; %s is no longer possible", machine, action)
+	case m.State == catalog.StateTestFailedOver && action == "failover":
+		return api.Errorf(api.CodeFailedPrecondition, "machine %s has a test failover running: end it with 'ferry cleanup %s' first", machine, machine)
+	}
+	return api.Errorf(api.CodeFailedPrecondition, "machine %s is %s: %s is not possible now (allowed: %s)", machine, m.State, action, strings.Join(allowedActions(m.State), ", "))
+}
+
 // startJob starts a failover-family job, handing it the key if any.
 func (s *Server) startJob(ctx context.Context, kind string, machines []string, spec failover.Spec, key []byte, timeout api.Duration) (api.Job, error) {
 	for _, m := range machines {
@@ -99,6 +125,9 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 	case req.Direction != "" && req.Direction != "forward":
 		return api.Job{}, api.Errorf(api.CodeInvalid, "only --direction forward is available in this version")
 	}
+	if err := s.requireState(ctx, req.Machine, "failover", catalog.StateProtected); err != nil {
+		return api.Job{}, err
+	}
 	kind := failover.KindFailover
 	switch {
 	case req.Test:
@@ -116,6 +145,9 @@ func (s *Server) Commit(ctx context.Context, req api.MachineActionRequest) (api.
 	if req.Plan != "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
 	}
+	if err := s.requireState(ctx, req.Machine, "commit", catalog.StateFailedOver); err != nil {
+		return api.Job{}, err
+	}
 	return s.startJob(ctx, failover.KindCommit, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
 }
 
@@ -124,6 +156,9 @@ func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) 
 	if req.Point == "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "--point is required")
 	}
+	if err := s.requireState(ctx, req.Machine, "change-point", catalog.StateFailedOver); err != nil {
+		return api.Job{}, err
+	}
 	return s.startJob(ctx, failover.KindChangePoint, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point}, req.Key, 0)
 }
 
@@ -131,6 +166,9 @@ func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) 
 func (s *Server) Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
 	if req.Plan != "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+	}
+	if err := s.requireState(ctx, req.Machine, "cleanup", catalog.StateTestFailedOver); err != nil {
+		return api.Job{}, err
 	}
 	return s.startJob(ctx, failover.KindCleanup, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -29,6 +30,9 @@ type Config struct {
 	// OnReady is called once every listener is up, with the agent and admin
 	// addresses actually bound.
 	OnReady func(agentAddr, adminAddr string)
+	// Scripts holds install.sh and install.ps1 (the scripts package, wired
+	// by cmd/ferry); nil serves neither.
+	Scripts fs.FS
 }
 
 // DefaultConfig holds CLI.md's defaults.
