@@ -1,0 +1,21 @@
+// Package scripts embeds the install scripts a controller serves at
+// /install.sh and /install.ps1, so the controller binary carries them. It
+// imports nothing of ours; cmd/ferry hands Files to the controller.
+package scripts
+
+import (
+	"embed"
+	"io/fs"
+)
+
+//go:embed install.sh install.ps1
+var files embed.FS
+
+// Names of the embedded scripts.
+const (
+	InstallSh  = "install.sh"
+	InstallPS1 = "install.ps1"
+)
+
+// Files returns the embedded scripts (read-only).
+func Files() fs.FS { return files }
