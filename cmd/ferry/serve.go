@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrydr/ferry/controller"
 	"github.com/ferrydr/ferry/internal/profiling"
+	"github.com/ferrydr/ferry/scripts"
 )
 
 type serveOptions struct {
@@ -50,6 +51,7 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
 	}
 	o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	o.cfg.Scripts = scripts.Files()
 	o.cfg.OnReady = func(agentAddr, adminAddr string) {
 		fmt.Fprintf(g.stdout, "ferry controller listening on %s (admin %s)\n", agentAddr, adminAddr)
 	}
