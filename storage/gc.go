@@ -130,12 +130,12 @@ func (c *core) gcChunks(ctx context.Context, rep *GCReport) error {
 
 // packLive is a sealed pack's live content.
 type packLive struct {
-	id       uint64
-	size     int64
-	live     int64
-	chunks   []chunkRow
-	records  []recordRow
-	hasDead  bool
+	id      uint64
+	size    int64
+	live    int64
+	chunks  []chunkRow
+	records []recordRow
+	hasDead bool
 }
 
 type recordRow struct {
