@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ferrydr/ferry/internal/workload"
+)
+
+// repoSize is a repository's size after the controller stopped.
+type repoSize struct {
+	alloc, apparent, packsAlloc, packsApparent int64
+}
+
+func measureRepo(data string) (repoSize, error) {
+	var s repoSize
+	var err error
+	repo := filepath.Join(data, "repository")
+	if s.alloc, s.apparent, err = treeSize(repo); err != nil {
+		return s, err
+	}
+	s.packsAlloc, s.packsApparent, err = treeSize(filepath.Join(repo, "packs"))
+	return s, err
+}
+
+func (s repoSize) String() string {
+	return fmt.Sprintf("repository %.1f MB allocated (%.1f MB apparent); of which packs %.1f MB allocated (%.1f MB apparent), index and the rest %.1f MB allocated",
+		float64(s.alloc)/1e6, float64(s.apparent)/1e6, float64(s.packsAlloc)/1e6, float64(s.packsApparent)/1e6, float64(s.alloc-s.packsAlloc)/1e6)
+}
+
+// storageRun is what the storage-efficiency case measured.
+type storageRun struct {
+	repo         repoSize
+	anchorDeltas []int64 // zstd -1 of each delta's changed blocks
+	points       int
+	wire         int64
+	profiles     []profileFile
+}
+
+// storageRun protects a clone of the image with rp-every 1s, and after the
+// initial point applies cfg.Deltas deltas, waiting after each for the first
+// point whose instant is after the delta's fsync; then it stops the
+// controller and sizes its repository.
+func (b *bench) storageRun(ctx context.Context, profile phase) (res storageRun, err error) {
+	name := "storage"
+	if profile != phaseNone {
+		name = "storage-profile"
+	}
+	dir, logs, err := b.runDir(b.xfs, name)
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	img := filepath.Join(dir, "disk.img")
+	if err := reflinkCopy(b.pristine, img); err != nil {
+		return res, err
+	}
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{})
+	if err != nil {
+		return res, err
+	}
+	defer r.close()
+	if err := r.createPolicy(ctx, "p", time.Second, b.cfg.BlockSize); err != nil {
+		return res, err
+	}
+	if err := r.protect(ctx, "m", img, "p", ""); err != nil {
+		return res, err
+	}
+	if _, _, err := r.waitPoint(ctx, "m", 0, b.cfg.Poll, time.Hour); err != nil {
+		return res, err
+	}
+	if profile != phaseNone {
+		if err := r.restart(ctx, true); err != nil {
+			return res, err
+		}
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	for k := 1; k <= b.cfg.Deltas; k++ {
+		ws, err := b.applyDelta(img, b.cfg.Size, 100+k)
+		if err != nil {
+			return res, err
+		}
+		synced := time.Now()
+		offs := make([]int64, len(ws))
+		for i, w := range ws {
+			offs[i] = w.Offset
+		}
+		n, err := zstdSize(ctx, blocksReader(f, touchedBlocks(offs, workload.WriteSize, b.cfg.BlockSize), b.cfg.BlockSize))
+		if err != nil {
+			return res, err
+		}
+		res.anchorDeltas = append(res.anchorDeltas, n)
+		err = poll(ctx, time.Hour, b.cfg.Poll, func() (bool, error) {
+			ps, err := r.cl.Points(ctx, "m")
+			if err != nil {
+				return false, err
+			}
+			return len(ps) > 0 && ps[len(ps)-1].Time.After(synced), nil
+		})
+		if err != nil {
+			return res, fmt.Errorf("waiting for the point of delta %d: %w", k, err)
+		}
+		b.log.Info("delta stored", "delta", k, "anchor_MB", float64(n)/1e6)
+	}
+	if err := r.setRPEvery(ctx, "p", time.Hour); err != nil {
+		return res, err
+	}
+	ps, err := r.cl.Points(ctx, "m")
+	if err != nil {
+		return res, err
+	}
+	res.points = len(ps)
+	res.wire, _ = r.wire()
+	r.close()
+	res.profiles = r.profiles
+	res.repo, err = measureRepo(r.data)
+	return res, err
+}
+
+func (b *bench) caseStorage(ctx context.Context) error {
+	res, err := b.storageRun(ctx, phaseNone)
+	if err != nil {
+		return err
+	}
+	anchor := b.zstdImage
+	for _, n := range res.anchorDeltas {
+		anchor += n
+	}
+	b.rows = append(b.rows, row{Case: "storage efficiency", Unit: unitBytes, Ferry: []float64{float64(res.repo.alloc)},
+		Anchor: []float64{float64(anchor)}, AnchorName: "zstd -1 of image + changed blocks", Target: 1.05, TargetText: "≤ 1.05 ×", Pass: passStorage})
+	s := section{Title: "storage efficiency (XFS)"}
+	s.addf("- A reflink clone of the image, policy rp-every 1s; after the initial point, %d deltas of %g%% (each one fsync), each followed by a wait for the first point whose instant is after that fsync. Then the controller is stopped (SIGTERM) and its repository sized. One run: sizes do not depend on timing.", b.cfg.Deltas, 100*b.cfg.Fraction)
+	s.addf("- Ferry figure = allocated bytes (st_blocks × 512, `du -s -B1`) of the whole repository directory: packs, SQLite index, config. %s.", res.repo)
+	s.addf("- Anchor = `zstd -q -1` size of the image (%.1f MB) + for each delta the `zstd -q -1` size of its changed %d KiB blocks, read after it and concatenated in block order: %s; total %.1f MB.",
+		float64(b.zstdImage)/1e6, b.cfg.BlockSize>>10, runsText(unitBytes, int64s(res.anchorDeltas)), float64(anchor)/1e6)
+	s.addf("- points in the repository: %d (empty cycles of rp-every 1s included); proxy bytes in all: %.1f MB", res.points, float64(res.wire)/1e6)
+	b.details = append(b.details, s)
+	return nil
+}
+
+func int64s(xs []int64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+// dedupRun is what the dedup case measured.
+type dedupRun struct {
+	repo     repoSize
+	took     time.Duration
+	wire     int64
+	profiles []profileFile
+}
+
+// dedupRun protects cfg.Machines reflink clones of the image at once (one
+// agent, one protect call after the other) and sizes the repository once
+// every machine has its first point.
+func (b *bench) dedupRun(ctx context.Context, profile phase) (res dedupRun, err error) {
+	name := "dedup"
+	if profile != phaseNone {
+		name = "dedup-profile"
+	}
+	dir, logs, err := b.runDir(b.xfs, name)
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{profile: profile != phaseNone})
+	if err != nil {
+		return res, err
+	}
+	defer r.close()
+	if err := r.createPolicy(ctx, "p", time.Hour, b.cfg.BlockSize); err != nil {
+		return res, err
+	}
+	var imgs []string
+	for i := 1; i <= b.cfg.Machines; i++ {
+		img := filepath.Join(dir, fmt.Sprintf("m%d.img", i))
+		if err := reflinkCopy(b.pristine, img); err != nil {
+			return res, err
+		}
+		imgs = append(imgs, img)
+	}
+	if err := dropCaches(); err != nil {
+		return res, err
+	}
+	start := time.Now()
+	for i, img := range imgs {
+		if err := r.protect(ctx, fmt.Sprintf("m%d", i+1), img, "p", ""); err != nil {
+			return res, err
+		}
+	}
+	for i := range imgs {
+		if _, _, err := r.waitPoint(ctx, fmt.Sprintf("m%d", i+1), 0, b.cfg.Poll, time.Hour); err != nil {
+			return res, err
+		}
+	}
+	res.took = time.Since(start)
+	res.wire, _ = r.wire()
+	r.close()
+	res.profiles = r.profiles
+	res.repo, err = measureRepo(r.data)
+	return res, err
+}
+
+func (b *bench) caseDedup(ctx context.Context) error {
+	res, err := b.dedupRun(ctx, phaseNone)
+	if err != nil {
+		return err
+	}
+	b.rows = append(b.rows, row{Case: fmt.Sprintf("dedup (%d clones)", b.cfg.Machines), Unit: unitBytes, Ferry: []float64{float64(res.repo.alloc)},
+		Anchor: []float64{float64(b.zstdImage)}, AnchorName: "zstd -1 of one image", Target: 1.10, TargetText: "≤ 1.10 ×", Pass: passDedup})
+	alloc, _, err := treeSize(b.pristine)
+	if err != nil {
+		return err
+	}
+	s := section{Title: "dedup (XFS)"}
+	s.addf("- %d reflink clones of the image protected by one agent, one protect call after the other without waiting (so their initial syncs overlap), policy rp-every 1h; the repository is sized (allocated bytes, as above) after every machine has its first point and the controller stopped. One run.", b.cfg.Machines)
+	s.addf("- %s.", res.repo)
+	s.addf("- anchor: `zstd -q -1` of one image: %.1f MB", float64(b.zstdImage)/1e6)
+	s.addf("- all %d first points took %s from the first protect call; proxy bytes: %.1f MB (%.2f × one image's allocated %.1f MB)",
+		b.cfg.Machines, res.took.Round(time.Millisecond), float64(res.wire)/1e6, float64(res.wire)/float64(alloc), float64(alloc)/1e6)
+	b.details = append(b.details, s)
+	return nil
+}

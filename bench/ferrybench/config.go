@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+)
+
+// Case names, as -cases takes them.
+const (
+	caseSync    = "sync"    // initial sync, delta cycle, delta bytes (one run feeds three rows)
+	caseScan    = "scan"    // delta cycle on ext4: the hash-scan path
+	caseRPO     = "rpo"     // RPO under churn
+	caseStorage = "storage" // repository bytes after initial + N deltas
+	caseDedup   = "dedup"   // repository bytes after protecting clones of one image
+	caseMemory  = "memory"  // agent peak RSS during a large initial sync
+)
+
+var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory}
+
+// Config is what one invocation measures. BENCHMARKS.md's values are the
+// defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.
+type Config struct {
+	Bin     string // directory holding ferry and ferry-agent
+	Work    string // scratch directory: loop images, mounts, logs, profiles
+	Results string // markdown file the report is written to ("" = none)
+
+	Size      int64         // image size of every case but memory
+	Runs      int           // runs per timed case; medians are over these
+	MemSize   int64         // image size of the agent-memory case
+	ChurnFor  time.Duration // how long the churn writer runs
+	ChurnRate int64         // churn bytes per second (4 KiB random writes)
+	Sample    time.Duration // RPO sampling period
+	RPEvery   time.Duration // policy rp-every during churn
+	Deltas    int           // delta cycles of the storage-efficiency case
+	Machines  int           // clones protected in the dedup case
+	Fraction  float64       // delta size as a fraction of the image
+	BlockSize int           // the policy's block size (the anchor of storage efficiency uses it too)
+	Seed      uint64        // image seed; deltas derive theirs from it
+	Poll      time.Duration // how often `points list` is polled while timing
+
+	Cases   []string // which cases to run (default all)
+	Profile bool     // rerun MISS cases with --cpu-profile
+	TopN    int      // profile entries kept per process
+
+	Logger *slog.Logger // progress; nil discards
+}
+
+// DefaultConfig is the full run of BENCHMARKS.md.
+func DefaultConfig() Config {
+	return Config{
+		Bin: "bin", Work: "bench/work",
+		Size: 2 << 30, Runs: 3, MemSize: 16 << 30,
+		ChurnFor: 60 * time.Second, ChurnRate: 20_000_000, Sample: 100 * time.Millisecond, RPEvery: 2 * time.Second,
+		Deltas: 10, Machines: 4, Fraction: 0.01, BlockSize: 64 << 10, Seed: 1,
+		Poll:  25 * time.Millisecond,
+		Cases: slices.Clone(allCases), Profile: true, TopN: 15,
+	}
+}
+
+// QuickConfig is a smoke run: every case, small sizes, one run.
+func QuickConfig() Config {
+	c := DefaultConfig()
+	c.Size, c.MemSize, c.Runs = 256<<20, 1<<30, 1
+	c.ChurnFor, c.Deltas, c.Machines = 10*time.Second, 3, 4
+	return c
+}
+
+// Validate checks the configuration and fills the logger.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Bin == "" || c.Work == "" {
+		errs = append(errs, errors.New("-bin and -work are required"))
+	}
+	if c.Size < 64<<20 || c.Size%int64(c.BlockSize) != 0 {
+		errs = append(errs, fmt.Errorf("-size %d: want at least 64 MiB and a multiple of the block size", c.Size))
+	}
+	if c.MemSize < 64<<20 || c.MemSize%int64(c.BlockSize) != 0 {
+		errs = append(errs, fmt.Errorf("-mem-size %d: want at least 64 MiB and a multiple of the block size", c.MemSize))
+	}
+	if c.BlockSize < 4<<10 || c.BlockSize > 1<<20 || c.BlockSize&(c.BlockSize-1) != 0 {
+		errs = append(errs, fmt.Errorf("block size %d: want a power of two from 4 KiB to 1 MiB", c.BlockSize))
+	}
+	if c.Runs < 1 || c.Deltas < 1 || c.Machines < 2 {
+		errs = append(errs, errors.New("-runs and -deltas must be at least 1, -machines at least 2"))
+	}
+	if c.ChurnFor < time.Second || c.ChurnRate <= 0 || c.Sample <= 0 || c.RPEvery < time.Second {
+		errs = append(errs, errors.New("-churn must be at least 1s, -churn-rate and the sampling period positive, rp-every at least 1s"))
+	}
+	if c.Fraction <= 0 || c.Fraction > 0.5 {
+		errs = append(errs, fmt.Errorf("delta fraction %g: want (0, 0.5]", c.Fraction))
+	}
+	if c.Poll < 5*time.Millisecond || c.Poll > 50*time.Millisecond {
+		errs = append(errs, fmt.Errorf("poll period %s: BENCHMARKS.md wants 20–50 ms (5 ms at least)", c.Poll))
+	}
+	for _, k := range c.Cases {
+		if !slices.Contains(allCases, k) {
+			errs = append(errs, fmt.Errorf("-cases: unknown case %q (have %v)", k, allCases))
+		}
+	}
+	if c.TopN < 1 {
+		c.TopN = 15
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) has(k string) bool { return slices.Contains(c.Cases, k) }

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// parseFlags fills a Config from the command line; -quick starts from
+// QuickConfig and the other flags still override it.
+func parseFlags(args []string, stderr io.Writer) (Config, error) {
+	quick := false
+	for _, a := range args {
+		if a == "-quick" || a == "--quick" || a == "-quick=true" || a == "--quick=true" {
+			quick = true
+		}
+	}
+	cfg := DefaultConfig()
+	if quick {
+		cfg = QuickConfig()
+	}
+	fs := flag.NewFlagSet("ferrybench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Bool("quick", false, "smoke run: small sizes, one run (the other flags still apply)")
+	fs.StringVar(&cfg.Bin, "bin", cfg.Bin, "directory holding ferry and ferry-agent (make build)")
+	fs.StringVar(&cfg.Work, "work", cfg.Work, "scratch directory for loop images, mounts, logs and profiles")
+	fs.StringVar(&cfg.Results, "results", cfg.Results, "also write the report to this markdown file")
+	fs.Int64Var(&cfg.Size, "size", cfg.Size, "image size in bytes (all cases but memory)")
+	fs.IntVar(&cfg.Runs, "runs", cfg.Runs, "runs per timed case (medians)")
+	fs.Int64Var(&cfg.MemSize, "mem-size", cfg.MemSize, "image size in bytes of the agent-memory case")
+	fs.DurationVar(&cfg.ChurnFor, "churn", cfg.ChurnFor, "how long the churn writer runs in the RPO case")
+	fs.Int64Var(&cfg.ChurnRate, "churn-rate", cfg.ChurnRate, "churn rate in bytes per second")
+	fs.IntVar(&cfg.Deltas, "deltas", cfg.Deltas, "delta cycles of the storage-efficiency case")
+	fs.IntVar(&cfg.Machines, "machines", cfg.Machines, "clones protected in the dedup case")
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "workload seed")
+	fs.DurationVar(&cfg.Poll, "poll", cfg.Poll, "how often points are polled while timing (20–50 ms)")
+	fs.BoolVar(&cfg.Profile, "profile", cfg.Profile, "rerun each MISS under --cpu-profile and report the top entries")
+	fs.IntVar(&cfg.TopN, "top", cfg.TopN, "profile entries reported per process and view")
+	cases := fs.String("cases", strings.Join(cfg.Cases, ","), "comma-separated cases to run, of "+strings.Join(allCases, ","))
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	cfg.Cases = strings.Split(*cases, ",")
+	return cfg, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		return 2
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(stderr, "ferrybench:", err)
+		return 2
+	}
+	b, err := newBench(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "ferrybench:", err)
+		return 1
+	}
+	started := time.Now()
+	runErr := b.run(ctx)
+	var w strings.Builder
+	b.report(&w, started)
+	fmt.Fprint(stdout, w.String())
+	if cfg.Results != "" {
+		if err := os.WriteFile(cfg.Results, []byte(w.String()), 0o644); err != nil {
+			fmt.Fprintln(stderr, "ferrybench:", err)
+			return 1
+		}
+	}
+	if runErr != nil {
+		fmt.Fprintln(stderr, "ferrybench:", runErr)
+		return 1
+	}
+	return 0
+}

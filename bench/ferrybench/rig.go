@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/admin"
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/protocol/faultnet"
+)
+
+// rig is one controller and one enrolled agent whose every byte passes
+// through a counting proxy, all living in one directory.
+type rig struct {
+	bin     string
+	dir     string // data: controller data and agent state
+	logDir  string // logs and CPU profiles (kept after the run)
+	data    string // controller data directory (its repository is data/repository)
+	state   string // agent state directory
+	name    string // agent name
+	ctl     *proc
+	agent   *proc
+	ctlAddr string
+	admin   string
+	proxy   *faultnet.Proxy
+	cl      *admin.Client
+	starts  int
+	// agentEnv is added to the agent's environment (GODEBUG=gctrace=1 in
+	// the memory case).
+	agentEnv []string
+	// profiles written by processes started with profiling, with the
+	// binary that wrote each: profile path → binary path.
+	profiles []profileFile
+}
+
+type profileFile struct {
+	Proc, Path, Bin string
+}
+
+var listeningRE = regexp.MustCompile(`listening on (\S+)`)
+
+// rigOptions shape a rig's processes.
+type rigOptions struct {
+	profile  bool     // run both under --cpu-profile from the start
+	agentEnv []string // added to the agent's environment
+}
+
+// startRig starts a controller, a proxy in front of it and an agent
+// enrolled through the proxy, and waits until the agent is connected. Data
+// lives in dir, logs and profiles in logDir.
+func startRig(ctx context.Context, bin, dir, logDir string, o rigOptions) (r *rig, err error) {
+	r = &rig{bin: bin, dir: dir, logDir: logDir, data: filepath.Join(dir, "ctl"), state: filepath.Join(dir, "agent"), name: "bench-agent", agentEnv: o.agentEnv}
+	profile := o.profile
+	r.admin = filepath.Join(r.data, "admin.sock")
+	if len(r.admin) > 100 {
+		return nil, fmt.Errorf("admin socket path %s is too long for a Unix socket: use a shorter -work", r.admin)
+	}
+	for _, d := range []string{r.data, logDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	if err = r.startController(ctx, profile); err != nil {
+		return r, err
+	}
+	if r.proxy, err = faultnet.Listen(r.ctlAddr, nil); err != nil {
+		return r, err
+	}
+	tok, err := r.cl.CreateToken(ctx, api.CreateTokenRequest{TTL: api.Duration(time.Hour), Uses: 1})
+	if err != nil {
+		return r, fmt.Errorf("create token: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(bin, "ferry-agent"), "enroll", "--controller", r.proxy.Addr(),
+		"--token", tok.Token, "--name", r.name, "--state-dir", r.state).CombinedOutput()
+	if err != nil {
+		return r, &CmdError{Cmd: "ferry-agent enroll", Output: string(out), Err: err}
+	}
+	if err = r.startAgent(ctx, profile); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+func (r *rig) logPath(what string) string {
+	return filepath.Join(r.logDir, fmt.Sprintf("%s-%d.log", what, r.starts))
+}
+
+// startController starts `ferry serve` (on the address it had, after a
+// restart, so the proxy's target stays right).
+func (r *rig) startController(ctx context.Context, profile bool) error {
+	r.starts++
+	listen := r.ctlAddr
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	args := []string{"serve", "--data", r.data, "--listen", listen, "--admin-socket", r.admin, "--log-level", "info"}
+	if profile {
+		p := filepath.Join(r.logDir, fmt.Sprintf("controller-%d.prof", r.starts))
+		args = append(args, "--cpu-profile", p)
+		r.profiles = append(r.profiles, profileFile{Proc: "controller (ferry serve)", Path: p, Bin: filepath.Join(r.bin, "ferry")})
+	}
+	p, err := startProc("controller", r.logPath("controller"), nil, filepath.Join(r.bin, "ferry"), args...)
+	if err != nil {
+		return err
+	}
+	r.ctl = p
+	m, err := p.waitOutput(ctx, listeningRE, 60*time.Second)
+	if err != nil {
+		return err
+	}
+	r.ctlAddr = m[1]
+	if r.cl == nil {
+		if r.cl, err = admin.NewClient(admin.ClientConfig{Address: r.admin}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startAgent starts `ferry-agent run` and waits until the controller lists
+// it as connected.
+func (r *rig) startAgent(ctx context.Context, profile bool) error {
+	args := []string{"run", "--state-dir", r.state, "--log-level", "info"}
+	if profile {
+		p := filepath.Join(r.logDir, fmt.Sprintf("agent-%d.prof", r.starts))
+		args = append(args, "--cpu-profile", p)
+		r.profiles = append(r.profiles, profileFile{Proc: "agent (ferry-agent run)", Path: p, Bin: filepath.Join(r.bin, "ferry-agent")})
+	}
+	p, err := startProc("agent", r.logPath("agent"), r.agentEnv, filepath.Join(r.bin, "ferry-agent"), args...)
+	if err != nil {
+		return err
+	}
+	r.agent = p
+	err = poll(ctx, 60*time.Second, 50*time.Millisecond, func() (bool, error) {
+		if p.exited() {
+			return false, fmt.Errorf("agent exited (log %s)", p.logPath)
+		}
+		as, err := r.cl.Agents(ctx)
+		if err != nil {
+			return false, nil // the controller may still be opening
+		}
+		for _, a := range as {
+			if a.Name == r.name && a.Connected {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("agent never connected: %w", err)
+	}
+	return nil
+}
+
+// restart stops both processes (SIGTERM: profiles are flushed) and starts
+// them again on the same data, optionally profiling from now on.
+func (r *rig) restart(ctx context.Context, profile bool) error {
+	r.stopProcs()
+	if err := r.startController(ctx, profile); err != nil {
+		return err
+	}
+	return r.startAgent(ctx, profile)
+}
+
+func (r *rig) stopProcs() {
+	if r.agent != nil {
+		r.agent.stop(30 * time.Second)
+	}
+	if r.ctl != nil {
+		r.ctl.stop(60 * time.Second)
+	}
+}
+
+// close stops everything the rig started.
+func (r *rig) close() {
+	r.stopProcs()
+	if r.proxy != nil {
+		r.proxy.Close()
+	}
+}
+
+// wire is every byte the proxy forwarded so far, both directions.
+func (r *rig) wire() (total, up int64) {
+	u, d := r.proxy.Bytes()
+	return u + d, u
+}
+
+func (r *rig) createPolicy(ctx context.Context, name string, every time.Duration, blockSize int) error {
+	p := api.DefaultPolicy(name)
+	p.RPEvery, p.BlockSize = api.Duration(every), blockSize
+	if _, err := r.cl.CreatePolicy(ctx, p); err != nil {
+		return fmt.Errorf("create policy %s: %w", name, err)
+	}
+	return nil
+}
+
+// setRPEvery changes a policy's frequency. The controller pushes the new
+// configuration to the agent before it answers; from a long rp-every to 1s
+// this is how a cycle is triggered now (the machine loop's next cycle is
+// due at once).
+func (r *rig) setRPEvery(ctx context.Context, policy string, every time.Duration) error {
+	d := api.Duration(every)
+	if _, err := r.cl.UpdatePolicy(ctx, policy, api.PolicyUpdate{RPEvery: &d}); err != nil {
+		return fmt.Errorf("update policy %s: %w", policy, err)
+	}
+	return nil
+}
+
+// protect protects a one-disk machine; status, if set, is its --status
+// command.
+func (r *rig) protect(ctx context.Context, machine, path, policy, status string) error {
+	_, err := r.cl.Protect(ctx, api.ProtectRequest{
+		Machine: machine, Agent: r.name, Policy: policy,
+		Disks:  []api.DiskRef{{Name: "d0", Path: path}},
+		Driver: api.Driver{Status: status},
+	})
+	if err != nil {
+		return fmt.Errorf("protect %s: %w", machine, err)
+	}
+	return nil
+}
+
+// waitPoint polls the machine's points every period until the newest has
+// an id above after, and returns it with the moment it was first listed.
+func (r *rig) waitPoint(ctx context.Context, machine string, after int64, period, timeout time.Duration) (api.Point, time.Time, error) {
+	var got api.Point
+	var at time.Time
+	err := poll(ctx, timeout, period, func() (bool, error) {
+		if r.agent.exited() || r.ctl.exited() {
+			return false, fmt.Errorf("a Ferry process exited (logs in %s)", r.logDir)
+		}
+		ps, err := r.cl.Points(ctx, machine)
+		now := time.Now()
+		if err != nil {
+			return false, fmt.Errorf("points list %s: %w", machine, err)
+		}
+		if len(ps) > 0 && ps[len(ps)-1].ID > after {
+			got, at = ps[len(ps)-1], now
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		return got, at, fmt.Errorf("waiting for a point of %s after %d: %w", machine, after, err)
+	}
+	return got, at, nil
+}
+
+// logLines are the lines of process what ("controller" or "agent") whose
+// msg is one of msgs, over every start so far.
+func (r *rig) logLines(what string, msgs ...string) ([]logLine, error) {
+	var out []logLine
+	for i := 1; i <= r.starts; i++ {
+		ls, err := readLog(filepath.Join(r.logDir, fmt.Sprintf("%s-%d.log", what, i)), msgs...)
+		if err != nil && !os.IsNotExist(err) {
+			return nil, err
+		}
+		out = append(out, ls...)
+	}
+	return out, nil
+}
+
+// exportPoint writes a point's disk with the CLI (`ferry points export`)
+// and returns the raw file's path.
+func (r *rig) exportPoint(ctx context.Context, machine string, point int64, dir string) (string, error) {
+	_, err := command(ctx, filepath.Join(r.bin, "ferry"), "--admin", r.admin, "points", "export", machine,
+		"--point", fmt.Sprint(point), "--out", dir)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "d0.raw"), nil
+}
+
+// rigUsage is what both Ferry processes consumed so far.
+type rigUsage struct{ agent, ctl usage }
+
+func (r *rig) usage() (rigUsage, error) {
+	a, err1 := procUsage(r.agent.pid())
+	c, err2 := procUsage(r.ctl.pid())
+	return rigUsage{agent: a, ctl: c}, errors.Join(err1, err2)
+}
+
+func (u rigUsage) sub(v rigUsage) rigUsage {
+	return rigUsage{agent: u.agent.sub(v.agent), ctl: u.ctl.sub(v.ctl)}
+}
+
+// describe says how busy a phase of wall time kept the processes: CPU
+// seconds of each, in cores, and the bytes each made the disks move.
+func (u rigUsage) describe(wall time.Duration) string {
+	busy := (u.agent.CPU + u.ctl.CPU).Seconds() / wall.Seconds()
+	return fmt.Sprintf("CPU agent %.2f s + controller %.2f s in %.2f s wall = %.2f of %d cores busy; disk: agent read %.1f MB, controller read %.1f MB and wrote %.1f MB",
+		u.agent.CPU.Seconds(), u.ctl.CPU.Seconds(), wall.Seconds(), busy, runtime.NumCPU(),
+		float64(u.agent.ReadBytes)/1e6, float64(u.ctl.ReadBytes)/1e6, float64(u.ctl.WriteBytes)/1e6)
+}
+
+// cycle is one measured cycle: its point, the wall time from the trigger
+// to the point being listed, and what the processes consumed meanwhile.
+type cycle struct {
+	point    api.Point
+	took     time.Duration
+	use      rigUsage
+	wire, up int64 // proxy bytes, both ways and agent → controller
+}
+
+// oneCycle makes the agent run one cycle of machine (whose newest point is
+// after) and times it to the moment `points list` shows its point. The
+// trigger is the policy update rp-every 1h → 1s (see setRPEvery); the
+// policy goes back to 1h once the point is listed. With profile, the
+// processes are instead restarted under --cpu-profile: an agent's machine
+// loop runs a cycle as soon as it starts, so the profiles cover start-up
+// and that one cycle, and the time includes the start-up.
+func (r *rig) oneCycle(ctx context.Context, machine, policy string, after int64, period time.Duration, profile bool) (cycle, error) {
+	var c cycle
+	u0, err := r.usage()
+	if err != nil {
+		return c, err
+	}
+	w0, up0 := r.wire()
+	t0 := time.Now()
+	if profile {
+		if err := r.restart(ctx, true); err != nil {
+			return c, err
+		}
+		u0 = rigUsage{} // new processes: count from their start
+	} else if err := r.setRPEvery(ctx, policy, time.Second); err != nil {
+		return c, err
+	}
+	pt, t1, err := r.waitPoint(ctx, machine, after, period, time.Hour)
+	if err != nil {
+		return c, err
+	}
+	w1, up1 := r.wire()
+	c.point, c.took, c.wire, c.up = pt, t1.Sub(t0), w1-w0, up1-up0
+	u1, err := r.usage()
+	if err != nil {
+		return c, err
+	}
+	c.use = u1.sub(u0)
+	if !profile {
+		err = r.setRPEvery(ctx, policy, time.Hour)
+	}
+	return c, err
+}
