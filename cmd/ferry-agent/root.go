@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/installer"
 	"github.com/ferrydr/ferry/internal/buildinfo"
 	"github.com/ferrydr/ferry/internal/profiling"
 )
@@ -46,6 +47,10 @@ at the recovery site.`,
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
 	}
 	fmt.Fprintln(stderr, "ferry-agent:", err)
 	var ue *usageError
@@ -89,20 +94,40 @@ type runOptions struct {
 	cfg        agent.Config
 	logLevel   string
 	cpuProfile string
+	// Service-side options (service.go).
+	configFile string
+	supervise  bool
+	trial      time.Duration
+	logFile    string
 }
 
 func newRunCommand(g *globals) *cobra.Command {
 	o := runOptions{cfg: agent.DefaultConfig()}
 	cmd := &cobra.Command{
-		Use:   "run [--state-dir DIR]",
+		Use:   "run [--state-dir DIR] [--config FILE] [--supervise]",
 		Short: "Run in the foreground (what the service runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if err := applyConfigFile(c, &o); err != nil {
+				return err
+			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 				return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
 			}
-			o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			logOut, closeLog, err := logOutput(&o)
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			o.cfg.Logger = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+			if o.supervise {
+				return runSupervisor(c.Context(), &o, logOut)
+			}
+			ctx, restart, err := superviseChild(c.Context(), &o)
+			if err != nil {
+				return err
+			}
 			stop, err := profiling.Start(o.cpuProfile)
 			if err != nil {
 				return err
@@ -112,7 +137,11 @@ func newRunCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.Run(c.Context())
+			err = a.Run(ctx)
+			if restart() {
+				return &exitError{installer.ExitRestart}
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -121,6 +150,7 @@ func newRunCommand(g *globals) *cobra.Command {
 	f.IntVar(&o.cfg.Streams, "streams", o.cfg.Streams, "data streams per cycle")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
+	addRunServiceFlags(cmd, &o)
 	return cmd
 }
 
