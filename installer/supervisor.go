@@ -109,6 +109,7 @@ func Supervise(ctx context.Context, cfg SupervisorConfig) error {
 	backoff := cfg.MinBackoff
 	for ctx.Err() == nil {
 		trial := s.prepare()
+		trialEnd := cfg.Now().Add(cfg.Trial)
 		started := cfg.Now()
 		c, err := s.start()
 		if err != nil {
@@ -118,7 +119,7 @@ func Supervise(ctx context.Context, cfg SupervisorConfig) error {
 			}
 			s.log.Error("cannot start the agent", "binary", cfg.Binary, "err", err)
 		} else {
-			if trial != nil && !s.watchTrial(ctx, c, trial) {
+			if trial != nil && !s.watchTrial(ctx, c, trial, trialEnd.Sub(cfg.Now())) {
 				if ctx.Err() != nil {
 					s.stop(c)
 					return nil
@@ -217,8 +218,8 @@ func (s *supervisor) rollback(rec *msg.UpgradeRecord, reason string) {
 // watchTrial waits for the controller's commit of the binary on trial. It
 // returns true once committed; false after a rollback, or when ctx ended
 // (the trial then resumes with the next start).
-func (s *supervisor) watchTrial(ctx context.Context, c *child, rec *msg.UpgradeRecord) bool {
-	deadline := time.NewTimer(time.Until(time.Unix(rec.TrialUntil, 0)))
+func (s *supervisor) watchTrial(ctx context.Context, c *child, rec *msg.UpgradeRecord, left time.Duration) bool {
+	deadline := time.NewTimer(left)
 	defer deadline.Stop()
 	tick := time.NewTicker(s.cfg.Poll)
 	defer tick.Stop()
