@@ -91,6 +91,12 @@ type TargetDriverRequest struct {
 	Commands Driver            `json:"commands"` // the target's exec driver
 	Env      map[string]string `json:"env"`      // FERRY_JOB, FERRY_KIND, FERRY_MACHINE, FERRY_TEST, FERRY_DISKS, …
 	TimeoutS int               `json:"timeout_s,omitempty"`
+	// Ref names the disk set the machine runs on. Before running "start"
+	// the agent marks that set Written (durably), so a later move of it
+	// needs Force. Without Ref, Env["FERRY_SET"] names the set, in the
+	// directory Env["FERRY_DIR"] of machine Env["FERRY_MACHINE"] (else
+	// Machine). A start that names no set marks nothing.
+	Ref *TargetRef `json:"ref,omitempty"`
 }
 
 // TargetShipRequest ships a disk set as a cycle of machine Machine into
