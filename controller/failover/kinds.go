@@ -489,7 +489,7 @@ func (k *failoverKind) moveStep(ctx context.Context, r *jobs.Run, name string, m
 	}
 	cur, exists := st.Sets[from]
 	mv := Move{AgentID: md.TargetAgent, Ref: msg.TargetRef{Dir: md.Dir, Machine: name, Set: from}, Machine: name,
-		From: cur.Point, MovingTo: cur.MovingTo, To: md.Point, Create: !exists, JobID: r.ID(), Progress: r.Progress}
+		SetPoint: cur.Point, From: cur.Point, MovingTo: cur.MovingTo, To: md.Point, Create: !exists, JobID: r.ID(), Progress: r.Progress}
 	if cur.Written {
 		mv.From = 0
 	}
@@ -518,7 +518,8 @@ func (k *failoverKind) targetDriver(ctx context.Context, md *machineData, name s
 	}
 	var resp msg.DriverResponse
 	err = k.e.Agents.Call(ctx, md.TargetAgent, msg.MethodTargetDriver, msg.TargetDriverRequest{
-		Machine: md.DriverName, Action: action, Commands: msg.Driver(t.Exec), Env: env}, &resp)
+		Machine: md.DriverName, Action: action, Commands: msg.Driver(t.Exec), Env: env,
+		Ref: &msg.TargetRef{Dir: md.Dir, Machine: name, Set: md.Set}}, &resp)
 	return resp, err
 }
 
@@ -745,7 +746,7 @@ func (k *failoverKind) Rollback(ctx context.Context, r *jobs.Run) error {
 			continue
 		}
 		mv := Move{AgentID: md.TargetAgent, Ref: msg.TargetRef{Dir: md.Dir, Machine: name, Set: "staged"}, Machine: name,
-			From: staged.Point, MovingTo: staged.MovingTo, To: md.StagedFrom, JobID: r.ID()}
+			SetPoint: staged.Point, From: staged.Point, MovingTo: staged.MovingTo, To: md.StagedFrom, JobID: r.ID()}
 		if staged.Written {
 			mv.From = 0
 		}

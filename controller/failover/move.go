@@ -31,10 +31,13 @@ type Move struct {
 	AgentID string
 	Ref     msg.TargetRef
 	Machine string
-	// From is the point the set holds (0: empty or unknown — every block
-	// ever written is sent). MovingTo is an interrupted earlier move's
-	// destination: its blocks are rewritten too.
-	From, MovingTo, To int64
+	// SetPoint is the point the set's state says it holds. From is the
+	// point the diff starts from: normally SetPoint; 0 when the set's
+	// content is unknown (the machine wrote to it) — every block ever
+	// written is then sent; another point whose content the set is known to
+	// hold. MovingTo is an interrupted earlier move's destination: its
+	// blocks are rewritten too.
+	SetPoint, From, MovingTo, To int64
 	Create             bool
 	JobID              string // whose key reads an encrypted repository ("" for staging)
 	Progress           func(done, total int64)
@@ -127,8 +130,8 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		return res, err
 	}
 	defer st.Close()
-	hdr, _ := json.Marshal(msg.RestoreHeader{Ref: mv.Ref, From: mv.From, To: mv.To, Disks: disks,
-		Create: mv.Create, Force: mv.MovingTo != 0 || from != mv.From})
+	hdr, _ := json.Marshal(msg.RestoreHeader{Ref: mv.Ref, From: mv.SetPoint, To: mv.To, Disks: disks,
+		Create: mv.Create, Force: mv.MovingTo != 0 || from != mv.SetPoint})
 	fw := frame.NewWriter(st)
 	if err := fw.Write(msg.FrameRestoreHeader, hdr); err != nil {
 		return res, err

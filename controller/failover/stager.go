@@ -118,7 +118,7 @@ func (s *Stager) stage(ctx context.Context, name string) error {
 		return nil
 	}
 	mv := Move{AgentID: agentID, Ref: msg.TargetRef{Dir: t.Dir, Machine: name, Set: "staged"}, Machine: name,
-		From: set.Point, MovingTo: set.MovingTo, To: newest, Create: !ok}
+		SetPoint: set.Point, From: set.Point, MovingTo: set.MovingTo, To: newest, Create: !ok}
 	if set.Written {
 		mv.From = 0 // something wrote to it: rewrite everything ever written
 	}
