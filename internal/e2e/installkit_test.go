@@ -244,4 +244,13 @@ func childOf(t testing.TB, parent int) int {
 
 func syscallKill(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 
-func pidAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+// pidAlive: the process exists and is not a zombie waiting to be reaped.
+func pidAlive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
