@@ -52,8 +52,8 @@ func uninstallOnCleanup(t *testing.T, bin, name string) {
 // afterwards no file, rc link or process of the agent remains.
 func TestServiceLifecycleOnThisHost(t *testing.T) {
 	sys := requireHostServiceManager(t)
-	v1, v2, v3 := agentBuild(t, "e2e-life-1"), agentBuild(t, "e2e-life-2"), agentBuild(t, "e2e-life-3")
-	c := StartController(t, "--dist", makeDist(t, "e2e-life-3", v3))
+	v1, v2, v3 := agentBuild(t, "e2e-v1"), agentBuild(t, "e2e-v2"), agentBuild(t, "e2e-v3")
+	c := StartController(t, "--dist", makeDist(t, "e2e-v3", v3))
 	name := serviceName(t, "life")
 	require.Empty(t, serviceTraces(name), "leftovers of an earlier run")
 	uninstallOnCleanup(t, v1, name)
@@ -69,11 +69,11 @@ func TestServiceLifecycleOnThisHost(t *testing.T) {
 		out, code := runCmd(t, v1, "install", "--controller", c.Addr, "--token", c.Token(), "--name", "life", "--service-name", name)
 		require.Equal(t, 0, code, out)
 		require.Contains(t, out, "enrolled as life")
-		require.Contains(t, out, "installed "+installed+" (ferry-agent e2e-life-1)")
+		require.Contains(t, out, "installed "+installed+" (ferry-agent e2e-v1)")
 		require.Contains(t, out, "installed the "+sys+" service "+name)
 		require.Contains(t, out, "started "+name)
 	})
-	first := c.waitAgentVersion("life", "e2e-life-1", 30*time.Second)
+	first := c.waitAgentVersion("life", "e2e-v1", 30*time.Second)
 	require.Equal(t, "linux/"+goarch(), first.Platform)
 	if sys == "unix-systemv" {
 		require.FileExists(t, "/etc/init.d/"+name)
@@ -96,7 +96,7 @@ func TestServiceLifecycleOnThisHost(t *testing.T) {
 		p := childOfOrZero(supervisorPID(t, name))
 		return p != 0 && p != agentPID
 	}, 15*time.Second, 50*time.Millisecond, "the supervisor did not restart the killed agent")
-	c.waitAgentVersion("life", "e2e-life-1", 30*time.Second)
+	c.waitAgentVersion("life", "e2e-v1", 30*time.Second)
 
 	step("restart", func() {
 		before := supervisorPID(t, name)
@@ -105,25 +105,25 @@ func TestServiceLifecycleOnThisHost(t *testing.T) {
 		require.NotEqual(t, before, supervisorPID(t, name), "restart did not start a new process")
 		require.False(t, pidAlive(before))
 	})
-	c.waitAgentVersion("life", "e2e-life-1", 30*time.Second)
+	c.waitAgentVersion("life", "e2e-v1", 30*time.Second)
 
 	step("install a newer build over it", func() {
 		out, code := runCmd(t, v2, "install", "--service-name", name)
 		require.Equal(t, 0, code, out)
 		require.Contains(t, out, "keeping the enrolment as life ("+first.ID+")")
-		require.Contains(t, out, "replaced "+installed+" with ferry-agent e2e-life-2")
+		require.Contains(t, out, "replaced "+installed+" with ferry-agent e2e-v2")
 	})
-	second := c.waitAgentVersion("life", "e2e-life-2", 30*time.Second)
+	second := c.waitAgentVersion("life", "e2e-v2", 30*time.Second)
 	require.Equal(t, first.ID, second.ID, "the enrolment changed")
 
 	step("ferry agents upgrade", func() {
 		res, code := c.upgrade("life")
 		require.Equal(t, 0, code)
-		require.Equal(t, []upgradeResult{{Agent: "life", FromVersion: "e2e-life-2", ToVersion: "e2e-life-3", State: "upgraded"}}, res)
+		require.Equal(t, []upgradeResult{{Agent: "life", FromVersion: "e2e-v2", ToVersion: "e2e-v3", State: "upgraded"}}, res)
 	})
-	c.waitAgentVersion("life", "e2e-life-3", 30*time.Second)
+	c.waitAgentVersion("life", "e2e-v3", 30*time.Second)
 	out, _ := runCmd(t, installed, "version")
-	require.Equal(t, "e2e-life-3", strings.TrimSpace(out), "the installed binary is the pushed one")
+	require.Equal(t, "e2e-v3", strings.TrimSpace(out), "the installed binary is the pushed one")
 	require.Eventually(t, func() bool { _, err := os.Stat(installed + ".prev"); return os.IsNotExist(err) }, 10*time.Second, 50*time.Millisecond)
 	res, code := c.upgrade("--all")
 	require.Equal(t, 0, code)
@@ -151,7 +151,7 @@ func TestServiceLifecycleOnThisHost(t *testing.T) {
 // error; a refused token leaves nothing behind.
 func TestInstallRefusals(t *testing.T) {
 	requireHostServiceManager(t)
-	v1 := agentBuild(t, "e2e-life-1")
+	v1 := agentBuild(t, "e2e-v1")
 	c := StartController(t)
 	name := serviceName(t, "refuse")
 	uninstallOnCleanup(t, v1, name)
@@ -180,8 +180,8 @@ func TestInstallOneLiner(t *testing.T) {
 	requireHostServiceManager(t)
 	testenv.RequireTool(t, "curl")
 	testenv.RequireTool(t, "sha256sum")
-	bin := agentBuild(t, "e2e-oneliner")
-	dist := makeDist(t, "e2e-oneliner", bin)
+	bin := agentBuild(t, "e2e-v1")
+	dist := makeDist(t, "e2e-v1", bin)
 	c := StartController(t, "--dist", dist)
 	name := serviceName(t, "oneliner")
 	uninstallOnCleanup(t, bin, name)
@@ -253,11 +253,11 @@ func TestInstallOneLiner(t *testing.T) {
 			"ferry install: SHA-256 of " + hostDistFile() + " checked",
 			"enrolled as oneliner",
 			"started " + name,
-			"ferry install: done: ferry-agent e2e-oneliner runs as a service",
+			"ferry install: done: ferry-agent e2e-v1 runs as a service",
 		} {
 			require.Contains(t, out, want)
 		}
-		c.waitAgentVersion("oneliner", "e2e-oneliner", 30*time.Second)
+		c.waitAgentVersion("oneliner", "e2e-v1", 30*time.Second)
 		out, code = runCmd(t, "/usr/local/bin/"+name, "uninstall", "--purge", "--service-name", name)
 		require.Equal(t, 0, code, out)
 		noTrace("uninstall --purge")
