@@ -210,3 +210,24 @@ func TestDistFile(t *testing.T) {
 	require.Equal(t, "ferry-agent-linux-arm64", distFile("linux/arm64"))
 	require.Equal(t, "ferry-agent-windows-amd64.exe", distFile("windows/amd64"))
 }
+
+// FuzzParseSums: any SHA256SUMS parses or is refused, never panics, and what
+// it accepts are plain file names with 64-digit lower-case hex sums.
+func FuzzParseSums(f *testing.F) {
+	h := strings.Repeat("0f", 32)
+	f.Add(h + "  ferry-agent-linux-amd64\n")
+	f.Add(h + " *ferry-agent-windows-amd64.exe\r\n\n")
+	f.Add(strings.ToUpper(h) + "  a\n" + h + "  b\n")
+	f.Add(h + "  ../../etc/passwd\n")
+	f.Add("not a sums file")
+	f.Fuzz(func(t *testing.T, in string) {
+		sums, err := parseSums(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		for name, sum := range sums {
+			require.Regexp(t, distNameRE, name)
+			require.Regexp(t, `^[0-9a-f]{64}$`, sum)
+		}
+	})
+}
