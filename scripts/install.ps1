@@ -29,13 +29,6 @@ $FerrySpkiPrefix = [byte[]](@(@@FERRY_SPKI_PREFIX@@))
 
 function Say([string]$m) { Write-Host "ferry install: $m" }
 
-# Get-FerryKeyPin is the pin of a certificate: base64 SHA-256 of its SPKI.
-function Get-FerryKeyPin($cert) {
-	$spki = [byte[]]($FerrySpkiPrefix + $cert.GetPublicKey())
-	$sha = [Security.Cryptography.SHA256]::Create()
-	try { [Convert]::ToBase64String($sha.ComputeHash($spki)) } finally { $sha.Dispose() }
-}
-
 # Get-FerryTokenPin is the pin a token carries (its fifth field, unpadded
 # base64url), in standard base64.
 function Get-FerryTokenPin([string]$t) {
@@ -74,7 +67,13 @@ New-Item -ItemType Directory -Path $tmp | Out-Null
 try {
 	# TLS 1.3 (12288): the controller speaks nothing older.
 	[Net.ServicePointManager]::SecurityProtocol = $prevProtocol -bor 12288
-	[Net.ServicePointManager]::ServerCertificateValidationCallback = { param($s, $c) (Get-FerryKeyPin $c) -eq $FerryPin }
+	# The pin of the server's certificate: base64 SHA-256 of its SPKI. A
+	# closure, so the callback sees the pin and prefix wherever .NET runs it.
+	[Net.ServicePointManager]::ServerCertificateValidationCallback = {
+		param($s, $c)
+		$spki = [byte[]]($FerrySpkiPrefix + $c.GetPublicKey())
+		[Convert]::ToBase64String([Security.Cryptography.SHA256]::Create().ComputeHash($spki)) -eq $FerryPin
+	}.GetNewClosure()
 	$web = New-Object Net.WebClient
 	Say "this host is windows/$goarch; downloading $file from $Controller"
 	try {

@@ -1,6 +1,3 @@
-// Package scripts embeds the install scripts a controller serves at
-// /install.sh and /install.ps1, so the controller binary carries them. It
-// imports nothing of ours; cmd/ferry hands Files to the controller.
 package scripts
 
 import (
