@@ -136,10 +136,12 @@ func TestScale(t *testing.T) {
 }
 
 // mixedBlocks makes n 64 KiB blocks of the BENCHMARKS.md mix: 40% zero,
-// 30% text-like (zstd ratio about 2.3), 30% random.
+// 30% text-like, 30% random. The text is words drawn from a seeded
+// vocabulary of 2,000 random words, which gives a zstd ratio of about 2.3
+// (the bench prints the measured ratio of its text blocks).
 func mixedBlocks(n int) [][]byte {
 	rng := rand.New(rand.NewPCG(3, 4))
-	words := make([]string, 4096)
+	words := make([]string, 2000)
 	for i := range words {
 		w := make([]byte, 3+rng.IntN(8))
 		for j := range w {
@@ -221,11 +223,15 @@ func TestIngestThroughput(t *testing.T) {
 	// compression, 4 MiB writes each followed by fdatasync, like a batch).
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	var comp [][]byte
-	var compBytes int
+	var compBytes, textIn, textOut int
 	for _, b := range blocks {
 		c := enc.EncodeAll(b, nil)
 		comp = append(comp, c)
 		compBytes += len(c)
+		if !isZero(b) && len(c) < len(b)*9/10 {
+			textIn += len(b)
+			textOut += len(c)
+		}
 	}
 	out, err := os.Create(filepath.Join(dir, "plain.out"))
 	require.NoError(t, err)
@@ -253,7 +259,8 @@ func TestIngestThroughput(t *testing.T) {
 	fmt.Printf("| repository read-back (WriteTo, hash-checked) | %s |\n", mbps(readBack))
 	fmt.Printf("| anchor: zstd -1 CLI of the same bytes | %s |\n", mbps(zstdTime))
 	fmt.Printf("| anchor: fdatasync'd 4 MiB writes of the compressed bytes | %s |\n", mbps(plainWrite))
-	fmt.Printf("stored %d bytes in %d packs; zstd(fastest) of the mix: ratio %.2f\n", st.StoredBytes, st.Packs, total/float64(compBytes))
+	fmt.Printf("stored %d bytes in %d packs; zstd(fastest) ratio of the whole mix %.2f, of its text blocks %.2f\n",
+		st.StoredBytes, st.Packs, total/float64(compBytes), float64(textIn)/float64(max(textOut, 1)))
 }
 
 // BenchmarkWrite4MiB measures one 4 MiB Write batch of the mixed workload
