@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,12 +188,30 @@ func TestIngestThroughput(t *testing.T) {
 	p, err := r.BeginPoint(ctx, "ingest", []DiskSpec{disk})
 	require.NoError(t, err)
 	const batch = 64 // 4 MiB per Write: one fdatasync, one SQLite commit
-	for i := 0; i < n; i += batch {
-		var ws []BlockWrite
-		for j := i; j < min(i+batch, n); j++ {
-			ws = append(ws, chunkWrite("d0", int64(j), blocks[j]))
-		}
-		require.NoError(t, p.Write(ctx, ws))
+	// Several writers, as the controller has several data streams: one's
+	// hashing and compression overlaps another's fdatasync.
+	writers := envInt("FERRY_BENCH_WRITERS", 2)
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w * batch; i < n; i += writers * batch {
+				var ws []BlockWrite
+				for j := i; j < min(i+batch, n); j++ {
+					ws = append(ws, chunkWrite("d0", int64(j), blocks[j]))
+				}
+				if err := p.Write(ctx, ws); err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
 	}
 	pt, err := p.Commit(ctx, CommitInfo{Consistency: CrashConsistent})
 	require.NoError(t, err)
@@ -255,7 +274,7 @@ func TestIngestThroughput(t *testing.T) {
 		return fmt.Sprintf("%.0f", total/1e6/d.Seconds())
 	}
 	fmt.Printf("| case | MB/s (logical bytes) |\n|---|---|\n")
-	fmt.Printf("| repository ingest (verify+compress+pack+fdatasync+index), %d MiB | %s |\n", n/16, mbps(ingest))
+	fmt.Printf("| repository ingest (verify+compress+pack+fdatasync+index), %d MiB, %d writers | %s |\n", n/16, writers, mbps(ingest))
 	fmt.Printf("| repository read-back (WriteTo, hash-checked) | %s |\n", mbps(readBack))
 	fmt.Printf("| anchor: zstd -1 CLI of the same bytes | %s |\n", mbps(zstdTime))
 	fmt.Printf("| anchor: fdatasync'd 4 MiB writes of the compressed bytes | %s |\n", mbps(plainWrite))
