@@ -87,6 +87,42 @@ func TestWriteCommitRead(t *testing.T) {
 			}
 			require.Equal(t, wantDiff, diff)
 
+			// Backwards: the blocks that differ, with their content at the
+			// older point; and from the empty disk.
+			var back []int64
+			require.NoError(t, r.Diff(ctx, "m1", "sda", pts[3].ID, pts[0].ID, func(b int64, h Hash, zero bool) error {
+				back = append(back, b)
+				want := snaps[0][b*tbs : (b+1)*tbs]
+				if zero {
+					require.True(t, isZero(want))
+				} else {
+					require.Equal(t, Hash(blake3.Sum256(want)), h)
+				}
+				return nil
+			}))
+			require.Equal(t, wantDiff, back)
+			var fromEmpty []int64
+			require.NoError(t, r.Diff(ctx, "m1", "sda", 0, pts[1].ID, func(b int64, h Hash, zero bool) error {
+				fromEmpty = append(fromEmpty, b)
+				return nil
+			}))
+			// Blocks lists every written block, explicit zeros included; a
+			// diff from the empty disk lists the non-zero ones.
+			var written, nonZero []int64
+			d1, err := r.OpenDisk(ctx, pts[1].ID, "sda")
+			require.NoError(t, err)
+			require.NoError(t, d1.Blocks(ctx, func(b int64, h Hash, zero bool) error {
+				written = append(written, b)
+				want := snaps[1][b*tbs : (b+1)*tbs]
+				require.Equal(t, isZero(want), zero)
+				if !zero {
+					nonZero = append(nonZero, b)
+				}
+				return nil
+			}))
+			require.Greater(t, len(written), len(nonZero), "the test must include explicit zero blocks")
+			require.Equal(t, nonZero, fromEmpty)
+
 			// Delete middle points and the oldest; others read the same.
 			require.NoError(t, r.DeletePoint(ctx, pts[2].ID))
 			n, err := r.Prune(ctx, "m1", time.Unix(1002, 1))
