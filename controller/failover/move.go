@@ -148,8 +148,8 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		if len(batch.Blocks) == 0 {
 			return nil
 		}
+		batch.Seq = seq // batches count from 0; the barrier says how many
 		seq++
-		batch.Seq = seq
 		if err := fw.WriteAppend(data.FrameBatch, batch.Append); err != nil {
 			return err
 		}
