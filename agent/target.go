@@ -2,16 +2,72 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 
+	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/protocol/rpc"
 	"github.com/ferrydr/ferry/protocol/session"
 )
 
 // handleTarget registers the recovery-site operations (protocol/msg
-// target.go) on the agent's RPC surface.
-func (a *Agent) handleTarget(m *rpc.Mux) {}
+// target.go) on the agent's RPC surface. The work is agent/apply's; errors
+// carry its codes: invalid for bad names or paths, not_found for a missing
+// set, exists for an occupied destination, failed_precondition for a set
+// that does not hold what the request assumes or a driver command that
+// failed, busy when the machine stayed held by another operation until the
+// caller gave up. target.ship is the controller side's to register.
+func (a *Agent) handleTarget(m *rpc.Mux) {
+	site := a.site()
+	m.Handle(msg.MethodTargetStatus, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetStatusRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		sets, err := site.Status(ctx, req.Dir, req.Machine)
+		if err != nil {
+			return nil, err
+		}
+		return msg.TargetStatusResponse{Sets: sets, BytesWritten: site.BytesWritten()}, nil
+	})
+	m.Handle(msg.MethodTargetPromote, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetRef](body)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, site.Promote(ctx, req.Dir, req.Machine)
+	})
+	m.Handle(msg.MethodTargetDemote, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetRef](body)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, site.Demote(ctx, req.Dir, req.Machine)
+	})
+	m.Handle(msg.MethodTargetClone, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetCloneRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		return site.Clone(ctx, req.Dir, req.Machine, req.To)
+	})
+	m.Handle(msg.MethodTargetRemove, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetRef](body)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, site.Remove(ctx, req)
+	})
+	m.Handle(msg.MethodTargetDriver, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetDriverRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		return runTargetDriver(ctx, site, req)
+	})
+}
 
-// serveRestore applies a restore stream to a disk set.
+// serveRestore applies a restore stream to a disk set; apply.Site answers
+// with the ack or an error frame, and logs the outcome.
 func (a *Agent) serveRestore(ctx context.Context, st *session.Stream) {
-	st.Reset(nil)
+	_, _ = a.site().ServeRestore(ctx, st)
 }
