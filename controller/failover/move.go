@@ -38,9 +38,9 @@ type Move struct {
 	// hold. MovingTo is an interrupted earlier move's destination: its
 	// blocks are rewritten too.
 	SetPoint, From, MovingTo, To int64
-	Create             bool
-	JobID              string // whose key reads an encrypted repository ("" for staging)
-	Progress           func(done, total int64)
+	Create                       bool
+	JobID                        string // whose key reads an encrypted repository ("" for staging)
+	Progress                     func(done, total int64)
 }
 
 // MoveResult says what a move sent.
