@@ -377,6 +377,7 @@ func (c *core) dropStep(ctx context.Context, machine string, disk, t int64, owne
 		seq := t
 		if owner == "x" {
 			if X == 0 {
+				done = true // nothing after t: no row of X to revisit
 				return nil
 			}
 			seq = X
