@@ -52,7 +52,7 @@ func (b *bench) memRun(ctx context.Context) (res memRun, err error) {
 	if err != nil {
 		return res, err
 	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{agentEnv: []string{"GODEBUG=gctrace=1"}})
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{agentEnv: []string{"GODEBUG=gctrace=1"}, stall: b.cfg.Stall})
 	if err != nil {
 		return res, err
 	}

@@ -38,7 +38,7 @@ func (b *bench) rpoRun(ctx context.Context, profile phase) (res rpoRun, err erro
 	if err := reflinkCopy(b.pristine, img); err != nil {
 		return res, err
 	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{})
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{stall: b.cfg.Stall})
 	if err != nil {
 		return res, err
 	}

@@ -40,7 +40,7 @@ func (b *bench) scanRun(ctx context.Context, i int, profile phase) (res scanRun,
 	if err := os.WriteFile(power, []byte("stopped\n"), 0o644); err != nil {
 		return res, err
 	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{})
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{stall: b.cfg.Stall})
 	if err != nil {
 		return res, err
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/internal/workload"
 )
 
@@ -58,7 +59,7 @@ func (b *bench) storageRun(ctx context.Context, profile phase) (res storageRun, 
 	if err := reflinkCopy(b.pristine, img); err != nil {
 		return res, err
 	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{})
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{stall: b.cfg.Stall})
 	if err != nil {
 		return res, err
 	}
@@ -97,12 +98,8 @@ func (b *bench) storageRun(ctx context.Context, profile phase) (res storageRun, 
 			return res, err
 		}
 		res.anchorDeltas = append(res.anchorDeltas, n)
-		err = poll(ctx, time.Hour, b.cfg.Poll, func() (bool, error) {
-			ps, err := r.cl.Points(ctx, "m")
-			if err != nil {
-				return false, err
-			}
-			return len(ps) > 0 && ps[len(ps)-1].Time.After(synced), nil
+		err = r.waitPoints(ctx, "m", b.cfg.Poll, time.Hour, func(ps []api.Point, _ time.Time) bool {
+			return len(ps) > 0 && ps[len(ps)-1].Time.After(synced)
 		})
 		if err != nil {
 			return res, fmt.Errorf("waiting for the point of delta %d: %w", k, err)
@@ -174,7 +171,7 @@ func (b *bench) dedupRun(ctx context.Context, profile phase) (res dedupRun, err 
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{profile: profile != phaseNone})
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{profile: profile != phaseNone, stall: b.cfg.Stall})
 	if err != nil {
 		return res, err
 	}

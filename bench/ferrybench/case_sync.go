@@ -61,7 +61,7 @@ func (b *bench) syncRun(ctx context.Context, i int, o syncOptions) (res syncRun,
 	if err := reflinkCopy(b.pristine, img); err != nil {
 		return res, err
 	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{profile: o.profile == phaseInitial})
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{profile: o.profile == phaseInitial, stall: b.cfg.Stall})
 	if err != nil {
 		return res, err
 	}

@@ -40,6 +40,7 @@ type Config struct {
 	BlockSize int           // the policy's block size (the anchor of storage efficiency uses it too)
 	Seed      uint64        // image seed; deltas derive theirs from it
 	Poll      time.Duration // how often `points list` is polled while timing
+	Stall     time.Duration // a wait for a point fails after this long without traffic
 
 	Cases   []string // which cases to run (default all)
 	Profile bool     // rerun MISS cases with --cpu-profile
@@ -55,7 +56,7 @@ func DefaultConfig() Config {
 		Size: 2 << 30, Runs: 3, MemSize: 16 << 30,
 		ChurnFor: 60 * time.Second, ChurnRate: 20_000_000, Sample: 100 * time.Millisecond, RPEvery: 2 * time.Second,
 		Deltas: 10, Machines: 4, Fraction: 0.01, BlockSize: 64 << 10, Seed: 1,
-		Poll:  25 * time.Millisecond,
+		Poll: 25 * time.Millisecond, Stall: 2 * time.Minute,
 		Cases: slices.Clone(allCases), Profile: true, TopN: 15,
 	}
 }
@@ -91,6 +92,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Fraction <= 0 || c.Fraction > 0.5 {
 		errs = append(errs, fmt.Errorf("delta fraction %g: want (0, 0.5]", c.Fraction))
+	}
+	if c.Stall < 10*time.Second {
+		errs = append(errs, fmt.Errorf("-stall %s: want at least 10s", c.Stall))
 	}
 	if c.Poll < 5*time.Millisecond || c.Poll > 50*time.Millisecond {
 		errs = append(errs, fmt.Errorf("poll period %s: BENCHMARKS.md wants 20–50 ms (5 ms at least)", c.Poll))

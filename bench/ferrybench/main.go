@@ -48,6 +48,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.Machines, "machines", cfg.Machines, "clones protected in the dedup case")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "workload seed")
 	fs.DurationVar(&cfg.Poll, "poll", cfg.Poll, "how often points are polled while timing (20–50 ms)")
+	fs.DurationVar(&cfg.Stall, "stall", cfg.Stall, "fail a wait for a point after this long with (almost) no traffic, dumping the processes' stacks")
 	fs.BoolVar(&cfg.Profile, "profile", cfg.Profile, "rerun each MISS under --cpu-profile and report the top entries")
 	fs.IntVar(&cfg.TopN, "top", cfg.TopN, "profile entries reported per process and view")
 	cases := fs.String("cases", strings.Join(cfg.Cases, ","), "comma-separated cases to run, of "+strings.Join(allCases, ","))

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/ferrydr/ferry/controller/admin"
@@ -35,6 +36,7 @@ type rig struct {
 	// agentEnv is added to the agent's environment (GODEBUG=gctrace=1 in
 	// the memory case).
 	agentEnv []string
+	stall    time.Duration
 	// profiles written by processes started with profiling, with the
 	// binary that wrote each: profile path → binary path.
 	profiles []profileFile
@@ -48,15 +50,20 @@ var listeningRE = regexp.MustCompile(`listening on (\S+)`)
 
 // rigOptions shape a rig's processes.
 type rigOptions struct {
-	profile  bool     // run both under --cpu-profile from the start
-	agentEnv []string // added to the agent's environment
+	profile  bool          // run both under --cpu-profile from the start
+	agentEnv []string      // added to the agent's environment
+	stall    time.Duration // see stallGuard (0: DefaultConfig's)
 }
 
 // startRig starts a controller, a proxy in front of it and an agent
 // enrolled through the proxy, and waits until the agent is connected. Data
 // lives in dir, logs and profiles in logDir.
 func startRig(ctx context.Context, bin, dir, logDir string, o rigOptions) (r *rig, err error) {
-	r = &rig{bin: bin, dir: dir, logDir: logDir, data: filepath.Join(dir, "ctl"), state: filepath.Join(dir, "agent"), name: "bench-agent", agentEnv: o.agentEnv}
+	r = &rig{bin: bin, dir: dir, logDir: logDir, data: filepath.Join(dir, "ctl"), state: filepath.Join(dir, "agent"), name: "bench-agent",
+		agentEnv: o.agentEnv, stall: o.stall}
+	if r.stall <= 0 {
+		r.stall = DefaultConfig().Stall
+	}
 	profile := o.profile
 	r.admin = filepath.Join(r.data, "admin.sock")
 	if len(r.admin) > 100 {
@@ -233,11 +240,29 @@ func (r *rig) protect(ctx context.Context, machine, path, policy, status string)
 }
 
 // waitPoint polls the machine's points every period until the newest has
-// an id above after, and returns it with the moment it was first listed.
+// an id above after, and returns it with the moment it was first listed. It
+// fails when replication stalls (see stallGuard) or after timeout.
 func (r *rig) waitPoint(ctx context.Context, machine string, after int64, period, timeout time.Duration) (api.Point, time.Time, error) {
 	var got api.Point
 	var at time.Time
-	err := poll(ctx, timeout, period, func() (bool, error) {
+	err := r.waitPoints(ctx, machine, period, timeout, func(ps []api.Point, now time.Time) bool {
+		if len(ps) > 0 && ps[len(ps)-1].ID > after {
+			got, at = ps[len(ps)-1], now
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		return got, at, fmt.Errorf("waiting for a point of %s after %d: %w", machine, after, err)
+	}
+	return got, at, nil
+}
+
+// waitPoints polls the machine's points every period until done says so;
+// now is the moment the list was returned.
+func (r *rig) waitPoints(ctx context.Context, machine string, period, timeout time.Duration, done func(ps []api.Point, now time.Time) bool) error {
+	guard := r.newStallGuard()
+	return poll(ctx, timeout, period, func() (bool, error) {
 		if r.agent.exited() || r.ctl.exited() {
 			return false, fmt.Errorf("a Ferry process exited (logs in %s)", r.logDir)
 		}
@@ -246,16 +271,68 @@ func (r *rig) waitPoint(ctx context.Context, machine string, after int64, period
 		if err != nil {
 			return false, fmt.Errorf("points list %s: %w", machine, err)
 		}
-		if len(ps) > 0 && ps[len(ps)-1].ID > after {
-			got, at = ps[len(ps)-1], now
+		if done(ps, now) {
 			return true, nil
 		}
-		return false, nil
+		return false, guard.check()
 	})
-	if err != nil {
-		return got, at, fmt.Errorf("waiting for a point of %s after %d: %w", machine, after, err)
+}
+
+// ErrStalled means replication stopped making progress while a point was
+// awaited.
+var ErrStalled = errors.New("replication stalled")
+
+// stallBytes is the least traffic through the proxy, per stall period,
+// that counts as progress (session keepalives are a few bytes a minute).
+const stallBytes = 64 << 10
+
+// stallGuard turns a hang of the system under test into a prompt failure
+// with evidence instead of a bench that waits for its timeout.
+type stallGuard struct {
+	r     *rig
+	last  int64
+	since time.Time
+}
+
+func (r *rig) newStallGuard() *stallGuard {
+	w, _ := r.wire()
+	return &stallGuard{r: r, last: w, since: time.Now()}
+}
+
+// check fails once fewer than stallBytes went through the proxy during the
+// last stall period; it first makes both processes print every
+// goroutine's stack into their logs (SIGQUIT), for whoever fixes the hang.
+func (g *stallGuard) check() error {
+	w, _ := g.r.wire()
+	if w-g.last >= stallBytes {
+		g.last, g.since = w, time.Now()
+		return nil
 	}
-	return got, at, nil
+	if time.Since(g.since) < g.r.stall {
+		return nil
+	}
+	g.r.dumpStacks()
+	return fmt.Errorf("%w: fewer than %d bytes through the proxy in %s; the goroutine stacks of both processes are at the end of %s and %s",
+		ErrStalled, stallBytes, g.r.stall, g.r.agent.logPath, g.r.ctl.logPath)
+}
+
+// dumpStacks sends SIGQUIT to both processes (the Go runtime prints every
+// goroutine's stack to stderr, which is the log, and exits) and waits.
+func (r *rig) dumpStacks() {
+	for _, p := range []*proc{r.agent, r.ctl} {
+		if p != nil && !p.exited() {
+			_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		}
+	}
+	for _, p := range []*proc{r.agent, r.ctl} {
+		if p != nil {
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				p.stop(time.Second)
+			}
+		}
+	}
 }
 
 // logLines are the lines of process what ("controller" or "agent") whose
