@@ -4,11 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 
+	"github.com/ferrydr/ferry/agent/apply"
 	"github.com/ferrydr/ferry/agent/snapshot"
-	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/protocol/rpc"
 )
@@ -34,18 +33,22 @@ func (a *Agent) handleShip(m *rpc.Mux) {
 		if err != nil {
 			return nil, err
 		}
-		dir := filepath.Join(req.Ref.Dir, req.Ref.Machine, req.Ref.Set)
-		b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+		dir, err := apply.SetDir(req.Ref.Dir, req.Ref.Machine, req.Ref.Set)
 		if err != nil {
-			return nil, protocol.Errorf(protocol.CodeNotFound, "disk set %s of %s: %v", req.Ref.Set, req.Ref.Machine, err)
+			return nil, err
 		}
-		var st msg.DiskSetState
-		if err := json.Unmarshal(b, &st); err != nil {
-			return nil, fmt.Errorf("disk set state: %w", err)
+		st, err := apply.ReadState(dir)
+		if err != nil {
+			return nil, fmt.Errorf("disk set %s of %s: %w", req.Ref.Set, req.Ref.Machine, err)
 		}
 		cfg := msg.MachineConfig{Name: req.Ref.Machine}
 		for _, d := range st.Disks {
-			cfg.Disks = append(cfg.Disks, msg.DiskConfig{Name: d.Name, Path: filepath.Join(dir, d.Name+".raw"), BlockSize: d.BlockSize})
+			// The machine ran on its format copy when the target wants one.
+			p, err := apply.RunningDiskPath(dir, d.Name)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Disks = append(cfg.Disks, msg.DiskConfig{Name: d.Name, Path: p, BlockSize: d.BlockSize})
 		}
 		id, err := a.runCycle(ctx, cycleParams{
 			cfg: cfg, driver: stopped{}, resync: true, name: req.Name,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 
+	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/protocol/rpc"
 	"github.com/ferrydr/ferry/protocol/session"
@@ -56,6 +57,13 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 			return nil, err
 		}
 		return struct{}{}, site.Remove(ctx, req)
+	})
+	m.Handle(msg.MethodTargetConvert, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetConvertRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		return site.Convert(ctx, req.Ref, disk.Format(req.Format))
 	})
 	m.Handle(msg.MethodTargetDriver, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.TargetDriverRequest](body)

@@ -31,8 +31,10 @@ func (s *Server) AddTarget(ctx context.Context, t api.Target) (api.Target, error
 	if t.Format == "" {
 		t.Format = "raw"
 	}
-	if t.Format != "raw" {
-		return t, api.Errorf(api.CodeInvalid, "target format %q is not available yet: failed-over disks are sparse raw files", t.Format)
+	switch t.Format {
+	case "raw", "qcow2", "vhdx", "vmdk":
+	default:
+		return t, api.Errorf(api.CodeInvalid, "target format %q: want raw, qcow2, vhdx or vmdk", t.Format)
 	}
 	if t.Exec.Start == "" {
 		return t, api.Errorf(api.CodeInvalid, "the exec driver needs at least --start")

@@ -286,6 +286,11 @@ func (d *DiskSet) BeginMove(to int64, disks []msg.TargetDisk) error {
 		return err
 	}
 	d.state = next
+	// Format copies (Convert) hold the old point: gone before any block
+	// of the new one lands.
+	if err := removeConversions(d.dir); err != nil {
+		return err
+	}
 	return d.openFiles(true)
 }
 

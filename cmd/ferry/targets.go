@@ -13,7 +13,7 @@ func newTargetsCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "targets", Short: "Recovery-site targets: add, list, remove"}
 	var t api.Target
 	add := &cobra.Command{
-		Use:   "add NAME --agent AGENT --dir DIR [--driver exec] [--format raw] --start CMD [--stop CMD] [--status CMD] …",
+		Use:   "add NAME --agent AGENT --dir DIR [--driver exec] [--format raw|qcow2|vhdx|vmdk] --start CMD [--stop CMD] [--status CMD] …",
 		Short: "Bind a recovery-site agent, a directory for staged and failed-over disks, and a driver",
 		Long: `Add a target: the agent on a recovery-site host, the directory on that host
 where Ferry keeps staged replicas and failed-over disks, and the exec driver
@@ -45,7 +45,7 @@ failover sets FERRY_TEST=1 and must keep the machine off production networks.`,
 	f.StringVar(&t.Agent, "agent", "", "the recovery-site agent")
 	f.StringVar(&t.Dir, "dir", "", "directory on the agent's host for staged and failed-over disks")
 	f.StringVar(&t.Driver, "driver", "exec", "hypervisor driver: exec")
-	f.StringVar(&t.Format, "format", "raw", "disk format the driver wants: raw")
+	f.StringVar(&t.Format, "format", "raw", "disk format the driver starts machines on: raw, qcow2, vhdx or vmdk (the latter three are written from the raw set when the machine starts)")
 	f.StringVar(&t.Exec.Start, "start", "", "command that creates and starts a machine from FERRY_DISKS")
 	f.StringVar(&t.Exec.Stop, "stop", "", "command that stops a machine")
 	f.StringVar(&t.Exec.Status, "status", "", "command that prints running, stopped or absent")

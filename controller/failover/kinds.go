@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/controller/api"
@@ -523,7 +524,10 @@ func (k *failoverKind) targetDriver(ctx context.Context, md *machineData, name s
 	return resp, err
 }
 
-func (k *failoverKind) env(ctx context.Context, r *jobs.Run, md *machineData, name string) (map[string]string, error) {
+// env is the driver's environment for the machine's set. For a start
+// (starting) the disks are first written in the target's format when it is
+// not raw; other actions name the copies a start made.
+func (k *failoverKind) env(ctx context.Context, r *jobs.Run, md *machineData, name string, starting bool) (map[string]string, error) {
 	m, err := k.e.Cat.Machine(ctx, name)
 	if err != nil {
 		return nil, err
@@ -540,13 +544,42 @@ func (k *failoverKind) env(ctx context.Context, r *jobs.Run, md *machineData, na
 	for _, d := range st.Sets[md.Set].Disks {
 		paths = append(paths, d.Path)
 	}
+	if t.Format != "" && t.Format != "raw" {
+		if starting {
+			if paths, err = k.convert(ctx, r, md, name, t.Format); err != nil {
+				return nil, err
+			}
+		} else {
+			for i, p := range paths {
+				paths[i] = strings.TrimSuffix(p, ".raw") + "." + t.Format
+			}
+		}
+	}
 	env := driverEnv(r.ID(), r.Kind(), m, t, md.Point, paths, k.kind == KindTest, md.Set)
 	env["FERRY_MACHINE"] = md.DriverName
 	return env, nil
 }
 
+// convert has the target agent write the set's disks in the format the
+// target's hypervisor wants, and returns their paths. The agent keeps a
+// copy it made before (the machine may run on it), so a start retried
+// after a restart converts nothing again.
+func (k *failoverKind) convert(ctx context.Context, r *jobs.Run, md *machineData, name, format string) ([]string, error) {
+	start := time.Now()
+	var resp msg.TargetConvertResponse
+	err := k.e.Agents.Call(ctx, md.TargetAgent, msg.MethodTargetConvert, msg.TargetConvertRequest{
+		Ref: msg.TargetRef{Dir: md.Dir, Machine: name, Set: md.Set}, Format: format}, &resp)
+	if err != nil {
+		return nil, fmt.Errorf("writing %s's disks as %s: %w", name, format, err)
+	}
+	if resp.Bytes > 0 {
+		r.Note("%s: disks written as %s (%d bytes of data) in %s", name, format, resp.Bytes, time.Since(start).Round(time.Millisecond))
+	}
+	return resp.Paths, nil
+}
+
 func (k *failoverKind) start(ctx context.Context, r *jobs.Run, name string, md *machineData) error {
-	env, err := k.env(ctx, r, md, name)
+	env, err := k.env(ctx, r, md, name, true)
 	if err != nil {
 		return err
 	}
@@ -626,7 +659,7 @@ func (k *failoverKind) stopTarget(ctx context.Context, r *jobs.Run, name string,
 	if !k.e.Agents.Connected(md.TargetAgent) {
 		return unavailable("the target agent of %s is not connected", md.Target)
 	}
-	env, err := k.env(ctx, r, md, name)
+	env, err := k.env(ctx, r, md, name, false)
 	if err != nil {
 		return err
 	}
@@ -709,7 +742,7 @@ func (k *failoverKind) Rollback(ctx context.Context, r *jobs.Run) error {
 			continue // commit, cleanup and change-point have nothing to undo at a boundary
 		}
 		if md.Started {
-			if env, err := k.env(ctx, r, md, name); err == nil {
+			if env, err := k.env(ctx, r, md, name, false); err == nil {
 				k.targetDriver(ctx, md, name, "stop", env)
 			}
 		}

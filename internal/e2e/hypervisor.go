@@ -83,12 +83,14 @@ type Site struct {
 	Name  string
 }
 
-// AddSite enrols a recovery-site agent and adds a target named name.
-func AddSite(t testing.TB, c *Controller, addr, name string) *Site {
+// AddSite enrols a recovery-site agent and adds a target named name, with
+// extra flags for `ferry targets add` (e.g. --format).
+func AddSite(t testing.TB, c *Controller, addr, name string, extra ...string) *Site {
 	t.Helper()
 	s := &Site{Name: name, Dir: t.TempDir(), Hyp: NewHypervisor(t)}
 	s.Agent = EnrollAgent(t, c, addr, name+"-agent")
-	c.MustFerry(append([]string{"targets", "add", name, "--agent", name + "-agent", "--dir", s.Dir}, s.Hyp.Flags()...)...)
+	args := append([]string{"targets", "add", name, "--agent", name + "-agent", "--dir", s.Dir}, s.Hyp.Flags()...)
+	c.MustFerry(append(args, extra...)...)
 	return s
 }
 

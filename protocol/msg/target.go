@@ -26,6 +26,7 @@ const (
 	MethodTargetRemove  = "target.remove"  // delete a disk set (a test, or a committed machine's staging)
 	MethodTargetDriver  = "target.driver"  // run the target's hypervisor driver
 	MethodTargetShip    = "target.ship"    // ship a disk set's content to the controller as a named point
+	MethodTargetConvert = "target.convert" // write a disk set's disks in the format the target's hypervisor wants
 )
 
 // DiskSetState is a disk set's state.json: the disks hold point Point
@@ -97,6 +98,24 @@ type TargetDriverRequest struct {
 	// directory Env["FERRY_DIR"] of machine Env["FERRY_MACHINE"] (else
 	// Machine). A start that names no set marks nothing.
 	Ref *TargetRef `json:"ref,omitempty"`
+}
+
+// TargetConvertRequest asks for a disk set's disks in Format ("qcow2",
+// "vhdx" or "vmdk"): each <disk>.raw gets a sibling <disk>.<format>,
+// written once and kept until the set next moves (a move deletes them, so
+// a copy never names a point its set no longer holds). A copy that exists
+// is not rewritten: a machine started on it may have written to it.
+type TargetConvertRequest struct {
+	Ref    TargetRef `json:"ref"`
+	Format string    `json:"format"`
+}
+
+// TargetConvertResponse names the copies, in the set's disk order, and
+// says how many bytes of the set were converted now (0 when every copy
+// existed).
+type TargetConvertResponse struct {
+	Paths []string `json:"paths"`
+	Bytes int64    `json:"bytes"`
 }
 
 // TargetShipRequest ships a disk set as a cycle of machine Machine into
