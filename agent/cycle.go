@@ -187,7 +187,8 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		kept = true
 	}
 	log.Info("point made", "point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
-		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes)
+		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes,
+		"container_read_bytes", a.ReadStats.Bytes.Load()) // since start: holes are never read
 	p.report(ctx, "idle", "", res.WireBytes, res.Sent)
 	return eresp.PointID, nil
 }

@@ -59,7 +59,7 @@ func (a *Agent) mux() *rpc.Mux {
 		}
 		out := msg.CheckResponse{Disks: []msg.CheckedDisk{}}
 		for _, p := range req.Paths {
-			out.Disks = append(out.Disks, checkDisk(p))
+			out.Disks = append(out.Disks, checkDisk(ctx, p))
 		}
 		return out, nil
 	})
@@ -87,8 +87,11 @@ func (a *Agent) mux() *rpc.Mux {
 	return m
 }
 
-// checkDisk says whether a path can be protected, and why not.
-func checkDisk(path string) msg.CheckedDisk {
+// checkDisk says whether a path can be protected, and why not. Beyond the
+// headers it walks the allocation tables (Extents), so a broken grain
+// table or L2 table is refused at protect time rather than on the first
+// cycle.
+func checkDisk(ctx context.Context, path string) msg.CheckedDisk {
 	out := msg.CheckedDisk{Path: path}
 	info, err := disk.Probe(path)
 	if err != nil {
@@ -104,6 +107,10 @@ func checkDisk(path string) msg.CheckedDisk {
 	out.Format, out.Size = string(info.Format), src.Size()
 	if out.Size == 0 {
 		out.Error = "the disk is empty (size 0)"
+		return out
+	}
+	if _, err := src.Extents(ctx); err != nil {
+		out.Error = err.Error()
 	}
 	return out
 }
