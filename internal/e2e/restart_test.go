@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/rand"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -132,10 +134,31 @@ func TestLostAgentStateTriggersHashResync(t *testing.T) {
 
 func requireSameFile(t *testing.T, a, b string) {
 	t.Helper()
-	x, err := os.ReadFile(a)
+	fa, err := os.Open(a)
 	require.NoError(t, err)
-	y, err := os.ReadFile(b)
+	defer fa.Close()
+	fb, err := os.Open(b)
 	require.NoError(t, err)
-	require.Equal(t, len(x), len(y), "sizes differ")
-	require.True(t, string(x) == string(y), "%s and %s differ", a, b)
+	defer fb.Close()
+	sa, err := fa.Stat()
+	require.NoError(t, err)
+	sb, err := fb.Stat()
+	require.NoError(t, err)
+	require.Equal(t, sa.Size(), sb.Size(), "sizes of %s and %s differ", a, b)
+	// In pieces: disks here reach 16 GiB.
+	x, y := make([]byte, 4<<20), make([]byte, 4<<20)
+	for off := int64(0); off < sa.Size(); off += int64(len(x)) {
+		n, err := fa.ReadAt(x, off)
+		if err != io.EOF {
+			require.NoError(t, err)
+		}
+		m, err := fb.ReadAt(y[:n], off)
+		if err != io.EOF {
+			require.NoError(t, err)
+		}
+		require.Equal(t, n, m)
+		if !bytes.Equal(x[:n], y[:n]) {
+			require.Failf(t, "files differ", "%s and %s differ in the 4 MiB at offset %d", a, b, off)
+		}
+	}
 }
