@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrydr/ferry/agent/apply"
 	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/internal/buildinfo"
@@ -69,6 +70,10 @@ type Agent struct {
 	state *State
 	taker *snapshot.Taker
 	comp  *data.Compressor
+	// site is the recovery-site state (agent/apply): per-machine locks that
+	// keep a restore, clone, convert and promote of one machine apart
+	// across sessions, and the bytes written.
+	site *apply.Site
 	// ReadStats counts bytes read from disk containers (holes are never read).
 	ReadStats disk.ReadStats
 
@@ -92,8 +97,15 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("agent", st.Identity.Name)
+	siteCfg := apply.DefaultConfig()
+	siteCfg.Logger = log.With("component", "target")
+	site, err := apply.NewSite(siteCfg)
+	if err != nil {
+		comp.Close()
+		return nil, err
+	}
 	return &Agent{
-		cfg: cfg, log: log, state: st, comp: comp,
+		cfg: cfg, log: log, state: st, comp: comp, site: site,
 		taker:    &snapshot.Taker{Log: log.With("component", "snapshot"), Now: cfg.Now},
 		sessCh:   make(chan struct{}),
 		machines: map[string]*machineLoop{},

@@ -18,7 +18,7 @@ import (
 // failed, busy when the machine stayed held by another operation until the
 // caller gave up. target.ship is the controller side's to register.
 func (a *Agent) handleTarget(m *rpc.Mux) {
-	site := a.site()
+	site := a.site
 	m.Handle(msg.MethodTargetStatus, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.TargetStatusRequest](body)
 		if err != nil {
@@ -77,5 +77,5 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 // serveRestore applies a restore stream to a disk set; apply.Site answers
 // with the ack or an error frame, and logs the outcome.
 func (a *Agent) serveRestore(ctx context.Context, st *session.Stream) {
-	_, _ = a.site().ServeRestore(ctx, st)
+	_, _ = a.site.ServeRestore(ctx, st)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/zeebo/blake3"
 
+	"github.com/ferrydr/ferry/agent/apply"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/data"
 	"github.com/ferrydr/ferry/protocol/frame"
@@ -69,7 +70,12 @@ func targetAgent(t *testing.T, a *Agent) *session.Session {
 }
 
 func newTargetAgent(t *testing.T) *Agent {
-	return &Agent{cfg: Config{Now: time.Now}, log: slog.New(slog.NewTextHandler(t.Output(), nil))}
+	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	cfg := apply.DefaultConfig()
+	cfg.Logger = log
+	site, err := apply.NewSite(cfg)
+	require.NoError(t, err)
+	return &Agent{cfg: Config{Now: time.Now}, log: log, site: site}
 }
 
 // restore sends a restore stream of whole blocks of content (one disk) and
@@ -290,6 +296,6 @@ func TestTargetStateOutlivesSessions(t *testing.T) {
 	st, err := call[msg.TargetStatusResponse](t, targetAgent(t, a), msg.MethodTargetStatus, msg.TargetStatusRequest{Dir: dir, Machine: "m"})
 	require.NoError(t, err)
 	require.Equal(t, disk.Size, st.BytesWritten)
-	require.Same(t, a.site(), a.site())
-	require.NotSame(t, a.site(), newTargetAgent(t).site(), "agents share nothing")
+	require.Same(t, a.site, a.site)
+	require.NotSame(t, a.site, newTargetAgent(t).site, "agents share nothing")
 }
