@@ -171,6 +171,11 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	if err := c.check(); err != nil {
 		return err
 	}
+	// Another writer may have stored some of these chunks while this one
+	// prepared them (two machines, one dedup): those are deduped now.
+	if err := c.dedupPrepared(ctx, have, preps); err != nil {
+		return err
+	}
 	// A deduped chunk may have been deleted by GC since the lookup; the
 	// transaction re-checks, and a second round stores it again.
 	for round := 0; ; round++ {
@@ -194,6 +199,27 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 			preps[h] = pr
 		}
 	}
+}
+
+// dedupPrepared moves the prepared chunks that are stored by now into have.
+// The caller holds writeMu, so nothing can store them in between.
+func (c *core) dedupPrepared(ctx context.Context, have map[Hash]int64, preps map[Hash]*prepared) error {
+	if len(preps) == 0 {
+		return nil
+	}
+	hs := make([]Hash, 0, len(preps))
+	for h := range preps {
+		hs = append(hs, h)
+	}
+	stored, err := c.lookupHashes(ctx, hs)
+	if err != nil {
+		return err
+	}
+	for h, id := range stored {
+		have[h] = id
+		delete(preps, h)
+	}
+	return nil
 }
 
 // writeBatch is one append + fdatasync + index transaction. It returns the
