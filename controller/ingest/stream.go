@@ -28,11 +28,47 @@ type replies struct {
 	fw     *frame.Writer
 	failed error
 	stop   context.CancelFunc
+	// needs are the stream's unanswered parts in manifest order: a Need
+	// goes out only when every part before it on this stream was answered
+	// (the sender matches answers to parts by order, and a part with
+	// deduplicated rows waits for their commit while the next may not).
+	needs []*queuedNeed
+}
+
+// queuedNeed is a part's answer, sent once ready and first in line.
+type queuedNeed struct {
+	need  *data.Need
+	ready bool
+}
+
+// queueNeed reserves the next answer's place; call it in manifest order.
+func (r *replies) queueNeed(n *data.Need) *queuedNeed {
+	q := &queuedNeed{need: n}
+	r.mu.Lock()
+	r.needs = append(r.needs, q)
+	r.mu.Unlock()
+	return q
+}
+
+// needReady marks q answerable and sends every answer at the head of the
+// line that is.
+func (r *replies) needReady(q *queuedNeed) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q.ready = true
+	for len(r.needs) > 0 && r.needs[0].ready {
+		r.sendLocked(data.FrameNeed, r.needs[0].need)
+		r.needs = r.needs[1:]
+	}
 }
 
 func (r *replies) send(typ uint8, m interface{ Append([]byte) []byte }) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.sendLocked(typ, m)
+}
+
+func (r *replies) sendLocked(typ uint8, m interface{ Append([]byte) []byte }) {
 	if r.failed != nil {
 		return
 	}
@@ -197,8 +233,9 @@ func (g *Ingest) manifest(ctx context.Context, agentID string, rep *replies, m *
 		}
 	}
 	c.mu.Unlock()
+	q := rep.queueNeed(need)
 	if len(writes) == 0 {
-		rep.send(data.FrameNeed, need)
+		rep.needReady(q)
 		return nil
 	}
 	return c.commits.submit(ctx, writes, 0, func(err error) {
@@ -217,13 +254,13 @@ func (g *Ingest) manifest(ctx context.Context, agentID string, rep *replies, m *
 				c.outstanding[blockKey{e.Disk, e.Block}] = outstanding{hash: e.Hash}
 			}
 			c.mu.Unlock()
-			err = c.commits.submit(ctx, zeros, 0, func(err error) { g.answered(c, rep, err, func() { rep.send(data.FrameNeed, need) }) })
+			err = c.commits.submit(ctx, zeros, 0, func(err error) { g.answered(c, rep, err, func() { rep.needReady(q) }) })
 			if err != nil {
 				g.answered(c, rep, err, nil)
 			}
 			return
 		}
-		g.answered(c, rep, err, func() { rep.send(data.FrameNeed, need) })
+		g.answered(c, rep, err, func() { rep.needReady(q) })
 	})
 }
 

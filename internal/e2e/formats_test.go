@@ -265,3 +265,35 @@ func TestTargetFormats(t *testing.T) {
 		})
 	}
 }
+
+// TestMachinesSharingBlocksReplicateTogether: four machines whose disks
+// hold the same guest content in four formats, protected at once on one
+// agent: their cycles dedup against each other while they run, every
+// cycle succeeds the first time (no cycle is failed and retried), and
+// every export equals the raw image.
+func TestMachinesSharingBlocksReplicateTogether(t *testing.T) {
+	testenv.RequireTool(t, "qemu-img")
+	dir := t.TempDir()
+	raw := filepath.Join(t.TempDir(), "base.raw")
+	want := makeImage(t, raw, 46, 48<<20)
+	for _, v := range imageVariants {
+		qemuImg(t, append(append([]string{"convert", "-f", "raw", "-O", v.format}, v.opts...), raw, filepath.Join(dir, v.file()))...)
+	}
+	c := StartController(t)
+	agent := EnrollAgent(t, c, c.Addr, "src")
+	c.MustFerry("policies", "create", "p", "--rp-every", "1h")
+	power := filepath.Join(t.TempDir(), "power")
+	require.NoError(t, os.WriteFile(power, []byte("stopped\n"), 0o644))
+	for _, v := range imageVariants {
+		c.MustFerry("protect", v.name, "--agent", "src", "--disk", "d="+filepath.Join(dir, v.file()), "--policy", "p", "--status", "cat "+power)
+	}
+	for _, v := range imageVariants {
+		p := c.WaitPoint(v.name, 0, 3*time.Minute)
+		got, err := os.ReadFile(filepath.Join(c.Export(v.name, p.ID), "d.raw"))
+		require.NoError(t, err)
+		require.True(t, string(want) == string(got), "%s: the export differs from the raw image", v.name)
+	}
+	for _, l := range strings.Split(agent.Proc.Output(), "\n") {
+		require.NotContains(t, l, `msg="cycle failed"`)
+	}
+}
