@@ -151,12 +151,6 @@ func readHashes(ctx context.Context, r io.Reader, out chan<- ctrlBlock) error {
 				return fmt.Errorf("%w: %d runs announced, %d received", errCut, b.Seq, runs)
 			}
 			return nil
-		case 0:
-			pe, err := frame.DecodeError(payload)
-			if err != nil {
-				return err
-			}
-			return pe
 		default:
 			return fmt.Errorf("%w: unexpected frame %d on a hashes stream", protocol.ErrInvalid, typ)
 		}

@@ -324,14 +324,6 @@ func (c *conn) read() {
 			}
 			fail(&protocol.Error{Code: e.Code, Message: e.Message})
 			return
-		case 0:
-			pe, err := frame.DecodeError(payload)
-			if err != nil {
-				fail(err)
-				return
-			}
-			fail(pe)
-			return
 		default:
 			fail(fmt.Errorf("%w: unexpected frame type %d on a data stream", protocol.ErrInvalid, typ))
 			return
