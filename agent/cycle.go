@@ -103,6 +103,12 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		if d.src, err = disk.Open(vd.Path, disk.OpenOptions{Stats: &a.ReadStats, BaseDir: filepath.Dir(vd.Source)}); err != nil {
 			return 0, fmt.Errorf("disk %s: %w", vd.Name, err)
 		}
+		// A disk that became empty was truncated or replaced under us; a
+		// point of it would be a machine without its disk. Fail the cycle
+		// (it is retried) and keep the points made so far.
+		if d.src.Size() == 0 {
+			return 0, fmt.Errorf("disk %s (%s) is empty (size 0): no point is made until it has data again", vd.Name, vd.Source)
+		}
 		if d.m, d.trusted, err = blockmap.Open(filepath.Join(dir, vd.Name+".map"), d.bs, d.src.Size(), blockmap.BootID()); err != nil {
 			return 0, fmt.Errorf("disk %s map: %w", vd.Name, err)
 		}

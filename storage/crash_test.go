@@ -109,6 +109,10 @@ func runChildUntil(t *testing.T, cfg childConfig, pl crashPlan, stop func(p *os.
 		}
 	}
 	err = cmd.Wait()
+	// A stop from the timer's goroutine has completed by now (the child
+	// exits only once killed); this Do makes its writes (run.stopped, and
+	// what stop set) visible here. If no stop ran, it prevents a late one.
+	once.Do(func() {})
 	if run.stopped == "" {
 		return run, fmt.Errorf("child exited by itself (%v): %s", err, stderr.String())
 	}

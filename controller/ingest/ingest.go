@@ -113,6 +113,10 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 	}
 	disks := make([]storage.DiskSpec, len(req.Disks))
 	for i, d := range req.Disks {
+		if d.Size <= 0 {
+			// A point must be something a failover can start: no empty disk.
+			return msg.CycleBeginResponse{}, protocol.Errorf(protocol.CodeInvalid, "cycle of %s: disk %s has size %d; a disk of a point needs data", req.Machine, d.Name, d.Size)
+		}
 		disks[i] = storage.DiskSpec{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize}
 	}
 	head := int64(0)

@@ -169,3 +169,36 @@ func TestMalformedFrameDropsOnlyThatSession(t *testing.T) {
 	c.WaitPoint("vm", p1.ID, time.Minute) // the good agent goes on
 	require.Contains(t, c.MustFerry("verify"), "verified")
 }
+
+// TestEmptiedDiskMakesNoPoint: an image truncated to nothing while it is
+// replicated makes no point (a failover could not start a machine from
+// it); the agent says why, and points resume once the disk has data.
+func TestEmptiedDiskMakesNoPoint(t *testing.T) {
+	c := StartController(t)
+	src := EnrollAgent(t, c, c.Addr, "src")
+	c.MustFerry("policies", "create", "p", "--rp-every", "1s")
+	img := filepath.Join(t.TempDir(), "m.img")
+	makeImage(t, img, 9, 8<<20)
+	c.MustFerry("protect", "m", "--agent", "src", "--disk", "d="+img, "--policy", "p")
+	p1 := c.WaitPoint("m", 0, time.Minute)
+	require.NoError(t, os.Truncate(img, 0))
+	src.Proc.WaitOutput(regexp.MustCompile(`disk d \(\S+\) is empty \(size 0\)`), 30*time.Second)
+	before := c.Points("m")
+	time.Sleep(2 * time.Second)
+	require.Equal(t, len(before), len(c.Points("m")), "no point while the disk is empty")
+	for _, p := range before {
+		got, err := os.ReadFile(filepath.Join(c.Export("m", p.ID), "d.raw"))
+		require.NoError(t, err)
+		require.Len(t, got, 8<<20, "point %d keeps the disk", p.ID)
+	}
+
+	// The data comes back whole (renamed into place), so the next point
+	// holds all of it.
+	want := makeImage(t, img+".new", 10, 4<<20)
+	require.NoError(t, os.Rename(img+".new", img))
+	p := c.WaitPoint("m", before[len(before)-1].ID, time.Minute)
+	require.Greater(t, p.ID, p1.ID)
+	got, err := os.ReadFile(filepath.Join(c.Export("m", p.ID), "d.raw"))
+	require.NoError(t, err)
+	require.True(t, string(want) == string(got), "the point after the disk came back holds its data")
+}

@@ -15,10 +15,13 @@ import (
 	"github.com/ferrydr/ferry/protocol/faultnet"
 )
 
-// randomImage writes size bytes of random data (incompressible).
+// randomImage writes size bytes of random data (incompressible) at the
+// start of path, creating it if needed.
 func randomImage(t *testing.T, path string, size int64) {
 	t.Helper()
-	f, err := os.Create(path)
+	// Not os.Create: rewriting a protected image must never truncate it
+	// (a cycle could see it empty).
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
 	require.NoError(t, err)
 	buf := make([]byte, 4<<20)
 	for off := int64(0); off < size; off += int64(len(buf)) {
