@@ -50,6 +50,10 @@ type record struct {
 	Spec     json.RawMessage `json:"spec"`
 	Data     json.RawMessage `json:"data,omitempty"`
 	Deadline time.Time       `json:"deadline"`
+	// RollingBack is set, durably, before a cancelled job's rollback
+	// starts: a job resumed after a restart finishes the rollback instead
+	// of taking its completed steps for success.
+	RollingBack bool `json:"rolling_back,omitempty"`
 }
 
 // Engine runs jobs.
@@ -281,9 +285,18 @@ func (e *Engine) notify(j api.Job) {
 	}
 	if api.Terminal(j.State) {
 		for _, ch := range e.watchers[j.ID] {
-			select {
-			case ch <- j:
-			default:
+			// The end always arrives: only notify sends on ch (under
+			// e.mu), so dropping one stale snapshot makes room.
+			for sent := false; !sent; {
+				select {
+				case ch <- j:
+					sent = true
+				default:
+					select {
+					case <-ch:
+					default:
+					}
+				}
 			}
 			close(ch)
 		}

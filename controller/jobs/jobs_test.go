@@ -24,9 +24,14 @@ type testKind struct {
 	mu       sync.Mutex
 	calls    []string
 	fail     map[string][]error // errors to return, in order, before succeeding
-	block    chan struct{}      // if set, step b waits on it
+	block    chan struct{}      // if set, step blockStep (default b) waits on it
 	rolled   bool
 	finished int
+
+	blockStep    string
+	rollbackNote bool          // Rollback writes a note
+	rollbackWait chan struct{} // if set, Rollback waits on it (or its context)
+	rollbacks    int
 }
 
 func (k *testKind) Steps(json.RawMessage) ([]string, error) { return []string{"a", "b", "c"}, nil }
@@ -40,7 +45,11 @@ func (k *testKind) Run(ctx context.Context, r *Run, step string) error {
 	}
 	block := k.block
 	k.mu.Unlock()
-	if step == "b" && block != nil {
+	bs := k.blockStep
+	if bs == "" {
+		bs = "b"
+	}
+	if step == bs && block != nil {
 		select {
 		case <-block:
 		case <-ctx.Done():
@@ -54,7 +63,21 @@ func (k *testKind) Run(ctx context.Context, r *Run, step string) error {
 	return err
 }
 
-func (k *testKind) Rollback(context.Context, *Run) error {
+func (k *testKind) Rollback(ctx context.Context, r *Run) error {
+	k.mu.Lock()
+	k.rollbacks++
+	wait := k.rollbackWait
+	k.mu.Unlock()
+	if k.rollbackNote {
+		r.Note("rolling back")
+	}
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	k.mu.Lock()
 	k.rolled = true
 	k.mu.Unlock()
@@ -178,4 +201,82 @@ func TestCancelRollsBackAtAStepBoundary(t *testing.T) {
 	require.True(t, k.rolled)
 	_, err = e.Cancel(context.Background(), j.ID)
 	require.Error(t, err, "a finished job cannot be cancelled")
+}
+
+// TestCancelDuringTheLastStepThatFails: a cancel arrives while the last
+// step runs and that step then fails: the job rolls back (its rollback
+// may write notes) and ends cancelled — the controller does not panic.
+func TestCancelDuringTheLastStepThatFails(t *testing.T) {
+	cat := openCatalog(t, filepath.Join(t.TempDir(), "c.db"))
+	k := &testKind{block: make(chan struct{}), blockStep: "c", rollbackNote: true,
+		fail: map[string][]error{"c": {errors.New("driver refused")}}}
+	e := New(cat, map[string]Kind{"k": k}, nil, nil)
+	require.NoError(t, e.Resume(context.Background()))
+	j, err := e.Start(context.Background(), "k", []string{"m1"}, nil, time.Minute)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(k.Calls()) == 3 }, 10*time.Second, 5*time.Millisecond)
+	_, err = e.Cancel(context.Background(), j.ID)
+	require.NoError(t, err)
+	close(k.block)
+	j = waitEnd(t, e, j.ID)
+	require.Equal(t, api.JobCancelled, j.State)
+	require.True(t, k.rolled)
+	require.Equal(t, api.StepFailed, j.Steps[2].State)
+	require.Contains(t, j.Steps[2].Note, "rolling back")
+}
+
+// TestRollbackResumesAfterRestart: the controller stops during a cancelled
+// job's rollback; after the restart the rollback runs again and the job
+// ends cancelled, not succeeded.
+func TestRollbackResumesAfterRestart(t *testing.T) {
+	cat := openCatalog(t, filepath.Join(t.TempDir(), "c.db"))
+	k := &testKind{block: make(chan struct{}), rollbackWait: make(chan struct{})}
+	ctx, stop := context.WithCancel(context.Background())
+	e := New(cat, map[string]Kind{"k": k}, nil, nil)
+	require.NoError(t, e.Resume(ctx))
+	j, err := e.Start(context.Background(), "k", []string{"m1"}, nil, time.Minute)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(k.Calls()) == 2 }, 10*time.Second, 5*time.Millisecond)
+	_, err = e.Cancel(context.Background(), j.ID)
+	require.NoError(t, err)
+	close(k.block) // b ends; the boundary starts the rollback, which waits
+	require.Eventually(t, func() bool { k.mu.Lock(); defer k.mu.Unlock(); return k.rollbacks == 1 }, 10*time.Second, 5*time.Millisecond)
+	stop()
+	e.Wait()
+	require.False(t, k.rolled)
+
+	k2 := &testKind{}
+	e2 := New(cat, map[string]Kind{"k": k2}, nil, nil)
+	require.NoError(t, e2.Resume(context.Background()))
+	j = waitEnd(t, e2, j.ID)
+	require.Equal(t, api.JobCancelled, j.State)
+	require.True(t, k2.rolled, "the rollback ran to its end after the restart")
+	require.Empty(t, k2.Calls(), "no step ran after the cancel")
+}
+
+// TestWatcherAlwaysGetsTheEnd: a watcher that reads nothing while the job
+// makes many updates still receives the terminal snapshot.
+func TestWatcherAlwaysGetsTheEnd(t *testing.T) {
+	cat := openCatalog(t, filepath.Join(t.TempDir(), "c.db"))
+	k := &testKind{block: make(chan struct{})}
+	e := New(cat, map[string]Kind{"k": k}, nil, nil)
+	require.NoError(t, e.Resume(context.Background()))
+	j, err := e.Start(context.Background(), "k", []string{"m1"}, nil, time.Minute)
+	require.NoError(t, err)
+	w, err := e.Watch(context.Background(), j.ID)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(k.Calls()) == 2 }, 10*time.Second, 5*time.Millisecond)
+	e.mu.Lock()
+	r := e.active[j.ID]
+	e.mu.Unlock()
+	for i := 0; i < 100; i++ {
+		r.MachineNote("m1", "filler") // fills the watcher's buffer
+	}
+	close(k.block)
+	waitEnd(t, e, j.ID)
+	var last api.Job
+	for s := range w {
+		last = s
+	}
+	require.Equal(t, api.JobSucceeded, last.State)
 }

@@ -242,6 +242,10 @@ func (r *Run) run(ctx context.Context) {
 		r.setState(state, errText)
 		log.Info("job ended", "state", state, "err", errText)
 	}
+	if r.rec.RollingBack {
+		r.cancel(ctx, k, len(r.rec.Steps), final) // a restart interrupted it
+		return
+	}
 	for i := range r.rec.Steps {
 		if s := r.rec.Steps[i].State; s == api.StepSucceeded || s == api.StepSkipped {
 			continue
@@ -317,12 +321,25 @@ func (r *Run) run(ctx context.Context) {
 // cancel rolls back and ends the job as cancelled.
 func (r *Run) cancel(ctx context.Context, k Kind, at int, final func(string, string)) {
 	r.mu.Lock()
-	r.step = at
+	// Notes made during the rollback go to the last step that ran (at may
+	// be past the last step when the cancel came during it).
+	r.step = max(0, min(at, len(r.rec.Steps)-1))
+	r.rec.RollingBack = true
 	r.mu.Unlock()
 	for j := at; j < len(r.rec.Steps); j++ {
 		r.setStep(j, api.StepSkipped, nil)
 	}
+	if err := r.persist(true); err != nil {
+		final(api.JobFailed, fmt.Sprintf("cancelled, but recording the rollback failed: %v", err))
+		return
+	}
+	if ctx.Err() != nil {
+		return // shutting down: the rollback runs after restart
+	}
 	if err := k.Rollback(ctx, r); err != nil {
+		if ctx.Err() != nil {
+			return // shutting down mid-rollback: it reruns after restart
+		}
 		final(api.JobFailed, fmt.Sprintf("cancelled, but the rollback failed: %v", err))
 		return
 	}
