@@ -294,6 +294,30 @@ func (d *DiskSet) BeginMove(to int64, disks []msg.TargetDisk) error {
 	return d.openFiles(true)
 }
 
+// Reset makes every disk of a moving set all zeros (a hole), for a move
+// that then writes every non-zero block of its point. Only between
+// BeginMove and Finish: the state says the set is moving, so a crash
+// leaves a set known to hold no point.
+func (d *DiskSet) Reset() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if d.state.MovingTo == 0 {
+		return invalidf("reset of a set that is not moving")
+	}
+	for _, df := range d.files {
+		if err := df.f.Truncate(0); err != nil {
+			return pathErr("truncate", df.path, err)
+		}
+		if err := df.f.Truncate(df.disk.Size); err != nil {
+			return pathErr("truncate", df.path, err)
+		}
+	}
+	return nil
+}
+
 // locate checks a block address for a write of plen plain bytes and returns
 // its file, offset and the bytes that fall inside the disk.
 func (d *DiskSet) locate(disk int, block uint64, plen int) (*diskFile, int64, int, error) {

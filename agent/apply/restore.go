@@ -161,6 +161,11 @@ func (s *Site) restore(ctx context.Context, rs *restoreStream, res *RestoreResul
 	if err := set.BeginMove(h.To, h.Disks); err != nil {
 		return err
 	}
+	if h.Reset {
+		if err := set.Reset(); err != nil {
+			return err
+		}
+	}
 	n, err := s.applyStream(ctx, rs, set, h, res)
 	if err != nil {
 		return err

@@ -378,3 +378,40 @@ func TestRestoreResizesDisks(t *testing.T) {
 	requireContent(t, setPath(dir, "r", SetStaged), p3)
 	require.NoFileExists(t, DiskPath(setPath(dir, "r", SetStaged), "sdc"))
 }
+
+// TestResetMoveLeavesOnlyThePoint: a forced move from nothing (Reset) of a
+// set that holds other data — the machine wrote to it — sends only the
+// point's non-zero blocks; afterwards the set equals the point exactly,
+// including the blocks the point has as zeros.
+func TestResetMoveLeavesOnlyThePoint(t *testing.T) {
+	site := newTestSite(t)
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(8, 8))
+	written := twoDisks()
+	mixed(rng, written)
+	staged(t, site, dir, "m", 2, written)
+
+	want := twoDisks()
+	mixed(rng, want)
+	var nonZero []blockRef
+	for _, r := range want.all() {
+		if !isZeroBlock(want.block(r.disk, r.block)) {
+			nonZero = append(nonZero, r)
+		}
+	}
+	h := header(dir, "m", SetStaged, 0, 3, want)
+	h.Force, h.Reset = true, true
+	_, err, s := restoreTCP(t, site, h, want.encode(t, nonZero))
+	require.NoError(t, err)
+	require.NoError(t, s.err)
+	requireContent(t, setPath(dir, "m", SetStaged), want)
+}
+
+func isZeroBlock(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

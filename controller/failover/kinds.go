@@ -491,10 +491,19 @@ func (k *failoverKind) moveStep(ctx context.Context, r *jobs.Run, name string, m
 	cur, exists := st.Sets[from]
 	mv := Move{AgentID: md.TargetAgent, Ref: msg.TargetRef{Dir: md.Dir, Machine: name, Set: from}, Machine: name,
 		SetPoint: cur.Point, From: cur.Point, MovingTo: cur.MovingTo, To: md.Point, Create: !exists, JobID: r.ID(), Progress: r.Progress}
-	if cur.Written {
+	// On a target of another format the machine ran on the format copies
+	// (target.convert): the raw files still hold their point, and the move
+	// (which deletes the copies) starts from it.
+	t, _, err := k.e.Cat.Target(ctx, md.Target)
+	if err != nil {
+		return err
+	}
+	rawKept := cur.Written && t.Format != "" && t.Format != "raw"
+	mv.Force = rawKept
+	if cur.Written && !rawKept {
 		mv.From = 0
 	}
-	if k.kind == KindChangePoint && md.Writes != 0 {
+	if k.kind == KindChangePoint && md.Writes != 0 && !rawKept {
 		mv.From = md.Writes // the set equals the point that kept its writes
 	}
 	start := time.Now()

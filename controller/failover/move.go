@@ -39,8 +39,11 @@ type Move struct {
 	// blocks are rewritten too.
 	SetPoint, From, MovingTo, To int64
 	Create                       bool
-	JobID                        string // whose key reads an encrypted repository ("" for staging)
-	Progress                     func(done, total int64)
+	// Force moves a set its state marks Written whose raw files still hold
+	// SetPoint (the machine wrote to format copies).
+	Force    bool
+	JobID    string // whose key reads an encrypted repository ("" for staging)
+	Progress func(done, total int64)
 }
 
 // MoveResult says what a move sent.
@@ -131,7 +134,10 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 	}
 	defer st.Close()
 	hdr, _ := json.Marshal(msg.RestoreHeader{Ref: mv.Ref, From: mv.SetPoint, To: mv.To, Disks: disks,
-		Create: mv.Create, Force: mv.MovingTo != 0 || from != mv.SetPoint})
+		Create: mv.Create, Force: mv.Force || mv.MovingTo != 0 || from != mv.SetPoint,
+		// From nothing, the diff names only To's non-zero blocks: whatever
+		// else an existing set holds must go first.
+		Reset: from == 0 && !mv.Create})
 	fw := frame.NewWriter(st)
 	if err := fw.Write(msg.FrameRestoreHeader, hdr); err != nil {
 		return res, err

@@ -161,4 +161,10 @@ type RestoreHeader struct {
 	// Force skips the From check (the controller sends a superset of blocks
 	// that covers any intermediate state, e.g. after an interrupted move).
 	Force bool `json:"force,omitempty"`
+	// Reset makes every disk all zeros (after MovingTo is recorded, before
+	// the first block): the controller sends every non-zero block of To
+	// and nothing else, for a set whose content it cannot know (a machine
+	// wrote to it, or its point is gone). Without it, blocks the set holds
+	// but To does not would survive the move.
+	Reset bool `json:"reset,omitempty"`
 }
