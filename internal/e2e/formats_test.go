@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -218,7 +219,14 @@ func TestTargetFormats(t *testing.T) {
 			site := AddSite(t, f.c, f.c.Addr, "dr-"+format, "--format", format)
 			f.site = site
 			name := "m-" + format
-			img, p1 := f.protect(t, name, size, "--target", site.Name)
+			const x = 128 << 10 // a block the source and the machine both write
+			img := filepath.Join(f.mnt, name+".img")
+			makeImage(t, img, uint64(len(name))*7+3, size)
+			writePattern(t, img, x, 0x5a)
+			f.c.MustFerry("protect", name, "--agent", "src", "--disk", "d="+img, "--policy", "p", "--target", site.Name)
+			p1 := f.c.WaitPoint(name, 0, 3*time.Minute)
+			site.waitStaged(t, name, p1.ID)
+			exp1 := filepath.Join(f.c.Export(name, p1.ID), "d.raw")
 			files := site.Files(t)
 
 			// A test failover: the test set's copy, then cleanup.
@@ -231,17 +239,20 @@ func TestTargetFormats(t *testing.T) {
 			f.c.runJob(t, 0, "cleanup", name)
 			require.ElementsMatch(t, files, site.Files(t), "cleanup leaves the recovery site as it was")
 
-			// A failover (a fresh point): the machine runs on the copy
-			// and writes to it.
+			// The source changes block x; a failover (a fresh point p2):
+			// the machine runs on the copy.
+			writePattern(t, img, x, 0xcd)
 			f.c.runJob(t, 0, "failover", name)
 			live := site.Hyp.Disks(t, name)[0]
 			require.True(t, strings.HasSuffix(live, "."+format), "the driver gets the %s copy: %s", format, live)
 			qemuImg(t, "compare", "-f", "raw", "-F", format, img, live)
-			out2, err := exec.Command("qemu-io", "-f", format, "-c", "write -P 0xab 65536 65536", live).CombinedOutput()
+			// The machine writes a new block, and block x back to what
+			// it held at p1.
+			out2, err := exec.Command("qemu-io", "-f", format, "-c", "write -P 0xab 65536 65536", "-c", fmt.Sprintf("write -P 0x5a %d 65536", x), live).CombinedOutput()
 			require.NoError(t, err, "qemu-io: %s", out2)
 
-			// change-point keeps those writes as a named point, read
-			// from the copy.
+			// change-point to p1 keeps those writes as a named point, read
+			// from the copy, and the disks then equal p1 exactly.
 			f.c.runJob(t, 0, "change-point", name, "--point", fmt.Sprint(p1.ID))
 			var kept *Point
 			for _, p := range f.c.Points(name) {
@@ -254,13 +265,11 @@ func TestTargetFormats(t *testing.T) {
 			require.NoError(t, err)
 			wantW, err := os.ReadFile(img)
 			require.NoError(t, err)
-			for i := 65536; i < 2*65536; i++ {
-				wantW[i] = 0xab
-			}
+			copy(wantW[65536:2*65536], bytes.Repeat([]byte{0xab}, 65536))
+			copy(wantW[x:x+65536], bytes.Repeat([]byte{0x5a}, 65536))
 			require.True(t, string(wantW) == string(got), "the named point holds what the machine wrote to its %s disk", format)
-			// The disks moved to the other point: a new copy of it.
 			live = site.Hyp.Disks(t, name)[0]
-			qemuImg(t, "compare", "-f", "raw", "-F", format, img, live)
+			qemuImg(t, "compare", "-f", "raw", "-F", format, exp1, live)
 			f.c.runJob(t, 0, "commit", name)
 		})
 	}
@@ -296,4 +305,14 @@ func TestMachinesSharingBlocksReplicateTogether(t *testing.T) {
 	for _, l := range strings.Split(agent.Proc.Output(), "\n") {
 		require.NotContains(t, l, `msg="cycle failed"`)
 	}
+}
+
+// writePattern fills the 64 KiB at off of path with b, in place.
+func writePattern(t *testing.T, path string, off int64, b byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(bytes.Repeat([]byte{b}, 64<<10), off)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
 }
