@@ -202,6 +202,14 @@ func SnapshotSubvolume(src, destDir, name string) error {
 		return err
 	}
 	defer d.Close()
+	// Write back the subvolume's dirty pages first. The snapshot flushes
+	// them itself, one file after another, and a buffered write landing
+	// during that flush can be caught in one file while an earlier write
+	// to another file is not; starting clean makes that window short. Only
+	// a paused writer closes it (see btrfsView).
+	if err := unix.Syncfs(int(s.Fd())); err != nil {
+		return fmt.Errorf("syncfs of %s: %w", src, err)
+	}
 	var args [btrfsVolArgsV2Size]byte
 	*(*int64)(unsafe.Pointer(&args[0])) = int64(s.Fd())
 	*(*uint64)(unsafe.Pointer(&args[16])) = btrfsSubvolRdonly

@@ -24,6 +24,7 @@ const (
 const (
 	MethodReflink     = "reflink"
 	MethodBtrfs       = "btrfs-snapshot"
+	MethodPauseBtrfs  = "driver-pause+btrfs-snapshot"
 	MethodPauseClone  = "driver-pause+reflink"
 	MethodPoweredOff  = "powered-off"
 	MethodDirect      = "direct-read"
@@ -280,7 +281,7 @@ func (t *Taker) make(ctx context.Context, r Request, v *View, now func() time.Ti
 
 	// Several images in one btrfs subvolume: one atomic snapshot.
 	if allFiles && len(r.Disks) > 1 {
-		if ok, err := t.btrfsView(r, v, stamp, now); ok || err != nil {
+		if ok, err := t.btrfsView(ctx, r, v, stamp, now, poweredOff); ok || err != nil {
 			if err == nil && poweredOff {
 				v.Notes = append(v.Notes, "machine powered off")
 			}
@@ -397,7 +398,15 @@ func (t *Taker) releaseClones(r Request, clones []ViewDisk) func(int64) error {
 }
 
 // btrfsView snapshots the common subvolume of every disk, if there is one.
-func (t *Taker) btrfsView(r Request, v *View, stamp string, now func() time.Time) (bool, error) {
+//
+// The snapshot is atomic, but it first writes back the subvolume's dirty
+// pages one file after another: a writer that goes through the host's page
+// cache (e.g. qemu's default cache=writeback) and writes meanwhile can
+// leave a later write in the snapshot without an earlier one. Writers that
+// bypass the page cache (O_DIRECT: Hyper-V, qemu cache=none) cannot. So
+// when the machine's driver can pause and resume, the snapshot is taken
+// paused.
+func (t *Taker) btrfsView(ctx context.Context, r Request, v *View, stamp string, now func() time.Time, poweredOff bool) (bool, error) {
 	root := ""
 	for _, d := range r.Disks {
 		sr, err := SubvolumeRoot(d.Path)
@@ -411,16 +420,34 @@ func (t *Taker) btrfsView(r Request, v *View, stamp string, now func() time.Time
 		return false, err
 	}
 	name := r.Machine + ".c" + stamp
-	if err := SnapshotSubvolume(root, dir, name); err != nil {
+	paused := false
+	if !poweredOff && r.Driver != nil && r.Driver.Has("pause") && r.Driver.Has("resume") {
+		if _, err := r.Driver.Run(ctx, "pause"); err != nil {
+			v.Notes = append(v.Notes, "pause failed: "+err.Error())
+		} else {
+			paused = true
+		}
+	}
+	err := SnapshotSubvolume(root, dir, name)
+	instant := now()
+	if paused {
+		if _, rerr := r.Driver.Run(context.WithoutCancel(ctx), "resume"); rerr != nil {
+			v.Notes = append(v.Notes, "resume failed: "+rerr.Error())
+		}
+	}
+	if err != nil {
 		v.Notes = append(v.Notes, err.Error())
 		return false, nil
 	}
-	v.Instant = now()
+	v.Instant = instant
 	for _, d := range r.Disks {
 		rel, _ := filepath.Rel(root, d.Path)
 		v.Disks = append(v.Disks, ViewDisk{Name: d.Name, Source: d.Path, Path: filepath.Join(dir, name, rel), Cloned: true})
 	}
 	v.Method, v.Consistency = MethodBtrfs, CrashConsistent
+	if paused {
+		v.Method = MethodPauseBtrfs
+	}
 	v.release = func(keep int64) error {
 		if keep == 0 {
 			return DeleteSubvolume(dir, name)

@@ -41,6 +41,48 @@ type Writer struct {
 // between writes.
 func StartWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration) *Writer {
 	t.Helper()
+	return startWriter(t, paths, size, seed, pause, "")
+}
+
+// StartPausableWriter is StartWriter with a source driver's pause and
+// resume: the commands it returns stop the writer between two writes and
+// let it go on (a handshake through files in a temporary directory), as
+// `virsh suspend` and `virsh resume` would a VM.
+func StartPausableWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration) (w *Writer, pauseCmd, resumeCmd string) {
+	t.Helper()
+	ctl := t.TempDir()
+	w = startWriter(t, paths, size, seed, pause, ctl)
+	req, ack := filepath.Join(ctl, "pause"), filepath.Join(ctl, "paused")
+	// A stopped writer never answers: after 10 s the pause goes on (no
+	// write can happen then anyway).
+	pauseCmd = fmt.Sprintf("touch %s; for i in $(seq 1000); do [ -e %s ] && exit 0; sleep 0.01; done", req, ack)
+	resumeCmd = fmt.Sprintf("rm -f %s; for i in $(seq 1000); do [ -e %s ] || exit 0; sleep 0.01; done", req, ack)
+	return w, pauseCmd, resumeCmd
+}
+
+// waitWhilePaused holds the writer while ctl/pause exists, saying so with
+// ctl/paused.
+func waitWhilePaused(ctl string, stop <-chan struct{}) {
+	req, ack := filepath.Join(ctl, "pause"), filepath.Join(ctl, "paused")
+	if _, err := os.Stat(req); err != nil {
+		return
+	}
+	os.WriteFile(ack, nil, 0o644)
+	defer os.Remove(ack)
+	for {
+		if _, err := os.Stat(req); err != nil {
+			return
+		}
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+func startWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration, ctl string) *Writer {
+	t.Helper()
 	w := &Writer{Paths: paths, Seed: seed, size: size, stop: make(chan struct{}), done: make(chan struct{})}
 	files := make([]*os.File, len(paths))
 	for i, p := range paths {
@@ -62,6 +104,9 @@ func StartWriter(t testing.TB, paths []string, size int64, seed uint64, pause ti
 			case <-w.stop:
 				return
 			default:
+			}
+			if ctl != "" {
+				waitWhilePaused(ctl, w.stop)
 			}
 			lw := LoggedWrite{Disk: rng.IntN(len(files)), Offset: rng.Int64N(size/workload.WriteSize) * workload.WriteSize, Seq: seq}
 			workload.Content(buf, seed, seq)
