@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"os"
 	"reflect"
 	"sync"
 	"time"
@@ -74,6 +75,7 @@ func (a *Agent) applyConfig(ms []msg.MachineConfig) {
 			ml.cancel()
 			delete(a.machines, name)
 			a.log.Info("machine no longer replicated", "machine", name)
+			go a.forget(name, ml)
 		}
 	}
 	for name, cfg := range want {
@@ -96,6 +98,24 @@ func (a *Agent) applyConfig(ms []msg.MachineConfig) {
 		a.machines[name] = ml
 		a.log.Info("machine replicated", "machine", name, "disks", len(cfg.Disks), "every", cfg.RPEvery)
 		go ml.run(ctx)
+	}
+}
+
+// forget removes what replication of a machine kept on this host — its
+// views (kept reflink clones and btrfs snapshots grow towards full copies
+// as the source changes) and its block maps — once its loop has ended,
+// unless the machine came back meanwhile. Protecting it again starts with
+// a hash resync, never a full copy.
+func (a *Agent) forget(name string, ml *machineLoop) {
+	<-ml.done
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, back := a.machines[name]; back {
+		return
+	}
+	a.taker.RemoveAll(name, snapDisks(ml.config()))
+	if err := os.RemoveAll(a.state.MachineDir(name)); err != nil {
+		a.log.Warn("removing the block maps of a machine no longer replicated failed", "machine", name, "err", err)
 	}
 }
 
@@ -125,6 +145,12 @@ func (m *machineLoop) run(ctx context.Context) {
 		if retry > 0 {
 			wait = retry
 		}
+		// Paused (the controller stopped replication, e.g. during a
+		// failover): only a new config or a trigger wakes the loop.
+		var due <-chan time.Time
+		if !cfg.Paused {
+			due = time.After(max(wait, 0))
+		}
 		var t *trigger
 		select {
 		case <-ctx.Done():
@@ -136,14 +162,17 @@ func (m *machineLoop) run(ctx context.Context) {
 			continue
 		case tr := <-m.trigger:
 			t = &tr
-		case <-time.After(max(wait, 0)):
+		case <-due:
 		}
-		if cfg.Paused && t == nil {
-			continue
-		}
-		// Wait for a session; a trigger comes over one, so it has one.
+		// Wait for a session. A trigger comes over one, but that session
+		// may not be the current one yet (or any more): answer it rather
+		// than leave its caller waiting.
 		sess, changed := a.currentSession()
 		if sess == nil {
+			if t != nil {
+				t.reply <- cycleResult{err: protocol.Errorf(protocol.CodeUnavailable, "machine %s: the agent has no live session with the controller yet", cfg.Name)}
+				continue
+			}
 			select {
 			case <-ctx.Done():
 				return

@@ -45,7 +45,7 @@ func TestAppConsistentPoints(t *testing.T) {
 	makeImage(t, img, 51, 32<<20)
 	marks := filepath.Join(t.TempDir(), "marks")
 	c := StartController(t)
-	EnrollAgent(t, c, c.Addr, "src")
+	src := EnrollAgent(t, c, c.Addr, "src")
 	c.MustFerry("policies", "create", "app", "--rp-every", "1s", "--app-every", "1s")
 	c.MustFerry("protect", "db", "--agent", "src", "--disk", "d="+img, "--policy", "app",
 		"--pre-snapshot", "echo pre-$FERRY_MACHINE >> "+marks, "--post-snapshot", "echo post >> "+marks)
@@ -55,7 +55,18 @@ func TestAppConsistentPoints(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(string(b), "pre-db\npost\n"), "got %q", b)
 
+	// Unprotect: the agent drops what it kept for the machine (its kept
+	// reflink base, its block maps).
+	views := filepath.Join(mnt, ".ferry-views", "db")
+	maps := filepath.Join(src.StateDir, "machines", "db")
+	require.DirExists(t, views)
+	require.DirExists(t, maps)
 	c.MustFerry("unprotect", "db")
+	require.Eventually(t, func() bool {
+		_, e1 := os.Stat(views)
+		_, e2 := os.Stat(maps)
+		return os.IsNotExist(e1) && os.IsNotExist(e2)
+	}, 30*time.Second, 50*time.Millisecond, "the agent keeps views or maps of an unprotected machine")
 	c.MustFerry("protect", "db2", "--agent", "src", "--disk", "d="+img, "--policy", "app", "--pre-snapshot", "exit 3")
 	p = c.WaitPoint("db2", 0, time.Minute)
 	require.Equal(t, "crash-consistent", p.Consistency, "a failed quiesce is never app-consistent")
