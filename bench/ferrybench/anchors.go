@@ -41,6 +41,14 @@ func catTime(ctx context.Context, img string) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
+// cpSparse times `cp --sparse=always --reflink=never img copy && sync`
+// (the failover-materialize anchor; without --reflink=never, coreutils 9
+// clones the extents on XFS and copies nothing).
+func cpSparse(ctx context.Context, img, copy string) (time.Duration, error) {
+	d, _, err := timed(ctx, "bash", "-c", `cp --sparse=always --reflink=never -- "$1" "$2" && sync`, "cp-sparse", img, copy)
+	return d, err
+}
+
 // zstdSize is the size of `zstd -1` of what r yields.
 func zstdSize(ctx context.Context, r io.Reader) (int64, error) {
 	cmd := exec.CommandContext(ctx, "zstd", "-q", "-1", "-c")

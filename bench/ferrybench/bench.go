@@ -89,6 +89,7 @@ func (b *bench) run(ctx context.Context) error {
 	for _, c := range []caseFn{
 		{caseSync, b.caseSync}, {caseScan, b.caseScan}, {caseRPO, b.caseRPO},
 		{caseStorage, b.caseStorage}, {caseDedup, b.caseDedup}, {caseMemory, b.caseMemory},
+		{caseMaterialize, b.caseMaterialize}, {caseRTO, b.caseRTO},
 	} {
 		if !b.cfg.has(c.name) {
 			continue
@@ -194,7 +195,13 @@ func (b *bench) deltaSeed(k int) uint64 { return b.cfg.Seed*1000 + uint64(k) }
 // applyDelta writes delta k (random 4 KiB writes, one fsync) to img and
 // returns the writes.
 func (b *bench) applyDelta(img string, size int64, k int) ([]workload.Write, error) {
-	ws := workload.Delta(b.deltaSeed(k), size, b.cfg.Fraction)
+	return b.applyWrites(img, size, k, b.cfg.Fraction)
+}
+
+// applyWrites writes delta k as fraction × size bytes of random 4 KiB
+// writes at offsets below size (one fsync) to img and returns the writes.
+func (b *bench) applyWrites(img string, size int64, k int, fraction float64) ([]workload.Write, error) {
+	ws := workload.Delta(b.deltaSeed(k), size, fraction)
 	if err := workload.Apply(img, b.deltaSeed(k), ws); err != nil {
 		return nil, fmt.Errorf("apply delta %d: %w", k, err)
 	}
@@ -203,9 +210,9 @@ func (b *bench) applyDelta(img string, size int64, k int) ([]workload.Write, err
 
 // settings is the one-line description of the configuration in the report.
 func (b *bench) settings() string {
-	return fmt.Sprintf("image %d MiB (seed %d), %d run(s) per timed case, %g%% delta, block size %d KiB, churn %s at %.0f MB/s, %d delta cycles, %d clones, memory image %d GiB",
+	return fmt.Sprintf("image %d MiB (seed %d), %d run(s) per timed case, %g%% delta, block size %d KiB, churn %s at %.0f MB/s, %d delta cycles, %d clones, memory image %d GiB, failover RTO disks %s and %s",
 		b.cfg.Size>>20, b.cfg.Seed, b.cfg.Runs, 100*b.cfg.Fraction, b.cfg.BlockSize>>10, b.cfg.ChurnFor, float64(b.cfg.ChurnRate)/1e6,
-		b.cfg.Deltas, b.cfg.Machines, b.cfg.MemSize>>30)
+		b.cfg.Deltas, b.cfg.Machines, b.cfg.MemSize>>30, sizeName(b.cfg.Size), sizeName(b.cfg.RTOSize))
 }
 
 // report writes the table, the per-case details and the profiles.

@@ -10,15 +10,17 @@ import (
 
 // Case names, as -cases takes them.
 const (
-	caseSync    = "sync"    // initial sync, delta cycle, delta bytes (one run feeds three rows)
-	caseScan    = "scan"    // delta cycle on ext4: the hash-scan path
-	caseRPO     = "rpo"     // RPO under churn
-	caseStorage = "storage" // repository bytes after initial + N deltas
-	caseDedup   = "dedup"   // repository bytes after protecting clones of one image
-	caseMemory  = "memory"  // agent peak RSS during a large initial sync
+	caseSync        = "sync"        // initial sync, delta cycle, delta bytes (one run feeds three rows)
+	caseScan        = "scan"        // delta cycle on ext4: the hash-scan path
+	caseRPO         = "rpo"         // RPO under churn
+	caseStorage     = "storage"     // repository bytes after initial + N deltas
+	caseDedup       = "dedup"       // repository bytes after protecting clones of one image
+	caseMemory      = "memory"      // agent peak RSS during a large initial sync
+	caseMaterialize = "materialize" // first failover of a point into a new sparse disk (nothing staged)
+	caseRTO         = "rto"         // failover from a staged replica: small and large disk
 )
 
-var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory}
+var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO}
 
 // Config is what one invocation measures. BENCHMARKS.md's values are the
 // defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.
@@ -30,6 +32,7 @@ type Config struct {
 	Size      int64         // image size of every case but memory
 	Runs      int           // runs per timed case; medians are over these
 	MemSize   int64         // image size of the agent-memory case
+	RTOSize   int64         // the large disk of the failover RTO case (the small one is Size)
 	ChurnFor  time.Duration // how long the churn writer runs
 	ChurnRate int64         // churn bytes per second (4 KiB random writes)
 	Sample    time.Duration // RPO sampling period
@@ -53,7 +56,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Bin: "bin", Work: "bench/work",
-		Size: 2 << 30, Runs: 3, MemSize: 16 << 30,
+		Size: 2 << 30, Runs: 3, MemSize: 16 << 30, RTOSize: 16 << 30,
 		ChurnFor: 60 * time.Second, ChurnRate: 20_000_000, Sample: 100 * time.Millisecond, RPEvery: 2 * time.Second,
 		Deltas: 10, Machines: 4, Fraction: 0.01, BlockSize: 64 << 10, Seed: 1,
 		Poll: 25 * time.Millisecond, Stall: 2 * time.Minute,
@@ -64,7 +67,7 @@ func DefaultConfig() Config {
 // QuickConfig is a smoke run: every case, small sizes, one run.
 func QuickConfig() Config {
 	c := DefaultConfig()
-	c.Size, c.MemSize, c.Runs = 256<<20, 1<<30, 1
+	c.Size, c.MemSize, c.RTOSize, c.Runs = 256<<20, 1<<30, 2<<30, 1
 	c.ChurnFor, c.Deltas, c.Machines = 10*time.Second, 3, 4
 	return c
 }
@@ -80,6 +83,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MemSize < 64<<20 || c.MemSize%int64(c.BlockSize) != 0 {
 		errs = append(errs, fmt.Errorf("-mem-size %d: want at least 64 MiB and a multiple of the block size", c.MemSize))
+	}
+	if c.RTOSize < c.Size || c.RTOSize%int64(c.BlockSize) != 0 {
+		errs = append(errs, fmt.Errorf("-rto-size %d: want at least -size and a multiple of the block size", c.RTOSize))
 	}
 	if c.BlockSize < 4<<10 || c.BlockSize > 1<<20 || c.BlockSize&(c.BlockSize-1) != 0 {
 		errs = append(errs, fmt.Errorf("block size %d: want a power of two from 4 KiB to 1 MiB", c.BlockSize))

@@ -42,6 +42,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.Int64Var(&cfg.Size, "size", cfg.Size, "image size in bytes (all cases but memory)")
 	fs.IntVar(&cfg.Runs, "runs", cfg.Runs, "runs per timed case (medians)")
 	fs.Int64Var(&cfg.MemSize, "mem-size", cfg.MemSize, "image size in bytes of the agent-memory case")
+	fs.Int64Var(&cfg.RTOSize, "rto-size", cfg.RTOSize, "size in bytes of the large disk of the failover RTO case (the small one is -size)")
 	fs.DurationVar(&cfg.ChurnFor, "churn", cfg.ChurnFor, "how long the churn writer runs in the RPO case")
 	fs.Int64Var(&cfg.ChurnRate, "churn-rate", cfg.ChurnRate, "churn rate in bytes per second")
 	fs.IntVar(&cfg.Deltas, "deltas", cfg.Deltas, "delta cycles of the storage-efficiency case")

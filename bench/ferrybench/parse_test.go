@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/controller/api"
 )
 
 func TestParseLogfmt(t *testing.T) {
@@ -102,8 +104,10 @@ func TestConfigValidate(t *testing.T) {
 	}
 	bad := DefaultConfig()
 	bad.Size, bad.Poll, bad.Cases = 1000, time.Second, []string{"sync", "nope"}
+	bad.RTOSize = 500
 	err := bad.Validate()
 	require.ErrorContains(t, err, "-size")
+	require.ErrorContains(t, err, "-rto-size")
 	require.ErrorContains(t, err, "poll")
 	require.ErrorContains(t, err, `"nope"`)
 }
@@ -114,6 +118,11 @@ func TestParseFlags(t *testing.T) {
 	require.Equal(t, int64(256<<20), cfg.Size, "-quick starts from QuickConfig")
 	require.Equal(t, 2, cfg.Runs, "later flags override -quick")
 	require.Equal(t, []string{"sync", "scan"}, cfg.Cases)
+	require.Equal(t, int64(2<<30), cfg.RTOSize, "the quick RTO disks keep the 1:8 ratio of 2 and 16 GiB")
+	cfg, err = parseFlags([]string{"-cases", "materialize,rto", "-rto-size", "4294967296"}, io.Discard)
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	require.Equal(t, int64(4<<30), cfg.RTOSize)
 	_, err = parseFlags([]string{"extra"}, io.Discard)
 	require.Error(t, err)
 }
@@ -132,4 +141,16 @@ gc 3 @2.5s 3%: 0.02+1.1+0.01 ms clock, 0.04+0.5/1.0/0+0.02 ms cpu, 30->31->9 MB,
 	g, err := readGCTrace(log)
 	require.NoError(t, err)
 	require.Equal(t, gcTrace{GCs: 3, MaxStart: 40, MaxLive: 21, MaxGoalMB: 52}, g)
+}
+
+func TestSizeNameAndJobSteps(t *testing.T) {
+	require.Equal(t, "16 GiB", sizeName(16<<30))
+	require.Equal(t, "256 MiB", sizeName(256<<20))
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	j := api.Job{Steps: []api.JobStep{
+		{Name: "prerequisites", State: api.StepSucceeded, Started: t0, Ended: t0.Add(50 * time.Millisecond)},
+		{Name: "process", State: api.StepSkipped},
+		{Name: "move", State: api.StepSucceeded, Started: t0, Ended: t0.Add(1234 * time.Millisecond)},
+	}}
+	require.Equal(t, "job steps: prerequisites 0.05 s, process skipped, move 1.23 s", jobSteps(j))
 }

@@ -21,9 +21,15 @@ const (
 	passRPO     = "churn"
 	passStorage = "10 delta cycles"
 	passDedup   = "protecting the clones"
+	// The failover passes restart the processes under --cpu-profile before
+	// the timed failover and wait for the cycle an agent runs when it
+	// starts (and, with a target, its staging): the profiles cover that
+	// start-up and the failover.
+	passMaterialize = "first failover (unstaged)"
+	passRTO         = "staged failover of the large disk"
 )
 
-var passOrder = []string{passInitial, passDelta, passScan, passRPO, passStorage, passDedup}
+var passOrder = []string{passInitial, passDelta, passScan, passRPO, passStorage, passDedup, passMaterialize, passRTO}
 
 // runPass runs one profiled rerun and returns its profiles and a line on
 // what that rerun measured.
@@ -47,6 +53,12 @@ func (b *bench) runPass(ctx context.Context, pass string) ([]profileFile, string
 	case passDedup:
 		r, err := b.dedupRun(ctx, phaseInitial)
 		return r.profiles, fmt.Sprintf("the profiled rerun left %s", r.repo), err
+	case passMaterialize:
+		r, err := b.materializeRun(ctx, 0, true)
+		return r.profiles, fmt.Sprintf("the profiled failover took %s", unitSeconds.format(r.took.Seconds())), err
+	case passRTO:
+		r, err := b.rtoRun(ctx, 0, b.cfg.RTOSize, true)
+		return r.profiles, fmt.Sprintf("the profiled failover of the %s disk took %s", sizeName(b.cfg.RTOSize), unitSeconds.format(r.took.Seconds())), err
 	}
 	return nil, "", fmt.Errorf("no profiled rerun %q", pass)
 }

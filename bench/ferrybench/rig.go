@@ -48,6 +48,9 @@ type profileFile struct {
 
 var listeningRE = regexp.MustCompile(`listening on (\S+)`)
 
+// agentName is the name a rig's agent enrolls with.
+const agentName = "bench-agent"
+
 // rigOptions shape a rig's processes.
 type rigOptions struct {
 	profile  bool          // run both under --cpu-profile from the start
@@ -59,7 +62,7 @@ type rigOptions struct {
 // enrolled through the proxy, and waits until the agent is connected. Data
 // lives in dir, logs and profiles in logDir.
 func startRig(ctx context.Context, bin, dir, logDir string, o rigOptions) (r *rig, err error) {
-	r = &rig{bin: bin, dir: dir, logDir: logDir, data: filepath.Join(dir, "ctl"), state: filepath.Join(dir, "agent"), name: "bench-agent",
+	r = &rig{bin: bin, dir: dir, logDir: logDir, data: filepath.Join(dir, "ctl"), state: filepath.Join(dir, "agent"), name: agentName,
 		agentEnv: o.agentEnv, stall: o.stall}
 	if r.stall <= 0 {
 		r.stall = DefaultConfig().Stall
@@ -228,9 +231,15 @@ func (r *rig) setRPEvery(ctx context.Context, policy string, every time.Duration
 // protect protects a one-disk machine; status, if set, is its --status
 // command.
 func (r *rig) protect(ctx context.Context, machine, path, policy, status string) error {
+	return r.protectTo(ctx, machine, path, policy, status, "")
+}
+
+// protectTo is protect with a target (--target; "" for none): the
+// controller then keeps the machine's staged replica there.
+func (r *rig) protectTo(ctx context.Context, machine, path, policy, status, target string) error {
 	_, err := r.cl.Protect(ctx, api.ProtectRequest{
-		Machine: machine, Agent: r.name, Policy: policy,
-		Disks:  []api.DiskRef{{Name: "d0", Path: path}},
+		Machine: machine, Agent: r.name, Policy: policy, Target: target,
+		Disks:  []api.DiskRef{{Name: diskName, Path: path}},
 		Driver: api.Driver{Status: status},
 	})
 	if err != nil {
@@ -263,8 +272,8 @@ func (r *rig) waitPoint(ctx context.Context, machine string, after int64, period
 func (r *rig) waitPoints(ctx context.Context, machine string, period, timeout time.Duration, done func(ps []api.Point, now time.Time) bool) error {
 	guard := r.newStallGuard()
 	return poll(ctx, timeout, period, func() (bool, error) {
-		if r.agent.exited() || r.ctl.exited() {
-			return false, fmt.Errorf("a Ferry process exited (logs in %s)", r.logDir)
+		if err := r.alive(); err != nil {
+			return false, err
 		}
 		ps, err := r.cl.Points(ctx, machine)
 		now := time.Now()
@@ -276,6 +285,14 @@ func (r *rig) waitPoints(ctx context.Context, machine string, period, timeout ti
 		}
 		return false, guard.check()
 	})
+}
+
+// alive fails once either Ferry process has exited.
+func (r *rig) alive() error {
+	if r.agent.exited() || r.ctl.exited() {
+		return fmt.Errorf("a Ferry process exited (logs in %s)", r.logDir)
+	}
+	return nil
 }
 
 // ErrStalled means replication stopped making progress while a point was
@@ -349,15 +366,23 @@ func (r *rig) logLines(what string, msgs ...string) ([]logLine, error) {
 	return out, nil
 }
 
+// diskName is the name of the one disk of every machine a rig protects.
+const diskName = "d0"
+
+// cli is the `ferry` command line args against this rig's controller:
+// the binary and its arguments.
+func (r *rig) cli(args ...string) (string, []string) {
+	return filepath.Join(r.bin, "ferry"), append([]string{"--admin", r.admin}, args...)
+}
+
 // exportPoint writes a point's disk with the CLI (`ferry points export`)
 // and returns the raw file's path.
 func (r *rig) exportPoint(ctx context.Context, machine string, point int64, dir string) (string, error) {
-	_, err := command(ctx, filepath.Join(r.bin, "ferry"), "--admin", r.admin, "points", "export", machine,
-		"--point", fmt.Sprint(point), "--out", dir)
-	if err != nil {
+	bin, args := r.cli("points", "export", machine, "--point", fmt.Sprint(point), "--out", dir)
+	if _, err := command(ctx, bin, args...); err != nil {
 		return "", err
 	}
-	return filepath.Join(dir, "d0.raw"), nil
+	return filepath.Join(dir, diskName+".raw"), nil
 }
 
 // rigUsage is what both Ferry processes consumed so far.

@@ -827,7 +827,22 @@ func (k *failoverKind) Finish(ctx context.Context, r *jobs.Run, state string) {
 		if err != nil || m.Failover == nil || m.Failover.Job != r.ID() {
 			continue
 		}
-		if k.kind == KindPlanned && md.SourceAgent != "" {
+		// A machine the job started at the target (its status never said
+		// running, or a later step failed) is stopped first: the source may
+		// run again, and a test's disks are about to go.
+		targetStopped := true
+		if md.Started && md.TargetAgent != "" {
+			if err := k.stopTarget(ctx, r, name, md); err != nil {
+				targetStopped = false
+				r.Note("%s: stopping the machine started at the target failed: %v", name, err)
+			} else {
+				r.Note("%s: the machine started at the target was stopped", name)
+			}
+		}
+		if k.kind == KindPlanned && md.SourceAgent != "" && !targetStopped {
+			// Never two running copies: the admin decides.
+			r.Note("%s: the source is not restarted, since the machine at the target may be running; stop it there, then start the source", name)
+		} else if k.kind == KindPlanned && md.SourceAgent != "" {
 			// A planned failover that failed restarts the source.
 			action := "start"
 			if md.UsedPause {
