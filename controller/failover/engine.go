@@ -37,6 +37,17 @@ type Engine struct {
 	// that job (--key-file). Never persisted: a controller restarted
 	// mid-job asks for it again by failing the step with a stated reason.
 	keys sync.Map
+	// moving holds a *sync.Mutex per machine: the stager and a job never
+	// read a set's state and move it at the same time (a job's move built
+	// on a state a staging move then changed would be refused).
+	moving sync.Map
+}
+
+// lockMoves serialises status-then-move sequences on one machine's sets.
+func (e *Engine) lockMoves(machine string) func() {
+	mu, _ := e.moving.LoadOrStore(machine, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	return mu.(*sync.Mutex).Unlock
 }
 
 // SetKey registers the key given to a job.

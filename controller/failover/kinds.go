@@ -472,6 +472,10 @@ func (k *failoverKind) clone(ctx context.Context, r *jobs.Run, name string, md *
 }
 
 func (k *failoverKind) moveStep(ctx context.Context, r *jobs.Run, name string, md *machineData) error {
+	// A staging move that began before this job held the machine ends
+	// first; the status read next is then current.
+	unlock := k.e.lockMoves(name)
+	defer unlock()
 	st, err := k.targetStatus(ctx, md, name)
 	if err != nil {
 		return err

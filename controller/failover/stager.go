@@ -94,6 +94,8 @@ func (s *Stager) stage(ctx context.Context, name string) error {
 	default:
 		return nil // failed over: the staged set became the machine's disks
 	}
+	unlock := s.e.lockMoves(name)
+	defer unlock()
 	if s.busy(ctx, name) {
 		return nil // a job moves the disks itself
 	}
