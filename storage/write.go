@@ -234,11 +234,28 @@ func (c *core) writeBatch(ctx context.Context, pointID int64, items []writeItem,
 		off, n int64
 		slot   uint32
 	}
+	// Chunks go into the pack in the order of the blocks that bring them
+	// (the writer's order: ascending blocks per manifest part), so a
+	// restore reading a disk front to back reads packs mostly forwards and
+	// the kernel's readahead works; by hash, every read was a seek.
 	order := make([]Hash, 0, len(preps))
-	for h := range preps {
-		order = append(order, h)
+	placedHash := make(map[Hash]bool, len(preps))
+	for _, it := range items {
+		if _, ok := preps[it.hash]; ok && !it.zero && !placedHash[it.hash] {
+			placedHash[it.hash] = true
+			order = append(order, it.hash)
+		}
 	}
-	sort.Slice(order, func(i, j int) bool { return string(order[i][:]) < string(order[j][:]) })
+	if len(order) != len(preps) { // a chunk no item names: keep it, deterministically
+		var rest []Hash
+		for h := range preps {
+			if !placedHash[h] {
+				rest = append(rest, h)
+			}
+		}
+		sort.Slice(rest, func(i, j int) bool { return string(rest[i][:]) < string(rest[j][:]) })
+		order = append(order, rest...)
+	}
 	var pl []placed
 	var bytes int64
 	for _, h := range order {
