@@ -168,6 +168,9 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		}
 		return nil
 	}
+	readCtx, stopReads := context.WithCancel(ctx)
+	defer stopReads()
+	contents := e.prefetch(readCtx, repo, blocks)
 	for _, b := range blocks {
 		select {
 		case err := <-replies:
@@ -180,9 +183,21 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 			blk.Flags, blk.PlainLen = data.FlagZero, uint32(bs)
 			res.ZeroBlocks++
 		} else {
-			if err := e.content(ctx, repo, b.hash, &blk); err != nil {
-				return res, fmt.Errorf("read block %d of disk %s: %w", b.block, to.Disks[b.disk].Name, err)
+			var f fetched
+			select {
+			case out := <-contents:
+				select {
+				case f = <-out:
+				case <-ctx.Done(): // the job may never have reached a reader
+					return res, ctx.Err()
+				}
+			case <-ctx.Done():
+				return res, ctx.Err()
 			}
+			if f.err != nil {
+				return res, fmt.Errorf("read block %d of disk %s: %w", b.block, to.Disks[b.disk].Name, f.err)
+			}
+			blk.Codec, blk.PlainLen, blk.Data = f.blk.Codec, f.blk.PlainLen, f.blk.Data
 			res.Blocks++
 			res.Bytes += int64(bs)
 			size += len(blk.Data)
@@ -215,6 +230,60 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		mv.Progress(total, total)
 	}
 	return res, nil
+}
+
+// Reads of block contents in flight ahead of the sender: the index lookup
+// and pack read of one block overlap with the others' and with sending.
+const (
+	prefetchReaders = 4
+	prefetchWindow  = 64 // blocks read ahead (≤ 64 × the block size in memory)
+)
+
+// fetched is one block's content, or why it could not be read.
+type fetched struct {
+	blk data.Block
+	err error
+}
+
+// prefetch reads the contents of the non-zero blocks, in order: each value
+// of the returned channel is the next block's result channel. It stops
+// when ctx ends.
+func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []moveBlock) <-chan chan fetched {
+	order := make(chan chan fetched, prefetchWindow)
+	type job struct {
+		hash storage.Hash
+		out  chan fetched
+	}
+	jobs := make(chan job)
+	for range prefetchReaders {
+		go func() {
+			for j := range jobs {
+				var f fetched
+				f.err = e.content(ctx, repo, j.hash, &f.blk)
+				j.out <- f
+			}
+		}()
+	}
+	go func() {
+		defer close(jobs)
+		for _, b := range blocks {
+			if b.zero {
+				continue
+			}
+			out := make(chan fetched, 1)
+			select {
+			case order <- out: // blocks while the window is full
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case jobs <- job{b.hash, out}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return order
 }
 
 // content fills a block's data: the stored encoding as is for a plain
