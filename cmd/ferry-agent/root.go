@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -133,6 +135,7 @@ func newRunCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer stop()
+			limitMemory()
 			a, err := agent.New(o.cfg)
 			if err != nil {
 				return err
@@ -161,5 +164,19 @@ func newVersionCommand(g *globals) *cobra.Command {
 			fmt.Fprintln(g.stdout, buildinfo.Version)
 			return nil
 		},
+	}
+}
+
+// agentMemoryLimit is the agent's soft heap limit. The agent is a guest on
+// the host it protects: what it holds in flight is bounded (agent/ship),
+// and with Go's default GC pacing the heap would still grow to twice the
+// live data between collections. Near the limit the GC runs more often
+// instead. It is soft: the agent never fails for reaching it.
+const agentMemoryLimit = 40 << 20
+
+// limitMemory applies agentMemoryLimit unless GOMEMLIMIT says otherwise.
+func limitMemory() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(agentMemoryLimit)
 	}
 }
