@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export FERRY_BENCH=1
 echo "## storage: ingest and read-back"
-go test -count=1 -timeout 60m -run '^TestIngestThroughput$' ./storage/ | grep -v '^ok\|^PASS'
+# -v: in package-list mode go test shows a passing test's output only with
+# -v; the filter keeps the figures (a test that fails still fails the script).
+figures() { grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok ' || true; }
+go test -v -count=1 -timeout 60m -run '^TestIngestThroughput$' ./storage/ | figures
 echo "## storage: scale (flat figures expected)"
-go test -count=1 -timeout 180m -run '^TestScale$' ./storage/ | grep -v '^ok\|^PASS'
+go test -v -count=1 -timeout 180m -run '^TestScale$' ./storage/ | figures
