@@ -144,6 +144,16 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 			if err != nil {
 				return 0, err
 			}
+			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed {
+				again, err := a.recheckPending(ctx, bresp.Cycle, uint16(i), d)
+				if err != nil {
+					return 0, fmt.Errorf("recheck the pending point's blocks of disk %s: %w", d.name, err)
+				}
+				if len(again) > 0 {
+					log.Info("resumed cycle: rechecking the blocks the pending point stored", "disk", d.name, "blocks", len(again))
+					cands = withRechecks(cands, again)
+				}
+			}
 		}
 		if err := d.m.BeginCycle(bresp.Cycle, blockmap.BootID()); err != nil {
 			return 0, err
@@ -276,6 +286,34 @@ func listed(blocks []int64) iter.Seq[ship.Candidate] {
 	return func(yield func(ship.Candidate) bool) {
 		for _, b := range blocks {
 			if !yield(ship.Candidate{Block: b}) {
+				return
+			}
+		}
+	}
+}
+
+// withRechecks merges blocks to compare whole (ascending) into ascending
+// candidates: a block in both loses its changed ranges.
+func withRechecks(cands iter.Seq[ship.Candidate], blocks []int64) iter.Seq[ship.Candidate] {
+	return func(yield func(ship.Candidate) bool) {
+		i := 0
+		for c := range cands {
+			for i < len(blocks) && blocks[i] < c.Block {
+				if !yield(ship.Candidate{Block: blocks[i]}) {
+					return
+				}
+				i++
+			}
+			if i < len(blocks) && blocks[i] == c.Block {
+				c.Ranges = nil
+				i++
+			}
+			if !yield(c) {
+				return
+			}
+		}
+		for ; i < len(blocks); i++ {
+			if !yield(ship.Candidate{Block: blocks[i]}) {
 				return
 			}
 		}

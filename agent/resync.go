@@ -28,29 +28,11 @@ type ctrlBlock struct {
 // blocks enter the map, differing ones are returned to be sent. It costs a
 // read of the disk and no data on the wire beyond 33 bytes per stored block.
 func (a *Agent) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
-	sess, _ := a.currentSession()
-	if sess == nil {
-		return nil, protocol.Errorf(protocol.CodeUnavailable, "not connected")
-	}
-	st, err := sess.Open(ctx, protocol.KindHashes)
+	ctrl, errc, closeStream, err := a.openHashes(ctx, msg.HashesRequest{Cycle: cycle, Disk: idx})
 	if err != nil {
 		return nil, err
 	}
-	defer st.Close()
-	req, _ := json.Marshal(msg.HashesRequest{Cycle: cycle, Disk: idx})
-	fw := frame.NewWriter(st)
-	if err := fw.Write(msg.FrameHashesRequest, req); err != nil {
-		return nil, err
-	}
-	if err := fw.Flush(); err != nil {
-		return nil, err
-	}
-	ctrl := make(chan ctrlBlock, 4096)
-	errc := make(chan error, 1)
-	go func() {
-		defer close(ctrl)
-		errc <- readHashes(ctx, st, ctrl)
-	}()
+	defer closeStream()
 
 	if err := d.m.Reset(); err != nil {
 		return nil, err
@@ -117,6 +99,72 @@ func (a *Agent) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDis
 		return nil, err
 	}
 	return dirty, nil
+}
+
+// openHashes asks the controller for a disk's hashes (the whole newest
+// state, or the pending point's own rows) and streams them, ascending, on
+// the returned channel; the error channel says how the stream ended once
+// the channel is closed.
+func (a *Agent) openHashes(ctx context.Context, req msg.HashesRequest) (<-chan ctrlBlock, <-chan error, func(), error) {
+	sess, _ := a.currentSession()
+	if sess == nil {
+		return nil, nil, nil, protocol.Errorf(protocol.CodeUnavailable, "not connected")
+	}
+	st, err := sess.Open(ctx, protocol.KindHashes)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	body, _ := json.Marshal(req)
+	fw := frame.NewWriter(st)
+	if err := fw.Write(msg.FrameHashesRequest, body); err != nil {
+		st.Close()
+		return nil, nil, nil, err
+	}
+	if err := fw.Flush(); err != nil {
+		st.Close()
+		return nil, nil, nil, err
+	}
+	ctrl := make(chan ctrlBlock, 4096)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(ctrl)
+		errc <- readHashes(ctx, st, ctrl)
+	}()
+	return ctrl, errc, func() { st.Close() }, nil
+}
+
+// recheckPending handles a resumed cycle. Blocks the pending point already
+// stored were acknowledged to this agent only if the ack arrived; one that
+// did not may still hold its old value in the map while the controller
+// holds the newer content. If the block then went back to the old value,
+// nothing would resend it and the point would keep the newer content. So
+// every block the pending point stored is marked unknown in the map and
+// listed to be compared again (whole blocks: a patch would apply to the
+// wrong base); unchanged content costs a manifest entry (the controller
+// already holds the chunk), not its data.
+func (a *Agent) recheckPending(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
+	ctrl, errc, closeStream, err := a.openHashes(ctx, msg.HashesRequest{Cycle: cycle, Disk: idx, Pending: true})
+	if err != nil {
+		return nil, err
+	}
+	defer closeStream()
+	n := d.m.Len()
+	var blocks []int64
+	var set []blockmap.Entry
+	for c := range ctrl {
+		if c.block >= n {
+			continue // beyond the view's size
+		}
+		blocks = append(blocks, c.block)
+		set = append(set, blockmap.Entry{Block: c.block, Hash: blockmap.Unknown})
+	}
+	if err := <-errc; err != nil {
+		return nil, err
+	}
+	if err := d.m.Set(set...); err != nil {
+		return nil, err
+	}
+	return blocks, nil
 }
 
 // readHashes decodes the controller's hash runs until the closing barrier.

@@ -259,7 +259,7 @@ func (s *Server) serveHashes(ctx context.Context, agentID string, st *session.St
 		st.Reset(protocol.Errorf(protocol.CodeInvalid, "a hashes stream starts with a hashes request"))
 		return
 	}
-	if err := s.ing.ServeHashes(ctx, agentID, uint64(req.Cycle), req.Disk, st); err != nil {
+	if err := s.ing.ServeHashes(ctx, agentID, uint64(req.Cycle), req.Disk, req.Pending, st); err != nil {
 		st.Reset(err)
 	}
 }

@@ -177,3 +177,34 @@ func TestConcurrentWritersShareChunks(t *testing.T) {
 	require.NoError(t, r.c.db.QueryRow(`SELECT count(*) FROM chunks`).Scan(&n))
 	require.Equal(t, len(distinct), n, "each chunk stored once")
 }
+
+// TestPendingBlocksListsOnlyItsOwnRows: a pending point lists the blocks it
+// stored itself (data and explicit zeros), ascending, not those of
+// committed points.
+func TestPendingBlocksListsOnlyItsOwnRows(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
+	disks := []DiskSpec{{Name: "d", Size: 16 * tbs, BlockSize: tbs}}
+	p, err := r.BeginPoint(ctx, "m", disks)
+	require.NoError(t, err)
+	require.NoError(t, p.Write(ctx, []BlockWrite{chunkWrite("d", 1, content(1, tbs)), chunkWrite("d", 2, content(2, tbs))}))
+	_, err = p.Commit(ctx, CommitInfo{Instant: time.Unix(1, 0), Consistency: CrashConsistent})
+	require.NoError(t, err)
+
+	p, err = r.BeginPoint(ctx, "m", disks)
+	require.NoError(t, err)
+	b9 := content(9, tbs)
+	require.NoError(t, p.Write(ctx, []BlockWrite{chunkWrite("d", 9, b9), {Disk: "d", Block: 2, Zero: true}}))
+	type row struct {
+		block int64
+		hash  Hash
+		zero  bool
+	}
+	var got []row
+	require.NoError(t, p.Blocks(ctx, "d", func(b int64, h Hash, z bool) error {
+		got = append(got, row{b, h, z})
+		return nil
+	}))
+	require.Equal(t, []row{{2, Hash{}, true}, {9, Hash(blake3.Sum256(b9)), false}}, got)
+	require.ErrorIs(t, p.Blocks(ctx, "nope", func(int64, Hash, bool) error { return nil }), ErrNotFound)
+}

@@ -353,3 +353,50 @@ func (r *Repo) Diff(ctx context.Context, machine, disk string, from, to int64, f
 	}
 	return nil
 }
+
+// Blocks calls fn, ascending, for every block this pending point has
+// stored on disk (its own rows: what the running cycle changed so far, zero
+// blocks included), e.g. so that a resumed cycle can recheck them.
+func (p *Pending) Blocks(ctx context.Context, disk string, fn BlockFunc) error {
+	c := p.r.c
+	if err := c.check(); err != nil {
+		return err
+	}
+	did, ok := p.diskIDs[disk]
+	if !ok {
+		return fmt.Errorf("%w: disk %q is not part of pending point %d", ErrNotFound, disk, p.ID)
+	}
+	after := int64(-1)
+	for {
+		rows, err := c.db.QueryContext(ctx, `SELECT c.block, c.chunk_id, k.hash FROM changes c
+			LEFT JOIN chunks k ON k.id = c.chunk_id
+			WHERE c.disk_id=? AND c.seq=? AND c.block>? ORDER BY c.block LIMIT ?`, did, p.ID, after, pageRows)
+		if err != nil {
+			return err
+		}
+		var page []blockRow
+		for rows.Next() {
+			var br blockRow
+			var h []byte
+			if err := rows.Scan(&br.block, &br.cid, &h); err != nil {
+				rows.Close()
+				return err
+			}
+			copy(br.hash[:], h)
+			page = append(page, br)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, br := range page {
+			if err := fn(br.block, br.hash, br.cid == nil); err != nil {
+				return err
+			}
+		}
+		if len(page) < pageRows {
+			return nil
+		}
+		after = page[len(page)-1].block
+	}
+}

@@ -13,7 +13,9 @@ import (
 // ServeHashes streams the content hashes of a disk's newest state (the
 // pending point included) for an agent's hash resync: HashRun frames of
 // consecutive stored blocks; blocks never written are zero and not sent.
-func (g *Ingest) ServeHashes(ctx context.Context, agentID string, cycleID uint64, diskIndex uint16, st io.Writer) error {
+// With pendingOnly, only the blocks the pending point itself stored are
+// sent (a resumed cycle rechecks them: their acks may have been lost).
+func (g *Ingest) ServeHashes(ctx context.Context, agentID string, cycleID uint64, diskIndex uint16, pendingOnly bool, st io.Writer) error {
 	c, err := g.cycleFor(agentID, cycleID)
 	if err != nil {
 		return err
@@ -35,7 +37,15 @@ func (g *Ingest) ServeHashes(ctx context.Context, agentID string, cycleID uint64
 		run.Zero, run.Hashes = run.Zero[:0], run.Hashes[:0]
 		return nil
 	}
-	err = g.repo.HeadBlocks(ctx, c.machine, c.disks[diskIndex].Name, func(block int64, h storage.Hash, zero bool) error {
+	each := func(fn storage.BlockFunc) error { return g.repo.HeadBlocks(ctx, c.machine, c.disks[diskIndex].Name, fn) }
+	if pendingOnly {
+		p, err := g.repo.PendingPoint(ctx, c.machine)
+		if err != nil {
+			return err
+		}
+		each = func(fn storage.BlockFunc) error { return p.Blocks(ctx, c.disks[diskIndex].Name, fn) }
+	}
+	err = each(func(block int64, h storage.Hash, zero bool) error {
 		if len(run.Zero) > 0 && (uint64(block) != run.Start+uint64(len(run.Zero)) || len(run.Zero) == data.MaxEntriesPerFrame) {
 			if err := flush(); err != nil {
 				return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrydr/ferry/internal/testenv"
 	"github.com/ferrydr/ferry/internal/workload"
 	"github.com/ferrydr/ferry/protocol/faultnet"
 )
@@ -164,4 +165,52 @@ func requireSameFile(t *testing.T, a, b string) {
 			require.Failf(t, "files differ", "%s and %s differ in the 4 MiB at offset %d", a, b, off)
 		}
 	}
+}
+
+// TestResumedCycleRechecksUnacknowledgedBlocks: the agent is killed in the
+// middle of a cycle, when some blocks are stored in the pending point but
+// their acknowledgement never reached it; the changed region then goes back
+// to its old content. The resumed cycle must resend those blocks (their map
+// entries still hold the old content): the next points equal the disk.
+func TestResumedCycleRechecksUnacknowledgedBlocks(t *testing.T) {
+	mnt := testenv.MountLoop(t, "xfs", 1<<30)
+	const size = 96 << 20
+	img := filepath.Join(mnt, "d.img")
+	randomImage(t, img, size)
+	original, err := os.ReadFile(img)
+	require.NoError(t, err)
+	c := StartController(t)
+	proxy := proxyTo(t, c.Addr)
+	a := EnrollAgent(t, c, proxy.Addr(), "src")
+	c.MustFerry("policies", "create", "p", "--rp-every", "1s", "--bandwidth", "16MiB/s")
+	c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--policy", "p")
+	p1 := c.WaitPoint("vm", 0, 2*time.Minute)
+
+	// Change 64 MiB: a cycle of about 4 s at 16 MiB/s; kill the agent
+	// half-way, while batches are stored and their acks on the way.
+	up0, _ := proxy.Bytes()
+	randomImage(t, img, 64<<20)
+	require.Eventually(t, func() bool { up, _ := proxy.Bytes(); return up > up0+24<<20 }, time.Minute, 10*time.Millisecond)
+	a.Proc.Kill()
+	// Back to the old content, in place.
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(original[:64<<20], 0)
+	require.NoError(t, err)
+	require.NoError(t, f.Sync())
+	require.NoError(t, f.Close())
+	a.Start()
+
+	// A point after the restart holds the disk as it is: the old content.
+	var last Point
+	require.Eventually(t, func() bool {
+		ps := c.Points("vm")
+		if len(ps) == 0 || ps[len(ps)-1].ID <= p1.ID || ps[len(ps)-1].ID == last.ID {
+			return false
+		}
+		last = ps[len(ps)-1]
+		got, err := os.ReadFile(filepath.Join(c.Export("vm", last.ID), "d.raw"))
+		return err == nil && bytes.Equal(got, original)
+	}, 90*time.Second, 500*time.Millisecond, "no point after the restart equals the disk")
+	require.Contains(t, a.Proc.Output(), "rechecking the blocks the pending point stored")
 }

@@ -236,6 +236,11 @@ type DriverResponse struct {
 type HashesRequest struct {
 	Cycle int64  `json:"cycle"`
 	Disk  uint16 `json:"disk"` // index in the cycle's disk list
+	// Pending limits the answer to the blocks the pending point itself has
+	// stored (its own rows), for a resumed cycle to recheck blocks whose
+	// acknowledgement it may have missed. Additive: an older controller
+	// ignores it and sends the whole disk, which is a superset.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // FrameHashesRequest is the frame type of a HashesRequest.
