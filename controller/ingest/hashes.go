@@ -37,7 +37,9 @@ func (g *Ingest) ServeHashes(ctx context.Context, agentID string, cycleID uint64
 		run.Zero, run.Hashes = run.Zero[:0], run.Hashes[:0]
 		return nil
 	}
-	each := func(fn storage.BlockFunc) error { return g.repo.HeadBlocks(ctx, c.machine, c.disks[diskIndex].Name, fn) }
+	each := func(fn storage.BlockFunc) error {
+		return g.repo.HeadBlocks(ctx, c.machine, c.disks[diskIndex].Name, fn)
+	}
 	if pendingOnly {
 		p, err := g.repo.PendingPoint(ctx, c.machine)
 		if err != nil {
