@@ -221,7 +221,13 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 				for i := range out.Disks {
 					for _, d := range st.Sets[m.Failover.Set].Disks {
 						if d.Name == out.Disks[i].Name {
-							out.Disks[i].TargetPath = d.Path
+							// The machine runs on the format copy when the
+							// target wants one (docs/failover.md).
+							out.Disks[i].TargetPath, out.Disks[i].Format = d.Path, "raw"
+							if t.Format != "" && t.Format != "raw" {
+								out.Disks[i].TargetPath = strings.TrimSuffix(d.Path, ".raw") + "." + t.Format
+								out.Disks[i].Format = t.Format
+							}
 						}
 					}
 				}

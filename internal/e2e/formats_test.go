@@ -246,6 +246,15 @@ func TestTargetFormats(t *testing.T) {
 			live := site.Hyp.Disks(t, name)[0]
 			require.True(t, strings.HasSuffix(live, "."+format), "the driver gets the %s copy: %s", format, live)
 			qemuImg(t, "compare", "-f", "raw", "-F", format, img, live)
+			var shown struct {
+				Disks []struct {
+					TargetPath string `json:"target_path"`
+					Format     string `json:"format"`
+				} `json:"disks"`
+			}
+			f.c.JSON(&shown, "machines", "show", name)
+			require.Equal(t, live, shown.Disks[0].TargetPath, "machines show names the disk the machine runs on")
+			require.Equal(t, format, shown.Disks[0].Format)
 			// The machine writes a new block, and block x back to what
 			// it held at p1.
 			out2, err := exec.Command("qemu-io", "-f", format, "-c", "write -P 0xab 65536 65536", "-c", fmt.Sprintf("write -P 0x5a %d 65536", x), live).CombinedOutput()
