@@ -203,10 +203,19 @@ func TestRefuseVMDK(t *testing.T) {
 		q.convert(t, base, "raw", parent, "vmdk")
 		child := filepath.Join(dir, "c.vmdk")
 		run(t, q.img, "create", "-q", "-f", "vmdk", "-b", "p.vmdk", "-F", "vmdk", child)
-		// Rewrite the parent's CID in its embedded descriptor.
+		// Rewrite the parent's CID in its embedded descriptor, keeping its
+		// length: qemu writes it without leading zeros (%x), so it can be
+		// shorter than 8 digits.
 		patch(t, parent, parent, func(b []byte) []byte {
-			i := bytes.Index(b, []byte("CID="))
-			copy(b[i+4:], "0badc1d0")
+			i := bytes.Index(b, []byte("CID=")) + 4
+			end := i + bytes.IndexByte(b[i:], '\n')
+			for k := i; k < end; k++ {
+				if b[k] == 'a' {
+					b[k] = 'b'
+				} else {
+					b[k] = 'a'
+				}
+			}
 			return b
 		})
 		_, err := Open(child, OpenOptions{})
