@@ -47,24 +47,7 @@ func (s *Server) UpdatePolicy(ctx context.Context, name string, u api.PolicyUpda
 	if err != nil {
 		return p, apiErr(err)
 	}
-	if u.RPEvery != nil {
-		p.RPEvery = *u.RPEvery
-	}
-	if u.AppEvery != nil {
-		p.AppEvery = *u.AppEvery
-	}
-	if u.Retention != nil {
-		p.Retention = *u.Retention
-	}
-	if u.RPOThreshold != nil {
-		p.RPOThreshold = *u.RPOThreshold
-	}
-	if u.Bandwidth != nil {
-		p.Bandwidth = *u.Bandwidth
-	}
-	if u.BlockSize != nil {
-		p.BlockSize = *u.BlockSize
-	}
+	u.Apply(&p)
 	if err := validPolicy(p); err != nil {
 		return p, err
 	}

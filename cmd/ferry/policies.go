@@ -73,28 +73,6 @@ func (p *policyFlags) update() (api.PolicyUpdate, error) {
 	return u, nil
 }
 
-// apply sets the update's fields on p.
-func applyPolicy(p *api.Policy, u api.PolicyUpdate) {
-	if u.RPEvery != nil {
-		p.RPEvery = *u.RPEvery
-	}
-	if u.AppEvery != nil {
-		p.AppEvery = *u.AppEvery
-	}
-	if u.Retention != nil {
-		p.Retention = *u.Retention
-	}
-	if u.RPOThreshold != nil {
-		p.RPOThreshold = *u.RPOThreshold
-	}
-	if u.Bandwidth != nil {
-		p.Bandwidth = *u.Bandwidth
-	}
-	if u.BlockSize != nil {
-		p.BlockSize = *u.BlockSize
-	}
-}
-
 func newPoliciesCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "policies", Short: "Replication policies: create, update, list, delete"}
 	var cf, uf policyFlags
@@ -133,7 +111,7 @@ func runPolicyCreate(ctx context.Context, g *globals, name string, f policyFlags
 		return err
 	}
 	p := api.DefaultPolicy(name)
-	applyPolicy(&p, u)
+	u.Apply(&p)
 	cl, err := g.client()
 	if err != nil {
 		return err

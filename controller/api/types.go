@@ -94,6 +94,28 @@ type PolicyUpdate struct {
 	BlockSize    *int      `json:"block_size,omitempty"`
 }
 
+// Apply sets the update's fields on p; unset fields keep their value.
+func (u PolicyUpdate) Apply(p *Policy) {
+	if u.RPEvery != nil {
+		p.RPEvery = *u.RPEvery
+	}
+	if u.AppEvery != nil {
+		p.AppEvery = *u.AppEvery
+	}
+	if u.Retention != nil {
+		p.Retention = *u.Retention
+	}
+	if u.RPOThreshold != nil {
+		p.RPOThreshold = *u.RPOThreshold
+	}
+	if u.Bandwidth != nil {
+		p.Bandwidth = *u.Bandwidth
+	}
+	if u.BlockSize != nil {
+		p.BlockSize = *u.BlockSize
+	}
+}
+
 // Driver is an exec driver: commands run to power and pause a machine.
 type Driver struct {
 	Start  string `json:"start,omitempty"`
