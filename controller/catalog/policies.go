@@ -62,22 +62,27 @@ func (c *Catalog) Policy(ctx context.Context, name string) (api.Policy, error) {
 
 // Policies lists every policy by name.
 func (c *Catalog) Policies(ctx context.Context) ([]api.Policy, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT spec FROM policies ORDER BY name`)
+	return listSpecs[api.Policy](ctx, c, `SELECT spec FROM policies ORDER BY name`)
+}
+
+// listSpecs decodes the JSON spec column of each row a query returns.
+func listSpecs[T any](ctx context.Context, c *Catalog, query string) ([]T, error) {
+	rows, err := c.db.QueryContext(ctx, query)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []api.Policy
+	var out []T
 	for rows.Next() {
 		var spec string
-		var p api.Policy
+		var v T
 		if err := rows.Scan(&spec); err != nil {
 			return nil, err
 		}
-		if err := json.Unmarshal([]byte(spec), &p); err != nil {
+		if err := json.Unmarshal([]byte(spec), &v); err != nil {
 			return nil, err
 		}
-		out = append(out, p)
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }

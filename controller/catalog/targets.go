@@ -39,24 +39,7 @@ func (c *Catalog) Target(ctx context.Context, name string) (api.Target, string, 
 
 // Targets lists targets by name.
 func (c *Catalog) Targets(ctx context.Context) ([]api.Target, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT spec FROM targets ORDER BY name`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []api.Target
-	for rows.Next() {
-		var spec string
-		var t api.Target
-		if err := rows.Scan(&spec); err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(spec), &t); err != nil {
-			return nil, err
-		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
+	return listSpecs[api.Target](ctx, c, `SELECT spec FROM targets ORDER BY name`)
 }
 
 // RemoveTarget deletes a target no machine uses.
