@@ -154,3 +154,20 @@ func migrate(ctx context.Context, db *sql.DB, path string) error {
 	}
 	return nil
 }
+
+// column reads a one-column query's rows: column[int64](db.QueryContext(…)).
+func column[T any](rows *sql.Rows, err error) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var v T
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

@@ -109,20 +109,7 @@ func (r *Repo) Machines(ctx context.Context) ([]string, error) {
 	if err := r.c.check(); err != nil {
 		return nil, err
 	}
-	rows, err := r.c.db.QueryContext(ctx, `SELECT DISTINCT machine FROM points WHERE state IN ('committed', 'pending') ORDER BY machine`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var m string
-		if err := rows.Scan(&m); err != nil {
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	return out, rows.Err()
+	return column[string](r.c.db.QueryContext(ctx, `SELECT DISTINCT machine FROM points WHERE state IN ('committed', 'pending') ORDER BY machine`))
 }
 
 // LabelPoint sets a committed point's name (empty clears it).
@@ -187,23 +174,10 @@ func (r *Repo) Prune(ctx context.Context, machine string, olderThan time.Time) (
 	if err := c.check(); err != nil {
 		return 0, err
 	}
-	rows, err := c.db.QueryContext(ctx, `SELECT id FROM points WHERE machine=? AND state='committed' AND instant_ns<?
+	ids, err := column[int64](c.db.QueryContext(ctx, `SELECT id FROM points WHERE machine=? AND state='committed' AND instant_ns<?
 		AND id < (SELECT max(id) FROM points WHERE machine=? AND state='committed') ORDER BY id`,
-		machine, olderThan.UnixNano(), machine)
+		machine, olderThan.UnixNano(), machine))
 	if err != nil {
-		return 0, err
-	}
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return 0, err
 	}
 	for i, id := range ids {
@@ -284,20 +258,7 @@ func (c *core) deletePoint(ctx context.Context, t int64) error {
 }
 
 func (c *core) machineDisks(ctx context.Context, machine string) ([]int64, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT id FROM disks WHERE machine=? ORDER BY id`, machine)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return column[int64](c.db.QueryContext(ctx, `SELECT id FROM disks WHERE machine=? ORDER BY id`, machine))
 }
 
 func (c *core) inTx(ctx context.Context, fn func(*sql.Tx) error) error {

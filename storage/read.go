@@ -301,21 +301,8 @@ func (r *Repo) Diff(ctx context.Context, machine, disk string, from, to int64, f
 		return err
 	}
 	lo, hi := min(from, to), max(from, to)
-	rows, err := c.db.QueryContext(ctx, `SELECT DISTINCT block FROM changes WHERE disk_id=? AND seq>? AND seq<=?`, did, lo, hi)
+	cand, err := column[int64](c.db.QueryContext(ctx, `SELECT DISTINCT block FROM changes WHERE disk_id=? AND seq>? AND seq<=?`, did, lo, hi))
 	if err != nil {
-		return err
-	}
-	var cand []int64
-	for rows.Next() {
-		var b int64
-		if err := rows.Scan(&b); err != nil {
-			rows.Close()
-			return err
-		}
-		cand = append(cand, b)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return err
 	}
 	sort.Slice(cand, func(i, j int) bool { return cand[i] < cand[j] })

@@ -107,20 +107,7 @@ func sweepStep(ctx context.Context, db *sql.DB, diskID int64, machine string, or
 
 // retainedIDs returns the machine's committed point ids, ascending.
 func retainedIDs(ctx context.Context, tx *sql.Tx, machine string) ([]int64, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT id FROM points WHERE machine=? AND state='committed' ORDER BY id`, machine)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return column[int64](tx.QueryContext(ctx, `SELECT id FROM points WHERE machine=? AND state='committed' ORDER BY id`, machine))
 }
 
 // retainedIn reports whether a retained id lies in [lo, hi).

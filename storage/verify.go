@@ -111,21 +111,9 @@ func (c *core) chunksToVerify(ctx context.Context, machine string) ([]int64, err
 		q = `SELECT DISTINCT chunk_id FROM changes WHERE chunk_id IS NOT NULL AND disk_id IN (SELECT id FROM disks WHERE machine=?)`
 		args = append(args, machine)
 	}
-	rows, err := c.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
+	ids, err := column[int64](c.db.QueryContext(ctx, q, args...))
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids, rows.Err()
+	return ids, err
 }
 
 // affected names every retained point (and disk, and block) that reads a
