@@ -44,32 +44,6 @@ type failoverRun struct {
 	profiles []profileFile
 }
 
-// failoverRig makes what both failover cases start from in the run
-// directory dir: a reflink clone of the image (grown to size with a hole
-// when size is larger: the disk is sparse beyond the image) and a rig with
-// policy p (rp-every 1h: cycles only when asked). The caller closes the rig
-// and removes dir.
-func (b *bench) failoverRig(ctx context.Context, dir, logs string, size int64) (*rig, string, error) {
-	img := filepath.Join(dir, "disk.img")
-	if err := reflinkCopy(b.pristine, img); err != nil {
-		return nil, "", err
-	}
-	if size > b.cfg.Size {
-		if err := os.Truncate(img, size); err != nil {
-			return nil, "", err
-		}
-	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{stall: b.cfg.Stall})
-	if err != nil {
-		return nil, "", err
-	}
-	if err := r.createPolicy(ctx, "p", time.Hour, b.cfg.BlockSize); err != nil {
-		r.close()
-		return nil, "", err
-	}
-	return r, img, nil
-}
-
 // addTarget adds a target on the rig's own agent with the CLI, its disk
 // sets in dir/target. The exec driver's start records the machine as
 // running in dir/power and its status prints that file, so the start step
@@ -216,7 +190,7 @@ func (b *bench) materializeRun(ctx context.Context, i int, profile bool) (res fa
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	r, img, err := b.failoverRig(ctx, dir, logs, b.cfg.Size)
+	r, img, err := b.imageRig(ctx, dir, logs, b.cfg.Size, time.Hour, rigOptions{})
 	if err != nil {
 		return res, err
 	}
@@ -279,7 +253,7 @@ func (b *bench) rtoRun(ctx context.Context, i int, size int64, profile bool) (re
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	r, img, err := b.failoverRig(ctx, dir, logs, size)
+	r, img, err := b.imageRig(ctx, dir, logs, size, time.Hour, rigOptions{})
 	if err != nil {
 		return res, err
 	}

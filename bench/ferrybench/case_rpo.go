@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
 )
@@ -34,18 +33,11 @@ func (b *bench) rpoRun(ctx context.Context, profile phase) (res rpoRun, err erro
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	img := filepath.Join(dir, "disk.img")
-	if err := reflinkCopy(b.pristine, img); err != nil {
-		return res, err
-	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{stall: b.cfg.Stall})
+	r, img, err := b.imageRig(ctx, dir, logs, b.cfg.Size, b.cfg.RPEvery, rigOptions{})
 	if err != nil {
 		return res, err
 	}
 	defer r.close()
-	if err := r.createPolicy(ctx, "p", b.cfg.RPEvery, b.cfg.BlockSize); err != nil {
-		return res, err
-	}
 	if err := r.protect(ctx, "m", img, "p", ""); err != nil {
 		return res, err
 	}

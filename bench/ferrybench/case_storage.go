@@ -55,18 +55,11 @@ func (b *bench) storageRun(ctx context.Context, profile phase) (res storageRun, 
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	img := filepath.Join(dir, "disk.img")
-	if err := reflinkCopy(b.pristine, img); err != nil {
-		return res, err
-	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{stall: b.cfg.Stall})
+	r, img, err := b.imageRig(ctx, dir, logs, b.cfg.Size, time.Second, rigOptions{})
 	if err != nil {
 		return res, err
 	}
 	defer r.close()
-	if err := r.createPolicy(ctx, "p", time.Second, b.cfg.BlockSize); err != nil {
-		return res, err
-	}
 	if err := r.protect(ctx, "m", img, "p", ""); err != nil {
 		return res, err
 	}

@@ -57,18 +57,11 @@ func (b *bench) syncRun(ctx context.Context, i int, o syncOptions) (res syncRun,
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	img := filepath.Join(dir, "disk.img")
-	if err := reflinkCopy(b.pristine, img); err != nil {
-		return res, err
-	}
-	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{profile: o.profile == phaseInitial, stall: b.cfg.Stall})
+	r, img, err := b.imageRig(ctx, dir, logs, b.cfg.Size, time.Hour, rigOptions{profile: o.profile == phaseInitial})
 	if err != nil {
 		return res, err
 	}
 	defer r.close()
-	if err := r.createPolicy(ctx, "p", time.Hour, b.cfg.BlockSize); err != nil {
-		return res, err
-	}
 
 	// Initial sync: protect → first point listed.
 	if err := dropCaches(); err != nil {

@@ -455,3 +455,29 @@ func (r *rig) oneCycle(ctx context.Context, machine, policy string, after int64,
 	}
 	return c, err
 }
+
+// imageRig is the start of most cases: a reflink clone of the pristine
+// image as dir/disk.img (grown sparse to size when larger), a rig with o
+// (the stall guard from the config), and policy "p" with a point every
+// rpEvery at the configured block size.
+func (b *bench) imageRig(ctx context.Context, dir, logs string, size int64, rpEvery time.Duration, o rigOptions) (*rig, string, error) {
+	img := filepath.Join(dir, "disk.img")
+	if err := reflinkCopy(b.pristine, img); err != nil {
+		return nil, "", err
+	}
+	if size > b.cfg.Size {
+		if err := os.Truncate(img, size); err != nil {
+			return nil, "", err
+		}
+	}
+	o.stall = b.cfg.Stall
+	r, err := startRig(ctx, b.cfg.Bin, dir, logs, o)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := r.createPolicy(ctx, "p", rpEvery, b.cfg.BlockSize); err != nil {
+		r.close()
+		return nil, "", err
+	}
+	return r, img, nil
+}
