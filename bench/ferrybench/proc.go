@@ -1,16 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"regexp"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ferrydr/ferry/internal/syncbuf"
 )
 
 // proc is a running Ferry process: stdout and stderr go to its log file,
@@ -20,25 +20,8 @@ type proc struct {
 	logPath string
 	cmd     *exec.Cmd
 	logf    *os.File
-	stdout  lockedBuffer
+	stdout  syncbuf.Buffer
 	done    chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startProc starts bin in its own process group, with env added to this

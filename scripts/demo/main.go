@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferrydr/ferry/internal/syncbuf"
 	"github.com/ferrydr/ferry/internal/workload"
 )
 
@@ -197,14 +198,14 @@ func run(ctx context.Context, bin string, size int64, keep bool) error {
 	return nil
 }
 
-func (d *demo) start(logName, prog string, args ...string) (*lockedBuffer, error) {
+func (d *demo) start(logName, prog string, args ...string) (*syncbuf.Buffer, error) {
 	cmd := exec.Command(filepath.Join(d.bin, prog), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	logf, err := os.Create(filepath.Join(d.dir, logName))
 	if err != nil {
 		return nil, err
 	}
-	buf := &lockedBuffer{}
+	buf := &syncbuf.Buffer{}
 	cmd.Stdout = io.MultiWriter(buf, logf)
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
@@ -239,7 +240,7 @@ func eventually(ctx context.Context, timeout time.Duration, f func() bool) error
 	return errors.New("timed out")
 }
 
-func waitFor(ctx context.Context, b *lockedBuffer, re *regexp.Regexp, timeout time.Duration) ([]string, error) {
+func waitFor(ctx context.Context, b *syncbuf.Buffer, re *regexp.Regexp, timeout time.Duration) ([]string, error) {
 	var m []string
 	err := eventually(ctx, timeout, func() bool {
 		m = re.FindStringSubmatch(b.String())
