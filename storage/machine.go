@@ -32,25 +32,15 @@ func (r *Repo) DeleteMachine(ctx context.Context, machine string) error {
 		c.writeMu.Unlock()
 		return fmt.Errorf("%w: machine %q", ErrNotFound, machine)
 	}
-	b, err := c.appendTombstone(ctx, pack.Delete{PointID: uint64(maxID.Int64), Machine: machine, DeletedNs: c.clock().UnixNano()}, pack.DeleteMachineFlag)
-	if err != nil {
-		c.writeMu.Unlock()
-		return err
-	}
-	err = c.inTx(ctx, func(tx *sql.Tx) error {
+	err = c.recordDeletion(ctx, pack.Delete{PointID: uint64(maxID.Int64), Machine: machine, DeletedNs: c.clock().UnixNano()}, pack.DeleteMachineFlag, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE points SET state='deleted' WHERE machine=?`, machine); err != nil {
 			return err
 		}
 		// New disks of a machine of the same name get new ids, so rows
 		// not yet removed below are never read again.
-		if _, err := tx.ExecContext(ctx, `DELETE FROM disks WHERE machine=?`, machine); err != nil {
-			return err
-		}
-		return c.indexBatch(ctx, tx, b)
+		_, err := tx.ExecContext(ctx, `DELETE FROM disks WHERE machine=?`, machine)
+		return err
 	})
-	if err == nil {
-		c.finish(ctx, b)
-	}
 	c.writeMu.Unlock()
 	if err != nil {
 		return err

@@ -194,18 +194,28 @@ func (r *Repo) Prune(ctx context.Context, machine string, olderThan time.Time) (
 	return len(ids), nil
 }
 
-// appendTombstone makes a point-delete record durable (so Rebuild cannot
-// resurrect the point) and returns the batch to index.
-func (c *core) appendTombstone(ctx context.Context, del pack.Delete, flags uint8) (*batch, error) {
+// recordDeletion makes a point-delete record durable (so Rebuild cannot
+// resurrect what it deletes), then in one index transaction runs update
+// and indexes the record. Call with writeMu held.
+func (c *core) recordDeletion(ctx context.Context, del pack.Delete, flags uint8, update func(*sql.Tx) error) error {
 	b, err := c.newBatch(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	b.add(pack.TypePointDelete, flags, pack.EncodeDelete(del), Hash{}, int64(del.PointID))
 	if err := c.flush(b); err != nil {
-		return nil, err
+		return err
 	}
-	return b, nil
+	err = c.inTx(ctx, func(tx *sql.Tx) error {
+		if err := update(tx); err != nil {
+			return err
+		}
+		return c.indexBatch(ctx, tx, b)
+	})
+	if err == nil {
+		c.finish(ctx, b)
+	}
+	return err
 }
 
 // deleteBatchRows bounds one index transaction of a deletion, so that
@@ -224,20 +234,10 @@ func (c *core) deletePoint(ctx context.Context, t int64) error {
 		c.writeMu.Unlock()
 		return err
 	}
-	b, err := c.appendTombstone(ctx, pack.Delete{PointID: uint64(t), Machine: machine, DeletedNs: c.clock().UnixNano()}, 0)
-	if err != nil {
-		c.writeMu.Unlock()
+	err = c.recordDeletion(ctx, pack.Delete{PointID: uint64(t), Machine: machine, DeletedNs: c.clock().UnixNano()}, 0, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE points SET state='deleted' WHERE id=?`, t)
 		return err
-	}
-	err = c.inTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `UPDATE points SET state='deleted' WHERE id=?`, t); err != nil {
-			return err
-		}
-		return c.indexBatch(ctx, tx, b)
 	})
-	if err == nil {
-		c.finish(ctx, b)
-	}
 	c.writeMu.Unlock()
 	if err != nil {
 		return err
