@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -223,11 +224,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 						if d.Name == out.Disks[i].Name {
 							// The machine runs on the format copy when the
 							// target wants one (docs/failover.md).
-							out.Disks[i].TargetPath, out.Disks[i].Format = d.Path, "raw"
-							if t.Format != "" && t.Format != "raw" {
-								out.Disks[i].TargetPath = strings.TrimSuffix(d.Path, ".raw") + "." + t.Format
-								out.Disks[i].Format = t.Format
-							}
+							out.Disks[i].TargetPath, out.Disks[i].Format = msg.FormatCopyPath(d.Path, t.Format), cmp.Or(t.Format, "raw")
 						}
 					}
 				}

@@ -21,7 +21,7 @@ var ConvertFormats = []disk.Format{disk.FormatQCOW2, disk.FormatVHDX, disk.Forma
 // ConvertedPath is the copy of disk name in format f in set directory
 // setDir.
 func ConvertedPath(setDir, name string, f disk.Format) string {
-	return filepath.Join(setDir, name+"."+string(f))
+	return msg.FormatCopyPath(DiskPath(setDir, name), string(f))
 }
 
 // Convert gives a disk set's disks in format f for a hypervisor that does

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/controller/api"
@@ -564,7 +563,7 @@ func (k *failoverKind) env(ctx context.Context, r *jobs.Run, md *machineData, na
 			}
 		} else {
 			for i, p := range paths {
-				paths[i] = strings.TrimSuffix(p, ".raw") + "." + t.Format
+				paths[i] = msg.FormatCopyPath(p, t.Format)
 			}
 		}
 	}

@@ -1,5 +1,7 @@
 package msg
 
+import "strings"
+
 // Recovery-site operations: the controller drives the agent of a target
 // (a recovery-site host) to keep staged replicas, move disks between
 // points, and run failed-over machines.
@@ -108,6 +110,16 @@ type TargetDriverRequest struct {
 type TargetConvertRequest struct {
 	Ref    TargetRef `json:"ref"`
 	Format string    `json:"format"`
+}
+
+// FormatCopyPath is where target.convert keeps a disk's copy in format:
+// the raw file's path with the format as its extension ("raw": the raw
+// file itself).
+func FormatCopyPath(rawPath, format string) string {
+	if format == "" || format == "raw" {
+		return rawPath
+	}
+	return strings.TrimSuffix(rawPath, ".raw") + "." + format
 }
 
 // TargetConvertResponse names the copies, in the set's disk order, and
