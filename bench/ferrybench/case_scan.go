@@ -81,21 +81,8 @@ func (b *bench) scanRun(ctx context.Context, i int, profile phase) (res scanRun,
 	b.log.Info("hash-scan cycle", "run", i, "took", res.cycle.Round(time.Millisecond), "cat", res.cat.Round(time.Millisecond))
 	r.close()
 	res.profiles = r.profiles
-	ctlLines, err := r.logLines("controller", "cycle begins", "point committed")
-	if err != nil {
-		return res, err
-	}
-	res.cycleLogged = cycleTimes(ctlLines, "m")[pt.ID]
-	made, err := r.logLines("agent", "point made")
-	if err != nil {
-		return res, err
-	}
-	for _, l := range made {
-		if id, err := l.Int("point"); err == nil && id == pt.ID {
-			res.made = l
-		}
-	}
-	return res, nil
+	res.cycleLogged, res.made, err = r.cycleRecord("m", pt.ID)
+	return res, err
 }
 
 func (b *bench) caseScan(ctx context.Context) error {

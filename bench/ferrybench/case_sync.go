@@ -147,21 +147,8 @@ func (b *bench) syncRun(ctx context.Context, i int, o syncOptions) (res syncRun,
 	}
 	r.close()
 	res.profiles = r.profiles
-	ctlLines, err := r.logLines("controller", "cycle begins", "point committed")
-	if err != nil {
-		return res, err
-	}
-	res.cycleLogged = cycleTimes(ctlLines, "m")[pt.ID]
-	made, err := r.logLines("agent", "point made")
-	if err != nil {
-		return res, err
-	}
-	for _, l := range made {
-		if id, err := l.Int("point"); err == nil && id == pt.ID {
-			res.made = l
-		}
-	}
-	return res, nil
+	res.cycleLogged, res.made, err = r.cycleRecord("m", pt.ID)
+	return res, err
 }
 
 // verifyPoint exports a point with the CLI and requires it to equal the

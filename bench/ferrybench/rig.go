@@ -366,6 +366,27 @@ func (r *rig) logLines(what string, msgs ...string) ([]logLine, error) {
 	return out, nil
 }
 
+// cycleRecord reads, from the logs, how long the controller took over the
+// cycle of point id of machine (cycle begins → point committed) and the
+// agent's "point made" line for it.
+func (r *rig) cycleRecord(machine string, id int64) (time.Duration, logLine, error) {
+	ctlLines, err := r.logLines("controller", "cycle begins", "point committed")
+	if err != nil {
+		return 0, nil, err
+	}
+	made, err := r.logLines("agent", "point made")
+	if err != nil {
+		return 0, nil, err
+	}
+	var line logLine
+	for _, l := range made {
+		if p, err := l.Int("point"); err == nil && p == id {
+			line = l
+		}
+	}
+	return cycleTimes(ctlLines, machine)[id], line, nil
+}
+
 // diskName is the name of the one disk of every machine a rig protects.
 const diskName = "d0"
 
