@@ -52,6 +52,9 @@ type core struct {
 	writeMu sync.Mutex
 	open    *openPack // the pack being appended, under writeMu
 	nextKey uint32    // next data key slot, under writeMu
+	// chunksAdded counts write batches that stored new chunks, so a writer
+	// can tell whether another stored any since it looked its chunks up.
+	chunksAdded atomic.Uint64
 
 	// Sizes of a commit's change records and flushes (tests lower them).
 	partEntries int

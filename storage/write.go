@@ -145,6 +145,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 		}
 		hashes = append(hashes, w.Hash)
 	}
+	added := c.chunksAdded.Load()
 	have, err := c.lookupHashes(ctx, hashes)
 	if err != nil {
 		return err
@@ -172,9 +173,12 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 		return err
 	}
 	// Another writer may have stored some of these chunks while this one
-	// prepared them (two machines, one dedup): those are deduped now.
-	if err := c.dedupPrepared(ctx, have, preps); err != nil {
-		return err
+	// prepared them (two machines, one dedup): those are deduped now. Only
+	// looked up again when some writer stored chunks in between.
+	if c.chunksAdded.Load() != added {
+		if err := c.dedupPrepared(ctx, have, preps); err != nil {
+			return err
+		}
 	}
 	// A deduped chunk may have been deleted by GC since the lookup; the
 	// transaction re-checks, and a second round stores it again.
@@ -348,6 +352,9 @@ func (c *core) writeBatch(ctx context.Context, pointID int64, items []writeItem,
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, err
+	}
+	if len(pl) > 0 {
+		c.chunksAdded.Add(1) // after the commit: see Write
 	}
 	c.fail(FailIndexCommited)
 	c.finish(ctx, b)
