@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"sync"
 
 	"github.com/ferrydr/ferry/protocol"
@@ -147,7 +148,7 @@ func (g *Ingest) ServeData(ctx context.Context, agentID string, st io.ReadWriter
 		}
 	}()
 	var err error
-	for d := range frames {
+	for d := range untilDone(ctx, frames) {
 		switch {
 		case d.err != nil:
 			err = d.err
@@ -348,4 +349,22 @@ func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *dat
 		c.mu.Unlock()
 		rep.send(data.FrameAck, ack)
 	})
+}
+
+// untilDone yields the decoded frames until the channel closes or ctx
+// ends: a stream refused from a commit callback (replies.fail cancels ctx)
+// ends now, not when the agent sends its next frame or closes the stream.
+func untilDone(ctx context.Context, frames <-chan decoded) iter.Seq[decoded] {
+	return func(yield func(decoded) bool) {
+		for {
+			select {
+			case d, ok := <-frames:
+				if !ok || !yield(d) {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
 }
