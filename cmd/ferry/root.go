@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -65,6 +66,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	code := exitCodeOf(err)
+	if !g.json && slices.Contains(args, "--json") {
+		g.json = true // cobra refused the command line before parsing --json
+	}
 	printError(g, err)
 	return code
 }
