@@ -73,7 +73,7 @@ func powerLoop(t *testing.T, enc bool, skipSync string, plans []crashPlan) error
 		if enc {
 			k, err := LoadPrivateKeyFile(filepath.Join(keyDir, "repo.key"))
 			if err != nil {
-				return fmt.Errorf("after cut %d (%v): key file: %w", i, pl, err)
+				return fmt.Errorf("after cut %d (%v): %w", i, pl, violation(repoLost, 0, "key file: %w", err))
 			}
 			oo.PrivateKey = k
 		}
@@ -122,13 +122,30 @@ func TestPowerLossCatchesEachMissingFsync(t *testing.T) {
 	}
 	ok, why := powercut.Available()
 	requireCapability(t, ok, why)
+	// What losing each fsync breaks (docs/crash-semantics.md): the test
+	// requires that violation, not any error — a harness failure (FUSE not
+	// mounting, the child dying, too little progress) does not count.
+	want := map[string][]violationKind{
+		syncConfigFile: {repoLost},
+		syncConfigDir:  {repoLost},
+		syncKeyFile:    {repoLost},
+		syncKeyDir:     {repoLost},
+		syncPackMkdir:  {pointMissing, pointWrong},
+		syncPackCreate: {pointMissing, pointWrong},
+		syncPackAppend: {pointMissing, pointWrong},
+		syncPackSeal:   {damaged},
+	}
 	for _, name := range syncPoints() {
 		t.Run(name, func(t *testing.T) {
+			require.Contains(t, want, name, "fsync %q has no expected violation: add it to the table", name)
 			enc := name == syncKeyFile || name == syncKeyDir
 			seed := uint64(time.Now().UnixNano())
 			err := powerLoop(t, enc, name, powerPlans(rand.New(rand.NewPCG(seed, 3)), 21))
 			require.Error(t, err, "removing fsync %q went unnoticed (seed %d)", name, seed)
-			t.Logf("without %s: %v", name, err)
+			var v *violationError
+			require.ErrorAs(t, err, &v, "removing fsync %q: the loop failed, but not with a durability violation (seed %d): %v", name, seed, err)
+			require.Contains(t, want[name], v.kind, "removing fsync %q: unexpected violation (seed %d): %v", name, seed, err)
+			t.Logf("without %s: %s: %v", name, v.kind, err)
 		})
 	}
 }

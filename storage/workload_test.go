@@ -259,6 +259,47 @@ func wlParseName(name string) (int, error) {
 	return strconv.Atoi(s)
 }
 
+// violationKind names the guarantee of docs/crash-semantics.md that a
+// crash or power cut broke.
+type violationKind string
+
+const (
+	// repoLost: Create returned, yet the repository or its key file does
+	// not open after the cut.
+	repoLost violationKind = "repository lost"
+	// pointMissing: a point whose Commit returned is absent or unreadable
+	// (the repository no longer opens after commits were reported counts).
+	pointMissing violationKind = "committed point missing"
+	// pointWrong: a point reads back other bytes or another instant than
+	// committed, or a point that was never committed is visible.
+	pointWrong violationKind = "committed point wrong"
+	// damaged: Verify, or a rebuild from the packs alone, finds
+	// acknowledged data damaged.
+	damaged violationKind = "acknowledged data damaged"
+)
+
+// violationError is a broken durability guarantee, as opposed to a failure
+// of the harness (mount, child process, too little progress): the crash
+// tests require one of these, of a specific kind, and nothing else.
+type violationError struct {
+	kind violationKind
+	k    int // the commit concerned; 0 when none
+	err  error
+}
+
+func (e *violationError) Error() string {
+	if e.k > 0 {
+		return fmt.Sprintf("%s (k=%d): %v", e.kind, e.k, e.err)
+	}
+	return fmt.Sprintf("%s: %v", e.kind, e.err)
+}
+
+func (e *violationError) Unwrap() error { return e.err }
+
+func violation(kind violationKind, k int, format string, args ...any) error {
+	return &violationError{kind: kind, k: k, err: fmt.Errorf(format, args...)}
+}
+
 // wlCheck opens the repository and checks the guarantees after a crash:
 // every point reads back byte-exact against the model, every reported
 // commit that retention keeps is present, nothing else is visible, and
@@ -273,53 +314,59 @@ func wlCheck(ctx context.Context, dir string, oo OpenOptions, reported map[int]b
 func wlCheckPoints(ctx context.Context, dir string, oo OpenOptions, reported map[int]bool, floor int) (newest int, err error) {
 	r, err := Open(ctx, dir, oo)
 	if err != nil {
-		return 0, fmt.Errorf("open after crash: %w", err)
+		if len(reported) == 0 && floor == 0 {
+			return 0, violation(repoLost, 0, "open after crash: %w", err)
+		}
+		return 0, violation(pointMissing, floor, "open after crash: %w", err)
 	}
 	defer r.Close()
 	pts, err := r.Points(ctx, wlMachine)
 	if err != nil {
-		return 0, err
+		return 0, violation(pointMissing, floor, "list points: %w", err)
 	}
 	present := map[int]bool{}
 	for _, pt := range pts {
 		k, err := wlParseName(pt.Name)
 		if err != nil {
-			return 0, err
+			return 0, violation(pointWrong, 0, "point %d: %w", pt.ID, err)
 		}
 		if present[k] {
-			return 0, fmt.Errorf("commit k=%d present twice", k)
+			return 0, violation(pointWrong, k, "commit k=%d present twice", k)
 		}
 		present[k] = true
 		newest = max(newest, k)
 		if !pt.Instant.Equal(wlInstant(k)) {
-			return 0, fmt.Errorf("point k=%d has instant %v", k, pt.Instant)
+			return 0, violation(pointWrong, k, "point k=%d has instant %v", k, pt.Instant)
 		}
 		d, err := r.OpenDisk(ctx, pt.ID, "d0")
 		if err != nil {
-			return 0, fmt.Errorf("open disk of k=%d: %w", k, err)
+			return 0, violation(pointMissing, k, "open disk of k=%d: %w", k, err)
 		}
 		var buf bytes.Buffer
 		if _, err := d.WriteTo(&buf); err != nil {
-			return 0, fmt.Errorf("read k=%d: %w", k, err)
+			return 0, violation(pointMissing, k, "read k=%d: %w", k, err)
 		}
 		if !bytes.Equal(buf.Bytes(), wlModel(k)) {
-			return 0, fmt.Errorf("point k=%d (id %d) does not read back byte-exact", k, pt.ID)
+			return 0, violation(pointWrong, k, "point k=%d (id %d) does not read back byte-exact", k, pt.ID)
 		}
 	}
-	if newest < floor || newest > floor+1 {
-		return 0, fmt.Errorf("newest point k=%d, but %d is known to exist and a run adds at most one unreported commit", newest, floor)
+	if newest < floor {
+		return 0, violation(pointMissing, floor, "newest point k=%d, but k=%d is known to exist", newest, floor)
+	}
+	if newest > floor+1 {
+		return 0, violation(pointWrong, newest, "newest point k=%d, but k=%d is the newest known and a run adds at most one unreported commit", newest, floor)
 	}
 	for k := range reported {
 		if k > newest-wlKeep+1 && !present[k] {
-			return 0, fmt.Errorf("reported commit k=%d is missing (newest k=%d)", k, newest)
+			return 0, violation(pointMissing, k, "reported commit k=%d is missing (newest k=%d)", k, newest)
 		}
 	}
 	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true})
 	if err != nil {
-		return 0, fmt.Errorf("verify: %w", err)
+		return 0, violation(damaged, 0, "verify: %w", err)
 	}
 	if len(rep.Damaged) > 0 {
-		return 0, fmt.Errorf("verify found damage: %v", errors.Join(damageErrs(rep)...))
+		return 0, violation(damaged, 0, "verify found damage: %w", errors.Join(damageErrs(rep)...))
 	}
 	if err := r.Close(); err != nil {
 		return 0, err
@@ -339,12 +386,12 @@ func wlCheckRebuild(ctx context.Context, dir string, oo OpenOptions, want []Poin
 		return err
 	}
 	if _, err := Rebuild(ctx, cp, OpenOptions{}); err != nil {
-		return fmt.Errorf("rebuild: %w", err)
+		return violation(damaged, 0, "rebuild: %w", err)
 	}
 	oo.ExclusiveLock = false
 	r, err := Open(ctx, cp, oo)
 	if err != nil {
-		return fmt.Errorf("open rebuilt: %w", err)
+		return violation(damaged, 0, "open rebuilt: %w", err)
 	}
 	defer r.Close()
 	got, err := r.Points(ctx, wlMachine)
@@ -352,23 +399,23 @@ func wlCheckRebuild(ctx context.Context, dir string, oo OpenOptions, want []Poin
 		return err
 	}
 	if len(got) != len(want) {
-		return fmt.Errorf("rebuild restored %d points, the index has %d", len(got), len(want))
+		return violation(damaged, 0, "rebuild restored %d points, the index has %d", len(got), len(want))
 	}
 	for i := range want {
 		if got[i].ID != want[i].ID || got[i].Name != want[i].Name {
-			return fmt.Errorf("rebuild restored point %d %q, the index has %d %q", got[i].ID, got[i].Name, want[i].ID, want[i].Name)
+			return violation(damaged, 0, "rebuild restored point %d %q, the index has %d %q", got[i].ID, got[i].Name, want[i].ID, want[i].Name)
 		}
 		k, _ := wlParseName(got[i].Name)
 		d, err := r.OpenDisk(ctx, got[i].ID, "d0")
 		if err != nil {
-			return err
+			return violation(damaged, k, "rebuilt k=%d: %w", k, err)
 		}
 		var buf bytes.Buffer
 		if _, err := d.WriteTo(&buf); err != nil {
-			return fmt.Errorf("rebuilt k=%d: %w", k, err)
+			return violation(damaged, k, "rebuilt k=%d: %w", k, err)
 		}
 		if !bytes.Equal(buf.Bytes(), wlModel(k)) {
-			return fmt.Errorf("rebuilt point k=%d does not read back byte-exact", k)
+			return violation(damaged, k, "rebuilt point k=%d does not read back byte-exact", k)
 		}
 	}
 	return nil

@@ -12,7 +12,10 @@ import (
 )
 
 // Available reports whether this process can mount FUSE filesystems, and
-// why not.
+// why not. It mounts one for real (an opened /dev/fuse is not enough: the
+// mount also needs fusermount or the mount syscall to work): a probe file
+// is written and fsync'd through it, the kernel must report a FUSE
+// filesystem at the mount point, and the write must reach this package.
 func Available() (bool, string) {
 	if os.Geteuid() != 0 {
 		return false, "powercut needs root to mount FUSE"
@@ -22,7 +25,59 @@ func Available() (bool, string) {
 		return false, fmt.Sprintf("powercut needs /dev/fuse: %v", err)
 	}
 	f.Close()
+	if err := probe(); err != nil {
+		return false, fmt.Sprintf("powercut: a FUSE filesystem does not mount here: %v", err)
+	}
 	return true, ""
+}
+
+// fuseSuperMagic is statfs's f_type of a FUSE filesystem.
+const fuseSuperMagic = 0x65735546
+
+func probe() (err error) {
+	dir, err := os.MkdirTemp("", "powercut-probe-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	m, err := New(dir)
+	if err != nil {
+		return err
+	}
+	mounted := true
+	defer func() {
+		if mounted {
+			if uerr := m.Unmount(); err == nil {
+				err = uerr
+			}
+		}
+	}()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != fuseSuperMagic {
+		return fmt.Errorf("%s is not a FUSE mount (f_type %#x)", dir, st.Type)
+	}
+	pf, err := os.Create(dir + "/probe")
+	if err != nil {
+		return err
+	}
+	_, err = pf.Write([]byte("probe"))
+	if err == nil {
+		err = pf.Sync()
+	}
+	if cerr := pf.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write through the mount: %w", err)
+	}
+	if s := m.Stats(); !s.Names["probe"] || s.FileSyncs == 0 {
+		return fmt.Errorf("the probe file's write and fsync did not reach the powercut filesystem")
+	}
+	mounted = false
+	return m.Unmount()
 }
 
 // Mount is one mounted instance.
