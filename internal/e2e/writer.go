@@ -148,11 +148,23 @@ func (w *Writer) Log() []LoggedWrite {
 // logged writes, or fails the test. initial holds each disk's first state.
 func PrefixLength(t testing.TB, dir string, names []string, initial [][]byte, log []LoggedWrite, seed uint64) int {
 	t.Helper()
-	got := make([][]byte, len(names))
+	paths := make([]string, len(names))
 	for i, n := range names {
-		b, err := os.ReadFile(filepath.Join(dir, n+".raw"))
+		paths[i] = filepath.Join(dir, n+".raw")
+	}
+	return PrefixLengthOf(t, paths, initial, log, seed)
+}
+
+// PrefixLengthOf is PrefixLength for disk files anywhere (a recovered
+// machine's disks): paths[i] is disk i of the writer.
+func PrefixLengthOf(t testing.TB, paths []string, initial [][]byte, log []LoggedWrite, seed uint64) int {
+	t.Helper()
+	names := paths
+	got := make([][]byte, len(paths))
+	for i, p := range paths {
+		b, err := os.ReadFile(p)
 		require.NoError(t, err)
-		require.Equal(t, len(initial[i]), len(b), "disk %s size", n)
+		require.Equal(t, len(initial[i]), len(b), "disk %s size", p)
 		got[i] = b
 	}
 	type slot struct {
@@ -196,7 +208,7 @@ func PrefixLength(t testing.TB, dir string, names []string, initial [][]byte, lo
 			candidate = i + 1
 		}
 	}
-	require.GreaterOrEqual(t, candidate, 0, "the export is not the initial disks plus any prefix of the writes")
+	require.GreaterOrEqual(t, candidate, 0, "the disks are not the initial disks plus any prefix of the writes")
 	// Confirm byte for byte, everywhere, at that N.
 	for d := range names {
 		want := append([]byte(nil), initial[d]...)
