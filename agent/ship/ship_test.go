@@ -470,3 +470,161 @@ func TestShipReadError(t *testing.T) {
 	r := wait(t, done)
 	require.ErrorIs(t, r.err, errDisk)
 }
+
+// TestShipPatches: with patches allowed and the changed ranges known, a
+// block whose map entry is not zero travels as a patch of those ranges;
+// applied to the controller's copy of the old block it gives the new
+// block's hash. Without known ranges the whole block travels.
+func TestShipPatches(t *testing.T) {
+	l := newLink(t)
+	d := newDisk(t)
+	old := append([]byte(nil), d.bytes...)
+	// The map matches the old disk, then blocks 1 and 2 change in 300 bytes.
+	for b := range int64(nblocks) {
+		require.NoError(t, d.m.Set(blockmap.Entry{Block: b, Hash: blockmap.Sum(old[b*blockSize : (b+1)*blockSize])}))
+	}
+	for _, b := range []int{1, 2} {
+		copy(d.bytes[b*blockSize+512:], bytes.Repeat([]byte{0xee}, 300))
+	}
+	cfg := config(t, l, d, bytes.NewReader(d.bytes))
+	cfg.Patches = true
+	cfg.Disks[0].Candidates = func(yield func(ship.Candidate) bool) {
+		if yield(ship.Candidate{Block: 1, Ranges: []ship.Range{{Offset: 512, Length: 300}}}) {
+			yield(ship.Candidate{Block: 2}) // ranges unknown
+		}
+	}
+	done := run(cfg)
+	c := l.accept(t)
+	require.NotNil(t, c)
+	got := map[uint64]data.Block{}
+	for len(got) < 2 {
+		typ, p, err := c.fr.Next()
+		require.NoError(t, err)
+		switch typ {
+		case data.FrameManifest:
+			var m data.Manifest
+			require.NoError(t, m.Decode(p))
+			n := &data.Need{Cycle: m.Cycle, Part: m.Part, Need: make([]bool, len(m.Entries))}
+			for i := range n.Need {
+				n.Need[i] = true
+			}
+			require.NoError(t, c.send(data.FrameNeed, n))
+		case data.FrameBatch:
+			var b data.Batch
+			require.NoError(t, b.Decode(p))
+			for _, blk := range b.Blocks {
+				blk.Data = append([]byte(nil), blk.Data...)
+				got[blk.Block] = blk
+			}
+			require.NoError(t, c.send(data.FrameAck, &data.Ack{Cycle: b.Cycle, Seq: b.Seq}))
+		default:
+			t.Fatalf("unexpected frame type %d", typ)
+		}
+	}
+	r := wait(t, done)
+	require.NoError(t, r.err)
+	require.Equal(t, int64(1), r.res.Patches)
+	require.Equal(t, int64(2), r.res.Sent)
+
+	p1 := got[1]
+	require.Equal(t, data.FlagPatch, p1.Flags&data.FlagPatch, "block 1 did not travel as a patch")
+	plain, err := c.dec.Plain(nil, &p1)
+	require.NoError(t, err)
+	runs, err := data.DecodePatch(plain)
+	require.NoError(t, err)
+	patched := append([]byte(nil), old[blockSize:2*blockSize]...)
+	require.NoError(t, data.ApplyPatch(patched, runs))
+	require.True(t, bytes.Equal(d.bytes[blockSize:2*blockSize], patched), "the patch does not turn the old block into the new one")
+	require.Equal(t, data.Hash(blake3.Sum256(patched)), p1.Hash)
+
+	p2 := got[2]
+	require.Zero(t, p2.Flags&data.FlagPatch, "block 2 (ranges unknown) travelled as a patch")
+	whole, err := c.dec.Plain(nil, &p2)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(d.bytes[2*blockSize:3*blockSize], whole))
+	for _, b := range []int64{1, 2} {
+		require.Equal(t, blockmap.Sum(d.bytes[b*blockSize:(b+1)*blockSize]), d.m.Get(b))
+	}
+}
+
+// TestShipManyPartsOverTwoStreams: a disk large enough for several
+// manifest parts is shipped over two data streams; every block arrives
+// exactly once with its bytes, whichever stream carried it.
+func TestShipManyPartsOverTwoStreams(t *testing.T) {
+	l := newLink(t)
+	const big = 1500 // blocks: three parts of at most 2 MiB
+	b := make([]byte, big*blockSize)
+	for i := range b {
+		b[i] = byte(i*13 + i/4093)
+	}
+	m, _, err := blockmap.Open(filepath.Join(t.TempDir(), "map"), blockSize, int64(len(b)), "boot")
+	require.NoError(t, err)
+	defer m.Close()
+	zc, err := data.NewCompressor(1)
+	require.NoError(t, err)
+	defer zc.Close()
+	cfg := ship.Config{
+		Cycle: cycleID,
+		Disks: []ship.Disk{{Index: 0, Reader: bytes.NewReader(b), Size: int64(len(b)), BlockSize: blockSize, Map: m,
+			Candidates: func(yield func(ship.Candidate) bool) {
+				for i := range int64(big) {
+					if !yield(ship.Candidate{Block: i}) {
+						return
+					}
+				}
+			}}},
+		Open:    func(ctx context.Context) (io.ReadWriteCloser, error) { return l.agent.Open(ctx, protocol.KindData) },
+		Streams: 2, Compressor: zc,
+	}
+	done := run(cfg)
+	type served struct {
+		got map[uint64][]byte
+		err error
+	}
+	results := make(chan served, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	streams := 0
+	go func() {
+		for {
+			st, err := l.ctrl.Accept(ctx)
+			if err != nil {
+				return
+			}
+			dec, err := data.NewDecompressor(1)
+			if err != nil {
+				results <- served{err: err}
+				return
+			}
+			go func() {
+				defer dec.Close()
+				c := &ctrlStream{st: st, fr: frame.NewReader(st, data.MaxFrameSize), fw: frame.NewWriter(st), dec: dec}
+				got, err := c.serve(b, nil)
+				results <- served{got, err}
+			}()
+		}
+	}()
+	r := wait(t, done)
+	require.NoError(t, r.err)
+	require.Equal(t, uint32(3), r.res.Parts)
+	all := map[uint64][]byte{}
+	// Every stream ship opened ends (EOF) after Run returned.
+	for len(all) < big {
+		select {
+		case s := <-results:
+			require.NoError(t, s.err)
+			streams++
+			for k, v := range s.got {
+				_, dup := all[k]
+				require.False(t, dup, "block %d arrived twice", k)
+				all[k] = v
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("only %d of %d blocks arrived over %d streams", len(all), big, streams)
+		}
+	}
+	for i := range uint64(big) {
+		require.True(t, bytes.Equal(b[i*blockSize:(i+1)*blockSize], all[i]), "block %d", i)
+	}
+	t.Logf("%d blocks over %d streams in %d parts", big, streams, r.res.Parts)
+}

@@ -587,3 +587,61 @@ func TestIngestSessionLossDropsCycle(t *testing.T) {
 	copy(want, a)
 	require.True(t, bytes.Equal(want, r.exported(c2.Cycle)), "the resumed point lost the first session's block")
 }
+
+// TestIngestPatches: a patch over the stored block is applied and
+// acknowledged; a patch whose result does not hash to the announced hash
+// (the agent's base differed) is refused with failed_precondition, the
+// code that makes the agent resend whole blocks, and stores nothing.
+func TestIngestPatches(t *testing.T) {
+	r := newRig(t)
+	a := block(1)
+	c := r.begin(msg.MapState{Valid: true})
+	s := r.open()
+	s.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c.Cycle), Entries: []data.Entry{{Block: 2, Hash: hashOf(a)}}})
+	s.need()
+	s.send(data.FrameBatch, &data.Batch{Cycle: uint64(c.Cycle), Seq: 1, Blocks: []data.Block{plainBlock(2, a)}})
+	s.ack()
+	require.NoError(t, s.st.CloseWrite())
+	require.NoError(t, r.serveResult())
+	p1, err := r.end(c.Cycle, 1, 1)
+	require.NoError(t, err)
+
+	patch := func(base []byte, seed byte) (data.Block, []byte) {
+		run := data.PatchRun{Offset: 100, Data: bytes.Repeat([]byte{seed}, 300)}
+		after := append([]byte(nil), base...)
+		copy(after[100:], run.Data)
+		p := data.EncodePatch(run)
+		return data.Block{Block: 2, Hash: hashOf(after), Flags: data.FlagPatch, Codec: data.CodecNone, PlainLen: uint32(len(p)), Data: p}, after
+	}
+
+	c2 := r.begin(msg.MapState{Valid: true, HeadPoint: p1.PointID})
+	require.True(t, c2.Patches)
+	good, after := patch(a, 0xee)
+	s2 := r.open()
+	s2.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c2.Cycle), Entries: []data.Entry{{Block: 2, Hash: good.Hash}}})
+	require.Equal(t, []bool{true}, s2.need().Need)
+	s2.send(data.FrameBatch, &data.Batch{Cycle: uint64(c2.Cycle), Seq: 1, Blocks: []data.Block{good}})
+	s2.ack()
+	require.NoError(t, s2.st.CloseWrite())
+	require.NoError(t, r.serveResult())
+	p2, err := r.end(c2.Cycle, 1, 1)
+	require.NoError(t, err)
+	want := make([]byte, diskSize)
+	copy(want[2*blockSize:], after)
+	require.True(t, bytes.Equal(want, r.exported(p2.PointID)), "the patched point differs from the bytes the test made")
+
+	// The agent believes the block holds other content than stored.
+	c3 := r.begin(msg.MapState{Valid: true, HeadPoint: p2.PointID})
+	bad, wrongAfter := patch(block(7), 0x11)
+	s3 := r.open()
+	s3.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c3.Cycle), Entries: []data.Entry{{Block: 2, Hash: bad.Hash}}})
+	require.Equal(t, []bool{true}, s3.need().Need)
+	s3.send(data.FrameBatch, &data.Batch{Cycle: uint64(c3.Cycle), Seq: 1, Blocks: []data.Block{bad}})
+	s3.refusal(protocol.CodeFailedPrecondition)
+	require.ErrorIs(t, r.serveResult(), protocol.ErrFailedPrecondition)
+	ok, err := r.repo.HasChunks(context.Background(), []storage.Hash{storage.Hash(hashOf(wrongAfter))})
+	require.NoError(t, err)
+	require.Equal(t, []bool{false}, ok)
+	_, err = r.end(c3.Cycle, 1, 1)
+	require.ErrorIs(t, err, protocol.ErrFailedPrecondition)
+}
