@@ -26,6 +26,7 @@ import (
 // served is a controller started through `ferry serve`.
 type served struct {
 	admin string // admin socket path, as OnReady printed it
+	agent string // agent address, HOST:PORT
 	data  string
 }
 
@@ -41,7 +42,7 @@ func serve(t *testing.T) *served {
 		code <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0",
 			"--admin-socket", filepath.Join(data, "a.sock"), "--log-level", "warn"}, &out, &errb)
 	}()
-	var admin string
+	var admin, agentAddr string
 	require.Eventually(t, func() bool {
 		select {
 		case c := <-code:
@@ -51,7 +52,7 @@ func serve(t *testing.T) *served {
 		}
 		m := readyLine.FindStringSubmatch(out.String())
 		if m != nil {
-			admin = m[2]
+			agentAddr, admin = m[1], m[2]
 		}
 		return m != nil
 	}, 30*time.Second, 10*time.Millisecond, "ferry serve never printed its ready line")
@@ -67,7 +68,7 @@ func serve(t *testing.T) *served {
 			t.Error("ferry serve did not stop within 30 s of its context ending")
 		}
 	})
-	return &served{admin: admin, data: data}
+	return &served{admin: admin, agent: agentAddr, data: data}
 }
 
 // cli runs one command and returns its exit code, stdout and stderr.
