@@ -122,6 +122,17 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"serve", "extra"},
 		{"serve", "--log-level", "loud"},
 		{"version", "extra"},
+		{"failover"},
+		{"failover", "a", "b"},
+		{"failover", "m", "--plan", "p"},
+		{"failover", "m", "--test", "--planned"},
+		{"failover", "m", "--test", "--shutdown-source"},
+		{"failover", "m", "--planned", "--point", "3"},
+		{"failover", "m", "--direction", "sideways"},
+		{"failover", "m", "--timeout", "soon"},
+		{"change-point", "m"},
+		{"cancel", "job-1"},
+		{"jobs", "show"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			code, _, stderr := cli(t, append([]string{"--admin", nowhere}, args...)...)

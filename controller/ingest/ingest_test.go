@@ -5,8 +5,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,6 +56,9 @@ type rig struct {
 	// order the streams end.
 	served chan error
 	points chan storage.Point
+	// streamAgent is the agent the controller side serves the next data
+	// streams for (the session's identity); agentID unless a test says.
+	streamAgent atomic.Value
 }
 
 func newRig(t *testing.T) *rig {
@@ -64,6 +70,7 @@ func newRig(t *testing.T) *rig {
 	repo, err := storage.Open(ctx, dir, storage.OpenOptions{Logger: log})
 	require.NoError(t, err)
 	r := &rig{t: t, repo: repo, served: make(chan error, 16), points: make(chan storage.Point, 16)}
+	r.streamAgent.Store(agentID)
 	r.ing, err = ingest.New(ingest.Config{Repo: repo, Log: log, CanPatch: true,
 		OnCommit: func(_ string, p storage.Point) { r.points <- p }})
 	require.NoError(t, err)
@@ -98,9 +105,10 @@ func newRig(t *testing.T) *rig {
 			if err != nil {
 				return
 			}
+			id := r.streamAgent.Load().(string)
 			go func() {
 				defer st.Close()
-				r.served <- r.ing.ServeData(ctx, agentID, st)
+				r.served <- r.ing.ServeData(ctx, id, st)
 			}()
 		}
 	}()
@@ -644,4 +652,95 @@ func TestIngestPatches(t *testing.T) {
 	require.Equal(t, []bool{false}, ok)
 	_, err = r.end(c3.Cycle, 1, 1)
 	require.ErrorIs(t, err, protocol.ErrFailedPrecondition)
+}
+
+// TestIngestRefusesAnotherAgentsCycle: a data stream of one agent cannot
+// send into the cycle another agent began.
+func TestIngestRefusesAnotherAgentsCycle(t *testing.T) {
+	r := newRig(t)
+	c := r.begin(msg.MapState{Valid: true})
+	r.streamAgent.Store("agent-2")
+	s := r.open()
+	a := block(1)
+	s.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c.Cycle), Entries: []data.Entry{{Block: 0, Hash: hashOf(a)}}})
+	s.refusal(protocol.CodeUnauthorized)
+	require.ErrorIs(t, r.serveResult(), protocol.ErrUnauthorized)
+	_, err := r.end(c.Cycle, 0, 0)
+	require.NoError(t, err, "the owner's cycle was harmed by the other agent's attempt")
+}
+
+// TestIngestConcurrentStreams: two data streams of one cycle send many
+// small batches at once (their writes merge in the group commit); every
+// batch is acknowledged once and the point equals the bytes sent.
+func TestIngestConcurrentStreams(t *testing.T) {
+	r := newRig(t)
+	c := r.begin(msg.MapState{Valid: true})
+	want := make([]byte, diskSize)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for sn := range 2 {
+		s := r.open()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Stream sn owns the blocks with parity sn, one manifest part
+			// each and a batch per block.
+			var es []data.Entry
+			var bs []data.Block
+			for b := uint64(sn); b < diskSize/blockSize; b += 2 {
+				blk := block(byte(10 + b))
+				copy(want[b*blockSize:], blk) // disjoint ranges per stream
+				es = append(es, data.Entry{Block: b, Hash: hashOf(blk)})
+				bs = append(bs, plainBlock(b, blk))
+			}
+			if err := s.fw.WriteAppend(data.FrameManifest, (&data.Manifest{Cycle: uint64(c.Cycle), Part: uint32(sn), Entries: es}).Append); err != nil {
+				errs <- err
+				return
+			}
+			for i := range bs {
+				if err := s.fw.WriteAppend(data.FrameBatch, (&data.Batch{Cycle: uint64(c.Cycle), Seq: uint32(i + 1), Blocks: bs[i : i+1]}).Append); err != nil {
+					errs <- err
+					return
+				}
+			}
+			if err := s.fw.Flush(); err != nil {
+				errs <- err
+				return
+			}
+			acks := map[uint32]bool{}
+			for len(acks) < len(bs) {
+				typ, p, err := s.fr.Next()
+				if err != nil {
+					errs <- err
+					return
+				}
+				switch typ {
+				case data.FrameNeed:
+				case data.FrameAck:
+					var a data.Ack
+					if err := a.Decode(p); err != nil {
+						errs <- err
+						return
+					}
+					if acks[a.Seq] {
+						errs <- fmt.Errorf("stream %d: batch %d acknowledged twice", sn, a.Seq)
+						return
+					}
+					acks[a.Seq] = true
+				default:
+					errs <- fmt.Errorf("stream %d: frame type %d", sn, typ)
+					return
+				}
+			}
+			errs <- s.st.CloseWrite()
+		}()
+	}
+	wg.Wait()
+	for range 2 {
+		require.NoError(t, <-errs)
+		require.NoError(t, r.serveResult())
+	}
+	done, err := r.end(c.Cycle, 2, diskSize/blockSize)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, r.exported(done.PointID)), "the point differs from the bytes sent")
 }
