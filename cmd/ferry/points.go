@@ -27,12 +27,16 @@ func newPointsCommand(g *globals) *cobra.Command {
 		Long: `Export a recovery point: each disk becomes DIR/<disk-name>.raw, a sparse raw
 image of the disk as the guest saw it at the point. SPEC is latest (default),
 latest-processed, latest-app-consistent, a point id, or an RFC 3339 time (the
-newest point at or before it).`,
+newest point at or before it).
+
+The disks are decrypted plaintext: a directory the export creates is 0700 and
+each disk file is 0600 (whatever the umask), so only the exporting user can
+read them. A directory that already exists keeps its own mode.`,
 		Args: exactArgs(1, "MACHINE"),
 		RunE: func(c *cobra.Command, args []string) error { return runPointsExport(c.Context(), g, args[0], ex) },
 	}
 	export.Flags().StringVar(&ex.point, "point", "latest", "which point (see above)")
-	export.Flags().StringVar(&ex.out, "out", "", "directory to write the disks into (created if missing)")
+	export.Flags().StringVar(&ex.out, "out", "", "directory to write the disks into (created 0700 if missing; files are 0600)")
 	export.Flags().StringVar(&ex.keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
 	var lp string
 	label := &cobra.Command{
@@ -101,7 +105,7 @@ func runPointsExport(ctx context.Context, g *globals, machine string, o exportOp
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
+	if err := os.MkdirAll(o.out, 0o700); err != nil {
 		return err
 	}
 	type written struct {
@@ -135,11 +139,16 @@ func runPointsExport(ctx context.Context, g *globals, machine string, o exportOp
 // into place, so a cut export never leaves a file that looks complete.
 func exportDisk(ctx context.Context, cl *admin.Client, machine string, point int64, disk string, key []byte, path string) (int64, error) {
 	tmp := path + ".partial"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return 0, err
 	}
 	defer os.Remove(tmp)
+	// A leftover .partial keeps its old mode through O_CREATE: set it.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return 0, err
+	}
 	size, err := cl.ExportDisk(ctx, machine, point, disk, key, f)
 	if err == nil {
 		err = f.Sync()
