@@ -36,10 +36,14 @@ func serialOf(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
 
 // serveAgent runs one session on the agent port.
 func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
-	sess, err := session.Server(ctx, tc, session.Config{
-		TLS: nil, Name: "controller", AllowKind: s.allowKind,
+	cfg := session.Config{
+		TLS: nil, Name: "controller", AllowKind: s.allowKind, HandshakeTimeout: preauthHandshakeTimeout,
 		Logger: s.log.With("component", "session", "remote", tc.RemoteAddr().String()),
-	})
+	}
+	if len(tc.ConnectionState().PeerCertificates) == 0 {
+		cfg = enrolSessionConfig(cfg) // docs/limits.md
+	}
+	sess, err := session.Server(ctx, tc, cfg)
 	if err != nil {
 		s.log.Info("session refused", "remote", tc.RemoteAddr().String(), "err", err)
 		tc.Close()
@@ -242,7 +246,8 @@ func (s *Server) serveEnrolment(ctx context.Context, sess *session.Session) {
 		}
 		go func() {
 			defer st.Close()
-			rpc.ServeStream(ctx, st, m.Serve)
+			_ = st.SetReadDeadline(time.Now().Add(enrolReadTimeout))
+			rpc.ServeStreamLimit(ctx, st, m.Serve, rpc.MaxEnrolFrame)
 		}()
 	}
 }

@@ -80,7 +80,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	adminSrv := &http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	httpLn := newChanListener(agentLn.Addr())
-	installSrv := &http.Server{Handler: s.installHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	installSrv := limitedHTTPServer(s.installHandler())
 
 	var wg sync.WaitGroup
 	serve := func(f func() error) {
@@ -101,11 +101,14 @@ func (s *Server) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		ln, err := tls.Listen("tcp", s.cfg.AdminListen, s.serverTLS([]string{"http/1.1"}, tls.NoClientCert))
+		raw, err := net.Listen("tcp", s.cfg.AdminListen)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", s.cfg.AdminListen, err)
 		}
-		tcpAdmin = &http.Server{Handler: admin.NewServer(s, token, s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+		// Each connection is charged until it closes (docs/limits.md).
+		ln := tls.NewListener(budgetListener{Listener: raw, b: newBudget(adminBudget), cost: httpCost},
+			s.serverTLS([]string{"http/1.1"}, tls.NoClientCert))
+		tcpAdmin = limitedHTTPServer(admin.NewServer(s, token, s.log.With("component", "admin")))
 		serve(func() error { return tcpAdmin.Serve(ln) })
 		adminAddr = "https://" + ln.Addr().String()
 	}
@@ -209,27 +212,53 @@ func (s *Server) serverTLS(protos []string, auth tls.ClientAuthType) *tls.Config
 // between an agent session and the HTTPS install endpoints.
 func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chanListener) error {
 	conf := s.serverTLS([]string{protocol.ALPN, "http/1.1"}, tls.VerifyClientCertIfGiven)
+	pre := newBudget(preauthBudget) // docs/limits.md
 	for {
 		raw, err := ln.Accept()
 		if err != nil {
 			return err
 		}
+		ch, ok := pre.admit(raw.RemoteAddr(), handshakeCost)
+		if !ok {
+			s.log.Debug("connection refused: pre-authentication budget spent", "remote", raw.RemoteAddr().String())
+			raw.Close()
+			continue
+		}
 		go func() {
 			tc := tls.Server(raw, conf)
-			hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			hctx, cancel := context.WithTimeout(ctx, preauthHandshakeTimeout)
 			err := tc.HandshakeContext(hctx)
 			cancel()
 			if err != nil {
+				ch.release()
 				s.log.Info("TLS handshake refused", "remote", raw.RemoteAddr().String(), "err", err)
 				raw.Close()
 				return
 			}
-			if tc.ConnectionState().NegotiatedProtocol == protocol.ALPN {
+			st := tc.ConnectionState()
+			cost := int64(httpCost)
+			if st.NegotiatedProtocol == protocol.ALPN {
+				cost = enrolCost
+			}
+			if len(st.PeerCertificates) > 0 && st.NegotiatedProtocol == protocol.ALPN {
+				ch.release() // an enrolled agent: its session has its own limits
 				s.serveAgent(ctx, tc)
 				return
 			}
-			if !httpLn.push(tc) {
+			if !ch.resize(cost) {
+				ch.release()
+				s.log.Info("connection refused: pre-authentication budget spent", "remote", raw.RemoteAddr().String())
+				raw.Close()
+				return
+			}
+			if st.NegotiatedProtocol == protocol.ALPN {
+				s.serveAgent(ctx, tc)
+				ch.release()
+				return
+			}
+			if !httpLn.push(&chargedConn{Conn: tc, c: ch}) {
 				tc.Close()
+				ch.release()
 			}
 		}()
 	}

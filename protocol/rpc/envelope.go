@@ -23,6 +23,10 @@ const (
 	// MaxFrame is the payload limit of a control stream's frames: a full
 	// body plus the envelope around it.
 	MaxFrame = MaxBody + 64<<10
+	// MaxEnrolFrame is the payload limit of an enrol stream's frames: the
+	// streams of a session without a certificate, whose requests carry a
+	// token, names and a public key of a few hundred bytes.
+	MaxEnrolFrame = 16 << 10
 )
 
 // Request is the first and only frame a caller sends. Body is the JSON of

@@ -24,15 +24,26 @@ type Handler func(ctx context.Context, method string, body json.RawMessage) (any
 // handler's error is the caller's, not ServeStream's: it returns only
 // transport and protocol failures.
 func ServeStream(ctx context.Context, st *session.Stream, h Handler) error {
+	return ServeStreamLimit(ctx, st, h, MaxFrame)
+}
+
+// ServeStreamLimit is ServeStream with frames limited to maxFrame payload
+// bytes (MaxEnrolFrame on enrol streams). A request over the limit is
+// answered with an error frame of code too_large before anything more of
+// it is read.
+func ServeStreamLimit(ctx context.Context, st *session.Stream, h Handler, maxFrame int) error {
 	defer st.Close()
 	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	fr := frame.NewReader(st, MaxFrame)
+	fr := frame.NewReader(st, maxFrame)
 	typ, payload, err := fr.Next()
 	if err != nil {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
+		}
+		if errors.Is(err, frame.ErrTooLarge) {
+			st.Reset(err)
 		}
 		return fmt.Errorf("rpc: read request: %w", err)
 	}

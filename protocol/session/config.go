@@ -40,6 +40,19 @@ type Config struct {
 	// AcceptBacklog is how many incoming streams may wait for Accept; more
 	// are refused with code busy.
 	AcceptBacklog int
+	// MaxStreams caps the streams the session holds at once, counted as
+	// yamux holds them: both directions, and half-closed ones whose peer
+	// has not closed its side yet (their unread bytes stay buffered). An
+	// incoming stream beyond the cap is refused with code busy, or ends
+	// the session when EndOnExcess is set.
+	MaxStreams int
+	// EndOnExcess makes an incoming stream beyond MaxStreams end the
+	// session: for a peer not yet trusted, since a refused stream's peer
+	// may go on filling its receive window.
+	EndOnExcess bool
+	// MaxLifetime, when positive, ends the session that long after it was
+	// established (a session without a certificate needs seconds).
+	MaxLifetime time.Duration
 	// AllowKind gates incoming streams (nil allows every known kind). It
 	// gets the peer's certificate chain, empty for a peer without one. A
 	// refusal reaches the opener as its error's code, or unauthorized when
@@ -51,7 +64,8 @@ type Config struct {
 
 // DefaultConfig returns the defaults: this build's version range,
 // keepalive every 10 s with a 30 s timeout, 30 s to open a stream or
-// finish the handshake, 1 MiB stream windows and a backlog of 256.
+// finish the handshake, 1 MiB stream windows, a backlog of 256, at most
+// 256 streams at once and no lifetime limit.
 func DefaultConfig() Config {
 	return Config{
 		Versions:          protocol.Supported(),
@@ -62,6 +76,7 @@ func DefaultConfig() Config {
 		HandshakeTimeout:  30 * time.Second,
 		StreamWindow:      1 << 20,
 		AcceptBacklog:     256,
+		MaxStreams:        256,
 	}
 }
 
@@ -92,6 +107,12 @@ func (c Config) Validate() error {
 	}
 	if c.AcceptBacklog < 0 {
 		errs = append(errs, fmt.Errorf("accept backlog %d is negative", c.AcceptBacklog))
+	}
+	if c.MaxStreams < 0 {
+		errs = append(errs, fmt.Errorf("max streams %d is negative", c.MaxStreams))
+	}
+	if c.MaxLifetime < 0 {
+		errs = append(errs, fmt.Errorf("max lifetime %v is negative", c.MaxLifetime))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("session: config: %w", err)
@@ -124,6 +145,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AcceptBacklog == 0 {
 		c.AcceptBacklog = d.AcceptBacklog
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = d.MaxStreams
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -17,6 +17,13 @@ import (
 // streams after that.
 var ErrClosed = errors.New("ferry: session closed")
 
+// ErrStreamLimit ends a session (Config.EndOnExcess) whose peer opened
+// more streams than Config.MaxStreams allows.
+var ErrStreamLimit = errors.New("ferry: peer opened more streams than allowed")
+
+// ErrLifetime ends a session that reached Config.MaxLifetime.
+var ErrLifetime = errors.New("ferry: session reached its lifetime limit")
+
 // HandshakeError says that a session could not be set up. Op is the step
 // that failed: "dial", "tls", "banner" or "verdict". Besides Err, it
 // matches a class sentinel when one applies: protocol.ErrUnauthorized for a

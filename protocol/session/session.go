@@ -91,6 +91,9 @@ func newSession(tc *tls.Conn, cfg Config, isClient bool, peer protocol.Banner, v
 		return nil, fmt.Errorf("session: yamux: %w", err)
 	}
 	go s.acceptLoop()
+	if cfg.MaxLifetime > 0 {
+		go s.expire(cfg.MaxLifetime)
+	}
 	s.log.Debug("session established", keyVersion, version, keyPeerVersions, peer.Versions.String(), keyPeerSoftware, peer.Software)
 	return s, nil
 }
@@ -165,7 +168,29 @@ func (s *Session) acceptLoop() {
 			s.finish(err)
 			return
 		}
+		// The new stream is counted: yamux registered it.
+		if n := s.mux.NumStreams(); n > s.cfg.MaxStreams {
+			if s.cfg.EndOnExcess {
+				s.log.Info("session ended: stream limit", keyStream, ys.StreamID(), keyErr, ErrStreamLimit)
+				go s.abort(fmt.Errorf("%w (%d)", ErrStreamLimit, s.cfg.MaxStreams))
+				continue // the accept loop records the end
+			}
+			go newStream(s, ys, 0).refuse(protocol.Errorf(protocol.CodeBusy, "%d streams are open, the limit is %d", n-1, s.cfg.MaxStreams))
+			continue
+		}
 		go s.admit(ys)
+	}
+}
+
+// expire ends the session after its lifetime unless it ends first.
+func (s *Session) expire(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		s.log.Info("session ended: lifetime limit", keyErr, ErrLifetime)
+		s.abort(fmt.Errorf("%w (%v)", ErrLifetime, d))
+	case <-s.done:
 	}
 }
 
