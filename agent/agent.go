@@ -160,6 +160,8 @@ func (a *Agent) session(ctx context.Context) error {
 	if a.state.NeedsRenewal(a.cfg.Now()) {
 		if err := a.renew(ctx, sess); err != nil {
 			a.log.Warn("certificate renewal failed", "err", err)
+		} else {
+			return errRenewed
 		}
 	}
 	a.setSession(sess)
@@ -176,11 +178,18 @@ func (a *Agent) session(ctx context.Context) error {
 			if a.state.NeedsRenewal(a.cfg.Now()) {
 				if err := a.renew(ctx, sess); err != nil {
 					a.log.Warn("certificate renewal failed", "err", err)
+				} else {
+					return errRenewed
 				}
 			}
 		}
 	}
 }
+
+// errRenewed ends a session after a certificate renewal: the agent
+// reconnects with the new certificate, and the controller then revokes the
+// old one.
+var errRenewed = errors.New("certificate renewed: reconnecting with the new one")
 
 // renew asks for a fresh certificate for the same key.
 func (a *Agent) renew(ctx context.Context, sess *session.Session) error {

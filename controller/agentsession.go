@@ -69,6 +69,9 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 	if err != nil {
 		return
 	}
+	if n, err := s.cat.RetireOtherCerts(ctx, agentID, serialOf(peer[0])); err != nil || n > 0 {
+		s.log.Info("renewed certificate in use: older ones revoked", "agent", a.Name, "revoked", n, "err", err)
+	}
 	conn := &agentConn{agentID: agentID, name: a.Name, sess: sess, addr: tc.RemoteAddr().String(), since: s.now()}
 	if old := s.agents.add(conn); old != nil {
 		old.sess.Close() // a reconnect replaces the old session

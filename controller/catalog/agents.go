@@ -103,6 +103,20 @@ func (c *Catalog) AddCert(ctx context.Context, agentID, serial string, notAfter 
 	})
 }
 
+// RetireOtherCerts revokes every other certificate of agentID once serial,
+// its newest (the one renewal issued last), is in use: from then on only
+// that one opens sessions. An older serial in use retires nothing, so a
+// renewal whose answer never reached the agent does not lock it out. It
+// returns how many certificates it revoked.
+func (c *Catalog) RetireOtherCerts(ctx context.Context, agentID, serial string) (int64, error) {
+	res, err := c.db.ExecContext(ctx, `UPDATE certs SET revoked = 1 WHERE agent_id = ? AND serial != ? AND revoked = 0
+		AND EXISTS (SELECT 1 FROM agents WHERE id = ? AND cert_serial = ?)`, agentID, serial, agentID, serial)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
 // CertStatus says whether a certificate serial may open a session: it must
 // be known, not revoked, and belong to a non-revoked agent. It returns the
 // agent id.
