@@ -97,7 +97,7 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 			case protocol.KindControl:
 				rpc.ServeStream(ctx, st, mux.Serve)
 			case protocol.KindData:
-				if err := s.ing.ServeData(ctx, agentID, st); err != nil {
+				if err := s.ing.ServeData(ctx, agentID, s.disk.reader(st)); err != nil {
 					log.Warn("data stream ended", "err", err)
 					if errors.Is(err, protocol.ErrInvalid) || errors.Is(err, protocol.ErrTooLarge) {
 						// A peer that sends malformed frames is not trusted
@@ -154,6 +154,9 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		}
 		if err := s.replicating(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
+		}
+		if err := s.disk.check(true); err != nil {
+			return nil, err // ingest pauses: the agent retries
 		}
 		if m, err := s.cat.Machine(ctx, req.Machine); err == nil && m.Resync {
 			req.Map.Valid = false // after a cancelled failover: compare every block

@@ -30,6 +30,10 @@ type Config struct {
 	// OnReady is called once every listener is up, with the agent and admin
 	// addresses actually bound.
 	OnReady func(agentAddr, adminAddr string)
+	// Reserve is the free space (bytes) the data directory's filesystem
+	// keeps: below it ingest pauses (docs/limits.md). Negative: the
+	// smaller of 1 GiB and 5 % of the filesystem; 0: no reserve.
+	Reserve int64
 	// Scripts holds install.sh and install.ps1 (the scripts package, wired
 	// by cmd/ferry); nil serves neither.
 	Scripts fs.FS
@@ -37,7 +41,7 @@ type Config struct {
 
 // DefaultConfig holds CLI.md's defaults.
 func DefaultConfig() Config {
-	return Config{DataDir: "/var/lib/ferry", Listen: ":7443"}
+	return Config{DataDir: "/var/lib/ferry", Listen: ":7443", Reserve: -1}
 }
 
 // Validate fills derived defaults and checks the configuration.

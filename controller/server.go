@@ -49,6 +49,8 @@ type Server struct {
 	repl   map[string]api.Replication // per machine, as its agent reports
 
 	pruneMu sync.Mutex // retention runs one at a time
+
+	disk *diskGuard // the free-space reserve of DataDir
 }
 
 // New checks the configuration; Run does the work.
@@ -144,6 +146,9 @@ func (s *Server) open(ctx context.Context) error {
 		return err
 	}
 	var err error
+	if s.disk, err = newDiskGuard(s.cfg.DataDir, s.cfg.Reserve); err != nil {
+		return err
+	}
 	if s.cat, err = catalog.Open(ctx, filepath.Join(s.cfg.DataDir, "catalog.db"), s.now); err != nil {
 		return err
 	}

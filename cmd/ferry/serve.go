@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/controller"
+	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/internal/profiling"
 	"github.com/ferrydr/ferry/scripts"
 )
@@ -17,6 +18,7 @@ type serveOptions struct {
 	cfg        controller.Config
 	logLevel   string
 	cpuProfile string
+	reserve    string
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -41,6 +43,7 @@ with TLS and a bearer token). It prints "listening on HOST:PORT" once ready.`,
 	f.StringVar(&o.cfg.Advertise, "advertise", "", "HOST:PORT agents should dial, for install commands")
 	f.StringVar(&o.cfg.PublicKeyFile, "public-key", "", "encrypt a new repository to this public key file (ferry keys generate)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.reserve, "reserve", "", "free space to keep on the --data filesystem: below it replication pauses, admin writes go on (SIZE such as 2GiB; 0 for none; default the smaller of 1GiB and 5% of the filesystem)")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	return cmd
 }
@@ -49,6 +52,13 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
+	if o.reserve != "" {
+		n, err := api.ParseSize(o.reserve)
+		if err != nil {
+			return usagef("--reserve %q: %v", o.reserve, err)
+		}
+		o.cfg.Reserve = n
 	}
 	o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	o.cfg.Scripts = scripts.Files()

@@ -95,6 +95,8 @@ type HealthInput struct {
 	ReplError   string // the agent's last replication error, if any
 	ClockSkew   time.Duration
 	Replicating bool // false when the machine is not replicating (failed over…)
+	// DiskFull: the controller's disk is below its reserve, ingest paused.
+	DiskFull bool
 }
 
 // MaxSkew is the agent clock offset past which a machine gets a warning.
@@ -134,6 +136,9 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 		} else {
 			reason += "; " + r
 		}
+	}
+	if in.DiskFull {
+		extra("controller disk nearly full") // controller.DiskFullReason
 	}
 	if !in.Connected {
 		extra("source agent not connected")
