@@ -93,5 +93,5 @@ func TestLimitConfigValidate(t *testing.T) {
 	c = DefaultConfig()
 	c.MaxLifetime = -time.Second
 	require.Error(t, c.Validate())
-	require.Equal(t, 256, DefaultConfig().MaxStreams)
+	require.Equal(t, 1024, DefaultConfig().MaxStreams)
 }
