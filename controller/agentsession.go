@@ -40,8 +40,10 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 		TLS: nil, Name: "controller", AllowKind: s.allowKind, HandshakeTimeout: preauthHandshakeTimeout,
 		Logger: s.log.With("component", "session", "remote", tc.RemoteAddr().String()),
 	}
-	if len(tc.ConnectionState().PeerCertificates) == 0 {
-		cfg = enrolSessionConfig(cfg) // docs/limits.md
+	if !s.certAccepted(ctx, tc.ConnectionState()) {
+		// No certificate, or a revoked or unknown one: the peer gets what
+		// anyone gets (docs/limits.md), and learns why on its first stream.
+		cfg = enrolSessionConfig(cfg)
 	}
 	sess, err := session.Server(ctx, tc, cfg)
 	if err != nil {

@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"sync"
@@ -55,6 +57,17 @@ func enrolSessionConfig(base session.Config) session.Config {
 	base.MaxLifetime = enrolLifetime
 	base.StreamOpenTimeout = enrolReadTimeout
 	return base
+}
+
+// certAccepted says whether a connection presented a certificate that
+// may open a full session: issued by this CA (TLS checked that), known and
+// not revoked.
+func (s *Server) certAccepted(ctx context.Context, st tls.ConnectionState) bool {
+	if len(st.PeerCertificates) == 0 {
+		return false
+	}
+	_, err := s.cat.CertStatus(ctx, serialOf(st.PeerCertificates[0]))
+	return err == nil
 }
 
 // budget admits connections while their summed cost stays within a global

@@ -245,7 +245,7 @@ func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chan
 			if st.NegotiatedProtocol == protocol.ALPN {
 				cost = enrolCost
 			}
-			if len(st.PeerCertificates) > 0 && st.NegotiatedProtocol == protocol.ALPN {
+			if st.NegotiatedProtocol == protocol.ALPN && s.certAccepted(ctx, st) {
 				ch.release() // an enrolled agent: its session has its own limits
 				s.serveAgent(ctx, tc)
 				return

@@ -84,6 +84,20 @@ func TestRenewalRetiresOldCertificate(t *testing.T) {
 	require.Error(t, err, "after the renewal took effect, the old certificate must be refused")
 	require.ErrorIs(t, err, protocol.ErrUnauthorized, "%v", err)
 	require.NoError(t, call(withCert(t, st, stateDir, renewed.Cert)), "the new certificate still works")
+
+	// A retired certificate gets no more than a peer without one: a third
+	// stream ends its session (docs/limits.md).
+	sess, err = session.Dial(ctx, c.Addr, session.Config{TLS: withCert(t, st, stateDir, oldPEM), Name: "agent"})
+	require.NoError(t, err)
+	defer sess.Close()
+	for range 3 {
+		_, _ = sess.Open(ctx, protocol.KindControl)
+	}
+	select {
+	case <-sess.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the session of a retired certificate outlived its stream limit")
+	}
 }
 
 // TestAgentReconnectsAfterRenewal: an agent (in process, its clock moved
