@@ -240,7 +240,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	out.RPOSeconds, out.Health, out.HealthReason = points.Health(points.HealthInput{
 		Now: s.now(), LastPoint: out.LastPoint, Protected: m.Created, Threshold: pol.RPOThreshold.Std(),
 		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew, Replicating: replicates(m.State),
-		DiskFull: s.disk.check(false) != nil,
+		DiskFull: s.disk.check(false) != nil, OverQuota: s.overQuota(pts),
 	})
 	if !connected {
 		out.Reasons = append(out.Reasons, "source agent "+a.Name+" is not connected")

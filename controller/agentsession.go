@@ -160,6 +160,9 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if err := s.disk.check(true); err != nil {
 			return nil, err // ingest pauses: the agent retries
 		}
+		if err := s.checkQuota(ctx, req.Machine); err != nil {
+			return nil, err
+		}
 		if m, err := s.cat.Machine(ctx, req.Machine); err == nil && m.Resync {
 			req.Map.Valid = false // after a cancelled failover: compare every block
 		}

@@ -34,6 +34,9 @@ type Config struct {
 	// keeps: below it ingest pauses (docs/limits.md). Negative: the
 	// smaller of 1 GiB and 5 % of the filesystem; 0: no reserve.
 	Reserve int64
+	// MachineQuota, when positive, caps the bytes a machine's retained
+	// points may have stored: its cycles are refused at or over it.
+	MachineQuota int64
 	// Scripts holds install.sh and install.ps1 (the scripts package, wired
 	// by cmd/ferry); nil serves neither.
 	Scripts fs.FS

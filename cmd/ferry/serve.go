@@ -19,6 +19,7 @@ type serveOptions struct {
 	logLevel   string
 	cpuProfile string
 	reserve    string
+	quota      string
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -44,6 +45,7 @@ with TLS and a bearer token). It prints "listening on HOST:PORT" once ready.`,
 	f.StringVar(&o.cfg.PublicKeyFile, "public-key", "", "encrypt a new repository to this public key file (ferry keys generate)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.reserve, "reserve", "", "free space to keep on the --data filesystem: below it replication pauses, admin writes go on (SIZE such as 2GiB; 0 for none; default the smaller of 1GiB and 5% of the filesystem)")
+	f.StringVar(&o.quota, "machine-quota", "", "most bytes one machine's retained points may store: its replication pauses at it (SIZE; default none)")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	return cmd
 }
@@ -59,6 +61,13 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 			return usagef("--reserve %q: %v", o.reserve, err)
 		}
 		o.cfg.Reserve = n
+	}
+	if o.quota != "" {
+		n, err := api.ParseSize(o.quota)
+		if err != nil {
+			return usagef("--machine-quota %q: %v", o.quota, err)
+		}
+		o.cfg.MachineQuota = n
 	}
 	o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	o.cfg.Scripts = scripts.Files()

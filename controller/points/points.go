@@ -97,6 +97,8 @@ type HealthInput struct {
 	Replicating bool // false when the machine is not replicating (failed over…)
 	// DiskFull: the controller's disk is below its reserve, ingest paused.
 	DiskFull bool
+	// OverQuota: the machine's points reached the per-machine quota.
+	OverQuota bool
 }
 
 // MaxSkew is the agent clock offset past which a machine gets a warning.
@@ -139,6 +141,9 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 	}
 	if in.DiskFull {
 		extra("controller disk nearly full") // controller.DiskFullReason
+	}
+	if in.OverQuota {
+		extra("machine over its storage quota") // controller.QuotaReason
 	}
 	if !in.Connected {
 		extra("source agent not connected")

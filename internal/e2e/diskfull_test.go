@@ -73,7 +73,7 @@ func TestDiskReservePausesIngest(t *testing.T) {
 
 	// New data on the source: cycles must be refused, not written.
 	_, _ = rand.Read(want[4<<20 : 12<<20])
-	require.NoError(t, os.WriteFile(img, want, 0o600))
+	writeAt(t, img, 4<<20, want[4<<20:12<<20])
 	require.Eventually(t, func() bool { return strings.Contains(healthReason(t, c, "m"), "controller disk nearly full") },
 		30*time.Second, 200*time.Millisecond, "machines list never said the disk is nearly full")
 	refused := regexp.MustCompile(`controller disk nearly full`)
