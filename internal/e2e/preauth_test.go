@@ -183,6 +183,12 @@ func TestPreauthOneConnectionManyEnrolStreams(t *testing.T) {
 
 	a.checkServing(t)
 	a.checkMemory(t, "one connection, 200 enrol streams")
+	select {
+	case <-sess.Done():
+		t.Logf("the controller ended the session: %v", sess.Err())
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session outlived its stream limit")
+	}
 	held.Range(func(k, _ any) bool { k.(*session.Stream).Close(); return true })
 }
 
