@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -78,6 +79,31 @@ type budget struct {
 	perAddr int64
 	used    int64
 	byAddr  map[string]int64
+
+	nRefused  int       // since the last warning
+	lastWarn  time.Time // of refusals, at most one per refusalLogEvery
+}
+
+// refusalLogEvery spaces the warnings about refused connections: a flood
+// must not flood the log too.
+const refusalLogEvery = 10 * time.Second
+
+// refused logs a connection closed over budget: each at debug level, and a
+// warning with the count at most every refusalLogEvery.
+func (b *budget) refused(log *slog.Logger, addr net.Addr) {
+	log.Debug("connection refused: pre-authentication budget spent", "remote", addr.String())
+	b.mu.Lock()
+	b.nRefused++
+	n, warn := b.nRefused, time.Since(b.lastWarn) >= refusalLogEvery
+	if warn {
+		b.nRefused, b.lastWarn = 0, time.Now()
+	}
+	used := b.used
+	b.mu.Unlock()
+	if warn {
+		log.Warn("connections refused: pre-authentication budget spent (docs/limits.md)",
+			"refused", n, "last_remote", addr.String(), "budget_used", used, "budget", b.total)
+	}
 }
 
 func newBudget(total int64) *budget {

@@ -225,7 +225,7 @@ func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chan
 		}
 		ch, ok := pre.admit(raw.RemoteAddr(), handshakeCost)
 		if !ok {
-			s.log.Debug("connection refused: pre-authentication budget spent", "remote", raw.RemoteAddr().String())
+			pre.refused(s.log, raw.RemoteAddr())
 			raw.Close()
 			continue
 		}
@@ -252,7 +252,7 @@ func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chan
 			}
 			if !ch.resize(cost) {
 				ch.release()
-				s.log.Info("connection refused: pre-authentication budget spent", "remote", raw.RemoteAddr().String())
+				pre.refused(s.log, raw.RemoteAddr())
 				raw.Close()
 				return
 			}
