@@ -80,8 +80,8 @@ type budget struct {
 	used    int64
 	byAddr  map[string]int64
 
-	nRefused  int       // since the last warning
-	lastWarn  time.Time // of refusals, at most one per refusalLogEvery
+	nRefused int       // since the last warning
+	lastWarn time.Time // of refusals, at most one per refusalLogEvery
 }
 
 // refusalLogEvery spaces the warnings about refused connections: a flood
