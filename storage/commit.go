@@ -44,6 +44,11 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 	if err != nil {
 		return Point{}, err
 	}
+	// A disk that shrank: the cut-off blocks become zero rows of this
+	// point (storage/truncate.go), before its records are written.
+	if err := c.tombstoneTruncated(ctx, p.ID, disks, diskIDs); err != nil {
+		return Point{}, err
+	}
 	instant := info.Instant
 	if instant.IsZero() {
 		instant = c.clock()
@@ -137,6 +142,9 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 		if err := c.indexBatch(ctx, tx, bb); err != nil {
 			return Point{}, err
 		}
+	}
+	if err := markTruncationChecked(ctx, tx, diskIDs); err != nil {
+		return Point{}, err
 	}
 	if err := tx.Commit(); err != nil {
 		return Point{}, err
