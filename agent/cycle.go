@@ -144,6 +144,13 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 			if err != nil {
 				return 0, err
 			}
+			// A size change: the blocks at the old and new end (and a
+			// regrown range the controller may still hold) are compared
+			// whatever the change detection found (blockmap.Open).
+			if rc := d.m.Recheck(); len(rc) > 0 {
+				log.Info("disk size changed: rechecking the blocks at its ends", "disk", d.name, "size", d.src.Size(), "blocks", len(rc))
+				cands = withRechecks(cands, rc)
+			}
 			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed {
 				again, err := a.recheckPending(ctx, bresp.Cycle, uint16(i), d)
 				if err != nil {

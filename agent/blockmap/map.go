@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/zeebo/xxh3"
@@ -50,13 +51,18 @@ func IsZero(b []byte) bool {
 	return true
 }
 
+// Map file format (docs/replication.md "Block map"): a 4 KiB header, then
+// one 16-byte entry per block. Version 2 added the disk's byte size (the
+// size the entries describe); a version 1 map is read as having size
+// count × block size.
 const (
-	magic       = "FERRYMAP"
-	version     = 1
-	headerSize  = 4096
-	entrySize   = 16
-	bootIDLen   = 64
-	headerBytes = 8 + 2 + 4 + 8 + 8 + 8 + 1 + bootIDLen // without the CRC
+	magic         = "FERRYMAP"
+	version       = 2
+	headerSize    = 4096
+	entrySize     = 16
+	bootIDLen     = 64
+	headerBytesV1 = 8 + 2 + 4 + 8 + 8 + 8 + 1 + bootIDLen // without the CRC
+	headerBytes   = headerBytesV1 + 8                     // + size i64
 )
 
 // State is what the map says of itself: which controller state it matches.
@@ -88,6 +94,17 @@ type Map struct {
 	blockSize int
 	entries   []Hash
 	state     State
+	// size is the disk size of this cycle's view; fileCount and fileSize
+	// are what the file's header says (the size the stored entries were
+	// made for). Open adapts the entries in memory only; BeginCycle makes
+	// the new size durable (see Open).
+	size      int64
+	fileCount int64
+	fileSize  int64
+	// recheck lists the blocks Open marked Unknown because of a size
+	// change, ascending: they must be compared whatever the change
+	// detection says.
+	recheck []int64
 }
 
 // Open opens the map at path for a disk of size bytes with blockSize blocks,
@@ -96,6 +113,22 @@ type Map struct {
 // was damaged or a cycle was in flight across a reboot — the caller must
 // then resync against the controller's hashes. A map of another block size
 // is replaced.
+//
+// A size other than the one the file's entries were made for is a size
+// change, handled in memory (the file changes at BeginCycle, when the
+// controller is about to see the new size):
+//   - shrink: the entries beyond the new size are forgotten (the controller
+//     records the cut-off blocks as zeros when it commits the point);
+//   - grow: the new blocks are zero when the map is committed (the
+//     controller's newest point was no larger, and storage never returns
+//     data beyond a size a disk shrank to), but Unknown when a cycle was
+//     begun and not committed (the controller may have kept the larger
+//     size and its data);
+//   - the block that held the old end and the one that holds the new end
+//     are Unknown: bytes beyond the end inside a block read as zeros at
+//     the source but may not at the controller.
+//
+// Recheck lists the blocks made Unknown this way.
 func Open(path string, blockSize int, size int64, bootID string) (m *Map, trusted bool, err error) {
 	if blockSize <= 0 {
 		return nil, false, fmt.Errorf("blockmap: block size %d", blockSize)
@@ -105,51 +138,65 @@ func Open(path string, blockSize int, size int64, bootID string) (m *Map, truste
 	if err != nil {
 		return nil, false, fmt.Errorf("blockmap: %w", err)
 	}
-	m = &Map{f: f, path: path, blockSize: blockSize}
+	m = &Map{f: f, path: path, blockSize: blockSize, size: size}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, false, err
 	}
-	trusted = true
-	if st.Size() == 0 {
+	fresh := func() error {
 		m.entries = make([]Hash, n)
+		m.fileCount, m.fileSize = n, size
+		if err := f.Truncate(0); err != nil {
+			return err
+		}
 		if err := m.writeHeaderLocked(); err != nil {
+			return err
+		}
+		return m.f.Truncate(headerSize + n*entrySize)
+	}
+	if st.Size() == 0 {
+		if err := fresh(); err != nil {
 			f.Close()
 			return nil, false, err
 		}
-		return m, true, m.f.Truncate(headerSize + int64(n)*entrySize)
+		return m, true, nil
 	}
-	hdrBS, state, count, herr := readHeader(f)
+	hdrBS, state, count, fsize, herr := readHeader(f)
 	if herr != nil || hdrBS != blockSize {
 		// A damaged map or one for another block size: start from zero, but
 		// untrusted, so the owner resyncs against the controller.
-		m.entries = make([]Hash, n)
 		m.state = State{}
-		if err := f.Truncate(0); err != nil {
+		if err := fresh(); err != nil {
 			f.Close()
 			return nil, false, err
 		}
-		if err := m.writeHeaderLocked(); err != nil {
-			f.Close()
-			return nil, false, err
-		}
-		return m, false, m.f.Truncate(headerSize + int64(n)*entrySize)
+		return m, false, nil
 	}
 	m.state = state
-	m.entries = make([]Hash, max(n, count))
-	if err := m.readEntries(count); err != nil {
+	m.fileCount, m.fileSize = count, fsize
+	m.entries = make([]Hash, n)
+	if err := m.readEntries(min(count, n)); err != nil {
 		f.Close()
 		return nil, false, err
 	}
-	if state.InCycle && (state.BootID == "" || state.BootID != bootID) {
-		trusted = false
-	}
-	if count != n {
-		if err := m.resizeLocked(n); err != nil {
-			f.Close()
-			return nil, false, err
+	trusted = !(state.InCycle && (state.BootID == "" || state.BootID != bootID))
+	if fsize != size {
+		committed := !state.InCycle && state.Pending == 0
+		if !committed {
+			for b := count; b < n; b++ {
+				m.entries[b] = Unknown
+				m.recheck = append(m.recheck, b)
+			}
 		}
+		for _, b := range []int64{blocksFor(fsize, blockSize) - 1, n - 1} {
+			if b >= 0 && b < n && b < count {
+				m.entries[b] = Unknown
+				m.recheck = append(m.recheck, b)
+			}
+		}
+		slices.Sort(m.recheck)
+		m.recheck = slices.Compact(m.recheck)
 	}
 	return m, trusted, nil
 }
@@ -158,19 +205,25 @@ func blocksFor(size int64, blockSize int) int64 {
 	return (size + int64(blockSize) - 1) / int64(blockSize)
 }
 
-func readHeader(f *os.File) (blockSize int, st State, count int64, err error) {
+func readHeader(f *os.File) (blockSize int, st State, count, size int64, err error) {
 	var h [headerBytes + 4]byte
 	if _, err := f.ReadAt(h[:], 0); err != nil {
-		return 0, st, 0, fmt.Errorf("%w: header: %v", ErrCorrupt, err)
+		return 0, st, 0, 0, fmt.Errorf("%w: header: %v", ErrCorrupt, err)
 	}
 	if string(h[:8]) != magic {
-		return 0, st, 0, fmt.Errorf("%w: bad magic", ErrCorrupt)
+		return 0, st, 0, 0, fmt.Errorf("%w: bad magic", ErrCorrupt)
 	}
-	if crc32.ChecksumIEEE(h[:headerBytes]) != binary.LittleEndian.Uint32(h[headerBytes:]) {
-		return 0, st, 0, fmt.Errorf("%w: header checksum", ErrCorrupt)
+	v := binary.LittleEndian.Uint16(h[8:])
+	n := headerBytes
+	switch v {
+	case 1:
+		n = headerBytesV1
+	case version:
+	default:
+		return 0, st, 0, 0, fmt.Errorf("%w: version %d, want 1 or %d", ErrCorrupt, v, version)
 	}
-	if v := binary.LittleEndian.Uint16(h[8:]); v != version {
-		return 0, st, 0, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, version)
+	if crc32.ChecksumIEEE(h[:n]) != binary.LittleEndian.Uint32(h[n:]) {
+		return 0, st, 0, 0, fmt.Errorf("%w: header checksum", ErrCorrupt)
 	}
 	blockSize = int(binary.LittleEndian.Uint32(h[10:]))
 	count = int64(binary.LittleEndian.Uint64(h[14:]))
@@ -179,9 +232,16 @@ func readHeader(f *os.File) (blockSize int, st State, count int64, err error) {
 	st.InCycle = h[38] == 1
 	st.BootID = string(trimZero(h[39 : 39+bootIDLen]))
 	if count < 0 || count > 1<<34 {
-		return 0, st, 0, fmt.Errorf("%w: block count %d", ErrCorrupt, count)
+		return 0, st, 0, 0, fmt.Errorf("%w: block count %d", ErrCorrupt, count)
 	}
-	return blockSize, st, count, nil
+	size = count * int64(blockSize)
+	if v == version {
+		size = int64(binary.LittleEndian.Uint64(h[headerBytesV1:]))
+		if size < 0 || blockSize <= 0 || blocksFor(size, blockSize) != count {
+			return 0, st, 0, 0, fmt.Errorf("%w: size %d does not match %d blocks", ErrCorrupt, size, count)
+		}
+	}
+	return blockSize, st, count, size, nil
 }
 
 func trimZero(b []byte) []byte {
@@ -217,13 +277,14 @@ func (m *Map) writeHeaderLocked() error {
 	copy(h[:], magic)
 	binary.LittleEndian.PutUint16(h[8:], version)
 	binary.LittleEndian.PutUint32(h[10:], uint32(m.blockSize))
-	binary.LittleEndian.PutUint64(h[14:], uint64(len(m.entries)))
+	binary.LittleEndian.PutUint64(h[14:], uint64(m.fileCount))
 	binary.LittleEndian.PutUint64(h[22:], uint64(m.state.HeadPoint))
 	binary.LittleEndian.PutUint64(h[30:], uint64(m.state.Pending))
 	if m.state.InCycle {
 		h[38] = 1
 	}
 	copy(h[39:39+bootIDLen], m.state.BootID)
+	binary.LittleEndian.PutUint64(h[headerBytesV1:], uint64(m.fileSize))
 	binary.LittleEndian.PutUint32(h[headerBytes:], crc32.ChecksumIEEE(h[:headerBytes]))
 	if _, err := m.f.WriteAt(h[:], 0); err != nil {
 		return fmt.Errorf("blockmap: write header: %w", err)
@@ -231,24 +292,58 @@ func (m *Map) writeHeaderLocked() error {
 	return m.f.Sync()
 }
 
-func (m *Map) resizeLocked(n int64) error {
-	if n < int64(len(m.entries)) {
-		m.entries = m.entries[:n]
-	} else {
-		m.entries = append(m.entries, make([]Hash, n-int64(len(m.entries)))...)
+// persistSizeLocked makes the in-memory size durable: the file holds
+// exactly the entries of the current size (Unknown ones written out); the
+// caller then writes the header.
+func (m *Map) persistSizeLocked() error {
+	n := int64(len(m.entries))
+	if n == m.fileCount && m.size == m.fileSize && len(m.recheck) == 0 {
+		return nil
+	}
+	keep := min(n, m.fileCount)
+	if err := m.f.Truncate(headerSize + keep*entrySize); err != nil {
+		return fmt.Errorf("blockmap: truncate %s: %w", m.path, err)
 	}
 	if err := m.f.Truncate(headerSize + n*entrySize); err != nil {
-		return err
+		return fmt.Errorf("blockmap: extend %s: %w", m.path, err)
 	}
-	return m.writeHeaderLocked()
+	var buf [entrySize]byte
+	write := func(b int64) error {
+		binary.LittleEndian.PutUint64(buf[:], m.entries[b].Hi)
+		binary.LittleEndian.PutUint64(buf[8:], m.entries[b].Lo)
+		if _, err := m.f.WriteAt(buf[:], headerSize+b*entrySize); err != nil {
+			return fmt.Errorf("blockmap: write %s: %w", m.path, err)
+		}
+		return nil
+	}
+	for b := keep; b < n; b++ {
+		if m.entries[b] != ZeroHash {
+			if err := write(b); err != nil {
+				return err
+			}
+		}
+	}
+	for _, b := range m.recheck {
+		if b < keep {
+			if err := write(b); err != nil {
+				return err
+			}
+		}
+	}
+	if err := m.f.Sync(); err != nil {
+		return fmt.Errorf("blockmap: sync %s: %w", m.path, err)
+	}
+	m.fileCount, m.fileSize = n, m.size
+	return nil
 }
 
-// Resize adapts the map to a new disk size. New blocks are zero (a grown
-// disk reads zeros there until written).
-func (m *Map) Resize(size int64) error {
+// Recheck returns the blocks Open marked Unknown because the disk's size
+// changed (ascending): the caller compares them whatever its change
+// detection says.
+func (m *Map) Recheck() []int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.resizeLocked(blocksFor(size, m.blockSize))
+	return slices.Clone(m.recheck)
 }
 
 // Len is the number of blocks.
@@ -304,9 +399,15 @@ func (m *Map) State() State {
 
 // BeginCycle marks (durably) that acknowledgements for pending point
 // pending are about to be recorded.
+//
+// A size change seen by Open becomes durable here, before the header says
+// a cycle is in flight: from now on the controller may record the new size.
 func (m *Map) BeginCycle(pending int64, bootID string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.persistSizeLocked(); err != nil {
+		return err
+	}
 	m.state.Pending = pending
 	m.state.InCycle = true
 	m.state.BootID = bootID
@@ -317,10 +418,14 @@ func (m *Map) BeginCycle(pending int64, bootID string) error {
 func (m *Map) Commit(head int64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.persistSizeLocked(); err != nil {
+		return err
+	}
 	if err := m.f.Sync(); err != nil {
 		return fmt.Errorf("blockmap: sync %s: %w", m.path, err)
 	}
 	m.state = State{HeadPoint: head}
+	m.recheck = nil
 	return m.writeHeaderLocked()
 }
 
@@ -337,6 +442,8 @@ func (m *Map) Reset() error {
 	if err := m.f.Truncate(headerSize + int64(len(m.entries))*entrySize); err != nil {
 		return err
 	}
+	m.recheck = nil // a resync compares every block
+	m.fileCount, m.fileSize = int64(len(m.entries)), m.size
 	return m.writeHeaderLocked()
 }
 

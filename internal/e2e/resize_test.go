@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -103,7 +102,7 @@ func TestShrinkThenGrowNeverShowsOldData(t *testing.T) {
 			grown = append(append([]byte(nil), initial[:cut]...), make([]byte, size-cut)...)
 			p = pointAfterNow(t, c, "vm")
 			requireExport(t, c, "vm", p, "root", grown)
-			t.Log(fmt.Sprintf("points checked up to %d", p.ID))
+			t.Logf("points checked up to %d", p.ID)
 		})
 	}
 }
