@@ -220,12 +220,16 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 // point's clone when both are reflink clones of a raw file, else every
 // allocated block plus every block the map holds as non-zero.
 func (a *Agent) candidates(ctx context.Context, machine string, d *cycleDisk, head int64) (iter.Seq[ship.Candidate], error) {
-	if d.view.Cloned && d.src.Format() == disk.FormatRaw {
+	if d.view.Cloned {
 		if base, ok := a.taker.Base(machine, snapshot.Disk{Name: d.name, Path: d.view.Source}, head); ok {
-			be, err1 := snapshot.Extents(base)
-			ve, err2 := snapshot.Extents(d.view.Path)
-			if err1 == nil && err2 == nil {
-				return fromRanges(snapshot.DiffExtents(be, ve, d.src.Size()), d.bs), nil
+			if d.src.Format() == disk.FormatRaw {
+				be, err1 := snapshot.Extents(base)
+				ve, err2 := snapshot.Extents(d.view.Path)
+				if err1 == nil && err2 == nil {
+					return fromRanges(snapshot.DiffExtents(be, ve, d.src.Size()), d.bs), nil
+				}
+			} else if rs, ok := a.imageChanges(ctx, base, d); ok {
+				return fromRanges(rs, d.bs), nil
 			}
 		}
 	}
@@ -234,6 +238,52 @@ func (a *Agent) candidates(ctx context.Context, machine string, d *cycleDisk, he
 		return nil, fmt.Errorf("disk %s extents: %w", d.name, err)
 	}
 	return scan(ext, d.m, d.bs), nil
+}
+
+// imageChanges finds the guest ranges of an image file (qcow2, VHDX, VHD,
+// sparse VMDK) that changed since the clone kept for the head point: the
+// container files' extent diff says which bytes of the container may
+// differ; when none do (an idle disk), nothing is read at all; otherwise
+// the two images' tables are compared (disk.ChangedRanges) and only the
+// guest ranges that map to changed or moved bytes are candidates. ok is
+// false when the images cannot be compared this way: the caller then
+// compares every allocated block.
+func (a *Agent) imageChanges(ctx context.Context, base string, d *cycleDisk) ([]snapshot.Range, bool) {
+	log := a.log.With("disk", d.name)
+	be, err1 := snapshot.Extents(base)
+	ve, err2 := snapshot.Extents(d.view.Path)
+	bst, err3 := os.Stat(base)
+	vst, err4 := os.Stat(d.view.Path)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		log.Debug("no extent diff for the image; every allocated block is compared", "err", err)
+		return nil, false
+	}
+	var host []disk.Extent
+	for _, r := range snapshot.DiffExtents(be, ve, max(bst.Size(), vst.Size())) {
+		host = append(host, disk.Extent{Offset: r.Offset, Length: r.Length})
+	}
+	if len(host) == 0 && bst.Size() == vst.Size() {
+		// Both clones share every physical block: the container, its
+		// header and tables included, is byte for byte the same, and so
+		// is the guest disk. Nothing is read.
+		return nil, true
+	}
+	bsrc, err := disk.Open(base, disk.OpenOptions{Stats: &a.ReadStats, BaseDir: filepath.Dir(d.view.Source)})
+	if err != nil {
+		log.Debug("the kept image cannot be opened; every allocated block is compared", "err", err)
+		return nil, false
+	}
+	defer bsrc.Close()
+	ext, err := disk.ChangedRanges(ctx, bsrc, d.src, host)
+	if err != nil {
+		log.Debug("the images' mappings cannot be compared; every allocated block is compared", "err", err)
+		return nil, false
+	}
+	out := make([]snapshot.Range, len(ext))
+	for i, e := range ext {
+		out[i] = snapshot.Range{Offset: e.Offset, Length: e.Length}
+	}
+	return out, true
 }
 
 // fromRanges turns changed byte ranges into candidates with the changed
