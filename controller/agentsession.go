@@ -80,6 +80,7 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 	}
 	log := s.log.With("agent", a.Name, "agent_id", agentID)
 	log.Info("agent connected", "remote", conn.addr)
+	ctx = s.ing.NewSession(ctx) // this session's cycles are its own (ingest.WithSession)
 	defer func() {
 		if s.agents.remove(conn) {
 			s.ing.Forget(agentID)

@@ -16,7 +16,7 @@ import (
 // With pendingOnly, only the blocks the pending point itself stored are
 // sent (a resumed cycle rechecks them: their acks may have been lost).
 func (g *Ingest) ServeHashes(ctx context.Context, agentID string, cycleID uint64, diskIndex uint16, pendingOnly bool, st io.Writer) error {
-	c, err := g.cycleFor(agentID, cycleID)
+	c, err := g.cycleFor(ctx, agentID, cycleID)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrydr/ferry/protocol"
@@ -37,7 +38,36 @@ type Ingest struct {
 
 	mu     sync.Mutex
 	cycles map[uint64]*cycle
-	dec    *data.Decompressor
+	// retiring are cycles taken out of cycles whose committers may still
+	// be writing queued blocks, by machine: the machine's next Begin
+	// waits for them (see Begin).
+	retiring map[string][]*cycle
+	sessions atomic.Uint64 // NewSession's counter
+	dec      *data.Decompressor
+}
+
+// sessionKey carries the identity of the agent session a call or stream
+// belongs to (WithSession).
+type sessionKey struct{}
+
+// WithSession marks ctx as belonging to one agent session (any value
+// unique among the agent's sessions, e.g. a counter). A cycle belongs to
+// the session that began it: frames and calls of another session naming
+// it are refused, so nothing an older session had in flight can reach a
+// newer session's cycle of the same pending point.
+func WithSession(ctx context.Context, id uint64) context.Context {
+	return context.WithValue(ctx, sessionKey{}, id)
+}
+
+// NewSession marks ctx as a new agent session's (WithSession with the
+// next number of this Ingest): call it once per accepted session.
+func (g *Ingest) NewSession(ctx context.Context) context.Context {
+	return WithSession(ctx, g.sessions.Add(1))
+}
+
+func sessionOf(ctx context.Context) uint64 {
+	id, _ := ctx.Value(sessionKey{}).(uint64)
+	return id
 }
 
 // Config wires an Ingest.
@@ -65,7 +95,7 @@ func New(cfg Config) (*Ingest, error) {
 		return nil, err
 	}
 	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, canPatch: cfg.CanPatch,
-		cycles: map[uint64]*cycle{}, dec: dec}, nil
+		cycles: map[uint64]*cycle{}, retiring: map[string][]*cycle{}, dec: dec}, nil
 }
 
 // Close releases the decompressor.
@@ -81,6 +111,7 @@ type blockKey struct {
 type cycle struct {
 	mu          sync.Mutex
 	agentID     string
+	session     uint64 // sessionOf the Begin call
 	machine     string
 	pending     *storage.Pending
 	disks       []storage.DiskSpec
@@ -146,18 +177,30 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 		reason = fmt.Sprintf("the agent's map (head %d, pending %d) does not match the controller (head %d, pending %d)",
 			req.Map.HeadPoint, req.Map.Pending, head, pendingID(before))
 	}
+	// Ordering: every write of an earlier cycle of this machine (the same
+	// pending point: a dropped session's queue, a replaced cycle) lands
+	// before this cycle's first write, or never. Its committer is closed
+	// (new submissions refused) and waited for before Begin answers; the
+	// agent writes into the new cycle only after the answer.
+	if err := g.retireMachine(ctx, req.Machine); err != nil {
+		return msg.CycleBeginResponse{}, err
+	}
 	p, err := g.repo.BeginPoint(ctx, req.Machine, disks)
 	if err != nil {
 		return msg.CycleBeginResponse{}, protocol.Errorf(protocol.CodeInvalid, "begin point for %s: %v", req.Machine, err)
 	}
-	c := &cycle{agentID: agentID, machine: req.Machine, pending: p, disks: disks,
+	c := &cycle{agentID: agentID, session: sessionOf(ctx), machine: req.Machine, pending: p, disks: disks,
 		parts: map[uint32]bool{}, outstanding: map[blockKey]outstanding{}, commits: newCommitter(p)}
 	g.mu.Lock()
 	if old := g.cycles[uint64(p.ID)]; old != nil {
-		go old.commits.close() // a new cycle into the same pending point replaces it
+		// A concurrent Begin of the same machine registered first.
+		g.retiringLocked(old)
 	}
 	g.cycles[uint64(p.ID)] = c
 	g.mu.Unlock()
+	if err := g.waitRetired(ctx, req.Machine); err != nil {
+		return msg.CycleBeginResponse{}, err
+	}
 	g.log.Info("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
 	return msg.CycleBeginResponse{Cycle: p.ID, HeadPoint: head, Resync: resync, ResyncReason: reason,
 		Patches: g.canPatch && !resync}, nil
@@ -170,8 +213,61 @@ func pendingID(p *storage.Pending) int64 {
 	return p.ID
 }
 
-// cycleFor finds an agent's cycle.
-func (g *Ingest) cycleFor(agentID string, id uint64) (*cycle, error) {
+// retiringLocked takes c out of service: its committer refuses new writes
+// and finishes the queued ones in the background; the machine's next
+// Begin waits for that. Call with g.mu held, after removing c from cycles.
+func (g *Ingest) retiringLocked(c *cycle) {
+	g.retiring[c.machine] = append(g.retiring[c.machine], c)
+	go func() {
+		c.commits.close()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		list := g.retiring[c.machine]
+		for i, x := range list {
+			if x == c {
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(g.retiring, c.machine)
+		} else {
+			g.retiring[c.machine] = list
+		}
+	}()
+}
+
+// retireMachine retires the machine's open cycles (a new Begin replaces
+// them) and waits until no retired cycle of the machine can write.
+func (g *Ingest) retireMachine(ctx context.Context, machine string) error {
+	g.mu.Lock()
+	for id, c := range g.cycles {
+		if c.machine == machine {
+			delete(g.cycles, id)
+			g.retiringLocked(c)
+		}
+	}
+	g.mu.Unlock()
+	return g.waitRetired(ctx, machine)
+}
+
+// waitRetired waits until no retired cycle of the machine can write.
+func (g *Ingest) waitRetired(ctx context.Context, machine string) error {
+	g.mu.Lock()
+	waits := append([]*cycle(nil), g.retiring[machine]...)
+	g.mu.Unlock()
+	for _, c := range waits {
+		select {
+		case <-c.commits.stopped:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// cycleFor finds an agent's cycle, begun in the session of ctx.
+func (g *Ingest) cycleFor(ctx context.Context, agentID string, id uint64) (*cycle, error) {
 	g.mu.Lock()
 	c := g.cycles[id]
 	g.mu.Unlock()
@@ -181,13 +277,18 @@ func (g *Ingest) cycleFor(agentID string, id uint64) (*cycle, error) {
 	if c.agentID != agentID {
 		return nil, protocol.Errorf(protocol.CodeUnauthorized, "cycle %d belongs to another agent", id)
 	}
+	if c.session != sessionOf(ctx) {
+		// A newer session of the agent began a cycle into the same
+		// pending point: nothing of this session may reach it.
+		return nil, protocol.Errorf(protocol.CodeFailedPrecondition, "cycle %d belongs to another session of this agent", id)
+	}
 	return c, nil
 }
 
 // End commits a complete cycle as a point. offset converts the agent's
 // clock to the controller's (controller = agent + offset).
 func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndRequest, offset time.Duration) (msg.CycleEndResponse, error) {
-	c, err := g.cycleFor(agentID, uint64(req.Cycle))
+	c, err := g.cycleFor(ctx, agentID, uint64(req.Cycle))
 	if err != nil {
 		return msg.CycleEndResponse{}, err
 	}
@@ -235,7 +336,7 @@ func (g *Ingest) Forget(agentID string) {
 	for id, c := range g.cycles {
 		if c.agentID == agentID {
 			delete(g.cycles, id)
-			go c.commits.close()
+			g.retiringLocked(c)
 		}
 	}
 }
@@ -247,7 +348,7 @@ func (g *Ingest) ForgetMachine(machine string) {
 	for id, c := range g.cycles {
 		if c.machine == machine {
 			delete(g.cycles, id)
-			go c.commits.close()
+			g.retiringLocked(c)
 		}
 	}
 }

@@ -182,7 +182,7 @@ func (g *Ingest) ServeData(ctx context.Context, agentID string, st io.ReadWriter
 }
 
 func (g *Ingest) manifest(ctx context.Context, agentID string, rep *replies, m *data.Manifest) error {
-	c, err := g.cycleFor(agentID, m.Cycle)
+	c, err := g.cycleFor(ctx, agentID, m.Cycle)
 	if err != nil {
 		return err
 	}
@@ -278,7 +278,7 @@ func (g *Ingest) answered(c *cycle, rep *replies, err error, ok func()) {
 }
 
 func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *data.Batch) error {
-	c, err := g.cycleFor(agentID, b.Cycle)
+	c, err := g.cycleFor(ctx, agentID, b.Cycle)
 	if err != nil {
 		return err
 	}
