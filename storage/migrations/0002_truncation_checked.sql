@@ -3,3 +3,5 @@
 -- Disks an older build wrote start at 0 and get one full check at their next
 -- commit; new disks are checked at their first commit (nothing to find).
 ALTER TABLE disks ADD COLUMN truncation_checked INTEGER NOT NULL DEFAULT 0;
+-- A commit looks up the disk's size in its newest earlier point.
+CREATE INDEX point_disks_disk ON point_disks (disk_id, point_id);
