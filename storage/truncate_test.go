@@ -147,3 +147,45 @@ func TestOlderBuildsShrinkIsRepairedAtNextCommit(t *testing.T) {
 	require.NoError(t, r.c.db.QueryRowContext(ctx, `SELECT truncation_checked FROM disks`).Scan(&checked))
 	require.Equal(t, 1, checked)
 }
+
+// BenchmarkCommitAfterShrink: the cost of a commit of one changed block on
+// a disk of 512 blocks, when the disk once had 8192 blocks of data and
+// shrank (7,680 tombstone rows beyond its size) and when it never did: the
+// same, since a commit that does not shrink looks only at its own rows.
+// The shrinking commit itself is reported as shrink_ms.
+func BenchmarkCommitAfterShrink(b *testing.B) {
+	for _, shrunk := range []bool{false, true} {
+		b.Run(map[bool]string{false: "never-shrunk", true: "shrunk-once"}[shrunk], func(b *testing.B) {
+			ctx := context.Background()
+			r, _ := newTestRepo(b, CreateOptions{}, OpenOptions{Logger: testLogger(b)})
+			commit := func(blocks int64, from, n int64) time.Duration {
+				p, err := r.BeginPoint(ctx, "m", []DiskSpec{{Name: "d", Size: blocks * tbs, BlockSize: tbs}})
+				require.NoError(b, err)
+				var ws []BlockWrite
+				for i := from; i < from+n; i++ {
+					ws = append(ws, chunkWrite("d", i%blocks, content(uint64(3*i+1), tbs)))
+				}
+				if len(ws) > 0 {
+					require.NoError(b, p.Write(ctx, ws))
+				}
+				t0 := time.Now()
+				_, err = p.Commit(ctx, CommitInfo{Consistency: CrashConsistent})
+				require.NoError(b, err)
+				return time.Since(t0)
+			}
+			first := int64(512)
+			if shrunk {
+				first = 8192
+			}
+			commit(first, 0, first)
+			d := commit(512, 0, 0)
+			b.ResetTimer()
+			var inCommit time.Duration
+			for i := 0; i < b.N; i++ {
+				inCommit += commit(512, int64(10_000+i), 1)
+			}
+			b.ReportMetric(float64(inCommit.Microseconds())/1000/float64(b.N), "commit_ms/op")
+			b.ReportMetric(float64(d.Microseconds())/1000, "shrink_ms")
+		})
+	}
+}
