@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/controller/catalog"
@@ -177,11 +178,17 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if err := s.replicating(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
 		}
+		if reservedPointName(req.Name) && !s.agents.grants.has(shipGrant{c.agentID, req.Machine, req.Name}) {
+			return nil, protocol.Errorf(protocol.CodeInvalid, "point name %q: names starting with %s are Ferry's own", req.Name, strings.Join(reservedPointPrefixes, " or "))
+		}
 		return s.ing.End(ctx, c.agentID, req, c.clockOffset())
 	})
 	m.Handle(msg.MethodReport, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.ReportRequest](body)
 		if err != nil {
+			return nil, err
+		}
+		if _, err := s.requireActsFor(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
 		}
 		s.replMu.Lock()
@@ -197,24 +204,17 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 }
 
 // replicating refuses cycles of a machine that is not this agent's to
-// replicate right now (unprotected, failed over, another agent's).
+// replicate right now: another agent acts for it (ownership.go), or it is
+// at home in a state that ships no cycles (unprotected, failing over).
 func (s *Server) replicating(ctx context.Context, agentID, machine string) error {
-	m, err := s.cat.Machine(ctx, machine)
-	if errors.Is(err, catalog.ErrNotFound) {
-		return protocol.Errorf(protocol.CodeNotFound, "machine %s is not protected", machine)
-	}
+	m, err := s.requireActsFor(ctx, agentID, machine)
 	if err != nil {
 		return err
 	}
-	if m.Failover != nil && m.AgentID != agentID {
-		// The recovery site ships a failed-over machine's disks (the
-		// writes made there) while its source is stopped.
-		if _, tAgent, err := s.cat.Target(ctx, m.Failover.Target); err == nil && tAgent == agentID {
-			return nil
-		}
-	}
-	if m.AgentID != agentID {
-		return protocol.Errorf(protocol.CodeUnauthorized, "machine %s is replicated by another agent", machine)
+	if m.ActiveSite == "target" || m.Direction == "reverse" {
+		// The recovery site ships the machine's disks (the writes made
+		// there) while it runs there.
+		return nil
 	}
 	if !replicates(m.State) {
 		return protocol.Errorf(protocol.CodeFailedPrecondition, "machine %s is %s: replication is stopped", machine, m.State)

@@ -179,6 +179,7 @@ func (s *Server) open(ctx context.Context) error {
 	s.ing, err = ingest.New(ingest.Config{
 		Repo: s.repo, Log: s.log.With("component", "ingest"), Now: s.now,
 		OnCommit: s.pointCommitted, CanPatch: !s.repo.Encrypted(),
+		Owners: s.machinesOf,
 	})
 	if err != nil {
 		return err

@@ -32,6 +32,8 @@ func (c *agentConn) clockOffset() time.Duration {
 type registry struct {
 	mu   sync.Mutex
 	live map[string]*agentConn
+	// grants are the reserved point names agents were asked to use.
+	grants shipGrants
 }
 
 func newRegistry() *registry { return &registry{live: map[string]*agentConn{}} }

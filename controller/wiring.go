@@ -6,6 +6,7 @@ import (
 	"github.com/ferrydr/ferry/controller/failover"
 	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/protocol/rpc"
 	"github.com/ferrydr/ferry/protocol/session"
 )
@@ -19,6 +20,11 @@ func (a agentLinks) Call(ctx context.Context, agentID, method string, req, resp 
 	c, ok := a.r.get(agentID)
 	if !ok {
 		return protocol.Errorf(protocol.CodeUnavailable, "agent %s is not connected", agentID)
+	}
+	if ship, ok := req.(msg.TargetShipRequest); ok && method == msg.MethodTargetShip {
+		// The point this asks for may carry a name Ferry reserves: the
+		// agent may use it for this machine until the call returns.
+		defer a.r.grants.add(shipGrant{agentID, ship.Ref.Machine, ship.Name})()
 	}
 	return rpc.Call(ctx, c.sess, method, req, resp)
 }

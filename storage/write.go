@@ -95,6 +95,40 @@ func (c *core) prepareAll(ctx context.Context, chunks []*Chunk) (map[Hash]*prepa
 	return out, nil
 }
 
+// verifyAll checks supplied chunks that are stored already (decode per
+// codec, BLAKE3 == Hash, length == PlainLen) without keeping them.
+func (c *core) verifyAll(ctx context.Context, chunks []*Chunk) error {
+	if len(chunks) == 0 {
+		return nil
+	}
+	errs := make([]error, len(chunks))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(chunks)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(chunks) || ctx.Err() != nil {
+					return
+				}
+				ch := chunks[i]
+				plain, err := c.zc.decode(ch.Codec, ch.Data, ch.PlainLen)
+				switch {
+				case err != nil:
+					errs[i] = fmt.Errorf("%w: chunk %s: %v", ErrHashMismatch, ch.Hash, err)
+				case blake3.Sum256(plain) != ch.Hash:
+					errs[i] = fmt.Errorf("%w: chunk %s", ErrHashMismatch, ch.Hash)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.Join(errs...)
+}
+
 type writeItem struct {
 	diskID int64
 	block  int64
@@ -112,6 +146,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	}
 	items := make([]writeItem, len(ws))
 	supplied := map[Hash]*Chunk{}
+	patchedHash := map[Hash]bool{}
 	var hashes []Hash
 	patchedChunks, err := p.patchAll(ctx, ws)
 	if err != nil {
@@ -134,6 +169,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 			continue
 		case w.Patch != nil:
 			supplied[w.Hash] = patchedChunks[i]
+			patchedHash[w.Hash] = true
 		case w.Chunk != nil:
 			if w.Chunk.Hash != w.Hash {
 				return fmt.Errorf("%w: block %d: write hash %s, chunk hash %s", ErrHashMismatch, w.Block, w.Hash, w.Chunk.Hash)
@@ -150,10 +186,22 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	if err != nil {
 		return err
 	}
-	var todo []*Chunk
+	var todo, check []*Chunk
 	queued := map[Hash]bool{}
 	for _, h := range hashes {
-		if _, ok := have[h]; ok || queued[h] {
+		if queued[h] {
+			continue
+		}
+		if _, ok := have[h]; ok {
+			// Content that is stored already is still checked when it was
+			// supplied: a writer that claims a stored hash for bytes that
+			// are not its content must not get a reference to the stored
+			// chunk (docs/security.md "Hostile agent"). Patches were
+			// checked when they were applied.
+			if ch := supplied[h]; ch != nil && !patchedHash[h] {
+				check = append(check, ch)
+			}
+			queued[h] = true
 			continue
 		}
 		ch := supplied[h]
@@ -162,6 +210,9 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 		}
 		queued[h] = true
 		todo = append(todo, ch)
+	}
+	if err := c.verifyAll(ctx, check); err != nil {
+		return err
 	}
 	preps, err := c.prepareAll(ctx, todo)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +21,9 @@ type Repo interface {
 	BeginPoint(ctx context.Context, machine string, disks []storage.DiskSpec) (*storage.Pending, error)
 	PendingPoint(ctx context.Context, machine string) (*storage.Pending, error)
 	Points(ctx context.Context, machine string) ([]storage.Point, error)
-	HasChunks(ctx context.Context, hashes []storage.Hash) ([]bool, error)
+	// HasChunksOf says which hashes are stored in a point of one of the
+	// owner machines: the chunks a cycle may reference without sending.
+	HasChunksOf(ctx context.Context, owners []string, hashes []storage.Hash) ([]bool, error)
 	HeadBlocks(ctx context.Context, machine, disk string, fn storage.BlockFunc) error
 	Encrypted() bool
 }
@@ -35,6 +38,7 @@ type Ingest struct {
 	// canPatch says whether sub-block patches can be applied (the current
 	// block must be readable: not an encrypted repository without its key).
 	canPatch bool
+	owners   func(ctx context.Context, agentID string) ([]string, error)
 
 	mu     sync.Mutex
 	cycles map[uint64]*cycle
@@ -77,6 +81,10 @@ type Config struct {
 	Now      func() time.Time
 	OnCommit func(machine string, p storage.Point)
 	CanPatch bool
+	// Owners lists the machines an agent acts for: a cycle may reference
+	// without sending only chunks stored in their points (proof of
+	// possession, docs/security.md). Nil: only the cycle's own machine.
+	Owners func(ctx context.Context, agentID string) ([]string, error)
 }
 
 // New builds an Ingest.
@@ -95,7 +103,7 @@ func New(cfg Config) (*Ingest, error) {
 		return nil, err
 	}
 	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, canPatch: cfg.CanPatch,
-		cycles: map[uint64]*cycle{}, retiring: map[string][]*cycle{}, dec: dec}, nil
+		owners: cfg.Owners, cycles: map[uint64]*cycle{}, retiring: map[string][]*cycle{}, dec: dec}, nil
 }
 
 // Close releases the decompressor.
@@ -113,6 +121,7 @@ type cycle struct {
 	agentID     string
 	session     uint64 // sessionOf the Begin call
 	machine     string
+	owners      []string // machines whose stored chunks the agent possesses
 	pending     *storage.Pending
 	disks       []storage.DiskSpec
 	parts       map[uint32]bool
@@ -177,6 +186,15 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 		reason = fmt.Sprintf("the agent's map (head %d, pending %d) does not match the controller (head %d, pending %d)",
 			req.Map.HeadPoint, req.Map.Pending, head, pendingID(before))
 	}
+	owners := []string{req.Machine}
+	if g.owners != nil {
+		if owners, err = g.owners(ctx, agentID); err != nil {
+			return msg.CycleBeginResponse{}, err
+		}
+		if !slices.Contains(owners, req.Machine) {
+			owners = append(owners, req.Machine)
+		}
+	}
 	// Ordering: every write of an earlier cycle of this machine (the same
 	// pending point: a dropped session's queue, a replaced cycle) lands
 	// before this cycle's first write, or never. Its committer is closed
@@ -189,7 +207,7 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 	if err != nil {
 		return msg.CycleBeginResponse{}, protocol.Errorf(protocol.CodeInvalid, "begin point for %s: %v", req.Machine, err)
 	}
-	c := &cycle{agentID: agentID, session: sessionOf(ctx), machine: req.Machine, pending: p, disks: disks,
+	c := &cycle{agentID: agentID, session: sessionOf(ctx), machine: req.Machine, owners: owners, pending: p, disks: disks,
 		parts: map[uint32]bool{}, outstanding: map[blockKey]outstanding{}, commits: newCommitter(p)}
 	g.mu.Lock()
 	if old := g.cycles[uint64(p.ID)]; old != nil {

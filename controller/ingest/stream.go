@@ -191,14 +191,18 @@ func (g *Ingest) manifest(ctx context.Context, agentID string, rep *replies, m *
 		if int(e.Disk) >= len(c.disks) {
 			return protocol.Errorf(protocol.CodeInvalid, "cycle %d: entry names disk %d of %d", m.Cycle, e.Disk, len(c.disks))
 		}
-		if d := c.disks[e.Disk]; int64(e.Block)*int64(d.BlockSize) >= max(d.Size, 1) {
+		if d := c.disks[e.Disk]; e.Block >= uint64(blocksOf(d)) {
+			// Compared in blocks: a huge block number times the block
+			// size would overflow and pass.
 			return protocol.Errorf(protocol.CodeInvalid, "cycle %d: block %d is beyond disk %s (%d bytes)", m.Cycle, e.Block, d.Name, d.Size)
 		}
 		if e.Flags&data.FlagZero == 0 {
 			hashes = append(hashes, storage.Hash(e.Hash))
 		}
 	}
-	have, err := g.repo.HasChunks(ctx, hashes)
+	// Only chunks the agent possesses deduplicate: stored in a point of a
+	// machine it acts for. Any other hash is asked for like new content.
+	have, err := g.repo.HasChunksOf(ctx, c.owners, hashes)
 	if err != nil {
 		return err
 	}
@@ -367,4 +371,9 @@ func untilDone(ctx context.Context, frames <-chan decoded) iter.Seq[decoded] {
 			}
 		}
 	}
+}
+
+// blocksOf is the number of blocks of a disk (at least one).
+func blocksOf(d storage.DiskSpec) int64 {
+	return max((d.Size+int64(d.BlockSize)-1)/int64(d.BlockSize), 1)
 }
