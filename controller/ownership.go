@@ -50,6 +50,9 @@ func (s *Server) actsFor(ctx context.Context, agentID string, m catalog.Machine)
 		_, a, err := s.cat.Target(ctx, t)
 		return a, err
 	})
+	if errors.Is(err, catalog.ErrNotFound) {
+		return false, nil // its target site is gone: nobody acts for it there
+	}
 	if err != nil {
 		return false, err
 	}
