@@ -11,7 +11,9 @@ import (
 
 const possBlock = 4096
 
-func possDisks() []DiskSpec { return []DiskSpec{{Name: "d", Size: 16 * possBlock, BlockSize: possBlock}} }
+func possDisks() []DiskSpec {
+	return []DiskSpec{{Name: "d", Size: 16 * possBlock, BlockSize: possBlock}}
+}
 
 // commitBlocks writes blocks into a new point of machine and commits it.
 func commitBlocks(t *testing.T, r *Repo, machine string, ws ...BlockWrite) Point {
