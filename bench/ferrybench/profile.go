@@ -51,7 +51,7 @@ func (b *bench) runPass(ctx context.Context, pass string) ([]profileFile, string
 		r, err := b.storageRun(ctx, phaseDelta)
 		return r.profiles, fmt.Sprintf("the profiled rerun left %s", r.repo), err
 	case passDedup:
-		r, err := b.dedupRun(ctx, phaseInitial)
+		r, err := b.dedupRun(ctx, phaseInitial, 1, false)
 		return r.profiles, fmt.Sprintf("the profiled rerun left %s", r.repo), err
 	case passMaterialize:
 		r, err := b.materializeRun(ctx, 0, true)

@@ -28,6 +28,8 @@ type rig struct {
 	name    string // agent name
 	ctl     *proc
 	agent   *proc
+	// extra are further agents (addAgent), each with its own identity.
+	extra []*proc
 	ctlAddr string
 	admin   string
 	proxy   *faultnet.Proxy
@@ -185,6 +187,10 @@ func (r *rig) restart(ctx context.Context, profile bool) error {
 }
 
 func (r *rig) stopProcs() {
+	for _, p := range r.extra {
+		p.stop(30 * time.Second)
+	}
+	r.extra = nil
 	if r.agent != nil {
 		r.agent.stop(30 * time.Second)
 	}
@@ -232,6 +238,55 @@ func (r *rig) setRPEvery(ctx context.Context, policy string, every time.Duration
 // command.
 func (r *rig) protect(ctx context.Context, machine, path, policy, status string) error {
 	return r.protectTo(ctx, machine, path, policy, status, "")
+}
+
+// addAgent enrolls one more agent named name through the proxy, starts
+// it and waits until the controller lists it as connected. Each agent has
+// its own certificate: a tenant of its own.
+func (r *rig) addAgent(ctx context.Context, name string) error {
+	state := filepath.Join(r.dir, "agent-"+name)
+	tok, err := r.cl.CreateToken(ctx, api.CreateTokenRequest{TTL: api.Duration(time.Hour), Uses: 1})
+	if err != nil {
+		return fmt.Errorf("create token: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(r.bin, "ferry-agent"), "enroll", "--controller", r.proxy.Addr(),
+		"--token", tok.Token, "--name", name, "--state-dir", state).CombinedOutput()
+	if err != nil {
+		return &CmdError{Cmd: "ferry-agent enroll", Output: string(out), Err: err}
+	}
+	p, err := startProc("agent-"+name, r.logPath("agent-"+name), r.agentEnv, filepath.Join(r.bin, "ferry-agent"),
+		"run", "--state-dir", state, "--log-level", "info")
+	if err != nil {
+		return err
+	}
+	r.extra = append(r.extra, p)
+	return poll(ctx, 60*time.Second, 50*time.Millisecond, func() (bool, error) {
+		if p.exited() {
+			return false, fmt.Errorf("agent %s exited (log %s)", name, p.logPath)
+		}
+		as, err := r.cl.Agents(ctx)
+		if err != nil {
+			return false, nil
+		}
+		for _, a := range as {
+			if a.Name == name && a.Connected {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+}
+
+// protectAs protects a machine on the named agent (no target).
+func (r *rig) protectAs(ctx context.Context, agent, machine, path, policy string) error {
+	_, err := r.cl.Protect(ctx, api.ProtectRequest{
+		Machine: machine, Agent: agent, Policy: policy,
+		Disks: []api.DiskRef{{Name: diskName, Path: path}},
+	})
+	if err != nil {
+		return fmt.Errorf("protect %s on %s: %w", machine, agent, err)
+	}
+	return nil
 }
 
 // protectTo is protect with a target (--target; "" for none): the
