@@ -8,9 +8,12 @@ import (
 )
 
 // HasChunksOf reports, for each hash, whether a chunk with that content is
-// stored AND referenced by a block of one of the owners' disks in a point
-// that is not deleted (pending points included). Owners are machine names,
-// opaque to storage. A chunk that is stored but referenced only by other
+// stored AND referenced by a row of one of the owners' disks: a block of
+// one of their points, pending included, or of their newest state (a
+// deleted point's row stays while later points read it). Owners are
+// machine names, opaque to storage; DeleteMachine ends a machine's
+// possession at once (its disks are forgotten, a machine protected again
+// under the name starts with none). A chunk that is stored but referenced only by other
 // machines answers false, exactly like a chunk that is not stored: the
 // caller asks for the content instead of deduplicating against it, so
 // knowing a hash never grants its bytes (docs/security.md).
@@ -41,9 +44,9 @@ func (r *Repo) HasChunksOf(ctx context.Context, owners []string, hashes []Hash) 
 	}
 	// chunk id -1 matches nothing: a hash that is not stored still probes
 	// the changes index once per disk.
-	q := `SELECT EXISTS (SELECT 1 FROM changes ch JOIN points p ON p.id = ch.seq
-		WHERE ch.chunk_id = coalesce((SELECT id FROM chunks WHERE hash = ?), -1)
-		AND ch.disk_id IN (` + placeholders(len(disks)) + `) AND p.state != 'deleted')`
+	q := `SELECT EXISTS (SELECT 1 FROM changes
+		WHERE chunk_id = coalesce((SELECT id FROM chunks WHERE hash = ?), -1)
+		AND disk_id IN (` + placeholders(len(disks)) + `))`
 	st, err := conn.PrepareContext(ctx, q)
 	if err != nil {
 		return nil, err

@@ -29,15 +29,14 @@ func commitBlocks(t *testing.T, r *Repo, machine string, ws ...BlockWrite) Point
 
 // TestHasChunksOf: a chunk counts as possessed only for the machines with
 // a live point that references it; for any other owner it answers like a
-// chunk that is not stored. Deleting the only point that referenced it
-// ends the possession.
+// chunk that is not stored. Deleting the machine ends the possession.
 func TestHasChunksOf(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
 	a, b := content(1, possBlock), content(4, possBlock)
 	ha, hb := Hash(blake3.Sum256(a)), Hash(blake3.Sum256(b))
 	absent := Hash(blake3.Sum256([]byte("never stored")))
-	ptA := commitBlocks(t, r, "alpha", chunkWrite("d", 0, a))
+	commitBlocks(t, r, "alpha", chunkWrite("d", 0, a))
 	commitBlocks(t, r, "beta", chunkWrite("d", 1, b))
 
 	has, err := r.HasChunks(ctx, []Hash{ha, hb, absent})
@@ -68,11 +67,16 @@ func TestHasChunksOf(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []bool{true, false}, got)
 
-	// Alpha's only point deleted: alpha no longer possesses a.
-	require.NoError(t, r.DeletePoint(ctx, ptA.ID))
+	// Alpha deleted (unprotected): alpha possesses nothing, also once a
+	// machine is protected again under that name.
+	require.NoError(t, r.DeleteMachine(ctx, "alpha"))
 	got, err = r.HasChunksOf(ctx, []string{"alpha"}, []Hash{ha})
 	require.NoError(t, err)
 	require.Equal(t, []bool{false}, got)
+	commitBlocks(t, r, "alpha", chunkWrite("d", 5, b))
+	got, err = r.HasChunksOf(ctx, []string{"alpha"}, []Hash{ha, hb})
+	require.NoError(t, err)
+	require.Equal(t, []bool{false, true}, got)
 }
 
 // TestWriteChecksSuppliedChunkOfStoredHash: a write that supplies bytes
