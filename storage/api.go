@@ -95,6 +95,9 @@ type Point struct {
 	Changed     int64 // blocks this point changed
 	Disks       []DiskSpec
 	Committed   time.Time
+	// Damaged: the point reads a chunk marked damaged (MarkDamaged), so
+	// some of its blocks cannot be read until the content is stored again.
+	Damaged bool
 }
 
 // BlockFunc receives one block of a disk view. Zero blocks have zero=true and

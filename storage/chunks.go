@@ -63,7 +63,9 @@ func (c *core) lookupHashes(ctx context.Context, hs []Hash) (map[Hash]int64, err
 		return nil, err
 	}
 	defer conn.Close()
-	st, err := conn.PrepareContext(ctx, `SELECT id FROM chunks WHERE hash=?`)
+	// A chunk marked damaged counts as not stored: the writer stores it
+	// again (writeBatch gives the new copy the chunk's id).
+	st, err := conn.PrepareContext(ctx, `SELECT id FROM chunks WHERE hash=? AND id NOT IN (SELECT chunk_id FROM damaged_chunks)`)
 	if err != nil {
 		return nil, err
 	}

@@ -48,6 +48,15 @@ func (r *Repo) Points(ctx context.Context, machine string) ([]Point, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	dmg, err := c.damagedPoints(ctx, machine)
+	if err != nil {
+		return nil, err
+	}
+	for id := range dmg {
+		if i, ok := idx[id]; ok {
+			pts[i].Damaged = true
+		}
+	}
 	drows, err := c.db.QueryContext(ctx, `SELECT pd.point_id, d.name, pd.size, d.block_size FROM point_disks pd
 		JOIN disks d ON d.id = pd.disk_id JOIN points p ON p.id = pd.point_id
 		WHERE p.machine=? AND p.state='committed' ORDER BY pd.point_id, d.name`, machine)

@@ -21,7 +21,8 @@ import (
 // The check runs on the changes_chunk index (chunk_id, then the primary key
 // disk_id, block, seq): one seek per hash and owner disk. It does the same
 // work for a hash that is not stored (a probe of an empty range) so the
-// answer's latency says little about which of the two it was.
+// answer's latency says little about which of the two it was. A chunk
+// marked damaged is possessed by nobody: it must be sent again.
 func (r *Repo) HasChunksOf(ctx context.Context, owners []string, hashes []Hash) ([]bool, error) {
 	if err := r.c.check(); err != nil {
 		return nil, err
@@ -45,7 +46,8 @@ func (r *Repo) HasChunksOf(ctx context.Context, owners []string, hashes []Hash) 
 	// chunk id -1 matches nothing: a hash that is not stored still probes
 	// the changes index once per disk.
 	q := `SELECT EXISTS (SELECT 1 FROM changes
-		WHERE chunk_id = coalesce((SELECT id FROM chunks WHERE hash = ?), -1)
+		WHERE chunk_id = coalesce((SELECT id FROM chunks WHERE hash = ?
+			AND id NOT IN (SELECT chunk_id FROM damaged_chunks)), -1)
 		AND disk_id IN (` + placeholders(len(disks)) + `))`
 	st, err := conn.PrepareContext(ctx, q)
 	if err != nil {

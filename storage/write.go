@@ -366,21 +366,39 @@ func (c *core) writeBatch(ctx context.Context, pointID int64, items []writeItem,
 	if err := c.indexBatch(ctx, tx, b); err != nil {
 		return nil, err
 	}
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	// A chunk marked damaged is stored again under its id (ON CONFLICT):
+	// every row that reads it reads the new copy, and the mark goes.
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(hash) DO UPDATE SET pack_id=excluded.pack_id, offset=excluded.offset, length=excluded.length,
+		plain_len=excluded.plain_len, codec=excluded.codec, key_slot=excluded.key_slot RETURNING id`)
 	if err != nil {
 		return nil, err
 	}
 	defer ins.Close()
+	var anyDamaged bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM damaged_chunks)`).Scan(&anyDamaged); err != nil {
+		return nil, err
+	}
+	heal, err := tx.PrepareContext(ctx, `DELETE FROM damaged_chunks WHERE chunk_id=?`)
+	if err != nil {
+		return nil, err
+	}
+	defer heal.Close()
 	ids := make(map[Hash]int64, len(have)+len(pl))
 	for h, id := range have {
 		ids[h] = id
 	}
 	for _, x := range pl {
-		res, err := ins.ExecContext(ctx, x.p.hash[:], int64(b.op.id), x.off, x.n, x.p.plainLen, x.p.codec, x.slot)
-		if err != nil {
+		var id int64
+		if err := ins.QueryRowContext(ctx, x.p.hash[:], int64(b.op.id), x.off, x.n, x.p.plainLen, x.p.codec, x.slot).Scan(&id); err != nil {
 			return nil, err
 		}
-		ids[x.p.hash], _ = res.LastInsertId()
+		if anyDamaged {
+			if _, err := heal.ExecContext(ctx, id); err != nil {
+				return nil, err
+			}
+		}
+		ids[x.p.hash] = id
 	}
 	chg, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`)
 	if err != nil {

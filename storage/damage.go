@@ -1,0 +1,88 @@
+package storage
+
+import (
+	"context"
+	"time"
+)
+
+// MarkDamaged records chunks found damaged (by Verify, or a read that
+// failed its check) in the index: lookups then treat them as not stored,
+// so the next writer that has the content stores it again — the new copy
+// takes the chunk's id, which makes every point that reads it whole again
+// — and Points flags the committed points that read one as Damaged.
+// Hashes that are not stored are ignored. It returns how many chunks were
+// newly marked.
+func (r *Repo) MarkDamaged(ctx context.Context, hashes []Hash, reason string) (int, error) {
+	c := r.c
+	if err := c.check(); err != nil {
+		return 0, err
+	}
+	if len(hashes) == 0 {
+		return 0, nil
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO damaged_chunks(chunk_id, found_ns, reason)
+		SELECT id, ?, ? FROM chunks WHERE hash=?`)
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	n := int64(0)
+	now := time.Now().UnixNano()
+	for _, h := range hashes {
+		res, err := st.ExecContext(ctx, now, reason, h[:])
+		if err != nil {
+			return 0, err
+		}
+		k, _ := res.RowsAffected()
+		n += k
+	}
+	return int(n), tx.Commit()
+}
+
+// DamagedHashes lists the hashes of the chunks marked damaged.
+func (r *Repo) DamagedHashes(ctx context.Context) (map[Hash]bool, error) {
+	if err := r.c.check(); err != nil {
+		return nil, err
+	}
+	hs, err := column[[]byte](r.c.db.QueryContext(ctx, `SELECT c.hash FROM damaged_chunks d JOIN chunks c ON c.id = d.chunk_id`))
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[Hash]bool, len(hs))
+	for _, b := range hs {
+		var h Hash
+		copy(h[:], b)
+		out[h] = true
+	}
+	return out, nil
+}
+
+// damagedPoints returns the committed points of machine that read a chunk
+// marked damaged (nil when none is: the common case costs one query).
+func (c *core) damagedPoints(ctx context.Context, machine string) (map[int64]bool, error) {
+	ids, err := column[int64](c.db.QueryContext(ctx, `SELECT DISTINCT d.chunk_id FROM damaged_chunks d
+		JOIN changes ch ON ch.chunk_id = d.chunk_id JOIN disks k ON k.id = ch.disk_id WHERE k.machine = ?`, machine))
+	if err != nil || len(ids) == 0 {
+		return nil, err
+	}
+	out := map[int64]bool{}
+	for _, id := range ids {
+		pds, err := c.affected(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		for _, pd := range pds {
+			if pd.Machine == machine {
+				out[pd.PointID] = true
+			}
+		}
+	}
+	return out, nil
+}
