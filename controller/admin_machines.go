@@ -241,6 +241,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 		Now: s.now(), LastPoint: out.LastPoint, Protected: m.Created, Threshold: pol.RPOThreshold.Std(),
 		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew, Replicating: replicates(m.State),
 		DiskFull: s.disk.check(false) != nil, OverQuota: s.overQuota(pts),
+		DamagedPoints: damagedPoints(pts),
 	})
 	if !connected {
 		out.Reasons = append(out.Reasons, "source agent "+a.Name+" is not connected")
@@ -267,7 +268,7 @@ func (s *Server) Points(ctx context.Context, machine string) ([]api.Point, error
 }
 
 func apiPoint(p storage.Point) api.Point {
-	return api.Point{ID: p.ID, Time: p.Instant, Consistency: string(p.Consistency), Bytes: p.Bytes, Name: p.Name, Changed: p.Changed}
+	return api.Point{ID: p.ID, Time: p.Instant, Consistency: string(p.Consistency), Bytes: p.Bytes, Name: p.Name, Changed: p.Changed, Damaged: p.Damaged}
 }
 
 // resolve finds a point by spec, as an API error when it cannot.

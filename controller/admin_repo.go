@@ -2,10 +2,12 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"github.com/ferrydr/ferry/controller/admin"
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/storage"
 )
 
@@ -52,6 +54,9 @@ func (s *Server) Verify(ctx context.Context, machine string) (api.VerifyReport, 
 	if err != nil {
 		return api.VerifyReport{}, err
 	}
+	if err := s.damageFound(ctx, r); err != nil {
+		return api.VerifyReport{}, err
+	}
 	out := api.VerifyReport{Chunks: r.Chunks, Bytes: r.Bytes, Damaged: []api.DamagedChunk{}}
 	for _, d := range r.Damaged {
 		dc := api.DamagedChunk{Hash: d.Hash.String(), Pack: d.Pack, Affected: []api.AffectedBlock{}}
@@ -73,4 +78,46 @@ func (s *Server) GC(ctx context.Context) (api.GCReport, error) {
 		return api.GCReport{}, err
 	}
 	return api.GCReport{ChunksDeleted: r.ChunksDeleted, PacksDeleted: r.PacksDeleted, PacksRepacked: r.PacksRepacked, BytesFreed: r.BytesFreed}, nil
+}
+
+// damageFound acts on what a verify found: the damaged chunks are marked in
+// the repository (no cycle deduplicates against them any more, the points
+// that read them are shown damaged and left out of latest*), and every
+// affected machine's next cycle compares all its blocks with the
+// controller's hashes, which leave the damaged chunks out, so the agent
+// sends that content again and the repository stores it anew.
+func (s *Server) damageFound(ctx context.Context, r storage.VerifyReport) error {
+	var hashes []storage.Hash
+	machines := map[string]bool{}
+	for _, d := range r.Damaged {
+		if d.Hash != (storage.Hash{}) {
+			hashes = append(hashes, d.Hash)
+		}
+		for _, a := range d.Affected {
+			machines[a.Machine] = true
+		}
+	}
+	n, err := s.repo.MarkDamaged(ctx, hashes, "verify")
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		s.log.Warn("damaged chunks marked: they will be stored again", "chunks", n, "machines", len(machines))
+	}
+	for name := range machines {
+		m, err := s.cat.Machine(ctx, name)
+		if errors.Is(err, catalog.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !m.Resync {
+			m.Resync = true
+			if err := s.cat.UpdateMachine(ctx, m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -161,3 +161,14 @@ func (s *Server) pushConfig(ctx context.Context, agentID string) error {
 	}
 	return s.agents.call(ctx, agentID, c.name, msg.MethodConfig, req, &struct{}{})
 }
+
+// damagedPoints counts the points that read data found damaged.
+func damagedPoints(pts []storage.Point) int {
+	n := 0
+	for _, p := range pts {
+		if p.Damaged {
+			n++
+		}
+	}
+	return n
+}

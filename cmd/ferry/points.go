@@ -76,9 +76,13 @@ func runPointsList(ctx context.Context, g *globals, machine string) error {
 	}
 	var rows [][]string
 	for _, p := range ps {
-		rows = append(rows, []string{strconv.FormatInt(p.ID, 10), fmtTime(p.Time), p.Consistency, api.FormatSize(p.Bytes), orDash(p.Name)})
+		state := "ok"
+		if p.Damaged {
+			state = "damaged"
+		}
+		rows = append(rows, []string{strconv.FormatInt(p.ID, 10), fmtTime(p.Time), p.Consistency, api.FormatSize(p.Bytes), orDash(p.Name), state})
 	}
-	table(g.stdout, []string{"ID", "TIME", "CONSISTENCY", "BYTES", "NAME"}, rows)
+	table(g.stdout, []string{"ID", "TIME", "CONSISTENCY", "BYTES", "NAME", "STATE"}, rows)
 	return nil
 }
 

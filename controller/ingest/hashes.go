@@ -47,7 +47,16 @@ func (g *Ingest) ServeHashes(ctx context.Context, agentID string, cycleID uint64
 		}
 		each = func(fn storage.BlockFunc) error { return p.Blocks(ctx, c.disks[diskIndex].Name, fn) }
 	}
+	// Blocks whose chunk was found damaged are left out, like blocks never
+	// written: the agent's content differs and is sent again.
+	damaged, err := g.repo.DamagedHashes(ctx)
+	if err != nil {
+		return err
+	}
 	err = each(func(block int64, h storage.Hash, zero bool) error {
+		if !zero && damaged[h] {
+			return nil
+		}
 		if len(run.Zero) > 0 && (uint64(block) != run.Start+uint64(len(run.Zero)) || len(run.Zero) == data.MaxEntriesPerFrame) {
 			if err := flush(); err != nil {
 				return err

@@ -25,6 +25,7 @@ type Repo interface {
 	// owner machines: the chunks a cycle may reference without sending.
 	HasChunksOf(ctx context.Context, owners []string, hashes []storage.Hash) ([]bool, error)
 	HeadBlocks(ctx context.Context, machine, disk string, fn storage.BlockFunc) error
+	DamagedHashes(ctx context.Context) (map[storage.Hash]bool, error)
 	Encrypted() bool
 }
 

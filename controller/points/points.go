@@ -46,13 +46,20 @@ func Pick(pts []storage.Point, spec, machine string) (storage.Point, error) {
 	}
 	switch spec {
 	case SpecLatest, SpecLatestProcessed:
+		// A point that reads damaged data is never "latest": an id names
+		// it when that is really wanted.
+		for i := len(pts) - 1; i >= 0; i-- {
+			if !pts[i].Damaged {
+				return pts[i], nil
+			}
+		}
 		if len(pts) == 0 {
 			return storage.Point{}, fmt.Errorf("%w: machine %s has no recovery point yet", ErrNoPoint, machine)
 		}
-		return pts[len(pts)-1], nil
+		return storage.Point{}, fmt.Errorf("%w: every point of machine %s reads damaged data (ferry verify)", ErrNoPoint, machine)
 	case SpecLatestAppConsistent:
 		for i := len(pts) - 1; i >= 0; i-- {
-			if pts[i].Consistency == storage.AppConsistent {
+			if pts[i].Consistency == storage.AppConsistent && !pts[i].Damaged {
 				return pts[i], nil
 			}
 		}
@@ -82,6 +89,7 @@ func Pick(pts []storage.Point, spec, machine string) (storage.Point, error) {
 const (
 	Healthy  = "healthy"
 	Warning  = "warning"
+	Degraded = "degraded" // some points read damaged data: between warning and critical
 	Critical = "critical"
 )
 
@@ -99,6 +107,8 @@ type HealthInput struct {
 	DiskFull bool
 	// OverQuota: the machine's points reached the per-machine quota.
 	OverQuota bool
+	// DamagedPoints counts points that read data found damaged.
+	DamagedPoints int
 }
 
 // MaxSkew is the agent clock offset past which a machine gets a warning.
@@ -113,7 +123,14 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 		s := in.Now.Sub(*in.LastPoint).Seconds()
 		rpo = &s
 	}
+	damaged := ""
+	if in.DamagedPoints > 0 {
+		damaged = fmt.Sprintf("%d point(s) read data found damaged (ferry verify): left out of latest*, stored again by the next cycles", in.DamagedPoints)
+	}
 	if !in.Replicating {
+		if damaged != "" {
+			return rpo, Degraded, damaged
+		}
 		return rpo, Healthy, ""
 	}
 	age := in.Now.Sub(in.Protected)
@@ -153,6 +170,16 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 	}
 	if in.ClockSkew > MaxSkew || in.ClockSkew < -MaxSkew {
 		extra(fmt.Sprintf("agent clock is off by %s", in.ClockSkew.Round(time.Millisecond)))
+	}
+	if damaged != "" {
+		if level != Critical {
+			level = Degraded
+		}
+		if reason == "" {
+			reason = damaged
+		} else {
+			reason += "; " + damaged
+		}
 	}
 	return rpo, level, reason
 }

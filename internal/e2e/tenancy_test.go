@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -332,4 +333,91 @@ func TestHostileAgentTouchesOnlyItsMachines(t *testing.T) {
 			require.NoError(t, err)
 		}
 	})
+}
+
+// TestDamagedChunkIsSentAgain: a byte flipped in a pack on the controller's
+// disk. `ferry verify` finds it; the points reading the damaged chunk are
+// listed as damaged and left out of latest, and the machine's health is
+// degraded; the agent's next cycle sends that content again (it is not
+// deduplicated against the damaged chunk), which makes every point whole:
+// verify is clean and the newest point exports as the disk. Before, verify
+// only reported: points were listed as fine, health stayed healthy, and
+// every later cycle kept deduplicating against the damaged chunk.
+func TestDamagedChunkIsSentAgain(t *testing.T) {
+	c := StartController(t)
+	a := EnrollAgent(t, c, c.Addr, "src")
+	c.MustFerry("policies", "create", "p", "--rp-every", "1h")
+	img := filepath.Join(t.TempDir(), "m.img")
+	want := tenantImage(t, img, 81)
+	c.MustFerry("protect", "m", "--agent", "src", "--disk", "d="+img, "--policy", "p")
+	p1 := c.WaitPoint("m", 0, time.Minute)
+	a.Proc.Stop()
+
+	// Flip a byte in the middle of the biggest pack: inside a chunk.
+	var pack string
+	var size int64
+	require.NoError(t, filepath.Walk(filepath.Join(c.Data, "repository"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && filepath.Ext(p) == ".pack" && fi.Size() > size {
+			pack, size = p, fi.Size()
+		}
+		return err
+	}))
+	require.Greater(t, size, int64(tenancySize/2), "the image's chunks are in one pack")
+	f, err := os.OpenFile(pack, os.O_RDWR, 0)
+	require.NoError(t, err)
+	b := []byte{0}
+	_, err = f.ReadAt(b, size/2)
+	require.NoError(t, err)
+	b[0] ^= 0x20
+	_, err = f.WriteAt(b, size/2)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	var rep struct {
+		Damaged []struct {
+			Hash string `json:"hash"`
+		} `json:"damaged"`
+	}
+	r := c.Ferry("verify", "--json")
+	require.NotEqual(t, 0, r.Code, "verify reports the damage")
+	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &rep), r.Stdout)
+	require.Len(t, rep.Damaged, 1)
+	require.NotEmpty(t, rep.Damaged[0].Hash, "a chunk, not a record, was hit")
+
+	var pts []struct {
+		ID      int64 `json:"id"`
+		Damaged bool  `json:"damaged"`
+	}
+	c.JSON(&pts, "points", "list", "m")
+	require.Len(t, pts, 1)
+	require.True(t, pts[0].Damaged, "points list shows the damaged point")
+	require.Contains(t, c.MustFerry("points", "list", "m"), "damaged")
+	var m struct {
+		Health       string `json:"health"`
+		HealthReason string `json:"health_reason"`
+	}
+	c.JSON(&m, "machines", "show", "m")
+	require.Equal(t, "degraded", m.Health, m.HealthReason)
+	// latest does not pick a damaged point.
+	r = c.Ferry("points", "export", "m", "--point", "latest", "--out", t.TempDir())
+	require.NotEqual(t, 0, r.Code, "export of latest: %s", r.Stdout)
+
+	// The agent comes back: its cycle resends the damaged block.
+	a.Start()
+	p2 := c.WaitPoint("m", p1.ID, time.Minute)
+	require.Equal(t, 0, c.Ferry("verify").Code, "the content was stored again: nothing is damaged")
+	pts = nil // fields left out of the JSON would keep their old values
+	c.JSON(&pts, "points", "list", "m")
+	require.Len(t, pts, 2)
+	for _, p := range pts {
+		require.False(t, p.Damaged, "point %d", p.ID)
+	}
+	m.Health, m.HealthReason = "", ""
+	c.JSON(&m, "machines", "show", "m")
+	require.NotEqual(t, "degraded", m.Health, m.HealthReason)
+	for _, id := range []int64{p1.ID, p2.ID} {
+		got, err := os.ReadFile(filepath.Join(c.Export("m", id), "d.raw"))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want, got), "point %d reads the disk", id)
+	}
 }
