@@ -20,16 +20,16 @@ import (
 // rig is one controller and one enrolled agent whose every byte passes
 // through a counting proxy, all living in one directory.
 type rig struct {
-	bin     string
-	dir     string // data: controller data and agent state
-	logDir  string // logs and CPU profiles (kept after the run)
-	data    string // controller data directory (its repository is data/repository)
-	state   string // agent state directory
-	name    string // agent name
-	ctl     *proc
-	agent   *proc
+	bin    string
+	dir    string // data: controller data and agent state
+	logDir string // logs and CPU profiles (kept after the run)
+	data   string // controller data directory (its repository is data/repository)
+	state  string // agent state directory
+	name   string // agent name
+	ctl    *proc
+	agent  *proc
 	// extra are further agents (addAgent), each with its own identity.
-	extra []*proc
+	extra   []*proc
 	ctlAddr string
 	admin   string
 	proxy   *faultnet.Proxy
