@@ -164,7 +164,7 @@ type Machine struct {
 	Name           string        `json:"name"`
 	Agent          string        `json:"agent"`
 	State          string        `json:"state"`
-	Health         string        `json:"health"` // healthy, warning, critical
+	Health         string        `json:"health"` // healthy, warning, degraded, critical
 	HealthReason   string        `json:"health_reason,omitempty"`
 	RPOSeconds     *float64      `json:"rpo_seconds"` // null before the first point
 	LastPoint      *time.Time    `json:"last_point"`
