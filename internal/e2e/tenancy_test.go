@@ -259,6 +259,27 @@ func TestHostileAgentCannotReferenceForeignChunks(t *testing.T) {
 	require.True(t, bytes.Equal(want, got), "the attacker's point holds exactly its first point and what it sent")
 	require.NotContains(t, string(got), string(secret))
 
+	// A patch cannot reach another machine's chunk either: it applies to the
+	// block's current content in the attacker's own machine, and a result
+	// that does not hash to the announced hash gets the same answer whether
+	// that hash names a stored chunk (the victim's) or nothing.
+	patchAnswer := func(target data.Hash) error {
+		h.dial()
+		cycle, err := h.begin("vma", tenancySize)
+		require.NoError(t, err)
+		ds := h.data()
+		need, err := ds.manifest(cycle, data.Entry{Block: 2, Hash: target})
+		require.NoError(t, err)
+		require.Equal(t, []bool{true}, need.Need, "asked for the content")
+		patch := data.EncodePatch(data.PatchRun{Offset: 0, Data: secret[:4096]})
+		return ds.batch(cycle, data.Block{Block: 2, Hash: target, Codec: data.CodecNone, Flags: data.FlagPatch,
+			PlainLen: uint32(len(patch)), Data: patch})
+	}
+	errForeign := patchAnswer(data.Hash(blake3.Sum256(secret)))
+	requireCode(t, errForeign, protocol.CodeFailedPrecondition, "a patch toward the victim's chunk")
+	errNew := patchAnswer(data.Hash(blake3.Sum256(filled(0xc3))))
+	requireCode(t, errNew, protocol.CodeFailedPrecondition, "a patch toward content stored nowhere")
+
 	// The victim's own points still read back as its disk.
 	vp := c.Points("vmv")
 	vgot, err := os.ReadFile(filepath.Join(c.Export("vmv", vp[len(vp)-1].ID), "d.raw"))
@@ -420,4 +441,34 @@ func TestDamagedChunkIsSentAgain(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(want, got), "point %d reads the disk", id)
 	}
+}
+
+// TestOwnershipFollowsTheFailover: once a machine has failed over, the
+// agent of the recovery site acts for it and its source agent no longer
+// does — the rule reads the machine's lifecycle (controller/ownership.go).
+// Before, any agent's machine.report rewrote the machine's status, and the
+// source agent was told "replication is stopped" rather than refused.
+func TestOwnershipFollowsTheFailover(t *testing.T) {
+	f := newFailoverSetup(t, "--rp-every", "1h")
+	f.protect(t, "m", 16<<20)
+	f.c.runJob(t, 0, "failover", "m", "--point", "latest-processed")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	src := takeOver(t, ctx, f.c, f.src)
+	err := rpc.Call(ctx, src.sess, msg.MethodReport, msg.ReportRequest{Machine: "m", Phase: "error", Error: "from home"}, nil)
+	requireCode(t, err, protocol.CodeUnauthorized, "the source agent reports on a failed-over machine")
+	_, err = src.begin("m", 16<<20)
+	requireCode(t, err, protocol.CodeUnauthorized, "the source agent ships a failed-over machine")
+
+	site := takeOver(t, ctx, f.c, f.site.Agent)
+	require.NoError(t, rpc.Call(ctx, site.sess, msg.MethodReport, msg.ReportRequest{Machine: "m", Phase: "idle"}, nil),
+		"the recovery site's agent acts for the failed-over machine")
+	var m struct {
+		Replication struct {
+			LastError string `json:"last_error"`
+		} `json:"replication"`
+	}
+	f.c.JSON(&m, "machines", "show", "m")
+	require.Empty(t, m.Replication.LastError)
 }
