@@ -110,7 +110,10 @@ type Repository interface {
 	Encrypted() bool
 
 	HasChunks(ctx context.Context, hashes []Hash) ([]bool, error)
+	HasChunksOf(ctx context.Context, owners []string, hashes []Hash) ([]bool, error)
 	ReadChunk(ctx context.Context, h Hash) ([]byte, error)
+	MarkDamaged(ctx context.Context, hashes []Hash, reason string) (int, error)
+	DamagedHashes(ctx context.Context) (map[Hash]bool, error)
 
 	BeginPoint(ctx context.Context, machine string, disks []DiskSpec) (*Pending, error)
 	PendingPoint(ctx context.Context, machine string) (*Pending, error) // ErrNotFound if none
