@@ -20,9 +20,9 @@ import (
 //
 // The check runs on the changes_chunk index (chunk_id, then the primary key
 // disk_id, block, seq): one seek per hash and owner disk. It does the same
-// work for a hash that is not stored (a probe of an empty range) so the
-// answer's latency says little about which of the two it was. A chunk
-// marked damaged is possessed by nobody: it must be sent again.
+// work for a hash that is not stored, so the answer's latency says little
+// about which of the two it was (see the query). A chunk marked damaged is
+// possessed by nobody: it must be sent again.
 func (r *Repo) HasChunksOf(ctx context.Context, owners []string, hashes []Hash) ([]bool, error) {
 	if err := r.c.check(); err != nil {
 		return nil, err
@@ -43,18 +43,25 @@ func (r *Repo) HasChunksOf(ctx context.Context, owners []string, hashes []Hash) 
 	if len(disks) == 0 {
 		return out, nil
 	}
-	// chunk id -1 matches nothing: a hash that is not stored still probes
-	// the changes index once per disk.
-	q := `SELECT EXISTS (SELECT 1 FROM changes
-		WHERE chunk_id = coalesce((SELECT id FROM chunks WHERE hash = ?
-			AND id NOT IN (SELECT chunk_id FROM damaged_chunks)), -1)
-		AND disk_id IN (` + placeholders(len(disks)) + `))`
+	// The changes index is probed for every hash: for a stored chunk at its
+	// id, for a hash that is not stored at a random chunk's id (whose
+	// answer is then ignored), so both cost one seek into a cold part of
+	// the index and the answer's latency says little about which it was.
+	q := `SELECT c.cid IS NOT NULL, EXISTS (SELECT 1 FROM changes
+		WHERE chunk_id = coalesce(c.cid, abs(random() % ?) + 1)
+		AND disk_id IN (` + placeholders(len(disks)) + `))
+		FROM (SELECT (SELECT id FROM chunks WHERE hash = ? AND id NOT IN (SELECT chunk_id FROM damaged_chunks)) AS cid) c`
 	st, err := conn.PrepareContext(ctx, q)
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
-	args := make([]any, 1+len(disks))
+	var maxID int64
+	if err := conn.QueryRowContext(ctx, `SELECT coalesce(max(id), 1) FROM chunks`).Scan(&maxID); err != nil {
+		return nil, err
+	}
+	args := make([]any, len(disks)+2)
+	args[0] = maxID
 	for i, d := range disks {
 		args[1+i] = d
 	}
@@ -64,11 +71,12 @@ func (r *Repo) HasChunksOf(ctx context.Context, owners []string, hashes []Hash) 
 			out[i] = v
 			continue
 		}
-		args[0] = h[:]
-		var has bool
-		if err := st.QueryRowContext(ctx, args...).Scan(&has); err != nil {
+		args[len(disks)+1] = h[:]
+		var stored, referenced bool
+		if err := st.QueryRowContext(ctx, args...).Scan(&stored, &referenced); err != nil {
 			return nil, err
 		}
+		has := stored && referenced
 		seen[h], out[i] = has, has
 	}
 	return out, nil
