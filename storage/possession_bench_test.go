@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -42,6 +43,13 @@ func BenchmarkHasChunksOf(b *testing.B) {
 	}
 	for i := 0; i < perMachine; i++ {
 		hashes["absent"] = append(hashes["absent"], Hash(blake3.Sum256([]byte(fmt.Sprint("absent", i)))))
+	}
+	// Probed in no particular order (in chunk order, neighbouring index
+	// pages would favour stored hashes).
+	for _, set := range []string{"own", "other", "absent"} {
+		rand.New(rand.NewPCG(1, 2)).Shuffle(len(hashes[set]), func(i, j int) {
+			hashes[set][i], hashes[set][j] = hashes[set][j], hashes[set][i]
+		})
 	}
 	run := func(b *testing.B, set string, check func([]Hash) ([]bool, error), want bool) {
 		hs := hashes[set]
