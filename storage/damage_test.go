@@ -90,3 +90,26 @@ func TestDamagedChunkIsStoredAgain(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, rep.Damaged)
 }
+
+// TestGCDropsTheDamageMarkWithTheChunk: a damaged chunk no point reads any
+// more is deleted by GC together with its mark, so a chunk that later gets
+// the same id is not taken for damaged.
+func TestGCDropsTheDamageMarkWithTheChunk(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
+	blk := content(22, possBlock)
+	h := Hash(blake3.Sum256(blk))
+	p1 := commitBlocks(t, r, "m", chunkWrite("d", 0, blk))
+	commitBlocks(t, r, "m", chunkWrite("d", 0, content(25, possBlock)))
+	_, err := r.MarkDamaged(ctx, []Hash{h}, "test")
+	require.NoError(t, err)
+	require.NoError(t, r.DeletePoint(ctx, p1.ID))
+	_, err = r.GC(ctx, GCOptions{})
+	require.NoError(t, err)
+	dmg, err := r.DamagedHashes(ctx)
+	require.NoError(t, err)
+	require.Empty(t, dmg)
+	var n int
+	require.NoError(t, r.c.db.QueryRowContext(ctx, `SELECT count(*) FROM damaged_chunks`).Scan(&n))
+	require.Zero(t, n, "no mark outlives its chunk")
+}

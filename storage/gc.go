@@ -113,6 +113,11 @@ func (c *core) gcChunks(ctx context.Context, rep *GCReport) error {
 				if k, _ := res.RowsAffected(); k == 1 {
 					rep.ChunksDeleted++
 					rep.BytesFreed += x.length
+					// Its damage mark goes with it: a later chunk may
+					// reuse the id.
+					if _, err := tx.ExecContext(ctx, `DELETE FROM damaged_chunks WHERE chunk_id=?`, x.id); err != nil {
+						return err
+					}
 				}
 			}
 			return nil
