@@ -146,7 +146,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	}
 	items := make([]writeItem, len(ws))
 	supplied := map[Hash]*Chunk{}
-	patchedHash := map[Hash]bool{}
+	patched := map[*Chunk]bool{} // built from a patch, checked when it was applied
 	var hashes []Hash
 	patchedChunks, err := p.patchAll(ctx, ws)
 	if err != nil {
@@ -169,7 +169,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 			continue
 		case w.Patch != nil:
 			supplied[w.Hash] = patchedChunks[i]
-			patchedHash[w.Hash] = true
+			patched[patchedChunks[i]] = true
 		case w.Chunk != nil:
 			if w.Chunk.Hash != w.Hash {
 				return fmt.Errorf("%w: block %d: write hash %s, chunk hash %s", ErrHashMismatch, w.Block, w.Hash, w.Chunk.Hash)
@@ -198,7 +198,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 			// are not its content must not get a reference to the stored
 			// chunk (docs/security.md "Hostile agent"). Patches were
 			// checked when they were applied.
-			if ch := supplied[h]; ch != nil && !patchedHash[h] {
+			if ch := supplied[h]; ch != nil && !patched[ch] {
 				check = append(check, ch)
 			}
 			queued[h] = true
