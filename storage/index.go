@@ -18,7 +18,7 @@ import (
 // newer schema is still refused rather than misread.
 const (
 	indexSchemaMin = 1
-	indexSchemaMax = 2
+	indexSchemaMax = 3
 )
 
 //go:embed migrations/*.sql

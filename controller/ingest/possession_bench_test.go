@@ -87,12 +87,13 @@ func BenchmarkManifestAnswer(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer g.Close()
+	ctx = g.NewSession(ctx) // the agent's session: cycle, manifests
 	begin, err := g.Begin(ctx, "ag-1", msg.CycleBeginRequest{Machine: "own",
 		Disks: []msg.DiskInfo{{Name: "d", Size: stored * bs, BlockSize: bs}}, Map: msg.MapState{Valid: true, HeadPoint: 1}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := g.cycleFor("ag-1", uint64(begin.Cycle))
+	c, err := g.cycleFor(ctx, "ag-1", uint64(begin.Cycle))
 	if err != nil {
 		b.Fatal(err)
 	}

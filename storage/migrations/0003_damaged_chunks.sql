@@ -1,4 +1,4 @@
--- Ferry repository index, schema version 2 (docs/storage-format.md "Index").
+-- Ferry repository index, schema version 3 (docs/storage-format.md "Index").
 -- Chunks found damaged (Verify, then MarkDamaged): writers store such a
 -- chunk again instead of deduplicating against it (the new copy takes the
 -- chunk's id, so every point reading it is whole again and the row goes),
