@@ -1,0 +1,90 @@
+package netlab
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestLabProvesItsSettings: a clean link, then a capped, delayed and lossy
+// one: each time the lab measures what it was told (rate, round trip,
+// loss, within Prove's tolerances).
+func TestLabProvesItsSettings(t *testing.T) {
+	l := New(t, "a", "b", "c")
+	clean := l.Prove(t, "a", "b")
+	require.Less(t, clean.MedianRTT, 5*time.Millisecond, "a clean link is fast")
+	require.Zero(t, clean.LossAB)
+
+	require.NoError(t, l.Site("a").Shape(Shape{Rate: 40_000_000, Delay: 20 * time.Millisecond}))
+	require.NoError(t, l.Site("b").Shape(Shape{Delay: 30 * time.Millisecond}))
+	p := l.Prove(t, "a", "b")
+	require.Equal(t, 100*time.Millisecond, p.WantRTT)
+	require.Equal(t, int64(40_000_000), p.WantRate)
+
+	// c is untouched: a↔c has a's delay only, b↔c... b's.
+	pc := l.Prove(t, "b", "c")
+	require.Equal(t, 60*time.Millisecond, pc.WantRTT)
+
+	require.NoError(t, l.Site("a").Shape(Shape{Loss: 10}))
+	require.NoError(t, l.Site("b").Shape(Shape{}))
+	pl := l.Prove(t, "a", "b")
+	require.InDelta(t, 0.10, pl.WantLossAB, 1e-9)
+}
+
+// TestLabCutIsAPartition: a cut site's established connection goes silent
+// in both directions and new connections fail; after Heal the same
+// connection carries data again. The counters see nothing cross meanwhile.
+func TestLabCutIsAPartition(t *testing.T) {
+	l := New(t, "a", "b")
+	a, b := l.Site("a"), l.Site("b")
+	ln, err := b.Listen("tcp", b.Addr.String()+":0")
+	require.NoError(t, err)
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := a.Dial(ctx, "tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	s, err := ln.Accept()
+	require.NoError(t, err)
+	defer s.Close()
+
+	echo := func(timeout time.Duration) error {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		s.SetReadDeadline(time.Now().Add(timeout))
+		buf := make([]byte, 4)
+		_, err := s.Read(buf)
+		return err
+	}
+	require.NoError(t, echo(5*time.Second))
+
+	require.NoError(t, a.Cut())
+	cut, err := a.IsCut()
+	require.NoError(t, err)
+	require.True(t, cut)
+	before, err := a.Traffic()
+	require.NoError(t, err)
+	err = echo(time.Second)
+	require.True(t, isTimeout(err), "a cut link is silent, not reset: %v", err)
+	dctx, dcancel := context.WithTimeout(ctx, time.Second)
+	_, err = a.Dial(dctx, "tcp", ln.Addr().String())
+	dcancel()
+	require.Error(t, err, "no new connection across a cut")
+	after, err := a.Traffic()
+	require.NoError(t, err)
+	require.Equal(t, before, after, "nothing crossed the cut")
+
+	require.NoError(t, a.Heal())
+	// TCP retransmits the bytes the cut swallowed; the next read gets them.
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 8)
+	_, err = s.Read(buf)
+	require.NoError(t, err, "the same connection works again after Heal")
+	healed, err := a.Traffic()
+	require.NoError(t, err)
+	require.Greater(t, healed.From.Bytes, after.From.Bytes)
+}
