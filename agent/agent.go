@@ -33,6 +33,9 @@ type Config struct {
 	Now     func() time.Time
 	// MaxBackoff bounds the wait between reconnection attempts.
 	MaxBackoff time.Duration
+	// KeepaliveInterval and KeepaliveTimeout set the session's keepalive
+	// (protocol.md §4); zero keeps the session defaults (10 s, 30 s).
+	KeepaliveInterval, KeepaliveTimeout time.Duration
 	// Upgrade, when set, lets the controller upgrade this agent (upgrade.go);
 	// `ferry-agent run` sets it when the service's supervisor runs it.
 	Upgrade *UpgradeConfig
@@ -53,6 +56,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 30 * time.Second
+	}
+	if c.KeepaliveInterval < 0 || c.KeepaliveTimeout < 0 {
+		return errors.New("keepalive interval and timeout cannot be negative")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -141,6 +147,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) session(ctx context.Context) error {
 	sess, err := session.Dial(ctx, a.state.Identity.Controller, session.Config{
 		TLS: a.state.TLSConfig(), Name: "agent", Logger: a.log.With("component", "session"),
+		KeepaliveInterval: a.cfg.KeepaliveInterval, KeepaliveTimeout: a.cfg.KeepaliveTimeout,
 	})
 	if err != nil {
 		return err

@@ -151,6 +151,8 @@ func newRunCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.cfg.StateDir, "state-dir", o.cfg.StateDir, "the agent's state directory")
 	f.StringArrayVar(&o.cfg.ScanDirs, "scan", nil, "a directory to search for disk image files for inventory (repeatable)")
 	f.IntVar(&o.cfg.Streams, "streams", o.cfg.Streams, "data streams per cycle")
+	f.DurationVar(&o.cfg.KeepaliveInterval, "keepalive-interval", 0, "time between keepalive pings to the controller (0: 10s)")
+	f.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", 0, "how long a ping or a write may wait before the session counts as dead (0: 30s)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	addRunServiceFlags(cmd, &o)
