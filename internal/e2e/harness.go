@@ -71,8 +71,16 @@ type Proc struct {
 
 func start(t testing.TB, name string, bin string, args ...string) *Proc {
 	t.Helper()
+	return startIn(t, "", name, bin, args...)
+}
+
+// startIn starts a process in network namespace ns ("" for the test's
+// own): `ip netns exec` enters it and execs the program, so the pid and
+// process group are the program's.
+func startIn(t testing.TB, ns, name string, bin string, args ...string) *Proc {
+	t.Helper()
 	p := &Proc{t: t, name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
+	p.cmd = inNetns(ns, bin, args...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
@@ -145,6 +153,7 @@ type Controller struct {
 	Addr   string // agent port
 	Admin  string // admin socket
 	Proc   *Proc
+	NS     string // network namespace it runs in ("": the test's)
 	listen string
 	extra  []string
 }
@@ -160,9 +169,20 @@ func StartController(t testing.TB, extra ...string) *Controller {
 	return c
 }
 
+// StartControllerIn runs a controller inside network namespace ns,
+// listening on listen (an address of that namespace, port 0 for a free
+// one). The admin socket is a file: the CLI reaches it from anywhere.
+func StartControllerIn(t testing.TB, ns, listen string, extra ...string) *Controller {
+	t.Helper()
+	c := &Controller{t: t, Bin: Binaries(t), Data: t.TempDir(), NS: ns, listen: listen, extra: extra}
+	c.Admin = filepath.Join(c.Data, "admin.sock")
+	c.start()
+	return c
+}
+
 func (c *Controller) start() {
 	args := append([]string{"serve", "--data", c.Data, "--listen", c.listen, "--admin-socket", c.Admin, "--log-level", "debug"}, c.extra...)
-	c.Proc = start(c.t, "controller", filepath.Join(c.Bin, "ferry"), args...)
+	c.Proc = startIn(c.t, c.NS, "controller", filepath.Join(c.Bin, "ferry"), args...)
 	m := c.Proc.WaitOutput(listeningRE, 60*time.Second)
 	c.Addr = m[1]
 	c.listen = c.Addr // a restart keeps the port, as agents expect
@@ -225,6 +245,7 @@ type Agent struct {
 	Name     string
 	StateDir string
 	Proc     *Proc
+	NS       string // network namespace it runs in ("": the test's)
 	args     []string
 }
 
@@ -232,8 +253,15 @@ type Agent struct {
 // or a proxy in front of it) and starts it.
 func EnrollAgent(t testing.TB, c *Controller, addr, name string, runArgs ...string) *Agent {
 	t.Helper()
-	a := &Agent{t: t, Bin: c.Bin, Name: name, StateDir: filepath.Join(t.TempDir(), "agent-"+name), args: runArgs}
-	out, err := exec.Command(filepath.Join(a.Bin, "ferry-agent"), "enroll", "--controller", addr, "--token", c.Token(),
+	return EnrollAgentIn(t, c, "", addr, name, runArgs...)
+}
+
+// EnrollAgentIn is EnrollAgent with the agent (enrolment and run) inside
+// network namespace ns.
+func EnrollAgentIn(t testing.TB, c *Controller, ns, addr, name string, runArgs ...string) *Agent {
+	t.Helper()
+	a := &Agent{t: t, Bin: c.Bin, Name: name, StateDir: filepath.Join(t.TempDir(), "agent-"+name), NS: ns, args: runArgs}
+	out, err := inNetns(ns, filepath.Join(a.Bin, "ferry-agent"), "enroll", "--controller", addr, "--token", c.Token(),
 		"--name", name, "--state-dir", a.StateDir).CombinedOutput()
 	require.NoError(t, err, "enroll: %s", out)
 	a.Start()
@@ -255,7 +283,7 @@ func EnrollAgent(t testing.TB, c *Controller, addr, name string, runArgs ...stri
 
 // Start (re)starts the agent process.
 func (a *Agent) Start() {
-	a.Proc = start(a.t, "agent "+a.Name, filepath.Join(a.Bin, "ferry-agent"),
+	a.Proc = startIn(a.t, a.NS, "agent "+a.Name, filepath.Join(a.Bin, "ferry-agent"),
 		append([]string{"run", "--state-dir", a.StateDir, "--log-level", "debug"}, a.args...)...)
 }
 
@@ -303,6 +331,15 @@ func (c *Controller) Export(machine string, point int64) string {
 // withTimeout is a context for a helper's own waits.
 func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
+}
+
+// inNetns prepares a command that runs in network namespace ns, or in the
+// test's own when ns is "".
+func inNetns(ns, bin string, args ...string) *exec.Cmd {
+	if ns == "" {
+		return exec.Command(bin, args...)
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
 }
 
 // execOut runs a program and returns its combined output.

@@ -87,9 +87,14 @@ type Site struct {
 // extra flags for `ferry targets add` (e.g. --format).
 func AddSite(t testing.TB, c *Controller, addr, name string, extra ...string) *Site {
 	t.Helper()
-	s := &Site{Name: name, Dir: t.TempDir(), Hyp: NewHypervisor(t)}
-	s.Agent = EnrollAgent(t, c, addr, name+"-agent")
-	args := append([]string{"targets", "add", name, "--agent", name + "-agent", "--dir", s.Dir}, s.Hyp.Flags()...)
+	return AddSiteAgent(t, c, EnrollAgent(t, c, addr, name+"-agent"), name, extra...)
+}
+
+// AddSiteAgent adds a target named name served by an enrolled agent.
+func AddSiteAgent(t testing.TB, c *Controller, a *Agent, name string, extra ...string) *Site {
+	t.Helper()
+	s := &Site{Name: name, Dir: t.TempDir(), Hyp: NewHypervisor(t), Agent: a}
+	args := append([]string{"targets", "add", name, "--agent", a.Name, "--dir", s.Dir}, s.Hyp.Flags()...)
 	c.MustFerry(append(args, extra...)...)
 	return s
 }
