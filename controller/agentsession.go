@@ -20,6 +20,9 @@ import (
 // allowKind gates the streams an agent may open: without a certificate
 // only enrolment; with one, everything, unless the certificate or its
 // agent was revoked (checked on every stream, so a revocation bites at once).
+// errReplaced is why a reconnect abandons an agent's old session.
+var errReplaced = errors.New("replaced by a new session of the same agent")
+
 func (s *Server) allowKind(k protocol.StreamKind, peer []*x509.Certificate) error {
 	if len(peer) == 0 {
 		if k == protocol.KindEnrol {
@@ -77,7 +80,10 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 	}
 	conn := &agentConn{agentID: agentID, name: a.Name, sess: sess, addr: tc.RemoteAddr().String(), since: s.now()}
 	if old := s.agents.add(conn); old != nil {
-		old.sess.Close() // a reconnect replaces the old session
+		// A reconnect replaces the old session. Its link is as good as
+		// lost: work on it (a restore stream) fails retryably and goes on
+		// over the new session, not with the final ErrClosed.
+		old.sess.Abandon(errReplaced)
 	}
 	log := s.log.With("agent", a.Name, "agent_id", agentID)
 	log.Info("agent connected", "remote", conn.addr)

@@ -275,6 +275,15 @@ func (s *Session) Close() error {
 	return nil
 }
 
+// Abandon ends the session as lost rather than closed: this side gives up
+// on a link it believes dead (the peer came back on a new session, say).
+// Every stream fails with a *LostError wrapping cause — retryable, like a
+// failed connection — where Close would give the final ErrClosed. It waits
+// until the session is down.
+func (s *Session) Abandon(cause error) {
+	s.abort(cause)
+}
+
 // Done is closed when the session has ended; Err then says why.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
