@@ -6,7 +6,7 @@ TEST_FLAGS ?= -race -timeout 40m
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/ferrydr/ferry/internal/buildinfo.Version=$(VERSION)
 
-.PHONY: all build test check bench demo dist fuzz clean
+.PHONY: all build test check bench demo dist fuzz soak clean
 
 all: build
 
@@ -34,6 +34,10 @@ fuzz:
 
 bench: build
 	scripts/bench.sh
+
+# Long variants of suites CI runs small (root; see docs/netlab.md).
+soak: build
+	scripts/soak.sh
 
 demo: build
 	$(GO) run ./scripts/demo -bin $(BIN)

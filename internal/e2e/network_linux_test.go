@@ -20,9 +20,16 @@ import (
 // and the recovery-site agent each in their own namespace of a netlab, the
 // controller reached only across the lab's router.
 
+// netImage is the size of the images the network tests replicate: 48 MiB
+// in CI, 512 MiB under `make soak` (FERRY_SOAK=1, scripts/soak.sh).
+func netImage() int {
+	if os.Getenv("FERRY_SOAK") == "1" {
+		return 512 << 20
+	}
+	return 48 << 20
+}
+
 const (
-	// netImage is the size of the images the CI tests replicate.
-	netImage = 48 << 20
 	// netCap caps the links that a partition test cuts: 64 Mbit/s, so a
 	// 48 MiB transfer takes about 6 s and a cut lands in the middle.
 	netCap = 64_000_000
@@ -58,7 +65,7 @@ func newNetRig(t *testing.T, recovery bool, agentArgs ...string) *netRig {
 	t.Helper()
 	testenv.RequireRoot(t)
 	r := &netRig{lab: netlab.New(t, "home", "recovery", "controller")}
-	r.mnt = testenv.MountLoop(t, "xfs", 1<<30)
+	r.mnt = testenv.MountLoop(t, "xfs", 4<<30) // sparse; soak images reach 2 × 512 MiB
 	ctl := r.lab.Site("controller")
 	r.c = StartControllerIn(t, ctl.NS, ctl.Addr.String()+":0")
 	r.home = EnrollAgentIn(t, r.c, r.lab.Site("home").NS, r.c.Addr, "src", agentArgs...)
@@ -201,17 +208,17 @@ func TestNetPartitionMidInitialSync(t *testing.T) {
 	r := newNetRig(t, false, fastKeepalive...)
 	r.shape(t, "home", netlab.Shape{Rate: netCap})
 
-	refImg, refBytes := r.image(t, "ref", netImage)
+	refImg, refBytes := r.image(t, "ref", netImage())
 	t0 := r.traffic(t, "home")
 	r.c.MustFerry("protect", "ref", "--agent", "src", "--disk", "d="+refImg)
 	p := r.c.WaitPoint("ref", 0, 3*time.Minute)
 	clean := r.traffic(t, "home").From.Bytes - t0.From.Bytes
 	r.requireExport(t, "ref", p.ID, refBytes)
 
-	img, kept := r.image(t, "vm", netImage)
+	img, kept := r.image(t, "vm", netImage())
 	t1 := r.traffic(t, "home")
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img)
-	r.cutWhile(t, "home", false, t1, netImage*4/10, netImage, r.home)
+	r.cutWhile(t, "home", false, t1, int64(netImage())*4/10, int64(netImage()), r.home)
 	require.Empty(t, r.c.Points("vm"), "the initial sync was not complete at the cut")
 	p = r.c.WaitPoint("vm", 0, 3*time.Minute)
 	faulted := r.traffic(t, "home").From.Bytes - t1.From.Bytes
@@ -225,7 +232,7 @@ func TestNetPartitionMidCycle(t *testing.T) {
 	r := newNetRig(t, false, fastKeepalive...)
 	r.shape(t, "home", netlab.Shape{Rate: netCap})
 	r.c.MustFerry("policies", "create", "p", "--rp-every", "2s")
-	img, kept := r.image(t, "vm", netImage)
+	img, kept := r.image(t, "vm", netImage())
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--policy", "p")
 	p := r.c.WaitPoint("vm", 0, 3*time.Minute)
 	const change = 24 << 20
@@ -273,7 +280,7 @@ func TestNetPartitionMidStaging(t *testing.T) {
 	r := newNetRig(t, true, fastKeepalive...)
 	r.shape(t, "recovery", netlab.Shape{Rate: netCap})
 
-	refImg, refBytes := r.image(t, "ref", netImage)
+	refImg, refBytes := r.image(t, "ref", netImage())
 	t0 := r.traffic(t, "recovery")
 	r.c.MustFerry("protect", "ref", "--agent", "src", "--disk", "d="+refImg, "--target", "dr")
 	p := r.c.WaitPoint("ref", 0, 3*time.Minute)
@@ -281,10 +288,10 @@ func TestNetPartitionMidStaging(t *testing.T) {
 	clean := r.traffic(t, "recovery").To.Bytes - t0.To.Bytes
 	requireSameFileBytes(t, refBytes, r.site.StagedPath("ref", "d"))
 
-	img, kept := r.image(t, "vm", netImage)
+	img, kept := r.image(t, "vm", netImage())
 	t1 := r.traffic(t, "recovery")
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--target", "dr")
-	atCut := r.cutWhile(t, "recovery", true, t1, netImage*4/10, netImage, r.site.Agent)
+	atCut := r.cutWhile(t, "recovery", true, t1, int64(netImage())*4/10, int64(netImage()), r.site.Agent)
 	p = r.c.WaitPoint("vm", 0, 3*time.Minute)
 	r.site.waitStaged(t, "vm", p.ID)
 	faulted := r.traffic(t, "recovery").To.Bytes - t1.To.Bytes
@@ -310,7 +317,7 @@ func TestNetPartitionMidFailover(t *testing.T) {
 	r := newNetRig(t, true, fastKeepalive...)
 	r.shape(t, "recovery", netlab.Shape{Rate: netCap})
 	r.c.MustFerry("policies", "create", "p", "--rp-every", "1h")
-	img, kept := r.image(t, "vm", netImage)
+	img, kept := r.image(t, "vm", netImage())
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--policy", "p", "--target", "dr")
 	p := r.c.WaitPoint("vm", 0, 3*time.Minute)
 	r.site.waitStaged(t, "vm", p.ID)
@@ -338,7 +345,7 @@ func TestNetLoss10(t *testing.T) {
 	r := newNetRig(t, false)
 	r.shape(t, "home", netlab.Shape{Loss: 10})
 	r.c.MustFerry("policies", "create", "p", "--rp-every", "2s")
-	img, kept := r.image(t, "vm", 32<<20)
+	img, kept := r.image(t, "vm", netImage()*2/3)
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--policy", "p")
 	p := r.c.WaitPoint("vm", 0, 4*time.Minute)
 	r.requireExport(t, "vm", p.ID, kept)
@@ -355,7 +362,7 @@ func TestNetRTT100ms(t *testing.T) {
 	pr := r.shape(t, "home", netlab.Shape{Delay: 25 * time.Millisecond})
 	require.Equal(t, 100*time.Millisecond, pr.WantRTT)
 	r.c.MustFerry("policies", "create", "p", "--rp-every", "2s")
-	img, kept := r.image(t, "vm", netImage)
+	img, kept := r.image(t, "vm", netImage())
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--policy", "p")
 	p := r.c.WaitPoint("vm", 0, 3*time.Minute)
 	r.requireExport(t, "vm", p.ID, kept)
