@@ -167,6 +167,7 @@ func (r *netRig) cutWhile(t *testing.T, site string, to bool, base netlab.Traffi
 	require.NoError(t, err)
 	require.True(t, cut, "the router holds the cut")
 	t.Logf("cut %s after %.1f MiB of %.1f MiB", site, float64(atCut)/(1<<20), float64(total)/(1<<20))
+	require.Positive(t, atCut, "data was flowing before the cut")
 	require.Less(t, atCut, total, "the cut came while data was still owed")
 	// The agent notices: its session ends (keepalive) while the cut holds.
 	require.Eventually(t, func() bool { return strings.Count(a.Proc.Output(), sessionEnded) > ended }, time.Minute,
@@ -327,7 +328,7 @@ func TestNetPartitionMidFailover(t *testing.T) {
 	t1 := r.traffic(t, "recovery")
 	id := strings.TrimSpace(r.c.MustFerry("failover", "vm"))
 	r.c.waitMoving(t, id)
-	atCut := r.cutWhile(t, "recovery", true, t1, 0, change, r.site.Agent)
+	atCut := r.cutWhile(t, "recovery", true, t1, 1<<20, change, r.site.Agent)
 	j := r.c.waitJob(t, id, 5*time.Minute)
 	require.Equal(t, "succeeded", j.State, "job error: %s", j.Error)
 	disks := r.site.Hyp.Disks(t, "vm")

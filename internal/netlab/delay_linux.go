@@ -20,7 +20,7 @@ import (
 const (
 	tunName = "nldelay"
 	// delayTable is the routing table that sends packets into the TUN
-	// device; prefRaw and prefSite are the rules' priorities.
+	// device; prefFromTun and prefSite are the rules' priorities.
 	delayTable  = "100"
 	prefFromTun = "100"
 	prefSite    = "200"

@@ -20,7 +20,7 @@
 //     tc cannot delay packets; tbf's latency parameter only bounds its
 //     queue. Packets to or from a site with a delay are therefore policy
 //     routed (ip rule, table 100) through a TUN device in the router
-//     namespace, read by a userspace forwarder (delay.go) that holds each
+//     namespace, read by a userspace forwarder (delay_linux.go) that holds each
 //     packet for the sum of its two sites' one-way delays and writes it
 //     back into the TUN device, from which the main table routes it on.
 //     It delays every packet, TCP, UDP or ICMP, of every connection, in
@@ -32,15 +32,19 @@
 // direction by named nftables counters (Site.Traffic), after the partition
 // and loss rules: the counts are what really crossed the link.
 //
-// The lab proves its own settings (prove.go): MeasureRate pushes TCP data
-// between two sites and reports the goodput, MeasureRTT times echoes over
-// TCP, MeasureLoss counts UDP datagrams. Lab.Prove runs all three for a
-// pair of sites and fails the test when a result is outside the tolerance
-// of what was configured. docs/netlab.md describes the use in tests.
+// The lab proves its own settings (prove_linux.go): MeasureCap offers UDP
+// above the cap and reports what arrives, MeasureRTT times echoes over
+// TCP, MeasureLoss counts UDP datagrams. Lab.Prove runs them for a pair of
+// sites and fails the test when a result is outside the tolerance of what
+// was configured (Lab.Measure and Proof.Check for programs). MeasureRate
+// reports TCP goodput, for benchmarks. docs/netlab.md describes the use in
+// tests and benchmarks.
 //
-// Processes run in a site with Site.Command (`ip netns exec`); sockets of
-// the test process itself are opened in a site with Site.Listen,
-// Site.Dial and Site.ListenPacket (setns on a locked OS thread). The lab
-// needs root, ip, tc and nft; names include the process id and a random
-// part, and everything is removed at the test's cleanup, failed or not.
+// New builds a lab for a test or a benchmark (skipping without root);
+// Build and Close do the same for other programs. Processes run in a site
+// with Site.Command (`ip netns exec`); sockets of the calling process are
+// opened in a site with Site.Listen, Site.Dial and Site.ListenPacket
+// (setns on a locked OS thread). The lab needs root, ip, tc and nft;
+// names include the process id and a random part, and everything is
+// removed at the test's cleanup (or Close), failed or not.
 package netlab

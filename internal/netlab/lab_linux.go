@@ -51,7 +51,6 @@ func (s Shape) validate() error {
 
 // Lab is a set of site namespaces joined through a router namespace.
 type Lab struct {
-	t      testing.TB
 	prefix string
 	router string // router namespace
 	sites  map[string]*Site
@@ -76,29 +75,47 @@ func (s *Site) routerIf() string { return fmt.Sprintf("s%d", s.index) }
 
 func (s *Site) subnet() string { return fmt.Sprintf("10.77.%d.0/24", s.index) }
 
-// New builds a lab with the named sites (at most 200) and removes it at the
-// test's cleanup. It needs root, ip, tc and nft (skipped, or failed under
-// FERRY_CI=1, without them).
+// New builds a lab with the named sites (at most 200) for a test or a
+// benchmark and removes it at its cleanup. Without root, ip, tc or nft the
+// test is skipped (failed under FERRY_CI=1).
 func New(t testing.TB, sites ...string) *Lab {
 	t.Helper()
 	testenv.RequireRoot(t)
 	for _, tool := range []string{"ip", "tc", "nft"} {
 		testenv.RequireTool(t, tool)
 	}
-	if len(sites) == 0 || len(sites) > 200 {
-		t.Fatalf("netlab: %d sites; want 1–200", len(sites))
+	l, err := Build(sites...)
+	if l != nil {
+		t.Cleanup(func() {
+			if err := l.Close(); err != nil {
+				t.Logf("netlab cleanup: %v", err)
+			}
+		})
 	}
-	var rnd [3]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		t.Fatal(err)
-	}
-	l := &Lab{t: t, prefix: fmt.Sprintf("nl%d%s", os.Getpid(), hex.EncodeToString(rnd[:])), sites: map[string]*Site{}}
-	l.router = l.prefix + "-router"
-	t.Cleanup(l.close)
-	if err := l.build(sites); err != nil {
+	if err != nil {
 		t.Fatalf("netlab: %v", err)
 	}
 	return l
+}
+
+// Build builds a lab with the named sites (at most 200), for programs
+// that are not tests; Close removes it. It needs root, ip, tc and nft. On
+// an error after the first namespace exists it returns the partial lab
+// too, for Close.
+func Build(sites ...string) (*Lab, error) {
+	if len(sites) == 0 || len(sites) > 200 {
+		return nil, fmt.Errorf("netlab: %d sites; want 1–200", len(sites))
+	}
+	var rnd [3]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, err
+	}
+	l := &Lab{prefix: fmt.Sprintf("nl%d%s", os.Getpid(), hex.EncodeToString(rnd[:])), sites: map[string]*Site{}}
+	l.router = l.prefix + "-router"
+	if err := l.build(sites); err != nil {
+		return l, err
+	}
+	return l, nil
 }
 
 func (l *Lab) build(names []string) error {
@@ -184,20 +201,23 @@ func (l *Lab) baseRules() string {
 	return b.String()
 }
 
-// Site returns the named site; it fails the test for an unknown name.
+// Site returns the named site. An unknown name is a programming error: it
+// panics with ErrUnknownSite (use Lookup to ask).
 func (l *Lab) Site(name string) *Site {
-	s, ok := l.sites[name]
-	if !ok {
-		l.t.Fatalf("%v: %q", ErrUnknownSite, name)
+	s, err := l.Lookup(name)
+	if err != nil {
+		panic(err)
 	}
 	return s
 }
 
-func (l *Lab) siteByIndex(i int) *Site {
-	if i < 1 || i > len(l.order) {
-		return nil
+// Lookup returns the named site, or ErrUnknownSite.
+func (l *Lab) Lookup(name string) (*Site, error) {
+	s, ok := l.sites[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownSite, name)
 	}
-	return l.order[i-1]
+	return s, nil
 }
 
 // Shape applies sh to the site's link, replacing its previous shape.
@@ -446,20 +466,23 @@ func (l *Lab) nft(script string) error {
 	return nil
 }
 
-// close stops the forwarder and deletes every namespace (their veth pairs
-// go with them). Failures are logged, not fatal: cleanup goes on.
-func (l *Lab) close() {
+// Close stops the forwarder and deletes every namespace (their veth pairs
+// go with them). It goes on past failures and returns them all.
+func (l *Lab) Close() error {
+	var errs []error
 	if l.delay != nil {
 		l.delay.close()
+		l.delay = nil
 	}
 	for _, s := range l.order {
 		if err := run("ip", "netns", "del", s.NS); err != nil {
-			l.t.Logf("netlab cleanup: %v", err)
+			errs = append(errs, err)
 		}
 	}
 	if err := run("ip", "netns", "del", l.router); err != nil {
-		l.t.Logf("netlab cleanup: %v", err)
+		errs = append(errs, err)
 	}
+	return errors.Join(errs...)
 }
 
 func run(name string, args ...string) error {

@@ -22,6 +22,20 @@ func TestLabProvesItsSettings(t *testing.T) {
 	p := l.Prove(t, "a", "b")
 	require.Equal(t, 100*time.Millisecond, p.WantRTT)
 	require.Equal(t, int64(40_000_000), p.WantRate)
+	// The same measurements do not pass for another configuration: the
+	// proof can fail.
+	for name, wrong := range map[string]func(*Proof){
+		"cap 20 Mbit/s": func(q *Proof) { q.WantRate = 20_000_000 },
+		"cap 80 Mbit/s": func(q *Proof) { q.WantRate = 80_000_000 },
+		"RTT 50 ms":     func(q *Proof) { q.WantRTT = 50 * time.Millisecond },
+		"RTT 200 ms":    func(q *Proof) { q.WantRTT = 200 * time.Millisecond },
+		"loss 5 %":      func(q *Proof) { q.WantLossAB = 0.05 },
+		"loss 5 % back": func(q *Proof) { q.WantLossBA = 0.05 },
+	} {
+		q := p
+		wrong(&q)
+		require.Error(t, q.Check(), "measurements of a 40 Mbit/s, 100 ms link pass as %s", name)
+	}
 
 	// c is untouched: a↔c has a's delay only, b↔c... b's.
 	pc := l.Prove(t, "b", "c")
@@ -31,6 +45,8 @@ func TestLabProvesItsSettings(t *testing.T) {
 	require.NoError(t, l.Site("b").Shape(Shape{}))
 	pl := l.Prove(t, "a", "b")
 	require.InDelta(t, 0.10, pl.WantLossAB, 1e-9)
+	pl.WantLossAB, pl.WantLossBA = 0, 0
+	require.Error(t, pl.Check(), "10 %% loss does not pass as a clean link")
 }
 
 // TestLabCutIsAPartition: a cut site's established connection goes silent
@@ -87,4 +103,38 @@ func TestLabCutIsAPartition(t *testing.T) {
 	healed, err := a.Traffic()
 	require.NoError(t, err)
 	require.Greater(t, healed.From.Bytes, after.From.Bytes)
+}
+
+// BenchmarkDelayedLinkGoodput: TCP goodput through the delaying forwarder
+// (1 ms each way, no cap): the ceiling of any cap combined with a delay.
+func BenchmarkDelayedLinkGoodput(b *testing.B) {
+	l := New(b, "a", "b")
+	require.NoError(b, l.Site("a").Shape(Shape{Delay: time.Millisecond}))
+	for b.Loop() {
+		r, err := MeasureRate(context.Background(), l.Site("a"), l.Site("b"))
+		require.NoError(b, err)
+		b.ReportMetric(float64(r)/1e6, "Mbit/s")
+	}
+}
+
+// BenchmarkDirectLinkGoodput: the same without delay (veth and the
+// router only).
+func BenchmarkDirectLinkGoodput(b *testing.B) {
+	l := New(b, "a", "b")
+	for b.Loop() {
+		r, err := MeasureRate(context.Background(), l.Site("a"), l.Site("b"))
+		require.NoError(b, err)
+		b.ReportMetric(float64(r)/1e6, "Mbit/s")
+	}
+}
+
+// TestLabUnknownSite: asking for a site the lab does not have is
+// ErrUnknownSite; Build refuses an empty lab.
+func TestLabUnknownSite(t *testing.T) {
+	l := New(t, "a")
+	_, err := l.Lookup("nowhere")
+	require.ErrorIs(t, err, ErrUnknownSite)
+	require.Error(t, l.Site("a").Shape(Shape{Loss: 101}))
+	_, err = Build()
+	require.Error(t, err)
 }
