@@ -125,7 +125,7 @@ func MeasureCap(ctx context.Context, from, to *Site, bits int64) (int64, error) 
 		return 0, err
 	}
 	defer rc.Close()
-	if err := forceReadBuffer(rc, 8<<20); err != nil {
+	if err := forceBuffer(rc.(*net.UDPConn), syscall.SO_RCVBUFFORCE, 8<<20); err != nil {
 		return 0, err
 	}
 	sc, err := from.Dial(ctx, "udp", rc.LocalAddr().String())
@@ -133,6 +133,12 @@ func MeasureCap(ctx context.Context, from, to *Site, bits int64) (int64, error) 
 		return 0, err
 	}
 	defer sc.Close()
+	// A capped sender's datagrams wait in its own tbf queue, charged to
+	// this socket: with the default send buffer (~200 KiB, 26 ms at
+	// 64 Mbit/s) a sender descheduled for longer lets the queue run dry.
+	if err := forceBuffer(sc.(*net.UDPConn), syscall.SO_SNDBUFFORCE, 8<<20); err != nil {
+		return 0, err
+	}
 	type result struct {
 		bytes int64
 		span  time.Duration
@@ -186,21 +192,22 @@ func MeasureCap(ctx context.Context, from, to *Site, bits int64) (int64, error) 
 	return int64(float64(r.bytes*8) / r.span.Seconds()), nil
 }
 
-// forceReadBuffer gives a UDP socket a receive buffer of n bytes past
-// rmem_max (root), so that a briefly descheduled reader loses nothing.
-func forceReadBuffer(pc net.PacketConn, n int) error {
-	raw, err := pc.(*net.UDPConn).SyscallConn()
+// forceBuffer gives a UDP socket a receive (SO_RCVBUFFORCE) or send
+// (SO_SNDBUFFORCE) buffer of n bytes past the sysctl maximum (root), so
+// that a briefly descheduled reader or writer changes nothing.
+func forceBuffer(c *net.UDPConn, opt, n int) error {
+	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, n)
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, n)
 	}); err != nil {
 		return err
 	}
 	if serr != nil {
-		return fmt.Errorf("netlab: SO_RCVBUFFORCE: %w", serr)
+		return fmt.Errorf("netlab: socket buffer: %w", serr)
 	}
 	return nil
 }
