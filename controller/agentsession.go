@@ -17,12 +17,12 @@ import (
 	"github.com/ferrydr/ferry/protocol/session"
 )
 
-// allowKind gates the streams an agent may open: without a certificate
-// only enrolment; with one, everything, unless the certificate or its
-// agent was revoked (checked on every stream, so a revocation bites at once).
 // errReplaced is why a reconnect abandons an agent's old session.
 var errReplaced = errors.New("replaced by a new session of the same agent")
 
+// allowKind gates the streams an agent may open: without a certificate
+// only enrolment; with one, everything, unless the certificate or its
+// agent was revoked (checked on every stream, so a revocation bites at once).
 func (s *Server) allowKind(k protocol.StreamKind, peer []*x509.Certificate) error {
 	if len(peer) == 0 {
 		if k == protocol.KindEnrol {
