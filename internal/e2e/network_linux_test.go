@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -143,12 +145,16 @@ const (
 	connected    = "connected to controller"
 )
 
+// agentConnectedRE finds the recovery agent's connections in the
+// controller's log; the group is the agent's port.
+var agentConnectedRE = regexp.MustCompile(`msg="agent connected" .*agent=dr-agent .*remote=10\.77\.\d+\.\d+:(\d+)`)
+
 // cutWhile cuts site once its counter (from or to the site) has moved
 // `after` bytes past base, checks that the partition is real (the router
 // holds the cut, the agent logs the end of its session while bytes are
-// still owed: fewer than total crossed), and heals it. It returns the
-// counter at the cut.
-func (r *netRig) cutWhile(t *testing.T, site string, to bool, base netlab.Traffic, after, total int64, a *Agent) int64 {
+// still owed: fewer than total crossed), runs beforeHeal if given, and
+// heals it. It returns the counter at the cut.
+func (r *netRig) cutWhile(t *testing.T, site string, to bool, base netlab.Traffic, after, total int64, a *Agent, beforeHeal func()) int64 {
 	t.Helper()
 	read := func(tr netlab.Traffic) int64 {
 		if to {
@@ -174,6 +180,9 @@ func (r *netRig) cutWhile(t *testing.T, site string, to bool, base netlab.Traffi
 		50*time.Millisecond, "agent %s never noticed the partition", a.Name)
 	held := read(r.traffic(t, site))
 	require.Equal(t, atCut, held, "nothing crossed the cut")
+	if beforeHeal != nil {
+		beforeHeal()
+	}
 	require.NoError(t, s.Heal())
 	// It reconnects by itself.
 	require.Eventually(t, func() bool { return strings.Count(a.Proc.Output(), connected) > conns }, 2*time.Minute,
@@ -219,7 +228,7 @@ func TestNetPartitionMidInitialSync(t *testing.T) {
 	img, kept := r.image(t, "vm", netImage())
 	t1 := r.traffic(t, "home")
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img)
-	r.cutWhile(t, "home", false, t1, int64(netImage())*4/10, int64(netImage()), r.home)
+	r.cutWhile(t, "home", false, t1, int64(netImage())*4/10, int64(netImage()), r.home, nil)
 	require.Empty(t, r.c.Points("vm"), "the initial sync was not complete at the cut")
 	p = r.c.WaitPoint("vm", 0, 3*time.Minute)
 	faulted := r.traffic(t, "home").From.Bytes - t1.From.Bytes
@@ -246,7 +255,7 @@ func TestNetPartitionMidCycle(t *testing.T) {
 
 	t1 := r.traffic(t, "home")
 	overwrite(t, img, kept, change)
-	r.cutWhile(t, "home", false, t1, change/3, change, r.home)
+	r.cutWhile(t, "home", false, t1, change/3, change, r.home, nil)
 	r.waitPointEqual(t, "vm", p.ID, kept)
 	faulted := r.traffic(t, "home").From.Bytes - t1.From.Bytes
 	requireResentWithin(t, faulted, clean, resendBound, shipWindow)
@@ -292,7 +301,7 @@ func TestNetPartitionMidStaging(t *testing.T) {
 	img, kept := r.image(t, "vm", netImage())
 	t1 := r.traffic(t, "recovery")
 	r.c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--target", "dr")
-	atCut := r.cutWhile(t, "recovery", true, t1, int64(netImage())*4/10, int64(netImage()), r.site.Agent)
+	atCut := r.cutWhile(t, "recovery", true, t1, int64(netImage())*4/10, int64(netImage()), r.site.Agent, nil)
 	p = r.c.WaitPoint("vm", 0, 3*time.Minute)
 	r.site.waitStaged(t, "vm", p.ID)
 	faulted := r.traffic(t, "recovery").To.Bytes - t1.To.Bytes
@@ -308,12 +317,14 @@ func requireSameFileBytes(t *testing.T, want []byte, path string) {
 }
 
 // TestNetPartitionMidFailover: the recovery site is cut while a failover
-// moves 24 MiB of changes there; after the heal the job finishes by
-// itself and the failed-over disk equals the source image after its last
-// write. The link carried at most the change plus what crossed before the
-// cut (moveWindow). Before the controller abandoned (rather than closed)
-// a replaced session, the job failed here: "restore stream: session
-// closed" is final, and the job gave up.
+// moves 24 MiB of changes there, and its old connection stays dead after
+// the heal (as behind a firewall that lost its flows): the agent's new
+// session replaces it at the controller. The job finishes by itself and
+// the failed-over disk equals the source image after its last write. The
+// link carried at most the change plus what crossed before the cut
+// (moveWindow). While the controller closed (rather than abandoned) a
+// replaced session, the job failed here: the restore stream's "session
+// closed" is final.
 func TestNetPartitionMidFailover(t *testing.T) {
 	r := newNetRig(t, true, fastKeepalive...)
 	r.shape(t, "recovery", netlab.Shape{Rate: netCap})
@@ -328,7 +339,17 @@ func TestNetPartitionMidFailover(t *testing.T) {
 	t1 := r.traffic(t, "recovery")
 	id := strings.TrimSpace(r.c.MustFerry("failover", "vm"))
 	r.c.waitMoving(t, id)
-	atCut := r.cutWhile(t, "recovery", true, t1, 1<<20, change, r.site.Agent)
+	// The agent's connection as the controller saw it arrive.
+	m := agentConnectedRE.FindAllStringSubmatch(r.c.Proc.Output(), -1)
+	require.NotEmpty(t, m, "the controller logged the recovery agent's connection")
+	oldPort, err := strconv.ParseUint(m[len(m)-1][1], 10, 16)
+	require.NoError(t, err)
+	recovery := r.lab.Site("recovery")
+	atCut := r.cutWhile(t, "recovery", true, t1, 1<<20, change, r.site.Agent, func() {
+		// The old connection stays dead after the heal (no reset reaches
+		// the controller): only the agent's new session can end it.
+		require.NoError(t, recovery.Blackhole(uint16(oldPort)))
+	})
 	j := r.c.waitJob(t, id, 5*time.Minute)
 	require.Equal(t, "succeeded", j.State, "job error: %s", j.Error)
 	disks := r.site.Hyp.Disks(t, "vm")

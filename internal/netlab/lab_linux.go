@@ -182,18 +182,24 @@ func (l *Lab) routerSysctls() error {
 	})
 }
 
-// baseRules is the router's nftables ruleset: the cut set first, then one
-// chain per site and direction holding its loss rule and its counter.
+// baseRules is the router's nftables ruleset: the cut set first, then each
+// site's blackholed ports, then one chain per site and direction holding
+// its loss rule and its counter.
 func (l *Lab) baseRules() string {
 	var b strings.Builder
 	b.WriteString("table inet netlab {\n\tset cut { type ifname; }\n")
 	for _, s := range l.order {
+		fmt.Fprintf(&b, "\tset ports_%d { type inet_service; }\n", s.index)
 		fmt.Fprintf(&b, "\tcounter from_%d { }\n\tcounter to_%d { }\n", s.index, s.index)
 		fmt.Fprintf(&b, "\tchain from_%d { counter name \"from_%d\"; }\n", s.index, s.index)
 		fmt.Fprintf(&b, "\tchain to_%d { counter name \"to_%d\"; }\n", s.index, s.index)
 	}
 	b.WriteString("\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n")
 	b.WriteString("\t\tiifname @cut drop\n\t\toifname @cut drop\n")
+	for _, s := range l.order {
+		fmt.Fprintf(&b, "\t\tiifname %q tcp sport @ports_%d drop\n\t\toifname %q tcp dport @ports_%d drop\n",
+			s.routerIf(), s.index, s.routerIf(), s.index)
+	}
 	for _, s := range l.order {
 		fmt.Fprintf(&b, "\t\tiifname %q jump from_%d\n\t\toifname %q jump to_%d\n", s.routerIf(), s.index, s.routerIf(), s.index)
 	}
@@ -301,6 +307,24 @@ func (s *Site) Heal() error {
 	}
 	s.cut = false
 	return nil
+}
+
+// Blackhole drops, silently and in both directions, the TCP packets of
+// the site's connections that use port on the site's side, until
+// Unblackhole; other connections pass. With Cut and Heal it makes a
+// partition after which the old connections stay dead while new ones
+// work, as when a stateful firewall or NAT on the path lost its flows.
+func (s *Site) Blackhole(port uint16) error {
+	s.lab.mu.Lock()
+	defer s.lab.mu.Unlock()
+	return s.lab.nft(fmt.Sprintf("add element inet netlab ports_%d { %d }\n", s.index, port))
+}
+
+// Unblackhole ends a Blackhole.
+func (s *Site) Unblackhole(port uint16) error {
+	s.lab.mu.Lock()
+	defer s.lab.mu.Unlock()
+	return s.lab.nft(fmt.Sprintf("delete element inet netlab ports_%d { %d }\n", s.index, port))
 }
 
 // IsCut reports whether the router holds the site's interface in its cut

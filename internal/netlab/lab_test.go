@@ -2,6 +2,7 @@ package netlab
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -137,4 +138,48 @@ func TestLabUnknownSite(t *testing.T) {
 	require.Error(t, l.Site("a").Shape(Shape{Loss: 101}))
 	_, err = Build()
 	require.Error(t, err)
+}
+
+// TestLabBlackholeKeepsOldConnectionsDead: after Blackhole of a
+// connection's port, that connection is silent while a new connection
+// between the same sites works; Unblackhole brings it back.
+func TestLabBlackholeKeepsOldConnectionsDead(t *testing.T) {
+	l := New(t, "a", "b")
+	a, b := l.Site("a"), l.Site("b")
+	ln, err := b.Listen("tcp", b.Addr.String()+":0")
+	require.NoError(t, err)
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	old, err := a.Dial(ctx, "tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer old.Close()
+	oldSrv, err := ln.Accept()
+	require.NoError(t, err)
+	defer oldSrv.Close()
+	port := uint16(old.LocalAddr().(*net.TCPAddr).Port)
+
+	require.NoError(t, a.Blackhole(port))
+	_, err = old.Write([]byte("x"))
+	require.NoError(t, err)
+	oldSrv.SetReadDeadline(time.Now().Add(time.Second))
+	_, err = oldSrv.Read(make([]byte, 1))
+	require.True(t, isTimeout(err), "the blackholed connection is silent: %v", err)
+
+	fresh, err := a.Dial(ctx, "tcp", ln.Addr().String())
+	require.NoError(t, err, "a new connection passes")
+	defer fresh.Close()
+	srv, err := ln.Accept()
+	require.NoError(t, err)
+	defer srv.Close()
+	_, err = fresh.Write([]byte("y"))
+	require.NoError(t, err)
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = srv.Read(make([]byte, 1))
+	require.NoError(t, err)
+
+	require.NoError(t, a.Unblackhole(port))
+	oldSrv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = oldSrv.Read(make([]byte, 1))
+	require.NoError(t, err, "the old connection delivers after Unblackhole")
 }
