@@ -145,9 +145,9 @@ const (
 	connected    = "connected to controller"
 )
 
-// agentConnectedRE finds the recovery agent's connections in the
+// drAgentConnectedRE finds the recovery agent's connections in the
 // controller's log; the group is the agent's port.
-var agentConnectedRE = regexp.MustCompile(`msg="agent connected" .*agent=dr-agent .*remote=10\.77\.\d+\.\d+:(\d+)`)
+var drAgentConnectedRE = regexp.MustCompile(`msg="agent connected" .*agent=dr-agent .*remote=10\.77\.\d+\.\d+:(\d+)`)
 
 // cutWhile cuts site once its counter (from or to the site) has moved
 // `after` bytes past base, checks that the partition is real (the router
@@ -340,7 +340,7 @@ func TestNetPartitionMidFailover(t *testing.T) {
 	id := strings.TrimSpace(r.c.MustFerry("failover", "vm"))
 	r.c.waitMoving(t, id)
 	// The agent's connection as the controller saw it arrive.
-	m := agentConnectedRE.FindAllStringSubmatch(r.c.Proc.Output(), -1)
+	m := drAgentConnectedRE.FindAllStringSubmatch(r.c.Proc.Output(), -1)
 	require.NotEmpty(t, m, "the controller logged the recovery agent's connection")
 	oldPort, err := strconv.ParseUint(m[len(m)-1][1], 10, 16)
 	require.NoError(t, err)
