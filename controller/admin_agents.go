@@ -64,7 +64,7 @@ func (s *Server) Inventory(ctx context.Context, agent string) ([]api.InventoryIt
 	defer cancel()
 	var resp msg.InventoryResponse
 	if err := s.agents.call(ctx, a.ID, a.Name, msg.MethodInventory, struct{}{}, &resp); err != nil {
-		return nil, wireErr(err)
+		return nil, apiErr(err)
 	}
 	out := []api.InventoryItem{}
 	for _, it := range resp.Items {

@@ -3,11 +3,11 @@ package controller
 import (
 	"context"
 	"path/filepath"
-	"strings"
 
 	"github.com/ferrydr/ferry/controller/api"
-	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/failover"
+	"github.com/ferrydr/ferry/controller/lifecycle"
+	"github.com/ferrydr/ferry/controller/points"
 )
 
 // AddTarget binds a recovery-site agent, a directory and a driver.
@@ -68,28 +68,26 @@ func (s *Server) RemoveTarget(ctx context.Context, name string) error {
 	return apiErr(s.cat.RemoveTarget(ctx, name))
 }
 
-// requireState refuses an action a machine's state does not allow, with
-// the reason, before any job exists.
-func (s *Server) requireState(ctx context.Context, machine, action string, allowed ...string) error {
+// requireState refuses, before any job exists, what the lifecycle table
+// refuses for the action in the machine's state, with the reason and what
+// to do instead. A machine another job holds is busy.
+func (s *Server) requireState(ctx context.Context, machine string, action lifecycle.Action) error {
 	m, err := s.cat.Machine(ctx, machine)
 	if err != nil {
 		return apiErr(err)
 	}
-	for _, st := range allowed {
-		if m.State == st {
-			return nil
-		}
+	refusal := lifecycle.Check(machine, m.State, action)
+	if refusal == nil {
+		return nil
 	}
-	if job, _ := s.cat.MachineJob(ctx, machine); job != "" {
+	job, err := s.cat.MachineJob(ctx, machine)
+	if err != nil {
+		return err
+	}
+	if job != "" {
 		return api.Errorf(api.CodeBusy, "machine %s is busy with job %s", machine, job)
 	}
-	switch {
-	case m.State == catalog.StateCommitted && (action == "change-point" || action == "commit"):
-		return api.Errorf(api.CodeFailedPrecondition, "machine %s: the failover was committed and its recovery points deleted; %s is no longer possible", machine, action)
-	case m.State == catalog.StateTestFailedOver && action == "failover":
-		return api.Errorf(api.CodeFailedPrecondition, "machine %s has a test failover running: end it with 'ferry cleanup %s' first", machine, machine)
-	}
-	return api.Errorf(api.CodeFailedPrecondition, "machine %s is %s: %s is not possible now (allowed: %s)", machine, m.State, action, strings.Join(allowedActions(m.State), ", "))
+	return apiErr(refusal)
 }
 
 // startJob starts a failover-family job, handing it the key if any.
@@ -127,15 +125,18 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 	case req.Direction != "" && req.Direction != "forward":
 		return api.Job{}, api.Errorf(api.CodeInvalid, "only --direction forward is available in this version")
 	}
-	if err := s.requireState(ctx, req.Machine, "failover", catalog.StateProtected); err != nil {
-		return api.Job{}, err
+	if err := points.CheckSpec(req.Point); err != nil {
+		return api.Job{}, apiErr(err)
 	}
-	kind := failover.KindFailover
+	kind, action := failover.KindFailover, lifecycle.Failover
 	switch {
 	case req.Test:
-		kind = failover.KindTest
+		kind, action = failover.KindTest, lifecycle.TestFailover
 	case req.Planned:
-		kind = failover.KindPlanned
+		kind, action = failover.KindPlanned, lifecycle.PlannedFailover
+	}
+	if err := s.requireState(ctx, req.Machine, action); err != nil {
+		return api.Job{}, err
 	}
 	key := req.Key
 	req.Key = nil
@@ -147,7 +148,7 @@ func (s *Server) Commit(ctx context.Context, req api.MachineActionRequest) (api.
 	if req.Plan != "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
 	}
-	if err := s.requireState(ctx, req.Machine, "commit", catalog.StateFailedOver); err != nil {
+	if err := s.requireState(ctx, req.Machine, lifecycle.Commit); err != nil {
 		return api.Job{}, err
 	}
 	return s.startJob(ctx, failover.KindCommit, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
@@ -158,7 +159,10 @@ func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) 
 	if req.Point == "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "--point is required")
 	}
-	if err := s.requireState(ctx, req.Machine, "change-point", catalog.StateFailedOver); err != nil {
+	if err := points.CheckSpec(req.Point); err != nil {
+		return api.Job{}, apiErr(err)
+	}
+	if err := s.requireState(ctx, req.Machine, lifecycle.ChangePoint); err != nil {
 		return api.Job{}, err
 	}
 	return s.startJob(ctx, failover.KindChangePoint, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point}, req.Key, 0)
@@ -169,7 +173,7 @@ func (s *Server) Cleanup(ctx context.Context, req api.MachineActionRequest) (api
 	if req.Plan != "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
 	}
-	if err := s.requireState(ctx, req.Machine, "cleanup", catalog.StateTestFailedOver); err != nil {
+	if err := s.requireState(ctx, req.Machine, lifecycle.Cleanup); err != nil {
 		return api.Job{}, err
 	}
 	return s.startJob(ctx, failover.KindCleanup, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)

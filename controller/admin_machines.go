@@ -10,20 +10,11 @@ import (
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/lifecycle"
 	"github.com/ferrydr/ferry/controller/points"
-	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/storage"
 )
-
-// wireErr maps an error from an agent (a protocol.Error) to an API error.
-func wireErr(err error) error {
-	var pe *protocol.Error
-	if errors.As(err, &pe) {
-		return api.Errorf(string(pe.Code), "%s", pe.Message)
-	}
-	return err
-}
 
 // Protect starts protecting a machine. The source agent must be connected:
 // it checks that it can read every disk before anything is stored.
@@ -78,7 +69,7 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	defer cancel()
 	var check msg.CheckResponse
 	if err := s.agents.call(cctx, a.ID, a.Name, msg.MethodCheck, msg.CheckRequest{Paths: paths}, &check); err != nil {
-		return api.Machine{}, wireErr(err)
+		return api.Machine{}, apiErr(err)
 	}
 	var bad []string
 	for i, d := range check.Disks {
@@ -107,11 +98,15 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 	if err != nil {
 		return apiErr(err)
 	}
-	if job, _ := s.cat.MachineJob(ctx, machine); job != "" {
+	job, err := s.cat.MachineJob(ctx, machine)
+	if err != nil {
+		return err
+	}
+	if job != "" {
 		return api.Errorf(api.CodeBusy, "machine %s is busy with job %s", machine, job)
 	}
-	if m.State != catalog.StateProtected && m.State != catalog.StateSyncing && m.State != catalog.StateCommitted {
-		return api.Errorf(api.CodeFailedPrecondition, "machine %s is %s: finish that first (commit, cleanup or cancel)", machine, m.State)
+	if err := lifecycle.Check(machine, m.State, lifecycle.Unprotect); err != nil {
+		return apiErr(err)
 	}
 	if err := s.cat.DeleteMachine(ctx, machine); err != nil {
 		return apiErr(err)
@@ -158,26 +153,6 @@ func (s *Server) Machine(ctx context.Context, name string) (api.Machine, error) 
 	return s.describe(ctx, m)
 }
 
-// allowedActions maps a lifecycle state to the commands that make sense in
-// it (DESIGN.md "Machines, targets and staging").
-func allowedActions(state string) []string {
-	switch state {
-	case catalog.StateSyncing:
-		return []string{"unprotect"}
-	case catalog.StateProtected:
-		return []string{"failover", "failover --test", "failover --planned", "points export", "unprotect"}
-	case catalog.StateTestFailedOver:
-		return []string{"cleanup", "points export"}
-	case catalog.StateFailedOver:
-		return []string{"commit", "change-point", "cancel"}
-	case catalog.StateCommitted:
-		return []string{"reprotect", "unprotect"}
-	case catalog.StateReverseProtected:
-		return []string{"failback", "unprotect"}
-	}
-	return []string{}
-}
-
 func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, error) {
 	a, _ := s.cat.Agent(ctx, m.AgentID)
 	pol, err := s.cat.Policy(ctx, m.Policy)
@@ -190,7 +165,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	}
 	out := api.Machine{
 		Name: m.Name, Agent: a.Name, State: m.State, ActiveSite: m.ActiveSite, Direction: m.Direction,
-		Policy: m.Policy, Target: m.Target, AllowedActions: allowedActions(m.State),
+		Policy: m.Policy, Target: m.Target, AllowedActions: lifecycle.Allowed(m.State),
 		CPUs: m.Spec.CPUs, Memory: m.Spec.Memory, NICs: m.Spec.NICs, Driver: m.Spec.Driver,
 		PreSnapshot: m.Spec.PreSnapshot, PostSnapshot: m.Spec.PostSnapshot, Freeze: m.Spec.Freeze,
 	}
@@ -274,13 +249,7 @@ func apiPoint(p storage.Point) api.Point {
 // resolve finds a point by spec, as an API error when it cannot.
 func (s *Server) resolve(ctx context.Context, machine, spec string) (storage.Point, error) {
 	p, err := points.Resolve(ctx, s.repo, machine, spec)
-	switch {
-	case errors.Is(err, points.ErrBadSpec):
-		return p, api.Errorf(api.CodeInvalid, "%v", err)
-	case errors.Is(err, points.ErrNoPoint):
-		return p, api.Errorf(api.CodeNotFound, "%v", err)
-	}
-	return p, err
+	return p, apiErr(err)
 }
 
 // LabelPoint names a point.
@@ -321,6 +290,17 @@ func (s *Server) reader(key []byte) (*storage.Repo, error) {
 
 // ExportManifest resolves the point to export and checks the key.
 func (s *Server) ExportManifest(ctx context.Context, machine, spec string, key []byte) (api.ExportManifest, error) {
+	// A machine still in the catalog exports what the lifecycle table
+	// allows; the points of an unprotected one stay exportable.
+	m, err := s.cat.Machine(ctx, machine)
+	switch {
+	case err == nil:
+		if err := lifecycle.Check(machine, m.State, lifecycle.Export); err != nil {
+			return api.ExportManifest{}, apiErr(err)
+		}
+	case !errors.Is(err, catalog.ErrNotFound):
+		return api.ExportManifest{}, err
+	}
 	if _, err := s.reader(key); err != nil {
 		return api.ExportManifest{}, err
 	}

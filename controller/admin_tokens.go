@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"net"
 	"os"
 	"time"
@@ -69,21 +68,4 @@ func (s *Server) Tokens(ctx context.Context) ([]api.Token, error) {
 // RevokeToken revokes a token.
 func (s *Server) RevokeToken(ctx context.Context, id string) error {
 	return apiErr(s.cat.RevokeToken(ctx, id))
-}
-
-// apiErr maps catalog sentinels to API codes.
-func apiErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, catalog.ErrNotFound):
-		return api.Errorf(api.CodeNotFound, "%v", err)
-	case errors.Is(err, catalog.ErrExists):
-		return api.Errorf(api.CodeConflict, "%v", err)
-	}
-	var ae *api.Error
-	if errors.As(err, &ae) {
-		return err
-	}
-	return err
 }

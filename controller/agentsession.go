@@ -101,7 +101,7 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 		if err != nil {
 			return
 		}
-		go func() {
+		s.spawn(func() {
 			defer st.Close()
 			switch st.Kind() {
 			case protocol.KindControl:
@@ -121,7 +121,7 @@ func (s *Server) serveAgent(ctx context.Context, tc *tls.Conn) {
 			default:
 				st.Reset(protocol.Errorf(protocol.CodeInvalid, "the controller does not serve %s streams", st.Kind()))
 			}
-		}()
+		})
 	}
 }
 
@@ -136,7 +136,7 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if err := s.cat.AgentSeen(ctx, c.agentID, c.addr, req.Version, req.Platform, req.Hostname); err != nil {
 			return nil, err
 		}
-		go s.afterHello(context.WithoutCancel(ctx), c)
+		s.spawn(func() { s.afterHello(context.WithoutCancel(ctx), c) })
 		return msg.HelloResponse{AgentID: c.agentID, Name: c.name, ServerTime: s.now().UnixNano()}, nil
 	})
 	m.Handle(msg.MethodRenew, func(ctx context.Context, body json.RawMessage) (any, error) {
@@ -262,11 +262,11 @@ func (s *Server) serveEnrolment(ctx context.Context, sess *session.Session) {
 		if err != nil {
 			return
 		}
-		go func() {
+		s.spawn(func() {
 			defer st.Close()
 			_ = st.SetReadDeadline(time.Now().Add(enrolReadTimeout))
 			rpc.ServeStreamLimit(ctx, st, m.Serve, rpc.MaxEnrolFrame)
-		}()
+		})
 	}
 }
 

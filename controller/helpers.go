@@ -75,7 +75,7 @@ func (s *Server) pointCommitted(machine string, p storage.Point) {
 	if s.stager != nil {
 		s.stager.Kick(machine)
 	}
-	go s.applyRetention(ctx, m)
+	s.spawn(func() { s.applyRetention(s.runCtx, m) })
 }
 
 func (s *Server) applyRetention(ctx context.Context, m catalog.Machine) {

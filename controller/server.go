@@ -51,6 +51,10 @@ type Server struct {
 	pruneMu sync.Mutex // retention runs one at a time
 
 	disk *diskGuard // the free-space reserve of DataDir
+
+	// runCtx is Run's context; bg counts the goroutines Run waits for.
+	runCtx context.Context
+	bg     sync.WaitGroup
 }
 
 // New checks the configuration; Run does the work.
@@ -62,42 +66,62 @@ func New(cfg Config) (*Server, error) {
 		agents: newRegistry(), repl: map[string]api.Replication{}}, nil
 }
 
-// Run serves until ctx ends.
-func (s *Server) Run(ctx context.Context) error {
-	if err := s.open(ctx); err != nil {
+// Run serves until ctx ends. The job engine runs before any listener
+// accepts a request (no job can start outside its lifetime or be resumed
+// twice), and Run returns only after every goroutine it started — servers,
+// agent sessions and their streams, the stager, retention and jobs — has
+// stopped; the catalog and the repository close last.
+func (s *Server) Run(parent context.Context) error {
+	if err := s.open(parent); err != nil {
 		s.close()
 		return err
 	}
-	defer s.close()
+	ctx, cancel := context.WithCancel(parent)
+	s.runCtx = ctx
+	var stops []func()
+	defer func() {
+		cancel()
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+		s.agents.closeAll()
+		s.bg.Wait()
+		s.jobs.Wait()
+		s.close()
+	}()
+	if err := s.jobs.Resume(ctx); err != nil {
+		return fmt.Errorf("resuming jobs: %w", err)
+	}
+	s.spawn(func() { s.stager.Run(ctx) })
+	s.spawn(func() { s.retentionLoop(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
 	s.agentAddr = agentLn.Addr().String()
+	httpLn := newChanListener(agentLn.Addr())
+	stops = append(stops, func() { agentLn.Close(); httpLn.Close() })
 	adminLn, err := listenUnix(s.cfg.AdminSocket)
 	if err != nil {
-		agentLn.Close()
 		return err
 	}
-	adminSrv := &http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
-	httpLn := newChanListener(agentLn.Addr())
-	installSrv := limitedHTTPServer(s.installHandler())
-
-	var wg sync.WaitGroup
-	serve := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	serve := func(srv *http.Server, ln net.Listener) {
+		stops = append(stops, func() {
+			shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(shut)
+			srv.Close()
+		})
+		s.spawn(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				s.log.Error("server stopped", "err", err)
 			}
-		}()
+		})
 	}
-	serve(func() error { return adminSrv.Serve(adminLn) })
-	serve(func() error { return installSrv.Serve(httpLn) })
+	serve(&http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}, adminLn)
+	serve(limitedHTTPServer(s.installHandler()), httpLn)
 	adminAddr := s.cfg.AdminSocket
-	var tcpAdmin *http.Server
 	if s.cfg.AdminListen != "" {
 		token, err := s.adminToken()
 		if err != nil {
@@ -110,35 +134,32 @@ func (s *Server) Run(ctx context.Context) error {
 		// Each connection is charged until it closes (docs/limits.md).
 		ln := tls.NewListener(budgetListener{Listener: raw, b: newBudget(adminBudget), cost: httpCost},
 			s.serverTLS([]string{"http/1.1"}, tls.NoClientCert))
-		tcpAdmin = limitedHTTPServer(admin.NewServer(s, token, s.log.With("component", "admin")))
-		serve(func() error { return tcpAdmin.Serve(ln) })
+		serve(limitedHTTPServer(admin.NewServer(s, token, s.log.With("component", "admin"))), ln)
 		adminAddr = "https://" + ln.Addr().String()
 	}
-	serve(func() error { return s.acceptAgents(ctx, agentLn, httpLn) })
-	go s.retentionLoop(ctx)
-	go s.stager.Run(ctx)
-	if err := s.jobs.Resume(ctx); err != nil {
-		s.log.Error("resuming jobs failed", "err", err)
-	}
+	s.spawn(func() {
+		if err := s.acceptAgents(ctx, agentLn, httpLn); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("server stopped", "err", err)
+		}
+	})
 
 	s.log.Info("listening", "agents", s.agentAddr, "admin", adminAddr)
 	if s.cfg.OnReady != nil {
 		s.cfg.OnReady(s.agentAddr, adminAddr)
 	}
 	<-ctx.Done()
-	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	agentLn.Close()
-	httpLn.Close()
-	adminSrv.Shutdown(shut)
-	installSrv.Shutdown(shut)
-	if tcpAdmin != nil {
-		tcpAdmin.Shutdown(shut)
-	}
-	s.agents.closeAll()
-	wg.Wait()
-	s.jobs.Wait()
 	return nil
+}
+
+// spawn runs f in a goroutine that Run waits for before it returns. Call
+// it only from Run or from a goroutine spawn started (the wait group's
+// count is then above zero).
+func (s *Server) spawn(f func()) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		f()
+	}()
 }
 
 func (s *Server) open(ctx context.Context) error {
@@ -230,7 +251,7 @@ func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chan
 			raw.Close()
 			continue
 		}
-		go func() {
+		s.spawn(func() {
 			tc := tls.Server(raw, conf)
 			hctx, cancel := context.WithTimeout(ctx, preauthHandshakeTimeout)
 			err := tc.HandshakeContext(hctx)
@@ -266,7 +287,7 @@ func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chan
 				tc.Close()
 				ch.release()
 			}
-		}()
+		})
 	}
 }
 

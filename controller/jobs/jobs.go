@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/protocol"
 )
 
 // ErrSkip, returned by a step, marks it skipped instead of succeeded.
@@ -68,7 +69,11 @@ type Engine struct {
 	watchers map[string][]chan api.Job
 	wg       sync.WaitGroup
 	ctx      context.Context
+	running  bool // Resume was called: jobs run in ctx
 }
+
+// ErrNotRunning refuses a job started before the engine runs (Resume).
+var ErrNotRunning = errors.New("the job engine is not running yet")
 
 // New builds an engine; Resume starts it.
 func New(store Store, kinds map[string]Kind, log *slog.Logger, now func() time.Time) *Engine {
@@ -79,7 +84,7 @@ func New(store Store, kinds map[string]Kind, log *slog.Logger, now func() time.T
 		now = time.Now
 	}
 	return &Engine{store: store, kinds: kinds, log: log, now: now,
-		active: map[string]*Run{}, watchers: map[string][]chan api.Job{}, ctx: context.Background()}
+		active: map[string]*Run{}, watchers: map[string][]chan api.Job{}}
 }
 
 // DefaultTimeout is a job's deadline when none is given.
@@ -93,6 +98,12 @@ func (e *Engine) Start(ctx context.Context, kind string, machines []string, spec
 // StartWith is Start with a hook that runs once the job has its id and
 // before its first step (e.g. to hand it a key held in memory only).
 func (e *Engine) StartWith(ctx context.Context, kind string, machines []string, spec any, timeout time.Duration, before func(id string) error) (api.Job, error) {
+	e.mu.Lock()
+	running := e.running
+	e.mu.Unlock()
+	if !running {
+		return api.Job{}, ErrNotRunning
+	}
 	k, ok := e.kinds[kind]
 	if !ok {
 		return api.Job{}, fmt.Errorf("unknown job kind %q", kind)
@@ -140,7 +151,13 @@ func (e *Engine) StartWith(ctx context.Context, kind string, machines []string, 
 // Resume restarts every job a previous controller left unfinished. Call
 // once at start with the server's lifetime context.
 func (e *Engine) Resume(ctx context.Context) error {
-	e.ctx = ctx
+	e.mu.Lock()
+	if e.running {
+		e.mu.Unlock()
+		return errors.New("the job engine is running already")
+	}
+	e.ctx, e.running = ctx, true
+	e.mu.Unlock()
 	rows, err := e.store.Jobs(ctx, api.JobQueued, api.JobRunning, api.JobWaiting)
 	if err != nil {
 		return err
@@ -213,7 +230,10 @@ func (e *Engine) List(ctx context.Context) ([]api.Job, error) {
 	return out, nil
 }
 
-// Cancel asks a running job to stop at its next step boundary and roll back.
+// Cancel asks a running job to stop at its next step boundary and roll
+// back. A cancel that can no longer take effect is refused with the
+// reason: the job has ended, or it runs its last step (after which there
+// is no boundary to stop at).
 func (e *Engine) Cancel(ctx context.Context, id string) (api.Job, error) {
 	e.mu.Lock()
 	r, ok := e.active[id]
@@ -226,10 +246,36 @@ func (e *Engine) Cancel(ctx context.Context, id string) (api.Job, error) {
 		return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a running job can be cancelled", id, j.State)
 	}
 	r.mu.Lock()
-	r.rec.CancelReq = true
+	err := r.cancellable()
+	if err == nil {
+		r.rec.CancelReq = true
+	}
 	r.mu.Unlock()
-	r.persist(true)
+	if err != nil {
+		return r.snapshot(), err
+	}
+	if err := r.persist(true); err != nil {
+		return r.snapshot(), err
+	}
 	return r.snapshot(), nil
+}
+
+// Cancellable says whether a cancel of the job would be accepted now
+// (nil), or why not.
+func (e *Engine) Cancellable(ctx context.Context, id string) error {
+	e.mu.Lock()
+	r, ok := e.active[id]
+	e.mu.Unlock()
+	if !ok {
+		j, err := e.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		return api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a running job can be cancelled", id, j.State)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cancellable()
 }
 
 // Watch returns a channel of job snapshots, sent on every change and
@@ -318,3 +364,7 @@ func newJobID() string {
 	rand.Read(b)
 	return "job-" + hex.EncodeToString(b)
 }
+
+// IsRetryable reports whether trying a failed step again can help: the
+// first error in the chain that says so decides (protocol.Retryable).
+func IsRetryable(err error) bool { return protocol.Retryable(err) }

@@ -171,6 +171,41 @@ func (r *Run) snapshot() api.Job {
 	return j
 }
 
+// cancellable is nil when a cancel can still stop the job at a step
+// boundary and roll it back; r.mu is held.
+func (r *Run) cancellable() error {
+	if api.Terminal(r.rec.State) {
+		return api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a running job can be cancelled", r.rec.ID, r.rec.State)
+	}
+	if r.rec.RollingBack || r.rec.CancelReq {
+		return nil // already cancelled: asking again changes nothing
+	}
+	last := len(r.rec.Steps) - 1
+	if last >= 0 && r.rec.Steps[last].State == api.StepRunning {
+		return api.Errorf(api.CodeFailedPrecondition,
+			"job %s is running its last step (%s): there is no step boundary left to stop at, so it can no longer be rolled back; let it end, then undo its result with the machine's allowed actions (ferry machines show)",
+			r.rec.ID, r.rec.Steps[last].Name)
+	}
+	return nil
+}
+
+// beginStep marks step i running unless a cancel was asked for, in one
+// critical section with Cancel: a cancel is either seen here or refused
+// as too late.
+func (r *Run) beginStep(i int) (cancelled bool) {
+	r.mu.Lock()
+	if r.rec.CancelReq {
+		r.mu.Unlock()
+		return true
+	}
+	r.step = i
+	st := &r.rec.Steps[i]
+	st.State, st.Started, st.Error = api.StepRunning, r.e.now(), ""
+	r.mu.Unlock()
+	r.persist(true)
+	return false
+}
+
 // persist saves the record (progress at most twice a second) and tells
 // watchers.
 func (r *Run) persist(force bool) error {
@@ -253,15 +288,11 @@ func (r *Run) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return // controller shutting down: resumed at next start
 		}
-		if r.CancelRequested() {
+		if r.beginStep(i) {
 			r.cancel(ctx, k, i, final)
 			return
 		}
-		r.mu.Lock()
-		r.step = i
-		r.mu.Unlock()
 		name := r.rec.Steps[i].Name
-		r.setStep(i, api.StepRunning, nil)
 		log.Info("step", "step", name)
 		for attempt := 0; ; attempt++ {
 			err := k.Run(ctx, r, name)
@@ -281,8 +312,7 @@ func (r *Run) run(ctx context.Context) {
 				r.cancel(ctx, k, i+1, final)
 				return
 			}
-			var rt Retryable
-			if errors.As(err, &rt) && rt.Retryable() && r.e.now().Before(r.rec.Deadline) && !r.CancelRequested() {
+			if IsRetryable(err) && r.e.now().Before(r.rec.Deadline) && !r.CancelRequested() {
 				wait := min(time.Duration(1<<min(attempt, 5))*time.Second, 30*time.Second)
 				r.Note("attempt %d failed (%v); retrying in %s", attempt+1, err, wait)
 				select {
@@ -321,9 +351,9 @@ func (r *Run) run(ctx context.Context) {
 // cancel rolls back and ends the job as cancelled.
 func (r *Run) cancel(ctx context.Context, k Kind, at int, final func(string, string)) {
 	r.mu.Lock()
-	// Notes made during the rollback go to the last step that ran (at may
-	// be past the last step when the cancel came during it).
-	r.step = max(0, min(at, len(r.rec.Steps)-1))
+	// Notes made during the rollback go to the last step that ran (at-1:
+	// at is the first step not run).
+	r.step = max(0, min(at-1, len(r.rec.Steps)-1))
 	r.rec.RollingBack = true
 	r.mu.Unlock()
 	for j := at; j < len(r.rec.Steps); j++ {

@@ -39,6 +39,22 @@ func Resolve(ctx context.Context, repo Lister, machine, spec string) (storage.Po
 	return Pick(pts, spec, machine)
 }
 
+// CheckSpec reports whether a spec is well formed ("" is latest), before
+// anything is resolved: a word, a point id or an RFC 3339 time.
+func CheckSpec(spec string) error {
+	switch spec {
+	case "", SpecLatest, SpecLatestProcessed, SpecLatestAppConsistent:
+		return nil
+	}
+	if _, err := strconv.ParseInt(spec, 10, 64); err == nil {
+		return nil
+	}
+	if _, err := time.Parse(time.RFC3339Nano, spec); err != nil {
+		return fmt.Errorf("%w %q: want latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time", ErrBadSpec, spec)
+	}
+	return nil
+}
+
 // Pick resolves a spec against points sorted by id (oldest first).
 func Pick(pts []storage.Point, spec, machine string) (storage.Point, error) {
 	if spec == "" {

@@ -1,0 +1,25 @@
+package failover
+
+import "github.com/ferrydr/ferry/controller/lifecycle"
+
+// plannedFailoverKind is `ferry failover M --planned`: stop the source,
+// take a final cycle, fail over to it; no write is lost.
+var plannedFailoverKind = kindDef{
+	name: KindPlanned, action: lifecycle.PlannedFailover,
+	steps: func(Spec) []step {
+		return []step{
+			{StepPrerequisites, prepareFailover},
+			{StepStopSource, stopSource},
+			{StepFinalCycle, finalCycle},
+			{StepPowerOff, powerOff},
+			{StepMove, moveAndPromote},
+			{StepStart, startTarget},
+		}
+	},
+	set: liveSet, driverName: sameName,
+	pausesReplication: true,
+	precheck:          requirePlannedSource,
+	allOrNothing:      true,
+	rollback:          rollbackLive,
+	revertOnFailure:   true, resyncOnFailure: true, restartSource: true,
+}

@@ -1,0 +1,205 @@
+package lifecycle
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/ferrydr/ferry/controller/catalog"
+)
+
+// Action is something an administrator asks of a machine.
+type Action string
+
+// The actions this version implements. Re-protect, failback and recovery
+// plans are absent: they are rows to add once their job kinds exist.
+const (
+	Failover        Action = "failover"
+	TestFailover    Action = "failover --test"
+	PlannedFailover Action = "failover --planned"
+	Commit          Action = "commit"
+	ChangePoint     Action = "change-point"
+	Cleanup         Action = "cleanup"
+	Export          Action = "points export"
+	Unprotect       Action = "unprotect"
+)
+
+// Actions lists every action, in the order `machines show` offers them.
+var Actions = []Action{Failover, TestFailover, PlannedFailover, Commit, ChangePoint, Cleanup, Export, Unprotect}
+
+// States lists the states the table has rows for, in lifecycle order. A
+// state not listed (declared in catalog for later work) allows nothing.
+var States = []string{catalog.StateSyncing, catalog.StateProtected, catalog.StateTestFailedOver,
+	catalog.StateFailedOver, catalog.StateCommitted}
+
+// Removed is the next state of an action that deletes the machine's record.
+const Removed = "(removed)"
+
+// Rule is one cell of the table: the state an allowed action leads to
+// (Next; the same state for an action that does not change it), or, for a
+// refused action, why (Reason) and what to do instead (Instead, with M
+// standing for the machine's name).
+type Rule struct {
+	Next    string
+	Reason  string
+	Instead string
+}
+
+// Allowed reports whether the rule allows the action.
+func (r Rule) Allowed() bool { return r.Reason == "" }
+
+type cell struct {
+	state  string
+	action Action
+}
+
+func allow(next string) Rule             { return Rule{Next: next} }
+func refuse(reason, instead string) Rule { return Rule{Reason: reason, Instead: instead} }
+
+// table is the lifecycle: every (state, action) pair of States × Actions.
+var table = map[cell]Rule{
+	// syncing: the first point is not there yet.
+	{catalog.StateSyncing, Failover}:        refuse("the initial sync has made no recovery point yet", "wait for the first point (ferry machines show M)"),
+	{catalog.StateSyncing, TestFailover}:    refuse("the initial sync has made no recovery point yet", "wait for the first point (ferry machines show M)"),
+	{catalog.StateSyncing, PlannedFailover}: refuse("the initial sync has made no recovery point yet", "wait for the first point (ferry machines show M)"),
+	{catalog.StateSyncing, Commit}:          refuse("there is no failover to commit", "fail the machine over first, once it is protected"),
+	{catalog.StateSyncing, ChangePoint}:     refuse("there is no failover whose point could change", "fail the machine over first, once it is protected"),
+	{catalog.StateSyncing, Cleanup}:         refuse("there is no test failover to clean up", "nothing to do"),
+	{catalog.StateSyncing, Export}:          refuse("the initial sync has made no recovery point yet", "wait for the first point (ferry machines show M)"),
+	{catalog.StateSyncing, Unprotect}:       allow(Removed),
+
+	// protected: replicating, with points.
+	{catalog.StateProtected, Failover}:        allow(catalog.StateFailedOver),
+	{catalog.StateProtected, TestFailover}:    allow(catalog.StateTestFailedOver),
+	{catalog.StateProtected, PlannedFailover}: allow(catalog.StateFailedOver),
+	{catalog.StateProtected, Commit}:          refuse("there is no failover to commit", "fail it over first (ferry failover M)"),
+	{catalog.StateProtected, ChangePoint}:     refuse("change-point moves a failed-over machine to another point, and this one has not failed over", "choose the point at failover (ferry failover M --point SPEC)"),
+	{catalog.StateProtected, Cleanup}:         refuse("there is no test failover to clean up", "nothing to do"),
+	{catalog.StateProtected, Export}:          allow(catalog.StateProtected),
+	{catalog.StateProtected, Unprotect}:       allow(Removed),
+
+	// test-failed-over: a test copy runs at the target; replication goes on.
+	{catalog.StateTestFailedOver, Failover}:        refuse("a test failover is running", "end it with 'ferry cleanup M' first"),
+	{catalog.StateTestFailedOver, TestFailover}:    refuse("a test failover is already running", "end it with 'ferry cleanup M' first"),
+	{catalog.StateTestFailedOver, PlannedFailover}: refuse("a test failover is running", "end it with 'ferry cleanup M' first"),
+	{catalog.StateTestFailedOver, Commit}:          refuse("a test failover cannot be committed", "end it with 'ferry cleanup M', then fail over (ferry failover M)"),
+	{catalog.StateTestFailedOver, ChangePoint}:     refuse("change-point applies to a failover, not to a test failover", "end it with 'ferry cleanup M', then test another point (ferry failover M --test --point SPEC)"),
+	{catalog.StateTestFailedOver, Cleanup}:         allow(catalog.StateProtected),
+	{catalog.StateTestFailedOver, Export}:          allow(catalog.StateTestFailedOver),
+	{catalog.StateTestFailedOver, Unprotect}:       refuse("a test failover is running", "end it with 'ferry cleanup M' first"),
+
+	// failed-over: the machine runs at the target; its points are kept.
+	{catalog.StateFailedOver, Failover}:        refuse("the machine already runs at its target", "commit it (ferry commit M) or move it to another point (ferry change-point M --point SPEC)"),
+	{catalog.StateFailedOver, TestFailover}:    refuse("the machine already runs at its target", "commit it (ferry commit M) or move it to another point (ferry change-point M --point SPEC)"),
+	{catalog.StateFailedOver, PlannedFailover}: refuse("the machine already runs at its target", "commit it (ferry commit M) or move it to another point (ferry change-point M --point SPEC)"),
+	{catalog.StateFailedOver, Commit}:          allow(catalog.StateCommitted),
+	{catalog.StateFailedOver, ChangePoint}:     allow(catalog.StateFailedOver),
+	{catalog.StateFailedOver, Cleanup}:         refuse("there is no test failover to clean up: the machine was failed over", "commit it (ferry commit M)"),
+	{catalog.StateFailedOver, Export}:          allow(catalog.StateFailedOver),
+	{catalog.StateFailedOver, Unprotect}:       refuse("the failover is not committed", "commit it first (ferry commit M)"),
+
+	// committed: the machine lives at the recovery site; its points are gone.
+	{catalog.StateCommitted, Failover}:        refuse("the failover was committed: the machine runs at its recovery site and its recovery points were deleted", "unprotect it (ferry unprotect M)"),
+	{catalog.StateCommitted, TestFailover}:    refuse("the failover was committed: the machine runs at its recovery site and its recovery points were deleted", "unprotect it (ferry unprotect M)"),
+	{catalog.StateCommitted, PlannedFailover}: refuse("the failover was committed: the machine runs at its recovery site and its recovery points were deleted", "unprotect it (ferry unprotect M)"),
+	{catalog.StateCommitted, Commit}:          refuse("the failover was committed already and its recovery points deleted", "nothing to do"),
+	{catalog.StateCommitted, ChangePoint}:     refuse("the failover was committed and its recovery points deleted, so change-point is no longer possible", "nothing to do"),
+	{catalog.StateCommitted, Cleanup}:         refuse("there is no test failover to clean up", "nothing to do"),
+	{catalog.StateCommitted, Export}:          refuse("the failover was committed and its recovery points deleted", "nothing to export"),
+	{catalog.StateCommitted, Unprotect}:       allow(Removed),
+}
+
+// Lookup returns the table's rule for an action in a state. A state the
+// table has no row for refuses every action.
+func Lookup(state string, a Action) Rule {
+	if r, ok := table[cell{state, a}]; ok {
+		return r
+	}
+	return refuse(fmt.Sprintf("this version has no action for a machine in state %s", state), "nothing to do")
+}
+
+// Reaches reports whether the action, allowed in some state, leads to
+// state: a step that sets the next state and is run again finds it set.
+func Reaches(a Action, state string) bool {
+	for _, st := range States {
+		if r := Lookup(st, a); r.Allowed() && r.Next == state {
+			return true
+		}
+	}
+	return false
+}
+
+// Allowed returns the actions a state allows, in the order of Actions.
+func Allowed(state string) []string {
+	out := []string{}
+	for _, a := range Actions {
+		if Lookup(state, a).Allowed() {
+			out = append(out, string(a))
+		}
+	}
+	return out
+}
+
+// Refusal is an action the table refuses, with its reason.
+type Refusal struct {
+	Machine string
+	State   string
+	Action  Action
+	Reason  string
+	Instead string
+}
+
+func (e *Refusal) Error() string {
+	return fmt.Sprintf("machine %s is %s: %s is not possible: %s; instead: %s", e.Machine, e.State, e.Action, e.Reason, e.Instead)
+}
+
+// Check returns nil when the table allows the action on a machine in a
+// state, else a *Refusal saying why and what to do instead.
+func Check(machine, state string, a Action) error {
+	r := Lookup(state, a)
+	if r.Allowed() {
+		return nil
+	}
+	return &Refusal{Machine: machine, State: state, Action: a, Reason: r.Reason,
+		Instead: machineWord.ReplaceAllLiteralString(r.Instead, machine)}
+}
+
+// machineWord is the M that stands for the machine's name in Instead.
+var machineWord = regexp.MustCompile(`\bM\b`)
+
+// Markdown renders the table for docs/failover.md: a row per state, a
+// column per action; an allowed cell names the next state, a refused one
+// says "refused" (the reasons follow the table in the doc).
+func Markdown() string {
+	var b strings.Builder
+	b.WriteString("| state |")
+	for _, a := range Actions {
+		fmt.Fprintf(&b, " `%s` |", a)
+	}
+	b.WriteString("\n| --- |")
+	for range Actions {
+		b.WriteString(" --- |")
+	}
+	b.WriteString("\n")
+	for _, st := range States {
+		fmt.Fprintf(&b, "| `%s` |", st)
+		for _, a := range Actions {
+			r := Lookup(st, a)
+			if r.Allowed() {
+				fmt.Fprintf(&b, " → `%s` |", r.Next)
+			} else {
+				b.WriteString(" refused |")
+			}
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\nRefusals (reason; instead):\n\n")
+	for _, st := range States {
+		for _, a := range Actions {
+			if r := Lookup(st, a); !r.Allowed() {
+				fmt.Fprintf(&b, "* `%s` × `%s`: %s; %s\n", st, a, r.Reason, r.Instead)
+			}
+		}
+	}
+	return b.String()
+}
