@@ -140,7 +140,17 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 	}
 	key := req.Key
 	req.Key = nil
-	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Req: req}, key, req.Timeout)
+	spec := failover.Spec{Machines: []string{req.Machine}, Req: req}
+	if req.DryRun {
+		if len(key) > 0 {
+			if _, err := s.reader(key); err != nil {
+				return api.Job{}, err
+			}
+		}
+		j, err := s.jobs.DryRun(ctx, kind, spec.Machines, spec, func(id string) error { return s.fo.SetKey(id, key) }, s.fo.DropKey)
+		return j, apiErr(err)
+	}
+	return s.startJob(ctx, kind, []string{req.Machine}, spec, key, req.Timeout)
 }
 
 // Commit ends a failover and deletes the machine's recovery points.

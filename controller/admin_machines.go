@@ -184,9 +184,16 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	s.replMu.Lock()
 	out.Replication = s.repl[m.Name]
 	s.replMu.Unlock()
-	out.Job, _ = s.cat.MachineJob(ctx, m.Name)
+	if out.Job, err = s.cat.MachineJob(ctx, m.Name); err != nil {
+		return api.Machine{}, err
+	}
 	if out.Job != "" {
-		out.AllowedActions = []string{"jobs watch " + out.Job, "cancel " + out.Job + " --force"}
+		// While a job holds the machine it is followed, and cancelled only
+		// while a cancel can still roll it back.
+		out.AllowedActions = []string{"jobs watch " + out.Job}
+		if s.jobs.Cancellable(ctx, out.Job) == nil {
+			out.AllowedActions = append(out.AllowedActions, "cancel "+out.Job+" --force")
+		}
 	}
 	if m.Failover != nil {
 		t, agentID, err := s.cat.Target(ctx, m.Failover.Target)

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/points"
 )
 
 // jobFlags are shared by every job-starting command.
@@ -97,6 +98,9 @@ func runFailover(ctx context.Context, g *globals, o failoverOptions, args []stri
 	case o.req.Direction != "" && o.req.Direction != "forward" && o.req.Direction != "reverse":
 		return usagef("--direction is forward or reverse")
 	}
+	if err := points.CheckSpec(o.req.Point); err != nil {
+		return usagef("--point: %v", err)
+	}
 	o.req.Machine, o.req.Plan = machine, o.plan
 	if o.timeout != "" {
 		d, err := api.ParseDuration(o.timeout)
@@ -118,7 +122,26 @@ func runFailover(ctx context.Context, g *globals, o failoverOptions, args []stri
 	if err != nil {
 		return err
 	}
-	return followJob(ctx, g, j, o.wait || o.req.DryRun)
+	if o.req.DryRun {
+		return printDryRun(g, j)
+	}
+	return followJob(ctx, g, j, o.wait)
+}
+
+// printDryRun shows what a failover would do: its checks passed, and the
+// point it would use. A dry run is not a job: nothing is recorded.
+func printDryRun(g *globals, j api.Job) error {
+	if g.json {
+		return g.printJSON(j)
+	}
+	for _, m := range j.Machines {
+		fmt.Fprintf(g.stdout, "dry run: %s of %s would use point %d\n", j.Kind, m.Name, m.PointID)
+		for _, n := range m.Notes {
+			fmt.Fprintf(g.stdout, "  %s\n", n)
+		}
+	}
+	fmt.Fprintln(g.stdout, "the prerequisites are met; nothing was changed and no job was recorded")
+	return nil
 }
 
 // newActionCommand builds commit, cleanup and change-point.
@@ -135,6 +158,9 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			}
 			if needsPoint && point == "" {
 				return usagef("--point is required")
+			}
+			if err := points.CheckSpec(point); err != nil {
+				return usagef("--point: %v", err)
 			}
 			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point}
 			if keyFile != "" {

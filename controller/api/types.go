@@ -347,6 +347,9 @@ const (
 	JobPartial   = "partial"
 	JobFailed    = "failed"
 	JobCancelled = "cancelled"
+	// JobDryRun is the state of a dry run's answer: its checks passed. A
+	// dry run is never recorded as a job.
+	JobDryRun = "dry-run"
 
 	StepPending   = "pending"
 	StepRunning   = "running"

@@ -3,6 +3,7 @@ package failover
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
@@ -94,6 +95,10 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 		return err
 	}
 	if j.spec.Req.DryRun {
+		if md.Point == 0 {
+			md.Point = pts[len(pts)-1].ID
+			j.r.MachineNote(name, fmt.Sprintf("latest: a failover takes a fresh cycle first when the source agent is reachable; else it uses point %d, the newest stored point", md.Point))
+		}
 		j.r.SetMachine(name, "checked", md.Point, nil)
 		return nil
 	}

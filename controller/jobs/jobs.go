@@ -148,6 +148,50 @@ func (e *Engine) StartWith(ctx context.Context, kind string, machines []string, 
 	return e.launch(rec).snapshot(), nil
 }
 
+// DryRun runs a kind's first step (its checks) for a spec, at once and in
+// ctx, without recording a job or taking the machines' locks: the answer
+// is the job as it would start, in state api.JobDryRun, or the step's
+// error. before runs first with the dry run's id (e.g. to hand it a key)
+// and after at the end.
+func (e *Engine) DryRun(ctx context.Context, kind string, machines []string, spec any, before func(id string) error, after func(id string)) (api.Job, error) {
+	k, ok := e.kinds[kind]
+	if !ok {
+		return api.Job{}, fmt.Errorf("unknown job kind %q", kind)
+	}
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return api.Job{}, err
+	}
+	steps, err := k.Steps(raw)
+	if err != nil {
+		return api.Job{}, err
+	}
+	now := e.now()
+	rec := &record{Spec: raw, Deadline: now}
+	rec.ID = "dry-run-" + newJobID()
+	rec.Kind, rec.State, rec.Created, rec.Updated = kind, api.JobRunning, now, now
+	rec.Steps = []api.JobStep{{Name: steps[0], State: api.StepRunning, Started: now}}
+	for _, m := range machines {
+		rec.Machines = append(rec.Machines, api.JobMachine{Name: m, State: "pending"})
+	}
+	if before != nil {
+		if err := before(rec.ID); err != nil {
+			return api.Job{}, err
+		}
+	}
+	if after != nil {
+		defer after(rec.ID)
+	}
+	r := &Run{e: e, rec: rec, ephemeral: true}
+	if err := k.Run(ctx, r, steps[0]); err != nil && !errors.Is(err, ErrSkip) {
+		return api.Job{}, err
+	}
+	r.mu.Lock()
+	rec.State, rec.Steps[0].State, rec.Steps[0].Ended, rec.Steps[0].Progress = api.JobDryRun, api.StepSucceeded, e.now(), 1
+	r.mu.Unlock()
+	return r.snapshot(), nil
+}
+
 // Resume restarts every job a previous controller left unfinished. Call
 // once at start with the server's lifetime context.
 func (e *Engine) Resume(ctx context.Context) error {

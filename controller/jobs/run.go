@@ -19,6 +19,7 @@ type Run struct {
 	rec         *record
 	step        int
 	lastPersist time.Time
+	ephemeral   bool // a dry run: nothing is persisted or watched
 }
 
 // ID is the job's id.
@@ -209,6 +210,9 @@ func (r *Run) beginStep(i int) (cancelled bool) {
 // persist saves the record (progress at most twice a second) and tells
 // watchers.
 func (r *Run) persist(force bool) error {
+	if r.ephemeral {
+		return nil
+	}
 	now := r.e.now()
 	r.mu.Lock()
 	if !force && now.Sub(r.lastPersist) < 500*time.Millisecond {
