@@ -55,8 +55,8 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	req.BlockSize = pol.BlockSize
 	req.Agent = a.Name
 	if req.Target != "" {
-		if _, _, err := s.cat.Target(ctx, req.Target); err != nil {
-			return api.Machine{}, apiErr(err)
+		if err := s.refuseOccupiedTarget(ctx, req.Target, req.Machine); err != nil {
+			return api.Machine{}, err
 		}
 	}
 
@@ -90,6 +90,33 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 		s.log.Warn("config push failed", "agent", a.Name, "err", err)
 	}
 	return s.Machine(ctx, req.Machine)
+}
+
+// refuseOccupiedTarget refuses to protect a machine under a name whose
+// directory at the target already holds live disks — another machine's,
+// for example one whose failover was committed and that still runs there
+// after its name was unprotected: a failover would overwrite them. A
+// target whose agent is away cannot be checked now; the failover checks
+// again before it moves any disk.
+func (s *Server) refuseOccupiedTarget(ctx context.Context, target, machine string) error {
+	t, agentID, err := s.cat.Target(ctx, target)
+	if err != nil {
+		return apiErr(err)
+	}
+	if _, ok := s.agents.get(agentID); !ok {
+		return nil
+	}
+	var st msg.TargetStatusResponse
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.agents.call(cctx, agentID, t.Name, msg.MethodTargetStatus, msg.TargetStatusRequest{Dir: t.Dir, Machine: machine}, &st); err != nil {
+		return apiErr(err)
+	}
+	if live, ok := st.Sets["live"]; ok {
+		return api.Errorf(api.CodeConflict, "target %s already holds live disks of a machine named %s (%s/%s/live, point %d): a failover of a new %s would overwrite them; protect it under another name or with another target, or remove that machine's disks first",
+			t.Name, machine, t.Dir, machine, live.Point, machine)
+	}
+	return nil
 }
 
 // Unprotect stops protection; points stay unless deletePoints.
