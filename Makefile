@@ -3,6 +3,7 @@ GO        ?= go
 BIN       := bin
 PKGS      := ./...
 TEST_FLAGS ?= -race -timeout 40m
+STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/ferrydr/ferry/internal/buildinfo.Version=$(VERSION)
 
@@ -23,6 +24,8 @@ test: build
 check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) mod tidy -diff
+	$(STATICCHECK) $(PKGS)
 	CGO_ENABLED=0 GOOS=linux   GOARCH=amd64 $(GO) build -o /dev/null ./cmd/ferry-agent
 	CGO_ENABLED=0 GOOS=linux   GOARCH=arm64 $(GO) build -o /dev/null ./cmd/ferry-agent
 	CGO_ENABLED=0 GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/ferry-agent

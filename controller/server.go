@@ -138,7 +138,7 @@ func (s *Server) Run(parent context.Context) error {
 		adminAddr = "https://" + ln.Addr().String()
 	}
 	s.spawn(func() {
-		if err := s.acceptAgents(ctx, agentLn, httpLn); err != nil && !errors.Is(err, net.ErrClosed) {
+		if err := s.acceptAgents(ctx, agentLn, httpLn); !errors.Is(err, net.ErrClosed) {
 			s.log.Error("server stopped", "err", err)
 		}
 	})

@@ -7,6 +7,13 @@ set -u
 PKGS=(xfsprogs btrfs-progs e2fsprogs util-linux qemu-utils fuse3 rsync zstd
       debootstrap systemd-container curl ca-certificates iproute2 nftables)
 
+# staticcheck, pinned (make check runs it); a Go toolchain is enough.
+STATICCHECK_VERSION=v0.8.2 # staticcheck 2026.2.2, which supports Go 1.26
+gobin="$(go env GOPATH 2>/dev/null)/bin"
+if command -v go >/dev/null 2>&1 && ! "$gobin/staticcheck" -version 2>/dev/null | grep -q "(${STATICCHECK_VERSION#v})"; then
+  go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" || echo "test-deps: could not install staticcheck" >&2
+fi
+
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -244,7 +244,7 @@ func serveTCP(t testing.TB, site *Site) (ctrl net.Conn, done <-chan served) {
 
 // restoreTCP runs one whole restore over loopback TCP and returns the
 // agent's reply and its own result.
-func restoreTCP(t testing.TB, site *Site, h msg.RestoreHeader, blocks []data.Block) (data.Ack, error, served) {
+func restoreTCP(t testing.TB, site *Site, h msg.RestoreHeader, blocks []data.Block) (data.Ack, served, error) {
 	t.Helper()
 	ctrl, done := serveTCP(t, site)
 	werr := make(chan error, 1)
@@ -253,7 +253,7 @@ func restoreTCP(t testing.TB, site *Site, h msg.RestoreHeader, blocks []data.Blo
 	ctrl.Close()
 	s := wait(t, done)
 	<-werr // a refusal may cut the sender short; only the reply matters
-	return ack, err, s
+	return ack, s, err
 }
 
 func wait[T any](t testing.TB, ch <-chan T) T {

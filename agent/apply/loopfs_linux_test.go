@@ -36,7 +36,7 @@ func TestOnRealFilesystems(t *testing.T) {
 			// Point 2 zeroes blocks 2..5 of sda: holes, not written zeros.
 			p2 := p1.clone()
 			clear(p2.data[0][2<<16 : 6<<16])
-			_, err, s := restoreTCP(t, site, header(dir, "m", SetStaged, 1, 2, p2), p2.encode(t, p2.diff(p1)))
+			_, s, err := restoreTCP(t, site, header(dir, "m", SetStaged, 1, 2, p2), p2.encode(t, p2.diff(p1)))
 			require.NoError(t, err)
 			require.Equal(t, int64(4), s.res.ZeroBlocks)
 			require.True(t, isHole(t, sda, 2<<16, 4<<16), "zero blocks are punched out on %s", c.fs)
@@ -57,7 +57,7 @@ func TestOnRealFilesystems(t *testing.T) {
 			// Staging goes on under the clone: the clone keeps point 2.
 			p3 := p2.clone()
 			mutate(rng, p3)
-			_, err, _ = restoreTCP(t, site, header(dir, "m", SetStaged, 2, 3, p3), p3.encode(t, p3.diff(p2)))
+			_, _, err = restoreTCP(t, site, header(dir, "m", SetStaged, 2, 3, p3), p3.encode(t, p3.diff(p2)))
 			require.NoError(t, err)
 			requireContent(t, setPath(dir, "m", "test-1"), p2)
 			requireContent(t, setPath(dir, "m", SetStaged), p3)

@@ -66,7 +66,7 @@ func TestRestoreCreatesThenMovesOnlyWhatDiffers(t *testing.T) {
 
 	h := header(dir, "web1", SetStaged, 0, 1, p1)
 	h.Create = true
-	ack, err, s := restoreTCP(t, site, h, p1.encode(t, p1.all()))
+	ack, s, err := restoreTCP(t, site, h, p1.encode(t, p1.all()))
 	require.NoError(t, err)
 	require.NoError(t, s.err)
 	require.Equal(t, data.Ack{Cycle: 1, Seq: s.res.Batches}, ack)
@@ -86,7 +86,7 @@ func TestRestoreCreatesThenMovesOnlyWhatDiffers(t *testing.T) {
 		want += min(bs, p2.disks[r.disk].Size-int64(r.block)*bs)
 	}
 	before := site.BytesWritten()
-	ack, err, s = restoreTCP(t, site, header(dir, "web1", SetStaged, 1, 2, p2), p2.encode(t, changed))
+	ack, s, err = restoreTCP(t, site, header(dir, "web1", SetStaged, 1, 2, p2), p2.encode(t, changed))
 	require.NoError(t, err)
 	require.NoError(t, s.err)
 	require.Equal(t, uint64(2), ack.Cycle)
@@ -96,7 +96,7 @@ func TestRestoreCreatesThenMovesOnlyWhatDiffers(t *testing.T) {
 	require.Positive(t, s.res.ZeroBlocks)
 
 	// And back: a move goes backward as well as forward.
-	ack, err, s = restoreTCP(t, site, header(dir, "web1", SetStaged, 2, 1, p1), p1.encode(t, p1.diff(p2)))
+	ack, s, err = restoreTCP(t, site, header(dir, "web1", SetStaged, 2, 1, p1), p1.encode(t, p1.diff(p2)))
 	require.NoError(t, err)
 	require.NoError(t, s.err)
 	require.Equal(t, uint64(1), ack.Cycle)
@@ -110,7 +110,7 @@ func TestRestoreRefusals(t *testing.T) {
 	mixed(rand.New(rand.NewPCG(3, 4)), im)
 	h := header(dir, "db", SetStaged, 0, 5, im)
 	h.Create = true
-	_, err, _ := restoreTCP(t, site, h, im.encode(t, im.all()))
+	_, _, err := restoreTCP(t, site, h, im.encode(t, im.all()))
 	require.NoError(t, err)
 
 	bad := func(mod func(*msg.RestoreHeader)) msg.RestoreHeader {
@@ -136,7 +136,7 @@ func TestRestoreRefusals(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err, s := restoreTCP(t, site, c.h, nil)
+			_, s, err := restoreTCP(t, site, c.h, nil)
 			var pe *protocol.Error
 			require.ErrorAs(t, err, &pe)
 			require.Equal(t, c.code, pe.Code, "%v", pe)
@@ -144,7 +144,7 @@ func TestRestoreRefusals(t *testing.T) {
 		})
 	}
 	// A refused move says what the set holds and leaves it as it was.
-	_, err, _ = restoreTCP(t, site, bad(func(h *msg.RestoreHeader) { h.From = 4 }), nil)
+	_, _, err = restoreTCP(t, site, bad(func(h *msg.RestoreHeader) { h.From = 4 }), nil)
 	require.ErrorContains(t, err, "staged holds point 5")
 	st, err := ReadState(setPath(dir, "db", SetStaged))
 	require.NoError(t, err)
@@ -163,7 +163,7 @@ func TestRestoreWrongHashWritesNothing(t *testing.T) {
 	blocks[7].Hash[0] ^= 1
 	h := header(dir, "m", SetStaged, 0, 1, im)
 	h.Create = true
-	_, err, s := restoreTCP(t, site, h, blocks)
+	_, s, err := restoreTCP(t, site, h, blocks)
 	require.ErrorIs(t, err, protocol.ErrInvalid)
 	require.ErrorIs(t, s.err, ErrHashMismatch)
 	require.ErrorContains(t, err, "block 7")
@@ -264,7 +264,7 @@ func TestRestoreResumesAnInterruptedMove(t *testing.T) {
 	mixed(rng, p1)
 	h := header(dir, "app", SetStaged, 0, 1, p1)
 	h.Create = true
-	_, err, _ := restoreTCP(t, site, h, p1.encode(t, p1.all()))
+	_, _, err := restoreTCP(t, site, h, p1.encode(t, p1.all()))
 	require.NoError(t, err)
 
 	// The move to 2 is cut after a few batches: the connection closes.
@@ -290,17 +290,17 @@ func TestRestoreResumesAnInterruptedMove(t *testing.T) {
 
 	// A move to another point from the set's point is refused: the set is
 	// between 1 and 2.
-	_, err, _ = restoreTCP(t, site, header(dir, "app", SetStaged, 1, 3, p2), nil)
+	_, _, err = restoreTCP(t, site, header(dir, "app", SetStaged, 1, 3, p2), nil)
 	require.ErrorIs(t, err, protocol.ErrFailedPrecondition)
 	require.ErrorContains(t, err, "between points 1 and 2")
 
 	// Resending the move 1 → 2 whole is a resume.
-	_, err, _ = restoreTCP(t, site, header(dir, "app", SetStaged, 1, 2, p2), blocks)
+	_, _, err = restoreTCP(t, site, header(dir, "app", SetStaged, 1, 2, p2), blocks)
 	require.NoError(t, err)
 	requireContent(t, setPath(dir, "app", SetStaged), p2)
 
 	// A retry of the same move after a lost ack is accepted too.
-	_, err, _ = restoreTCP(t, site, header(dir, "app", SetStaged, 1, 2, p2), blocks)
+	_, _, err = restoreTCP(t, site, header(dir, "app", SetStaged, 1, 2, p2), blocks)
 	require.NoError(t, err)
 	requireContent(t, setPath(dir, "app", SetStaged), p2)
 }
@@ -313,7 +313,7 @@ func TestRestoreOnWrittenSetNeedsForce(t *testing.T) {
 	mixed(rng, p1)
 	h := header(dir, "vm", SetStaged, 0, 1, p1)
 	h.Create = true
-	_, err, _ := restoreTCP(t, site, h, p1.encode(t, p1.all()))
+	_, _, err := restoreTCP(t, site, h, p1.encode(t, p1.all()))
 	require.NoError(t, err)
 	ref := msg.TargetRef{Dir: dir, Machine: "vm", Set: SetStaged}
 	require.NoError(t, site.MarkWritten(t.Context(), ref))
@@ -325,14 +325,14 @@ func TestRestoreOnWrittenSetNeedsForce(t *testing.T) {
 
 	p2 := p1.clone()
 	mutate(rng, p2)
-	_, err, _ = restoreTCP(t, site, header(dir, "vm", SetStaged, 1, 2, p2), p2.encode(t, p2.diff(p1)))
+	_, _, err = restoreTCP(t, site, header(dir, "vm", SetStaged, 1, 2, p2), p2.encode(t, p2.diff(p1)))
 	require.ErrorIs(t, err, protocol.ErrFailedPrecondition)
 	require.ErrorContains(t, err, "written")
 
 	// Forced, with every block that may differ (here, all of them).
 	h = header(dir, "vm", SetStaged, 1, 2, p2)
 	h.Force = true
-	_, err, _ = restoreTCP(t, site, h, p2.encode(t, p2.all()))
+	_, _, err = restoreTCP(t, site, h, p2.encode(t, p2.all()))
 	require.NoError(t, err)
 	requireContent(t, setPath(dir, "vm", SetStaged), p2)
 	st, err := ReadState(setPath(dir, "vm", SetStaged))
@@ -348,7 +348,7 @@ func TestRestoreResizesDisks(t *testing.T) {
 	mixed(rng, p1)
 	h := header(dir, "r", SetStaged, 0, 1, p1)
 	h.Create = true
-	_, err, _ := restoreTCP(t, site, h, p1.encode(t, p1.all()))
+	_, _, err := restoreTCP(t, site, h, p1.encode(t, p1.all()))
 	require.NoError(t, err)
 
 	// sda shrinks to a partial block, sdb grows, sdb... and a new sdc appears.
@@ -366,14 +366,14 @@ func TestRestoreResizesDisks(t *testing.T) {
 	old := p1.clone()
 	old.disks[0].Size = p2.disks[0].Size
 	old.data[0] = old.data[0][:p2.disks[0].Size]
-	_, err, _ = restoreTCP(t, site, header(dir, "r", SetStaged, 1, 2, p2), p2.encode(t, p2.diff(old)))
+	_, _, err = restoreTCP(t, site, header(dir, "r", SetStaged, 1, 2, p2), p2.encode(t, p2.diff(old)))
 	require.NoError(t, err)
 	requireContent(t, setPath(dir, "r", SetStaged), p2)
 
 	// Dropping a disk deletes its file at the end of the move.
 	p3 := p2.clone()
 	p3.disks, p3.data = p3.disks[:2], p3.data[:2]
-	_, err, _ = restoreTCP(t, site, header(dir, "r", SetStaged, 2, 3, p3), nil)
+	_, _, err = restoreTCP(t, site, header(dir, "r", SetStaged, 2, 3, p3), nil)
 	require.NoError(t, err)
 	requireContent(t, setPath(dir, "r", SetStaged), p3)
 	require.NoFileExists(t, DiskPath(setPath(dir, "r", SetStaged), "sdc"))
@@ -401,7 +401,7 @@ func TestResetMoveLeavesOnlyThePoint(t *testing.T) {
 	}
 	h := header(dir, "m", SetStaged, 0, 3, want)
 	h.Force, h.Reset = true, true
-	_, err, s := restoreTCP(t, site, h, want.encode(t, nonZero))
+	_, s, err := restoreTCP(t, site, h, want.encode(t, nonZero))
 	require.NoError(t, err)
 	require.NoError(t, s.err)
 	requireContent(t, setPath(dir, "m", SetStaged), want)

@@ -23,7 +23,7 @@ func staged(t *testing.T, site *Site, dir, m string, point int64, im *image) {
 	t.Helper()
 	h := header(dir, m, SetStaged, 0, point, im)
 	h.Create = true
-	_, err, s := restoreTCP(t, site, h, im.encode(t, im.all()))
+	_, s, err := restoreTCP(t, site, h, im.encode(t, im.all()))
 	require.NoError(t, err)
 	require.NoError(t, s.err)
 }
@@ -270,7 +270,7 @@ func TestCloneDuringStagingIsAlwaysAPoint(t *testing.T) {
 	wg.Go(func() {
 		for i := 1; i < len(points); i++ {
 			h := header(dir, "m", SetStaged, int64(i), int64(i+1), points[i])
-			_, err, s := restoreTCP(t, site, h, points[i].encode(t, points[i].diff(points[i-1])))
+			_, s, err := restoreTCP(t, site, h, points[i].encode(t, points[i].diff(points[i-1])))
 			if err != nil || s.err != nil {
 				t.Errorf("move %d: %v / %v", i, err, s.err)
 				return

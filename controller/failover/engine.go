@@ -87,13 +87,6 @@ func (e *Engine) KeyAvailable(jobID string) bool {
 // DropKey forgets a job's key.
 func (e *Engine) DropKey(jobID string) { e.keys.Delete(jobID) }
 
-func (e *Engine) now() time.Time {
-	if e.Now == nil {
-		return time.Now()
-	}
-	return e.Now()
-}
-
 // machineTarget returns a machine's target (the one named, else its
 // default) and the target's agent.
 func (e *Engine) machineTarget(ctx context.Context, m catalog.Machine, name string) (api.Target, string, error) {

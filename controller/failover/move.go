@@ -312,23 +312,21 @@ func (e *Engine) content(ctx context.Context, repo *storage.Repo, h storage.Hash
 // readAck waits for the agent's Ack of a move (or its error frame).
 func readAck(st io.Reader, to uint64) error {
 	fr := frame.NewReader(st, 1<<16)
-	for {
-		typ, payload, err := fr.Next()
-		if err != nil {
-			return err
-		}
-		if typ == data.FrameAck {
-			var a data.Ack
-			if err := a.Decode(payload); err != nil {
-				return err
-			}
-			if a.Cycle != to {
-				return fmt.Errorf("%w: ack for point %d, moving to %d", protocol.ErrInvalid, a.Cycle, to)
-			}
-			return nil
-		}
+	typ, payload, err := fr.Next()
+	if err != nil {
+		return err
+	}
+	if typ != data.FrameAck {
 		return fmt.Errorf("%w: unexpected frame %d on a restore stream", protocol.ErrInvalid, typ)
 	}
+	var a data.Ack
+	if err := a.Decode(payload); err != nil {
+		return err
+	}
+	if a.Cycle != to {
+		return fmt.Errorf("%w: ack for point %d, moving to %d", protocol.ErrInvalid, a.Cycle, to)
+	}
+	return nil
 }
 
 // agentRefused keeps the agent's protocol error (its code says whether a

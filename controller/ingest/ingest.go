@@ -142,8 +142,7 @@ func (c *cycle) fail(err error) {
 }
 
 type outstanding struct {
-	hash  data.Hash
-	patch bool // unused on entry; set by the batch
+	hash data.Hash
 }
 
 // Begin opens a cycle for machine on behalf of agentID and decides whether

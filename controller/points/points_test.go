@@ -58,7 +58,7 @@ func TestHealth(t *testing.T) {
 
 	in = base
 	in.Protected = now.Add(-time.Minute)
-	rpo, level, reason = Health(in)
+	rpo, level, _ = Health(in)
 	require.Nil(t, rpo)
 	require.Equal(t, Healthy, level, "a young initial sync is healthy")
 	in.Protected = now.Add(-20 * time.Minute)

@@ -50,9 +50,7 @@ func listPackages(t *testing.T, env ...string) []pkg {
 			continue
 		}
 		p := pkg{path: parts[0], cgo: parts[2] != "0"}
-		for _, d := range strings.Fields(parts[1]) {
-			p.deps = append(p.deps, d)
-		}
+		p.deps = append(p.deps, strings.Fields(parts[1])...)
 		pkgs = append(pkgs, p)
 	}
 	return pkgs

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -326,11 +325,6 @@ func (c *Controller) Export(machine string, point int64) string {
 	dir := c.t.TempDir()
 	c.MustFerry("points", "export", machine, "--point", fmt.Sprint(point), "--out", dir)
 	return dir
-}
-
-// withTimeout is a context for a helper's own waits.
-func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
 }
 
 // inNetns prepares a command that runs in network namespace ns, or in the

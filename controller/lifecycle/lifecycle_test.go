@@ -1,0 +1,66 @@
+package lifecycle
+
+import (
+	"flag"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/controller/catalog"
+)
+
+var updateDoc = flag.Bool("update-doc", false, "rewrite the table in docs/failover.md")
+
+const docPath = "../../docs/failover.md"
+
+const (
+	beginMark = "<!-- lifecycle:begin -->\n"
+	endMark   = "<!-- lifecycle:end -->"
+)
+
+// TestDocShowsTheTable: docs/failover.md shows the lifecycle table as the
+// code has it (go test ./controller/lifecycle -update-doc rewrites it).
+func TestDocShowsTheTable(t *testing.T) {
+	b, err := os.ReadFile(docPath)
+	require.NoError(t, err)
+	doc := string(b)
+	i, j := strings.Index(doc, beginMark), strings.Index(doc, endMark)
+	require.True(t, i >= 0 && j > i, "docs/failover.md has no lifecycle markers")
+	got, want := doc[i+len(beginMark):j], Markdown()
+	if *updateDoc {
+		require.NoError(t, os.WriteFile(docPath, []byte(doc[:i+len(beginMark)]+want+doc[j:]), 0o644))
+		return
+	}
+	require.Equal(t, want, got, "docs/failover.md shows another table than the code: run go test ./controller/lifecycle -update-doc")
+}
+
+// TestEveryPairIsDecided: every state × action pair is a cell of the table
+// (none falls through to the default), and every refusal says why and
+// what to do instead.
+func TestEveryPairIsDecided(t *testing.T) {
+	for _, st := range States {
+		for _, a := range Actions {
+			r, ok := table[cell{st, a}]
+			require.True(t, ok, "no cell for %s × %s", st, a)
+			if r.Allowed() {
+				require.NotEmpty(t, r.Next, "%s × %s", st, a)
+				require.Empty(t, r.Instead)
+			} else {
+				require.NotEmpty(t, r.Instead, "%s × %s says what to do instead", st, a)
+			}
+		}
+	}
+	require.Len(t, table, len(States)*len(Actions), "no cell outside States × Actions")
+	require.Empty(t, Allowed(catalog.StateReverseProtected), "a state without a row allows nothing")
+	require.Equal(t, []string{"unprotect"}, Allowed(catalog.StateCommitted), "re-protect is not offered: it does not exist")
+}
+
+func TestRefusalNamesTheMachine(t *testing.T) {
+	err := Check("web", catalog.StateTestFailedOver, Failover)
+	require.EqualError(t, err, "machine web is test-failed-over: failover is not possible: a test failover is running; instead: end it with 'ferry cleanup web' first")
+	require.NoError(t, Check("web", catalog.StateProtected, Failover))
+	require.True(t, Reaches(Commit, catalog.StateCommitted))
+	require.False(t, Reaches(Commit, catalog.StateProtected))
+}
