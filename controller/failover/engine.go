@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -94,13 +95,13 @@ func (e *Engine) machineTarget(ctx context.Context, m catalog.Machine, name stri
 		name = m.Target
 	}
 	if name == "" {
-		return api.Target{}, "", api.Errorf(api.CodeFailedPrecondition, "machine %s has no target: give --target or protect it with --target", m.Name)
+		return api.Target{}, "", refuse("machine %s has no target: give --target or protect it with --target", m.Name)
 	}
 	t, agentID, err := e.Cat.Target(ctx, name)
-	if err != nil {
-		return api.Target{}, "", api.Errorf(api.CodeNotFound, "%v", err)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return api.Target{}, "", refuse("%w", err)
 	}
-	return t, agentID, nil
+	return t, agentID, err
 }
 
 // driverEnv is the context driver commands receive (CLI.md "Drivers").
