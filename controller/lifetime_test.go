@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,14 @@ func startController(t *testing.T, data, sock string) (*admin.Client, func() err
 		cancel()
 		select {
 		case err := <-done:
+			// Run returned: nothing it started may still run.
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			for _, g := range strings.Split(stacks, "\n\n") {
+				for _, part := range []string{"ferry/controller.(*Server)", "ferry/controller/failover.", "ferry/controller/jobs."} {
+					require.NotContains(t, g, part, "a goroutine of the stopped controller still runs")
+				}
+			}
 			return err
 		case <-time.After(30 * time.Second):
 			t.Fatal("Run did not return within 30s of its context ending")
