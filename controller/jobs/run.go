@@ -235,14 +235,26 @@ func (r *Run) persist(force bool) error {
 	return err
 }
 
+// setState records the job's state. The new state is written to the
+// store before anyone can see it (r.mu is held across the write): a reader
+// that sees a job ended finds it ended in the catalog too.
 func (r *Run) setState(state, errText string) {
+	now := r.e.now()
 	r.mu.Lock()
 	r.rec.State = state
 	if errText != "" {
 		r.rec.Error = errText
 	}
+	r.lastPersist, r.rec.Updated = now, now
+	b, err := json.Marshal(r.rec)
+	if err == nil && !r.ephemeral {
+		err = r.e.store.PutJob(context.WithoutCancel(r.e.ctx), rowOf(r.rec, b))
+	}
 	r.mu.Unlock()
-	r.persist(true)
+	if err != nil {
+		r.e.log.Error("persisting job failed", "job", r.rec.ID, "err", err)
+	}
+	r.e.notify(r.snapshot())
 }
 
 func (r *Run) setStep(i int, state string, err error) {
