@@ -3,6 +3,7 @@ package controller
 import (
 	"errors"
 
+	"github.com/ferrydr/ferry/controller/admin"
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/failover"
@@ -12,6 +13,12 @@ import (
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/storage"
 )
+
+var _ admin.ErrorMapper = (*Server)(nil)
+
+// APIError maps every error a Server method returns to the admin API
+// (admin.ErrorMapper): the admin handlers call it for each reply.
+func (s *Server) APIError(err error) error { return apiErr(err) }
 
 // apiErr is the one mapping from the controller's errors to the admin
 // API's codes. Conditions the admin can act on (a lifecycle refusal, a
@@ -37,12 +44,14 @@ func apiErr(err error) error {
 		code = api.CodeUnavailable
 	case errors.Is(err, catalog.ErrLocked):
 		code = api.CodeBusy
-	case errors.Is(err, catalog.ErrNotFound), errors.Is(err, points.ErrNoPoint):
+	case errors.Is(err, catalog.ErrNotFound), errors.Is(err, points.ErrNoPoint), errors.Is(err, storage.ErrNotFound):
 		code = api.CodeNotFound
 	case errors.Is(err, catalog.ErrExists):
 		code = api.CodeConflict
 	case errors.Is(err, points.ErrBadSpec), errors.Is(err, storage.ErrWrongKey):
 		code = api.CodeInvalid
+	case errors.Is(err, storage.ErrKeyRequired):
+		code = api.CodeFailedPrecondition
 	case errors.As(err, &stepRefusal):
 		code = api.CodeFailedPrecondition
 	case errors.As(err, &pe):

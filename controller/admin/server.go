@@ -50,47 +50,47 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) routes() {
 	m := s.mux
-	m.HandleFunc("POST /v1/tokens", jsonIn(s.b.CreateToken))
-	m.HandleFunc("GET /v1/tokens", noIn(s.b.Tokens))
-	m.HandleFunc("DELETE /v1/tokens/{id}", pathOnly("id", s.b.RevokeToken))
+	m.HandleFunc("POST /v1/tokens", jsonIn(s, s.b.CreateToken))
+	m.HandleFunc("GET /v1/tokens", noIn(s, s.b.Tokens))
+	m.HandleFunc("DELETE /v1/tokens/{id}", pathOnly(s, "id", s.b.RevokeToken))
 
-	m.HandleFunc("GET /v1/agents", noIn(s.b.Agents))
-	m.HandleFunc("POST /v1/agents/{agent}/revoke", pathOnly("agent", s.b.RevokeAgent))
-	m.HandleFunc("DELETE /v1/agents/{agent}", pathOnly("agent", s.b.RemoveAgent))
-	m.HandleFunc("POST /v1/agents/upgrade", jsonIn(s.b.UpgradeAgents))
+	m.HandleFunc("GET /v1/agents", noIn(s, s.b.Agents))
+	m.HandleFunc("POST /v1/agents/{agent}/revoke", pathOnly(s, "agent", s.b.RevokeAgent))
+	m.HandleFunc("DELETE /v1/agents/{agent}", pathOnly(s, "agent", s.b.RemoveAgent))
+	m.HandleFunc("POST /v1/agents/upgrade", jsonIn(s, s.b.UpgradeAgents))
 	m.HandleFunc("GET /v1/agents/{agent}/inventory", func(w http.ResponseWriter, r *http.Request) {
 		items, err := s.b.Inventory(r.Context(), r.PathValue("agent"))
-		reply(w, items, err)
+		s.reply(w, items, err)
 	})
 
-	m.HandleFunc("GET /v1/policies", noIn(s.b.Policies))
-	m.HandleFunc("POST /v1/policies", jsonIn(s.b.CreatePolicy))
+	m.HandleFunc("GET /v1/policies", noIn(s, s.b.Policies))
+	m.HandleFunc("POST /v1/policies", jsonIn(s, s.b.CreatePolicy))
 	m.HandleFunc("PATCH /v1/policies/{name}", func(w http.ResponseWriter, r *http.Request) {
 		var u api.PolicyUpdate
 		if !decode(w, r, &u) {
 			return
 		}
 		p, err := s.b.UpdatePolicy(r.Context(), r.PathValue("name"), u)
-		reply(w, p, err)
+		s.reply(w, p, err)
 	})
-	m.HandleFunc("DELETE /v1/policies/{name}", pathOnly("name", s.b.DeletePolicy))
+	m.HandleFunc("DELETE /v1/policies/{name}", pathOnly(s, "name", s.b.DeletePolicy))
 
-	m.HandleFunc("POST /v1/machines", jsonIn(s.b.Protect))
-	m.HandleFunc("GET /v1/machines", noIn(s.b.Machines))
+	m.HandleFunc("POST /v1/machines", jsonIn(s, s.b.Protect))
+	m.HandleFunc("GET /v1/machines", noIn(s, s.b.Machines))
 	m.HandleFunc("GET /v1/machines/{machine}", func(w http.ResponseWriter, r *http.Request) {
 		mc, err := s.b.Machine(r.Context(), r.PathValue("machine"))
-		reply(w, mc, err)
+		s.reply(w, mc, err)
 	})
 	m.HandleFunc("DELETE /v1/machines/{machine}", func(w http.ResponseWriter, r *http.Request) {
 		err := s.b.Unprotect(r.Context(), r.PathValue("machine"), r.URL.Query().Get("delete_points") == "true")
-		reply(w, struct{}{}, err)
+		s.reply(w, struct{}{}, err)
 	})
 	m.HandleFunc("GET /v1/machines/{machine}/points", func(w http.ResponseWriter, r *http.Request) {
 		ps, err := s.b.Points(r.Context(), r.PathValue("machine"))
 		if ps == nil {
 			ps = []api.Point{}
 		}
-		reply(w, ps, err)
+		s.reply(w, ps, err)
 	})
 	m.HandleFunc("POST /v1/machines/{machine}/points/label", func(w http.ResponseWriter, r *http.Request) {
 		var req api.LabelRequest
@@ -98,7 +98,7 @@ func (s *Server) routes() {
 			return
 		}
 		p, err := s.b.LabelPoint(r.Context(), r.PathValue("machine"), req)
-		reply(w, p, err)
+		s.reply(w, p, err)
 	})
 	m.HandleFunc("POST /v1/machines/{machine}/export", func(w http.ResponseWriter, r *http.Request) {
 		var req api.ExportRequest
@@ -106,36 +106,36 @@ func (s *Server) routes() {
 			return
 		}
 		man, err := s.b.ExportManifest(r.Context(), r.PathValue("machine"), req.Point, req.Key)
-		reply(w, man, err)
+		s.reply(w, man, err)
 	})
 	m.HandleFunc("POST /v1/machines/{machine}/export/{point}/{disk}", s.exportDisk)
 
-	m.HandleFunc("POST /v1/targets", jsonIn(s.b.AddTarget))
-	m.HandleFunc("GET /v1/targets", noIn(s.b.Targets))
-	m.HandleFunc("DELETE /v1/targets/{name}", pathOnly("name", s.b.RemoveTarget))
-	m.HandleFunc("POST /v1/failover", jsonIn(s.b.Failover))
-	m.HandleFunc("POST /v1/commit", jsonIn(s.b.Commit))
-	m.HandleFunc("POST /v1/change-point", jsonIn(s.b.ChangePoint))
-	m.HandleFunc("POST /v1/cleanup", jsonIn(s.b.Cleanup))
-	m.HandleFunc("GET /v1/jobs", noIn(s.b.Jobs))
+	m.HandleFunc("POST /v1/targets", jsonIn(s, s.b.AddTarget))
+	m.HandleFunc("GET /v1/targets", noIn(s, s.b.Targets))
+	m.HandleFunc("DELETE /v1/targets/{name}", pathOnly(s, "name", s.b.RemoveTarget))
+	m.HandleFunc("POST /v1/failover", jsonIn(s, s.b.Failover))
+	m.HandleFunc("POST /v1/commit", jsonIn(s, s.b.Commit))
+	m.HandleFunc("POST /v1/change-point", jsonIn(s, s.b.ChangePoint))
+	m.HandleFunc("POST /v1/cleanup", jsonIn(s, s.b.Cleanup))
+	m.HandleFunc("GET /v1/jobs", noIn(s, s.b.Jobs))
 	m.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		j, err := s.b.Job(r.Context(), r.PathValue("id"))
-		reply(w, j, err)
+		s.reply(w, j, err)
 	})
 	m.HandleFunc("POST /v1/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
 		j, err := s.b.CancelJob(r.Context(), r.PathValue("id"))
-		reply(w, j, err)
+		s.reply(w, j, err)
 	})
 	m.HandleFunc("POST /v1/jobs/{id}/resume", func(w http.ResponseWriter, r *http.Request) {
 		j, err := s.b.ResumeJob(r.Context(), r.PathValue("id"))
-		reply(w, j, err)
+		s.reply(w, j, err)
 	})
 	m.HandleFunc("GET /v1/jobs/{id}/watch", s.watchJob)
 
-	m.HandleFunc("POST /v1/verify", jsonIn(func(ctx context.Context, req api.VerifyRequest) (api.VerifyReport, error) {
+	m.HandleFunc("POST /v1/verify", jsonIn(s, func(ctx context.Context, req api.VerifyRequest) (api.VerifyReport, error) {
 		return s.b.Verify(ctx, req.Machine)
 	}))
-	m.HandleFunc("POST /v1/gc", noIn(s.b.GC))
+	m.HandleFunc("POST /v1/gc", noIn(s, s.b.GC))
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {
@@ -156,7 +156,7 @@ func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.log.Warn("export failed", "machine", r.PathValue("machine"), "err", err)
 		if !fw.written {
-			writeError(w, err)
+			s.writeError(w, err)
 		}
 	}
 }
@@ -176,27 +176,27 @@ func (l *flushWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func jsonIn[Req, Resp any](fn func(context.Context, Req) (Resp, error)) http.HandlerFunc {
+func jsonIn[Req, Resp any](s *Server, fn func(context.Context, Req) (Resp, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req Req
 		if !decode(w, r, &req) {
 			return
 		}
 		resp, err := fn(r.Context(), req)
-		reply(w, resp, err)
+		s.reply(w, resp, err)
 	}
 }
 
-func noIn[Resp any](fn func(context.Context) (Resp, error)) http.HandlerFunc {
+func noIn[Resp any](s *Server, fn func(context.Context) (Resp, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		resp, err := fn(r.Context())
-		reply(w, resp, err)
+		s.reply(w, resp, err)
 	}
 }
 
-func pathOnly(name string, fn func(context.Context, string) error) http.HandlerFunc {
+func pathOnly(s *Server, name string, fn func(context.Context, string) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		reply(w, struct{}{}, fn(r.Context(), r.PathValue(name)))
+		s.reply(w, struct{}{}, fn(r.Context(), r.PathValue(name)))
 	}
 }
 
@@ -211,9 +211,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-func reply(w http.ResponseWriter, v any, err error) {
+// reply sends v, or the backend's error as the API error it maps to.
+func (s *Server) reply(w http.ResponseWriter, v any, err error) {
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -230,6 +231,21 @@ var statusOf = map[string]int{
 	api.CodeFailedPrecondition: http.StatusPreconditionFailed,
 	api.CodeBusy:               http.StatusConflict,
 	api.CodeInternal:           http.StatusInternalServerError,
+}
+
+// ErrorMapper is implemented by a Backend that maps its own errors to
+// *api.Error at this boundary (one mapper for every handler); errors it
+// leaves unmapped are internal.
+type ErrorMapper interface {
+	APIError(err error) error
+}
+
+// writeError maps a backend error, then sends it.
+func (s *Server) writeError(w http.ResponseWriter, err error) {
+	if m, ok := s.b.(ErrorMapper); ok {
+		err = m.APIError(err)
+	}
+	writeError(w, err)
 }
 
 // writeError sends {code, message}. Errors that are not *api.Error are
@@ -252,7 +268,7 @@ func writeError(w http.ResponseWriter, err error) {
 func (s *Server) watchJob(w http.ResponseWriter, r *http.Request) {
 	ch, err := s.b.WatchJob(r.Context(), r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
