@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/data"
@@ -169,8 +170,11 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		return nil
 	}
 	readCtx, stopReads := context.WithCancel(ctx)
-	defer stopReads()
-	contents := e.prefetch(readCtx, repo, blocks)
+	contents, readsDone := e.prefetch(readCtx, repo, blocks)
+	defer func() {
+		stopReads()
+		readsDone() // no read of the repository outlives the move
+	}()
 	for _, b := range blocks {
 		select {
 		case err := <-replies:
@@ -247,8 +251,9 @@ type fetched struct {
 
 // prefetch reads the contents of the non-zero blocks, in order: each value
 // of the returned channel is the next block's result channel. It stops
-// when ctx ends.
-func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []moveBlock) <-chan chan fetched {
+// when ctx ends; the returned wait returns once its goroutines have.
+func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []moveBlock) (<-chan chan fetched, func()) {
+	var wg sync.WaitGroup
 	order := make(chan chan fetched, prefetchWindow)
 	type job struct {
 		hash storage.Hash
@@ -256,15 +261,15 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []move
 	}
 	jobs := make(chan job)
 	for range prefetchReaders {
-		go func() {
+		wg.Go(func() {
 			for j := range jobs {
 				var f fetched
 				f.err = e.content(ctx, repo, j.hash, &f.blk)
-				j.out <- f
+				j.out <- f // buffered: never blocks
 			}
-		}()
+		})
 	}
-	go func() {
+	wg.Go(func() {
 		defer close(jobs)
 		for _, b := range blocks {
 			if b.zero {
@@ -282,8 +287,8 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []move
 				return
 			}
 		}
-	}()
-	return order
+	})
+	return order, wg.Wait
 }
 
 // content fills a block's data: the stored encoding as is for a plain
