@@ -224,3 +224,29 @@ func TestStartRunsWhenAnotherMachineOfTheNameRuns(t *testing.T) {
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), nil))
 }
+
+// TestFailoverNeverWritesIntoLiveDisksAMachineRuns: the target already
+// holds a live set for the name and the driver says a machine of that
+// name runs (one whose failover was committed, say, protected again
+// under its name while the target agent was away). The failover refuses
+// before any disk is moved or started.
+func TestFailoverNeverWritesIntoLiveDisksAMachineRuns(t *testing.T) {
+	r, _ := newRig(t, func(n int, method string, req, resp any) error {
+		switch method {
+		case msg.MethodTargetStatus:
+			liveAt(1, 7, resp) // always there: someone else's
+		case msg.MethodTargetDriver + ":status":
+			resp.(*msg.DriverResponse).Status = "running"
+		}
+		return nil
+	})
+	j := r.run(t, api.FailoverRequest{Machine: "m", Point: "latest-processed"})
+	require.Equal(t, api.JobFailed, j.State)
+	require.Contains(t, j.Error, "a running machine named m uses the live disks")
+	require.Equal(t, api.StepFailed, j.Steps[0].State, "refused in prerequisites")
+	require.Zero(t, r.agents.called(msg.MethodTargetDriver+":start"))
+	m, err := r.cat.Machine(context.Background(), "m")
+	require.NoError(t, err)
+	require.Equal(t, catalog.StateProtected, m.State)
+	require.Nil(t, m.Failover, "the machine record is untouched")
+}
