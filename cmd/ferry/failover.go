@@ -195,7 +195,9 @@ func newCancelCommand(g *globals) *cobra.Command {
 		Long: `Cancel a running job. It stops at the next step boundary; a failover's
 target is rolled back (the machine there is stopped and removed, the staged
 disks return to their last point) and replication of the source restarts with
-a hash resync. --force is required: cancelling a failover undoes it.`,
+a hash resync. --force is required: cancelling a failover undoes it. A job
+running its last step has no boundary left to stop at: cancelling it is
+refused with the reason (undo its result with the machine's allowed actions).`,
 		Args: exactArgs(1, "JOB-ID"),
 		RunE: func(c *cobra.Command, args []string) error {
 			if !force {
