@@ -63,7 +63,7 @@ func (o InPlaceOptions) fail(step string) {
 	}
 }
 
-// OpenInPlace opens an existing raw image, block device or qcow2 image for
+// OpenInPlace opens an existing raw image, block device, qcow2 or VHDX image for
 // in-place block writes, holding a lock that QEMU honours. Formats that
 // cannot be written in place safely are refused with a *FormatError that
 // wraps ErrUnsupported and says what to do instead; an image another
@@ -80,7 +80,7 @@ func OpenInPlace(path string, opts InPlaceOptions) (BlockWriter, error) {
 		return nil, ioError(FormatRaw, path, "detect format", err)
 	}
 	switch format {
-	case FormatRaw, FormatQCOW2:
+	case FormatRaw, FormatQCOW2, FormatVHDX:
 	case FormatVMDK:
 		return nil, unsupportedf(format, path, "in-place writing of VMDK is refused: a VMDK on VMFS is held by ESXi and "+
 			"cannot be written from outside it, and a hosted sparse VMDK has no crash-safe metadata update "+
@@ -89,9 +89,6 @@ func OpenInPlace(path string, opts InPlaceOptions) (BlockWriter, error) {
 		return nil, unsupportedf(format, path, "in-place writing of VHD is refused: a dynamic VHD's block allocation table "+
 			"and footer have no journal, so a crash mid-update can corrupt it; convert the home disk to VHDX "+
 			"(Convert-VHD) or reprotect with --target to a new disk")
-	case FormatVHDX:
-		return nil, unsupportedf(format, path, "in-place writing of VHDX is not implemented yet (it needs log-journalled "+
-			"BAT updates); reprotect with --target to a new disk, or a full copy")
 	default:
 		return nil, unsupportedf(format, path, "unknown format %q", format)
 	}
@@ -120,6 +117,8 @@ func OpenInPlace(path string, opts InPlaceOptions) (BlockWriter, error) {
 		w, err = newRawInPlace(f, path, block)
 	case FormatQCOW2:
 		w, err = openQCOW2InPlace(f, path, opts)
+	case FormatVHDX:
+		w, err = openVHDXInPlace(f, path, opts)
 	}
 	if err != nil {
 		f.Close() // closing the descriptor drops its OFD locks

@@ -70,16 +70,29 @@ type ipVariant struct {
 	format  string   // qemu-img -O format
 	options []string // qemu-img convert options
 	text    bool     // fill the base with compressible text, not writeImage's mix
+	sparse  bool     // a base with data in its first MiB only: the rest unallocated
 }
 
 var ipVariants = []ipVariant{
-	{"raw", "raw", nil, false},
-	{"qcow2-v3-4k", "qcow2", []string{"-o", "cluster_size=4096"}, false},
-	{"qcow2-v2-4k", "qcow2", []string{"-o", "compat=0.10,cluster_size=4096"}, false},
-	{"qcow2-v3-compressed", "qcow2", []string{"-c"}, false},
-	{"qcow2-v3-compressed-4k", "qcow2", []string{"-c", "-o", "cluster_size=4096"}, true},
-	{"qcow2-v3-512-refcount64", "qcow2", []string{"-o", "cluster_size=512,refcount_bits=64"}, false},
-	{"qcow2-v3-prealloc-metadata", "qcow2", []string{"-o", "preallocation=metadata"}, false},
+	{"raw", "raw", nil, false, false},
+	{"qcow2-v3-4k", "qcow2", []string{"-o", "cluster_size=4096"}, false, false},
+	{"qcow2-v2-4k", "qcow2", []string{"-o", "compat=0.10,cluster_size=4096"}, false, false},
+	{"qcow2-v3-compressed", "qcow2", []string{"-c"}, false, false},
+	{"qcow2-v3-compressed-4k", "qcow2", []string{"-c", "-o", "cluster_size=4096"}, true, false},
+	{"qcow2-v3-512-refcount64", "qcow2", []string{"-o", "cluster_size=512,refcount_bits=64"}, false, false},
+	{"qcow2-v3-prealloc-metadata", "qcow2", []string{"-o", "preallocation=metadata"}, false, false},
+	{"vhdx-dynamic", "vhdx", []string{"-o", "block_size=1M"}, false, false},
+	{"vhdx-fixed", "vhdx", []string{"-o", "subformat=fixed,block_size=1M"}, false, false},
+	{name: "vhdx-dynamic-sparse", format: "vhdx", options: []string{"-o", "block_size=1M"}, sparse: true},
+}
+
+func variant(name string) ipVariant {
+	for _, v := range ipVariants {
+		if v.name == name {
+			return v
+		}
+	}
+	panic("no variant " + name)
 }
 
 // homeImage writes a seeded raw image (data, zero runs, holes) and
@@ -96,7 +109,7 @@ func homeImage(t *testing.T, dir string, v ipVariant, size int64, seed uint64) (
 		}
 		require.NoError(t, os.WriteFile(raw, b.Bytes()[:size], 0o600))
 	} else {
-		writeImage(t, raw, imageSpec{size: size, seed: seed})
+		writeImage(t, raw, imageSpec{size: size, seed: seed, sparseOnly: v.sparse, dataAt: []int64{0}})
 	}
 	want, err := os.ReadFile(raw)
 	require.NoError(t, err)
@@ -287,28 +300,70 @@ func crashRun(t *testing.T, img string, seed uint64, size int64, nops, killAfter
 // completed done ops: qemu-img check reports no corruption, reopening
 // repairs any leak so check is clean, and every block holds the value of
 // the last completed op, except the blocks of the op in flight, which
-// hold either their old or their new value. It returns the exit code of
-// the first check (3 = leaks).
-func checkAfterCrash(t *testing.T, v ipVariant, img string, base []byte, ops []ipOp, done int) int {
+// hold either their old or their new value. A VHDX killed with its log
+// active is first read through this package's replaying reader and
+// replayed by qemu (`qemu-img check -r all`) on a copy. It returns the
+// exit code of the first check (3 = leaks) and whether a VHDX log had to
+// be replayed.
+func checkAfterCrash(t *testing.T, v ipVariant, img string, base []byte, ops []ipOp, done int) (code int, replayed bool) {
 	t.Helper()
-	code, out := qemuCheck(t, v, img)
-	require.Contains(t, []int{0, 3}, code, "qemu-img check after the crash found corruption:\n%s", out)
+	want := bytes.Clone(base)
+	for _, op := range ops[:done] {
+		copy(want[op.off:], op.data())
+	}
+	var inflight *ipOp
+	if done < len(ops) {
+		inflight = &ops[done]
+	}
+	if v.format == "vhdx" && vhdxLogPending(t, img) {
+		replayed = true
+		src, err := Open(img, OpenOptions{})
+		require.NoError(t, err)
+		got := make([]byte, src.Size())
+		_, err = src.ReadAt(got, 0)
+		require.NoError(t, err)
+		require.NoError(t, src.Close())
+		requireOldOrNew(t, got, want, inflight, done, "this package's log replay")
+		cp := img + ".qemu"
+		b, err := os.ReadFile(img)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(cp, b, 0o600))
+		run(t, needTool(t, "qemu-img"), "check", "-q", "-r", "all", "-f", "vhdx", cp)
+		c, out := qemuCheck(t, v, cp)
+		require.Equal(t, 0, c, "qemu-img check after qemu replayed our log:\n%s", out)
+		requireOldOrNew(t, guestBytes(t, v, cp), want, inflight, done, "qemu's log replay")
+	} else {
+		var out string
+		code, out = qemuCheck(t, v, img)
+		require.Contains(t, []int{0, 3}, code, "qemu-img check after the crash found corruption:\n%s", out)
+	}
 	w, err := OpenInPlace(img, InPlaceOptions{Logger: testLogger(t)})
 	require.NoError(t, err)
 	require.NoError(t, w.Close())
 	code2, out2 := qemuCheck(t, v, img)
 	require.Equal(t, 0, code2, "qemu-img check after reopening is not clean:\n%s", out2)
+	requireOldOrNew(t, guestBytes(t, v, img), want, inflight, done, "after reopening")
+	return code, replayed
+}
 
-	want := bytes.Clone(base)
-	for _, op := range ops[:done] {
-		copy(want[op.off:], op.data())
+// vhdxLogPending reports whether the current VHDX header names a log.
+func vhdxLogPending(t *testing.T, img string) bool {
+	t.Helper()
+	b, err := os.ReadFile(img)
+	require.NoError(t, err)
+	h1, err1 := parseVHDXHeader(b[vhdxHeaderOff1:])
+	h2, err2 := parseVHDXHeader(b[vhdxHeaderOff2:])
+	require.False(t, err1 != nil && err2 != nil, "both VHDX headers invalid")
+	h := h1
+	if err1 != nil || (err2 == nil && h2.seq > h1.seq) {
+		h = h2
 	}
-	got := guestBytes(t, v, img)
+	return !h.logGUID.isZero()
+}
+
+func requireOldOrNew(t *testing.T, got, want []byte, inflight *ipOp, done int, what string) {
+	t.Helper()
 	require.Len(t, got, len(want))
-	var inflight *ipOp
-	if done < len(ops) {
-		inflight = &ops[done]
-	}
 	for b := int64(0); b < int64(len(want)); b += inplaceBlock {
 		g, w := got[b:b+inplaceBlock], want[b:b+inplaceBlock]
 		if bytes.Equal(g, w) {
@@ -320,18 +375,19 @@ func checkAfterCrash(t *testing.T, v ipVariant, img string, base []byte, ops []i
 				continue
 			}
 		}
-		t.Fatalf("block at %d after %d completed ops holds neither the old nor the new value (first diff at byte %d)", b, done, firstDiff(g, w))
+		t.Fatalf("%s: block at %d after %d completed ops holds neither the old nor the new value (first diff at byte %d)",
+			what, b, done, firstDiff(g, w))
 	}
-	return code
 }
 
-var crashVariants = []ipVariant{ipVariants[0], ipVariants[1], ipVariants[2], ipVariants[3]}
+var crashVariants = []ipVariant{variant("raw"), variant("qcow2-v3-4k"), variant("qcow2-v2-4k"),
+	variant("qcow2-v3-compressed"), variant("vhdx-dynamic-sparse"), variant("vhdx-fixed")}
 
 func TestInPlaceKillRandomMoments(t *testing.T) {
 	needTool(t, "qemu-img")
-	const size, nops, rounds = 1 << 20, 64, 24
+	const size, nops, rounds = 4 << 20, 64, 24
 	r := rand.New(rand.NewPCG(42, 42))
-	leaks, killedMid := 0, 0
+	leaks, replays, killedMid := 0, 0, 0
 	for round := range rounds {
 		v := crashVariants[round%len(crashVariants)]
 		dir := t.TempDir()
@@ -342,33 +398,47 @@ func TestInPlaceKillRandomMoments(t *testing.T) {
 		if killed && done < nops {
 			killedMid++
 		}
-		if checkAfterCrash(t, v, img, base, genOps(seed, size, nops), done) == 3 {
+		code, replayed := checkAfterCrash(t, v, img, base, genOps(seed, size, nops), done)
+		if code == 3 {
 			leaks++
+		}
+		if replayed {
+			replays++
 		}
 		t.Logf("round %d %s: killed=%v after %d of %d ops", round, v.name, killed, done, nops)
 	}
-	t.Logf("%d of %d rounds killed mid-sequence; %d left leaks that reopening repaired", killedMid, rounds, leaks)
+	t.Logf("%d of %d rounds killed mid-sequence; %d left qcow2 leaks that reopening repaired; %d left a VHDX log to replay",
+		killedMid, rounds, leaks, replays)
 	require.GreaterOrEqual(t, killedMid, 20, "the child finished before the kill too often: the test did not test crashes")
 }
 
 func TestInPlaceKillAtFailpoints(t *testing.T) {
 	needTool(t, "qemu-img")
-	const size, nops = 1 << 20, 40
+	const size, nops = 4 << 20, 40
 	cases := []struct {
 		step  string
 		v     ipVariant
 		leaks bool // a crash here leaves counted, unreferenced clusters
 		at    int  // kill at this occurrence of the step
+		log   bool // a crash here leaves a VHDX log to replay
 	}{
-		{InPlaceStepData, ipVariants[1], false, 3},
-		{InPlaceStepRefcount, ipVariants[1], true, 3},
-		{InPlaceStepTable, ipVariants[1], false, 3},
-		{InPlaceStepData, ipVariants[2], false, 3},
-		{InPlaceStepRefcount, ipVariants[2], true, 3},
-		{InPlaceStepTable, ipVariants[2], false, 3},
-		{InPlaceStepRefcount, ipVariants[3], true, 2},
-		{InPlaceStepFree, ipVariants[4], false, 3},
+		{InPlaceStepData, ipVariants[1], false, 3, false},
+		{InPlaceStepRefcount, ipVariants[1], true, 3, false},
+		{InPlaceStepTable, ipVariants[1], false, 3, false},
+		{InPlaceStepData, ipVariants[2], false, 3, false},
+		{InPlaceStepRefcount, ipVariants[2], true, 3, false},
+		{InPlaceStepTable, ipVariants[2], false, 3, false},
+		{InPlaceStepRefcount, ipVariants[3], true, 2, false},
+		{InPlaceStepFree, ipVariants[4], false, 3, false},
+		{InPlaceStepVHDXData, variant("vhdx-dynamic-sparse"), false, 2, false},
+		{InPlaceStepVHDXLog, variant("vhdx-dynamic-sparse"), false, 2, true},
+		{InPlaceStepVHDXLogSync, variant("vhdx-dynamic-sparse"), false, 2, true},
+		{InPlaceStepVHDXMetadata, variant("vhdx-dynamic-sparse"), false, 2, true},
 	}
+	// Steps after an op's commit point. A process kill keeps the page
+	// cache, so a written but unflushed VHDX log entry is committed too.
+	committed := map[string]bool{InPlaceStepTable: true, InPlaceStepFree: true,
+		InPlaceStepVHDXLog: true, InPlaceStepVHDXLogSync: true, InPlaceStepVHDXMetadata: true}
 	for i, c := range cases {
 		t.Run(c.v.name+"/"+c.step, func(t *testing.T) {
 			dir := t.TempDir()
@@ -377,7 +447,11 @@ func TestInPlaceKillAtFailpoints(t *testing.T) {
 			done, killed, fp := crashRun(t, img, seed, size, nops, -1, c.step, c.at)
 			require.True(t, killed, "the child was not killed at %s", c.step)
 			require.Equal(t, c.step, fp)
-			code := checkAfterCrash(t, c.v, img, base, genOps(seed, size, nops), done)
+			if committed[c.step] {
+				done++ // the op in flight reached its commit point: all of it is new
+			}
+			code, replayed := checkAfterCrash(t, c.v, img, base, genOps(seed, size, nops), done)
+			require.Equal(t, c.log, replayed, "VHDX log pending after a crash at %s", c.step)
 			if c.leaks {
 				require.Equal(t, 3, code, "a crash at %s should leave leaked clusters (proving the step was reached)", c.step)
 			} else {
@@ -440,7 +514,6 @@ func TestInPlaceRefusals(t *testing.T) {
 	}{
 		{"vmdk", mk("d.vmdk", "-f", "vmdk", "1M"), ErrUnsupported},
 		{"vhd", mk("d.vhd", "-f", "vpc", "1M"), ErrUnsupported},
-		{"vhdx", mk("d.vhdx", "-f", "vhdx", "1M"), ErrUnsupported},
 		{"qcow2 with backing file", mk("child.qcow2", "-f", "qcow2", "-F", "qcow2", "-b", base, "1M"), ErrUnsupported},
 	}
 	snap := mk("snap.qcow2", "-f", "qcow2", "1M")
