@@ -13,6 +13,11 @@
 // (monolithicSparse) natively, so that a recovery host without qemu-img
 // (a Windows Hyper-V host) can still produce the disk it needs.
 //
+// OpenInPlace updates an existing raw image, block device, qcow2 or VHDX
+// in place, block by block, keeping each container's own crash safety
+// (qcow2 refcount ordering, the VHDX log) and holding QEMU-compatible
+// image locks; VMDK and VHD are refused for it.
+//
 // The package is cgo-free; the formats are implemented from their published
 // specifications, see docs/disk-formats.md.
 package disk
