@@ -3,12 +3,15 @@
 package disk
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/ferrydr/ferry/internal/testenv"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -65,4 +68,36 @@ func TestInPlaceLockConflictsWithQEMU(t *testing.T) {
 	require.ErrorIs(t, err, ErrInUse, "a second in-place writer was let in")
 	require.NoError(t, w.Close())
 	run(t, qemuImg, "info", img)
+}
+
+func TestInPlaceBlockDeviceExclusive(t *testing.T) {
+	testenv.RequireRoot(t)
+	losetup := testenv.RequireTool(t, "losetup")
+	const size = 4 << 20
+	file := filepath.Join(t.TempDir(), "home.raw")
+	want := make([]byte, size)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	require.NoError(t, os.WriteFile(file, want, 0o600))
+	out, err := exec.Command(losetup, "-f", "--show", file).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command(losetup, "-d", dev).Run() })
+
+	w, err := OpenInPlace(dev, InPlaceOptions{})
+	require.NoError(t, err)
+	require.Equal(t, int64(size), w.Size())
+	_, err = OpenInPlace(dev, InPlaceOptions{})
+	require.ErrorIs(t, err, ErrInUse, "a second writer opened the block device")
+	for _, op := range genOps(5, size, 100) {
+		require.NoError(t, op.apply(w))
+		copy(want[op.off:], op.data())
+	}
+	require.NoError(t, w.Zero(12345, 70000))
+	clear(want[12345 : 12345+70000])
+	require.NoError(t, w.Close())
+	got, err := os.ReadFile(file)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got), "block device content differs at %d", firstDiff(got, want))
 }
