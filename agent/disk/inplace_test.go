@@ -516,3 +516,56 @@ func TestInPlaceRefusals(t *testing.T) {
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), nil))
 }
+
+// A log entry that wraps past the end of the circular log is replayed by
+// this package's reader and by qemu. The failpoint copies the file at the
+// moment the entry is flushed and the BAT not yet updated: that copy is
+// what a crash there leaves.
+func TestInPlaceVHDXLogEntryWraps(t *testing.T) {
+	qemuImg := needTool(t, "qemu-img")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "home.vhdx")
+	run(t, qemuImg, "create", "-q", "-f", "vhdx", "-o", "block_size=1M", img, "64M")
+	crash := filepath.Join(dir, "crash.vhdx")
+	var w *vhdxInPlace
+	snapshots := 0
+	bw, err := OpenInPlace(img, InPlaceOptions{Failpoint: func(step string) {
+		if step != InPlaceStepVHDXLogSync {
+			return
+		}
+		b, err := os.ReadFile(img)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(crash, b, 0o600))
+		snapshots++
+	}})
+	require.NoError(t, err)
+	w = bw.(*vhdxInPlace)
+	// Put the head 4 KiB before the end, so the next entry (a header
+	// sector and one data sector) wraps.
+	w.logHead = int64(w.h.logLength) - vhdxLogSector
+	p := bytes.Repeat([]byte("wrapped!"), 512)
+	_, err = w.WriteAt(p, 5<<20)
+	require.NoError(t, err)
+	require.Equal(t, 1, snapshots)
+	require.Equal(t, int64(vhdxLogSector), w.logHead, "the entry did not wrap")
+	require.NoError(t, w.Close())
+
+	require.True(t, vhdxLogPending(t, crash), "the crash copy has no log to replay")
+	want := make([]byte, 64<<20)
+	copy(want[5<<20:], p)
+	src, err := Open(crash, OpenOptions{})
+	require.NoError(t, err)
+	got := make([]byte, src.Size())
+	_, err = src.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.NoError(t, src.Close())
+	require.True(t, bytes.Equal(want, got), "this package's replay of a wrapped entry: first diff at %d", firstDiff(got, want))
+	run(t, qemuImg, "check", "-q", "-r", "all", "-f", "vhdx", crash)
+	v := variant("vhdx-dynamic")
+	code, out := qemuCheck(t, v, crash)
+	require.Equal(t, 0, code, "%s", out)
+	require.True(t, bytes.Equal(want, guestBytes(t, v, crash)), "qemu's replay of a wrapped entry differs")
+	code, out = qemuCheck(t, v, img)
+	require.Equal(t, 0, code, "%s", out)
+	require.True(t, bytes.Equal(want, guestBytes(t, v, img)))
+}
