@@ -3,7 +3,6 @@ package disk
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"sort"
@@ -625,6 +624,3 @@ func (w *qcow2InPlace) repairLeaks() error {
 
 var _ BlockWriter = (*qcow2InPlace)(nil)
 var _ BlockWriter = (*rawInPlace)(nil)
-
-// String helps logs and test failures.
-func (w *qcow2InPlace) String() string { return fmt.Sprintf("qcow2 in-place %s", w.path) }

@@ -69,11 +69,8 @@ func openVHDXInPlace(f *os.File, path string, opts InPlaceOptions) (*vhdxInPlace
 	if err := w.readHeader(); err != nil {
 		return nil, err
 	}
-	if !w.h.logGUID.isZero() {
-		if err := w.replay(); err != nil {
-			return nil, err
-		}
-	}
+	// Read it as any reader would (a pending log replayed in memory), so
+	// that a refusal leaves the file untouched.
 	c, err := openContainer(path, nil)
 	if err != nil {
 		return nil, ioError(FormatVHDX, path, "open", err)
@@ -88,6 +85,11 @@ func openVHDXInPlace(f *os.File, path string, opts InPlaceOptions) (*vhdxInPlace
 	if m.diff {
 		return nil, unsupportedf(FormatVHDX, path, "differencing VHDX: writing it in place would need sector bitmaps and "+
 			"copy-on-write from its parent; merge it (Merge-VHD) first or reprotect with --target")
+	}
+	if !w.h.logGUID.isZero() {
+		if err := w.replay(); err != nil {
+			return nil, err
+		}
 	}
 	w.size, w.bs, w.ratio = m.size, m.blockSize, m.chunkRatio
 	if err := w.readBAT(int64(len(m.bat))); err != nil {
