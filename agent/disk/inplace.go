@@ -87,8 +87,8 @@ func OpenInPlace(path string, opts InPlaceOptions) (BlockWriter, error) {
 			"(grain tables are rewritten without a journal); reprotect with --target to a new raw, qcow2 or VHDX disk, or a full copy")
 	case FormatVHD:
 		return nil, unsupportedf(format, path, "in-place writing of VHD is refused: a dynamic VHD's block allocation table "+
-			"and footer have no journal, so a crash mid-update can corrupt it; convert the home disk to VHDX "+
-			"(Convert-VHD) or reprotect with --target to a new disk")
+			"and footer have no journal, so a crash mid-update can corrupt it (fixed VHD is not written in place "+
+			"either yet); convert the home disk to VHDX (Convert-VHD) or reprotect with --target to a new disk")
 	default:
 		return nil, unsupportedf(format, path, "unknown format %q", format)
 	}
