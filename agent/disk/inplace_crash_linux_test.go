@@ -301,7 +301,7 @@ func TestInPlaceVHDXLogEntryWraps(t *testing.T) {
 	qemuImg := needTool(t, "qemu-img")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "home.vhdx")
-	run(t, qemuImg, "create", "-q", "-f", "vhdx", "-o", "block_size=1M", img, "64M")
+	run(t, qemuImg, "create", "-q", "-f", "vhdx", "-o", "block_size=1M", img, "16M")
 	crash := filepath.Join(dir, "crash.vhdx")
 	var w *vhdxInPlace
 	snapshots := 0
@@ -327,7 +327,7 @@ func TestInPlaceVHDXLogEntryWraps(t *testing.T) {
 	require.NoError(t, w.Close())
 
 	require.True(t, vhdxLogPending(t, crash), "the crash copy has no log to replay")
-	want := make([]byte, 64<<20)
+	want := make([]byte, 16<<20)
 	copy(want[5<<20:], p)
 	src, err := Open(crash, OpenOptions{})
 	require.NoError(t, err)
