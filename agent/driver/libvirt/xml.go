@@ -40,7 +40,7 @@ func (d *Driver) DomainXML(name string, spec driver.Spec, seed string) (string, 
 		Memory:      &libvirtxml.DomainMemory{Value: uint(mem >> 10), Unit: "KiB"},
 		VCPU:        &libvirtxml.DomainVCPU{Value: uint(cpus)},
 		OS: &libvirtxml.DomainOS{
-			Type: &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"},
+			Type:        &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"},
 			BootDevices: []libvirtxml.DomainBootDevice{{Dev: "hd"}},
 		},
 		Features:   &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}},
