@@ -5,7 +5,18 @@
 # FERRY_CI=1).
 set -u
 PKGS=(xfsprogs btrfs-progs e2fsprogs util-linux qemu-utils fuse3 rsync zstd
-      debootstrap systemd-container curl ca-certificates iproute2 nftables)
+      debootstrap systemd-container curl ca-certificates iproute2 nftables
+      libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 iptables)
+
+# Debian's libvirt QEMU driver refuses to initialise without these (no
+# systemd-sysusers here); internal/libvirtd creates them too. Idempotent.
+qemu_users() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  for g in kvm libvirt libvirt-qemu; do getent group "$g" >/dev/null || groupadd -r "$g"; done
+  id libvirt-qemu >/dev/null 2>&1 ||
+    useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+}
+trap qemu_users EXIT
 
 # staticcheck, pinned (make check runs it); a Go toolchain is enough.
 STATICCHECK_VERSION=v0.8.2 # staticcheck 2026.2.2, which supports Go 1.26

@@ -1,6 +1,7 @@
 package libvirt
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -125,6 +126,10 @@ func WriteSeed(path string, nc NoCloud) error {
 		_ = os.Remove(tmp)
 		return err
 	}
+	if err := trimISO(tmp); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
 	if err := os.Rename(tmp, path); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("seed: %w", err)
@@ -156,7 +161,7 @@ func buildSeed(path, workspace string, nc NoCloud) error {
 			return fmt.Errorf("seed %s: %w", f.name, err)
 		}
 	}
-	if err := fs.Finalize(iso9660.FinalizeOptions{RockRidge: true, Joliet: true, VolumeIdentifier: SeedLabel}); err != nil {
+	if err := fs.Finalize(iso9660.FinalizeOptions{RockRidge: true, VolumeIdentifier: SeedLabel}); err != nil {
 		return fmt.Errorf("seed %s: %w", path, err)
 	}
 	return nil
@@ -179,14 +184,37 @@ func ReadSeed(path string) (NoCloud, error) {
 	}
 	var nc NoCloud
 	for name, dst := range map[string]*string{"meta-data": &nc.MetaData, "user-data": &nc.UserData, "network-config": &nc.NetworkConfig} {
-		data, err := fs.ReadFile("/" + name)
+		data, err := fs.ReadFile(name)
 		if err != nil {
 			return NoCloud{}, fmt.Errorf("seed %s: %s: %w", path, name, err)
 		}
 		*dst = string(data)
 	}
-	if l := strings.TrimSpace(fs.Label()); l != SeedLabel {
+	if l := strings.Trim(fs.Label(), " \x00"); l != SeedLabel {
 		return NoCloud{}, fmt.Errorf("seed %s: volume label %q, want %q", path, l, SeedLabel)
 	}
 	return nc, nil
+}
+
+// trimISO cuts the image to its volume space size (primary volume
+// descriptor, ECMA-119 8.4.8: a both-endian block count at byte 80 of the
+// descriptor in sector 16), since it was created at seedSize.
+func trimISO(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	defer f.Close()
+	var b [4]byte
+	if _, err := f.ReadAt(b[:], 16*2048+80); err != nil {
+		return fmt.Errorf("seed: read volume size: %w", err)
+	}
+	blocks := int64(binary.LittleEndian.Uint32(b[:]))
+	if blocks <= 16 || blocks*2048 > seedSize {
+		return fmt.Errorf("seed: volume size %d blocks is out of range", blocks)
+	}
+	if err := f.Truncate(blocks * 2048); err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	return f.Sync()
 }
