@@ -121,6 +121,9 @@ func (a *Agent) runDriver(ctx context.Context, req msg.DriverRequest) (msg.Drive
 	if ml == nil {
 		return msg.DriverResponse{}, protocol.Errorf(protocol.CodeNotFound, "machine %s is not protected by this agent", req.Machine)
 	}
+	if req.Kind != "" && req.Kind != msg.DriverExec {
+		return runHypervisor(ctx, req.Hypervisor, req.Action, req.Env)
+	}
 	d := ml.driver(req.Env)
 	if req.Timeout > 0 {
 		d.Timeout = req.Timeout

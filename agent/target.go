@@ -72,6 +72,13 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 		}
 		return runTargetDriver(ctx, site, req)
 	})
+	m.Handle(msg.MethodTargetValidate, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetValidateRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, validateHypervisor(ctx, req)
+	})
 }
 
 // serveRestore applies a restore stream to a disk set; apply.Site answers

@@ -24,8 +24,13 @@ const (
 // so a crash in between errs on the safe side (the set needs a forced
 // move) — and does not run when the set cannot be marked.
 func runTargetDriver(ctx context.Context, site *apply.Site, req msg.TargetDriverRequest) (msg.DriverResponse, error) {
+	hyper := req.Kind != "" && req.Kind != msg.DriverExec
 	switch req.Action {
 	case driver.ActionStart, driver.ActionStop, driver.ActionPause, driver.ActionResume, driver.ActionStatus:
+	case msg.ActionRemove:
+		if !hyper {
+			return msg.DriverResponse{}, protocol.Errorf(protocol.CodeInvalid, "driver action remove needs a hypervisor driver (libvirt, vsphere, hyperv)")
+		}
 	default:
 		return msg.DriverResponse{}, protocol.Errorf(protocol.CodeInvalid, "driver action %q: want start, stop, pause, resume or status", req.Action)
 	}
@@ -45,6 +50,9 @@ func runTargetDriver(ctx context.Context, site *apply.Site, req msg.TargetDriver
 				return msg.DriverResponse{}, err
 			}
 		}
+	}
+	if hyper {
+		return runHypervisor(ctx, req.Hypervisor, req.Action, env)
 	}
 	d := driver.Exec{Commands: driver.Commands(req.Commands), Env: env, Timeout: time.Duration(req.TimeoutS) * time.Second}
 	if req.Action == driver.ActionStatus {

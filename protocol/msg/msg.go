@@ -221,6 +221,9 @@ type DriverRequest struct {
 	Action  string            `json:"action"` // start, stop, pause, resume, status
 	Env     map[string]string `json:"env,omitempty"`
 	Timeout time.Duration     `json:"timeout,omitempty"`
+	// Hypervisor selects a source driver other than exec (protect
+	// --driver libvirt …): the same drivers as targets, at the home site.
+	Hypervisor
 }
 
 // DriverResponse reports the command's outcome.

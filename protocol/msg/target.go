@@ -21,14 +21,15 @@ import "strings"
 
 // Methods the agent serves for its targets.
 const (
-	MethodTargetStatus  = "target.status"  // what a machine's disk sets hold
-	MethodTargetPromote = "target.promote" // staged → live (rename; idempotent)
-	MethodTargetDemote  = "target.demote"  // live → staged (rollback; idempotent)
-	MethodTargetClone   = "target.clone"   // staged → test-<job> (reflink where possible)
-	MethodTargetRemove  = "target.remove"  // delete a disk set (a test, or a committed machine's staging)
-	MethodTargetDriver  = "target.driver"  // run the target's hypervisor driver
-	MethodTargetShip    = "target.ship"    // ship a disk set's content to the controller as a named point
-	MethodTargetConvert = "target.convert" // write a disk set's disks in the format the target's hypervisor wants
+	MethodTargetStatus   = "target.status"   // what a machine's disk sets hold
+	MethodTargetPromote  = "target.promote"  // staged → live (rename; idempotent)
+	MethodTargetDemote   = "target.demote"   // live → staged (rollback; idempotent)
+	MethodTargetClone    = "target.clone"    // staged → test-<job> (reflink where possible)
+	MethodTargetRemove   = "target.remove"   // delete a disk set (a test, or a committed machine's staging)
+	MethodTargetDriver   = "target.driver"   // run the target's hypervisor driver
+	MethodTargetShip     = "target.ship"     // ship a disk set's content to the controller as a named point
+	MethodTargetConvert  = "target.convert"  // write a disk set's disks in the format the target's hypervisor wants
+	MethodTargetValidate = "target.validate" // check a hypervisor driver's options and connectivity (targets add)
 )
 
 // DiskSetState is a disk set's state.json: the disks hold point Point
@@ -100,6 +101,76 @@ type TargetDriverRequest struct {
 	// directory Env["FERRY_DIR"] of machine Env["FERRY_MACHINE"] (else
 	// Machine). A start that names no set marks nothing.
 	Ref *TargetRef `json:"ref,omitempty"`
+	// Hypervisor selects a driver other than exec (Kind "" is exec, which
+	// uses Commands and Env as before) and the machine it acts on.
+	Hypervisor
+}
+
+// Driver kinds (Hypervisor.Kind).
+const (
+	DriverExec    = "exec"
+	DriverLibvirt = "libvirt"
+	DriverVSphere = "vsphere"
+	DriverHyperV  = "hyperv"
+)
+
+// ActionRemove (target.driver, non-exec kinds) stops the machine if needed
+// and deletes its definition, never its disks: test failover cleanup.
+const ActionRemove = "remove"
+
+// Hypervisor is the part of a driver request that a hypervisor driver
+// (libvirt, vsphere, hyperv) needs: its kind, the target's (or the source
+// machine's) driver options, and the machine from its hardware description
+// with the network map applied. Added in protocol 1 without a version bump:
+// all fields are optional and an exec request leaves them out.
+type Hypervisor struct {
+	Kind    string            `json:"kind,omitempty"`    // exec (""), libvirt, vsphere, hyperv
+	Options map[string]string `json:"options,omitempty"` // the driver's options (uri, url, datastore, switch, …)
+	Spec    *MachineSpec      `json:"spec,omitempty"`    // required for non-exec kinds
+}
+
+// MachineSpec is the machine a hypervisor driver defines and runs
+// (agent/driver.Spec on the wire).
+type MachineSpec struct {
+	Name     string        `json:"name"`               // the hypervisor's name: the machine, or MACHINE-test
+	Machine  string        `json:"machine"`            // the Ferry machine
+	Test     bool          `json:"test,omitempty"`     // keep it off production networks
+	CPUs     int           `json:"cpus,omitempty"`     // 0: the driver's default
+	Memory   int64         `json:"memory,omitempty"`   // bytes; 0: the driver's default
+	Firmware string        `json:"firmware,omitempty"` // bios ("") or uefi
+	NICs     []MachineNIC  `json:"nics,omitempty"`
+	Disks    []MachineDisk `json:"disks"`
+	NewMACs  bool          `json:"new_macs,omitempty"`
+}
+
+// MachineNIC is one NIC: its source network, the network it joins at this
+// site (after the network map), its MAC, and a re-IP address.
+type MachineNIC struct {
+	Name    string `json:"name"`
+	Network string `json:"network"`
+	MAC     string `json:"mac,omitempty"`
+	Address string `json:"address,omitempty"` // ADDR/PREFIX
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// MachineDisk is one disk file at this site.
+type MachineDisk struct {
+	Name   string `json:"name"`
+	Path   string `json:"path"`
+	Format string `json:"format,omitempty"` // raw, qcow2, vhdx, vmdk
+}
+
+// TargetValidateRequest asks the agent to check a hypervisor driver's
+// options and reach its hypervisor (libvirtd, vCenter, Hyper-V), and that
+// the networks named exist there. The answer is an empty body, or an error:
+// invalid (options), not_found (a network, a datastore), unauthorized,
+// unavailable (cannot connect), failed_precondition (e.g. a driver this
+// agent was built without).
+type TargetValidateRequest struct {
+	Kind     string            `json:"kind"`
+	Options  map[string]string `json:"options,omitempty"`
+	Networks []string          `json:"networks,omitempty"` // destination networks (and the test network) to check
+	Dir      string            `json:"dir,omitempty"`      // the target directory, for drivers that check it
 }
 
 // TargetConvertRequest asks for a disk set's disks in Format ("qcow2",
