@@ -25,9 +25,6 @@ func (s *Server) AddTarget(ctx context.Context, t api.Target) (api.Target, error
 	if t.Driver == "" {
 		t.Driver = "exec"
 	}
-	if t.Driver != "exec" {
-		return t, api.Errorf(api.CodeInvalid, "driver %q is not available yet: use exec", t.Driver)
-	}
 	if t.Format == "" {
 		t.Format = "raw"
 	}
@@ -36,10 +33,13 @@ func (s *Server) AddTarget(ctx context.Context, t api.Target) (api.Target, error
 	default:
 		return t, api.Errorf(api.CodeInvalid, "target format %q: want raw, qcow2, vhdx or vmdk", t.Format)
 	}
-	if t.Exec.Start == "" {
-		return t, api.Errorf(api.CodeInvalid, "the exec driver needs at least --start")
+	if err := checkTargetDriver(&t); err != nil {
+		return t, err
 	}
 	t.Agent = a.Name
+	if err := s.validateTargetDriver(ctx, a.ID, t); err != nil {
+		return t, err
+	}
 	if err := s.cat.AddTarget(ctx, a.ID, t); err != nil {
 		return t, apiErr(err)
 	}

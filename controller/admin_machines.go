@@ -58,6 +58,13 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 		if err := s.refuseOccupiedTarget(ctx, req.Target, req.Machine); err != nil {
 			return api.Machine{}, err
 		}
+		t, _, err := s.cat.Target(ctx, req.Target)
+		if err != nil {
+			return api.Machine{}, apiErr(err)
+		}
+		if err := checkMachineNetworks(catalog.Machine{Name: req.Machine, Spec: req}, t); err != nil {
+			return api.Machine{}, err
+		}
 	}
 
 	// The agent checks every path before anything is stored.

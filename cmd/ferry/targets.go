@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -12,20 +13,50 @@ import (
 func newTargetsCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "targets", Short: "Recovery-site targets: add, list, remove"}
 	var t api.Target
+	opts := map[string]*string{}
+	var insecure bool
+	var networks []string
 	add := &cobra.Command{
-		Use:   "add NAME --agent AGENT --dir DIR [--driver exec] [--format raw|qcow2|vhdx|vmdk] --start CMD [--stop CMD] [--status CMD] …",
+		Use:   "add NAME --agent AGENT --dir DIR [--driver exec|libvirt|vsphere|hyperv] [--format raw|qcow2|vhdx|vmdk] [driver options] [--network SRC=DST]… [--test-network NET] [--new-macs]",
 		Short: "Bind a recovery-site agent, a directory for staged and failed-over disks, and a driver",
 		Long: `Add a target: the agent on a recovery-site host, the directory on that host
 where Ferry keeps staged replicas and failed-over disks, and the exec driver
 commands that start, stop and report machines there. Driver commands get the
 job's context in FERRY_* environment variables (CLI.md "Drivers"); a test
-failover sets FERRY_TEST=1 and must keep the machine off production networks.`,
+failover sets FERRY_TEST=1 and must keep the machine off production networks.
+
+Hypervisor drivers create the machine from its hardware description:
+  libvirt  [--uri URI]            (default qemu:///system)
+  vsphere  --url URL --datastore DS [--datacenter DC] [--pool POOL]
+           [--credentials-file FILE] [--insecure]
+  hyperv   [--switch NAME]
+with --network SRC=DST (repeatable) mapping each source network to one at
+this site, --test-network NET for test failovers (none: no network), and
+--new-macs. The target agent checks the options and reaches the hypervisor
+before the target is stored (docs/drivers.md).`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(c *cobra.Command, args []string) error {
 			t.Name = args[0]
 			if t.Agent == "" || t.Dir == "" {
 				return usagef("--agent and --dir are required")
 			}
+			t.Options = map[string]string{}
+			for k, v := range opts {
+				if c.Flags().Changed(k) {
+					t.Options[k] = *v
+				}
+			}
+			if insecure {
+				t.Options["insecure"] = "true"
+			}
+			if len(t.Options) == 0 {
+				t.Options = nil
+			}
+			nets, err := parseNetworkMap(networks)
+			if err != nil {
+				return err
+			}
+			t.Networks = nets
 			cl, err := g.client()
 			if err != nil {
 				return err
@@ -44,7 +75,22 @@ failover sets FERRY_TEST=1 and must keep the machine off production networks.`,
 	f := add.Flags()
 	f.StringVar(&t.Agent, "agent", "", "the recovery-site agent")
 	f.StringVar(&t.Dir, "dir", "", "directory on the agent's host for staged and failed-over disks")
-	f.StringVar(&t.Driver, "driver", "exec", "hypervisor driver: exec")
+	f.StringVar(&t.Driver, "driver", "exec", "hypervisor driver: exec, libvirt, vsphere or hyperv")
+	for _, o := range []struct{ name, usage string }{
+		{"uri", "libvirt: libvirt URI (default qemu:///system)"},
+		{"url", "vsphere: vCenter or ESXi URL"},
+		{"datastore", "vsphere: the NFS datastore holding the target directory"},
+		{"datacenter", "vsphere: datacenter (default: the only one)"},
+		{"pool", "vsphere: resource pool (default: the cluster's)"},
+		{"credentials-file", "vsphere: file on the target agent's host with the user and password"},
+		{"switch", "hyperv: virtual switch for NICs without a --network mapping"},
+	} {
+		opts[o.name] = f.String(o.name, "", o.usage)
+	}
+	f.BoolVar(&insecure, "insecure", false, "vsphere: do not verify the server certificate")
+	f.StringArrayVar(&networks, "network", nil, "map a source network to one at this site: SRC=DST (repeatable)")
+	f.StringVar(&t.TestNetwork, "test-network", "", "isolated network test failovers join (default: none)")
+	f.BoolVar(&t.NewMACs, "new-macs", false, "give failed-over NICs new MAC addresses")
 	f.StringVar(&t.Format, "format", "raw", "disk format the driver starts machines on: raw, qcow2, vhdx or vmdk (the latter three are written from the raw set when the machine starts)")
 	f.StringVar(&t.Exec.Start, "start", "", "command that creates and starts a machine from FERRY_DISKS")
 	f.StringVar(&t.Exec.Stop, "stop", "", "command that stops a machine")
@@ -67,6 +113,25 @@ failover sets FERRY_TEST=1 and must keep the machine off production networks.`,
 	}
 	cmd.AddCommand(add, list, remove)
 	return cmd
+}
+
+// parseNetworkMap reads repeated --network SRC=DST flags.
+func parseNetworkMap(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, f := range flags {
+		src, dst, ok := strings.Cut(f, "=")
+		if !ok || src == "" || dst == "" {
+			return nil, usagef("--network %q: want SRC=DST", f)
+		}
+		if _, dup := out[src]; dup {
+			return nil, usagef("--network: source network %q is mapped twice", src)
+		}
+		out[src] = dst
+	}
+	return out, nil
 }
 
 func runTargetsList(ctx context.Context, g *globals) error {

@@ -307,9 +307,18 @@ type Target struct {
 	Name   string `json:"name"`
 	Agent  string `json:"agent"`
 	Dir    string `json:"dir"`
-	Driver string `json:"driver"` // exec (qemu later)
+	Driver string `json:"driver"` // exec (default), libvirt, vsphere, hyperv
 	Format string `json:"format"` // raw (default), qcow2, vhdx, vmdk
 	Exec   Driver `json:"exec"`   // the exec driver's commands
+	// Options are a hypervisor driver's options (see TargetOptionKeys).
+	Options map[string]string `json:"options,omitempty"`
+	// Networks maps a machine's source network (protect --nic) to the
+	// network its NIC joins here (targets add --network SRC=DST).
+	Networks map[string]string `json:"networks,omitempty"`
+	// TestNetwork is the isolated network test failovers join ("" = none).
+	TestNetwork string `json:"test_network,omitempty"`
+	// NewMACs gives failed-over NICs new MAC addresses.
+	NewMACs bool `json:"new_macs,omitempty"`
 	// Connected is filled in when listed.
 	Connected bool `json:"connected"`
 }

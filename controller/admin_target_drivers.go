@@ -1,0 +1,109 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// validateTimeout bounds targets add's check through the target agent.
+const validateTimeout = time.Minute
+
+// checkTargetDriver checks a target's driver, options and network map
+// without the agent: which options belong to which driver, exec commands
+// only for exec, no empty network names.
+func checkTargetDriver(t *api.Target) error {
+	keys, ok := api.TargetOptionKeys[t.Driver]
+	if !ok {
+		return api.Errorf(api.CodeInvalid, "driver %q: want exec, libvirt, vsphere or hyperv", t.Driver)
+	}
+	for k, v := range t.Options {
+		if !slices.Contains(keys, k) {
+			return api.Errorf(api.CodeInvalid, "--%s is not an option of the %s driver", k, t.Driver)
+		}
+		if v == "" {
+			delete(t.Options, k)
+		}
+	}
+	for src, dst := range t.Networks {
+		if src == "" || dst == "" || strings.ContainsAny(src+dst, ",=") {
+			return api.Errorf(api.CodeInvalid, "--network %s=%s: want SRC=DST with both names non-empty", src, dst)
+		}
+	}
+	if t.Driver == api.DriverExec {
+		if len(t.Networks) > 0 || t.TestNetwork != "" || t.NewMACs {
+			return api.Errorf(api.CodeInvalid, "the exec driver does not attach networks (its --start command does): --network, --test-network and --new-macs need libvirt, vsphere or hyperv")
+		}
+		if t.Exec.Start == "" {
+			return api.Errorf(api.CodeInvalid, "the exec driver needs at least --start")
+		}
+		return nil
+	}
+	if t.Exec != (api.Driver{}) {
+		return api.Errorf(api.CodeInvalid, "--start, --stop, --status, --pause and --resume are exec driver commands, not %s options", t.Driver)
+	}
+	if t.Driver == api.DriverVSphere && (t.Options["url"] == "" || t.Options["datastore"] == "") {
+		return api.Errorf(api.CodeInvalid, "the vsphere driver needs --url and --datastore")
+	}
+	return nil
+}
+
+// validateTargetDriver has the target agent check the driver's options and
+// reach its hypervisor, and refuses a map that leaves networks of the
+// target's machines unmapped. The agent must be connected.
+func (s *Server) validateTargetDriver(ctx context.Context, agentID string, t api.Target) error {
+	if !t.MapsNetworks() {
+		return nil
+	}
+	ms, err := s.cat.Machines(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Target != t.Name {
+			continue
+		}
+		if un := t.UnmappedNetworks(m.Spec.NICs); len(un) > 0 {
+			return api.Errorf(api.CodeInvalid, "machine %s uses network(s) %s that target %s does not map: add --network %s=…", m.Name, strings.Join(un, ", "), t.Name, un[0])
+		}
+	}
+	if _, ok := s.agents.get(agentID); !ok {
+		return api.Errorf(api.CodeUnavailable, "agent %s is not connected: the %s driver is checked through it", t.Agent, t.Driver)
+	}
+	req := msg.TargetValidateRequest{Kind: t.Driver, Options: driverOptions(t), Networks: t.DestinationNetworks(), Dir: t.Dir}
+	cctx, cancel := context.WithTimeout(ctx, validateTimeout)
+	defer cancel()
+	if err := s.agents.call(cctx, agentID, t.Agent, msg.MethodTargetValidate, req, &struct{}{}); err != nil {
+		return apiErr(fmt.Errorf("target %s: %w", t.Name, err))
+	}
+	return nil
+}
+
+// driverOptions are the options a target's driver gets: the target's own,
+// plus test-network (every hypervisor driver keeps test machines on it, or
+// off every network when it is empty).
+func driverOptions(t api.Target) map[string]string {
+	out := make(map[string]string, len(t.Options)+1)
+	for k, v := range t.Options {
+		out[k] = v
+	}
+	if t.TestNetwork != "" {
+		out["test-network"] = t.TestNetwork
+	}
+	return out
+}
+
+// checkMachineNetworks refuses to bind a machine to a target whose driver
+// maps networks when one of the machine's NICs has no mapping there.
+func checkMachineNetworks(m catalog.Machine, t api.Target) error {
+	if un := t.UnmappedNetworks(m.Spec.NICs); len(un) > 0 {
+		return api.Errorf(api.CodeInvalid, "machine %s: network(s) %s have no mapping on target %s (targets add … --network %s=DST)", m.Name, strings.Join(un, ", "), t.Name, un[0])
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+package api
+
+import "sort"
+
+// Target drivers.
+const (
+	DriverExec    = "exec"
+	DriverLibvirt = "libvirt"
+	DriverVSphere = "vsphere"
+	DriverHyperV  = "hyperv"
+)
+
+// TargetOptionKeys are the option keys each hypervisor driver takes (the
+// targets add flags of the same names, CLI.md).
+var TargetOptionKeys = map[string][]string{
+	DriverExec:    nil,
+	DriverLibvirt: {"uri"},
+	DriverVSphere: {"url", "datastore", "datacenter", "pool", "credentials-file", "insecure"},
+	DriverHyperV:  {"switch"},
+}
+
+// MapsNetworks reports whether the target's driver attaches NICs to
+// networks itself (every driver but exec, whose commands do it).
+func (t Target) MapsNetworks() bool { return t.Driver != "" && t.Driver != DriverExec }
+
+// UnmappedNetworks are the source networks among nics that the target has
+// no --network mapping for, sorted; nil when the driver maps no networks.
+func (t Target) UnmappedNetworks(nics []string) []string {
+	if !t.MapsNetworks() {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range nics {
+		if _, ok := t.Networks[n]; !ok && !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// DestinationNetworks are the networks the target maps to, sorted and
+// without duplicates (what targets add checks exist).
+func (t Target) DestinationNetworks() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, d := range t.Networks {
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
