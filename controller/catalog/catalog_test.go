@@ -138,3 +138,37 @@ func TestRefusesNewerSchema(t *testing.T) {
 	require.ErrorIs(t, err, ErrNewer)
 	require.ErrorContains(t, err, "99")
 }
+
+// TestMigrationTargetDrivers: a target stored before drivers existed (no
+// "driver" in its spec, schema 2) reads back as an exec target after the
+// migration to schema 3, with its commands unchanged; a hypervisor target's
+// options and network map round-trip.
+func TestMigrationTargetDrivers(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "catalog.db")
+	c, err := Open(ctx, p, time.Now)
+	require.NoError(t, err)
+	_, err = c.db.Exec(`INSERT INTO targets (name, agent_id, spec, created_ns) VALUES ('old', 'a1', '{"name":"old","agent":"x","dir":"/d","exec":{"start":"go"}}', 1)`)
+	require.NoError(t, err)
+	_, err = c.db.Exec("PRAGMA user_version = 2")
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	c, err = Open(ctx, p, time.Now)
+	require.NoError(t, err)
+	defer c.Close()
+	var v int
+	require.NoError(t, c.db.QueryRow("PRAGMA user_version").Scan(&v))
+	require.Equal(t, 3, v)
+	old, _, err := c.Target(ctx, "old")
+	require.NoError(t, err)
+	require.Equal(t, "exec", old.Driver)
+	require.Equal(t, "go", old.Exec.Start)
+
+	lv := api.Target{Name: "kvm", Agent: "x", Dir: "/d", Driver: "libvirt", Options: map[string]string{"uri": "qemu:///system"},
+		Networks: map[string]string{"lan": "default"}, TestNetwork: "iso", NewMACs: true}
+	require.NoError(t, c.AddTarget(ctx, "a1", lv))
+	got, _, err := c.Target(ctx, "kvm")
+	require.NoError(t, err)
+	require.Equal(t, lv, got)
+}
