@@ -38,6 +38,9 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	if _, err := s.cat.Machine(ctx, req.Machine); err == nil {
 		return api.Machine{}, api.Errorf(api.CodeConflict, "machine %s is already protected", req.Machine)
 	}
+	if err := checkProtectHardware(&req); err != nil {
+		return api.Machine{}, err
+	}
 	a, err := s.cat.Agent(ctx, req.Agent)
 	if err != nil {
 		return api.Machine{}, apiErr(err)
@@ -86,6 +89,9 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	}
 	if len(bad) > 0 || len(check.Disks) != len(req.Disks) {
 		return api.Machine{}, api.Errorf(api.CodeInvalid, "agent %s cannot protect %s: %s", a.Name, req.Machine, strings.Join(bad, "; "))
+	}
+	if err := s.validateSourceDriver(cctx, a.ID, a.Name, req); err != nil {
+		return api.Machine{}, err
 	}
 	m := catalog.Machine{Name: req.Machine, AgentID: a.ID, Policy: req.Policy, Target: req.Target,
 		State: catalog.StateSyncing, ActiveSite: "source", Direction: "forward", Spec: req}

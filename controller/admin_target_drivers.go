@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -104,6 +105,70 @@ func driverOptions(t api.Target) map[string]string {
 func checkMachineNetworks(m catalog.Machine, t api.Target) error {
 	if un := t.UnmappedNetworks(m.Spec.NICs); len(un) > 0 {
 		return api.Errorf(api.CodeInvalid, "machine %s: network(s) %s have no mapping on target %s (targets add … --network %s=DST)", m.Name, strings.Join(un, ", "), t.Name, un[0])
+	}
+	return nil
+}
+
+// checkProtectHardware checks the hardware description and the source
+// driver of a protect request: firmware, re-IP addresses of known NICs,
+// source driver options, no exec commands beside a hypervisor driver.
+func checkProtectHardware(req *api.ProtectRequest) error {
+	switch req.Firmware {
+	case "", "bios", "uefi":
+	default:
+		return api.Errorf(api.CodeInvalid, "--firmware %q: want bios or uefi", req.Firmware)
+	}
+	seen := map[string]bool{}
+	for _, ip := range req.IPs {
+		if !slices.Contains(req.NICs, ip.NIC) {
+			return api.Errorf(api.CodeInvalid, "--ip %s: the machine has no --nic %s", ip.NIC, ip.NIC)
+		}
+		if seen[ip.NIC] {
+			return api.Errorf(api.CodeInvalid, "--ip %s given twice", ip.NIC)
+		}
+		seen[ip.NIC] = true
+		if _, err := netip.ParsePrefix(ip.Address); err != nil {
+			return api.Errorf(api.CodeInvalid, "--ip %s=%s: want ADDR/PREFIX: %v", ip.NIC, ip.Address, err)
+		}
+		if ip.Gateway != "" {
+			if _, err := netip.ParseAddr(ip.Gateway); err != nil {
+				return api.Errorf(api.CodeInvalid, "--ip %s gateway %q: %v", ip.NIC, ip.Gateway, err)
+			}
+		}
+	}
+	switch req.SourceDriver {
+	case "", api.DriverExec:
+		req.SourceDriver = ""
+		if len(req.SourceOptions) > 0 {
+			return api.Errorf(api.CodeInvalid, "--uri needs --driver libvirt")
+		}
+		return nil
+	case api.DriverLibvirt:
+	default:
+		return api.Errorf(api.CodeInvalid, "source --driver %q: want exec or libvirt", req.SourceDriver)
+	}
+	for k := range req.SourceOptions {
+		if !slices.Contains(api.TargetOptionKeys[req.SourceDriver], k) {
+			return api.Errorf(api.CodeInvalid, "--%s is not an option of the %s driver", k, req.SourceDriver)
+		}
+	}
+	if req.Driver != (api.Driver{}) {
+		return api.Errorf(api.CodeInvalid, "--start, --stop, --status, --pause and --resume are exec driver commands, not %s options", req.SourceDriver)
+	}
+	return nil
+}
+
+// validateSourceDriver has the source agent check a hypervisor source
+// driver's options and reach its hypervisor.
+func (s *Server) validateSourceDriver(ctx context.Context, agentID, agentName string, req api.ProtectRequest) error {
+	if req.SourceDriver == "" {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, validateTimeout)
+	defer cancel()
+	vr := msg.TargetValidateRequest{Kind: req.SourceDriver, Options: req.SourceOptions}
+	if err := s.agents.call(cctx, agentID, agentName, msg.MethodTargetValidate, vr, &struct{}{}); err != nil {
+		return fmt.Errorf("source driver %s: %w", req.SourceDriver, wireErr(err))
 	}
 	return nil
 }

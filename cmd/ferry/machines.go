@@ -19,6 +19,9 @@ type protectOptions struct {
 	memory                string
 	driver                api.Driver
 	preSnapshot, postSnap string
+	sourceDriver, uri     string
+	domain, firmware      string
+	ips                   []string
 }
 
 func newProtectCommand(g *globals) *cobra.Command {
@@ -50,6 +53,11 @@ running, stopped or absent.`,
 	f.StringVar(&o.preSnapshot, "pre-snapshot", "", "command run before an app-consistent snapshot (quiesce)")
 	f.StringVar(&o.postSnap, "post-snapshot", "", "command run after an app-consistent snapshot")
 	f.StringArrayVar(&o.freeze, "freeze", nil, "a mount point to fsfreeze for app-consistent snapshots (repeatable)")
+	f.StringVar(&o.sourceDriver, "driver", "exec", "the home site's driver: exec (the commands above) or libvirt")
+	f.StringVar(&o.uri, "uri", "", "libvirt: the home site's libvirt URI (default qemu:///system)")
+	f.StringVar(&o.domain, "domain", "", "the machine's name at the home site's hypervisor (default: MACHINE)")
+	f.StringVar(&o.firmware, "firmware", "", "bios or uefi, for the target's driver (default bios)")
+	f.StringArrayVar(&o.ips, "ip", nil, "re-IP at failover: NIC=ADDR/PREFIX[,GATEWAY] (repeatable; NIC as given to --nic)")
 	return cmd
 }
 
@@ -78,6 +86,20 @@ func parseDisks(flags []string) ([]api.DiskRef, error) {
 	return out, nil
 }
 
+// parseIPs reads --ip NIC=ADDR/PREFIX[,GATEWAY] flags.
+func parseIPs(flags []string) ([]api.NICAddress, error) {
+	var out []api.NICAddress
+	for _, f := range flags {
+		nic, rest, ok := strings.Cut(f, "=")
+		addr, gw, _ := strings.Cut(rest, ",")
+		if !ok || nic == "" || addr == "" {
+			return nil, usagef("--ip %q: want NIC=ADDR/PREFIX[,GATEWAY]", f)
+		}
+		out = append(out, api.NICAddress{NIC: nic, Address: addr, Gateway: gw})
+	}
+	return out, nil
+}
+
 func runProtect(ctx context.Context, g *globals, machine string, o protectOptions) error {
 	if o.agent == "" {
 		return usagef("--agent is required")
@@ -98,6 +120,17 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 	if (o.driver.Pause == "") != (o.driver.Resume == "") {
 		return usagef("--pause and --resume go together")
 	}
+	ips, err := parseIPs(o.ips)
+	if err != nil {
+		return err
+	}
+	var srcOpts map[string]string
+	if o.uri != "" {
+		srcOpts = map[string]string{"uri": o.uri}
+	}
+	if o.sourceDriver == "exec" {
+		o.sourceDriver = ""
+	}
 	cl, err := g.client()
 	if err != nil {
 		return err
@@ -106,6 +139,7 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 		Machine: machine, Agent: o.agent, Disks: disks, Policy: o.policy, Target: o.target,
 		CPUs: o.cpus, Memory: mem, NICs: o.nics, Driver: o.driver,
 		PreSnapshot: o.preSnapshot, PostSnapshot: o.postSnap, Freeze: o.freeze,
+		SourceDriver: o.sourceDriver, SourceOptions: srcOpts, Domain: o.domain, Firmware: o.firmware, IPs: ips,
 	})
 	if err != nil {
 		return err

@@ -145,9 +145,26 @@ type ProtectRequest struct {
 	PreSnapshot  string    `json:"pre_snapshot,omitempty"`
 	PostSnapshot string    `json:"post_snapshot,omitempty"`
 	Freeze       []string  `json:"freeze,omitempty"`
+	// SourceDriver is the home site's hypervisor driver ("" or exec: the
+	// commands in Driver); SourceOptions its options (libvirt: uri).
+	SourceDriver  string            `json:"source_driver,omitempty"`
+	SourceOptions map[string]string `json:"source_options,omitempty"`
+	// Domain is the machine's name at the home site's hypervisor (default: the machine's).
+	Domain string `json:"domain,omitempty"`
+	// Firmware is bios ("") or uefi, for the target's driver.
+	Firmware string `json:"firmware,omitempty"`
+	// IPs re-address NICs at failover (--ip NIC=ADDR/PREFIX[,GATEWAY]).
+	IPs []NICAddress `json:"ips,omitempty"`
 	// BlockSize is fixed when protection starts, from the policy; the
 	// controller sets it.
 	BlockSize int `json:"block_size,omitempty"`
+}
+
+// NICAddress is the address a NIC gets at the recovery site (re-IP).
+type NICAddress struct {
+	NIC     string `json:"nic"`     // the source network name, as given to --nic
+	Address string `json:"address"` // ADDR/PREFIX
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // MachineDisk is one disk as `machines show` prints it.
