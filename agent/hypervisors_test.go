@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/agent/driver"
+	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// TestDriverWireError: classified driver errors cross the wire with a code
+// whose Retryable (what controller/jobs retries on) is true exactly for
+// transient and timeout.
+func TestDriverWireError(t *testing.T) {
+	for kind, code := range map[driver.ErrorKind]protocol.Code{
+		driver.KindTransient:      protocol.CodeUnavailable,
+		driver.KindTimeout:        protocol.CodeUnavailable,
+		driver.KindNotFound:       protocol.CodeNotFound,
+		driver.KindAuth:           protocol.CodeUnauthorized,
+		driver.KindInvalid:        protocol.CodeInvalid,
+		driver.KindAlreadyRunning: protocol.CodeConflict,
+		driver.KindUnknown:        protocol.CodeFailedPrecondition,
+	} {
+		de := &driver.Error{Driver: "libvirt", Op: "start", Kind: kind, Err: errors.New("boom")}
+		var pe *protocol.Error
+		require.ErrorAs(t, driverWireError(de), &pe)
+		require.Equal(t, code, pe.Code, "%s", kind)
+		require.Equal(t, de.Retryable(), pe.Retryable(), "%s", kind)
+		require.Contains(t, pe.Message, "boom")
+	}
+}
+
+// TestHypervisorTable: every kind has a row; vsphere and hyperv (until their
+// packages are built in) refuse with ErrDriverNotBuilt as invalid; an unknown
+// kind and a request without a spec are invalid.
+func TestHypervisorTable(t *testing.T) {
+	kinds := hypervisorKinds()
+	for _, k := range []string{msg.DriverExec, msg.DriverLibvirt, msg.DriverVSphere, msg.DriverHyperV} {
+		require.Contains(t, kinds, k)
+	}
+	for _, k := range []string{msg.DriverVSphere, msg.DriverHyperV} {
+		if _, err := kinds[k].New(nil); err != nil {
+			require.ErrorIs(t, err, ErrDriverNotBuilt)
+			err = validateHypervisor(context.Background(), msg.TargetValidateRequest{Kind: k})
+			require.ErrorIs(t, err, protocol.ErrInvalid)
+		}
+	}
+	err := validateHypervisor(context.Background(), msg.TargetValidateRequest{Kind: "qemu"})
+	require.ErrorIs(t, err, protocol.ErrInvalid)
+	_, err = runHypervisor(context.Background(), msg.Hypervisor{Kind: msg.DriverLibvirt}, driver.ActionStart, nil)
+	require.ErrorIs(t, err, protocol.ErrInvalid)
+	require.ErrorIs(t, validateHypervisor(context.Background(), msg.TargetValidateRequest{Kind: msg.DriverExec, Options: map[string]string{"uri": "x"}}), protocol.ErrInvalid)
+}
