@@ -167,7 +167,9 @@ func domainName(spec driver.Spec) (string, error) {
 }
 
 // Start defines the domain from spec (updating an existing, stopped
-// definition) and powers it on. A running domain is left alone.
+// definition) and powers it on. A running domain is left alone. A spec
+// without disks starts an existing definition unchanged (the home site's
+// own domain); without disks and without a definition it is invalid.
 func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 	name, err := domainName(spec)
 	if err != nil {
@@ -185,6 +187,14 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 				return nil
 			case golibvirt.DomainPaused:
 				return l.DomainResume(dom)
+			}
+			if len(spec.Disks) == 0 {
+				// No disks: start the definition as it is (a home site's
+				// own domain, which Ferry did not define).
+				if err := l.DomainCreate(dom); err != nil {
+					return fmt.Errorf("start domain %s: %w", name, err)
+				}
+				return nil
 			}
 		} else if !golibvirt.IsNotFound(err) {
 			return err

@@ -115,6 +115,13 @@ func TestLibvirtLifecycle(t *testing.T) {
 	require.Equal(t, driver.StatusStopped, st)
 	require.NoError(t, drv.Stop(ctx, spec), "stop of a stopped domain")
 
+	// A spec without disks starts the existing definition as it is (the
+	// home site's own domain): the disks stay those of the definition.
+	require.NoError(t, drv.Start(ctx, driver.Spec{Name: "web1"}))
+	require.Equal(t, golibvirt.DomainRunning, state(t, l, "web1"))
+	require.Equal(t, []string{disks[0].Path, disks[1].Path}, diskSources(domainXML(t, l, "web1"), "disk"))
+	require.NoError(t, drv.Stop(ctx, spec))
+
 	require.NoError(t, drv.Remove(ctx, spec))
 	_, err = l.DomainLookupByName("web1")
 	require.True(t, golibvirt.IsNotFound(err), "domain still defined: %v", err)
@@ -123,6 +130,7 @@ func TestLibvirtLifecycle(t *testing.T) {
 	}
 	require.NoError(t, drv.Remove(ctx, spec), "remove of an absent domain")
 	require.Equal(t, driver.KindNotFound, driver.KindOf(drv.Stop(ctx, spec)))
+	require.Equal(t, driver.KindInvalid, driver.KindOf(drv.Start(ctx, driver.Spec{Name: "web1"})), "no definition and no disks")
 }
 
 // TestLibvirtStartBadDisk: a domain whose disk does not exist fails the
