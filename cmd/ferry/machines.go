@@ -20,6 +20,7 @@ type protectOptions struct {
 	driver                api.Driver
 	preSnapshot, postSnap string
 	sourceDriver, uri     string
+	shutdownTimeout       string
 	domain, firmware      string
 	ips                   []string
 }
@@ -55,6 +56,7 @@ running, stopped or absent.`,
 	f.StringArrayVar(&o.freeze, "freeze", nil, "a mount point to fsfreeze for app-consistent snapshots (repeatable)")
 	f.StringVar(&o.sourceDriver, "driver", "exec", "the home site's driver: exec (the commands above) or libvirt")
 	f.StringVar(&o.uri, "uri", "", "libvirt: the home site's libvirt URI (default qemu:///system)")
+	f.StringVar(&o.shutdownTimeout, "shutdown-timeout", "", "libvirt: how long a stop waits for ACPI shutdown before powering off (default 2m)")
 	f.StringVar(&o.domain, "domain", "", "the machine's name at the home site's hypervisor (default: MACHINE)")
 	f.StringVar(&o.firmware, "firmware", "", "bios or uefi, for the target's driver (default bios)")
 	f.StringArrayVar(&o.ips, "ip", nil, "re-IP at failover: NIC=ADDR/PREFIX[,GATEWAY] (repeatable; NIC as given to --nic)")
@@ -125,8 +127,13 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 		return err
 	}
 	var srcOpts map[string]string
-	if o.uri != "" {
-		srcOpts = map[string]string{"uri": o.uri}
+	for k, v := range map[string]string{"uri": o.uri, "shutdown-timeout": o.shutdownTimeout} {
+		if v != "" {
+			if srcOpts == nil {
+				srcOpts = map[string]string{}
+			}
+			srcOpts[k] = v
+		}
 	}
 	if o.sourceDriver == "exec" {
 		o.sourceDriver = ""

@@ -78,6 +78,7 @@ before the target is stored (docs/drivers.md).`,
 	f.StringVar(&t.Driver, "driver", "exec", "hypervisor driver: exec, libvirt, vsphere or hyperv")
 	for _, o := range []struct{ name, usage string }{
 		{"uri", "libvirt: libvirt URI (default qemu:///system)"},
+		{"shutdown-timeout", "libvirt: how long a stop waits for the guest's ACPI shutdown before powering off (default 2m)"},
 		{"url", "vsphere: vCenter or ESXi URL"},
 		{"datastore", "vsphere: the NFS datastore holding the target directory"},
 		{"datacenter", "vsphere: datacenter (default: the only one)"},

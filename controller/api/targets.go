@@ -14,7 +14,7 @@ const (
 // targets add flags of the same names, CLI.md).
 var TargetOptionKeys = map[string][]string{
 	DriverExec:    nil,
-	DriverLibvirt: {"uri"},
+	DriverLibvirt: {"uri", "shutdown-timeout"},
 	DriverVSphere: {"url", "datastore", "datacenter", "pool", "credentials-file", "insecure"},
 	DriverHyperV:  {"switch"},
 }
