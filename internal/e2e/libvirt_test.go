@@ -1,14 +1,21 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	golibvirt "github.com/digitalocean/go-libvirt"
 	"github.com/stretchr/testify/require"
+	"libvirt.org/go/libvirtxml"
 
+	"github.com/ferrydr/ferry/agent/driver"
+	"github.com/ferrydr/ferry/agent/driver/libvirt"
 	"github.com/ferrydr/ferry/internal/libvirtd"
+	"github.com/ferrydr/ferry/internal/testenv"
 )
 
 // TestTargetsAddLibvirtValidates: `ferry targets add --driver libvirt` is
@@ -78,4 +85,175 @@ func TestTargetsAddLibvirtValidates(t *testing.T) {
 	require.NotEqual(t, 0, r.Code, "protect to a target that does not map network backup: %s", r.Stdout)
 	require.True(t, strings.Contains(r.Stderr, "backup") && strings.Contains(r.Stderr, "no mapping"), r.Stderr)
 	c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--target", "kvm", "--nic", "lan", "--nic", "dmz")
+}
+
+// libvirtSite is a recovery site whose target drives a private libvirtd.
+type libvirtSite struct {
+	d    *libvirtd.Daemon
+	l    *golibvirt.Libvirt
+	c    *Controller
+	src  *Agent
+	dir  string
+	mnt  string
+	nets []string // the daemon's networks before the test acts
+}
+
+func newLibvirtSite(t *testing.T) *libvirtSite {
+	t.Helper()
+	s := &libvirtSite{mnt: testenv.MountLoop(t, "xfs", 1<<30)}
+	s.d = libvirtd.Start(t)
+	s.d.DefineIsolatedNetwork(t, "dr-lan", "fdrlan0")
+	s.d.DefineIsolatedNetwork(t, "dr-iso", "fdriso0")
+	s.l = s.d.Connect(t)
+	s.nets = s.networks(t)
+	s.c = StartController(t)
+	s.src = EnrollAgent(t, s.c, s.c.Addr, "src")
+	EnrollAgent(t, s.c, s.c.Addr, "dr-agent")
+	s.dir = t.TempDir()
+	s.c.MustFerry("targets", "add", "dr", "--agent", "dr-agent", "--dir", s.dir, "--driver", "libvirt", "--uri", s.d.URI,
+		"--shutdown-timeout", "1s", "--network", "lan=dr-lan", "--test-network", "dr-iso")
+	s.c.MustFerry("policies", "create", "p", "--rp-every", "1h")
+	return s
+}
+
+func (s *libvirtSite) networks(t *testing.T) []string {
+	t.Helper()
+	nets, _, err := s.l.ConnectListAllNetworks(1, 0)
+	require.NoError(t, err)
+	var out []string
+	for _, n := range nets {
+		out = append(out, n.Name)
+	}
+	return out
+}
+
+func (s *libvirtSite) domains(t *testing.T) []string {
+	t.Helper()
+	doms, _, err := s.l.ConnectListAllDomains(1, 0)
+	require.NoError(t, err)
+	var out []string
+	for _, d := range doms {
+		out = append(out, d.Name)
+	}
+	return out
+}
+
+func (s *libvirtSite) domain(t *testing.T, name string) (libvirtxml.Domain, golibvirt.DomainState) {
+	t.Helper()
+	dom, err := s.l.DomainLookupByName(name)
+	require.NoError(t, err, "domain %s", name)
+	x, err := s.l.DomainGetXMLDesc(dom, 0)
+	require.NoError(t, err)
+	var dx libvirtxml.Domain
+	require.NoError(t, dx.Unmarshal(x))
+	st, _, err := s.l.DomainGetState(dom, 0)
+	require.NoError(t, err)
+	return dx, golibvirt.DomainState(st)
+}
+
+func (s *libvirtSite) files(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	filepath.Walk(s.dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			rel, _ := filepath.Rel(s.dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	return out
+}
+
+// protect makes a small image, protects it to the libvirt target and waits
+// until its first point is staged.
+func (s *libvirtSite) protect(t *testing.T, machine string, extra ...string) string {
+	t.Helper()
+	img := filepath.Join(s.mnt, machine+".img")
+	makeImage(t, img, 11, 8<<20)
+	s.c.MustFerry(append([]string{"protect", machine, "--agent", "src", "--disk", "d=" + img, "--policy", "p", "--target", "dr",
+		"--cpus", "1", "--memory", "64MiB", "--nic", "lan"}, extra...)...)
+	p := s.c.WaitPoint(machine, 0, 2*time.Minute)
+	(&Site{Dir: s.dir}).waitStaged(t, machine, p.ID)
+	return img
+}
+
+func fileSources(dx libvirtxml.Domain, device string) []string {
+	var out []string
+	for _, dk := range dx.Devices.Disks {
+		if dk.Device == device && dk.Source != nil && dk.Source.File != nil {
+			out = append(out, dk.Source.File.File)
+		}
+	}
+	return out
+}
+
+// TestFailoverLibvirt: a test failover of a machine with an IP mapping
+// defines vm-test on the test clone's disk, on the isolated test network
+// only, with a NoCloud seed carrying the address, running; cleanup leaves no
+// domain, no network and no file behind. A failover then defines vm on the
+// failed-over (live) disk, whose bytes are the source's, and it runs.
+func TestFailoverLibvirt(t *testing.T) {
+	s := newLibvirtSite(t)
+	img := s.protect(t, "vm", "--ip", "lan=10.9.8.7/24,10.9.8.1")
+	kept := keepCopy(t, img)
+	files := s.files(t)
+
+	j := s.c.runJob(t, 0, "failover", "vm", "--test")
+	dx, st := s.domain(t, "vm-test")
+	require.Equal(t, golibvirt.DomainRunning, st)
+	require.Equal(t, []string{filepath.Join(s.dir, "vm", "test-"+j.ID, "d.raw")}, fileSources(dx, "disk"))
+	require.Len(t, dx.Devices.Interfaces, 1)
+	require.Equal(t, "dr-iso", dx.Devices.Interfaces[0].Source.Network.Network, "a test machine joins only the test network")
+	seeds := fileSources(dx, "cdrom")
+	require.Len(t, seeds, 1, "a NoCloud seed is attached")
+	nc, err := libvirt.ReadSeed(seeds[0])
+	require.NoError(t, err)
+	require.Contains(t, nc.NetworkConfig, `"10.9.8.7/24"`)
+	require.Contains(t, nc.NetworkConfig, `via: "10.9.8.1"`)
+	require.NotContains(t, s.domains(t), "vm", "a test failover does not touch the production name")
+
+	s.c.runJob(t, 0, "cleanup", "vm")
+	require.Empty(t, s.domains(t), "cleanup leaves no domain")
+	require.ElementsMatch(t, s.nets, s.networks(t), "cleanup leaves no network")
+	require.ElementsMatch(t, files, s.files(t), "cleanup leaves no file")
+
+	s.c.runJob(t, 0, "failover", "vm")
+	dx, st = s.domain(t, "vm")
+	require.Equal(t, golibvirt.DomainRunning, st)
+	live := filepath.Join(s.dir, "vm", "live", "d.raw")
+	require.Equal(t, []string{live}, fileSources(dx, "disk"))
+	require.Equal(t, "dr-lan", dx.Devices.Interfaces[0].Source.Network.Network)
+	require.Equal(t, uint(1), dx.VCPU.Value)
+	require.Equal(t, uint(64<<10), dx.Memory.Value)
+	requireSameFile(t, kept, live)
+}
+
+// TestPlannedFailoverLibvirtSource: the home site's driver is libvirt too (a
+// second domain in the same daemon stands for the home site's machine,
+// running on the protected image): a planned failover stops it through the
+// source agent and starts the machine at the target.
+func TestPlannedFailoverLibvirtSource(t *testing.T) {
+	s := newLibvirtSite(t)
+	img := filepath.Join(s.mnt, "db.img")
+	makeImage(t, img, 12, 8<<20)
+	home, err := libvirt.New(map[string]string{libvirt.OptURI: s.d.URI})
+	require.NoError(t, err)
+	require.NoError(t, home.Start(context.Background(), driver.Spec{Name: "home-db", Memory: 64 << 20,
+		Disks: []driver.Disk{{Name: "d", Path: img, Format: "raw"}}}))
+	_, st := s.domain(t, "home-db")
+	require.Equal(t, golibvirt.DomainRunning, st)
+	s.c.MustFerry("protect", "db", "--agent", "src", "--disk", "d="+img, "--policy", "p", "--target", "dr",
+		"--memory", "64MiB", "--driver", "libvirt", "--uri", s.d.URI, "--domain", "home-db", "--shutdown-timeout", "1s")
+	p := s.c.WaitPoint("db", 0, 2*time.Minute)
+	(&Site{Dir: s.dir}).waitStaged(t, "db", p.ID)
+
+	j := s.c.runJob(t, 0, "failover", "db", "--planned")
+	_, st = s.domain(t, "home-db")
+	require.Equal(t, golibvirt.DomainShutoff, st, "the planned failover stopped the home site's domain")
+	dx, st := s.domain(t, "db")
+	require.Equal(t, golibvirt.DomainRunning, st)
+	live := filepath.Join(s.dir, "db", "live", "d.raw")
+	require.Equal(t, []string{live}, fileSources(dx, "disk"))
+	requireSameFile(t, img, live)
+	t.Logf("job %s", j.ID)
 }
