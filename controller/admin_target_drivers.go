@@ -77,27 +77,13 @@ func (s *Server) validateTargetDriver(ctx context.Context, agentID string, t api
 	if _, ok := s.agents.get(agentID); !ok {
 		return api.Errorf(api.CodeUnavailable, "agent %s is not connected: the %s driver is checked through it", t.Agent, t.Driver)
 	}
-	req := msg.TargetValidateRequest{Kind: t.Driver, Options: driverOptions(t), Networks: t.DestinationNetworks(), Dir: t.Dir}
+	req := msg.TargetValidateRequest{Kind: t.Driver, Options: t.DriverOptions(), Networks: t.DestinationNetworks(), Dir: t.Dir}
 	cctx, cancel := context.WithTimeout(ctx, validateTimeout)
 	defer cancel()
 	if err := s.agents.call(cctx, agentID, t.Agent, msg.MethodTargetValidate, req, &struct{}{}); err != nil {
 		return apiErr(fmt.Errorf("target %s: %w", t.Name, err))
 	}
 	return nil
-}
-
-// driverOptions are the options a target's driver gets: the target's own,
-// plus test-network (every hypervisor driver keeps test machines on it, or
-// off every network when it is empty).
-func driverOptions(t api.Target) map[string]string {
-	out := make(map[string]string, len(t.Options)+1)
-	for k, v := range t.Options {
-		out[k] = v
-	}
-	if t.TestNetwork != "" {
-		out["test-network"] = t.TestNetwork
-	}
-	return out
 }
 
 // checkMachineNetworks refuses to bind a machine to a target whose driver

@@ -55,3 +55,17 @@ func (t Target) DestinationNetworks() []string {
 	sort.Strings(out)
 	return out
 }
+
+// DriverOptions are the options the target's driver gets: the target's
+// own, plus test-network (every hypervisor driver keeps test machines on it,
+// or off every network when it is absent).
+func (t Target) DriverOptions() map[string]string {
+	out := make(map[string]string, len(t.Options)+1)
+	for k, v := range t.Options {
+		out[k] = v
+	}
+	if t.TestNetwork != "" {
+		out["test-network"] = t.TestNetwork
+	}
+	return out
+}
