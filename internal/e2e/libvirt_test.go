@@ -257,3 +257,27 @@ func TestPlannedFailoverLibvirtSource(t *testing.T) {
 	requireSameFile(t, img, live)
 	t.Logf("job %s", j.ID)
 }
+
+// TestFailoverLibvirtStartFails: a domain that cannot start fails the
+// start step with libvirt's (qemu's) reason, and the job is not retried into
+// a hang. The disk is made unusable for real: another qemu (a domain of the
+// same daemon) holds the staged file open, so qemu's image lock refuses the
+// failed-over machine's write access to the same file after promote.
+func TestFailoverLibvirtStartFails(t *testing.T) {
+	s := newLibvirtSite(t)
+	s.protect(t, "vm")
+	blocker, err := libvirt.New(map[string]string{libvirt.OptURI: s.d.URI})
+	require.NoError(t, err)
+	staged := filepath.Join(s.dir, "vm", "staged", "d.raw")
+	require.NoError(t, blocker.Start(context.Background(), driver.Spec{Name: "blocker", Memory: 64 << 20,
+		Disks: []driver.Disk{{Name: "d", Path: staged, Format: "raw"}}}))
+	_, st := s.domain(t, "blocker")
+	require.Equal(t, golibvirt.DomainRunning, st, "precondition: the blocker holds the disk")
+
+	j := s.c.runJob(t, 3, "failover", "vm")
+	require.Equal(t, "failed", j.step("start"), "%+v", j)
+	require.Contains(t, j.Error, "libvirt driver start")
+	require.Contains(t, j.Error, "lock", "libvirt's reason: %s", j.Error)
+	_, st = s.domain(t, "vm")
+	require.NotEqual(t, golibvirt.DomainRunning, st)
+}
