@@ -154,7 +154,7 @@ func (s *Server) validateSourceDriver(ctx context.Context, agentID, agentName st
 	defer cancel()
 	vr := msg.TargetValidateRequest{Kind: req.SourceDriver, Options: req.SourceOptions}
 	if err := s.agents.call(cctx, agentID, agentName, msg.MethodTargetValidate, vr, &struct{}{}); err != nil {
-		return fmt.Errorf("source driver %s: %w", req.SourceDriver, wireErr(err))
+		return apiErr(fmt.Errorf("source driver %s: %w", req.SourceDriver, err))
 	}
 	return nil
 }
