@@ -54,6 +54,9 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 	if err != nil {
 		return err
 	}
+	if err := unmappedRefusal(m, t); err != nil {
+		return err
+	}
 	md.Target, md.TargetAgent, md.Dir, md.SourceAgent = t.Name, agentID, t.Dir, m.AgentID
 	md.Set, md.DriverName = j.def.set(j.r.ID()), j.def.driverName(name)
 	if err := j.requireKey(); err != nil {
@@ -127,7 +130,7 @@ func requirePlannedSource(ctx context.Context, j *job, name string, md *machineD
 	if err != nil {
 		return err
 	}
-	if m.Spec.Driver.Stop == "" && m.Spec.Driver.Pause == "" {
+	if m.Spec.Driver.Stop == "" && m.Spec.Driver.Pause == "" && m.Spec.SourceDriver == "" {
 		return refuse("planned failover of %s needs a source driver that can stop or pause it (protect with --stop or --pause)", name)
 	}
 	if !j.e.Agents.Connected(m.AgentID) {

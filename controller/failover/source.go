@@ -14,7 +14,11 @@ func (j *job) sourceDriver(ctx context.Context, name, agentID, action string) (m
 	var resp msg.DriverResponse
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()
-	err := j.e.Agents.Call(ctx, agentID, msg.MethodDriver, msg.DriverRequest{Machine: name, Action: action}, &resp)
+	m, err := j.e.Cat.Machine(ctx, name)
+	if err != nil {
+		return resp, err
+	}
+	err = j.e.Agents.Call(ctx, agentID, msg.MethodDriver, msg.DriverRequest{Machine: name, Action: action, Hypervisor: sourceHypervisor(m)}, &resp)
 	return resp, err
 }
 
@@ -92,7 +96,7 @@ func stopSource(ctx context.Context, j *job, name string, md *machineData) error
 		return err
 	}
 	action := "stop"
-	if m.Spec.Driver.Stop == "" {
+	if m.Spec.Driver.Stop == "" && m.Spec.SourceDriver == "" {
 		action, md.UsedPause = "pause", true
 	}
 	if !j.e.Agents.Connected(md.SourceAgent) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/controller/lifecycle"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -48,10 +49,18 @@ func (j *job) driverFor(ctx context.Context, md *machineData, name, set, driverN
 	if err != nil {
 		return msg.DriverResponse{}, err
 	}
+	var hyp msg.Hypervisor
+	if t.MapsNetworks() {
+		m, err := j.e.Cat.Machine(ctx, name)
+		if err != nil {
+			return msg.DriverResponse{}, err
+		}
+		hyp = targetHypervisor(m, t, driverName, env["FERRY_TEST"] == "1", diskPaths(env))
+	}
 	var resp msg.DriverResponse
 	err = j.e.Agents.Call(ctx, md.TargetAgent, msg.MethodTargetDriver, msg.TargetDriverRequest{
 		Machine: driverName, Action: action, Commands: msg.Driver(t.Exec), Env: env,
-		Ref: &msg.TargetRef{Dir: md.Dir, Machine: name, Set: set}}, &resp)
+		Ref: &msg.TargetRef{Dir: md.Dir, Machine: name, Set: set}, Hypervisor: hyp}, &resp)
 	return resp, err
 }
 
@@ -59,7 +68,7 @@ func (j *job) driverFor(ctx context.Context, md *machineData, name, set, driverN
 // when the target has no status command).
 func (j *job) driverSaysRunning(ctx context.Context, md *machineData, name, set, driverName string) (bool, error) {
 	t, err := j.target(ctx, md)
-	if err != nil || t.Exec.Status == "" {
+	if err != nil || !hasStatus(t) {
 		return false, err
 	}
 	env := map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": driverName,
@@ -235,7 +244,7 @@ func startTarget(ctx context.Context, j *job, name string, md *machineData) erro
 		return err
 	}
 	running := func() (bool, error) {
-		if t.Exec.Status == "" {
+		if !hasStatus(t) {
 			return false, nil
 		}
 		resp, err := j.driver(ctx, md, name, "status", env)
@@ -253,9 +262,12 @@ func startTarget(ctx context.Context, j *job, name string, md *machineData) erro
 			}
 		}
 		if _, err := j.driver(ctx, md, name, "start", env); err != nil {
+			if jobs.IsRetryable(err) { // a hypervisor driver's transient or timeout failure
+				return fmt.Errorf("the target driver could not start %s: %w", md.DriverName, err)
+			}
 			return refuse("the target driver could not start %s: %w", md.DriverName, err)
 		}
-		if t.Exec.Status != "" {
+		if hasStatus(t) {
 			deadline := time.Now().Add(5 * time.Minute)
 			for {
 				ok, err := running()
@@ -337,7 +349,7 @@ func stopTarget(ctx context.Context, j *job, name string, md *machineData) error
 	if err != nil {
 		return err
 	}
-	if t.Exec.Status != "" {
+	if hasStatus(t) {
 		if resp, err := j.driver(ctx, md, name, "status", env); err == nil && resp.Status != "running" {
 			return nil
 		}
@@ -367,6 +379,9 @@ func (j *job) removeSet(ctx context.Context, md *machineData, name, set string) 
 // removeTest deletes the test set and returns the machine to the state
 // the lifecycle table gives for a cleanup.
 func removeTest(ctx context.Context, j *job, name string, md *machineData) error {
+	if err := removeTestDefinition(ctx, j, name, md); err != nil {
+		return err
+	}
 	if err := j.removeSet(ctx, md, name, md.Set); err != nil {
 		return err
 	}
