@@ -85,6 +85,14 @@ func TestTargetsAddLibvirtValidates(t *testing.T) {
 	require.NotEqual(t, 0, r.Code, "protect to a target that does not map network backup: %s", r.Stdout)
 	require.True(t, strings.Contains(r.Stderr, "backup") && strings.Contains(r.Stderr, "no mapping"), r.Stderr)
 	c.MustFerry("protect", "vm", "--agent", "src", "--disk", "d="+img, "--target", "kvm", "--nic", "lan", "--nic", "dmz")
+
+	// A second libvirt target without a map: failover --dry-run to it is
+	// refused before anything starts, naming the unmapped networks.
+	c.WaitPoint("vm", 0, 2*time.Minute)
+	c.MustFerry("targets", "add", "kvm2", "--agent", "dr", "--dir", t.TempDir(), "--driver", "libvirt", "--uri", d.URI)
+	r = c.Ferry("failover", "vm", "--target", "kvm2", "--dry-run", "--wait")
+	require.NotEqual(t, 0, r.Code, "dry-run to a target without a map: %s", r.Stdout)
+	require.Contains(t, r.Stdout+r.Stderr, "dmz, lan have no mapping on target kvm2")
 }
 
 // libvirtSite is a recovery site whose target drives a private libvirtd.
