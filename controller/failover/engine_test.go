@@ -250,3 +250,45 @@ func TestFailoverNeverWritesIntoLiveDisksAMachineRuns(t *testing.T) {
 	require.Equal(t, catalog.StateProtected, m.State)
 	require.Nil(t, m.Failover, "the machine record is untouched")
 }
+
+// TestStartRetriesOnlyRetryableDriverErrors: a target driver's start that
+// fails with unavailable (what agents send for a hypervisor driver's
+// transient or timeout error) is tried again and the job succeeds; one that
+// fails with failed_precondition (any other driver failure) fails the job
+// at once, with the driver's reason.
+func TestStartRetriesOnlyRetryableDriverErrors(t *testing.T) {
+	for _, tc := range []struct {
+		code   protocol.Code
+		state  string
+		starts int
+	}{
+		{protocol.CodeUnavailable, api.JobSucceeded, 2},
+		{protocol.CodeFailedPrecondition, api.JobFailed, 1},
+	} {
+		t.Run(string(tc.code), func(t *testing.T) {
+			var first storage.Point
+			var r *rig
+			r, first = newRig(t, func(n int, method string, req, resp any) error {
+				switch method {
+				case msg.MethodTargetStatus:
+					liveAt(n, first.ID, resp)
+				case msg.MethodTargetDriver + ":start":
+					if r.agents.called(msg.MethodTargetDriver+":start") == 1 {
+						return protocol.Errorf(tc.code, "libvirt driver start: connection reset")
+					}
+				case msg.MethodTargetDriver + ":status":
+					if r.agents.called(msg.MethodTargetDriver+":start") > 1 {
+						resp.(*msg.DriverResponse).Status = "running"
+					}
+				}
+				return nil
+			})
+			j := r.run(t, api.FailoverRequest{Machine: "m", Point: "latest-processed"})
+			require.Equal(t, tc.state, j.State, "job: %s %v", j.Error, j.Notes)
+			require.Equal(t, tc.starts, r.agents.called(msg.MethodTargetDriver+":start"), "calls: %v", r.agents.calls)
+			if tc.state == api.JobFailed {
+				require.Contains(t, j.Error, "connection reset")
+			}
+		})
+	}
+}
