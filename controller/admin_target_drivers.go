@@ -49,6 +49,9 @@ func checkTargetDriver(t *api.Target) error {
 	if t.Exec != (api.Driver{}) {
 		return api.Errorf(api.CodeInvalid, "--start, --stop, --status, --pause and --resume are exec driver commands, not %s options", t.Driver)
 	}
+	if t.Driver == api.DriverLibvirt && t.Format != "raw" && t.Format != "qcow2" {
+		return api.Errorf(api.CodeInvalid, "the libvirt driver runs machines on raw or qcow2 disks, not %s", t.Format)
+	}
 	if t.Driver == api.DriverVSphere && (t.Options["url"] == "" || t.Options["datastore"] == "") {
 		return api.Errorf(api.CodeInvalid, "the vsphere driver needs --url and --datastore")
 	}

@@ -50,6 +50,7 @@ func TestTargetsAddLibvirtValidates(t *testing.T) {
 	refused("test network that forwards", "not isolated", "--uri", d.URI, "--test-network", "dr-nat")
 	refused("bad uri", "only qemu:// URIs", "--uri", "xen:///system")
 	refused("exec command on libvirt", "exec driver commands", "--uri", d.URI, "--start", "true")
+	refused("vhdx disks on libvirt", "raw or qcow2 disks, not vhdx", "--uri", d.URI, "--format", "vhdx")
 	refused("vsphere option on libvirt", "--datastore is not an option of the libvirt driver", "--uri", d.URI, "--datastore", "ds1")
 	r := c.Ferry("targets", "add", "esx", "--agent", "dr", "--dir", dir, "--driver", "vsphere", "--url", "https://vc.invalid/sdk", "--datastore", "nfs1")
 	require.NotEqual(t, 0, r.Code)
