@@ -1,0 +1,35 @@
+package storage
+
+import (
+	"fmt"
+	"io/fs"
+	"sort"
+	"testing"
+)
+
+// TestMigrationsAreNumberedOnce guards the append-only migration list: two
+// files with one number (two changes merged side by side) would leave an
+// index that ran only one of them, silently.
+func TestMigrationsAreNumberedOnce(t *testing.T) {
+	entries, err := fs.ReadDir(migrationFS, "migrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	for i, name := range names {
+		var n int
+		if _, err := fmt.Sscanf(name, "%04d_", &n); err != nil {
+			t.Fatalf("migration %q is not named NNNN_what.sql", name)
+		}
+		if n != i+1 {
+			t.Fatalf("migration %q has number %d, want %d: numbers run 1, 2, 3 … without gaps or repeats (%v)", name, n, i+1, names)
+		}
+	}
+	if len(names) != indexSchemaMax {
+		t.Fatalf("%d migrations but indexSchemaMax = %d", len(names), indexSchemaMax)
+	}
+}
