@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/agent/apply"
-	"github.com/ferrydr/ferry/agent/repokey"
 	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/agent/repokey"
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/internal/buildinfo"
 	"github.com/ferrydr/ferry/protocol"

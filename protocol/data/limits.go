@@ -21,12 +21,12 @@ const (
 
 // Limits. A frame that breaks one is refused whole.
 const (
-	MaxEntriesPerFrame = 8192     // entries of a manifest part, blocks of a batch, hashes of a run
-	MaxBlockSize       = 1 << 20  // plain bytes of one block (and of one patch encoding)
+	MaxEntriesPerFrame = 8192    // entries of a manifest part, blocks of a batch, hashes of a run
+	MaxBlockSize       = 1 << 20 // plain bytes of one block (and of one patch encoding)
 	// SealedOverhead is what a sealed block's data adds to its encoding:
 	// the sealed key record, the nonce and the GCM tag.
 	SealedOverhead = 96 + 12 + 16
-	MaxBatchBytes      = 16 << 20 // sum of the Data lengths of one batch
+	MaxBatchBytes  = 16 << 20 // sum of the Data lengths of one batch
 	// MaxFrameSize is the payload limit to give frame.NewReader on these
 	// streams: a full batch plus its per-block headers.
 	MaxFrameSize = MaxBatchBytes + MaxEntriesPerFrame*blockHeaderLen + 64
