@@ -199,7 +199,7 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 			if f.err != nil {
 				return res, fmt.Errorf("read block %d of disk %s: %w", b.block, to.Disks[b.disk].Name, f.err)
 			}
-			blk.Codec, blk.PlainLen, blk.Data = f.blk.Codec, f.blk.PlainLen, f.blk.Data
+			blk.Flags, blk.Codec, blk.PlainLen, blk.Data = f.blk.Flags, f.blk.Codec, f.blk.PlainLen, f.blk.Data
 			res.Blocks++
 			res.Bytes += int64(bs)
 			size += len(blk.Data)
