@@ -48,10 +48,10 @@ func (j *job) requireKey(ctx context.Context, md *machineData, machine string) e
 			return nil
 		}
 		err = keyMissing(held, j.e.Repo.PublicKey().Fingerprint())
-	} else {
-		err = keyMissing("", j.e.Repo.PublicKey().Fingerprint())
+		return &Refusal{Msg: err.Error(), Err: err}
 	}
-	return &Refusal{Msg: err.Error(), Err: err}
+	// Whether the agent holds the key is known once it is connected.
+	return unavailable("the repository is encrypted, the job has no key, and target agent of %s is not connected to say whether it holds one", md.Target)
 }
 
 // prepareFailover is the prerequisites step of a failover that starts
