@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrydr/ferry/agent/apply"
 	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/agent/repokey"
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/internal/buildinfo"
 	"github.com/ferrydr/ferry/protocol"
@@ -105,6 +106,7 @@ func New(cfg Config) (*Agent, error) {
 	log := cfg.Logger.With("agent", st.Identity.Name)
 	siteCfg := apply.DefaultConfig()
 	siteCfg.Logger = log.With("component", "target")
+	siteCfg.RepositoryKey = func() (*repokey.Key, error) { return repokey.Load(st.Dir) }
 	site, err := apply.NewSite(siteCfg)
 	if err != nil {
 		comp.Close()
@@ -158,6 +160,7 @@ func (a *Agent) session(ctx context.Context) error {
 	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = rpc.Call(hctx, sess, msg.MethodHello, msg.HelloRequest{
 		Version: buildinfo.Version, Platform: runtime.GOOS + "/" + runtime.GOARCH, Hostname: hostname(),
+		RepositoryKey: a.repositoryKey(),
 	}, &hello)
 	cancel()
 	if err != nil {

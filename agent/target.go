@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/agent/repokey"
 	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/protocol/rpc"
 	"github.com/ferrydr/ferry/protocol/session"
@@ -28,7 +30,7 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 		if err != nil {
 			return nil, err
 		}
-		return msg.TargetStatusResponse{Sets: sets, BytesWritten: site.BytesWritten()}, nil
+		return msg.TargetStatusResponse{Sets: sets, BytesWritten: site.BytesWritten(), RepositoryKey: a.repositoryKey()}, nil
 	})
 	m.Handle(msg.MethodTargetPromote, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.TargetRef](body)
@@ -85,4 +87,20 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 // with the ack or an error frame, and logs the outcome.
 func (a *Agent) serveRestore(ctx context.Context, st *session.Stream) {
 	_, _ = a.site.ServeRestore(ctx, st)
+}
+
+// repositoryKey is the fingerprint of the repository key this agent holds
+// ("" when none or unreadable: a move of sealed chunks then says why).
+func (a *Agent) repositoryKey() string {
+	if a.state == nil {
+		return ""
+	}
+	k, err := repokey.Load(a.state.Dir)
+	if err != nil {
+		if !errors.Is(err, repokey.ErrNoKey) {
+			a.log.Warn("the installed repository key cannot be read", "err", err)
+		}
+		return ""
+	}
+	return k.Fingerprint()
 }

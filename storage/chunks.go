@@ -237,6 +237,10 @@ type SealedKey struct {
 	Wrapped      [48]byte
 }
 
+// Record returns the sealed key as its key record payload:
+// LE32(slot) ‖ ephemeral_pub[32] ‖ nonce[12] ‖ wrapped[48].
+func (k SealedKey) Record() []byte { return pack.EncodeKey(pack.SealedKey(k)) }
+
 // Envelope is a chunk's stored bytes, for a key-holding reader (the
 // recovery-site agent) that decrypts per docs/storage-format.md.
 type Envelope struct {

@@ -245,6 +245,10 @@ func (r *Repo) Encrypted() bool { return r.c.pub != nil }
 // PublicKey returns the repository's public key, nil if unencrypted.
 func (r *Repo) PublicKey() *PublicKey { return r.c.pub }
 
+// ID returns the repository's 16-byte id (config "repo_id"), which the
+// data-key wrap binds (docs/storage-format.md "Encryption").
+func (r *Repo) ID() [16]byte { return r.c.repoID }
+
 // Dir returns the repository directory.
 func (r *Repo) Dir() string { return r.c.dir }
 

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/ferrydr/ferry/agent/repokey"
 	"github.com/ferrydr/ferry/protocol/data"
 	"github.com/ferrydr/ferry/protocol/frame"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -139,6 +141,12 @@ func (s *Site) restore(ctx context.Context, rs *restoreStream, res *RestoreResul
 		return err
 	}
 	res.Ref, res.From, res.To = h.Ref, h.From, h.To
+	// A sealed stream needs the repository's key: refused before anything
+	// is locked, created or marked moving.
+	opener, err := s.opener(h)
+	if err != nil {
+		return fmt.Errorf("restore of %s of machine %s: %w", h.Ref.Set, h.Ref.Machine, err)
+	}
 	setDir, _ := SetDir(h.Ref.Dir, h.Ref.Machine, h.Ref.Set) // checked by DecodeRestoreHeader
 	_, unlock, err := s.lockMachine(ctx, h.Ref.Dir, h.Ref.Machine, fmt.Sprintf("a restore of %s to point %d", h.Ref.Set, h.To))
 	if err != nil {
@@ -166,7 +174,7 @@ func (s *Site) restore(ctx context.Context, rs *restoreStream, res *RestoreResul
 			return err
 		}
 	}
-	n, err := s.applyStream(ctx, rs, set, h, res)
+	n, err := s.applyStream(ctx, rs, set, h, opener, res)
 	if err != nil {
 		return err
 	}
@@ -181,6 +189,29 @@ func (s *Site) restore(ctx context.Context, rs *restoreStream, res *RestoreResul
 		return fmt.Errorf("restore: write ack: %w", err)
 	}
 	return nil
+}
+
+// opener returns what opens a sealed stream's blocks (nil for plaintext):
+// the key this agent holds, which must be the repository's.
+func (s *Site) opener(h msg.RestoreHeader) (*repokey.Opener, error) {
+	if h.Sealed == nil {
+		return nil, nil
+	}
+	id, err := hex.DecodeString(h.Sealed.RepoID)
+	if err != nil || len(id) != 16 {
+		return nil, invalidf("restore header: repository id %q (want 32 hex digits)", h.Sealed.RepoID)
+	}
+	if s.cfg.RepositoryKey == nil {
+		return nil, repokey.ErrNoKey
+	}
+	k, err := s.cfg.RepositoryKey()
+	if err == nil && k == nil {
+		err = repokey.ErrNoKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	return k.NewOpener([16]byte(id), h.Sealed.KeyFingerprint)
 }
 
 // readErr turns a truncated stream into an error that says so.
@@ -209,7 +240,7 @@ type streamItem struct {
 // One goroutine reads and decodes frames while the batch before is being
 // verified and written, so the network and the disk work at once; the
 // blocks of a batch are shared among the workers.
-func (s *Site) applyStream(ctx context.Context, rs *restoreStream, set *DiskSet, h msg.RestoreHeader, res *RestoreResult) (n uint32, err error) {
+func (s *Site) applyStream(ctx context.Context, rs *restoreStream, set *DiskSet, h msg.RestoreHeader, opener *repokey.Opener, res *RestoreResult) (n uint32, err error) {
 	workers := s.cfg.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -245,7 +276,8 @@ func (s *Site) applyStream(ctx context.Context, rs *restoreStream, set *DiskSet,
 		reader.Wait()
 	}()
 
-	ap := &applier{set: set, dec: dec, disks: h.Disks, workers: workers, scratch: make([][]byte, workers)}
+	ap := &applier{set: set, dec: dec, disks: h.Disks, workers: workers, scratch: make([][]byte, workers),
+		opener: opener, sealed: make([][]byte, workers)}
 	for it := range items {
 		switch {
 		case it.err != nil:
@@ -329,6 +361,8 @@ type applier struct {
 	disks   []msg.TargetDisk
 	workers int
 	scratch [][]byte // a decompression buffer per worker
+	opener  *repokey.Opener
+	sealed  [][]byte // a decryption buffer per worker
 	blocks  atomic.Int64
 	zeros   atomic.Int64
 }
@@ -392,7 +426,19 @@ func (a *applier) block(worker int, b *data.Block) error {
 	if bs := uint64(dk.BlockSize); b.PlainLen != uint32(bs) && b.Block <= uint64(dk.Size-1)/bs && int64(b.PlainLen) != dk.Size-int64(b.Block*bs) {
 		return invalidf("disk %s block %d: %d bytes, want %d", dk.Name, b.Block, b.PlainLen, bs)
 	}
-	plain, err := a.dec.Plain(a.scratch[worker], b)
+	enc := b
+	if b.Flags&data.FlagSealed != 0 {
+		if a.opener == nil {
+			return invalidf("disk %s block %d: a sealed block on a stream whose header names no repository key", dk.Name, b.Block)
+		}
+		opened, err := a.opener.Open(a.sealed[worker][:0], b.Data, b.Hash, b.Codec, b.PlainLen)
+		if err != nil {
+			return fmt.Errorf("disk %s block %d (not written): %w", dk.Name, b.Block, err)
+		}
+		a.sealed[worker] = opened
+		enc = &data.Block{Codec: b.Codec, PlainLen: b.PlainLen, Data: opened}
+	}
+	plain, err := a.dec.Plain(a.scratch[worker], enc)
 	if err != nil {
 		return fmt.Errorf("disk %s block %d: %w", dk.Name, b.Block, err)
 	}

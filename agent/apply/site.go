@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/ferrydr/ferry/agent/repokey"
 	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
@@ -27,6 +28,10 @@ type Config struct {
 	// many bytes written to it during a move (SetOptions.WritebackBytes);
 	// 0 leaves everything to the fsync at the end.
 	WritebackBytes int64
+	// RepositoryKey returns the encrypted repository's private key this
+	// agent holds, for restore streams of sealed chunks; nil (or
+	// repokey.ErrNoKey) when it holds none.
+	RepositoryKey func() (*repokey.Key, error)
 }
 
 // DefaultConfig: workers per CPU, writeback started every 32 MiB.

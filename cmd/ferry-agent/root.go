@@ -44,7 +44,7 @@ at the recovery site.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
-	root.AddCommand(newEnrollCommand(g), newRunCommand(g), newVersionCommand(g))
+	root.AddCommand(newEnrollCommand(g), newRunCommand(g), newVersionCommand(g), newKeyCommand(g))
 	addServiceCommands(root, g)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

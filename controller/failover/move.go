@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,10 +56,7 @@ type MoveResult struct {
 // move brings a disk set to point To, rewriting only the blocks whose
 // content differs between From (and MovingTo) and To.
 func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
-	repo, err := e.reader(mv.JobID)
-	if mv.JobID == "" {
-		repo, err = e.stagingReader()
-	}
+	repo, sealed, err := e.moveReader(ctx, mv)
 	if err != nil {
 		return MoveResult{}, err
 	}
@@ -138,7 +136,7 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		Create: mv.Create, Force: mv.Force || mv.MovingTo != 0 || from != mv.SetPoint,
 		// From nothing, the diff names only To's non-zero blocks: whatever
 		// else an existing set holds must go first.
-		Reset: from == 0 && !mv.Create})
+		Reset: from == 0 && !mv.Create, Sealed: sealed})
 	fw := frame.NewWriter(st)
 	if err := fw.Write(msg.FrameRestoreHeader, hdr); err != nil {
 		return res, err
@@ -170,7 +168,7 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		return nil
 	}
 	readCtx, stopReads := context.WithCancel(ctx)
-	contents, readsDone := e.prefetch(readCtx, repo, blocks)
+	contents, readsDone := e.prefetch(readCtx, repo, sealed != nil, blocks)
 	defer func() {
 		stopReads()
 		readsDone() // no read of the repository outlives the move
@@ -201,7 +199,7 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 			if f.err != nil {
 				return res, fmt.Errorf("read block %d of disk %s: %w", b.block, to.Disks[b.disk].Name, f.err)
 			}
-			blk.Codec, blk.PlainLen, blk.Data = f.blk.Codec, f.blk.PlainLen, f.blk.Data
+			blk.Flags, blk.Codec, blk.PlainLen, blk.Data = f.blk.Flags, f.blk.Codec, f.blk.PlainLen, f.blk.Data
 			res.Blocks++
 			res.Bytes += int64(bs)
 			size += len(blk.Data)
@@ -252,7 +250,7 @@ type fetched struct {
 // prefetch reads the contents of the non-zero blocks, in order: each value
 // of the returned channel is the next block's result channel. It stops
 // when ctx ends; the returned wait returns once its goroutines have.
-func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []moveBlock) (<-chan chan fetched, func()) {
+func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, blocks []moveBlock) (<-chan chan fetched, func()) {
 	var wg sync.WaitGroup
 	order := make(chan chan fetched, prefetchWindow)
 	type job struct {
@@ -264,7 +262,7 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []move
 		wg.Go(func() {
 			for j := range jobs {
 				var f fetched
-				f.err = e.content(ctx, repo, j.hash, &f.blk)
+				f.err = e.content(ctx, repo, sealed, j.hash, &f.blk)
 				j.out <- f // buffered: never blocks
 			}
 		})
@@ -292,10 +290,12 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, blocks []move
 }
 
 // content fills a block's data: the stored encoding as is for a plain
-// repository (the agent decodes and checks the hash), or the plaintext
-// read with the job's key.
-func (e *Engine) content(ctx context.Context, repo *storage.Repo, h storage.Hash, blk *data.Block) error {
-	if !e.Repo.Encrypted() {
+// repository (the agent decodes and checks the hash); for an encrypted one
+// the chunk as stored with its sealed data key when the agent holds the
+// repository key (sealed; the agent decrypts), else the plaintext read
+// with the job's key.
+func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h storage.Hash, blk *data.Block) error {
+	if !e.Repo.Encrypted() || sealed {
 		env, err := e.Repo.ChunkEnvelope(ctx, h)
 		if err != nil {
 			return err
@@ -303,6 +303,10 @@ func (e *Engine) content(ctx context.Context, repo *storage.Repo, h storage.Hash
 		blk.Codec, blk.PlainLen, blk.Data = data.CodecNone, uint32(env.PlainLen), env.Data
 		if env.Codec == storage.CodecZstd {
 			blk.Codec = data.CodecZstd
+		}
+		if env.Key != nil {
+			blk.Flags |= data.FlagSealed
+			blk.Data = append(env.Key.Record(), env.Data...)
 		}
 		return nil
 	}
@@ -343,14 +347,51 @@ func agentRefused(err error) error {
 	return fmt.Errorf("target agent: %w", err)
 }
 
-// stagingReader is the repository staging reads from: plaintext is only
-// needed for an encrypted repository, which staging cannot read without a
-// key (staging then waits for a failover that brings one).
-func (e *Engine) stagingReader() (*storage.Repo, error) {
-	if e.Repo.Encrypted() {
-		return nil, errEncryptedStaging
+// moveReader decides how a move reads block contents. An unencrypted
+// repository is read as stored. An encrypted one is sent as stored
+// (sealed) when the target agent holds the repository key — the
+// controller never needs the private key, so staging and jobs without
+// --key-file work — else as plaintext read with the job's key. Neither is
+// errNoKey, before anything is sent.
+func (e *Engine) moveReader(ctx context.Context, mv Move) (*storage.Repo, *msg.SealedRestore, error) {
+	if !e.Repo.Encrypted() {
+		return e.Repo, nil, nil
 	}
-	return e.Repo, nil
+	held, err := e.agentKey(ctx, mv.AgentID, mv.Ref.Dir, mv.Machine)
+	if err != nil {
+		return nil, nil, err
+	}
+	want := e.Repo.PublicKey().Fingerprint()
+	if held == want {
+		id := e.Repo.ID()
+		return e.Repo, &msg.SealedRestore{RepoID: hex.EncodeToString(id[:]), KeyFingerprint: want}, nil
+	}
+	if mv.JobID != "" {
+		if r, ok := e.keys.Load(mv.JobID); ok {
+			return r.(*storage.Repo), nil, nil
+		}
+	}
+	return nil, nil, keyMissing(held, want)
 }
 
-var errEncryptedStaging = errors.New("the repository is encrypted: staging needs the private key, which the controller does not hold")
+// agentKey asks a target agent which repository key it holds ("" none).
+func (e *Engine) agentKey(ctx context.Context, agentID, dir, machine string) (string, error) {
+	var st msg.TargetStatusResponse
+	if err := e.Agents.Call(ctx, agentID, msg.MethodTargetStatus, msg.TargetStatusRequest{Dir: dir, Machine: machine}, &st); err != nil {
+		return "", fmt.Errorf("target agent: %w", err)
+	}
+	return st.RepositoryKey, nil
+}
+
+// errNoKey: an encrypted repository's blocks cannot be moved — the target
+// agent holds no key of the repository and the job was given none.
+var errNoKey = errors.New("the repository is encrypted and neither the job nor the target agent holds its private key")
+
+// keyMissing says what is missing: the controller never holds the key.
+func keyMissing(held, want string) error {
+	if held != "" {
+		return fmt.Errorf("%w: the target agent holds another repository key (fingerprint %.16s…; this repository's is %.16s…): install the right one there (ferry-agent key install) or give --key-file",
+			errNoKey, held, want)
+	}
+	return fmt.Errorf("%w: give --key-file (kept in memory only, so a controller restart needs it again) or install the key on the target agent (ferry-agent key install)", errNoKey)
+}

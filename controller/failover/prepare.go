@@ -31,12 +31,27 @@ func (j *job) checkState(m catalog.Machine) error {
 	return nil
 }
 
-// requireKey refuses a job that cannot read an encrypted repository.
-func (j *job) requireKey() error {
-	if _, err := j.e.reader(j.r.ID()); err != nil {
+// requireKey refuses a job that cannot move an encrypted repository's
+// blocks: it was given no key and the target agent holds none of the
+// repository's (asked when it is connected).
+func (j *job) requireKey(ctx context.Context, md *machineData, machine string) error {
+	_, err := j.e.reader(j.r.ID())
+	if err == nil {
+		return nil
+	}
+	if j.e.Agents.Connected(md.TargetAgent) {
+		held, aerr := j.e.agentKey(ctx, md.TargetAgent, md.Dir, machine)
+		if aerr != nil {
+			return aerr
+		}
+		if held == j.e.Repo.PublicKey().Fingerprint() {
+			return nil
+		}
+		err = keyMissing(held, j.e.Repo.PublicKey().Fingerprint())
 		return &Refusal{Msg: err.Error(), Err: err}
 	}
-	return nil
+	// Whether the agent holds the key is known once it is connected.
+	return unavailable("the repository is encrypted, the job has no key, and target agent of %s is not connected to say whether it holds one", md.Target)
 }
 
 // prepareFailover is the prerequisites step of a failover that starts
@@ -59,7 +74,7 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 	}
 	md.Target, md.TargetAgent, md.Dir, md.SourceAgent = t.Name, agentID, t.Dir, m.AgentID
 	md.Set, md.DriverName = j.def.set(j.r.ID()), j.def.driverName(name)
-	if err := j.requireKey(); err != nil {
+	if err := j.requireKey(ctx, md, name); err != nil {
 		return err
 	}
 	pts, err := e.Repo.Points(ctx, name)
@@ -184,7 +199,7 @@ func prepareChangePoint(ctx context.Context, j *job, name string, md *machineDat
 	if p.ID == md.Point {
 		return refuse("machine %s already runs point %d", name, p.ID)
 	}
-	if err := j.requireKey(); err != nil {
+	if err := j.requireKey(ctx, md, name); err != nil {
 		return err
 	}
 	md.Point = p.ID

@@ -126,8 +126,8 @@ func (s *Stager) stage(ctx context.Context, name string) error {
 	}
 	start := time.Now()
 	res, err := s.e.move(ctx, mv)
-	if errors.Is(err, errEncryptedStaging) {
-		return nil
+	if errors.Is(err, errNoKey) {
+		return nil // kicked again on the next tick: the key may be installed by then
 	}
 	if err != nil {
 		return err

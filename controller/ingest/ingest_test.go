@@ -744,3 +744,24 @@ func TestIngestConcurrentStreams(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, r.exported(done.PointID)), "the point differs from the bytes sent")
 }
+
+// TestIngestRefusesSealedBlocks: a sealed block (the restore streams'
+// encrypted chunks) on a data stream is refused, and nothing is stored.
+func TestIngestRefusesSealedBlocks(t *testing.T) {
+	r := newRig(t)
+	c := r.begin(msg.MapState{Valid: true})
+	s := r.open()
+	a := block(3)
+	s.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c.Cycle), Entries: []data.Entry{{Block: 1, Hash: hashOf(a)}}})
+	require.Equal(t, []bool{true}, s.need().Need)
+	// Its data is the plaintext itself: read as plain it would verify, so
+	// only the flag check refuses it.
+	sealed := plainBlock(1, a)
+	sealed.Flags = data.FlagSealed
+	s.send(data.FrameBatch, &data.Batch{Cycle: uint64(c.Cycle), Seq: 1, Blocks: []data.Block{sealed}})
+	s.refusal(protocol.CodeInvalid)
+	require.ErrorIs(t, r.serveResult(), protocol.ErrInvalid)
+	ok, err := r.repo.HasChunks(context.Background(), []storage.Hash{storage.Hash(hashOf(a))})
+	require.NoError(t, err)
+	require.Equal(t, []bool{false}, ok, "the sealed block was stored")
+}

@@ -303,6 +303,9 @@ func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *dat
 		d := c.disks[blk.Disk]
 		w := storage.BlockWrite{Disk: d.Name, Block: int64(blk.Block), Hash: storage.Hash(blk.Hash)}
 		bytes += len(blk.Data)
+		if blk.Flags&data.FlagSealed != 0 {
+			return protocol.Errorf(protocol.CodeInvalid, "cycle %d: block %d of disk %d is sealed (only restore streams carry sealed blocks)", b.Cycle, blk.Block, blk.Disk)
+		}
 		if blk.Flags&data.FlagPatch != 0 {
 			plain, err := g.dec.Plain(nil, blk)
 			if err != nil {

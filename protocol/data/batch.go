@@ -21,15 +21,24 @@ const (
 )
 
 func (b *Block) validate(i int) error {
-	if b.Flags&^(FlagZero|FlagPatch) != 0 {
+	if b.Flags&^(FlagZero|FlagPatch|FlagSealed) != 0 {
 		return invalid("batch", "block %d: flags %#x", i, b.Flags)
 	}
 	if b.PlainLen == 0 || b.PlainLen > MaxBlockSize {
 		return tooLargeOrInvalid(b.PlainLen > MaxBlockSize, "batch", "block %d: plain length %d not in 1..%d", i, b.PlainLen, MaxBlockSize)
 	}
 	if b.Flags&FlagZero != 0 {
-		if b.Flags&FlagPatch != 0 || b.Hash != (Hash{}) || b.Codec != CodecNone || len(b.Data) != 0 {
-			return invalid("batch", "block %d: a zero block carries no patch flag, hash, codec or data", i)
+		if b.Flags&(FlagPatch|FlagSealed) != 0 || b.Hash != (Hash{}) || b.Codec != CodecNone || len(b.Data) != 0 {
+			return invalid("batch", "block %d: a zero block carries no patch or sealed flag, hash, codec or data", i)
+		}
+		return nil
+	}
+	if b.Flags&FlagSealed != 0 {
+		if b.Flags&FlagPatch != 0 || b.Codec > CodecZstd {
+			return invalid("batch", "block %d: a sealed block carries no patch and codec none or zstd", i)
+		}
+		if len(b.Data) < SealedOverhead || len(b.Data) > MaxBlockSize+SealedOverhead {
+			return tooLargeOrInvalid(len(b.Data) > MaxBlockSize+SealedOverhead, "batch", "block %d: sealed data of %d bytes not in %d..%d", i, len(b.Data), SealedOverhead, MaxBlockSize+SealedOverhead)
 		}
 		return nil
 	}

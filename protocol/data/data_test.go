@@ -84,6 +84,8 @@ func TestBatch(t *testing.T) {
 	}}
 	got := roundTrip(t, b, &Batch{})
 	require.Equal(t, b.Blocks[0], got.Blocks[0])
+	sealed := &Batch{Blocks: []Block{{Disk: 1, Block: 2, Hash: hashOf(5), Codec: CodecZstd, Flags: FlagSealed, PlainLen: 4096, Data: make([]byte, SealedOverhead+7)}}}
+	require.Equal(t, sealed.Blocks[0], roundTrip(t, sealed, &Batch{}).Blocks[0], "a sealed block's data length is its own, not the plain length")
 	require.Equal(t, Block{Disk: 1, Block: 11, Flags: FlagZero, PlainLen: 65536}, got.Blocks[1])
 	require.Equal(t, b.Size(), len(b.Append(nil)))
 
@@ -101,7 +103,11 @@ func TestBatch(t *testing.T) {
 		"zero with data":      {Flags: FlagZero, PlainLen: 1, Data: []byte{0}},
 		"zero with hash":      {Flags: FlagZero, PlainLen: 1, Hash: hashOf(1)},
 		"zero and patch":      {Flags: FlagZero | FlagPatch, PlainLen: 1},
-		"unknown flag":        {Flags: 4, PlainLen: 1, Data: []byte{0}},
+		"unknown flag":        {Flags: 8, PlainLen: 1, Data: []byte{0}},
+		"sealed too short":    {Flags: FlagSealed, Hash: hashOf(1), PlainLen: 1, Data: make([]byte, SealedOverhead-1)},
+		"sealed and patch":    {Flags: FlagSealed | FlagPatch, Hash: hashOf(1), PlainLen: 1, Data: make([]byte, SealedOverhead+1)},
+		"sealed and zero":     {Flags: FlagSealed | FlagZero, PlainLen: 1},
+		"sealed, bad codec":   {Flags: FlagSealed, Codec: 9, Hash: hashOf(1), PlainLen: 1, Data: make([]byte, SealedOverhead+1)},
 		"empty":               {PlainLen: 0},
 		"none length differs": {PlainLen: 2, Data: []byte{0}},
 		"unknown codec":       {Codec: 9, PlainLen: 1, Data: []byte{0}},

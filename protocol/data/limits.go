@@ -21,9 +21,12 @@ const (
 
 // Limits. A frame that breaks one is refused whole.
 const (
-	MaxEntriesPerFrame = 8192     // entries of a manifest part, blocks of a batch, hashes of a run
-	MaxBlockSize       = 1 << 20  // plain bytes of one block (and of one patch encoding)
-	MaxBatchBytes      = 16 << 20 // sum of the Data lengths of one batch
+	MaxEntriesPerFrame = 8192    // entries of a manifest part, blocks of a batch, hashes of a run
+	MaxBlockSize       = 1 << 20 // plain bytes of one block (and of one patch encoding)
+	// SealedOverhead is what a sealed block's data adds to its encoding:
+	// the sealed key record, the nonce and the GCM tag.
+	SealedOverhead = 96 + 12 + 16
+	MaxBatchBytes  = 16 << 20 // sum of the Data lengths of one batch
 	// MaxFrameSize is the payload limit to give frame.NewReader on these
 	// streams: a full batch plus its per-block headers.
 	MaxFrameSize = MaxBatchBytes + MaxEntriesPerFrame*blockHeaderLen + 64
@@ -33,6 +36,11 @@ const (
 const (
 	FlagZero  uint8 = 1 // the block is all zeros: no hash, no data on the wire
 	FlagPatch uint8 = 2 // Data (after the codec) is a patch: runs to write over the receiver's current block
+	// FlagSealed: Data is an encrypted repository's chunk as stored —
+	// sealed key record(96) ‖ nonce(12) ‖ AES-GCM ciphertext+tag of the
+	// chunk encoded with Codec — for an agent holding the repository key.
+	// Only on restore streams (docs/protocol.md "Sealed blocks").
+	FlagSealed uint8 = 4
 )
 
 // Codecs of block data.

@@ -47,6 +47,10 @@ type HelloRequest struct {
 	Version  string `json:"version"`
 	Platform string `json:"platform"`
 	Hostname string `json:"hostname"`
+	// RepositoryKey is the fingerprint of the repository private key the
+	// agent holds ("" when none): informative; the controller asks again
+	// (TargetStatusResponse) before each move.
+	RepositoryKey string `json:"repository_key,omitempty"`
 }
 
 // HelloResponse tells the agent who the controller thinks it is.

@@ -73,6 +73,10 @@ type TargetStatusResponse struct {
 	// (its write path), so tests can check that a move rewrites only what
 	// differs.
 	BytesWritten int64 `json:"bytes_written"`
+	// RepositoryKey is the fingerprint of the repository private key the
+	// agent holds ("" when none): the controller then sends it sealed
+	// chunks of that repository. Never the key itself.
+	RepositoryKey string `json:"repository_key,omitempty"`
 }
 
 // TargetCloneRequest clones the staged set into a test set.
@@ -250,4 +254,17 @@ type RestoreHeader struct {
 	// wrote to it, or its point is gone). Without it, blocks the set holds
 	// but To does not would survive the move.
 	Reset bool `json:"reset,omitempty"`
+	// Sealed says that the blocks are an encrypted repository's chunks as
+	// stored (data.FlagSealed), for the agent to open with the repository
+	// key it holds (`ferry-agent key install`). Absent: plaintext blocks.
+	Sealed *SealedRestore `json:"sealed,omitempty"`
+}
+
+// SealedRestore names the repository whose sealed chunks a restore stream
+// carries.
+type SealedRestore struct {
+	RepoID string `json:"repo_id"` // 32 hex digits: the AAD of the data-key wrap
+	// KeyFingerprint is the repository public key's fingerprint (lowercase
+	// hex SHA-256 of its 32 bytes); an agent holding another key refuses.
+	KeyFingerprint string `json:"key_fingerprint"`
 }
