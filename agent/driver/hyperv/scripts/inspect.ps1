@@ -1,0 +1,2 @@
+    $vms = Find-FerryVM $p.name
+    Out-FerryResult @{ vms = @($vms | ForEach-Object { Get-FerryVMInfo $_ }) }

@@ -1,0 +1,23 @@
+# Fixed text: every value this script uses comes from the JSON document in
+# the environment variable FERRY_HYPERV_PARAMS, parsed by ConvertFrom-Json
+# (data only, never evaluated). Nothing is ever spliced into this text.
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$WarningPreference = 'SilentlyContinue'
+$InformationPreference = 'SilentlyContinue'
+[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+function Out-FerryResult($r) {
+    [Console]::Out.WriteLine('FERRY-RESULT ' + (ConvertTo-Json -InputObject $r -Depth 6 -Compress))
+}
+function Find-FerryVM([string]$name) {
+    # Get-VM -Name takes wildcards: list and compare instead.
+    @(Get-VM | Where-Object { $_.Name -eq $name })
+}
+function Get-FerryVMInfo($vm) {
+    $info = $vm | Select-Object Name, @{ n = 'Id'; e = { $_.Id.ToString() } }, @{ n = 'State'; e = { $_.State.ToString() } }, Generation, ProcessorCount, MemoryStartup
+    $disks = @(Get-VMHardDiskDrive -VM $vm | Select-Object -ExpandProperty Path)
+    $info | Add-Member -NotePropertyName Disks -NotePropertyValue $disks
+    $info
+}
+try {
+    $p = $env:FERRY_HYPERV_PARAMS | ConvertFrom-Json

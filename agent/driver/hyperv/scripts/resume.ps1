@@ -1,0 +1,3 @@
+    $vm = Get-VM -Id $p.id
+    Resume-VM -VM $vm
+    Out-FerryResult @{ vms = @(Get-FerryVMInfo (Get-VM -Id $p.id)) }

@@ -1,0 +1,3 @@
+    $vm = Get-VM -Id $p.id
+    Start-VM -VM $vm
+    Out-FerryResult @{ vms = @(Get-FerryVMInfo (Get-VM -Id $p.id)) }

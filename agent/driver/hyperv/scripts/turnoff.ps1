@@ -1,0 +1,3 @@
+    $vm = Get-VM -Id $p.id
+    Stop-VM -VM $vm -TurnOff -Force
+    Out-FerryResult @{ vms = @(Get-FerryVMInfo (Get-VM -Id $p.id)) }
