@@ -10,7 +10,7 @@ function Out-FerryResult($r) {
     [Console]::Out.WriteLine('FERRY-RESULT ' + (ConvertTo-Json -InputObject $r -Depth 6 -Compress))
 }
 function Find-FerryVM([string]$name) {
-    # Get-VM -Name takes wildcards: list and compare instead.
+    # The -Name parameter of Get-VM takes wildcards: list and compare.
     @(Get-VM | Where-Object { $_.Name -eq $name })
 }
 function Get-FerryVMInfo($vm) {
