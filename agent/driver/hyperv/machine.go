@@ -232,7 +232,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 			return classified(op, driver.KindUnknown, fmt.Errorf("create: %w: answered %d machines", ErrScript, len(r.VMs)))
 		}
 		vm = &r.VMs[0]
-		d.log.Info("created virtual machine", "name", vm.Name, "id", vm.ID, "generation", vm.Generation)
+		d.log.Info("created virtual machine", "name", vm.Name, "id", vm.ID, "generation", p.Generation)
 	}
 	if paused(vm.State) {
 		return d.simple(ctx, op, opResume, vm)

@@ -51,22 +51,22 @@ type result struct {
 	Removed  string   `json:"removed"`
 }
 
-// vmInfo is one virtual machine as Get-VM reports it, through
-// Select-Object (Name, Id, State, Generation, ProcessorCount, MemoryStartup:
-// properties of the VirtualMachine objects Get-VM returns,
-// https://learn.microsoft.com/en-us/powershell/module/hyper-v/get-vm ; Id and
-// State are converted with ToString() so the JSON holds the GUID and the
-// state's name rather than an object and a number) and Disks, the Path of
-// each drive Get-VMHardDiskDrive returns
-// (https://learn.microsoft.com/en-us/powershell/module/hyper-v/get-vmharddiskdrive).
+// vmInfo is one virtual machine, picked with Select-Object from what Get-VM
+// returns (https://learn.microsoft.com/en-us/powershell/module/hyper-v/get-vm):
+//   - Name: the machine's name (Get-VM's -Name parameter and the Name column
+//     of its output);
+//   - Id: the machine's GUID, as Get-VM -Id takes it; sent as Id.ToString();
+//   - State: the power state the page's example filters on
+//     ($_.State -eq 'Running'); sent as State.ToString(), the state's name
+//     (ConvertTo-Json would otherwise write the enumeration's number);
+//   - Disks: the Path of each drive Get-VMHardDiskDrive returns
+//     (https://learn.microsoft.com/en-us/powershell/module/hyper-v/get-vmharddiskdrive;
+//     the same path Add-VMHardDiskDrive -Path took).
 type vmInfo struct {
-	Name           string   `json:"Name"`
-	ID             string   `json:"Id"`
-	State          string   `json:"State"`
-	Generation     int      `json:"Generation"`
-	ProcessorCount int      `json:"ProcessorCount"`
-	MemoryStartup  int64    `json:"MemoryStartup"`
-	Disks          []string `json:"Disks"`
+	Name  string   `json:"Name"`
+	ID    string   `json:"Id"`
+	State string   `json:"State"`
+	Disks []string `json:"Disks"`
 }
 
 // run sends op's fixed script with p in the environment and decodes its

@@ -15,7 +15,7 @@ function Find-FerryVM([string]$name) {
     @(Get-VM | Where-Object { $_.Name -eq $name })
 }
 function Get-FerryVMInfo($vm) {
-    $info = $vm | Select-Object Name, @{ n = 'Id'; e = { $_.Id.ToString() } }, @{ n = 'State'; e = { $_.State.ToString() } }, Generation, ProcessorCount, MemoryStartup
+    $info = $vm | Select-Object Name, @{ n = 'Id'; e = { $_.Id.ToString() } }, @{ n = 'State'; e = { $_.State.ToString() } }
     $disks = @(Get-VMHardDiskDrive -VM $vm | Select-Object -ExpandProperty Path)
     $info | Add-Member -NotePropertyName Disks -NotePropertyValue $disks
     $info

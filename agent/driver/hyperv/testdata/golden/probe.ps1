@@ -15,7 +15,7 @@ function Find-FerryVM([string]$name) {
     @(Get-VM | Where-Object { $_.Name -eq $name })
 }
 function Get-FerryVMInfo($vm) {
-    $info = $vm | Select-Object Name, @{ n = 'Id'; e = { $_.Id.ToString() } }, @{ n = 'State'; e = { $_.State.ToString() } }, Generation, ProcessorCount, MemoryStartup
+    $info = $vm | Select-Object Name, @{ n = 'Id'; e = { $_.Id.ToString() } }, @{ n = 'State'; e = { $_.State.ToString() } }
     $disks = @(Get-VMHardDiskDrive -VM $vm | Select-Object -ExpandProperty Path)
     $info | Add-Member -NotePropertyName Disks -NotePropertyValue $disks
     $info
@@ -24,6 +24,7 @@ try {
     $p = $env:FERRY_HYPERV_PARAMS | ConvertFrom-Json
     $null = Get-Command -Name Get-VM -Module Hyper-V
     $null = Get-VMHost
+    # Name of each switch: https://learn.microsoft.com/en-us/powershell/module/hyper-v/get-vmswitch
     Out-FerryResult @{ switches = @(Get-VMSwitch | Select-Object -ExpandProperty Name) }
 } catch {
     $e = $_
