@@ -18,7 +18,7 @@ import (
 // Option keys (ferry targets add --driver hyperv --switch … ).
 const (
 	OptSwitch      = "switch"       // default virtual switch for NICs the network map leaves without one
-	OptTestSwitch  = "test-switch"  // switch for a test failover's NICs; "" = adapters not connected
+	OptTestNetwork = "test-network" // the switch a test failover's NICs join (targets add --test-network); "" = not connected
 	OptPowerShell  = "powershell"   // powershell.exe path or name on PATH
 	OptStopTimeout = "stop-timeout" // guest shutdown wait before Stop-VM -TurnOff (Go duration)
 	OptTimeout     = "timeout"      // bound on one PowerShell run (Go duration)
@@ -67,7 +67,7 @@ func New(opts map[string]string) (*Driver, error) {
 		switch k {
 		case OptSwitch:
 			d.sw = v
-		case OptTestSwitch:
+		case OptTestNetwork:
 			d.testSwitch = v
 		case OptPowerShell:
 			if v == "" {
@@ -87,14 +87,14 @@ func New(opts map[string]string) (*Driver, error) {
 				err = errors.New("want on or off")
 			}
 		default:
-			err = fmt.Errorf("unknown option (known: %s)", strings.Join([]string{OptPowerShell, OptSecureBoot, OptStopTimeout, OptSwitch, OptTestSwitch, OptTimeout}, ", "))
+			err = fmt.Errorf("unknown option (known: %s)", strings.Join([]string{OptPowerShell, OptSecureBoot, OptStopTimeout, OptSwitch, OptTestNetwork, OptTimeout}, ", "))
 		}
 		if err != nil {
 			return nil, invalid("options", "%s=%q: %w", k, v, err)
 		}
 	}
 	if d.sw != "" && d.sw == d.testSwitch {
-		return nil, invalid("options", "%s and %s are both %q: a test failover must not join the production switch", OptSwitch, OptTestSwitch, d.sw)
+		return nil, invalid("options", "%s and %s are both %q: a test failover must not join the production switch", OptSwitch, OptTestNetwork, d.sw)
 	}
 	return d, nil
 }
@@ -137,7 +137,7 @@ func (d *Driver) Validate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, s := range []struct{ opt, name string }{{OptSwitch, d.sw}, {OptTestSwitch, d.testSwitch}} {
+	for _, s := range []struct{ opt, name string }{{OptSwitch, d.sw}, {OptTestNetwork, d.testSwitch}} {
 		if s.name != "" && !slices.ContainsFunc(r.Switches, func(x string) bool { return strings.EqualFold(x, s.name) }) {
 			return classified("validate", driver.KindNotFound, fmt.Errorf("%s %q: no such virtual switch on this host (it has: %s)", s.opt, s.name, strings.Join(r.Switches, ", ")))
 		}

@@ -186,7 +186,7 @@ func TestStartMapsSpec(t *testing.T) {
 			require.Equal(t, "web1-test", p.Name)
 			require.Equal(t, []nicParam{{Name: "lan", Switch: "", MAC: "525400123456"}}, p.NICs)
 		}},
-		{"test machine on the test switch", map[string]string{OptTestSwitch: "Ferry Isolated"}, func(s *driver.Spec) { s.Test = true; s.Name = "" }, func(t *testing.T, p params) {
+		{"test machine on the test switch", map[string]string{OptTestNetwork: "Ferry Isolated"}, func(s *driver.Spec) { s.Test = true; s.Name = "" }, func(t *testing.T, p params) {
 			require.Equal(t, "web1-test", p.Name, "an unnamed test machine is MACHINE-test")
 			require.Equal(t, "Ferry Isolated", p.NICs[0].Switch)
 		}},
@@ -424,7 +424,7 @@ func TestValidate(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(t, "synthetic-probe")
 	exe := f.exe
-	ok := map[string]string{OptPowerShell: exe, OptSwitch: "External LAN", OptTestSwitch: "ferry isolated"}
+	ok := map[string]string{OptPowerShell: exe, OptSwitch: "External LAN", OptTestNetwork: "ferry isolated"}
 	require.NoError(t, Validate(ctx, ok))
 	require.Equal(t, []string{opProbe}, f.ops())
 	require.Equal(t, params{}, f.calls()[0].params(t))
@@ -436,7 +436,7 @@ func TestValidate(t *testing.T) {
 		kind    driver.ErrorKind
 	}{
 		{"missing switch", map[string]string{OptPowerShell: exe, OptSwitch: "Nope"}, []string{"synthetic-probe"}, driver.KindNotFound},
-		{"missing test switch", map[string]string{OptPowerShell: exe, OptTestSwitch: "Nope"}, []string{"synthetic-probe"}, driver.KindNotFound},
+		{"missing test switch", map[string]string{OptPowerShell: exe, OptTestNetwork: "Nope"}, []string{"synthetic-probe"}, driver.KindNotFound},
 		{"access denied", ok, []string{"synthetic-error-access-denied"}, driver.KindAuth},
 		{"no Hyper-V module", ok, []string{"synthetic-error-no-module"}, driver.KindNotFound},
 		{"probe hangs", map[string]string{OptPowerShell: exe, OptTimeout: "300ms"}, []string{"hang"}, driver.KindTimeout},
@@ -444,7 +444,7 @@ func TestValidate(t *testing.T) {
 		{"unknown option", map[string]string{OptPowerShell: exe, "uri": "qemu:///system"}, nil, driver.KindInvalid},
 		{"bad stop timeout", map[string]string{OptPowerShell: exe, OptStopTimeout: "soon"}, nil, driver.KindInvalid},
 		{"secure boot maybe", map[string]string{OptPowerShell: exe, OptSecureBoot: "maybe"}, nil, driver.KindInvalid},
-		{"test switch is production", map[string]string{OptPowerShell: exe, OptSwitch: "LAN", OptTestSwitch: "LAN"}, nil, driver.KindInvalid},
+		{"test switch is production", map[string]string{OptPowerShell: exe, OptSwitch: "LAN", OptTestNetwork: "LAN"}, nil, driver.KindInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

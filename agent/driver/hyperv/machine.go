@@ -223,6 +223,14 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 	if err != nil {
 		return err
 	}
+	for _, nic := range spec.NICs {
+		if nic.Address != "" {
+			// Hyper-V has no guest customization the host can apply before
+			// boot: the plan-script recipe in docs/drivers.md does it.
+			d.log.Warn("re-IP is not applied by the hyperv driver; use a plan post-action script",
+				"machine", spec.Machine, "nic", nic.Name, "address", nic.Address, "gateway", nic.Gateway)
+		}
+	}
 	if vm == nil {
 		r, err := d.run(ctx, op, opCreate, p, 0)
 		if err != nil {
