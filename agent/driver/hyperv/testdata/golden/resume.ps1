@@ -6,7 +6,10 @@ $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
 $WarningPreference = 'SilentlyContinue'
 $InformationPreference = 'SilentlyContinue'
-[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false
+# UTF-8 answers; the result line is written to Console.Out directly so no
+# host formatting (line wrapping) touches it. A host without a console may
+# refuse the encoding: ASCII answers still parse.
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
 function Out-FerryResult($r) {
     [Console]::Out.WriteLine('FERRY-RESULT ' + (ConvertTo-Json -InputObject $r -Depth 6 -Compress))
 }
