@@ -25,7 +25,9 @@ function Get-FerryVMInfo($vm) {
 }
 try {
     $p = $env:FERRY_HYPERV_PARAMS | ConvertFrom-Json
-    $vms = Find-FerryVM $p.name
+    # @(): a function's output is unrolled, and $null piped to
+    # ForEach-Object would run it once.
+    $vms = @(Find-FerryVM $p.name)
     Out-FerryResult @{ vms = @($vms | ForEach-Object { Get-FerryVMInfo $_ }) }
 } catch {
     $e = $_
