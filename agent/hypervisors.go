@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ferrydr/ferry/agent/driver"
+	"github.com/ferrydr/ferry/agent/driver/hyperv"
 	"github.com/ferrydr/ferry/agent/driver/libvirt"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -48,7 +49,10 @@ func hypervisorKinds() map[string]hypervisorKind {
 		//   {New: func(o map[string]string) (driver.Hypervisor, error) { return vsphere.New(o) }, Validate: vsphere.Validate}
 		// (and the same for hyperv).
 		msg.DriverVSphere: notBuilt(msg.DriverVSphere),
-		msg.DriverHyperV:  notBuilt(msg.DriverHyperV),
+		msg.DriverHyperV: {
+			New:      func(o map[string]string) (driver.Hypervisor, error) { return hyperv.New(o) },
+			Validate: hyperv.Validate,
+		},
 		// ----
 	}
 }
