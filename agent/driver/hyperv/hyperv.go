@@ -23,6 +23,7 @@ const (
 	OptStopTimeout = "stop-timeout" // guest shutdown wait before Stop-VM -TurnOff (Go duration)
 	OptTimeout     = "timeout"      // bound on one PowerShell run (Go duration)
 	OptSecureBoot  = "secure-boot"  // "on" keeps Hyper-V's Secure Boot on Generation 2 machines; default off
+	OptNetworks    = "networks"     // comma-separated switches the target's network map names (checked by Validate)
 )
 
 // Defaults.
@@ -46,6 +47,7 @@ type Driver struct {
 	stopTimeout time.Duration
 	timeout     time.Duration
 	secureBoot  bool
+	networks    []string
 	log         *slog.Logger
 }
 
@@ -86,8 +88,14 @@ func New(opts map[string]string) (*Driver, error) {
 			default:
 				err = errors.New("want on or off")
 			}
+		case OptNetworks:
+			for _, n := range strings.Split(v, ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					d.networks = append(d.networks, n)
+				}
+			}
 		default:
-			err = fmt.Errorf("unknown option (known: %s)", strings.Join([]string{OptPowerShell, OptSecureBoot, OptStopTimeout, OptSwitch, OptTestNetwork, OptTimeout}, ", "))
+			err = fmt.Errorf("unknown option (known: %s)", strings.Join([]string{OptNetworks, OptPowerShell, OptSecureBoot, OptStopTimeout, OptSwitch, OptTestNetwork, OptTimeout}, ", "))
 		}
 		if err != nil {
 			return nil, invalid("options", "%s=%q: %w", k, v, err)
@@ -119,7 +127,7 @@ func (d *Driver) WithLogger(l *slog.Logger) *Driver {
 // Validate checks opts and the host up front (for targets add): that
 // powershell.exe is there, that the Hyper-V module loads and answers
 // (Get-VMHost: access is checked here), and that the configured switches
-// exist.
+// and the ones the network map names (OptNetworks) exist.
 func Validate(ctx context.Context, opts map[string]string) error {
 	d, err := New(opts)
 	if err != nil {
@@ -137,7 +145,11 @@ func (d *Driver) Validate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, s := range []struct{ opt, name string }{{OptSwitch, d.sw}, {OptTestNetwork, d.testSwitch}} {
+	check := []struct{ opt, name string }{{OptSwitch, d.sw}, {OptTestNetwork, d.testSwitch}}
+	for _, n := range d.networks {
+		check = append(check, struct{ opt, name string }{OptNetworks, n})
+	}
+	for _, s := range check {
 		if s.name != "" && !slices.ContainsFunc(r.Switches, func(x string) bool { return strings.EqualFold(x, s.name) }) {
 			return classified("validate", driver.KindNotFound, fmt.Errorf("%s %q: no such virtual switch on this host (it has: %s)", s.opt, s.name, strings.Join(r.Switches, ", ")))
 		}

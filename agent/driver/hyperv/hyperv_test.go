@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -342,7 +343,14 @@ func TestStop(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake(t, tc.replies...)
-			err := f.driver(map[string]string{OptStopTimeout: "300ms"}).Stop(context.Background(), spec())
+			// A short stop-timeout only where the shutdown hangs: elsewhere a
+			// slow start of the fake on a loaded machine must not look like
+			// a hang.
+			stopTimeout := "1m"
+			if slices.Contains(tc.replies, "hang") {
+				stopTimeout = "300ms"
+			}
+			err := f.driver(map[string]string{OptStopTimeout: stopTimeout}).Stop(context.Background(), spec())
 			if tc.kind == 0 {
 				require.NoError(t, err)
 			} else {
@@ -424,7 +432,7 @@ func TestValidate(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(t, "synthetic-probe")
 	exe := f.exe
-	ok := map[string]string{OptPowerShell: exe, OptSwitch: "External LAN", OptTestNetwork: "ferry isolated"}
+	ok := map[string]string{OptPowerShell: exe, OptSwitch: "External LAN", OptTestNetwork: "ferry isolated", OptNetworks: "External LAN,Ferry Isolated"}
 	require.NoError(t, Validate(ctx, ok))
 	require.Equal(t, []string{opProbe}, f.ops())
 	require.Equal(t, params{}, f.calls()[0].params(t))
@@ -436,6 +444,7 @@ func TestValidate(t *testing.T) {
 		kind    driver.ErrorKind
 	}{
 		{"missing switch", map[string]string{OptPowerShell: exe, OptSwitch: "Nope"}, []string{"synthetic-probe"}, driver.KindNotFound},
+		{"missing mapped switch", map[string]string{OptPowerShell: exe, OptNetworks: "External LAN, Nope"}, []string{"synthetic-probe"}, driver.KindNotFound},
 		{"missing test switch", map[string]string{OptPowerShell: exe, OptTestNetwork: "Nope"}, []string{"synthetic-probe"}, driver.KindNotFound},
 		{"access denied", ok, []string{"synthetic-error-access-denied"}, driver.KindAuth},
 		{"no Hyper-V module", ok, []string{"synthetic-error-no-module"}, driver.KindNotFound},
