@@ -1,0 +1,457 @@
+package vsphere
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/session"
+	"github.com/vmware/govmomi/view"
+	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/ferrydr/ferry/agent/driver"
+)
+
+// Driver is the vSphere hypervisor driver of one target. Each operation
+// opens its own vCenter session and logs out at its end.
+type Driver struct {
+	opts *Options
+	// Log receives progress; New sets a discarding logger.
+	Log *slog.Logger
+}
+
+var _ driver.Hypervisor = (*Driver)(nil)
+
+// New checks a target's options and reads its credentials file; it does
+// not contact vCenter (Validate does).
+func New(opts map[string]string) (*Driver, error) {
+	o, err := ParseOptions(opts)
+	if err != nil {
+		return nil, classify("options", err)
+	}
+	return &Driver{opts: o, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil
+}
+
+// Validate checks the options, logs in, finds the datacenter, the datastore
+// (refused unless NFS), the pool, the folder and the test network, and
+// checks that the mount option really is that datastore: a probe file
+// written under the mount must be visible through vCenter.
+func Validate(ctx context.Context, opts map[string]string) error {
+	d, err := New(opts)
+	if err != nil {
+		return err
+	}
+	c, err := d.connect(ctx)
+	if err != nil {
+		return classify("validate", err)
+	}
+	defer c.close()
+	if _, err := c.pool(ctx); err != nil {
+		return classify("validate", err)
+	}
+	if _, err := c.folder(ctx); err != nil {
+		return classify("validate", err)
+	}
+	if d.opts.TestNetwork != "" {
+		if _, err := c.finder.Network(ctx, d.opts.TestNetwork); err != nil {
+			return classify("validate", fmt.Errorf("test-network %s: %w", d.opts.TestNetwork, err))
+		}
+	}
+	return classify("validate", c.probeMount(ctx))
+}
+
+// conn is one logged-in vCenter session bound to the target's datacenter
+// and datastore.
+type conn struct {
+	d      *Driver
+	c      *vim25.Client
+	sm     *session.Manager
+	finder *find.Finder
+	dc     *object.Datacenter
+	ds     *object.Datastore
+}
+
+func (d *Driver) connect(ctx context.Context) (*conn, error) {
+	sc := soap.NewClient(d.opts.URL, d.opts.Insecure)
+	vc, err := vim25.NewClient(ctx, sc)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", d.opts.URL.Host, err)
+	}
+	sm := session.NewManager(vc)
+	if err := sm.Login(ctx, url.UserPassword(d.opts.User, d.opts.Password)); err != nil {
+		return nil, fmt.Errorf("log in to %s as %s: %w", d.opts.URL.Host, d.opts.User, err)
+	}
+	c := &conn{d: d, c: vc, sm: sm, finder: find.NewFinder(vc, true)}
+	if d.opts.Datacenter == "" {
+		c.dc, err = c.finder.DefaultDatacenter(ctx)
+	} else {
+		c.dc, err = c.finder.Datacenter(ctx, d.opts.Datacenter)
+	}
+	if err != nil {
+		c.close()
+		return nil, fmt.Errorf("datacenter %q: %w", d.opts.Datacenter, err)
+	}
+	c.finder.SetDatacenter(c.dc)
+	if c.ds, err = c.finder.Datastore(ctx, d.opts.Datastore); err != nil {
+		c.close()
+		return nil, fmt.Errorf("datastore %s: %w", d.opts.Datastore, err)
+	}
+	var mds mo.Datastore
+	if err := c.ds.Properties(ctx, c.ds.Reference(), []string{"summary"}, &mds); err != nil {
+		c.close()
+		return nil, fmt.Errorf("datastore %s: %w", d.opts.Datastore, err)
+	}
+	switch mds.Summary.Type {
+	case string(types.HostFileSystemVolumeFileSystemTypeNFS), string(types.HostFileSystemVolumeFileSystemTypeNFS41):
+	default:
+		c.close()
+		return nil, fmt.Errorf("%w: datastore %s is %s; the driver needs an NFS datastore mounted on the agent's host so that ESXi runs the staged raw files in place (docs/drivers.md)",
+			ErrNotNFS, d.opts.Datastore, mds.Summary.Type)
+	}
+	return c, nil
+}
+
+func (c *conn) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.d.opts.TaskTimeout)
+	defer cancel()
+	_ = c.sm.Logout(ctx)
+}
+
+func (c *conn) pool(ctx context.Context) (*object.ResourcePool, error) {
+	if c.d.opts.Pool == "" {
+		p, err := c.finder.DefaultResourcePool(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("default resource pool: %w", err)
+		}
+		return p, nil
+	}
+	p, err := c.finder.ResourcePool(ctx, c.d.opts.Pool)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", c.d.opts.Pool, err)
+	}
+	return p, nil
+}
+
+func (c *conn) folder(ctx context.Context) (*object.Folder, error) {
+	if c.d.opts.Folder == "" {
+		fs, err := c.dc.Folders(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return fs.VmFolder, nil
+	}
+	f, err := c.finder.Folder(ctx, c.d.opts.Folder)
+	if err != nil {
+		return nil, fmt.Errorf("folder %s: %w", c.d.opts.Folder, err)
+	}
+	return f, nil
+}
+
+// probeMount writes a file under the mount and asks vCenter for it on the
+// datastore: a mount that is another share fails here, not at a failover.
+func (c *conn) probeMount(ctx context.Context) error {
+	fi, err := os.Stat(c.d.opts.Mount)
+	if err != nil {
+		return fmt.Errorf("%w: mount: %w", ErrOption, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: mount %s is not a directory", ErrOption, c.d.opts.Mount)
+	}
+	f, err := os.CreateTemp(c.d.opts.Mount, ".ferry-probe-*")
+	if err != nil {
+		return fmt.Errorf("%w: mount %s is not writable: %w", ErrOption, c.d.opts.Mount, err)
+	}
+	name := filepath.Base(f.Name())
+	_ = f.Close()
+	defer os.Remove(f.Name())
+	if _, err := c.ds.Stat(ctx, name); err != nil {
+		var nf object.DatastoreNoSuchFileError
+		if errors.As(err, &nf) {
+			return fmt.Errorf("%w: %s written under mount %s is not on datastore %s: the mount is not that datastore",
+				ErrOption, name, c.d.opts.Mount, c.d.opts.Datastore)
+		}
+		return fmt.Errorf("datastore %s: %w", c.d.opts.Datastore, err)
+	}
+	return nil
+}
+
+// datastorePath maps a file under the mount to "[datastore] rel/path".
+func (c *conn) datastorePath(local string) (string, error) {
+	rel, err := filepath.Rel(c.d.opts.Mount, filepath.Clean(local))
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return "", fmt.Errorf("%w: %s is not under mount %s of datastore %s", ErrNotUnder, local, c.d.opts.Mount, c.d.opts.Datastore)
+	}
+	return c.ds.Path(filepath.ToSlash(rel)), nil
+}
+
+// vmHome is the VM's own directory (vmx, nvram, logs) on the datastore and
+// under the mount.
+func (c *conn) vmHome(name string) (dsPath, local string) {
+	rel := path.Join(c.d.opts.VMDir, name)
+	return c.ds.Path(rel), filepath.Join(c.d.opts.Mount, filepath.FromSlash(rel))
+}
+
+// findVM returns the datacenter's VM of that name, nil when there is none.
+func (c *conn) findVM(ctx context.Context, name string) (*object.VirtualMachine, error) {
+	v, err := view.NewManager(c.c).CreateContainerView(ctx, c.dc.Reference(), []string{"VirtualMachine"}, true)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	refs, err := v.Find(ctx, []string{"VirtualMachine"}, property.Match{"name": name})
+	if err != nil {
+		return nil, err
+	}
+	switch len(refs) {
+	case 0:
+		return nil, nil
+	case 1:
+		return object.NewVirtualMachine(c.c, refs[0]), nil
+	}
+	return nil, fmt.Errorf("%w: %d virtual machines are named %s in datacenter %s", ErrOption, len(refs), name, c.dc.Name())
+}
+
+func (c *conn) mustFindVM(ctx context.Context, name string) (*object.VirtualMachine, error) {
+	vm, err := c.findVM(ctx, name)
+	if err == nil && vm == nil {
+		err = fmt.Errorf("%w: virtual machine %s in datacenter %s", ErrNotFound, name, c.dc.Name())
+	}
+	return vm, err
+}
+
+// wait waits for a task, bounded by the task timeout.
+func (c *conn) wait(ctx context.Context, what string, t *object.Task, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, c.d.opts.TaskTimeout)
+	defer cancel()
+	if _, err := t.WaitForResult(tctx); err != nil {
+		if tctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("%s: no result after %s: %w", what, c.d.opts.TaskTimeout, context.DeadlineExceeded)
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+type vmState struct {
+	power   types.VirtualMachinePowerState
+	pending string // config.tools.pendingCustomization
+}
+
+func (c *conn) state(ctx context.Context, vm *object.VirtualMachine) (vmState, error) {
+	var m mo.VirtualMachine
+	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "config.tools"}, &m); err != nil {
+		return vmState{}, err
+	}
+	s := vmState{power: m.Runtime.PowerState}
+	if m.Config != nil && m.Config.Tools != nil {
+		s.pending = m.Config.Tools.PendingCustomization
+	}
+	return s, nil
+}
+
+// Status reports running (poweredOn), stopped (poweredOff, suspended) or
+// absent (no VM of that name).
+func (d *Driver) Status(ctx context.Context, spec driver.Spec) (string, error) {
+	s, err := d.status(ctx, spec)
+	return s, classify(driver.ActionStatus, err)
+}
+
+func (d *Driver) status(ctx context.Context, spec driver.Spec) (string, error) {
+	name, err := vmName(spec)
+	if err != nil {
+		return "", err
+	}
+	c, err := d.connect(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer c.close()
+	vm, err := c.findVM(ctx, name)
+	if err != nil || vm == nil {
+		return driver.StatusAbsent, err
+	}
+	st, err := c.state(ctx, vm)
+	if err != nil {
+		return "", err
+	}
+	if st.power == types.VirtualMachinePowerStatePoweredOn {
+		return driver.StatusRunning, nil
+	}
+	return driver.StatusStopped, nil
+}
+
+// Stop asks the guest to shut down and powers the VM off when it has not
+// after the shutdown timeout (or at once when the guest cannot be asked:
+// no VMware Tools). A stopped or suspended VM is left as it is.
+func (d *Driver) Stop(ctx context.Context, spec driver.Spec) error {
+	return classify(driver.ActionStop, d.stop(ctx, spec))
+}
+
+func (d *Driver) stop(ctx context.Context, spec driver.Spec) error {
+	name, err := vmName(spec)
+	if err != nil {
+		return err
+	}
+	c, err := d.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	vm, err := c.mustFindVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	return c.shutdown(ctx, vm)
+}
+
+func (c *conn) shutdown(ctx context.Context, vm *object.VirtualMachine) error {
+	st, err := c.state(ctx, vm)
+	if err != nil || st.power != types.VirtualMachinePowerStatePoweredOn {
+		return err
+	}
+	if err := vm.ShutdownGuest(ctx); err != nil {
+		c.d.Log.Info("guest shutdown refused; powering off", "vm", vm.Name(), "err", err)
+	} else {
+		wctx, cancel := context.WithTimeout(ctx, c.d.opts.ShutdownTimeout)
+		err := vm.WaitForPowerState(wctx, types.VirtualMachinePowerStatePoweredOff)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.d.Log.Info("guest did not shut down in time; powering off", "vm", vm.Name(), "timeout", c.d.opts.ShutdownTimeout)
+	}
+	return c.powerOff(ctx, vm)
+}
+
+func (c *conn) powerOff(ctx context.Context, vm *object.VirtualMachine) error {
+	t, err := vm.PowerOff(ctx)
+	err = c.wait(ctx, "power off "+vm.Name(), t, err)
+	if err != nil && isPoweredOff(err) {
+		return nil // the guest finished shutting down meanwhile
+	}
+	return err
+}
+
+func isPoweredOff(err error) bool { return fault.IsAlreadyPoweredOffError(err) }
+
+// Pause suspends the VM (vSphere has no vCPU pause: the memory is written
+// to the VM's directory); Resume powers it on again.
+func (d *Driver) Pause(ctx context.Context, spec driver.Spec) error {
+	return classify(driver.ActionPause, d.power(ctx, spec, types.VirtualMachinePowerStatePoweredOn, "suspend",
+		func(ctx context.Context, vm *object.VirtualMachine) (*object.Task, error) { return vm.Suspend(ctx) }))
+}
+
+// Resume powers a suspended VM on.
+func (d *Driver) Resume(ctx context.Context, spec driver.Spec) error {
+	return classify(driver.ActionResume, d.power(ctx, spec, types.VirtualMachinePowerStateSuspended, "resume",
+		func(ctx context.Context, vm *object.VirtualMachine) (*object.Task, error) { return vm.PowerOn(ctx) }))
+}
+
+func (d *Driver) power(ctx context.Context, spec driver.Spec, from types.VirtualMachinePowerState, what string,
+	op func(context.Context, *object.VirtualMachine) (*object.Task, error)) error {
+	name, err := vmName(spec)
+	if err != nil {
+		return err
+	}
+	c, err := d.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	vm, err := c.mustFindVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	st, err := c.state(ctx, vm)
+	if err != nil || st.power != from {
+		return err // already in the wanted state (or not in one the action applies to)
+	}
+	t, err := op(ctx, vm)
+	return c.wait(ctx, what+" "+name, t, err)
+}
+
+// Remove powers the VM off (no guest shutdown: this is cleanup), unregisters
+// it and deletes its own directory under vm-dir when that holds only the
+// files vSphere keeps there (vmx, nvram, logs). The disks, which live in the
+// target directory, are never deleted. An absent VM is not an error.
+func (d *Driver) Remove(ctx context.Context, spec driver.Spec) error {
+	return classify("remove", d.remove(ctx, spec))
+}
+
+func (d *Driver) remove(ctx context.Context, spec driver.Spec) error {
+	name, err := vmName(spec)
+	if err != nil {
+		return err
+	}
+	c, err := d.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	vm, err := c.findVM(ctx, name)
+	if err != nil || vm == nil {
+		return err
+	}
+	st, err := c.state(ctx, vm)
+	if err != nil {
+		return err
+	}
+	if st.power != types.VirtualMachinePowerStatePoweredOff {
+		if err := c.powerOff(ctx, vm); err != nil {
+			return err
+		}
+	}
+	if err := vm.Unregister(ctx); err != nil {
+		return fmt.Errorf("unregister %s: %w", name, err)
+	}
+	_, local := c.vmHome(name)
+	removeVMHome(local, d.Log)
+	return nil
+}
+
+// vmHomeFiles are the extensions of files vSphere keeps in a VM's directory
+// that Remove may delete: never a disk.
+var vmHomeFiles = []string{".vmx", ".vmxf", ".vmsd", ".nvram", ".log", ".vmss", ".vmem", ".hlog", ".lck"}
+
+func removeVMHome(dir string, log *slog.Logger) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		ok := false
+		for _, ext := range vmHomeFiles {
+			if !e.IsDir() && strings.HasSuffix(e.Name(), ext) {
+				ok = true
+			}
+		}
+		if !ok {
+			log.Info("VM directory keeps a file that is not vSphere's own; left in place", "dir", dir, "file", e.Name())
+			return
+		}
+	}
+	for _, e := range ents {
+		_ = os.Remove(filepath.Join(dir, e.Name()))
+	}
+	_ = os.Remove(dir)
+}
