@@ -201,6 +201,11 @@ func (c *conn) createOrRegister(ctx context.Context, name string, pool *object.R
 		c.d.Log.Info("registering the VM from its directory", "vm", name, "vmx", vmx)
 		t, err = folder.RegisterVM(ctx, vmx, name, false, pool, nil)
 	} else {
+		// The VM's directory is made through the mount (vSphere makes only
+		// the last level of a path it is given).
+		if err := os.MkdirAll(local, 0o755); err != nil {
+			return nil, fmt.Errorf("%w: VM directory: %w", ErrOption, err)
+		}
 		t, err = folder.CreateVM(ctx, types.VirtualMachineConfigSpec{
 			Name:    name,
 			GuestId: c.d.opts.GuestID,
@@ -376,4 +381,3 @@ func prefixMask(bits int) string {
 	}
 	return fmt.Sprintf("%d.%d.%d.%d", m>>24, m>>16&0xff, m>>8&0xff, m&0xff)
 }
-
