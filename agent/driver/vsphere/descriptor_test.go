@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/internal/testenv"
 )
 
 // parsedDescriptor is a descriptor read back the way VMware's "Virtual Disk
@@ -160,4 +163,29 @@ func TestDescriptorReadsTheRawFile(t *testing.T) {
 	require.NoError(t, os.Truncate(raw, 4<<20+100))
 	_, err = WriteDescriptor(raw)
 	require.ErrorIs(t, err, ErrDisk)
+}
+
+// TestDescriptorQemuImg: a second, independent reader of VMware's format
+// (qemu's vmdk driver, which knows createType vmfs and VMFS extents) sees
+// the descriptor as a vmdk of the raw file's size and identical content.
+func TestDescriptorQemuImg(t *testing.T) {
+	qemuImg := testenv.RequireTool(t, "qemu-img")
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "disk0.raw")
+	b := make([]byte, 5<<20)
+	_, _ = rand.Read(b)
+	require.NoError(t, os.WriteFile(raw, b, 0o644))
+	desc, err := WriteDescriptor(raw)
+	require.NoError(t, err)
+	out, err := exec.Command(qemuImg, "info", "--output=json", desc).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var info struct {
+		Format      string `json:"format"`
+		VirtualSize int64  `json:"virtual-size"`
+	}
+	require.NoError(t, json.Unmarshal(out, &info), "%s", out)
+	require.Equal(t, "vmdk", info.Format)
+	require.EqualValues(t, len(b), info.VirtualSize)
+	out, err = exec.Command(qemuImg, "compare", "-f", "vmdk", "-F", "raw", desc, raw).CombinedOutput()
+	require.NoError(t, err, "qemu-img compare: %s", out)
 }
