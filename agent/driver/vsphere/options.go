@@ -21,7 +21,7 @@ const (
 	OptCredentialsFile = "credentials-file" // file with user= and password= lines (required)
 	OptDatacenter      = "datacenter"       // default: the only datacenter
 	OptDatastore       = "datastore"        // the NFS datastore holding the target directory (required)
-	OptMount           = "mount"            // where that datastore is mounted on the agent's host (required)
+	OptMount           = "mount"            // where that datastore is mounted on the agent's host (default: the target directory)
 	OptPool            = "pool"             // resource pool path; default: the datacenter's default pool
 	OptFolder          = "folder"           // VM folder path; default: the datacenter's VM folder
 	OptVMDir           = "vm-dir"           // datastore directory for the VMs' own files (default ferry-vms)
@@ -123,13 +123,12 @@ func ParseOptions(opts map[string]string) (*Options, error) {
 	if o.Datastore == "" {
 		return nil, optErr("datastore is required (the NFS datastore holding the target directory)")
 	}
-	if opts[OptMount] == "" {
-		return nil, optErr("mount is required (where datastore %s is mounted on this host)", o.Datastore)
+	if m := opts[OptMount]; m != "" {
+		if !filepath.IsAbs(m) {
+			return nil, optErr("mount %q is not an absolute path", m)
+		}
+		o.Mount = filepath.Clean(m)
 	}
-	if !filepath.IsAbs(opts[OptMount]) {
-		return nil, optErr("mount %q is not an absolute path", opts[OptMount])
-	}
-	o.Mount = filepath.Clean(opts[OptMount])
 	if strings.HasPrefix(o.VMDir, "/") || strings.Contains(o.VMDir, "..") || strings.ContainsAny(o.VMDir, "[]\\") {
 		return nil, optErr("vm-dir %q: want a relative directory on the datastore", o.VMDir)
 	}

@@ -63,11 +63,19 @@ func (d *Driver) start(ctx context.Context, spec driver.Spec) error {
 	if err != nil {
 		return err
 	}
+	mount, err := d.mountFor(spec)
+	if err != nil {
+		return err
+	}
+	if first, _, _ := strings.Cut(d.opts.VMDir, "/"); first == spec.Machine {
+		return fmt.Errorf("%w: machine %s has the name of the VM directory (vm-dir %s)", ErrOption, spec.Machine, d.opts.VMDir)
+	}
 	c, err := d.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.close()
+	c.mount = mount
 
 	vm, err := c.findVM(ctx, name)
 	if err != nil {

@@ -71,6 +71,10 @@ func Validate(ctx context.Context, opts map[string]string) error {
 			return classify("validate", fmt.Errorf("test-network %s: %w", d.opts.TestNetwork, err))
 		}
 	}
+	if d.opts.Mount == "" {
+		return nil // the mount is the target directory, known at each job
+	}
+	c.mount = d.opts.Mount
 	return classify("validate", c.probeMount(ctx))
 }
 
@@ -83,6 +87,22 @@ type conn struct {
 	finder *find.Finder
 	dc     *object.Datacenter
 	ds     *object.Datastore
+	mount  string // the datastore's directory on this host
+}
+
+// envDir is the environment key of the target directory in a job's spec.
+const envDir = "FERRY_DIR"
+
+// mountFor is where the datastore is mounted: the mount option, else the
+// target directory itself (the NFS datastore is the target directory).
+func (d *Driver) mountFor(spec driver.Spec) (string, error) {
+	if d.opts.Mount != "" {
+		return d.opts.Mount, nil
+	}
+	if dir := spec.Env[envDir]; dir != "" && filepath.IsAbs(dir) {
+		return filepath.Clean(dir), nil
+	}
+	return "", fmt.Errorf("%w: no mount option and no target directory (%s) in the request", ErrOption, envDir)
 }
 
 func (d *Driver) connect(ctx context.Context) (*conn, error) {
@@ -164,16 +184,16 @@ func (c *conn) folder(ctx context.Context) (*object.Folder, error) {
 // probeMount writes a file under the mount and asks vCenter for it on the
 // datastore: a mount that is another share fails here, not at a failover.
 func (c *conn) probeMount(ctx context.Context) error {
-	fi, err := os.Stat(c.d.opts.Mount)
+	fi, err := os.Stat(c.mount)
 	if err != nil {
 		return fmt.Errorf("%w: mount: %w", ErrOption, err)
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("%w: mount %s is not a directory", ErrOption, c.d.opts.Mount)
+		return fmt.Errorf("%w: mount %s is not a directory", ErrOption, c.mount)
 	}
-	f, err := os.CreateTemp(c.d.opts.Mount, ".ferry-probe-*")
+	f, err := os.CreateTemp(c.mount, ".ferry-probe-*")
 	if err != nil {
-		return fmt.Errorf("%w: mount %s is not writable: %w", ErrOption, c.d.opts.Mount, err)
+		return fmt.Errorf("%w: mount %s is not writable: %w", ErrOption, c.mount, err)
 	}
 	name := filepath.Base(f.Name())
 	_ = f.Close()
@@ -182,7 +202,7 @@ func (c *conn) probeMount(ctx context.Context) error {
 		var nf object.DatastoreNoSuchFileError
 		if errors.As(err, &nf) {
 			return fmt.Errorf("%w: %s written under mount %s is not on datastore %s: the mount is not that datastore",
-				ErrOption, name, c.d.opts.Mount, c.d.opts.Datastore)
+				ErrOption, name, c.mount, c.d.opts.Datastore)
 		}
 		return fmt.Errorf("datastore %s: %w", c.d.opts.Datastore, err)
 	}
@@ -191,9 +211,9 @@ func (c *conn) probeMount(ctx context.Context) error {
 
 // datastorePath maps a file under the mount to "[datastore] rel/path".
 func (c *conn) datastorePath(local string) (string, error) {
-	rel, err := filepath.Rel(c.d.opts.Mount, filepath.Clean(local))
+	rel, err := filepath.Rel(c.mount, filepath.Clean(local))
 	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
-		return "", fmt.Errorf("%w: %s is not under mount %s of datastore %s", ErrNotUnder, local, c.d.opts.Mount, c.d.opts.Datastore)
+		return "", fmt.Errorf("%w: %s is not under mount %s of datastore %s", ErrNotUnder, local, c.mount, c.d.opts.Datastore)
 	}
 	return c.ds.Path(filepath.ToSlash(rel)), nil
 }
@@ -202,7 +222,7 @@ func (c *conn) datastorePath(local string) (string, error) {
 // under the mount.
 func (c *conn) vmHome(name string) (dsPath, local string) {
 	rel := path.Join(c.d.opts.VMDir, name)
-	return c.ds.Path(rel), filepath.Join(c.d.opts.Mount, filepath.FromSlash(rel))
+	return c.ds.Path(rel), filepath.Join(c.mount, filepath.FromSlash(rel))
 }
 
 // findVM returns the datacenter's VM of that name, nil when there is none.
@@ -424,6 +444,12 @@ func (d *Driver) remove(ctx context.Context, spec driver.Spec) error {
 	if err := vm.Unregister(ctx); err != nil {
 		return fmt.Errorf("unregister %s: %w", name, err)
 	}
+	mount, err := d.mountFor(spec)
+	if err != nil {
+		d.Log.Info("VM directory left in place: its mount is not known", "vm", name, "err", err)
+		return nil
+	}
+	c.mount = mount
 	_, local := c.vmHome(name)
 	removeVMHome(local, d.Log)
 	return nil

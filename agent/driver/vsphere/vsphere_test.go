@@ -177,23 +177,27 @@ func TestTestFailoverIsolatedAndReIP(t *testing.T) {
 	require.NoError(t, d.Remove(ctx, spec))
 	require.Nil(t, readVM(t, s, "db1-test"))
 
-	// Without a test network the NIC stays on its port group, never connected.
-	opts := map[string]string{}
-	for k, v := range s.opts {
-		opts[k] = v
-	}
+	// Without a test network the NIC stays on its port group, never
+	// connected. Without a mount option the datastore is the target
+	// directory the request names.
+	opts := clone(s.opts)
 	delete(opts, OptTestNetwork)
+	delete(opts, OptMount)
 	spec.NICs[0].Address, spec.NICs[0].Gateway = "", ""
 	d = newDriver(t, opts)
+	err := d.Start(ctx, spec)
+	require.ErrorIs(t, err, ErrOption, "no mount and no target directory")
+	spec.Env = map[string]string{"FERRY_DIR": s.mount}
 	require.NoError(t, d.Start(ctx, spec))
 	v = readVM(t, s, "db1-test")
 	require.False(t, v.cards[0].Connectable.StartConnected)
 	require.False(t, v.cards[0].Connectable.Connected)
 	require.False(t, v.cards[0].Connectable.AllowGuestControl)
 	require.NoError(t, d.Remove(ctx, spec))
+	require.NoDirExists(t, filepath.Join(s.mount, DefaultVMDir, "db1-test"))
 
 	spec.Name = "db1"
-	err := d.Start(ctx, spec)
+	err = d.Start(ctx, spec)
 	require.Equal(t, driver.KindInvalid, driver.KindOf(err), "%v", err)
 	require.ErrorIs(t, err, ErrTestNetwork)
 }
