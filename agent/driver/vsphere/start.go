@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vmware/govmomi/object"
@@ -149,14 +150,15 @@ func (d *Driver) start(ctx context.Context, spec driver.Spec) error {
 			return err
 		}
 		if st.power == types.VirtualMachinePowerStatePoweredOff && st.pending == "" {
-			t, err := vm.Customize(ctx, *custom)
-			if err := c.wait(ctx, "customize "+name, t, err); err != nil {
+			if _, err := c.run(ctx, "customize "+name, func(ctx context.Context) (*object.Task, error) {
+				return vm.Customize(ctx, *custom)
+			}); err != nil {
 				return err
 			}
 		}
 	}
-	t, err := vm.PowerOn(ctx)
-	return c.wait(ctx, "power on "+name, t, err)
+	_, err = c.run(ctx, "power on "+name, vm.PowerOn)
+	return err
 }
 
 func checkSpec(spec driver.Spec) error {
@@ -204,40 +206,36 @@ func (c *conn) createOrRegister(ctx context.Context, name string, pool *object.R
 	}
 	home, local := c.vmHome(name)
 	vmx := home + "/" + name + ".vmx"
-	var t *object.Task
-	if _, serr := os.Stat(local + "/" + name + ".vmx"); serr == nil {
+	var start func(context.Context) (*object.Task, error)
+	if _, serr := os.Stat(filepath.Join(local, name+".vmx")); serr == nil {
 		c.d.Log.Info("registering the VM from its directory", "vm", name, "vmx", vmx)
-		t, err = folder.RegisterVM(ctx, vmx, name, false, pool, nil)
+		start = func(ctx context.Context) (*object.Task, error) {
+			return folder.RegisterVM(ctx, vmx, name, false, pool, nil)
+		}
 	} else {
 		// The VM's directory is made through the mount (vSphere makes only
 		// the last level of a path it is given).
 		if err := os.MkdirAll(local, 0o755); err != nil {
 			return nil, fmt.Errorf("%w: VM directory: %w", ErrOption, err)
 		}
-		t, err = folder.CreateVM(ctx, types.VirtualMachineConfigSpec{
-			Name:    name,
-			GuestId: c.d.opts.GuestID,
-			Version: fmt.Sprintf("vmx-%d", hardwareVersion),
-			Files:   &types.VirtualMachineFileInfo{VmPathName: vmx},
-		}, pool, nil)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("create %s: %w", name, err)
-	}
-	tctx, cancel := context.WithTimeout(ctx, c.d.opts.TaskTimeout)
-	defer cancel()
-	info, err := t.WaitForResult(tctx)
-	if err != nil {
-		if tctx.Err() != nil && ctx.Err() == nil {
-			return nil, fmt.Errorf("create %s: %w", name, tctx.Err())
+		start = func(ctx context.Context) (*object.Task, error) {
+			return folder.CreateVM(ctx, types.VirtualMachineConfigSpec{
+				Name:    name,
+				GuestId: c.d.opts.GuestID,
+				Version: fmt.Sprintf("vmx-%d", hardwareVersion),
+				Files:   &types.VirtualMachineFileInfo{VmPathName: vmx},
+			}, pool, nil)
 		}
-		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
-	ref, ok := info.Result.(types.ManagedObjectReference)
+	res, err := c.run(ctx, "create "+name, start)
+	if err != nil {
+		return nil, err
+	}
+	ref, ok := res.(types.ManagedObjectReference)
 	if !ok {
-		return nil, fmt.Errorf("create %s: task returned %T", name, info.Result)
+		return nil, fmt.Errorf("create %s: task returned %T", name, res)
 	}
-	return object.NewVirtualMachine(c.c, ref), nil
+	return namedVM(c.c, ref, name), nil
 }
 
 // reconfigure brings a powered-off VM to the spec: CPUs, memory, firmware,
@@ -327,8 +325,10 @@ func (c *conn) reconfigure(ctx context.Context, vm *object.VirtualMachine, spec 
 	for _, extra := range cards[min(len(nics), len(cards)):] {
 		add(extra, types.VirtualDeviceConfigSpecOperationRemove)
 	}
-	t, err := vm.Reconfigure(ctx, cs)
-	return c.wait(ctx, "reconfigure "+vm.Name(), t, err)
+	_, err = c.run(ctx, "reconfigure "+vm.Name(), func(ctx context.Context) (*object.Task, error) {
+		return vm.Reconfigure(ctx, cs)
+	})
+	return err
 }
 
 // customization is the guest customization spec that applies the NICs'

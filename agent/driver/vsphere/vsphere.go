@@ -240,9 +240,16 @@ func (c *conn) findVM(ctx context.Context, name string) (*object.VirtualMachine,
 	case 0:
 		return nil, nil
 	case 1:
-		return object.NewVirtualMachine(c.c, refs[0]), nil
+		return namedVM(c.c, refs[0], name), nil
 	}
 	return nil, fmt.Errorf("%w: %d virtual machines are named %s in datacenter %s", ErrOption, len(refs), name, c.dc.Name())
+}
+
+// namedVM is a VM reference whose Name() is name (for messages).
+func namedVM(c *vim25.Client, ref types.ManagedObjectReference, name string) *object.VirtualMachine {
+	vm := object.NewVirtualMachine(c, ref)
+	vm.InventoryPath = name
+	return vm
 }
 
 func (c *conn) mustFindVM(ctx context.Context, name string) (*object.VirtualMachine, error) {
@@ -253,20 +260,23 @@ func (c *conn) mustFindVM(ctx context.Context, name string) (*object.VirtualMach
 	return vm, err
 }
 
-// wait waits for a task, bounded by the task timeout.
-func (c *conn) wait(ctx context.Context, what string, t *object.Task, err error) error {
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
+// run starts a task and waits for its result, both bounded by the task
+// timeout; a task that outlasts it is a timeout.
+func (c *conn) run(ctx context.Context, what string, start func(context.Context) (*object.Task, error)) (types.AnyType, error) {
 	tctx, cancel := context.WithTimeout(ctx, c.d.opts.TaskTimeout)
 	defer cancel()
-	if _, err := t.WaitForResult(tctx); err != nil {
-		if tctx.Err() != nil && ctx.Err() == nil {
-			return fmt.Errorf("%s: no result after %s: %w", what, c.d.opts.TaskTimeout, context.DeadlineExceeded)
-		}
-		return fmt.Errorf("%s: %w", what, err)
+	t, err := start(tctx)
+	var info *types.TaskInfo
+	if err == nil {
+		info, err = t.WaitForResult(tctx)
 	}
-	return nil
+	if err != nil {
+		if tctx.Err() != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("%s: no result after %s: %w", what, c.d.opts.TaskTimeout, context.DeadlineExceeded)
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return info.Result, nil
 }
 
 type vmState struct {
@@ -364,8 +374,7 @@ func (c *conn) shutdown(ctx context.Context, vm *object.VirtualMachine) error {
 }
 
 func (c *conn) powerOff(ctx context.Context, vm *object.VirtualMachine) error {
-	t, err := vm.PowerOff(ctx)
-	err = c.wait(ctx, "power off "+vm.Name(), t, err)
+	_, err := c.run(ctx, "power off "+vm.Name(), vm.PowerOff)
 	if err != nil && isPoweredOff(err) {
 		return nil // the guest finished shutting down meanwhile
 	}
@@ -406,8 +415,8 @@ func (d *Driver) power(ctx context.Context, spec driver.Spec, from types.Virtual
 	if err != nil || st.power != from {
 		return err // already in the wanted state (or not in one the action applies to)
 	}
-	t, err := op(ctx, vm)
-	return c.wait(ctx, what+" "+name, t, err)
+	_, err = c.run(ctx, what+" "+name, func(ctx context.Context) (*object.Task, error) { return op(ctx, vm) })
+	return err
 }
 
 // Remove powers the VM off (no guest shutdown: this is cleanup), unregisters
