@@ -33,13 +33,14 @@ const (
 	OptShutdownTimeout = "shutdown-timeout" // guest shutdown, then power off (default 3m)
 	OptTaskTimeout     = "task-timeout"     // bound on each vSphere task (default 10m)
 	OptGuestDomain     = "guest-domain"     // domain for Linux guest customization (default localdomain)
+	OptNetworks        = "networks"         // comma-separated port groups the network map names (checked by Validate)
 )
 
 var knownOptions = map[string]bool{
 	OptURL: true, OptCredentialsFile: true, OptDatacenter: true, OptDatastore: true, OptMount: true,
 	OptPool: true, OptFolder: true, OptVMDir: true, OptTestNetwork: true, OptInsecure: true,
 	OptGuestID: true, OptController: true, OptNIC: true, OptShutdownTimeout: true, OptTaskTimeout: true,
-	OptGuestDomain: true,
+	OptGuestDomain: true, OptNetworks: true,
 }
 
 // Defaults.
@@ -74,6 +75,7 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	TaskTimeout     time.Duration
 	GuestDomain     string
+	Networks        []string
 }
 
 func optErr(format string, a ...any) error {
@@ -104,6 +106,11 @@ func ParseOptions(opts map[string]string) (*Options, error) {
 		VMDir: withDefault(opts[OptVMDir], DefaultVMDir), GuestID: withDefault(opts[OptGuestID], DefaultGuestID),
 		Controller: withDefault(opts[OptController], DefaultController), NIC: withDefault(opts[OptNIC], DefaultNIC),
 		GuestDomain: withDefault(opts[OptGuestDomain], DefaultGuestDomain),
+	}
+	for _, n := range strings.Split(opts[OptNetworks], ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			o.Networks = append(o.Networks, n)
+		}
 	}
 	raw := opts[OptURL]
 	if raw == "" {

@@ -47,7 +47,8 @@ func New(opts map[string]string) (*Driver, error) {
 }
 
 // Validate checks the options, logs in, finds the datacenter, the datastore
-// (refused unless NFS), the pool, the folder and the test network, and
+// (refused unless NFS), the pool, the folder, the test network and the port
+// groups the networks option lists (the network map's destinations), and
 // checks that the mount option really is that datastore: a probe file
 // written under the mount must be visible through vCenter.
 func Validate(ctx context.Context, opts map[string]string) error {
@@ -69,6 +70,11 @@ func Validate(ctx context.Context, opts map[string]string) error {
 	if d.opts.TestNetwork != "" {
 		if _, err := c.finder.Network(ctx, d.opts.TestNetwork); err != nil {
 			return classify("validate", fmt.Errorf("test-network %s: %w", d.opts.TestNetwork, err))
+		}
+	}
+	for _, n := range d.opts.Networks {
+		if _, err := c.finder.Network(ctx, n); err != nil {
+			return classify("validate", fmt.Errorf("network %s (network map): %w", n, err))
 		}
 	}
 	if d.opts.Mount == "" {

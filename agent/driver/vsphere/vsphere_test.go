@@ -254,22 +254,26 @@ func TestValidate(t *testing.T) {
 	s := newSim(t, false)
 	ctx := context.Background()
 	require.NoError(t, Validate(ctx, s.opts))
+	o := clone(s.opts)
+	o[OptNetworks] = simProdNet + "," + simTestNet
+	require.NoError(t, Validate(ctx, o), "existing port groups of the network map")
 
 	other := t.TempDir()
 	cases := map[string]func(map[string]string){
-		"missing url":        func(o map[string]string) { delete(o, OptURL) },
-		"url with password":  func(o map[string]string) { o[OptURL] = "https://u:p@vc.example/sdk" },
-		"password option":    func(o map[string]string) { o["password"] = "x" },
-		"unknown option":     func(o map[string]string) { o["datastor"] = "x" },
-		"relative mount":     func(o map[string]string) { o[OptMount] = "mnt/nfs" },
-		"bad insecure":       func(o map[string]string) { o[OptInsecure] = "maybe" },
-		"bad controller":     func(o map[string]string) { o[OptController] = "buslogic" },
-		"bad timeout":        func(o map[string]string) { o[OptShutdownTimeout] = "-1s" },
-		"no credentials":     func(o map[string]string) { delete(o, OptCredentialsFile) },
-		"mount not the ds":   func(o map[string]string) { o[OptMount] = other },
-		"no such pool":       func(o map[string]string) { o[OptPool] = "/DC0/host/DC0_C0/Resources/nope" },
-		"no such test net":   func(o map[string]string) { o[OptTestNetwork] = "nope" },
-		"no such datacenter": func(o map[string]string) { o[OptDatacenter] = "DC9" },
+		"missing url":         func(o map[string]string) { delete(o, OptURL) },
+		"url with password":   func(o map[string]string) { o[OptURL] = "https://u:p@vc.example/sdk" },
+		"password option":     func(o map[string]string) { o["password"] = "x" },
+		"unknown option":      func(o map[string]string) { o["datastor"] = "x" },
+		"relative mount":      func(o map[string]string) { o[OptMount] = "mnt/nfs" },
+		"bad insecure":        func(o map[string]string) { o[OptInsecure] = "maybe" },
+		"bad controller":      func(o map[string]string) { o[OptController] = "buslogic" },
+		"bad timeout":         func(o map[string]string) { o[OptShutdownTimeout] = "-1s" },
+		"no credentials":      func(o map[string]string) { delete(o, OptCredentialsFile) },
+		"mount not the ds":    func(o map[string]string) { o[OptMount] = other },
+		"no such pool":        func(o map[string]string) { o[OptPool] = "/DC0/host/DC0_C0/Resources/nope" },
+		"no such test net":    func(o map[string]string) { o[OptTestNetwork] = "nope" },
+		"unmapped port group": func(o map[string]string) { o[OptNetworks] = simProdNet + ",nope" },
+		"no such datacenter":  func(o map[string]string) { o[OptDatacenter] = "DC9" },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -284,7 +288,7 @@ func TestValidate(t *testing.T) {
 
 	loose := filepath.Join(t.TempDir(), "loose.cred")
 	require.NoError(t, os.WriteFile(loose, []byte("user=a\npassword=b\n"), 0o644))
-	o := clone(s.opts)
+	o = clone(s.opts)
 	o[OptCredentialsFile] = loose
 	err := Validate(ctx, o)
 	require.ErrorIs(t, err, ErrOption)
