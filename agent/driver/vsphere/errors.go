@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/ferrydr/ferry/agent/driver"
@@ -45,6 +46,8 @@ func kindOf(err error) driver.ErrorKind {
 	switch {
 	case fault.Is(err, &types.InvalidLogin{}), fault.Is(err, &types.NoPermission{}), fault.Is(err, &types.NotAuthenticated{}):
 		return driver.KindAuth
+	case soap.IsCertificateUntrusted(err):
+		return driver.KindInvalid // vCenter's certificate: ca-file, or insecure; retrying cannot help
 	case errors.Is(err, ErrOption), errors.Is(err, ErrDisk), errors.Is(err, ErrNotNFS),
 		errors.Is(err, ErrNotUnder), errors.Is(err, ErrTestNetwork):
 		return driver.KindInvalid

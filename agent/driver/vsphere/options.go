@@ -27,6 +27,7 @@ const (
 	OptVMDir           = "vm-dir"           // datastore directory for the VMs' own files (default ferry-vms)
 	OptTestNetwork     = "test-network"     // port group of test machines; unset: their NICs are disconnected
 	OptInsecure        = "insecure"         // true: do not verify vCenter's TLS certificate
+	OptCAFile          = "ca-file"          // PEM file of the CA(s) that sign vCenter's certificate
 	OptGuestID         = "guest-id"         // vSphere guest OS identifier (default otherGuest64)
 	OptController      = "controller"       // lsilogic-sas (default), pvscsi, lsilogic
 	OptNIC             = "nic"              // e1000e (default), vmxnet3, e1000
@@ -40,7 +41,7 @@ var knownOptions = map[string]bool{
 	OptURL: true, OptCredentialsFile: true, OptDatacenter: true, OptDatastore: true, OptMount: true,
 	OptPool: true, OptFolder: true, OptVMDir: true, OptTestNetwork: true, OptInsecure: true,
 	OptGuestID: true, OptController: true, OptNIC: true, OptShutdownTimeout: true, OptTaskTimeout: true,
-	OptGuestDomain: true, OptNetworks: true,
+	OptGuestDomain: true, OptNetworks: true, OptCAFile: true,
 }
 
 // Defaults.
@@ -69,6 +70,7 @@ type Options struct {
 	VMDir           string
 	TestNetwork     string
 	Insecure        bool
+	CAFile          string
 	GuestID         string
 	Controller      string
 	NIC             string
@@ -142,6 +144,14 @@ func ParseOptions(opts map[string]string) (*Options, error) {
 	if s := opts[OptInsecure]; s != "" {
 		if o.Insecure, err = strconv.ParseBool(s); err != nil {
 			return nil, optErr("insecure %q: want true or false", s)
+		}
+	}
+	if o.CAFile = opts[OptCAFile]; o.CAFile != "" {
+		if o.Insecure {
+			return nil, optErr("ca-file and insecure contradict each other")
+		}
+		if _, err := os.Stat(o.CAFile); err != nil {
+			return nil, optErr("ca-file: %v", err)
 		}
 	}
 	switch o.Controller {

@@ -2,6 +2,7 @@ package vsphere
 
 import (
 	"context"
+	"crypto/tls"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -53,8 +54,10 @@ func newSim(t *testing.T, vmfs bool) *sim {
 		ds.Summary.Type = string(types.HostFileSystemVolumeFileSystemTypeVMFS)
 	}
 	m.Service.Listen = &url.URL{User: url.UserPassword(simUser, simPassword)}
+	m.Service.TLS = new(tls.Config) // https with the simulator's self-signed certificate
 	srv := m.Service.NewServer()
 	t.Cleanup(srv.Close)
+	require.Equal(t, "https", srv.URL.Scheme)
 
 	c, err := govmomi.NewClient(ctx, srv.URL, true)
 	require.NoError(t, err)

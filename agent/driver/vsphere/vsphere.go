@@ -113,6 +113,11 @@ func (d *Driver) mountFor(spec driver.Spec) (string, error) {
 
 func (d *Driver) connect(ctx context.Context) (*conn, error) {
 	sc := soap.NewClient(d.opts.URL, d.opts.Insecure)
+	if d.opts.CAFile != "" {
+		if err := sc.SetRootCAs(d.opts.CAFile); err != nil {
+			return nil, fmt.Errorf("%w: ca-file %s: %w", ErrOption, d.opts.CAFile, err)
+		}
+	}
 	vc, err := vim25.NewClient(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", d.opts.URL.Host, err)

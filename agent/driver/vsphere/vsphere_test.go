@@ -286,11 +286,23 @@ func TestValidate(t *testing.T) {
 		})
 	}
 
+	// Verified TLS: the simulator's certificate as the CA file passes; the
+	// system roots (no insecure, no ca-file) do not know it.
+	caFile, err := s.srv.CertificateFile()
+	require.NoError(t, err)
+	o = clone(s.opts)
+	delete(o, OptInsecure)
+	o[OptCAFile] = caFile
+	require.NoError(t, Validate(ctx, o), "vCenter's certificate verified against ca-file")
+	delete(o, OptCAFile)
+	err = Validate(ctx, o)
+	require.Equal(t, driver.KindInvalid, driver.KindOf(err), "an unknown certificate is refused, not retried: %v", err)
+
 	loose := filepath.Join(t.TempDir(), "loose.cred")
 	require.NoError(t, os.WriteFile(loose, []byte("user=a\npassword=b\n"), 0o644))
 	o = clone(s.opts)
 	o[OptCredentialsFile] = loose
-	err := Validate(ctx, o)
+	err = Validate(ctx, o)
 	require.ErrorIs(t, err, ErrOption)
 	require.Contains(t, err.Error(), "chmod 600")
 }
