@@ -44,6 +44,12 @@ func TestPowerPaths(t *testing.T) {
 	require.Equal(t, driver.StatusStopped, st)
 	require.NoError(t, d.Resume(ctx, spec))
 	require.Equal(t, types.VirtualMachinePowerStatePoweredOn, readVM(t, s, "app").power)
+	require.NoError(t, d.Pause(ctx, spec))
+	spec.CPUs = 2
+	require.NoError(t, d.Start(ctx, spec), "Start of a suspended VM resumes it")
+	v := readVM(t, s, "app")
+	require.Equal(t, types.VirtualMachinePowerStatePoweredOn, v.power)
+	require.EqualValues(t, 1, v.cpus, "a suspended VM is resumed as it was, not reconfigured")
 
 	inject(s, "ShutdownGuest", &types.ToolsUnavailable{}, 0)
 	var logs bytes.Buffer

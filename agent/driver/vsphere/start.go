@@ -37,9 +37,10 @@ func vmName(spec driver.Spec) (string, error) {
 }
 
 // Start writes each disk's descriptor, creates the VM (or registers the vmx
-// its directory already holds), brings its CPUs, memory, firmware, disks and NICs to the spec, applies
-// re-IP by guest customization and powers it on. A running VM is left
-// running, unchanged.
+// its directory already holds), brings its CPUs, memory, firmware, disks and
+// NICs to the spec, applies re-IP by guest customization and powers it on.
+// A running VM is left running, unchanged; a suspended one is resumed as it
+// is (vSphere cannot change a suspended VM's hardware).
 func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 	return classify(driver.ActionStart, d.start(ctx, spec))
 }
@@ -87,8 +88,13 @@ func (d *Driver) start(ctx context.Context, spec driver.Spec) error {
 		if err != nil {
 			return err
 		}
-		if st.power == types.VirtualMachinePowerStatePoweredOn {
+		switch st.power {
+		case types.VirtualMachinePowerStatePoweredOn:
 			return nil
+		case types.VirtualMachinePowerStateSuspended:
+			// Its hardware cannot change while suspended: resume it as it is.
+			_, err := c.run(ctx, "power on "+name, vm.PowerOn)
+			return err
 		}
 	}
 
