@@ -100,12 +100,11 @@ func (d *Driver) start(ctx context.Context, spec driver.Spec) error {
 
 	disks := make([]plannedDisk, 0, len(spec.Disks))
 	for _, dk := range spec.Disks {
-		desc, err := WriteDescriptor(dk.Path)
+		p, err := c.datastorePath(DescriptorPath(dk.Path))
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", dk.Name, err)
 		}
-		p, err := c.datastorePath(desc)
-		if err != nil {
+		if _, err := WriteDescriptor(dk.Path); err != nil {
 			return fmt.Errorf("disk %s: %w", dk.Name, err)
 		}
 		disks = append(disks, plannedDisk{dsPath: p})

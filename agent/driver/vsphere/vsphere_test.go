@@ -240,6 +240,14 @@ func TestClassifiedErrors(t *testing.T) {
 	require.ErrorIs(t, err, ErrDisk)
 	spec.Disks[0].Format = "raw"
 
+	outside := filepath.Join(t.TempDir(), "disk0.raw")
+	require.NoError(t, os.WriteFile(outside, make([]byte, 4096), 0o644))
+	err = newDriver(t, s.opts).Start(ctx, driver.Spec{Machine: "app", CPUs: 1, Memory: 256 << 20,
+		Disks: []driver.Disk{{Name: "d", Path: outside}}})
+	require.Equal(t, driver.KindInvalid, driver.KindOf(err), "%v", err)
+	require.ErrorIs(t, err, ErrNotUnder)
+	require.NoFileExists(t, DescriptorPath(outside), "nothing written outside the datastore")
+
 	opts = clone(s.opts)
 	opts[OptURL] = "https://127.0.0.1:1/sdk" // nothing listens on port 1
 	err = newDriver(t, opts).Start(ctx, spec)
