@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/ferrydr/ferry/agent/driver"
@@ -321,4 +323,39 @@ func clone(m map[string]string) map[string]string {
 		c[k] = v
 	}
 	return c
+}
+
+// TestRegisterFromVMX: a VM that left the inventory but whose vmx is still
+// in its directory (unregistered by hand, a vCenter rebuilt) is registered
+// from that vmx, not created again, and brought to the spec.
+func TestRegisterFromVMX(t *testing.T) {
+	s := newSim(t, false)
+	ctx := context.Background()
+	raw, _ := stage(t, s, "site/web2/set/disk0.raw", 1<<20)
+	spec := driver.Spec{Machine: "web2", Name: "web2", CPUs: 2, Memory: 512 << 20, Disks: []driver.Disk{{Name: "d", Path: raw}},
+		NICs: []driver.NIC{{Name: "prod", Network: simProdNet}}}
+	d := newDriver(t, s.opts)
+	require.NoError(t, d.Start(ctx, spec))
+	require.NoError(t, d.Stop(ctx, spec))
+
+	vm, err := find.NewFinder(s.c.Client, true).VirtualMachine(ctx, "/DC0/vm/web2")
+	require.NoError(t, err)
+	require.NoError(t, vm.Unregister(ctx))
+	require.Nil(t, readVM(t, s, "web2"))
+	vmx := filepath.Join(s.mount, DefaultVMDir, "web2", "web2.vmx")
+	require.FileExists(t, vmx, "the vmx stays when a VM is unregistered")
+
+	var logs bytes.Buffer
+	d.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	spec.CPUs = 3
+	require.NoError(t, d.Start(ctx, spec))
+	require.Contains(t, logs.String(), "registering the VM from its directory")
+	v := readVM(t, s, "web2")
+	require.NotNil(t, v)
+	require.Equal(t, "["+simNFSName+"] ferry-vms/web2/web2.vmx", v.vmx)
+	require.Equal(t, types.VirtualMachinePowerStatePoweredOn, v.power)
+	require.EqualValues(t, 3, v.cpus)
+	require.Equal(t, []string{"[" + simNFSName + "] site/web2/set/disk0-esxi.vmdk"}, disksOf(v))
+	require.Len(t, v.cards, 1)
+	require.NoError(t, d.Remove(ctx, spec))
 }
