@@ -10,6 +10,7 @@ import (
 	"github.com/ferrydr/ferry/agent/driver"
 	"github.com/ferrydr/ferry/agent/driver/hyperv"
 	"github.com/ferrydr/ferry/agent/driver/libvirt"
+	"github.com/ferrydr/ferry/agent/driver/vsphere"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
@@ -48,7 +49,10 @@ func hypervisorKinds() map[string]hypervisorKind {
 		// and agent/driver/hyperv replace these two rows with
 		//   {New: func(o map[string]string) (driver.Hypervisor, error) { return vsphere.New(o) }, Validate: vsphere.Validate}
 		// (and the same for hyperv).
-		msg.DriverVSphere: notBuilt(msg.DriverVSphere),
+		msg.DriverVSphere: {
+			New:      func(o map[string]string) (driver.Hypervisor, error) { return vsphere.New(o) },
+			Validate: vsphere.Validate,
+		},
 		msg.DriverHyperV: {
 			New:      func(o map[string]string) (driver.Hypervisor, error) { return hyperv.New(o) },
 			Validate: hyperv.Validate,
@@ -86,7 +90,7 @@ func validateHypervisor(ctx context.Context, req msg.TargetValidateRequest) erro
 	if opts == nil {
 		opts = map[string]string{}
 	}
-	if req.Kind == msg.DriverLibvirt && len(req.Networks) > 0 {
+	if (req.Kind == msg.DriverLibvirt || req.Kind == msg.DriverVSphere) && len(req.Networks) > 0 {
 		opts[libvirt.OptNetworks] = strings.Join(req.Networks, ",")
 	}
 	if err := k.Validate(ctx, opts); err != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrydr/ferry/agent/driver"
+	"github.com/ferrydr/ferry/agent/driver/vsphere"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
@@ -54,4 +55,18 @@ func TestHypervisorTable(t *testing.T) {
 	_, err = runHypervisor(context.Background(), msg.Hypervisor{Kind: msg.DriverLibvirt}, driver.ActionStart, nil)
 	require.ErrorIs(t, err, protocol.ErrInvalid)
 	require.ErrorIs(t, validateHypervisor(context.Background(), msg.TargetValidateRequest{Kind: msg.DriverExec, Options: map[string]string{"uri": "x"}}), protocol.ErrInvalid)
+}
+
+// TestVSphereRow: the vsphere row builds agent/driver/vsphere (its option
+// errors, not ErrDriverNotBuilt), and target.validate refuses its bad
+// options as invalid.
+func TestVSphereRow(t *testing.T) {
+	k := hypervisorKinds()[msg.DriverVSphere]
+	_, err := k.New(map[string]string{"url": "https://vc.example/sdk"})
+	require.ErrorIs(t, err, vsphere.ErrOption)
+	require.NotErrorIs(t, err, ErrDriverNotBuilt)
+	require.ErrorIs(t, k.Validate(context.Background(), map[string]string{"url": "https://vc.example/sdk"}), vsphere.ErrOption)
+	err = validateHypervisor(context.Background(), msg.TargetValidateRequest{Kind: msg.DriverVSphere,
+		Options: map[string]string{"url": "https://vc.example/sdk"}, Networks: []string{"VM Network"}})
+	require.ErrorIs(t, err, protocol.ErrInvalid)
 }

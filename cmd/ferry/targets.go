@@ -84,6 +84,8 @@ before the target is stored (docs/drivers.md).`,
 		{"datacenter", "vsphere: datacenter (default: the only one)"},
 		{"pool", "vsphere: resource pool (default: the cluster's)"},
 		{"credentials-file", "vsphere: file on the target agent's host with the user and password"},
+		{"mount", "vsphere: where the datastore's root is mounted on the agent's host (default: the target directory)"},
+		{"ca-file", "vsphere: PEM file of the CA that signs vCenter's certificate"},
 		{"switch", "hyperv: virtual switch for NICs without a --network mapping"},
 	} {
 		opts[o.name] = f.String(o.name, "", o.usage)
