@@ -72,7 +72,7 @@ func (s *Server) RemoveTarget(ctx context.Context, name string) error {
 // refuses for the action in the machine's state, with the reason and what
 // to do instead. A machine another job holds is busy.
 func (s *Server) requireState(ctx context.Context, machine string, action lifecycle.Action) error {
-	m, err := s.cat.Machine(ctx, machine)
+	m, err := s.machine(ctx, machine)
 	if err != nil {
 		return apiErr(err)
 	}

@@ -175,6 +175,9 @@ func (s *Server) Machines(ctx context.Context) ([]api.Machine, error) {
 	}
 	out := []api.Machine{}
 	for _, m := range ms {
+		if m, err = s.settled(ctx, m); err != nil {
+			return nil, err
+		}
 		am, err := s.describe(ctx, m)
 		if err != nil {
 			return nil, err
@@ -186,7 +189,7 @@ func (s *Server) Machines(ctx context.Context) ([]api.Machine, error) {
 
 // Machine shows one machine.
 func (s *Server) Machine(ctx context.Context, name string) (api.Machine, error) {
-	m, err := s.cat.Machine(ctx, name)
+	m, err := s.machine(ctx, name)
 	if err != nil {
 		return api.Machine{}, apiErr(err)
 	}
@@ -339,7 +342,7 @@ func (s *Server) reader(key []byte) (*storage.Repo, error) {
 func (s *Server) ExportManifest(ctx context.Context, machine, spec string, key []byte) (api.ExportManifest, error) {
 	// A machine still in the catalog exports what the lifecycle table
 	// allows; the points of an unprotected one stay exportable.
-	m, err := s.cat.Machine(ctx, machine)
+	m, err := s.machine(ctx, machine)
 	switch {
 	case err == nil:
 		if err := lifecycle.Check(machine, m.State, lifecycle.Export); err != nil {

@@ -56,6 +56,35 @@ func (r *registry) closeAll() {
 	}
 }
 
+// settled returns the machine with its state caught up with the
+// repository: a point is committed before the catalog hears of it, so a
+// reader in between (or a controller that crashed in between) would see a
+// machine with a point still `syncing`. Lifecycle decisions read machines
+// through here.
+func (s *Server) settled(ctx context.Context, m catalog.Machine) (catalog.Machine, error) {
+	if m.State != catalog.StateSyncing {
+		return m, nil
+	}
+	pts, err := s.repo.Points(ctx, m.Name)
+	if err != nil || len(pts) == 0 {
+		return m, err
+	}
+	m.State = catalog.StateProtected
+	if err := s.cat.UpdateMachine(ctx, m); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// machine reads a machine's record through settled.
+func (s *Server) machine(ctx context.Context, name string) (catalog.Machine, error) {
+	m, err := s.cat.Machine(ctx, name)
+	if err != nil {
+		return m, err
+	}
+	return s.settled(ctx, m)
+}
+
 // pointCommitted moves a syncing machine to protected and applies retention.
 func (s *Server) pointCommitted(machine string, p storage.Point) {
 	ctx := context.Background()
