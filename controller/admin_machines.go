@@ -94,7 +94,7 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 		return api.Machine{}, err
 	}
 	m := catalog.Machine{Name: req.Machine, AgentID: a.ID, Policy: req.Policy, Target: req.Target,
-		State: catalog.StateSyncing, ActiveSite: "source", Direction: "forward", Spec: req}
+		State: catalog.StateSyncing, ActiveSite: catalog.SiteHome, Direction: catalog.Forward, Spec: req}
 	if err := s.cat.AddMachine(ctx, m); err != nil {
 		return api.Machine{}, apiErr(err)
 	}

@@ -221,7 +221,7 @@ func (s *Server) replicating(ctx context.Context, agentID, machine string) error
 	if err != nil {
 		return err
 	}
-	if m.ActiveSite == "target" || m.Direction == "reverse" {
+	if m.AtRecovery() || m.Reversed() {
 		// The recovery site ships the machine's disks (the writes made
 		// there) while it runs there.
 		return nil

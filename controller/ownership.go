@@ -16,9 +16,9 @@ import (
 // machine's lifecycle in the catalog, and everything that lets an agent
 // touch a machine asks this (docs/security.md "Hostile agent").
 //
-//   - At home (active site "source", direction "forward"), the machine's
+//   - At home (active site "home", direction "forward"), the machine's
 //     source agent acts for it.
-//   - When the machine runs at the recovery site (active site "target": a
+//   - When the machine runs at the recovery site (active site "recovery": a
 //     failover moved it there) or replicates from the recovery site back
 //     home (direction "reverse"), the agent of that site acts for it: the
 //     agent of the target in the current failover record, else of the
@@ -31,7 +31,7 @@ import (
 // actingAgent returns the id of the agent acting for m. targetAgent looks
 // up the agent of a target site by target name.
 func actingAgent(m catalog.Machine, targetAgent func(target string) (string, error)) (string, error) {
-	if m.ActiveSite != "target" && m.Direction != "reverse" {
+	if !m.AtRecovery() && !m.Reversed() {
 		return m.AgentID, nil
 	}
 	target := m.Target

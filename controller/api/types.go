@@ -185,7 +185,7 @@ type Machine struct {
 	HealthReason   string        `json:"health_reason,omitempty"`
 	RPOSeconds     *float64      `json:"rpo_seconds"` // null before the first point
 	LastPoint      *time.Time    `json:"last_point"`
-	ActiveSite     string        `json:"active_site"` // source or target
+	ActiveSite     string        `json:"active_site"` // home or recovery
 	Direction      string        `json:"direction"`   // forward or reverse
 	Policy         string        `json:"policy"`
 	Target         string        `json:"target,omitempty"`

@@ -21,6 +21,8 @@ const (
 	StateReprotecting     = "reprotecting"
 	StateReverseProtected = "reverse-protected"
 	StateFailingBack      = "failing-back"
+	StateFailedBack       = "failed-back"
+	StateBackHome         = "back-home"
 	StateUnprotected      = "unprotected"
 )
 
@@ -31,27 +33,78 @@ type Machine struct {
 	Policy     string
 	Target     string
 	State      string
-	ActiveSite string // source or target
+	ActiveSite string // home or recovery (SiteHome, SiteRecovery)
 	Direction  string // forward or reverse
 	Spec       api.ProtectRequest
 	// Resync makes the next cycle compare every block by hash.
 	Resync bool
 	// Failover is the current (test) failover, if any.
 	Failover *api.FailoverInfo
-	Created  time.Time
-	Updated  time.Time
+	// RoundTrip is what re-protection recorded for the reverse direction
+	// (nil before a first re-protect).
+	RoundTrip *RoundTrip
+	Created   time.Time
+	Updated   time.Time
 }
 
-const machineCols = `name, agent_id, policy, target, state, active_site, direction, spec, created_ns, updated_ns, resync, failover`
+// Sites a machine is active on, and the replication directions.
+const (
+	SiteHome     = "home"     // where it was first protected
+	SiteRecovery = "recovery" // its target site
+	Forward      = "forward"  // home → recovery
+	Reverse      = "reverse"  // recovery → home
+)
+
+// NormalizeSite maps the words of earlier versions (source, target) to
+// home and recovery; other words are returned as they are.
+func NormalizeSite(s string) string {
+	switch s {
+	case "source":
+		return SiteHome
+	case "target":
+		return SiteRecovery
+	}
+	return s
+}
+
+// RoundTrip is what a re-protect job recorded for the machine's reverse
+// replication: the recovery-site disks the recovery agent reads (the live
+// disk set's files), where the home disks are kept as a disk set by the
+// home agent, and the points the round trip keeps.
+type RoundTrip struct {
+	Job string `json:"job"` // the re-protect job that made it
+	// Target is the recovery site; RecoveryPaths the disk files its agent
+	// reads as the machine's source (by disk, in point order).
+	Target        string   `json:"target"`
+	RecoveryPaths []string `json:"recovery_paths"`
+	// HomeDir is the directory the home agent keeps the home disk set's
+	// state in (the disks themselves stay where they are).
+	HomeDir string `json:"home_dir"`
+	// Divergent is the point that kept the home disks' content before
+	// they were first overwritten (home-divergent-<job>).
+	Divergent int64 `json:"divergent,omitempty"`
+	// SourceIsOff records that the administrator declared the other
+	// side's machine off (--source-is-off) instead of Ferry stopping it.
+	SourceIsOff bool `json:"source_is_off,omitempty"`
+}
+
+const machineCols = `name, agent_id, policy, target, state, active_site, direction, spec, created_ns, updated_ns, resync, failover, roundtrip`
 
 func scanMachine(sc interface{ Scan(...any) error }) (Machine, error) {
 	var m Machine
-	var spec, fo string
+	var spec, fo, rt string
 	var created, updated int64
-	if err := sc.Scan(&m.Name, &m.AgentID, &m.Policy, &m.Target, &m.State, &m.ActiveSite, &m.Direction, &spec, &created, &updated, &m.Resync, &fo); err != nil {
+	if err := sc.Scan(&m.Name, &m.AgentID, &m.Policy, &m.Target, &m.State, &m.ActiveSite, &m.Direction, &spec, &created, &updated, &m.Resync, &fo, &rt); err != nil {
 		return m, err
 	}
+	m.ActiveSite = NormalizeSite(m.ActiveSite)
 	m.Created, m.Updated = fromNS(created), fromNS(updated)
+	if rt != "" {
+		m.RoundTrip = &RoundTrip{}
+		if err := json.Unmarshal([]byte(rt), m.RoundTrip); err != nil {
+			return m, err
+		}
+	}
 	if fo != "" {
 		m.Failover = &api.FailoverInfo{}
 		if err := json.Unmarshal([]byte(fo), m.Failover); err != nil {
@@ -68,8 +121,8 @@ func (c *Catalog) AddMachine(ctx context.Context, m Machine) error {
 		return err
 	}
 	now := c.now()
-	_, err = c.db.ExecContext(ctx, `INSERT INTO machines (`+machineCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
-		m.Name, m.AgentID, m.Policy, m.Target, m.State, m.ActiveSite, m.Direction, string(spec), ns(now), ns(now), m.Resync, failoverJSON(m.Failover))
+	_, err = c.db.ExecContext(ctx, `INSERT INTO machines (`+machineCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		m.Name, m.AgentID, m.Policy, m.Target, m.State, NormalizeSite(m.ActiveSite), m.Direction, string(spec), ns(now), ns(now), m.Resync, failoverJSON(m.Failover), roundTripJSON(m.RoundTrip))
 	if isUnique(err) {
 		return fmt.Errorf("machine %q is already protected: %w", m.Name, ErrExists)
 	}
@@ -115,8 +168,8 @@ func (c *Catalog) UpdateMachine(ctx context.Context, m Machine) error {
 	if err != nil {
 		return err
 	}
-	res, err := c.db.ExecContext(ctx, `UPDATE machines SET agent_id=?, policy=?, target=?, state=?, active_site=?, direction=?, spec=?, updated_ns=?, resync=?, failover=? WHERE name=?`,
-		m.AgentID, m.Policy, m.Target, m.State, m.ActiveSite, m.Direction, string(spec), ns(c.now()), m.Resync, failoverJSON(m.Failover), m.Name)
+	res, err := c.db.ExecContext(ctx, `UPDATE machines SET agent_id=?, policy=?, target=?, state=?, active_site=?, direction=?, spec=?, updated_ns=?, resync=?, failover=?, roundtrip=? WHERE name=?`,
+		m.AgentID, m.Policy, m.Target, m.State, NormalizeSite(m.ActiveSite), m.Direction, string(spec), ns(c.now()), m.Resync, failoverJSON(m.Failover), roundTripJSON(m.RoundTrip), m.Name)
 	if err != nil {
 		return err
 	}
@@ -155,3 +208,18 @@ func failoverJSON(f *api.FailoverInfo) string {
 	b, _ := json.Marshal(f)
 	return string(b)
 }
+
+func roundTripJSON(r *RoundTrip) string {
+	if r == nil {
+		return ""
+	}
+	b, _ := json.Marshal(r)
+	return string(b)
+}
+
+// AtRecovery reports whether the machine is active at its recovery site
+// (the old word "target" included).
+func (m Machine) AtRecovery() bool { return NormalizeSite(m.ActiveSite) == SiteRecovery }
+
+// Reversed reports whether replication runs from the recovery site home.
+func (m Machine) Reversed() bool { return m.Direction == Reverse }

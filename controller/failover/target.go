@@ -318,7 +318,7 @@ func (j *job) advance(m *catalog.Machine) error {
 	}
 	m.State = r.Next
 	if r.Next == catalog.StateFailedOver {
-		m.ActiveSite = "target"
+		m.ActiveSite = catalog.SiteRecovery
 	}
 	return nil
 }

@@ -53,8 +53,10 @@ func TestEveryPairIsDecided(t *testing.T) {
 		}
 	}
 	require.Len(t, table, len(States)*len(Actions), "no cell outside States × Actions")
-	require.Empty(t, Allowed(catalog.StateReverseProtected), "a state without a row allows nothing")
-	require.Equal(t, []string{"unprotect"}, Allowed(catalog.StateCommitted), "re-protect is not offered: it does not exist")
+	require.Empty(t, Allowed(catalog.StateUnprotected), "a state without a row allows nothing")
+	require.Equal(t, []string{"unprotect", "reprotect"}, Allowed(catalog.StateCommitted), "a committed machine can only be re-protected or unprotected")
+	require.Equal(t, []string{"points export", "unprotect", "failback"}, Allowed(catalog.StateReverseProtected))
+	require.Equal(t, []string{"points export", "unprotect", "reprotect"}, Allowed(catalog.StateBackHome))
 }
 
 func TestRefusalNamesTheMachine(t *testing.T) {
