@@ -138,6 +138,13 @@ func isConversion(name string) bool {
 // format copy when Convert made one, else the raw file. What the machine
 // wrote is read from there (target.ship).
 func RunningDiskPath(setDir, name string) (string, error) {
+	if st, err := ReadState(setDir); err == nil && len(st.Paths) != 0 {
+		for i, d := range st.Disks {
+			if d.Name == name {
+				return st.Paths[i], nil // the home disks are their own files
+			}
+		}
+	}
 	for _, f := range ConvertFormats {
 		p := ConvertedPath(setDir, name, f)
 		ok, err := exists(p)

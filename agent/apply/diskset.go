@@ -184,9 +184,9 @@ func (d *DiskSet) openFiles(create bool) error {
 	for _, dk := range d.state.Disks {
 		df := old[dk.Name]
 		if df == nil {
-			p := DiskPath(d.dir, dk.Name)
+			p := diskPathOf(d.dir, d.state, len(files))
 			flags := os.O_RDWR
-			if create {
+			if create && len(d.state.Paths) == 0 {
 				flags |= os.O_CREATE
 			}
 			f, err := os.OpenFile(p, flags, 0o600)
@@ -204,6 +204,10 @@ func (d *DiskSet) openFiles(create bool) error {
 		fi, err := df.f.Stat()
 		if err != nil {
 			return fail(pathErr("stat", df.path, err))
+		}
+		if len(d.state.Paths) != 0 && fi.Size() != dk.Size {
+			// A home disk is never resized by a move.
+			return fail(pathErr("open", df.path, fmt.Errorf("%w: the home disk has %d bytes, the point %d", ErrRefused, fi.Size(), dk.Size)))
 		}
 		if fi.Size() < dk.Size {
 			if err := df.f.Truncate(dk.Size); err != nil {
@@ -253,9 +257,18 @@ func (d *DiskSet) State() msg.DiskSetState {
 func withPaths(setDir string, st msg.DiskSetState) msg.DiskSetState {
 	st.Disks = cleanDisks(st.Disks)
 	for i := range st.Disks {
-		st.Disks[i].Path = DiskPath(setDir, st.Disks[i].Name)
+		st.Disks[i].Path = diskPathOf(setDir, st, i)
 	}
 	return st
+}
+
+// diskPathOf is the file of disk i of a set: its own file for the home
+// set (Paths), else the raw file in the set directory.
+func diskPathOf(setDir string, st msg.DiskSetState, i int) string {
+	if len(st.Paths) > i {
+		return st.Paths[i]
+	}
+	return DiskPath(setDir, st.Disks[i].Name)
 }
 
 // BytesApplied counts the bytes WriteBlock and ZeroBlock applied to this
@@ -278,6 +291,9 @@ func (d *DiskSet) BeginMove(to int64, disks []msg.TargetDisk) error {
 	defer d.mu.Unlock()
 	if d.closed {
 		return ErrClosed
+	}
+	if len(d.state.Paths) != 0 && !sameShape(d.state.Disks, disks) {
+		return fmt.Errorf("%w: %s: the home disks are updated in place and keep their number and sizes", ErrRefused, d.dir)
 	}
 	next := d.state
 	next.MovingTo = to
@@ -438,7 +454,7 @@ func (d *DiskSet) Finish(to int64) error {
 		}
 		df.dirty.Store(0)
 	}
-	next := msg.DiskSetState{Point: to, Disks: d.state.Disks}
+	next := msg.DiskSetState{Point: to, Disks: d.state.Disks, Paths: d.state.Paths}
 	if err := writeState(d.dir, next); err != nil {
 		return err
 	}
@@ -504,4 +520,18 @@ func (d *DiskSet) Close() error {
 	}
 	d.closed = true
 	return d.closeFiles()
+}
+
+// sameShape reports whether two disk lists name the same disks of the same
+// sizes and block sizes, in order.
+func sameShape(a, b []msg.TargetDisk) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || a[i].Size != b[i].Size || a[i].BlockSize != b[i].BlockSize {
+			return false
+		}
+	}
+	return true
 }

@@ -11,6 +11,9 @@ const (
 	SetStaged     = "staged" // the replica brought forward as points arrive
 	SetLive       = "live"   // the failed-over machine's disks
 	TestSetPrefix = "test-"  // a test failover's clones: "test-<job>"
+	// SetHome is the home site's own disks as a replica (reverse
+	// replication): its state names the disk files where they are.
+	SetHome = "home"
 )
 
 // MaxNameLen bounds machine, set and disk names: they become path
@@ -45,7 +48,7 @@ func ValidName(s string) bool {
 // ValidSetName reports whether s names a disk set: "staged", "live" or
 // "test-<job>".
 func ValidSetName(s string) bool {
-	if s == SetStaged || s == SetLive {
+	if s == SetStaged || s == SetLive || s == SetHome {
 		return true
 	}
 	job, ok := strings.CutPrefix(s, TestSetPrefix)
@@ -73,7 +76,7 @@ func SetDir(dir, machine, set string) (string, error) {
 		return "", err
 	}
 	if !ValidSetName(set) {
-		return "", invalidf("disk set name %q: want %q, %q or %q followed by a name", set, SetStaged, SetLive, TestSetPrefix)
+		return "", invalidf("disk set name %q: want %q, %q, %q or %q followed by a name", set, SetStaged, SetLive, SetHome, TestSetPrefix)
 	}
 	return filepath.Join(m, set), nil
 }

@@ -9,9 +9,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 
+	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/agent/repokey"
 	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -267,4 +269,78 @@ func isSet(setDir string) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// Adopt makes a machine's home disks, where they are, its home disk set
+// (SetHome): only state.json is written, in the set directory; the disks
+// stay the machine's own files and later moves update them in place.
+// Only raw image files of exactly their disk's size are taken: an image
+// container (qcow2, VHDX, …) or a block device is refused with the reason
+// (ErrRefused) and nothing is written. Adopting the same paths again is a
+// no-op; other paths for an existing home set are refused.
+func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetDisk, paths []string) (msg.DiskSetState, error) {
+	if ref.Set != SetHome {
+		return msg.DiskSetState{}, invalidf("adopt: set %q: only the %q set keeps disks where they are", ref.Set, SetHome)
+	}
+	setDir, err := SetDir(ref.Dir, ref.Machine, ref.Set)
+	if err != nil {
+		return msg.DiskSetState{}, err
+	}
+	st := msg.DiskSetState{Disks: cleanDisks(disks), Paths: paths, Written: true}
+	if err := checkState(st); err != nil {
+		return msg.DiskSetState{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if len(paths) != len(disks) {
+		return msg.DiskSetState{}, invalidf("adopt: %d paths for %d disks", len(paths), len(disks))
+	}
+	_, unlock, err := s.lockMachine(ctx, ref.Dir, ref.Machine, "adopt of the home disks")
+	if err != nil {
+		return msg.DiskSetState{}, err
+	}
+	defer unlock()
+	if old, err := ReadState(setDir); err == nil {
+		if slices.Equal(old.Paths, paths) {
+			return withPaths(setDir, old), nil
+		}
+		return msg.DiskSetState{}, fmt.Errorf("%w: %s already keeps other home disks (%v)", ErrExists, setDir, old.Paths)
+	} else if !errors.Is(err, ErrNotFound) {
+		return msg.DiskSetState{}, err
+	}
+	for i, p := range paths {
+		if err := checkHomeDisk(p, st.Disks[i]); err != nil {
+			return msg.DiskSetState{}, err
+		}
+	}
+	if err := mkdirDurable(setDir); err != nil {
+		return msg.DiskSetState{}, err
+	}
+	if err := writeState(setDir, st); err != nil {
+		return msg.DiskSetState{}, err
+	}
+	s.log.Info("home disks adopted", "machine", ref.Machine, "paths", paths)
+	return withPaths(setDir, st), nil
+}
+
+// checkHomeDisk refuses a home disk that cannot be written in place here.
+func checkHomeDisk(p string, d msg.TargetDisk) error {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return pathErr("stat", p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return pathErr("adopt", p, fmt.Errorf("%w: disk %s is not a regular file: writing block devices in place is not built yet (re-protect with --target to a new disk, or protect again for a full copy)", ErrRefused, d.Name))
+	}
+	src, err := disk.Open(p, disk.OpenOptions{})
+	if err != nil {
+		return pathErr("adopt", p, err)
+	}
+	f := src.Format()
+	src.Close()
+	if f != disk.FormatRaw {
+		return pathErr("adopt", p, fmt.Errorf("%w: disk %s is a %s image: updating image containers in place is not built yet (re-protect with --target to a new disk, or protect again for a full copy)", ErrRefused, d.Name, f))
+	}
+	if fi.Size() != d.Size {
+		return pathErr("adopt", p, fmt.Errorf("%w: disk %s has %d bytes where the point has %d", ErrRefused, d.Name, fi.Size(), d.Size))
+	}
+	return nil
 }

@@ -82,7 +82,18 @@ func checkState(st msg.DiskSetState) error {
 	if st.Point < 0 || st.MovingTo < 0 {
 		return fmt.Errorf("negative point %d or moving_to %d", st.Point, st.MovingTo)
 	}
-	return ValidateDisks(st.Disks)
+	if err := ValidateDisks(st.Disks); err != nil {
+		return err
+	}
+	if len(st.Paths) != 0 && len(st.Paths) != len(st.Disks) {
+		return fmt.Errorf("%d paths for %d disks", len(st.Paths), len(st.Disks))
+	}
+	for _, p := range st.Paths {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("disk path %q is not absolute", p)
+		}
+	}
+	return nil
 }
 
 // writeState writes state.json on the small-file durable path: temp file,

@@ -28,6 +28,7 @@ const (
 	MethodTargetRemove   = "target.remove"   // delete a disk set (a test, or a committed machine's staging)
 	MethodTargetDriver   = "target.driver"   // run the target's hypervisor driver
 	MethodTargetShip     = "target.ship"     // ship a disk set's content to the controller as a named point
+	MethodTargetAdopt    = "target.adopt"    // make the home disks, where they are, the home disk set
 	MethodTargetConvert  = "target.convert"  // write a disk set's disks in the format the target's hypervisor wants
 	MethodTargetValidate = "target.validate" // check a hypervisor driver's options and connectivity (targets add)
 )
@@ -42,6 +43,10 @@ type DiskSetState struct {
 	// Written is set once the machine ran on these disks (they may differ
 	// from Point by the machine's own writes).
 	Written bool `json:"written,omitempty"`
+	// Paths, for the home set only, are the disks' own files (by index in
+	// Disks): the home disks are kept where they are and updated in place;
+	// the set directory holds only state.json.
+	Paths []string `json:"paths,omitempty"`
 }
 
 // TargetDisk is one disk of a disk set.
@@ -212,6 +217,18 @@ type TargetConvertResponse struct {
 type TargetShipRequest struct {
 	Ref  TargetRef `json:"ref"`
 	Name string    `json:"name"`
+}
+
+// TargetAdoptRequest asks the home agent to keep a machine's own disks
+// (Paths, raw files, by index in Disks) as its home disk set (Ref.Set
+// "home"): state.json in Ref's set directory, the disks updated in place
+// by later moves. The set is recorded as written (its content is unknown
+// until a move from a point the controller knows it holds). Adopting the
+// same paths again is a no-op.
+type TargetAdoptRequest struct {
+	Ref   TargetRef    `json:"ref"`
+	Disks []TargetDisk `json:"disks"`
+	Paths []string     `json:"paths"`
 }
 
 // TargetShipResponse names the point made.
