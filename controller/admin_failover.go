@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/failover"
 	"github.com/ferrydr/ferry/controller/lifecycle"
 	"github.com/ferrydr/ferry/controller/points"
@@ -187,6 +188,54 @@ func (s *Server) Cleanup(ctx context.Context, req api.MachineActionRequest) (api
 		return api.Job{}, err
 	}
 	return s.startJob(ctx, failover.KindCleanup, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
+}
+
+// Reprotect starts replication from the machine's active site to the
+// other one: home after a committed failover, to the recovery site again
+// after a failback.
+func (s *Server) Reprotect(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
+	if req.Plan != "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+	}
+	if req.StopSource && req.SourceIsOff {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "give --stop-source or --source-is-off, not both")
+	}
+	if err := s.requireState(ctx, req.Machine, lifecycle.Reprotect); err != nil {
+		return api.Job{}, err
+	}
+	m, err := s.cat.Machine(ctx, req.Machine)
+	if err != nil {
+		return api.Job{}, apiErr(err)
+	}
+	kind := failover.KindReprotect
+	if m.State == catalog.StateBackHome {
+		kind = failover.KindReprotectForward
+	}
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
+}
+
+// Failback brings a machine replicating home back home.
+func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
+	if req.Plan != "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+	}
+	if req.Unplanned && req.Point != "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "give --point or --unplanned, not both")
+	}
+	if err := points.CheckSpec(req.Point); err != nil {
+		return api.Job{}, apiErr(err)
+	}
+	action := lifecycle.Failback
+	if req.Unplanned || req.Point != "" {
+		action = lifecycle.UnplannedFailback
+	}
+	if err := s.requireState(ctx, req.Machine, action); err != nil {
+		return api.Job{}, err
+	}
+	if req.Test {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "failback --test is not built yet in this version")
+	}
+	return s.startJob(ctx, failover.KindFailback, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
 }
 
 // Jobs lists jobs.

@@ -158,8 +158,18 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 	if err := s.pushConfig(ctx, m.AgentID); err != nil {
 		s.log.Warn("config push failed", "agent", m.AgentID, "err", err)
 	}
-	if deletePoints {
-		if err := s.repo.DeleteMachine(ctx, machine); err != nil {
+	if m.RoundTrip != nil {
+		// The recovery agent may be reading it as a source (reverse).
+		if _, rec, err := s.cat.Target(ctx, m.RoundTrip.Target); err == nil {
+			if err := s.pushConfig(ctx, rec); err != nil {
+				s.log.Warn("config push failed", "agent", rec, "err", err)
+			}
+		}
+	}
+	// A committed failover kept the points a re-protect would need
+	// (commitPoints); unprotect releases them.
+	if deletePoints || m.State == catalog.StateCommitted {
+		if err := s.repo.DeleteMachine(ctx, machine); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}
 	}

@@ -217,6 +217,12 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 // replicate right now: another agent acts for it (ownership.go), or it is
 // at home in a state that ships no cycles (unprotected, failing over).
 func (s *Server) replicating(ctx context.Context, agentID, machine string) error {
+	if s.agents.grants.hasMachine(agentID, machine) {
+		// The controller asked this agent to ship a named point of the
+		// machine (target.ship): the home agent keeping the home disks
+		// before re-protection overwrites them (ownership.go).
+		return nil
+	}
 	m, err := s.requireActsFor(ctx, agentID, machine)
 	if err != nil {
 		return err

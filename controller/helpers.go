@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 	"regexp"
 	"time"
 
@@ -108,6 +109,9 @@ func (s *Server) pointCommitted(machine string, p storage.Point) {
 }
 
 func (s *Server) applyRetention(ctx context.Context, m catalog.Machine) {
+	if m.State == catalog.StateCommitted {
+		return // the points a later re-protect needs (commit kept them)
+	}
 	pol, err := s.cat.Policy(ctx, m.Policy)
 	if err != nil {
 		return
@@ -188,7 +192,63 @@ func (s *Server) pushConfig(ctx context.Context, agentID string) error {
 		}
 		req.Machines = append(req.Machines, mc)
 	}
+	// Machines replicating home from their recovery site: the recovery
+	// agent acts for them (ownership.go) and reads their live disks.
+	all, err := s.cat.Machines(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, m := range all {
+		if !m.Reversed() || !reverseReplicates(m.State) || m.RoundTrip == nil {
+			continue
+		}
+		if ok, err := s.actsFor(ctx, agentID, m); err != nil || !ok {
+			continue
+		}
+		mc, err := s.reverseConfig(ctx, m)
+		if err != nil {
+			return err
+		}
+		req.Machines = append(req.Machines, mc)
+	}
 	return s.agents.call(ctx, agentID, c.name, msg.MethodConfig, req, &struct{}{})
+}
+
+// reverseReplicates reports whether the recovery agent ships cycles of a
+// machine in a state (re-protection to failback's final cycle: paused
+// while failing back, which still takes that cycle).
+func reverseReplicates(state string) bool {
+	switch state {
+	case catalog.StateReprotecting, catalog.StateReverseProtected, catalog.StateFailingBack:
+		return true
+	}
+	return false
+}
+
+// reverseConfig is what the recovery agent needs to replicate m home: its
+// live disks at the recovery site as the source disks, and the target's
+// driver (status, stop, start; the views it takes say how consistent they
+// are, as for any source).
+func (s *Server) reverseConfig(ctx context.Context, m catalog.Machine) (msg.MachineConfig, error) {
+	mc, err := s.machineConfig(ctx, m)
+	if err != nil {
+		return mc, err
+	}
+	t, _, err := s.cat.Target(ctx, m.RoundTrip.Target)
+	if err != nil {
+		return mc, err
+	}
+	if len(m.RoundTrip.RecoveryPaths) != len(mc.Disks) {
+		return mc, fmt.Errorf("machine %s: %d recovery-site disks recorded for %d disks", m.Name, len(m.RoundTrip.RecoveryPaths), len(mc.Disks))
+	}
+	for i := range mc.Disks {
+		mc.Disks[i].Path = m.RoundTrip.RecoveryPaths[i]
+	}
+	mc.Driver = msg.Driver(t.Exec)
+	mc.PreSnapshot, mc.PostSnapshot, mc.Freeze = "", "", nil
+	mc.Env = map[string]string{"FERRY_MACHINE": m.Name, "FERRY_TARGET": t.Name, "FERRY_SET": "live"}
+	mc.Paused = m.State == catalog.StateFailingBack
+	return mc, nil
 }
 
 // damagedPoints counts the points that read data found damaged.

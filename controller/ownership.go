@@ -24,6 +24,11 @@ import (
 //     agent of the target in the current failover record, else of the
 //     machine's configured target. The source agent then does not.
 //
+// One exception, for the length of one request: an agent the controller
+// asks to ship a named point of the machine (target.ship; for example the
+// home agent keeping the home disks as home-divergent-<job> before
+// re-protection overwrites them) may run that cycle (shipGrants).
+//
 // A test failover leaves the machine active at home: only its source agent
 // acts for it. Nothing else (a name in a request, a hash an agent knows)
 // makes an agent act for a machine.
@@ -151,6 +156,19 @@ func (g *shipGrants) add(k shipGrant) func() {
 			delete(g.grants, k)
 		}
 	}
+}
+
+// hasMachine reports whether agentID has been asked to ship any named
+// point of machine (its cycle's begin names no point yet).
+func (g *shipGrants) hasMachine(agentID, machine string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, n := range g.grants {
+		if n > 0 && k.agentID == agentID && k.machine == machine {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *shipGrants) has(k shipGrant) bool {

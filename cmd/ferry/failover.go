@@ -306,3 +306,94 @@ func machineErrors(j api.Job) string {
 	}
 	return strings.Join(out, "; ")
 }
+
+// newReprotectCommand builds `ferry reprotect`.
+func newReprotectCommand(g *globals) *cobra.Command {
+	var j jobFlags
+	var req api.MachineActionRequest
+	cmd := &cobra.Command{
+		Use:   "reprotect MACHINE [--target NAME] [--stop-source | --source-is-off] [--wait]",
+		Short: "Replicate a machine from the site it runs at to the other one (home after a failover, forward after a failback)",
+		Long: `Re-protect: after a committed failover, the recovery site's agent becomes
+the machine's source and the home disks — where they are, raw images —
+its replica, updated in place with only the blocks that differ. What the
+home disks held before is kept first as the point home-divergent-JOB.
+After a failback, the recovery site's disks become the staged replica
+again and replication runs from home.
+
+Split brain: the other side's machine must be stopped. Its driver's
+status proves it; --stop-source stops it through the driver first;
+--source-is-off declares it off (recorded in the job). A driver without a
+status command cannot prove "stopped".`,
+		RunE: func(c *cobra.Command, args []string) error {
+			machine, err := j.target(args)
+			if err != nil {
+				return err
+			}
+			if req.StopSource && req.SourceIsOff {
+				return usagef("give --stop-source or --source-is-off, not both")
+			}
+			req.Machine, req.Plan = machine, j.plan
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			job, err := cl.MachineAction(c.Context(), "reprotect", req)
+			if err != nil {
+				return err
+			}
+			return followJob(c.Context(), g, job, j.wait)
+		},
+	}
+	j.register(cmd, true)
+	f := cmd.Flags()
+	f.StringVar(&req.Target, "target", "", "another disk set to replicate into (not built yet)")
+	f.BoolVar(&req.StopSource, "stop-source", false, "stop the other side's machine through its driver first")
+	f.BoolVar(&req.SourceIsOff, "source-is-off", false, "declare the other side's machine off (recorded in the job)")
+	f.StringVar(&req.TestDir, "test-dir", "", "where failback --test clones the home disks (not built yet)")
+	return cmd
+}
+
+// newFailbackCommand builds `ferry failback`.
+func newFailbackCommand(g *globals) *cobra.Command {
+	var j jobFlags
+	var req api.MachineActionRequest
+	cmd := &cobra.Command{
+		Use:   "failback MACHINE [--point SPEC | --unplanned] [--test] [--stop-source] [--wait]",
+		Short: "Bring a machine replicating home back home (planned: zero data loss)",
+		Long: `Failback: stop the machine at the recovery site, take a final cycle there,
+move the home disks in place to it and start the machine at home through
+its driver. No write is lost and no commit is needed; 'ferry reprotect'
+then restores replication from home. --point and --unplanned (an
+unplanned failback) and --test are not built yet.`,
+		RunE: func(c *cobra.Command, args []string) error {
+			machine, err := j.target(args)
+			if err != nil {
+				return err
+			}
+			if req.Unplanned && req.Point != "" {
+				return usagef("give --point or --unplanned, not both")
+			}
+			if err := points.CheckSpec(req.Point); err != nil {
+				return usagef("--point: %v", err)
+			}
+			req.Machine, req.Plan = machine, j.plan
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			job, err := cl.MachineAction(c.Context(), "failback", req)
+			if err != nil {
+				return err
+			}
+			return followJob(c.Context(), g, job, j.wait)
+		},
+	}
+	j.register(cmd, true)
+	f := cmd.Flags()
+	f.StringVar(&req.Point, "point", "", "an unplanned failback to this point (not built yet)")
+	f.BoolVar(&req.Unplanned, "unplanned", false, "an unplanned failback (not built yet)")
+	f.BoolVar(&req.Test, "test", false, "start a clone of the home disks (not built yet)")
+	f.BoolVar(&req.StopSource, "stop-source", false, "accepted: a planned failback always stops the machine at the recovery site")
+	return cmd
+}

@@ -41,6 +41,12 @@ func cliArgs(a lifecycle.Action, machine, out string) []string {
 		return []string{"points", "export", machine, "--point", "latest", "--out", out}
 	case lifecycle.Unprotect:
 		return []string{"unprotect", machine}
+	case lifecycle.Reprotect:
+		return []string{"reprotect", machine}
+	case lifecycle.Failback:
+		return []string{"failback", machine}
+	case lifecycle.UnplannedFailback:
+		return []string{"failback", machine, "--unplanned"}
 	}
 	panic("no CLI form for action " + string(a))
 }
@@ -65,6 +71,12 @@ func apiCall(ctx context.Context, cl *admin.Client, a lifecycle.Action, machine 
 		_, err = cl.ExportManifest(ctx, machine, "latest", nil)
 	case lifecycle.Unprotect:
 		err = cl.Unprotect(ctx, machine, false)
+	case lifecycle.Reprotect:
+		_, err = cl.MachineAction(ctx, "reprotect", api.MachineActionRequest{Machine: machine})
+	case lifecycle.Failback:
+		_, err = cl.MachineAction(ctx, "failback", api.MachineActionRequest{Machine: machine})
+	case lifecycle.UnplannedFailback:
+		_, err = cl.MachineAction(ctx, "failback", api.MachineActionRequest{Machine: machine, Unplanned: true})
 	default:
 		panic("no API call for action " + string(a))
 	}
@@ -104,7 +116,8 @@ func TestLifecycleTableIsWhatTheAPIAndCLIRefuse(t *testing.T) {
 					State: st, ActiveSite: "source", Direction: "forward",
 					Spec: api.ProtectRequest{Machine: name(caller, si, ai), Agent: "site", Disks: []api.DiskRef{{Name: "d", Path: "/dev/null"}}}}
 				switch st {
-				case catalog.StateFailedOver, catalog.StateCommitted:
+				case catalog.StateFailedOver, catalog.StateCommitted, catalog.StateReprotecting, catalog.StateReverseProtected,
+					catalog.StateFailingBack:
 					m.ActiveSite = "target"
 					m.Failover = &api.FailoverInfo{Job: "job-old", Target: "dr", PointID: 1, Set: "live"}
 				case catalog.StateTestFailedOver:

@@ -292,7 +292,8 @@ func (c *Client) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 	return j, c.do(ctx, "POST", "/v1/failover", req, &j)
 }
 
-// MachineAction starts commit, change-point or cleanup (verb is the route).
+// MachineAction starts commit, change-point, cleanup, reprotect or
+// failback (verb is the route).
 func (c *Client) MachineAction(ctx context.Context, verb string, req api.MachineActionRequest) (api.Job, error) {
 	var j api.Job
 	return j, c.do(ctx, "POST", "/v1/"+verb, req, &j)

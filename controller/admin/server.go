@@ -117,6 +117,8 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v1/commit", jsonIn(s, s.b.Commit))
 	m.HandleFunc("POST /v1/change-point", jsonIn(s, s.b.ChangePoint))
 	m.HandleFunc("POST /v1/cleanup", jsonIn(s, s.b.Cleanup))
+	m.HandleFunc("POST /v1/reprotect", jsonIn(s, s.b.Reprotect))
+	m.HandleFunc("POST /v1/failback", jsonIn(s, s.b.Failback))
 	m.HandleFunc("GET /v1/jobs", noIn(s, s.b.Jobs))
 	m.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		j, err := s.b.Job(r.Context(), r.PathValue("id"))

@@ -360,8 +360,17 @@ type FailoverRequest struct {
 type MachineActionRequest struct {
 	Machine string `json:"machine,omitempty"`
 	Plan    string `json:"plan,omitempty"`
-	Point   string `json:"point,omitempty"` // change-point
+	Point   string `json:"point,omitempty"` // change-point; failback (unplanned)
 	Key     []byte `json:"key,omitempty"`
+	// reprotect: another target (not built yet), and how the other side's
+	// machine is known to be off: stopped through its driver, or declared.
+	Target      string `json:"target,omitempty"`
+	StopSource  bool   `json:"stop_source,omitempty"`
+	SourceIsOff bool   `json:"source_is_off,omitempty"`
+	TestDir     string `json:"test_dir,omitempty"`
+	// failback: unplanned (to Point, or the newest point), or a test.
+	Unplanned bool `json:"unplanned,omitempty"`
+	Test      bool `json:"test,omitempty"`
 }
 
 // Job states and step states (CLI.md).

@@ -73,6 +73,9 @@ func NormalizeSite(s string) string {
 // home agent, and the points the round trip keeps.
 type RoundTrip struct {
 	Job string `json:"job"` // the re-protect job that made it
+	// InFlight is the job that put the machine in an intermediate state
+	// (reprotecting, failing-back); "" otherwise.
+	InFlight string `json:"in_flight,omitempty"`
 	// Target is the recovery site; RecoveryPaths the disk files its agent
 	// reads as the machine's source (by disk, in point order).
 	Target        string   `json:"target"`

@@ -19,6 +19,12 @@ const (
 	KindCommit      = "commit"
 	KindCleanup     = "cleanup"
 	KindChangePoint = "change-point"
+	// KindReprotect replicates a committed failover's machine home;
+	// KindReprotectForward restores the forward direction after a
+	// failback; KindFailback brings the machine home (planned).
+	KindReprotect        = "reprotect"
+	KindReprotectForward = "reprotect-forward"
+	KindFailback         = "failback"
 )
 
 // Spec is what a failover-family job was asked to do (never the key).
@@ -26,6 +32,8 @@ type Spec struct {
 	Machines []string            `json:"machines"`
 	Req      api.FailoverRequest `json:"req"`
 	Point    string              `json:"point,omitempty"` // change-point
+	// Action is what reprotect and failback were asked (their flags).
+	Action api.MachineActionRequest `json:"action,omitzero"`
 }
 
 // machineData is what a job remembers per machine between steps.
@@ -46,6 +54,14 @@ type machineData struct {
 	UsedPause bool  `json:"used_pause"`
 	Failed    bool  `json:"failed"`
 	Writes    int64 `json:"writes,omitempty"` // change-point: the point keeping the target's writes
+	// The round trip (roundtrip.go): the home agent's directory for the
+	// home disk set, the state the job started from, whether it stopped
+	// the machine at the recovery site, and the point that kept the home
+	// disks before they were overwritten.
+	HomeDir       string `json:"home_dir,omitempty"`
+	FromState     string `json:"from_state,omitempty"`
+	StoppedTarget bool   `json:"stopped_target,omitempty"`
+	Divergent     int64  `json:"divergent,omitempty"`
 }
 
 type jobData struct {
@@ -88,12 +104,15 @@ type kindDef struct {
 	revertOnFailure bool
 	resyncOnFailure bool
 	restartSource   bool
+	// onFailure, when set, replaces revert for a job that did not succeed.
+	onFailure func(ctx context.Context, j *job, name string, md *machineData)
 }
 
 // Kinds returns the job kinds of this package, for the jobs engine.
 func (e *Engine) Kinds() map[string]jobs.Kind {
 	out := map[string]jobs.Kind{}
-	for _, d := range []*kindDef{&failoverKind, &testFailoverKind, &plannedFailoverKind, &changePointKind, &commitKind, &cleanupKind} {
+	for _, d := range []*kindDef{&failoverKind, &testFailoverKind, &plannedFailoverKind, &changePointKind, &commitKind, &cleanupKind,
+		&reprotectKind, &reprotectForwardKind, &failbackKind} {
 		out[d.name] = &kind{e: e, def: d}
 	}
 	return out
@@ -241,7 +260,7 @@ func (k *kind) Rollback(ctx context.Context, r *jobs.Run) error {
 // complete, and forgets the job's key.
 func (k *kind) Finish(ctx context.Context, r *jobs.Run, state string) {
 	defer k.e.DropKey(r.ID())
-	if state == api.JobSucceeded || !k.def.revertOnFailure {
+	if state == api.JobSucceeded || (!k.def.revertOnFailure && k.def.onFailure == nil) {
 		return
 	}
 	j, d, err := k.open(r)
@@ -255,6 +274,10 @@ func (k *kind) Finish(ctx context.Context, r *jobs.Run, state string) {
 			md = &machineData{}
 		}
 		if state == api.JobPartial && !md.Failed {
+			continue
+		}
+		if k.def.onFailure != nil {
+			k.def.onFailure(ctx, j, name, md)
 			continue
 		}
 		j.revert(ctx, name, md)

@@ -91,6 +91,8 @@ func (s *Stager) stage(ctx context.Context, name string) error {
 	}
 	switch m.State {
 	case catalog.StateSyncing, catalog.StateProtected, catalog.StateTestFailedOver:
+	case catalog.StateReverseProtected:
+		return s.stageHome(ctx, m)
 	default:
 		return nil // failed over: the staged set became the machine's disks
 	}
@@ -134,5 +136,49 @@ func (s *Stager) stage(ctx context.Context, name string) error {
 	}
 	s.e.Log.Info("staged", "machine", name, "target", t.Name, "from", set.Point, "to", newest,
 		"blocks", res.Blocks, "zero", res.ZeroBlocks, "bytes", res.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// stageHome brings a machine's home disks, in place, to its newest point
+// while it replicates home (reverse-protected). The home driver's status
+// is checked before every move: nothing writes into disks a running
+// machine uses (unless the administrator declared it off at re-protect).
+func (s *Stager) stageHome(ctx context.Context, m catalog.Machine) error {
+	if m.RoundTrip == nil || m.RoundTrip.InFlight != "" {
+		return nil
+	}
+	if s.busy(ctx, m.Name) {
+		return nil
+	}
+	if !s.e.Agents.Connected(m.AgentID) {
+		return nil // kicked again when the home agent connects
+	}
+	if m.Spec.Driver.Status != "" && !m.RoundTrip.SourceIsOff {
+		var resp msg.DriverResponse
+		err := s.e.Agents.Call(ctx, m.AgentID, msg.MethodTargetDriver, msg.TargetDriverRequest{
+			Machine: m.Name, Action: "status", Commands: msg.Driver(m.Spec.Driver),
+			Env: map[string]string{"FERRY_MACHINE": m.Name}}, &resp)
+		if err != nil {
+			return err
+		}
+		if resp.Status == "running" {
+			s.e.Log.Warn("not staging the home disks: the machine runs at home (split brain?)", "machine", m.Name)
+			return nil
+		}
+	}
+	pts, err := s.e.Repo.Points(ctx, m.Name)
+	if err != nil || len(pts) == 0 {
+		return err
+	}
+	newest := pts[len(pts)-1].ID
+	start := time.Now()
+	res, from, err := s.e.moveHomeSet(ctx, m, m.AgentID, m.RoundTrip.HomeDir, newest, "", 0)
+	if err != nil {
+		return err
+	}
+	if from != newest {
+		s.e.Log.Info("home disks staged", "machine", m.Name, "from", from, "to", newest,
+			"blocks", res.Blocks, "zero", res.ZeroBlocks, "bytes", res.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	}
 	return nil
 }

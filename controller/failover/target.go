@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/controller/api"
@@ -12,6 +13,7 @@ import (
 	"github.com/ferrydr/ferry/controller/lifecycle"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/storage"
 )
 
 // Disk set names at the target (apply.ValidSetName).
@@ -412,11 +414,34 @@ func keepWrites(ctx context.Context, j *job, name string, md *machineData) error
 	return nil
 }
 
-// commitPoints deletes the machine's recovery points and records the
-// state the lifecycle table gives for a commit.
+// commitPoints deletes the machine's recovery points but the two a later
+// re-protect needs to stay delta-only — the point the machine's disks at
+// the recovery site started from, and the newest point (what the home
+// disks hold, but for writes after it) — says which it deleted and which
+// it kept, and records the state the lifecycle table gives for a commit.
+// Retention leaves a committed machine's points alone; unprotect releases
+// them.
 func commitPoints(ctx context.Context, j *job, name string, md *machineData) error {
-	if err := j.e.Repo.DeleteMachine(ctx, name); err != nil {
+	pts, err := j.e.Repo.Points(ctx, name)
+	if err != nil {
 		return err
+	}
+	var deleted, kept []string
+	for i, p := range pts {
+		if p.ID == md.Point || i == len(pts)-1 {
+			kept = append(kept, fmt.Sprint(p.ID))
+			continue
+		}
+		if err := j.e.Repo.DeletePoint(ctx, p.ID); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		deleted = append(deleted, fmt.Sprint(p.ID))
+	}
+	if len(deleted) > 0 {
+		j.r.MachineNote(name, fmt.Sprintf("deleted recovery points %s", strings.Join(deleted, ", ")))
+	}
+	if len(kept) > 0 {
+		j.r.MachineNote(name, fmt.Sprintf("kept point(s) %s for a later re-protect (ferry reprotect %s) to move only changed blocks; 'ferry unprotect %s' releases them", strings.Join(kept, ", "), name, name))
 	}
 	m, err := j.e.Cat.Machine(ctx, name)
 	if err != nil {
