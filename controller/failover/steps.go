@@ -26,15 +26,15 @@ const (
 	StepStopTest       = "stop-test"
 	StepRemoveTest     = "remove-test"
 	// The round trip (roundtrip.go).
-	StepStopOtherSide  = "stop-other-side"
-	StepAdoptHome      = "adopt-home"
-	StepKeepHome       = "keep-home"
-	StepStartReverse   = "start-reverse"
-	StepMoveHome       = "move-home"
-	StepProtected      = "protected"
-	StepStageRecovery  = "stage-recovery"
-	StepStopRecovery   = "stop-recovery"
-	StepStartHome      = "start-home"
+	StepStopOtherSide = "stop-other-side"
+	StepAdoptHome     = "adopt-home"
+	StepKeepHome      = "keep-home"
+	StepStartReverse  = "start-reverse"
+	StepMoveHome      = "move-home"
+	StepProtected     = "protected"
+	StepStageRecovery = "stage-recovery"
+	StepStopRecovery  = "stop-recovery"
+	StepStartHome     = "start-home"
 )
 
 // stepFunc runs one step for one machine of a job. It must be idempotent:
