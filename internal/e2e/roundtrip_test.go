@@ -1,0 +1,228 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/internal/testenv"
+)
+
+// roundTrip is a controller, a home agent with a home hypervisor (the
+// machine's source driver: exec commands with a status), and a recovery
+// site whose directory is on XFS (its agent reads the live disks as a
+// source with reflink views, like any source). mirror is the test's own
+// copy of the machine's disk, kept in step with every write it makes.
+type roundTrip struct {
+	c       *Controller
+	home    *Agent
+	homeHyp *Hypervisor
+	site    *Site
+	img     string
+	mirror  []byte
+	rng     *rand.Rand
+}
+
+func newRoundTrip(t *testing.T, size int64) *roundTrip {
+	t.Helper()
+	mnt := testenv.MountLoop(t, "xfs", 2<<30)
+	r := &roundTrip{rng: rand.New(rand.NewPCG(11, 17))}
+	r.c = StartController(t)
+	r.home = EnrollAgent(t, r.c, r.c.Addr, "home")
+	siteAgent := EnrollAgent(t, r.c, r.c.Addr, "dr-agent")
+	r.site = &Site{Name: "dr", Dir: filepath.Join(mnt, "dr"), Hyp: NewHypervisor(t), Agent: siteAgent}
+	require.NoError(t, os.MkdirAll(r.site.Dir, 0o700))
+	r.c.MustFerry(append([]string{"targets", "add", "dr", "--agent", siteAgent.Name, "--dir", r.site.Dir}, r.site.Hyp.Flags()...)...)
+	r.c.MustFerry("policies", "create", "p", "--rp-every", "1h")
+	r.homeHyp = NewHypervisor(t)
+	r.img = filepath.Join(mnt, "vm.img")
+	r.mirror = makeImage(t, r.img, 5, size)
+	r.c.MustFerry(append([]string{"protect", "vm", "--agent", "home", "--disk", "d=" + r.img, "--policy", "p", "--target", "dr"}, r.homeHyp.Flags()...)...)
+	r.setHome(t, "running")
+	p := r.c.WaitPoint("vm", 0, 3*time.Minute)
+	r.site.waitStaged(t, "vm", p.ID)
+	return r
+}
+
+// setHome sets the home machine's power state as its driver reports it.
+func (r *roundTrip) setHome(t *testing.T, state string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(filepath.Join(r.homeHyp.Dir, "vm.state"), []byte(state+"\n"), 0o600))
+}
+
+// write makes n random 4 KiB writes to the disk at path and to the mirror.
+func (r *roundTrip) write(t *testing.T, path string, n int) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for range n {
+		off := r.rng.Int64N(int64(len(r.mirror))/4096) * 4096
+		for i := range buf {
+			buf[i] = byte(r.rng.Uint32())
+		}
+		_, err := f.WriteAt(buf, off)
+		require.NoError(t, err)
+		copy(r.mirror[off:], buf)
+	}
+	require.NoError(t, f.Sync())
+}
+
+// requireMirror checks a disk against the test's own copy, by sha256.
+func (r *roundTrip) requireMirror(t *testing.T, path, what string) {
+	t.Helper()
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	want := sha256.Sum256(r.mirror)
+	have := sha256.Sum256(got)
+	require.Equal(t, hex.EncodeToString(want[:]), hex.EncodeToString(have[:]), "%s: %s differs from the writer's copy", what, path)
+}
+
+func (r *roundTrip) state(t *testing.T) (state, site, direction string, allowed []string) {
+	t.Helper()
+	var m struct {
+		State      string   `json:"state"`
+		ActiveSite string   `json:"active_site"`
+		Direction  string   `json:"direction"`
+		Allowed    []string `json:"allowed_actions"`
+	}
+	r.c.JSON(&m, "machines", "show", "vm")
+	return m.State, m.ActiveSite, m.Direction, m.Allowed
+}
+
+func (r *roundTrip) requireState(t *testing.T, state, site, direction string) {
+	t.Helper()
+	st, s, d, _ := r.state(t)
+	require.Equal(t, []string{state, site, direction}, []string{st, s, d}, "machines show vm")
+}
+
+// refused runs a command that must be refused before any job exists, and
+// checks that the machine's state did not change.
+func (r *roundTrip) refused(t *testing.T, want []string, args ...string) {
+	t.Helper()
+	before, _, _, _ := r.state(t)
+	res := r.c.Ferry(args...)
+	require.Equal(t, 1, res.Code, "ferry %s: %s %s", strings.Join(args, " "), res.Stdout, res.Stderr)
+	for _, w := range want {
+		require.Contains(t, res.Stderr, w, "ferry %s", strings.Join(args, " "))
+	}
+	after, _, _, _ := r.state(t)
+	require.Equal(t, before, after, "a refused %s changed nothing", args[0])
+}
+
+// TestRoundTrip: protect → failover → commit → writes at the recovery
+// site → reprotect → failback → writes at home → reprotect → failover →
+// commit → reprotect → failback. After each step the machine's active
+// disk equals the writer's own copy (sha256), and the refusals on the way
+// name the reason and what to do, changing nothing.
+func TestRoundTrip(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+
+	r.refused(t, []string{"never failed over", "nothing to do"}, "failback", "vm")
+	r.refused(t, []string{"replicates from home to its recovery site already"}, "reprotect", "vm")
+
+	// Unplanned failover with the source reachable: a fresh cycle first.
+	r.write(t, r.img, 64)
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.requireMirror(t, live, "failed over")
+	r.requireState(t, "failed-over", "recovery", "forward")
+	r.refused(t, []string{"not committed", "ferry commit vm"}, "reprotect", "vm")
+
+	j := r.c.runJob(t, 0, "commit", "vm")
+	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), "kept point", "commit says what it keeps")
+	r.write(t, live, 200) // the machine writes at the recovery site
+
+	// The machine still runs at home (the failover did not stop it): a
+	// re-protect without --stop-source is refused and changes nothing.
+	j = r.c.runJob(t, 3, "reprotect", "vm")
+	require.Contains(t, j.Error, "running at its home site")
+	require.Contains(t, j.Error, "--stop-source")
+	r.requireState(t, "committed", "recovery", "forward")
+	require.Equal(t, "running", r.homeHyp.State("vm"))
+
+	j = r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	require.Equal(t, "stopped", r.homeHyp.State("vm"), "re-protect stopped the home machine through its driver")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
+	_, _, _, allowed := r.state(t)
+	require.Contains(t, allowed, "failback")
+
+	// More writes at the recovery site while replicating home; a planned
+	// failback loses none of them.
+	r.write(t, live, 100)
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+	require.Equal(t, "running", r.homeHyp.State("vm"), "failback started the machine at home")
+	require.Equal(t, "stopped", r.site.Hyp.State("vm"))
+	r.requireState(t, "back-home", "home", "forward")
+	r.refused(t, []string{"runs at home again", "ferry reprotect vm"}, "failover", "vm")
+
+	// Writes at home, then forward again.
+	r.write(t, r.img, 100)
+	r.c.runJob(t, 0, "reprotect", "vm")
+	r.requireState(t, "protected", "home", "forward")
+	r.c.runJob(t, 0, "failover", "vm")
+	r.requireMirror(t, live, "failed over again")
+
+	r.c.runJob(t, 0, "commit", "vm")
+	r.write(t, live, 50)
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after the second re-protect")
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after the second failback")
+	r.requireState(t, "back-home", "home", "forward")
+}
+
+// TestReprotectKeepsHomeDivergentWrites: an unplanned failover to the
+// newest stored point while the machine at home went on writing past it.
+// Re-protect keeps those home-only writes as home-divergent-<job> (it
+// exports byte-exact as the home disk was), then the home disk follows the
+// recovery site; after failback it equals the recovery-site copy.
+func TestReprotectKeepsHomeDivergentWrites(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+
+	atFailover := bytes.Clone(r.mirror)
+	r.write(t, r.img, 80) // home-only: no point holds them
+	homeBefore, err := os.ReadFile(r.img)
+	require.NoError(t, err)
+	r.c.runJob(t, 0, "failover", "vm", "--point", "latest-processed")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	homeMirror := r.mirror
+	r.mirror = atFailover
+	r.requireMirror(t, live, "failed over to the last point")
+	r.c.runJob(t, 0, "commit", "vm")
+	r.write(t, live, 120)
+
+	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	var kept *Point
+	for _, p := range r.c.Points("vm") {
+		if p.Name == "home-divergent-"+j.ID {
+			kept = &p
+		}
+	}
+	require.NotNil(t, kept, "the home disk is kept as home-divergent-%s", j.ID)
+	require.True(t, bytes.Equal(homeMirror, homeBefore))
+	requireSameFileBytes(t, homeBefore, filepath.Join(r.c.Export("vm", kept.ID), "d.raw"))
+
+	r.write(t, live, 40)
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+	got, err := os.ReadFile(live)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(got, r.mirror), "the home disk equals the recovery-site copy")
+}
