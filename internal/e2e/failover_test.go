@@ -145,7 +145,7 @@ func TestFailoverLatestAndLatestProcessed(t *testing.T) {
 	}
 	f.c.JSON(&m, "machines", "show", "m1")
 	require.Equal(t, "failed-over", m.State)
-	require.Equal(t, "target", m.ActiveSite)
+	require.Equal(t, "recovery", m.ActiveSite)
 	require.Equal(t, disks[0], m.Disks[0].TargetPath)
 	r := f.c.Ferry("failover", "m1")
 	require.Equal(t, 1, r.Code, "a failed-over machine cannot fail over again")
@@ -269,7 +269,8 @@ func TestTestFailoverWhileReplicating(t *testing.T) {
 
 // TestChangePointThenCommit: change-point keeps the target's writes as a
 // named point and moves the disks to the other point; commit deletes the
-// points and change-point is refused afterwards.
+// points (but those a re-protect needs) and change-point is refused
+// afterwards.
 func TestChangePointThenCommit(t *testing.T) {
 	f := newFailoverSetup(t, "--rp-every", "1h")
 	const size = 32 << 20
@@ -300,7 +301,13 @@ func TestChangePointThenCommit(t *testing.T) {
 	require.True(t, string(written) == string(got), "the named point holds exactly the target's disk before the change")
 
 	f.c.runJob(t, 0, "commit", "app")
-	require.Empty(t, f.c.Points("app"))
+	// Commit deletes the points but the two a re-protect needs: the one
+	// the live disks started from (p1, after change-point) and the newest.
+	var left []int64
+	for _, p := range f.c.Points("app") {
+		left = append(left, p.ID)
+	}
+	require.Equal(t, []int64{p1.ID, kept.ID}, left)
 	r := f.c.Ferry("change-point", "app", "--point", "latest")
 	require.Equal(t, 1, r.Code)
 	require.Contains(t, r.Stderr, "committed")
