@@ -200,8 +200,21 @@ func TestRoundTrip(t *testing.T) {
 	r.write(t, live, 200) // the machine writes at the recovery site
 
 	// The machine still runs at home (the failover did not stop it): a
-	// re-protect without --stop-source is refused and changes nothing.
-	j = r.c.runJob(t, 3, "reprotect", "vm")
+	// re-protect without --stop-source fails and changes nothing. Its
+	// home agent is down at first, so the job waits in prerequisites: a
+	// second mutating job meanwhile is refused naming it.
+	r.home.Proc.Kill()
+	res := r.c.Ferry("reprotect", "vm")
+	require.Equal(t, 0, res.Code, res.Stderr)
+	first := strings.TrimSpace(res.Stdout)
+	require.NotEmpty(t, first)
+	r.refused(t, []string{"busy with job " + first}, "reprotect", "vm", "--stop-source")
+	r.refused(t, []string{"busy with job " + first}, "unprotect", "vm")
+	r.home.Start()
+	require.Eventually(t, func() bool {
+		r.c.JSON(&j, "jobs", "show", first)
+		return j.State == "failed"
+	}, 3*time.Minute, 200*time.Millisecond, "the first re-protect never ended")
 	require.Contains(t, j.Error, "running at its home site")
 	require.Contains(t, j.Error, "--stop-source")
 	r.requireState(t, "committed", "recovery", "forward")
