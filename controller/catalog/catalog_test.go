@@ -150,6 +150,9 @@ func TestMigrationTargetDrivers(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.db.Exec(`INSERT INTO targets (name, agent_id, spec, created_ns) VALUES ('old', 'a1', '{"name":"old","agent":"x","dir":"/d","exec":{"start":"go"}}', 1)`)
 	require.NoError(t, err)
+	// Back to schema 2: what later migrations added goes too.
+	_, err = c.db.Exec("ALTER TABLE machines DROP COLUMN roundtrip")
+	require.NoError(t, err)
 	_, err = c.db.Exec("PRAGMA user_version = 2")
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
@@ -159,7 +162,7 @@ func TestMigrationTargetDrivers(t *testing.T) {
 	defer c.Close()
 	var v int
 	require.NoError(t, c.db.QueryRow("PRAGMA user_version").Scan(&v))
-	require.Equal(t, 3, v)
+	require.Equal(t, SchemaVersion, v)
 	old, _, err := c.Target(ctx, "old")
 	require.NoError(t, err)
 	require.Equal(t, "exec", old.Driver)
@@ -171,4 +174,49 @@ func TestMigrationTargetDrivers(t *testing.T) {
 	got, _, err := c.Target(ctx, "kvm")
 	require.NoError(t, err)
 	require.Equal(t, lv, got)
+}
+
+// TestMigrationRoundTrip: machines stored with the active-site words of
+// schema 3 (source, target) read back as home and recovery after the
+// migration to schema 4, in the column too; a round-trip record
+// round-trips.
+func TestMigrationRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "catalog.db")
+	c, err := Open(ctx, p, time.Now)
+	require.NoError(t, err)
+	require.NoError(t, c.EnsureDefaultPolicy(ctx))
+	for _, name := range []string{"h", "r"} {
+		require.NoError(t, c.AddMachine(ctx, Machine{Name: name, AgentID: "a", Policy: DefaultPolicyName, State: StateCommitted,
+			ActiveSite: SiteHome, Direction: Forward, Spec: api.ProtectRequest{Machine: name}}))
+	}
+	_, err = c.db.Exec(`UPDATE machines SET active_site = CASE name WHEN 'h' THEN 'source' ELSE 'target' END`)
+	require.NoError(t, err)
+	_, err = c.db.Exec("ALTER TABLE machines DROP COLUMN roundtrip")
+	require.NoError(t, err)
+	_, err = c.db.Exec("PRAGMA user_version = 3")
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	c, err = Open(ctx, p, time.Now)
+	require.NoError(t, err)
+	defer c.Close()
+	for name, want := range map[string]string{"h": SiteHome, "r": SiteRecovery} {
+		var raw string
+		require.NoError(t, c.db.QueryRow(`SELECT active_site FROM machines WHERE name=?`, name).Scan(&raw))
+		require.Equal(t, want, raw)
+		m, err := c.Machine(ctx, name)
+		require.NoError(t, err)
+		require.Equal(t, want, m.ActiveSite)
+		require.Nil(t, m.RoundTrip)
+	}
+	m, err := c.Machine(ctx, "r")
+	require.NoError(t, err)
+	m.Direction = Reverse
+	m.RoundTrip = &RoundTrip{Job: "j", Target: "dr", RecoveryPaths: []string{"/d/r/live/d.raw"}, HomeDir: "/h/.ferry-home", Divergent: 7, SourceIsOff: true}
+	require.NoError(t, c.UpdateMachine(ctx, m))
+	got, err := c.Machine(ctx, "r")
+	require.NoError(t, err)
+	require.Equal(t, m.RoundTrip, got.RoundTrip)
+	require.True(t, got.Reversed() && got.AtRecovery())
 }
