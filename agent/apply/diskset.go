@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol/data"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -58,7 +59,13 @@ type DiskSet struct {
 }
 
 type diskFile struct {
-	f     *os.File
+	f *os.File // nil for a home disk, written through w
+	// w writes a home disk (SetHome) in place as the guest sees it, with
+	// its container's own crash safety (raw, qcow2, VHDX; agent/disk
+	// OpenInPlace) and a lock QEMU honours while the set is open. It is
+	// not safe for concurrent use: wmu serialises its calls.
+	w     disk.BlockWriter
+	wmu   sync.Mutex
 	path  string
 	disk  msg.TargetDisk
 	dirty atomic.Int64 // bytes written since the last writeback start
@@ -176,13 +183,32 @@ func (d *DiskSet) openFiles(create bool) error {
 	fail := func(err error) error {
 		for _, df := range files {
 			if old[df.disk.Name] != df {
-				df.f.Close()
+				df.close()
 			}
 		}
 		return err
 	}
 	for _, dk := range d.state.Disks {
 		df := old[dk.Name]
+		if df == nil && len(d.state.Paths) != 0 {
+			p := diskPathOf(d.dir, d.state, len(files))
+			w, err := disk.OpenInPlace(p, disk.InPlaceOptions{})
+			if err != nil {
+				return fail(pathErr("open", p, fmt.Errorf("%w: %w", ErrRefused, err)))
+			}
+			df = &diskFile{w: w, path: p, disk: dk}
+			files = append(files, df)
+			if w.Size() != dk.Size {
+				// A home disk is never resized by a move.
+				return fail(pathErr("open", p, fmt.Errorf("%w: the home disk has %d bytes, the point %d", ErrRefused, w.Size(), dk.Size)))
+			}
+			continue
+		}
+		if df != nil && df.w != nil {
+			df.disk = dk
+			files = append(files, df)
+			continue
+		}
 		if df == nil {
 			p := diskPathOf(d.dir, d.state, len(files))
 			flags := os.O_RDWR
@@ -205,10 +231,6 @@ func (d *DiskSet) openFiles(create bool) error {
 		if err != nil {
 			return fail(pathErr("stat", df.path, err))
 		}
-		if len(d.state.Paths) != 0 && fi.Size() != dk.Size {
-			// A home disk is never resized by a move.
-			return fail(pathErr("open", df.path, fmt.Errorf("%w: the home disk has %d bytes, the point %d", ErrRefused, fi.Size(), dk.Size)))
-		}
 		if fi.Size() < dk.Size {
 			if err := df.f.Truncate(dk.Size); err != nil {
 				return fail(pathErr("extend", df.path, err))
@@ -226,17 +248,25 @@ func (d *DiskSet) openFiles(create bool) error {
 	}
 	for _, df := range d.files {
 		if !keep[df] {
-			df.f.Close()
+			df.close()
 		}
 	}
 	d.files = files
 	return nil
 }
 
+// close closes a disk's file or in-place writer.
+func (df *diskFile) close() error {
+	if df.w != nil {
+		return df.w.Close()
+	}
+	return df.f.Close()
+}
+
 func (d *DiskSet) closeFiles() error {
 	var errs []error
 	for _, df := range d.files {
-		if err := df.f.Close(); err != nil {
+		if err := df.close(); err != nil {
 			errs = append(errs, pathErr("close", df.path, err))
 		}
 	}
@@ -324,6 +354,15 @@ func (d *DiskSet) Reset() error {
 		return invalidf("reset of a set that is not moving")
 	}
 	for _, df := range d.files {
+		if df.w != nil {
+			df.wmu.Lock()
+			err := df.w.Zero(0, df.disk.Size)
+			df.wmu.Unlock()
+			if err != nil {
+				return pathErr("zero", df.path, err)
+			}
+			continue
+		}
 		if err := df.f.Truncate(0); err != nil {
 			return pathErr("truncate", df.path, err)
 		}
@@ -370,6 +409,16 @@ func (d *DiskSet) WriteBlock(disk int, block uint64, p []byte) error {
 	if err != nil {
 		return err
 	}
+	if df.w != nil {
+		df.wmu.Lock()
+		_, err := df.w.WriteAt(p[:n], off)
+		df.wmu.Unlock()
+		if err != nil {
+			return pathErr("write", df.path, err)
+		}
+		d.count(df, n)
+		return nil
+	}
 	if _, err := df.f.WriteAt(p[:n], off); err != nil {
 		return pathErr("write", df.path, err)
 	}
@@ -392,6 +441,16 @@ func (d *DiskSet) zero(disk int, block uint64, plen int) error {
 	df, off, n, err := d.locate(disk, block, plen)
 	if err != nil {
 		return err
+	}
+	if df.w != nil {
+		df.wmu.Lock()
+		err := df.w.Zero(off, int64(n))
+		df.wmu.Unlock()
+		if err != nil {
+			return pathErr("zero", df.path, err)
+		}
+		d.count(df, n)
+		return nil
 	}
 	if !d.noPunch.Load() {
 		err := punchHole(df.f, off, int64(n))
@@ -423,7 +482,7 @@ func (d *DiskSet) count(df *diskFile, n int) {
 	if d.opts.Counter != nil {
 		d.opts.Counter.Add(int64(n))
 	}
-	if wb := d.opts.WritebackBytes; wb > 0 && df.dirty.Add(int64(n)) >= wb {
+	if wb := d.opts.WritebackBytes; wb > 0 && df.f != nil && df.dirty.Add(int64(n)) >= wb {
 		df.dirty.Store(0)
 		// Only a hint: the fsync in Finish is what makes the data durable,
 		// and reports any error.
@@ -446,6 +505,12 @@ func (d *DiskSet) Finish(to int64) error {
 		return fmt.Errorf("%w: finish a move to %d: %s", ErrRefused, to, describe(filepath.Base(d.dir), d.state))
 	}
 	for _, df := range d.files {
+		if df.w != nil {
+			if err := df.w.Sync(); err != nil {
+				return pathErr("fsync", df.path, err)
+			}
+			continue
+		}
 		if err := df.f.Truncate(df.disk.Size); err != nil {
 			return pathErr("truncate", df.path, err)
 		}

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrydr/ferry/internal/testenv"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
 
@@ -81,4 +83,50 @@ func TestAdoptRefusesWhatItCannotWriteInPlace(t *testing.T) {
 	require.ErrorIs(t, err, ErrRefused)
 	_, err = os.Stat(ref.Dir)
 	require.ErrorIs(t, err, os.ErrNotExist, "a refused adopt writes nothing")
+}
+
+// TestHomeSetWritesQCOW2AndVHDXInPlace: a qcow2 and a VHDX home disk made
+// by qemu-img are adopted and moved in place; qemu-img check stays clean
+// and qemu-img reads the guest content the test expects (its own copy).
+func TestHomeSetWritesQCOW2AndVHDXInPlace(t *testing.T) {
+	qemuImg := testenv.RequireTool(t, "qemu-img")
+	ctx := context.Background()
+	s := newTestSite(t)
+	const size = 4 << 20
+	for _, format := range []string{"qcow2", "vhdx"} {
+		t.Run(format, func(t *testing.T) {
+			dir := t.TempDir()
+			raw := filepath.Join(dir, "seed.raw")
+			want := bytes.Repeat([]byte("home"), size/4)
+			require.NoError(t, os.WriteFile(raw, want, 0o600))
+			img := filepath.Join(dir, "vm."+format)
+			out, err := exec.Command(qemuImg, "convert", "-f", "raw", "-O", format, raw, img).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+
+			d := msg.TargetDisk{Name: "d", Size: size, BlockSize: 64 << 10}
+			ref := msg.TargetRef{Dir: filepath.Join(dir, "state"), Machine: "m", Set: SetHome}
+			_, err = s.Adopt(ctx, ref, []msg.TargetDisk{d}, []string{img})
+			require.NoError(t, err)
+			setDir, _ := SetDir(ref.Dir, ref.Machine, ref.Set)
+			set, err := OpenDiskSet(setDir, SetOptions{})
+			require.NoError(t, err)
+			require.NoError(t, set.BeginMove(3, []msg.TargetDisk{d}))
+			blk := bytes.Repeat([]byte{0xa5}, 64<<10)
+			require.NoError(t, set.WriteBlock(0, 5, blk))
+			require.NoError(t, set.ZeroBlock(0, 9))
+			require.NoError(t, set.Finish(3))
+			require.NoError(t, set.Close())
+			copy(want[5*64<<10:], blk)
+			clear(want[9*64<<10 : 10*64<<10])
+
+			out, err = exec.Command(qemuImg, "check", "-f", format, img).CombinedOutput()
+			require.NoError(t, err, "qemu-img check: %s", out)
+			back := filepath.Join(dir, "back.raw")
+			out, err = exec.Command(qemuImg, "convert", "-f", format, "-O", "raw", img, back).CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			got, err := os.ReadFile(back)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(want, got), "qemu-img reads what the move wrote, and nothing else changed")
+		})
+	}
 }

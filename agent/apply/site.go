@@ -274,8 +274,9 @@ func isSet(setDir string) (bool, error) {
 // Adopt makes a machine's home disks, where they are, its home disk set
 // (SetHome): only state.json is written, in the set directory; the disks
 // stay the machine's own files and later moves update them in place.
-// Only raw image files of exactly their disk's size are taken: an image
-// container (qcow2, VHDX, …) or a block device is refused with the reason
+// Disks agent/disk OpenInPlace can write (raw images and block devices,
+// qcow2, VHDX) of exactly their disk's size are taken; others (VMDK, VHD,
+// another size, held by another process) are refused with the reason
 // (ErrRefused) and nothing is written. Adopting the same paths again is a
 // no-op; other paths for an existing home set are refused.
 func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetDisk, paths []string) (msg.DiskSetState, error) {
@@ -321,26 +322,22 @@ func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetD
 	return withPaths(setDir, st), nil
 }
 
-// checkHomeDisk refuses a home disk that cannot be written in place here.
+// checkHomeDisk refuses a home disk that cannot be written in place here:
+// agent/disk OpenInPlace takes raw images and block devices, qcow2 and
+// VHDX (with their own crash safety) and refuses the rest with the reason
+// and the alternative; the disk must have its point's size and no other
+// process may hold it.
 func checkHomeDisk(p string, d msg.TargetDisk) error {
-	fi, err := os.Stat(p)
+	w, err := disk.OpenInPlace(p, disk.InPlaceOptions{})
 	if err != nil {
-		return pathErr("stat", p, err)
+		return pathErr("adopt", p, fmt.Errorf("%w: disk %s: %w", ErrRefused, d.Name, err))
 	}
-	if !fi.Mode().IsRegular() {
-		return pathErr("adopt", p, fmt.Errorf("%w: disk %s is not a regular file: writing block devices in place is not built yet (re-protect with --target to a new disk, or protect again for a full copy)", ErrRefused, d.Name))
-	}
-	src, err := disk.Open(p, disk.OpenOptions{})
-	if err != nil {
+	size := w.Size()
+	if err := w.Close(); err != nil {
 		return pathErr("adopt", p, err)
 	}
-	f := src.Format()
-	src.Close()
-	if f != disk.FormatRaw {
-		return pathErr("adopt", p, fmt.Errorf("%w: disk %s is a %s image: updating image containers in place is not built yet (re-protect with --target to a new disk, or protect again for a full copy)", ErrRefused, d.Name, f))
-	}
-	if fi.Size() != d.Size {
-		return pathErr("adopt", p, fmt.Errorf("%w: disk %s has %d bytes where the point has %d", ErrRefused, d.Name, fi.Size(), d.Size))
+	if size != d.Size {
+		return pathErr("adopt", p, fmt.Errorf("%w: disk %s has %d bytes where the point has %d", ErrRefused, d.Name, size, d.Size))
 	}
 	return nil
 }

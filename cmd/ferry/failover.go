@@ -315,8 +315,8 @@ func newReprotectCommand(g *globals) *cobra.Command {
 		Use:   "reprotect MACHINE [--target NAME] [--stop-source | --source-is-off] [--wait]",
 		Short: "Replicate a machine from the site it runs at to the other one (home after a failover, forward after a failback)",
 		Long: `Re-protect: after a committed failover, the recovery site's agent becomes
-the machine's source and the home disks — where they are, raw images —
-its replica, updated in place with only the blocks that differ. What the
+the machine's source and the home disks — where they are: raw images or
+block devices, qcow2 or VHDX — its replica, updated in place with only the blocks that differ. What the
 home disks held before is kept first as the point home-divergent-JOB.
 After a failback, the recovery site's disks become the staged replica
 again and replication runs from home.

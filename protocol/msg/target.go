@@ -220,7 +220,8 @@ type TargetShipRequest struct {
 }
 
 // TargetAdoptRequest asks the home agent to keep a machine's own disks
-// (Paths, raw files, by index in Disks) as its home disk set (Ref.Set
+// (Paths: raw files or block devices, qcow2 or VHDX images, by index in
+// Disks) as its home disk set (Ref.Set
 // "home"): state.json in Ref's set directory, the disks updated in place
 // by later moves. The set is recorded as written (its content is unknown
 // until a move from a point the controller knows it holds). Adopting the
