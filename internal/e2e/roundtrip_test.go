@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -293,4 +294,41 @@ func TestReprotectKeepsHomeDivergentWrites(t *testing.T) {
 	got, err := os.ReadFile(live)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(got, r.mirror), "the home disk equals the recovery-site copy")
+}
+
+// TestRoundTripVHDXHome: the home disk is a VHDX image (made by qemu-img).
+// Failover, commit, writes at the recovery site, reprotect and failback:
+// the home VHDX, updated in place, stays `qemu-img check` clean and reads
+// (through qemu-img) exactly as the writer's copy.
+func TestRoundTripVHDXHome(t *testing.T) {
+	testenv.RequireRoot(t)
+	qemuImg := testenv.RequireTool(t, "qemu-img")
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+	// A second machine whose home disk is the VHDX form of a fresh image.
+	raw := filepath.Join(filepath.Dir(r.img), "seed.raw")
+	r.mirror = makeImage(t, raw, 23, size)
+	vhdx := filepath.Join(filepath.Dir(r.img), "vm2.vhdx")
+	out, err := exec.Command(qemuImg, "convert", "-f", "raw", "-O", "vhdx", raw, vhdx).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	r.c.MustFerry(append([]string{"protect", "vm2", "--agent", "home", "--disk", "d=" + vhdx, "--policy", "p", "--target", "dr"}, r.homeHyp.Flags()...)...)
+	p := r.c.WaitPoint("vm2", 0, 3*time.Minute)
+	r.site.waitStaged(t, "vm2", p.ID)
+
+	r.c.runJob(t, 0, "failover", "vm2")
+	live := r.site.Hyp.Disks(t, "vm2")[0]
+	r.requireMirror(t, live, "failed over")
+	r.c.runJob(t, 0, "commit", "vm2")
+	r.write(t, live, 150)
+	r.c.runJob(t, 0, "reprotect", "vm2", "--stop-source")
+	r.write(t, live, 50)
+	r.c.runJob(t, 0, "failback", "vm2")
+
+	out, err = exec.Command(qemuImg, "check", "-f", "vhdx", vhdx).CombinedOutput()
+	require.NoError(t, err, "qemu-img check: %s", out)
+	back := filepath.Join(t.TempDir(), "back.raw")
+	out, err = exec.Command(qemuImg, "convert", "-f", "vhdx", "-O", "raw", vhdx, back).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	r.requireMirror(t, back, "home VHDX after failback (read by qemu-img)")
+	require.Equal(t, "running", r.homeHyp.State("vm2"))
 }
