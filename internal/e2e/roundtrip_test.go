@@ -332,3 +332,47 @@ func TestRoundTripVHDXHome(t *testing.T) {
 	r.requireMirror(t, back, "home VHDX after failback (read by qemu-img)")
 	require.Equal(t, "running", r.homeHyp.State("vm2"))
 }
+
+// TestRoundTripSurvivesControllerKills: kill -9 of the controller while a
+// re-protect runs (once its home disks are kept, before or while the
+// reverse cycle and the move run) and while a failback runs (after its
+// final cycle): each job finishes by itself after the restart, and the
+// home disk equals the writer's copy.
+func TestRoundTripSurvivesControllerKills(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 64 << 20
+	r := newRoundTrip(t, size)
+	r.c.runJob(t, 0, "failover", "vm")
+	r.c.runJob(t, 0, "commit", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.write(t, live, 400)
+
+	killAfter := func(args []string, step string) Job {
+		t.Helper()
+		res := r.c.Ferry(args...)
+		require.Equal(t, 0, res.Code, res.Stderr)
+		id := strings.TrimSpace(res.Stdout)
+		var j Job
+		require.Eventually(t, func() bool {
+			r.c.JSON(&j, "jobs", "show", id)
+			return j.step(step) == "succeeded" || j.State != "running"
+		}, 3*time.Minute, 5*time.Millisecond)
+		require.Equal(t, "running", j.State, "the job ended before the kill: %s", j.Error)
+		r.c.Restart()
+		require.Eventually(t, func() bool {
+			r.c.JSON(&j, "jobs", "show", id)
+			return j.State != "running" && j.State != "queued"
+		}, 3*time.Minute, 100*time.Millisecond)
+		require.Equal(t, "succeeded", j.State, j.Error)
+		return j
+	}
+	killAfter([]string{"reprotect", "vm", "--stop-source"}, "keep-home")
+	r.requireMirror(t, r.img, "home disk after a re-protect interrupted by kill -9")
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
+
+	r.write(t, live, 100)
+	killAfter([]string{"failback", "vm"}, "final-cycle")
+	r.requireMirror(t, r.img, "home disk after a failback interrupted by kill -9")
+	r.requireState(t, "back-home", "home", "forward")
+	require.Equal(t, "running", r.homeHyp.State("vm"))
+}
