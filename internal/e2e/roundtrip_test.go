@@ -376,3 +376,68 @@ func TestRoundTripSurvivesControllerKills(t *testing.T) {
 	r.requireState(t, "back-home", "home", "forward")
 	require.Equal(t, "running", r.homeHyp.State("vm"))
 }
+
+// TestReprotectSurvivesHomeAgentKill: kill -9 of the home agent while the
+// re-protect moves the home disks (its home set's state says moving_to: the
+// move was cut), then the agent starts again: the job finishes by itself
+// and the home disk equals the writer's copy. Then kill -9 of the recovery
+// agent during a failback, after its final cycle: the same.
+func TestReprotectSurvivesHomeAgentKill(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 256 << 20
+	r := newRoundTrip(t, size)
+	r.c.runJob(t, 0, "failover", "vm")
+	r.c.runJob(t, 0, "commit", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.write(t, live, 3000)
+
+	res := r.c.Ferry("reprotect", "vm", "--stop-source")
+	require.Equal(t, 0, res.Code, res.Stderr)
+	id := strings.TrimSpace(res.Stdout)
+	state := filepath.Join(filepath.Dir(r.img), ".ferry-home", "vm", "home", "state.json")
+	var cut bool
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(state)
+		if err == nil && bytes.Contains(b, []byte(`"moving_to"`)) {
+			r.home.Proc.Kill()
+			cut = true
+			return true
+		}
+		var j Job
+		r.c.JSON(&j, "jobs", "show", id)
+		return j.State != "running"
+	}, 3*time.Minute, 2*time.Millisecond)
+	require.True(t, cut, "the move ended before the home agent could be killed")
+	b, err := os.ReadFile(state)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"moving_to"`, "the home set records the interrupted move")
+	r.home.Start()
+	var j Job
+	require.Eventually(t, func() bool {
+		r.c.JSON(&j, "jobs", "show", id)
+		return j.State != "running" && j.State != "queued"
+	}, 3*time.Minute, 100*time.Millisecond)
+	require.Equal(t, "succeeded", j.State, j.Error)
+	r.requireMirror(t, r.img, "home disk after a move cut by kill -9 of the home agent")
+
+	// kill -9 of the recovery agent between the failback's final cycle
+	// and the start at home: the job waits for it and finishes.
+	r.write(t, live, 200)
+	res = r.c.Ferry("failback", "vm")
+	require.Equal(t, 0, res.Code, res.Stderr)
+	id = strings.TrimSpace(res.Stdout)
+	require.Eventually(t, func() bool {
+		r.c.JSON(&j, "jobs", "show", id)
+		return j.step("final-cycle") == "succeeded" || j.State != "running"
+	}, 3*time.Minute, 2*time.Millisecond)
+	require.Equal(t, "running", j.State, j.Error)
+	r.site.Agent.Proc.Kill()
+	r.site.Agent.Start()
+	require.Eventually(t, func() bool {
+		r.c.JSON(&j, "jobs", "show", id)
+		return j.State != "running" && j.State != "queued"
+	}, 3*time.Minute, 100*time.Millisecond)
+	require.Equal(t, "succeeded", j.State, j.Error)
+	r.requireMirror(t, r.img, "home disk after a failback whose recovery agent was killed")
+	r.requireState(t, "back-home", "home", "forward")
+}
