@@ -441,3 +441,41 @@ func TestReprotectSurvivesHomeAgentKill(t *testing.T) {
 	r.requireMirror(t, r.img, "home disk after a failback whose recovery agent was killed")
 	r.requireState(t, "back-home", "home", "forward")
 }
+
+// TestReprotectWithoutStatusNeedsSourceIsOff: a home driver without a
+// status command cannot prove the machine stopped: re-protect fails
+// without flags and with --stop-source, naming --source-is-off, and
+// changes nothing; with --source-is-off it goes on and the job says the
+// administrator declared it off.
+func TestReprotectWithoutStatusNeedsSourceIsOff(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 16 << 20
+	r := newRoundTrip(t, size)
+	img := filepath.Join(filepath.Dir(r.img), "nostatus.img")
+	r.mirror = makeImage(t, img, 31, size)
+	r.c.MustFerry("protect", "ns", "--agent", "home", "--disk", "d="+img, "--policy", "p", "--target", "dr",
+		"--start", "true", "--stop", "true")
+	p := r.c.WaitPoint("ns", 0, 3*time.Minute)
+	r.site.waitStaged(t, "ns", p.ID)
+	r.c.runJob(t, 0, "failover", "ns")
+	r.c.runJob(t, 0, "commit", "ns")
+	live := r.site.Hyp.Disks(t, "ns")[0]
+	r.write(t, live, 40)
+	homeBefore, err := os.ReadFile(img)
+	require.NoError(t, err)
+
+	for _, args := range [][]string{{"reprotect", "ns"}, {"reprotect", "ns", "--stop-source"}} {
+		j := r.c.runJob(t, 3, args...)
+		require.Contains(t, j.Error, "no status command")
+		require.Contains(t, j.Error, "--source-is-off")
+		var m struct {
+			State string `json:"state"`
+		}
+		r.c.JSON(&m, "machines", "show", "ns")
+		require.Equal(t, "committed", m.State)
+		requireSameFileBytes(t, homeBefore, img)
+	}
+	j := r.c.runJob(t, 0, "reprotect", "ns", "--source-is-off")
+	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), "declared off by the administrator")
+	r.requireMirror(t, img, "home disk after re-protect")
+}
