@@ -124,7 +124,7 @@ func (j *job) requireHomeStopped(ctx context.Context, m catalog.Machine, homeAge
 	return nil
 }
 
-// targetStatusCmd is the recovery site's driver status of the machine.
+// recoveryStatus is the recovery site driver's status of the machine.
 func (j *job) recoveryStatus(ctx context.Context, md *machineData, name string) (string, error) {
 	env := map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": name,
 		"FERRY_TARGET": md.Target, "FERRY_SET": setLive}
