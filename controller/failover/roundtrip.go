@@ -197,9 +197,6 @@ func prepareReprotect(ctx context.Context, j *job, name string, md *machineData)
 	if a.TestDir != "" {
 		return refuse("--test-dir (test failbacks) is not built yet")
 	}
-	if j.e.Repo.Encrypted() {
-		return refuse("re-protection of a machine in an encrypted repository is not built yet: the home agent needs the private key to stage")
-	}
 	t, agentID, err := j.e.Cat.Target(ctx, m.Failover.Target)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return refuse("the target of %s's failover: %w", name, err)
@@ -217,6 +214,17 @@ func prepareReprotect(ctx context.Context, j *job, name string, md *machineData)
 	}
 	if !j.e.Agents.Connected(md.SourceAgent) {
 		return unavailable("the home agent of %s is not connected", name)
+	}
+	if j.e.Repo.Encrypted() {
+		// The home disks are staged from sealed chunks: the home agent
+		// must hold this repository's key (the controller never does).
+		held, err := j.e.agentKey(ctx, md.SourceAgent, md.HomeDir, name)
+		if err != nil {
+			return err
+		}
+		if want := j.e.Repo.PublicKey().Fingerprint(); held != want {
+			return refuse("machine %s: the repository is encrypted and the home agent holds no key of it (fingerprint %.16s…): install it there (ferry-agent key install) so the home disks can be kept current", name, want)
+		}
 	}
 	st, err := j.targetStatus(ctx, md, name)
 	if err != nil {

@@ -38,7 +38,7 @@ type roundTrip struct {
 func newRoundTrip(t *testing.T, size int64, withProxies ...bool) *roundTrip {
 	t.Helper()
 	mnt := testenv.MountLoop(t, "xfs", 2<<30)
-	r := &roundTrip{rng: rand.New(rand.NewPCG(11, 17))}
+	r := &roundTrip{rng: newRoundTrip0Rand()}
 	r.c = StartController(t)
 	homeAddr, siteAddr := r.c.Addr, r.c.Addr
 	if len(withProxies) > 0 && withProxies[0] {
@@ -67,6 +67,9 @@ func newRoundTrip(t *testing.T, size int64, withProxies ...bool) *roundTrip {
 	r.site.waitStaged(t, "vm", p.ID)
 	return r
 }
+
+// newRoundTrip0Rand is the writer's seeded generator.
+func newRoundTrip0Rand() *rand.Rand { return rand.New(rand.NewPCG(11, 17)) }
 
 // setHome sets the home machine's power state as its driver reports it.
 func (r *roundTrip) setHome(t *testing.T, state string) {
