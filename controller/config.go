@@ -8,6 +8,8 @@ import (
 	"net"
 	"path/filepath"
 	"time"
+
+	"github.com/ferrydr/ferry/controller/jobs"
 )
 
 // Config is the controller's configuration; cmd/ferry fills it from flags.
@@ -40,6 +42,9 @@ type Config struct {
 	// Scripts holds install.sh and install.ps1 (the scripts package, wired
 	// by cmd/ferry); nil serves neither.
 	Scripts fs.FS
+	// Hooks are test hooks of the job engine (step boundaries, and the
+	// failpoints of jobs and staging moves); the zero value in production.
+	Hooks jobs.Hooks
 }
 
 // DefaultConfig holds CLI.md's defaults.

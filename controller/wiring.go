@@ -47,8 +47,10 @@ func (s *Server) openFailover() {
 	s.fo = &failover.Engine{
 		Cat: s.cat, Repo: s.repo, Agents: agentLinks{s.agents},
 		Push: s.pushConfig, Log: s.log.With("component", "failover"), Now: s.now,
+		Failpoint: s.cfg.Hooks.Failpoint,
 	}
 	s.jobs = jobs.New(s.cat, s.fo.Kinds(), s.log.With("component", "jobs"), s.now)
+	s.jobs.SetHooks(s.cfg.Hooks)
 	s.stager = failover.NewStager(s.fo, func(ctx context.Context, machine string) bool {
 		id, err := s.cat.MachineJob(ctx, machine)
 		return err != nil || id != ""

@@ -33,6 +33,9 @@ type Engine struct {
 	Push func(ctx context.Context, agentID string) error
 	Log  *slog.Logger
 	Now  func() time.Time
+	// Failpoint is a test hook called at named steps (FailMoveMid); nil
+	// in production.
+	Failpoint func(name string)
 
 	// keys holds, per job, a repository view with the private key given to
 	// that job (--key-file). Never persisted: a controller restarted

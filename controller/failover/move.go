@@ -165,6 +165,9 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		if mv.Progress != nil {
 			mv.Progress(res.Bytes, total)
 		}
+		if seq == 1 && e.Failpoint != nil {
+			e.Failpoint(FailMoveMid)
+		}
 		return nil
 	}
 	readCtx, stopReads := context.WithCancel(ctx)
@@ -233,6 +236,10 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 	}
 	return res, nil
 }
+
+// FailMoveMid is the failpoint after a move's first batch was sent, before
+// its barrier: the set at the target is part-way between two points.
+const FailMoveMid = "move.mid"
 
 // Reads of block contents in flight ahead of the sender: the index lookup
 // and pack read of one block overlap with the others' and with sending.

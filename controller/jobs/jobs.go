@@ -70,6 +70,37 @@ type Engine struct {
 	wg       sync.WaitGroup
 	ctx      context.Context
 	running  bool // Resume was called: jobs run in ctx
+
+	hooks Hooks
+}
+
+// Hooks are test hooks of the engine; the zero value (production) has none.
+type Hooks struct {
+	// BeforeStep runs before each step a job starts (after the previous
+	// step's end is recorded, before the cancel check): a test stops
+	// there, cancels, or restarts the controller. An error fails the step
+	// as the step itself would, unless the engine's context ended (then
+	// the job stops and resumes at the next start).
+	BeforeStep func(ctx context.Context, job, step string) error
+	// Failpoint is called at the named transitions below, after the
+	// transition is durable (a crash test kills the process there).
+	Failpoint func(name string)
+}
+
+// Failpoint names (docs/crash-semantics.md "Jobs").
+const (
+	FailStepRunning = "job.step-running" // a step recorded running, before it runs
+	FailStepDone    = "job.step-done"    // a step recorded succeeded or skipped
+	FailRollingBack = "job.rolling-back" // a cancel's rollback recorded, before it runs
+)
+
+// SetHooks installs test hooks; call before Resume.
+func (e *Engine) SetHooks(h Hooks) { e.hooks = h }
+
+func (e *Engine) failpoint(name string) {
+	if e.hooks.Failpoint != nil {
+		e.hooks.Failpoint(name)
+	}
 }
 
 // ErrNotRunning refuses a job started before the engine runs (Resume).

@@ -304,11 +304,21 @@ func (r *Run) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return // controller shutting down: resumed at next start
 		}
+		name := r.rec.Steps[i].Name
+		if h := r.e.hooks.BeforeStep; h != nil {
+			if err := h(ctx, r.rec.ID, name); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				r.failStep(i, err, final)
+				return
+			}
+		}
 		if r.beginStep(i) {
 			r.cancel(ctx, k, i, final)
 			return
 		}
-		name := r.rec.Steps[i].Name
+		r.e.failpoint(FailStepRunning)
 		log.Info("step", "step", name)
 		for attempt := 0; ; attempt++ {
 			err := k.Run(ctx, r, name)
@@ -317,10 +327,12 @@ func (r *Run) run(ctx context.Context) {
 			}
 			if err == nil {
 				r.setStep(i, api.StepSucceeded, nil)
+				r.e.failpoint(FailStepDone)
 				break
 			}
 			if errors.Is(err, ErrSkip) {
 				r.setStep(i, api.StepSkipped, nil)
+				r.e.failpoint(FailStepDone)
 				break
 			}
 			if r.CancelRequested() {
@@ -338,11 +350,7 @@ func (r *Run) run(ctx context.Context) {
 				}
 				continue
 			}
-			r.setStep(i, api.StepFailed, err)
-			for j := i + 1; j < len(r.rec.Steps); j++ {
-				r.setStep(j, api.StepSkipped, nil)
-			}
-			final(api.JobFailed, fmt.Sprintf("%s: %v", name, err))
+			r.failStep(i, err, final)
 			return
 		}
 	}
@@ -364,6 +372,15 @@ func (r *Run) run(ctx context.Context) {
 	final(state, "")
 }
 
+// failStep records step i failed, skips the rest and ends the job failed.
+func (r *Run) failStep(i int, err error, final func(string, string)) {
+	r.setStep(i, api.StepFailed, err)
+	for j := i + 1; j < len(r.rec.Steps); j++ {
+		r.setStep(j, api.StepSkipped, nil)
+	}
+	final(api.JobFailed, fmt.Sprintf("%s: %v", r.rec.Steps[i].Name, err))
+}
+
 // cancel rolls back and ends the job as cancelled.
 func (r *Run) cancel(ctx context.Context, k Kind, at int, final func(string, string)) {
 	r.mu.Lock()
@@ -379,6 +396,7 @@ func (r *Run) cancel(ctx context.Context, k Kind, at int, final func(string, str
 		final(api.JobFailed, fmt.Sprintf("cancelled, but recording the rollback failed: %v", err))
 		return
 	}
+	r.e.failpoint(FailRollingBack)
 	if ctx.Err() != nil {
 		return // shutting down: the rollback runs after restart
 	}
