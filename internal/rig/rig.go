@@ -61,6 +61,7 @@ func NewController(t testing.TB, hooks jobs.Hooks) *Controller {
 	c.Admin, err = admin.NewClient(admin.ClientConfig{Address: c.Socket})
 	require.NoError(t, err)
 	t.Cleanup(func() {
+		c.SetT(t)
 		c.Stop()
 		if t.Failed() {
 			t.Logf("--- rig log ---\n%s", tail(c.Log.String(), 400))
@@ -69,6 +70,10 @@ func NewController(t testing.TB, hooks jobs.Hooks) *Controller {
 	c.Start()
 	return c
 }
+
+// SetT makes the rig report to t from now on: cases that share one rig run
+// as subtests, one after another, each calling SetT first.
+func (c *Controller) SetT(t testing.TB) { c.t = t }
 
 // Logger is a logger writing to the rig's log.
 func (c *Controller) Logger(component string) *slog.Logger {
@@ -146,7 +151,6 @@ func ctx() (context.Context, context.CancelFunc) {
 
 // Agent is an agent running in this process.
 type Agent struct {
-	t        testing.TB
 	c        *Controller
 	Name     string
 	StateDir string
@@ -164,11 +168,12 @@ func (c *Controller) Enroll(name string) *Agent {
 	defer cancel()
 	tok, err := c.Admin.CreateToken(cx, api.CreateTokenRequest{TTL: api.Duration(time.Hour), Uses: 1})
 	require.NoError(c.t, err)
-	a := &Agent{t: c.t, c: c, Name: name, StateDir: filepath.Join(c.t.TempDir(), "agent-"+name)}
+	a := &Agent{c: c, Name: name, StateDir: filepath.Join(c.t.TempDir(), "agent-"+name)}
 	_, err = agent.Enroll(cx, agent.EnrollConfig{Controller: c.Addr, Token: tok.Token, Name: name, StateDir: a.StateDir,
 		Logger: c.Logger("enroll " + name)})
 	require.NoError(c.t, err, "enrol %s", name)
-	c.t.Cleanup(a.Stop)
+	t := c.t
+	c.t.Cleanup(func() { a.stop(t) })
 	a.Start()
 	return a
 }
@@ -176,13 +181,13 @@ func (c *Controller) Enroll(name string) *Agent {
 // Start runs the agent and waits until the controller lists it connected
 // (when the controller runs).
 func (a *Agent) Start() {
-	a.t.Helper()
+	a.c.t.Helper()
 	a.mu.Lock()
-	require.Nil(a.t, a.cancel, "agent %s already running", a.Name)
+	require.Nil(a.c.t, a.cancel, "agent %s already running", a.Name)
 	cfg := agent.DefaultConfig()
 	cfg.StateDir, cfg.Logger, cfg.MaxBackoff = a.StateDir, a.c.Logger("agent "+a.Name), time.Second
 	ag, err := agent.New(cfg)
-	require.NoError(a.t, err)
+	require.NoError(a.c.t, err)
 	cx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(cx) }()
@@ -194,7 +199,9 @@ func (a *Agent) Start() {
 }
 
 // Stop ends the agent and waits for it.
-func (a *Agent) Stop() {
+func (a *Agent) Stop() { a.stop(a.c.t) }
+
+func (a *Agent) stop(t testing.TB) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.cancel == nil {
@@ -204,10 +211,10 @@ func (a *Agent) Stop() {
 	select {
 	case err := <-a.done:
 		if err != nil {
-			a.t.Errorf("agent %s ended with %v", a.Name, err)
+			t.Errorf("agent %s ended with %v", a.Name, err)
 		}
 	case <-time.After(Timeout):
-		a.t.Errorf("agent %s did not stop within %s", a.Name, Timeout)
+		t.Errorf("agent %s did not stop within %s", a.Name, Timeout)
 	}
 	a.cancel, a.done = nil, nil
 }
@@ -315,6 +322,7 @@ func (c *Controller) CreatePolicy(name string, every time.Duration) {
 // not nil it also waits until the point is staged there.
 func (c *Controller) Protect(req api.ProtectRequest, site *Site) api.Point {
 	c.t.Helper()
+	c.WaitConnected(req.Agent) // e.g. still reconnecting after a restart
 	cx, cancel := ctx()
 	defer cancel()
 	_, err := c.Admin.Protect(cx, req)
