@@ -3,13 +3,20 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/controller"
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/failover"
+	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/internal/profiling"
 	"github.com/ferrydr/ferry/scripts"
 )
@@ -74,6 +81,13 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	o.cfg.OnReady = func(agentAddr, adminAddr string) {
 		fmt.Fprintf(g.stdout, "ferry controller listening on %s (admin %s)\n", agentAddr, adminAddr)
 	}
+	if fp := os.Getenv(failpointEnv); fp != "" {
+		h, err := failpointHooks(fp, os.Stderr)
+		if err != nil {
+			return usagef("%s: %v", failpointEnv, err)
+		}
+		o.cfg.Hooks = h
+	}
 	stop, err := profiling.Start(o.cpuProfile)
 	if err != nil {
 		return err
@@ -85,3 +99,51 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 	}
 	return srv.Run(ctx)
 }
+
+// failpointEnv names a failpoint at which `ferry serve` kills itself with
+// SIGKILL: NAME (its first hit) or NAME#N (its N-th hit). Crash tests
+// (internal/e2e/crash_jobs_test.go) set it; docs/crash-semantics.md
+// "Jobs and staging" lists the names.
+const failpointEnv = "FERRY_TEST_FAILPOINT"
+
+// failpointHooks parses a failpointEnv value into hooks that print
+// "failpoint NAME#N: killing the controller" to w and kill the process.
+func failpointHooks(v string, w io.Writer) (jobs.Hooks, error) {
+	name, hitText, hasHit := strings.Cut(v, "#")
+	hit := 1
+	if hasHit {
+		n, err := strconv.Atoi(hitText)
+		if err != nil || n < 1 {
+			return jobs.Hooks{}, fmt.Errorf("%q: want NAME or NAME#N with N >= 1", v)
+		}
+		hit = n
+	}
+	if !slices.Contains(failpoints, name) {
+		return jobs.Hooks{}, fmt.Errorf("unknown failpoint %q (known: %s)", name, strings.Join(failpoints, ", "))
+	}
+	var mu sync.Mutex
+	seen := 0
+	return jobs.Hooks{Failpoint: func(at string) {
+		if at != name {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock() // held until the kill: no other goroutine passes
+		if seen++; seen < hit {
+			return
+		}
+		fmt.Fprintf(w, "failpoint %s#%d: killing the controller\n", name, seen)
+		p, err := os.FindProcess(os.Getpid())
+		if err == nil {
+			err = p.Kill()
+		}
+		if err == nil {
+			select {} // SIGKILL is on its way
+		}
+		fmt.Fprintf(w, "failpoint %s: kill failed: %v\n", name, err)
+		os.Exit(137)
+	}}, nil
+}
+
+// failpoints are the names failpointEnv accepts.
+var failpoints = []string{jobs.FailStepRunning, jobs.FailStepDone, jobs.FailRollingBack, failover.FailMoveMid}
