@@ -132,3 +132,20 @@ func TestAgentIsCgoFree(t *testing.T) {
 		}
 	}
 }
+
+// TestRigIsForTestsOnly: internal/rig (a controller and agents in one
+// process) links agent and controller together, so only tests may import
+// it — no program or library package of ours.
+func TestRigIsForTestsOnly(t *testing.T) {
+	rig := module + "/internal/rig"
+	for _, p := range listPackages(t) {
+		if p.path == rig {
+			continue
+		}
+		for _, d := range p.deps {
+			if d == rig {
+				t.Errorf("%s imports %s: only tests may", p.path, rig)
+			}
+		}
+	}
+}

@@ -170,6 +170,7 @@ func TestCrashFailoverAtJobFailpoints(t *testing.T) {
 				s.requireKilledAt(t, fmt.Sprintf("%s#%d", fp, i+1))
 				j := s.waitJob(t, id)
 				require.Equal(t, steps, stepNames(j))
+				t.Logf("job %s point %d, notes: %v", j.ID, j.Machines[0].PointID, j.Machines[0].Notes)
 				s.requireFailedOver(t, j, want)
 				require.Greater(t, j.Machines[0].PointID, s.first.ID, "a fresh cycle's point")
 			})

@@ -177,6 +177,17 @@ func requireRunningOn(b *bench, vm string, want []byte) {
 	rig.RequireFile(b.t, want, disks[0], "disk of %s", vm)
 }
 
+// requireLatest requires that `latest` (the default) took a point with
+// the source's last write: the source agent is up (at most reconnecting
+// after a controller restart), so a fresh cycle is possible within the
+// job's deadline, and falling back to an older point loses those writes
+// (issue 9: latest waits for a fresh point or fails, never silently falls
+// back).
+func requireLatest(b *bench, m *machine, j api.Job) {
+	b.t.Helper()
+	require.Greater(b.t, j.Machines[0].PointID, m.p1, "latest took a fresh point; notes: %v", j.Machines[0].Notes)
+}
+
 var kinds = []kind{{
 	name:  "failover",
 	steps: []string{"prerequisites", "process", "move", "start"},
@@ -185,7 +196,8 @@ var kinds = []kind{{
 	},
 	done: func(b *bench, m *machine, j api.Job) {
 		require.Equal(b.t, "failed-over", b.c.Machine(m.name).State)
-		requireRunningOn(b, m.name, m.pointBytes(j.Machines[0].PointID))
+		requireLatest(b, m, j)
+		requireRunningOn(b, m.name, m.v2)
 	},
 	undone: func(b *bench, m *machine, j api.Job, _ action) {
 		require.Equal(b.t, "protected", b.c.Machine(m.name).State)
@@ -199,7 +211,8 @@ var kinds = []kind{{
 	},
 	done: func(b *bench, m *machine, j api.Job) {
 		require.Equal(b.t, "test-failed-over", b.c.Machine(m.name).State)
-		requireRunningOn(b, m.name+"-test", m.pointBytes(j.Machines[0].PointID))
+		requireLatest(b, m, j)
+		requireRunningOn(b, m.name+"-test", m.v2)
 		require.Contains(b.t, b.site.Hyp.Disks(b.t, m.name+"-test")[0], "test-"+j.ID)
 	},
 	undone: func(b *bench, m *machine, j api.Job, _ action) {
@@ -308,30 +321,39 @@ var kinds = []kind{{
 // or cancelled job must leave the machine as it was, and the same job run
 // again must then succeed; every case ends with the target's disks compared
 // to the bytes the test wrote.
+//
+// The kinds run at the same time, each on its own rig (their cases mostly
+// wait on agents and drivers): goroutines rather than t.Parallel, whose
+// limit is GOMAXPROCS.
 func TestJobKinds(t *testing.T) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, k := range kinds {
-		t.Run(k.name, func(t *testing.T) {
-			t.Parallel()
-			b := newBench(t)
-			cases := []struct {
-				act  action
-				step string
-			}{{succeed, ""}}
-			for _, s := range k.steps {
-				for _, a := range []action{fail, cancel, restart} {
-					cases = append(cases, struct {
-						act  action
-						step string
-					}{a, s})
-				}
-			}
-			for _, tc := range cases {
-				t.Run(strings.TrimSuffix(string(tc.act)+"-"+tc.step, "-"), func(t *testing.T) {
-					b.t = t
-					b.c.SetT(t)
-					runCase(b, k, tc.act, tc.step)
-				})
-			}
+		wg.Add(1)
+		go func() {
+			defer wg.Done() // also when -run filters the kind out
+			t.Run(k.name, func(t *testing.T) { runKind(t, k) })
+		}()
+	}
+}
+
+func runKind(t *testing.T, k kind) {
+	type tcase struct {
+		act  action
+		step string
+	}
+	cases := []tcase{{succeed, ""}}
+	for _, s := range k.steps {
+		for _, a := range []action{fail, cancel, restart} {
+			cases = append(cases, tcase{a, s})
+		}
+	}
+	b := newBench(t)
+	for _, tc := range cases {
+		t.Run(strings.TrimSuffix(string(tc.act)+"-"+tc.step, "-"), func(t *testing.T) {
+			b.t = t
+			b.c.SetT(t)
+			runCase(b, k, tc.act, tc.step)
 		})
 	}
 }
