@@ -17,8 +17,9 @@ import (
 
 // Hypervisor is a fake hypervisor for the exec driver: start records the
 // machine running with the environment it was given (after checking that
-// every disk in FERRY_DISKS exists, as CLI.md promises), stop records it
-// stopped, status prints the state.
+// every disk in FERRY_DISKS exists, as CLI.md promises; or fails when the
+// test said so with RefuseStart), stop records it stopped, status prints
+// the state.
 type Hypervisor struct {
 	Dir string
 }
@@ -33,10 +34,22 @@ func NewHypervisor(t testing.TB) *Hypervisor {
 func (h *Hypervisor) Driver() api.Driver {
 	st := h.Dir + `/"$FERRY_MACHINE"`
 	return api.Driver{
-		Start:  `set -e; printf '%s\n' "$FERRY_DISKS" | while read -r d; do [ -z "$d" ] || [ -f "$d" ] || { echo "missing disk $d" >&2; exit 1; }; done; env | grep '^FERRY_' > ` + st + `.env; echo running > ` + st + `.state`,
+		Start:  `set -e; if [ -f ` + st + `.refuse ]; then echo "refusing to start $FERRY_MACHINE" >&2; exit 1; fi; printf '%s\n' "$FERRY_DISKS" | while read -r d; do [ -z "$d" ] || [ -f "$d" ] || { echo "missing disk $d" >&2; exit 1; }; done; env | grep '^FERRY_' > ` + st + `.env; echo running > ` + st + `.state`,
 		Stop:   `echo stopped > ` + st + `.state`,
 		Status: `cat ` + st + `.state 2>/dev/null || echo absent`,
 	}
+}
+
+// RefuseStart makes start of machine fail (exit 1) until AllowStart.
+func (h *Hypervisor) RefuseStart(t testing.TB, machine string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(filepath.Join(h.Dir, machine+".refuse"), nil, 0o644))
+}
+
+// AllowStart undoes RefuseStart.
+func (h *Hypervisor) AllowStart(t testing.TB, machine string) {
+	t.Helper()
+	require.NoError(t, os.Remove(filepath.Join(h.Dir, machine+".refuse")))
 }
 
 // State returns a machine's power state ("absent" if never started).

@@ -411,3 +411,27 @@ func stepError(j api.Job, step string) string {
 	}
 	return ""
 }
+
+// TestDriverStartFailureFailsTheJob: a real step failure, not an
+// injected one — the target's exec driver refuses to start the machine.
+// The failover ends failed at its start step with the driver's refusal,
+// the machine is protected again, and once the hypervisor accepts, the
+// same failover runs the machine on the source's last bytes.
+func TestDriverStartFailureFailsTheJob(t *testing.T) {
+	b := newBench(t)
+	m := b.protect()
+	b.site.Hyp.RefuseStart(t, m.name)
+	start := func() (api.Job, error) { return b.c.StartFailover(api.FailoverRequest{Machine: m.name}) }
+	j := b.run(start, succeed)
+	require.Equal(t, api.JobFailed, j.State, "job %s: %s", j.ID, j.Error)
+	require.Equal(t, api.StepFailed, rig.StepState(j, "start"))
+	require.Contains(t, stepError(j, "start"), "refusing to start "+m.name, "the driver's own message")
+	require.Equal(t, "protected", b.c.Machine(m.name).State)
+	require.Equal(t, "absent", b.site.Hyp.State(m.name), "never started")
+
+	b.site.Hyp.AllowStart(t, m.name)
+	j = b.run(start, succeed)
+	require.Equal(t, api.JobSucceeded, j.State, "job %s: %s", j.ID, j.Error)
+	requireLatest(b, m, j)
+	requireRunningOn(b, m.name, m.v2)
+}
