@@ -34,7 +34,7 @@ type connector struct {
 }
 
 func newConnector(path string, exclusive bool) *connector {
-	dsn := "file:" + path + "?_txlock=immediate"
+	dsn := "file:" + sqliteURIPath(path) + "?_txlock=immediate"
 	if exclusive {
 		// The unix-excl VFS keeps the WAL index in heap memory from the
 		// first access on: no -shm file and no mmap, even when the
@@ -44,6 +44,13 @@ func newConnector(path string, exclusive bool) *connector {
 	c := &connector{dsn: dsn, exclusive: exclusive}
 	c.drv = &sqlite3.SQLiteDriver{ConnectHook: c.hook}
 	return c
+}
+
+// sqliteURIPath escapes what a SQLite URI's path cannot hold literally
+// ('%' decodes, '?' starts the query, '#' the fragment): a directory
+// named with them must still open the file inside it.
+func sqliteURIPath(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(p)
 }
 
 func (c *connector) hook(conn *sqlite3.SQLiteConn) error {

@@ -35,12 +35,19 @@ type Catalog struct {
 	now func() time.Time
 }
 
+// sqliteURIPath escapes what a SQLite URI's path cannot hold literally
+// ('%' decodes, '?' starts the query, '#' the fragment): a data directory
+// named with them must still open the file inside it.
+func sqliteURIPath(p string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(p)
+}
+
 // Open opens (creating and migrating) the catalog at path.
 func Open(ctx context.Context, file string, now func() time.Time) (*Catalog, error) {
 	if now == nil {
 		now = time.Now
 	}
-	dsn := "file:" + file + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_foreign_keys=on&_txlock=immediate"
+	dsn := "file:" + sqliteURIPath(file) + "?_journal_mode=WAL&_synchronous=FULL&_busy_timeout=5000&_foreign_keys=on&_txlock=immediate"
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("catalog: open %s: %w", file, err)
