@@ -14,7 +14,8 @@ import (
 // TestRigSmoke: a controller and two agents in this process protect a
 // machine, fail it over, and the failed-over disk holds the bytes the test
 // wrote; the controller restarts on its data directory and still knows
-// the job and the machine, and the agents reconnect by themselves.
+// the job and the machine, and the agents reconnect by themselves; an
+// agent stopped shows disconnected and connects again when started.
 func TestRigSmoke(t *testing.T) {
 	c := NewController(t, jobs.Hooks{})
 	src := c.Enroll("src")
@@ -42,4 +43,24 @@ func TestRigSmoke(t *testing.T) {
 	c.WaitConnected(site.Agent.Name)
 	require.Equal(t, api.JobSucceeded, c.Job(j.ID).State)
 	require.Equal(t, "failed-over", c.Machine("m").State)
+
+	// An agent stops and starts again with its enrolled identity.
+	src.Stop()
+	require.Eventually(t, func() bool {
+		for _, a := range c.agents(t) {
+			if a.Name == src.Name {
+				return !a.Connected
+			}
+		}
+		return false
+	}, Timeout, 20*time.Millisecond, "the stopped agent still shows connected")
+	src.Start()
+}
+
+func (c *Controller) agents(t *testing.T) []api.Agent {
+	cx, cancel := ctx()
+	defer cancel()
+	as, err := c.Admin.Agents(cx)
+	require.NoError(t, err)
+	return as
 }
