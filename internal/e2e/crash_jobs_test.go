@@ -103,6 +103,29 @@ func (s *crashSetup) waitKilledAt(t *testing.T, fp string) {
 	require.Equal(t, -1, s.c.Proc.cmd.ProcessState.ExitCode(), "killed by a signal")
 }
 
+// restartArmed restarts the controller with failpoint fp armed and waits
+// until both agents are connected again (the job then starts as it would
+// on a controller that was up all along).
+func (s *crashSetup) restartArmed(t *testing.T, fp string) {
+	t.Helper()
+	t.Setenv(failpointEnv, fp)
+	s.c.Restart()
+	require.Eventually(t, func() bool {
+		var agents []struct {
+			Name      string `json:"name"`
+			Connected bool   `json:"connected"`
+		}
+		s.c.JSON(&agents, "agents", "list")
+		n := 0
+		for _, a := range agents {
+			if a.Connected {
+				n++
+			}
+		}
+		return n == 2
+	}, time.Minute, 50*time.Millisecond, "the agents did not reconnect")
+}
+
 // startJob starts a job without waiting and returns its id.
 func (s *crashSetup) startJob(t *testing.T, args ...string) string {
 	t.Helper()
@@ -172,8 +195,7 @@ func TestCrashFailoverAtJobFailpoints(t *testing.T) {
 				s.site.waitStaged(t, "m", s.first.ID)
 				s.writeRandom(t, 3, crashDisk/4, 512<<10) // after the first point: only a fresh cycle has it
 				want := bytes.Clone(s.want)
-				t.Setenv(failpointEnv, fmt.Sprintf("%s#%d", fp, i+1))
-				s.c.Restart()
+				s.restartArmed(t, fmt.Sprintf("%s#%d", fp, i+1))
 				id := s.startJob(t, "failover", "m")
 				s.requireKilledAt(t, fmt.Sprintf("%s#%d", fp, i+1))
 				j := s.waitJob(t, id)
@@ -195,8 +217,7 @@ func TestCrashFailoverMidMove(t *testing.T) {
 	s.site.waitStaged(t, "m", s.first.ID)
 	s.writeRandom(t, 4, 0, crashDisk) // every block changes: a move of several batches
 	want := bytes.Clone(s.want)
-	t.Setenv(failpointEnv, "move.mid")
-	s.c.Restart()
+	s.restartArmed(t, "move.mid")
 	id := s.startJob(t, "failover", "m")
 	s.requireKilledAt(t, "move.mid#1")
 	s.requireFailedOver(t, s.waitJob(t, id), want)
@@ -242,8 +263,7 @@ func TestCrashPlannedFailoverRollback(t *testing.T) {
 	s.site.waitStaged(t, "m", s.first.ID)
 	s.writeRandom(t, 5, crashDisk/8, 256<<10)
 	want := bytes.Clone(s.want)
-	t.Setenv(failpointEnv, "job.rolling-back")
-	s.c.Restart()
+	s.restartArmed(t, "job.rolling-back")
 	id := s.startJob(t, "failover", "m", "--planned")
 	require.Eventually(t, func() bool {
 		var j Job
