@@ -47,7 +47,7 @@ func (s *Server) openFailover() {
 	s.fo = &failover.Engine{
 		Cat: s.cat, Repo: s.repo, Agents: agentLinks{s.agents},
 		Push: s.pushConfig, Log: s.log.With("component", "failover"), Now: s.now,
-		Failpoint: s.cfg.Hooks.Failpoint,
+		Failpoint: s.cfg.Hooks.Failpoint, Started: s.now(),
 	}
 	s.jobs = jobs.New(s.cat, s.fo.Kinds(), s.log.With("component", "jobs"), s.now)
 	s.jobs.SetHooks(s.cfg.Hooks)

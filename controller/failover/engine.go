@@ -36,6 +36,12 @@ type Engine struct {
 	// Failpoint is a test hook called at named steps (FailMoveMid); nil
 	// in production.
 	Failpoint func(name string)
+	// Started is when the controller started (its jobs resume after it):
+	// until Started+SourceGrace every known agent may still be
+	// reconnecting. SourceGrace bounds how long `latest` waits for a
+	// source agent that is expected back (DefaultSourceGrace if zero).
+	Started     time.Time
+	SourceGrace time.Duration
 
 	// keys holds, per job, a repository view with the private key given to
 	// that job (--key-file). Never persisted: a controller restarted

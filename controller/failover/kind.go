@@ -38,10 +38,13 @@ type Spec struct {
 
 // machineData is what a job remembers per machine between steps.
 type machineData struct {
-	Target        string `json:"target"`
-	TargetAgent   string `json:"target_agent"`
-	Dir           string `json:"dir"`
-	SourceAgent   string `json:"source_agent"`
+	Target      string `json:"target"`
+	TargetAgent string `json:"target_agent"`
+	Dir         string `json:"dir"`
+	SourceAgent string `json:"source_agent"`
+	// SourceSeen: the job found the source agent connected (prerequisites);
+	// one missing later is expected back (latest's grace period).
+	SourceSeen    bool   `json:"source_seen,omitempty"`
 	Point         int64  `json:"point"`
 	StagedFrom    int64  `json:"staged_from"`
 	StagedExisted bool   `json:"staged_existed"`

@@ -74,6 +74,7 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 	}
 	md.Target, md.TargetAgent, md.Dir, md.SourceAgent = t.Name, agentID, t.Dir, m.AgentID
 	md.Set, md.DriverName = j.def.set(j.r.ID()), j.def.driverName(name)
+	md.SourceSeen = md.SourceSeen || e.Agents.Connected(m.AgentID)
 	if err := j.requireKey(ctx, md, name); err != nil {
 		return err
 	}

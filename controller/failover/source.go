@@ -47,7 +47,11 @@ func processLatest(ctx context.Context, j *job, name string, md *machineData) er
 	}
 	e := j.e
 	var chosen int64
-	if e.Agents.Connected(md.SourceAgent) {
+	reached, why, err := j.awaitSource(ctx, md)
+	if err != nil {
+		return err
+	}
+	if reached {
 		var resp msg.CycleNowResponse
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		err := e.Agents.Call(cctx, md.SourceAgent, msg.MethodCycleNow, msg.CycleNowRequest{Machine: name}, &resp)
@@ -55,7 +59,7 @@ func processLatest(ctx context.Context, j *job, name string, md *machineData) er
 		switch {
 		case err == nil:
 			chosen = resp.PointID
-			j.r.MachineNote(name, fmt.Sprintf("latest: the source agent was reachable; a fresh cycle made point %d", chosen))
+			j.r.MachineNote(name, fmt.Sprintf("latest: the source agent was reachable%s; a fresh cycle made point %d", why, chosen))
 		case jobs.IsRetryable(err):
 			// The source is reachable but busy (a scheduled cycle still
 			// runs): wait for the fresh point; the engine retries the step
@@ -65,7 +69,7 @@ func processLatest(ctx context.Context, j *job, name string, md *machineData) er
 			j.r.MachineNote(name, fmt.Sprintf("latest: the source agent was reachable but the fresh cycle failed (%v); using the newest complete point", err))
 		}
 	} else {
-		j.r.MachineNote(name, "latest: the source agent was unreachable; using the newest complete point (an incomplete cycle is never used)")
+		j.r.MachineNote(name, fmt.Sprintf("latest: the source agent was unreachable (%s); using the newest complete point (an incomplete cycle is never used)", why))
 	}
 	pts, err := e.Repo.Points(ctx, name)
 	if err != nil {
@@ -87,6 +91,89 @@ func processLatest(ctx context.Context, j *job, name string, md *machineData) er
 	md.Point = chosen
 	j.r.SetMachine(name, "processed", chosen, nil)
 	return nil
+}
+
+// DefaultSourceGrace is how long `latest` waits for a source agent that
+// is expected back: the agent's longest reconnect backoff (30 s) plus a
+// keepalive interval (10 s).
+const DefaultSourceGrace = 40 * time.Second
+
+// awaitSource reports whether the source agent is connected, after a
+// bounded grace period (within the job's deadline) when it is expected
+// back (agentGrace). why says which case applied, for the job's note. A
+// cancel asked for while waiting ends the wait with a retryable error:
+// the engine then rolls the job back.
+func (j *job) awaitSource(ctx context.Context, md *machineData) (reached bool, why string, err error) {
+	if j.e.Agents.Connected(md.SourceAgent) {
+		return true, "", nil
+	}
+	start := time.Now()
+	until, why := j.agentGrace(ctx, md.SourceAgent, md.SourceSeen)
+	if d := j.r.Deadline(); !d.IsZero() && d.Before(until) {
+		until = d
+	}
+	if until.IsZero() {
+		return false, why, nil
+	}
+	ok, err := j.waitAgent(ctx, md.SourceAgent, until, true)
+	switch {
+	case err != nil:
+		return false, "", err
+	case ok:
+		return true, fmt.Sprintf(" after a wait of %s (%s)", time.Since(start).Round(time.Millisecond), why), nil
+	}
+	return false, fmt.Sprintf("%s, but it did not reconnect within the grace period of %s", why, until.Sub(start).Round(time.Second)), nil
+}
+
+// agentGrace says until when a job waits for a disconnected agent that is
+// expected back, and why: the job saw it connected (seen: the controller
+// restarted or the link dropped since), the controller itself started
+// less than the grace ago (every known agent is reconnecting), or the
+// agent disconnected less than the grace ago. A zero time: not expected
+// back (why says so).
+func (j *job) agentGrace(ctx context.Context, agentID string, seen bool) (time.Time, string) {
+	e := j.e
+	now := time.Now()
+	grace := e.SourceGrace
+	if grace <= 0 {
+		grace = DefaultSourceGrace
+	}
+	a, err := e.Cat.Agent(ctx, agentID)
+	switch {
+	case err != nil || a.Revoked:
+		return time.Time{}, "it is not a known agent of this controller"
+	case seen:
+		return now.Add(grace), "it was connected earlier in this job"
+	case !e.Started.IsZero() && now.Before(e.Started.Add(grace)):
+		return e.Started.Add(grace), "the controller restarted and the agent is reconnecting"
+	case !a.LastSeen.IsZero() && now.Before(a.LastSeen.Add(grace)):
+		return a.LastSeen.Add(grace), "the agent disconnected recently and is reconnecting"
+	}
+	return time.Time{}, fmt.Sprintf("not connected, last seen %s", a.LastSeen.UTC().Format(time.RFC3339))
+}
+
+// waitAgent waits until the agent is connected (true) or until passes
+// (false). With cancellable, a cancel of the job ends the wait with a
+// retryable error.
+func (j *job) waitAgent(ctx context.Context, agentID string, until time.Time, cancellable bool) (bool, error) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if j.e.Agents.Connected(agentID) {
+			return true, nil
+		}
+		if !time.Now().Before(until) {
+			return false, nil
+		}
+		if cancellable && j.r.CancelRequested() {
+			return false, unavailable("cancelled while waiting for agent %s to reconnect", agentID)
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 // stopSource stops (or pauses) the source machine: no more writes.
