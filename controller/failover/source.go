@@ -201,8 +201,16 @@ func finalCycle(ctx context.Context, j *job, name string, md *machineData) error
 	if md.Point != 0 {
 		return nil
 	}
+	if !j.e.Agents.Connected(md.SourceAgent) {
+		return unavailable("the final cycle needs the source agent of %s, which is not connected", name)
+	}
 	var resp msg.CycleNowResponse
 	if err := j.e.Agents.Call(ctx, md.SourceAgent, msg.MethodCycleNow, msg.CycleNowRequest{Machine: name}, &resp); err != nil {
+		if jobs.IsRetryable(err) {
+			// A dropped link or a busy agent: the engine retries the step
+			// until the job's deadline.
+			return fmt.Errorf("the final cycle: %w", err)
+		}
 		return refuse("the final cycle failed: %w", err)
 	}
 	md.Point = resp.PointID
