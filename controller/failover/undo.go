@@ -89,6 +89,11 @@ func (j *job) revert(ctx context.Context, name string, md *machineData) {
 			if md.UsedPause {
 				action = "resume"
 			}
+			// A source agent still reconnecting (the controller restarted
+			// mid-rollback) is waited for, within its grace period.
+			if until, _ := j.agentGrace(ctx, md.SourceAgent, md.SourceSeen); !j.e.Agents.Connected(md.SourceAgent) && !until.IsZero() {
+				j.waitAgent(ctx, md.SourceAgent, until, false)
+			}
 			if _, err := j.sourceDriver(ctx, name, md.SourceAgent, action); err != nil {
 				j.r.Note("%s: restarting the source failed: %v", name, err)
 			} else {

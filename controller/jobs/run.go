@@ -400,15 +400,40 @@ func (r *Run) cancel(ctx context.Context, k Kind, at int, final func(string, str
 	if ctx.Err() != nil {
 		return // shutting down: the rollback runs after restart
 	}
-	if err := k.Rollback(ctx, r); err != nil {
+	// A rollback retries what a retry can fix (an agent still
+	// reconnecting after a restart) until the job's deadline, and for at
+	// least RollbackRetry: a job cancelled near its deadline is rolled
+	// back all the same.
+	until := r.e.now().Add(RollbackRetry)
+	if d := r.Deadline(); d.After(until) {
+		until = d
+	}
+	for attempt := 0; ; attempt++ {
+		err := k.Rollback(ctx, r)
 		if ctx.Err() != nil {
 			return // shutting down mid-rollback: it reruns after restart
 		}
-		final(api.JobFailed, fmt.Sprintf("cancelled, but the rollback failed: %v", err))
-		return
+		if err == nil {
+			break
+		}
+		if !IsRetryable(err) || !r.e.now().Before(until) {
+			final(api.JobFailed, fmt.Sprintf("cancelled, but the rollback failed: %v", err))
+			return
+		}
+		wait := min(time.Duration(1<<min(attempt, 5))*time.Second, 30*time.Second)
+		r.Note("rollback attempt %d failed (%v); retrying in %s", attempt+1, err, wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
 	}
 	final(api.JobCancelled, "cancelled by request; the target was rolled back")
 }
+
+// RollbackRetry is how long at least a cancelled job's rollback retries
+// retryable errors, even past the job's deadline.
+const RollbackRetry = 10 * time.Minute
 
 func rowOf(rec *record, data []byte) catalog.JobRow {
 	return catalog.JobRow{ID: rec.ID, Kind: rec.Kind, State: rec.State, Data: string(data), Created: rec.Created, Updated: rec.Updated}
