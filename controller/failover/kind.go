@@ -65,6 +65,10 @@ type machineData struct {
 	FromState     string `json:"from_state,omitempty"`
 	StoppedTarget bool   `json:"stopped_target,omitempty"`
 	Divergent     int64  `json:"divergent,omitempty"`
+	// RanOn is the point a change-point's machine ran on before the job
+	// (stopTarget records StoppedTarget durably before its stop): a
+	// cancelled change-point returns to both.
+	RanOn int64 `json:"ran_on,omitempty"`
 }
 
 type jobData struct {

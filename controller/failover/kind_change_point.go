@@ -17,4 +17,5 @@ var changePointKind = kindDef{
 		}
 	},
 	set: liveSet, driverName: sameName,
+	rollback: rollbackChangePoint,
 }

@@ -203,7 +203,7 @@ func prepareChangePoint(ctx context.Context, j *job, name string, md *machineDat
 	if err := j.requireKey(ctx, md, name); err != nil {
 		return err
 	}
-	md.Point = p.ID
+	md.RanOn, md.Point = md.Point, p.ID
 	if !j.e.Agents.Connected(md.TargetAgent) {
 		return unavailable("target agent of %s is not connected", md.Target)
 	}

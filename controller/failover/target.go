@@ -356,6 +356,12 @@ func stopTarget(ctx context.Context, j *job, name string, md *machineData) error
 			return nil
 		}
 	}
+	if !md.StoppedTarget {
+		md.StoppedTarget = true
+		if err := j.saveMachineData(name, md); err != nil {
+			return err
+		}
+	}
 	if _, err := j.driver(ctx, md, name, "stop", env); err != nil {
 		return refuse("could not stop %s at the target: %w", md.DriverName, err)
 	}

@@ -2,8 +2,11 @@ package failover
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
 
@@ -59,6 +62,91 @@ func rollbackLive(ctx context.Context, j *job, name string, md *machineData) err
 	}
 	_, err = j.e.move(ctx, mv)
 	return err
+}
+
+// rollbackChangePoint returns a cancelled change-point's machine to where
+// it was: its disks back to what it ran on (the machine's own writes,
+// kept as point md.Writes, when the move already ran or began), then the
+// machine started again if the job stopped it.
+func rollbackChangePoint(ctx context.Context, j *job, name string, md *machineData) error {
+	if md.Writes != 0 {
+		if err := j.moveBack(ctx, md, name); err != nil {
+			return err
+		}
+	}
+	if !md.StoppedTarget && !md.Started {
+		return nil // the job never stopped the machine
+	}
+	md.Point = md.RanOn
+	env, err := j.env(ctx, md, name, true)
+	if err != nil {
+		return err
+	}
+	t, err := j.target(ctx, md)
+	if err != nil {
+		return err
+	}
+	if hasStatus(t) {
+		if resp, err := j.driver(ctx, md, name, "status", env); err == nil && resp.Status == "running" {
+			return nil // started by an earlier attempt of the rollback
+		}
+	}
+	if _, err := j.driver(ctx, md, name, "start", env); err != nil {
+		if jobs.IsRetryable(err) {
+			return fmt.Errorf("restarting %s at the target: %w", md.DriverName, err)
+		}
+		return refuse("restarting %s at the target failed: %w", md.DriverName, err)
+	}
+	if hasStatus(t) {
+		deadline := time.Now().Add(5 * time.Minute)
+		for {
+			resp, err := j.driver(ctx, md, name, "status", env)
+			if err == nil && resp.Status == "running" {
+				break
+			}
+			if time.Now().After(deadline) {
+				return refuse("%s did not report running within 5 minutes (last: %v)", md.DriverName, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+	j.r.Note("%s: the machine runs again on the disks it had (the writes kept as point %d)", name, md.Writes)
+	return nil
+}
+
+// moveBack brings a change-point's live disks back to the point that kept
+// the machine's writes, unless they still hold those writes.
+func (j *job) moveBack(ctx context.Context, md *machineData, name string) error {
+	unlock := j.e.lockMoves(name)
+	defer unlock()
+	st, err := j.targetStatus(ctx, md, name)
+	if err != nil {
+		return err
+	}
+	live, ok := st.Sets[md.Set]
+	if !ok {
+		return refuse("the %s disks of %s are gone from the target", md.Set, name)
+	}
+	if live.MovingTo == 0 && (live.Written || live.Point == md.Writes) {
+		return nil // never moved (the machine's own writes), or moved back
+	}
+	mv := Move{AgentID: md.TargetAgent, Ref: msg.TargetRef{Dir: md.Dir, Machine: name, Set: md.Set}, Machine: name,
+		SetPoint: live.Point, From: live.Point, MovingTo: live.MovingTo, To: md.Writes, JobID: j.r.ID()}
+	if live.Point != md.Point {
+		// The move to md.Point had not completed: the set still holds
+		// the kept writes, plus part of that move (MovingTo).
+		mv.From = md.Writes
+	}
+	res, err := j.e.move(ctx, mv)
+	if err != nil {
+		return err
+	}
+	j.r.Note("%s: %d blocks moved back to point %d (the writes kept before the move)", name, res.Blocks+res.ZeroBlocks, md.Writes)
+	return nil
 }
 
 // revert puts a machine whose failover did not complete back to
