@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -296,6 +297,9 @@ func (s *Site) Files(t testing.TB) []string {
 	t.Helper()
 	var out []string
 	err := filepath.Walk(s.Dir, func(p string, info os.FileInfo, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // renamed or removed while walked (an atomic write)
+		}
 		if err == nil && !info.IsDir() {
 			rel, _ := filepath.Rel(s.Dir, p)
 			out = append(out, rel)

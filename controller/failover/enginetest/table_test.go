@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrydr/ferry/controller/api"
@@ -234,7 +235,12 @@ var kinds = []kind{{
 		require.Equal(b.t, "protected", b.c.Machine(m.name).State)
 		require.Equal(b.t, "stopped", b.site.Hyp.State(m.name+"-test"))
 		require.NoDirExists(b.t, filepath.Join(b.site.Dir, m.name, "test-"+m.testJob))
-		require.ElementsMatch(b.t, m.files, b.site.Files(b.t), "cleanup leaves the site as it was")
+		// Another machine's staging may be mid-way through an atomic
+		// write (a temporary file next to its state): what cleanup left
+		// is what stays once such writes end.
+		require.EventuallyWithT(b.t, func(c *assert.CollectT) {
+			assert.ElementsMatch(c, m.files, b.site.Files(b.t), "cleanup leaves the site as it was")
+		}, rig.Timeout, 50*time.Millisecond)
 		// The staged replica the test cloned from is untouched.
 		st, ok := b.site.Set(m.name, "staged")
 		require.True(b.t, ok)
