@@ -52,6 +52,9 @@ func runTargetDriver(ctx context.Context, site *apply.Site, req msg.TargetDriver
 		}
 	}
 	if hyper {
+		if env[envDir] == "" && req.Ref != nil {
+			env[envDir] = req.Ref.Dir // the target directory: vsphere's datastore mount by default
+		}
 		return runHypervisor(ctx, req.Hypervisor, req.Action, env)
 	}
 	d := driver.Exec{Commands: driver.Commands(req.Commands), Env: env, Timeout: time.Duration(req.TimeoutS) * time.Second}
