@@ -90,8 +90,11 @@ func validateHypervisor(ctx context.Context, req msg.TargetValidateRequest) erro
 	if opts == nil {
 		opts = map[string]string{}
 	}
-	if (req.Kind == msg.DriverLibvirt || req.Kind == msg.DriverVSphere) && len(req.Networks) > 0 {
-		opts[libvirt.OptNetworks] = strings.Join(req.Networks, ",")
+	if req.Kind != msg.DriverExec && len(req.Networks) > 0 {
+		opts[libvirt.OptNetworks] = strings.Join(req.Networks, ",") // the same key in every hypervisor driver
+	}
+	if req.Kind == msg.DriverVSphere && opts[vsphere.OptMount] == "" && req.Dir != "" {
+		opts[vsphere.OptMount] = req.Dir // jobs default the mount to the target directory: probe that it is the datastore
 	}
 	if err := k.Validate(ctx, opts); err != nil {
 		return driverWireError(err)

@@ -26,10 +26,13 @@ job's context in FERRY_* environment variables (CLI.md "Drivers"); a test
 failover sets FERRY_TEST=1 and must keep the machine off production networks.
 
 Hypervisor drivers create the machine from its hardware description:
-  libvirt  [--uri URI]            (default qemu:///system)
-  vsphere  --url URL --datastore DS [--datacenter DC] [--pool POOL]
-           [--credentials-file FILE] [--insecure]
-  hyperv   [--switch NAME]
+  libvirt  [--uri URI] [--shutdown-timeout D]          (default qemu:///system)
+  vsphere  --url URL --datastore DS --credentials-file FILE [--datacenter DC]
+           [--pool POOL] [--folder F] [--mount DIR] [--vm-dir DIR]
+           [--insecure | --ca-file FILE] [--guest-id ID] [--guest-domain DOMAIN]
+           [--shutdown-timeout D] [--task-timeout D]
+  hyperv   [--switch NAME] [--powershell PATH] [--shutdown-timeout D]
+           [--powershell-timeout D] [--secure-boot on|off]
 with --network SRC=DST (repeatable) mapping each source network to one at
 this site, --test-network NET for test failovers (none: no network), and
 --new-macs. The target agent checks the options and reaches the hypervisor
@@ -78,15 +81,23 @@ before the target is stored (docs/drivers.md).`,
 	f.StringVar(&t.Driver, "driver", "exec", "hypervisor driver: exec, libvirt, vsphere or hyperv")
 	for _, o := range []struct{ name, usage string }{
 		{"uri", "libvirt: libvirt URI (default qemu:///system)"},
-		{"shutdown-timeout", "libvirt: how long a stop waits for the guest's ACPI shutdown before powering off (default 2m)"},
+		{"shutdown-timeout", "libvirt, vsphere, hyperv: how long a stop waits for the guest to shut down before powering it off (default 2m; vsphere 3m)"},
 		{"url", "vsphere: vCenter or ESXi URL"},
 		{"datastore", "vsphere: the NFS datastore holding the target directory"},
 		{"datacenter", "vsphere: datacenter (default: the only one)"},
 		{"pool", "vsphere: resource pool (default: the cluster's)"},
+		{"folder", "vsphere: VM folder (default: the datacenter's VM folder)"},
 		{"credentials-file", "vsphere: file on the target agent's host with the user and password"},
 		{"mount", "vsphere: where the datastore's root is mounted on the agent's host (default: the target directory)"},
 		{"ca-file", "vsphere: PEM file of the CA that signs vCenter's certificate"},
+		{"vm-dir", "vsphere: datastore directory for the VMs' own files (default ferry-vms)"},
+		{"guest-id", "vsphere: guest OS identifier of new VMs (default otherGuest64)"},
+		{"guest-domain", "vsphere: DNS domain of Linux guest customization at re-IP (default localdomain)"},
+		{"task-timeout", "vsphere: bound on each vSphere task (default 10m)"},
 		{"switch", "hyperv: virtual switch for NICs without a --network mapping"},
+		{"powershell", "hyperv: path or PATH name of Windows PowerShell on the agent's host (default powershell.exe)"},
+		{"powershell-timeout", "hyperv: bound on any one PowerShell run (default 5m)"},
+		{"secure-boot", "hyperv: on keeps Secure Boot on Generation 2 (uefi) machines, off turns it off (default off)"},
 	} {
 		opts[o.name] = f.String(o.name, "", o.usage)
 	}

@@ -15,8 +15,9 @@ const (
 var TargetOptionKeys = map[string][]string{
 	DriverExec:    nil,
 	DriverLibvirt: {"uri", "shutdown-timeout"},
-	DriverVSphere: {"url", "datastore", "datacenter", "pool", "credentials-file", "insecure"},
-	DriverHyperV:  {"switch"},
+	DriverVSphere: {"url", "datastore", "datacenter", "pool", "folder", "credentials-file", "insecure", "ca-file",
+		"mount", "vm-dir", "guest-id", "guest-domain", "shutdown-timeout", "task-timeout"},
+	DriverHyperV: {"switch", "powershell", "shutdown-timeout", "powershell-timeout", "secure-boot"},
 }
 
 // MapsNetworks reports whether the target's driver attaches NICs to

@@ -17,13 +17,13 @@ import (
 
 // Option keys (ferry targets add --driver hyperv --switch … ).
 const (
-	OptSwitch      = "switch"       // default virtual switch for NICs the network map leaves without one
-	OptTestNetwork = "test-network" // the switch a test failover's NICs join (targets add --test-network); "" = not connected
-	OptPowerShell  = "powershell"   // powershell.exe path or name on PATH
-	OptStopTimeout = "stop-timeout" // guest shutdown wait before Stop-VM -TurnOff (Go duration)
-	OptTimeout     = "timeout"      // bound on one PowerShell run (Go duration)
-	OptSecureBoot  = "secure-boot"  // "on" keeps Hyper-V's Secure Boot on Generation 2 machines; default off
-	OptNetworks    = "networks"     // comma-separated switches the target's network map names (checked by Validate)
+	OptSwitch      = "switch"             // default virtual switch for NICs the network map leaves without one
+	OptTestNetwork = "test-network"       // the switch a test failover's NICs join (targets add --test-network); "" = not connected
+	OptPowerShell  = "powershell"         // powershell.exe path or name on PATH
+	OptStopTimeout = "shutdown-timeout"   // guest shutdown wait before Stop-VM -TurnOff (Go duration); the libvirt and vsphere key too
+	OptTimeout     = "powershell-timeout" // bound on one PowerShell run (Go duration)
+	OptSecureBoot  = "secure-boot"        // "on" keeps Hyper-V's Secure Boot on Generation 2 machines; default off
+	OptNetworks    = "networks"           // comma-separated switches the target's network map names (checked by Validate)
 )
 
 // Defaults.
