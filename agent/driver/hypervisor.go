@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
 )
 
 // Hypervisor is what a job needs from the platform that runs a machine, at
@@ -103,4 +106,40 @@ func KindOf(err error) ErrorKind {
 		return de.Kind
 	}
 	return KindUnknown
+}
+
+// Classify wraps err as a *Error of driver name and operation op, of the
+// kind kindOf gives it. nil stays nil; an error already classified (a
+// *Error anywhere in its chain) is returned as it is.
+func Classify(name, op string, err error, kindOf func(error) ErrorKind) error {
+	if err == nil {
+		return nil
+	}
+	var de *Error
+	if errors.As(err, &de) {
+		return err
+	}
+	return &Error{Driver: name, Op: op, Kind: kindOf(err), Err: err}
+}
+
+// ConnKind classifies the failures every driver's transport shares: the
+// context (its deadline: timeout; cancelled: unknown, which is not retried)
+// and the connection (a network timeout: timeout; refused, reset, broken
+// pipe, EOF or any other network operation error: transient). ok is false
+// when err is none of these, for the driver's own classification.
+func ConnKind(err error) (kind ErrorKind, ok bool) {
+	var ne net.Error
+	var oe *net.OpError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return KindTimeout, true
+	case errors.Is(err, context.Canceled):
+		return KindUnknown, true
+	case errors.As(err, &ne) && ne.Timeout():
+		return KindTimeout, true
+	case errors.As(err, &oe), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return KindTransient, true
+	}
+	return KindUnknown, false
 }

@@ -5,12 +5,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/url"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -407,23 +404,11 @@ func macFor(domain string, i int, n driver.NIC, newMACs bool) string {
 }
 
 // classify wraps err as a *driver.Error with its kind.
-func classify(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var de *driver.Error
-	if errors.As(err, &de) {
-		return err
-	}
-	return &driver.Error{Driver: Name, Op: op, Kind: kindOf(err), Err: err}
-}
+func classify(op string, err error) error { return driver.Classify(Name, op, err, kindOf) }
 
 func kindOf(err error) driver.ErrorKind {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return driver.KindTimeout
-	}
-	if errors.Is(err, context.Canceled) {
-		return driver.KindUnknown
+	if k, ok := driver.ConnKind(err); ok {
+		return k
 	}
 	var le golibvirt.Error
 	if errors.As(err, &le) {
@@ -441,16 +426,6 @@ func kindOf(err error) driver.ErrorKind {
 			golibvirt.ErrNoSupport, golibvirt.ErrOperationUnsupported, golibvirt.ErrInvalidMac, golibvirt.ErrXMLInvalidSchema:
 			return driver.KindInvalid
 		}
-		return driver.KindUnknown
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return driver.KindTimeout
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return driver.KindTransient
 	}
 	return driver.KindUnknown
 }

@@ -1,11 +1,9 @@
 package vsphere
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/url"
-	"syscall"
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/find"
@@ -27,16 +25,7 @@ var (
 )
 
 // classify wraps err as a driver.Error with its kind.
-func classify(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var de *driver.Error
-	if errors.As(err, &de) {
-		return err
-	}
-	return &driver.Error{Driver: driverName, Op: op, Kind: kindOf(err), Err: err}
-}
+func classify(op string, err error) error { return driver.Classify(driverName, op, err, kindOf) }
 
 func kindOf(err error) driver.ErrorKind {
 	var nf *find.NotFoundError
@@ -54,11 +43,16 @@ func kindOf(err error) driver.ErrorKind {
 	case errors.Is(err, ErrNotFound), errors.As(err, &nf), errors.As(err, &dnf),
 		fault.Is(err, &types.ManagedObjectNotFound{}), fault.Is(err, &types.NotFound{}), fault.Is(err, &types.FileNotFound{}):
 		return driver.KindNotFound
-	case errors.Is(err, context.DeadlineExceeded), fault.Is(err, &types.Timedout{}):
+	case fault.Is(err, &types.Timedout{}):
 		return driver.KindTimeout
-	case fault.IsTransientError(err), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
-		errors.As(err, &ne), errors.As(err, &ue):
+	case fault.IsTransientError(err):
 		return driver.KindTransient
+	}
+	if k, ok := driver.ConnKind(err); ok {
+		return k
+	}
+	if errors.As(err, &ne) || errors.As(err, &ue) {
+		return driver.KindTransient // any other failure to reach vCenter
 	}
 	return driver.KindUnknown
 }

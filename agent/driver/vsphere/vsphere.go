@@ -315,27 +315,48 @@ func (d *Driver) Status(ctx context.Context, spec driver.Spec) (string, error) {
 }
 
 func (d *Driver) status(ctx context.Context, spec driver.Spec) (string, error) {
-	name, err := vmName(spec)
+	status := driver.StatusAbsent
+	err := d.withVM(ctx, spec, false, func(c *conn, _ string, vm *object.VirtualMachine) error {
+		if vm == nil {
+			return nil
+		}
+		st, err := c.state(ctx, vm)
+		if err != nil {
+			return err
+		}
+		status = driver.StatusStopped
+		if st.power == types.VirtualMachinePowerStatePoweredOn {
+			status = driver.StatusRunning
+		}
+		return nil
+	})
 	if err != nil {
 		return "", err
+	}
+	return status, nil
+}
+
+// withVM names the spec's VM, opens a session, finds the VM (nil when there
+// is none, unless must: then that is ErrNotFound) and runs fn on it.
+func (d *Driver) withVM(ctx context.Context, spec driver.Spec, must bool, fn func(c *conn, name string, vm *object.VirtualMachine) error) error {
+	name, err := vmName(spec)
+	if err != nil {
+		return err
 	}
 	c, err := d.connect(ctx)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer c.close()
-	vm, err := c.findVM(ctx, name)
-	if err != nil || vm == nil {
-		return driver.StatusAbsent, err
+	lookup := c.findVM
+	if must {
+		lookup = c.mustFindVM
 	}
-	st, err := c.state(ctx, vm)
+	vm, err := lookup(ctx, name)
 	if err != nil {
-		return "", err
+		return err
 	}
-	if st.power == types.VirtualMachinePowerStatePoweredOn {
-		return driver.StatusRunning, nil
-	}
-	return driver.StatusStopped, nil
+	return fn(c, name, vm)
 }
 
 // Stop asks the guest to shut down and powers the VM off when it has not
@@ -346,20 +367,9 @@ func (d *Driver) Stop(ctx context.Context, spec driver.Spec) error {
 }
 
 func (d *Driver) stop(ctx context.Context, spec driver.Spec) error {
-	name, err := vmName(spec)
-	if err != nil {
-		return err
-	}
-	c, err := d.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	vm, err := c.mustFindVM(ctx, name)
-	if err != nil {
-		return err
-	}
-	return c.shutdown(ctx, vm)
+	return d.withVM(ctx, spec, true, func(c *conn, _ string, vm *object.VirtualMachine) error {
+		return c.shutdown(ctx, vm)
+	})
 }
 
 func (c *conn) shutdown(ctx context.Context, vm *object.VirtualMachine) error {
@@ -409,25 +419,14 @@ func (d *Driver) Resume(ctx context.Context, spec driver.Spec) error {
 
 func (d *Driver) power(ctx context.Context, spec driver.Spec, from types.VirtualMachinePowerState, what string,
 	op func(context.Context, *object.VirtualMachine) (*object.Task, error)) error {
-	name, err := vmName(spec)
-	if err != nil {
+	return d.withVM(ctx, spec, true, func(c *conn, name string, vm *object.VirtualMachine) error {
+		st, err := c.state(ctx, vm)
+		if err != nil || st.power != from {
+			return err // already in the wanted state (or not in one the action applies to)
+		}
+		_, err = c.run(ctx, what+" "+name, func(ctx context.Context) (*object.Task, error) { return op(ctx, vm) })
 		return err
-	}
-	c, err := d.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	vm, err := c.mustFindVM(ctx, name)
-	if err != nil {
-		return err
-	}
-	st, err := c.state(ctx, vm)
-	if err != nil || st.power != from {
-		return err // already in the wanted state (or not in one the action applies to)
-	}
-	_, err = c.run(ctx, what+" "+name, func(ctx context.Context) (*object.Task, error) { return op(ctx, vm) })
-	return err
+	})
 }
 
 // Remove powers the VM off (no guest shutdown: this is cleanup), unregisters
@@ -439,19 +438,15 @@ func (d *Driver) Remove(ctx context.Context, spec driver.Spec) error {
 }
 
 func (d *Driver) remove(ctx context.Context, spec driver.Spec) error {
-	name, err := vmName(spec)
-	if err != nil {
-		return err
-	}
-	c, err := d.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	vm, err := c.findVM(ctx, name)
-	if err != nil || vm == nil {
-		return err
-	}
+	return d.withVM(ctx, spec, false, func(c *conn, name string, vm *object.VirtualMachine) error {
+		if vm == nil {
+			return nil
+		}
+		return d.removeVM(ctx, c, spec, name, vm)
+	})
+}
+
+func (d *Driver) removeVM(ctx context.Context, c *conn, spec driver.Spec, name string, vm *object.VirtualMachine) error {
 	st, err := c.state(ctx, vm)
 	if err != nil {
 		return err
