@@ -159,15 +159,7 @@ func (s *libvirtSite) domain(t *testing.T, name string) (libvirtxml.Domain, goli
 
 func (s *libvirtSite) files(t *testing.T) []string {
 	t.Helper()
-	var out []string
-	filepath.Walk(s.dir, func(p string, info os.FileInfo, err error) error {
-		if err == nil && !info.IsDir() {
-			rel, _ := filepath.Rel(s.dir, p)
-			out = append(out, rel)
-		}
-		return nil
-	})
-	return out
+	return (&Site{Dir: s.dir}).Files(t)
 }
 
 // protect makes a small image, protects it to the libvirt target and waits
