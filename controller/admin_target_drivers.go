@@ -52,6 +52,12 @@ func checkTargetDriver(t *api.Target) error {
 	if t.Driver == api.DriverLibvirt && t.Format != "raw" && t.Format != "qcow2" {
 		return api.Errorf(api.CodeInvalid, "the libvirt driver runs machines on raw or qcow2 disks, not %s", t.Format)
 	}
+	if t.Driver == api.DriverVSphere && t.Format != "raw" {
+		return api.Errorf(api.CodeInvalid, "the vsphere driver runs machines on raw disks (through a flat descriptor), not %s", t.Format)
+	}
+	if t.Driver == api.DriverHyperV && t.Format != "vhdx" {
+		return api.Errorf(api.CodeInvalid, "the hyperv driver runs machines on vhdx disks, not %s: give --format vhdx", t.Format)
+	}
 	if t.Driver == api.DriverVSphere && (t.Options["url"] == "" || t.Options["datastore"] == "") {
 		return api.Errorf(api.CodeInvalid, "the vsphere driver needs --url and --datastore")
 	}

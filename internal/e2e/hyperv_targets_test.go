@@ -65,7 +65,8 @@ func (f *fakePowerShell) ran(t *testing.T) bool {
 // a probe that fails with access denied is refused as unauthorized, one
 // without the Hyper-V module as not found; a switch the host does not have
 // (the default switch, or a network map destination) as not found; bad
-// secure-boot and duration values and another driver's option as invalid.
+// secure-boot and duration values, another driver's option and a disk
+// format other than vhdx as invalid.
 // Each refusal stores nothing. A good target is stored with the Hyper-V
 // options given as flags.
 func TestTargetsAddHyperVValidates(t *testing.T) {
@@ -98,6 +99,7 @@ func TestTargetsAddHyperVValidates(t *testing.T) {
 	refuseTarget(t, c, "invalid", args("--shutdown-timeout", "soon"), "shutdown-timeout")
 	refuseTarget(t, c, "invalid", args("--switch", "Ferry Isolated", "--test-network", "Ferry Isolated"), "a test failover must not join the production switch")
 	refuseTarget(t, c, "invalid", args("--uri", "qemu:///system"), "--uri is not an option of the hyperv driver")
+	refuseTarget(t, c, "invalid", []string{"hv", "--agent", "win", "--dir", t.TempDir(), "--driver", "hyperv"}, "the hyperv driver runs machines on vhdx disks, not raw")
 	require.False(t, ps.ran(t), "bad options are refused before any PowerShell runs")
 
 	c.MustFerry(append([]string{"targets", "add"}, args("--switch", "External LAN", "--test-network", "Ferry Isolated",

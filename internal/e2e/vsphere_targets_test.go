@@ -44,7 +44,8 @@ func refuseTarget(t *testing.T, c *Controller, wantCode string, args []string, w
 // datastore as invalid with the reason (NFS only), a target directory that
 // is not the datastore's mount (a probe file written there is not seen by
 // vCenter), a bad duration, an exec command and another driver's option as
-// invalid; a good target is stored with every option.
+// invalid, and so is a disk format other than raw; a good target is
+// stored with every option.
 func TestTargetsAddVSphereValidates(t *testing.T) {
 	vc := vcsim.Start(t, vcsim.Config{VMFS: true})
 	c := StartController(t)
@@ -65,6 +66,7 @@ func TestTargetsAddVSphereValidates(t *testing.T) {
 		"is not on datastore "+vcsim.NFSName, "the mount is not that datastore")
 	refuseTarget(t, c, "invalid", flags("--task-timeout", "soon"), "task-timeout \"soon\"")
 	refuseTarget(t, c, "invalid", flags("--start", "true"), "exec driver commands")
+	refuseTarget(t, c, "invalid", flags("--format", "vmdk"), "the vsphere driver runs machines on raw disks (through a flat descriptor), not vmdk")
 	refuseTarget(t, c, "invalid", flags("--powershell", "pwsh"), "--powershell is not an option of the vsphere driver")
 
 	c.MustFerry(append([]string{"targets", "add"}, flags("--network", "lan="+vcsim.ProdNet, "--test-network", vcsim.TestNet,
