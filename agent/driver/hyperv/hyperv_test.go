@@ -322,7 +322,7 @@ func TestStatusParsesSyntheticOutputs(t *testing.T) {
 }
 
 // TestStop: a guest shutdown first; Stop-VM -TurnOff when it does not finish
-// within stop-timeout or the guest cannot shut down; auth and transient
+// within shutdown-timeout or the guest cannot shut down; auth and transient
 // failures are returned, never answered with a power-off.
 func TestStop(t *testing.T) {
 	cases := []struct {
@@ -343,7 +343,7 @@ func TestStop(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake(t, tc.replies...)
-			// A short stop-timeout only where the shutdown hangs: elsewhere a
+			// A short shutdown-timeout only where the shutdown hangs: elsewhere a
 			// slow start of the fake on a loaded machine must not look like
 			// a hang.
 			stopTimeout := "1m"
