@@ -30,6 +30,7 @@ Hypervisor drivers create the machine from its hardware description:
   vsphere  --url URL --datastore DS --credentials-file FILE [--datacenter DC]
            [--pool POOL] [--folder F] [--mount DIR] [--vm-dir DIR]
            [--insecure | --ca-file FILE] [--guest-id ID] [--guest-domain DOMAIN]
+           [--scsi-controller MODEL] [--nic-model MODEL]
            [--shutdown-timeout D] [--task-timeout D]
   hyperv   [--switch NAME] [--powershell PATH] [--shutdown-timeout D]
            [--powershell-timeout D] [--secure-boot on|off]
@@ -94,6 +95,8 @@ before the target is stored (docs/drivers.md).`,
 		{"guest-id", "vsphere: guest OS identifier of new VMs (default otherGuest64)"},
 		{"guest-domain", "vsphere: DNS domain of Linux guest customization at re-IP (default localdomain)"},
 		{"task-timeout", "vsphere: bound on each vSphere task (default 10m)"},
+		{"scsi-controller", "vsphere: SCSI controller of new VMs: lsilogic-sas (default), pvscsi or lsilogic"},
+		{"nic-model", "vsphere: NIC model of new NICs: e1000e (default), vmxnet3 or e1000"},
 		{"switch", "hyperv: virtual switch for NICs without a --network mapping"},
 		{"powershell", "hyperv: path or PATH name of Windows PowerShell on the agent's host (default powershell.exe)"},
 		{"powershell-timeout", "hyperv: bound on any one PowerShell run (default 5m)"},

@@ -16,7 +16,7 @@ var TargetOptionKeys = map[string][]string{
 	DriverExec:    nil,
 	DriverLibvirt: {"uri", "shutdown-timeout"},
 	DriverVSphere: {"url", "datastore", "datacenter", "pool", "folder", "credentials-file", "insecure", "ca-file",
-		"mount", "vm-dir", "guest-id", "guest-domain", "shutdown-timeout", "task-timeout"},
+		"mount", "vm-dir", "guest-id", "guest-domain", "shutdown-timeout", "task-timeout", "scsi-controller", "nic-model"},
 	DriverHyperV: {"switch", "powershell", "shutdown-timeout", "powershell-timeout", "secure-boot"},
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
@@ -25,8 +26,10 @@ const (
 	Pool       = "/DC0/host/DC0_C0/Resources"
 	ProdNet    = "VM Network" // a standard port group of every simulated host
 	TestNet    = "DC0_DVPG0"  // the model's distributed port group
-	NFSName    = "ferry-nfs"  // vcsim names a NAS datastore after its local path's base name
-	LocalDS    = "LocalDS_0"  // the model's own datastore (type OTHER; VMFS with Config.VMFS)
+	DMZNet     = "ferry-dmz"  // a distributed port group Start adds to the model's switch
+	DVS        = "DVS0"
+	NFSName    = "ferry-nfs" // vcsim names a NAS datastore after its local path's base name
+	LocalDS    = "LocalDS_0" // the model's own datastore (type OTHER; VMFS with Config.VMFS)
 	NFSRemote  = "/export/ferry"
 )
 
@@ -87,6 +90,14 @@ func Start(t testing.TB, cfg Config) *Sim {
 		})
 		require.NoError(t, err)
 	}
+
+	sw, err := f.Network(ctx, DVS)
+	require.NoError(t, err)
+	dvs, ok := sw.(*object.DistributedVirtualSwitch)
+	require.True(t, ok, "%s is a %T", DVS, sw)
+	task, err := dvs.AddPortgroup(ctx, []types.DVPortgroupConfigSpec{{Name: DMZNet, Type: string(types.DistributedVirtualPortgroupPortgroupTypeEarlyBinding), NumPorts: 8}})
+	require.NoError(t, err)
+	require.NoError(t, task.Wait(ctx))
 
 	cred := filepath.Join(t.TempDir(), "vcenter.cred")
 	require.NoError(t, os.WriteFile(cred, []byte("user="+User+"\npassword="+Password+"\n"), 0o600))

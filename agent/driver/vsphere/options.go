@@ -29,8 +29,8 @@ const (
 	OptInsecure        = "insecure"         // true: do not verify vCenter's TLS certificate
 	OptCAFile          = "ca-file"          // PEM file of the CA(s) that sign vCenter's certificate
 	OptGuestID         = "guest-id"         // vSphere guest OS identifier (default otherGuest64)
-	OptController      = "controller"       // lsilogic-sas (default), pvscsi, lsilogic
-	OptNIC             = "nic"              // e1000e (default), vmxnet3, e1000
+	OptController      = "scsi-controller"  // lsilogic-sas (default), pvscsi, lsilogic
+	OptNIC             = "nic-model"        // e1000e (default), vmxnet3, e1000
 	OptShutdownTimeout = "shutdown-timeout" // guest shutdown, then power off (default 3m)
 	OptTaskTimeout     = "task-timeout"     // bound on each vSphere task (default 10m)
 	OptGuestDomain     = "guest-domain"     // domain for Linux guest customization (default localdomain)
