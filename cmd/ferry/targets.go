@@ -32,8 +32,9 @@ Hypervisor drivers create the machine from its hardware description:
            [--insecure | --ca-file FILE] [--guest-id ID] [--guest-domain DOMAIN]
            [--scsi-controller MODEL] [--nic-model MODEL]
            [--shutdown-timeout D] [--task-timeout D]
-  hyperv   [--switch NAME] [--powershell PATH] [--shutdown-timeout D]
-           [--powershell-timeout D] [--secure-boot on|off]
+  hyperv   --format vhdx [--switch NAME] [--powershell PATH]
+           [--shutdown-timeout D] [--powershell-timeout D] [--secure-boot on|off]
+(vsphere runs raw disks, the default --format; libvirt raw or qcow2),
 with --network SRC=DST (repeatable) mapping each source network to one at
 this site, --test-network NET for test failovers (none: no network), and
 --new-macs. The target agent checks the options and reaches the hypervisor
