@@ -24,6 +24,8 @@ func TestCheckTargetDriver(t *testing.T) {
 		{Driver: "libvirt", Format: "qcow2", Options: map[string]string{"uri": "qemu:///system"}, Networks: map[string]string{"lan": "default"}, TestNetwork: "iso", NewMACs: true},
 		{Driver: "vsphere", Format: "raw", Options: map[string]string{"url": "https://vc/sdk", "datastore": "nfs1", "insecure": "true"}},
 		{Driver: "hyperv", Format: "vhdx", Options: map[string]string{"switch": "LAN"}},
+		{Driver: "hyperv", Format: "vhdx", Options: map[string]string{"powershell": "C:\\ps.exe", "shutdown-timeout": "1m", "powershell-timeout": "2m", "secure-boot": "on"}},
+		{Driver: "vsphere", Format: "raw", Options: map[string]string{"url": "u", "datastore": "d", "scsi-controller": "pvscsi", "nic-model": "vmxnet3", "task-timeout": "1m", "mount": "/m"}},
 	}
 	for _, tg := range ok {
 		require.NoError(t, checkTargetDriver(&tg), "%+v", tg)
@@ -38,6 +40,9 @@ func TestCheckTargetDriver(t *testing.T) {
 		"vsphere without ds":  {Driver: "vsphere", Format: "raw", Options: map[string]string{"url": "x"}},
 		"empty network name":  {Driver: "libvirt", Format: "raw", Networks: map[string]string{"lan": ""}},
 		"hyperv with uri":     {Driver: "hyperv", Format: "vhdx", Options: map[string]string{"uri": "x"}},
+		"hyperv on raw":       {Driver: "hyperv", Format: "raw"},
+		"vsphere on vmdk":     {Driver: "vsphere", Format: "vmdk", Options: map[string]string{"url": "u", "datastore": "d"}},
+		"vsphere powershell":  {Driver: "vsphere", Format: "raw", Options: map[string]string{"url": "u", "datastore": "d", "powershell": "x"}},
 	}
 	for why, tg := range bad {
 		requireInvalid(t, checkTargetDriver(&tg), why)
