@@ -176,7 +176,11 @@ func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) 
 	if err := s.requireState(ctx, req.Machine, lifecycle.ChangePoint); err != nil {
 		return api.Job{}, err
 	}
-	return s.startJob(ctx, failover.KindChangePoint, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point}, req.Key, 0)
+	kind := failover.KindChangePoint
+	if m, err := s.cat.Machine(ctx, req.Machine); err == nil && m.State == catalog.StateFailedBack {
+		kind = failover.KindChangePointHome // the home disks move
+	}
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point}, req.Key, 0)
 }
 
 // Cleanup ends a test failover.
@@ -219,9 +223,6 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if req.Plan != "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
 	}
-	if req.Unplanned && req.Point != "" {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "give --point or --unplanned, not both")
-	}
 	if err := points.CheckSpec(req.Point); err != nil {
 		return api.Job{}, apiErr(err)
 	}
@@ -235,7 +236,35 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if req.Test {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "failback --test is not built yet in this version")
 	}
-	return s.startJob(ctx, failover.KindFailback, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
+	if err := s.requireRecoverySite(ctx, req); err != nil {
+		return api.Job{}, err
+	}
+	kind := failover.KindFailback
+	if action == lifecycle.UnplannedFailback {
+		kind = failover.KindFailbackUnplanned
+	}
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
+}
+
+// requireRecoverySite refuses, before any job exists, a failback whose
+// recovery site's agent is not connected, unless --unplanned says to bring
+// the machine home anyway (the job then owes that site a fence).
+func (s *Server) requireRecoverySite(ctx context.Context, req api.MachineActionRequest) error {
+	if req.Unplanned {
+		return nil
+	}
+	m, err := s.cat.Machine(ctx, req.Machine)
+	if err != nil || m.RoundTrip == nil {
+		return apiErr(err) // the job's prerequisites say what is missing
+	}
+	t, agentID, err := s.cat.Target(ctx, m.RoundTrip.Target)
+	if err != nil {
+		return nil
+	}
+	if _, ok := s.agents.get(agentID); ok {
+		return nil
+	}
+	return api.Errorf(api.CodeFailedPrecondition, "machine %s: the recovery site %s is unreachable (its agent %s is not connected): a failback stops the machine there first; give --unplanned to bring it home anyway from the newest point replicated home (the copy there is stopped and its writes kept as a point when the site reconnects), or wait for the site", req.Machine, t.Name, t.Agent)
 }
 
 // Jobs lists jobs.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/failover"
 	"github.com/ferrydr/ferry/controller/lifecycle"
 	"github.com/ferrydr/ferry/controller/points"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -248,6 +249,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 			out.AllowedActions = append(out.AllowedActions, "cancel "+out.Job+" --force")
 		}
 	}
+	out.Fence = failover.FenceInfo(m)
 	if m.Failover != nil {
 		t, agentID, err := s.cat.Target(ctx, m.Failover.Target)
 		if err == nil {

@@ -251,6 +251,7 @@ func (s *Server) afterHello(ctx context.Context, c *agentConn) {
 		c.offset = mid.Sub(time.Unix(0, tr.UnixNano))
 		c.mu.Unlock()
 	}
+	s.fenceAgent(ctx, c) // before anything else (fence.go)
 	if err := s.pushConfig(ctx, c.agentID); err != nil {
 		s.log.Warn("config push failed", "agent", c.name, "err", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/failover"
 	"github.com/ferrydr/ferry/protocol"
 )
 
@@ -122,7 +123,7 @@ func (s *Server) machinesOf(ctx context.Context, agentID string) ([]string, erro
 // Point names Ferry gives its own points. An agent may end a cycle with
 // one only while the controller has asked it to ship that very point
 // (target.ship), so `points list` can trust them.
-var reservedPointPrefixes = []string{"target-writes-", "home-divergent-"}
+var reservedPointPrefixes = []string{"target-writes-", "home-divergent-", failover.RecoveryDivergentPrefix}
 
 func reservedPointName(name string) bool {
 	for _, p := range reservedPointPrefixes {

@@ -267,6 +267,9 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 		fmt.Fprintf(w, "Running job:  %s\n", m.Job)
 	}
 	fmt.Fprintf(w, "Allowed:      %s\n", strings.Join(m.AllowedActions, ", "))
+	if m.Fence != nil {
+		fmt.Fprintf(w, "Fence:        %s (job %s)\n", m.Fence.Note, m.Fence.Job)
+	}
 	for _, r := range m.Reasons {
 		fmt.Fprintf(w, "  note: %s\n", r)
 	}

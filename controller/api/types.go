@@ -201,6 +201,23 @@ type Machine struct {
 	Freeze         []string      `json:"freeze,omitempty"`
 	Replication    Replication   `json:"replication"`
 	Job            string        `json:"job,omitempty"` // the running mutating job, if any
+	// Fence is the recovery site's stop an unplanned failback owes or
+	// made (docs/failover.md "Unplanned failback and fencing").
+	Fence *Fence `json:"fence,omitempty"`
+}
+
+// Fence is the stop of the recovery site's copy of a machine that an
+// unplanned failback could not reach: pending until that site's agent
+// reconnects, then done (the machine there stopped, its disks kept as the
+// point recovery-divergent-<job>).
+type Fence struct {
+	State     string     `json:"state"` // pending or done
+	Job       string     `json:"job"`
+	Target    string     `json:"target"`
+	StoppedAt *time.Time `json:"stopped_at,omitempty"`
+	Point     int64      `json:"point,omitempty"`
+	Error     string     `json:"error,omitempty"` // the last attempt's, while pending
+	Note      string     `json:"note"`
 }
 
 // Replication is what the source agent last reported for a machine.

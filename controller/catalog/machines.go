@@ -89,6 +89,31 @@ type RoundTrip struct {
 	// SourceIsOff records that the administrator declared the other
 	// side's machine off (--source-is-off) instead of Ferry stopping it.
 	SourceIsOff bool `json:"source_is_off,omitempty"`
+	// Unplanned records that the machine came home by an unplanned
+	// failback: the recovery site's disks may hold writes made after the
+	// point it came home to, so the forward re-protect keeps them as a
+	// point and compares by hash instead of assuming they hold it.
+	Unplanned bool `json:"unplanned,omitempty"`
+	// Fence is set by an unplanned failback that could not reach the
+	// recovery site: its copy of the machine may still run there.
+	Fence *Fence `json:"fence,omitempty"`
+}
+
+// Fence is the recovery site's stop an unplanned failback owes (see
+// controller/fence.go): when that site's agent reconnects, its machine is
+// stopped through the target driver before anything else, and its disks
+// are kept as the point recovery-divergent-<job>.
+type Fence struct {
+	Job    string `json:"job"`    // the unplanned failback that recorded it
+	Target string `json:"target"` // the recovery site
+	// Done: the machine there was stopped (StoppedAt) and its disks kept
+	// as point Point; until then the fence is pending.
+	Done      bool      `json:"done,omitempty"`
+	StoppedAt time.Time `json:"stopped_at,omitzero"`
+	Point     int64     `json:"point,omitempty"`
+	// LastError is why the last attempt did not finish (it is retried at
+	// the agent's next connection and periodically).
+	LastError string `json:"last_error,omitempty"`
 }
 
 const machineCols = `name, agent_id, policy, target, state, active_site, direction, spec, created_ns, updated_ns, resync, failover, roundtrip`

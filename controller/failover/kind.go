@@ -69,6 +69,16 @@ type machineData struct {
 	// (stopTarget records StoppedTarget durably before its stop): a
 	// cancelled change-point returns to both.
 	RanOn int64 `json:"ran_on,omitempty"`
+	// The unplanned failback (roundtrip_unplanned.go): the recovery site
+	// was unreachable and is fenced when it reconnects; the job stopped
+	// the machine at home (change-point of a failed-back machine); the
+	// home move began or ended; the point keeping the recovery site's
+	// disks (forward re-protect).
+	FenceOwed         bool  `json:"fence_owed,omitempty"`
+	StoppedHome       bool  `json:"stopped_home,omitempty"`
+	MoveBegun         bool  `json:"move_begun,omitempty"`
+	Moved             bool  `json:"moved,omitempty"`
+	RecoveryDivergent int64 `json:"recovery_divergent,omitempty"`
 }
 
 type jobData struct {
@@ -119,7 +129,7 @@ type kindDef struct {
 func (e *Engine) Kinds() map[string]jobs.Kind {
 	out := map[string]jobs.Kind{}
 	for _, d := range []*kindDef{&failoverKind, &testFailoverKind, &plannedFailoverKind, &changePointKind, &commitKind, &cleanupKind,
-		&reprotectKind, &reprotectForwardKind, &failbackKind} {
+		&reprotectKind, &reprotectForwardKind, &failbackKind, &failbackUnplannedKind, &changePointHomeKind} {
 		out[d.name] = &kind{e: e, def: d}
 	}
 	return out

@@ -11,6 +11,7 @@ var reprotectForwardKind = kindDef{
 		return []step{
 			{StepPrerequisites, prepareReprotectForward},
 			{StepStopOtherSide, stopRecoverySide},
+			{StepKeepRecovery, keepRecovery},
 			{StepStageRecovery, stageRecovery},
 			{StepProtected, forwardProtected},
 		}

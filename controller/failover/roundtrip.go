@@ -484,7 +484,7 @@ func prepareFailback(ctx context.Context, j *job, name string, md *machineData) 
 		return refuse("machine %s has no start command at home (protect with --start): a failback starts it there", name)
 	}
 	if !j.e.Agents.Connected(md.TargetAgent) {
-		return refuse("the recovery site %s is unreachable: a planned failback stops the machine there and takes a final cycle; an unplanned failback (--unplanned) is not built yet", t.Name)
+		return refuse("the recovery site %s is unreachable: a planned failback stops the machine there and takes a final cycle; give --unplanned to bring %s home from the newest point replicated home (the copy there is stopped when the site reconnects)", t.Name, name)
 	}
 	if !j.e.Agents.Connected(md.SourceAgent) {
 		return unavailable("the home agent of %s is not connected", name)
@@ -537,9 +537,15 @@ func startHome(ctx context.Context, j *job, name string, md *machineData) error 
 	if err != nil {
 		return err
 	}
-	// Split brain: the recovery copy must still be stopped.
-	if s, err := j.recoveryStatus(ctx, md, name); err != nil || s == "running" {
-		return refuse("machine %s: the recovery site's copy is %q (%v): not starting it at home", name, s, err)
+	// Split brain: the recovery copy must still be stopped (an unplanned
+	// failback that could not reach it owes a fence instead: fence.go).
+	if !md.FenceOwed {
+		if !j.e.Agents.Connected(md.TargetAgent) {
+			return unavailable("the agent of the recovery site %s is not connected: %s is started at home once its copy there is seen stopped", md.Target, name)
+		}
+		if s, err := j.recoveryStatus(ctx, md, name); err != nil || s == "running" {
+			return refuse("machine %s: the recovery site's copy is %q (%v): not starting it at home", name, s, err)
+		}
 	}
 	if !md.Started {
 		md.Started = true
@@ -636,7 +642,7 @@ func prepareReprotectForward(ctx context.Context, j *job, name string, md *machi
 	if !j.e.Agents.Connected(md.TargetAgent) {
 		return unavailable("the agent of the recovery site %s is not connected", t.Name)
 	}
-	return nil
+	return j.requireFenced(ctx, m) // roundtrip_unplanned.go
 }
 
 // stopRecoverySide is the forward re-protect's split-brain step.
@@ -678,8 +684,12 @@ func stageRecovery(ctx context.Context, j *job, name string, md *machineData) er
 	// The failback's final cycle read these very files with the machine
 	// stopped, and nothing started it since (stop-other-side): they hold
 	// that point. A move from it to itself records so.
+	from := md.Point
+	if md.RecoveryDivergent != 0 {
+		from = md.RecoveryDivergent // an unplanned failback's (keepRecovery)
+	}
 	_, err = j.e.move(ctx, Move{AgentID: md.TargetAgent, Ref: msg.TargetRef{Dir: md.Dir, Machine: name, Set: setStaged}, Machine: name,
-		SetPoint: staged.Point, From: md.Point, To: md.Point, Force: true, JobID: j.r.ID()})
+		SetPoint: staged.Point, From: from, To: md.Point, Force: true, JobID: j.r.ID()})
 	return err
 }
 

@@ -35,6 +35,9 @@ const (
 	StepStageRecovery = "stage-recovery"
 	StepStopRecovery  = "stop-recovery"
 	StepStartHome     = "start-home"
+	// The unplanned failback (roundtrip_unplanned.go).
+	StepStopHome     = "stop-home"
+	StepKeepRecovery = "keep-recovery"
 )
 
 // stepFunc runs one step for one machine of a job. It must be idempotent:

@@ -434,7 +434,7 @@ func commitPoints(ctx context.Context, j *job, name string, md *machineData) err
 	}
 	var deleted, kept []string
 	for i, p := range pts {
-		if p.ID == md.Point || i == len(pts)-1 {
+		if p.ID == md.Point || i == len(pts)-1 || strings.HasPrefix(p.Name, RecoveryDivergentPrefix) {
 			kept = append(kept, fmt.Sprint(p.ID))
 			continue
 		}

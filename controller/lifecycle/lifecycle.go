@@ -172,7 +172,7 @@ var table = map[cell]Rule{
 	{catalog.StateReverseProtected, Unprotect}:         allow(Removed),
 	{catalog.StateReverseProtected, Reprotect}:         refuse("replication already runs from the recovery site home", "bring it home with 'ferry failback M'"),
 	{catalog.StateReverseProtected, Failback}:          allow(catalog.StateBackHome),
-	{catalog.StateReverseProtected, UnplannedFailback}: refuse("an unplanned failback (--unplanned or --point) is not built yet in this version", "fail back planned (ferry failback M), which loses nothing"),
+	{catalog.StateReverseProtected, UnplannedFailback}: allow(catalog.StateFailedBack),
 
 	// failing-back: a failback job moves the machine home.
 	{catalog.StateFailingBack, Failover}:          failbackRuns,
