@@ -359,20 +359,27 @@ func newFailbackCommand(g *globals) *cobra.Command {
 	var j jobFlags
 	var req api.MachineActionRequest
 	cmd := &cobra.Command{
-		Use:   "failback MACHINE [--point SPEC | --unplanned] [--test] [--stop-source] [--wait]",
+		Use:   "failback MACHINE [--point SPEC] [--unplanned] [--test] [--stop-source] [--wait]",
 		Short: "Bring a machine replicating home back home (planned: zero data loss)",
 		Long: `Failback: stop the machine at the recovery site, take a final cycle there,
 move the home disks in place to it and start the machine at home through
 its driver. No write is lost and no commit is needed; 'ferry reprotect'
-then restores replication from home. --point and --unplanned (an
-unplanned failback) and --test are not built yet.`,
+then restores replication from home. --test is not built yet.
+
+Unplanned failback (--point SPEC or --unplanned; never chosen
+automatically): no final cycle; the home disks move in place to SPEC, a
+point of the reverse replication (--unplanned alone: the newest), and the
+machine starts at home. Writes made at the recovery site after that point
+are not brought home. The machine ends failed-back: 'ferry change-point'
+moves the home disks to another point, 'ferry commit' ends it. A failback
+whose recovery site is unreachable is refused unless --unplanned is given;
+the copy there is then stopped through its driver when that site's agent
+reconnects, before anything else, and its disks are kept as the point
+recovery-divergent-JOB ('ferry machines show' shows the fence).`,
 		RunE: func(c *cobra.Command, args []string) error {
 			machine, err := j.target(args)
 			if err != nil {
 				return err
-			}
-			if req.Unplanned && req.Point != "" {
-				return usagef("give --point or --unplanned, not both")
 			}
 			if err := points.CheckSpec(req.Point); err != nil {
 				return usagef("--point: %v", err)
@@ -391,8 +398,8 @@ unplanned failback) and --test are not built yet.`,
 	}
 	j.register(cmd, true)
 	f := cmd.Flags()
-	f.StringVar(&req.Point, "point", "", "an unplanned failback to this point (not built yet)")
-	f.BoolVar(&req.Unplanned, "unplanned", false, "an unplanned failback (not built yet)")
+	f.StringVar(&req.Point, "point", "", "an unplanned failback to this point of the reverse replication (an id, latest, latest-processed, latest-app-consistent or an RFC 3339 time)")
+	f.BoolVar(&req.Unplanned, "unplanned", false, "an unplanned failback (to the newest point without --point), also with the recovery site unreachable")
 	f.BoolVar(&req.Test, "test", false, "start a clone of the home disks (not built yet)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "accepted: a planned failback always stops the machine at the recovery site")
 	return cmd
