@@ -543,7 +543,11 @@ func startHome(ctx context.Context, j *job, name string, md *machineData) error 
 		if !j.e.Agents.Connected(md.TargetAgent) {
 			return unavailable("the agent of the recovery site %s is not connected: %s is started at home once its copy there is seen stopped", md.Target, name)
 		}
-		if s, err := j.recoveryStatus(ctx, md, name); err != nil || s == "running" {
+		s, err := j.recoveryStatus(ctx, md, name)
+		if err != nil && (jobs.IsRetryable(err) || !j.e.Agents.Connected(md.TargetAgent)) {
+			return unavailable("the recovery site %s did not answer (%v): %s is started at home once its copy there is seen stopped", md.Target, err, name)
+		}
+		if err != nil || s == "running" {
 			return refuse("machine %s: the recovery site's copy is %q (%v): not starting it at home", name, s, err)
 		}
 	}
