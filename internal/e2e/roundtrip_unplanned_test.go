@@ -148,7 +148,9 @@ func TestUnplannedFailbackToAnOlderPoint(t *testing.T) {
 // writes on. When that agent comes back it is fenced before anything
 // else: the driver's state file says stopped before the first point of
 // the machine that agent makes, and that point is recovery-divergent-<job>,
-// exporting the recovery disk's bytes as the test kept them.
+// exporting the recovery disk's bytes as the test kept them. Commit keeps
+// that point, and the forward re-protect stages from it: a failover then
+// runs on the home disk's bytes.
 func TestFailbackWithRecoverySiteDown(t *testing.T) {
 	testenv.RequireRoot(t)
 	const size = 32 << 20
@@ -203,4 +205,15 @@ func TestFailbackWithRecoverySiteDown(t *testing.T) {
 	require.False(t, rd.Time.Before(stopped.ModTime()), "the machine was stopped (%s) before its disks were read (%s)", stopped.ModTime(), rd.Time)
 	requireSameFileBytes(t, atRecovery, filepath.Join(r.c.Export("vm", rd.ID), "d.raw"))
 	r.requireState(t, "failed-back", "home", "forward")
+
+	// Commit keeps the fence's point; the forward re-protect stages the
+	// recovery disk from it, and a failover runs on the home disk's bytes.
+	r.c.runJob(t, 0, "commit", "vm")
+	r.pointNamed(t, "recovery-divergent-"+j.ID)
+	r.write(t, r.img, 30)
+	j = r.c.runJob(t, 0, "reprotect", "vm")
+	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), fmt.Sprintf("kept by the fence as point %d", rd.ID))
+	r.requireState(t, "protected", "home", "forward")
+	r.c.runJob(t, 0, "failover", "vm")
+	r.requireMirror(t, r.site.Hyp.Disks(t, "vm")[0], "failed over after the fenced round trip")
 }
