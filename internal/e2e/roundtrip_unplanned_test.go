@@ -217,3 +217,52 @@ func TestFailbackWithRecoverySiteDown(t *testing.T) {
 	r.c.runJob(t, 0, "failover", "vm")
 	r.requireMirror(t, r.site.Hyp.Disks(t, "vm")[0], "failed over after the fenced round trip")
 }
+
+// TestUnplannedFailbackThatFailsIsUndone: an unplanned failback with the
+// recovery agent down whose home move is refused (the home set's state was
+// taken away) fails in move-home and is undone: the machine is
+// reverse-protected again, its fence dropped (machines show has none),
+// nothing started at home and the home disk untouched. When the agent
+// comes back nothing fences the copy there — it still runs and no
+// recovery-divergent point appears — and a planned failback then brings
+// the machine home with every write.
+func TestUnplannedFailbackThatFailsIsUndone(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+	live, _ := r.reverseProtected(t)
+	homeBefore, err := os.ReadFile(r.img)
+	require.NoError(t, err)
+
+	r.site.Agent.Proc.Kill()
+	require.Eventually(t, func() bool { return !agentConnected(r.c, r.site.Agent.Name) }, time.Minute, 100*time.Millisecond)
+	state := filepath.Join(filepath.Dir(r.img), ".ferry-home", "vm", "home", "state.json")
+	saved, err := os.ReadFile(state)
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(state))
+	j := r.c.runJob(t, 3, "failback", "vm", "--unplanned")
+	require.Equal(t, "failed", j.State)
+	require.Equal(t, "failed", j.step("move-home"), j.Error)
+	require.Contains(t, j.Error, "keeps no home disk set")
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
+	require.Nil(t, r.fence(t), "the failed job's fence is dropped")
+	require.Equal(t, "stopped", r.homeHyp.State("vm"))
+	requireSameFileBytes(t, homeBefore, r.img)
+
+	require.NoError(t, os.WriteFile(state, saved, 0o600))
+	r.write(t, live, 40) // the copy at the recovery site runs on
+	npts := len(r.c.Points("vm"))
+	r.site.Agent.Start()
+	require.Eventually(t, func() bool { return agentConnected(r.c, r.site.Agent.Name) }, time.Minute, 100*time.Millisecond)
+	// Its first reverse cycle after the restart is a point of the disk as
+	// it runs: had a fence run first, the machine would be stopped.
+	r.c.WaitPoint("vm", r.c.Points("vm")[npts-1].ID, 3*time.Minute)
+	require.Equal(t, "running", r.site.Hyp.State("vm"), "no fence stopped the machine at the recovery site")
+	for _, p := range r.c.Points("vm") {
+		require.False(t, strings.HasPrefix(p.Name, "recovery-divergent-"), "no fence kept the recovery disks")
+	}
+
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after a planned failback")
+	r.requireState(t, "back-home", "home", "forward")
+}
