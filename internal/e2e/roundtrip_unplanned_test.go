@@ -144,10 +144,11 @@ func TestUnplannedFailbackToAnOlderPoint(t *testing.T) {
 // failback (planned, or --point) is refused naming the site and
 // --unplanned, and changes nothing (state, home disk). With --unplanned
 // the machine comes home to the newest reverse point and the machine
-// shows a pending fence; the copy at the recovery site, still running,
-// writes on. When that agent comes back it is fenced before anything
-// else: the driver's state file says stopped before the first point of
-// the machine that agent makes, and that point is recovery-divergent-<job>,
+// shows a pending fence, which outlives a kill -9 of the controller; the
+// copy at the recovery site, still running, writes on. When that agent
+// comes back it is fenced before anything else: the driver's state file
+// says stopped before the first point of the machine that agent makes,
+// and that point is recovery-divergent-<job>,
 // exporting the recovery disk's bytes as the test kept them. Commit keeps
 // that point, and the forward re-protect stages from it: a failover then
 // runs on the home disk's bytes.
@@ -188,6 +189,12 @@ func TestFailbackWithRecoverySiteDown(t *testing.T) {
 	require.Equal(t, "pending", f.State)
 	require.Equal(t, j.ID, f.Job)
 
+	// The fence is in the catalog: it outlives a kill -9 of the controller.
+	r.c.Restart()
+	require.Eventually(t, func() bool { return agentConnected(r.c, r.home.Name) }, time.Minute, 100*time.Millisecond)
+	f = r.fence(t)
+	require.NotNil(t, f)
+	require.Equal(t, "pending", f.State)
 	r.site.Agent.Start()
 	require.Eventually(t, func() bool {
 		f = r.fence(t)
