@@ -108,9 +108,20 @@ func (s *Server) pointCommitted(machine string, p storage.Point) {
 	s.spawn(func() { s.applyRetention(s.runCtx, m) })
 }
 
+// retentionWaits are the states whose points wait for the administrator's
+// next action, however long that takes: a failed-over or failed-back
+// machine may still change point (its points are what it can move to), and
+// a committed or back-home machine's kept points are what its re-protect
+// moves the other site's disks from by changed blocks. No new point
+// arrives in these states, so retention would otherwise empty them.
+var retentionWaits = map[string]bool{
+	catalog.StateFailedOver: true, catalog.StateCommitted: true,
+	catalog.StateFailedBack: true, catalog.StateBackHome: true,
+}
+
 func (s *Server) applyRetention(ctx context.Context, m catalog.Machine) {
-	if m.State == catalog.StateCommitted {
-		return // the points a later re-protect needs (commit kept them)
+	if retentionWaits[m.State] {
+		return
 	}
 	pol, err := s.cat.Policy(ctx, m.Policy)
 	if err != nil {
