@@ -28,6 +28,9 @@ type ctrlBlock struct {
 // blocks enter the map, differing ones are returned to be sent. It costs a
 // read of the disk and no data on the wire beyond 33 bytes per stored block.
 func (a *Agent) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
+	if sess, _ := a.currentSession(); sess != nil && sess.Version() >= 2 {
+		return a.resyncSummary(ctx, cycle, idx, d)
+	}
 	ctrl, errc, closeStream, err := a.openHashes(ctx, msg.HashesRequest{Cycle: cycle, Disk: idx})
 	if err != nil {
 		return nil, err

@@ -293,7 +293,11 @@ func (s *Server) serveHashes(ctx context.Context, agentID string, st *session.St
 		st.Reset(protocol.Errorf(protocol.CodeInvalid, "a hashes stream starts with a hashes request"))
 		return
 	}
-	if err := s.ing.ServeHashes(ctx, agentID, uint64(req.Cycle), req.Disk, req.Pending, st); err != nil {
+	serve := func() error { return s.ing.ServeHashes(ctx, agentID, uint64(req.Cycle), req.Disk, req.Pending, st) }
+	if req.Summary && !req.Pending {
+		serve = func() error { return s.ing.ServeSummary(ctx, agentID, uint64(req.Cycle), req.Disk, fr, st) }
+	}
+	if err := serve(); err != nil {
 		st.Reset(err)
 	}
 }

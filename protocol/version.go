@@ -7,7 +7,7 @@ import "fmt"
 // support for old peers is dropped (docs/protocol.md, "Changes").
 const (
 	VersionMin uint16 = 1
-	VersionMax uint16 = 1
+	VersionMax uint16 = 2
 )
 
 // ALPN is the TLS application protocol of agent sessions. The same port

@@ -107,14 +107,22 @@ func (r *roundTrip) wireBytes() int64 {
 	return hu + hd + su + sd
 }
 
-// TestReprotectBytesFollowTheChange: a re-protect after 300 random 4 KiB
+// TestReprotectBytesFollowTheChange: a re-protect after 40 random 4 KiB
 // writes at the recovery site of a 64 MiB disk of random (incompressible)
-// data puts on the two agents' links together (counted at proxies on
-// both) at most 2 × the changed 64 KiB blocks (once up from the recovery
-// site, once down into the home disks) + 256 B per block of the disk (two
-// hash resyncs of 33 B per block, TLS and framing) — a full copy would be
-// 2 × 64 MiB — and the home disk then equals the writer's copy. The
-// issue's target is 64 B per block; the measured overhead is logged.
+// data puts on the two agents' links together (counted at proxies on both,
+// outside the Ferry processes) at most the bound: 2 × the changed
+// 64 KiB blocks (once up from the recovery site, once down into the home
+// disks) + 64 B per block of the disk, for everything else — the home
+// disks' comparison with the newest point, the recovery site's first
+// cycle's comparison, manifests, batch headers, TLS records, control calls.
+// A full copy would be 2 × 64 MiB. The home disk then equals the writer's
+// copy.
+//
+// The writes are sparse (about 4 % of the blocks): each changed block
+// costs about 320 B more than its data in any case (a 43 B manifest entry
+// and a 52 B batch header up, 52 B down, and 22 B per 16 KiB TLS record
+// both ways), so past about 15 % of the blocks changed the bound cannot be
+// met whatever the comparison costs (see docs/failover.md).
 func TestReprotectBytesFollowTheChange(t *testing.T) {
 	testenv.RequireRoot(t)
 	const size = 64 << 20
@@ -123,17 +131,17 @@ func TestReprotectBytesFollowTheChange(t *testing.T) {
 	r.c.runJob(t, 0, "failover", "vm")
 	r.c.runJob(t, 0, "commit", "vm")
 	live := r.site.Hyp.Disks(t, "vm")[0]
-	changed := int64(len(r.write(t, live, 300))) * 64 << 10
+	changed := int64(len(r.write(t, live, 40))) * 64 << 10
 
 	before := r.wireBytes()
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	wire := r.wireBytes() - before
 	r.requireMirror(t, r.img, "home disk after re-protect")
 	blocks := int64(size / (64 << 10))
-	limit := 2*changed + 256*blocks
-	t.Logf("reprotect: %d bytes on the wire (both agents' links), changed blocks %d bytes: overhead over 2 × changed %d B per block of the disk (target 64)",
-		wire, changed, (wire-2*changed)/blocks)
-	require.LessOrEqual(t, wire, limit, "re-protect bytes follow the change")
+	limit := 2*changed + 64*blocks
+	t.Logf("reprotect: %d bytes on the wire (both agents' links) for %d changed bytes (%d blocks of %d): %d B per block of the disk over 2 × changed (bound 64); wire / bound = %.3f",
+		wire, changed, changed>>16, blocks, (wire-2*changed)/blocks, float64(wire)/float64(limit))
+	require.LessOrEqual(t, wire, limit, "re-protect bytes: ≤ 2 × changed + 64 B per block of the disk")
 }
 
 // requireMirror checks a disk against the test's own copy, by sha256.

@@ -248,6 +248,11 @@ type HashesRequest struct {
 	// acknowledgement it may have missed. Additive: an older controller
 	// ignores it and sends the whole disk, which is a superset.
 	Pending bool `json:"pending,omitempty"`
+	// Summary asks for the summary resync of protocol v2 (fingerprints
+	// and group digests, docs/protocol.md §6.9) instead of HashRun frames.
+	// An agent sets it only on a session that negotiated version 2 or
+	// later; it is ignored with Pending.
+	Summary bool `json:"summary,omitempty"`
 }
 
 // FrameHashesRequest is the frame type of a HashesRequest.

@@ -18,8 +18,8 @@ func TestSessionEstablished(t *testing.T) {
 	p := newPKI(t)
 	agent, ctrl := pair(t, agentConfig(p, true), controllerConfig(), p)
 
-	require.Equal(t, uint16(1), agent.Version())
-	require.Equal(t, uint16(1), ctrl.Version())
+	require.Equal(t, protocol.VersionMax, agent.Version())
+	require.Equal(t, protocol.VersionMax, ctrl.Version())
 	require.Equal(t, "controller", agent.PeerName())
 	require.Equal(t, "agent", ctrl.PeerName())
 	require.Equal(t, protocol.Supported(), agent.PeerVersion())
