@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -569,6 +570,92 @@ func TestIngestServeHashes(t *testing.T) {
 	require.ErrorIs(t, err, protocol.ErrInvalid)
 	err = r.ing.ServeHashes(context.Background(), "agent-2", uint64(c.Cycle), 0, false, &buf)
 	require.ErrorIs(t, err, protocol.ErrUnauthorized)
+}
+
+// TestIngestServeSummary: the summary resync (protocol v2) sends the
+// 64-block groups holding stored blocks, with each block's fingerprint;
+// the controller then checks the agent's group digest against its own
+// hashes. An honest claim passes; a claim that takes a block for equal
+// whose content hash differs but whose fingerprint matches (a fingerprint
+// collision) is answered "mismatch", so the agent sends the group whole.
+func TestIngestServeSummary(t *testing.T) {
+	r := newRig(t)
+	c := r.begin(msg.MapState{Valid: true})
+	s := r.open()
+	a, b, d := block(1), block(2), block(3)
+	s.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c.Cycle), Entries: []data.Entry{
+		{Block: 1, Hash: hashOf(a)}, {Block: 2, Flags: data.FlagZero}, {Block: 5, Hash: hashOf(b)}, {Block: 6, Hash: hashOf(d)}}})
+	s.need()
+	s.send(data.FrameBatch, &data.Batch{Cycle: uint64(c.Cycle), Seq: 1, Blocks: []data.Block{plainBlock(1, a), plainBlock(5, b), plainBlock(6, d)}})
+	s.ack()
+
+	// claim runs one summary resync whose agent declares block 5
+	// different and holds block 6 with content hash six; it returns the
+	// controller's verdict on group 0.
+	claim := func(six data.Hash) bool {
+		agentEnd, ctrlEnd := net.Pipe()
+		defer agentEnd.Close()
+		served := make(chan error, 1)
+		go func() {
+			defer ctrlEnd.Close()
+			served <- r.ing.ServeSummary(context.Background(), agentID, uint64(c.Cycle), 0, frame.NewReader(ctrlEnd, 1<<16), ctrlEnd)
+		}()
+		fr := frame.NewReader(agentEnd, data.MaxFrameSize)
+		typ, p, err := fr.Next()
+		require.NoError(t, err)
+		require.Equal(t, uint8(data.FrameSummary), typ)
+		var run data.SumRun
+		require.NoError(t, run.Decode(p))
+		require.Equal(t, uint64(0), run.Start)
+		require.Len(t, run.Zero, data.GroupBlocks, "one group")
+		for i, z := range run.Zero {
+			require.Equal(t, i != 1 && i != 5 && i != 6, z, "block %d", i)
+		}
+		require.Equal(t, data.PrintOf(hashOf(a)), run.Prints[1])
+		require.Equal(t, data.PrintOf(hashOf(b)), run.Prints[5])
+		require.Equal(t, data.PrintOf(hashOf(d)), run.Prints[6])
+		typ, p, err = fr.Next()
+		require.NoError(t, err)
+		require.Equal(t, uint8(data.FrameBarrier), typ)
+		var bar data.Barrier
+		require.NoError(t, bar.Decode(p))
+		require.Equal(t, uint32(1), bar.Seq)
+
+		g := data.NewGroupDigest(0, 0)
+		for i := range data.GroupBlocks {
+			switch i {
+			case 1:
+				g.Block(hashOf(a))
+			case 5:
+				g.Skip()
+			case 6:
+				g.Block(six)
+			default:
+				g.Zero()
+			}
+		}
+		fw := frame.NewWriter(agentEnd)
+		v := data.VerifyRun{Start: 0, Groups: []data.GroupCheck{{Differ: 1 << 5, Digest: g.Sum()}}}
+		require.NoError(t, fw.WriteAppend(data.FrameVerify, v.Append))
+		require.NoError(t, fw.WriteAppend(data.FrameBarrier, (&data.Barrier{Cycle: uint64(c.Cycle), Seq: 1}).Append))
+		require.NoError(t, fw.Flush())
+		typ, p, err = fr.Next()
+		require.NoError(t, err)
+		require.Equal(t, uint8(data.FrameVerified), typ)
+		var verdict data.Verified
+		require.NoError(t, verdict.Decode(p))
+		require.Len(t, verdict.Mismatch, 1)
+		typ, _, err = fr.Next()
+		require.NoError(t, err)
+		require.Equal(t, uint8(data.FrameBarrier), typ)
+		require.NoError(t, <-served)
+		return verdict.Mismatch[0]
+	}
+	require.False(t, claim(hashOf(d)), "an honest claim was refused")
+	forged := hashOf(d)
+	forged[31] ^= 1
+	require.Equal(t, data.PrintOf(hashOf(d)), data.PrintOf(forged), "the forged hash keeps the fingerprint")
+	require.True(t, claim(forged), "a block whose fingerprint collided was taken for equal")
 }
 
 // TestIngestSessionLossDropsCycle: Forget (the session ended) drops the
