@@ -52,6 +52,12 @@ func (a *Agent) resyncSummary(ctx context.Context, cycle int64, idx uint16, d *c
 		return nil, err
 	}
 	defer st.Close()
+	return resyncSummaryOn(ctx, st, cycle, idx, d)
+}
+
+// resyncSummaryOn runs the agent's side of a summary resync on an open
+// hashes stream.
+func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
 	body, _ := json.Marshal(msg.HashesRequest{Cycle: cycle, Disk: idx, Summary: true})
 	fw := frame.NewWriter(st)
 	if err := fw.Write(msg.FrameHashesRequest, body); err != nil {
