@@ -89,7 +89,7 @@ func (b *bench) run(ctx context.Context) error {
 	for _, c := range []caseFn{
 		{caseSync, b.caseSync}, {caseScan, b.caseScan}, {caseRPO, b.caseRPO},
 		{caseStorage, b.caseStorage}, {caseDedup, b.caseDedup}, {caseMemory, b.caseMemory},
-		{caseMaterialize, b.caseMaterialize}, {caseRTO, b.caseRTO},
+		{caseMaterialize, b.caseMaterialize}, {caseRTO, b.caseRTO}, {caseRoundTrip, b.caseRoundTrip},
 	} {
 		if !b.cfg.has(c.name) {
 			continue

@@ -95,6 +95,13 @@ func (r *rig) waitStaged(ctx context.Context, targetDir, machine string, point i
 // which the proxy sees no traffic for the stall period fails, as a wait for
 // a point does (the processes' stacks go to their logs).
 func (r *rig) failover(ctx context.Context, machine string, args ...string) (time.Duration, api.Job, error) {
+	return r.jobCmd(ctx, "failover", machine, args...)
+}
+
+// jobCmd runs `ferry --json COMMAND MACHINE --wait ARGS…` (failover,
+// commit, reprotect, failback), timed from the command to its exit 0, and
+// returns the finished job, as failover does.
+func (r *rig) jobCmd(ctx context.Context, command, machine string, args ...string) (time.Duration, api.Job, error) {
 	var job api.Job
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -116,7 +123,7 @@ func (r *rig) failover(ctx context.Context, machine string, args ...string) (tim
 			}
 		}
 	}()
-	bin, cargs := r.cli(append([]string{"--json", "failover", machine, "--wait"}, args...)...)
+	bin, cargs := r.cli(append([]string{"--json", command, machine, "--wait"}, args...)...)
 	took, out, err := timed(ctx, bin, cargs...)
 	cancel(nil)
 	<-watched
@@ -127,10 +134,10 @@ func (r *rig) failover(ctx context.Context, machine string, args ...string) (tim
 		return took, job, err
 	}
 	if err := json.Unmarshal([]byte(out), &job); err != nil {
-		return took, job, fmt.Errorf("ferry --json failover printed %q: %w", out, err)
+		return took, job, fmt.Errorf("ferry --json %s printed %q: %w", command, out, err)
 	}
 	if len(job.Machines) != 1 || job.Machines[0].Name != machine {
-		return took, job, fmt.Errorf("failover job %s: machines %+v, want %s alone", job.ID, job.Machines, machine)
+		return took, job, fmt.Errorf("%s job %s: machines %+v, want %s alone", command, job.ID, job.Machines, machine)
 	}
 	return took, job, nil
 }

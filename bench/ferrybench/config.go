@@ -18,9 +18,10 @@ const (
 	caseMemory      = "memory"      // agent peak RSS during a large initial sync
 	caseMaterialize = "materialize" // first failover of a point into a new sparse disk (nothing staged)
 	caseRTO         = "rto"         // failover from a staged replica: small and large disk
+	caseRoundTrip   = "roundtrip"   // reprotect bytes and time, failback RTO: small and large disk
 )
 
-var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO}
+var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip}
 
 // Config is what one invocation measures. BENCHMARKS.md's values are the
 // defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.
@@ -32,7 +33,7 @@ type Config struct {
 	Size      int64         // image size of every case but memory
 	Runs      int           // runs per timed case; medians are over these
 	MemSize   int64         // image size of the agent-memory case
-	RTOSize   int64         // the large disk of the failover RTO case (the small one is Size)
+	RTOSize   int64         // the large disk of the failover RTO and round-trip cases (the small one is Size)
 	ChurnFor  time.Duration // how long the churn writer runs
 	ChurnRate int64         // churn bytes per second (4 KiB random writes)
 	Sample    time.Duration // RPO sampling period
