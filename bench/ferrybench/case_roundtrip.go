@@ -206,7 +206,7 @@ func (b *bench) caseRoundTrip(ctx context.Context) error {
 	s.addf("- reprotect, s: %s disk %s; %s disk %s", sizeName(small), runsText(unitSeconds, secs(smalls, rp)), sizeName(big), runsText(unitSeconds, secs(bigs, rp)))
 	for i := range smalls {
 		for k, r := range []roundTripRun{smalls[i], bigs[i]} {
-			s.addf("- run %d, %s disk: reprotect %s on the wire for %d changed blocks of %d (bound %s, %.3f ×; %.1f B per block of the disk over 2 × changed); %s; %s",
+			s.addf("- run %d, %s disk: reprotect %s on the wire for %d changed blocks of %d (bound %s, %.3f ×; (wire − 2 × changed) ÷ blocks = %.1f B, negative when zstd shrank the changed blocks more than the rest costs); %s; %s",
 				i+1, sizeName([]int64{small, big}[k]), unitBytes.format(float64(r.wire)), r.changed, r.blocks,
 				unitBytes.format(float64(r.bound(b.cfg.BlockSize))), float64(r.wire)/float64(r.bound(b.cfg.BlockSize)),
 				float64(r.wire-2*int64(r.changed)*int64(b.cfg.BlockSize))/float64(r.blocks),
