@@ -124,3 +124,26 @@ func FuzzDecompress(f *testing.F) {
 		}
 	})
 }
+
+func FuzzSumRun(f *testing.F) {
+	z := make([]bool, GroupBlocks)
+	p := make([]Print, GroupBlocks)
+	for i := range z {
+		z[i] = i%3 == 0
+		if !z[i] {
+			p[i] = PrintOf(hashOf(byte(i)))
+		}
+	}
+	seed(f, &SumRun{Disk: 1, Start: 128, Zero: z, Prints: p})
+	f.Fuzz(func(t *testing.T, in []byte) { checkCanonical(t, &SumRun{}, in) })
+}
+
+func FuzzVerifyRun(f *testing.F) {
+	seed(f, &VerifyRun{Disk: 1, Start: 64, Groups: []GroupCheck{{Differ: 5, Digest: hashOf(1)}, {Digest: hashOf(2)}}})
+	f.Fuzz(func(t *testing.T, in []byte) { checkCanonical(t, &VerifyRun{}, in) })
+}
+
+func FuzzVerified(f *testing.F) {
+	seed(f, &Verified{Disk: 1, Start: 64, Mismatch: []bool{false, true, false}})
+	f.Fuzz(func(t *testing.T, in []byte) { checkCanonical(t, &Verified{}, in) })
+}
