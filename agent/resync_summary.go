@@ -70,22 +70,22 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 	ctrl := make(chan sumBlock, 4096)
 	errc := make(chan error, 1)
 	var extents []sumExtent // the reader's, read once errc said it ended
+	// On an early return the reader stops at its next block (rctx) or,
+	// blocked on the stream, when the caller closes it.
+	rctx, stopReader := context.WithCancel(ctx)
+	defer stopReader()
 	go func() {
 		defer close(ctrl)
-		errc <- readSummary(ctx, fr, idx, ctrl, &extents)
+		errc <- readSummary(rctx, fr, idx, ctrl, &extents)
 	}()
-	drain := func() {
-		for range ctrl {
-		}
-	}
 
 	if err := d.m.Reset(); err != nil {
-		drain()
+		stopReader()
 		return nil, err
 	}
 	ext, err := d.src.Extents(ctx)
 	if err != nil {
-		drain()
+		stopReader()
 		return nil, err
 	}
 	buf := make([]byte, d.bs)
@@ -148,7 +148,7 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 		if allocated {
 			k, err := d.src.ReadAt(buf, lo)
 			if err != nil && !errors.Is(err, io.EOF) {
-				drain()
+				stopReader()
 				return nil, err
 			}
 			clear(buf[k:])
@@ -182,7 +182,7 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 		}
 		if len(set) >= 4096 {
 			if err := d.m.Set(set...); err != nil {
-				drain()
+				stopReader()
 				return nil, err
 			}
 			set = set[:0]
