@@ -40,8 +40,11 @@ type sumExtent struct {
 // which checks it against its own hashes. A group that fails (a
 // fingerprint collision) has all its blocks sent. Blocks of groups the
 // controller holds nothing of are zero there, compared as such. The wire
-// carries about 4.6 bytes per block of the disk instead of 33, and no map
-// entry is set for a block before it is proven equal.
+// carries about 4.8 bytes per block of the disk instead of 33. Probably
+// equal blocks enter the map as they are read (the agent keeps no list of
+// them: 0.6 B per block of claims is all it holds) and are set Unknown
+// again when their group fails, before the cycle begins; the map was
+// reset first, so a crash in between makes the next cycle resync again.
 func (a *Agent) resyncSummary(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
 	sess, _ := a.currentSession()
 	if sess == nil {
@@ -91,10 +94,8 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 	buf := make([]byte, d.bs)
 	var dirty []int64
 	var set []blockmap.Entry
-	pending := map[uint64][]blockmap.Entry{} // by group: taken for equal, not yet proven
 	dg := data.NewGroupDigest(idx, 0)
 	var differ uint64
-	var held []blockmap.Entry
 	var claims [][]data.GroupCheck // per SumRun, a claim per group
 	// account adds a summarized block to its group; the group's claim is
 	// made at its last block.
@@ -103,7 +104,7 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 		i := uint64(c.block) - first
 		if i == 0 {
 			dg.Reset(idx, first)
-			differ, held = 0, nil
+			differ = 0
 		}
 		switch {
 		case diff:
@@ -115,16 +116,16 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 			dg.Block(*strong)
 		}
 		if e != nil {
-			held = append(held, *e)
+			// Probably equal: entered now, undone below if its group's
+			// digest fails (before the cycle begins; a crash meanwhile
+			// leaves the map reset, so the next cycle resyncs again).
+			set = append(set, *e)
 		}
 		if i == data.GroupBlocks-1 {
 			for len(claims) <= c.run {
 				claims = append(claims, nil)
 			}
 			claims[c.run] = append(claims[c.run], data.GroupCheck{Differ: differ, Digest: dg.Sum()})
-			if len(held) > 0 {
-				pending[first] = held
-			}
 		}
 	}
 	next, more := <-ctrl
@@ -230,14 +231,19 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 				v.Start, len(v.Mismatch)*data.GroupBlocks, ex.start, ex.groups*data.GroupBlocks)
 		}
 		for g, bad := range v.Mismatch {
+			if !bad {
+				continue
+			}
+			// A fingerprint collided: none of the group is trusted; every
+			// block not already declared different is sent.
 			first := v.Start + uint64(g)*data.GroupBlocks
-			for _, en := range pending[first] {
-				if bad {
-					// A fingerprint collided: none of the group is trusted.
-					en.Hash = blockmap.Unknown
-					dirty = append(dirty, en.Block)
+			for k := range uint64(data.GroupBlocks) {
+				b := int64(first + k)
+				if claims[i][g].Differ&(1<<k) != 0 || b >= n {
+					continue
 				}
-				set = append(set, en)
+				set = append(set, blockmap.Entry{Block: b, Hash: blockmap.Unknown})
+				dirty = append(dirty, b)
 			}
 		}
 	}

@@ -27,9 +27,9 @@ import (
 // agent's group claim must declare 2, 4, 5 (and the 56 blocks past the
 // disk) different and prove 0, 1, 3 with the digest the controller
 // computes from the agent's true hashes. When the controller answers
-// "mismatch" (block 1's hash is not its own), blocks 0 and 1 are sent
-// too; when it answers "match", only 2, 4, 5 are, and the map holds
-// blocks 0 and 1.
+// "mismatch" (block 1's hash is not its own), every block of the group
+// is sent (0 and 1 included); when it answers "match", only 2, 4, 5 are,
+// and the map holds blocks 0 and 1.
 func TestResyncSummaryNeverMissesACollidedBlock(t *testing.T) {
 	const bs, blocks = 4096, 8
 	content := func(seed byte) []byte {
@@ -131,7 +131,7 @@ func TestResyncSummaryNeverMissesACollidedBlock(t *testing.T) {
 		dirty := <-done
 		ctrlEnd.Close()
 		if mismatch {
-			require.Equal(t, []int64{0, 1, 2, 4, 5}, dirty, "a group whose digest failed is sent whole")
+			require.Equal(t, []int64{0, 1, 2, 3, 4, 5, 6, 7}, dirty, "a group whose digest failed is sent whole")
 			require.Equal(t, blockmap.Unknown, m.Get(1))
 		} else {
 			require.Equal(t, []int64{2, 4, 5}, dirty)
