@@ -27,6 +27,8 @@ type ctrlBlock struct {
 // block of the view is compared with what the controller holds; equal
 // blocks enter the map, differing ones are returned to be sent. It costs a
 // read of the disk and no data on the wire beyond 33 bytes per stored block.
+// On a protocol v2 session it is the summary resync instead (about 4.8
+// bytes per block; resync_summary.go).
 func (a *Agent) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDisk) ([]int64, error) {
 	if sess, _ := a.currentSession(); sess != nil && sess.Version() >= 2 {
 		return a.resyncSummary(ctx, cycle, idx, d)
