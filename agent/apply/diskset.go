@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +36,9 @@ type SetOptions struct {
 	// this many bytes have been written to it, so the fsync that ends a
 	// move has little left to do; 0 leaves it all to that fsync.
 	WritebackBytes int64
+	// Logger receives what the set does on its own (an undo log rolled
+	// back); nil discards.
+	Logger *slog.Logger
 }
 
 // DiskSet is one disk set directory, DIR/M/<set>/: a state.json and a
@@ -56,6 +60,11 @@ type DiskSet struct {
 
 	applied atomic.Int64
 	noPunch atomic.Bool // the filesystem refused a punch once: write zeros
+
+	// undo is the undo log of the move in progress of a home set
+	// (undo.go); umu guards it, as block writes run concurrently.
+	umu  sync.Mutex
+	undo *undoLog
 }
 
 type diskFile struct {
@@ -84,6 +93,13 @@ func OpenDiskSet(setDir string, opts SetOptions) (*DiskSet, error) {
 	if err := d.openFiles(st.MovingTo != 0); err != nil {
 		d.closeFiles()
 		return nil, err
+	}
+	if d.home() {
+		// A move the agent did not live to finish or roll back.
+		if err := d.recoverUndo(); err != nil {
+			d.closeFiles()
+			return nil, err
+		}
 	}
 	return d, nil
 }
@@ -325,6 +341,16 @@ func (d *DiskSet) BeginMove(to int64, disks []msg.TargetDisk) error {
 	if len(d.state.Paths) != 0 && !sameShape(d.state.Disks, disks) {
 		return fmt.Errorf("%w: %s: the home disks are updated in place and keep their number and sizes", ErrRefused, d.dir)
 	}
+	if d.home() {
+		// The way back exists before the state says the set is moving.
+		if d.undo != nil {
+			d.undo.f.Close()
+			d.undo = nil
+		}
+		if err := d.beginUndo(to); err != nil {
+			return err
+		}
+	}
 	next := d.state
 	next.MovingTo = to
 	next.Disks = cleanDisks(disks)
@@ -353,13 +379,10 @@ func (d *DiskSet) Reset() error {
 	if d.state.MovingTo == 0 {
 		return invalidf("reset of a set that is not moving")
 	}
-	for _, df := range d.files {
+	for i, df := range d.files {
 		if df.w != nil {
-			df.wmu.Lock()
-			err := df.w.Zero(0, df.disk.Size)
-			df.wmu.Unlock()
-			if err != nil {
-				return pathErr("zero", df.path, err)
+			if err := d.resetHome(i, df); err != nil {
+				return err
 			}
 			continue
 		}
@@ -410,8 +433,12 @@ func (d *DiskSet) WriteBlock(disk int, block uint64, p []byte) error {
 		return err
 	}
 	if df.w != nil {
+		skip, err := d.guard(df, undoKey{disk, block}, off, p, n)
+		if err != nil || skip {
+			return err
+		}
 		df.wmu.Lock()
-		_, err := df.w.WriteAt(p[:n], off)
+		_, err = df.w.WriteAt(p[:n], off)
 		df.wmu.Unlock()
 		if err != nil {
 			return pathErr("write", df.path, err)
@@ -443,8 +470,12 @@ func (d *DiskSet) zero(disk int, block uint64, plen int) error {
 		return err
 	}
 	if df.w != nil {
+		skip, err := d.guard(df, undoKey{disk, block}, off, nil, n)
+		if err != nil || skip {
+			return err
+		}
 		df.wmu.Lock()
-		err := df.w.Zero(off, int64(n))
+		err = df.w.Zero(off, int64(n))
 		df.wmu.Unlock()
 		if err != nil {
 			return pathErr("zero", df.path, err)
@@ -524,6 +555,10 @@ func (d *DiskSet) Finish(to int64) error {
 		return err
 	}
 	d.state = next
+	// The new point is durable: the way back is not needed any more.
+	if err := d.endUndo(); err != nil {
+		return err
+	}
 	return d.removeStrays()
 }
 
@@ -584,6 +619,10 @@ func (d *DiskSet) Close() error {
 		return nil
 	}
 	d.closed = true
+	if d.undo != nil {
+		d.undo.f.Close() // the log stays: the next open rolls the move back
+		d.undo = nil
+	}
 	return d.closeFiles()
 }
 

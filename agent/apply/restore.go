@@ -169,16 +169,8 @@ func (s *Site) restore(ctx context.Context, rs *restoreStream, res *RestoreResul
 	if err := set.BeginMove(h.To, h.Disks); err != nil {
 		return err
 	}
-	if h.Reset {
-		if err := set.Reset(); err != nil {
-			return err
-		}
-	}
-	n, err := s.applyStream(ctx, rs, set, h, opener, res)
+	n, err := s.applyMove(ctx, rs, set, h, opener, res)
 	if err != nil {
-		return err
-	}
-	if err := set.Finish(h.To); err != nil {
 		return err
 	}
 	ack := data.Ack{Cycle: uint64(h.To), Seq: n}
@@ -189,6 +181,30 @@ func (s *Site) restore(ctx context.Context, rs *restoreStream, res *RestoreResul
 		return fmt.Errorf("restore: write ack: %w", err)
 	}
 	return nil
+}
+
+// applyMove writes the stream's blocks and finishes the move. A home set
+// whose move fails is rolled back at once from its undo log: the home
+// disks never stay between two points.
+func (s *Site) applyMove(ctx context.Context, rs *restoreStream, set *DiskSet, h msg.RestoreHeader, opener *repokey.Opener, res *RestoreResult) (uint32, error) {
+	n, err := func() (uint32, error) {
+		if h.Reset {
+			if err := set.Reset(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := s.applyStream(ctx, rs, set, h, opener, res)
+		if err != nil {
+			return n, err
+		}
+		return n, set.Finish(h.To)
+	}()
+	if err != nil {
+		if aerr := set.AbortMove(); aerr != nil {
+			s.log.Error("the failed move could not be rolled back now; the next open of the set does", "set", set.Dir(), "err", aerr)
+		}
+	}
+	return n, err
 }
 
 // opener returns what opens a sealed stream's blocks (nil for plaintext):
@@ -370,6 +386,11 @@ type applier struct {
 // apply applies blocks, split in contiguous shares among the workers (so
 // each writes runs of neighbouring blocks). The first error stops them all.
 func (a *applier) apply(blocks []data.Block) error {
+	// Home disks: what the batch overwrites is in the undo log, durably,
+	// before any of it is written.
+	if err := a.set.Protect(blocks); err != nil {
+		return err
+	}
 	w := min(a.workers, len(blocks))
 	if w <= 1 {
 		return a.share(0, blocks, nil)

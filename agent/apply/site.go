@@ -79,7 +79,7 @@ func NewSite(cfg Config) (*Site, error) {
 func (s *Site) BytesWritten() int64 { return s.written.Load() }
 
 func (s *Site) setOptions() SetOptions {
-	return SetOptions{Counter: &s.written, WritebackBytes: s.cfg.WritebackBytes}
+	return SetOptions{Counter: &s.written, WritebackBytes: s.cfg.WritebackBytes, Logger: s.log}
 }
 
 // Status reads the state of every disk set of a machine. A machine without
@@ -341,3 +341,6 @@ func checkHomeDisk(p string, d msg.TargetDisk) error {
 	}
 	return nil
 }
+
+// Close releases what the site holds.
+func (s *Site) Close() error { return nil }

@@ -16,6 +16,10 @@ import (
 type BlockWriter interface {
 	// WriteAt writes p at guest offset off. It never writes past Size.
 	WriteAt(p []byte, off int64) (int, error)
+	// ReadAt reads the guest's bytes at off, as they are after every
+	// completed WriteAt and Zero (the read side of the writer: an undo log
+	// keeps what a write will overwrite). Ranges past Size are refused.
+	ReadAt(p []byte, off int64) (int, error)
 	// Zero makes [off, off+n) read as zeros, deallocating where the
 	// format allows.
 	Zero(off, n int64) error
@@ -152,6 +156,17 @@ func (r *rawInPlace) WriteAt(p []byte, off int64) (int, error) {
 	n, err := r.f.WriteAt(p, off)
 	if err != nil {
 		return n, ioError(FormatRaw, r.path, "write", err)
+	}
+	return n, nil
+}
+
+func (r *rawInPlace) ReadAt(p []byte, off int64) (int, error) {
+	if err := checkRange(FormatRaw, r.path, off, int64(len(p)), r.size); err != nil {
+		return 0, err
+	}
+	n, err := r.f.ReadAt(p, off)
+	if err != nil {
+		return n, ioError(FormatRaw, r.path, "read", err)
 	}
 	return n, nil
 }

@@ -351,6 +351,47 @@ func (w *qcow2InPlace) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), w.update(off, int64(len(p)), p)
 }
 
+// ReadAt reads guest bytes through the writer's own tables: unallocated
+// and zero clusters read zeros (images with a backing file are refused at
+// open), compressed clusters are decompressed.
+func (w *qcow2InPlace) ReadAt(p []byte, off int64) (int, error) {
+	if err := checkRange(FormatQCOW2, w.path, off, int64(len(p)), w.size); err != nil {
+		return 0, err
+	}
+	var cbuf []byte
+	for done := int64(0); done < int64(len(p)); {
+		gc := (off + done) >> w.cbits
+		in := (off + done) & (w.cs - 1)
+		k := min(w.cs-in, int64(len(p))-done)
+		dst := p[done : done+k]
+		e := w.entry(gc)
+		host := int64(e & qcow2OffsetMask)
+		switch {
+		case e&qcow2FlagCompressed != 0:
+			if cbuf == nil {
+				cbuf = make([]byte, w.cs)
+			}
+			coff, cn := w.compressedHost(e)
+			src := make([]byte, cn)
+			if _, err := w.f.ReadAt(src, coff); err != nil {
+				return int(done), ioError(FormatQCOW2, w.path, "read compressed cluster", err)
+			}
+			if err := w.decode(cbuf, src); err != nil {
+				return int(done), corruptf(FormatQCOW2, w.path, "compressed cluster at %#x: %v", coff, err)
+			}
+			copy(dst, cbuf[in:])
+		case host == 0 || (w.h.version >= 3 && e&qcow2FlagZero != 0):
+			clear(dst)
+		default:
+			if _, err := w.f.ReadAt(dst, host+in); err != nil {
+				return int(done), ioError(FormatQCOW2, w.path, "read data", err)
+			}
+		}
+		done += k
+	}
+	return len(p), nil
+}
+
 func (w *qcow2InPlace) Zero(off, n int64) error {
 	if err := checkRange(FormatQCOW2, w.path, off, n, w.size); err != nil {
 		return err

@@ -266,3 +266,39 @@ func TestInPlaceRefusesDifferencingVHDX(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before, after, "a refused differencing VHDX was modified")
 }
+
+// TestInPlaceReadSeesGuestBytes: the writer's read side returns the guest
+// content qemu-img wrote, and after writes and zeros (fresh clusters,
+// compressed clusters rewritten, zeroed ranges) the content the test
+// keeps, for every kind of home image.
+func TestInPlaceReadSeesGuestBytes(t *testing.T) {
+	needTool(t, "qemu-img")
+	const size = 3 << 20
+	for i, v := range ipVariants {
+		t.Run(v.name, func(t *testing.T) {
+			img, want := homeImage(t, t.TempDir(), v, size, uint64(300+i))
+			w, err := OpenInPlace(img, InPlaceOptions{Logger: testLogger(t)})
+			require.NoError(t, err)
+			defer w.Close()
+			got := make([]byte, size)
+			_, err = w.ReadAt(got, 0)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(want, got), "before writes: differs at %d", firstDiff(got, want))
+			for _, op := range genOps(uint64(i), size, 100) {
+				require.NoError(t, op.apply(w))
+				copy(want[op.off:], op.data())
+			}
+			// Unaligned reads across cluster and block boundaries.
+			r := rand.New(rand.NewPCG(uint64(i), 11))
+			for range 50 {
+				off := r.Int64N(size - 70000)
+				p := make([]byte, 1+r.Int64N(70000))
+				_, err := w.ReadAt(p, off)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(want[off:off+int64(len(p))], p), "read of %d bytes at %d", len(p), off)
+			}
+			_, err = w.ReadAt(make([]byte, 2), size-1)
+			require.ErrorIs(t, err, ErrOutOfRange)
+		})
+	}
+}

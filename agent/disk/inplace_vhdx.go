@@ -268,6 +268,28 @@ func (w *vhdxInPlace) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), w.update(off, int64(len(p)), p)
 }
 
+// ReadAt reads guest bytes through the writer's BAT: blocks not fully
+// present read zeros (differencing images are refused at open).
+func (w *vhdxInPlace) ReadAt(p []byte, off int64) (int, error) {
+	if err := checkRange(FormatVHDX, w.path, off, int64(len(p)), w.size); err != nil {
+		return 0, err
+	}
+	for done := int64(0); done < int64(len(p)); {
+		bi, in := (off+done)/w.bs, (off+done)%w.bs
+		k := min(w.bs-in, int64(len(p))-done)
+		dst := p[done : done+k]
+		if e := w.entry(bi); e&7 == vhdxBlockFullyPresent {
+			if _, err := w.f.ReadAt(dst, vhdxFileOff(e)+in); err != nil {
+				return int(done), ioError(FormatVHDX, w.path, "read data", err)
+			}
+		} else {
+			clear(dst)
+		}
+		done += k
+	}
+	return len(p), nil
+}
+
 func (w *vhdxInPlace) Zero(off, n int64) error {
 	if err := checkRange(FormatVHDX, w.path, off, n, w.size); err != nil {
 		return err

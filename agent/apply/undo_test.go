@@ -1,0 +1,261 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/internal/testenv"
+	"github.com/ferrydr/ferry/protocol/frame"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// undoChildEnv names the file of the parameters of the child process that
+// TestHomeMoveRolledBackAfterKill kills mid-move.
+const undoChildEnv = "FERRY_TEST_UNDO_CHILD"
+
+type undoChildParams struct {
+	Dir    string           `json:"dir"` // the home set's target directory
+	Disk   msg.TargetDisk   `json:"disk"`
+	Blocks []undoChildBlock `json:"blocks"`
+}
+
+type undoChildBlock struct {
+	Block uint64 `json:"block"`
+	Data  []byte `json:"data"`
+}
+
+// TestUndoChild is not a test: it is the process TestHomeMoveRolledBackAfterKill
+// starts and kills. It serves one restore stream into the home set whose
+// batches all arrive but whose barrier never does, then waits to be killed.
+func TestUndoChild(t *testing.T) {
+	pf := os.Getenv(undoChildEnv)
+	if pf == "" {
+		t.Skip("the child process of TestHomeMoveRolledBackAfterKill")
+	}
+	var p undoChildParams
+	require.NoError(t, json.Unmarshal(readFile(t, pf), &p))
+	im := newImage(p.Disk)
+	var refs []blockRef
+	for _, b := range p.Blocks {
+		copy(im.data[0][int64(b.Block)*int64(p.Disk.BlockSize):], b.Data)
+		refs = append(refs, blockRef{0, b.Block})
+	}
+	site := newTestSite(t)
+	ctrl, _ := serveTCP(t, site)
+	h := header(p.Dir, "m", SetHome, 0, 7, im)
+	h.Force = true
+	fw := frame.NewWriter(ctrl)
+	hb, err := json.Marshal(h)
+	require.NoError(t, err)
+	require.NoError(t, fw.Write(msg.FrameRestoreHeader, hb))
+	_, err = writeBatches(fw, 7, 0, im.encode(t, refs), 3)
+	require.NoError(t, err)
+	time.Sleep(10 * time.Minute) // killed long before
+}
+
+// homeFixture is a home disk in a given format whose guest content the
+// test keeps, adopted as the home set of machine m.
+type homeFixture struct {
+	dir, img, format string
+	disk             msg.TargetDisk
+	orig             []byte // the guest content before any move
+}
+
+const undoBS = 64 << 10
+
+func newHomeFixture(t *testing.T, format string, seed uint64) *homeFixture {
+	t.Helper()
+	const size = 4 << 20
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	orig := make([]byte, size)
+	// Blocks 0..31 random, 32..47 zero (a hole), 48..63 random.
+	for i := range orig {
+		if b := i / undoBS; b < 32 || b >= 48 {
+			orig[i] = byte(rng.Uint32())
+		}
+	}
+	raw := filepath.Join(dir, "vm.raw")
+	require.NoError(t, os.WriteFile(raw, orig[:32*undoBS], 0o600))
+	writeAt(t, raw, orig[48*undoBS:], 48*undoBS)
+	img := raw
+	if format != "raw" {
+		qemuImg := testenv.RequireTool(t, "qemu-img")
+		img = filepath.Join(dir, "vm."+format)
+		testenv.Run(t, qemuImg, "convert", "-f", "raw", "-O", format, raw, img)
+		require.NoError(t, os.Remove(raw))
+	}
+	f := &homeFixture{dir: filepath.Join(dir, "state"), img: img, format: format, orig: orig,
+		disk: msg.TargetDisk{Name: "d", Size: size, BlockSize: undoBS}}
+	return f
+}
+
+func (f *homeFixture) setDir() string { return setPath(f.dir, "m", SetHome) }
+
+// guest reads the home disk as a guest sees it, through qemu-img for
+// containers (never through Ferry's own reader).
+func (f *homeFixture) guest(t *testing.T) []byte {
+	t.Helper()
+	if f.format == "raw" {
+		return readFile(t, f.img)
+	}
+	out := filepath.Join(t.TempDir(), "guest.raw")
+	testenv.Run(t, "qemu-img", "convert", "-U", "-f", f.format, "-O", "raw", f.img, out)
+	return readFile(t, out)
+}
+
+// held reads the guest content of a home disk another process holds
+// (QEMU's own tools refuse it then): agent/disk's reader takes no lock.
+// Only to see where a move is; results are checked with guest.
+func (f *homeFixture) held(t *testing.T) []byte {
+	t.Helper()
+	src, err := disk.Open(f.img, disk.OpenOptions{})
+	require.NoError(t, err)
+	defer src.Close()
+	b := make([]byte, src.Size())
+	_, err = src.ReadAt(b, 0)
+	require.NoError(t, err)
+	return b
+}
+
+// changes is a move's blocks: blocks 2..9 rewritten, blocks 10..13 sent
+// with the content they already have, blocks 40..41 (a hole) written.
+func (f *homeFixture) changes(seed uint64) (blocks []undoChildBlock, want []byte, changed int) {
+	rng := rand.New(rand.NewPCG(seed, 2))
+	want = bytes.Clone(f.orig)
+	for b := uint64(2); b < 14; b++ {
+		p := bytes.Clone(f.orig[b*undoBS : (b+1)*undoBS])
+		if b < 10 {
+			for i := range p {
+				p[i] = byte(rng.Uint32())
+			}
+			changed++
+		}
+		blocks = append(blocks, undoChildBlock{Block: b, Data: p})
+		copy(want[b*undoBS:], p)
+	}
+	for b := uint64(40); b < 42; b++ {
+		p := bytes.Repeat([]byte{byte(b)}, undoBS)
+		blocks = append(blocks, undoChildBlock{Block: b, Data: p})
+		copy(want[b*undoBS:], p)
+		changed++
+	}
+	return blocks, want, changed
+}
+
+// TestHomeMoveRolledBackAfterKill: a move into the home disks whose agent
+// is killed (SIGKILL) after its blocks reached the disk but before the
+// move finished leaves an undo log at the home site holding the old
+// bytes of the blocks that changed, and only those; opening the set
+// again — with no controller — rolls the blocks back: the home disk is
+// the guest content the test kept, the set holds its old point and the
+// log is gone. For qcow2 and VHDX the rollback goes through the in-place
+// writer and qemu-img check stays clean.
+func TestHomeMoveRolledBackAfterKill(t *testing.T) {
+	for i, format := range []string{"raw", "qcow2", "vhdx"} {
+		t.Run(format, func(t *testing.T) {
+			f := newHomeFixture(t, format, uint64(i))
+			s := newTestSite(t)
+			ref := msg.TargetRef{Dir: f.dir, Machine: "m", Set: SetHome}
+			_, err := s.Adopt(context.Background(), ref, []msg.TargetDisk{f.disk}, []string{f.img})
+			require.NoError(t, err)
+			s.Close() // the child process takes the home disks over
+
+			blocks, want, changed := f.changes(uint64(i))
+			p, err := json.Marshal(undoChildParams{Dir: f.dir, Disk: f.disk, Blocks: blocks})
+			require.NoError(t, err)
+			cmd := exec.Command(os.Args[0], "-test.run=^TestUndoChild$", "-test.v")
+			pf := filepath.Join(t.TempDir(), "params.json")
+			require.NoError(t, os.WriteFile(pf, p, 0o600))
+			cmd.Env = append(os.Environ(), undoChildEnv+"="+pf)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			require.NoError(t, cmd.Start())
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			// Mid-move: every block of the move is on the home disk, the
+			// barrier has not come, the state says the set is moving.
+			require.Eventually(t, func() bool {
+				st, err := ReadState(f.setDir())
+				return err == nil && st.MovingTo == 7 && bytes.Equal(f.held(t), want)
+			}, 60*time.Second, 50*time.Millisecond, "the child never wrote the move's blocks: %s", &out)
+			require.NoError(t, cmd.Process.Kill())
+			<-exited
+
+			log := filepath.Join(f.setDir(), UndoLogFile)
+			fi, err := os.Stat(log)
+			require.NoError(t, err, "a home move keeps an undo log")
+			require.LessOrEqual(t, fi.Size(), int64(undoHeaderSize+changed*(undoRecordOverhead+undoBS)),
+				"the log holds the %d blocks that changed, not the blocks sent unchanged", changed)
+			require.Greater(t, fi.Size(), int64(undoHeaderSize+(changed-2)*undoBS),
+				"the log holds the old bytes of the changed blocks")
+
+			set, err := OpenDiskSet(f.setDir(), SetOptions{})
+			require.NoError(t, err)
+			st := set.State()
+			require.NoError(t, set.Close())
+			require.Zero(t, st.MovingTo, "the set holds its old point again")
+			require.Zero(t, st.Point)
+			require.True(t, st.Written, "an adopted set keeps its Written mark: the controller re-plans from the kept point")
+			require.True(t, bytes.Equal(f.orig, f.guest(t)), "the home disk is back to its bytes before the move")
+			_, err = os.Stat(log)
+			require.ErrorIs(t, err, os.ErrNotExist, "the rolled-back log is removed")
+			if format != "raw" {
+				testenv.Run(t, "qemu-img", "check", "-f", format, f.img)
+			}
+		})
+	}
+}
+
+// TestHomeMoveFailureRollsBack: a home move that fails mid-stream (a block
+// whose hash does not match) is rolled back by the agent at once: the
+// home disk holds its old bytes and the set its old point.
+func TestHomeMoveFailureRollsBack(t *testing.T) {
+	f := newHomeFixture(t, "raw", 9)
+	s := newTestSite(t)
+	defer s.Close()
+	ref := msg.TargetRef{Dir: f.dir, Machine: "m", Set: SetHome}
+	_, err := s.Adopt(context.Background(), ref, []msg.TargetDisk{f.disk}, []string{f.img})
+	require.NoError(t, err)
+	blocks, _, _ := f.changes(9)
+	im := newImage(f.disk)
+	var refs []blockRef
+	for _, b := range blocks {
+		copy(im.data[0][int64(b.Block)*undoBS:], b.Data)
+		refs = append(refs, blockRef{0, b.Block})
+	}
+	wire := im.encode(t, refs)
+	last := &wire[len(wire)-1]
+	last.Hash[0] ^= 1 // the last block fails its check
+	h := header(f.dir, "m", SetHome, 0, 7, im)
+	h.Force = true
+	_, sv, err := restoreTCP(t, s, h, wire)
+	require.Error(t, err)
+	require.ErrorIs(t, sv.err, ErrHashMismatch)
+	require.True(t, bytes.Equal(f.orig, f.guest(t)), "the failed move was rolled back")
+	st, err := ReadState(f.setDir())
+	require.NoError(t, err)
+	require.Zero(t, st.MovingTo)
+	_, err = os.Stat(filepath.Join(f.setDir(), UndoLogFile))
+	require.ErrorIs(t, err, os.ErrNotExist)
+
+	// The next move applies in full.
+	wire[len(wire)-1].Hash[0] ^= 1
+	ack, sv, err := restoreTCP(t, s, h, wire)
+	require.NoError(t, err)
+	require.NoError(t, sv.err)
+	require.Equal(t, uint64(7), ack.Cycle)
+	require.True(t, bytes.Equal(im.data[0][2*undoBS:14*undoBS], f.guest(t)[2*undoBS:14*undoBS]))
+	_, err = os.Stat(filepath.Join(f.setDir(), UndoLogFile))
+	require.ErrorIs(t, err, os.ErrNotExist, "a finished move leaves no log")
+}
