@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"time"
@@ -107,6 +108,7 @@ func New(cfg Config) (*Agent, error) {
 	siteCfg := apply.DefaultConfig()
 	siteCfg.Logger = log.With("component", "target")
 	siteCfg.RepositoryKey = func() (*repokey.Key, error) { return repokey.Load(st.Dir) }
+	siteCfg.HomeSets = filepath.Join(st.Dir, "home-sets.json")
 	site, err := apply.NewSite(siteCfg)
 	if err != nil {
 		comp.Close()
@@ -125,6 +127,12 @@ func New(cfg Config) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.comp.Close()
 	defer a.stopMachines()
+	// Home disks that are a replica are held before anything else, and a
+	// move this agent's previous run left half done is rolled back.
+	if err := a.site.HoldHomes(ctx); err != nil {
+		a.log.Error("some home disks are not held", "err", err)
+	}
+	defer a.site.Close()
 	backoff := time.Second
 	for {
 		start := a.cfg.Now()

@@ -34,6 +34,7 @@ func TestAdoptUpdatesHomeDisksInPlace(t *testing.T) {
 	require.NoError(t, err, "adopting the same disks again is a no-op")
 
 	setDir, _ := SetDir(ref.Dir, ref.Machine, ref.Set)
+	require.NoError(t, s.Close(), "the site holds the adopted disks; this test writes them itself")
 	set, err := OpenDiskSet(setDir, SetOptions{})
 	require.NoError(t, err)
 	require.NoError(t, set.BeginMove(5, []msg.TargetDisk{d}))
@@ -108,6 +109,7 @@ func TestHomeSetWritesQCOW2AndVHDXInPlace(t *testing.T) {
 			_, err = s.Adopt(ctx, ref, []msg.TargetDisk{d}, []string{img})
 			require.NoError(t, err)
 			setDir, _ := SetDir(ref.Dir, ref.Machine, ref.Set)
+			require.NoError(t, s.Close(), "the site holds the adopted disks; this test writes them itself")
 			set, err := OpenDiskSet(setDir, SetOptions{})
 			require.NoError(t, err)
 			require.NoError(t, set.BeginMove(3, []msg.TargetDisk{d}))

@@ -154,15 +154,16 @@ func (s *Site) restore(ctx context.Context, rs *restoreStream, res *RestoreResul
 	}
 	defer unlock()
 
-	set, err := OpenDiskSet(setDir, s.setOptions())
+	set, done, err := s.openSet(setDir)
 	if errors.Is(err, ErrNotFound) && h.Create {
 		set, err = CreateDiskSet(setDir, h.Disks, s.setOptions())
 		res.Created = err == nil
+		done = func() { set.Close() }
 	}
 	if err != nil {
 		return fmt.Errorf("restore of %s of machine %s: %w", h.Ref.Set, h.Ref.Machine, err)
 	}
-	defer set.Close()
+	defer done()
 	if err := CheckMove(set.State(), h); err != nil {
 		return err
 	}

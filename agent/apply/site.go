@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ferrydr/ferry/agent/disk"
@@ -34,6 +35,10 @@ type Config struct {
 	// agent holds, for restore streams of sealed chunks; nil (or
 	// repokey.ErrNoKey) when it holds none.
 	RepositoryKey func() (*repokey.Key, error)
+	// HomeSets is the file listing the home disk sets this agent holds
+	// (hold.go), so a restarted agent takes them again; "" keeps the list
+	// in memory only.
+	HomeSets string
 }
 
 // DefaultConfig: workers per CPU, writeback started every 32 MiB.
@@ -60,6 +65,9 @@ type Site struct {
 	log     *slog.Logger
 	locks   machineLocks
 	written atomic.Int64
+
+	hmu  sync.Mutex
+	held map[string]*DiskSet // home sets held open, by set directory
 }
 
 // NewSite returns a Site.
@@ -212,6 +220,12 @@ func (s *Site) Remove(ctx context.Context, ref msg.TargetRef) error {
 		return err
 	}
 	defer unlock()
+	if ref.Set == SetHome {
+		// Not a replica any more: the home disks are let go.
+		if err := s.release(ref.Dir, ref.Machine, setDir); err != nil {
+			return err
+		}
+	}
 	ok, err := exists(setDir)
 	if err != nil || !ok {
 		return err
@@ -243,12 +257,20 @@ func (s *Site) MarkWritten(ctx context.Context, ref msg.TargetRef) error {
 		return err
 	}
 	defer unlock()
-	set, err := OpenDiskSet(setDir, s.setOptions())
+	set, done, err := s.openSet(setDir)
 	if err != nil {
 		return err
 	}
-	defer set.Close()
-	return set.SetWritten()
+	defer done()
+	if err := set.SetWritten(); err != nil {
+		return err
+	}
+	if set.home() {
+		// A machine is started on its home disks: they are its own
+		// again, not a replica the agent holds.
+		return s.release(ref.Dir, ref.Machine, setDir)
+	}
+	return nil
 }
 
 func exists(p string) (bool, error) {
@@ -301,6 +323,9 @@ func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetD
 	defer unlock()
 	if old, err := ReadState(setDir); err == nil {
 		if slices.Equal(old.Paths, paths) {
+			if err := s.holdHome(ref.Dir, ref.Machine, setDir); err != nil {
+				return msg.DiskSetState{}, err
+			}
 			return withPaths(setDir, old), nil
 		}
 		return msg.DiskSetState{}, fmt.Errorf("%w: %s already keeps other home disks (%v)", ErrExists, setDir, old.Paths)
@@ -316,6 +341,9 @@ func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetD
 		return msg.DiskSetState{}, err
 	}
 	if err := writeState(setDir, st); err != nil {
+		return msg.DiskSetState{}, err
+	}
+	if err := s.holdHome(ref.Dir, ref.Machine, setDir); err != nil {
 		return msg.DiskSetState{}, err
 	}
 	s.log.Info("home disks adopted", "machine", ref.Machine, "paths", paths)
@@ -341,6 +369,3 @@ func checkHomeDisk(p string, d msg.TargetDisk) error {
 	}
 	return nil
 }
-
-// Close releases what the site holds.
-func (s *Site) Close() error { return nil }

@@ -47,6 +47,11 @@ func (j *job) inFlight(m catalog.Machine) bool {
 // homeDriver runs the machine's source driver at home through the home
 // agent (the machine may not be in that agent's replication any more).
 func (j *job) homeDriver(ctx context.Context, m catalog.Machine, agentID, action string) (msg.DriverResponse, error) {
+	return j.homeDriverRef(ctx, m, agentID, action, nil)
+}
+
+// homeDriverRef is homeDriver naming the set a start runs on (nil: none).
+func (j *job) homeDriverRef(ctx context.Context, m catalog.Machine, agentID, action string, ref *msg.TargetRef) (msg.DriverResponse, error) {
 	var paths []string
 	for _, d := range m.Spec.Disks {
 		paths = append(paths, d.Path)
@@ -55,7 +60,7 @@ func (j *job) homeDriver(ctx context.Context, m catalog.Machine, agentID, action
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()
 	err := j.e.Agents.Call(ctx, agentID, msg.MethodTargetDriver, msg.TargetDriverRequest{
-		Machine: m.Name, Action: action, Commands: msg.Driver(m.Spec.Driver),
+		Machine: m.Name, Action: action, Commands: msg.Driver(m.Spec.Driver), Ref: ref,
 		Env: map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": m.Name,
 			"FERRY_DISKS": strings.Join(paths, "\n"), "FERRY_TEST": "0"}}, &resp)
 	return resp, err
@@ -556,7 +561,7 @@ func startHome(ctx context.Context, j *job, name string, md *machineData) error 
 		if err := j.saveMachineData(name, md); err != nil {
 			return err
 		}
-		if _, err := j.homeDriver(ctx, m, md.SourceAgent, "start"); err != nil {
+		if _, err := j.startAtHome(ctx, m, md); err != nil {
 			return refuse("the home driver could not start %s: %w", name, err)
 		}
 	}
