@@ -41,7 +41,22 @@ type Config struct {
 	// Upgrade, when set, lets the controller upgrade this agent (upgrade.go);
 	// `ferry-agent run` sets it when the service's supervisor runs it.
 	Upgrade *UpgradeConfig
+	// TestPause, when set, is called at the named points (Pause*), where a
+	// crash test holds the agent to kill a process at a known moment; nil
+	// in production.
+	TestPause func(point string)
 }
+
+// Points at which Config.TestPause is called.
+const (
+	// PauseShipHash: a target.ship cycle (the home disks kept as a point
+	// before a re-protect moves them) has begun its hash resync with the
+	// controller, before the first block is hashed.
+	PauseShipHash = "ship-hash"
+	// PauseHomeMove: the first batch of a move into the home disks is
+	// written (its undo log durable), the move not finished.
+	PauseHomeMove = apply.PauseHomeMove
+)
 
 // DefaultConfig holds the defaults.
 func DefaultConfig() Config {
@@ -109,6 +124,7 @@ func New(cfg Config) (*Agent, error) {
 	siteCfg.Logger = log.With("component", "target")
 	siteCfg.RepositoryKey = func() (*repokey.Key, error) { return repokey.Load(st.Dir) }
 	siteCfg.HomeSets = filepath.Join(st.Dir, "home-sets.json")
+	siteCfg.Pause = cfg.TestPause
 	site, err := apply.NewSite(siteCfg)
 	if err != nil {
 		comp.Close()

@@ -52,6 +52,9 @@ type cycleParams struct {
 	name    string          // a name for the point
 	keep    bool            // keep the view as the next cycle's base
 	report  func(ctx context.Context, phase, errText string, bytes, blocks int64)
+	// beforeHash, when set, runs as a hash resync of a disk begins (a
+	// crash test's pause point).
+	beforeHash func()
 }
 
 // runCycle is one cycle: view, change detection, shipping, commit.
@@ -134,6 +137,9 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		case bresp.Resync:
 			p.report(ctx, "resync", "", 0, 0)
 			log.Info("hash resync", "disk", d.name, "reason", bresp.ResyncReason)
+			if p.beforeHash != nil {
+				p.beforeHash()
+			}
 			dirty, err := a.resync(ctx, bresp.Cycle, uint16(i), d)
 			if err != nil {
 				return 0, fmt.Errorf("resync disk %s: %w", d.name, err)

@@ -54,6 +54,11 @@ func (a *Agent) handleShip(m *rpc.Mux) {
 			cfg: cfg, driver: stopped{}, resync: true, name: req.Name,
 			mapDir: filepath.Join(a.state.Dir, "ship", req.Ref.Machine+"-"+req.Ref.Set),
 			report: func(context.Context, string, string, int64, int64) {},
+			beforeHash: func() {
+				if a.cfg.TestPause != nil {
+					a.cfg.TestPause(PauseShipHash)
+				}
+			},
 		})
 		if err != nil {
 			return nil, err

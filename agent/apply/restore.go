@@ -309,6 +309,9 @@ func (s *Site) applyStream(ctx context.Context, rs *restoreStream, set *DiskSet,
 		}
 		n++
 		res.Batches = n
+		if n == 1 && set.home() && s.cfg.Pause != nil {
+			s.cfg.Pause(PauseHomeMove)
+		}
 		free <- it.buf
 	}
 	return n, fmt.Errorf("restore: %w", context.Cause(ctx))

@@ -39,7 +39,15 @@ type Config struct {
 	// (hold.go), so a restarted agent takes them again; "" keeps the list
 	// in memory only.
 	HomeSets string
+	// Pause, when set, is called at the named points (PauseHomeMove) for
+	// crash tests; nil in production.
+	Pause func(point string)
 }
+
+// PauseHomeMove is where Config.Pause is called: the first batch of a move
+// into the home disks is written, its undo log durable, the move not
+// finished.
+const PauseHomeMove = "home-move"
 
 // DefaultConfig: workers per CPU, writeback started every 32 MiB.
 func DefaultConfig() Config {

@@ -136,6 +136,11 @@ func newRunCommand(g *globals) *cobra.Command {
 			}
 			defer stop()
 			limitMemory()
+			if v := os.Getenv(testPauseEnv); v != "" {
+				if o.cfg.TestPause, err = testPause(v, os.Stderr); err != nil {
+					return usagef("%s: %v", testPauseEnv, err)
+				}
+			}
 			a, err := agent.New(o.cfg)
 			if err != nil {
 				return err

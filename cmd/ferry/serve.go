@@ -88,6 +88,13 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 		}
 		o.cfg.Hooks = h
 	}
+	if v := os.Getenv(pauseEnv); v != "" {
+		before, err := pauseBeforeStep(v, os.Stderr)
+		if err != nil {
+			return usagef("%s: %v", pauseEnv, err)
+		}
+		o.cfg.Hooks.BeforeStep = before
+	}
 	stop, err := profiling.Start(o.cpuProfile)
 	if err != nil {
 		return err

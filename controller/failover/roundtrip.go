@@ -556,6 +556,9 @@ func startHome(ctx context.Context, j *job, name string, md *machineData) error 
 			return refuse("machine %s: the recovery site's copy is %q (%v): not starting it at home", name, s, err)
 		}
 	}
+	if !md.Started && !j.e.Agents.Connected(md.SourceAgent) {
+		return unavailable("the home agent of %s is not connected: the start at home waits for it", name)
+	}
 	if !md.Started {
 		md.Started = true
 		if err := j.saveMachineData(name, md); err != nil {
