@@ -134,8 +134,13 @@ func (k *killRound) homeSetDir() string { return filepath.Join(filepath.Dir(k.im
 // forward re-protect, a failover and a commit to start the next.
 func TestRoundTripKillsAtEachMoment(t *testing.T) {
 	testenv.RequireRoot(t)
-	const size = 16 << 20
-	r := newRoundTrip(t, size)
+	// Incompressible data (newRoundTrip with proxies), and each round's
+	// writes change about 20 MiB of blocks: a move into the home disks is
+	// three batches of at most 8 MiB, and one held after its first batch
+	// cannot have its barrier in flight (the reader holds one more batch,
+	// the stream's window 1 MiB).
+	const size = 32 << 20
+	r := newRoundTrip(t, size, true)
 	r.c.runJob(t, 0, "failover", "vm")
 	r.c.runJob(t, 0, "commit", "vm")
 	k := &killRound{roundTrip: r, live: r.site.Hyp.Disks(t, "vm")[0], homeKept: bytes.Clone(r.mirror)}
@@ -143,7 +148,7 @@ func TestRoundTripKillsAtEachMoment(t *testing.T) {
 
 	for round, proc := range []string{"controller", "home-agent", "recovery-agent"} {
 		k.release = t.TempDir()
-		r.write(t, k.live, 150) // the machine writes at the recovery site
+		r.write(t, k.live, 500) // the machine writes at the recovery site
 		k.armHome(t, pauseShipHash, pauseHomeMove)
 		id := k.startJob(t, "reprotect", "vm", "--stop-source")
 
