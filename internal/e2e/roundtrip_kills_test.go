@@ -114,7 +114,9 @@ func (k *killRound) startJob(t *testing.T, args ...string) string {
 	return id
 }
 
-func (k *killRound) homeSetDir() string { return filepath.Join(filepath.Dir(k.img), ".ferry-home", "vm", "home") }
+func (k *killRound) homeSetDir() string {
+	return filepath.Join(filepath.Dir(k.img), ".ferry-home", "vm", "home")
+}
 
 // TestRoundTripKillsAtEachMoment: kill -9 of the controller, of the home
 // agent and of the recovery agent at each of three moments of a round
