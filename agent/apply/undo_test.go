@@ -3,7 +3,9 @@ package apply
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -258,4 +260,87 @@ func TestHomeMoveFailureRollsBack(t *testing.T) {
 	require.True(t, bytes.Equal(im.data[0][2*undoBS:14*undoBS], f.guest(t)[2*undoBS:14*undoBS]))
 	_, err = os.Stat(filepath.Join(f.setDir(), UndoLogFile))
 	require.ErrorIs(t, err, os.ErrNotExist, "a finished move leaves no log")
+}
+
+// movedSet adopts a raw home fixture, begins a move to point 7 and writes
+// the blocks of changes through the set (each logged first), then closes
+// it as a killed agent would leave it: the state says moving, the log is
+// there.
+func movedSet(t *testing.T, seed uint64) (*homeFixture, []byte) {
+	t.Helper()
+	f := newHomeFixture(t, "raw", seed)
+	s := newTestSite(t)
+	ref := msg.TargetRef{Dir: f.dir, Machine: "m", Set: SetHome}
+	_, err := s.Adopt(context.Background(), ref, []msg.TargetDisk{f.disk}, []string{f.img})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	set, err := OpenDiskSet(f.setDir(), SetOptions{})
+	require.NoError(t, err)
+	require.NoError(t, set.BeginMove(7, []msg.TargetDisk{f.disk}))
+	blocks, want, _ := f.changes(seed)
+	for _, b := range blocks {
+		require.NoError(t, set.WriteBlock(0, b.Block, b.Data))
+	}
+	require.NoError(t, set.Close())
+	require.True(t, bytes.Equal(want, f.guest(t)))
+	return f, want
+}
+
+// TestUndoLogTornTail: records past the last complete one (a crash while
+// appending, before the fsync that would have let their blocks be
+// written) are ignored; the complete ones are rolled back.
+func TestUndoLogTornTail(t *testing.T) {
+	f, want := movedSet(t, 41)
+	log := filepath.Join(f.setDir(), UndoLogFile)
+	fi, err := os.Stat(log)
+	require.NoError(t, err)
+	// Cut the last record (block 41, logged last; its old bytes were a
+	// hole, so the record is its header and CRC) in its middle: as if its
+	// append was torn and its block never written.
+	require.NoError(t, os.Truncate(log, fi.Size()-10))
+	last := want[41*undoBS : 42*undoBS]
+	set, err := OpenDiskSet(f.setDir(), SetOptions{})
+	require.NoError(t, err)
+	require.NoError(t, set.Close())
+	got := f.guest(t)
+	exp := bytes.Clone(f.orig)
+	copy(exp[41*undoBS:], last) // the torn record's block stays as it is
+	require.True(t, bytes.Equal(exp, got), "every complete record rolled back, the torn one ignored")
+}
+
+// TestUndoLogOfAnotherVersionIsRefused: a log this agent cannot read
+// stops the open with ErrCorrupt and writes nothing.
+func TestUndoLogOfAnotherVersionIsRefused(t *testing.T) {
+	f, want := movedSet(t, 42)
+	log := filepath.Join(f.setDir(), UndoLogFile)
+	b := readFile(t, log)
+	h := undoHeader{From: 0, To: 7}.encode()
+	h[8] = 2 // version 2
+	binary.LittleEndian.PutUint32(h[44:], crc32.Checksum(h[:44], crc32c))
+	copy(b, h)
+	require.NoError(t, os.WriteFile(log, b, 0o600))
+	_, err := OpenDiskSet(f.setDir(), SetOptions{})
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Contains(t, err.Error(), "version 2")
+	require.True(t, bytes.Equal(want, f.guest(t)), "nothing rolled back")
+	st, err := ReadState(f.setDir())
+	require.NoError(t, err)
+	require.Equal(t, int64(7), st.MovingTo)
+}
+
+// TestUndoLogOfAFinishedMoveIsRemoved: a log left by a move whose state
+// already says the new point (a crash between the state and the log's
+// removal) is removed, nothing rolled back.
+func TestUndoLogOfAFinishedMoveIsRemoved(t *testing.T) {
+	f, want := movedSet(t, 43)
+	st, err := ReadState(f.setDir())
+	require.NoError(t, err)
+	st.Point, st.MovingTo, st.Written = 7, 0, false
+	require.NoError(t, writeState(f.setDir(), st))
+	set, err := OpenDiskSet(f.setDir(), SetOptions{})
+	require.NoError(t, err)
+	require.NoError(t, set.Close())
+	require.True(t, bytes.Equal(want, f.guest(t)), "a finished move is not rolled back")
+	_, err = os.Stat(filepath.Join(f.setDir(), UndoLogFile))
+	require.ErrorIs(t, err, os.ErrNotExist)
 }
