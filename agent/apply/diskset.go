@@ -48,7 +48,9 @@ type SetOptions struct {
 // A move goes BeginMove (MovingTo recorded durably) → blocks written in
 // place → Finish (files truncated and fsynced, then state.json says
 // Point=to). A crash anywhere in between leaves MovingTo set, so the set is
-// never taken for a point it does not hold.
+// never taken for a point it does not hold. A home set (SetHome) also keeps an
+// undo log through the move (undo.go): Protect before each batch, and a
+// move that fails or is cut is rolled back to the point it started from.
 type DiskSet struct {
 	dir  string
 	opts SetOptions

@@ -5,4 +5,10 @@
 // whole blocks written in place, zero blocks punched out, one fsync at the
 // end, the state moved only once the data is durable — and promotes,
 // demotes, clones and removes them, one operation per machine at a time.
+//
+// The "home" set is a machine's own home disks, adopted where they are and
+// written in place: a move into them keeps the blocks it overwrites in an
+// undo log first and is rolled back from it if it does not finish
+// (undo.go), and the site holds them open, locked against QEMU, while they
+// are a replica (hold.go). Formats: docs/agent-formats.md.
 package apply
