@@ -85,8 +85,9 @@ func (s *Site) editHomeSets(e homeSetsEntry, add bool) error {
 }
 
 // openSet opens a set for one operation, under its machine's lock: a held
-// home set is used as it is (done does nothing), others are opened and
-// done closes them.
+// home set is used as it is (done does nothing); a listed home set the
+// agent could not hold at its start is held from now on; others are
+// opened and done closes them.
 func (s *Site) openSet(setDir string) (*DiskSet, func(), error) {
 	s.hmu.Lock()
 	set := s.held[setDir]
@@ -98,7 +99,33 @@ func (s *Site) openSet(setDir string) (*DiskSet, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if set.home() && s.listed(setDir) {
+		s.hmu.Lock()
+		if s.held == nil {
+			s.held = map[string]*DiskSet{}
+		}
+		s.held[setDir] = set
+		s.hmu.Unlock()
+		s.log.Info("home disks held", "set", setDir)
+		return set, func() {}, nil
+	}
 	return set, func() { set.Close() }, nil
+}
+
+// listed reports whether the HomeSets file lists the home set at setDir.
+func (s *Site) listed(setDir string) bool {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	sets, err := s.readHomeSets()
+	if err != nil {
+		return false
+	}
+	for _, e := range sets {
+		if d, err := SetDir(e.Dir, e.Machine, SetHome); err == nil && d == setDir {
+			return true
+		}
+	}
+	return false
 }
 
 // holdHome lists the home set of machine in dir and holds it open (under

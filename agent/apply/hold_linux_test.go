@@ -1,15 +1,21 @@
+//go:build linux
+
 package apply
 
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
+	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/internal/testenv"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
@@ -30,6 +36,23 @@ func requireRefusedByLock(t *testing.T, format, img, why string) {
 	require.Error(t, err, "%s: qemu-io wrote the image:\n%s", why, out)
 	require.Contains(t, out, "Failed to get", "%s: qemu-io failed for another reason than a lock:\n%s", why, out)
 	require.Contains(t, out, "lock", "%s:\n%s", why, out)
+}
+
+// lockedByOther tests QEMU's lock bytes (100..104, 200..204) from a fresh
+// open file description, without taking a lock.
+func lockedByOther(t *testing.T, img string) bool {
+	t.Helper()
+	f, err := os.Open(img)
+	require.NoError(t, err)
+	defer f.Close()
+	for _, base := range []int64{100, 200} {
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Start: base, Len: 5}
+		require.NoError(t, unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk))
+		if lk.Type != unix.F_UNLCK {
+			return true
+		}
+	}
+	return false
 }
 
 func newHoldSite(t *testing.T, registry string) *Site {
@@ -125,4 +148,46 @@ func TestHomeBlockDeviceHeldExclusively(t *testing.T) {
 	require.NoError(t, s.MarkWritten(ctx, ref))
 	qout, err := qemuWrite(t, "raw", dev)
 	require.NoError(t, err, "%s", qout)
+}
+
+// TestHomeSetHeldFromTheNextMove: an agent that starts while another
+// process holds a listed home disk cannot hold it then (reported, still
+// listed); once that process is gone, the next move holds it again.
+func TestHomeSetHeldFromTheNextMove(t *testing.T) {
+	ctx := context.Background()
+	qemuIO := testenv.RequireTool(t, "qemu-io")
+	f := newHomeFixture(t, "qcow2", 50)
+	registry := filepath.Join(t.TempDir(), "home-sets.json")
+	s := newHoldSite(t, registry)
+	ref := msg.TargetRef{Dir: f.dir, Machine: "m", Set: SetHome}
+	_, err := s.Adopt(ctx, ref, []msg.TargetDisk{f.disk}, []string{f.img})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+
+	q := exec.Command(qemuIO, "-f", "qcow2", "-c", "sleep 60000", f.img)
+	require.NoError(t, q.Start())
+	t.Cleanup(func() { _ = q.Process.Kill(); _ = q.Wait() })
+	// Wait for qemu-io's locks without taking any (a lock of ours could
+	// make qemu-io's own open fail).
+	require.Eventually(t, func() bool { return lockedByOther(t, f.img) }, 10*time.Second, 20*time.Millisecond,
+		"qemu-io never took its locks")
+	s = newHoldSite(t, registry)
+	require.ErrorIs(t, s.HoldHomes(ctx), disk.ErrInUse, "the agent cannot hold disks another process holds")
+	require.NoError(t, q.Process.Kill())
+	_ = q.Wait()
+
+	blocks, want, _ := f.changes(50)
+	im := newImage(f.disk)
+	var refs []blockRef
+	for _, b := range blocks {
+		copy(im.data[0][int64(b.Block)*undoBS:], b.Data)
+		refs = append(refs, blockRef{0, b.Block})
+	}
+	h := header(f.dir, "m", SetHome, 0, 3, im)
+	h.Force = true
+	_, sv, err := restoreTCP(t, s, h, im.encode(t, refs))
+	require.NoError(t, err)
+	require.NoError(t, sv.err)
+	requireRefusedByLock(t, "qcow2", f.img, "after the next move")
+	require.True(t, bytes.Equal(want, f.held(t)))
 }
