@@ -274,7 +274,7 @@ func startHomeAgain(ctx context.Context, j *job, name string, md *machineData) e
 		if err := j.saveMachineData(name, md); err != nil {
 			return err
 		}
-		if _, err := j.homeDriver(ctx, m, md.SourceAgent, "start"); err != nil {
+		if _, err := j.startAtHome(ctx, m, md); err != nil {
 			return refuse("the home driver could not start %s: %w", name, err)
 		}
 	}
@@ -315,7 +315,7 @@ func undoChangePointHome(ctx context.Context, j *job, name string, md *machineDa
 		j.r.Note("%s: %v", name, err)
 		return
 	}
-	if _, err := j.homeDriver(ctx, m, md.SourceAgent, "start"); err != nil {
+	if _, err := j.startAtHome(ctx, m, md); err != nil {
 		j.r.Note("%s: starting it at home again failed: %v", name, err)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -110,6 +111,7 @@ func TestUnplannedFailbackToAnOlderPoint(t *testing.T) {
 	r.requireState(t, "failed-back", "home", "forward")
 	require.Equal(t, "running", r.homeHyp.State("vm"), "the machine runs at home")
 	require.Equal(t, "stopped", r.site.Hyp.State("vm"), "the reachable recovery site's copy was stopped")
+	requireNotHeld(t, r.img, "the home disk after failback --point started the machine on it")
 	_, _, _, allowed := r.state(t)
 	require.Equal(t, []string{"commit", "change-point", "points export"}, allowed)
 	r.refused(t, []string{"not committed", "ferry commit vm"}, "reprotect", "vm")
@@ -122,6 +124,7 @@ func TestUnplannedFailbackToAnOlderPoint(t *testing.T) {
 	r.requireMirror(t, r.img, "home disk after change-point to P2")
 	r.requireState(t, "failed-back", "home", "forward")
 	require.Equal(t, "running", r.homeHyp.State("vm"), "change-point started the machine at home again")
+	requireNotHeld(t, r.img, "the home disk after change-point started the machine on it")
 	kept := r.pointNamed(t, "home-divergent-"+j.ID)
 	requireSameFileBytes(t, homeWrites, filepath.Join(r.c.Export("vm", kept.ID), "d.raw"))
 
@@ -272,4 +275,14 @@ func TestUnplannedFailbackThatFailsIsUndone(t *testing.T) {
 	r.c.runJob(t, 0, "failback", "vm")
 	r.requireMirror(t, r.img, "home disk after a planned failback")
 	r.requireState(t, "back-home", "home", "forward")
+}
+
+// requireNotHeld checks from outside the agent that a disk a machine was
+// started on is the machine's again: QEMU may open it for writing (the
+// home agent holds a replica's disks with QEMU's own locks).
+func requireNotHeld(t *testing.T, img, why string) {
+	t.Helper()
+	testenv.RequireTool(t, "qemu-io")
+	out, err := exec.Command("qemu-io", "-f", "raw", "-c", "read 0 4096", img).CombinedOutput()
+	require.NoError(t, err, "%s: qemu-io could not open it read-write:\n%s", why, out)
 }
