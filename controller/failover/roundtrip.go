@@ -209,8 +209,8 @@ func prepareReprotect(ctx context.Context, j *job, name string, md *machineData)
 	if err != nil {
 		return err
 	}
-	if t.Format != "" && t.Format != "raw" {
-		return refuse("re-protection from a %s recovery site is not built yet: only raw target disks are read as a source", t.Format)
+	if err := checkReverseFormat(t); err != nil {
+		return err
 	}
 	md.Target, md.TargetAgent, md.Dir, md.Set, md.DriverName = t.Name, agentID, t.Dir, setLive, name
 	md.SourceAgent, md.HomeDir, md.Point = m.AgentID, homeDir(m), 0
@@ -323,10 +323,11 @@ func startReverse(ctx context.Context, j *job, name string, md *machineData) err
 		if err != nil {
 			return err
 		}
-		var paths []string
-		for _, d := range st.Sets[setLive].Disks {
-			paths = append(paths, d.Path)
+		t, err := j.target(ctx, md)
+		if err != nil {
+			return err
 		}
+		paths := recoverySourcePaths(t, st.Sets[setLive])
 		m.State, m.Direction, m.ActiveSite = catalog.StateReprotecting, catalog.Reverse, catalog.SiteRecovery
 		m.RoundTrip = &catalog.RoundTrip{Job: j.r.ID(), InFlight: j.r.ID(), Target: md.Target, RecoveryPaths: paths,
 			HomeDir: md.HomeDir, Divergent: md.Divergent, SourceIsOff: j.spec.Action.SourceIsOff}
@@ -351,6 +352,7 @@ func startReverse(ctx context.Context, j *job, name string, md *machineData) err
 	}
 	md.Point = resp.PointID
 	j.r.MachineNote(name, fmt.Sprintf("reverse replication: the recovery site made point %d", md.Point))
+	j.noteReverseConsistency(ctx, name, md.Point)
 	j.r.SetMachine(name, "replicating", md.Point, nil)
 	return nil
 }
@@ -695,13 +697,15 @@ func stageRecovery(ctx context.Context, j *job, name string, md *machineData) er
 	}
 	// The failback's final cycle read these very files with the machine
 	// stopped, and nothing started it since (stop-other-side): they hold
-	// that point. A move from it to itself records so.
-	from := md.Point
-	if md.RecoveryDivergent != 0 {
-		from = md.RecoveryDivergent // an unplanned failback's (keepRecovery)
+	// that point (an unplanned failback's: the point keepRecovery kept). A
+	// move from it to itself records so. On another format's site the raw
+	// files hold their own point (recoveryRawPoint).
+	from, err := j.recoveryRawPoint(ctx, md, staged)
+	if err != nil {
+		return err
 	}
 	_, err = j.e.move(ctx, Move{AgentID: md.TargetAgent, Ref: msg.TargetRef{Dir: md.Dir, Machine: name, Set: setStaged}, Machine: name,
-		SetPoint: staged.Point, From: from, To: md.Point, Force: true, JobID: j.r.ID()})
+		SetPoint: staged.Point, From: from, MovingTo: staged.MovingTo, To: md.Point, Force: true, JobID: j.r.ID()})
 	return err
 }
 

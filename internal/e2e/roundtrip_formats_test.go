@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/internal/testenv"
+)
+
+// newRoundTripFormat is newRoundTrip with a recovery site whose
+// hypervisor wants format (targets add --format): failover converts the
+// live disks and the machine runs on the converted file.
+func newRoundTripFormat(t *testing.T, size int64, format string) *roundTrip {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "qemu-img")
+	testenv.RequireTool(t, "qemu-io")
+	mnt := testenv.MountLoop(t, "xfs", 2<<30)
+	r := &roundTrip{rng: newRoundTrip0Rand()}
+	r.c = StartController(t)
+	r.home = EnrollAgent(t, r.c, r.c.Addr, "home")
+	siteAgent := EnrollAgent(t, r.c, r.c.Addr, "dr-agent")
+	r.site = &Site{Name: "dr", Dir: filepath.Join(mnt, "dr"), Hyp: NewHypervisor(t), Agent: siteAgent}
+	require.NoError(t, os.MkdirAll(r.site.Dir, 0o700))
+	r.c.MustFerry(append([]string{"targets", "add", "dr", "--agent", siteAgent.Name, "--dir", r.site.Dir, "--format", format}, r.site.Hyp.Flags()...)...)
+	r.c.MustFerry("policies", "create", "p", "--rp-every", "1h")
+	r.homeHyp = NewHypervisor(t)
+	r.img = filepath.Join(mnt, "vm.img")
+	r.mirror = makeImage(t, r.img, 29, size)
+	r.c.MustFerry(append([]string{"protect", "vm", "--agent", "home", "--disk", "d=" + r.img, "--policy", "p", "--target", "dr"}, r.homeHyp.Flags()...)...)
+	r.setHome(t, "running")
+	p := r.c.WaitPoint("vm", 0, 3*time.Minute)
+	r.site.waitStaged(t, "vm", p.ID)
+	return r
+}
+
+// writeImage makes n random 4 KiB writes into the image at path through
+// qemu-io (QEMU's own block layer, as a guest's writes would go), every
+// eighth of them a zero write (qcow2 zero clusters, VHDX zero blocks),
+// and the same writes into the mirror.
+func (r *roundTrip) writeImage(t *testing.T, path, format string, n int) {
+	t.Helper()
+	dir := t.TempDir()
+	args := []string{"-f", format}
+	buf := make([]byte, 4096)
+	for i := range n {
+		off := r.rng.Int64N(int64(len(r.mirror))/4096) * 4096
+		if i%8 == 7 {
+			args = append(args, "-c", fmt.Sprintf("write -q -z %d 4096", off))
+			clear(r.mirror[off : off+4096])
+			continue
+		}
+		for k := range buf {
+			buf[k] = byte(r.rng.Uint32())
+		}
+		src := filepath.Join(dir, fmt.Sprintf("w%d", i))
+		require.NoError(t, os.WriteFile(src, buf, 0o600))
+		args = append(args, "-c", fmt.Sprintf("write -q -s %s %d 4096", src, off))
+		copy(r.mirror[off:], buf)
+	}
+	out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput()
+	require.NoError(t, err, "qemu-io: %s", out)
+}
+
+// requireImageMirror checks an image file of format against the test's
+// own copy: `qemu-img check` clean and `qemu-img compare` equal (QEMU reads
+// the image, not Ferry).
+func (r *roundTrip) requireImageMirror(t *testing.T, path, format, what string) {
+	t.Helper()
+	require.True(t, strings.HasSuffix(path, "."+format), "%s: the machine runs on its %s copy: %s", what, format, path)
+	out, err := exec.Command("qemu-img", "check", "-f", format, path).CombinedOutput()
+	require.NoError(t, err, "%s: qemu-img check %s: %s", what, path, out)
+	want := filepath.Join(t.TempDir(), "mirror.raw")
+	require.NoError(t, os.WriteFile(want, r.mirror, 0o600))
+	out, err = exec.Command("qemu-img", "compare", "-f", "raw", "-F", format, want, path).CombinedOutput()
+	require.NoError(t, err, "%s: qemu-img compare with the writer's copy: %s", what, out)
+}
+
+// testRoundTripFormat: the full round trip with a recovery site of
+// format: protect → failover (the machine runs on the converted file) →
+// commit → writes into that file → reprotect (the recovery agent reads
+// the converted file as the machine's source) → more writes there →
+// failback (home disk = the writer's copy) → writes at home → reprotect →
+// failover again (a fresh conversion holding every write).
+func testRoundTripFormat(t *testing.T, format string) {
+	const size = 32 << 20
+	r := newRoundTripFormat(t, size, format)
+
+	r.write(t, r.img, 40)
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.requireImageMirror(t, live, format, "failed over")
+	r.c.runJob(t, 0, "commit", "vm")
+
+	r.writeImage(t, live, format, 160)
+	r.requireImageMirror(t, live, format, "written at the recovery site")
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
+
+	r.writeImage(t, live, format, 80)
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+	require.Equal(t, "running", r.homeHyp.State("vm"), "failback started the machine at home")
+	require.Equal(t, "stopped", r.site.Hyp.State("vm"))
+	r.requireState(t, "back-home", "home", "forward")
+
+	r.write(t, r.img, 60)
+	r.c.runJob(t, 0, "reprotect", "vm")
+	r.requireState(t, "protected", "home", "forward")
+	r.c.runJob(t, 0, "failover", "vm")
+	live = r.site.Hyp.Disks(t, "vm")[0]
+	r.requireImageMirror(t, live, format, "failed over again after the round trip")
+}
+
+// TestRoundTripQCOW2RecoverySite: the round trip through a recovery site
+// whose hypervisor runs qcow2 disks.
+func TestRoundTripQCOW2RecoverySite(t *testing.T) { testRoundTripFormat(t, "qcow2") }
+
+// TestRoundTripVHDXRecoverySite: the round trip through a recovery site
+// whose hypervisor runs VHDX disks.
+func TestRoundTripVHDXRecoverySite(t *testing.T) { testRoundTripFormat(t, "vhdx") }
