@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,10 @@ import (
 
 // newRoundTripFormat is newRoundTrip with a recovery site whose
 // hypervisor wants format (targets add --format): failover converts the
-// live disks and the machine runs on the converted file.
-func newRoundTripFormat(t *testing.T, size int64, format string) *roundTrip {
+// live disks and the machine runs on the converted file. The site's
+// directory is on a filesystem of type siteFS: the home disk's XFS
+// (reflink views at both sites), or a filesystem of its own.
+func newRoundTripFormat(t *testing.T, size int64, format, siteFS string) *roundTrip {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "qemu-img")
@@ -27,7 +30,11 @@ func newRoundTripFormat(t *testing.T, size int64, format string) *roundTrip {
 	r.c = StartController(t)
 	r.home = EnrollAgent(t, r.c, r.c.Addr, "home")
 	siteAgent := EnrollAgent(t, r.c, r.c.Addr, "dr-agent")
-	r.site = &Site{Name: "dr", Dir: filepath.Join(mnt, "dr"), Hyp: NewHypervisor(t), Agent: siteAgent}
+	siteMnt := mnt
+	if siteFS != "xfs" {
+		siteMnt = testenv.MountLoop(t, siteFS, 1<<30)
+	}
+	r.site = &Site{Name: "dr", Dir: filepath.Join(siteMnt, "dr"), Hyp: NewHypervisor(t), Agent: siteAgent}
 	require.NoError(t, os.MkdirAll(r.site.Dir, 0o700))
 	r.c.MustFerry(append([]string{"targets", "add", "dr", "--agent", siteAgent.Name, "--dir", r.site.Dir, "--format", format}, r.site.Hyp.Flags()...)...)
 	r.c.MustFerry("policies", "create", "p", "--rp-every", "1h")
@@ -69,6 +76,17 @@ func (r *roundTrip) writeImage(t *testing.T, path, format string, n int) {
 	require.NoError(t, err, "qemu-io: %s", out)
 }
 
+// containerReadBytes is how much an agent read from its source disks'
+// container files since it started (its "point made" log lines).
+func containerReadBytes(a *Agent) int64 {
+	var n int64
+	for _, m := range containerRead.FindAllStringSubmatch(a.Proc.Output(), -1) {
+		v, _ := strconv.ParseInt(m[1], 10, 64)
+		n = max(n, v)
+	}
+	return n
+}
+
 // requireImageMirror checks an image file of format against the test's
 // own copy: `qemu-img check` clean and `qemu-img compare` equal (QEMU reads
 // the image, not Ferry).
@@ -91,7 +109,7 @@ func (r *roundTrip) requireImageMirror(t *testing.T, path, format, what string) 
 // failover again (a fresh conversion holding every write).
 func testRoundTripFormat(t *testing.T, format string) {
 	const size = 32 << 20
-	r := newRoundTripFormat(t, size, format)
+	r := newRoundTripFormat(t, size, format, "xfs")
 
 	r.write(t, r.img, 40)
 	r.c.runJob(t, 0, "failover", "vm")
@@ -101,12 +119,22 @@ func testRoundTripFormat(t *testing.T, format string) {
 
 	r.writeImage(t, live, format, 160)
 	r.requireImageMirror(t, live, format, "written at the recovery site")
-	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	require.NotContains(t, strings.Join(j.Machines[0].Notes, " "), "inconsistent", "reflink views at the recovery site give crash-consistent points")
 	r.requireMirror(t, r.img, "home disk after re-protect")
 	r.requireState(t, "reverse-protected", "recovery", "reverse")
 
+	// The failback's final cycle finds the changes in the image's own
+	// tables (disk.ChangedRanges over the reflink views' extent diff): it
+	// reads a small part of the container, not every allocated block.
 	r.writeImage(t, live, format, 80)
+	before := containerReadBytes(r.site.Agent)
 	r.c.runJob(t, 0, "failback", "vm")
+	read := containerReadBytes(r.site.Agent) - before
+	st, err := os.Stat(live)
+	require.NoError(t, err)
+	t.Logf("failback's final cycle read %d bytes of the %d-byte %s file", read, st.Size(), format)
+	require.Less(t, read, st.Size()/2, "the final cycle reads the changed ranges of the image, not all of it")
 	r.requireMirror(t, r.img, "home disk after failback")
 	require.Equal(t, "running", r.homeHyp.State("vm"), "failback started the machine at home")
 	require.Equal(t, "stopped", r.site.Hyp.State("vm"))
@@ -127,3 +155,40 @@ func TestRoundTripQCOW2RecoverySite(t *testing.T) { testRoundTripFormat(t, "qcow
 // TestRoundTripVHDXRecoverySite: the round trip through a recovery site
 // whose hypervisor runs VHDX disks.
 func TestRoundTripVHDXRecoverySite(t *testing.T) { testRoundTripFormat(t, "vhdx") }
+
+// TestReprotectWarnsInconsistentRecoverySite: a qcow2 recovery site on
+// ext4 (no reflink, no snapshot view of the image): the recovery agent
+// reads the running machine's qcow2 file directly, so re-protect's first
+// reverse point is inconsistent and the job warns so in its notes. The
+// planned failback stops the machine before its final cycle: that point
+// is crash-consistent, and the home disk equals the writer's copy.
+func TestReprotectWarnsInconsistentRecoverySite(t *testing.T) {
+	const size = 16 << 20
+	r := newRoundTripFormat(t, size, "qcow2", "ext4")
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm")
+	r.writeImage(t, live, "qcow2", 100)
+
+	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	require.Equal(t, "inconsistent", pointOf(t, r.c, "vm", j.Machines[0].PointID).Consistency, "the recovery site on ext4 reads the running machine's image directly")
+	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), "can only give inconsistent points", "re-protect warns about the recovery site's views")
+
+	r.writeImage(t, live, "qcow2", 40)
+	j = r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+	require.Equal(t, "crash-consistent", pointOf(t, r.c, "vm", j.Machines[0].PointID).Consistency, "the final cycle reads the stopped machine")
+}
+
+// pointOf is a machine's point id as `points list` shows it.
+func pointOf(t *testing.T, c *Controller, machine string, id int64) Point {
+	t.Helper()
+	for _, p := range c.Points(machine) {
+		if p.ID == id {
+			return p
+		}
+	}
+	t.Fatalf("machine %s has no point %d", machine, id)
+	return Point{}
+}
