@@ -106,7 +106,9 @@ func (r *roundTrip) requireImageMirror(t *testing.T, path, format, what string) 
 // commit → writes into that file → reprotect (the recovery agent reads
 // the converted file as the machine's source) → more writes there →
 // failback (home disk = the writer's copy) → writes at home → reprotect →
-// failover again (a fresh conversion holding every write).
+// failover again (a fresh conversion holding every write) → a second
+// round trip from there. Each step's active disk is checked against the
+// test's own copy.
 func testRoundTripFormat(t *testing.T, format string) {
 	const size = 32 << 20
 	r := newRoundTripFormat(t, size, format, "xfs")
@@ -139,13 +141,31 @@ func testRoundTripFormat(t *testing.T, format string) {
 	require.Equal(t, "running", r.homeHyp.State("vm"), "failback started the machine at home")
 	require.Equal(t, "stopped", r.site.Hyp.State("vm"))
 	r.requireState(t, "back-home", "home", "forward")
+	// Ferry only read the image the machine ran on.
+	r.requireImageMirror(t, live, format, "the recovery image after failback")
 
 	r.write(t, r.img, 60)
 	r.c.runJob(t, 0, "reprotect", "vm")
 	r.requireState(t, "protected", "home", "forward")
+	// The staged replica holds the failback's point in its raw files;
+	// the copy the machine ran on is gone (a failover converts afresh).
+	for _, f := range r.site.Files(t) {
+		require.False(t, strings.HasSuffix(f, "."+format), "a stale %s copy stays at the recovery site: %s", format, f)
+	}
 	r.c.runJob(t, 0, "failover", "vm")
 	live = r.site.Hyp.Disks(t, "vm")[0]
 	r.requireImageMirror(t, live, format, "failed over again after the round trip")
+
+	// A second round trip from the fresh conversion: the recovery agent's
+	// block map and views of the first one do not hold it.
+	r.c.runJob(t, 0, "commit", "vm")
+	r.writeImage(t, live, format, 50)
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after the second re-protect")
+	r.writeImage(t, live, format, 30)
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after the second failback")
+	r.requireState(t, "back-home", "home", "forward")
 }
 
 // TestRoundTripQCOW2RecoverySite: the round trip through a recovery site
