@@ -17,7 +17,10 @@ import (
 // moved to. So:
 //   - the recovery agent, as the machine's reverse source, reads the
 //     copies (the files the machine runs on) through agent/disk's
-//     readers, with the same views as any source;
+//     readers, with the same views as any source: reflink clones where
+//     the filesystem has them (changes found in the images' own tables,
+//     disk.ChangedRanges), else direct reads compared with its block map
+//     (inconsistent while the machine runs: noteReverseConsistency);
 //   - a forward re-protect after a failback moves the raw files from
 //     their own point to the failback's final point (what the copies held
 //     when the machine stopped): the move deletes the copies, and the next
@@ -25,7 +28,7 @@ import (
 
 // reverseFormats are the recovery-site formats whose copies the recovery
 // agent reads as a source (raw: the set's own files).
-var reverseFormats = map[string]bool{"": true, "raw": true, "qcow2": true, "vhdx": true}
+var reverseFormats = map[string]bool{"": true, "raw": true, "qcow2": true, "vhdx": true, "vmdk": true}
 
 // rawTarget reports whether a target's machines run on the sets' own raw
 // files.
@@ -35,7 +38,7 @@ func rawTarget(t api.Target) bool { return t.Format == "" || t.Format == "raw" }
 // agent cannot read as a source.
 func checkReverseFormat(t api.Target) error {
 	if !reverseFormats[t.Format] {
-		return refuse("re-protection from a %s recovery site is not built yet (qcow2, VHDX and raw are); fail over again to a raw, qcow2 or VHDX target, or protect the machine again for a full copy", t.Format)
+		return refuse("re-protection from a %s recovery site is not built: the recovery agent reads raw, qcow2, VHDX and VMDK disks as a source; protect the machine again for a full copy", t.Format)
 	}
 	return nil
 }

@@ -212,3 +212,7 @@ func pointOf(t *testing.T, c *Controller, machine string, id int64) Point {
 	t.Fatalf("machine %s has no point %d", machine, id)
 	return Point{}
 }
+
+// TestRoundTripVMDKRecoverySite: the round trip through a recovery site
+// whose hypervisor runs (monolithicSparse) VMDK disks.
+func TestRoundTripVMDKRecoverySite(t *testing.T) { testRoundTripFormat(t, "vmdk") }
