@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -216,3 +217,42 @@ func pointOf(t *testing.T, c *Controller, machine string, id int64) Point {
 // TestRoundTripVMDKRecoverySite: the round trip through a recovery site
 // whose hypervisor runs (monolithicSparse) VMDK disks.
 func TestRoundTripVMDKRecoverySite(t *testing.T) { testRoundTripFormat(t, "vmdk") }
+
+// TestForwardReprotectFromQCOW2SurvivesControllerKill: the re-protect
+// after a failback from a qcow2 recovery site moves the raw files from
+// their own point to the final one; `ferry serve` is SIGKILLed mid-move
+// (failpoint move.mid: the staged set's state says moving_to). After the
+// restart the job finishes by itself, and a failover then runs on a
+// fresh qcow2 copy equal to the test's copy.
+func TestForwardReprotectFromQCOW2SurvivesControllerKill(t *testing.T) {
+	const size = 32 << 20
+	r := newRoundTripFormat(t, size, "qcow2", "xfs")
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm")
+	r.writeImage(t, live, "qcow2", 200)
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.writeImage(t, live, "qcow2", 100)
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+
+	s := &crashSetup{c: r.c, site: r.site}
+	s.restartArmed(t, "move.mid#1") // its first hit
+	id := s.startJob(t, "reprotect", "vm", "--json")
+	s.waitKilledAt(t, "move.mid#1")
+	b, err := os.ReadFile(filepath.Join(r.site.Dir, "vm", "staged", "state.json"))
+	require.NoError(t, err)
+	var st struct {
+		MovingTo int64 `json:"moving_to"`
+	}
+	require.NoError(t, json.Unmarshal(b, &st))
+	require.NotZero(t, st.MovingTo, "the controller died mid-move of the staged set: %s", b)
+	t.Setenv(failpointEnv, "")
+	r.c.Restart()
+	j := s.waitJob(t, id)
+	require.Equal(t, "succeeded", j.State, "job %s: %s", j.ID, j.Error)
+	r.requireState(t, "protected", "home", "forward")
+
+	r.c.runJob(t, 0, "failover", "vm")
+	r.requireImageMirror(t, r.site.Hyp.Disks(t, "vm")[0], "qcow2", "failed over after the interrupted re-protect")
+}
