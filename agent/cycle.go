@@ -28,6 +28,7 @@ type cycleDisk struct {
 	m       *blockmap.Map
 	trusted bool
 	bs      int
+	format  disk.Format // forced (DiskConfig.Format); "" detects
 }
 
 // cycle takes a view, finds what changed and ships it; it returns the new
@@ -101,9 +102,9 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	}()
 	begin := msg.CycleBeginRequest{Machine: cfg.Name, Map: msg.MapState{Valid: true}}
 	for i, vd := range view.Disks {
-		d := &cycleDisk{name: vd.Name, view: vd, bs: cfg.Disks[i].BlockSize}
+		d := &cycleDisk{name: vd.Name, view: vd, bs: cfg.Disks[i].BlockSize, format: disk.Format(cfg.Disks[i].Format)}
 		disks[i] = d
-		if d.src, err = disk.Open(vd.Path, disk.OpenOptions{Stats: &a.ReadStats, BaseDir: filepath.Dir(vd.Source)}); err != nil {
+		if d.src, err = disk.Open(vd.Path, disk.OpenOptions{Format: d.format, Stats: &a.ReadStats, BaseDir: filepath.Dir(vd.Source)}); err != nil {
 			return 0, fmt.Errorf("disk %s: %w", vd.Name, err)
 		}
 		// A disk that became empty was truncated or replaced under us; a
@@ -274,7 +275,7 @@ func (a *Agent) imageChanges(ctx context.Context, base string, d *cycleDisk) ([]
 		// is the guest disk. Nothing is read.
 		return nil, true
 	}
-	bsrc, err := disk.Open(base, disk.OpenOptions{Stats: &a.ReadStats, BaseDir: filepath.Dir(d.view.Source)})
+	bsrc, err := disk.Open(base, disk.OpenOptions{Format: d.format, Stats: &a.ReadStats, BaseDir: filepath.Dir(d.view.Source)})
 	if err != nil {
 		log.Debug("the kept image cannot be opened; every allocated block is compared", "err", err)
 		return nil, false

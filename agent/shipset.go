@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/ferrydr/ferry/agent/apply"
+	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/protocol/rpc"
@@ -48,7 +49,7 @@ func (a *Agent) handleShip(m *rpc.Mux) {
 			if err != nil {
 				return nil, err
 			}
-			cfg.Disks = append(cfg.Disks, msg.DiskConfig{Name: d.Name, Path: p, BlockSize: d.BlockSize})
+			cfg.Disks = append(cfg.Disks, msg.DiskConfig{Name: d.Name, Path: p, BlockSize: d.BlockSize, Format: setFileFormat(dir, d.Name, p)})
 		}
 		id, err := a.runCycle(ctx, cycleParams{
 			cfg: cfg, driver: stopped{}, resync: true, name: req.Name,
@@ -65,4 +66,21 @@ func (a *Agent) handleShip(m *rpc.Mux) {
 		}
 		return msg.TargetShipResponse{PointID: id}, nil
 	})
+}
+
+// setFileFormat is the format of a file of a disk set: Ferry wrote the
+// set's raw files (whose first bytes are the guest's: never read as a
+// container, whatever magic the guest put there) and their format copies.
+// A home set's files are the machine's own images: "" (detected, as any
+// source's).
+func setFileFormat(dir, name, path string) string {
+	if path == apply.DiskPath(dir, name) {
+		return string(disk.FormatRaw)
+	}
+	for _, f := range apply.ConvertFormats {
+		if path == apply.ConvertedPath(dir, name, f) {
+			return string(f)
+		}
+	}
+	return ""
 }

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -253,7 +254,9 @@ func (s *Server) reverseConfig(ctx context.Context, m catalog.Machine) (msg.Mach
 		return mc, fmt.Errorf("machine %s: %d recovery-site disks recorded for %d disks", m.Name, len(m.RoundTrip.RecoveryPaths), len(mc.Disks))
 	}
 	for i := range mc.Disks {
-		mc.Disks[i].Path = m.RoundTrip.RecoveryPaths[i]
+		// Ferry wrote these files: the format is known, and a raw disk's
+		// first bytes are the guest's, never read as a container.
+		mc.Disks[i].Path, mc.Disks[i].Format = m.RoundTrip.RecoveryPaths[i], cmp.Or(t.Format, "raw")
 	}
 	mc.Driver = msg.Driver(t.Exec)
 	mc.PreSnapshot, mc.PostSnapshot, mc.Freeze = "", "", nil

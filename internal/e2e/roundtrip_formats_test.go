@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -255,4 +256,81 @@ func TestForwardReprotectFromQCOW2SurvivesControllerKill(t *testing.T) {
 
 	r.c.runJob(t, 0, "failover", "vm")
 	r.requireImageMirror(t, r.site.Hyp.Disks(t, "vm")[0], "qcow2", "failed over after the interrupted re-protect")
+}
+
+// TestReverseSourceReadsARawRecoveryDiskAsRaw: on a raw recovery site the
+// guest owns every byte of its disk file, the first sector included. A
+// guest that writes a qcow2 image at the start of its disk (nested
+// virtualization does; so can a hostile guest), one whose backing file
+// is a file of the recovery host, must not make the recovery agent read
+// its disk as that qcow2: the home disk after re-protect equals the
+// guest's raw bytes and holds nothing of the host's file. (The home
+// side's in-place writer still detects the home disk's format from its
+// magic, so a failback of this disk is refused there: docs/failover.md
+// "Known limits".)
+func TestReverseSourceReadsARawRecoveryDiskAsRaw(t *testing.T) {
+	const size = 32 << 20
+	r := newRoundTripFormat(t, size, "raw", "xfs")
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm")
+
+	marker := r.writeQCOW2Header(t, live, size)
+	r.write(t, live, 50)
+
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	home, err := os.ReadFile(r.img)
+	require.NoError(t, err)
+	require.False(t, bytes.Contains(home, marker[:64]), "the home disk holds bytes of the recovery host's file")
+}
+
+// TestShippedWritesOfARawSetAreReadAsRaw: a change-point keeps what the
+// machine wrote at a raw recovery site (target.ship of the live set). A
+// guest that wrote a qcow2 image with a backing file on the recovery host
+// at the start of its disk gets exactly its raw bytes kept, nothing of
+// the host's file.
+func TestShippedWritesOfARawSetAreReadAsRaw(t *testing.T) {
+	const size = 32 << 20
+	r := newRoundTripFormat(t, size, "raw", "xfs")
+	first := r.c.Points("vm")[0]
+	r.write(t, r.img, 30)
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	marker := r.writeQCOW2Header(t, live, size)
+
+	r.c.runJob(t, 0, "change-point", "vm", "--point", fmt.Sprint(first.ID))
+	var kept *Point
+	for _, p := range r.c.Points("vm") {
+		if strings.HasPrefix(p.Name, "target-writes-") {
+			kept = &p
+		}
+	}
+	require.NotNil(t, kept, "the machine's writes are kept as a named point")
+	got, err := os.ReadFile(filepath.Join(r.c.Export("vm", kept.ID), "d.raw"))
+	require.NoError(t, err)
+	require.False(t, bytes.Contains(got, marker[:64]), "the kept point holds bytes of the recovery host's file")
+	require.True(t, bytes.Equal(r.mirror, got), "the kept point holds the guest's raw bytes")
+}
+
+// writeQCOW2Header writes, at offset 0 of the raw disk at path and of the
+// mirror, a qcow2 image of the disk's size made by qemu-img whose backing
+// file is a file of this host, and returns that file's content.
+func (r *roundTrip) writeQCOW2Header(t *testing.T, path string, size int64) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "host-secret.raw")
+	marker := bytes.Repeat([]byte("recovery host secret "), 3000)
+	require.NoError(t, os.WriteFile(secret, marker, 0o600))
+	evil := filepath.Join(dir, "guest.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", evil, fmt.Sprint(size))
+	img, err := os.ReadFile(evil)
+	require.NoError(t, err)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(img, 0)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	copy(r.mirror, img)
+	return marker
 }

@@ -84,6 +84,11 @@ type DiskConfig struct {
 	Name      string `json:"name"`
 	Path      string `json:"path"`
 	BlockSize int    `json:"block_size"`
+	// Format, when set (raw, qcow2, vhdx, vmdk), is the file's format:
+	// the agent reads it so and never from the file's magic. Set where
+	// the guest owns the file's first bytes (a raw disk Ferry wrote at a
+	// recovery site) or Ferry wrote the container; "" detects it.
+	Format string `json:"format,omitempty"`
 }
 
 // MachineConfig is what an agent needs to replicate one machine.
