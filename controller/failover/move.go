@@ -78,40 +78,22 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 			from, moving = 0, 0 // cannot know what the interrupted move wrote
 		}
 	}
-	var blocks []moveBlock
 	disks := make([]msg.TargetDisk, len(to.Disks))
 	for i, d := range to.Disks {
 		disks[i] = msg.TargetDisk{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize}
-		seen := map[int64]bool{}
-		err := e.Repo.Diff(ctx, mv.Machine, d.Name, from, mv.To, func(b int64, h storage.Hash, zero bool) error {
-			seen[b] = true
-			blocks = append(blocks, moveBlock{disk: uint16(i), block: b, hash: h, zero: zero})
-			return nil
-		})
-		if err != nil {
-			return MoveResult{}, fmt.Errorf("diff of disk %s: %w", d.Name, err)
-		}
-		if moving != 0 && moving != mv.To && from != 0 {
-			// Blocks the interrupted move may have written: rewrite them
-			// with their content at To.
-			dr, err := e.Repo.OpenDisk(ctx, mv.To, d.Name)
-			if err != nil {
-				return MoveResult{}, err
-			}
-			err = e.Repo.Diff(ctx, mv.Machine, d.Name, from, moving, func(b int64, _ storage.Hash, _ bool) error {
-				if seen[b] || b*int64(d.BlockSize) >= d.Size {
-					return nil
-				}
-				h, zero, err := dr.BlockHash(ctx, b)
-				if err != nil {
-					return err
-				}
-				blocks = append(blocks, moveBlock{disk: uint16(i), block: b, hash: h, zero: zero})
-				return nil
-			})
-			if err != nil {
-				return MoveResult{}, err
-			}
+	}
+	blocks, err := e.diffBlocks(ctx, mv, to, from, moving)
+	if err != nil {
+		return MoveResult{}, err
+	}
+	if e.pruned(ctx, from) || e.pruned(ctx, moving) {
+		// Retention pruned From (or MovingTo) while the diff ran: rows
+		// read after the prune lose blocks (one zero at To and data at
+		// From reads zero at both). Diff again from nothing.
+		e.Log.Info("the set's point was pruned during the diff; rewriting every written block", "machine", mv.Machine, "point", from)
+		from, moving = 0, 0
+		if blocks, err = e.diffBlocks(ctx, mv, to, 0, 0); err != nil {
+			return MoveResult{}, err
 		}
 	}
 	sort.Slice(blocks, func(i, j int) bool {
@@ -235,6 +217,55 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		mv.Progress(total, total)
 	}
 	return res, nil
+}
+
+// diffBlocks lists the blocks a move from (and an interrupted move to
+// moving) to point to writes, with their content at to.
+func (e *Engine) diffBlocks(ctx context.Context, mv Move, to storage.Point, from, moving int64) ([]moveBlock, error) {
+	var blocks []moveBlock
+	for i, d := range to.Disks {
+		seen := map[int64]bool{}
+		err := e.Repo.Diff(ctx, mv.Machine, d.Name, from, mv.To, func(b int64, h storage.Hash, zero bool) error {
+			seen[b] = true
+			blocks = append(blocks, moveBlock{disk: uint16(i), block: b, hash: h, zero: zero})
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("diff of disk %s: %w", d.Name, err)
+		}
+		if moving != 0 && moving != mv.To && from != 0 {
+			// Blocks the interrupted move may have written: rewrite them
+			// with their content at To.
+			dr, err := e.Repo.OpenDisk(ctx, mv.To, d.Name)
+			if err != nil {
+				return nil, err
+			}
+			err = e.Repo.Diff(ctx, mv.Machine, d.Name, from, moving, func(b int64, _ storage.Hash, _ bool) error {
+				if seen[b] || b*int64(d.BlockSize) >= d.Size {
+					return nil
+				}
+				h, zero, err := dr.BlockHash(ctx, b)
+				if err != nil {
+					return err
+				}
+				blocks = append(blocks, moveBlock{disk: uint16(i), block: b, hash: h, zero: zero})
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	return blocks, nil
+}
+
+// pruned reports whether point id (0: none) is gone from the repository.
+func (e *Engine) pruned(ctx context.Context, id int64) bool {
+	if id == 0 {
+		return false
+	}
+	_, err := e.Repo.Point(ctx, id)
+	return errors.Is(err, storage.ErrNotFound)
 }
 
 // FailMoveMid is the failpoint after a move's first batch was sent, before

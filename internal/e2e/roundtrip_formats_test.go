@@ -334,3 +334,47 @@ func (r *roundTrip) writeQCOW2Header(t *testing.T, path string, size int64) []by
 	copy(r.mirror, img)
 	return marker
 }
+
+// TestForwardReprotectFromQCOW2AfterRetentionPrunedItsPoint: the point
+// the recovery site's raw files hold (the failover's) is pruned by
+// retention while the machine replicates home. The re-protect after the
+// failback cannot diff from it: it rewrites the raw files from nothing
+// to the final point (every block of it), and the next failover's copy
+// still equals the test's copy. On the way, retention (1 s) runs when the
+// failback's final point commits, while the failback moves the home disk
+// from the point before it: a diff that read rows after the prune lost
+// blocks zero at the final point (the home disk differed about one run
+// in eight before move re-checked its From point after the diff).
+func TestForwardReprotectFromQCOW2AfterRetentionPrunedItsPoint(t *testing.T) {
+	const size = 16 << 20
+	r := newRoundTripFormat(t, size, "qcow2", "xfs")
+	j := r.c.runJob(t, 0, "failover", "vm")
+	failedOverTo := j.Machines[0].PointID
+	require.NotZero(t, failedOverTo)
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm")
+	r.writeImage(t, live, "qcow2", 100)
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.writeImage(t, live, "qcow2", 60)
+
+	// Retention of 1 s: the failback's final point, once committed,
+	// prunes every older point.
+	r.c.MustFerry("policies", "update", "p", "--retention", "1s")
+	time.Sleep(1100 * time.Millisecond) // the points must be older than the retention, by the clock
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+	require.Eventually(t, func() bool {
+		for _, p := range r.c.Points("vm") {
+			if p.ID == failedOverTo {
+				return false
+			}
+		}
+		return true
+	}, time.Minute, 100*time.Millisecond, "retention never pruned point %d", failedOverTo)
+
+	r.c.runJob(t, 0, "reprotect", "vm")
+	r.requireState(t, "protected", "home", "forward")
+	require.Contains(t, r.c.Proc.Output(), "the staged point is gone; rewriting every written block", "the re-protect's move could not diff from the pruned point")
+	r.c.runJob(t, 0, "failover", "vm")
+	r.requireImageMirror(t, r.site.Hyp.Disks(t, "vm")[0], "qcow2", "failed over after retention pruned the raw files' point")
+}
