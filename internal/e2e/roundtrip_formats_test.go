@@ -378,3 +378,40 @@ func TestForwardReprotectFromQCOW2AfterRetentionPrunedItsPoint(t *testing.T) {
 	r.c.runJob(t, 0, "failover", "vm")
 	r.requireImageMirror(t, r.site.Hyp.Disks(t, "vm")[0], "qcow2", "failed over after retention pruned the raw files' point")
 }
+
+// TestUnplannedFailbackFromQCOW2Site: an unplanned failback to the first
+// reverse point of a qcow2 recovery site loses the writes made there
+// after it; the re-protect after the commit keeps them as
+// recovery-divergent-<job>, read from the qcow2 file the machine ran on
+// (byte-exact as the writer left it), moves the raw files from their own
+// point, and the next failover's fresh copy holds the home disk.
+func TestUnplannedFailbackFromQCOW2Site(t *testing.T) {
+	const size = 16 << 20
+	r := newRoundTripFormat(t, size, "qcow2", "xfs")
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm")
+	r.writeImage(t, live, "qcow2", 100)
+	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	p1 := j.Machines[0].PointID
+	require.NotZero(t, p1)
+	atP1 := bytes.Clone(r.mirror)
+	r.writeImage(t, live, "qcow2", 60) // after p1: the unplanned failback loses them
+	atRecovery := bytes.Clone(r.mirror)
+
+	j = r.c.runJob(t, 0, "failback", "vm", "--point", fmt.Sprint(p1))
+	require.Equal(t, p1, j.Machines[0].PointID)
+	r.mirror = bytes.Clone(atP1)
+	r.requireMirror(t, r.img, "home disk after failback --point P1")
+	r.requireState(t, "failed-back", "home", "forward")
+	r.c.runJob(t, 0, "commit", "vm")
+
+	r.write(t, r.img, 50)
+	j = r.c.runJob(t, 0, "reprotect", "vm")
+	r.requireState(t, "protected", "home", "forward")
+	rd := r.pointNamed(t, "recovery-divergent-"+j.ID)
+	requireSameFileBytes(t, atRecovery, filepath.Join(r.c.Export("vm", rd.ID), "d.raw"))
+
+	r.c.runJob(t, 0, "failover", "vm")
+	r.requireImageMirror(t, r.site.Hyp.Disks(t, "vm")[0], "qcow2", "failed over again after the unplanned round trip")
+}
