@@ -53,6 +53,13 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 		}
 		return site.Clone(ctx, req.Dir, req.Machine, req.To)
 	})
+	m.Handle(msg.MethodTargetCloneHome, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetCloneHomeRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		return site.CloneHome(ctx, req.Ref, req.ToDir, req.To)
+	})
 	m.Handle(msg.MethodTargetRemove, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.TargetRef](body)
 		if err != nil {

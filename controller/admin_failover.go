@@ -191,7 +191,11 @@ func (s *Server) Cleanup(ctx context.Context, req api.MachineActionRequest) (api
 	if err := s.requireState(ctx, req.Machine, lifecycle.Cleanup); err != nil {
 		return api.Job{}, err
 	}
-	return s.startJob(ctx, failover.KindCleanup, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
+	kind := failover.KindCleanup
+	if m, err := s.cat.Machine(ctx, req.Machine); err == nil && m.State == catalog.StateTestFailedBack {
+		kind = failover.KindCleanupTestFailback
+	}
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}}, nil, 0)
 }
 
 // Reprotect starts replication from the machine's active site to the
@@ -223,6 +227,9 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if req.Plan != "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
 	}
+	if req.Test {
+		return s.testFailback(ctx, req)
+	}
 	if err := points.CheckSpec(req.Point); err != nil {
 		return api.Job{}, apiErr(err)
 	}
@@ -232,9 +239,6 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	}
 	if err := s.requireState(ctx, req.Machine, action); err != nil {
 		return api.Job{}, err
-	}
-	if req.Test {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "failback --test is not built yet in this version")
 	}
 	if err := s.requireRecoverySite(ctx, req); err != nil {
 		return api.Job{}, err

@@ -231,7 +231,7 @@ func (s *Server) pushConfig(ctx context.Context, agentID string) error {
 // while failing back, which still takes that cycle).
 func reverseReplicates(state string) bool {
 	switch state {
-	case catalog.StateReprotecting, catalog.StateReverseProtected, catalog.StateFailingBack:
+	case catalog.StateReprotecting, catalog.StateReverseProtected, catalog.StateFailingBack, catalog.StateTestFailedBack:
 		return true
 	}
 	return false

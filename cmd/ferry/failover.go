@@ -312,7 +312,7 @@ func newReprotectCommand(g *globals) *cobra.Command {
 	var j jobFlags
 	var req api.MachineActionRequest
 	cmd := &cobra.Command{
-		Use:   "reprotect MACHINE [--target NAME] [--stop-source | --source-is-off] [--wait]",
+		Use:   "reprotect MACHINE [--target NAME] [--stop-source | --source-is-off] [--test-dir DIR] [--wait]",
 		Short: "Replicate a machine from the site it runs at to the other one (home after a failover, forward after a failback)",
 		Long: `Re-protect: after a committed failover, the recovery site's agent becomes
 the machine's source and the home disks — where they are: raw images or
@@ -324,7 +324,11 @@ again and replication runs from home.
 Split brain: the other side's machine must be stopped. Its driver's
 status proves it; --stop-source stops it through the driver first;
 --source-is-off declares it off (recorded in the job). A driver without a
-status command cannot prove "stopped".`,
+status command cannot prove "stopped".
+
+--test-dir DIR (a directory at the home site, recorded with the reverse
+replication) is where 'ferry failback M --test' clones the home disks:
+reflinks when DIR is on the home disks' filesystem, else a sparse copy.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			machine, err := j.target(args)
 			if err != nil {
@@ -350,7 +354,7 @@ status command cannot prove "stopped".`,
 	f.StringVar(&req.Target, "target", "", "another disk set to replicate into (not built yet)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "stop the other side's machine through its driver first")
 	f.BoolVar(&req.SourceIsOff, "source-is-off", false, "declare the other side's machine off (recorded in the job)")
-	f.StringVar(&req.TestDir, "test-dir", "", "where failback --test clones the home disks (not built yet)")
+	f.StringVar(&req.TestDir, "test-dir", "", "directory at the home site where 'failback --test' clones the home disks (absolute)")
 	return cmd
 }
 
@@ -364,7 +368,7 @@ func newFailbackCommand(g *globals) *cobra.Command {
 		Long: `Failback: stop the machine at the recovery site, take a final cycle there,
 move the home disks in place to it and start the machine at home through
 its driver. No write is lost and no commit is needed; 'ferry reprotect'
-then restores replication from home. --test is not built yet.
+then restores replication from home.
 
 Unplanned failback (--point SPEC or --unplanned; never chosen
 automatically): no final cycle; the home disks move in place to SPEC, a
@@ -375,11 +379,21 @@ moves the home disks to another point, 'ferry commit' ends it. A failback
 whose recovery site is unreachable is refused unless --unplanned is given;
 the copy there is then stopped through its driver when that site's agent
 reconnects, before anything else, and its disks are kept as the point
-recovery-divergent-JOB ('ferry machines show' shows the fence).`,
+recovery-divergent-JOB ('ferry machines show' shows the fence).
+
+--test stops nothing: it takes a fresh point at the recovery site, clones
+the home disks into the --test-dir given at re-protect, moves the clone
+to that point and starts it through the home driver as MACHINE-test with
+FERRY_TEST=1; the machine at the recovery site runs on and replication
+home goes on. 'ferry cleanup MACHINE' stops the test copy and removes the
+clone.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			machine, err := j.target(args)
 			if err != nil {
 				return err
+			}
+			if req.Test && (req.Unplanned || req.Point != "" || req.StopSource) {
+				return usagef("--test stops nothing and moves nothing home: give it without --point, --unplanned or --stop-source")
 			}
 			if err := points.CheckSpec(req.Point); err != nil {
 				return usagef("--point: %v", err)
@@ -400,7 +414,7 @@ recovery-divergent-JOB ('ferry machines show' shows the fence).`,
 	f := cmd.Flags()
 	f.StringVar(&req.Point, "point", "", "an unplanned failback to this point of the reverse replication (an id, latest, latest-processed, latest-app-consistent or an RFC 3339 time)")
 	f.BoolVar(&req.Unplanned, "unplanned", false, "an unplanned failback (to the newest point without --point), also with the recovery site unreachable")
-	f.BoolVar(&req.Test, "test", false, "start a clone of the home disks (not built yet)")
+	f.BoolVar(&req.Test, "test", false, "start a clone of the home disks at home (FERRY_TEST=1); stops nothing ('ferry cleanup' ends it)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "accepted: a planned failback always stops the machine at the recovery site")
 	return cmd
 }

@@ -23,7 +23,11 @@ const (
 	StateFailingBack      = "failing-back"
 	StateFailedBack       = "failed-back"
 	StateBackHome         = "back-home"
-	StateUnprotected      = "unprotected"
+	// StateTestFailedBack: a clone of the home disks runs at home as a
+	// test (failback --test) while the machine runs at its recovery site
+	// and replicates home.
+	StateTestFailedBack = "test-failed-back"
+	StateUnprotected    = "unprotected"
 )
 
 // Machine is a protected machine's record.
@@ -97,6 +101,11 @@ type RoundTrip struct {
 	// Fence is set by an unplanned failback that could not reach the
 	// recovery site: its copy of the machine may still run there.
 	Fence *Fence `json:"fence,omitempty"`
+	// TestDir is the directory at the home site where failback --test
+	// clones the home disks (reprotect --test-dir); "" refuses a test.
+	TestDir string `json:"test_dir,omitempty"`
+	// Test is the failback --test copy running at home, if any.
+	Test *HomeTest `json:"test,omitempty"`
 }
 
 // Fence is the recovery site's stop an unplanned failback owes (see
@@ -114,6 +123,17 @@ type Fence struct {
 	// LastError is why the last attempt did not finish (it is retried at
 	// the agent's next connection and periodically).
 	LastError string `json:"last_error,omitempty"`
+}
+
+// HomeTest is a failback --test: the job that made it, the name the home
+// driver knows the test copy by, and the clone's set in TestDir and its
+// disk files.
+type HomeTest struct {
+	Job   string   `json:"job"`
+	Name  string   `json:"name"`
+	Set   string   `json:"set"`
+	Paths []string `json:"paths,omitempty"`
+	Point int64    `json:"point"`
 }
 
 const machineCols = `name, agent_id, policy, target, state, active_site, direction, spec, created_ns, updated_ns, resync, failover, roundtrip`

@@ -129,7 +129,8 @@ type kindDef struct {
 func (e *Engine) Kinds() map[string]jobs.Kind {
 	out := map[string]jobs.Kind{}
 	for _, d := range []*kindDef{&failoverKind, &testFailoverKind, &plannedFailoverKind, &changePointKind, &commitKind, &cleanupKind,
-		&reprotectKind, &reprotectForwardKind, &failbackKind, &failbackUnplannedKind, &changePointHomeKind} {
+		&reprotectKind, &reprotectForwardKind, &failbackKind, &failbackUnplannedKind, &changePointHomeKind,
+		&testFailbackKind, &cleanupTestFailbackKind} {
 		out[d.name] = &kind{e: e, def: d}
 	}
 	return out

@@ -199,8 +199,8 @@ func prepareReprotect(ctx context.Context, j *job, name string, md *machineData)
 	if a.Target != "" && a.Target != m.Failover.Target {
 		return refuse("re-protecting %s to another target than the site it runs at (%s) is not built yet", name, m.Failover.Target)
 	}
-	if a.TestDir != "" {
-		return refuse("--test-dir (test failbacks) is not built yet")
+	if err := checkTestDir(a.TestDir); err != nil {
+		return err
 	}
 	t, agentID, err := j.e.Cat.Target(ctx, m.Failover.Target)
 	if errors.Is(err, catalog.ErrNotFound) {
@@ -330,7 +330,7 @@ func startReverse(ctx context.Context, j *job, name string, md *machineData) err
 		paths := recoverySourcePaths(t, st.Sets[setLive])
 		m.State, m.Direction, m.ActiveSite = catalog.StateReprotecting, catalog.Reverse, catalog.SiteRecovery
 		m.RoundTrip = &catalog.RoundTrip{Job: j.r.ID(), InFlight: j.r.ID(), Target: md.Target, RecoveryPaths: paths,
-			HomeDir: md.HomeDir, Divergent: md.Divergent, SourceIsOff: j.spec.Action.SourceIsOff}
+			HomeDir: md.HomeDir, Divergent: md.Divergent, SourceIsOff: j.spec.Action.SourceIsOff, TestDir: j.spec.Action.TestDir}
 		if err := j.e.Cat.UpdateMachine(ctx, m); err != nil {
 			return err
 		}
@@ -464,8 +464,6 @@ func prepareFailback(ctx context.Context, j *job, name string, md *machineData) 
 	}
 	a := j.spec.Action
 	switch {
-	case a.Test:
-		return refuse("failback --test is not built yet")
 	case a.Unplanned || a.Point != "":
 		return refuse("an unplanned failback (--unplanned, --point) is not built yet; a planned failback (ferry failback %s) loses nothing", name)
 	}

@@ -91,7 +91,7 @@ func (s *Stager) stage(ctx context.Context, name string) error {
 	}
 	switch m.State {
 	case catalog.StateSyncing, catalog.StateProtected, catalog.StateTestFailedOver:
-	case catalog.StateReverseProtected:
+	case catalog.StateReverseProtected, catalog.StateTestFailedBack:
 		return s.stageHome(ctx, m)
 	default:
 		return nil // failed over: the staged set became the machine's disks

@@ -29,17 +29,20 @@ const (
 	// UnplannedFailback moves home to a point, possibly losing writes.
 	Failback          Action = "failback"
 	UnplannedFailback Action = "failback --unplanned"
+	// TestFailback starts a clone of the home disks at home as a test
+	// while the machine runs at its recovery site; cleanup ends it.
+	TestFailback Action = "failback --test"
 )
 
 // Actions lists every action, in the order `machines show` offers them.
 var Actions = []Action{Failover, TestFailover, PlannedFailover, Commit, ChangePoint, Cleanup, Export, Unprotect,
-	Reprotect, Failback, UnplannedFailback}
+	Reprotect, Failback, UnplannedFailback, TestFailback}
 
 // States lists the states the table has rows for, in lifecycle order. A
 // state not listed (declared in catalog for later work) allows nothing.
 var States = []string{catalog.StateSyncing, catalog.StateProtected, catalog.StateTestFailedOver,
 	catalog.StateFailedOver, catalog.StateCommitted, catalog.StateReprotecting, catalog.StateReverseProtected,
-	catalog.StateFailingBack, catalog.StateFailedBack, catalog.StateBackHome}
+	catalog.StateFailingBack, catalog.StateFailedBack, catalog.StateBackHome, catalog.StateTestFailedBack}
 
 // Removed is the next state of an action that deletes the machine's record.
 const Removed = "(removed)"
@@ -75,6 +78,7 @@ var (
 	noTest          = refuse("there is no test failover to clean up", "nothing to do")
 	atRecovery      = refuse("the machine runs at its recovery site and replicates home", "bring it home with 'ferry failback M'")
 	atHomeNoRepl    = refuse("the machine runs at home again but replicates nowhere yet", "re-protect it first (ferry reprotect M)")
+	homeTestRunning = refuse("a failback test (a clone of the home disks) is running at home", "end it with 'ferry cleanup M' first")
 	uncommittedBack = refuse("the unplanned failback is not committed", "commit it (ferry commit M) or move it to another point (ferry change-point M --point SPEC)")
 )
 
@@ -163,7 +167,7 @@ var table = map[cell]Rule{
 	// reverse-protected: active at the recovery site, replicating home
 	// into the home disks.
 	{catalog.StateReverseProtected, Failover}:          atRecovery,
-	{catalog.StateReverseProtected, TestFailover}:      refuse("a test of the home copy (ferry failback M --test) is not built yet in this version", "bring it home with 'ferry failback M'"),
+	{catalog.StateReverseProtected, TestFailover}:      refuse("the machine runs at its recovery site: a test of the home copy is a failback test", "test it with 'ferry failback M --test'"),
 	{catalog.StateReverseProtected, PlannedFailover}:   atRecovery,
 	{catalog.StateReverseProtected, Commit}:            noFailover,
 	{catalog.StateReverseProtected, ChangePoint}:       refuse("the machine runs on its own disks at its recovery site: there is no failover whose point could change", "nothing to do"),
@@ -214,6 +218,33 @@ var table = map[cell]Rule{
 	{catalog.StateBackHome, Reprotect}:         allow(catalog.StateProtected),
 	{catalog.StateBackHome, Failback}:          refuse("the machine runs at home already", "nothing to do"),
 	{catalog.StateBackHome, UnplannedFailback}: refuse("the machine runs at home already", "nothing to do"),
+	// failback --test: a clone of the home disks started at home while
+	// the machine runs at its recovery site and replicates home.
+	{catalog.StateSyncing, TestFailback}:          neverFailedOver,
+	{catalog.StateProtected, TestFailback}:        neverFailedOver,
+	{catalog.StateTestFailedOver, TestFailback}:   testRunning,
+	{catalog.StateFailedOver, TestFailback}:       refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M), then re-protect it (ferry reprotect M --test-dir DIR)"),
+	{catalog.StateCommitted, TestFailback}:        refuse("nothing replicates home yet: a failback test starts a clone of the replicated home disks", "re-protect it first (ferry reprotect M --stop-source --test-dir DIR)"),
+	{catalog.StateReprotecting, TestFailback}:     reprotectRuns,
+	{catalog.StateReverseProtected, TestFailback}: allow(catalog.StateTestFailedBack),
+	{catalog.StateFailingBack, TestFailback}:      failbackRuns,
+	{catalog.StateFailedBack, TestFailback}:       refuse("the machine runs at home already", "nothing to do"),
+	{catalog.StateBackHome, TestFailback}:         refuse("the machine runs at home already", "nothing to do"),
+
+	// test-failed-back: a test copy of the home disks runs at home; the
+	// machine runs at its recovery site and its replication home goes on.
+	{catalog.StateTestFailedBack, Failover}:          homeTestRunning,
+	{catalog.StateTestFailedBack, TestFailover}:      homeTestRunning,
+	{catalog.StateTestFailedBack, PlannedFailover}:   homeTestRunning,
+	{catalog.StateTestFailedBack, Commit}:            refuse("a failback test cannot be committed", "end it with 'ferry cleanup M', then fail back (ferry failback M)"),
+	{catalog.StateTestFailedBack, ChangePoint}:       homeTestRunning,
+	{catalog.StateTestFailedBack, Cleanup}:           allow(catalog.StateReverseProtected),
+	{catalog.StateTestFailedBack, Export}:            allow(catalog.StateTestFailedBack),
+	{catalog.StateTestFailedBack, Unprotect}:         homeTestRunning,
+	{catalog.StateTestFailedBack, Reprotect}:         homeTestRunning,
+	{catalog.StateTestFailedBack, Failback}:          homeTestRunning,
+	{catalog.StateTestFailedBack, UnplannedFailback}: homeTestRunning,
+	{catalog.StateTestFailedBack, TestFailback}:      refuse("a failback test is already running", "end it with 'ferry cleanup M' first"),
 }
 
 // Lookup returns the table's rule for an action in a state. A state the

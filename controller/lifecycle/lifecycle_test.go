@@ -55,8 +55,10 @@ func TestEveryPairIsDecided(t *testing.T) {
 	require.Len(t, table, len(States)*len(Actions), "no cell outside States × Actions")
 	require.Empty(t, Allowed(catalog.StateUnprotected), "a state without a row allows nothing")
 	require.Equal(t, []string{"unprotect", "reprotect"}, Allowed(catalog.StateCommitted), "a committed machine can only be re-protected or unprotected")
-	require.Equal(t, []string{"points export", "unprotect", "failback", "failback --unplanned"}, Allowed(catalog.StateReverseProtected))
+	require.Equal(t, []string{"points export", "unprotect", "failback", "failback --unplanned", "failback --test"}, Allowed(catalog.StateReverseProtected))
 	require.Equal(t, []string{"commit", "change-point", "points export"}, Allowed(catalog.StateFailedBack), "failed-back allows what failed-over does")
+	require.Equal(t, []string{"cleanup", "points export"}, Allowed(catalog.StateTestFailedBack), "a failback test is ended by cleanup")
+	require.Equal(t, catalog.StateReverseProtected, Lookup(catalog.StateTestFailedBack, Cleanup).Next)
 	require.Equal(t, []string{"points export", "unprotect", "reprotect"}, Allowed(catalog.StateBackHome))
 }
 

@@ -31,6 +31,10 @@ const (
 	MethodTargetAdopt    = "target.adopt"    // make the home disks, where they are, the home disk set
 	MethodTargetConvert  = "target.convert"  // write a disk set's disks in the format the target's hypervisor wants
 	MethodTargetValidate = "target.validate" // check a hypervisor driver's options and connectivity (targets add)
+
+	// MethodTargetCloneHome copies the home set (the machine's own disks)
+	// into test-<job> under another directory: failback --test.
+	MethodTargetCloneHome = "target.clone-home"
 )
 
 // DiskSetState is a disk set's state.json: the disks hold point Point
@@ -95,6 +99,16 @@ type TargetCloneRequest struct {
 type TargetCloneResponse struct {
 	Reflinked bool  `json:"reflinked"` // false: a full copy was made
 	Bytes     int64 `json:"bytes"`     // bytes copied when not reflinked
+	// Paths are the clone's disk files (target.clone-home only).
+	Paths []string `json:"paths,omitempty"`
+}
+
+// TargetCloneHomeRequest clones the home set Ref (set "home") into the
+// test set To ("test-<job>") under ToDir (failback --test).
+type TargetCloneHomeRequest struct {
+	Ref   TargetRef `json:"ref"`
+	ToDir string    `json:"to_dir"`
+	To    string    `json:"to"`
 }
 
 // TargetDriverRequest runs a target driver action for a machine.

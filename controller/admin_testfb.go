@@ -1,0 +1,31 @@
+package controller
+
+import (
+	"context"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/failover"
+	"github.com/ferrydr/ferry/controller/lifecycle"
+)
+
+// testFailback starts a failback test (ferry failback M --test): a clone
+// of the home disks started at home; nothing stops.
+func (s *Server) testFailback(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
+	if req.Unplanned || req.Point != "" || req.StopSource {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "--test stops nothing and moves nothing home: give it without --point, --unplanned or --stop-source")
+	}
+	if err := s.requireState(ctx, req.Machine, lifecycle.TestFailback); err != nil {
+		return api.Job{}, err
+	}
+	m, err := s.cat.Machine(ctx, req.Machine)
+	if err != nil {
+		return api.Job{}, apiErr(err)
+	}
+	if m.RoundTrip == nil || m.RoundTrip.TestDir == "" {
+		return api.Job{}, api.Errorf(api.CodeFailedPrecondition, "machine %s: a failback test starts a clone of the home disks in the test directory given at re-protect, and its re-protect gave none (ferry reprotect %s --test-dir DIR)", req.Machine, req.Machine)
+	}
+	if m.Spec.Driver.Start == "" {
+		return api.Job{}, api.Errorf(api.CodeFailedPrecondition, "machine %s has no start command at home (protect with --start): a failback test starts its clone through the home driver", req.Machine)
+	}
+	return s.startJob(ctx, failover.KindTestFailback, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
+}
