@@ -43,7 +43,9 @@ func (j *job) homeTestDriver(ctx context.Context, m catalog.Machine, test *catal
 	err := j.e.Agents.Call(ctx, m.AgentID, msg.MethodTargetDriver, msg.TargetDriverRequest{
 		Machine: test.Name, Action: action, Commands: msg.Driver(m.Spec.Driver),
 		Env: map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": test.Name,
-			"FERRY_DISKS": strings.Join(test.Paths, "\n"), "FERRY_TEST": "1", "FERRY_SET": test.Set}}, &resp)
+			"FERRY_DISKS": strings.Join(test.Paths, "\n"), "FERRY_TEST": "1", "FERRY_SET": test.Set},
+		// The agent marks the clone written before a start.
+		Ref: &msg.TargetRef{Dir: m.RoundTrip.TestDir, Machine: m.Name, Set: test.Set}}, &resp)
 	return resp, err
 }
 

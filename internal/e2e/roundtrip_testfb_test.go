@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/internal/testenv"
+)
+
+// fileSHA is a file's sha256, hex.
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestFailbackTest: a machine re-protected with --test-dir replicates
+// home; writes at the recovery site, then `failback --test` starts a copy
+// of the home disks at home through the home (exec) driver, as vm-test
+// with FERRY_TEST=1 and the clone's path (in the test directory), while
+// nothing stops: the machine at the recovery site still runs, the home
+// machine stays stopped, and the home disk and the recovery-site disk keep
+// their bytes (sha256 before and after). The clone equals the test's own
+// copy of the disk at the test's fresh point. The machine shows
+// test-failed-back; a failback or a second test meanwhile is refused.
+// `cleanup` stops the copy through the home driver and removes the clone,
+// and the machine is reverse-protected again: a failback then brings every
+// write home.
+func TestFailbackTest(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+	r.c.runJob(t, 0, "failover", "vm")
+	r.c.runJob(t, 0, "commit", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.write(t, live, 100)
+
+	testDir := filepath.Join(filepath.Dir(r.img), "fbtest") // the home disk's XFS: reflinks
+	require.NoError(t, os.MkdirAll(testDir, 0o700))
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source", "--test-dir", testDir)
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
+
+	// Writes at the recovery site after the re-protect: the test's fresh
+	// point holds them, the home disk does not yet.
+	r.write(t, live, 60)
+	homeBefore, liveBefore := fileSHA(t, r.img), fileSHA(t, live)
+	homeSet := filepath.Join(filepath.Dir(r.img), ".ferry-home", "vm", "home", "state.json")
+	pointBefore := setPoint(t, homeSet)
+	require.Equal(t, "stopped", r.homeHyp.State("vm"))
+	require.Equal(t, "running", r.site.Hyp.State("vm"))
+
+	j := r.c.runJob(t, 0, "failback", "vm", "--test")
+	env := r.homeHyp.Env(t, "vm-test")
+	require.Equal(t, "1", env["FERRY_TEST"], "the home driver was told it starts a test")
+	require.Equal(t, "vm-test", env["FERRY_MACHINE"])
+	disks := r.homeHyp.Disks(t, "vm-test")
+	require.Len(t, disks, 1)
+	require.True(t, strings.HasPrefix(disks[0], testDir+string(filepath.Separator)), "the test copy runs on a clone in the test directory, not on %s", disks[0])
+	require.NotEqual(t, r.img, disks[0])
+	r.requireMirror(t, disks[0], "the failback test's clone")
+	require.Equal(t, "running", r.homeHyp.State("vm-test"))
+
+	var notes []string
+	for _, st := range j.Steps {
+		notes = append(notes, st.Note)
+	}
+	require.Contains(t, strings.Join(notes, " "), "reflink clones of the home disks", "the test directory is on the home disk's XFS")
+	// Reverse replication goes on during a test: the stager may have
+	// moved the home disk to the test's point meanwhile (then it holds the
+	// writer's copy); the test itself never writes it.
+	if p := setPoint(t, homeSet); p == pointBefore {
+		require.Equal(t, homeBefore, fileSHA(t, r.img), "the home disk was not written by the test")
+	} else {
+		r.requireMirror(t, r.img, "home disk staged by reverse replication during the test")
+	}
+	require.Equal(t, liveBefore, fileSHA(t, live), "the recovery-site disk was not written by the test")
+	require.Equal(t, "stopped", r.homeHyp.State("vm"), "the home machine was not started")
+	require.Equal(t, "running", r.site.Hyp.State("vm"), "the machine at the recovery site runs on")
+	r.requireState(t, "test-failed-back", "recovery", "reverse")
+	_, _, _, allowed := r.state(t)
+	require.Contains(t, allowed, "cleanup")
+	require.NotContains(t, allowed, "failback")
+	r.refused(t, []string{"failback test", "ferry cleanup vm"}, "failback", "vm")
+	r.refused(t, []string{"already running", "ferry cleanup vm"}, "failback", "vm", "--test")
+	require.NotEmpty(t, j.ID)
+
+	r.c.runJob(t, 0, "cleanup", "vm")
+	require.Equal(t, "stopped", r.homeHyp.State("vm-test"), "cleanup stopped the test copy through the home driver")
+	_, err := os.Stat(disks[0])
+	require.ErrorIs(t, err, os.ErrNotExist, "cleanup removed the clone")
+	left, err := os.ReadDir(filepath.Join(testDir, "vm"))
+	require.NoError(t, err)
+	require.Empty(t, left, "nothing of the test is left in the test directory")
+	require.Equal(t, "running", r.site.Hyp.State("vm"))
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
+
+	// Replication home went on: a failback brings every write home.
+	r.write(t, live, 20)
+	r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+	r.requireState(t, "back-home", "home", "forward")
+}
+
+// TestFailbackTestRefusals: a failback test is refused, naming the reason
+// and what to do and changing nothing, when the re-protect gave no test
+// directory; and a home disk that cannot be written in place (a VMDK) is
+// refused at re-protect with the reason and both alternatives (--target to
+// a new disk, a full copy), the home disk's bytes unchanged.
+func TestFailbackTestRefusals(t *testing.T) {
+	testenv.RequireRoot(t)
+	qemuImg := testenv.RequireTool(t, "qemu-img")
+	const size = 16 << 20
+	r := newRoundTrip(t, size)
+
+	// A second machine whose home disk is a VMDK (sparse, hosted).
+	raw := filepath.Join(filepath.Dir(r.img), "seed.raw")
+	makeImage(t, raw, 29, size)
+	vmdk := filepath.Join(filepath.Dir(r.img), "vm2.vmdk")
+	out, err := exec.Command(qemuImg, "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", raw, vmdk).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	r.c.MustFerry(append([]string{"protect", "vm2", "--agent", "home", "--disk", "d=" + vmdk, "--policy", "p", "--target", "dr"}, r.homeHyp.Flags()...)...)
+	p := r.c.WaitPoint("vm2", 0, 3*time.Minute)
+	r.site.waitStaged(t, "vm2", p.ID)
+
+	r.c.runJob(t, 0, "failover", "vm")
+	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.refused(t, []string{"test directory", "--test-dir"}, "failback", "vm", "--test")
+	require.Equal(t, "absent", r.homeHyp.State("vm-test"), "nothing was started")
+
+	r.c.runJob(t, 0, "failover", "vm2")
+	r.c.runJob(t, 0, "commit", "vm2")
+	before, err := os.ReadFile(vmdk)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(r.homeHyp.Dir, "vm2.state"), []byte("running\n"), 0o600))
+	j := r.c.runJob(t, 3, "reprotect", "vm2", "--stop-source")
+	require.Equal(t, "prerequisites", failedStep(j), "refused before anything is touched")
+	require.Equal(t, "running", r.homeHyp.State("vm2"), "the refused re-protect did not stop the home machine")
+	require.Contains(t, j.Error, "VMDK", "the refusal says why")
+	require.Contains(t, j.Error, "--target", "the refusal names a new disk as the alternative")
+	require.Contains(t, j.Error, "full copy", "the refusal names a full copy as the alternative")
+	after, err := os.ReadFile(vmdk)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(before, after), "the refused re-protect left the VMDK home disk as it was")
+	var m struct {
+		State string `json:"state"`
+	}
+	r.c.JSON(&m, "machines", "show", "vm2")
+	require.Equal(t, "committed", m.State)
+}
+
+// setPoint reads a disk set's point from its state.json.
+func setPoint(t *testing.T, stateFile string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(stateFile)
+	require.NoError(t, err)
+	var st struct {
+		Point int64 `json:"point"`
+	}
+	require.NoError(t, json.Unmarshal(b, &st))
+	return st.Point
+}
+
+// failedStep is the name of a job's failed step.
+func failedStep(j Job) string {
+	for _, st := range j.Steps {
+		if st.State == "failed" {
+			return st.Name
+		}
+	}
+	return ""
+}
