@@ -81,6 +81,13 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 		}
 		return site.Adopt(ctx, req.Ref, req.Disks, req.Paths)
 	})
+	m.Handle(msg.MethodTargetCheckHome, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.TargetAdoptRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, site.CheckHome(ctx, req.Disks, req.Paths)
+	})
 	m.Handle(msg.MethodTargetDriver, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.TargetDriverRequest](body)
 		if err != nil {

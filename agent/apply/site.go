@@ -341,6 +341,9 @@ func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetD
 		return msg.DiskSetState{}, err
 	}
 	for i, p := range paths {
+		if err := checkHomeFormat(p, st.Disks[i], selfPaths()); err != nil {
+			return msg.DiskSetState{}, err
+		}
 		if err := checkHomeDisk(p, st.Disks[i]); err != nil {
 			return msg.DiskSetState{}, err
 		}

@@ -83,18 +83,8 @@ func OpenInPlace(path string, opts InPlaceOptions) (BlockWriter, error) {
 	if err != nil {
 		return nil, ioError(FormatRaw, path, "detect format", err)
 	}
-	switch format {
-	case FormatRaw, FormatQCOW2, FormatVHDX:
-	case FormatVMDK:
-		return nil, unsupportedf(format, path, "in-place writing of VMDK is refused: a VMDK on VMFS is held by ESXi and "+
-			"cannot be written from outside it, and a hosted sparse VMDK has no crash-safe metadata update "+
-			"(grain tables are rewritten without a journal); reprotect with --target to a new raw, qcow2 or VHDX disk, or a full copy")
-	case FormatVHD:
-		return nil, unsupportedf(format, path, "in-place writing of VHD is refused: a dynamic VHD's block allocation table "+
-			"and footer have no journal, so a crash mid-update can corrupt it (fixed VHD is not written in place "+
-			"either yet); convert the home disk to VHDX (Convert-VHD) or reprotect with --target to a new disk")
-	default:
-		return nil, unsupportedf(format, path, "unknown format %q", format)
+	if err := inPlaceFormat(format, path); err != nil {
+		return nil, err
 	}
 	flags := os.O_RDWR
 	if block {

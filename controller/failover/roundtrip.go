@@ -220,6 +220,9 @@ func prepareReprotect(ctx context.Context, j *job, name string, md *machineData)
 	if !j.e.Agents.Connected(md.SourceAgent) {
 		return unavailable("the home agent of %s is not connected", name)
 	}
+	if err := j.checkHome(ctx, name, md); err != nil {
+		return err
+	}
 	if j.e.Repo.Encrypted() {
 		// The home disks are staged from sealed chunks: the home agent
 		// must hold this repository's key (the controller never does).
@@ -260,27 +263,9 @@ func stopHomeSide(ctx context.Context, j *job, name string, md *machineData) err
 
 // adoptHome makes the home disks, where they are, the home disk set.
 func adoptHome(ctx context.Context, j *job, name string, md *machineData) error {
-	m, err := j.machine(ctx, name)
+	req, err := j.homeAdoptRequest(ctx, name, md)
 	if err != nil {
 		return err
-	}
-	pts, err := j.e.Repo.Points(ctx, name)
-	if err != nil {
-		return err
-	}
-	newest := pts[len(pts)-1]
-	req := msg.TargetAdoptRequest{Ref: md.homeRef(name)}
-	byName := map[string]string{}
-	for _, d := range m.Spec.Disks {
-		byName[d.Name] = d.Path
-	}
-	for _, d := range newest.Disks {
-		p, ok := byName[d.Name]
-		if !ok {
-			return refuse("disk %s of point %d has no home disk", d.Name, newest.ID)
-		}
-		req.Disks = append(req.Disks, msg.TargetDisk{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize})
-		req.Paths = append(req.Paths, p)
 	}
 	var st msg.DiskSetState
 	if err := j.e.Agents.Call(ctx, md.SourceAgent, msg.MethodTargetAdopt, req, &st); err != nil {

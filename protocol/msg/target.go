@@ -35,6 +35,10 @@ const (
 	// MethodTargetCloneHome copies the home set (the machine's own disks)
 	// into test-<job> under another directory: failback --test.
 	MethodTargetCloneHome = "target.clone-home"
+	// MethodTargetCheckHome (TargetAdoptRequest) checks that target.adopt
+	// could take the home disks, writing and locking nothing: re-protect
+	// asks before it stops anything.
+	MethodTargetCheckHome = "target.check-home"
 )
 
 // DiskSetState is a disk set's state.json: the disks hold point Point
