@@ -101,6 +101,10 @@ type RoundTrip struct {
 	// Fence is set by an unplanned failback that could not reach the
 	// recovery site: its copy of the machine may still run there.
 	Fence *Fence `json:"fence,omitempty"`
+	// Replica is the target whose disk set replicates the machine home
+	// instead of the home disks (reprotect --target); failback starts the
+	// machine there through its driver. "" for the home disks themselves.
+	Replica string `json:"replica,omitempty"`
 	// TestDir is the directory at the home site where failback --test
 	// clones the home disks (reprotect --test-dir); "" refuses a test.
 	TestDir string `json:"test_dir,omitempty"`

@@ -196,8 +196,8 @@ func prepareReprotect(ctx context.Context, j *job, name string, md *machineData)
 		return refuse("machine %s is %s but records no failover whose disks could be replicated home", name, m.State)
 	}
 	a := j.spec.Action
-	if a.Target != "" && a.Target != m.Failover.Target {
-		return refuse("re-protecting %s to another target than the site it runs at (%s) is not built yet", name, m.Failover.Target)
+	if err := j.prepareReplica(ctx, m); err != nil {
+		return err
 	}
 	if err := checkTestDir(a.TestDir); err != nil {
 		return err
@@ -217,11 +217,14 @@ func prepareReprotect(ctx context.Context, j *job, name string, md *machineData)
 	if !j.e.Agents.Connected(md.TargetAgent) {
 		return unavailable("the agent of the recovery site %s is not connected", t.Name)
 	}
-	if !j.e.Agents.Connected(md.SourceAgent) {
+	replica := j.replicaName(m) // the home disks are only read (reprotect --target)
+	if !j.e.Agents.Connected(md.SourceAgent) && replica == "" {
 		return unavailable("the home agent of %s is not connected", name)
 	}
-	if err := j.checkHome(ctx, name, md); err != nil {
-		return err
+	if replica == "" {
+		if err := j.checkHome(ctx, name, md); err != nil {
+			return err
+		}
 	}
 	if j.e.Repo.Encrypted() {
 		// The home disks are staged from sealed chunks: the home agent
@@ -263,6 +266,9 @@ func stopHomeSide(ctx context.Context, j *job, name string, md *machineData) err
 
 // adoptHome makes the home disks, where they are, the home disk set.
 func adoptHome(ctx context.Context, j *job, name string, md *machineData) error {
+	if skip, err := j.skipHomeForReplica(ctx, name, md); skip || err != nil {
+		return err
+	}
 	req, err := j.homeAdoptRequest(ctx, name, md)
 	if err != nil {
 		return err
@@ -282,6 +288,9 @@ func adoptHome(ctx context.Context, j *job, name string, md *machineData) error 
 func keepHome(ctx context.Context, j *job, name string, md *machineData) error {
 	if md.Divergent != 0 {
 		return nil
+	}
+	if skip, err := j.skipHomeForReplica(ctx, name, md); skip || err != nil {
+		return err
 	}
 	var resp msg.TargetShipResponse
 	err := j.e.Agents.Call(ctx, md.SourceAgent, msg.MethodTargetShip, msg.TargetShipRequest{
@@ -315,7 +324,8 @@ func startReverse(ctx context.Context, j *job, name string, md *machineData) err
 		paths := recoverySourcePaths(t, st.Sets[setLive])
 		m.State, m.Direction, m.ActiveSite = catalog.StateReprotecting, catalog.Reverse, catalog.SiteRecovery
 		m.RoundTrip = &catalog.RoundTrip{Job: j.r.ID(), InFlight: j.r.ID(), Target: md.Target, RecoveryPaths: paths,
-			HomeDir: md.HomeDir, Divergent: md.Divergent, SourceIsOff: j.spec.Action.SourceIsOff, TestDir: j.spec.Action.TestDir}
+			HomeDir: md.HomeDir, Divergent: md.Divergent, SourceIsOff: j.spec.Action.SourceIsOff, TestDir: j.spec.Action.TestDir,
+			Replica: j.replicaName(m)}
 		if err := j.e.Cat.UpdateMachine(ctx, m); err != nil {
 			return err
 		}
@@ -349,6 +359,9 @@ func moveHome(ctx context.Context, j *job, name string, md *machineData) error {
 	m, err := j.machine(ctx, name)
 	if err != nil {
 		return err
+	}
+	if m.RoundTrip != nil && m.RoundTrip.Replica != "" {
+		return j.moveReplica(ctx, m, md)
 	}
 	declared := j.spec.Action.SourceIsOff || (m.RoundTrip != nil && m.RoundTrip.SourceIsOff)
 	if err := j.requireHomeStopped(ctx, m, md.SourceAgent, false, declared); err != nil {
@@ -470,7 +483,7 @@ func prepareFailback(ctx context.Context, j *job, name string, md *machineData) 
 	if t.Exec.Status == "" {
 		return refuse("the driver of target %s has no status command: Ferry cannot prove %s stopped there before starting it at home", t.Name, name)
 	}
-	if m.Spec.Driver.Start == "" {
+	if m.Spec.Driver.Start == "" && m.RoundTrip.Replica == "" {
 		return refuse("machine %s has no start command at home (protect with --start): a failback starts it there", name)
 	}
 	if !j.e.Agents.Connected(md.TargetAgent) {
@@ -526,6 +539,9 @@ func startHome(ctx context.Context, j *job, name string, md *machineData) error 
 	m, err := j.machine(ctx, name)
 	if err != nil {
 		return err
+	}
+	if m.RoundTrip != nil && m.RoundTrip.Replica != "" {
+		return j.startReplica(ctx, m, md)
 	}
 	// Split brain: the recovery copy must still be stopped (an unplanned
 	// failback that could not reach it owes a fence instead: fence.go).

@@ -101,7 +101,13 @@ func (s *Stager) stage(ctx context.Context, name string) error {
 	if s.busy(ctx, name) {
 		return nil // a job moves the disks itself
 	}
-	t, agentID, err := s.e.Cat.Target(ctx, m.Target)
+	return s.stageTo(ctx, name, m.Target)
+}
+
+// stageTo brings the staged set of a machine at a target to its newest
+// point (the caller holds the machine's moves).
+func (s *Stager) stageTo(ctx context.Context, name, target string) error {
+	t, agentID, err := s.e.Cat.Target(ctx, target)
 	if err != nil {
 		return err
 	}
@@ -149,6 +155,9 @@ func (s *Stager) stageHome(ctx context.Context, m catalog.Machine) error {
 	}
 	if s.busy(ctx, m.Name) {
 		return nil
+	}
+	if m.RoundTrip.Replica != "" {
+		return s.stageReplica(ctx, m)
 	}
 	if !s.e.Agents.Connected(m.AgentID) {
 		return nil // kicked again when the home agent connects

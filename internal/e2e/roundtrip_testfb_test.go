@@ -183,3 +183,44 @@ func failedStep(j Job) string {
 	}
 	return ""
 }
+
+// TestReprotectToNewTarget: `reprotect --target NEW` (a target on the
+// home agent) replicates the machine home into a new disk set — a full
+// copy staged from the points — and leaves the home disk as it was (its
+// content is still kept as home-divergent-<job>); a failback then starts
+// the machine from those disks through NEW's driver. The new disks equal
+// the writer's own copy after the re-protect and after the failback; the
+// old home disk keeps its bytes throughout.
+func TestReprotectToNewTarget(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+	r.c.runJob(t, 0, "failover", "vm")
+	r.c.runJob(t, 0, "commit", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.write(t, live, 100)
+	homeSHA := fileSHA(t, r.img)
+
+	nh := AddSiteAgent(t, r.c, r.home, "newhome")
+	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source", "--target", "newhome")
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
+	require.Equal(t, homeSHA, fileSHA(t, r.img), "the home disk was not written")
+	r.requireMirror(t, filepath.Join(nh.Dir, "vm", "staged", "d.raw"), "the new disk set after re-protect")
+	var kept bool
+	for _, p := range r.c.Points("vm") {
+		kept = kept || p.Name == "home-divergent-"+j.ID
+	}
+	require.True(t, kept, "the home disk was kept as home-divergent-%s", j.ID)
+
+	r.write(t, live, 50)
+	r.c.runJob(t, 0, "failback", "vm")
+	require.Equal(t, "running", nh.Hyp.State("vm"), "failback started the machine through the new target's driver")
+	require.Equal(t, "stopped", r.site.Hyp.State("vm"))
+	require.Equal(t, "stopped", r.homeHyp.State("vm"), "the old home machine was not started")
+	disks := nh.Hyp.Disks(t, "vm")
+	require.Len(t, disks, 1)
+	require.True(t, strings.HasPrefix(disks[0], nh.Dir+string(filepath.Separator)), "%s is a disk of the new target", disks[0])
+	r.requireMirror(t, disks[0], "the new home disk after failback")
+	require.Equal(t, homeSHA, fileSHA(t, r.img), "the old home disk was not written")
+	r.requireState(t, "back-home", "home", "forward")
+}
