@@ -116,7 +116,7 @@ func TestFailbackTest(t *testing.T) {
 
 // TestFailbackTestRefusals: a failback test is refused, naming the reason
 // and what to do and changing nothing, when the re-protect gave no test
-// directory; and a home disk that cannot be written in place (a VMDK) is
+// directory or the home driver has no start command; and a home disk that cannot be written in place (a VMDK) is
 // refused at re-protect with the reason and both alternatives (--target to
 // a new disk, a full copy), the home disk's bytes unchanged.
 func TestFailbackTestRefusals(t *testing.T) {
@@ -140,6 +140,27 @@ func TestFailbackTestRefusals(t *testing.T) {
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.refused(t, []string{"test directory", "--test-dir"}, "failback", "vm", "--test")
 	require.Equal(t, "absent", r.homeHyp.State("vm-test"), "nothing was started")
+
+	// A third machine whose home driver has no start command.
+	img3 := filepath.Join(filepath.Dir(r.img), "vm3.img")
+	makeImage(t, img3, 31, size)
+	var noStart []string
+	for f := r.homeHyp.Flags(); len(f) >= 2; f = f[2:] {
+		if f[0] != "--start" {
+			noStart = append(noStart, f[0], f[1])
+		}
+	}
+	r.c.MustFerry(append([]string{"protect", "vm3", "--agent", "home", "--disk", "d=" + img3, "--policy", "p", "--target", "dr"}, noStart...)...)
+	p3 := r.c.WaitPoint("vm3", 0, 3*time.Minute)
+	r.site.waitStaged(t, "vm3", p3.ID)
+	r.c.runJob(t, 0, "failover", "vm3")
+	r.c.runJob(t, 0, "commit", "vm3")
+	r.c.runJob(t, 0, "reprotect", "vm3", "--test-dir", filepath.Join(filepath.Dir(r.img), "fbtest3"))
+	res := r.c.Ferry("failback", "vm3", "--test")
+	require.Equal(t, 1, res.Code, "%s %s", res.Stdout, res.Stderr)
+	require.Contains(t, res.Stderr, "no start command")
+	require.Contains(t, res.Stderr, "--start")
+	require.Equal(t, "absent", r.homeHyp.State("vm3-test"), "nothing was started")
 
 	r.c.runJob(t, 0, "failover", "vm2")
 	r.c.runJob(t, 0, "commit", "vm2")
