@@ -47,6 +47,8 @@ func cliArgs(a lifecycle.Action, machine, out string) []string {
 		return []string{"failback", machine}
 	case lifecycle.UnplannedFailback:
 		return []string{"failback", machine, "--unplanned"}
+	case lifecycle.TestFailback:
+		return []string{"failback", machine, "--test"}
 	}
 	panic("no CLI form for action " + string(a))
 }
@@ -77,6 +79,8 @@ func apiCall(ctx context.Context, cl *admin.Client, a lifecycle.Action, machine 
 		_, err = cl.MachineAction(ctx, "failback", api.MachineActionRequest{Machine: machine})
 	case lifecycle.UnplannedFailback:
 		_, err = cl.MachineAction(ctx, "failback", api.MachineActionRequest{Machine: machine, Unplanned: true})
+	case lifecycle.TestFailback:
+		_, err = cl.MachineAction(ctx, "failback", api.MachineActionRequest{Machine: machine, Test: true})
 	default:
 		panic("no API call for action " + string(a))
 	}
@@ -122,6 +126,13 @@ func TestLifecycleTableIsWhatTheAPIAndCLIRefuse(t *testing.T) {
 					m.Failover = &api.FailoverInfo{Job: "job-old", Target: "dr", PointID: 1, Set: "live"}
 				case catalog.StateTestFailedOver:
 					m.Failover = &api.FailoverInfo{Job: "job-old", Target: "dr", PointID: 1, Set: "test-job-old", TestName: m.Name + "-test"}
+				}
+				if st == catalog.StateReverseProtected || st == catalog.StateTestFailedBack {
+					// Re-protected with a test directory, a home driver that starts.
+					m.ActiveSite, m.Direction = "target", "reverse"
+					m.Failover = &api.FailoverInfo{Job: "job-old", Target: "dr", PointID: 1, Set: "live"}
+					m.Spec.Driver.Start = "true"
+					m.RoundTrip = &catalog.RoundTrip{Job: "job-old", Target: "dr", HomeDir: "/nonexistent/ferry-lc-home", TestDir: "/nonexistent/ferry-lc-test"}
 				}
 				require.NoError(t, cat.AddMachine(ctx, m))
 			}
