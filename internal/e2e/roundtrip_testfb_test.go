@@ -211,7 +211,9 @@ func failedStep(j Job) string {
 // content is still kept as home-divergent-<job>); a failback then starts
 // the machine from those disks through NEW's driver. The new disks equal
 // the writer's own copy after the re-protect and after the failback; the
-// old home disk keeps its bytes throughout.
+// old home disk keeps its bytes throughout. They are the machine's home
+// from then on: writes there replicate forward after a re-protect, and a
+// failover brings them to the recovery site.
 func TestReprotectToNewTarget(t *testing.T) {
 	testenv.RequireRoot(t)
 	const size = 32 << 20
@@ -222,7 +224,11 @@ func TestReprotectToNewTarget(t *testing.T) {
 	r.write(t, live, 100)
 	homeSHA := fileSHA(t, r.img)
 
-	nh := AddSiteAgent(t, r.c, r.home, "newhome")
+	// The new target is on the home agent, its directory on the home
+	// disk's XFS (reflink views once the machine runs there).
+	nh := &Site{Name: "newhome", Dir: filepath.Join(filepath.Dir(r.img), "newhome"), Hyp: NewHypervisor(t), Agent: r.home}
+	require.NoError(t, os.MkdirAll(nh.Dir, 0o700))
+	r.c.MustFerry(append([]string{"targets", "add", nh.Name, "--agent", r.home.Name, "--dir", nh.Dir}, nh.Hyp.Flags()...)...)
 	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source", "--target", "newhome")
 	r.requireState(t, "reverse-protected", "recovery", "reverse")
 	require.Equal(t, homeSHA, fileSHA(t, r.img), "the home disk was not written")
@@ -244,4 +250,12 @@ func TestReprotectToNewTarget(t *testing.T) {
 	r.requireMirror(t, disks[0], "the new home disk after failback")
 	require.Equal(t, homeSHA, fileSHA(t, r.img), "the old home disk was not written")
 	r.requireState(t, "back-home", "home", "forward")
+
+	// The new disks are the machine's home now: writes there replicate
+	// forward again, and a failover brings them to the recovery site.
+	r.write(t, disks[0], 40)
+	r.c.runJob(t, 0, "reprotect", "vm")
+	r.requireState(t, "protected", "home", "forward")
+	r.c.runJob(t, 0, "failover", "vm")
+	r.requireMirror(t, r.site.Hyp.Disks(t, "vm")[0], "failed over from the new home disks")
 }
