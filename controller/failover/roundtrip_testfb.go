@@ -174,6 +174,9 @@ func cloneHome(ctx context.Context, j *job, name string, md *machineData) error 
 // to the test's point: only blocks that differ are written, into the
 // clone (the home disks are not touched).
 func moveHomeClone(ctx context.Context, j *job, name string, md *machineData) error {
+	if md.Started {
+		return nil // moved before this job started the copy (a re-run after a restart)
+	}
 	unlock := j.e.lockMoves(name)
 	defer unlock()
 	var st msg.TargetStatusResponse
