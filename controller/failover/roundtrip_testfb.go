@@ -219,6 +219,9 @@ func startHomeTest(ctx context.Context, j *job, name string, md *machineData) er
 		r, err := j.homeTestDriver(ctx, m, test, "status")
 		return r.Status, err
 	}
+	if !j.e.Agents.Connected(m.AgentID) {
+		return unavailable("the home agent of %s is not connected", name)
+	}
 	hasStatus := m.Spec.Driver.Status != ""
 	already := false
 	if md.Started && hasStatus {
@@ -233,7 +236,7 @@ func startHomeTest(ctx context.Context, j *job, name string, md *machineData) er
 			}
 		}
 		if _, err := j.homeTestDriver(ctx, m, test, "start"); err != nil {
-			return refuse("the home driver could not start the test copy %s: %w", test.Name, err)
+			return agentErr(err, "the home driver could not start the test copy %s", test.Name)
 		}
 		if hasStatus {
 			if s, err := waitStatus(ctx, running, func(s string) bool { return s == "running" }); err != nil {
@@ -304,7 +307,7 @@ func (j *job) stopHomeCopy(ctx context.Context, m catalog.Machine) error {
 		}
 		if !stopped {
 			if _, err := j.homeTestDriver(ctx, m, test, "stop"); err != nil {
-				return refuse("the home driver could not stop the test copy %s: %w", test.Name, err)
+				return agentErr(err, "the home driver could not stop the test copy %s", test.Name)
 			}
 		}
 		if m.Spec.Driver.Status != "" {

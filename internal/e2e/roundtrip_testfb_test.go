@@ -259,3 +259,58 @@ func TestReprotectToNewTarget(t *testing.T) {
 	r.c.runJob(t, 0, "failover", "vm")
 	r.requireMirror(t, r.site.Hyp.Disks(t, "vm")[0], "failed over from the new home disks")
 }
+
+// TestFailbackTestSurvivesControllerKills: kill -9 of the controller (a
+// failpoint: the fault really happens) after the failback test's clone
+// step, then after its move step: each time the job finishes by itself
+// after the restart, the clone equals the writer's copy at the test's
+// point, the copy runs as vm-test with FERRY_TEST=1, and cleanup leaves
+// nothing behind.
+func TestFailbackTestSurvivesControllerKills(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+	r.c.runJob(t, 0, "failover", "vm")
+	r.c.runJob(t, 0, "commit", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	testDir := filepath.Join(filepath.Dir(r.img), "fbtest")
+	require.NoError(t, os.MkdirAll(testDir, 0o700))
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source", "--test-dir", testDir)
+
+	// The failback test's steps: prerequisites, process, clone, move,
+	// start-home. No other job runs meanwhile, so the N-th step done is
+	// this job's.
+	for _, fp := range []string{"job.step-done#3", "job.step-done#4"} {
+		r.write(t, live, 80)
+		t.Setenv(failpointEnv, fp)
+		r.c.Restart()
+		res := r.c.Ferry("failback", "vm", "--test")
+		require.Equal(t, 0, res.Code, res.Stderr)
+		id := strings.TrimSpace(res.Stdout)
+		select {
+		case <-r.c.Proc.done:
+		case <-time.After(2 * time.Minute):
+			require.Fail(t, "the controller never reached failpoint "+fp)
+		}
+		require.Contains(t, r.c.Proc.Output(), "failpoint "+fp+": killing the controller")
+		t.Setenv(failpointEnv, "")
+		r.c.Restart()
+		var j Job
+		require.Eventually(t, func() bool {
+			r.c.JSON(&j, "jobs", "show", id)
+			return j.State != "running" && j.State != "queued"
+		}, 3*time.Minute, 100*time.Millisecond)
+		require.Equal(t, "succeeded", j.State, "%s: %s", fp, j.Error)
+		require.Equal(t, "1", r.homeHyp.Env(t, "vm-test")["FERRY_TEST"])
+		disks := r.homeHyp.Disks(t, "vm-test")
+		require.Len(t, disks, 1)
+		r.requireMirror(t, disks[0], "the clone after a kill at "+fp)
+		r.requireState(t, "test-failed-back", "recovery", "reverse")
+
+		r.c.runJob(t, 0, "cleanup", "vm")
+		left, err := os.ReadDir(filepath.Join(testDir, "vm"))
+		require.NoError(t, err)
+		require.Empty(t, left, "cleanup after a kill at %s left nothing", fp)
+		r.requireState(t, "reverse-protected", "recovery", "reverse")
+	}
+}
