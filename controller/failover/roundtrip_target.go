@@ -7,6 +7,7 @@ import (
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
+	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/controller/lifecycle"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -136,12 +137,19 @@ func (j *job) moveReplica(ctx context.Context, m catalog.Machine, md *machineDat
 // its source agent, disks and driver are the target's from now on.
 func (j *job) startReplica(ctx context.Context, m catalog.Machine, md *machineData) error {
 	name := m.Name
-	if s, err := j.recoveryStatus(ctx, md, name); err != nil || s == "running" {
+	s, err := j.recoveryStatus(ctx, md, name)
+	if err != nil && jobs.IsRetryable(err) {
+		return err
+	}
+	if err != nil || s == "running" {
 		return refuse("machine %s: the recovery site's copy is %q (%v): not starting it at target %s", name, s, err, m.RoundTrip.Replica)
 	}
 	rmd, t, err := j.replicaData(ctx, m, setLive, md.Point)
 	if err != nil {
 		return err
+	}
+	if !j.e.Agents.Connected(rmd.TargetAgent) {
+		return unavailable("the agent of target %s is not connected", t.Name)
 	}
 	rmd.Started = md.Started
 	env, err := j.env(ctx, rmd, name, true)
@@ -154,7 +162,7 @@ func (j *job) startReplica(ctx context.Context, m catalog.Machine, md *machineDa
 			return err
 		}
 		if _, err := j.driver(ctx, rmd, name, "start", env); err != nil {
-			return refuse("the driver of target %s could not start %s: %w", t.Name, name, err)
+			return agentErr(err, "the driver of target %s could not start %s", t.Name, name)
 		}
 	}
 	if hasStatus(t) {
