@@ -81,6 +81,9 @@ func prepareTestFailback(ctx context.Context, j *job, name string, md *machineDa
 	if md.FromState == "" {
 		md.FromState = m.State
 	}
+	// The recovery agent is the reverse replication's source: one seen
+	// here is waited for (latest's grace) when the test's cycle is asked.
+	md.SourceSeen = md.SourceSeen || j.e.Agents.Connected(md.TargetAgent)
 	if !j.e.Agents.Connected(md.SourceAgent) {
 		return unavailable("the home agent of %s is not connected", name)
 	}
@@ -99,13 +102,27 @@ func prepareTestFailback(ctx context.Context, j *job, name string, md *machineDa
 
 // reverseTestPoint takes a fresh cycle at the recovery site (the machine
 // runs on: its view is as consistent as any cycle's), so the test runs
-// the newest writes; with the recovery agent away, the newest stored
-// point.
+// the newest writes; with the recovery agent away (after latest's grace
+// when it is expected back), the newest stored point.
 func reverseTestPoint(ctx context.Context, j *job, name string, md *machineData) error {
 	if md.Point != 0 {
 		return nil
 	}
-	if j.e.Agents.Connected(md.TargetAgent) {
+	reached := j.e.Agents.Connected(md.TargetAgent)
+	if !reached {
+		until, _ := j.agentGrace(ctx, md.TargetAgent, md.SourceSeen)
+		if d := j.r.Deadline(); !d.IsZero() && d.Before(until) {
+			until = d
+		}
+		if !until.IsZero() {
+			ok, err := j.waitAgent(ctx, md.TargetAgent, until, true)
+			if err != nil {
+				return err
+			}
+			reached = ok
+		}
+	}
+	if reached {
 		var resp msg.CycleNowResponse
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 		defer cancel()
