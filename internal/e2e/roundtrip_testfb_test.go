@@ -261,10 +261,11 @@ func TestReprotectToNewTarget(t *testing.T) {
 }
 
 // TestFailbackTestSurvivesControllerKills: kill -9 of the controller (a
-// failpoint: the fault really happens) after the failback test's clone
-// step, then after its move step: each time the job finishes by itself
-// after the restart, the clone equals the writer's copy at the test's
-// point, the copy runs as vm-test with FERRY_TEST=1, and cleanup leaves
+// failpoint: the fault really happens) after the failback test's
+// prerequisites (its fresh cycle then waits for the recovery agent to
+// reconnect), after its clone step, then after its move step: each time
+// the job finishes by itself after the restart, the clone equals the
+// writer's copy (every write made before the test), the copy runs as vm-test with FERRY_TEST=1, and cleanup leaves
 // nothing behind.
 func TestFailbackTestSurvivesControllerKills(t *testing.T) {
 	testenv.RequireRoot(t)
@@ -280,7 +281,7 @@ func TestFailbackTestSurvivesControllerKills(t *testing.T) {
 	// The failback test's steps: prerequisites, process, clone, move,
 	// start-home. No other job runs meanwhile, so the N-th step done is
 	// this job's.
-	for _, fp := range []string{"job.step-done#3", "job.step-done#4"} {
+	for _, fp := range []string{"job.step-done#1", "job.step-done#3", "job.step-done#4"} {
 		r.write(t, live, 80)
 		t.Setenv(failpointEnv, fp)
 		r.c.Restart()
