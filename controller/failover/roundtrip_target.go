@@ -156,14 +156,11 @@ func (j *job) startReplica(ctx context.Context, m catalog.Machine, md *machineDa
 	if err != nil {
 		return err
 	}
-	if !md.Started {
-		md.Started = true
-		if err := j.saveMachineData(name, md); err != nil {
-			return err
-		}
-		if _, err := j.driver(ctx, rmd, name, "start", env); err != nil {
-			return agentErr(err, "the driver of target %s could not start %s", t.Name, name)
-		}
+	if err := j.startOnce(ctx, md, name, hasStatus(t), func(action string) (string, error) {
+		r, err := j.driver(ctx, rmd, name, action, env)
+		return r.Status, err
+	}); err != nil {
+		return agentErr(err, "the driver of target %s could not start %s", t.Name, name)
 	}
 	if hasStatus(t) {
 		if s, err := waitStatus(ctx, func() (string, error) {
@@ -269,4 +266,24 @@ func (j *job) checkHome(ctx context.Context, name string, md *machineData) error
 		return nil
 	}
 	return agentErr(err, "machine %s: the home disks cannot be updated in place", name)
+}
+
+// startOnce runs a driver's start for a job's machine: md.Started is
+// recorded durably first; a re-run (after a restart, or a start call that
+// failed retryably) starts again unless the driver's status (withStatus)
+// says the machine runs already.
+func (j *job) startOnce(ctx context.Context, md *machineData, name string, withStatus bool, drv func(action string) (string, error)) error {
+	if md.Started && withStatus {
+		if s, err := drv("status"); err == nil && s == "running" {
+			return nil
+		}
+	}
+	if !md.Started {
+		md.Started = true
+		if err := j.saveMachineData(name, md); err != nil {
+			return err
+		}
+	}
+	_, err := drv("start")
+	return err
 }

@@ -240,28 +240,18 @@ func startHomeTest(ctx context.Context, j *job, name string, md *machineData) er
 		return unavailable("the home agent of %s is not connected", name)
 	}
 	hasStatus := m.Spec.Driver.Status != ""
-	already := false
-	if md.Started && hasStatus {
-		s, _ := running()
-		already = s == "running"
+	if err := j.startOnce(ctx, md, name, hasStatus, func(action string) (string, error) {
+		r, err := j.homeTestDriver(ctx, m, test, action)
+		return r.Status, err
+	}); err != nil {
+		return agentErr(err, "the home driver could not start the test copy %s", test.Name)
 	}
-	if !already {
-		if !md.Started {
-			md.Started = true
-			if err := j.saveMachineData(name, md); err != nil {
-				return err
-			}
+	if hasStatus {
+		if s, err := waitStatus(ctx, running, func(s string) bool { return s == "running" }); err != nil {
+			return refuse("the test copy %s did not report running at home (%s): %w", test.Name, s, err)
 		}
-		if _, err := j.homeTestDriver(ctx, m, test, "start"); err != nil {
-			return agentErr(err, "the home driver could not start the test copy %s", test.Name)
-		}
-		if hasStatus {
-			if s, err := waitStatus(ctx, running, func(s string) bool { return s == "running" }); err != nil {
-				return refuse("the test copy %s did not report running at home (%s): %w", test.Name, s, err)
-			}
-		} else {
-			j.r.Note("%s: the home driver has no status command; the test copy started when start returned", name)
-		}
+	} else {
+		j.r.Note("%s: the home driver has no status command; the test copy started when start returned", name)
 	}
 	if m, err = j.machine(ctx, name); err != nil {
 		return err

@@ -265,8 +265,9 @@ func TestReprotectToNewTarget(t *testing.T) {
 // prerequisites (its fresh cycle then waits for the recovery agent to
 // reconnect), after its clone step, then after its move step: each time
 // the job finishes by itself after the restart, the clone equals the
-// writer's copy (every write made before the test), the copy runs as vm-test with FERRY_TEST=1, and cleanup leaves
-// nothing behind.
+// writer's copy (every write made before the test), the copy runs as
+// vm-test with FERRY_TEST=1, and cleanup leaves nothing behind. Then a
+// failback killed after its move-home finishes by itself.
 func TestFailbackTestSurvivesControllerKills(t *testing.T) {
 	testenv.RequireRoot(t)
 	const size = 32 << 20
@@ -314,4 +315,46 @@ func TestFailbackTestSurvivesControllerKills(t *testing.T) {
 		require.Empty(t, left, "cleanup after a kill at %s left nothing", fp)
 		r.requireState(t, "reverse-protected", "recovery", "reverse")
 	}
+
+	// A failback killed after move-home (its steps: prerequisites,
+	// stop-recovery, final-cycle, move-home, start-home): start-home, run
+	// again after the restart, waits for the home agent to reconnect.
+	r.write(t, live, 30)
+	t.Setenv(failpointEnv, "job.step-done#4")
+	r.c.Restart()
+	require.Eventually(t, func() bool { // a planned failback needs the recovery site
+		var agents []struct {
+			Connected bool `json:"connected"`
+		}
+		r.c.JSON(&agents, "agents", "list")
+		n := 0
+		for _, a := range agents {
+			if a.Connected {
+				n++
+			}
+		}
+		return n == len(agents)
+	}, 2*time.Minute, 100*time.Millisecond, "the agents reconnect")
+	res := r.c.Ferry("failback", "vm")
+	require.Equal(t, 0, res.Code, res.Stderr)
+	id := strings.TrimSpace(res.Stdout)
+	select {
+	case <-r.c.Proc.done:
+	case <-time.After(2 * time.Minute):
+		var j Job
+		r.c.JSON(&j, "jobs", "show", id)
+		require.Fail(t, "the controller never reached failpoint job.step-done#4", "job %s %s: %s %+v", id, j.State, j.Error, j.Steps)
+	}
+	require.Contains(t, r.c.Proc.Output(), "failpoint job.step-done#4: killing the controller")
+	t.Setenv(failpointEnv, "")
+	r.c.Restart()
+	var j Job
+	require.Eventually(t, func() bool {
+		r.c.JSON(&j, "jobs", "show", id)
+		return j.State != "running" && j.State != "queued"
+	}, 3*time.Minute, 100*time.Millisecond)
+	require.Equal(t, "succeeded", j.State, j.Error)
+	r.requireMirror(t, r.img, "home disk after a failback killed after move-home")
+	require.Equal(t, "running", r.homeHyp.State("vm"))
+	r.requireState(t, "back-home", "home", "forward")
 }
