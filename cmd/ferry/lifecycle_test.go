@@ -127,7 +127,7 @@ func TestLifecycleTableIsWhatTheAPIAndCLIRefuse(t *testing.T) {
 				case catalog.StateTestFailedOver:
 					m.Failover = &api.FailoverInfo{Job: "job-old", Target: "dr", PointID: 1, Set: "test-job-old", TestName: m.Name + "-test"}
 				}
-				if st == catalog.StateReverseProtected || st == catalog.StateTestFailedBack {
+				if st == catalog.StateTestFailedBack || (st == catalog.StateReverseProtected && lifecycle.Actions[ai] == lifecycle.TestFailback) {
 					// Re-protected with a test directory, a home driver that starts.
 					m.ActiveSite, m.Direction = "target", "reverse"
 					m.Failover = &api.FailoverInfo{Job: "job-old", Target: "dr", PointID: 1, Set: "live"}
