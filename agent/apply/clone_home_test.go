@@ -32,6 +32,7 @@ func adoptedHome(t *testing.T, s *Site, dir string) (msg.TargetRef, []byte) {
 	_, err := s.Adopt(ctx, ref, []msg.TargetDisk{d}, []string{home})
 	require.NoError(t, err)
 	setDir, _ := SetDir(ref.Dir, ref.Machine, ref.Set)
+	require.NoError(t, s.Close(), "the site holds the adopted disks; this test moves them itself")
 	set, err := OpenDiskSet(setDir, SetOptions{})
 	require.NoError(t, err)
 	require.NoError(t, set.BeginMove(5, []msg.TargetDisk{d}))
