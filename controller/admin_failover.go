@@ -240,6 +240,9 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if err := s.requireState(ctx, req.Machine, action); err != nil {
 		return api.Job{}, err
 	}
+	if err := s.refuseUnplannedReplica(ctx, req, action); err != nil {
+		return api.Job{}, err
+	}
 	if err := s.requireRecoverySite(ctx, req); err != nil {
 		return api.Job{}, err
 	}

@@ -29,3 +29,16 @@ func (s *Server) testFailback(ctx context.Context, req api.MachineActionRequest)
 	}
 	return s.startJob(ctx, failover.KindTestFailback, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
 }
+
+// refuseUnplannedReplica refuses an unplanned failback of a machine that
+// replicates home into a new target (reprotect --target): not built yet.
+func (s *Server) refuseUnplannedReplica(ctx context.Context, req api.MachineActionRequest, action lifecycle.Action) error {
+	if action != lifecycle.UnplannedFailback {
+		return nil
+	}
+	m, err := s.cat.Machine(ctx, req.Machine)
+	if err != nil || m.RoundTrip == nil || m.RoundTrip.Replica == "" {
+		return nil
+	}
+	return api.Errorf(api.CodeFailedPrecondition, "machine %s replicates home into target %s (reprotect --target): an unplanned failback from it is not built yet; fail back planned (ferry failback %s), which loses nothing", req.Machine, m.RoundTrip.Replica, req.Machine)
+}

@@ -118,6 +118,9 @@ func (j *job) skipHomeForReplica(ctx context.Context, name string, md *machineDa
 // target's set from the points (a full copy the first time), failback
 // moves it to the final point and promotes it to live.
 func (j *job) moveReplica(ctx context.Context, m catalog.Machine, md *machineData) error {
+	if j.def.name != KindReprotect && j.def.name != KindFailback {
+		return refuse("machine %s replicates home into target %s (reprotect --target): %s from it is not built yet; fail back planned (ferry failback %s)", m.Name, m.RoundTrip.Replica, j.def.name, m.Name)
+	}
 	if m.State == catalog.StateReprotecting {
 		rmd, _, err := j.replicaData(ctx, m, setStaged, md.Point)
 		if err != nil {
