@@ -453,32 +453,43 @@ func undoReverse(ctx context.Context, j *job, name string, md *machineData) {
 	j.r.Note("%s: back to %s; the home disks were kept as point %d before any move", name, md.FromState, md.Divergent)
 }
 
-// prepareFailback is failback's prerequisites step: a machine replicating
-// home, both agents, drivers that can prove "stopped" and start it home.
-func prepareFailback(ctx context.Context, j *job, name string, md *machineData) error {
+// replicatingHome reads, for a failback kind's prerequisites, a machine
+// that replicates home and its recovery site (md.Target, md.TargetAgent).
+// The lifecycle table must allow the job's action, unless resumed says
+// this job itself put the machine in the state it is in (a re-run after a
+// restart); the first run records the state it started from.
+func (j *job) replicatingHome(ctx context.Context, name string, md *machineData, resumed func(catalog.Machine) bool) (catalog.Machine, api.Target, error) {
 	m, err := j.machine(ctx, name)
 	if err != nil {
-		return err
+		return m, api.Target{}, err
 	}
-	a := j.spec.Action
-	switch {
-	case a.Unplanned || a.Point != "":
-		return refuse("an unplanned failback (--unplanned, --point) is not built yet; a planned failback (ferry failback %s) loses nothing", name)
-	}
-	if !j.inFlight(m) {
+	if !resumed(m) {
 		if err := j.checkState(m); err != nil {
-			return err
+			return m, api.Target{}, err
 		}
-		md.FromState = m.State
+		if md.FromState == "" {
+			md.FromState = m.State
+		}
 	}
 	if m.RoundTrip == nil {
-		return refuse("machine %s records no reverse replication", name)
+		return m, api.Target{}, refuse("machine %s records no reverse replication", name)
 	}
 	t, agentID, err := j.e.Cat.Target(ctx, m.RoundTrip.Target)
 	if err != nil {
-		return agentErr(err, "the recovery site of %s", name)
+		return m, api.Target{}, agentErr(err, "the recovery site of %s", name)
 	}
-	md.Target, md.TargetAgent, md.Dir, md.Set, md.DriverName = t.Name, agentID, t.Dir, setLive, name
+	md.Target, md.TargetAgent = t.Name, agentID
+	return m, t, nil
+}
+
+// prepareFailback is failback's prerequisites step: a machine replicating
+// home, both agents, drivers that can prove "stopped" and start it home.
+func prepareFailback(ctx context.Context, j *job, name string, md *machineData) error {
+	m, t, err := j.replicatingHome(ctx, name, md, j.inFlight)
+	if err != nil {
+		return err
+	}
+	md.Dir, md.Set, md.DriverName = t.Dir, setLive, name
 	md.SourceAgent, md.HomeDir, md.Divergent = m.AgentID, m.RoundTrip.HomeDir, 0
 	if t.Exec.Status == "" {
 		return refuse("the driver of target %s has no status command: Ferry cannot prove %s stopped there before starting it at home", t.Name, name)

@@ -53,17 +53,11 @@ func (j *job) homeTestDriver(ctx context.Context, m catalog.Machine, test *catal
 // replicating home, a test directory recorded at re-protect, a home driver
 // that can start the copy, and the home agent.
 func prepareTestFailback(ctx context.Context, j *job, name string, md *machineData) error {
-	m, err := j.machine(ctx, name)
+	m, _, err := j.replicatingHome(ctx, name, md, func(m catalog.Machine) bool {
+		return m.RoundTrip != nil && m.RoundTrip.Test != nil && m.RoundTrip.Test.Job == j.r.ID()
+	})
 	if err != nil {
 		return err
-	}
-	if m.RoundTrip == nil || m.RoundTrip.Test == nil || m.RoundTrip.Test.Job != j.r.ID() {
-		if err := j.checkState(m); err != nil {
-			return err
-		}
-	}
-	if m.RoundTrip == nil {
-		return refuse("machine %s records no reverse replication", name)
 	}
 	if m.RoundTrip.TestDir == "" {
 		return refuse("machine %s: a failback test starts a clone of the home disks in the test directory given at re-protect, and its re-protect gave none (ferry reprotect %s --test-dir DIR)", name, name)
@@ -71,11 +65,6 @@ func prepareTestFailback(ctx context.Context, j *job, name string, md *machineDa
 	if m.Spec.Driver.Start == "" {
 		return refuse("machine %s has no start command at home (protect with --start): a failback test starts its clone through the home driver", name)
 	}
-	t, agentID, err := j.e.Cat.Target(ctx, m.RoundTrip.Target)
-	if err != nil {
-		return agentErr(err, "the recovery site of %s", name)
-	}
-	md.Target, md.TargetAgent = t.Name, agentID
 	md.SourceAgent, md.HomeDir, md.Dir = m.AgentID, m.RoundTrip.HomeDir, m.RoundTrip.TestDir
 	md.Set, md.DriverName = j.def.set(j.r.ID()), j.def.driverName(name)
 	if md.FromState == "" {

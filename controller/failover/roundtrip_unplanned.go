@@ -28,24 +28,11 @@ import (
 // point, and either the recovery site's agent (its machine is stopped) or
 // --unplanned (a fence is recorded).
 func prepareUnplannedFailback(ctx context.Context, j *job, name string, md *machineData) error {
-	m, err := j.machine(ctx, name)
+	m, t, err := j.replicatingHome(ctx, name, md, j.inFlight)
 	if err != nil {
 		return err
 	}
-	if !j.inFlight(m) {
-		if err := j.checkState(m); err != nil {
-			return err
-		}
-		md.FromState = m.State
-	}
-	if m.RoundTrip == nil {
-		return refuse("machine %s records no reverse replication", name)
-	}
-	t, agentID, err := j.e.Cat.Target(ctx, m.RoundTrip.Target)
-	if err != nil {
-		return agentErr(err, "the recovery site of %s", name)
-	}
-	md.Target, md.TargetAgent, md.Dir, md.Set, md.DriverName = t.Name, agentID, t.Dir, setLive, name
+	md.Dir, md.Set, md.DriverName = t.Dir, setLive, name
 	md.SourceAgent, md.HomeDir, md.Divergent = m.AgentID, m.RoundTrip.HomeDir, 0
 	if m.Spec.Driver.Start == "" {
 		return refuse("machine %s has no start command at home (protect with --start): a failback starts it there", name)
