@@ -372,6 +372,12 @@ func (d *DiskSet) BeginMove(to int64, disks []msg.TargetDisk) error {
 // that then writes every non-zero block of its point. Only between
 // BeginMove and Finish: the state says the set is moving, so a crash
 // leaves a set known to hold no point.
+//
+// A home set is not zeroed here: its disks are written only where they
+// differ from the point. Finish zeroes the blocks the move did not write
+// or zero (those already zeros are left alone), and the blocks it did
+// name are skipped when they hold that content already; the undo log
+// keeps whatever is overwritten, as for any move.
 func (d *DiskSet) Reset() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -381,10 +387,19 @@ func (d *DiskSet) Reset() error {
 	if d.state.MovingTo == 0 {
 		return invalidf("reset of a set that is not moving")
 	}
-	for i, df := range d.files {
+	for _, df := range d.files {
 		if df.w != nil {
-			if err := d.resetHome(i, df); err != nil {
-				return err
+			d.umu.Lock()
+			u := d.undo
+			if u != nil {
+				u.reset = true
+				if u.named == nil {
+					u.named = map[undoKey]bool{}
+				}
+			}
+			d.umu.Unlock()
+			if u == nil {
+				return fmt.Errorf("%w: %s: a reset outside a move (call BeginMove)", ErrRefused, d.dir)
 			}
 			continue
 		}
@@ -536,6 +551,17 @@ func (d *DiskSet) Finish(to int64) error {
 	}
 	if d.state.MovingTo != to || to == 0 {
 		return fmt.Errorf("%w: finish a move to %d: %s", ErrRefused, to, describe(filepath.Base(d.dir), d.state))
+	}
+	if u := d.undo; u != nil && u.reset {
+		// The reset of a home set (Reset): what the move did not name.
+		for i, df := range d.files {
+			if df.w != nil {
+				if err := d.resetHome(i, df, u.named); err != nil {
+					return err
+				}
+			}
+		}
+		u.reset = false
 	}
 	for _, df := range d.files {
 		if df.w != nil {

@@ -105,7 +105,12 @@ type undoLog struct {
 	// true to write, false when the block already holds its new content.
 	// WriteBlock and ZeroBlock consume it.
 	verdict map[undoKey]bool
-	buf     []byte
+	// reset: the move resets the set (Reset). Its zeroing is left to
+	// Finish, which zeroes only the blocks the stream did not name, so a
+	// block that holds its content already is never written.
+	reset bool
+	named map[undoKey]bool // with reset: the blocks written or zeroed
+	buf   []byte
 }
 
 // createUndo writes a new log holding only its header, durably, and opens
@@ -259,6 +264,9 @@ func (d *DiskSet) guard(df *diskFile, k undoKey, off int64, p []byte, n int) (sk
 	u := d.undo
 	if u == nil {
 		return false, fmt.Errorf("%w: %s: a block written outside a move (call BeginMove)", ErrRefused, d.dir)
+	}
+	if u.reset {
+		u.named[k] = true
 	}
 	if write, ok := u.verdict[k]; ok {
 		delete(u.verdict, k)
@@ -467,9 +475,10 @@ func (d *DiskSet) log() *slog.Logger {
 	return d.opts.Logger
 }
 
-// resetHome makes home disk i all zeros within a move, logging the old
-// bytes of its non-zero blocks first, a batch at a time.
-func (d *DiskSet) resetHome(i int, df *diskFile) error {
+// resetHome makes home disk i all zeros within a move, except the blocks
+// in keep, logging the old bytes of its non-zero blocks first, a batch at
+// a time. Blocks that are zeros already are not written.
+func (d *DiskSet) resetHome(i int, df *diskFile, keep map[undoKey]bool) error {
 	const per = 256
 	bs := int64(df.disk.BlockSize)
 	nb := uint64((df.disk.Size + bs - 1) / bs)
@@ -477,6 +486,9 @@ func (d *DiskSet) resetHome(i int, df *diskFile) error {
 	for first := uint64(0); first < nb; first += per {
 		batch = batch[:0]
 		for b := first; b < min(first+per, nb); b++ {
+			if keep[undoKey{i, b}] {
+				continue
+			}
 			n := min(bs, df.disk.Size-int64(b)*bs)
 			batch = append(batch, data.Block{Disk: uint16(i), Block: b, Flags: data.FlagZero, PlainLen: uint32(n)})
 		}
