@@ -91,6 +91,11 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	if len(bad) > 0 || len(check.Disks) != len(req.Disks) {
 		return api.Machine{}, api.Errorf(api.CodeInvalid, "agent %s cannot protect %s: %s", a.Name, req.Machine, strings.Join(bad, "; "))
 	}
+	// The format found now is recorded and forced from then on: a raw
+	// disk's guest may later write a container header at its first byte.
+	for i := range req.Disks {
+		req.Disks[i].Format = check.Disks[i].Format
+	}
 	if err := s.validateSourceDriver(cctx, a.ID, a.Name, req); err != nil {
 		return api.Machine{}, err
 	}
@@ -233,7 +238,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 		}
 	}
 	for _, d := range m.Spec.Disks {
-		out.Disks = append(out.Disks, api.MachineDisk{Name: d.Name, SourcePath: d.Path, Size: sizes[d.Name]})
+		out.Disks = append(out.Disks, api.MachineDisk{Name: d.Name, SourcePath: d.Path, SourceFormat: d.Format, Size: sizes[d.Name]})
 	}
 	s.replMu.Lock()
 	out.Replication = s.repl[m.Name]

@@ -178,7 +178,8 @@ func (s *Server) machineConfig(ctx context.Context, m catalog.Machine) (msg.Mach
 		bs = pol.BlockSize
 	}
 	for _, d := range m.Spec.Disks {
-		mc.Disks = append(mc.Disks, msg.DiskConfig{Name: d.Name, Path: d.Path, BlockSize: bs})
+		// The format recorded at protect is forced ("" detects it).
+		mc.Disks = append(mc.Disks, msg.DiskConfig{Name: d.Name, Path: d.Path, BlockSize: bs, Format: d.Format})
 	}
 	return mc, nil
 }

@@ -128,7 +128,7 @@ func (s *Site) CloneHome(ctx context.Context, ref msg.TargetRef, toDir, to strin
 	// move writes them in place (their container kept), Status reports
 	// them and Remove deletes them with the set. The clone holds the home
 	// set's point, so a move from it writes only what differs.
-	if err := writeState(tmp, msg.DiskSetState{Point: st.Point, Disks: st.Disks, Paths: resp.Paths}); err != nil {
+	if err := writeState(tmp, msg.DiskSetState{Point: st.Point, Disks: st.Disks, Paths: resp.Paths, Formats: st.Formats}); err != nil {
 		return msg.TargetCloneResponse{}, err
 	}
 	if err := os.Rename(tmp, dst); err != nil {

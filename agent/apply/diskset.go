@@ -210,7 +210,11 @@ func (d *DiskSet) openFiles(create bool) error {
 		df := old[dk.Name]
 		if df == nil && len(d.state.Paths) != 0 {
 			p := diskPathOf(d.dir, d.state, len(files))
-			w, err := disk.OpenInPlace(p, disk.InPlaceOptions{})
+			var format disk.Format
+			if i := len(files); i < len(d.state.Formats) {
+				format = disk.Format(d.state.Formats[i])
+			}
+			w, err := disk.OpenInPlace(p, disk.InPlaceOptions{Format: format})
 			if err != nil {
 				return fail(pathErr("open", p, fmt.Errorf("%w: %w", ErrRefused, err)))
 			}
@@ -578,7 +582,7 @@ func (d *DiskSet) Finish(to int64) error {
 		}
 		df.dirty.Store(0)
 	}
-	next := msg.DiskSetState{Point: to, Disks: d.state.Disks, Paths: d.state.Paths}
+	next := msg.DiskSetState{Point: to, Disks: d.state.Disks, Paths: d.state.Paths, Formats: d.state.Formats}
 	if err := writeState(d.dir, next); err != nil {
 		return err
 	}

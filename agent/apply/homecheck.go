@@ -41,15 +41,15 @@ func checkHomeFormat(p string, d msg.TargetDisk, self []string) error {
 		return pathErr("check", p, fmt.Errorf("%w: disk %s: this agent runs from it (%s is on it): writing it in place would overwrite the running system; "+
 			"reprotect with --target to a new disk (a full copy into it), or protect the machine again for a full copy", ErrRefused, d.Name, on))
 	}
-	if err := disk.CheckInPlace(p); err != nil {
+	if err := disk.CheckInPlace(p, disk.Format(d.Format)); err != nil {
 		return pathErr("check", p, fmt.Errorf("%w: disk %s: %w", ErrRefused, d.Name, err))
 	}
-	info, err := disk.Probe(p)
+	size, err := homeSize(p, disk.Format(d.Format))
 	if err != nil {
 		return pathErr("check", p, err)
 	}
-	if info.VirtualSize != d.Size {
-		return pathErr("check", p, fmt.Errorf("%w: disk %s has %d bytes where the point has %d", ErrRefused, d.Name, info.VirtualSize, d.Size))
+	if size != d.Size {
+		return pathErr("check", p, fmt.Errorf("%w: disk %s has %d bytes where the point has %d", ErrRefused, d.Name, size, d.Size))
 	}
 	return nil
 }
@@ -62,4 +62,19 @@ func selfPaths() []string {
 		out = append(out, exe)
 	}
 	return out
+}
+
+// homeSize is a home disk's virtual size, read in its recorded format
+// (forced; "" detects it).
+func homeSize(p string, format disk.Format) (int64, error) {
+	if format == "" {
+		info, err := disk.Probe(p)
+		return info.VirtualSize, err
+	}
+	src, err := disk.Open(p, disk.OpenOptions{Format: format})
+	if err != nil {
+		return 0, err
+	}
+	defer src.Close()
+	return src.Size(), nil
 }

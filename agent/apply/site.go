@@ -317,7 +317,7 @@ func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetD
 	if err != nil {
 		return msg.DiskSetState{}, err
 	}
-	st := msg.DiskSetState{Disks: cleanDisks(disks), Paths: paths, Written: true}
+	st := msg.DiskSetState{Disks: cleanDisks(disks), Paths: paths, Written: true, Formats: homeFormats(disks)}
 	if err := checkState(st); err != nil {
 		return msg.DiskSetState{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
@@ -341,10 +341,10 @@ func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetD
 		return msg.DiskSetState{}, err
 	}
 	for i, p := range paths {
-		if err := checkHomeFormat(p, st.Disks[i], selfPaths()); err != nil {
+		if err := checkHomeFormat(p, disks[i], selfPaths()); err != nil {
 			return msg.DiskSetState{}, err
 		}
-		if err := checkHomeDisk(p, st.Disks[i]); err != nil {
+		if err := checkHomeDisk(p, disks[i]); err != nil {
 			return msg.DiskSetState{}, err
 		}
 	}
@@ -367,7 +367,7 @@ func (s *Site) Adopt(ctx context.Context, ref msg.TargetRef, disks []msg.TargetD
 // and the alternative; the disk must have its point's size and no other
 // process may hold it.
 func checkHomeDisk(p string, d msg.TargetDisk) error {
-	w, err := disk.OpenInPlace(p, disk.InPlaceOptions{})
+	w, err := disk.OpenInPlace(p, disk.InPlaceOptions{Format: disk.Format(d.Format)})
 	if err != nil {
 		return pathErr("adopt", p, fmt.Errorf("%w: disk %s: %w", ErrRefused, d.Name, err))
 	}

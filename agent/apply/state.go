@@ -54,6 +54,21 @@ func cleanDisks(disks []msg.TargetDisk) []msg.TargetDisk {
 	return out
 }
 
+// homeFormats are the formats the controller recorded for home disks
+// (TargetDisk.Format, by index), or nil when none was recorded.
+func homeFormats(disks []msg.TargetDisk) []string {
+	var out []string
+	for i, d := range disks {
+		if d.Format != "" && out == nil {
+			out = make([]string, len(disks))
+		}
+		if out != nil {
+			out[i] = d.Format
+		}
+	}
+	return out
+}
+
 // ReadState reads and checks the state.json of the set directory setDir.
 // A missing directory or state file is ErrNotFound.
 func ReadState(setDir string) (msg.DiskSetState, error) {
@@ -87,6 +102,9 @@ func checkState(st msg.DiskSetState) error {
 	}
 	if len(st.Paths) != 0 && len(st.Paths) != len(st.Disks) {
 		return fmt.Errorf("%d paths for %d disks", len(st.Paths), len(st.Disks))
+	}
+	if len(st.Formats) != 0 && len(st.Formats) != len(st.Paths) {
+		return fmt.Errorf("%d formats for %d paths", len(st.Formats), len(st.Paths))
 	}
 	for _, p := range st.Paths {
 		if !filepath.IsAbs(p) {

@@ -38,6 +38,10 @@ var ErrInUse = errors.New("image in use")
 // InPlaceOptions tunes OpenInPlace. The zero value is the production
 // setting.
 type InPlaceOptions struct {
+	// Format forces the image's format; "" detects it from its magic. A
+	// raw home disk whose guest wrote a container header at its first
+	// byte is written as raw only when forced so.
+	Format Format
 	// Logger receives repairs and refusals; nil discards.
 	Logger *slog.Logger
 	// Failpoint, if set, is called with the name of each step of a
@@ -77,7 +81,10 @@ func OpenInPlace(path string, opts InPlaceOptions) (BlockWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	format, err := detect(c)
+	format := opts.Format
+	if format == "" {
+		format, err = detect(c)
+	}
 	block := c.block
 	c.Close()
 	if err != nil {

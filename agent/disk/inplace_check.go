@@ -4,12 +4,16 @@ package disk
 // without opening it for writing or taking its lock (a machine may still
 // run on it): nil, or the *FormatError wrapping ErrUnsupported that
 // OpenInPlace would return, with the reason and what to do instead.
-func CheckInPlace(path string) error {
+// forced, when set, is the format to take it in ("" detects it).
+func CheckInPlace(path string, forced Format) error {
 	c, err := openContainer(path, nil)
 	if err != nil {
 		return err
 	}
-	format, err := detect(c)
+	format := forced
+	if format == "" {
+		format, err = detect(c)
+	}
 	c.Close()
 	if err != nil {
 		return ioError(FormatRaw, path, "detect format", err)

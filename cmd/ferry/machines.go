@@ -276,8 +276,8 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 	fmt.Fprintln(w, "Disks:")
 	var rows [][]string
 	for _, d := range m.Disks {
-		rows = append(rows, []string{"  " + d.Name, d.SourcePath, orDash(d.TargetPath), api.FormatSize(d.Size)})
+		rows = append(rows, []string{"  " + d.Name, d.SourcePath, orDash(d.SourceFormat), orDash(d.TargetPath), api.FormatSize(d.Size)})
 	}
-	table(w, []string{"  NAME", "SOURCE PATH", "TARGET PATH", "SIZE"}, rows)
+	table(w, []string{"  NAME", "SOURCE PATH", "FORMAT", "TARGET PATH", "SIZE"}, rows)
 	return nil
 }

@@ -129,6 +129,11 @@ type Driver struct {
 type DiskRef struct {
 	Name string `json:"name"`
 	Path string `json:"path"`
+	// Format is the format the agent found at protect (raw, qcow2, vhdx,
+	// vmdk, vhd); the controller records it and the agent reads and
+	// writes the disk so from then on, never from its magic. "" (a
+	// machine protected before formats were recorded) detects it.
+	Format string `json:"format,omitempty"`
 }
 
 // ProtectRequest is `ferry protect`.
@@ -174,6 +179,9 @@ type MachineDisk struct {
 	TargetPath string `json:"target_path"`
 	Size       int64  `json:"size"`
 	Format     string `json:"format,omitempty"`
+	// SourceFormat is the source disk's format recorded at protect ("":
+	// not recorded, detected at each read).
+	SourceFormat string `json:"source_format,omitempty"`
 }
 
 // Machine is a protected machine and its replication health.

@@ -193,7 +193,9 @@ func (j *job) startReplica(ctx context.Context, m catalog.Machine, md *machineDa
 	m.AgentID = rmd.TargetAgent
 	for i, d := range m.Spec.Disks {
 		if p, ok := paths[d.Name]; ok {
-			m.Spec.Disks[i].Path = p
+			// The live set's raw files, which Ferry wrote: their first
+			// bytes are the guest's, never read as a container.
+			m.Spec.Disks[i].Path, m.Spec.Disks[i].Format = p, "raw"
 		}
 	}
 	m.Spec.Driver, m.Spec.SourceDriver, m.Spec.SourceOptions = t.Exec, t.Driver, t.Options
@@ -238,17 +240,19 @@ func (j *job) homeAdoptRequest(ctx context.Context, name string, md *machineData
 	}
 	newest := pts[len(pts)-1]
 	req := msg.TargetAdoptRequest{Ref: md.homeRef(name)}
-	byName := map[string]string{}
+	byName := map[string]api.DiskRef{}
 	for _, d := range m.Spec.Disks {
-		byName[d.Name] = d.Path
+		byName[d.Name] = d
 	}
 	for _, d := range newest.Disks {
-		p, ok := byName[d.Name]
+		h, ok := byName[d.Name]
 		if !ok {
 			return msg.TargetAdoptRequest{}, refuse("disk %s of point %d has no home disk", d.Name, newest.ID)
 		}
-		req.Disks = append(req.Disks, msg.TargetDisk{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize})
-		req.Paths = append(req.Paths, p)
+		// The format recorded at protect is forced ("" for machines
+		// protected before formats were recorded: detected).
+		req.Disks = append(req.Disks, msg.TargetDisk{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize, Format: h.Format})
+		req.Paths = append(req.Paths, h.Path)
 	}
 	return req, nil
 }

@@ -55,6 +55,11 @@ type DiskSetState struct {
 	// Disks): the home disks are kept where they are and updated in place;
 	// the set directory holds only state.json.
 	Paths []string `json:"paths,omitempty"`
+	// Formats, for the home set only, are the home disks' formats (by
+	// index in Disks), recorded at protect and forced on every in-place
+	// write; "" (or absent: adopted before formats were recorded)
+	// detects the format from the file's magic.
+	Formats []string `json:"formats,omitempty"`
 }
 
 // TargetDisk is one disk of a disk set.
@@ -63,6 +68,10 @@ type TargetDisk struct {
 	Size      int64  `json:"size"`
 	BlockSize int    `json:"block_size"`
 	Path      string `json:"path,omitempty"` // filled in by the agent in answers
+	// Format, in target.adopt and target.check-home only, is the home
+	// disk's format recorded at protect (raw, qcow2, vhdx): the agent
+	// takes the file so and never from its magic; "" detects it.
+	Format string `json:"format,omitempty"`
 }
 
 // TargetRef names a machine's directory on a target.
