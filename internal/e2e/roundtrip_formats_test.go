@@ -285,6 +285,46 @@ func TestReverseSourceReadsARawRecoveryDiskAsRaw(t *testing.T) {
 	require.False(t, bytes.Contains(home, marker[:64]), "the home disk holds bytes of the recovery host's file")
 }
 
+// TestForwardSourceReadsARawHomeDiskAsRaw: a raw home disk whose guest
+// writes, after protect, a qcow2 image with a backing file on the home
+// host at the start of its disk is still read as raw (the format recorded
+// at protect is forced): the failover's final point holds exactly the
+// guest's bytes and nothing of the host's file; the round trip (commit,
+// writes at the recovery site, reprotect) writes the home disk in place
+// as raw, equal to the test's copy.
+func TestForwardSourceReadsARawHomeDiskAsRaw(t *testing.T) {
+	const size = 32 << 20
+	r := newRoundTripFormat(t, size, "raw", "xfs")
+	var show struct {
+		Disks []struct {
+			SourceFormat string `json:"source_format"`
+		} `json:"disks"`
+	}
+	r.c.JSON(&show, "machines", "show", "vm")
+	require.Len(t, show.Disks, 1)
+	require.Equal(t, "raw", show.Disks[0].SourceFormat, "protect records the home disk's format")
+
+	marker := r.writeQCOW2Header(t, r.img, size)
+	r.write(t, r.img, 30)
+	info, err := exec.Command("qemu-img", "info", "--output=json", r.img).CombinedOutput()
+	require.NoError(t, err, "qemu-img info: %s", info)
+	require.Contains(t, string(info), `"backing-filename"`, "the home disk now looks like a qcow2 with a backing file")
+
+	r.c.runJob(t, 0, "failover", "vm")
+	pts := r.c.Points("vm")
+	last := pts[len(pts)-1]
+	got, err := os.ReadFile(filepath.Join(r.c.Export("vm", last.ID), "d.raw"))
+	require.NoError(t, err)
+	require.False(t, bytes.Contains(got, marker[:64]), "the failover's point holds bytes of the home host's file")
+	require.True(t, bytes.Equal(r.mirror, got), "the failover's point holds the guest's raw bytes")
+
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm")
+	r.write(t, live, 30)
+	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+}
+
 // TestShippedWritesOfARawSetAreReadAsRaw: a change-point keeps what the
 // machine wrote at a raw recovery site (target.ship of the live set). A
 // guest that wrote a qcow2 image with a backing file on the recovery host
