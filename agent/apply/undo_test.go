@@ -183,8 +183,14 @@ func TestHomeMoveRolledBackAfterKill(t *testing.T) {
 			pf := filepath.Join(t.TempDir(), "params.json")
 			require.NoError(t, os.WriteFile(pf, p, 0o600))
 			cmd.Env = append(os.Environ(), undoChildEnv+"="+pf)
-			var out bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &out, &out
+			// The child's output goes to a file, not a buffer: exec copies
+			// into a buffer from its own goroutine, and reading it for a
+			// failure message while the child runs is a data race.
+			outFile, err := os.Create(filepath.Join(t.TempDir(), "child.log"))
+			require.NoError(t, err)
+			defer outFile.Close()
+			out := childOutput(outFile.Name())
+			cmd.Stdout, cmd.Stderr = outFile, outFile
 			require.NoError(t, cmd.Start())
 			exited := make(chan error, 1)
 			go func() { exited <- cmd.Wait() }()
@@ -193,7 +199,7 @@ func TestHomeMoveRolledBackAfterKill(t *testing.T) {
 			require.Eventually(t, func() bool {
 				st, err := ReadState(f.setDir())
 				return err == nil && st.MovingTo == 7 && bytes.Equal(f.held(t), want)
-			}, 60*time.Second, 50*time.Millisecond, "the child never wrote the move's blocks: %s", &out)
+			}, 3*time.Minute, 50*time.Millisecond, "the child never wrote the move's blocks: %s", out)
 			require.NoError(t, cmd.Process.Kill())
 			<-exited
 
@@ -450,4 +456,16 @@ func BenchmarkHomeMove(b *testing.B) {
 			require.NoError(b, serve(site, s))
 		}
 	})
+}
+
+// childOutput prints a child process's output file when a failure message
+// is formatted.
+type childOutput string
+
+func (c childOutput) String() string {
+	b, err := os.ReadFile(string(c))
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
 }
