@@ -7,7 +7,7 @@ STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/ferrydr/ferry/internal/buildinfo.Version=$(VERSION)
 
-.PHONY: all build test check bench demo dist fuzz soak clean
+.PHONY: all build test check bench demo dist fuzz soak clean docs
 
 all: build
 
@@ -50,3 +50,8 @@ dist:
 
 clean:
 	rm -rf $(BIN) dist
+
+# Regenerate the command reference (docs/cli.md) and man pages (man/) from
+# the commands; TestCLIReferenceIsCurrent fails when they are stale.
+docs:
+	$(GO) test -count=1 -run 'TestCLIReferenceIsCurrent' ./cmd/ferry -update-docs

@@ -148,6 +148,7 @@ commands administer it through its admin API.`,
 		newGCCommand(g),
 		newVersionCommand(g),
 	)
+	finishCommands(g, root)
 	return root
 }
 
