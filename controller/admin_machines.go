@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -48,6 +49,9 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	}
 	if a.Revoked {
 		return api.Machine{}, api.Errorf(api.CodeFailedPrecondition, "agent %s is revoked", a.Name)
+	}
+	if err := s.refuseProtectedDisks(ctx, a, req); err != nil {
+		return api.Machine{}, err
 	}
 	if req.Policy == "" {
 		req.Policy = catalog.DefaultPolicyName
@@ -109,6 +113,28 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 		s.log.Warn("config push failed", "agent", a.Name, "err", err)
 	}
 	return s.Machine(ctx, req.Machine)
+}
+
+// refuseProtectedDisks refuses a disk path that another machine already
+// protects on the same agent: two machines replicating one disk would
+// each fail over onto it. Paths are compared as given (cleaned); two
+// names of one device (a symlink, /dev/disk/by-id) are not recognised.
+func (s *Server) refuseProtectedDisks(ctx context.Context, a catalog.Agent, req api.ProtectRequest) error {
+	ms, err := s.cat.Machines(ctx, a.ID)
+	if err != nil {
+		return err
+	}
+	for _, d := range req.Disks {
+		for _, m := range ms {
+			for _, od := range m.Spec.Disks {
+				if filepath.Clean(od.Path) == filepath.Clean(d.Path) {
+					return api.Errorf(api.CodeConflict, "disk %s (%s) on agent %s is already protected by machine %s (its disk %s): a disk can be protected by one machine only; unprotect %s first",
+						d.Name, d.Path, a.Name, m.Name, od.Name, m.Name)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // refuseOccupiedTarget refuses to protect a machine under a name whose

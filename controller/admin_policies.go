@@ -17,6 +17,9 @@ func validPolicy(p api.Policy) error {
 		return api.Errorf(api.CodeInvalid, "rpo-threshold must be positive")
 	case p.Retention.Std() < 0:
 		return api.Errorf(api.CodeInvalid, "retention must not be negative")
+	case p.Retention.Std() > 0 && p.Retention.Std() < p.RPEvery.Std():
+		return api.Errorf(api.CodeInvalid, "retention %s is shorter than the point interval (rp-every %s): it would keep no point between cycles; give a retention of at least %s, or 0 to keep every point",
+			p.Retention, p.RPEvery, p.RPEvery)
 	case p.Bandwidth < 0:
 		return api.Errorf(api.CodeInvalid, "bandwidth must not be negative")
 	case p.BlockSize < 4<<10 || p.BlockSize > 1<<20 || p.BlockSize&(p.BlockSize-1) != 0:

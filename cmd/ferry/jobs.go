@@ -60,7 +60,7 @@ func newJobsCommand(g *globals) *cobra.Command {
 		},
 	}
 	watch := &cobra.Command{
-		Use: "watch ID", Short: "Follow a job live (with --json: one JSON object per line as it changes)", Args: exactArgs(1, "ID"),
+		Use: "watch ID", Short: "Follow a job live to its end and exit with its outcome (0 succeeded, 3 failed, 4 partial; --json: one JSON object per line)", Args: exactArgs(1, "ID"),
 		RunE: func(c *cobra.Command, args []string) error { return runJobsWatch(c.Context(), g, args[0]) },
 	}
 	resume := &cobra.Command{
@@ -126,7 +126,9 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 	if err != nil {
 		return err
 	}
-	return cl.WatchJob(ctx, id, func(j api.Job) error {
+	var last api.Job
+	err = cl.WatchJob(ctx, id, func(j api.Job) error {
+		last = j
 		if g.json {
 			// NDJSON: one compact object per line.
 			b, err := jsonLine(j)
@@ -139,4 +141,14 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 		fmt.Fprintf(g.stdout, "%s %s: %s\n", j.ID, j.State, currentStep(j))
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if !api.Terminal(last.State) { // a watcher that fell behind can miss the final snapshot
+		if last, err = cl.Job(ctx, id); err != nil {
+			return err
+		}
+	}
+	// Exit with the job's outcome, as --wait does (3 failed, 4 partial).
+	return jobOutcome(last)
 }

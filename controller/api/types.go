@@ -244,7 +244,7 @@ type Point struct {
 	Time        time.Time `json:"time"`
 	Consistency string    `json:"consistency"`
 	Bytes       int64     `json:"bytes"`
-	Name        string    `json:"name,omitempty"`
+	Name        string    `json:"name"` // "" when unnamed; always present
 	Changed     int64     `json:"changed_blocks"`
 	// Damaged: the point reads data found damaged (ferry verify); it is
 	// left out of latest* until the next cycles have stored it again.
