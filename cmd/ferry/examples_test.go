@@ -138,3 +138,34 @@ func TestExampleDriversParse(t *testing.T) {
 		require.Contains(t, err.Error(), "usage:")
 	}
 }
+
+// TestExampleProcessDriverFailsOver: a failover to a target whose exec
+// driver is examples/drivers/process.sh brings the machine up as a process
+// holding the live disk open, and that disk holds the bytes the test
+// wrote; the machine shows as failed over.
+func TestExampleProcessDriverFailsOver(t *testing.T) {
+	s, img := protectedMachine(t, "web1")
+	script, err := filepath.Abs(filepath.Join("..", "..", "examples", "drivers", "process.sh"))
+	require.NoError(t, err)
+	dir, state := t.TempDir(), t.TempDir()
+	drv := "PROCESS_DIR=" + state + " " + script
+	code, _, stderr := s.cli(t, "targets", "add", "dr1", "--agent", "host1", "--dir", dir, "--driver", "exec",
+		"--start", drv+" start", "--stop", drv+" stop", "--status", drv+" status")
+	require.Equal(t, exitOK, code, stderr)
+	code, stdout, stderr := s.cli(t, "failover", "web1", "--target", "dr1", "--allow-inconsistent", "--wait") // a plain image file is read live
+	require.Equal(t, exitOK, code, "failover: %s %s", stdout, stderr)
+	b, err := os.ReadFile(filepath.Join(state, "web1", "pid"))
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(strings.Fields(string(b))[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	require.False(t, zombie(pid), "the machine's process is not running")
+	live, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/3")
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join(dir, "web1", "live", "d.raw"), live, "the process holds another file than the live disk")
+	want, err := os.ReadFile(img)
+	require.NoError(t, err)
+	got, err := os.ReadFile(live)
+	require.NoError(t, err)
+	require.True(t, len(got) == len(want) && string(got) == string(want), "the live disk differs from the bytes the test wrote")
+}
