@@ -48,7 +48,10 @@ printf '%s\n' "${COMPREPLY[@]}"
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
-	cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"), "FERRY_ADMIN="+admin, runAsCLIEnv+"=1")
+	cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"), runAsCLIEnv+"=1")
+	if admin != "" {
+		cmd.Env = append(cmd.Env, "FERRY_ADMIN="+admin)
+	}
 	out, err := cmd.Output()
 	require.NoError(t, err, "bash completion script failed: %s", out)
 	var got []string
@@ -62,8 +65,8 @@ printf '%s\n' "${COMPREPLY[@]}"
 
 // TestShellCompletesNames: against a real controller with a protected
 // machine, bash completion (the script `ferry completion bash` prints)
-// completes the machine's name, the agent's name for --agent, and a point
-// spec for --point.
+// completes the machine's name (controller found through FERRY_ADMIN or
+// --admin), the agent's name for --agent, and a point spec for --point.
 func TestShellCompletesNames(t *testing.T) {
 	_, err := exec.LookPath("bash")
 	require.NoError(t, err, "bash is needed to test bash completion")
@@ -89,6 +92,8 @@ func TestShellCompletesNames(t *testing.T) {
 	require.Equal(t, []string{"host1"}, bashComplete(t, binDir, s.admin, "ferry", "inventory", "h"))
 	require.Equal(t, []string{"host1"}, bashComplete(t, binDir, s.admin, "ferry", "protect", "vm2", "--agent", ""))
 	require.Equal(t, []string{"latest-app-consistent"}, bashComplete(t, binDir, s.admin, "ferry", "points", "export", "webserver1", "--point", "latest-a"))
+	// --admin on the command line finds the controller as FERRY_ADMIN does.
+	require.Equal(t, []string{"webserver1"}, bashComplete(t, binDir, "", "ferry", "--admin", s.admin, "unprotect", "w"))
 	// A name the controller does not have completes to nothing.
 	require.Empty(t, bashComplete(t, binDir, s.admin, "ferry", "machines", "show", "db"))
 }
