@@ -57,7 +57,7 @@ func generateReference(root *cobra.Command) ([]byte, map[string][]byte, error) {
 	var md bytes.Buffer
 	md.WriteString("<!-- Generated from the commands (cmd/ferry) by `" + regenerate + "`. Do not edit. -->\n\n")
 	md.WriteString("# ferry command reference\n\n")
-	md.WriteString("Conventions, exit codes and JSON fields: see the [README](../README.md). Man pages of the same text are in [man/](../man/).\n\n")
+	md.WriteString("Every `ferry` command with its flags and examples, as `ferry COMMAND --help` prints them; conventions and exit codes are under [ferry](#ferry). Man pages of the same text are in [man/](../man/).\n\n")
 	cmds := allCommands(root)
 	for _, c := range cmds {
 		fmt.Fprintf(&md, "- [%s](#%s)\n", c.CommandPath(), anchor(c.CommandPath()))

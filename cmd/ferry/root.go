@@ -113,7 +113,17 @@ func newRootCommand(g *globals) *cobra.Command {
 		Short: "Ferry site recovery: controller and admin CLI",
 		Long: `Ferry keeps servers recoverable at a second site and moves them there
 (failover) and back (failback). 'ferry serve' runs the controller; the other
-commands administer it through its admin API.`,
+commands administer it through its admin API, found through --admin or
+FERRY_ADMIN (default: the admin socket in /var/lib/ferry).
+
+Output is for people by default; --json prints JSON (errors too, as
+{"code": …, "message": …} on stderr). No command prompts: one that needs a
+confirmation takes --force instead. Durations take s m h d (90s, 5m, 7d); sizes IEC units (64KiB);
+rates bytes per second (100MiB/s). Job-starting commands print the job id,
+or with --wait follow the job and exit with its outcome.
+
+Exit codes: 0 success, 1 error, 2 usage error, 3 the job failed, 4 the job
+ended partial (some machines failed), 69 controller unreachable.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
