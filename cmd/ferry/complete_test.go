@@ -94,6 +94,9 @@ func TestShellCompletesNames(t *testing.T) {
 	require.Equal(t, []string{"latest-app-consistent"}, bashComplete(t, binDir, s.admin, "ferry", "points", "export", "webserver1", "--point", "latest-a"))
 	// --admin on the command line finds the controller as FERRY_ADMIN does.
 	require.Equal(t, []string{"webserver1"}, bashComplete(t, binDir, "", "ferry", "--admin", s.admin, "unprotect", "w"))
+	// An unreachable controller completes nothing, and promptly (bounded by
+	// bashComplete's 30 s).
+	require.Empty(t, bashComplete(t, binDir, filepath.Join(t.TempDir(), "no.sock"), "ferry", "machines", "show", "w"))
 	// A name the controller does not have completes to nothing.
 	require.Empty(t, bashComplete(t, binDir, s.admin, "ferry", "machines", "show", "db"))
 }
