@@ -30,6 +30,7 @@ const (
 	targetNames
 	policyNames
 	jobIDs
+	tokenIDs
 )
 
 // argKinds: the kind of a command's first argument, by command path.
@@ -59,6 +60,7 @@ var argKinds = map[string]nameKind{
 	"ferry jobs watch":      jobIDs,
 	"ferry jobs resume":     jobIDs,
 	"ferry cancel":          jobIDs,
+	"ferry tokens revoke":   tokenIDs,
 }
 
 // flagKinds: the kind of a flag's value, by flag name, wherever it appears.
@@ -161,6 +163,16 @@ func completeNames(ctx context.Context, g *globals, k nameKind) ([]cobra.Complet
 		}
 		for _, j := range js {
 			out = append(out, cobra.CompletionWithDesc(j.ID, j.Kind+" "+j.State))
+		}
+	case tokenIDs:
+		ts, err := cl.Tokens(ctx)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		for _, t := range ts {
+			if !t.Revoked {
+				out = append(out, cobra.CompletionWithDesc(t.ID, "expires "+t.Expires.Format(time.RFC3339)))
+			}
 		}
 	}
 	return out, none

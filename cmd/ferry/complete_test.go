@@ -66,7 +66,8 @@ printf '%s\n' "${COMPREPLY[@]}"
 // TestShellCompletesNames: against a real controller with a protected
 // machine, bash completion (the script `ferry completion bash` prints)
 // completes the machine's name (controller found through FERRY_ADMIN or
-// --admin), the agent's name for --agent, and a point spec for --point.
+// --admin), the agent's name for --agent, a point spec for --point and a
+// token id.
 func TestShellCompletesNames(t *testing.T) {
 	_, err := exec.LookPath("bash")
 	require.NoError(t, err, "bash is needed to test bash completion")
@@ -92,6 +93,12 @@ func TestShellCompletesNames(t *testing.T) {
 	require.Equal(t, []string{"host1"}, bashComplete(t, binDir, s.admin, "ferry", "inventory", "h"))
 	require.Equal(t, []string{"host1"}, bashComplete(t, binDir, s.admin, "ferry", "protect", "vm2", "--agent", ""))
 	require.Equal(t, []string{"latest-app-consistent"}, bashComplete(t, binDir, s.admin, "ferry", "points", "export", "webserver1", "--point", "latest-a"))
+	code, stdout, stderr := s.cli(t, "--json", "tokens", "list")
+	require.Equal(t, exitOK, code, stderr)
+	var toks []api.Token
+	require.NoError(t, json.Unmarshal([]byte(stdout), &toks))
+	require.Len(t, toks, 1, "startAgent made one token")
+	require.Equal(t, []string{toks[0].ID}, bashComplete(t, binDir, s.admin, "ferry", "tokens", "revoke", ""))
 	// --admin on the command line finds the controller as FERRY_ADMIN does.
 	require.Equal(t, []string{"webserver1"}, bashComplete(t, binDir, "", "ferry", "--admin", s.admin, "unprotect", "w"))
 	// An unreachable controller completes nothing, and promptly (bounded by
