@@ -568,25 +568,8 @@ func startHome(ctx context.Context, j *job, name string, md *machineData) error 
 			return refuse("machine %s: the recovery site's copy is %q (%v): not starting it at home", name, s, err)
 		}
 	}
-	if !md.Started && !j.e.Agents.Connected(md.SourceAgent) {
-		return unavailable("the home agent of %s is not connected: the start at home waits for it", name)
-	}
-	if !md.Started {
-		md.Started = true
-		if err := j.saveMachineData(name, md); err != nil {
-			return err
-		}
-		if _, err := j.startAtHome(ctx, m, md); err != nil {
-			return refuse("the home driver could not start %s: %w", name, err)
-		}
-	}
-	if m.Spec.Driver.Status != "" {
-		if s, err := waitStatus(ctx, func() (string, error) {
-			r, err := j.homeDriver(ctx, m, md.SourceAgent, "status")
-			return r.Status, err
-		}, func(s string) bool { return s == "running" }); err != nil {
-			return refuse("%s did not report running at home (%s): %w", name, s, err)
-		}
+	if err := j.runAtHome(ctx, m, md); err != nil {
+		return err
 	}
 	r := lifecycle.Lookup(md.FromState, j.def.action)
 	if !r.Allowed() {
@@ -744,5 +727,33 @@ func forwardProtected(ctx context.Context, j *job, name string, md *machineData)
 		j.r.Note("%s: replication from home starts when the home agent reconnects (%v)", name, err)
 	}
 	j.r.SetMachine(name, m.State, md.Point, nil)
+	return nil
+}
+
+// runAtHome starts the machine at home through its driver, once: Started
+// is saved before the start is asked, so a re-run after a restart does not
+// start it twice. With a status command it then waits for "running".
+func (j *job) runAtHome(ctx context.Context, m catalog.Machine, md *machineData) error {
+	if !md.Started && !j.e.Agents.Connected(md.SourceAgent) {
+		return unavailable("the home agent of %s is not connected: the start at home waits for it", m.Name)
+	}
+	if !md.Started {
+		md.Started = true
+		if err := j.saveMachineData(m.Name, md); err != nil {
+			return err
+		}
+		if _, err := j.startAtHome(ctx, m, md); err != nil {
+			return refuse("the home driver could not start %s: %w", m.Name, err)
+		}
+	}
+	if m.Spec.Driver.Status == "" {
+		return nil
+	}
+	if s, err := waitStatus(ctx, func() (string, error) {
+		r, err := j.homeDriver(ctx, m, md.SourceAgent, "status")
+		return r.Status, err
+	}, func(s string) bool { return s == "running" }); err != nil {
+		return refuse("%s did not report running at home (%s): %w", m.Name, s, err)
+	}
 	return nil
 }

@@ -256,22 +256,8 @@ func startHomeAgain(ctx context.Context, j *job, name string, md *machineData) e
 	if err != nil {
 		return err
 	}
-	if !md.Started {
-		md.Started = true
-		if err := j.saveMachineData(name, md); err != nil {
-			return err
-		}
-		if _, err := j.startAtHome(ctx, m, md); err != nil {
-			return refuse("the home driver could not start %s: %w", name, err)
-		}
-	}
-	if m.Spec.Driver.Status != "" {
-		if s, err := waitStatus(ctx, func() (string, error) {
-			r, err := j.homeDriver(ctx, m, md.SourceAgent, "status")
-			return r.Status, err
-		}, func(s string) bool { return s == "running" }); err != nil {
-			return refuse("%s did not report running at home (%s): %w", name, s, err)
-		}
+	if err := j.runAtHome(ctx, m, md); err != nil {
+		return err
 	}
 	if err := j.advance(&m); err != nil {
 		return err
