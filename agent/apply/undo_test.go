@@ -124,13 +124,25 @@ func (f *homeFixture) guest(t *testing.T) []byte {
 // Only to see where a move is; results are checked with guest.
 func (f *homeFixture) held(t *testing.T) []byte {
 	t.Helper()
-	src, err := disk.Open(f.img, disk.OpenOptions{})
-	require.NoError(t, err)
-	defer src.Close()
-	b := make([]byte, src.Size())
-	_, err = src.ReadAt(b, 0)
+	b, err := f.readHeld()
 	require.NoError(t, err)
 	return b
+}
+
+// readHeld is held without failing the test: while another process is
+// writing a qcow2 or VHDX image, a reader can meet its tables half
+// updated (a cluster past the file's end) — a probe just tries again.
+func (f *homeFixture) readHeld() ([]byte, error) {
+	src, err := disk.Open(f.img, disk.OpenOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	b := make([]byte, src.Size())
+	if _, err := src.ReadAt(b, 0); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // changes is a move's blocks: blocks 2..9 rewritten, blocks 10..13 sent
@@ -198,7 +210,11 @@ func TestHomeMoveRolledBackAfterKill(t *testing.T) {
 			// barrier has not come, the state says the set is moving.
 			require.Eventually(t, func() bool {
 				st, err := ReadState(f.setDir())
-				return err == nil && st.MovingTo == 7 && bytes.Equal(f.held(t), want)
+				if err != nil || st.MovingTo != 7 {
+					return false
+				}
+				b, err := f.readHeld()
+				return err == nil && bytes.Equal(b, want)
 			}, 3*time.Minute, 50*time.Millisecond, "the child never wrote the move's blocks: %s", out)
 			require.NoError(t, cmd.Process.Kill())
 			<-exited
