@@ -83,13 +83,15 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		disks[i] = msg.TargetDisk{Name: d.Name, Size: d.Size, BlockSize: d.BlockSize}
 	}
 	blocks, err := e.diffBlocks(ctx, mv, to, from, moving)
-	if err != nil {
+	prunedMeanwhile := e.pruned(ctx, from) || e.pruned(ctx, moving)
+	if err != nil && !prunedMeanwhile {
 		return MoveResult{}, err
 	}
-	if e.pruned(ctx, from) || e.pruned(ctx, moving) {
-		// Retention pruned From (or MovingTo) while the diff ran: rows
-		// read after the prune lose blocks (one zero at To and data at
-		// From reads zero at both). Diff again from nothing.
+	if prunedMeanwhile {
+		// Retention pruned From (or MovingTo) after it was looked up:
+		// the diff failed not finding it, or rows read after the prune
+		// lost blocks (one zero at To and data at From reads zero at
+		// both). Diff again from nothing.
 		e.Log.Info("the set's point was pruned during the diff; rewriting every written block", "machine", mv.Machine, "point", from)
 		from, moving = 0, 0
 		if blocks, err = e.diffBlocks(ctx, mv, to, 0, 0); err != nil {

@@ -398,8 +398,10 @@ func TestForwardReprotectFromQCOW2AfterRetentionPrunedItsPoint(t *testing.T) {
 	r.writeImage(t, live, "qcow2", 60)
 
 	// Retention of 1 s: the failback's final point, once committed,
-	// prunes every older point.
-	r.c.MustFerry("policies", "update", "p", "--retention", "1s")
+	// prunes every older point. A retention may not be shorter than the
+	// point interval (it would keep no point between cycles), so the
+	// interval goes to 1 s with it.
+	r.c.MustFerry("policies", "update", "p", "--rp-every", "1s", "--retention", "1s")
 	time.Sleep(1100 * time.Millisecond) // the points must be older than the retention, by the clock
 	r.c.runJob(t, 0, "failback", "vm")
 	r.requireMirror(t, r.img, "home disk after failback")
