@@ -178,7 +178,8 @@ func TestFailoverWithSourceKilledMidCycle(t *testing.T) {
 	writeInChunks(t, img, after[:48<<20], chunk)
 	require.Eventually(t, func() bool { up, _ := proxy.Bytes(); return up > up0+16<<20 }, time.Minute, 20*time.Millisecond)
 	src.Proc.Kill() // mid-cycle: some blocks of the cycle are already stored
-	newest := c.Points("m")[len(c.Points("m"))-1]
+	listed := c.Points("m")
+	newest := listed[len(listed)-1]
 
 	j := c.runJob(t, 0, "failover", "m")
 	require.Equal(t, newest.ID, j.Machines[0].PointID, "the newest complete point")
