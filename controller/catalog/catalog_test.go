@@ -153,6 +153,8 @@ func TestMigrationTargetDrivers(t *testing.T) {
 	// Back to schema 2: what later migrations added goes too.
 	_, err = c.db.Exec("ALTER TABLE machines DROP COLUMN roundtrip")
 	require.NoError(t, err)
+	_, err = c.db.Exec("DROP TABLE plans")
+	require.NoError(t, err)
 	_, err = c.db.Exec("PRAGMA user_version = 2")
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
@@ -193,6 +195,8 @@ func TestMigrationRoundTrip(t *testing.T) {
 	_, err = c.db.Exec(`UPDATE machines SET active_site = CASE name WHEN 'h' THEN 'source' ELSE 'target' END`)
 	require.NoError(t, err)
 	_, err = c.db.Exec("ALTER TABLE machines DROP COLUMN roundtrip")
+	require.NoError(t, err)
+	_, err = c.db.Exec("DROP TABLE plans")
 	require.NoError(t, err)
 	_, err = c.db.Exec("PRAGMA user_version = 3")
 	require.NoError(t, err)
