@@ -50,6 +50,11 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	if a.Revoked {
 		return api.Machine{}, api.Errorf(api.CodeFailedPrecondition, "agent %s is revoked", a.Name)
 	}
+	if req.Driver != (api.Driver{}) {
+		if err := s.refusedByAgent(a.ID, a.Name, allowExecDrivers); err != nil {
+			return api.Machine{}, err
+		}
+	}
 	if err := s.refuseProtectedDisks(ctx, a, req); err != nil {
 		return api.Machine{}, err
 	}

@@ -205,15 +205,17 @@ func (s *Server) validPlan(ctx context.Context, p api.Plan) error {
 	return nil
 }
 
-// planScriptAgent checks that a script action's agent exists.
+// planScriptAgent checks that a script action's agent exists and, when it
+// is connected, allows plan scripts.
 func (s *Server) planScriptAgent(ctx context.Context, name string) error {
-	if _, err := s.cat.Agent(ctx, name); err != nil {
+	a, err := s.cat.Agent(ctx, name)
+	if err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
 			return api.Errorf(api.CodeNotFound, "agent %q is not enrolled", name)
 		}
 		return apiErr(err)
 	}
-	return nil
+	return s.refusedByAgent(a.ID, a.Name, allowPlanScripts)
 }
 
 // errCode is an error's API code (internal when it has none).
