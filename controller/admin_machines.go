@@ -185,7 +185,15 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 	if err := lifecycle.Check(machine, m.State, lifecycle.Unprotect); err != nil {
 		return apiErr(err)
 	}
-	if err := s.cat.DeleteMachine(ctx, machine); err != nil {
+	// Under the plan lock: no plan gains the machine between the check
+	// and the delete.
+	s.planMu.Lock()
+	err = s.refuseInPlans(ctx, machine)
+	if err == nil {
+		err = s.cat.DeleteMachine(ctx, machine)
+	}
+	s.planMu.Unlock()
+	if err != nil {
 		return apiErr(err)
 	}
 	s.ing.ForgetMachine(machine)

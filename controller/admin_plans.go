@@ -3,7 +3,9 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
@@ -216,6 +218,26 @@ func (s *Server) planScriptAgent(ctx context.Context, name string) error {
 		return apiErr(err)
 	}
 	return s.refusedByAgent(a.ID, a.Name, allowPlanScripts)
+}
+
+// refuseInPlans refuses to unprotect a machine a plan names: the plan
+// would then move a machine that is gone. Call with planMu held.
+func (s *Server) refuseInPlans(ctx context.Context, machine string) error {
+	ps, err := s.cat.Plans(ctx)
+	if err != nil {
+		return err
+	}
+	var in []string
+	for _, p := range ps {
+		if g := p.GroupOf(machine); g != 0 {
+			in = append(in, fmt.Sprintf("%s (group %d)", p.Name, g))
+		}
+	}
+	if len(in) == 0 {
+		return nil
+	}
+	return api.Errorf(api.CodeFailedPrecondition, "machine %s is in recovery plan %s: remove it first (ferry plans remove-machine PLAN %s)",
+		machine, strings.Join(in, ", "), machine)
 }
 
 // errCode is an error's API code (internal when it has none).

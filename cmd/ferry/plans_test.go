@@ -154,6 +154,12 @@ group 2: web1, web2
 	out = ok("plans", "list")
 	require.Regexp(t, `(?m)^shop\s+3\s+db,web1,web2,solo\s+3$`, out)
 
+	// A machine a plan names cannot be unprotected until it leaves the plan.
+	msg = s.refused(t, api.CodeFailedPrecondition, "unprotect", "solo")
+	require.Contains(t, msg, "machine solo is in recovery plan shop (group 3): remove it first (ferry plans remove-machine PLAN solo)")
+	ok("plans", "remove-machine", "shop", "solo")
+	ok("unprotect", "solo")
+
 	ok("plans", "delete", "other")
 	s.refused(t, api.CodeNotFound, "plans", "delete", "other")
 	s.refused(t, api.CodeNotFound, "plans", "show", "other")
