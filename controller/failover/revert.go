@@ -4,21 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/msg"
-)
-
-// Revert's own steps. release-target: the recovery-site disks become the
-// staged replica again, which staging brings to the newest point.
-// home-cycle: the first cycle from home, so that the machine is
-// recoverable from what it runs on now, not from the kept writes.
-const (
-	StepReleaseTarget = "release-target"
-	StepHomeCycle     = "home-cycle"
 )
 
 // homeStartable reports whether the source driver can start the machine
@@ -74,12 +66,12 @@ func startHomeRevert(ctx context.Context, j *job, name string, md *machineData) 
 		}
 	}
 	if homeStatus(m) {
-		if resp, err := j.sourceDriver(ctx, name, md.SourceAgent, "status"); err == nil && resp.Status == "running" {
+		if resp, err := j.revertHomeDriver(ctx, m, md.SourceAgent, "status"); err == nil && resp.Status == "running" {
 			j.r.MachineNote(name, "the machine already runs at home")
 			return nil
 		}
 	}
-	if _, err := j.sourceDriver(ctx, name, md.SourceAgent, "start"); err != nil {
+	if _, err := j.revertHomeDriver(ctx, m, md.SourceAgent, "start"); err != nil {
 		if jobs.IsRetryable(err) {
 			return fmt.Errorf("the source driver could not start %s at home: %w", name, err)
 		}
@@ -89,9 +81,78 @@ func startHomeRevert(ctx context.Context, j *job, name string, md *machineData) 
 	return nil
 }
 
+// revertHomeDriver runs the machine's source driver — exec commands or a
+// hypervisor source driver — through the home agent as a target driver
+// request: a failed-over machine is no longer in that agent's replication,
+// so the agent's own machine driver does not know it.
+func (j *job) revertHomeDriver(ctx context.Context, m catalog.Machine, agentID, action string) (msg.DriverResponse, error) {
+	var paths []string
+	for _, d := range m.Spec.Disks {
+		paths = append(paths, d.Path)
+	}
+	var resp msg.DriverResponse
+	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
+	defer cancel()
+	err := j.e.Agents.Call(ctx, agentID, msg.MethodTargetDriver, msg.TargetDriverRequest{
+		Machine: m.Name, Action: action, Commands: msg.Driver(m.Spec.Driver), Hypervisor: sourceHypervisor(m),
+		Env: map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": m.Name,
+			"FERRY_DISKS": strings.Join(paths, "\n"), "FERRY_TEST": "0", "FERRY_DIRECTION": "forward"}}, &resp)
+	return resp, err
+}
+
+// revertedProtected is revert's last step. The machine is recorded
+// protected at home first — its failover forgotten, replication resumed
+// with a hash resync (the newest point is the kept writes, not what the
+// home disks hold) — which completes the revert; then, each only noted
+// when it fails: the recovery site's live disks become the staged replica
+// again (otherwise staging builds a new one and a later failover reuses
+// them), the source agent gets its configuration, and a first cycle from
+// home is asked for now rather than at the policy's next interval.
+func revertedProtected(ctx context.Context, j *job, name string, md *machineData) error {
+	m, err := j.e.Cat.Machine(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := j.advance(&m); err != nil {
+		return err
+	}
+	m.Failover = nil
+	m.ActiveSite = catalog.SiteHome
+	m.Resync = true
+	if err := j.e.Cat.UpdateMachine(ctx, m); err != nil {
+		return err
+	}
+	j.r.SetMachine(name, "reverted", md.Writes, nil)
+	// After a controller restart the agents are reconnecting: wait for
+	// them within their grace period rather than leave the staged replica
+	// and the first home cycle to later.
+	j.awaitAgentBack(ctx, md.TargetAgent, true)
+	if err := releaseTarget(ctx, j, name, md); err != nil {
+		j.r.MachineNote(name, fmt.Sprintf("the recovery site's disks were not made the staged replica again (%v): staging builds one, and a later failover reuses them", err))
+	}
+	j.awaitAgentBack(ctx, md.SourceAgent, md.SourceSeen)
+	if err := j.e.Push(ctx, m.AgentID); err != nil {
+		j.r.MachineNote(name, fmt.Sprintf("replication resumes when the source agent reconnects (%v)", err))
+		return nil
+	}
+	homeCycle(ctx, j, name, md)
+	return nil
+}
+
+// awaitAgentBack waits for an agent that is not connected while it may
+// still be reconnecting (agentGrace), and no longer.
+func (j *job) awaitAgentBack(ctx context.Context, agentID string, seen bool) {
+	if j.e.Agents.Connected(agentID) {
+		return
+	}
+	if until, _ := j.agentGrace(ctx, agentID, seen); !until.IsZero() {
+		j.waitAgent(ctx, agentID, until, false)
+	}
+}
+
 // releaseTarget makes the recovery site's live disks the staged replica
-// again (they hold the kept writes; staging rewrites what differs from the
-// newest point), or drops them when a staged set exists already.
+// (they hold the kept writes; marked written, staging rewrites what
+// differs from the newest point), or drops them when a staged set exists.
 func releaseTarget(ctx context.Context, j *job, name string, md *machineData) error {
 	unlock := j.e.lockMoves(name)
 	defer unlock()
@@ -112,49 +173,22 @@ func releaseTarget(ctx context.Context, j *job, name string, md *machineData) er
 	return err
 }
 
-// revertedProtected records the machine as protected at home: its
-// failover forgotten, replication resumed from home with a hash resync
-// (the newest point is the kept writes, not what the home disks hold).
-func revertedProtected(ctx context.Context, j *job, name string, md *machineData) error {
-	m, err := j.e.Cat.Machine(ctx, name)
-	if err != nil {
-		return err
-	}
-	if err := j.advance(&m); err != nil {
-		return err
-	}
-	m.Failover = nil
-	m.ActiveSite = catalog.SiteHome
-	m.Resync = true
-	if err := j.e.Cat.UpdateMachine(ctx, m); err != nil {
-		return err
-	}
-	if err := j.e.Push(ctx, m.AgentID); err != nil {
-		j.r.Note("%s: replication resumes when the source agent reconnects (%v)", name, err)
-	}
-	j.r.SetMachine(name, "reverted", md.Writes, nil)
-	return nil
-}
-
-// homeCycle asks the source agent for a cycle now (a hash resync against
-// the kept writes, the newest point) rather than at its next scheduled
-// one. Replication already resumed: a cycle that fails here is retried on
-// the policy's schedule, and the revert stands.
-func homeCycle(ctx context.Context, j *job, name string, md *machineData) error {
+// homeCycle asks the source agent for a cycle now; one that fails is
+// retried on the policy's schedule, and the revert stands.
+func homeCycle(ctx context.Context, j *job, name string, md *machineData) {
 	if !j.e.Agents.Connected(md.SourceAgent) {
 		j.r.MachineNote(name, "the source agent is not connected: replication from home resumes when it reconnects")
-		return nil
+		return
 	}
 	var resp msg.CycleNowResponse
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	if err := j.e.Agents.Call(cctx, md.SourceAgent, msg.MethodCycleNow, msg.CycleNowRequest{Machine: name}, &resp); err != nil {
 		j.r.MachineNote(name, fmt.Sprintf("the first cycle from home failed (%v); replication retries on the policy's schedule", err))
-		return nil
+		return
 	}
 	j.r.MachineNote(name, fmt.Sprintf("replicating from home again: point %d", resp.PointID))
 	j.r.SetMachine(name, "reverted", resp.PointID, nil)
-	return nil
 }
 
 // undoRevert is a revert that did not complete: the machine stays failed

@@ -418,6 +418,7 @@ const (
 	VerbCleanup     Verb = "cleanup"
 	VerbCommit      Verb = "commit"
 	VerbChangePoint Verb = "change-point"
+	VerbRevert      Verb = "revert"
 )
 
 // StartFailover starts a failover-family job and returns it at once.

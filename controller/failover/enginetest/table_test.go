@@ -327,6 +327,49 @@ var kinds = []kind{{
 		require.Len(b.t, b.c.Points(m.name), m.preJobPts, "the points are kept")
 		requireRunningOn(b, m.name, m.live)
 	},
+}, {
+	name:  "revert",
+	steps: []string{"prerequisites", "stop-target", "keep-writes", "start-home", "protected"},
+	prepare: func(b *bench, m *machine) {
+		j := failoverJob(b, m, api.FailoverRequest{})
+		require.Greater(b.t, j.Machines[0].PointID, m.p1, "the failover took a fresh point")
+		// The failed-over machine writes at the target.
+		img := &rig.Image{Path: b.site.Hyp.Disks(b.t, m.name)[0], Want: append([]byte(nil), m.v2...)}
+		m.live = img.Write(b.t, 9999, 0, 128<<10)
+	},
+	start: func(b *bench, m *machine) (api.Job, error) {
+		return b.c.StartAction(rig.VerbRevert, api.MachineActionRequest{Machine: m.name})
+	},
+	done: func(b *bench, m *machine, j api.Job) {
+		mc := b.c.Machine(m.name)
+		require.Equal(b.t, "protected", mc.State)
+		require.Equal(b.t, "home", mc.ActiveSite)
+		require.Equal(b.t, "running", rig.SourceState(m.dir), "started at home")
+		require.NotEqual(b.t, "running", b.site.Hyp.State(m.name), "still running at the recovery site")
+		var kept int64
+		for _, p := range b.c.Points(m.name) {
+			if p.Name == "target-writes-"+j.ID {
+				kept = p.ID
+			}
+		}
+		require.NotZero(b.t, kept, "the recovery site's writes are kept as target-writes-%s", j.ID)
+		// Replicating from home (hourly points: this one is the revert's
+		// first cycle): the source's bytes, and the recovery site's disks
+		// become its staged replica.
+		home := b.c.WaitPoint(m.name, kept)
+		b.site.WaitStaged(b.t, m.name, home.ID)
+		rig.RequireFile(b.t, m.v2, b.site.SetDisk(m.name, "staged", "d"), "the staged replica after the revert")
+	},
+	undone: func(b *bench, m *machine, j api.Job, _ action) {
+		require.Equal(b.t, "failed-over", b.c.Machine(m.name).State)
+		if rig.StepState(j, "start-home") == api.StepSucceeded {
+			// Started at home: never restarted at the recovery site.
+			require.Equal(b.t, "running", rig.SourceState(m.dir))
+			require.NotEqual(b.t, "running", b.site.Hyp.State(m.name))
+			return
+		}
+		requireRunningOn(b, m.name, m.live) // running at the recovery site on its own writes
+	},
 }}
 
 // TestJobKinds runs every job kind × {succeeds, a step fails, cancel at
