@@ -56,8 +56,53 @@ func newAgentsCommand(g *globals) *cobra.Command {
 		},
 	}
 	upgrade.Flags().BoolVar(&all, "all", false, "upgrade every connected agent")
-	cmd.AddCommand(list, revoke, remove, upgrade)
+	show := &cobra.Command{
+		Use: "show AGENT", Short: "Show one agent, with what it allows the controller to run on its host (plan scripts, exec drivers)", Args: exactArgs(1, "AGENT"),
+		RunE: func(c *cobra.Command, args []string) error { return runAgentShow(c.Context(), g, args[0]) },
+	}
+	cmd.AddCommand(list, show, revoke, remove, upgrade)
 	return cmd
+}
+
+func runAgentShow(ctx context.Context, g *globals, name string) error {
+	cl, err := g.client()
+	if err != nil {
+		return err
+	}
+	agents, err := cl.Agents(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range agents {
+		if a.Name != name && a.ID != name {
+			continue
+		}
+		if g.json {
+			return g.printJSON(a)
+		}
+		conn := "no"
+		if a.Connected {
+			conn = "yes"
+		}
+		if a.Revoked {
+			conn = "revoked"
+		}
+		w := g.stdout
+		fmt.Fprintf(w, "name:       %s\n", a.Name)
+		fmt.Fprintf(w, "id:         %s\n", a.ID)
+		fmt.Fprintf(w, "address:    %s\n", orDash(a.Address))
+		fmt.Fprintf(w, "version:    %s (%s)\n", orDash(a.Version), orDash(a.Platform))
+		fmt.Fprintf(w, "hostname:   %s\n", orDash(a.Hostname))
+		fmt.Fprintf(w, "connected:  %s (last seen %s)\n", conn, fmtAgo(a.LastSeen, time.Now()))
+		fmt.Fprintf(w, "cert:       expires %s\n", fmtTime(a.CertExpires))
+		if a.Allows == nil {
+			fmt.Fprintf(w, "allows:     - (known while it is connected)\n")
+		} else {
+			fmt.Fprintf(w, "allows:     %s\n", allows(a.Allows))
+		}
+		return nil
+	}
+	return api.Errorf(api.CodeNotFound, "agent %q is not enrolled", name)
 }
 
 func runAgentsList(ctx context.Context, g *globals) error {

@@ -24,6 +24,7 @@ ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444`,
 
 	"ferry agents":         "ferry agents list",
 	"ferry agents list":    "ferry agents list\nferry agents list --json",
+	"ferry agents show":    "ferry agents show host1\nferry agents show host1 --json",
 	"ferry agents revoke":  "ferry agents revoke host1",
 	"ferry agents remove":  "ferry agents remove host1",
 	"ferry agents upgrade": "ferry agents upgrade host1\nferry agents upgrade --all",

@@ -307,6 +307,15 @@ func TestCLIAgentPermissions(t *testing.T) {
 	require.Equal(t, exitOK, code, stderr)
 	require.Regexp(t, `(?m)^locked\s.*\snone$`, stdout)
 	require.Regexp(t, `(?m)^open\s.*\splan-scripts,exec-drivers$`, stdout)
+	code, stdout, stderr = s.cli(t, "agents", "show", "locked")
+	require.Equal(t, exitOK, code, stderr)
+	require.Contains(t, stdout, "allows:     none\n")
+	var one api.Agent
+	code, stdout, stderr = s.cli(t, "--json", "agents", "show", "open")
+	require.Equal(t, exitOK, code, stderr)
+	require.NoError(t, json.Unmarshal([]byte(stdout), &one))
+	require.Equal(t, api.AgentPermissions{PlanScripts: true, ExecDrivers: true}, *one.Allows)
+	s.refused(t, api.CodeNotFound, "agents", "show", "ghost")
 
 	img := filepath.Join(t.TempDir(), "m.img")
 	require.NoError(t, os.WriteFile(img, make([]byte, 1<<20), 0o600))
