@@ -127,6 +127,7 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 		return err
 	}
 	var last api.Job
+	out, lastLine := newProgressOut(g.stdout), ""
 	err = cl.WatchJob(ctx, id, func(j api.Job) error {
 		last = j
 		if g.json {
@@ -138,9 +139,20 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 			_, err = g.stdout.Write(b)
 			return err
 		}
-		fmt.Fprintf(g.stdout, "%s %s: %s\n", j.ID, j.State, currentStep(j))
+		// A line when the job or its step changes; a step moving data
+		// draws a bar on a terminal (a line per tenth elsewhere).
+		if line := fmt.Sprintf("%s %s: %s", j.ID, j.State, currentStep(j)); line != lastLine {
+			lastLine = line
+			out.println("%s", line)
+		}
+		for _, s := range j.Steps {
+			if s.State == api.StepRunning && s.BytesTotal > 0 {
+				out.update(fromStep("  "+s.Name, s, out.now()))
+			}
+		}
 		return nil
 	})
+	out.finish()
 	if err != nil {
 		return err
 	}

@@ -211,7 +211,7 @@ type Machine struct {
 	// Progress is the running cycle's (or, once it ended, the last one's)
 	// live progress; absent before the agent reported one.
 	Progress *ReplicationProgress `json:"progress,omitempty"`
-	Job            string        `json:"job,omitempty"` // the running mutating job, if any
+	Job      string               `json:"job,omitempty"` // the running mutating job, if any
 	// Fence is the recovery site's stop an unplanned failback owes or
 	// made (docs/failover.md "Unplanned failback and fencing").
 	Fence *Fence `json:"fence,omitempty"`
