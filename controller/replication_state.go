@@ -1,6 +1,10 @@
 package controller
 
-import "github.com/ferrydr/ferry/controller/catalog"
+import (
+	"regexp"
+
+	"github.com/ferrydr/ferry/controller/catalog"
+)
 
 // notReplicating says, per machine state, why no cycle of the machine runs
 // and what brings replication back; a state not listed replicates (from
@@ -17,6 +21,9 @@ var notReplicating = map[string]string{
 	catalog.StateUnprotected:  "unprotected",
 }
 
+// machineWord is the M that stands for the machine's name in the reasons.
+var machineWord = regexp.MustCompile(`\bM\b`)
+
 // replicationStopped is why a machine in this state does not replicate
 // ("" when it does).
 func replicationStopped(m catalog.Machine) string {
@@ -24,7 +31,7 @@ func replicationStopped(m catalog.Machine) string {
 		return ""
 	}
 	if why, ok := notReplicating[m.State]; ok {
-		return why
+		return machineWord.ReplaceAllLiteralString(why, m.Name)
 	}
 	if m.Reversed() || m.AtRecovery() {
 		return "" // the recovery site replicates it home (reverse-protected, test-failed-back)

@@ -31,8 +31,7 @@ type progressOut struct {
 	lastTenth int64
 }
 
-// barWidth is the bar's width in characters on a terminal of 80 columns
-// or more; narrower terminals get a shorter bar.
+// barWidth is the bar's widest, in characters.
 const barWidth = 30
 
 func newProgressOut(w io.Writer) *progressOut {
@@ -106,20 +105,19 @@ func (o *progressOut) finish() {
 	}
 }
 
-// barLine is "LABEL [=====>      ]  42%  860MiB/2GiB  80MiB/s  ETA 12s",
-// cut to the terminal's width.
+// barLine is "LABEL [=====>      ]  42%  860MiB of 2GiB  80MiB/s  ETA 12s":
+// the bar gives up width (down to 10) for the figures on a narrow
+// terminal, and the line is cut to the terminal's width.
 func (o *progressOut) barLine(p progress) string {
 	frac := fraction(p)
-	w := barWidth
-	if o.width < 80 {
-		w = max(10, o.width-50)
-	}
+	tail := fmt.Sprintf("] %3.0f%%  %s", 100*frac, details(p))
+	w := min(barWidth, max(10, o.width-1-len([]rune(p.label))-2-len([]rune(tail))))
 	fill := int(frac * float64(w))
 	bar := strings.Repeat("=", fill)
 	if fill < w {
 		bar += ">" + strings.Repeat(" ", w-fill-1)
 	}
-	line := fmt.Sprintf("%s [%s] %3.0f%%  %s", p.label, bar, 100*frac, details(p))
+	line := p.label + " [" + bar + tail
 	if r := []rune(line); len(r) > o.width-1 {
 		line = string(r[:o.width-1])
 	}
