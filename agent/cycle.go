@@ -8,6 +8,7 @@ import (
 	"iter"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"golang.org/x/time/rate"
 
@@ -29,6 +30,15 @@ type cycleDisk struct {
 	trusted bool
 	bs      int
 	format  disk.Format // forced (DiskConfig.Format); "" detects
+	// resynced counts the bytes a hash resync compared (nil: not counted).
+	resynced *atomic.Int64
+}
+
+// compared counts block b as compared by a hash resync.
+func (d *cycleDisk) compared(b int64) {
+	if d.resynced != nil {
+		d.resynced.Add(blockBytes(b, d.bs, d.src.Size()))
+	}
 }
 
 // cycle takes a view, finds what changed and ships it; it returns the new
@@ -132,11 +142,23 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		return 0, fmt.Errorf("begin cycle: %w", err)
 	}
 	sd := make([]ship.Disk, len(disks))
+	stopResync := func() {}
+	if bresp.Resync {
+		// A hash resync reads every block of every disk: its progress is
+		// the disks' bytes compared, reported like shipping's.
+		rp := &cycleProgress{phase: "resync", started: a.cfg.Now()}
+		for _, d := range disks {
+			rp.total += d.src.Size()
+			d.resynced = &rp.done
+		}
+		p.report(ctx, rp.request(0, 0))
+		stopResync = rp.watch(ctx, p.report, a.cfg.Now)
+	}
+	defer stopResync() // on an early return; stopping twice is harmless
 	for i, d := range disks {
 		var cands iter.Seq[ship.Candidate]
 		switch {
 		case bresp.Resync:
-			p.report(ctx, msg.ReportRequest{Phase: "resync"})
 			log.Info("hash resync", "disk", d.name, "reason", bresp.ResyncReason)
 			if p.beforeHash != nil {
 				p.beforeHash()
@@ -174,6 +196,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 		sd[i] = ship.Disk{Index: uint16(i), Reader: d.src, Size: d.src.Size(), BlockSize: d.bs, Map: d.m, Candidates: cands}
 	}
+	stopResync()
 	var lim *rate.Limiter
 	if cfg.Bandwidth > 0 {
 		lim = rate.NewLimiter(rate.Limit(cfg.Bandwidth), int(min(cfg.Bandwidth, 4<<20)))

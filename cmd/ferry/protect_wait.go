@@ -12,6 +12,9 @@ import (
 // reports about once a second.
 const pollEvery = 500 * time.Millisecond
 
+// syncLabel names what an initial sync's cycle is doing.
+var syncLabel = map[string]string{api.PhaseShipping: "initial sync", api.PhaseResync: "hash resync"}
+
 // waitFirstPoint follows a machine's initial sync until its first recovery
 // point, drawing its progress, and prints the point (with --json, the
 // machine once it has it). Replication errors are shown and waited out:
@@ -31,7 +34,7 @@ func waitFirstPoint(ctx context.Context, g *globals, cl *admin.Client, machine s
 		if !g.json {
 			switch p := m.Progress; {
 			case p.Active() && p.BytesTotal > 0:
-				out.update(fromReplication("initial sync", p))
+				out.update(fromReplication(syncLabel[p.Phase], p))
 			case m.Replication.LastError != "" && m.Replication.LastError != lastErr:
 				out.println("replication error (the agent retries): %s", m.Replication.LastError)
 			}
