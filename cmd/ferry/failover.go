@@ -245,10 +245,9 @@ func followJob(ctx context.Context, g *globals, j api.Job, wait bool) error {
 			return nil
 		}
 		for _, st := range s.Steps {
-			if st.State == api.StepRunning && st.BytesTotal > 0 {
-				// Data moving: a bar on a terminal, a line per tenth elsewhere.
+			// Data moving: a bar on a terminal, a line per tenth elsewhere.
+			if out.step(fmt.Sprintf("%s  %-16s", j.ID, st.Name), st, printed[st.Name] == api.StepRunning) {
 				printed[st.Name] = st.State
-				out.update(fromStep(fmt.Sprintf("%s  %-16s", j.ID, st.Name), st, out.now()))
 				continue
 			}
 			if printed[st.Name] != st.State && st.State != api.StepPending {

@@ -128,6 +128,7 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 	}
 	var last api.Job
 	out, lastLine := newProgressOut(g.stdout), ""
+	bars := map[string]bool{} // steps whose progress is shown
 	err = cl.WatchJob(ctx, id, func(j api.Job) error {
 		last = j
 		if g.json {
@@ -146,9 +147,8 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 			out.println("%s", line)
 		}
 		for _, s := range j.Steps {
-			if s.State == api.StepRunning && s.BytesTotal > 0 {
-				out.update(fromStep("  "+s.Name, s, out.now()))
-			}
+			out.step("  "+s.Name, s, bars[s.Name])
+			bars[s.Name] = s.State == api.StepRunning && s.BytesTotal > 0
 		}
 		return nil
 	})

@@ -90,6 +90,21 @@ func (o *progressOut) update(p progress) {
 	fmt.Fprintln(o.w, plainLine(p))
 }
 
+// step shows a job step that moves data: its progress while it runs, and
+// once it succeeded, if its progress was shown (wasShown), the full bar.
+// It reports whether it showed anything.
+func (o *progressOut) step(label string, s api.JobStep, wasShown bool) bool {
+	switch {
+	case s.State == api.StepRunning && s.BytesTotal > 0:
+		o.update(fromStep(label, s, o.now()))
+		return true
+	case s.State == api.StepSucceeded && wasShown && s.BytesTotal > 0:
+		o.update(progress{label: label, done: s.BytesTotal, total: s.BytesTotal})
+		o.finish()
+	}
+	return false
+}
+
 // println ends a bar on the line (it stays, as last drawn) and prints a
 // line of text.
 func (o *progressOut) println(format string, args ...any) {

@@ -111,3 +111,18 @@ func TestSummariseEstate(t *testing.T) {
 	require.Contains(t, out, "  disconnected: h2, last seen")
 	require.Contains(t, out, "  db (failed-over) warning: not replicating")
 }
+
+// TestJobStepProgress: a running step with data to move shows its
+// progress; once it succeeded, a step whose progress was shown ends full;
+// steps without data show nothing here (their state lines do).
+func TestJobStepProgress(t *testing.T) {
+	var b bytes.Buffer
+	o := newProgressOut(&b)
+	now := time.Now()
+	o.now = func() time.Time { return now }
+	require.False(t, o.step("move", api.JobStep{State: api.StepRunning}, false), "no bytes: no progress")
+	require.True(t, o.step("move", api.JobStep{State: api.StepRunning, BytesDone: 50, BytesTotal: 100, Started: now.Add(-time.Second)}, false))
+	require.False(t, o.step("move", api.JobStep{State: api.StepSucceeded, BytesDone: 100, BytesTotal: 100}, true))
+	require.False(t, o.step("start", api.JobStep{State: api.StepSucceeded, BytesTotal: 100}, false))
+	require.Equal(t, "move  50% (50B of 100B, 50B/s, ETA 1s)\nmove 100% (100B of 100B)\n", b.String())
+}
