@@ -184,6 +184,10 @@ func TestProtectWaitDrawsABar(t *testing.T) {
 	require.NotNil(t, m, "the last line is the first point: %q", r.Stdout)
 	require.Equal(t, "plain", m[1])
 
+	// The last cycle in the human views.
+	require.Regexp(t, `Cycle: +idle: the last cycle compared 192MiB of 192MiB at \S+/s`, c.MustFerry("machines", "show", "plain"))
+	require.Regexp(t, `(?m)^NAME .* CYCLE$`, c.MustFerry("machines", "list"))
+
 	// --json --wait: the machine, with its first point.
 	var pm machineProgress
 	img3 := filepath.Join(dir, "json.img")
