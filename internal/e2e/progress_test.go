@@ -119,6 +119,7 @@ func TestInitialSyncReportsLiveProgress(t *testing.T) {
 	require.Equal(t, int64(data), m.Progress.BytesDone)
 	require.Equal(t, int64(data), m.Progress.BytesTotal)
 	require.Positive(t, m.Progress.RateBPS)
+	t.Logf("the initial sync of %d MiB of data: %d MiB/s on average", data>>20, m.Progress.RateBPS>>20)
 	require.LessOrEqual(t, m.Progress.RateBPS, int64(300<<20), "the average respects the 256 MiB/s cap (with slack for the burst)")
 
 	// machines list --json carries it too.
@@ -289,7 +290,13 @@ func TestFailedOverMachineIsNotHealthy(t *testing.T) {
 	f.c.JSON(&m, "machines", "show", "m")
 	require.Equal(t, "healthy", m.Health, m.HealthReason)
 
-	f.c.runJob(t, 0, "failover", "m")
+	// --wait without a terminal: plain lines, step by step, then the outcome.
+	r := f.c.Ferry("failover", "m", "--wait")
+	require.Equal(t, 0, r.Code, "%s%s", r.Stdout, r.Stderr)
+	require.NotContains(t, r.Stdout, "\r")
+	require.Regexp(t, `(?m)^\S+  prerequisites +succeeded$`, r.Stdout)
+	require.Regexp(t, `(?m)^m: running, point \d+$`, r.Stdout)
+	require.Regexp(t, `job \S+ succeeded\n$`, r.Stdout)
 	m = machineProgress{}
 	f.c.JSON(&m, "machines", "show", "m")
 	require.Equal(t, "failed-over", m.State)
