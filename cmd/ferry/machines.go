@@ -190,7 +190,18 @@ func newMachinesCommand(g *globals) *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error { return runMachinesList(c.Context(), g) },
 	}
 	show := &cobra.Command{
-		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks", Args: exactArgs(1, "MACHINE"),
+		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks, its replication cycle", Args: exactArgs(1, "MACHINE"),
+		Long: `Show a machine: its state and health (with the reason when it is not
+healthy: a machine that is not replicating, failed over for example, is a
+warning), RPO, allowed next actions and disks, and its replication cycle.
+
+The cycle is what the source agent reports about once a second while it
+runs: in --json, progress {phase (shipping, resync, idle once it ended,
+error), bytes_done, bytes_total, rate_bps, started, updated, eta_seconds
+(while it runs)}. bytes_total is the bytes of the blocks the cycle compares
+(for an initial sync, the disks' allocated data); bytes_done rises to it.
+A machine whose agent has not reported a cycle since the controller started
+has no progress.`,
 		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
 	}
 	cmd.AddCommand(list, show)

@@ -79,7 +79,15 @@ func newStatusCommand(g *globals) *cobra.Command {
 		Long: `Summarise the installation: how many machines are in each state and
 health, the worst RPO, the replication cycles running now (with progress), the
 jobs that have not ended, and the agents without a session (with the machines
-they replicate). Machines that are not healthy are listed with the reason.`,
+they replicate). Machines that are not healthy are listed with the reason.
+
+--json prints one object: machines {total, by_state, by_health}; worst_rpo
+{machine, rpo_seconds, health} (null before any point); cycles [{machine,
+progress}] (progress as in 'machines show --json'); running_jobs [{id, kind,
+state, machines, step}] (jobs not ended: queued, running, waiting); agents
+{total, connected, revoked}; disconnected_agents [{name, id, last_seen,
+machines}] (revoked agents are not listed); attention [{name, state, health,
+reason}].`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runStatus(c.Context(), g) },
 	}
