@@ -194,6 +194,9 @@ func fmtProgressLong(p *api.ReplicationProgress) string {
 	if p.Active() {
 		return p.Phase + " " + plainLine(fromReplication("", p))[1:]
 	}
+	if p.BytesTotal == 0 {
+		return p.Phase + ": the last cycle found no changed block to compare"
+	}
 	out := fmt.Sprintf("%s: the last cycle compared %s of %s", p.Phase, api.FormatSize(p.BytesDone), api.FormatSize(p.BytesTotal))
 	if p.RateBPS > 0 {
 		out += " at " + api.FormatSize(p.RateBPS) + "/s"
