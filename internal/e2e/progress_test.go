@@ -310,3 +310,44 @@ func TestFailedOverMachineIsNotHealthy(t *testing.T) {
 	require.Len(t, e.Attention, 1)
 	require.Equal(t, "m", e.Attention[0].Name)
 }
+
+// TestControllerInfoLogsOneLinePerCycle: with a writer changing the disk
+// and a target staging every point, the controller's info log says one
+// line per cycle of the machine (point committed) besides its protection;
+// the cycle's begin and the staging are debug lines.
+func TestControllerInfoLogsOneLinePerCycle(t *testing.T) {
+	f := newFailoverSetup(t, "--rp-every", "1s")
+	const size = 16 << 20
+	img, _ := f.protect(t, "m", size)
+	w := StartWriter(t, []string{img}, size, 4, time.Millisecond)
+	pointsDuring(t, f.c, "m", 1, 4, time.Minute)
+	w.Stop()
+	f.site.waitStaged(t, "m", f.c.Points("m")[len(f.c.Points("m"))-1].ID)
+
+	perMsg := map[string]int{}
+	debug := map[string]int{}
+	msgRE := regexp.MustCompile(`level=(\w+) msg=("[^"]*"|\S+)`)
+	for _, l := range strings.Split(f.c.Proc.Output(), "\n") {
+		if !strings.Contains(l, " machine=m ") && !strings.HasSuffix(l, " machine=m") {
+			continue
+		}
+		m := msgRE.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		msg := strings.Trim(m[2], `"`)
+		if m[1] == "INFO" {
+			perMsg[msg]++
+		} else if m[1] == "DEBUG" {
+			debug[msg]++
+		}
+	}
+	t.Logf("info lines of machine m: %v; debug: %v", perMsg, debug)
+	cycles := perMsg["point committed"]
+	require.GreaterOrEqual(t, cycles, 4)
+	delete(perMsg, "point committed")
+	delete(perMsg, "machine protected")
+	require.Empty(t, perMsg, "info lines besides one per cycle")
+	require.GreaterOrEqual(t, debug["cycle begins"], cycles, "the begins are debug lines")
+	require.Positive(t, debug["staged"], "staging is a debug line")
+}
