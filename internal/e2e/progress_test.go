@@ -351,3 +351,30 @@ func TestControllerInfoLogsOneLinePerCycle(t *testing.T) {
 	require.GreaterOrEqual(t, debug["cycle begins"], cycles, "the begins are debug lines")
 	require.Positive(t, debug["staged"], "staging is a debug line")
 }
+
+// TestFailoverWaitDrawsABar: `failover --wait` on a pseudo-terminal draws
+// the move step's bar (its bytes move the staged replica to the fresh
+// point), ends it full, and prints the outcome after it.
+func TestFailoverWaitDrawsABar(t *testing.T) {
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("script (util-linux) is not installed: no pseudo-terminal to draw on")
+	}
+	f := newFailoverSetup(t, "--rp-every", "1h")
+	const size = 128 << 20
+	img, _ := f.protect(t, "m", size)
+	// 96 MiB changed since the staged point: the failover's fresh cycle
+	// ships them and its move step writes them at the target.
+	change := make([]byte, 96<<20)
+	_, _ = rand.Read(change)
+	writeInChunks(t, img, change, 4<<20)
+
+	line := strings.Join([]string{filepath.Join(f.c.Bin, "ferry"), "--admin", f.c.Admin, "failover", "m", "--wait"}, " ")
+	out, err := exec.Command("script", "-qec", line, "/dev/null").Output()
+	require.NoError(t, err, "script: %s", out)
+	text := string(out)
+	require.Regexp(t, `\r\S+  move +\[=*>? *\] +\d+%`, text, "the move step's bar: %q", text)
+	require.Regexp(t, `\S+  move +\[=+\] 100%`, text, "the bar ends full: %q", text)
+	require.Regexp(t, `(?m)^\S+  move +succeeded\r?$`, text, "the step's end on its own line: %q", text)
+	require.Regexp(t, `job \S+ succeeded\r?\n$`, text)
+	t.Logf("%d redraws of the move step's bar", len(regexp.MustCompile(`\r\S+  move +\[`).FindAllString(text, -1)))
+}
