@@ -59,7 +59,9 @@ func fromReplication(label string, p *api.ReplicationProgress) progress {
 }
 
 // fromStep is a job step's progress; the rate is the step's average so far
-// and the time left follows from it.
+// and the time left follows from it. now is this host's clock against the
+// controller's start time: a skewed clock skews the estimate, never the
+// bytes.
 func fromStep(label string, s api.JobStep, now time.Time) progress {
 	p := progress{label: label, done: s.BytesDone, total: s.BytesTotal}
 	if secs := now.Sub(s.Started).Seconds(); !s.Started.IsZero() && secs >= 1 && s.BytesDone > 0 {
@@ -192,7 +194,7 @@ func fmtProgressShort(p *api.ReplicationProgress) string {
 // "idle: the last cycle compared 2GiB at 80MiB/s".
 func fmtProgressLong(p *api.ReplicationProgress) string {
 	if p.Active() {
-		return p.Phase + " " + plainLine(fromReplication("", p))[1:]
+		return plainLine(fromReplication(p.Phase, p))
 	}
 	if p.BytesTotal == 0 {
 		return p.Phase + ": the last cycle found no changed block to compare"
