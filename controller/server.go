@@ -134,7 +134,7 @@ func (s *Server) Run(parent context.Context) error {
 		// Each connection is charged until it closes (docs/limits.md).
 		ln := tls.NewListener(budgetListener{Listener: raw, b: newBudget(adminBudget), cost: httpCost},
 			s.serverTLS([]string{"http/1.1"}, tls.NoClientCert))
-		serve(limitedHTTPServer(admin.NewServer(s, token, s.log.With("component", "admin"))), ln)
+		serve(limitedHTTPServer(s.adminHTTP(token)), ln)
 		adminAddr = "https://" + ln.Addr().String()
 	}
 	s.spawn(func() {
