@@ -60,7 +60,7 @@ var funcs = template.FuncMap{
 	},
 	"size": api.FormatSize,
 	"pct":  func(f float64) string { return formatFloat(math.Round(f*1000) / 10) },
-	"ago":  func(now, t time.Time) string { return fmtDuration(now.Sub(t)) },
+	"span": fmtDuration,
 }
 
 // formatFloat is the shortest exact decimal of f.

@@ -56,23 +56,26 @@ func sparkline(samples []float64, threshold float64, window time.Duration) templ
 		top = 1
 	}
 	var pts []string
+	var lastX, lastY float64
 	for i, v := range samples {
 		if math.IsNaN(v) {
 			continue
 		}
-		x := float64(i) * w / float64(len(samples)-1)
-		y := h - 1 - v/top*(h-2)
-		pts = append(pts, fmt.Sprintf("%.1f,%.1f", x, y))
+		lastX = float64(i) * (w - 3) / float64(len(samples)-1)
+		lastY = h - 2 - v/top*(h-4)
+		pts = append(pts, fmt.Sprintf("%.1f,%.1f", lastX, lastY))
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg class="spark" width="%g" height="%g" viewBox="0 0 %g %g" role="img">`, w, h, w, h)
 	fmt.Fprintf(&b, `<title>RPO over the last %s: highest %s</title>`, fmtDuration(window), fmtSeconds(peak))
 	if threshold > 0 && threshold <= top {
-		y := h - 1 - threshold/top*(h-2)
+		y := h - 2 - threshold/top*(h-4)
 		fmt.Fprintf(&b, `<line class="threshold" x1="0" x2="%g" y1="%.1f" y2="%.1f"/>`, w, y, y)
 	}
 	if len(pts) > 0 {
 		fmt.Fprintf(&b, `<polyline points="%s"/>`, strings.Join(pts, " "))
+		// The newest sample, the RPO now: visible even when it is the only one.
+		fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="2"/>`, lastX, lastY)
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String()) // built from numbers only
@@ -83,12 +86,25 @@ func fmtSeconds(s float64) string {
 	return fmtDuration(time.Duration(s * float64(time.Second)))
 }
 
+// fmtDuration rounds to what a person reads: 3h, 1h30m, 2m5s, 4.5s.
 func fmtDuration(d time.Duration) string {
 	switch {
 	case d >= time.Hour:
-		return d.Round(time.Minute).String()
+		return trimZeroUnits(d.Round(time.Minute).String())
 	case d >= time.Minute:
-		return d.Round(time.Second).String()
+		return trimZeroUnits(d.Round(time.Second).String())
 	}
 	return d.Round(100 * time.Millisecond).String()
+}
+
+// trimZeroUnits drops the trailing "0s" and "0m" of a duration's string.
+func trimZeroUnits(s string) string {
+	s = strings.TrimSuffix(s, "m0s")
+	if strings.HasSuffix(s, "h0") {
+		return strings.TrimSuffix(s, "0")
+	}
+	if !strings.ContainsAny(s[len(s)-1:], "hms") {
+		s += "m"
+	}
+	return s
 }

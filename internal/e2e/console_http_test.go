@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// consoleReply is one answer of the console, read whole.
+type consoleReply struct {
+	Status   int
+	Location string
+	Cookies  []*http.Cookie
+	Body     string
+}
+
+// consoleDo sends one request without following redirects. origin "" sends
+// no Origin header; cookie nil sends no session.
+func (s *consoleSetup) consoleDo(t *testing.T, method, path string, form url.Values, origin string, cookie *http.Cookie) consoleReply {
+	t.Helper()
+	if s.http == nil {
+		s.http = &http.Client{
+			Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.pool, MinVersion: tls.VersionTLS13}},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	cl := s.http
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, s.base+path, body)
+	require.NoError(t, err)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if origin != "" {
+		req.Header.Set("Origin", origin)
+	}
+	if cookie != nil {
+		req.AddCookie(cookie)
+	}
+	resp, err := cl.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return consoleReply{Status: resp.StatusCode, Location: resp.Header.Get("Location"), Cookies: resp.Cookies(), Body: string(b)}
+}
+
+var csrfFieldRE = regexp.MustCompile(`name="csrf" value="([0-9a-f]{64})"`)
+
+// checkRefusals: with plain net/http, everything but a same-origin login
+// with the right token, and a same-origin POST carrying the session's CSRF
+// token, is refused and shows nothing.
+func (s *consoleSetup) checkRefusals(t *testing.T) {
+	// The admin listener admits 16 connections from one address: give
+	// them back for the browser.
+	defer func() { s.http.CloseIdleConnections() }()
+	own := s.base
+	const evil = "https://evil.example"
+
+	// No session: pages send to the login form; a token in a URL opens nothing.
+	r := s.consoleDo(t, "GET", "/ui/", nil, "", nil)
+	require.Equal(t, http.StatusSeeOther, r.Status)
+	require.Equal(t, "/ui/login", r.Location)
+	r = s.consoleDo(t, "GET", "/ui/?token="+url.QueryEscape(s.token), nil, "", nil)
+	require.Equal(t, http.StatusSeeOther, r.Status, "a token in the URL is no login")
+	require.Equal(t, "/ui/login", r.Location)
+	r = s.consoleDo(t, "GET", "/ui/machines/web", nil, "", nil)
+	require.Equal(t, "/ui/login", r.Location)
+
+	// A wrong token is refused and shows nothing.
+	r = s.consoleDo(t, "POST", "/ui/login", url.Values{"token": {"0123456789abcdef0123456789abcdef0123456789abcdef"}}, own, nil)
+	require.Equal(t, http.StatusUnauthorized, r.Status)
+	require.Empty(t, r.Cookies, "no session for a wrong token")
+	require.Contains(t, r.Body, "Wrong token")
+	require.NotContains(t, r.Body, "data-machine")
+	require.NotContains(t, r.Body, "web")
+
+	// The right token from another Origin, or from none: refused.
+	for _, origin := range []string{evil, ""} {
+		r = s.consoleDo(t, "POST", "/ui/login", url.Values{"token": {s.token}}, origin, nil)
+		require.Equal(t, http.StatusForbidden, r.Status, "login with Origin %q", origin)
+		require.Empty(t, r.Cookies)
+	}
+
+	// The right token from the console's own Origin: a session cookie.
+	r = s.consoleDo(t, "POST", "/ui/login", url.Values{"token": {s.token}}, own, nil)
+	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	require.Equal(t, "/ui/", r.Location)
+	require.Len(t, r.Cookies, 1)
+	ck := r.Cookies[0]
+	require.Equal(t, "ferry_session", ck.Name)
+	require.True(t, ck.HttpOnly, "HttpOnly")
+	require.True(t, ck.Secure, "Secure")
+	require.Equal(t, http.SameSiteStrictMode, ck.SameSite)
+	require.Equal(t, "/ui/", ck.Path)
+	require.Positive(t, ck.MaxAge, "the session expires")
+	require.NotContains(t, ck.Value, s.token)
+	session := &http.Cookie{Name: ck.Name, Value: ck.Value}
+
+	r = s.consoleDo(t, "GET", "/ui/", nil, "", session)
+	require.Equal(t, http.StatusOK, r.Status)
+	require.Contains(t, r.Body, `data-machine="web"`)
+	require.Contains(t, r.Body, `data-machine="db"`)
+	require.NotContains(t, r.Body, s.token, "the page never carries the admin token")
+	m := csrfFieldRE.FindStringSubmatch(r.Body)
+	require.NotNil(t, m, "the page carries the session's CSRF token")
+	csrf := m[1]
+
+	// The session cookie is no credential for the admin API.
+	r = s.consoleDo(t, "GET", "/v1/machines", nil, own, session)
+	require.Equal(t, http.StatusUnauthorized, r.Status)
+
+	var before []Job
+	s.c.JSON(&before, "jobs", "list")
+	const action = "/ui/machines/db/actions/test-failover"
+	for _, tc := range []struct {
+		why     string
+		form    url.Values
+		origin  string
+		cookie  *http.Cookie
+		status  int
+		message string
+	}{
+		{"no CSRF token", url.Values{}, own, session, http.StatusForbidden, "CSRF"},
+		{"a wrong CSRF token", url.Values{"csrf": {strings.Repeat("0", 64)}}, own, session, http.StatusForbidden, "CSRF"},
+		{"another Origin", url.Values{"csrf": {csrf}}, evil, session, http.StatusForbidden, "cross-origin"},
+		{"no Origin", url.Values{"csrf": {csrf}}, "", session, http.StatusForbidden, "cross-origin"},
+		{"no session", url.Values{"csrf": {csrf}}, own, nil, http.StatusUnauthorized, "not logged in"},
+	} {
+		r = s.consoleDo(t, "POST", action, tc.form, tc.origin, tc.cookie)
+		require.Equal(t, tc.status, r.Status, "%s: %s", tc.why, r.Body)
+		require.Contains(t, r.Body, tc.message, tc.why)
+		require.NotContains(t, r.Body, "data-machine", tc.why)
+	}
+	var after []Job
+	s.c.JSON(&after, "jobs", "list")
+	require.Equal(t, len(before), len(after), "no refused action started a job")
+	var db struct{ State string }
+	s.c.JSON(&db, "machines", "show", "db")
+	require.Equal(t, "protected", db.State)
+
+	// Logging out ends the session.
+	r = s.consoleDo(t, "POST", "/ui/logout", url.Values{"csrf": {csrf}}, own, session)
+	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	r = s.consoleDo(t, "GET", "/ui/", nil, "", session)
+	require.Equal(t, http.StatusSeeOther, r.Status)
+	require.Equal(t, "/ui/login", r.Location)
+}
