@@ -119,7 +119,8 @@ func (s *Server) Run(parent context.Context) error {
 			}
 		})
 	}
-	serve(&http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}, adminLn)
+	serve(&http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: admin.SocketConnContext}, adminLn)
 	serve(limitedHTTPServer(s.installHandler()), httpLn)
 	adminAddr := s.cfg.AdminSocket
 	if s.cfg.AdminListen != "" {

@@ -45,7 +45,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	s.mux.ServeHTTP(w, r)
+	if readOnly[r.Method] {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	// A front end that authenticated the caller says who it is; the token
+	// listener's caller is whoever holds its token.
+	id, ok := IdentityFrom(r.Context())
+	if !ok {
+		id = Identity{Who: "unknown", Via: "unknown"}
+		if s.token != "" {
+			id = Identity{Who: TokenIdentity(s.token), Via: "tls"}
+		}
+	}
+	s.audited(w, r, id)
 }
 
 func (s *Server) routes() {
@@ -138,6 +151,7 @@ func (s *Server) routes() {
 		return s.b.Verify(ctx, req.Machine)
 	}))
 	m.HandleFunc("POST /v1/gc", noIn(s, s.b.GC))
+	m.HandleFunc("GET /v1/audit", s.auditList)
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {
