@@ -61,6 +61,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.audited(w, r, id)
 }
 
+// Mount serves h at pattern (a ServeMux pattern) behind the same token
+// check and audit as the API: /metrics, the console. Call before serving.
+func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
 func (s *Server) routes() {
 	m := s.mux
 	m.HandleFunc("POST /v1/tokens", jsonIn(s, s.b.CreateToken))
