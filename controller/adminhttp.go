@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/ferrydr/ferry/controller/admin"
@@ -8,23 +9,27 @@ import (
 )
 
 // adminHTTP is the TCP admin listener's handler: the web console under
-// /ui/ (its own login and session), and the admin API, token-checked, for
-// everything else. The console sends its actions to an admin API handler
-// in process, so they are validated by the same code as the CLI's.
+// /ui/ (its own login and session: a browser holds no bearer token), and
+// for everything else the admin API and /metrics, token-checked. The
+// console sends its actions to an admin API handler in process, marked
+// with the console's identity, so they are validated and audited by the
+// same code as the CLI's.
 func (s *Server) adminHTTP(token string) http.Handler {
-	log := s.log.With("component", "admin")
-	api := admin.NewServer(s, token, log)
+	who := admin.Identity{Who: admin.TokenIdentity(token), Via: "console"}
 	con := console.New(console.Config{
 		Backend: s,
-		Admin:   admin.NewServer(s, "", log),
+		Admin:   s.adminHandler(""),
 		Token:   token,
 		Log:     s.log.With("component", "console"),
 		Now:     s.now,
+		Identity: func(ctx context.Context) context.Context {
+			return admin.WithIdentity(ctx, who)
+		},
 	})
 	mux := http.NewServeMux()
 	mux.Handle(console.Prefix, con)
 	mux.Handle("GET /{$}", http.RedirectHandler(console.Prefix, http.StatusSeeOther))
 	mux.Handle("GET /ui", http.RedirectHandler(console.Prefix, http.StatusSeeOther))
-	mux.Handle("/", api)
+	mux.Handle("/", s.adminHandler(token))
 	return mux
 }

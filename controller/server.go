@@ -52,6 +52,8 @@ type Server struct {
 
 	disk *diskGuard // the free-space reserve of DataDir
 
+	metrics *metrics // Prometheus metrics, served at /metrics
+
 	// runCtx is Run's context; bg counts the goroutines Run waits for.
 	runCtx context.Context
 	bg     sync.WaitGroup
@@ -62,8 +64,10 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
-		agents: newRegistry(), repl: map[string]api.Replication{}}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
+		agents: newRegistry(), repl: map[string]api.Replication{}}
+	s.metrics = newMetrics(s)
+	return s, nil
 }
 
 // Run serves until ctx ends. The job engine runs before any listener
@@ -119,7 +123,8 @@ func (s *Server) Run(parent context.Context) error {
 			}
 		})
 	}
-	serve(&http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}, adminLn)
+	serve(&http.Server{Handler: s.adminHandler(""), ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: admin.SocketConnContext}, adminLn)
 	serve(limitedHTTPServer(s.installHandler()), httpLn)
 	adminAddr := s.cfg.AdminSocket
 	if s.cfg.AdminListen != "" {
@@ -149,6 +154,13 @@ func (s *Server) Run(parent context.Context) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// adminHandler is the admin API with /metrics, behind token when set.
+func (s *Server) adminHandler(token string) *admin.Server {
+	a := admin.NewServer(s, token, s.log.With("component", "admin"))
+	a.Mount("GET /metrics", s.metrics.handler())
+	return a
 }
 
 // spawn runs f in a goroutine that Run waits for before it returns. Call
@@ -199,7 +211,7 @@ func (s *Server) open(ctx context.Context) error {
 	}
 	s.ing, err = ingest.New(ingest.Config{
 		Repo: s.repo, Log: s.log.With("component", "ingest"), Now: s.now,
-		OnCommit: s.pointCommitted, CanPatch: !s.repo.Encrypted(),
+		OnCommit: s.pointCommitted, OnStored: s.metrics.batchStored, CanPatch: !s.repo.Encrypted(),
 		Owners: s.machinesOf,
 	})
 	if err != nil {

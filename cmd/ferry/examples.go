@@ -17,6 +17,9 @@ ferry failover web1 --wait`,
 	"ferry serve": `ferry serve --data /var/lib/ferry
 ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444`,
 
+	"ferry audit":      "ferry audit list",
+	"ferry audit list": "ferry audit list\nferry audit list --limit 20\nferry audit list --json",
+
 	"ferry tokens":        `ferry tokens create --ttl 1h --uses 3`,
 	"ferry tokens create": "ferry tokens create\nferry tokens create --ttl 2h --uses 5 --install-command",
 	"ferry tokens list":   "ferry tokens list\nferry tokens list --json",

@@ -156,6 +156,7 @@ ended partial (some machines failed), 69 controller unreachable.`,
 		newKeysCommand(g),
 		newVerifyCommand(g),
 		newGCCommand(g),
+		newAuditCommand(g),
 		newVersionCommand(g),
 	)
 	finishCommands(g, root)

@@ -78,4 +78,5 @@ type Backend interface {
 	Machines
 	Repository
 	Failover
+	Audit
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -343,4 +344,10 @@ func (c *Client) WatchJob(ctx context.Context, id string, fn func(api.Job) error
 			return err
 		}
 	}
+}
+
+// AuditLog lists the newest limit audit entries (all when 0), oldest first.
+func (c *Client) AuditLog(ctx context.Context, limit int) ([]api.AuditEntry, error) {
+	var out []api.AuditEntry
+	return out, c.do(ctx, "GET", "/v1/audit?limit="+strconv.Itoa(limit), nil, &out)
 }

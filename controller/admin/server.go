@@ -45,8 +45,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	s.mux.ServeHTTP(w, r)
+	if readOnly[r.Method] {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	// A front end that authenticated the caller says who it is; the token
+	// listener's caller is whoever holds its token.
+	id, ok := IdentityFrom(r.Context())
+	if !ok {
+		id = Identity{Who: "unknown", Via: "unknown"}
+		if s.token != "" {
+			id = Identity{Who: TokenIdentity(s.token), Via: "tls"}
+		}
+	}
+	s.audited(w, r, id)
 }
+
+// Mount serves h at pattern (a ServeMux pattern) behind the same token
+// check and audit as the API: /metrics, the console. Call before serving.
+func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 func (s *Server) routes() {
 	m := s.mux
@@ -138,6 +155,7 @@ func (s *Server) routes() {
 		return s.b.Verify(ctx, req.Machine)
 	}))
 	m.HandleFunc("POST /v1/gc", noIn(s, s.b.GC))
+	m.HandleFunc("GET /v1/audit", s.auditList)
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {

@@ -118,7 +118,7 @@ func (c *Console) runAction(w http.ResponseWriter, r *http.Request, ss *session)
 	}
 	ctx := r.Context()
 	if c.cfg.Identity != nil {
-		ctx = c.cfg.Identity(ctx, "console session "+ss.id[:8])
+		ctx = c.cfg.Identity(ctx)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.Path, bytes.NewReader(body))
 	if err != nil {

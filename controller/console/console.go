@@ -51,8 +51,8 @@ type Config struct {
 	// RPOWindow is how far back the RPO sparkline looks (default 3 h).
 	RPOWindow time.Duration
 	// Identity, when set, marks an action's request context with who made
-	// it (the audit trail's "who"); who is "console" plus the session.
-	Identity func(ctx context.Context, who string) context.Context
+	// it: the audit trail records the console's token identity.
+	Identity func(ctx context.Context) context.Context
 }
 
 //go:embed templates/*.html

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -201,11 +203,36 @@ func (s *consoleSetup) browse(t *testing.T, chromium string) {
 		chromedp.Click(chromedp.CSS("#confirm")),
 		chromedp.WaitVisible(chromedp.CSS("#steps")),
 	)
-	require.Regexp(t, jobURLRE, location())
+	m = jobURLRE.FindStringSubmatch(location())
+	require.NotNil(t, m)
+	cleanupJob := m[1]
 	poll[bool](t, bctx, `document.getElementById("job").dataset.state === "succeeded"`)
 	s.c.JSON(&web, "machines", "show", "web")
 	require.Equal(t, "protected", web.State)
 	require.Equal(t, "stopped", s.site.Hyp.State("web-test"))
+
+	// Both actions are in the audit trail as the console's, with their
+	// jobs, after a controller restart; the refused POSTs never reached
+	// the admin API, so nothing of db is there.
+	s.c.Restart()
+	var audit []struct {
+		Who, Via, Path, Result, Job string
+		Targets                     []string
+	}
+	s.c.JSON(&audit, "audit", "list")
+	sum := sha256.Sum256([]byte(s.token))
+	who := "token:sha256:" + hex.EncodeToString(sum[:6])
+	var console []string
+	for _, e := range audit {
+		if e.Via != "console" {
+			continue
+		}
+		require.Equal(t, who, e.Who, "the console's calls carry its token identity")
+		require.Equal(t, "ok", e.Result)
+		require.NotContains(t, e.Targets, "db")
+		console = append(console, e.Path+" "+e.Job)
+	}
+	require.Equal(t, []string{"/v1/failover " + job, "/v1/cleanup " + cleanupJob}, console)
 }
 
 // evaluate runs a script in the page and returns its value.
