@@ -25,9 +25,13 @@ func (c *Console) jobEvents(w http.ResponseWriter, r *http.Request, ss *session)
 		c.failed(w, ss, err)
 		return
 	}
+	// The listener's request read timeout does not cut the stream (the
+	// server lifts the read deadline once the request is read); a write
+	// timeout would, so the admin listener has none (TestConsole/long-stream).
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, "retry: 2000\n\n") // reconnect soon if the stream breaks
 	fl.Flush()
 	tick := time.NewTicker(keepAlive)
 	defer tick.Stop()

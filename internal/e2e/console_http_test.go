@@ -1,13 +1,17 @@
 package e2e
 
 import (
+	"bufio"
 	"crypto/tls"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -154,4 +158,80 @@ func (s *consoleSetup) checkRefusals(t *testing.T) {
 	r = s.consoleDo(t, "GET", "/ui/", nil, "", session)
 	require.Equal(t, http.StatusSeeOther, r.Status)
 	require.Equal(t, "/ui/login", r.Location)
+}
+
+// checkLongStream: a job's event stream stays open past the admin
+// listener's 30 s timeouts (a long step sends no event for minutes), with
+// keep-alives meanwhile, and still delivers the job's end.
+func (s *consoleSetup) checkLongStream(t *testing.T) {
+	release := filepath.Join(t.TempDir(), "release")
+	t.Setenv("FERRY_TEST_PAUSE", "start:"+release)
+	s.c.Restart()
+	s.base = s.c.Proc.WaitOutput(adminURLRE, 10*time.Second)[1]
+	s.http = nil // the old listener is gone
+	defer func() { s.http.CloseIdleConnections() }()
+
+	r := s.consoleDo(t, "POST", "/ui/login", url.Values{"token": {s.token}}, s.base, nil)
+	require.Equal(t, http.StatusSeeOther, r.Status, r.Body)
+	session := &http.Cookie{Name: r.Cookies[0].Name, Value: r.Cookies[0].Value}
+
+	var started Job
+	s.c.JSON(&started, "failover", "db", "--test")
+	j := started.ID
+	require.NotEmpty(t, j)
+	s.c.Proc.WaitOutput(regexp.MustCompile(`test pause before step start of job `+regexp.QuoteMeta(j)), time.Minute)
+	req, err := http.NewRequest("GET", s.base+"/ui/jobs/"+j+"/events", nil)
+	require.NoError(t, err)
+	req.AddCookie(session)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := s.http.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+
+	events := make(chan string, 64)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			events <- sc.Text()
+		}
+	}()
+	// Past the read timeout (30 s), with keep-alives meanwhile.
+	deadline := time.After(40 * time.Second)
+	keepAlives := 0
+wait:
+	for {
+		select {
+		case line, open := <-events:
+			require.True(t, open, "the stream closed while the job was held")
+			if strings.HasPrefix(line, ": keep-alive") {
+				keepAlives++
+			}
+		case <-deadline:
+			break wait
+		}
+	}
+	require.GreaterOrEqual(t, keepAlives, 2, "keep-alives every 15 s")
+	require.NoError(t, os.WriteFile(release, nil, 0o644))
+	var last string
+	timeout := time.After(time.Minute)
+	for {
+		select {
+		case line, open := <-events:
+			require.True(t, open, "the stream closed before its end event")
+			if strings.HasPrefix(line, "data: {\"id\"") {
+				last = line
+			}
+			if line == "event: end" {
+				require.Contains(t, last, `"state":"succeeded"`, "the last job event before the end")
+				s.c.runJob(t, 0, "cleanup", "db")
+				return
+			}
+		case <-timeout:
+			t.Fatal("no end event within a minute of the release")
+		}
+	}
 }

@@ -99,6 +99,7 @@ func TestConsole(t *testing.T) {
 	s := newConsoleSetup(t)
 	t.Run("refusals", func(t *testing.T) { s.checkRefusals(t) })
 	t.Run("browser", func(t *testing.T) { s.browse(t, chromium) })
+	t.Run("long-stream", func(t *testing.T) { s.checkLongStream(t) })
 }
 
 // artifactDir is where screenshots are kept: $FERRY_ARTIFACTS/TEST when
