@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -194,6 +195,7 @@ func (s *consoleSetup) browse(t *testing.T, chromium string) {
 	require.Equal(t, strconv.FormatInt(pts[len(pts)-1].ID, 10), evaluate[string](t, bctx, `document.querySelector("#points tr[data-point]").dataset.point`),
 		"the newest point first")
 	require.Equal(t, pts[len(pts)-1].Consistency, text(`#points tr[data-point] .consistency`))
+	shot("machine.png")
 	run("confirm cleanup",
 		chromedp.Click(chromedp.CSS(`a[data-action="cleanup"]`)),
 		chromedp.WaitVisible(chromedp.CSS("#explain")),
@@ -210,6 +212,29 @@ func (s *consoleSetup) browse(t *testing.T, chromium string) {
 	s.c.JSON(&web, "machines", "show", "web")
 	require.Equal(t, "protected", web.State)
 	require.Equal(t, "stopped", s.site.Hyp.State("web-test"))
+
+	// Agents and targets as their list commands have them; the slots for
+	// plans and drills are there.
+	run("agents page", chromedp.Navigate(s.base+"/ui/agents"), chromedp.WaitVisible(chromedp.CSS("#agents")))
+	type agentRow struct {
+		Name      string `json:"name"`
+		Version   string `json:"version"`
+		Platform  string `json:"platform"`
+		Connected bool   `json:"connected"`
+	}
+	var cliAgents []agentRow
+	s.c.JSON(&cliAgents, "agents", "list")
+	pageAgents := evaluate[[]agentRow](t, bctx, `[...document.querySelectorAll("#agents tr[data-agent]")].map(tr => ({
+  name: tr.dataset.agent, version: tr.querySelector(".version").textContent, platform: tr.querySelector(".platform").textContent,
+  connected: tr.dataset.connected === "true"}))`)
+	require.ElementsMatch(t, cliAgents, pageAgents)
+	require.Len(t, pageAgents, 2)
+	run("targets page", chromedp.Navigate(s.base+"/ui/targets"), chromedp.WaitVisible(chromedp.CSS("#targets")))
+	require.Equal(t, []string{"dr"}, evaluate[[]string](t, bctx, `[...document.querySelectorAll("#targets tr[data-target]")].map(tr => tr.dataset.target)`))
+	for _, slot := range []string{"plans", "drills"} {
+		run(slot+" page", chromedp.Navigate(s.base+"/ui/"+slot), chromedp.WaitVisible(chromedp.CSS("h1")))
+		require.Equal(t, strings.ToUpper(slot[:1])+slot[1:], text("h1"))
+	}
 
 	// Both actions are in the audit trail as the console's, with their
 	// jobs, after a controller restart; the refused POSTs never reached

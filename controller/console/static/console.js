@@ -70,7 +70,11 @@ function refreshMachines() {
   if (!document.getElementById("machines")) return;
   setInterval(async () => {
     try {
-      const r = await fetch(location.href, { credentials: "same-origin", redirect: "error" });
+      const r = await fetch(location.href, { credentials: "same-origin", redirect: "manual" });
+      if (r.type === "opaqueredirect") {
+        location.reload(); // the session ended: show the login form
+        return;
+      }
       if (!r.ok) return;
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
       const fresh = doc.getElementById("machines");
