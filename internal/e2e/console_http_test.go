@@ -145,6 +145,11 @@ func (s *consoleSetup) checkRefusals(t *testing.T) {
 		require.Contains(t, r.Body, tc.message, tc.why)
 		require.NotContains(t, r.Body, "data-machine", tc.why)
 	}
+	// Past the console's checks, the admin API validates the action as it
+	// does the CLI's: db is protected, there is nothing to clean up.
+	r = s.consoleDo(t, "POST", "/ui/machines/db/actions/cleanup", url.Values{"csrf": {csrf}}, own, session)
+	require.Equal(t, http.StatusPreconditionFailed, r.Status, r.Body)
+	require.Contains(t, r.Body, "Clean up of db refused: machine db is protected")
 	var after []Job
 	s.c.JSON(&after, "jobs", "list")
 	require.Equal(t, len(before), len(after), "no refused action started a job")
