@@ -156,6 +156,18 @@ func (s *Server) routes() {
 	}))
 	m.HandleFunc("POST /v1/gc", noIn(s, s.b.GC))
 	m.HandleFunc("GET /v1/audit", s.auditList)
+
+	m.HandleFunc("POST /v1/alerts", jsonIn(s, s.b.CreateAlert))
+	m.HandleFunc("GET /v1/alerts", noIn(s, s.b.Alerts))
+	m.HandleFunc("GET /v1/alerts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.b.Alert(r.Context(), r.PathValue("name"))
+		s.reply(w, a, err)
+	})
+	m.HandleFunc("DELETE /v1/alerts/{name}", pathOnly(s, "name", s.b.RemoveAlert))
+	m.HandleFunc("POST /v1/alerts/{name}/test", func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.b.TestAlert(r.Context(), r.PathValue("name"))
+		s.reply(w, a, err)
+	})
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {
