@@ -40,6 +40,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.token != "" {
 		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+			// Not an admin call, so not in the audit trail; the log keeps it.
+			s.log.Warn("admin call refused: missing or wrong token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
 			writeError(w, api.Errorf(api.CodeUnauthorized, "missing or wrong admin token"))
 			return
 		}
