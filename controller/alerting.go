@@ -27,7 +27,7 @@ func (s *Server) newNotifier() *alerts.Notifier {
 	return &alerts.Notifier{
 		Client: &http.Client{}, Backoff: t.Backoff, MaxBackoff: t.MaxBackoff, MaxAttempts: t.MaxAttempts,
 		UserAgent: "ferry/" + buildinfo.Version, Log: s.log.With("component", "alerts"),
-		Report: s.alertOutcome, Go: s.spawn,
+		Report: s.alertOutcome,
 	}
 }
 
@@ -122,7 +122,9 @@ func (s *Server) payload(rule string, c alerts.Condition, status string, started
 // alertJobEnded fires job-failed or drill-failed for a job that ended
 // failed or partial.
 func (s *Server) alertJobEnded(j api.Job) {
-	if c, ok := alerts.JobEvent(j); ok && s.runCtx != nil {
+	// A job ending as the controller stops is not notified: the queues
+	// and the catalog are going away.
+	if c, ok := alerts.JobEvent(j); ok && s.runCtx != nil && s.runCtx.Err() == nil {
 		s.fire(s.runCtx, c, api.AlertFiring, j.Created)
 	}
 }

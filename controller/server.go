@@ -94,6 +94,7 @@ func (s *Server) Run(parent context.Context) error {
 		s.agents.closeAll()
 		s.bg.Wait()
 		s.jobs.Wait()
+		s.notifier.Wait() // after the jobs and the alert loop: nothing sends any more
 		s.close()
 	}()
 	if err := s.jobs.Resume(ctx); err != nil {

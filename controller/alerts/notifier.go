@@ -44,13 +44,15 @@ type Notifier struct {
 	// Report is told of each outcome (the controller keeps the rule's
 	// status from it).
 	Report func(rule string, o Outcome)
-	// Go runs a queue's goroutine (the controller's spawn, so that its
-	// shutdown waits); it must return when ctx ends.
-	Go func(func())
 
 	mu     sync.Mutex
 	queues map[string]chan item
+	wg     sync.WaitGroup // the queues' goroutines
 }
+
+// Wait returns once every queue's goroutine has ended (their ctx ended).
+// Call it after the last Send.
+func (n *Notifier) Wait() { n.wg.Wait() }
 
 type item struct {
 	rule api.AlertRule
@@ -64,6 +66,9 @@ const queueDepth = 256
 // Send queues p for rule's webhook; ctx bounds the queue's life (the
 // controller's run).
 func (n *Notifier) Send(ctx context.Context, rule api.AlertRule, p api.AlertPayload) {
+	if ctx.Err() != nil {
+		return // shutting down: no new queue may start
+	}
 	n.mu.Lock()
 	if n.queues == nil {
 		n.queues = map[string]chan item{}
@@ -72,7 +77,11 @@ func (n *Notifier) Send(ctx context.Context, rule api.AlertRule, p api.AlertPayl
 	if !ok {
 		q = make(chan item, queueDepth)
 		n.queues[rule.Name] = q
-		n.Go(func() { n.drain(ctx, q) })
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.drain(ctx, q)
+		}()
 	}
 	n.mu.Unlock()
 	select {
