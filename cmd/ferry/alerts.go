@@ -60,6 +60,7 @@ doubling waits; 'alerts list' shows the failures.`,
 	}
 	add.Flags().StringVar(&webhook, "webhook", "", "URL the JSON notifications are POSTed to (http or https)")
 	add.Flags().StringSliceVar(&on, "on", nil, "events to send: "+strings.Join(api.AlertEvents, ",")+" (default all)")
+	_ = add.RegisterFlagCompletionFunc("on", cobra.FixedCompletions(api.AlertEvents, cobra.ShellCompDirectiveNoFileComp))
 	list := &cobra.Command{
 		Use: "list", Short: "List alert rules and how their deliveries went", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runAlertsList(c.Context(), g) },
