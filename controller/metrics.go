@@ -180,4 +180,5 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 // jobEnded is told of each job's end by the job engine.
 func (s *Server) jobEnded(j api.Job) {
 	s.metrics.jobEnded(j)
+	s.alertJobEnded(j)
 }

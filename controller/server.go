@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/controller/admin"
+	"github.com/ferrydr/ferry/controller/alerts"
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/failover"
@@ -52,7 +53,8 @@ type Server struct {
 
 	disk *diskGuard // the free-space reserve of DataDir
 
-	metrics *metrics // Prometheus metrics, served at /metrics
+	metrics  *metrics         // Prometheus metrics, served at /metrics
+	notifier *alerts.Notifier // delivers alert notifications
 
 	// runCtx is Run's context; bg counts the goroutines Run waits for.
 	runCtx context.Context
@@ -67,6 +69,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
 		agents: newRegistry(), repl: map[string]api.Replication{}}
 	s.metrics = newMetrics(s)
+	s.notifier = s.newNotifier()
 	return s, nil
 }
 
@@ -91,6 +94,7 @@ func (s *Server) Run(parent context.Context) error {
 		s.agents.closeAll()
 		s.bg.Wait()
 		s.jobs.Wait()
+		s.notifier.Wait() // after the jobs and the alert loop: nothing sends any more
 		s.close()
 	}()
 	if err := s.jobs.Resume(ctx); err != nil {
@@ -98,6 +102,7 @@ func (s *Server) Run(parent context.Context) error {
 	}
 	s.spawn(func() { s.stager.Run(ctx) })
 	s.spawn(func() { s.retentionLoop(ctx) })
+	s.spawn(func() { s.alertLoop(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {

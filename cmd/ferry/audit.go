@@ -54,7 +54,7 @@ the job it started. Entries are kept in the catalog across restarts.`,
 			return nil
 		},
 	}
-	list.Flags().IntVar(&limit, "limit", 100, "show the newest N entries (0: all)")
+	list.Flags().IntVar(&limit, "limit", 0, "show only the newest N entries (default: all)")
 	cmd.AddCommand(list)
 	return cmd
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -126,13 +128,7 @@ func TestMetricsDuringReplication(t *testing.T) {
 	require.NotContains(t, body, o.token)
 
 	t.Run("promtool", func(t *testing.T) {
-		promtool, err := exec.LookPath("promtool")
-		if err != nil {
-			if os.Getenv("FERRY_CI") != "" {
-				t.Fatal("promtool is missing under FERRY_CI (Debian package prometheus, scripts/test-deps.sh)")
-			}
-			t.Skip("promtool not installed (Debian package prometheus; scripts/test-deps.sh installs it)")
-		}
+		promtool := needPromtool(t)
 		cmd := exec.Command(promtool, "check", "metrics")
 		cmd.Stdin = strings.NewReader(body)
 		out, err := cmd.CombinedOutput()
@@ -142,3 +138,40 @@ func TestMetricsDuringReplication(t *testing.T) {
 }
 
 var healthLevelsForTest = []string{"healthy", "warning", "degraded", "critical"}
+
+// needPromtool returns promtool's path, or skips (fails under FERRY_CI).
+func needPromtool(t *testing.T) string {
+	t.Helper()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("FERRY_CI") != "" {
+			t.Fatal("promtool is missing under FERRY_CI (Debian package prometheus, scripts/test-deps.sh)")
+		}
+		t.Skip("promtool not installed (Debian package prometheus; scripts/test-deps.sh installs it)")
+	}
+	return promtool
+}
+
+// TestDocsAlertRulesCheck: the example alert rules of
+// docs/observability.md pass `promtool check rules`, and name only
+// metrics the controller exports.
+func TestDocsAlertRulesCheck(t *testing.T) {
+	promtool := needPromtool(t)
+	doc, err := os.ReadFile("../../docs/observability.md")
+	require.NoError(t, err)
+	text := string(doc)
+	start := strings.Index(text, "groups:\n")
+	require.Positive(t, start, "no rule group in docs/observability.md")
+	end := strings.Index(text[start:], "```")
+	require.Positive(t, end)
+	rules := text[start : start+end]
+	file := filepath.Join(t.TempDir(), "rules.yml")
+	require.NoError(t, os.WriteFile(file, []byte(rules), 0o600))
+	out, err := exec.Command(promtool, "check", "rules", file).CombinedOutput()
+	require.NoError(t, err, "promtool check rules: %s", out)
+	require.Contains(t, string(out), "SUCCESS")
+	for _, name := range regexp.MustCompile(`ferry_[a-z_]+`).FindAllString(rules, -1) {
+		name = strings.TrimSuffix(name, "_bucket")
+		require.Contains(t, text[:start], "`"+name+"`", "the rules use %s, which the metrics table does not list", name)
+	}
+}

@@ -157,6 +157,7 @@ ended partial (some machines failed), 69 controller unreachable.`,
 		newVerifyCommand(g),
 		newGCCommand(g),
 		newAuditCommand(g),
+		newAlertsCommand(g),
 		newVersionCommand(g),
 	)
 	finishCommands(g, root)

@@ -14,6 +14,15 @@ import (
 	"github.com/ferrydr/ferry/controller/api"
 )
 
+// Alerts is what the alert routes need.
+type Alerts interface {
+	CreateAlert(ctx context.Context, r api.AlertRule) (api.Alert, error)
+	Alerts(ctx context.Context) ([]api.Alert, error)
+	Alert(ctx context.Context, name string) (api.Alert, error)
+	RemoveAlert(ctx context.Context, name string) error
+	TestAlert(ctx context.Context, name string) (api.Alert, error)
+}
+
 // Audit is what the audit routes and the audit middleware need.
 type Audit interface {
 	// RecordAudit appends one entry (its ID and, when zero, its time are
@@ -27,7 +36,8 @@ const redacted = "[redacted]"
 
 // secretKey matches the JSON field names whose values are never recorded:
 // tokens, keys (an export's private key), passwords, secrets.
-var secretKey = regexp.MustCompile(`(?i)token|secret|key|passw|private|credential`)
+// A webhook URL often embeds its own credential (chat services' do).
+var secretKey = regexp.MustCompile(`(?i)token|secret|key|passw|private|credential|webhook`)
 
 // targetFields are the body fields that name what a call acts on.
 var targetFields = []string{"machine", "machines", "target", "agent", "agents", "name", "plan"}

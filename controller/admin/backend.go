@@ -79,4 +79,5 @@ type Backend interface {
 	Repository
 	Failover
 	Audit
+	Alerts
 }

@@ -351,3 +351,32 @@ func (c *Client) AuditLog(ctx context.Context, limit int) ([]api.AuditEntry, err
 	var out []api.AuditEntry
 	return out, c.do(ctx, "GET", "/v1/audit?limit="+strconv.Itoa(limit), nil, &out)
 }
+
+// CreateAlert adds a webhook alert rule.
+func (c *Client) CreateAlert(ctx context.Context, r api.AlertRule) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "POST", "/v1/alerts", r, &out)
+}
+
+// Alerts lists alert rules with their delivery status.
+func (c *Client) Alerts(ctx context.Context) ([]api.Alert, error) {
+	var out []api.Alert
+	return out, c.do(ctx, "GET", "/v1/alerts", nil, &out)
+}
+
+// Alert shows one alert rule.
+func (c *Client) Alert(ctx context.Context, name string) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "GET", "/v1/alerts/"+url.PathEscape(name), nil, &out)
+}
+
+// RemoveAlert deletes an alert rule.
+func (c *Client) RemoveAlert(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/alerts/"+url.PathEscape(name), nil, nil)
+}
+
+// TestAlert sends a test notification and waits for the webhook's answer.
+func (c *Client) TestAlert(ctx context.Context, name string) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "POST", "/v1/alerts/"+url.PathEscape(name)+"/test", nil, &out)
+}

@@ -40,6 +40,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.token != "" {
 		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+			// Not an admin call, so not in the audit trail; the log keeps it.
+			s.log.Warn("admin call refused: missing or wrong token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
 			writeError(w, api.Errorf(api.CodeUnauthorized, "missing or wrong admin token"))
 			return
 		}
@@ -156,6 +158,18 @@ func (s *Server) routes() {
 	}))
 	m.HandleFunc("POST /v1/gc", noIn(s, s.b.GC))
 	m.HandleFunc("GET /v1/audit", s.auditList)
+
+	m.HandleFunc("POST /v1/alerts", jsonIn(s, s.b.CreateAlert))
+	m.HandleFunc("GET /v1/alerts", noIn(s, s.b.Alerts))
+	m.HandleFunc("GET /v1/alerts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.b.Alert(r.Context(), r.PathValue("name"))
+		s.reply(w, a, err)
+	})
+	m.HandleFunc("DELETE /v1/alerts/{name}", pathOnly(s, "name", s.b.RemoveAlert))
+	m.HandleFunc("POST /v1/alerts/{name}/test", func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.b.TestAlert(r.Context(), r.PathValue("name"))
+		s.reply(w, a, err)
+	})
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {
