@@ -2,13 +2,16 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +153,14 @@ func (s *consoleSetup) checkRefusals(t *testing.T) {
 	r = s.consoleDo(t, "POST", "/ui/machines/db/actions/cleanup", url.Values{"csrf": {csrf}}, own, session)
 	require.Equal(t, http.StatusPreconditionFailed, r.Status, r.Body)
 	require.Contains(t, r.Body, "Clean up of db refused: machine db is protected")
+	var audited []string
+	for _, e := range s.consoleAudit(t) {
+		if slices.Contains(e.Targets, "db") {
+			audited = append(audited, e.Path+" "+e.Result+" "+e.Code)
+		}
+	}
+	require.Equal(t, []string{"/v1/cleanup error failed_precondition"}, audited,
+		"the refusal is audited; the POSTs the console refused never reached the admin API")
 	var after []Job
 	s.c.JSON(&after, "jobs", "list")
 	require.Equal(t, len(before), len(after), "no refused action started a job")
@@ -239,4 +250,29 @@ wait:
 			t.Fatal("no end event within a minute of the release")
 		}
 	}
+}
+
+// auditEntry is an entry of `ferry audit list --json`.
+type auditEntry struct {
+	Who, Via, Path, Result, Code, Job string
+	Targets                           []string
+}
+
+// consoleAudit lists the audit trail's entries made through the console,
+// checking they carry the console's identity: the admin token's
+// fingerprint, never the token.
+func (s *consoleSetup) consoleAudit(t *testing.T) []auditEntry {
+	t.Helper()
+	var all []auditEntry
+	s.c.JSON(&all, "audit", "list")
+	sum := sha256.Sum256([]byte(s.token))
+	who := "token:sha256:" + hex.EncodeToString(sum[:6])
+	var out []auditEntry
+	for _, e := range all {
+		if e.Via == "console" {
+			require.Equal(t, who, e.Who, "the console's calls carry its token identity")
+			out = append(out, e)
+		}
+	}
+	return out
 }
