@@ -74,8 +74,15 @@ func (c *Console) refuse(w http.ResponseWriter, r *http.Request, status int, why
 	http.Error(w, http.StatusText(status)+": "+why, status)
 }
 
+// loginData tells the login form how long a session lasts.
+type loginData struct{ Idle, Lifetime time.Duration }
+
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
-	c.render(w, http.StatusOK, "login", pageData{Title: "Log in"})
+	c.render(w, http.StatusOK, "login", pageData{Title: "Log in", Data: c.loginData()})
+}
+
+func (c *Console) loginData() loginData {
+	return loginData{Idle: c.cfg.IdleTimeout, Lifetime: c.cfg.Lifetime}
 }
 
 // login checks the posted admin token and starts a session. The token
@@ -90,7 +97,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	if c.cfg.Token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(c.cfg.Token)) != 1 {
 		c.log.Warn("console login refused: wrong token", "remote", r.RemoteAddr)
 		time.Sleep(failedLoginDelay)
-		c.render(w, http.StatusUnauthorized, "login", pageData{Title: "Log in", Error: "Wrong token."})
+		c.render(w, http.StatusUnauthorized, "login", pageData{Title: "Log in", Error: "Wrong token.", Data: c.loginData()})
 		return
 	}
 	ss := c.sessions.create()
