@@ -98,7 +98,9 @@ func New(cfg Config) *Console {
 func (c *Console) routes() {
 	m := c.mux
 	static, _ := fs.Sub(staticFS, "static")
-	m.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", http.FileServer(http.FS(static))))
+	// The script and stylesheet need no session (they hold no data); the
+	// directory itself is not listed.
+	m.Handle("GET /ui/static/{file}", http.StripPrefix("/ui/static/", http.FileServer(http.FS(static))))
 	m.HandleFunc("GET /ui/login", c.loginPage)
 	m.HandleFunc("POST /ui/login", c.login)
 	m.HandleFunc("POST /ui/logout", c.authed(c.logout))
