@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/controller/lifecycle"
 )
 
 // action is one button of a machine: which lifecycle action it is (the
@@ -16,8 +17,8 @@ import (
 type action struct {
 	Name      string // in the console's URLs
 	Label     string
-	Lifecycle string // as in api.Machine.AllowedActions
-	Path      string // the admin API route, POST
+	Lifecycle lifecycle.Action // as listed in api.Machine.AllowedActions
+	Path      string           // the admin API route, POST
 	Body      func(machine string) any
 	Danger    bool
 	// Explain says what will happen, for the confirmation; %[1]s is the
@@ -28,25 +29,25 @@ type action struct {
 // actions are offered in this order, each only when the machine's state
 // allows it.
 var actions = []action{
-	{Name: "test-failover", Label: "Test failover", Lifecycle: "failover --test", Path: "/v1/failover",
+	{Name: "test-failover", Label: "Test failover", Lifecycle: lifecycle.TestFailover, Path: "/v1/failover",
 		Body: func(m string) any { return api.FailoverRequest{Machine: m, Test: true} },
 		Explain: "Start a test failover of %[1]s at target %[2]s: clones of its staged disks at the newest point are " +
 			"started under a test name, isolated (FERRY_TEST=1), while replication goes on. The production machine is " +
 			"not touched. End the test with Clean up."},
-	{Name: "cleanup", Label: "Clean up", Lifecycle: "cleanup", Path: "/v1/cleanup",
+	{Name: "cleanup", Label: "Clean up", Lifecycle: lifecycle.Cleanup, Path: "/v1/cleanup",
 		Body: func(m string) any { return api.MachineActionRequest{Machine: m} },
 		Explain: "Clean up %[1]s at target %[2]s: stop the machine the test (or uncommitted failover) started there " +
 			"and delete its disks, leaving the recovery site as it was before; replication carries on."},
-	{Name: "failover", Label: "Failover", Lifecycle: "failover", Path: "/v1/failover", Danger: true,
+	{Name: "failover", Label: "Failover", Lifecycle: lifecycle.Failover, Path: "/v1/failover", Danger: true,
 		Body: func(m string) any { return api.FailoverRequest{Machine: m} },
 		Explain: "Fail %[1]s over to target %[2]s: take a fresh cycle if the source is reachable (else use the newest " +
 			"complete point) and start the machine at the recovery site. Writes made at home after that point are not " +
 			"in it. Commit it, or clean it up to roll back, afterwards."},
-	{Name: "commit", Label: "Commit", Lifecycle: "commit", Path: "/v1/commit", Danger: true,
+	{Name: "commit", Label: "Commit", Lifecycle: lifecycle.Commit, Path: "/v1/commit", Danger: true,
 		Body: func(m string) any { return api.MachineActionRequest{Machine: m} },
 		Explain: "Commit the failover of %[1]s at target %[2]s: the machine stays at the recovery site, the points a " +
 			"re-protection does not need are deleted, and changing point is no longer possible."},
-	{Name: "failback", Label: "Failback", Lifecycle: "failback", Path: "/v1/failback", Danger: true,
+	{Name: "failback", Label: "Failback", Lifecycle: lifecycle.Failback, Path: "/v1/failback", Danger: true,
 		Body: func(m string) any { return api.MachineActionRequest{Machine: m} },
 		Explain: "Fail %[1]s back home with no data loss: stop it at target %[2]s, ship its last changes home, and " +
 			"start it at home again."},
@@ -65,7 +66,7 @@ func actionNamed(name string) (action, bool) {
 func allowedActions(m api.Machine) []action {
 	var out []action
 	for _, a := range actions {
-		if slices.Contains(m.AllowedActions, a.Lifecycle) {
+		if slices.Contains(m.AllowedActions, string(a.Lifecycle)) {
 			out = append(out, a)
 		}
 	}
