@@ -45,7 +45,24 @@ type Config struct {
 	// Hooks are test hooks of the job engine (step boundaries, and the
 	// failpoints of jobs and staging moves); the zero value in production.
 	Hooks jobs.Hooks
+	// Alerts times alert evaluation and delivery; zero fields take the
+	// defaults of DefaultAlertTiming.
+	Alerts AlertTiming
 }
+
+// AlertTiming is how often incidents are judged and how deliveries retry.
+type AlertTiming struct {
+	Every          time.Duration // between two evaluations
+	AgentLostAfter time.Duration // disconnected this long: agent-lost
+	Backoff        time.Duration // first retry wait, doubling
+	MaxBackoff     time.Duration
+	MaxAttempts    int
+}
+
+// DefaultAlertTiming: incidents judged every 2 s, an agent lost after a
+// minute away, a delivery tried 10 times over about 8.5 minutes.
+var DefaultAlertTiming = AlertTiming{Every: 2 * time.Second, AgentLostAfter: time.Minute,
+	Backoff: time.Second, MaxBackoff: 5 * time.Minute, MaxAttempts: 10}
 
 // DefaultConfig holds CLI.md's defaults.
 func DefaultConfig() Config {
@@ -76,6 +93,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	d := DefaultAlertTiming
+	for _, f := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&c.Alerts.Every, d.Every}, {&c.Alerts.AgentLostAfter, d.AgentLostAfter}, {&c.Alerts.Backoff, d.Backoff}, {&c.Alerts.MaxBackoff, d.MaxBackoff}} {
+		if *f.v <= 0 {
+			*f.v = f.def
+		}
+	}
+	if c.Alerts.MaxAttempts <= 0 {
+		c.Alerts.MaxAttempts = d.MaxAttempts
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/controller/admin"
+	"github.com/ferrydr/ferry/controller/alerts"
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/failover"
@@ -54,6 +55,9 @@ type Server struct {
 
 	disk *diskGuard // the free-space reserve of DataDir
 
+	metrics  *metrics         // Prometheus metrics, served at /metrics
+	notifier *alerts.Notifier // delivers alert notifications
+
 	// runCtx is Run's context; bg counts the goroutines Run waits for.
 	runCtx context.Context
 	bg     sync.WaitGroup
@@ -64,9 +68,12 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
 		agents: newRegistry(), repl: map[string]api.Replication{},
-		progress: map[string]api.ReplicationProgress{}}, nil
+		progress: map[string]api.ReplicationProgress{}}
+	s.metrics = newMetrics(s)
+	s.notifier = s.newNotifier()
+	return s, nil
 }
 
 // Run serves until ctx ends. The job engine runs before any listener
@@ -90,6 +97,7 @@ func (s *Server) Run(parent context.Context) error {
 		s.agents.closeAll()
 		s.bg.Wait()
 		s.jobs.Wait()
+		s.notifier.Wait() // after the jobs and the alert loop: nothing sends any more
 		s.close()
 	}()
 	if err := s.jobs.Resume(ctx); err != nil {
@@ -97,6 +105,7 @@ func (s *Server) Run(parent context.Context) error {
 	}
 	s.spawn(func() { s.stager.Run(ctx) })
 	s.spawn(func() { s.retentionLoop(ctx) })
+	s.spawn(func() { s.alertLoop(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -122,7 +131,8 @@ func (s *Server) Run(parent context.Context) error {
 			}
 		})
 	}
-	serve(&http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}, adminLn)
+	serve(&http.Server{Handler: s.adminHandler(""), ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: admin.SocketConnContext}, adminLn)
 	serve(limitedHTTPServer(s.installHandler()), httpLn)
 	adminAddr := s.cfg.AdminSocket
 	if s.cfg.AdminListen != "" {
@@ -137,7 +147,7 @@ func (s *Server) Run(parent context.Context) error {
 		// Each connection is charged until it closes (docs/limits.md).
 		ln := tls.NewListener(budgetListener{Listener: raw, b: newBudget(adminBudget), cost: httpCost},
 			s.serverTLS([]string{"http/1.1"}, tls.NoClientCert))
-		serve(limitedHTTPServer(admin.NewServer(s, token, s.log.With("component", "admin"))), ln)
+		serve(limitedHTTPServer(s.adminHTTP(token)), ln)
 		adminAddr = "https://" + ln.Addr().String()
 	}
 	s.spawn(func() {
@@ -152,6 +162,13 @@ func (s *Server) Run(parent context.Context) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// adminHandler is the admin API with /metrics, behind token when set.
+func (s *Server) adminHandler(token string) *admin.Server {
+	a := admin.NewServer(s, token, s.log.With("component", "admin"))
+	a.Mount("GET /metrics", s.metrics.handler())
+	return a
 }
 
 // spawn runs f in a goroutine that Run waits for before it returns. Call
@@ -202,7 +219,7 @@ func (s *Server) open(ctx context.Context) error {
 	}
 	s.ing, err = ingest.New(ingest.Config{
 		Repo: s.repo, Log: s.log.With("component", "ingest"), Now: s.now,
-		OnCommit: s.pointCommitted, CanPatch: !s.repo.Encrypted(),
+		OnCommit: s.pointCommitted, OnStored: s.metrics.batchStored, CanPatch: !s.repo.Encrypted(),
 		Owners: s.machinesOf,
 	})
 	if err != nil {

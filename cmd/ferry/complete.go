@@ -31,6 +31,7 @@ const (
 	policyNames
 	jobIDs
 	tokenIDs
+	alertNames
 )
 
 // argKinds: the kind of a command's first argument, by command path.
@@ -61,6 +62,9 @@ var argKinds = map[string]nameKind{
 	"ferry jobs resume":     jobIDs,
 	"ferry cancel":          jobIDs,
 	"ferry tokens revoke":   tokenIDs,
+	"ferry alerts show":     alertNames,
+	"ferry alerts remove":   alertNames,
+	"ferry alerts test":     alertNames,
 }
 
 // flagKinds: the kind of a flag's value, by flag name, wherever it appears.
@@ -163,6 +167,14 @@ func completeNames(ctx context.Context, g *globals, k nameKind) ([]cobra.Complet
 		}
 		for _, j := range js {
 			out = append(out, cobra.CompletionWithDesc(j.ID, j.Kind+" "+j.State))
+		}
+	case alertNames:
+		as, err := cl.Alerts(ctx)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		for _, a := range as {
+			out = append(out, cobra.CompletionWithDesc(a.Name, strings.Join(a.On, ",")))
 		}
 	case tokenIDs:
 		ts, err := cl.Tokens(ctx)

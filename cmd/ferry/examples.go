@@ -17,6 +17,16 @@ ferry failover web1 --wait`,
 	"ferry serve": `ferry serve --data /var/lib/ferry
 ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444`,
 
+	"ferry alerts":        "ferry alerts add oncall --webhook https://hooks.example.com/ferry --on rpo-breach,agent-lost",
+	"ferry alerts add":    "ferry alerts add oncall --webhook https://hooks.example.com/ferry\nferry alerts add dr-team --webhook https://chat.example.com/hook/T0K --on rpo-breach,job-failed,drill-failed",
+	"ferry alerts list":   "ferry alerts list\nferry alerts list --json",
+	"ferry alerts show":   "ferry alerts show oncall\nferry alerts show oncall --json",
+	"ferry alerts remove": "ferry alerts remove oncall",
+	"ferry alerts test":   "ferry alerts test oncall",
+
+	"ferry audit":      "ferry audit list",
+	"ferry audit list": "ferry audit list\nferry audit list --limit 20\nferry audit list --json",
+
 	"ferry tokens":        `ferry tokens create --ttl 1h --uses 3`,
 	"ferry tokens create": "ferry tokens create\nferry tokens create --ttl 2h --uses 5 --install-command",
 	"ferry tokens list":   "ferry tokens list\nferry tokens list --json",

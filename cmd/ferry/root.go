@@ -157,6 +157,8 @@ ended partial (some machines failed), 69 controller unreachable.`,
 		newKeysCommand(g),
 		newVerifyCommand(g),
 		newGCCommand(g),
+		newAuditCommand(g),
+		newAlertsCommand(g),
 		newVersionCommand(g),
 	)
 	finishCommands(g, root)

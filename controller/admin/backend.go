@@ -78,4 +78,6 @@ type Backend interface {
 	Machines
 	Repository
 	Failover
+	Audit
+	Alerts
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -343,4 +344,39 @@ func (c *Client) WatchJob(ctx context.Context, id string, fn func(api.Job) error
 			return err
 		}
 	}
+}
+
+// AuditLog lists the newest limit audit entries (all when 0), oldest first.
+func (c *Client) AuditLog(ctx context.Context, limit int) ([]api.AuditEntry, error) {
+	var out []api.AuditEntry
+	return out, c.do(ctx, "GET", "/v1/audit?limit="+strconv.Itoa(limit), nil, &out)
+}
+
+// CreateAlert adds a webhook alert rule.
+func (c *Client) CreateAlert(ctx context.Context, r api.AlertRule) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "POST", "/v1/alerts", r, &out)
+}
+
+// Alerts lists alert rules with their delivery status.
+func (c *Client) Alerts(ctx context.Context) ([]api.Alert, error) {
+	var out []api.Alert
+	return out, c.do(ctx, "GET", "/v1/alerts", nil, &out)
+}
+
+// Alert shows one alert rule.
+func (c *Client) Alert(ctx context.Context, name string) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "GET", "/v1/alerts/"+url.PathEscape(name), nil, &out)
+}
+
+// RemoveAlert deletes an alert rule.
+func (c *Client) RemoveAlert(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/alerts/"+url.PathEscape(name), nil, nil)
+}
+
+// TestAlert sends a test notification and waits for the webhook's answer.
+func (c *Client) TestAlert(ctx context.Context, name string) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "POST", "/v1/alerts/"+url.PathEscape(name)+"/test", nil, &out)
 }

@@ -36,6 +36,8 @@ type Ingest struct {
 	now  func() time.Time
 	// OnCommit is told of every new point (retention, health, waiters).
 	onCommit func(machine string, p storage.Point)
+	// onStored is told of the bytes of each batch stored (metrics).
+	onStored func(machine string, bytes int64)
 	// canPatch says whether sub-block patches can be applied (the current
 	// block must be readable: not an encrypted repository without its key).
 	canPatch bool
@@ -81,6 +83,9 @@ type Config struct {
 	Log      *slog.Logger
 	Now      func() time.Time
 	OnCommit func(machine string, p storage.Point)
+	// OnStored is told of each batch stored durably: its machine and the
+	// bytes received for it (compressed, as on the wire). Optional.
+	OnStored func(machine string, bytes int64)
 	CanPatch bool
 	// Owners lists the machines an agent acts for: a cycle may reference
 	// without sending only chunks stored in their points (proof of
@@ -99,11 +104,14 @@ func New(cfg Config) (*Ingest, error) {
 	if cfg.OnCommit == nil {
 		cfg.OnCommit = func(string, storage.Point) {}
 	}
+	if cfg.OnStored == nil {
+		cfg.OnStored = func(string, int64) {}
+	}
 	dec, err := data.NewDecompressor(0)
 	if err != nil {
 		return nil, err
 	}
-	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, canPatch: cfg.CanPatch,
+	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, onStored: cfg.OnStored, canPatch: cfg.CanPatch,
 		owners: cfg.Owners, cycles: map[uint64]*cycle{}, retiring: map[string][]*cycle{}, dec: dec}, nil
 }
 

@@ -72,6 +72,7 @@ type Engine struct {
 	running  bool // Resume was called: jobs run in ctx
 
 	hooks Hooks
+	onEnd func(api.Job)
 }
 
 // Hooks are test hooks of the engine; the zero value (production) has none.
@@ -93,6 +94,10 @@ const (
 	FailStepDone    = "job.step-done"    // a step recorded succeeded or skipped
 	FailRollingBack = "job.rolling-back" // a cancel's rollback recorded, before it runs
 )
+
+// OnEnd has f told of each job that ends (once, with its final state),
+// after its watchers: metrics and alerts. Call before Resume.
+func (e *Engine) OnEnd(f func(api.Job)) { e.onEnd = f }
 
 // SetHooks installs test hooks; call before Resume.
 func (e *Engine) SetHooks(h Hooks) { e.hooks = h }
@@ -396,6 +401,12 @@ func (e *Engine) unwatch(id string, ch chan api.Job) {
 
 // notify sends a snapshot to watchers; on a terminal state it closes them.
 func (e *Engine) notify(j api.Job) {
+	ended := false
+	defer func() {
+		if ended && e.onEnd != nil {
+			e.onEnd(j)
+		}
+	}()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, ch := range e.watchers[j.ID] {
@@ -422,6 +433,7 @@ func (e *Engine) notify(j api.Job) {
 			close(ch)
 		}
 		delete(e.watchers, j.ID)
+		_, ended = e.active[j.ID] // only the first terminal notify of a run
 		delete(e.active, j.ID)
 	}
 }

@@ -133,9 +133,10 @@ type HealthInput struct {
 // MaxSkew is the agent clock offset past which a machine gets a warning.
 const MaxSkew = 2 * time.Second
 
-// Health judges RPO against the threshold: warning past it, critical past
-// twice it; before the first point, the initial sync is judged the same way
-// from the moment protection began. It returns the RPO in seconds (nil
+// Health judges RPO against the threshold: critical past it (the policy's
+// threshold is the RPO the operator promised; past it the promise is
+// broken, which is what pages someone); before the first point, the
+// initial sync is judged the same way from the moment protection began. It returns the RPO in seconds (nil
 // before the first point), the level and why.
 func Health(in HealthInput) (rpo *float64, level, reason string) {
 	if in.LastPoint != nil {
@@ -169,11 +170,8 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 		what = fmt.Sprintf("RPO %s", age.Round(time.Second))
 	}
 	level = Healthy
-	switch {
-	case age > 2*in.Threshold:
-		level, reason = Critical, fmt.Sprintf("%s exceeds twice the threshold %s", what, in.Threshold)
-	case age > in.Threshold:
-		level, reason = Warning, fmt.Sprintf("%s exceeds the threshold %s", what, in.Threshold)
+	if age > in.Threshold {
+		level, reason = Critical, fmt.Sprintf("%s exceeds the threshold %s", what, in.Threshold)
 	}
 	extra := func(r string) {
 		if level == Healthy {
