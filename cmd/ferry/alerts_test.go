@@ -191,6 +191,19 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	require.Equal(t, exitOK, code, stderr)
 	require.Contains(t, stdout, "failed attempts: 2")
 
+	// A failed job: job-failed, to the rule that has it only.
+	code, stdout, stderr = o.cli(t, "failover", "web1")
+	require.Equal(t, exitOK, code, stderr)
+	jobID := strings.TrimSpace(stdout)
+	require.Eventually(t, func() bool { return flaky.count(api.EventJobFailed, api.AlertFiring) == 1 },
+		30*time.Second, 100*time.Millisecond, "no job-failed notification: %s", flaky.dump())
+	jf := flaky.find(api.EventJobFailed, api.AlertFiring)
+	require.Equal(t, jobID, jf.Subject)
+	require.Equal(t, "job-failed/"+jobID, jf.Incident)
+	require.Contains(t, jf.Summary, "web1")
+	require.Contains(t, jf.Detail, "has no target")
+	require.Equal(t, 0, oncall.count(api.EventJobFailed, api.AlertFiring), "a rule without job-failed got it")
+
 	code, _, stderr = o.cli(t, "alerts", "remove", "dead")
 	require.Equal(t, exitOK, code, stderr)
 	code, _, _ = o.cli(t, "alerts", "show", "dead")
