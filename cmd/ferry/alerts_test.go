@@ -103,11 +103,14 @@ func (o *observed) alerts(t *testing.T) map[string]api.Alert {
 // resolution follows. A webhook that refuses its first two attempts gets
 // the same notification retried (same delivery id) and accepts it; the
 // failures show in `alerts list`. `alerts test` reports a dead webhook.
+// The stopped agent is also agent-lost past --agent-lost-after, once,
+// resolved once it reconnects; a failed job is job-failed.
 func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
-	o := observedController(t, "1s", "8s") // slack for a loaded machine: no breach while replicating
+	// 8 s: slack for a loaded machine, no breach while replicating.
+	o := observedController(t, "1s", "8s", "--agent-lost-after", "3s")
 	oncall, flaky, dead := newHook(t, 0, 0), newHook(t, 2, http.StatusInternalServerError), newHook(t, -1, http.StatusServiceUnavailable)
 	for _, args := range [][]string{
-		{"alerts", "add", "oncall", "--webhook", oncall.URL, "--on", "rpo-breach"},
+		{"alerts", "add", "oncall", "--webhook", oncall.URL, "--on", "rpo-breach,agent-lost"},
 		{"alerts", "add", "flaky", "--webhook", flaky.URL, "--on", "rpo-breach,job-failed"},
 		{"alerts", "add", "dead", "--webhook", dead.URL},
 	} {
@@ -132,6 +135,7 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	// Replicating: no incident.
 	time.Sleep(3 * time.Second)
 	require.Equal(t, 0, oncall.count(api.EventRPOBreach, api.AlertFiring), "an incident while replicating within the threshold: %s", oncall.dump())
+	require.Equal(t, 0, oncall.count(api.EventAgentLost, api.AlertFiring), "agent-lost while connected")
 
 	o.agent.stop(t)
 	require.Eventually(t, func() bool { return oncall.count(api.EventRPOBreach, api.AlertFiring) == 1 },
@@ -144,8 +148,13 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	require.Equal(t, "rpo-breach/web1", firing.Incident)
 	require.Contains(t, firing.Detail, "exceeds the threshold 8s")
 	require.Equal(t, 1, firing.Version)
+	lost := oncall.find(api.EventAgentLost, api.AlertFiring)
+	require.Equal(t, "agent-lost/host1", lost.Incident, "the agent away past --agent-lost-after: %s", oncall.dump())
+	require.Equal(t, "host1", lost.Subject)
+	require.True(t, lost.Started.Before(firing.Started), "3 s away comes before an 8 s RPO")
 	time.Sleep(5 * time.Second) // two more evaluations at least
 	require.Equal(t, 1, oncall.count(api.EventRPOBreach, api.AlertFiring), "the incident fired again")
+	require.Equal(t, 1, oncall.count(api.EventAgentLost, api.AlertFiring), "agent-lost fired again")
 	require.Equal(t, 0, oncall.count(api.EventRPOBreach, api.AlertResolved), "resolved while still breached")
 
 	o.agent.start(t)
@@ -156,6 +165,8 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	require.True(t, firing.Started.Equal(resolved.Started), "a resolution names when its incident opened")
 	require.NotEqual(t, firing.Delivery, resolved.Delivery)
 	require.NotEqual(t, "critical", o.machine(t).Health)
+	require.Eventually(t, func() bool { return oncall.count(api.EventAgentLost, api.AlertResolved) == 1 },
+		10*time.Second, 100*time.Millisecond, "agent-lost not resolved once the agent is back")
 
 	// The flaky webhook: two refusals, then the same notification accepted.
 	require.Eventually(t, func() bool {
@@ -172,7 +183,8 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	as := o.alerts(t)
 	require.Equal(t, 1, oncall.count(api.EventRPOBreach, api.AlertFiring), "fired twice: %s", oncall.dump())
 	require.Equal(t, 1, oncall.count(api.EventRPOBreach, api.AlertResolved), "resolved twice: %s", oncall.dump())
-	require.Equal(t, int64(3), as["oncall"].Status.Sent, "test, firing, resolved")
+	require.Equal(t, 1, oncall.count(api.EventAgentLost, api.AlertResolved), "agent-lost resolved twice")
+	require.Equal(t, int64(5), as["oncall"].Status.Sent, "test; rpo-breach and agent-lost, each fired and resolved")
 	require.Equal(t, int64(0), as["oncall"].Status.FailedAttempts)
 	require.Equal(t, int64(2), as["flaky"].Status.Sent)
 	require.Equal(t, int64(2), as["flaky"].Status.FailedAttempts, "the failures are visible")
