@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -229,4 +231,28 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestAlertDiskLow: with a reserve over half the free space of the data
+// directory's filesystem (so under twice the reserve is free, but ingest
+// is not paused), disk-low opens as the controller starts; a rule added
+// after that is still sent it, once, with the free space and the reserve.
+func TestAlertDiskLow(t *testing.T) {
+	data := t.TempDir()
+	var st syscall.Statfs_t
+	require.NoError(t, syscall.Statfs(data, &st))
+	free := int64(st.Bavail) * st.Bsize
+	reserve := free * 6 / 10
+	s, _ := serveData(t, data, "--reserve", strconv.FormatInt(reserve, 10))
+	h := newHook(t, 0, 0)
+	code, _, stderr := s.cli(t, "alerts", "add", "disk", "--webhook", h.URL, "--on", "disk-low")
+	require.Equal(t, exitOK, code, stderr)
+	require.Eventually(t, func() bool { return h.count(api.EventDiskLow, api.AlertFiring) == 1 },
+		15*time.Second, 100*time.Millisecond, "no disk-low notification")
+	p := h.find(api.EventDiskLow, api.AlertFiring)
+	require.Equal(t, "disk-low/controller", p.Incident)
+	require.Equal(t, "controller", p.Subject)
+	require.Contains(t, p.Detail, "reserve "+api.FormatSize(reserve))
+	time.Sleep(5 * time.Second)
+	require.Equal(t, 1, h.count(api.EventDiskLow, api.AlertFiring), "disk-low fired again: %s", h.dump())
 }
