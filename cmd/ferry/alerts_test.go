@@ -236,7 +236,8 @@ func keys[V any](m map[string]V) []string {
 // TestAlertDiskLow: with a reserve over half the free space of the data
 // directory's filesystem (so under twice the reserve is free, but ingest
 // is not paused), disk-low opens as the controller starts; a rule added
-// after that is still sent it, once, with the free space and the reserve.
+// after that is still sent it, once, with the free space and the reserve;
+// a controller restart neither fires it again nor resolves it.
 func TestAlertDiskLow(t *testing.T) {
 	data := t.TempDir()
 	var st syscall.Statfs_t
@@ -255,4 +256,13 @@ func TestAlertDiskLow(t *testing.T) {
 	require.Contains(t, p.Detail, "reserve "+api.FormatSize(reserve))
 	time.Sleep(5 * time.Second)
 	require.Equal(t, 1, h.count(api.EventDiskLow, api.AlertFiring), "disk-low fired again: %s", h.dump())
+
+	// A restart finds the incident open in the catalog: no second firing.
+	s.stop()
+	s, _ = serveData(t, data, "--reserve", strconv.FormatInt(reserve, 10))
+	code, _, stderr = s.cli(t, "alerts", "list")
+	require.Equal(t, exitOK, code, stderr)
+	time.Sleep(5 * time.Second)
+	require.Equal(t, 1, h.count(api.EventDiskLow, api.AlertFiring), "disk-low fired again after a restart: %s", h.dump())
+	require.Equal(t, 0, h.count(api.EventDiskLow, api.AlertResolved), "resolved by a restart: %s", h.dump())
 }
