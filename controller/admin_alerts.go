@@ -32,7 +32,15 @@ func (s *Server) CreateAlert(ctx context.Context, r api.AlertRule) (api.Alert, e
 		}
 	}
 	r.On, r.Created = on, s.now().UTC()
-	if err := s.cat.AddAlert(ctx, r); err != nil {
+	s.alertMu.Lock() // judgeIncidents neither fires it nor is missed in between
+	err = s.cat.AddAlert(ctx, r)
+	if err == nil {
+		if cerr := s.catchUp(ctx, r); cerr != nil {
+			s.log.Warn("alerts: open incidents not sent to the new rule", "alert", r.Name, "err", cerr)
+		}
+	}
+	s.alertMu.Unlock()
+	if err != nil {
 		return api.Alert{}, apiErr(err)
 	}
 	s.log.Info("alert added", "alert", r.Name, "on", r.On)

@@ -55,6 +55,8 @@ func (s *Server) alertLoop(ctx context.Context) {
 }
 
 func (s *Server) judgeIncidents(ctx context.Context, started time.Time) error {
+	s.alertMu.Lock() // against a rule being added (catchUp)
+	defer s.alertMu.Unlock()
 	in := alerts.Input{Now: s.now(), Started: started, AgentLostAfter: s.cfg.Alerts.AgentLostAfter}
 	var err error
 	if in.Machines, err = s.Machines(ctx); err != nil {
@@ -91,7 +93,23 @@ func (s *Server) judgeIncidents(ctx context.Context, started time.Time) error {
 		}
 		s.log.Info("alert incident resolved", "incident", key)
 		s.fire(ctx, alerts.Condition{Key: key, Event: inc.Event, Subject: inc.Subject,
-			Summary: inc.Event + " " + inc.Subject + " resolved", Detail: "was: " + inc.Detail}, api.AlertResolved, inc.Opened)
+			Summary: alerts.Summary(inc.Event, inc.Subject) + " resolved", Detail: "was: " + inc.Detail}, api.AlertResolved, inc.Opened)
+	}
+	return nil
+}
+
+// catchUp sends a new rule the firing of each incident already open that
+// it subscribes to: a rule added during an incident still pages, once.
+func (s *Server) catchUp(ctx context.Context, r api.AlertRule) error {
+	held, err := s.cat.Incidents(ctx)
+	if err != nil {
+		return err
+	}
+	for _, inc := range held {
+		if slices.Contains(r.On, inc.Event) && s.runCtx != nil {
+			c := alerts.Condition{Key: inc.Key, Event: inc.Event, Subject: inc.Subject, Summary: alerts.Summary(inc.Event, inc.Subject), Detail: inc.Detail}
+			s.notifier.Send(s.runCtx, r, s.payload(r.Name, c, api.AlertFiring, inc.Opened))
+		}
 	}
 	return nil
 }

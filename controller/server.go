@@ -57,6 +57,7 @@ type Server struct {
 
 	metrics  *metrics         // Prometheus metrics, served at /metrics
 	notifier *alerts.Notifier // delivers alert notifications
+	alertMu  sync.Mutex       // incidents judged, or a rule added and caught up
 
 	// runCtx is Run's context; bg counts the goroutines Run waits for.
 	runCtx context.Context

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,11 +105,14 @@ func (o *observed) alerts(t *testing.T) map[string]api.Alert {
 // resolution follows. A webhook that refuses its first two attempts gets
 // the same notification retried (same delivery id) and accepts it; the
 // failures show in `alerts list`. `alerts test` reports a dead webhook.
+// The stopped agent is also agent-lost past --agent-lost-after, once,
+// resolved once it reconnects; a failed job is job-failed.
 func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
-	o := observedController(t, "1s", "8s") // slack for a loaded machine: no breach while replicating
+	// 8 s: slack for a loaded machine, no breach while replicating.
+	o := observedController(t, "1s", "8s", "--agent-lost-after", "3s")
 	oncall, flaky, dead := newHook(t, 0, 0), newHook(t, 2, http.StatusInternalServerError), newHook(t, -1, http.StatusServiceUnavailable)
 	for _, args := range [][]string{
-		{"alerts", "add", "oncall", "--webhook", oncall.URL, "--on", "rpo-breach"},
+		{"alerts", "add", "oncall", "--webhook", oncall.URL, "--on", "rpo-breach,agent-lost"},
 		{"alerts", "add", "flaky", "--webhook", flaky.URL, "--on", "rpo-breach,job-failed"},
 		{"alerts", "add", "dead", "--webhook", dead.URL},
 	} {
@@ -132,6 +137,7 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	// Replicating: no incident.
 	time.Sleep(3 * time.Second)
 	require.Equal(t, 0, oncall.count(api.EventRPOBreach, api.AlertFiring), "an incident while replicating within the threshold: %s", oncall.dump())
+	require.Equal(t, 0, oncall.count(api.EventAgentLost, api.AlertFiring), "agent-lost while connected")
 
 	o.agent.stop(t)
 	require.Eventually(t, func() bool { return oncall.count(api.EventRPOBreach, api.AlertFiring) == 1 },
@@ -144,8 +150,13 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	require.Equal(t, "rpo-breach/web1", firing.Incident)
 	require.Contains(t, firing.Detail, "exceeds the threshold 8s")
 	require.Equal(t, 1, firing.Version)
+	lost := oncall.find(api.EventAgentLost, api.AlertFiring)
+	require.Equal(t, "agent-lost/host1", lost.Incident, "the agent away past --agent-lost-after: %s", oncall.dump())
+	require.Equal(t, "host1", lost.Subject)
+	require.True(t, lost.Started.Before(firing.Started), "3 s away comes before an 8 s RPO")
 	time.Sleep(5 * time.Second) // two more evaluations at least
 	require.Equal(t, 1, oncall.count(api.EventRPOBreach, api.AlertFiring), "the incident fired again")
+	require.Equal(t, 1, oncall.count(api.EventAgentLost, api.AlertFiring), "agent-lost fired again")
 	require.Equal(t, 0, oncall.count(api.EventRPOBreach, api.AlertResolved), "resolved while still breached")
 
 	o.agent.start(t)
@@ -156,6 +167,8 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	require.True(t, firing.Started.Equal(resolved.Started), "a resolution names when its incident opened")
 	require.NotEqual(t, firing.Delivery, resolved.Delivery)
 	require.NotEqual(t, "critical", o.machine(t).Health)
+	require.Eventually(t, func() bool { return oncall.count(api.EventAgentLost, api.AlertResolved) == 1 },
+		10*time.Second, 100*time.Millisecond, "agent-lost not resolved once the agent is back")
 
 	// The flaky webhook: two refusals, then the same notification accepted.
 	require.Eventually(t, func() bool {
@@ -172,7 +185,8 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	as := o.alerts(t)
 	require.Equal(t, 1, oncall.count(api.EventRPOBreach, api.AlertFiring), "fired twice: %s", oncall.dump())
 	require.Equal(t, 1, oncall.count(api.EventRPOBreach, api.AlertResolved), "resolved twice: %s", oncall.dump())
-	require.Equal(t, int64(3), as["oncall"].Status.Sent, "test, firing, resolved")
+	require.Equal(t, 1, oncall.count(api.EventAgentLost, api.AlertResolved), "agent-lost resolved twice")
+	require.Equal(t, int64(5), as["oncall"].Status.Sent, "test; rpo-breach and agent-lost, each fired and resolved")
 	require.Equal(t, int64(0), as["oncall"].Status.FailedAttempts)
 	require.Equal(t, int64(2), as["flaky"].Status.Sent)
 	require.Equal(t, int64(2), as["flaky"].Status.FailedAttempts, "the failures are visible")
@@ -191,6 +205,19 @@ func TestAlertRPOBreachFiresOnceAndResolvesOnce(t *testing.T) {
 	require.Equal(t, exitOK, code, stderr)
 	require.Contains(t, stdout, "failed attempts: 2")
 
+	// A failed job: job-failed, to the rule that has it only.
+	code, stdout, stderr = o.cli(t, "failover", "web1")
+	require.Equal(t, exitOK, code, stderr)
+	jobID := strings.TrimSpace(stdout)
+	require.Eventually(t, func() bool { return flaky.count(api.EventJobFailed, api.AlertFiring) == 1 },
+		30*time.Second, 100*time.Millisecond, "no job-failed notification: %s", flaky.dump())
+	jf := flaky.find(api.EventJobFailed, api.AlertFiring)
+	require.Equal(t, jobID, jf.Subject)
+	require.Equal(t, "job-failed/"+jobID, jf.Incident)
+	require.Contains(t, jf.Summary, "web1")
+	require.Contains(t, jf.Detail, "has no target")
+	require.Equal(t, 0, oncall.count(api.EventJobFailed, api.AlertFiring), "a rule without job-failed got it")
+
 	code, _, stderr = o.cli(t, "alerts", "remove", "dead")
 	require.Equal(t, exitOK, code, stderr)
 	code, _, _ = o.cli(t, "alerts", "show", "dead")
@@ -204,4 +231,38 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestAlertDiskLow: with a reserve over half the free space of the data
+// directory's filesystem (so under twice the reserve is free, but ingest
+// is not paused), disk-low opens as the controller starts; a rule added
+// after that is still sent it, once, with the free space and the reserve;
+// a controller restart neither fires it again nor resolves it.
+func TestAlertDiskLow(t *testing.T) {
+	data := t.TempDir()
+	var st syscall.Statfs_t
+	require.NoError(t, syscall.Statfs(data, &st))
+	free := int64(st.Bavail) * st.Bsize
+	reserve := free * 6 / 10
+	s, _ := serveData(t, data, "--reserve", strconv.FormatInt(reserve, 10))
+	h := newHook(t, 0, 0)
+	code, _, stderr := s.cli(t, "alerts", "add", "disk", "--webhook", h.URL, "--on", "disk-low")
+	require.Equal(t, exitOK, code, stderr)
+	require.Eventually(t, func() bool { return h.count(api.EventDiskLow, api.AlertFiring) == 1 },
+		15*time.Second, 100*time.Millisecond, "no disk-low notification")
+	p := h.find(api.EventDiskLow, api.AlertFiring)
+	require.Equal(t, "disk-low/controller", p.Incident)
+	require.Equal(t, "controller", p.Subject)
+	require.Contains(t, p.Detail, "reserve "+api.FormatSize(reserve))
+	time.Sleep(5 * time.Second)
+	require.Equal(t, 1, h.count(api.EventDiskLow, api.AlertFiring), "disk-low fired again: %s", h.dump())
+
+	// A restart finds the incident open in the catalog: no second firing.
+	s.stop()
+	s, _ = serveData(t, data, "--reserve", strconv.FormatInt(reserve, 10))
+	code, _, stderr = s.cli(t, "alerts", "list")
+	require.Equal(t, exitOK, code, stderr)
+	time.Sleep(5 * time.Second)
+	require.Equal(t, 1, h.count(api.EventDiskLow, api.AlertFiring), "disk-low fired again after a restart: %s", h.dump())
+	require.Equal(t, 0, h.count(api.EventDiskLow, api.AlertResolved), "resolved by a restart: %s", h.dump())
 }

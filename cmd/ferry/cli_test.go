@@ -134,6 +134,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"verify", "a", "b"},
 		{"serve", "extra"},
 		{"serve", "--log-level", "loud"},
+		{"serve", "--agent-lost-after", "soon"},
+		{"serve", "--agent-lost-after", "0s"},
 		{"version", "extra"},
 		{"failover"},
 		{"failover", "a", "b"},

@@ -31,11 +31,12 @@ type observed struct {
 
 // observedController starts `ferry serve --admin-listen`, one agent
 // "host1", and protects machine web1 (one 1 MiB image) under a policy that
-// makes a point every rpEvery with the given RPO threshold.
-func observedController(t *testing.T, rpEvery, threshold string) *observed {
+// makes a point every rpEvery with the given RPO threshold; extra are
+// more `ferry serve` flags.
+func observedController(t *testing.T, rpEvery, threshold string, extra ...string) *observed {
 	t.Helper()
 	data := t.TempDir()
-	s, _ := serveData(t, data, "--admin-listen", "127.0.0.1:0")
+	s, _ := serveData(t, data, append([]string{"--admin-listen", "127.0.0.1:0"}, extra...)...)
 	o := &observed{served: s, https: s.admin, caFile: filepath.Join(data, "pki", "ca.crt")}
 	o.admin = filepath.Join(data, "a.sock") // the CLI goes through the socket
 	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))

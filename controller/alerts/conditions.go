@@ -47,7 +47,7 @@ func Open(in Input) []Condition {
 	for _, m := range in.Machines {
 		if m.Health == criticalHealth {
 			out = append(out, Condition{Key: api.EventRPOBreach + "/" + m.Name, Event: api.EventRPOBreach, Subject: m.Name,
-				Summary: fmt.Sprintf("machine %s: RPO breach", m.Name), Detail: m.HealthReason})
+				Summary: Summary(api.EventRPOBreach, m.Name), Detail: m.HealthReason})
 		}
 	}
 	for _, a := range in.Agents {
@@ -60,17 +60,32 @@ func Open(in Input) []Condition {
 		}
 		if gone := in.Now.Sub(since); gone > in.AgentLostAfter {
 			out = append(out, Condition{Key: api.EventAgentLost + "/" + a.Name, Event: api.EventAgentLost, Subject: a.Name,
-				Summary: fmt.Sprintf("agent %s lost", a.Name),
+				Summary: Summary(api.EventAgentLost, a.Name),
 				Detail:  fmt.Sprintf("not connected since %s", a.LastSeen.UTC().Format(time.RFC3339))})
 		}
 	}
 	if in.DiskReserve > 0 && in.DiskFree < DiskLowFactor*in.DiskReserve {
 		out = append(out, Condition{Key: api.EventDiskLow + "/controller", Event: api.EventDiskLow, Subject: "controller",
-			Summary: "controller disk low",
+			Summary: Summary(api.EventDiskLow, "controller"),
 			Detail: fmt.Sprintf("%s free, reserve %s (ingest pauses below the reserve)",
 				api.FormatSize(in.DiskFree), api.FormatSize(in.DiskReserve))})
 	}
 	return out
+}
+
+// summaries of the incident events, by event.
+var summaries = map[string]string{
+	api.EventRPOBreach: "machine %s: RPO breach",
+	api.EventAgentLost: "agent %s lost",
+	api.EventDiskLow:   "%s disk low",
+}
+
+// Summary is the one-line summary of an incident of event about subject.
+func Summary(event, subject string) string {
+	if f, ok := summaries[event]; ok {
+		return fmt.Sprintf(f, subject)
+	}
+	return event + " " + subject
 }
 
 // JobEvent is the event an ended job raises, if any: a failed or partial
