@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"iter"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/time/rate"
 
@@ -27,8 +30,11 @@ type cycleDisk struct {
 	src     disk.Source
 	m       *blockmap.Map
 	trusted bool
-	bs      int
-	format  disk.Format // forced (DiskConfig.Format); "" detects
+	// fresh: the disk had no block map before this cycle (added to the
+	// machine): its map holds zeros and is not a witness of the head point.
+	fresh  bool
+	bs     int
+	format disk.Format // forced (DiskConfig.Format); "" detects
 }
 
 // cycle takes a view, finds what changed and ships it; it returns the new
@@ -101,6 +107,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 	}()
 	begin := msg.CycleBeginRequest{Machine: cfg.Name, Map: msg.MapState{Valid: true}}
+	witnesses := 0 // disks whose maps say what the controller holds
 	for i, vd := range view.Disks {
 		d := &cycleDisk{name: vd.Name, view: vd, bs: cfg.Disks[i].BlockSize, format: disk.Format(cfg.Disks[i].Format)}
 		disks[i] = d
@@ -113,19 +120,29 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		if d.src.Size() == 0 {
 			return 0, fmt.Errorf("disk %s (%s) is empty (size 0): no point is made until it has data again", vd.Name, vd.Source)
 		}
-		if d.m, d.trusted, err = blockmap.Open(filepath.Join(dir, vd.Name+".map"), d.bs, d.src.Size(), blockmap.BootID()); err != nil {
+		mapPath := filepath.Join(dir, vd.Name+".map")
+		if _, err := os.Stat(mapPath); errors.Is(err, fs.ErrNotExist) {
+			d.fresh = true
+		}
+		if d.m, d.trusted, err = blockmap.Open(mapPath, d.bs, d.src.Size(), blockmap.BootID()); err != nil {
 			return 0, fmt.Errorf("disk %s map: %w", vd.Name, err)
 		}
-		st := d.m.State()
-		if i == 0 {
-			begin.Map.HeadPoint, begin.Map.Pending = st.HeadPoint, st.Pending
-		} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
-			begin.Map.Valid = false // the disks' maps disagree
+		// A disk new to the machine is synced alone: the other disks' maps
+		// say what the controller holds, and the new one holds zeros (the
+		// controller checks that against its repository: NewMap).
+		if !d.fresh {
+			st := d.m.State()
+			if witnesses == 0 {
+				begin.Map.HeadPoint, begin.Map.Pending = st.HeadPoint, st.Pending
+			} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
+				begin.Map.Valid = false // the disks' maps disagree
+			}
+			witnesses++
 		}
 		if !d.trusted || p.resync {
 			begin.Map.Valid = false
 		}
-		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs})
+		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs, NewMap: d.fresh})
 	}
 	var bresp msg.CycleBeginResponse
 	if err := a.call(ctx, msg.MethodCycleBegin, begin, &bresp); err != nil {
@@ -158,7 +175,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 				log.Info("disk size changed: rechecking the blocks at its ends", "disk", d.name, "size", d.src.Size(), "blocks", len(rc))
 				cands = withRechecks(cands, rc)
 			}
-			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed {
+			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed && !d.fresh {
 				again, err := a.recheckPending(ctx, bresp.Cycle, uint16(i), d)
 				if err != nil {
 					return 0, fmt.Errorf("recheck the pending point's blocks of disk %s: %w", d.name, err)
@@ -209,6 +226,9 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		if err := d.m.Commit(eresp.PointID); err != nil {
 			return 0, err
 		}
+	}
+	if p.keep {
+		dropStaleMaps(dir, cfg, log)
 	}
 	if p.keep {
 		if err := view.Keep(eresp.PointID); err != nil {
@@ -385,3 +405,25 @@ func withRechecks(cands iter.Seq[ship.Candidate], blocks []int64) iter.Seq[ship.
 }
 
 var errCut = errors.New("hash stream ended early")
+
+// dropStaleMaps removes the block maps of disks the machine no longer has
+// (machines update --remove-disk) once a point without them is committed:
+// such a map no longer says what the controller holds, and a disk added
+// again under that name is synced as a new one (NewMap).
+func dropStaleMaps(dir string, cfg msg.MachineConfig, log *slog.Logger) {
+	keep := map[string]bool{}
+	for _, d := range cfg.Disks {
+		keep[d.Name+".map"] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasSuffix(n, ".map") && !e.IsDir() && !keep[n] {
+			if err := os.Remove(filepath.Join(dir, n)); err != nil {
+				log.Warn("removing the block map of a removed disk failed", "map", n, "err", err)
+			}
+		}
+	}
+}

@@ -43,6 +43,9 @@ ferry protect db1 --agent host1 --disk os=/var/lib/libvirt/images/db1.qcow2 \
 	"ferry machines":      "ferry machines list",
 	"ferry machines list": "ferry machines list\nferry machines list --json",
 	"ferry machines show": "ferry machines show web1\nferry machines show web1 --json",
+	"ferry machines update": `ferry machines update web1 --policy gold
+ferry machines update web1 --add-disk data=/var/lib/libvirt/images/web1-data.raw
+ferry machines update web1 --remove-disk scratch --target dr2`,
 
 	"ferry points":        "ferry points list web1",
 	"ferry points list":   "ferry points list web1\nferry points list web1 --json",

@@ -176,7 +176,7 @@ func newUnprotectCommand(g *globals) *cobra.Command {
 }
 
 func newMachinesCommand(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show"}
+	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show, update"}
 	list := &cobra.Command{
 		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runMachinesList(c.Context(), g) },
@@ -185,7 +185,7 @@ func newMachinesCommand(g *globals) *cobra.Command {
 		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks", Args: exactArgs(1, "MACHINE"),
 		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
 	}
-	cmd.AddCommand(list, show)
+	cmd.AddCommand(list, show, newMachinesUpdateCommand(g))
 	return cmd
 }
 

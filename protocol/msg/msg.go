@@ -118,6 +118,11 @@ type DiskInfo struct {
 	Name      string `json:"name"`
 	Size      int64  `json:"size"`
 	BlockSize int    `json:"block_size"`
+	// NewMap: the agent has no block map of this disk yet (a disk added
+	// to the machine) and assumes the controller holds none of it (zeros);
+	// its map is left out of MapState. The controller orders a resync when
+	// its repository does hold data of the disk.
+	NewMap bool `json:"new_map,omitempty"`
 }
 
 // MapState is what the agent's block map believes the controller holds.
