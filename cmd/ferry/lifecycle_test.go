@@ -32,7 +32,7 @@ func cliArgs(a lifecycle.Action, machine, out string) []string {
 	case lifecycle.PlannedFailover:
 		return []string{"failover", machine, "--planned"}
 	case lifecycle.Commit:
-		return []string{"commit", machine}
+		return []string{"commit", machine, "--force"}
 	case lifecycle.ChangePoint:
 		return []string{"change-point", machine, "--point", "latest"}
 	case lifecycle.Cleanup:

@@ -159,19 +159,23 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 }
 
 func newUnprotectCommand(g *globals) *cobra.Command {
-	var deletePoints bool
+	var deletePoints, force bool
 	cmd := &cobra.Command{
-		Use: "unprotect MACHINE", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
+		Use: "unprotect MACHINE [--delete-points --force]", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
 		Args: exactArgs(1, "MACHINE"),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {
 				return err
 			}
+			if deletePoints && !force {
+				return refuseDeletePoints(c.Context(), g, cl, args[0])
+			}
 			return cl.Unprotect(c.Context(), args[0], deletePoints)
 		},
 	}
-	cmd.Flags().BoolVar(&deletePoints, "delete-points", false, "also delete the machine's stored recovery points")
+	cmd.Flags().BoolVar(&deletePoints, "delete-points", false, "also delete the machine's stored recovery points (needs --force)")
+	cmd.Flags().BoolVar(&force, "force", false, "really delete the points of --delete-points (without it: list what would be deleted)")
 	return cmd
 }
 
