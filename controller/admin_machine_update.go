@@ -41,6 +41,9 @@ func (s *Server) UpdateMachine(ctx context.Context, name string, req api.UpdateM
 		return api.UpdateMachineResult{}, apiErr(err)
 	}
 	u := machineUpdate{s: s, m: m, agent: a, spec: cloneSpec(m.Spec)}
+	// The record's policy and target are the truth (the spec keeps what
+	// protect was asked).
+	u.spec.Policy, u.spec.Target = m.Policy, m.Target
 	steps := []func(context.Context, api.UpdateMachineRequest) error{
 		u.rename, u.policy, u.target, u.driver, u.hooks, u.removeDisks, u.addDisks,
 	}
@@ -58,7 +61,7 @@ func (s *Server) UpdateMachine(ctx context.Context, name string, req api.UpdateM
 	if err := u.apply(ctx); err != nil {
 		return api.UpdateMachineResult{}, err
 	}
-	out, err := s.Machine(ctx, u.m.Name)
+	out, err := s.Machine(ctx, u.finalName())
 	if err != nil {
 		return api.UpdateMachineResult{}, err
 	}
@@ -95,14 +98,16 @@ func cloneSpec(p api.ProtectRequest) api.ProtectRequest {
 }
 
 func (u *machineUpdate) changed() bool {
-	return u.newName != "" || u.m.Policy != u.spec.Policy || u.m.Target != u.spec.Target ||
-		!specEqual(u.m.Spec, u.spec)
+	was := u.m.Spec
+	was.Policy, was.Target = u.m.Policy, u.m.Target
+	return u.newName != "" || !specEqual(was, u.spec)
 }
 
 func specEqual(a, b api.ProtectRequest) bool {
 	return a.Driver == b.Driver && a.PreSnapshot == b.PreSnapshot && a.PostSnapshot == b.PostSnapshot &&
 		slices.Equal(a.Freeze, b.Freeze) && a.SourceDriver == b.SourceDriver && maps.Equal(a.SourceOptions, b.SourceOptions) &&
-		a.Domain == b.Domain && slices.Equal(a.Disks, b.Disks) && a.BlockSize == b.BlockSize && a.Policy == b.Policy
+		a.Domain == b.Domain && slices.Equal(a.Disks, b.Disks) && a.BlockSize == b.BlockSize && a.Policy == b.Policy &&
+		a.Target == b.Target
 }
 
 // rename is allowed only while the machine runs at home, replicates

@@ -24,10 +24,15 @@ func newAgentsCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := cl.RevokeAgent(c.Context(), args[0]); err != nil {
+				return err
+			}
 			if !force {
+				// After the revoke: a refused one keeps stderr to its error
+				// (JSON under --json).
 				fmt.Fprintln(g.stderr, revokeWarning)
 			}
-			return cl.RevokeAgent(c.Context(), args[0])
+			return nil
 		},
 	}
 	revoke.Flags().BoolVar(&force, "force", false, "really revoke (required from the next release; without it a warning is printed)")

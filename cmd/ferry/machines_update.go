@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/ferrydr/ferry/controller/api"
 )
@@ -106,7 +107,13 @@ func runMachinesUpdate(ctx context.Context, g *globals, c *cobra.Command, machin
 		}
 		req.AddDisks = disks
 	}
-	if c.Flags().NFlag() == 0 {
+	nGiven := 0 // flags of this command given (not --admin, --json…)
+	c.Flags().Visit(func(f *pflag.Flag) {
+		if c.LocalNonPersistentFlags().Lookup(f.Name) != nil {
+			nGiven++
+		}
+	})
+	if nGiven == 0 {
 		return usagef("nothing to change: give at least one setting (see ferry machines update --help)")
 	}
 	cl, err := g.client()
