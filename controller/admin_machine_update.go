@@ -375,6 +375,9 @@ func (u *machineUpdate) apply(ctx context.Context) error {
 	s, old := u.s, u.m.Name
 	m := u.m
 	m.Policy, m.Target, m.Spec = u.spec.Policy, u.spec.Target, u.spec
+	if u.dropPending || u.blockSize != 0 {
+		m.State = catalog.StateSyncing // a new initial sync: no point until it ends
+	}
 	if err := s.cat.UpdateMachine(ctx, m); err != nil {
 		return apiErr(err)
 	}

@@ -202,6 +202,28 @@ func TestMachinesUpdateRenameDuringInitialSync(t *testing.T) {
 	code, _, _ = s.cli(t, "machines", "show", "web2")
 	require.Equal(t, exitOK, code)
 
+	// A policy of another block size deletes the points: refused without
+	// --force, naming them; with it every disk is sent again.
+	pts := pointsOf(t, s, "web2")
+	code, _, stderr = s.cli(t, "policies", "create", "big", "--rp-every", "1h", "--block-size", "1MiB")
+	require.Equal(t, exitOK, code, stderr)
+	code, _, stderr = s.cli(t, "machines", "update", "web2", "--policy", "big")
+	require.Equal(t, exitError, code)
+	require.Contains(t, stderr, fmt.Sprintf("deletes its 1 recovery point(s) (ids %d)", pts[0].ID))
+	require.Contains(t, stderr, "--force")
+	require.Equal(t, pointIDs(pts), pointIDs(pointsOf(t, s, "web2")))
+	code, stdout, stderr = s.cli(t, "machines", "update", "web2", "--policy", "big", "--force")
+	require.Equal(t, exitOK, code, stderr)
+	require.Contains(t, stdout, "block size 64KiB → 1MiB: every disk is resynced in full")
+	require.Eventually(t, func() bool {
+		ps := pointsOf(t, s, "web2")
+		return len(ps) == 1 && ps[0].ID > pts[0].ID
+	}, 2*time.Minute, 100*time.Millisecond, "web2 never got a point in the new block size")
+	out = t.TempDir()
+	code, _, stderr = s.cli(t, "points", "export", "web2", "--point", "latest", "--out", out)
+	require.Equal(t, exitOK, code, stderr)
+	requireSameBytes(t, img, filepath.Join(out, "d.raw"))
+
 	code, _, stderr = s.cli(t, "machines", "update", "web2")
 	require.Equal(t, exitUsage, code)
 	require.Contains(t, stderr, "nothing to change")
