@@ -370,7 +370,9 @@ func (s *Server) refuseProtectedDisksExcept(ctx context.Context, a catalog.Agent
 }
 
 // apply stores the change and tells the agent. A rename or a block-size
-// change first drops what the repository holds under the old terms.
+// change drops what the repository holds under the old terms, under
+// specMu: no cycle checked against the old disks begins meanwhile, and
+// every later one is checked against the new (cycleMatchesSpec).
 func (u *machineUpdate) apply(ctx context.Context) error {
 	s, old := u.s, u.m.Name
 	m := u.m
@@ -378,35 +380,40 @@ func (u *machineUpdate) apply(ctx context.Context) error {
 	if u.dropPending || u.blockSize != 0 {
 		m.State = catalog.StateSyncing // a new initial sync: no point until it ends
 	}
-	if err := s.cat.UpdateMachine(ctx, m); err != nil {
-		return apiErr(err)
-	}
-	if u.newName != "" {
-		if err := s.cat.RenameMachine(ctx, old, u.newName); err != nil {
-			return apiErr(err)
-		}
-		m.Name = u.newName
-		m.Spec.Machine = u.newName
+	if err := func() error {
+		s.specMu.Lock()
+		defer s.specMu.Unlock()
 		if err := s.cat.UpdateMachine(ctx, m); err != nil {
 			return apiErr(err)
 		}
-	}
-	if u.newName != "" || u.blockSize != 0 {
+		if u.newName != "" {
+			if err := s.cat.RenameMachine(ctx, old, u.newName); err != nil {
+				return apiErr(err)
+			}
+			m.Name = u.newName
+			m.Spec.Machine = u.newName
+			if err := s.cat.UpdateMachine(ctx, m); err != nil {
+				return apiErr(err)
+			}
+		}
+		if u.newName == "" && u.blockSize == 0 {
+			return nil
+		}
 		s.ing.ForgetMachine(old)
 		s.replMu.Lock()
 		delete(s.repl, old)
 		s.replMu.Unlock()
-	}
-	// The agent stops the old loop (or takes the new disks) before the
-	// repository drops what it held: a cycle begun on the old terms is
-	// refused from now on (cycleMatchesSpec).
-	if err := s.pushConfig(ctx, m.AgentID); err != nil {
-		s.log.Warn("config push failed; the agent gets it at its next connection", "agent", u.agent.Name, "err", err)
-	}
-	if u.dropPending || u.blockSize != 0 {
 		if err := s.repo.DeleteMachine(ctx, old); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}
+		return nil
+	}(); err != nil {
+		return err
+	}
+	// The agent takes the new disks (or stops the old loop) now; until it
+	// has them its cycles are refused and it is pushed the config again.
+	if err := s.pushConfig(ctx, m.AgentID); err != nil {
+		s.log.Warn("config push failed; the agent gets it at its next connection", "agent", u.agent.Name, "err", err)
 	}
 	if u.targetChanged && s.stager != nil && m.Target != "" {
 		s.stager.Kick(m.Name)
