@@ -121,7 +121,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 			return 0, fmt.Errorf("disk %s (%s) is empty (size 0): no point is made until it has data again", vd.Name, vd.Source)
 		}
 		mapPath := filepath.Join(dir, vd.Name+".map")
-		if _, err := os.Stat(mapPath); errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Stat(mapPath); errors.Is(err, fs.ErrNotExist) && cfg.NewDisksAlone {
 			d.fresh = true
 		}
 		if d.m, d.trusted, err = blockmap.Open(mapPath, d.bs, d.src.Size(), blockmap.BootID()); err != nil {
