@@ -224,6 +224,22 @@ func TestMachinesUpdateRenameDuringInitialSync(t *testing.T) {
 	require.Equal(t, exitOK, code, stderr)
 	requireSameBytes(t, img, filepath.Join(out, "d.raw"))
 
+	// Driver and snapshot settings, one by one; the rest stays.
+	code, _, stderr = s.cli(t, "machines", "update", "web2", "--start", "echo start", "--status", "echo running", "--freeze", "/srv")
+	require.Equal(t, exitOK, code, stderr)
+	code, _, stderr = s.cli(t, "machines", "update", "web2", "--status", "echo stopped")
+	require.Equal(t, exitOK, code, stderr)
+	code, stdout, stderr = s.cli(t, "--json", "machines", "show", "web2")
+	require.Equal(t, exitOK, code, stderr)
+	var shown api.Machine
+	require.NoError(t, json.Unmarshal([]byte(stdout), &shown))
+	require.Equal(t, api.Driver{Start: "echo start", Status: "echo stopped"}, shown.Driver)
+	require.Equal(t, []string{"/srv"}, shown.Freeze)
+	require.Equal(t, "big", shown.Policy)
+	code, _, stderr = s.cli(t, "machines", "update", "web2", "--pause", "kill -STOP 1")
+	require.Equal(t, exitError, code)
+	require.Contains(t, stderr, "--pause and --resume go together")
+
 	code, _, stderr = s.cli(t, "machines", "update", "web2")
 	require.Equal(t, exitUsage, code)
 	require.Contains(t, stderr, "nothing to change")

@@ -37,7 +37,10 @@ func machineDiskSizes(c *Controller, machine string) map[string]int64 {
 //     no hash resync happens; the point exports both disks byte for byte;
 //   - changes the policy (same block size): the next points store no data
 //     and what crosses the proxy is control traffic only (< 256 KiB);
-//   - removes the added disk: the next point has the first disk alone.
+//   - removes the added disk: the next point has the first disk alone;
+//   - sets a target: the newest point is staged there, nothing more is sent
+//     from home;
+//   - refuses a rename once the machine has points, saying why.
 func TestMachinesUpdateChangesWithoutResync(t *testing.T) {
 	const size1, size2 = 32 << 20, 8 << 20
 	dir := t.TempDir()
@@ -107,6 +110,17 @@ func TestMachinesUpdateChangesWithoutResync(t *testing.T) {
 	_, err := os.Stat(filepath.Join(exported, "data.raw"))
 	require.True(t, os.IsNotExist(err), "the removed disk is still in point %d", final.ID)
 	require.Equal(t, resyncs, strings.Count(a.Proc.Output(), "hash resync"), "the updates made a hash resync")
+
+	// A new target: the newest point is staged there in full, and nothing
+	// more crosses the home agent's link than the cycles' control traffic.
+	site := AddSite(t, c, c.Addr, "dr")
+	up4, _ := proxy.Bytes()
+	out = c.MustFerry("machines", "update", "vm", "--target", "dr")
+	require.Contains(t, out, "target dr: the newest point is staged there in full")
+	staged := c.WaitPoint("vm", final.ID, time.Minute)
+	site.waitStaged(t, "vm", staged.ID)
+	up5, _ := proxy.Bytes()
+	require.Less(t, up5-up4, int64(256<<10), "a target change sent data from home")
 
 	// A rename once points exist is refused, saying why; nothing changes.
 	r := c.Ferry("machines", "update", "vm", "--rename", "vm2")
