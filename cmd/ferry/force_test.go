@@ -175,13 +175,16 @@ func TestMachinesUpdateRenameDuringInitialSync(t *testing.T) {
 	code, _, stderr = s.cli(t, "protect", "web1", "--agent", "host1", "--disk", "d="+img, "--policy", "slow")
 	require.Equal(t, exitOK, code, stderr)
 
-	code, stdout, stderr := s.cli(t, "machines", "update", "web1", "--rename", "web2")
+	// Renamed, and moved to an unthrottled policy of the same block size in
+	// the same update.
+	code, _, stderr = s.cli(t, "policies", "create", "fastp", "--rp-every", "1h", "--block-size", "64KiB")
+	require.Equal(t, exitOK, code, stderr)
+	code, stdout, stderr := s.cli(t, "machines", "update", "web1", "--rename", "web2", "--policy", "fastp")
 	require.Equal(t, exitOK, code, stderr)
 	require.Contains(t, stdout, "renamed web1 to web2: the initial sync starts again under the new name")
+	require.Contains(t, stdout, "policy fastp")
 	code, _, _ = s.cli(t, "machines", "show", "web1")
 	require.Equal(t, exitError, code, "web1 is still there")
-	code, _, stderr = s.cli(t, "policies", "update", "slow", "--bandwidth", "0")
-	require.Equal(t, exitOK, code, stderr)
 	require.Eventually(t, func() bool {
 		code, stdout, _ := s.cli(t, "--json", "points", "list", "web2")
 		var pts []api.Point
