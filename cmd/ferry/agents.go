@@ -19,6 +19,9 @@ func newAgentsCommand(g *globals) *cobra.Command {
 	var force bool
 	revoke := &cobra.Command{
 		Use: "revoke AGENT --force", Short: "Revoke an agent's certificates and end its session", Args: exactArgs(1, "AGENT"),
+		Long: `Revoke an agent: its certificates are refused from now on and its session
+ends, so it replicates nothing more. In this release a revoke without --force
+still proceeds, with a warning on stderr; the next release requires --force.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {

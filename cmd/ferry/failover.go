@@ -190,6 +190,12 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 	j.register(cmd, !needsPoint)
 	if destructive {
 		cmd.Use = verb + " MACHINE|--plan PLAN --force"
+		cmd.Long = short + `.
+
+Commit deletes recovery points, so it needs --force. Without it nothing
+changes: it prints the points it would delete (id, time, consistency, size,
+name) and the ones it keeps (the point the machine runs, the newest, and
+recovery-divergent ones), and exits 2 with an error naming --force.`
 		cmd.Flags().BoolVar(&force, "force", false, "really delete the recovery points (without it: list what would be deleted)")
 	}
 	if needsPoint {

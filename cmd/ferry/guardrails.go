@@ -46,7 +46,7 @@ func refuseCommit(ctx context.Context, g *globals, cl *admin.Client, machine str
 		fmt.Fprintf(g.stdout, "and keep %d (the point it runs, the newest, and recovery-divergent ones):\n", len(p.Kept))
 		pointRows(g.stdout, "  ", p.Kept)
 	}
-	return forceRefusal(fmt.Sprintf("commit deletes %d recovery point(s) of %s and ends its failover's way back", len(p.Deleted), machine))
+	return forceRefusal(fmt.Sprintf("commit deletes %d recovery point(s) of %s, after which change-point is no longer possible", len(p.Deleted), machine))
 }
 
 // refuseDeletePoints shows what `ferry unprotect M --delete-points` would

@@ -162,6 +162,10 @@ func newUnprotectCommand(g *globals) *cobra.Command {
 	var deletePoints, force bool
 	cmd := &cobra.Command{
 		Use: "unprotect MACHINE [--delete-points --force]", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
+		Long: `Stop protecting a machine: its agent stops replicating it. Its recovery
+points stay (exportable) unless --delete-points, which needs --force: without
+it nothing changes, the points it would delete are listed (id, time,
+consistency, size, name) and the command exits 2 naming --force.`,
 		Args: exactArgs(1, "MACHINE"),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()

@@ -122,6 +122,10 @@ before the target is stored (docs/drivers.md).`,
 	var force bool
 	remove := &cobra.Command{
 		Use: "remove NAME --force", Short: "Remove a target no machine uses", Args: exactArgs(1, "NAME"),
+		Long: `Remove a target that no machine names as its default. The files under its
+directory at the recovery site stay. Needs --force: without it nothing
+changes, the target (agent, directory, driver) is shown and the command
+exits 2 naming --force.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {
