@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/time/rate"
 
@@ -35,6 +36,15 @@ type cycleDisk struct {
 	fresh  bool
 	bs     int
 	format disk.Format // forced (DiskConfig.Format); "" detects
+	// resynced counts the bytes a hash resync compared (nil: not counted).
+	resynced *atomic.Int64
+}
+
+// compared counts block b as compared by a hash resync.
+func (d *cycleDisk) compared(b int64) {
+	if d.resynced != nil {
+		d.resynced.Add(blockBytes(b, d.bs, d.src.Size()))
+	}
 }
 
 // cycle takes a view, finds what changed and ships it; it returns the new
@@ -58,7 +68,7 @@ type cycleParams struct {
 	resync  bool            // compare every block with the controller's hashes
 	name    string          // a name for the point
 	keep    bool            // keep the view as the next cycle's base
-	report  func(ctx context.Context, phase, errText string, bytes, blocks int64)
+	report  reporter
 	// beforeHash, when set, runs as a hash resync of a disk begins (a
 	// crash test's pause point).
 	beforeHash func()
@@ -149,11 +159,23 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		return 0, fmt.Errorf("begin cycle: %w", err)
 	}
 	sd := make([]ship.Disk, len(disks))
+	stopResync := func() {}
+	if bresp.Resync {
+		// A hash resync reads every block of every disk: its progress is
+		// the disks' bytes compared, reported like shipping's.
+		rp := &cycleProgress{phase: "resync", started: a.cfg.Now()}
+		for _, d := range disks {
+			rp.total += d.src.Size()
+			d.resynced = &rp.done
+		}
+		p.report(ctx, rp.request(0, 0))
+		stopResync = rp.watch(ctx, p.report, a.cfg.Now)
+	}
+	defer stopResync() // on an early return; stopping twice is harmless
 	for i, d := range disks {
 		var cands iter.Seq[ship.Candidate]
 		switch {
 		case bresp.Resync:
-			p.report(ctx, "resync", "", 0, 0)
 			log.Info("hash resync", "disk", d.name, "reason", bresp.ResyncReason)
 			if p.beforeHash != nil {
 				p.beforeHash()
@@ -191,14 +213,20 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 		sd[i] = ship.Disk{Index: uint16(i), Reader: d.src, Size: d.src.Size(), BlockSize: d.bs, Map: d.m, Candidates: cands}
 	}
+	stopResync()
 	var lim *rate.Limiter
 	if cfg.Bandwidth > 0 {
 		lim = rate.NewLimiter(rate.Limit(cfg.Bandwidth), int(min(cfg.Bandwidth, 4<<20)))
 	}
-	p.report(ctx, "shipping", "", 0, 0)
+	prog := &cycleProgress{phase: "shipping", started: a.cfg.Now()}
+	for _, d := range sd {
+		prog.total += candidateBytes(d.Candidates, d.BlockSize, d.Size)
+	}
+	p.report(ctx, prog.request(0, 0))
+	stopWatch := prog.watch(ctx, p.report, a.cfg.Now)
 	res, err := ship.Run(ctx, ship.Config{
 		Cycle: uint64(bresp.Cycle), Disks: sd, Streams: a.cfg.Streams, Patches: p.patches && bresp.Patches,
-		Limiter: lim, Compressor: a.comp, Log: log,
+		Limiter: lim, Compressor: a.comp, Log: log, Progress: func(n int64) { prog.done.Add(n) },
 		Open: func(ctx context.Context) (io.ReadWriteCloser, error) {
 			s, _ := a.currentSession()
 			if s == nil {
@@ -211,6 +239,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 			return st, nil
 		},
 	})
+	stopWatch()
 	if err != nil {
 		return 0, fmt.Errorf("ship: %w", err)
 	}
@@ -229,8 +258,6 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	}
 	if p.keep {
 		dropStaleMaps(dir, cfg, log)
-	}
-	if p.keep {
 		if err := view.Keep(eresp.PointID); err != nil {
 			log.Warn("keeping the view as the next base failed; the next cycle scans", "err", err)
 		}
@@ -239,7 +266,14 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	log.Info("point made", "point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
 		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes,
 		"container_read_bytes", a.ReadStats.Bytes.Load()) // since start: holes are never read
-	p.report(ctx, "idle", "", res.WireBytes, res.Sent)
+	// The cycle's last report: every byte done, the rate over the whole
+	// cycle, and what travelled.
+	final := prog.request(prog.total, 0)
+	if secs := a.cfg.Now().Sub(prog.started).Seconds(); secs > 0 {
+		final.RateBPS = int64(float64(prog.total) / secs)
+	}
+	final.Phase, final.BytesSent, final.BlocksSent = "idle", res.WireBytes, res.Sent
+	p.report(ctx, final)
 	return eresp.PointID, nil
 }
 

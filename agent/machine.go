@@ -205,7 +205,7 @@ func (m *machineLoop) run(ctx context.Context) {
 			}
 			retry = min(max(2*retry, time.Second), max(cfg.RPEvery, 5*time.Second), 30*time.Second)
 			log.Warn("cycle failed", "err", err, "retry_in", retry)
-			m.report(ctx, "error", err.Error(), 0, 0)
+			m.report(ctx, msg.ReportRequest{Phase: "error", Error: err.Error()})
 			continue
 		}
 		retry, patches = 0, true
@@ -217,11 +217,11 @@ func (m *machineLoop) run(ctx context.Context) {
 }
 
 // report tells the controller how replication goes (best effort).
-func (m *machineLoop) report(ctx context.Context, phase, errText string, bytes, blocks int64) {
+func (m *machineLoop) report(ctx context.Context, r msg.ReportRequest) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m.a.call(ctx, msg.MethodReport, msg.ReportRequest{Machine: m.config().Name, Phase: phase, Error: errText,
-		BytesSent: bytes, BlocksSent: blocks}, &struct{}{})
+	r.Machine = m.config().Name
+	m.a.call(ctx, msg.MethodReport, r, &struct{}{})
 }
 
 func snapDisks(cfg msg.MachineConfig) []snapshot.Disk {

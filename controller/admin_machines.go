@@ -192,6 +192,7 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 	s.ing.ForgetMachine(machine)
 	s.replMu.Lock()
 	delete(s.repl, machine)
+	delete(s.progress, machine)
 	s.replMu.Unlock()
 	if err := s.pushConfig(ctx, m.AgentID); err != nil {
 		s.log.Warn("config push failed", "agent", m.AgentID, "err", err)
@@ -272,9 +273,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	for _, d := range m.Spec.Disks {
 		out.Disks = append(out.Disks, api.MachineDisk{Name: d.Name, SourcePath: d.Path, SourceFormat: d.Format, Size: sizes[d.Name]})
 	}
-	s.replMu.Lock()
-	out.Replication = s.repl[m.Name]
-	s.replMu.Unlock()
+	out.Replication, out.Progress = s.replication(m.Name)
 	if out.Job, err = s.cat.MachineJob(ctx, m.Name); err != nil {
 		return api.Machine{}, err
 	}
@@ -313,7 +312,8 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	}
 	out.RPOSeconds, out.Health, out.HealthReason = points.Health(points.HealthInput{
 		Now: s.now(), LastPoint: out.LastPoint, Protected: m.Created, Threshold: pol.RPOThreshold.Std(),
-		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew, Replicating: replicates(m.State),
+		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew,
+		Replicating: replicationStopped(m) == "", NotReplicating: replicationStopped(m),
 		DiskFull: s.disk.check(false) != nil, OverQuota: s.overQuota(pts),
 		DamagedPoints: damagedPoints(pts),
 	})

@@ -206,13 +206,7 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if _, err := s.requireActsFor(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
 		}
-		s.replMu.Lock()
-		r := s.repl[req.Machine]
-		r.Phase, r.LastError, r.Progress = req.Phase, req.Error, req.Progress
-		r.BytesSent, r.BlocksSent = req.BytesSent, req.BlocksSent
-		r.LastCycle = s.now()
-		s.repl[req.Machine] = r
-		s.replMu.Unlock()
+		s.recordReport(req, c.clockOffset())
 		return struct{}{}, nil
 	})
 	return m

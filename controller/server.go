@@ -47,6 +47,8 @@ type Server struct {
 
 	replMu sync.Mutex
 	repl   map[string]api.Replication // per machine, as its agent reports
+	// progress is each machine's live cycle progress (progress.go).
+	progress map[string]api.ReplicationProgress
 
 	pruneMu sync.Mutex // retention runs one at a time
 
@@ -68,7 +70,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
-		agents: newRegistry(), repl: map[string]api.Replication{}}, nil
+		agents: newRegistry(), repl: map[string]api.Replication{},
+		progress: map[string]api.ReplicationProgress{}}, nil
 }
 
 // Run serves until ctx ends. The job engine runs before any listener

@@ -35,6 +35,7 @@ ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444`,
 	"ferry policies list":   "ferry policies list\nferry policies list --json",
 	"ferry policies delete": "ferry policies delete gold",
 
+	"ferry status": "ferry status\nferry status --json",
 	"ferry protect": `ferry protect web1 --agent host1 --disk /dev/sdb --target dr1
 ferry protect db1 --agent host1 --disk os=/var/lib/libvirt/images/db1.qcow2 \
     --disk data=/var/lib/libvirt/images/db1-data.raw --policy gold --target dr1 --wait`,

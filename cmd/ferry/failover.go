@@ -256,27 +256,30 @@ func followJob(ctx context.Context, g *globals, j api.Job, wait bool) error {
 	}
 	last := j
 	printed := map[string]string{}
+	out := newProgressOut(g.stdout)
 	err = cl.WatchJob(ctx, j.ID, func(s api.Job) error {
 		last = s
 		if g.json {
 			return nil
 		}
 		for _, st := range s.Steps {
-			line := st.State
-			if st.State == api.StepRunning && st.BytesTotal > 0 {
-				line = fmt.Sprintf("running %3.0f%% (%s of %s)", 100*st.Progress, api.FormatSize(st.BytesDone), api.FormatSize(st.BytesTotal))
+			// Data moving: a bar on a terminal, a line per tenth elsewhere.
+			if out.step(fmt.Sprintf("%s  %-16s", j.ID, st.Name), st, printed[st.Name] == api.StepRunning) {
+				printed[st.Name] = st.State
+				continue
 			}
-			if printed[st.Name] != line && st.State != api.StepPending {
-				printed[st.Name] = line
-				fmt.Fprintf(g.stdout, "%s  %-16s %s", j.ID, st.Name, line)
+			if printed[st.Name] != st.State && st.State != api.StepPending {
+				printed[st.Name] = st.State
+				line := fmt.Sprintf("%s  %-16s %s", j.ID, st.Name, st.State)
 				if st.Error != "" {
-					fmt.Fprintf(g.stdout, ": %s", st.Error)
+					line += ": " + st.Error
 				}
-				fmt.Fprintln(g.stdout)
+				out.println("%s", line)
 			}
 		}
 		return nil
 	})
+	out.finish()
 	if err != nil {
 		return err
 	}

@@ -127,6 +127,8 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 		return err
 	}
 	var last api.Job
+	out, lastLine := newProgressOut(g.stdout), ""
+	bars := map[string]bool{} // steps whose progress is shown
 	err = cl.WatchJob(ctx, id, func(j api.Job) error {
 		last = j
 		if g.json {
@@ -138,9 +140,19 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 			_, err = g.stdout.Write(b)
 			return err
 		}
-		fmt.Fprintf(g.stdout, "%s %s: %s\n", j.ID, j.State, currentStep(j))
+		// A line when the job or its step changes; a step moving data
+		// draws a bar on a terminal (a line per tenth elsewhere).
+		if line := fmt.Sprintf("%s %s: %s", j.ID, j.State, currentStep(j)); line != lastLine {
+			lastLine = line
+			out.println("%s", line)
+		}
+		for _, s := range j.Steps {
+			out.step("  "+s.Name, s, bars[s.Name])
+			bars[s.Name] = s.State == api.StepRunning && s.BytesTotal > 0
+		}
 		return nil
 	})
+	out.finish()
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ type protectOptions struct {
 	shutdownTimeout       string
 	domain, firmware      string
 	ips                   []string
+	wait                  bool
 }
 
 func newProtectCommand(g *globals) *cobra.Command {
@@ -60,6 +61,7 @@ running, stopped or absent.`,
 	f.StringVar(&o.domain, "domain", "", "the machine's name at the home site's hypervisor (default: MACHINE)")
 	f.StringVar(&o.firmware, "firmware", "", "bios or uefi, for the target's driver (default bios)")
 	f.StringArrayVar(&o.ips, "ip", nil, "re-IP at failover: NIC=ADDR/PREFIX[,GATEWAY] (repeatable; NIC as given to --nic)")
+	f.BoolVar(&o.wait, "wait", false, "follow the initial sync (a progress bar on a terminal) until the first recovery point, and print it")
 	return cmd
 }
 
@@ -151,6 +153,12 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 	if err != nil {
 		return err
 	}
+	if o.wait {
+		if !g.json {
+			fmt.Fprintf(g.stdout, "protecting %s on agent %s (%d disk(s), policy %s); waiting for its first point\n", m.Name, m.Agent, len(m.Disks), m.Policy)
+		}
+		return waitFirstPoint(ctx, g, cl, m.Name)
+	}
 	if g.json {
 		return g.printJSON(m)
 	}
@@ -186,11 +194,22 @@ consistency, size, name) and the command exits 2 naming --force.`,
 func newMachinesCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show, update"}
 	list := &cobra.Command{
-		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site)", Args: exactArgs(0, "no arguments"),
+		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site, live cycle progress)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runMachinesList(c.Context(), g) },
 	}
 	show := &cobra.Command{
-		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks", Args: exactArgs(1, "MACHINE"),
+		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks, its replication cycle", Args: exactArgs(1, "MACHINE"),
+		Long: `Show a machine: its state and health (with the reason when it is not
+healthy: a machine that is not replicating, failed over for example, is a
+warning), RPO, allowed next actions and disks, and its replication cycle.
+
+The cycle is what the source agent reports about once a second while it
+runs: in --json, progress {phase (shipping, resync, idle once it ended,
+error), bytes_done, bytes_total, rate_bps, started, updated, eta_seconds
+(while it runs)}. bytes_total is the bytes of the blocks the cycle compares
+(for an initial sync, the disks' allocated data); bytes_done rises to it.
+A machine whose agent has not reported a cycle since the controller started
+has no progress.`,
 		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
 	}
 	cmd.AddCommand(list, show, newMachinesUpdateCommand(g))
@@ -229,9 +248,9 @@ func runMachinesList(ctx context.Context, g *globals) error {
 		if m.HealthReason != "" && m.Health != "healthy" {
 			health += " (" + m.HealthReason + ")"
 		}
-		rows = append(rows, []string{m.Name, m.Agent, m.State, health, fmtRPO(m), last, m.ActiveSite})
+		rows = append(rows, []string{m.Name, m.Agent, m.State, health, fmtRPO(m), last, m.ActiveSite, fmtProgressShort(m.Progress)})
 	}
-	table(g.stdout, []string{"NAME", "AGENT", "STATE", "HEALTH", "RPO", "LAST POINT", "ACTIVE SITE"}, rows)
+	table(g.stdout, []string{"NAME", "AGENT", "STATE", "HEALTH", "RPO", "LAST POINT", "ACTIVE SITE", "CYCLE"}, rows)
 	return nil
 }
 
@@ -270,6 +289,9 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 			fmt.Fprintf(w, " — last error: %s", m.Replication.LastError)
 		}
 		fmt.Fprintln(w)
+	}
+	if m.Progress != nil {
+		fmt.Fprintf(w, "Cycle:        %s\n", fmtProgressLong(m.Progress))
 	}
 	if m.Job != "" {
 		fmt.Fprintf(w, "Running job:  %s\n", m.Job)

@@ -208,7 +208,10 @@ type Machine struct {
 	PostSnapshot   string        `json:"post_snapshot,omitempty"`
 	Freeze         []string      `json:"freeze,omitempty"`
 	Replication    Replication   `json:"replication"`
-	Job            string        `json:"job,omitempty"` // the running mutating job, if any
+	// Progress is the running cycle's (or, once it ended, the last one's)
+	// live progress; absent before the agent reported one.
+	Progress *ReplicationProgress `json:"progress,omitempty"`
+	Job      string               `json:"job,omitempty"` // the running mutating job, if any
 	// Fence is the recovery site's stop an unplanned failback owes or
 	// made (docs/failover.md "Unplanned failback and fencing").
 	Fence *Fence `json:"fence,omitempty"`
@@ -236,6 +239,36 @@ type Replication struct {
 	BytesSent  int64     `json:"bytes_sent"`
 	BlocksSent int64     `json:"blocks_sent"`
 	Progress   float64   `json:"progress"` // of the current cycle, 0–1
+}
+
+// Progress phases: a cycle ships or resyncs, then is idle (ended) or
+// failed (error, retried by the agent).
+const (
+	PhaseShipping = "shipping"
+	PhaseResync   = "resync"
+	PhaseIdle     = "idle"
+	PhaseError    = "error"
+)
+
+// ReplicationProgress is a source agent's live account of a machine's
+// cycle, reported about once a second while it runs: the bytes of the
+// candidate blocks (those change detection found, or every allocated
+// block for an initial sync) compared so far and in all. Within a cycle
+// bytes_done only rises, and reaches bytes_total when the cycle ends.
+type ReplicationProgress struct {
+	Phase      string    `json:"phase"` // shipping, resync, idle (the cycle ended), error
+	BytesDone  int64     `json:"bytes_done"`
+	BytesTotal int64     `json:"bytes_total"`
+	RateBPS    int64     `json:"rate_bps"` // recent rate; the cycle's average once idle
+	Started    time.Time `json:"started"`  // controller clock
+	Updated    time.Time `json:"updated"`  // the last report
+	// ETASeconds is the time left at the recent rate, while it runs.
+	ETASeconds *float64 `json:"eta_seconds,omitempty"`
+}
+
+// Active reports whether the cycle is still running.
+func (p *ReplicationProgress) Active() bool {
+	return p != nil && (p.Phase == PhaseShipping || p.Phase == PhaseResync)
 }
 
 // Point is a recovery point as `points list` prints it.

@@ -132,6 +132,7 @@ type cycle struct {
 	outstanding map[blockKey]outstanding // needed, not yet stored
 	failed      error
 	commits     *committer
+	resync      string // why the cycle compares every block ("": it does not)
 }
 
 // fail records the first error that makes the cycle unusable.
@@ -220,6 +221,9 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 	}
 	c := &cycle{agentID: agentID, session: sessionOf(ctx), machine: req.Machine, owners: owners, pending: p, disks: disks,
 		parts: map[uint32]bool{}, outstanding: map[blockKey]outstanding{}, commits: newCommitter(p)}
+	if resync {
+		c.resync = reason
+	}
 	g.mu.Lock()
 	if old := g.cycles[uint64(p.ID)]; old != nil {
 		// A concurrent Begin of the same machine registered first.
@@ -230,7 +234,9 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 	if err := g.waitRetired(ctx, req.Machine); err != nil {
 		return msg.CycleBeginResponse{}, err
 	}
-	g.log.Info("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
+	// The info log says one line per cycle (point committed, with the
+	// resync's reason); the begin is for debugging and timing.
+	g.log.Debug("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
 	return msg.CycleBeginResponse{Cycle: p.ID, HeadPoint: head, Resync: resync, ResyncReason: reason,
 		Patches: g.canPatch && !resync}, nil
 }
@@ -352,7 +358,11 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	delete(g.cycles, uint64(req.Cycle))
 	g.mu.Unlock()
 	go c.commits.close()
-	g.log.Info("point committed", "machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "note", req.Note)
+	attrs := []any{"machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "note", req.Note}
+	if c.resync != "" {
+		attrs = append(attrs, "resync", c.resync)
+	}
+	g.log.Info("point committed", attrs...)
 	g.onCommit(c.machine, pt)
 	return msg.CycleEndResponse{PointID: pt.ID, Instant: pt.Instant.UnixNano()}, nil
 }

@@ -29,7 +29,7 @@ func TestLatestSkipsDamagedPoints(t *testing.T) {
 
 // TestHealthDegradedByDamagedPoints: damaged points make a healthy or
 // warning machine degraded, a critical one stays critical, and a machine
-// that is not replicating is degraded too.
+// that is not replicating (a warning) is degraded too.
 func TestHealthDegradedByDamagedPoints(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	last := now.Add(-time.Second)
@@ -47,5 +47,5 @@ func TestHealthDegradedByDamagedPoints(t *testing.T) {
 	require.Equal(t, Degraded, level)
 	in.DamagedPoints = 0
 	_, level, _ = Health(in)
-	require.Equal(t, Healthy, level)
+	require.Equal(t, Warning, level, "not replicating is never healthy")
 }

@@ -119,6 +119,9 @@ type HealthInput struct {
 	ReplError   string // the agent's last replication error, if any
 	ClockSkew   time.Duration
 	Replicating bool // false when the machine is not replicating (failed over…)
+	// NotReplicating says why, when Replicating is false (its state and
+	// what brings replication back).
+	NotReplicating string
 	// DiskFull: the controller's disk is below its reserve, ingest paused.
 	DiskFull bool
 	// OverQuota: the machine's points reached the per-machine quota.
@@ -144,10 +147,20 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 		damaged = fmt.Sprintf("%d point(s) read data found damaged (ferry verify): left out of latest*, stored again by the next cycles", in.DamagedPoints)
 	}
 	if !in.Replicating {
-		if damaged != "" {
-			return rpo, Degraded, damaged
+		// No new point arrives: whatever the RPO, the machine is not
+		// protected the way a healthy one is (a failed-over machine runs
+		// at its recovery site with nothing replicating it).
+		reason = "not replicating"
+		if in.NotReplicating != "" {
+			reason += ": " + in.NotReplicating
 		}
-		return rpo, Healthy, ""
+		if in.LastPoint != nil {
+			reason += fmt.Sprintf("; newest point %s old", in.Now.Sub(*in.LastPoint).Round(time.Second))
+		}
+		if damaged != "" {
+			return rpo, Degraded, reason + "; " + damaged
+		}
+		return rpo, Warning, reason
 	}
 	age := in.Now.Sub(in.Protected)
 	what := "initial sync in progress"

@@ -75,7 +75,11 @@ func TestHealth(t *testing.T) {
 	require.Contains(t, reason, "not connected")
 	require.Contains(t, reason, "clock")
 
-	in.Replicating = false
-	_, level, _ = Health(in)
-	require.Equal(t, Healthy, level, "a failed-over machine is not judged on replication")
+	// A failed-over machine is not healthy: nothing replicates it.
+	in = base
+	in.LastPoint = at(time.Second)
+	in.Replicating, in.NotReplicating = false, "failed-over: it runs at its recovery site"
+	_, level, reason = Health(in)
+	require.Equal(t, Warning, level)
+	require.Equal(t, "not replicating: failed-over: it runs at its recovery site; newest point 1s old", reason)
 }

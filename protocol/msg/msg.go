@@ -182,6 +182,15 @@ type ReportRequest struct {
 	BytesSent  int64   `json:"bytes_sent"`
 	BlocksSent int64   `json:"blocks_sent"`
 	Progress   float64 `json:"progress"`
+	// Live progress of the running cycle (docs/protocol.md §5.2; added to
+	// v1, all optional): bytes of candidate blocks compared so far and in
+	// all, the recent rate, and when the cycle's shipping or resync began
+	// (Unix nanoseconds, agent clock). A final "idle" report carries the
+	// cycle's totals with BytesDone = BytesTotal.
+	BytesDone  int64 `json:"bytes_done,omitempty"`
+	BytesTotal int64 `json:"bytes_total,omitempty"`
+	RateBPS    int64 `json:"rate_bps,omitempty"`
+	Started    int64 `json:"started,omitempty"`
 }
 
 // TimeResponse is the agent's clock.
