@@ -280,6 +280,9 @@ func (u *machineUpdate) hooks(_ context.Context, req api.UpdateMachineRequest) e
 	}
 	if req.Freeze != nil {
 		u.spec.Freeze = slices.Clone(*req.Freeze)
+		if len(u.spec.Freeze) == 0 {
+			u.spec.Freeze = nil // as protect stores none
+		}
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ protected); other states are refused with the reason.`,
 	f.StringVar(&o.domain, "domain", "", "the machine's name at the home site's hypervisor")
 	f.StringVar(&o.preSnapshot, "pre-snapshot", "", "command run before an app-consistent snapshot")
 	f.StringVar(&o.postSnapshot, "post-snapshot", "", "command run after an app-consistent snapshot")
-	f.StringArrayVar(&o.freeze, "freeze", nil, "a mount point to fsfreeze (repeatable; replaces the list)")
+	f.StringArrayVar(&o.freeze, "freeze", nil, "a mount point to fsfreeze (repeatable; replaces the list; \"\" clears it)")
 	f.StringArrayVar(&o.addDisks, "add-disk", nil, "a disk to add, [NAME=]PATH (repeatable)")
 	f.StringArrayVar(&o.removeDisks, "remove-disk", nil, "the name of a disk to stop replicating (repeatable)")
 	f.BoolVar(&o.force, "force", false, "allow a change that deletes the machine's points (a block-size change)")
@@ -97,7 +97,12 @@ func runMachinesUpdate(ctx context.Context, g *globals, c *cobra.Command, machin
 		}
 	}
 	if c.Flags().Changed("freeze") {
-		fr := o.freeze
+		fr := []string{} // --freeze "" clears the list
+		for _, m := range o.freeze {
+			if m != "" {
+				fr = append(fr, m)
+			}
+		}
 		req.Freeze = &fr
 	}
 	if len(o.addDisks) > 0 {
