@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"iter"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 
 	"golang.org/x/time/rate"
@@ -28,8 +31,11 @@ type cycleDisk struct {
 	src     disk.Source
 	m       *blockmap.Map
 	trusted bool
-	bs      int
-	format  disk.Format // forced (DiskConfig.Format); "" detects
+	// fresh: the disk had no block map before this cycle (added to the
+	// machine): its map holds zeros and is not a witness of the head point.
+	fresh  bool
+	bs     int
+	format disk.Format // forced (DiskConfig.Format); "" detects
 	// resynced counts the bytes a hash resync compared (nil: not counted).
 	resynced *atomic.Int64
 }
@@ -111,6 +117,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 	}()
 	begin := msg.CycleBeginRequest{Machine: cfg.Name, Map: msg.MapState{Valid: true}}
+	witnesses := 0 // disks whose maps say what the controller holds
 	for i, vd := range view.Disks {
 		d := &cycleDisk{name: vd.Name, view: vd, bs: cfg.Disks[i].BlockSize, format: disk.Format(cfg.Disks[i].Format)}
 		disks[i] = d
@@ -123,19 +130,29 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		if d.src.Size() == 0 {
 			return 0, fmt.Errorf("disk %s (%s) is empty (size 0): no point is made until it has data again", vd.Name, vd.Source)
 		}
-		if d.m, d.trusted, err = blockmap.Open(filepath.Join(dir, vd.Name+".map"), d.bs, d.src.Size(), blockmap.BootID()); err != nil {
+		mapPath := filepath.Join(dir, vd.Name+".map")
+		if _, err := os.Stat(mapPath); errors.Is(err, fs.ErrNotExist) && cfg.NewDisksAlone {
+			d.fresh = true
+		}
+		if d.m, d.trusted, err = blockmap.Open(mapPath, d.bs, d.src.Size(), blockmap.BootID()); err != nil {
 			return 0, fmt.Errorf("disk %s map: %w", vd.Name, err)
 		}
-		st := d.m.State()
-		if i == 0 {
-			begin.Map.HeadPoint, begin.Map.Pending = st.HeadPoint, st.Pending
-		} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
-			begin.Map.Valid = false // the disks' maps disagree
+		// A disk new to the machine is synced alone: the other disks' maps
+		// say what the controller holds, and the new one holds zeros (the
+		// controller checks that against its repository: NewMap).
+		if !d.fresh {
+			st := d.m.State()
+			if witnesses == 0 {
+				begin.Map.HeadPoint, begin.Map.Pending = st.HeadPoint, st.Pending
+			} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
+				begin.Map.Valid = false // the disks' maps disagree
+			}
+			witnesses++
 		}
 		if !d.trusted || p.resync {
 			begin.Map.Valid = false
 		}
-		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs})
+		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs, NewMap: d.fresh})
 	}
 	var bresp msg.CycleBeginResponse
 	if err := a.call(ctx, msg.MethodCycleBegin, begin, &bresp); err != nil {
@@ -180,7 +197,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 				log.Info("disk size changed: rechecking the blocks at its ends", "disk", d.name, "size", d.src.Size(), "blocks", len(rc))
 				cands = withRechecks(cands, rc)
 			}
-			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed {
+			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed && !d.fresh {
 				again, err := a.recheckPending(ctx, bresp.Cycle, uint16(i), d)
 				if err != nil {
 					return 0, fmt.Errorf("recheck the pending point's blocks of disk %s: %w", d.name, err)
@@ -240,6 +257,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 	}
 	if p.keep {
+		dropStaleMaps(dir, cfg, log)
 		if err := view.Keep(eresp.PointID); err != nil {
 			log.Warn("keeping the view as the next base failed; the next cycle scans", "err", err)
 		}
@@ -421,3 +439,25 @@ func withRechecks(cands iter.Seq[ship.Candidate], blocks []int64) iter.Seq[ship.
 }
 
 var errCut = errors.New("hash stream ended early")
+
+// dropStaleMaps removes the block maps of disks the machine no longer has
+// (machines update --remove-disk) once a point without them is committed:
+// such a map no longer says what the controller holds, and a disk added
+// again under that name is synced as a new one (NewMap).
+func dropStaleMaps(dir string, cfg msg.MachineConfig, log *slog.Logger) {
+	keep := map[string]bool{}
+	for _, d := range cfg.Disks {
+		keep[d.Name+".map"] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasSuffix(n, ".map") && !e.IsDir() && !keep[n] {
+			if err := os.Remove(filepath.Join(dir, n)); err != nil {
+				log.Warn("removing the block map of a removed disk failed", "map", n, "err", err)
+			}
+		}
+	}
+}

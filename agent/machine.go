@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -81,13 +82,15 @@ func (a *Agent) applyConfig(ms []msg.MachineConfig) {
 	for name, cfg := range want {
 		if ml, ok := a.machines[name]; ok {
 			if !reflect.DeepEqual(ml.config(), cfg) {
+				// The loop reads the latest config when it wakes (or at its
+				// next cycle when busy): a wake-up already queued must not
+				// bring back an older config.
+				ml.mu.Lock()
+				ml.cfg = cfg
+				ml.mu.Unlock()
 				select {
 				case ml.update <- cfg:
 				default:
-					// The loop is busy; it reads the latest config next.
-					ml.mu.Lock()
-					ml.cfg = cfg
-					ml.mu.Unlock()
 				}
 			}
 			continue
@@ -155,10 +158,13 @@ func (m *machineLoop) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case c := <-m.update:
-			m.mu.Lock()
-			m.cfg = c
-			m.mu.Unlock()
+		case <-m.update:
+			if c := m.config(); !slices.Equal(c.Disks, cfg.Disks) {
+				// A disk added or removed, or a new block size (machines
+				// update): cycle now rather than at the next interval, so
+				// the new disk (or every disk) is protected without waiting.
+				lastCycle = time.Time{}
+			}
 			continue
 		case tr := <-m.trigger:
 			t = &tr

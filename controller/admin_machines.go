@@ -50,7 +50,7 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	if a.Revoked {
 		return api.Machine{}, api.Errorf(api.CodeFailedPrecondition, "agent %s is revoked", a.Name)
 	}
-	if err := s.refuseProtectedDisks(ctx, a, req); err != nil {
+	if err := s.refuseProtectedDisks(ctx, a, req, ""); err != nil {
 		return api.Machine{}, err
 	}
 	if req.Policy == "" {
@@ -119,15 +119,19 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 // protects on the same agent: two machines replicating one disk would
 // each fail over onto it. Paths are compared as given (cleaned); two
 // names of one device (a symlink, /dev/disk/by-id) are not recognised.
-func (s *Server) refuseProtectedDisks(ctx context.Context, a catalog.Agent, req api.ProtectRequest) error {
+// The machine named self (one being updated) is left out.
+func (s *Server) refuseProtectedDisks(ctx context.Context, a catalog.Agent, req api.ProtectRequest, self string) error {
 	ms, err := s.cat.Machines(ctx, a.ID)
 	if err != nil {
 		return err
 	}
 	for _, d := range req.Disks {
 		for _, m := range ms {
+			if m.Name == self {
+				continue
+			}
 			for _, od := range m.Spec.Disks {
-				if filepath.Clean(od.Path) == filepath.Clean(d.Path) {
+				if cleanPath(od.Path) == cleanPath(d.Path) {
 					return api.Errorf(api.CodeConflict, "disk %s (%s) on agent %s is already protected by machine %s (its disk %s): a disk can be protected by one machine only; unprotect %s first",
 						d.Name, d.Path, a.Name, m.Name, od.Name, m.Name)
 				}
@@ -136,6 +140,8 @@ func (s *Server) refuseProtectedDisks(ctx context.Context, a catalog.Agent, req 
 	}
 	return nil
 }
+
+func cleanPath(p string) string { return filepath.Clean(p) }
 
 // refuseOccupiedTarget refuses to protect a machine under a name whose
 // directory at the target already holds live disks — another machine's,

@@ -169,6 +169,11 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if err := s.replicating(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
 		}
+		s.specMu.RLock()
+		defer s.specMu.RUnlock()
+		if err := s.cycleMatchesSpec(ctx, c.agentID, req); err != nil {
+			return nil, err
+		}
 		if err := s.disk.check(true); err != nil {
 			return nil, err // ingest pauses: the agent retries
 		}

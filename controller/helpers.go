@@ -175,6 +175,8 @@ func (s *Server) machineConfig(ctx context.Context, m catalog.Machine) (msg.Mach
 		// A live failover stops replication before any disk is touched;
 		// the controller may still ask for one more cycle (cycle.now).
 		Paused: m.Failover != nil && m.Failover.Set == "live",
+		// Ingest.Begin checks DiskInfo.NewMap against the repository.
+		NewDisksAlone: true,
 	}
 	bs := m.Spec.BlockSize
 	if bs == 0 {

@@ -53,6 +53,11 @@ type Server struct {
 
 	pruneMu sync.Mutex // retention runs one at a time
 
+	// specMu orders `machines update` against cycle.begin: a cycle checked
+	// against the old disks never begins after the update dropped the
+	// repository's rows of them (a block-size change, a rename).
+	specMu sync.RWMutex
+
 	disk *diskGuard // the free-space reserve of DataDir
 
 	metrics  *metrics         // Prometheus metrics, served at /metrics

@@ -34,7 +34,7 @@ ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444`,
 
 	"ferry agents":         "ferry agents list",
 	"ferry agents list":    "ferry agents list\nferry agents list --json",
-	"ferry agents revoke":  "ferry agents revoke host1",
+	"ferry agents revoke":  "ferry agents revoke host1 --force",
 	"ferry agents remove":  "ferry agents remove host1",
 	"ferry agents upgrade": "ferry agents upgrade host1\nferry agents upgrade --all",
 	"ferry inventory":      "ferry inventory host1\nferry inventory host1 --json",
@@ -49,11 +49,14 @@ ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444`,
 	"ferry protect": `ferry protect web1 --agent host1 --disk /dev/sdb --target dr1
 ferry protect db1 --agent host1 --disk os=/var/lib/libvirt/images/db1.qcow2 \
     --disk data=/var/lib/libvirt/images/db1-data.raw --policy gold --target dr1 --wait`,
-	"ferry unprotect": "ferry unprotect web1\nferry unprotect web1 --delete-points",
+	"ferry unprotect": "ferry unprotect web1\nferry unprotect web1 --delete-points          # lists the points it would delete\nferry unprotect web1 --delete-points --force",
 
 	"ferry machines":      "ferry machines list",
 	"ferry machines list": "ferry machines list\nferry machines list --json",
 	"ferry machines show": "ferry machines show web1\nferry machines show web1 --json",
+	"ferry machines update": `ferry machines update web1 --policy gold
+ferry machines update web1 --add-disk data=/var/lib/libvirt/images/web1-data.raw
+ferry machines update web1 --remove-disk scratch --target dr2`,
 
 	"ferry points":        "ferry points list web1",
 	"ferry points list":   "ferry points list web1\nferry points list web1 --json",
@@ -63,10 +66,10 @@ ferry protect db1 --agent host1 --disk os=/var/lib/libvirt/images/db1.qcow2 \
 	"ferry targets":        "ferry targets add dr1 --agent drhost --dir /var/lib/ferry-dr",
 	"ferry targets add":    "ferry targets add dr1 --agent drhost --dir /var/lib/ferry-dr --driver libvirt\nferry targets add dr2 --agent drhost --dir /srv/dr --driver exec \\\n    --start '/etc/ferry/process.sh start' --stop '/etc/ferry/process.sh stop' \\\n    --status '/etc/ferry/process.sh status'",
 	"ferry targets list":   "ferry targets list\nferry targets list --json",
-	"ferry targets remove": "ferry targets remove dr1",
+	"ferry targets remove": "ferry targets remove dr1          # shows what would be removed\nferry targets remove dr1 --force",
 
 	"ferry failover":     "ferry failover web1 --wait\nferry failover web1 --test --wait\nferry failover web1 --planned --wait\nferry failover web1 --point latest-app-consistent --dry-run",
-	"ferry commit":       "ferry commit web1 --wait",
+	"ferry commit":       "ferry commit web1                 # lists the points it would delete\nferry commit web1 --force --wait",
 	"ferry change-point": "ferry change-point web1 --point 42 --wait",
 	"ferry cleanup":      "ferry cleanup web1 --wait",
 	"ferry reprotect":    "ferry reprotect web1 --wait\nferry reprotect web1 --source-is-off --wait",

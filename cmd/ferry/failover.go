@@ -148,6 +148,8 @@ func printDryRun(g *globals, j api.Job) error {
 func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Command {
 	var j jobFlags
 	var point, keyFile string
+	var force bool
+	destructive := verb == "commit" // deletes recovery points
 	cmd := &cobra.Command{
 		Use:   verb + " MACHINE|--plan PLAN",
 		Short: short,
@@ -172,6 +174,12 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			if err != nil {
 				return err
 			}
+			if destructive && !force {
+				if machine == "" {
+					return forceRefusal(verb + " --plan deletes the recovery points of every machine of the plan")
+				}
+				return refuseCommit(c.Context(), g, cl, machine)
+			}
 			job, err := cl.MachineAction(c.Context(), verb, req)
 			if err != nil {
 				return err
@@ -180,6 +188,16 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 		},
 	}
 	j.register(cmd, !needsPoint)
+	if destructive {
+		cmd.Use = verb + " MACHINE|--plan PLAN --force"
+		cmd.Long = short + `.
+
+Commit deletes recovery points, so it needs --force. Without it nothing
+changes: it prints the points it would delete (id, time, consistency, size,
+name) and the ones it keeps (the point the machine runs, the newest, and
+recovery-divergent ones), and exits 2 with an error naming --force.`
+		cmd.Flags().BoolVar(&force, "force", false, "really delete the recovery points (without it: list what would be deleted)")
+	}
 	if needsPoint {
 		cmd.Flags().StringVar(&point, "point", "", "the point to move to")
 		cmd.Flags().StringVar(&keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")

@@ -167,24 +167,32 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 }
 
 func newUnprotectCommand(g *globals) *cobra.Command {
-	var deletePoints bool
+	var deletePoints, force bool
 	cmd := &cobra.Command{
-		Use: "unprotect MACHINE", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
+		Use: "unprotect MACHINE [--delete-points --force]", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
+		Long: `Stop protecting a machine: its agent stops replicating it. Its recovery
+points stay (exportable) unless --delete-points, which needs --force: without
+it nothing changes, the points it would delete are listed (id, time,
+consistency, size, name) and the command exits 2 naming --force.`,
 		Args: exactArgs(1, "MACHINE"),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {
 				return err
 			}
+			if deletePoints && !force {
+				return refuseDeletePoints(c.Context(), g, cl, args[0])
+			}
 			return cl.Unprotect(c.Context(), args[0], deletePoints)
 		},
 	}
-	cmd.Flags().BoolVar(&deletePoints, "delete-points", false, "also delete the machine's stored recovery points")
+	cmd.Flags().BoolVar(&deletePoints, "delete-points", false, "also delete the machine's stored recovery points (needs --force)")
+	cmd.Flags().BoolVar(&force, "force", false, "really delete the points of --delete-points (without it: list what would be deleted)")
 	return cmd
 }
 
 func newMachinesCommand(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show"}
+	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show, update"}
 	list := &cobra.Command{
 		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site, live cycle progress)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runMachinesList(c.Context(), g) },
@@ -204,7 +212,7 @@ A machine whose agent has not reported a cycle since the controller started
 has no progress.`,
 		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
 	}
-	cmd.AddCommand(list, show)
+	cmd.AddCommand(list, show, newMachinesUpdateCommand(g))
 	return cmd
 }
 

@@ -35,6 +35,8 @@ type Policies interface {
 type Machines interface {
 	Protect(ctx context.Context, req api.ProtectRequest) (api.Machine, error)
 	Unprotect(ctx context.Context, machine string, deletePoints bool) error
+	// UpdateMachine changes a machine's settings (machines update).
+	UpdateMachine(ctx context.Context, machine string, req api.UpdateMachineRequest) (api.UpdateMachineResult, error)
 	Machines(ctx context.Context) ([]api.Machine, error)
 	Machine(ctx context.Context, machine string) (api.Machine, error)
 	Points(ctx context.Context, machine string) ([]api.Point, error)
@@ -59,6 +61,8 @@ type Failover interface {
 	RemoveTarget(ctx context.Context, name string) error
 	Failover(ctx context.Context, req api.FailoverRequest) (api.Job, error)
 	Commit(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
+	// CommitPreview says what a commit would delete; it changes nothing.
+	CommitPreview(ctx context.Context, machine string) (api.CommitPreview, error)
 	ChangePoint(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Reprotect(ctx context.Context, req api.MachineActionRequest) (api.Job, error)

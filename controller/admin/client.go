@@ -217,6 +217,18 @@ func (c *Client) Unprotect(ctx context.Context, machine string, deletePoints boo
 	return c.do(ctx, "DELETE", "/v1/machines/"+url.PathEscape(machine)+q, nil, nil)
 }
 
+// UpdateMachine changes a machine's settings.
+func (c *Client) UpdateMachine(ctx context.Context, machine string, req api.UpdateMachineRequest) (api.UpdateMachineResult, error) {
+	var out api.UpdateMachineResult
+	return out, c.do(ctx, "PATCH", "/v1/machines/"+url.PathEscape(machine), req, &out)
+}
+
+// CommitPreview says what `ferry commit` would delete.
+func (c *Client) CommitPreview(ctx context.Context, machine string) (api.CommitPreview, error) {
+	var out api.CommitPreview
+	return out, c.do(ctx, "GET", "/v1/machines/"+url.PathEscape(machine)+"/commit-preview", nil, &out)
+}
+
 // Machines lists machines.
 func (c *Client) Machines(ctx context.Context) ([]api.Machine, error) {
 	var m []api.Machine

@@ -104,6 +104,18 @@ func (s *Server) routes() {
 		err := s.b.Unprotect(r.Context(), r.PathValue("machine"), r.URL.Query().Get("delete_points") == "true")
 		s.reply(w, struct{}{}, err)
 	})
+	m.HandleFunc("PATCH /v1/machines/{machine}", func(w http.ResponseWriter, r *http.Request) {
+		var req api.UpdateMachineRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		res, err := s.b.UpdateMachine(r.Context(), r.PathValue("machine"), req)
+		s.reply(w, res, err)
+	})
+	m.HandleFunc("GET /v1/machines/{machine}/commit-preview", func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.b.CommitPreview(r.Context(), r.PathValue("machine"))
+		s.reply(w, p, err)
+	})
 	m.HandleFunc("GET /v1/machines/{machine}/points", func(w http.ResponseWriter, r *http.Request) {
 		ps, err := s.b.Points(r.Context(), r.PathValue("machine"))
 		if ps == nil {

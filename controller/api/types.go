@@ -504,3 +504,50 @@ type FailoverInfo struct {
 	Set      string `json:"set"` // "live" or "test-<job>"
 	TestName string `json:"test_name,omitempty"`
 }
+
+// UpdateMachineRequest changes a protected machine (`ferry machines
+// update`). A nil field is left as it is; the disks named in RemoveDisks
+// are dropped and AddDisks are added (each synced alone, the others keep
+// their block maps).
+type UpdateMachineRequest struct {
+	// Rename is the machine's new name ("" keeps it).
+	Rename string  `json:"rename,omitempty"`
+	Policy *string `json:"policy,omitempty"`
+	// Target is the new default failover target ("" clears it).
+	Target *string `json:"target,omitempty"`
+	// Driver fields replace the source driver's commands one by one.
+	Start  *string `json:"start,omitempty"`
+	Stop   *string `json:"stop,omitempty"`
+	Pause  *string `json:"pause,omitempty"`
+	Resume *string `json:"resume,omitempty"`
+	Status *string `json:"status,omitempty"`
+	// SourceDriver is exec ("") or libvirt; SourceOptions are merged into
+	// the machine's (a "" value removes an option).
+	SourceDriver  *string           `json:"source_driver,omitempty"`
+	SourceOptions map[string]string `json:"source_options,omitempty"`
+	Domain        *string           `json:"domain,omitempty"`
+	PreSnapshot   *string           `json:"pre_snapshot,omitempty"`
+	PostSnapshot  *string           `json:"post_snapshot,omitempty"`
+	Freeze        *[]string         `json:"freeze,omitempty"`
+	AddDisks      []DiskRef         `json:"add_disks,omitempty"`
+	RemoveDisks   []string          `json:"remove_disks,omitempty"`
+	// Force allows a change that deletes the machine's stored points (a
+	// block-size change: the repository keeps a disk in one block size).
+	Force bool `json:"force,omitempty"`
+}
+
+// UpdateMachineResult is the machine after an update, with what the
+// update will cost (Notes: a disk synced alone, a target staged in full, a
+// resync) in the words `machines update` prints.
+type UpdateMachineResult struct {
+	Machine Machine  `json:"machine"`
+	Notes   []string `json:"notes"`
+}
+
+// CommitPreview is what `ferry commit M` would delete: the recovery
+// points it removes and the ones it keeps (and why).
+type CommitPreview struct {
+	Machine string  `json:"machine"`
+	Deleted []Point `json:"deleted"`
+	Kept    []Point `json:"kept"`
+}

@@ -26,6 +26,8 @@ type Repo interface {
 	HasChunksOf(ctx context.Context, owners []string, hashes []storage.Hash) ([]bool, error)
 	HeadBlocks(ctx context.Context, machine, disk string, fn storage.BlockFunc) error
 	DamagedHashes(ctx context.Context) (map[storage.Hash]bool, error)
+	// DiskNames lists the disks the repository holds rows of for a machine.
+	DiskNames(ctx context.Context, machine string) ([]string, error)
 	Encrypted() bool
 }
 
@@ -194,6 +196,15 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 		resync = true
 		reason = fmt.Sprintf("the agent's map (head %d, pending %d) does not match the controller (head %d, pending %d)",
 			req.Map.HeadPoint, req.Map.Pending, head, pendingID(before))
+	}
+	if !resync {
+		held, err := g.repo.DiskNames(ctx, req.Machine)
+		if err != nil {
+			return msg.CycleBeginResponse{}, err
+		}
+		if d := heldNewDisk(req.Disks, held); d != "" {
+			resync, reason = true, fmt.Sprintf("the agent has no block map of disk %s, which the repository holds data of", d)
+		}
 	}
 	owners := []string{req.Machine}
 	if g.owners != nil {
@@ -387,4 +398,18 @@ func (g *Ingest) ForgetMachine(machine string) {
 			g.retiringLocked(c)
 		}
 	}
+}
+
+// heldNewDisk returns a disk the agent starts a new block map for (NewMap:
+// it assumes the controller holds zeros of it) although the repository
+// holds rows of it (held): a disk removed and added again, or a map lost
+// at the agent. Its stored blocks would read through the new point, so
+// the agent must compare by hash. "" when there is none.
+func heldNewDisk(disks []msg.DiskInfo, held []string) string {
+	for _, d := range disks {
+		if d.NewMap && slices.Contains(held, d.Name) {
+			return d.Name
+		}
+	}
+	return ""
 }

@@ -106,6 +106,11 @@ type MachineConfig struct {
 	Paused bool `json:"paused,omitempty"`
 	// Env is extra context for driver and snapshot commands (FERRY_MACHINE …).
 	Env map[string]string `json:"env,omitempty"`
+	// NewDisksAlone: the controller understands DiskInfo.NewMap, so a disk
+	// the agent has no block map of yet is synced alone. An older
+	// controller leaves it false and the agent counts such a map as
+	// disagreeing with the others (a hash resync of every disk).
+	NewDisksAlone bool `json:"new_disks_alone,omitempty"`
 }
 
 // ConfigRequest replaces the agent's whole protection state.
@@ -118,6 +123,11 @@ type DiskInfo struct {
 	Name      string `json:"name"`
 	Size      int64  `json:"size"`
 	BlockSize int    `json:"block_size"`
+	// NewMap: the agent has no block map of this disk yet (a disk added
+	// to the machine) and assumes the controller holds none of it (zeros);
+	// its map is left out of MapState. The controller orders a resync when
+	// its repository does hold data of the disk.
+	NewMap bool `json:"new_map,omitempty"`
 }
 
 // MapState is what the agent's block map believes the controller holds.
