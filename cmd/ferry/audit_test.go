@@ -30,7 +30,7 @@ func TestAuditListSurvivesRestart(t *testing.T) {
 	var tok api.Token
 	require.NoError(t, json.Unmarshal([]byte(stdout), &tok))
 	require.NotEmpty(t, tok.Token)
-	code, _, _ = s.cli(t, "targets", "remove", "nowhere")
+	code, _, _ = s.cli(t, "targets", "remove", "nowhere", "--force")
 	require.Equal(t, exitError, code)
 	code, stdout, stderr = s.cli(t, "failover", "web1")
 	require.Equal(t, exitOK, code, stderr)
