@@ -12,11 +12,11 @@ import (
 // site: reverse-protected, test-failed-back). Health judges a listed state
 // a warning, never healthy: no new point arrives, so its RPO only grows.
 var notReplicating = map[string]string{
-	catalog.StateFailedOver:   "failed over, it runs at its recovery site and nothing replicates it (ferry commit M, then ferry reprotect M)",
+	catalog.StateFailedOver:   "failed over, it runs at its recovery site and nothing replicates it (ferry commit M --force, then ferry reprotect M)",
 	catalog.StateCommitted:    "committed at its recovery site, nothing replicates it (ferry reprotect M replicates it home)",
 	catalog.StateReprotecting: "a re-protect job is moving its disks; replication starts when it ends",
 	catalog.StateFailingBack:  "a failback job is moving it home",
-	catalog.StateFailedBack:   "failed back home, nothing replicates it (ferry commit M, then ferry reprotect M)",
+	catalog.StateFailedBack:   "failed back home, nothing replicates it (ferry commit M --force, then ferry reprotect M)",
 	catalog.StateBackHome:     "back home, nothing replicates it (ferry reprotect M replicates it to its recovery site)",
 	catalog.StateUnprotected:  "unprotected",
 }

@@ -15,7 +15,7 @@ var updates = map[string]Rule{
 	catalog.StateSyncing:          allow(catalog.StateSyncing),
 	catalog.StateProtected:        allow(catalog.StateProtected),
 	catalog.StateTestFailedOver:   refuse("a test failover is running from its disks", "end it with 'ferry cleanup M' first"),
-	catalog.StateFailedOver:       refuse("the machine runs at its target from a recovery point; its settings describe the home copy it may return to", "commit it (ferry commit M), re-protect and fail back first"),
+	catalog.StateFailedOver:       refuse("the machine runs at its target from a recovery point; its settings describe the home copy it may return to", "commit it (ferry commit M --force), re-protect and fail back first"),
 	catalog.StateCommitted:        refuse("the failover was committed: nothing replicates the machine now", "re-protect it and bring it home (ferry reprotect M, ferry failback M) first"),
 	catalog.StateReprotecting:     reprotectRuns,
 	catalog.StateReverseProtected: refuse("the machine runs at its recovery site and replicates home from the disks re-protection recorded", "bring it home first (ferry failback M)"),
