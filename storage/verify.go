@@ -15,6 +15,13 @@ import (
 type VerifyOptions struct {
 	Machine  string // only chunks this machine's disks reference; "" = all
 	ReadData bool   // also decrypt (with a key), decompress and re-hash
+	// Plan, when set, learns how many chunks the pass will read, before
+	// it reads any (a scrub's progress).
+	Plan func(chunks int)
+	// Pace, when set, is called before each chunk is read with its stored
+	// length; it may sleep to hold a read rate (the point audit) and its
+	// error (the context's) ends the pass.
+	Pace func(ctx context.Context, bytes int64) error
 }
 
 // PointDisk names the blocks of one disk of one point that a damaged chunk
@@ -64,6 +71,9 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 	if err != nil {
 		return rep, err
 	}
+	if opts.Plan != nil {
+		opts.Plan(len(ids))
+	}
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return rep, err
@@ -79,6 +89,11 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		}
 		if err != nil {
 			return rep, err
+		}
+		if opts.Pace != nil {
+			if err := opts.Pace(ctx, row.length); err != nil {
+				return rep, err
+			}
 		}
 		rep.Chunks++
 		rep.Bytes += row.length
