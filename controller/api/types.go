@@ -212,6 +212,9 @@ type Machine struct {
 	// Fence is the recovery site's stop an unplanned failback owes or
 	// made (docs/failover.md "Unplanned failback and fencing").
 	Fence *Fence `json:"fence,omitempty"`
+	// Audit: when each retained point was last audited (re-read whole),
+	// what was found, and the audit pass's progress (docs/audit.md).
+	Audit *MachineAudit `json:"audit,omitempty"`
 }
 
 // Fence is the stop of the recovery site's copy of a machine that an
@@ -377,6 +380,8 @@ type FailoverRequest struct {
 	Direction         string   `json:"direction,omitempty"`
 	Key               []byte   `json:"key,omitempty"` // private key file content (encrypted repositories)
 	AllowInconsistent bool     `json:"allow_inconsistent,omitempty"`
+	// AllowDamaged accepts a point that reads data found damaged.
+	AllowDamaged bool `json:"allow_damaged,omitempty"`
 	DryRun            bool     `json:"dry_run,omitempty"`
 	Timeout           Duration `json:"timeout,omitempty"`
 }
@@ -387,6 +392,9 @@ type MachineActionRequest struct {
 	Plan    string `json:"plan,omitempty"`
 	Point   string `json:"point,omitempty"` // change-point; failback (unplanned)
 	Key     []byte `json:"key,omitempty"`
+	// AllowDamaged accepts a point that reads data found damaged
+	// (change-point, unplanned failback).
+	AllowDamaged bool `json:"allow_damaged,omitempty"`
 	// reprotect: another target (not built yet), and how the other side's
 	// machine is known to be off: stopped through its driver, or declared.
 	Target      string `json:"target,omitempty"`
@@ -470,4 +478,56 @@ type FailoverInfo struct {
 	PointID  int64  `json:"point_id"`
 	Set      string `json:"set"` // "live" or "test-<job>"
 	TestName string `json:"test_name,omitempty"`
+}
+
+// PointDamage is what the point audit found damaged in one disk of a point.
+type PointDamage struct {
+	Disk   string  `json:"disk"`
+	Blocks []int64 `json:"blocks"`
+	Error  string  `json:"error"`
+}
+
+// PointAudit is when the point audit last re-read a point whole, and what
+// it found.
+type PointAudit struct {
+	PointID   int64         `json:"point_id"`
+	AuditedAt *time.Time    `json:"audited_at"` // nil: not audited yet
+	Damaged   bool          `json:"damaged"`    // the point reads data marked damaged now
+	Damage    []PointDamage `json:"damage"`     // what the last pass found (empty when clean)
+}
+
+// AuditPass is the point audit's progress: the running pass (if any) and
+// the last finished one.
+type AuditPass struct {
+	Running     bool       `json:"running"`
+	Machine     string     `json:"machine,omitempty"` // "" = every machine
+	Started     *time.Time `json:"started,omitempty"`
+	Chunks      int64      `json:"chunks"`       // read so far (or in the last pass)
+	ChunksTotal int64      `json:"chunks_total"` // to read in this pass
+	Bytes       int64      `json:"bytes"`
+	RateLimit   int64      `json:"rate_limit"` // bytes/s; 0 = unlimited
+	LastStarted *time.Time `json:"last_started,omitempty"`
+	LastEnded   *time.Time `json:"last_ended,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+}
+
+// MachineAudit is the point audit as `machines show` prints it.
+type MachineAudit struct {
+	Pass   AuditPass    `json:"pass"`
+	Points []PointAudit `json:"points"`
+}
+
+// AuditRequest runs one point-audit pass now (`ferry points audit`).
+type AuditRequest struct {
+	Machine string `json:"machine,omitempty"`
+	Rate    int64  `json:"rate,omitempty"` // bytes/s; 0 = the controller's setting
+}
+
+// AuditReport is what one point-audit pass read and found.
+type AuditReport struct {
+	Chunks  int64          `json:"chunks"`
+	Bytes   int64          `json:"bytes"`
+	Seconds float64        `json:"seconds"`
+	Points  int            `json:"points"` // points audited
+	Damaged []DamagedChunk `json:"damaged"`
 }
