@@ -370,20 +370,20 @@ type Target struct {
 
 // FailoverRequest is `ferry failover` (and its --test and --planned forms).
 type FailoverRequest struct {
-	Machine           string   `json:"machine,omitempty"`
-	Plan              string   `json:"plan,omitempty"`
-	Target            string   `json:"target,omitempty"`
-	Point             string   `json:"point,omitempty"`
-	Test              bool     `json:"test,omitempty"`
-	Planned           bool     `json:"planned,omitempty"`
-	ShutdownSource    bool     `json:"shutdown_source,omitempty"`
-	Direction         string   `json:"direction,omitempty"`
-	Key               []byte   `json:"key,omitempty"` // private key file content (encrypted repositories)
-	AllowInconsistent bool     `json:"allow_inconsistent,omitempty"`
+	Machine           string `json:"machine,omitempty"`
+	Plan              string `json:"plan,omitempty"`
+	Target            string `json:"target,omitempty"`
+	Point             string `json:"point,omitempty"`
+	Test              bool   `json:"test,omitempty"`
+	Planned           bool   `json:"planned,omitempty"`
+	ShutdownSource    bool   `json:"shutdown_source,omitempty"`
+	Direction         string `json:"direction,omitempty"`
+	Key               []byte `json:"key,omitempty"` // private key file content (encrypted repositories)
+	AllowInconsistent bool   `json:"allow_inconsistent,omitempty"`
 	// AllowDamaged accepts a point that reads data found damaged.
-	AllowDamaged bool `json:"allow_damaged,omitempty"`
-	DryRun            bool     `json:"dry_run,omitempty"`
-	Timeout           Duration `json:"timeout,omitempty"`
+	AllowDamaged bool     `json:"allow_damaged,omitempty"`
+	DryRun       bool     `json:"dry_run,omitempty"`
+	Timeout      Duration `json:"timeout,omitempty"`
 }
 
 // MachineActionRequest is commit, cleanup, change-point, reprotect, failback.
