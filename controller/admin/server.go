@@ -138,6 +138,7 @@ func (s *Server) routes() {
 		return s.b.Verify(ctx, req.Machine)
 	}))
 	m.HandleFunc("POST /v1/gc", noIn(s, s.b.GC))
+	m.HandleFunc("POST /v1/points/audit", jsonIn(s, s.b.AuditPoints))
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {

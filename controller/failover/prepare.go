@@ -98,6 +98,9 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 		if err := checkConsistency(p, j.spec.Req.AllowInconsistent); err != nil {
 			return err
 		}
+		if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
+			return err
+		}
 		md.Point = p.ID
 	}
 	if !e.Agents.Connected(agentID) {
@@ -200,12 +203,25 @@ func prepareChangePoint(ctx context.Context, j *job, name string, md *machineDat
 	if p.ID == md.Point {
 		return refuse("machine %s already runs point %d", name, p.ID)
 	}
+	if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
+		return err
+	}
 	if err := j.requireKey(ctx, md, name); err != nil {
 		return err
 	}
 	md.RanOn, md.Point = md.Point, p.ID
 	if !j.e.Agents.Connected(md.TargetAgent) {
 		return unavailable("target agent of %s is not connected", md.Target)
+	}
+	return nil
+}
+
+// checkDamaged refuses a point that reads data found damaged (the point
+// audit, ferry verify) unless the caller accepts it: some of its blocks
+// cannot be read (docs/audit.md).
+func checkDamaged(p storage.Point, allow bool) error {
+	if p.Damaged && !allow {
+		return refuse("point %d is damaged (it reads data the point audit found damaged: machines show names the disks and blocks); choose another point or give --allow-damaged", p.ID)
 	}
 	return nil
 }
