@@ -118,8 +118,16 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 	}
 	if j.spec.Req.DryRun {
 		if md.Point == 0 {
-			md.Point = pts[len(pts)-1].ID
-			j.r.MachineNote(name, fmt.Sprintf("latest: a failover takes a fresh cycle first when the source agent is reachable; else it uses point %d, the newest stored point", md.Point))
+			// As processLatest chooses without a fresh cycle.
+			p, err := points.Pick(pts, points.SpecLatest, name)
+			if err != nil && j.spec.Req.AllowDamaged {
+				p, err = pts[len(pts)-1], nil
+			}
+			if err != nil {
+				return refuse("%w; give --allow-damaged to use one anyway", err)
+			}
+			md.Point = p.ID
+			j.r.MachineNote(name, fmt.Sprintf("latest: a failover takes a fresh cycle first when the source agent is reachable; else it uses point %d, the newest stored point that reads no damaged data", md.Point))
 		}
 		j.r.SetMachine(name, "checked", md.Point, nil)
 		return nil
