@@ -227,6 +227,7 @@ func (a *Auditor) Pass(ctx context.Context, machine string, rate int64) (api.Aud
 	end := a.cfg.Now()
 	a.mu.Lock()
 	a.pass.Running = false
+	a.pass.RateLimit = a.cfg.Rate // idle: the background's rate
 	a.pass.LastStarted, a.pass.LastEnded, a.pass.LastError = &start, &end, ""
 	if err != nil {
 		a.pass.LastError = err.Error()
