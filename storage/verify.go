@@ -35,6 +35,10 @@ type PointDisk struct {
 
 // Damage is one damaged chunk, record or pack and what it affects.
 type Damage struct {
+	// ChunkID is set for a chunk that rows name but the index does not
+	// hold (an incomplete index: no hash to name it by); MarkMissing
+	// marks it.
+	ChunkID  int64
 	Hash     Hash
 	Pack     string
 	Offset   int64
@@ -80,7 +84,7 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		}
 		row, err := c.chunkByID(ctx, id)
 		if errors.Is(err, ErrChunkMissing) {
-			d := Damage{Err: err}
+			d := Damage{ChunkID: id, Err: err}
 			if d.Affected, err = c.affected(ctx, id); err != nil {
 				return rep, err
 			}

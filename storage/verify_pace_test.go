@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"github.com/zeebo/blake3"
 )
 
 // TestVerifyPacesEachChunkOnce: a pass announces how many chunks it will
@@ -38,4 +39,40 @@ func TestVerifyPacesEachChunkOnce(t *testing.T) {
 	_, err = r.Verify(ctx, VerifyOptions{Pace: func(context.Context, int64) error { calls++; return stop }})
 	require.ErrorIs(t, err, stop)
 	require.Equal(t, 1, calls, "the pass ends at the pacer's error")
+}
+
+// TestIncompleteIndexIsNamedAndMarked: a row naming a chunk the index no
+// longer holds (an incomplete index) is damage Verify names by chunk id,
+// point, disk and block; MarkMissing flags the points that read it as
+// Damaged and ignores ids of stored chunks.
+func TestIncompleteIndexIsNamedAndMarked(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
+	a, b := content(31, possBlock), content(34, possBlock)
+	p1 := commitBlocks(t, r, "m", chunkWrite("d", 0, a), chunkWrite("d", 1, b))
+	p2 := commitBlocks(t, r, "m", chunkWrite("d", 1, content(33, possBlock)))
+	row, err := r.c.chunkByHash(ctx, Hash(blake3.Sum256(a)))
+	require.NoError(t, err)
+	_, err = r.c.db.Exec(`DELETE FROM chunks WHERE id=?`, row.id)
+	require.NoError(t, err)
+
+	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Len(t, rep.Damaged, 1)
+	d := rep.Damaged[0]
+	require.ErrorIs(t, d.Err, ErrChunkMissing)
+	require.Equal(t, row.id, d.ChunkID)
+	require.Equal(t, []PointDisk{{PointID: p1.ID, Machine: "m", Disk: "d", Blocks: []int64{0}},
+		{PointID: p2.ID, Machine: "m", Disk: "d", Blocks: []int64{0}}}, d.Affected)
+
+	other, err := r.c.chunkByHash(ctx, Hash(blake3.Sum256(b)))
+	require.NoError(t, err)
+	n, err := r.MarkMissing(ctx, []int64{d.ChunkID, other.id}, "audit")
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "a stored chunk's id is not marked missing")
+	pts, err := r.Points(ctx, "m")
+	require.NoError(t, err)
+	for _, p := range pts {
+		require.True(t, p.Damaged, "point %d reads block 0", p.ID)
+	}
 }
