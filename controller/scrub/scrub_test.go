@@ -29,11 +29,16 @@ type fixture struct {
 	points []storage.Point
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureKeyed(t, nil) }
+
+// newFixtureKeyed makes the fixture's repository encrypted to pub (when
+// set); the controller's side never has the private key.
+func newFixtureKeyed(t *testing.T, pub *storage.PublicKey) *fixture {
 	ctx := context.Background()
 	f := &fixture{dir: filepath.Join(t.TempDir(), "repo")}
 	co := storage.DefaultCreateOptions()
 	co.PackSize = storage.MinPackSize
+	co.PublicKey = pub
 	require.NoError(t, storage.Create(ctx, f.dir, co))
 	var err error
 	f.repo, err = storage.Open(ctx, f.dir, storage.DefaultOpenOptions())
@@ -171,4 +176,43 @@ func TestBackgroundPassesWhenPointsAreDue(t *testing.T) {
 	}, 10*time.Second, 20*time.Millisecond, "audited again")
 	cancel()
 	<-done
+}
+
+// TestPassChecksCiphertextWithoutTheKey: in an encrypted repository the
+// controller, without the private key, still finds a byte flipped inside
+// a stored chunk (its record checksum covers the ciphertext) and names the
+// point, disk and block.
+func TestPassChecksCiphertextWithoutTheKey(t *testing.T) {
+	ctx := context.Background()
+	k, err := storage.GenerateKey()
+	require.NoError(t, err)
+	f := newFixtureKeyed(t, k.Public())
+	require.True(t, f.repo.Encrypted())
+	a := New(Config{Repo: f.repo, Store: f.cat})
+	rep, err := a.Pass(ctx, "", 0)
+	require.NoError(t, err)
+	require.Empty(t, rep.Damaged, "clean before the flip")
+	require.Equal(t, int64(9), rep.Chunks)
+
+	// The plaintext is not in the packs: flip a byte in the middle of the
+	// pack, which lies inside one of the 9 chunk records.
+	packs, err := filepath.Glob(filepath.Join(f.dir, "*", "*", "*.pack"))
+	require.NoError(t, err)
+	require.Len(t, packs, 1)
+	b, err := os.ReadFile(packs[0])
+	require.NoError(t, err)
+	for _, blk := range f.blocks {
+		require.Equal(t, -1, bytes.Index(b, blk[:64]), "stored encrypted")
+	}
+	b[len(b)/2] ^= 0x01
+	require.NoError(t, os.WriteFile(packs[0], b, 0o600))
+
+	rep, err = a.Pass(ctx, "", 0)
+	require.NoError(t, err)
+	require.Len(t, rep.Damaged, 1)
+	require.NotEmpty(t, rep.Damaged[0].Affected)
+	for _, af := range rep.Damaged[0].Affected {
+		require.Equal(t, "d", af.Disk)
+		require.Len(t, af.Blocks, 1)
+	}
 }
