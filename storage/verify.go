@@ -82,7 +82,20 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		row, err := c.chunkByID(ctx, id)
+		if opts.Pace != nil {
+			// Paced by the chunk's length before it is looked up again
+			// under gcMu (the pacer's sleep must not hold GC up).
+			var length int64
+			if c.db.QueryRowContext(ctx, `SELECT length FROM chunks WHERE id=?`, id).Scan(&length) == nil {
+				if err := opts.Pace(ctx, length); err != nil {
+					return rep, err
+				}
+			}
+		}
+		row, gone, err := c.verifyChunk(ctx, r, id, rep.Plaintext)
+		if gone {
+			continue
+		}
 		if errors.Is(err, ErrChunkMissing) {
 			d := Damage{ChunkID: id, Err: err}
 			if d.Affected, err = c.affected(ctx, id); err != nil {
@@ -91,21 +104,11 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 			rep.Damaged = append(rep.Damaged, d)
 			continue
 		}
-		if err != nil {
+		if row.id == 0 && err != nil {
 			return rep, err
-		}
-		if opts.Pace != nil {
-			if err := opts.Pace(ctx, row.length); err != nil {
-				return rep, err
-			}
 		}
 		rep.Chunks++
 		rep.Bytes += row.length
-		if rep.Plaintext {
-			_, err = r.readChunkRow(ctx, row)
-		} else {
-			_, err = c.readChunkRecord(row)
-		}
 		if err == nil {
 			continue
 		}
@@ -119,6 +122,34 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		rep.Damaged = append(rep.Damaged, d)
 	}
 	return rep, nil
+}
+
+// verifyChunk looks a chunk up and reads it (the record, or the plaintext)
+// holding gcMu, so a GC running meanwhile cannot delete or repack it
+// between the two: a long, paced Verify never takes a chunk GC moved or
+// dropped for damage. gone: the chunk was deleted and no row names it any
+// more (GC ran since the ids were listed), which is not damage. A lookup
+// error other than ErrChunkMissing comes back with a zero row.
+func (c *core) verifyChunk(ctx context.Context, r *Repo, id int64, plaintext bool) (row chunkRow, gone bool, err error) {
+	c.gcMu.Lock()
+	defer c.gcMu.Unlock()
+	row, err = c.chunkByID(ctx, id)
+	if errors.Is(err, ErrChunkMissing) {
+		var named bool
+		if qerr := c.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM changes WHERE chunk_id=?)`, id).Scan(&named); qerr != nil {
+			return chunkRow{}, false, qerr
+		}
+		return row, !named, err
+	}
+	if err != nil {
+		return chunkRow{}, false, err
+	}
+	if plaintext {
+		_, err = r.readChunkRow(ctx, row)
+	} else {
+		_, err = c.readChunkRecord(row)
+	}
+	return row, false, err
 }
 
 // chunksToVerify lists chunk ids: all stored chunks plus ids referenced by

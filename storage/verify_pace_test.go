@@ -76,3 +76,29 @@ func TestIncompleteIndexIsNamedAndMarked(t *testing.T) {
 		require.True(t, p.Damaged, "point %d reads block 0", p.ID)
 	}
 }
+
+// TestVerifyDuringGCFindsNoFalseDamage: a GC that runs while a paced
+// Verify is under way (between its pacer's calls) deletes chunks the pass
+// had listed; the pass takes them for gone, not damaged. Before, they came
+// back as missing chunks, which the point audit would have marked.
+func TestVerifyDuringGCFindsNoFalseDamage(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
+	p1 := commitBlocks(t, r, "m", chunkWrite("d", 0, content(40, possBlock)), chunkWrite("d", 1, content(43, possBlock)))
+	commitBlocks(t, r, "m", chunkWrite("d", 0, content(45, possBlock)), chunkWrite("d", 1, content(46, possBlock)))
+	require.NoError(t, r.DeletePoint(ctx, p1.ID)) // the first two chunks are now unreferenced
+
+	ran := false
+	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true, Pace: func(context.Context, int64) error {
+		if !ran {
+			ran = true
+			g, err := r.GC(ctx, GCOptions{})
+			require.NoError(t, err)
+			require.Equal(t, int64(2), g.ChunksDeleted)
+		}
+		return nil
+	}})
+	require.NoError(t, err)
+	require.True(t, ran)
+	require.Empty(t, rep.Damaged, "chunks GC deleted mid-pass are not damage")
+}
