@@ -243,27 +243,10 @@ func (c *core) affected(ctx context.Context, chunkID int64) ([]PointDisk, error)
 // verifyPacks checks each pack file: present, header, at least its indexed
 // size, a valid footer when sealed, and every point record's CRC.
 func (c *core) verifyPacks(ctx context.Context, rep *VerifyReport) error {
-	rows, err := c.db.QueryContext(ctx, `SELECT id, state, size FROM packs ORDER BY id`)
+	ps, err := column[int64](c.db.QueryContext(ctx, `SELECT id FROM packs ORDER BY id`))
 	if err != nil {
 		return err
 	}
-	type prow struct {
-		id    uint64
-		state string
-		size  int64
-	}
-	var ps []prow
-	for rows.Next() {
-		var p prow
-		var id int64
-		if err := rows.Scan(&id, &p.state, &p.size); err != nil {
-			rows.Close()
-			return err
-		}
-		p.id = uint64(id)
-		ps = append(ps, p)
-	}
-	rows.Close()
 	// Every committed point must have its commit record in a pack, or
 	// Rebuild could not restore it.
 	orphans, err := c.db.QueryContext(ctx, `SELECT id, machine FROM points p WHERE state='committed'
@@ -286,33 +269,54 @@ func (c *core) verifyPacks(ctx context.Context, rep *VerifyReport) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := c.verifyPackFile(p.id, p.state, p.size); err != nil {
-			rep.Damaged = append(rep.Damaged, Damage{Pack: packName(p.id), Err: err})
-		}
-		recs, err := c.db.QueryContext(ctx, `SELECT offset, length, point_id FROM records WHERE pack_id=?`, int64(p.id))
-		if err != nil {
+		if err := c.verifyPack(ctx, uint64(p), rep); err != nil {
 			return err
 		}
-		type rr struct{ off, length, point int64 }
-		var rl []rr
-		for recs.Next() {
-			var x rr
-			if err := recs.Scan(&x.off, &x.length, &x.point); err != nil {
-				recs.Close()
-				return err
-			}
-			rl = append(rl, x)
+	}
+	return nil
+}
+
+// verifyPack checks one pack and its point records holding gcMu, its index
+// row read again under it: a pack GC deleted or repacked since the list
+// was made is skipped, never reported missing.
+func (c *core) verifyPack(ctx context.Context, id uint64, rep *VerifyReport) error {
+	c.gcMu.Lock()
+	defer c.gcMu.Unlock()
+	var state string
+	var size int64
+	err := c.db.QueryRowContext(ctx, `SELECT state, size FROM packs WHERE id=?`, int64(id)).Scan(&state, &size)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.verifyPackFile(id, state, size); err != nil {
+		rep.Damaged = append(rep.Damaged, Damage{Pack: packName(id), Err: err})
+	}
+	recs, err := c.db.QueryContext(ctx, `SELECT offset, length, point_id FROM records WHERE pack_id=?`, int64(id))
+	if err != nil {
+		return err
+	}
+	type rr struct{ off, length, point int64 }
+	var rl []rr
+	for recs.Next() {
+		var x rr
+		if err := recs.Scan(&x.off, &x.length, &x.point); err != nil {
+			recs.Close()
+			return err
 		}
-		recs.Close()
-		for _, x := range rl {
-			if _, err := c.readRecord(p.id, x.off, x.length); err != nil {
-				d := Damage{Pack: packName(p.id), Offset: x.off, Err: fmt.Errorf("record of point %d: %w", x.point, err)}
-				var m string
-				if c.db.QueryRowContext(ctx, `SELECT machine FROM points WHERE id=? AND state='committed'`, x.point).Scan(&m) == nil {
-					d.Affected = []PointDisk{{PointID: x.point, Machine: m}}
-				}
-				rep.Damaged = append(rep.Damaged, d)
+		rl = append(rl, x)
+	}
+	recs.Close()
+	for _, x := range rl {
+		if _, err := c.readRecord(id, x.off, x.length); err != nil {
+			d := Damage{Pack: packName(id), Offset: x.off, Err: fmt.Errorf("record of point %d: %w", x.point, err)}
+			var m string
+			if c.db.QueryRowContext(ctx, `SELECT machine FROM points WHERE id=? AND state='committed'`, x.point).Scan(&m) == nil {
+				d.Affected = []PointDisk{{PointID: x.point, Machine: m}}
 			}
+			rep.Damaged = append(rep.Damaged, d)
 		}
 	}
 	return nil
