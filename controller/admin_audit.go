@@ -59,20 +59,23 @@ func damageDetail(a *api.MachineAudit) string {
 	const show = 3
 	var parts []string
 	more := 0
+	add := func(s string) {
+		if len(parts) == show {
+			more++
+			return
+		}
+		parts = append(parts, s)
+	}
 	for _, p := range a.Points {
 		if !p.Damaged {
-			continue
+			continue // repaired since the last audit
 		}
 		if len(p.Damage) == 0 {
-			parts = append(parts, fmt.Sprintf("point %d", p.PointID))
+			add(fmt.Sprintf("point %d", p.PointID)) // found by ferry verify, not audited since
 			continue
 		}
 		for _, d := range p.Damage {
-			if len(parts) == show {
-				more++
-				continue
-			}
-			parts = append(parts, fmt.Sprintf("point %d disk %s %s", p.PointID, d.Disk, blocksText(d.Blocks)))
+			add(fmt.Sprintf("point %d disk %s %s", p.PointID, d.Disk, blocksText(d.Blocks)))
 		}
 	}
 	if more > 0 {
@@ -90,7 +93,7 @@ func blocksText(b []int64) string {
 	var xs []string
 	for i, n := range b {
 		if i == show {
-			xs = append(xs, fmt.Sprintf("… (%d)", len(b)))
+			xs = append(xs, fmt.Sprintf("… (%d in all)", len(b)))
 			break
 		}
 		xs = append(xs, fmt.Sprint(n))
