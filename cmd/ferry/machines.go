@@ -325,8 +325,8 @@ func auditPassText(p api.AuditPass) string {
 			pct = 100 * float64(p.Chunks) / float64(p.ChunksTotal)
 		}
 		fmt.Fprintf(&b, "pass running since %s: %d of %d chunks (%.0f%%), %s read, at most %s", fmtTime(*p.Started), p.Chunks, p.ChunksTotal, pct, api.FormatSize(p.Bytes), rate)
-	} else if p.RateLimit == 0 && p.LastEnded == nil {
-		b.WriteString("background audit disabled (rate 0); 'ferry points audit' runs a pass")
+	} else if p.BackgroundOff {
+		b.WriteString("no background audit (--audit-rate 0); 'ferry points audit' runs a pass")
 	} else {
 		fmt.Fprintf(&b, "idle, at most %s", rate)
 	}

@@ -506,9 +506,12 @@ type AuditPass struct {
 	ChunksTotal int64      `json:"chunks_total"` // to read in this pass
 	Bytes       int64      `json:"bytes"`
 	RateLimit   int64      `json:"rate_limit"` // bytes/s; 0 = unlimited
-	LastStarted *time.Time `json:"last_started,omitempty"`
-	LastEnded   *time.Time `json:"last_ended,omitempty"`
-	LastError   string     `json:"last_error,omitempty"`
+	// BackgroundOff: the controller's --audit-rate is 0; only `ferry
+	// points audit` runs passes.
+	BackgroundOff bool       `json:"background_off,omitempty"`
+	LastStarted   *time.Time `json:"last_started,omitempty"`
+	LastEnded     *time.Time `json:"last_ended,omitempty"`
+	LastError     string     `json:"last_error,omitempty"`
 }
 
 // MachineAudit is the point audit as `machines show` prints it.

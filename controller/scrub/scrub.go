@@ -76,7 +76,7 @@ func New(cfg Config) *Auditor {
 	if cfg.Every <= 0 {
 		cfg.Every = DefaultEvery
 	}
-	return &Auditor{cfg: cfg, pass: api.AuditPass{RateLimit: cfg.Rate}}
+	return &Auditor{cfg: cfg, pass: api.AuditPass{RateLimit: cfg.Rate, BackgroundOff: cfg.Rate <= 0}}
 }
 
 // Progress is the running pass (or the last one).
@@ -194,7 +194,7 @@ func (a *Auditor) Pass(ctx context.Context, machine string, rate int64) (api.Aud
 
 	start := a.cfg.Now()
 	a.mu.Lock()
-	a.pass = api.AuditPass{Running: true, Machine: machine, Started: &start, RateLimit: rate,
+	a.pass = api.AuditPass{Running: true, Machine: machine, Started: &start, RateLimit: rate, BackgroundOff: a.cfg.Rate <= 0,
 		LastStarted: a.pass.LastStarted, LastEnded: a.pass.LastEnded, LastError: a.pass.LastError}
 	a.mu.Unlock()
 	a.cfg.Log.Info("point audit pass started", "machine", machine, "points", n, "rate", rate)

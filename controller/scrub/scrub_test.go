@@ -152,6 +152,7 @@ func TestBackgroundPassesWhenPointsAreDue(t *testing.T) {
 	defer cancel()
 	off := New(Config{Repo: f.repo, Store: f.cat, Rate: 0, Every: 10 * time.Millisecond})
 	off.Run(ctx) // returns at once: disabled
+	require.True(t, off.Progress().BackgroundOff, "machines show says so")
 	got, err := f.cat.PointAudits(ctx, "m")
 	require.NoError(t, err)
 	require.Empty(t, got)
