@@ -180,7 +180,8 @@ func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) 
 	if m, err := s.cat.Machine(ctx, req.Machine); err == nil && m.State == catalog.StateFailedBack {
 		kind = failover.KindChangePointHome // the home disks move
 	}
-	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point}, req.Key, 0)
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point,
+		Req: api.FailoverRequest{AllowDamaged: req.AllowDamaged}}, req.Key, 0)
 }
 
 // Cleanup ends a test failover.

@@ -305,6 +305,9 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 			cancel()
 		}
 	}
+	if out.Audit, err = s.machineAudit(ctx, m.Name, pts); err != nil {
+		return api.Machine{}, err
+	}
 	conn, connected := s.agents.get(m.AgentID)
 	var skew time.Duration
 	if connected {
@@ -315,7 +318,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew,
 		Replicating: replicationStopped(m) == "", NotReplicating: replicationStopped(m),
 		DiskFull: s.disk.check(false) != nil, OverQuota: s.overQuota(pts),
-		DamagedPoints: damagedPoints(pts),
+		DamagedPoints: damagedPoints(pts), DamageDetail: damageDetail(out.Audit),
 	})
 	if !connected {
 		out.Reasons = append(out.Reasons, "source agent "+a.Name+" is not connected")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/controller/jobs"
+	"github.com/ferrydr/ferry/controller/scrub"
 )
 
 // Config is the controller's configuration; cmd/ferry fills it from flags.
@@ -42,6 +43,12 @@ type Config struct {
 	// Scripts holds install.sh and install.ps1 (the scripts package, wired
 	// by cmd/ferry); nil serves neither.
 	Scripts fs.FS
+	// AuditRate is the point audit's read rate in bytes/s (controller/scrub,
+	// docs/audit.md); 0 disables the background audit.
+	AuditRate int64
+	// AuditEvery: each retained point is re-read this long after its
+	// commit or its last audit (default scrub.DefaultEvery).
+	AuditEvery time.Duration
 	// Hooks are test hooks of the job engine (step boundaries, and the
 	// failpoints of jobs and staging moves); the zero value in production.
 	Hooks jobs.Hooks
@@ -66,7 +73,7 @@ var DefaultAlertTiming = AlertTiming{Every: 2 * time.Second, AgentLostAfter: tim
 
 // DefaultConfig holds CLI.md's defaults.
 func DefaultConfig() Config {
-	return Config{DataDir: "/var/lib/ferry", Listen: ":7443", Reserve: -1}
+	return Config{DataDir: "/var/lib/ferry", Listen: ":7443", Reserve: -1, AuditRate: scrub.DefaultRate, AuditEvery: scrub.DefaultEvery}
 }
 
 // Validate fills derived defaults and checks the configuration.
@@ -87,6 +94,12 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminSocket == "" {
 		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
+	}
+	if c.AuditRate < 0 {
+		return fmt.Errorf("--audit-rate %d: want bytes/s, 0 to disable", c.AuditRate)
+	}
+	if c.AuditEvery < 0 {
+		return fmt.Errorf("--audit-every %s: want a positive duration", c.AuditEvery)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

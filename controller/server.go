@@ -25,6 +25,7 @@ import (
 	"github.com/ferrydr/ferry/controller/ingest"
 	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/controller/pki"
+	"github.com/ferrydr/ferry/controller/scrub"
 	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/storage"
@@ -43,6 +44,7 @@ type Server struct {
 	fo     *failover.Engine
 	jobs   *jobs.Engine
 	stager *failover.Stager
+	audit  *scrub.Auditor // the point audit
 
 	agentAddr string
 
@@ -112,6 +114,7 @@ func (s *Server) Run(parent context.Context) error {
 	s.spawn(func() { s.stager.Run(ctx) })
 	s.spawn(func() { s.retentionLoop(ctx) })
 	s.spawn(func() { s.alertLoop(ctx) })
+	s.spawn(func() { s.audit.Run(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -232,6 +235,8 @@ func (s *Server) open(ctx context.Context) error {
 		return err
 	}
 	s.openFailover()
+	s.audit = scrub.New(scrub.Config{Repo: s.repo, Store: s.cat, Log: s.log.With("component", "audit"), Now: s.now,
+		Rate: s.cfg.AuditRate, Every: s.cfg.AuditEvery, OnDamage: s.damageFound})
 	return nil
 }
 

@@ -42,6 +42,7 @@ var argKinds = map[string]nameKind{
 	"ferry points list":     machineNames,
 	"ferry points export":   machineNames,
 	"ferry points label":    machineNames,
+	"ferry points audit":    machineNames,
 	"ferry failover":        machineNames,
 	"ferry commit":          machineNames,
 	"ferry change-point":    machineNames,

@@ -15,7 +15,8 @@ ferry tokens create --install-command
 ferry protect web1 --agent host1 --disk /dev/sdb --target dr1 --wait
 ferry failover web1 --wait`,
 	"ferry serve": `ferry serve --data /var/lib/ferry
-ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444`,
+ferry serve --data /srv/ferry --listen :7443 --admin-listen 127.0.0.1:7444
+ferry serve --data /srv/ferry --audit-rate 64MiB --audit-every 12h`,
 
 	"ferry alerts":        "ferry alerts add oncall --webhook https://hooks.example.com/ferry --on rpo-breach,agent-lost",
 	"ferry alerts add":    "ferry alerts add oncall --webhook https://hooks.example.com/ferry\nferry alerts add dr-team --webhook https://chat.example.com/hook/T0K --on rpo-breach,job-failed,drill-failed",
@@ -62,13 +63,14 @@ ferry machines update web1 --remove-disk scratch --target dr2`,
 	"ferry points list":   "ferry points list web1\nferry points list web1 --json",
 	"ferry points export": "ferry points export web1 --point latest --out /tmp/web1\nferry points export web1 --point 2026-12-01T09:30:00Z --out /tmp/web1 --key-file repo.key",
 	"ferry points label":  "ferry points label web1 --point latest before-upgrade",
+	"ferry points audit":  "ferry points audit\nferry points audit web1 --rate 64MiB --json",
 
 	"ferry targets":        "ferry targets add dr1 --agent drhost --dir /var/lib/ferry-dr",
 	"ferry targets add":    "ferry targets add dr1 --agent drhost --dir /var/lib/ferry-dr --driver libvirt\nferry targets add dr2 --agent drhost --dir /srv/dr --driver exec \\\n    --start '/etc/ferry/process.sh start' --stop '/etc/ferry/process.sh stop' \\\n    --status '/etc/ferry/process.sh status'",
 	"ferry targets list":   "ferry targets list\nferry targets list --json",
 	"ferry targets remove": "ferry targets remove dr1          # shows what would be removed\nferry targets remove dr1 --force",
 
-	"ferry failover":     "ferry failover web1 --wait\nferry failover web1 --test --wait\nferry failover web1 --planned --wait\nferry failover web1 --point latest-app-consistent --dry-run",
+	"ferry failover":     "ferry failover web1 --wait\nferry failover web1 --test --wait\nferry failover web1 --planned --wait\nferry failover web1 --point latest-app-consistent --dry-run\nferry failover web1 --point 42 --allow-damaged --wait",
 	"ferry commit":       "ferry commit web1                 # lists the points it would delete\nferry commit web1 --force --wait",
 	"ferry change-point": "ferry change-point web1 --point 42 --wait",
 	"ferry cleanup":      "ferry cleanup web1 --wait",

@@ -80,6 +80,7 @@ its outcome. 'ferry cancel JOB --force' rolls the target back.`,
 	f.StringVar(&o.req.Direction, "direction", "", "forward (reverse comes with re-protection)")
 	f.StringVar(&o.keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
 	f.BoolVar(&o.req.AllowInconsistent, "allow-inconsistent", false, "accept a point labelled inconsistent")
+	f.BoolVar(&o.req.AllowDamaged, "allow-damaged", false, "accept a point that reads data the point audit found damaged")
 	f.BoolVar(&o.req.DryRun, "dry-run", false, "check the prerequisites only; touch nothing")
 	f.StringVar(&o.timeout, "timeout", "", "give up retrying after this long (default 30m)")
 	return cmd
@@ -150,6 +151,7 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 	var point, keyFile string
 	var force bool
 	destructive := verb == "commit" // deletes recovery points
+	var allowDamaged bool
 	cmd := &cobra.Command{
 		Use:   verb + " MACHINE|--plan PLAN",
 		Short: short,
@@ -164,7 +166,7 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			if err := points.CheckSpec(point); err != nil {
 				return usagef("--point: %v", err)
 			}
-			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point}
+			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point, AllowDamaged: allowDamaged}
 			if keyFile != "" {
 				if req.Key, err = os.ReadFile(keyFile); err != nil {
 					return fmt.Errorf("--key-file: %w", err)
@@ -201,6 +203,7 @@ recovery-divergent ones), and exits 2 with an error naming --force.`
 	if needsPoint {
 		cmd.Flags().StringVar(&point, "point", "", "the point to move to")
 		cmd.Flags().StringVar(&keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
+		cmd.Flags().BoolVar(&allowDamaged, "allow-damaged", false, "accept a point that reads data the point audit found damaged")
 	}
 	return cmd
 }
@@ -437,5 +440,6 @@ clone.`,
 	f.BoolVar(&req.Unplanned, "unplanned", false, "an unplanned failback (to the newest point without --point), also with the recovery site unreachable")
 	f.BoolVar(&req.Test, "test", false, "start a clone of the home disks at home (FERRY_TEST=1); stops nothing ('ferry cleanup' ends it)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "accepted: a planned failback always stops the machine at the recovery site")
+	f.BoolVar(&req.AllowDamaged, "allow-damaged", false, "an unplanned failback may use a point that reads data the point audit found damaged")
 	return cmd
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -309,5 +311,60 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 		rows = append(rows, []string{"  " + d.Name, d.SourcePath, orDash(d.SourceFormat), orDash(d.TargetPath), api.FormatSize(d.Size)})
 	}
 	table(w, []string{"  NAME", "SOURCE PATH", "FORMAT", "TARGET PATH", "SIZE"}, rows)
+	printAudit(w, m.Audit)
 	return nil
+}
+
+// printAudit prints the point audit of a machine: the pass, and each
+// retained point's last audit with what it found (damage by disk and block).
+func printAudit(w io.Writer, a *api.MachineAudit) {
+	if a == nil {
+		return
+	}
+	fmt.Fprintf(w, "Point audit:  %s\n", auditPassText(a.Pass))
+	var rows [][]string
+	for _, p := range a.Points {
+		at, state, found := "never", "ok", "-"
+		if p.AuditedAt != nil {
+			at = fmtTime(*p.AuditedAt)
+		}
+		if p.Damaged {
+			state = "damaged"
+		}
+		var fs []string
+		for _, d := range p.Damage {
+			fs = append(fs, fmt.Sprintf("disk %s blocks %v: %s", d.Disk, d.Blocks, d.Error))
+		}
+		if len(fs) > 0 {
+			found = strings.Join(fs, "; ")
+		}
+		rows = append(rows, []string{"  " + strconv.FormatInt(p.PointID, 10), at, state, found})
+	}
+	table(w, []string{"  POINT", "AUDITED", "STATE", "LAST AUDIT FOUND"}, rows)
+}
+
+func auditPassText(p api.AuditPass) string {
+	rate := "unlimited"
+	if p.RateLimit > 0 {
+		rate = api.FormatSize(p.RateLimit) + "/s"
+	}
+	var b strings.Builder
+	if p.Running {
+		pct := 0.0
+		if p.ChunksTotal > 0 {
+			pct = 100 * float64(p.Chunks) / float64(p.ChunksTotal)
+		}
+		fmt.Fprintf(&b, "pass running since %s: %d of %d chunks (%.0f%%), %s read, at most %s", fmtTime(*p.Started), p.Chunks, p.ChunksTotal, pct, api.FormatSize(p.Bytes), rate)
+	} else if p.BackgroundOff {
+		b.WriteString("no background audit (--audit-rate 0); 'ferry points audit' runs a pass")
+	} else {
+		fmt.Fprintf(&b, "idle, at most %s", rate)
+	}
+	if p.LastEnded != nil {
+		fmt.Fprintf(&b, "; last pass %s–%s", fmtTime(*p.LastStarted), fmtTime(*p.LastEnded))
+		if p.LastError != "" {
+			fmt.Fprintf(&b, " failed: %s", p.LastError)
+		}
+	}
+	return b.String()
 }

@@ -52,6 +52,8 @@ type Machines interface {
 type Repository interface {
 	Verify(ctx context.Context, machine string) (api.VerifyReport, error)
 	GC(ctx context.Context) (api.GCReport, error)
+	// AuditPoints runs one point-audit pass now (controller/scrub).
+	AuditPoints(ctx context.Context, req api.AuditRequest) (api.AuditReport, error)
 }
 
 // Failover is what the target, failover and job routes need.

@@ -270,6 +270,12 @@ func (c *Client) ExportDisk(ctx context.Context, machine string, point int64, di
 	return ReadSparse(resp.Body, dst)
 }
 
+// AuditPoints runs one point-audit pass now and waits for it.
+func (c *Client) AuditPoints(ctx context.Context, req api.AuditRequest) (api.AuditReport, error) {
+	var r api.AuditReport
+	return r, c.do(ctx, "POST", "/v1/points/audit", req, &r)
+}
+
 // Verify re-reads and re-hashes stored data.
 func (c *Client) Verify(ctx context.Context, machine string) (api.VerifyReport, error) {
 	var r api.VerifyReport

@@ -182,6 +182,7 @@ func (s *Server) routes() {
 		a, err := s.b.TestAlert(r.Context(), r.PathValue("name"))
 		s.reply(w, a, err)
 	})
+	m.HandleFunc("POST /v1/points/audit", jsonIn(s, s.b.AuditPoints))
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {

@@ -215,6 +215,9 @@ type Machine struct {
 	// Fence is the recovery site's stop an unplanned failback owes or
 	// made (docs/failover.md "Unplanned failback and fencing").
 	Fence *Fence `json:"fence,omitempty"`
+	// Audit: when each retained point was last audited (re-read whole),
+	// what was found, and the audit pass's progress (docs/audit.md).
+	Audit *MachineAudit `json:"audit,omitempty"`
 }
 
 // Fence is the stop of the recovery site's copy of a machine that an
@@ -400,18 +403,20 @@ type Target struct {
 
 // FailoverRequest is `ferry failover` (and its --test and --planned forms).
 type FailoverRequest struct {
-	Machine           string   `json:"machine,omitempty"`
-	Plan              string   `json:"plan,omitempty"`
-	Target            string   `json:"target,omitempty"`
-	Point             string   `json:"point,omitempty"`
-	Test              bool     `json:"test,omitempty"`
-	Planned           bool     `json:"planned,omitempty"`
-	ShutdownSource    bool     `json:"shutdown_source,omitempty"`
-	Direction         string   `json:"direction,omitempty"`
-	Key               []byte   `json:"key,omitempty"` // private key file content (encrypted repositories)
-	AllowInconsistent bool     `json:"allow_inconsistent,omitempty"`
-	DryRun            bool     `json:"dry_run,omitempty"`
-	Timeout           Duration `json:"timeout,omitempty"`
+	Machine           string `json:"machine,omitempty"`
+	Plan              string `json:"plan,omitempty"`
+	Target            string `json:"target,omitempty"`
+	Point             string `json:"point,omitempty"`
+	Test              bool   `json:"test,omitempty"`
+	Planned           bool   `json:"planned,omitempty"`
+	ShutdownSource    bool   `json:"shutdown_source,omitempty"`
+	Direction         string `json:"direction,omitempty"`
+	Key               []byte `json:"key,omitempty"` // private key file content (encrypted repositories)
+	AllowInconsistent bool   `json:"allow_inconsistent,omitempty"`
+	// AllowDamaged accepts a point that reads data found damaged.
+	AllowDamaged bool     `json:"allow_damaged,omitempty"`
+	DryRun       bool     `json:"dry_run,omitempty"`
+	Timeout      Duration `json:"timeout,omitempty"`
 }
 
 // MachineActionRequest is commit, cleanup, change-point, reprotect, failback.
@@ -420,6 +425,9 @@ type MachineActionRequest struct {
 	Plan    string `json:"plan,omitempty"`
 	Point   string `json:"point,omitempty"` // change-point; failback (unplanned)
 	Key     []byte `json:"key,omitempty"`
+	// AllowDamaged accepts a point that reads data found damaged
+	// (change-point, unplanned failback).
+	AllowDamaged bool `json:"allow_damaged,omitempty"`
 	// reprotect: another target (not built yet), and how the other side's
 	// machine is known to be off: stopped through its driver, or declared.
 	Target      string `json:"target,omitempty"`
@@ -550,4 +558,59 @@ type CommitPreview struct {
 	Machine string  `json:"machine"`
 	Deleted []Point `json:"deleted"`
 	Kept    []Point `json:"kept"`
+}
+
+// PointDamage is what the point audit found damaged in one disk of a point.
+type PointDamage struct {
+	Disk   string  `json:"disk"`
+	Blocks []int64 `json:"blocks"`
+	Error  string  `json:"error"`
+}
+
+// PointAudit is when the point audit last re-read a point whole, and what
+// it found.
+type PointAudit struct {
+	PointID   int64         `json:"point_id"`
+	AuditedAt *time.Time    `json:"audited_at"` // nil: not audited yet
+	Damaged   bool          `json:"damaged"`    // the point reads data marked damaged now
+	Damage    []PointDamage `json:"damage"`     // what the last pass found (empty when clean)
+}
+
+// AuditPass is the point audit's progress: the running pass (if any) and
+// the last finished one.
+type AuditPass struct {
+	Running     bool       `json:"running"`
+	Machine     string     `json:"machine,omitempty"` // "" = every machine
+	Started     *time.Time `json:"started,omitempty"`
+	Chunks      int64      `json:"chunks"`       // read so far (or in the last pass)
+	ChunksTotal int64      `json:"chunks_total"` // to read in this pass
+	Bytes       int64      `json:"bytes"`
+	RateLimit   int64      `json:"rate_limit"` // bytes/s; 0 = unlimited
+	// BackgroundOff: the controller's --audit-rate is 0; only `ferry
+	// points audit` runs passes.
+	BackgroundOff bool       `json:"background_off,omitempty"`
+	LastStarted   *time.Time `json:"last_started,omitempty"`
+	LastEnded     *time.Time `json:"last_ended,omitempty"`
+	LastError     string     `json:"last_error,omitempty"`
+}
+
+// MachineAudit is the point audit as `machines show` prints it.
+type MachineAudit struct {
+	Pass   AuditPass    `json:"pass"`
+	Points []PointAudit `json:"points"`
+}
+
+// AuditRequest runs one point-audit pass now (`ferry points audit`).
+type AuditRequest struct {
+	Machine string `json:"machine,omitempty"`
+	Rate    int64  `json:"rate,omitempty"` // bytes/s; 0 = the controller's setting
+}
+
+// AuditReport is what one point-audit pass read and found.
+type AuditReport struct {
+	Chunks  int64          `json:"chunks"`
+	Bytes   int64          `json:"bytes"`
+	Seconds float64        `json:"seconds"`
+	Points  int            `json:"points"` // points audited
+	Damaged []DamagedChunk `json:"damaged"`
 }

@@ -38,6 +38,10 @@ func TestHealthDegradedByDamagedPoints(t *testing.T) {
 	_, level, reason := Health(in)
 	require.Equal(t, Degraded, level)
 	require.Contains(t, reason, "2 point(s) read data found damaged")
+	in.DamageDetail = "point 3 disk d block 9, point 4 disk d block 9"
+	_, _, reason = Health(in)
+	require.Contains(t, reason, "(point 3 disk d block 9, point 4 disk d block 9)", "the audit's findings name point, disk and block")
+	in.DamageDetail = ""
 	old := now.Add(-time.Hour)
 	in.LastPoint = &old
 	_, level, _ = Health(in)

@@ -128,6 +128,9 @@ type HealthInput struct {
 	OverQuota bool
 	// DamagedPoints counts points that read data found damaged.
 	DamagedPoints int
+	// DamageDetail names the damaged points' disks and blocks (the point
+	// audit's findings), appended to the reason.
+	DamageDetail string
 }
 
 // MaxSkew is the agent clock offset past which a machine gets a warning.
@@ -145,7 +148,10 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 	}
 	damaged := ""
 	if in.DamagedPoints > 0 {
-		damaged = fmt.Sprintf("%d point(s) read data found damaged (ferry verify): left out of latest*, stored again by the next cycles", in.DamagedPoints)
+		damaged = fmt.Sprintf("%d point(s) read data found damaged (point audit or ferry verify): left out of latest*, stored again by the next cycles where the source still has it", in.DamagedPoints)
+		if in.DamageDetail != "" {
+			damaged += " (" + in.DamageDetail + ")"
+		}
 	}
 	if !in.Replicating {
 		// No new point arrives: whatever the RPO, the machine is not
