@@ -134,6 +134,10 @@ func printDryRun(g *globals, j api.Job) error {
 	if g.json {
 		return g.printJSON(j)
 	}
+	if j.Plan != "" {
+		printPlanDryRun(g, j)
+		return nil
+	}
 	for _, m := range j.Machines {
 		fmt.Fprintf(g.stdout, "dry run: %s of %s would use point %d\n", j.Kind, m.Name, m.PointID)
 		for _, n := range m.Notes {
@@ -179,7 +183,7 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			return followJob(c.Context(), g, job, j.wait)
 		},
 	}
-	j.register(cmd, !needsPoint)
+	j.register(cmd, true)
 	if needsPoint {
 		cmd.Flags().StringVar(&point, "point", "", "the point to move to")
 		cmd.Flags().StringVar(&keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
@@ -238,10 +242,15 @@ func followJob(ctx context.Context, g *globals, j api.Job, wait bool) error {
 	}
 	last := j
 	printed := map[string]string{}
+	waiting := ""
 	err = cl.WatchJob(ctx, j.ID, func(s api.Job) error {
 		last = s
 		if g.json {
 			return nil
+		}
+		if s.Waiting != nil && s.Waiting.Text != waiting {
+			waiting = s.Waiting.Text
+			fmt.Fprintf(g.stdout, "%s  waiting on a manual action: %s (continue with: ferry jobs resume %s)\n", j.ID, waiting, j.ID)
 		}
 		for _, st := range s.Steps {
 			line := st.State
