@@ -50,6 +50,8 @@ type Server struct {
 
 	pruneMu sync.Mutex // retention runs one at a time
 
+	planMu sync.Mutex // plan edits read, change and write a plan whole
+
 	disk *diskGuard // the free-space reserve of DataDir
 
 	// runCtx is Run's context; bg counts the goroutines Run waits for.

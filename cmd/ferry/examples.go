@@ -54,6 +54,20 @@ ferry protect db1 --agent host1 --disk os=/var/lib/libvirt/images/db1.qcow2 \
 	"ferry targets list":   "ferry targets list\nferry targets list --json",
 	"ferry targets remove": "ferry targets remove dr1",
 
+	"ferry plans":                "ferry plans create app\nferry plans add-group app db1\nferry plans add-group app app1 app2",
+	"ferry plans create":         "ferry plans create app",
+	"ferry plans list":           "ferry plans list\nferry plans list --json",
+	"ferry plans show":           "ferry plans show app\nferry plans show app --json",
+	"ferry plans delete":         "ferry plans delete app",
+	"ferry plans add-group":      "ferry plans add-group app db1\nferry plans add-group app app1 app2",
+	"ferry plans add-machine":    "ferry plans add-machine app --group 2 app3",
+	"ferry plans remove-machine": "ferry plans remove-machine app app3",
+	"ferry plans add-action": `ferry plans add-action app --group 1 --post --script '/etc/ferry/db-ready.sh' --on dbhost --timeout 2m
+ferry plans add-action app --group 2 --pre --script 'dns-switch app.example.com' --undo 'dns-switch --back app.example.com'
+ferry plans add-action app --group 2 --post --manual 'Check that the shop takes orders'`,
+	"ferry plans apply":  "ferry plans apply -f examples/plans/three-tier.yaml\nferry plans export app | ferry plans apply -f -",
+	"ferry plans export": "ferry plans export app > app.yaml",
+
 	"ferry failover":     "ferry failover web1 --wait\nferry failover web1 --test --wait\nferry failover web1 --planned --wait\nferry failover web1 --point latest-app-consistent --dry-run",
 	"ferry commit":       "ferry commit web1 --wait",
 	"ferry change-point": "ferry change-point web1 --point 42 --wait",
