@@ -40,9 +40,6 @@ type planPhases struct {
 	stop, move, start []string
 }
 
-// DefaultActionTimeout bounds a plan script action that gives no timeout.
-const DefaultActionTimeout = 5 * time.Minute
-
 // Plan step operations.
 const (
 	opActions  = "actions"  // a group's pre or post actions

@@ -85,7 +85,7 @@ func actionName(a api.PlanAction) string {
 func (j *job) runScript(ctx context.Context, a api.PlanAction, script string, env map[string]string) (string, int, error) {
 	timeout := a.Timeout.Std()
 	if timeout <= 0 {
-		timeout = DefaultActionTimeout
+		timeout = api.DefaultPlanActionTimeout
 	}
 	if a.On != "" {
 		ag, err := j.e.Cat.Agent(ctx, a.On)
