@@ -4,8 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
+		"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -80,17 +79,19 @@ func (j planJob) span(t *testing.T, name string) (time.Time, time.Time) {
 }
 
 // planSetup: a controller, a home agent whose machines' source driver is
-// a home hypervisor, a recovery site on XFS (so a test can break one
-// machine's staged disk with chattr +i), three machines — db in group 1,
-// app1 and app2 in group 2 — each with a disk written after its first
-// point, and a plan "shop" over them.
+// a home hypervisor, three machines — db in group 1, app1 and app2 in
+// group 2 — and a plan "shop" over them. db and app1 fail over to the
+// recovery site dr; app2 to dr2, its own agent and hypervisor, which a
+// test breaks.
 type planSetup struct {
-	c       *Controller
-	home    *Agent
-	homeHyp *Hypervisor
-	site    *Site
-	mnt     string
-	imgs    map[string]string
+	c         *Controller
+	home      *Agent
+	homeHyp   *Hypervisor
+	site      *Site // dr: db, app1
+	site2     *Site // dr2: app2
+	mnt       string
+	imgs      map[string]string
+	slowStart bool
 }
 
 var planMachines = []string{"db", "app1", "app2"}
@@ -100,37 +101,52 @@ const planDisk = 16 << 20
 func newPlanSetup(t *testing.T, slowStart bool) *planSetup {
 	t.Helper()
 	testenv.RequireRoot(t)
-	p := &planSetup{mnt: testenv.MountLoop(t, "xfs", 2<<30), imgs: map[string]string{}}
+	p := &planSetup{mnt: testenv.MountLoop(t, "xfs", 2<<30), imgs: map[string]string{}, slowStart: slowStart}
 	p.c = StartController(t)
 	p.home = EnrollAgent(t, p.c, p.c.Addr, "home")
-	siteAgent := EnrollAgent(t, p.c, p.c.Addr, "dr-agent")
-	p.site = &Site{Name: "dr", Dir: filepath.Join(p.mnt, "dr"), Hyp: NewHypervisor(t), Agent: siteAgent}
-	require.NoError(t, os.MkdirAll(p.site.Dir, 0o700))
-	d := p.site.Hyp.Driver()
-	start := d.Start
-	if slowStart {
-		// A start that takes a second: the machines of a group overlap
-		// visibly, and a group ends well before the next begins.
-		start = "sleep 1; " + start
-	}
-	p.c.MustFerry("targets", "add", "dr", "--agent", siteAgent.Name, "--dir", p.site.Dir, "--start", start, "--stop", d.Stop, "--status", d.Status)
+	p.site, p.site2 = p.addSite(t, "dr"), p.addSite(t, "dr2")
 	p.c.MustFerry("policies", "create", "p", "--rp-every", "1h")
 	p.homeHyp = NewHypervisor(t)
 	for i, m := range planMachines {
 		img := filepath.Join(p.mnt, m+".img")
 		makeImage(t, img, uint64(40+i), planDisk)
 		p.imgs[m] = img
-		p.c.MustFerry(append([]string{"protect", m, "--agent", "home", "--disk", "d=" + img, "--policy", "p", "--target", "dr"}, p.homeHyp.Flags()...)...)
+		p.c.MustFerry(append([]string{"protect", m, "--agent", "home", "--disk", "d=" + img, "--policy", "p", "--target", p.siteOf(m).Name}, p.homeHyp.Flags()...)...)
 		require.NoError(t, os.WriteFile(filepath.Join(p.homeHyp.Dir, m+".state"), []byte("running\n"), 0o600))
 	}
 	for _, m := range planMachines {
 		pt := p.c.WaitPoint(m, 0, 3*time.Minute)
-		p.site.waitStaged(t, m, pt.ID)
+		p.siteOf(m).waitStaged(t, m, pt.ID)
 	}
 	p.c.MustFerry("plans", "create", "shop")
 	p.c.MustFerry("plans", "add-group", "shop", "db")
 	p.c.MustFerry("plans", "add-group", "shop", "app1", "app2")
 	return p
+}
+
+// addSite enrols a recovery-site agent and adds its target, its directory
+// on the XFS mount (reflink clones, as at a real site).
+func (p *planSetup) addSite(t *testing.T, name string) *Site {
+	t.Helper()
+	a := EnrollAgent(t, p.c, p.c.Addr, name+"-agent")
+	s := &Site{Name: name, Dir: filepath.Join(p.mnt, name), Hyp: NewHypervisor(t), Agent: a}
+	require.NoError(t, os.MkdirAll(s.Dir, 0o700))
+	d := s.Hyp.Driver()
+	start := d.Start
+	if p.slowStart {
+		// A start that takes a second: the machines of a group overlap
+		// visibly, and a group ends well before the next begins.
+		start = "sleep 1; " + start
+	}
+	p.c.MustFerry("targets", "add", name, "--agent", a.Name, "--dir", s.Dir, "--start", start, "--stop", d.Stop, "--status", d.Status)
+	return s
+}
+
+func (p *planSetup) siteOf(m string) *Site {
+	if m == "app2" {
+		return p.site2
+	}
+	return p.site
 }
 
 // write changes 2 % of every machine's disk at home (after its point).
@@ -139,25 +155,6 @@ func (p *planSetup) write(t *testing.T, seed uint64) {
 	for _, m := range planMachines {
 		require.NoError(t, workload.Apply(p.imgs[m], seed, workload.Delta(seed, planDisk, 0.02)))
 	}
-}
-
-// breakTarget makes a machine's staged disk at the recovery site
-// immutable: every write there fails, even as root. The returned func
-// mends it.
-func (p *planSetup) breakTarget(t *testing.T, machine string) func() {
-	t.Helper()
-	path := p.site.StagedPath(machine, "d")
-	out, err := exec.Command("chattr", "+i", path).CombinedOutput()
-	require.NoError(t, err, "chattr +i %s: %s", path, out)
-	mended := false
-	mend := func() {
-		if !mended {
-			mended = true
-			exec.Command("chattr", "-i", path).Run()
-		}
-	}
-	t.Cleanup(mend)
-	return mend
 }
 
 func (p *planSetup) machineState(t *testing.T, m string) string {
@@ -210,7 +207,7 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 
 	// The dry run: nothing recorded, nothing changed at the site.
 	jobsBefore := p.c.MustFerry("jobs", "list", "--json")
-	files := p.site.Files(t)
+	files := append(p.site.Files(t), p.site2.Files(t)...)
 	var dry planJob
 	p.c.JSON(&dry, "failover", "--plan", "shop", "--point", "latest-processed", "--dry-run")
 	require.Equal(t, "dry-run", dry.State)
@@ -228,7 +225,7 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 	require.Contains(t, human, "group 2")
 	require.Contains(t, human, "manual: check that db answers")
 	require.Equal(t, jobsBefore, p.c.MustFerry("jobs", "list", "--json"), "a dry run records no job")
-	require.ElementsMatch(t, files, p.site.Files(t), "a dry run leaves the target directories as they were")
+	require.ElementsMatch(t, files, append(p.site.Files(t), p.site2.Files(t)...), "a dry run leaves the target directories as they were")
 	for _, m := range planMachines {
 		require.Equal(t, "protected", p.machineState(t, m))
 	}
@@ -240,6 +237,7 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 	require.Equal(t, "check that db answers, then resume", j.Waiting.Text)
 	require.Equal(t, "running", p.site.Hyp.State("db"), "group 1 ran before the manual action")
 	require.Equal(t, "absent", p.site.Hyp.State("app1"), "group 2 waits")
+	require.Equal(t, "absent", p.site2.Hyp.State("app2"), "group 2 waits")
 	require.Contains(t, p.c.MustFerry("jobs", "show", id), "check that db answers")
 	env, err := os.ReadFile(filepath.Join(ctl, "post1.env"))
 	require.NoError(t, err)
@@ -264,9 +262,9 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 		k := j.machine(t, m)
 		require.Equal(t, listed[m], j.Machines[k].PointID, "%s failed over to the point the dry run listed", m)
 		require.Equal(t, "failed-over", p.machineState(t, m))
-		requireSameFile(t, p.imgs[m], p.site.Hyp.Disks(t, m)[0])
+		requireSameFile(t, p.imgs[m], p.siteOf(m).Hyp.Disks(t, m)[0])
 	}
-	denv := p.site.Hyp.Env(t, "app2")
+	denv := p.site2.Hyp.Env(t, "app2")
 	require.Equal(t, "shop", denv["FERRY_PLAN"])
 	require.Equal(t, "2", denv["FERRY_GROUP"])
 }
@@ -280,7 +278,7 @@ func jobEnded(state string) bool {
 }
 
 // TestPlanUnplannedPartialThenRestThenRoundTrip: with app2's target
-// broken, an unplanned plan failover runs to its end and ends partial
+// broken (its hypervisor refuses to start it), an unplanned plan failover runs to its end and ends partial
 // (exit 4): db and app1 failed over, byte-exact against the copies the
 // test kept; app2 failed and replicates again. Mended, `failover --plan`
 // moves app2 and lists db and app1 as skipped. The plan then goes round:
@@ -293,7 +291,7 @@ func TestPlanUnplannedPartialThenRestThenRoundTrip(t *testing.T) {
 	for _, m := range planMachines {
 		kept[m] = keepCopy(t, p.imgs[m])
 	}
-	mend := p.breakTarget(t, "app2")
+	p.site2.Hyp.RefuseStart(t, "app2") // the hypervisor at dr2 refuses it
 
 	j := p.c.runPlanJob(t, 4, "failover", "--plan", "shop", "--timeout", "20s")
 	require.Equal(t, "partial", j.State)
@@ -306,22 +304,22 @@ func TestPlanUnplannedPartialThenRestThenRoundTrip(t *testing.T) {
 	require.Equal(t, "failed", a2.State)
 	require.NotEmpty(t, a2.Error)
 	require.Equal(t, "protected", p.machineState(t, "app2"))
-	require.Equal(t, "absent", p.site.Hyp.State("app2"))
+	require.NotEqual(t, "running", p.site2.Hyp.State("app2"), "the failed machine is not left running")
 
-	mend()
+	p.site2.Hyp.AllowStart(t, "app2")
 	j = p.c.runPlanJob(t, 0, "failover", "--plan", "shop")
 	for _, m := range []string{"db", "app1"} {
 		require.Equal(t, "skipped", j.Machines[j.machine(t, m)].State, "%s is at its recovery site already", m)
 	}
 	require.Contains(t, strings.Join(j.Notes, "\n"), "skipped members of plan shop: db, app1")
 	require.Equal(t, "failed-over", p.machineState(t, "app2"))
-	requireSameFile(t, kept["app2"], p.site.Hyp.Disks(t, "app2")[0])
+	requireSameFile(t, kept["app2"], p.site2.Hyp.Disks(t, "app2")[0])
 
 	// The round trip of the whole plan.
 	p.c.commitPlan(t, "shop")
 	live := map[string]string{}
 	for i, m := range planMachines {
-		live[m] = p.site.Hyp.Disks(t, m)[0]
+		live[m] = p.siteOf(m).Hyp.Disks(t, m)[0]
 		require.NoError(t, workload.Apply(live[m], uint64(70+i), workload.Delta(uint64(70+i), planDisk, 0.01)))
 	}
 	p.c.runPlanJob(t, 0, "reprotect", "--plan", "shop", "--stop-source")
@@ -337,7 +335,9 @@ func TestPlanUnplannedPartialThenRestThenRoundTrip(t *testing.T) {
 }
 
 // TestPlanPlannedRollsBackInPhase1: a planned plan failover with app2's
-// target broken fails in phase 1 (its move) and rolls everything back:
+// recovery site down fails in phase 1 (app2's prerequisites, retried
+// until the job's deadline, after group 2's sources stopped) and rolls
+// everything back:
 // no machine started at the recovery site, every source running again,
 // every machine protected, the staged disks as they were.
 func TestPlanPlannedRollsBackInPhase1(t *testing.T) {
@@ -345,9 +345,9 @@ func TestPlanPlannedRollsBackInPhase1(t *testing.T) {
 	p.write(t, 5)
 	staged := map[string]string{}
 	for _, m := range planMachines {
-		staged[m] = keepCopy(t, p.site.StagedPath(m, "d"))
+		staged[m] = keepCopy(t, p.siteOf(m).StagedPath(m, "d"))
 	}
-	p.breakTarget(t, "app2")
+	p.site2.Agent.Proc.Kill() // the site of app2 is down
 
 	j := p.c.runPlanJob(t, 3, "failover", "--plan", "shop", "--planned", "--timeout", "20s")
 	require.Equal(t, "failed", j.State)
@@ -355,20 +355,19 @@ func TestPlanPlannedRollsBackInPhase1(t *testing.T) {
 	for _, m := range planMachines {
 		require.Equal(t, "protected", p.machineState(t, m), "%s is back where it was", m)
 		require.Equal(t, "running", p.homeHyp.State(m), "the source of %s runs again", m)
-		require.Equal(t, "absent", p.site.Hyp.State(m), "%s was never started at the recovery site", m)
+		require.Equal(t, "absent", p.siteOf(m).Hyp.State(m), "%s was never started at the recovery site", m)
 		for _, s := range j.Machines[j.machine(t, m)].Steps {
 			require.NotEqual(t, "start", s.Name, "phase 2 never began")
 		}
 	}
 	for _, m := range []string{"db", "app1"} {
-		requireSameFile(t, staged[m], p.site.StagedPath(m, "d"))
+		requireSameFile(t, staged[m], p.siteOf(m).StagedPath(m, "d"))
 	}
-	// Phase 1 stopped the groups in reverse order: app1 and app2 before db.
-	db0, _ := j.span(t, "db")
-	for _, m := range []string{"app1", "app2"} {
-		end := j.stepEnd(t, m, "stop-source")
-		require.False(t, db0.Before(end), "db's steps began (%s) after %s's source stopped (%s)", db0, m, end)
-	}
+	// Phase 1 stops the groups in reverse order: group 2 failed, so db
+	// (group 1) was never touched; app1's source had stopped.
+	require.Empty(t, j.Machines[j.machine(t, "db")].Steps, "group 1 never began")
+	require.NotZero(t, j.stepEnd(t, "app1", "stop-source"))
+	require.NotEmpty(t, j.Machines[j.machine(t, "app2")].Error)
 }
 
 // stepEnd is when a machine's named step ended.
