@@ -66,6 +66,15 @@ func newFailoverCommand(g *globals) *cobra.Command {
   --shutdown-source  try to stop the source first; the failover continues if
                  that fails
 
+--plan PLAN     one job for a recovery plan's members that run at home (the
+                 others are skipped and listed): groups in order, the machines
+                 of a group in parallel, pre/post actions; a manual action waits
+                 for 'ferry jobs resume JOB'. Unplanned: runs to its end and ends
+                 partial (exit 4) if some machines failed. --planned: stops the
+                 sources in reverse group order and moves every disk first; a
+                 failure there rolls everything back. With --dry-run: each
+                 member's point, target and free space, and the actions.
+
 The command prints the job id; with --wait it follows the job and exits with
 its outcome. 'ferry cancel JOB --force' rolls the target back.`,
 		RunE: func(c *cobra.Command, args []string) error { return runFailover(c.Context(), g, o, args) },
