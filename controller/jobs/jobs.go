@@ -280,6 +280,13 @@ func (e *Engine) Resume(ctx context.Context) error {
 			continue
 		}
 		rec.Notes = append(rec.Notes, fmt.Sprintf("%s: resumed after a controller restart", e.now().Format(time.RFC3339)))
+		// A job that waited on a manual action waits again once its step
+		// reruns and reaches it (unless the resume was recorded): until
+		// then it runs, and `jobs resume` has nothing to confirm.
+		rec.Waiting = nil
+		if rec.State == api.JobWaiting {
+			rec.State = api.JobRunning
+		}
 		e.log.Info("resuming job", "job", rec.ID, "kind", rec.Kind)
 		e.launch(rec)
 	}
@@ -388,7 +395,7 @@ func (e *Engine) Continue(ctx context.Context, id string) (api.Job, error) {
 	}
 	r.mu.Lock()
 	w := r.rec.Waiting
-	if w == nil || r.rec.State != api.JobWaiting {
+	if w == nil || r.rec.State != api.JobWaiting || r.waitKey == "" {
 		state := r.rec.State
 		r.mu.Unlock()
 		return r.snapshot(), api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a job waiting on a manual action can be resumed", id, state)
