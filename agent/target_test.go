@@ -75,7 +75,9 @@ func newTargetAgent(t *testing.T) *Agent {
 	cfg.Logger = log
 	site, err := apply.NewSite(cfg)
 	require.NoError(t, err)
-	return &Agent{cfg: Config{Now: time.Now}, log: log, site: site}
+	// The site tests drive exec target drivers, which the agent's owner
+	// allows (permissions_test.go covers the refusal).
+	return &Agent{cfg: Config{Now: time.Now}, log: log, site: site, perms: msg.Permissions{ExecDrivers: true}}
 }
 
 // restore sends a restore stream of whole blocks of content (one disk) and

@@ -38,6 +38,11 @@ func (s *Server) AddTarget(ctx context.Context, t api.Target) (api.Target, error
 		return t, err
 	}
 	t.Agent = a.Name
+	if t.Driver == api.DriverExec && t.Exec != (api.Driver{}) {
+		if err := s.refusedByAgent(a.ID, a.Name, allowExecDrivers); err != nil {
+			return t, err
+		}
+	}
 	if err := s.validateTargetDriver(ctx, a.ID, t); err != nil {
 		return t, err
 	}

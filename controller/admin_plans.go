@@ -3,7 +3,9 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
@@ -205,15 +207,37 @@ func (s *Server) validPlan(ctx context.Context, p api.Plan) error {
 	return nil
 }
 
-// planScriptAgent checks that a script action's agent exists.
+// planScriptAgent checks that a script action's agent exists and, when it
+// is connected, allows plan scripts.
 func (s *Server) planScriptAgent(ctx context.Context, name string) error {
-	if _, err := s.cat.Agent(ctx, name); err != nil {
+	a, err := s.cat.Agent(ctx, name)
+	if err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
 			return api.Errorf(api.CodeNotFound, "agent %q is not enrolled", name)
 		}
 		return apiErr(err)
 	}
-	return nil
+	return s.refusedByAgent(a.ID, a.Name, allowPlanScripts)
+}
+
+// refuseInPlans refuses to unprotect a machine a plan names: the plan
+// would then move a machine that is gone. Call with planMu held.
+func (s *Server) refuseInPlans(ctx context.Context, machine string) error {
+	ps, err := s.cat.Plans(ctx)
+	if err != nil {
+		return err
+	}
+	var in []string
+	for _, p := range ps {
+		if g := p.GroupOf(machine); g != 0 {
+			in = append(in, fmt.Sprintf("%s (group %d)", p.Name, g))
+		}
+	}
+	if len(in) == 0 {
+		return nil
+	}
+	return api.Errorf(api.CodeFailedPrecondition, "machine %s is in recovery plan %s: remove it first (ferry plans remove-machine PLAN %s)",
+		machine, strings.Join(in, ", "), machine)
 }
 
 // errCode is an error's API code (internal when it has none).

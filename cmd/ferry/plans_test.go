@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // planEstate is a controller with one connected agent and the machines
@@ -19,7 +20,7 @@ import (
 func planEstate(t *testing.T, agentName string, machines ...string) *served {
 	t.Helper()
 	s := serve(t)
-	s.startAgent(t, agentName)
+	s.startAgentAllowing(t, agentName, msg.Permissions{PlanScripts: true, ExecDrivers: true})
 	require.Eventually(t, func() bool {
 		code, stdout, _ := s.cli(t, "--json", "agents", "list")
 		var as []api.Agent
@@ -153,6 +154,12 @@ group 2: web1, web2
 	out = ok("plans", "list")
 	require.Regexp(t, `(?m)^shop\s+3\s+db,web1,web2,solo\s+3$`, out)
 
+	// A machine a plan names cannot be unprotected until it leaves the plan.
+	msg = s.refused(t, api.CodeFailedPrecondition, "unprotect", "solo")
+	require.Contains(t, msg, "machine solo is in recovery plan shop (group 3): remove it first (ferry plans remove-machine PLAN solo)")
+	ok("plans", "remove-machine", "shop", "solo")
+	ok("unprotect", "solo")
+
 	ok("plans", "delete", "other")
 	s.refused(t, api.CodeNotFound, "plans", "delete", "other")
 	s.refused(t, api.CodeNotFound, "plans", "show", "other")
@@ -274,4 +281,63 @@ groups:
 			require.Equal(t, before, s.plan(t, "three-tier"), "a refused file changed the plan")
 		})
 	}
+}
+
+// TestCLIAgentPermissions: agents list shows what each connected agent
+// allows; a plan script action on an agent that did not opt in, and exec
+// driver commands for a target or a machine on one, are refused when they
+// are set up, with the error naming the flag; the agent that opted in
+// takes them.
+func TestCLIAgentPermissions(t *testing.T) {
+	s := serve(t)
+	s.startAgentAllowing(t, "locked", msg.Permissions{})
+	s.startAgentAllowing(t, "open", msg.Permissions{PlanScripts: true, ExecDrivers: true})
+	var as []api.Agent
+	require.Eventually(t, func() bool {
+		code, stdout, _ := s.cli(t, "--json", "agents", "list")
+		if code != exitOK || json.Unmarshal([]byte(stdout), &as) != nil || len(as) != 2 {
+			return false
+		}
+		return as[0].Connected && as[1].Connected && as[0].Allows != nil && as[1].Allows != nil
+	}, 30*time.Second, 50*time.Millisecond, "the agents never showed as connected with their permissions")
+	require.Equal(t, "locked", as[0].Name)
+	require.Equal(t, api.AgentPermissions{}, *as[0].Allows)
+	require.Equal(t, api.AgentPermissions{PlanScripts: true, ExecDrivers: true}, *as[1].Allows)
+	code, stdout, stderr := s.cli(t, "agents", "list")
+	require.Equal(t, exitOK, code, stderr)
+	require.Regexp(t, `(?m)^locked\s.*\snone$`, stdout)
+	require.Regexp(t, `(?m)^open\s.*\splan-scripts,exec-drivers$`, stdout)
+
+	img := filepath.Join(t.TempDir(), "m.img")
+	require.NoError(t, os.WriteFile(img, make([]byte, 1<<20), 0o600))
+	code, _, stderr = s.cli(t, "protect", "m", "--agent", "open", "--disk", "d="+img)
+	require.Equal(t, exitOK, code, stderr)
+	code, _, stderr = s.cli(t, "plans", "create", "p")
+	require.Equal(t, exitOK, code, stderr)
+	code, _, stderr = s.cli(t, "plans", "add-group", "p", "m")
+	require.Equal(t, exitOK, code, stderr)
+
+	msgText := s.refused(t, api.CodeFailedPrecondition, "plans", "add-action", "p", "--group", "1", "--pre", "--script", "true", "--on", "locked")
+	require.Contains(t, msgText, "plan scripts are not allowed on agent locked: install or run it with --allow-plan-scripts")
+	code, _, stderr = s.cli(t, "plans", "add-action", "p", "--group", "1", "--pre", "--script", "true", "--on", "open")
+	require.Equal(t, exitOK, code, stderr)
+	// A plan file naming the locked agent is refused as a whole.
+	file := filepath.Join(t.TempDir(), "p.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("name: p\ngroups:\n  - machines: [m]\n    post:\n      - script: 'true'\n        on: locked\n"), 0o600))
+	msgText = s.refused(t, api.CodeInvalid, "plans", "apply", "-f", file)
+	require.Contains(t, msgText, "p.yaml:6: plan scripts are not allowed on agent locked: install or run it with --allow-plan-scripts")
+	require.Len(t, s.plan(t, "p").Groups[0].Pre, 1, "the refused file changed the plan")
+	require.Empty(t, s.plan(t, "p").Groups[0].Post)
+
+	dir := t.TempDir()
+	msgText = s.refused(t, api.CodeFailedPrecondition, "targets", "add", "dr1", "--agent", "locked", "--dir", dir, "--start", "true")
+	require.Contains(t, msgText, "exec driver commands are not allowed on agent locked: install or run it with --allow-exec-drivers")
+	code, _, stderr = s.cli(t, "targets", "add", "dr3", "--agent", "open", "--dir", dir, "--start", "true")
+	require.Equal(t, exitOK, code, stderr)
+
+	img2 := filepath.Join(t.TempDir(), "n.img")
+	require.NoError(t, os.WriteFile(img2, make([]byte, 1<<20), 0o600))
+	msgText = s.refused(t, api.CodeFailedPrecondition, "protect", "n", "--agent", "locked", "--disk", "d="+img2, "--stop", "true")
+	require.Contains(t, msgText, "--allow-exec-drivers")
+	s.refused(t, api.CodeNotFound, "machines", "show", "n")
 }

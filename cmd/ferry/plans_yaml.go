@@ -280,8 +280,12 @@ func checkPlanNames(fe *fileErrors, d planDoc, machines []api.Machine, agents []
 				if a.On == "" {
 					continue
 				}
-				if !slices.ContainsFunc(agents, func(x api.Agent) bool { return x.Name == a.On }) {
+				i := slices.IndexFunc(agents, func(x api.Agent) bool { return x.Name == a.On })
+				switch {
+				case i < 0:
 					fe.add(d.onLines[actionPos{gi, phase, ai}], "agent %q is not enrolled", a.On)
+				case agents[i].Allows != nil && !agents[i].Allows.PlanScripts: // nil: not connected, the agent checks
+					fe.add(d.onLines[actionPos{gi, phase, ai}], "plan scripts are not allowed on agent %s: install or run it with --allow-plan-scripts", a.On)
 				}
 			}
 		}

@@ -73,6 +73,7 @@ type Failover interface {
 	Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Reprotect(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Failback(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
+	Revert(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Jobs(ctx context.Context) ([]api.Job, error)
 	Job(ctx context.Context, id string) (api.Job, error)
 	WatchJob(ctx context.Context, id string) (<-chan api.Job, error)

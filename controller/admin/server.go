@@ -147,6 +147,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v1/cleanup", jsonIn(s, s.b.Cleanup))
 	m.HandleFunc("POST /v1/reprotect", jsonIn(s, s.b.Reprotect))
 	m.HandleFunc("POST /v1/failback", jsonIn(s, s.b.Failback))
+	m.HandleFunc("POST /v1/revert", jsonIn(s, s.b.Revert))
 	m.HandleFunc("GET /v1/jobs", noIn(s, s.b.Jobs))
 	m.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		j, err := s.b.Job(r.Context(), r.PathValue("id"))

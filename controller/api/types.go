@@ -49,6 +49,18 @@ type Agent struct {
 	Revoked     bool      `json:"revoked"`
 	CertExpires time.Time `json:"cert_expires"`
 	ClockSkewMS int64     `json:"clock_skew_ms"`
+	// Allows is what the agent lets the controller run on its host, as it
+	// said when it connected; nil when it is not connected (or too old to
+	// say).
+	Allows *AgentPermissions `json:"allows,omitempty"`
+}
+
+// AgentPermissions: an agent runs plan scripts and exec driver commands
+// only when installed, enrolled or run with --allow-plan-scripts and
+// --allow-exec-drivers.
+type AgentPermissions struct {
+	PlanScripts bool `json:"plan_scripts"`
+	ExecDrivers bool `json:"exec_drivers"`
 }
 
 // InventoryItem is a disk or disk file an agent can protect.

@@ -72,6 +72,9 @@ type machineData struct {
 	// (stopTarget records StoppedTarget durably before its stop): a
 	// cancelled change-point returns to both.
 	RanOn int64 `json:"ran_on,omitempty"`
+	// StartedHome: a revert is about to start, or started, the machine
+	// at home (revert.go): it is then never restarted at the recovery site.
+	StartedHome bool `json:"started_home,omitempty"`
 	// The unplanned failback (roundtrip_unplanned.go): the recovery site
 	// was unreachable and is fenced when it reconnects; the job stopped
 	// the machine at home (change-point of a failed-back machine); the
@@ -142,7 +145,7 @@ func (e *Engine) Kinds() map[string]jobs.Kind {
 	out := map[string]jobs.Kind{}
 	for _, d := range []*kindDef{&failoverKind, &testFailoverKind, &plannedFailoverKind, &changePointKind, &commitKind, &cleanupKind,
 		&reprotectKind, &reprotectForwardKind, &failbackKind, &failbackUnplannedKind, &changePointHomeKind,
-		&testFailbackKind, &cleanupTestFailbackKind} {
+		&testFailbackKind, &cleanupTestFailbackKind, &revertKind} {
 		out[d.name] = &kind{e: e, def: d}
 	}
 	return out
