@@ -29,8 +29,8 @@ func fixedKind(kind string) func(catalog.Machine) string {
 	return func(catalog.Machine) string { return kind }
 }
 
-// planVerbs: adding a verb to plans is one row (revert: the other kinds'
-// files define its action and kind).
+// planVerbs: adding a verb to plans is one row here and a call of
+// startPlanJob in its admin handler.
 var planVerbs = map[string]planVerb{
 	failover.KindFailover: {lifecycle.Failover, fixedKind(failover.KindFailover)},
 	failover.KindTest:     {lifecycle.TestFailover, fixedKind(failover.KindTest)},
@@ -56,6 +56,7 @@ var planVerbs = map[string]planVerb{
 	}},
 	failover.KindFailback:          {lifecycle.Failback, fixedKind(failover.KindFailback)},
 	failover.KindFailbackUnplanned: {lifecycle.UnplannedFailback, fixedKind(failover.KindFailbackUnplanned)},
+	failover.KindRevert:            {lifecycle.Revert, fixedKind(failover.KindRevert)},
 }
 
 // planMembers resolves a plan for a verb: the members that move, group by

@@ -272,7 +272,13 @@ func (j *job) complete(md *machineData) bool {
 func (k *kind) finishPlan(ctx context.Context, j *job, d *jobData, state string) {
 	if k.def.planPhases != nil {
 		if d.Phase2 {
-			j.r.Note("phase 2 failed: nothing was rolled back; each machine's state is listed; 'ferry revert --plan %s' is the way back", j.spec.Plan.Name)
+			for _, name := range j.spec.Machines {
+				if md := d.M[name]; md != nil && !md.Failed && !j.complete(md) {
+					j.r.SetMachine(name, "moved", 0, nil)
+					j.r.MachineNote(name, fmt.Sprintf("not started: its source is stopped and its disks at the recovery site hold its final point; 'ferry failover --plan %s' starts the rest of the plan", j.spec.Plan.Name))
+				}
+			}
+			j.r.Note("phase 2 failed: nothing was rolled back; each machine's state is listed; 'ferry revert --plan %s' brings the started machines back home", j.spec.Plan.Name)
 			return
 		}
 		j.undoActions(ctx)

@@ -103,7 +103,7 @@ func newPlanSetup(t *testing.T, slowStart bool) *planSetup {
 	testenv.RequireRoot(t)
 	p := &planSetup{mnt: testenv.MountLoop(t, "xfs", 2<<30), imgs: map[string]string{}, slowStart: slowStart}
 	p.c = StartController(t)
-	p.home = EnrollAgent(t, p.c, p.c.Addr, "home")
+	p.home = EnrollAgent(t, p.c, p.c.Addr, "home", "--allow-plan-scripts")
 	p.site, p.site2 = p.addSite(t, "dr"), p.addSite(t, "dr2")
 	p.c.MustFerry("policies", "create", "p", "--rp-every", "1h")
 	p.homeHyp = NewHypervisor(t)
@@ -204,6 +204,8 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 	p.c.MustFerry("plans", "add-action", "shop", "--group", "1", "--post", "--script",
 		fmt.Sprintf("env | grep '^FERRY_' | sort > %s/post1.env; echo db is up", ctl))
 	p.c.MustFerry("plans", "add-action", "shop", "--group", "2", "--pre", "--manual", "check that db answers, then resume")
+	p.c.MustFerry("plans", "add-action", "shop", "--group", "2", "--post", "--on", "home", "--script",
+		fmt.Sprintf("env | grep '^FERRY_' | sort > %s/post2.env; echo on the home agent", ctl))
 
 	// The dry run: nothing recorded, nothing changed at the site.
 	jobsBefore := p.c.MustFerry("jobs", "list", "--json")
@@ -216,7 +218,7 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 	for i, c := range dry.Checks {
 		require.Equal(t, planMachines[i], c.Machine, "members in group order")
 		require.Empty(t, c.Error)
-		require.Equal(t, "dr", c.Target)
+		require.Equal(t, p.siteOf(c.Machine).Name, c.Target)
 		require.Greater(t, c.FreeBytes, c.NeedBytes, "the site has room for %s", c.Machine)
 		require.NotZero(t, c.PointID)
 		listed[c.Machine] = c.PointID
@@ -256,8 +258,14 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 	a2s, a2e := j.span(t, "app2")
 	require.True(t, dbEnd.Before(a1s) && dbEnd.Before(a2s), "group 1 ended (%s) before group 2 began (%s, %s)", dbEnd, a1s, a2s)
 	require.True(t, a1s.Before(a2e) && a2s.Before(a1e), "app1 [%s, %s] and app2 [%s, %s] overlap", a1s, a1e, a2s, a2e)
-	require.Len(t, j.Actions, 2)
+	require.Len(t, j.Actions, 3)
 	require.Contains(t, j.Actions[0].Output, "db is up")
+	require.Contains(t, j.Actions[2].Output, "on the home agent")
+	env, err = os.ReadFile(filepath.Join(ctl, "post2.env"))
+	require.NoError(t, err, "the script ran on the home agent (same host here)")
+	for _, kv := range []string{"FERRY_JOB=" + id, "FERRY_PLAN=shop", "FERRY_GROUP=2", "FERRY_PHASE=post"} {
+		require.Contains(t, string(env), kv+"\n")
+	}
 	for _, m := range planMachines {
 		k := j.machine(t, m)
 		require.Equal(t, listed[m], j.Machines[k].PointID, "%s failed over to the point the dry run listed", m)
@@ -267,6 +275,13 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 	denv := p.site2.Hyp.Env(t, "app2")
 	require.Equal(t, "shop", denv["FERRY_PLAN"])
 	require.Equal(t, "2", denv["FERRY_GROUP"])
+
+	// A script on an agent that did not opt in is refused, by name.
+	p.c.MustFerry("plans", "create", "db-only")
+	p.c.MustFerry("plans", "add-group", "db-only", "db")
+	r = p.c.Ferry("plans", "add-action", "db-only", "--group", "1", "--post", "--on", "dr-agent", "--script", "true")
+	require.Equal(t, 1, r.Code)
+	require.Contains(t, r.Stderr, "--allow-plan-scripts")
 }
 
 func jobEnded(state string) bool {
