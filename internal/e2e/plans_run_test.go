@@ -396,3 +396,59 @@ func (j planJob) stepEnd(t *testing.T, machine, step string) time.Time {
 	require.Failf(t, "no step", "machine %s has no step %s", machine, step)
 	return time.Time{}
 }
+
+// TestPlanPlannedPhase2FailureStops: a planned plan failover whose app2
+// the hypervisor at dr2 refuses to start fails in phase 2 and rolls
+// nothing back: db and app1 run at the recovery site, every disk there
+// holds the source's final bytes, and the job names revert.
+func TestPlanPlannedPhase2FailureStops(t *testing.T) {
+	p := newPlanSetup(t, false)
+	p.write(t, 7)
+	kept := map[string]string{}
+	for _, m := range planMachines {
+		kept[m] = keepCopy(t, p.imgs[m])
+	}
+	p.site2.Hyp.RefuseStart(t, "app2")
+
+	j := p.c.runPlanJob(t, 3, "failover", "--plan", "shop", "--planned")
+	require.Equal(t, "failed", j.State)
+	require.Contains(t, strings.Join(j.Notes, "\n"), "revert --plan shop")
+	for _, m := range []string{"db", "app1"} {
+		require.Equal(t, "failed-over", p.machineState(t, m))
+		require.Equal(t, "running", p.siteOf(m).Hyp.State(m))
+		requireSameFile(t, kept[m], p.siteOf(m).Hyp.Disks(t, m)[0])
+		require.Equal(t, "stopped", p.homeHyp.State(m), "%s was not rolled back", m)
+	}
+	require.NotEmpty(t, j.Machines[j.machine(t, "app2")].Error)
+	require.NotEqual(t, "running", p.site2.Hyp.State("app2"))
+}
+
+// TestPlanCancelWhileWaitingUndoes: cancelling a plan job that waits on
+// a manual action rolls it back: group 1's machine is stopped at the
+// recovery site and replicates again, and the undo script of the action
+// that ran runs (with the FERRY_* context).
+func TestPlanCancelWhileWaitingUndoes(t *testing.T) {
+	p := newPlanSetup(t, false)
+	ctl := t.TempDir()
+	p.c.MustFerry("plans", "add-action", "shop", "--group", "1", "--post", "--script", "touch "+filepath.Join(ctl, "done"),
+		"--undo", fmt.Sprintf("echo \"$FERRY_GROUP $FERRY_PHASE\" > %s/undone", ctl))
+	p.c.MustFerry("plans", "add-action", "shop", "--group", "2", "--pre", "--manual", "stop here")
+	id := strings.TrimSpace(p.c.MustFerry("failover", "--plan", "shop"))
+	var j planJob
+	require.Eventually(t, func() bool { j = p.c.planJob(t, id); return j.State == "waiting" || jobEnded(j.State) }, 3*time.Minute, 100*time.Millisecond)
+	require.Equal(t, "waiting", j.State, "job %s: %s", id, j.Error)
+	require.FileExists(t, filepath.Join(ctl, "done"))
+	require.Equal(t, "running", p.site.Hyp.State("db"))
+
+	p.c.MustFerry("cancel", id, "--force")
+	require.Eventually(t, func() bool { j = p.c.planJob(t, id); return jobEnded(j.State) }, 3*time.Minute, 100*time.Millisecond)
+	require.Equal(t, "cancelled", j.State, "%s", j.Error)
+	undone, err := os.ReadFile(filepath.Join(ctl, "undone"))
+	require.NoError(t, err, "the undo script ran")
+	require.Equal(t, "1 post\n", string(undone))
+	require.True(t, j.Actions[0].Undone)
+	require.Equal(t, "stopped", p.site.Hyp.State("db"))
+	for _, m := range planMachines {
+		require.Equal(t, "protected", p.machineState(t, m))
+	}
+}
