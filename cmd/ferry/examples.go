@@ -68,12 +68,12 @@ ferry plans add-action app --group 2 --post --manual 'Check that the shop takes 
 	"ferry plans apply":  "ferry plans apply -f examples/plans/three-tier.yaml\nferry plans export app | ferry plans apply -f -",
 	"ferry plans export": "ferry plans export app > app.yaml",
 
-	"ferry failover":     "ferry failover web1 --wait\nferry failover web1 --test --wait\nferry failover web1 --planned --wait\nferry failover web1 --point latest-app-consistent --dry-run",
-	"ferry commit":       "ferry commit web1 --wait",
-	"ferry change-point": "ferry change-point web1 --point 42 --wait",
+	"ferry failover":     "ferry failover web1 --wait\nferry failover web1 --test --wait\nferry failover web1 --planned --wait\nferry failover web1 --point latest-app-consistent --dry-run\nferry failover --plan app --dry-run\nferry failover --plan app --planned --wait",
+	"ferry commit":       "ferry commit web1 --wait\nferry commit --plan app --wait",
+	"ferry change-point": "ferry change-point web1 --point 42 --wait\nferry change-point --plan app --point 2026-03-01T09:00:00Z --wait",
 	"ferry cleanup":      "ferry cleanup web1 --wait",
 	"ferry reprotect":    "ferry reprotect web1 --wait\nferry reprotect web1 --source-is-off --wait",
-	"ferry failback":     "ferry failback web1 --wait\nferry failback web1 --test --wait",
+	"ferry failback":     "ferry failback web1 --wait\nferry failback web1 --test --wait\nferry failback --plan app --wait",
 	"ferry revert":       "ferry revert web1 --wait",
 	"ferry cancel":       "ferry cancel 7c1e0b --force",
 
@@ -81,7 +81,7 @@ ferry plans add-action app --group 2 --post --manual 'Check that the shop takes 
 	"ferry jobs list":   "ferry jobs list\nferry jobs list --json",
 	"ferry jobs show":   "ferry jobs show 7c1e0b\nferry jobs show 7c1e0b --json",
 	"ferry jobs watch":  "ferry jobs watch 7c1e0b\nferry jobs watch 7c1e0b --json | jq -r .state",
-	"ferry jobs resume": "ferry jobs resume 7c1e0b",
+	"ferry jobs resume": "ferry jobs show 7c1e0b   # Waiting: Check that the shop takes orders …\nferry jobs resume 7c1e0b",
 
 	"ferry keys":          "ferry keys generate --out /root/ferry-keys",
 	"ferry keys generate": "ferry keys generate --out /root/ferry-keys",
