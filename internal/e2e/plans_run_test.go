@@ -224,6 +224,7 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 		listed[c.Machine] = c.PointID
 	}
 	human := p.c.MustFerry("failover", "--plan", "shop", "--point", "latest-processed", "--dry-run")
+	t.Logf("ferry failover --plan shop --dry-run:\n%s", human)
 	require.Contains(t, human, "group 2")
 	require.Contains(t, human, "manual: check that db answers")
 	require.Equal(t, jobsBefore, p.c.MustFerry("jobs", "list", "--json"), "a dry run records no job")
@@ -246,6 +247,13 @@ func TestPlanFailoverOrderParallelActionsManual(t *testing.T) {
 	for _, kv := range []string{"FERRY_JOB=" + id, "FERRY_KIND=failover", "FERRY_PLAN=shop", "FERRY_GROUP=1", "FERRY_PHASE=post"} {
 		require.Contains(t, string(env), kv+"\n")
 	}
+
+	// The wait is durable: a controller killed and started again waits
+	// again (group 1 is not moved again).
+	p.c.Restart()
+	require.Eventually(t, func() bool { j = p.c.planJob(t, id); return j.Waiting != nil || jobEnded(j.State) }, time.Minute, 100*time.Millisecond)
+	require.Equal(t, "waiting", j.State, "job %s: %s", id, j.Error)
+	require.Equal(t, "check that db answers, then resume", j.Waiting.Text)
 
 	require.Contains(t, p.c.MustFerry("jobs", "resume", id), id)
 	r := p.c.Ferry("jobs", "watch", id)
