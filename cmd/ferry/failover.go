@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -110,6 +111,9 @@ func runFailover(ctx context.Context, g *globals, o failoverOptions, args []stri
 	if err := points.CheckSpec(o.req.Point); err != nil {
 		return usagef("--point: %v", err)
 	}
+	if err := planPoint(o.plan, o.req.Point); err != nil {
+		return err
+	}
 	o.req.Machine, o.req.Plan = machine, o.plan
 	if o.timeout != "" {
 		d, err := api.ParseDuration(o.timeout)
@@ -174,6 +178,9 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			}
 			if err := points.CheckSpec(point); err != nil {
 				return usagef("--point: %v", err)
+			}
+			if err := planPoint(j.plan, point); err != nil {
+				return err
 			}
 			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point}
 			if keyFile != "" {
@@ -416,6 +423,9 @@ clone.`,
 			if err := points.CheckSpec(req.Point); err != nil {
 				return usagef("--point: %v", err)
 			}
+			if err := planPoint(j.plan, req.Point); err != nil {
+				return err
+			}
 			req.Machine, req.Plan = machine, j.plan
 			cl, err := g.client()
 			if err != nil {
@@ -435,4 +445,16 @@ clone.`,
 	f.BoolVar(&req.Test, "test", false, "start a clone of the home disks at home (FERRY_TEST=1); stops nothing ('ferry cleanup' ends it)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "accepted: a planned failback always stops the machine at the recovery site")
 	return cmd
+}
+
+// planPoint refuses a point id with --plan (exit 2): an id names one
+// machine's point; a plan's members share times and latest* specs.
+func planPoint(plan, point string) error {
+	if plan == "" {
+		return nil
+	}
+	if _, err := strconv.ParseInt(point, 10, 64); err == nil {
+		return usagef("--point %s is one machine's point id: with --plan give an RFC 3339 time or latest, latest-processed, latest-app-consistent", point)
+	}
+	return nil
 }
