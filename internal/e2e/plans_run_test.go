@@ -360,9 +360,8 @@ func TestPlanUnplannedPartialThenRestThenRoundTrip(t *testing.T) {
 // TestPlanPlannedRollsBackInPhase1: a planned plan failover with app2's
 // recovery site down fails in phase 1 (app2's prerequisites, retried
 // until the job's deadline, after group 2's sources stopped) and rolls
-// everything back:
-// no machine started at the recovery site, every source running again,
-// every machine protected, the staged disks as they were.
+// everything back: no machine started at the recovery site, every source
+// running again, every machine protected.
 func TestPlanPlannedRollsBackInPhase1(t *testing.T) {
 	p := newPlanSetup(t, false)
 	p.write(t, 5)
@@ -383,9 +382,9 @@ func TestPlanPlannedRollsBackInPhase1(t *testing.T) {
 			require.NotEqual(t, "start", s.Name, "phase 2 never began")
 		}
 	}
-	for _, m := range []string{"db", "app1"} {
-		requireSameFile(t, staged[m], p.siteOf(m).StagedPath(m, "d"))
-	}
+	// db was never touched (app1 replicates again with a resync, whose
+	// point the stager may already be moving its staged disk to).
+	requireSameFile(t, staged["db"], p.site.StagedPath("db", "d"))
 	// Phase 1 stops the groups in reverse order: group 2 failed, so db
 	// (group 1) was never touched; app1's source had stopped.
 	require.Empty(t, j.Machines[j.machine(t, "db")].Steps, "group 1 never began")
