@@ -21,7 +21,7 @@ import (
 const (
 	planMachineCount = 20
 	planGroupCount   = 4
-	planDiskSize     = 64 << 20
+	planDiskSize     = 32 << 20
 	// planWriteShare of every disk is rewritten between staging and the
 	// failovers (random 4 KiB writes): each failover moves that much.
 	planWriteShare = 0.02
@@ -75,7 +75,12 @@ func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err erro
 		for _, set := range []string{"p", "s"} {
 			name := fmt.Sprintf("%s-%d", set, k)
 			img := filepath.Join(dir, name+".img")
-			if err := workload.WriteImage(img, uint64(1000+k), planDiskSize); err != nil {
+			if set == "p" {
+				err = workload.WriteImage(img, uint64(1000+k), planDiskSize)
+			} else {
+				err = reflinkCopy(imgs[fmt.Sprintf("p-%d", k)], img) // the twin: the same bytes, no space
+			}
+			if err != nil {
 				return res, err
 			}
 			imgs[name] = img
