@@ -45,6 +45,10 @@ type Config struct {
 	// crash test holds the agent to kill a process at a known moment; nil
 	// in production.
 	TestPause func(point string)
+	// AllowPlanScripts and AllowExecDrivers let the controller run plan
+	// scripts and exec driver commands here (permissions.go), in addition
+	// to what the state directory records.
+	AllowPlanScripts, AllowExecDrivers bool
 }
 
 // Points at which Config.TestPause is called.
@@ -104,6 +108,8 @@ type Agent struct {
 	sess     *session.Session
 	sessCh   chan struct{} // closed and replaced whenever sess changes
 	machines map[string]*machineLoop
+
+	perms msg.Permissions // what the controller may run here (permissions.go)
 }
 
 // New loads the agent's state.
@@ -119,6 +125,12 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	perms, err := LoadPermissions(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	perms.PlanScripts = perms.PlanScripts || cfg.AllowPlanScripts
+	perms.ExecDrivers = perms.ExecDrivers || cfg.AllowExecDrivers
 	log := cfg.Logger.With("agent", st.Identity.Name)
 	siteCfg := apply.DefaultConfig()
 	siteCfg.Logger = log.With("component", "target")
@@ -135,6 +147,7 @@ func New(cfg Config) (*Agent, error) {
 		taker:    &snapshot.Taker{Log: log.With("component", "snapshot"), Now: cfg.Now},
 		sessCh:   make(chan struct{}),
 		machines: map[string]*machineLoop{},
+		perms:    perms,
 	}, nil
 }
 
@@ -184,7 +197,7 @@ func (a *Agent) session(ctx context.Context) error {
 	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = rpc.Call(hctx, sess, msg.MethodHello, msg.HelloRequest{
 		Version: buildinfo.Version, Platform: runtime.GOOS + "/" + runtime.GOARCH, Hostname: hostname(),
-		RepositoryKey: a.repositoryKey(),
+		RepositoryKey: a.repositoryKey(), Permissions: &a.perms,
 	}, &hello)
 	cancel()
 	if err != nil {

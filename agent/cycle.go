@@ -52,6 +52,12 @@ func (d *cycleDisk) compared(b int64) {
 func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, patches bool) (int64, error) {
 	var drv snapshot.Driver
 	if d := m.driver(nil); d.Has(driver.ActionStatus) || d.Has(driver.ActionPause) {
+		// The source driver's commands keep points consistent; without
+		// them a point would silently be weaker than asked, so the cycle
+		// fails with the refusal instead.
+		if err := m.a.allow(permExecDrivers); err != nil {
+			return 0, err
+		}
 		drv = d
 	}
 	return m.a.runCycle(ctx, cycleParams{cfg: cfg, app: app, patches: patches, driver: drv,

@@ -35,6 +35,9 @@ type EnrollConfig struct {
 	Name       string // default: the host name
 	StateDir   string
 	Logger     *slog.Logger
+	// Allow is recorded in the state directory: what `run` on it lets the
+	// controller run here (permissions.go).
+	Allow msg.Permissions
 }
 
 // Enroll turns a token into the agent's identity: it authenticates the
@@ -104,8 +107,12 @@ func Enroll(ctx context.Context, cfg EnrollConfig) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enrolment: %w", err)
 	}
-	return saveState(cfg.StateDir, Identity{ID: resp.AgentID, Name: resp.Name, Controller: cfg.Controller, Enrolled: time.Now()},
+	st, err := saveState(cfg.StateDir, Identity{ID: resp.AgentID, Name: resp.Name, Controller: cfg.Controller, Enrolled: time.Now()},
 		key, resp.Cert, resp.CA)
+	if err != nil {
+		return st, err
+	}
+	return st, SavePermissions(cfg.StateDir, cfg.Allow)
 }
 
 func publicKeyDER(k *ecdsa.PrivateKey) ([]byte, error) { return x509.MarshalPKIXPublicKey(k.Public()) }

@@ -81,6 +81,16 @@ func (a *Agent) mux() *rpc.Mux {
 		}
 		return a.runDriver(ctx, req)
 	})
+	m.Handle(msg.MethodPlanScript, func(ctx context.Context, body json.RawMessage) (any, error) {
+		req, err := rpc.Decode[msg.PlanScriptRequest](body)
+		if err != nil {
+			return nil, err
+		}
+		if err := a.allow(permPlanScripts); err != nil {
+			return nil, err
+		}
+		return runPlanScript(ctx, req)
+	})
 	a.handleUpgrade(m)
 	a.handleTarget(m)
 	a.handleShip(m)
@@ -125,6 +135,11 @@ func (a *Agent) runDriver(ctx context.Context, req msg.DriverRequest) (msg.Drive
 		return runHypervisor(ctx, req.Hypervisor, req.Action, req.Env)
 	}
 	d := ml.driver(req.Env)
+	if d.Has(req.Action) { // an action without a command runs nothing (and fails as not configured)
+		if err := a.allow(permExecDrivers); err != nil {
+			return msg.DriverResponse{}, err
+		}
+	}
 	if req.Timeout > 0 {
 		d.Timeout = req.Timeout
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/ferrydr/ferry/agent/driver"
 
 	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/agent/repokey"
@@ -30,7 +31,7 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 		if err != nil {
 			return nil, err
 		}
-		return msg.TargetStatusResponse{Sets: sets, BytesWritten: site.BytesWritten(), RepositoryKey: a.repositoryKey()}, nil
+		return msg.TargetStatusResponse{Sets: sets, BytesWritten: site.BytesWritten(), RepositoryKey: a.repositoryKey(), FreeBytes: freeBytes(req.Dir)}, nil
 	})
 	m.Handle(msg.MethodTargetPromote, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.TargetRef](body)
@@ -92,6 +93,12 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 		req, err := rpc.Decode[msg.TargetDriverRequest](body)
 		if err != nil {
 			return nil, err
+		}
+		exec := driver.Exec{Commands: driver.Commands(req.Commands)}
+		if (req.Kind == "" || req.Kind == msg.DriverExec) && exec.Has(req.Action) {
+			if err := a.allow(permExecDrivers); err != nil {
+				return nil, err
+			}
 		}
 		return runTargetDriver(ctx, site, req)
 	})

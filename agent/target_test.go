@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -75,7 +76,9 @@ func newTargetAgent(t *testing.T) *Agent {
 	cfg.Logger = log
 	site, err := apply.NewSite(cfg)
 	require.NoError(t, err)
-	return &Agent{cfg: Config{Now: time.Now}, log: log, site: site}
+	// The site tests drive exec target drivers, which the agent's owner
+	// allows (permissions_test.go covers the refusal).
+	return &Agent{cfg: Config{Now: time.Now}, log: log, site: site, perms: msg.Permissions{ExecDrivers: true}}
 }
 
 // restore sends a restore stream of whole blocks of content (one disk) and
@@ -179,6 +182,9 @@ func TestTargetOperations(t *testing.T) {
 	st, err := call[msg.TargetStatusResponse](t, ctrl, msg.MethodTargetStatus, msg.TargetStatusRequest{Dir: dir, Machine: "web"})
 	require.NoError(t, err)
 	require.Empty(t, st.Sets)
+	if runtime.GOOS == "linux" {
+		require.Positive(t, st.FreeBytes, "the free space of the target directory's filesystem (a plan's dry run shows it)")
+	}
 
 	h := msg.RestoreHeader{Ref: msg.TargetRef{Dir: dir, Machine: "web", Set: "staged"}, To: 3, Disks: []msg.TargetDisk{disk}}
 	_, err = restore(t, ctrl, h, content, all)

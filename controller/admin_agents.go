@@ -23,6 +23,9 @@ func (s *Server) Agents(ctx context.Context) ([]api.Agent, error) {
 			x.LastSeen = s.now()
 			x.Address = c.addr
 			x.ClockSkewMS = c.clockOffset().Milliseconds()
+			if p := c.permissions(); p != nil {
+				x.Allows = &api.AgentPermissions{PlanScripts: p.PlanScripts, ExecDrivers: p.ExecDrivers}
+			}
 		}
 		out = append(out, x)
 	}

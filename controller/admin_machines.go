@@ -50,6 +50,11 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 	if a.Revoked {
 		return api.Machine{}, api.Errorf(api.CodeFailedPrecondition, "agent %s is revoked", a.Name)
 	}
+	if req.Driver != (api.Driver{}) {
+		if err := s.refusedByAgent(a.ID, a.Name, allowExecDrivers); err != nil {
+			return api.Machine{}, err
+		}
+	}
 	if err := s.refuseProtectedDisks(ctx, a, req, ""); err != nil {
 		return api.Machine{}, err
 	}
@@ -186,7 +191,15 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 	if err := lifecycle.Check(machine, m.State, lifecycle.Unprotect); err != nil {
 		return apiErr(err)
 	}
-	if err := s.cat.DeleteMachine(ctx, machine); err != nil {
+	// Under the plan lock: no plan gains the machine between the check
+	// and the delete.
+	s.planMu.Lock()
+	err = s.refuseInPlans(ctx, machine)
+	if err == nil {
+		err = s.cat.DeleteMachine(ctx, machine)
+	}
+	s.planMu.Unlock()
+	if err != nil {
 		return apiErr(err)
 	}
 	s.ing.ForgetMachine(machine)

@@ -136,6 +136,9 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if err := s.cat.AgentSeen(ctx, c.agentID, c.addr, req.Version, req.Platform, req.Hostname); err != nil {
 			return nil, err
 		}
+		c.mu.Lock()
+		c.perms = req.Permissions
+		c.mu.Unlock()
 		if req.RepositoryKey != "" {
 			s.log.Info("agent holds a repository key", "agent", c.name, "fingerprint", req.RepositoryKey,
 				"this_repository", s.repo.Encrypted() && s.repo.PublicKey().Fingerprint() == req.RepositoryKey)

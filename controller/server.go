@@ -59,6 +59,7 @@ type Server struct {
 	// against the old disks never begins after the update dropped the
 	// repository's rows of them (a block-size change, a rename).
 	specMu sync.RWMutex
+	planMu sync.Mutex // plan edits read, change and write a plan whole
 
 	disk *diskGuard // the free-space reserve of DataDir
 

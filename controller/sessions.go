@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/msg"
 	"github.com/ferrydr/ferry/protocol/rpc"
 	"github.com/ferrydr/ferry/protocol/session"
 )
@@ -19,7 +20,16 @@ type agentConn struct {
 	since   time.Time
 	// offset converts the agent's clock to ours: controller = agent + offset.
 	offset time.Duration
-	mu     sync.Mutex
+	// perms is what the agent said it allows at hello (nil: not said yet,
+	// or an agent older than msg.HelloRequest.Permissions).
+	perms *msg.Permissions
+	mu    sync.Mutex
+}
+
+func (c *agentConn) permissions() *msg.Permissions {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.perms
 }
 
 func (c *agentConn) clockOffset() time.Duration {

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrydr/ferry/internal/testenv"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 func winEnv(k string) string {
@@ -163,4 +164,27 @@ func TestSystemdQuote(t *testing.T) {
 		require.Equal(t, want, systemdQuote(in), "%q", in)
 	}
 	require.Equal(t, `'a'\''b'`, shQuote("a'b"))
+}
+
+// TestServiceCommandLineKeepsPermissions: what install was told the agent
+// allows is on the service's command line under every service manager, and
+// nothing is allowed when it was not told.
+func TestServiceCommandLineKeepsPermissions(t *testing.T) {
+	l := DefaultLayout("linux", "ferry-agent-x", os.Getenv)
+	for _, s := range []string{SystemdUnit("ferry-agent-x", l), SysVScript("ferry-agent-x", l)} {
+		require.NotContains(t, s, "--allow-")
+	}
+	l.Allow = msg.Permissions{PlanScripts: true, ExecDrivers: true}
+	require.Contains(t, SystemdUnit("ferry-agent-x", l), "ExecStart=/usr/local/bin/ferry-agent-x run --config /etc/ferry/ferry-agent-x.yaml --supervise --allow-plan-scripts --allow-exec-drivers\n")
+	require.Contains(t, SysVScript("ferry-agent-x", l), "'--supervise' '--allow-plan-scripts' '--allow-exec-drivers' >>")
+	def, err := definition(SystemWindows, "ferry-agent-x", l)
+	require.NoError(t, err)
+	require.Equal(t, []string{"run", "--config", l.ConfigFile, "--supervise", "--allow-plan-scripts", "--allow-exec-drivers"}, def.Arguments)
+	l.Allow = msg.Permissions{ExecDrivers: true}
+	require.Equal(t, []string{"run", "--config", l.ConfigFile, "--supervise", "--allow-exec-drivers"}, l.serviceArgs())
+
+	var cfg Config
+	cfg.Allow = msg.Permissions{PlanScripts: true}
+	require.NoError(t, cfg.Validate())
+	require.Equal(t, cfg.Allow, cfg.Layout.Allow, "Config.Allow reaches the layout the service is defined from")
 }

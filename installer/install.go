@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // Config says what to install and how to report it.
@@ -27,6 +28,10 @@ type Config struct {
 	Controller string
 	Token      string
 	Name       string
+	// Allow lets the controller run plan scripts and exec driver commands
+	// on this host: recorded in the state directory and on the service's
+	// command line (Layout.Allow).
+	Allow msg.Permissions
 	// Out receives one line per thing done, for the person installing.
 	Out    io.Writer
 	Logger *slog.Logger
@@ -46,6 +51,7 @@ func (c *Config) Validate() error {
 	if c.Layout == (Layout{}) {
 		c.Layout = DefaultLayout(runtime.GOOS, c.ServiceName, os.Getenv)
 	}
+	c.Layout.Allow = c.Allow
 	if c.Out == nil {
 		c.Out = io.Discard
 	}
@@ -150,7 +156,7 @@ func (i *Installer) Install(ctx context.Context) error {
 		}
 		before, stateExisted := entries(l.StateDir)
 		st, err = agent.Enroll(ctx, agent.EnrollConfig{Controller: i.cfg.Controller, Token: i.cfg.Token, Name: i.cfg.Name,
-			StateDir: l.StateDir, Logger: i.log})
+			StateDir: l.StateDir, Logger: i.log, Allow: i.cfg.Allow})
 		if err != nil {
 			if !stateExisted {
 				os.RemoveAll(l.StateDir)
@@ -169,6 +175,18 @@ func (i *Installer) Install(ctx context.Context) error {
 	default:
 		return fmt.Errorf("agent state in %s: %w", l.StateDir, err)
 	}
+
+	// 1b. What the agent allows, recorded afresh: a reinstall without the
+	// flags withdraws what an earlier install or enrol allowed.
+	prevPerms, err := agent.LoadPermissions(l.StateDir)
+	if err != nil {
+		return fail("read what the agent allows", err)
+	}
+	if err := agent.SavePermissions(l.StateDir, i.cfg.Allow); err != nil {
+		return fail("record what the agent allows", err)
+	}
+	undo.push("the agent's permissions restored", func() error { return agent.SavePermissions(l.StateDir, prevPerms) })
+	i.say("%s", permissionsLine(i.cfg.Allow))
 
 	// 2. A running service of an earlier install is stopped for the swap.
 	if wasInstalled {
@@ -269,4 +287,18 @@ func (i *Installer) Install(ctx context.Context) error {
 	os.Remove(l.Binary + ".prev")
 	i.say("started %s: ferry-agent %s runs as %s with %s", i.cfg.ServiceName, version, st.Identity.Name, st.Identity.Controller)
 	return nil
+}
+
+// permissionsLine tells the person installing what the controller may run
+// on this host.
+func permissionsLine(p msg.Permissions) string {
+	switch {
+	case p.PlanScripts && p.ExecDrivers:
+		return "the agent runs plan scripts and exec driver commands for the controller"
+	case p.PlanScripts:
+		return "the agent runs plan scripts for the controller, no exec driver commands (--allow-exec-drivers)"
+	case p.ExecDrivers:
+		return "the agent runs exec driver commands for the controller, no plan scripts (--allow-plan-scripts)"
+	}
+	return "the agent runs no plan scripts or exec driver commands for the controller (--allow-plan-scripts, --allow-exec-drivers)"
 }

@@ -3,6 +3,8 @@ package installer
 import (
 	"path"
 	"strings"
+
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // DefaultServiceName is the service's name, and the base of every path
@@ -22,6 +24,11 @@ type Layout struct {
 	LogFile string
 	// PIDFile is the SysV init script's record of the supervisor's pid.
 	PIDFile string
+	// Allow is what the service's command line lets the controller run on
+	// this host (--allow-plan-scripts, --allow-exec-drivers): on the command
+	// line, the service definition shows it, and a reinstall without the
+	// flags withdraws it.
+	Allow msg.Permissions
 }
 
 // DefaultLayout is the layout for service name on goos; getenv reads the
@@ -76,7 +83,14 @@ func winJoin(elem ...string) string {
 
 // serviceArgs are the arguments the service runs the binary with.
 func (l Layout) serviceArgs() []string {
-	return []string{"run", "--config", l.ConfigFile, "--supervise"}
+	args := []string{"run", "--config", l.ConfigFile, "--supervise"}
+	if l.Allow.PlanScripts {
+		args = append(args, "--allow-plan-scripts")
+	}
+	if l.Allow.ExecDrivers {
+		args = append(args, "--allow-exec-drivers")
+	}
+	return args
 }
 
 // stagingFiles are the binaries an upgrade or an install leaves beside the

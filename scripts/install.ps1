@@ -16,7 +16,10 @@ param(
 	[string]$Controller = '@@FERRY_CONTROLLER@@',
 	[string]$Token = '',
 	[string]$Name = '',
-	[string]$ServiceName = ''
+	[string]$ServiceName = '',
+	# What the controller may run on this host (ferry-agent install --allow-…).
+	[switch]$AllowPlanScripts,
+	[switch]$AllowExecDrivers
 )
 
 $ErrorActionPreference = 'Stop'
@@ -99,6 +102,8 @@ try {
 	$installArgs = @('install', '--controller', $Controller, '--token', $Token)
 	if ($Name -ne '') { $installArgs += @('--name', $Name) }
 	if ($ServiceName -ne '') { $installArgs += @('--service-name', $ServiceName) }
+	if ($AllowPlanScripts) { $installArgs += @('--allow-plan-scripts') }
+	if ($AllowExecDrivers) { $installArgs += @('--allow-exec-drivers') }
 	& $exe @installArgs
 	if ($LASTEXITCODE -ne 0) { throw 'ferry install: ferry-agent install failed (its message is above); it undid its steps, nothing was installed' }
 	Say "done: ferry-agent $version runs as a service and is enrolled with $Controller"

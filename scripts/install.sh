@@ -2,7 +2,8 @@
 # Ferry agent installer for Linux, served by a Ferry controller at /install.sh.
 #
 #   curl -fsS --proto =https --pinnedpubkey 'sha256//PIN' -k https://CONTROLLER/install.sh \
-#     | sh -s -- --controller CONTROLLER --token TOKEN [--name NAME]
+#     | sh -s -- --controller CONTROLLER --token TOKEN [--name NAME] \
+#       [--allow-plan-scripts] [--allow-exec-drivers]
 #
 # (`ferry tokens create --install-command` prints that line, exact.) It picks
 # this host's OS and architecture, downloads the agent from the controller --
@@ -30,9 +31,12 @@ die() {
 usage() {
 	cat <<USAGE
 usage: sh install.sh --token TOKEN [--controller HOST:PORT] [--name NAME]
+                       [--allow-plan-scripts] [--allow-exec-drivers]
   --token TOKEN          an enrolment token (ferry tokens create)
   --controller HOST:PORT the controller's agent port (default $FERRY_CONTROLLER_DEFAULT)
   --name NAME            this agent's name (default: the host name)
+  --allow-plan-scripts   let the controller run recovery plan scripts on this host
+  --allow-exec-drivers   let the controller run exec driver commands on this host
 USAGE
 }
 
@@ -70,6 +74,7 @@ main() {
 	token=
 	name=
 	service=
+	allow=
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--controller) [ $# -ge 2 ] || die "--controller needs a value"; controller=$2; shift 2 ;;
@@ -79,6 +84,7 @@ main() {
 		--name) [ $# -ge 2 ] || die "--name needs a value"; name=$2; shift 2 ;;
 		--name=*) name=${1#*=}; shift ;;
 		--service-name) [ $# -ge 2 ] || die "--service-name needs a value"; service=$2; shift 2 ;;
+		--allow-plan-scripts | --allow-exec-drivers) allow="$allow $1"; shift ;;
 		-h | --help) usage; exit 0 ;;
 		*) usage >&2; die "unknown argument: $1" ;;
 		esac
@@ -132,6 +138,8 @@ main() {
 	set -- install --controller "$controller" --token "$token"
 	[ -z "$name" ] || set -- "$@" --name "$name"
 	[ -z "$service" ] || set -- "$@" --service-name "$service"
+	# shellcheck disable=SC2086 # $allow holds only the two fixed flags
+	set -- "$@" $allow
 	$sudo "$tmp/ferry-agent" "$@" || die "ferry-agent install failed (its message is above); it undid its steps, nothing was installed"
 	say "done: ferry-agent $version runs as a service and is enrolled with $controller"
 }

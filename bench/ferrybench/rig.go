@@ -146,7 +146,8 @@ func (r *rig) startController(ctx context.Context, profile bool) error {
 // startAgent starts `ferry-agent run` and waits until the controller lists
 // it as connected.
 func (r *rig) startAgent(ctx context.Context, profile bool) error {
-	args := []string{"run", "--state-dir", r.state, "--log-level", "info"}
+	// The benchmarks' machines and targets use exec driver commands.
+	args := []string{"run", "--state-dir", r.state, "--log-level", "info", "--allow-exec-drivers"}
 	if profile {
 		p := filepath.Join(r.logDir, fmt.Sprintf("agent-%d.prof", r.starts))
 		args = append(args, "--cpu-profile", p)
@@ -257,7 +258,7 @@ func (r *rig) addAgent(ctx context.Context, name string) error {
 		return &CmdError{Cmd: "ferry-agent enroll", Output: string(out), Err: err}
 	}
 	p, err := startProc("agent-"+name, r.logPath("agent-"+name), r.agentEnv, filepath.Join(r.bin, "ferry-agent"),
-		"run", "--state-dir", state, "--log-level", "info")
+		"run", "--state-dir", state, "--log-level", "info", "--allow-exec-drivers")
 	if err != nil {
 		return err
 	}

@@ -69,7 +69,7 @@ type enrollOptions struct {
 func newEnrollCommand(g *globals) *cobra.Command {
 	o := enrollOptions{cfg: agent.EnrollConfig{StateDir: agent.DefaultStateDir()}}
 	cmd := &cobra.Command{
-		Use:   "enroll --controller HOST:PORT --token TOKEN [--name NAME] --state-dir DIR",
+		Use:   "enroll --controller HOST:PORT --token TOKEN [--name NAME] --state-dir DIR [--allow-plan-scripts] [--allow-exec-drivers]",
 		Short: "Enrol with a controller (without installing a service)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -89,6 +89,7 @@ func newEnrollCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.cfg.Token, "token", "", "an enrolment token (ferry tokens create)")
 	f.StringVar(&o.cfg.Name, "name", "", "this agent's name (default: the host name)")
 	f.StringVar(&o.cfg.StateDir, "state-dir", o.cfg.StateDir, "where the agent keeps its identity and block maps")
+	allowFlags(cmd, &o.cfg.Allow.PlanScripts, &o.cfg.Allow.ExecDrivers, "recorded in the state directory for run")
 	return cmd
 }
 
@@ -106,7 +107,7 @@ type runOptions struct {
 func newRunCommand(g *globals) *cobra.Command {
 	o := runOptions{cfg: agent.DefaultConfig()}
 	cmd := &cobra.Command{
-		Use:   "run [--state-dir DIR] [--config FILE] [--supervise]",
+		Use:   "run [--state-dir DIR] [--config FILE] [--supervise] [--allow-plan-scripts] [--allow-exec-drivers]",
 		Short: "Run in the foreground (what the service runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -160,6 +161,7 @@ func newRunCommand(g *globals) *cobra.Command {
 	f.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", 0, "how long a ping or a write may wait before the session counts as dead (0: 30s)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
+	allowFlags(cmd, &o.cfg.AllowPlanScripts, &o.cfg.AllowExecDrivers, "in addition to what enroll or install recorded")
 	addRunServiceFlags(cmd, &o)
 	return cmd
 }
@@ -186,4 +188,13 @@ func limitMemory() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(agentMemoryLimit)
 	}
+}
+
+// allowFlags adds --allow-plan-scripts and --allow-exec-drivers: running
+// commands on this host for the controller is the host owner's choice, made
+// here and nowhere on the controller.
+func allowFlags(cmd *cobra.Command, planScripts, execDrivers *bool, note string) {
+	f := cmd.Flags()
+	f.BoolVar(planScripts, "allow-plan-scripts", false, "let the controller run recovery plan script actions on this host ("+note+")")
+	f.BoolVar(execDrivers, "allow-exec-drivers", false, "let the controller run exec driver commands (--start, --stop, … of protect and targets add) on this host ("+note+")")
 }

@@ -43,13 +43,19 @@ func serviceNameFlag(cmd *cobra.Command, cfg *installer.Config) {
 func newInstallCommand(g *globals) *cobra.Command {
 	cfg := installer.DefaultConfig()
 	cmd := &cobra.Command{
-		Use:   "install --controller HOST:PORT --token TOKEN [--name NAME]",
+		Use:   "install --controller HOST:PORT --token TOKEN [--name NAME] [--allow-plan-scripts] [--allow-exec-drivers]",
 		Short: "Enrol, install the agent as an OS service and start it",
 		Long: `Enrol with the controller (unless this host is already enrolled), copy this
 binary to the service's path, write the configuration, install the service
 (systemd, SysV init or a Windows service) and start it. Run again over an
 installed agent, it upgrades the binary in place and keeps the enrolment
 (the token is then not needed). A failed step undoes the ones before it.
+
+The agent runs recovery plan scripts and exec driver commands (the --start,
+--stop, … of 'ferry protect' and 'ferry targets add') for the controller only
+when installed with --allow-plan-scripts and --allow-exec-drivers; a reinstall
+without them withdraws them. They are recorded in the state directory and on
+the service's command line.
 
 Linux: binary /usr/local/bin/ferry-agent, config /etc/ferry/ferry-agent.yaml,
 state /var/lib/ferry-agent. Windows: %ProgramFiles%\Ferry\ferry-agent.exe,
@@ -75,6 +81,7 @@ config and state under %ProgramData%\Ferry.`,
 	f.StringVar(&cfg.Controller, "controller", "", "the controller's agent port, HOST:PORT")
 	f.StringVar(&cfg.Token, "token", "", "an enrolment token (ferry tokens create)")
 	f.StringVar(&cfg.Name, "name", "", "this agent's name (default: the host name)")
+	allowFlags(cmd, &cfg.Allow.PlanScripts, &cfg.Allow.ExecDrivers, "recorded in the state directory and on the service's command line")
 	serviceNameFlag(cmd, &cfg)
 	return cmd
 }

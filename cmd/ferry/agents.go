@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,7 +14,7 @@ import (
 func newAgentsCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "agents", Short: "Enrolled agents: list, revoke, remove"}
 	list := &cobra.Command{
-		Use: "list", Short: "List agents (name, id, address, version, platform, last_seen, connected)", Args: exactArgs(0, "no arguments"),
+		Use: "list", Short: "List agents (name, id, address, version, platform, last_seen, connected, and what a connected agent allows: plan scripts, exec drivers)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runAgentsList(c.Context(), g) },
 	}
 	var force bool
@@ -97,9 +98,9 @@ func runAgentsList(ctx context.Context, g *globals) error {
 		if a.Revoked {
 			conn = "revoked"
 		}
-		rows = append(rows, []string{a.Name, a.ID, orDash(a.Address), orDash(a.Version), orDash(a.Platform), fmtAgo(a.LastSeen, now), conn})
+		rows = append(rows, []string{a.Name, a.ID, orDash(a.Address), orDash(a.Version), orDash(a.Platform), fmtAgo(a.LastSeen, now), conn, allows(a.Allows)})
 	}
-	table(g.stdout, []string{"NAME", "ID", "ADDRESS", "VERSION", "PLATFORM", "LAST SEEN", "CONNECTED"}, rows)
+	table(g.stdout, []string{"NAME", "ID", "ADDRESS", "VERSION", "PLATFORM", "LAST SEEN", "CONNECTED", "ALLOWS"}, rows)
 	return nil
 }
 
@@ -164,4 +165,23 @@ func runAgentsUpgrade(ctx context.Context, g *globals, req api.UpgradeRequest) e
 		return fmt.Errorf("%d agent(s) not upgraded", failed)
 	}
 	return nil
+}
+
+// allows names what an agent lets the controller run: "-" when unknown
+// (not connected), "none", or plan-scripts and exec-drivers.
+func allows(p *api.AgentPermissions) string {
+	if p == nil {
+		return "-"
+	}
+	var out []string
+	if p.PlanScripts {
+		out = append(out, "plan-scripts")
+	}
+	if p.ExecDrivers {
+		out = append(out, "exec-drivers")
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ",")
 }

@@ -14,11 +14,20 @@ import (
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // startAgent enrols an in-process agent named name with a token made by
-// the CLI and runs it until the test ends.
+// the CLI and runs it until the test ends. It allows exec driver commands
+// (tests drive exec targets); startAgentAllowing chooses.
 func (s *served) startAgent(t *testing.T, name string) {
+	t.Helper()
+	s.startAgentAllowing(t, name, msg.Permissions{ExecDrivers: true})
+}
+
+// startAgentAllowing is startAgent with what the agent allows given to
+// its run (as `ferry-agent run --allow-…` would).
+func (s *served) startAgentAllowing(t *testing.T, name string, allow msg.Permissions) {
 	t.Helper()
 	code, stdout, stderr := s.cli(t, "--json", "tokens", "create")
 	require.Equal(t, exitOK, code, stderr)
@@ -28,7 +37,8 @@ func (s *served) startAgent(t *testing.T, name string) {
 	stateDir := filepath.Join(t.TempDir(), "agent")
 	_, err := agent.Enroll(ctx, agent.EnrollConfig{Controller: s.agent, Token: tok.Token, Name: name, StateDir: stateDir})
 	require.NoError(t, err)
-	a, err := agent.New(agent.Config{StateDir: stateDir, Streams: 2, MaxBackoff: time.Second})
+	a, err := agent.New(agent.Config{StateDir: stateDir, Streams: 2, MaxBackoff: time.Second,
+		AllowPlanScripts: allow.PlanScripts, AllowExecDrivers: allow.ExecDrivers})
 	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()

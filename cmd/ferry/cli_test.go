@@ -146,6 +146,9 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"failover", "m", "--direction", "sideways"},
 		{"failover", "m", "--timeout", "soon"},
 		{"change-point", "m"},
+		{"change-point", "--plan", "p", "--point", "42"},
+		{"failover", "--plan", "p", "--point", "7"},
+		{"failback", "--plan", "p", "--point", "7"},
 		{"cancel", "job-1"},
 		{"jobs", "show"},
 	} {

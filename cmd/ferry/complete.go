@@ -32,45 +32,55 @@ const (
 	jobIDs
 	tokenIDs
 	alertNames
+	planNames
 )
 
 // argKinds: the kind of a command's first argument, by command path.
 var argKinds = map[string]nameKind{
-	"ferry unprotect":       machineNames,
-	"ferry machines show":   machineNames,
-	"ferry machines update": machineNames,
-	"ferry points list":     machineNames,
-	"ferry points export":   machineNames,
-	"ferry points label":    machineNames,
-	"ferry points audit":    machineNames,
-	"ferry failover":        machineNames,
-	"ferry commit":          machineNames,
-	"ferry change-point":    machineNames,
-	"ferry cleanup":         machineNames,
-	"ferry reprotect":       machineNames,
-	"ferry failback":        machineNames,
-	"ferry revert":          machineNames,
-	"ferry verify":          machineNames,
-	"ferry inventory":       agentNames,
-	"ferry agents revoke":   agentNames,
-	"ferry agents remove":   agentNames,
-	"ferry agents upgrade":  agentNames,
-	"ferry targets remove":  targetNames,
-	"ferry policies update": policyNames,
-	"ferry policies delete": policyNames,
-	"ferry jobs show":       jobIDs,
-	"ferry jobs watch":      jobIDs,
-	"ferry jobs resume":     jobIDs,
-	"ferry cancel":          jobIDs,
-	"ferry tokens revoke":   tokenIDs,
-	"ferry alerts show":     alertNames,
-	"ferry alerts remove":   alertNames,
-	"ferry alerts test":     alertNames,
+	"ferry unprotect":            machineNames,
+	"ferry machines show":        machineNames,
+	"ferry machines update":      machineNames,
+	"ferry points list":          machineNames,
+	"ferry points export":        machineNames,
+	"ferry points label":         machineNames,
+	"ferry points audit":         machineNames,
+	"ferry failover":             machineNames,
+	"ferry commit":               machineNames,
+	"ferry change-point":         machineNames,
+	"ferry cleanup":              machineNames,
+	"ferry reprotect":            machineNames,
+	"ferry failback":             machineNames,
+	"ferry revert":               machineNames,
+	"ferry verify":               machineNames,
+	"ferry inventory":            agentNames,
+	"ferry agents revoke":        agentNames,
+	"ferry agents remove":        agentNames,
+	"ferry agents upgrade":       agentNames,
+	"ferry targets remove":       targetNames,
+	"ferry policies update":      policyNames,
+	"ferry policies delete":      policyNames,
+	"ferry jobs show":            jobIDs,
+	"ferry jobs watch":           jobIDs,
+	"ferry jobs resume":          jobIDs,
+	"ferry cancel":               jobIDs,
+	"ferry tokens revoke":        tokenIDs,
+	"ferry alerts show":          alertNames,
+	"ferry alerts remove":        alertNames,
+	"ferry alerts test":          alertNames,
+	"ferry plans show":           planNames,
+	"ferry plans delete":         planNames,
+	"ferry plans add-group":      planNames,
+	"ferry plans add-machine":    planNames,
+	"ferry plans remove-machine": planNames,
+	"ferry plans add-action":     planNames,
+	"ferry plans export":         planNames,
 }
 
 // flagKinds: the kind of a flag's value, by flag name, wherever it appears.
 var flagKinds = map[string]nameKind{
 	"agent":  agentNames,
+	"on":     agentNames,
+	"plan":   planNames,
 	"target": targetNames,
 	"policy": policyNames,
 }
@@ -176,6 +186,14 @@ func completeNames(ctx context.Context, g *globals, k nameKind) ([]cobra.Complet
 		}
 		for _, a := range as {
 			out = append(out, cobra.CompletionWithDesc(a.Name, strings.Join(a.On, ",")))
+		}
+	case planNames:
+		ps, err := cl.Plans(ctx)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		for _, p := range ps {
+			out = append(out, cobra.CompletionWithDesc(p.Name, fmt.Sprintf("%d groups", len(p.Groups))))
 		}
 	case tokenIDs:
 		ts, err := cl.Tokens(ctx)

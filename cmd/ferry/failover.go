@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -66,6 +67,15 @@ func newFailoverCommand(g *globals) *cobra.Command {
   --shutdown-source  try to stop the source first; the failover continues if
                  that fails
 
+--plan PLAN     one job for a recovery plan's members that run at home (the
+                 others are skipped and listed): groups in order, the machines
+                 of a group in parallel, pre/post actions; a manual action waits
+                 for 'ferry jobs resume JOB'. Unplanned: runs to its end and ends
+                 partial (exit 4) if some machines failed. --planned: stops the
+                 sources in reverse group order and moves every disk first; a
+                 failure there rolls everything back. With --dry-run: each
+                 member's point, target and free space, and the actions.
+
 The command prints the job id; with --wait it follows the job and exits with
 its outcome. 'ferry cancel JOB --force' rolls the target back.`,
 		RunE: func(c *cobra.Command, args []string) error { return runFailover(c.Context(), g, o, args) },
@@ -102,6 +112,9 @@ func runFailover(ctx context.Context, g *globals, o failoverOptions, args []stri
 	if err := points.CheckSpec(o.req.Point); err != nil {
 		return usagef("--point: %v", err)
 	}
+	if err := planPoint(o.plan, o.req.Point); err != nil {
+		return err
+	}
 	o.req.Machine, o.req.Plan = machine, o.plan
 	if o.timeout != "" {
 		d, err := api.ParseDuration(o.timeout)
@@ -135,6 +148,10 @@ func printDryRun(g *globals, j api.Job) error {
 	if g.json {
 		return g.printJSON(j)
 	}
+	if j.Plan != "" {
+		printPlanDryRun(g, j)
+		return nil
+	}
 	for _, m := range j.Machines {
 		fmt.Fprintf(g.stdout, "dry run: %s of %s would use point %d\n", j.Kind, m.Name, m.PointID)
 		for _, n := range m.Notes {
@@ -166,6 +183,9 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			if err := points.CheckSpec(point); err != nil {
 				return usagef("--point: %v", err)
 			}
+			if err := planPoint(j.plan, point); err != nil {
+				return err
+			}
 			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point, AllowDamaged: allowDamaged}
 			if keyFile != "" {
 				if req.Key, err = os.ReadFile(keyFile); err != nil {
@@ -189,7 +209,7 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			return followJob(c.Context(), g, job, j.wait)
 		},
 	}
-	j.register(cmd, !needsPoint)
+	j.register(cmd, true)
 	if destructive {
 		cmd.Use = verb + " MACHINE|--plan PLAN --force"
 		cmd.Long = short + `.
@@ -260,10 +280,15 @@ func followJob(ctx context.Context, g *globals, j api.Job, wait bool) error {
 	last := j
 	printed := map[string]string{}
 	out := newProgressOut(g.stdout)
+	waiting := ""
 	err = cl.WatchJob(ctx, j.ID, func(s api.Job) error {
 		last = s
 		if g.json {
 			return nil
+		}
+		if s.Waiting != nil && s.Waiting.Text != waiting {
+			waiting = s.Waiting.Text
+			out.println("%s  waiting on a manual action: %s (continue with: ferry jobs resume %s)", j.ID, waiting, j.ID)
 		}
 		for _, st := range s.Steps {
 			// Data moving: a bar on a terminal, a line per tenth elsewhere.
@@ -422,6 +447,9 @@ clone.`,
 			if err := points.CheckSpec(req.Point); err != nil {
 				return usagef("--point: %v", err)
 			}
+			if err := planPoint(j.plan, req.Point); err != nil {
+				return err
+			}
 			req.Machine, req.Plan = machine, j.plan
 			cl, err := g.client()
 			if err != nil {
@@ -442,4 +470,16 @@ clone.`,
 	f.BoolVar(&req.StopSource, "stop-source", false, "accepted: a planned failback always stops the machine at the recovery site")
 	f.BoolVar(&req.AllowDamaged, "allow-damaged", false, "an unplanned failback may use a point that reads data the point audit found damaged")
 	return cmd
+}
+
+// planPoint refuses a point id with --plan (exit 2): an id names one
+// machine's point; a plan's members share times and latest* specs.
+func planPoint(plan, point string) error {
+	if plan == "" {
+		return nil
+	}
+	if _, err := strconv.ParseInt(point, 10, 64); err == nil {
+		return usagef("--point %s is one machine's point id: with --plan give an RFC 3339 time or latest, latest-processed, latest-app-consistent", point)
+	}
+	return nil
 }

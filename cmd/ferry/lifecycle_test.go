@@ -49,6 +49,8 @@ func cliArgs(a lifecycle.Action, machine, out string) []string {
 		return []string{"failback", machine, "--unplanned"}
 	case lifecycle.TestFailback:
 		return []string{"failback", machine, "--test"}
+	case lifecycle.Revert:
+		return []string{"revert", machine}
 	}
 	panic("no CLI form for action " + string(a))
 }
@@ -81,6 +83,8 @@ func apiCall(ctx context.Context, cl *admin.Client, a lifecycle.Action, machine 
 		_, err = cl.MachineAction(ctx, "failback", api.MachineActionRequest{Machine: machine, Unplanned: true})
 	case lifecycle.TestFailback:
 		_, err = cl.MachineAction(ctx, "failback", api.MachineActionRequest{Machine: machine, Test: true})
+	case lifecycle.Revert:
+		_, err = cl.MachineAction(ctx, "revert", api.MachineActionRequest{Machine: machine})
 	default:
 		panic("no API call for action " + string(a))
 	}

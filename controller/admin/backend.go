@@ -31,6 +31,16 @@ type Policies interface {
 	DeletePolicy(ctx context.Context, name string) error
 }
 
+// Plans is what the recovery plan routes need.
+type Plans interface {
+	Plans(ctx context.Context) ([]api.Plan, error)
+	Plan(ctx context.Context, name string) (api.Plan, error)
+	CreatePlan(ctx context.Context, p api.Plan) (api.Plan, error)
+	DeletePlan(ctx context.Context, name string) error
+	EditPlan(ctx context.Context, name string, e api.PlanEdit) (api.Plan, error)
+	ApplyPlan(ctx context.Context, p api.Plan) (api.PlanApplyResult, error)
+}
+
 // Machines is what the machine and point routes need.
 type Machines interface {
 	Protect(ctx context.Context, req api.ProtectRequest) (api.Machine, error)
@@ -69,6 +79,7 @@ type Failover interface {
 	Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Reprotect(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Failback(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
+	Revert(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Jobs(ctx context.Context) ([]api.Job, error)
 	Job(ctx context.Context, id string) (api.Job, error)
 	WatchJob(ctx context.Context, id string) (<-chan api.Job, error)
@@ -81,6 +92,7 @@ type Backend interface {
 	Tokens
 	Agents
 	Policies
+	Plans
 	Machines
 	Repository
 	Failover

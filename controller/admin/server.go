@@ -94,6 +94,34 @@ func (s *Server) routes() {
 	})
 	m.HandleFunc("DELETE /v1/policies/{name}", pathOnly(s, "name", s.b.DeletePolicy))
 
+	m.HandleFunc("GET /v1/plans", noIn(s, s.b.Plans))
+	m.HandleFunc("POST /v1/plans", jsonIn(s, s.b.CreatePlan))
+	m.HandleFunc("GET /v1/plans/{name}", func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.b.Plan(r.Context(), r.PathValue("name"))
+		s.reply(w, p, err)
+	})
+	m.HandleFunc("DELETE /v1/plans/{name}", pathOnly(s, "name", s.b.DeletePlan))
+	m.HandleFunc("POST /v1/plans/{name}/edit", func(w http.ResponseWriter, r *http.Request) {
+		var e api.PlanEdit
+		if !decode(w, r, &e) {
+			return
+		}
+		p, err := s.b.EditPlan(r.Context(), r.PathValue("name"), e)
+		s.reply(w, p, err)
+	})
+	m.HandleFunc("PUT /v1/plans/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var p api.Plan
+		if !decode(w, r, &p) {
+			return
+		}
+		if p.Name != r.PathValue("name") {
+			writeError(w, api.Errorf(api.CodeInvalid, "plan name %q in the body differs from %q in the path", p.Name, r.PathValue("name")))
+			return
+		}
+		res, err := s.b.ApplyPlan(r.Context(), p)
+		s.reply(w, res, err)
+	})
+
 	m.HandleFunc("POST /v1/machines", jsonIn(s, s.b.Protect))
 	m.HandleFunc("GET /v1/machines", noIn(s, s.b.Machines))
 	m.HandleFunc("GET /v1/machines/{machine}", func(w http.ResponseWriter, r *http.Request) {
@@ -150,6 +178,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v1/cleanup", jsonIn(s, s.b.Cleanup))
 	m.HandleFunc("POST /v1/reprotect", jsonIn(s, s.b.Reprotect))
 	m.HandleFunc("POST /v1/failback", jsonIn(s, s.b.Failback))
+	m.HandleFunc("POST /v1/revert", jsonIn(s, s.b.Revert))
 	m.HandleFunc("GET /v1/jobs", noIn(s, s.b.Jobs))
 	m.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		j, err := s.b.Job(r.Context(), r.PathValue("id"))

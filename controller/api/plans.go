@@ -1,5 +1,11 @@
 package api
 
+import "time"
+
+// DefaultPlanActionTimeout bounds a script action that names no timeout
+// (CLI.md: every command has a timeout, 5 minutes unless told).
+const DefaultPlanActionTimeout = 5 * time.Minute
+
 // A recovery plan moves applications, not single machines: groups run in
 // order (group 1 first; a planned failover stops sources in reverse
 // order), the machines of a group move in parallel, and each group has

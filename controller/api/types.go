@@ -49,6 +49,18 @@ type Agent struct {
 	Revoked     bool      `json:"revoked"`
 	CertExpires time.Time `json:"cert_expires"`
 	ClockSkewMS int64     `json:"clock_skew_ms"`
+	// Allows is what the agent lets the controller run on its host, as it
+	// said when it connected; nil when it is not connected (or too old to
+	// say).
+	Allows *AgentPermissions `json:"allows,omitempty"`
+}
+
+// AgentPermissions: an agent runs plan scripts and exec driver commands
+// only when installed, enrolled or run with --allow-plan-scripts and
+// --allow-exec-drivers.
+type AgentPermissions struct {
+	PlanScripts bool `json:"plan_scripts"`
+	ExecDrivers bool `json:"exec_drivers"`
 }
 
 // InventoryItem is a disk or disk file an agent can protect.
@@ -479,6 +491,38 @@ type JobMachine struct {
 	PointID int64    `json:"point_id"`
 	Error   string   `json:"error,omitempty"`
 	Notes   []string `json:"notes,omitempty"`
+	// Group is the machine's recovery plan group (plan jobs only).
+	Group int `json:"group,omitempty"`
+	// Steps are the machine's own steps with their times (plan jobs,
+	// whose machines of a group move in parallel): they show the order
+	// of the groups and the overlap inside one.
+	Steps []JobStep `json:"steps,omitempty"`
+}
+
+// JobAction is a recovery plan action as a job ran it: a script's exit
+// code and output (its tail), or a manual action's text.
+type JobAction struct {
+	Group    int       `json:"group"`
+	Phase    string    `json:"phase"` // pre | post
+	Index    int       `json:"index"` // its place among the group's phase actions, from 0
+	Script   string    `json:"script,omitempty"`
+	On       string    `json:"on,omitempty"` // the agent; empty: the controller
+	Manual   string    `json:"manual,omitempty"`
+	State    string    `json:"state"` // a step state; a manual action waits as running
+	ExitCode int       `json:"exit_code,omitempty"`
+	Output   string    `json:"output,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Undone   bool      `json:"undone,omitempty"` // its undo script ran (a rollback)
+	Started  time.Time `json:"started,omitempty"`
+	Ended    time.Time `json:"ended,omitempty"`
+}
+
+// JobWait is what a job in state waiting waits for: a manual action,
+// until `ferry jobs resume`.
+type JobWait struct {
+	Step  string    `json:"step"`
+	Text  string    `json:"text"`
+	Since time.Time `json:"since"`
 }
 
 // Job is a long-running operation (failover, commit, …).
@@ -493,6 +537,13 @@ type Job struct {
 	Created   time.Time    `json:"created"`
 	Updated   time.Time    `json:"updated"`
 	CancelReq bool         `json:"cancel_requested,omitempty"`
+	// Plan is the recovery plan the job runs, if any; Actions its
+	// actions as they ran; Waiting the manual action it waits on.
+	Plan    string      `json:"plan,omitempty"`
+	Actions []JobAction `json:"actions,omitempty"`
+	Waiting *JobWait    `json:"waiting,omitempty"`
+	// Checks is a plan dry run's answer, member by member in group order.
+	Checks []MachineCheck `json:"checks,omitempty"`
 }
 
 // Terminal reports whether a job state is final.

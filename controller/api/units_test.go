@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"gopkg.in/yaml.v3"
 )
 
 func TestParseDuration(t *testing.T) {
@@ -48,4 +49,20 @@ func TestParseSizeAndRate(t *testing.T) {
 	require.Equal(t, "64KiB", FormatSize(64<<10))
 	require.Equal(t, "1.5GiB", FormatSize(3<<29))
 	require.Equal(t, "12B", FormatSize(12))
+}
+
+// TestDurationYAML: plans as code write and read durations in the CLI's
+// unit form, and JSON keeps its string form.
+func TestDurationYAML(t *testing.T) {
+	a := PlanAction{Script: "x", Timeout: Duration(90 * time.Second)}
+	b, err := yaml.Marshal(a)
+	require.NoError(t, err)
+	require.Contains(t, string(b), "timeout: 1m30s")
+	var back PlanAction
+	require.NoError(t, yaml.Unmarshal([]byte("script: x\ntimeout: 2d\n"), &back))
+	require.Equal(t, Duration(48*time.Hour), back.Timeout)
+	require.Error(t, yaml.Unmarshal([]byte("script: x\ntimeout: soon\n"), &back))
+	j, err := json.Marshal(a)
+	require.NoError(t, err)
+	require.Contains(t, string(j), `"timeout":"1m30s"`)
 }

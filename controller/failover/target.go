@@ -115,6 +115,9 @@ func (j *job) env(ctx context.Context, md *machineData, name string, starting bo
 	}
 	env := driverEnv(j.r.ID(), j.r.Kind(), m, t, md.Point, paths, j.def.test, md.Set)
 	env["FERRY_MACHINE"] = md.DriverName
+	if p := j.spec.Plan; p != nil {
+		env["FERRY_PLAN"], env["FERRY_GROUP"] = p.Name, fmt.Sprint(p.GroupOf(name))
+	}
 	return env, nil
 }
 
@@ -327,6 +330,9 @@ func (j *job) advance(m *catalog.Machine) error {
 
 // saveMachineData records md durably before the step relies on it.
 func (j *job) saveMachineData(name string, md *machineData) error {
+	if j.saver != nil {
+		return j.saver.save(j.r, name, md)
+	}
 	var d jobData
 	if err := j.r.Data(&d); err != nil {
 		return err

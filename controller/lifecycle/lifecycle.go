@@ -11,8 +11,7 @@ import (
 // Action is something an administrator asks of a machine.
 type Action string
 
-// The actions this version implements. Recovery plans are absent: they
-// are rows to add once their job kinds exist.
+// The actions this version implements.
 const (
 	Failover        Action = "failover"
 	TestFailover    Action = "failover --test"
@@ -32,11 +31,16 @@ const (
 	// TestFailback starts a clone of the home disks at home as a test
 	// while the machine runs at its recovery site; cleanup ends it.
 	TestFailback Action = "failback --test"
+	// Revert undoes an uncommitted failover: the machine stops at its
+	// recovery site, the writes made there are kept as a named point, and
+	// it starts at home again on its home disks (which a failover never
+	// touches), replicating from there.
+	Revert Action = "revert"
 )
 
 // Actions lists every action, in the order `machines show` offers them.
 var Actions = []Action{Failover, TestFailover, PlannedFailover, Commit, ChangePoint, Cleanup, Export, Unprotect,
-	Reprotect, Failback, UnplannedFailback, TestFailback}
+	Reprotect, Failback, UnplannedFailback, TestFailback, Revert}
 
 // States lists the states the table has rows for, in lifecycle order. A
 // state not listed (declared in catalog for later work) allows nothing.
@@ -124,14 +128,14 @@ var table = map[cell]Rule{
 	{catalog.StateTestFailedOver, UnplannedFailback}: testRunning,
 
 	// failed-over: the machine runs at the target; its points are kept.
-	{catalog.StateFailedOver, Failover}:          refuse("the machine already runs at its target", "commit it (ferry commit M --force) or move it to another point (ferry change-point M --point SPEC)"),
-	{catalog.StateFailedOver, TestFailover}:      refuse("the machine already runs at its target", "commit it (ferry commit M --force) or move it to another point (ferry change-point M --point SPEC)"),
-	{catalog.StateFailedOver, PlannedFailover}:   refuse("the machine already runs at its target", "commit it (ferry commit M --force) or move it to another point (ferry change-point M --point SPEC)"),
+	{catalog.StateFailedOver, Failover}:          refuse("the machine already runs at its target", "commit it (ferry commit M --force), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
+	{catalog.StateFailedOver, TestFailover}:      refuse("the machine already runs at its target", "commit it (ferry commit M --force), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
+	{catalog.StateFailedOver, PlannedFailover}:   refuse("the machine already runs at its target", "commit it (ferry commit M --force), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
 	{catalog.StateFailedOver, Commit}:            allow(catalog.StateCommitted),
 	{catalog.StateFailedOver, ChangePoint}:       allow(catalog.StateFailedOver),
 	{catalog.StateFailedOver, Cleanup}:           refuse("there is no test failover to clean up: the machine was failed over", "commit it (ferry commit M --force)"),
 	{catalog.StateFailedOver, Export}:            allow(catalog.StateFailedOver),
-	{catalog.StateFailedOver, Unprotect}:         refuse("the failover is not committed", "commit it first (ferry commit M --force)"),
+	{catalog.StateFailedOver, Unprotect}:         refuse("the failover is not committed", "commit it first (ferry commit M --force), or undo it (ferry revert M)"),
 	{catalog.StateFailedOver, Reprotect}:         refuse("the failover is not committed: re-protection replicates the machine's new disks home, which ends the failover", "commit it first (ferry commit M --force), then re-protect (ferry reprotect M)"),
 	{catalog.StateFailedOver, Failback}:          refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M --force), then re-protect it (ferry reprotect M)"),
 	{catalog.StateFailedOver, UnplannedFailback}: refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M --force), then re-protect it (ferry reprotect M)"),
@@ -245,6 +249,20 @@ var table = map[cell]Rule{
 	{catalog.StateTestFailedBack, Failback}:          homeTestRunning,
 	{catalog.StateTestFailedBack, UnplannedFailback}: homeTestRunning,
 	{catalog.StateTestFailedBack, TestFailback}:      refuse("a failback test is already running", "end it with 'ferry cleanup M' first"),
+
+	// revert: only an uncommitted failover is undone; the home disks are
+	// still what they were when it began.
+	{catalog.StateSyncing, Revert}:          neverFailedOver,
+	{catalog.StateProtected, Revert}:        neverFailedOver,
+	{catalog.StateTestFailedOver, Revert}:   refuse("a test failover is ended by cleanup, not reverted", "end it with 'ferry cleanup M'"),
+	{catalog.StateFailedOver, Revert}:       allow(catalog.StateProtected),
+	{catalog.StateCommitted, Revert}:        refuse("the failover was committed: the machine lives at its recovery site and its recovery points were deleted", "re-protect it (ferry reprotect M), then bring it home (ferry failback M)"),
+	{catalog.StateReprotecting, Revert}:     reprotectRuns,
+	{catalog.StateReverseProtected, Revert}: refuse("the failover was committed and the machine replicates home", "bring it home with 'ferry failback M'"),
+	{catalog.StateFailingBack, Revert}:      failbackRuns,
+	{catalog.StateFailedBack, Revert}:       refuse("the machine runs at home already (an unplanned failback)", "commit it (ferry commit M) or move it to another point (ferry change-point M --point SPEC)"),
+	{catalog.StateBackHome, Revert}:         refuse("the machine runs at home already", "nothing to do"),
+	{catalog.StateTestFailedBack, Revert}:   homeTestRunning,
 }
 
 // Lookup returns the table's rule for an action in a state. A state the

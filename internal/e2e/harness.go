@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -280,10 +281,23 @@ func EnrollAgentIn(t testing.TB, c *Controller, ns, addr, name string, runArgs .
 	return a
 }
 
+// WithoutExecDrivers, among EnrollAgent's run arguments, starts the agent
+// without --allow-exec-drivers, which the harness otherwise passes (most
+// tests drive exec drivers); a test of the refusal uses it.
+const WithoutExecDrivers = "\x00without-exec-drivers"
+
 // Start (re)starts the agent process.
 func (a *Agent) Start() {
-	a.Proc = startIn(a.t, a.NS, "agent "+a.Name, filepath.Join(a.Bin, "ferry-agent"),
-		append([]string{"run", "--state-dir", a.StateDir, "--log-level", "debug"}, a.args...)...)
+	args := []string{"run", "--state-dir", a.StateDir, "--log-level", "debug"}
+	if !slices.Contains(a.args, WithoutExecDrivers) {
+		args = append(args, "--allow-exec-drivers")
+	}
+	for _, x := range a.args {
+		if x != WithoutExecDrivers {
+			args = append(args, x)
+		}
+	}
+	a.Proc = startIn(a.t, a.NS, "agent "+a.Name, filepath.Join(a.Bin, "ferry-agent"), args...)
 }
 
 // Point is a recovery point as `points list --json` prints it.

@@ -245,7 +245,7 @@ func TestInstallOneLiner(t *testing.T) {
 	})
 	t.Run("installs", func(t *testing.T) {
 		start := time.Now()
-		out, code := run(line() + " --name oneliner")
+		out, code := run(line() + " --name oneliner --allow-exec-drivers")
 		require.Equal(t, 0, code, out)
 		t.Logf("one-liner: %s\n%s", time.Since(start).Round(time.Millisecond), out)
 		for _, want := range []string{
@@ -258,6 +258,9 @@ func TestInstallOneLiner(t *testing.T) {
 			require.Contains(t, out, want)
 		}
 		c.waitAgentVersion("oneliner", "e2e-v1", 30*time.Second)
+		// The one-liner passed --allow-exec-drivers on: the service runs with it.
+		require.Contains(t, out, "the agent runs exec driver commands for the controller, no plan scripts")
+		require.Eventually(t, func() bool { return agentAllows(t, c, "oneliner") == "exec-drivers" }, 30*time.Second, 100*time.Millisecond)
 		out, code = runCmd(t, "/usr/local/bin/"+name, "uninstall", "--purge", "--service-name", name)
 		require.Equal(t, 0, code, out)
 		noTrace("uninstall --purge")

@@ -22,6 +22,7 @@ import (
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/internal/syncbuf"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // Timeout bounds every wait of the rig.
@@ -162,8 +163,16 @@ type Agent struct {
 }
 
 // Enroll creates a one-use token, enrols an agent named name with it,
-// starts the agent and waits until the controller sees it connected.
+// starts the agent and waits until the controller sees it connected. The
+// agent allows exec driver commands and plan scripts (most tests drive
+// them); EnrollWith chooses.
 func (c *Controller) Enroll(name string) *Agent {
+	c.t.Helper()
+	return c.EnrollWith(name, msg.Permissions{PlanScripts: true, ExecDrivers: true})
+}
+
+// EnrollWith is Enroll with what the agent allows recorded at enrolment.
+func (c *Controller) EnrollWith(name string, allow msg.Permissions) *Agent {
 	c.t.Helper()
 	cx, cancel := ctx()
 	defer cancel()
@@ -171,7 +180,7 @@ func (c *Controller) Enroll(name string) *Agent {
 	require.NoError(c.t, err)
 	a := &Agent{c: c, Name: name, StateDir: filepath.Join(c.t.TempDir(), "agent-"+name)}
 	_, err = agent.Enroll(cx, agent.EnrollConfig{Controller: c.Addr, Token: tok.Token, Name: name, StateDir: a.StateDir,
-		Logger: c.Logger("enroll " + name)})
+		Logger: c.Logger("enroll " + name), Allow: allow})
 	require.NoError(c.t, err, "enrol %s", name)
 	t := c.t
 	c.t.Cleanup(func() { a.stop(t) })

@@ -51,6 +51,17 @@ type HelloRequest struct {
 	// agent holds ("" when none): informative; the controller asks again
 	// (TargetStatusResponse) before each move.
 	RepositoryKey string `json:"repository_key,omitempty"`
+	// Permissions is what this agent's owner lets the controller run on its
+	// host (--allow-plan-scripts, --allow-exec-drivers). Nil from an agent
+	// older than the field, which refuses nothing.
+	Permissions *Permissions `json:"permissions,omitempty"`
+}
+
+// Permissions are the commands an agent runs for the controller; an agent
+// refuses the others with CodeFailedPrecondition naming the flag.
+type Permissions struct {
+	PlanScripts bool `json:"plan_scripts"` // MethodPlanScript
+	ExecDrivers bool `json:"exec_drivers"` // exec source and target driver commands
 }
 
 // HelloResponse tells the agent who the controller thinks it is.
