@@ -86,4 +86,3 @@ func requirePower(t *testing.T, file, want string) {
 	require.NoError(t, err)
 	require.Equal(t, want, strings.TrimSpace(string(b)), "the home machine's power state")
 }
-
