@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"iter"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 
 	"golang.org/x/time/rate"
 
@@ -27,8 +31,20 @@ type cycleDisk struct {
 	src     disk.Source
 	m       *blockmap.Map
 	trusted bool
-	bs      int
-	format  disk.Format // forced (DiskConfig.Format); "" detects
+	// fresh: the disk had no block map before this cycle (added to the
+	// machine): its map holds zeros and is not a witness of the head point.
+	fresh  bool
+	bs     int
+	format disk.Format // forced (DiskConfig.Format); "" detects
+	// resynced counts the bytes a hash resync compared (nil: not counted).
+	resynced *atomic.Int64
+}
+
+// compared counts block b as compared by a hash resync.
+func (d *cycleDisk) compared(b int64) {
+	if d.resynced != nil {
+		d.resynced.Add(blockBytes(b, d.bs, d.src.Size()))
+	}
 }
 
 // cycle takes a view, finds what changed and ships it; it returns the new
@@ -58,7 +74,7 @@ type cycleParams struct {
 	resync  bool            // compare every block with the controller's hashes
 	name    string          // a name for the point
 	keep    bool            // keep the view as the next cycle's base
-	report  func(ctx context.Context, phase, errText string, bytes, blocks int64)
+	report  reporter
 	// beforeHash, when set, runs as a hash resync of a disk begins (a
 	// crash test's pause point).
 	beforeHash func()
@@ -107,6 +123,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 	}()
 	begin := msg.CycleBeginRequest{Machine: cfg.Name, Map: msg.MapState{Valid: true}}
+	witnesses := 0 // disks whose maps say what the controller holds
 	for i, vd := range view.Disks {
 		d := &cycleDisk{name: vd.Name, view: vd, bs: cfg.Disks[i].BlockSize, format: disk.Format(cfg.Disks[i].Format)}
 		disks[i] = d
@@ -119,30 +136,52 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		if d.src.Size() == 0 {
 			return 0, fmt.Errorf("disk %s (%s) is empty (size 0): no point is made until it has data again", vd.Name, vd.Source)
 		}
-		if d.m, d.trusted, err = blockmap.Open(filepath.Join(dir, vd.Name+".map"), d.bs, d.src.Size(), blockmap.BootID()); err != nil {
+		mapPath := filepath.Join(dir, vd.Name+".map")
+		if _, err := os.Stat(mapPath); errors.Is(err, fs.ErrNotExist) && cfg.NewDisksAlone {
+			d.fresh = true
+		}
+		if d.m, d.trusted, err = blockmap.Open(mapPath, d.bs, d.src.Size(), blockmap.BootID()); err != nil {
 			return 0, fmt.Errorf("disk %s map: %w", vd.Name, err)
 		}
-		st := d.m.State()
-		if i == 0 {
-			begin.Map.HeadPoint, begin.Map.Pending = st.HeadPoint, st.Pending
-		} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
-			begin.Map.Valid = false // the disks' maps disagree
+		// A disk new to the machine is synced alone: the other disks' maps
+		// say what the controller holds, and the new one holds zeros (the
+		// controller checks that against its repository: NewMap).
+		if !d.fresh {
+			st := d.m.State()
+			if witnesses == 0 {
+				begin.Map.HeadPoint, begin.Map.Pending = st.HeadPoint, st.Pending
+			} else if st.HeadPoint != begin.Map.HeadPoint || st.Pending != begin.Map.Pending {
+				begin.Map.Valid = false // the disks' maps disagree
+			}
+			witnesses++
 		}
 		if !d.trusted || p.resync {
 			begin.Map.Valid = false
 		}
-		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs})
+		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs, NewMap: d.fresh})
 	}
 	var bresp msg.CycleBeginResponse
 	if err := a.call(ctx, msg.MethodCycleBegin, begin, &bresp); err != nil {
 		return 0, fmt.Errorf("begin cycle: %w", err)
 	}
 	sd := make([]ship.Disk, len(disks))
+	stopResync := func() {}
+	if bresp.Resync {
+		// A hash resync reads every block of every disk: its progress is
+		// the disks' bytes compared, reported like shipping's.
+		rp := &cycleProgress{phase: "resync", started: a.cfg.Now()}
+		for _, d := range disks {
+			rp.total += d.src.Size()
+			d.resynced = &rp.done
+		}
+		p.report(ctx, rp.request(0, 0))
+		stopResync = rp.watch(ctx, p.report, a.cfg.Now)
+	}
+	defer stopResync() // on an early return; stopping twice is harmless
 	for i, d := range disks {
 		var cands iter.Seq[ship.Candidate]
 		switch {
 		case bresp.Resync:
-			p.report(ctx, "resync", "", 0, 0)
 			log.Info("hash resync", "disk", d.name, "reason", bresp.ResyncReason)
 			if p.beforeHash != nil {
 				p.beforeHash()
@@ -164,7 +203,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 				log.Info("disk size changed: rechecking the blocks at its ends", "disk", d.name, "size", d.src.Size(), "blocks", len(rc))
 				cands = withRechecks(cands, rc)
 			}
-			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed {
+			if resumed := begin.Map.Valid && begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending; resumed && !d.fresh {
 				again, err := a.recheckPending(ctx, bresp.Cycle, uint16(i), d)
 				if err != nil {
 					return 0, fmt.Errorf("recheck the pending point's blocks of disk %s: %w", d.name, err)
@@ -180,14 +219,20 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 		sd[i] = ship.Disk{Index: uint16(i), Reader: d.src, Size: d.src.Size(), BlockSize: d.bs, Map: d.m, Candidates: cands}
 	}
+	stopResync()
 	var lim *rate.Limiter
 	if cfg.Bandwidth > 0 {
 		lim = rate.NewLimiter(rate.Limit(cfg.Bandwidth), int(min(cfg.Bandwidth, 4<<20)))
 	}
-	p.report(ctx, "shipping", "", 0, 0)
+	prog := &cycleProgress{phase: "shipping", started: a.cfg.Now()}
+	for _, d := range sd {
+		prog.total += candidateBytes(d.Candidates, d.BlockSize, d.Size)
+	}
+	p.report(ctx, prog.request(0, 0))
+	stopWatch := prog.watch(ctx, p.report, a.cfg.Now)
 	res, err := ship.Run(ctx, ship.Config{
 		Cycle: uint64(bresp.Cycle), Disks: sd, Streams: a.cfg.Streams, Patches: p.patches && bresp.Patches,
-		Limiter: lim, Compressor: a.comp, Log: log,
+		Limiter: lim, Compressor: a.comp, Log: log, Progress: func(n int64) { prog.done.Add(n) },
 		Open: func(ctx context.Context) (io.ReadWriteCloser, error) {
 			s, _ := a.currentSession()
 			if s == nil {
@@ -200,6 +245,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 			return st, nil
 		},
 	})
+	stopWatch()
 	if err != nil {
 		return 0, fmt.Errorf("ship: %w", err)
 	}
@@ -217,6 +263,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 	}
 	if p.keep {
+		dropStaleMaps(dir, cfg, log)
 		if err := view.Keep(eresp.PointID); err != nil {
 			log.Warn("keeping the view as the next base failed; the next cycle scans", "err", err)
 		}
@@ -225,7 +272,14 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	log.Info("point made", "point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
 		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes,
 		"container_read_bytes", a.ReadStats.Bytes.Load()) // since start: holes are never read
-	p.report(ctx, "idle", "", res.WireBytes, res.Sent)
+	// The cycle's last report: every byte done, the rate over the whole
+	// cycle, and what travelled.
+	final := prog.request(prog.total, 0)
+	if secs := a.cfg.Now().Sub(prog.started).Seconds(); secs > 0 {
+		final.RateBPS = int64(float64(prog.total) / secs)
+	}
+	final.Phase, final.BytesSent, final.BlocksSent = "idle", res.WireBytes, res.Sent
+	p.report(ctx, final)
 	return eresp.PointID, nil
 }
 
@@ -391,3 +445,25 @@ func withRechecks(cands iter.Seq[ship.Candidate], blocks []int64) iter.Seq[ship.
 }
 
 var errCut = errors.New("hash stream ended early")
+
+// dropStaleMaps removes the block maps of disks the machine no longer has
+// (machines update --remove-disk) once a point without them is committed:
+// such a map no longer says what the controller holds, and a disk added
+// again under that name is synced as a new one (NewMap).
+func dropStaleMaps(dir string, cfg msg.MachineConfig, log *slog.Logger) {
+	keep := map[string]bool{}
+	for _, d := range cfg.Disks {
+		keep[d.Name+".map"] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasSuffix(n, ".map") && !e.IsDir() && !keep[n] {
+			if err := os.Remove(filepath.Join(dir, n)); err != nil {
+				log.Warn("removing the block map of a removed disk failed", "map", n, "err", err)
+			}
+		}
+	}
+}

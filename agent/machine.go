@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -81,13 +82,15 @@ func (a *Agent) applyConfig(ms []msg.MachineConfig) {
 	for name, cfg := range want {
 		if ml, ok := a.machines[name]; ok {
 			if !reflect.DeepEqual(ml.config(), cfg) {
+				// The loop reads the latest config when it wakes (or at its
+				// next cycle when busy): a wake-up already queued must not
+				// bring back an older config.
+				ml.mu.Lock()
+				ml.cfg = cfg
+				ml.mu.Unlock()
 				select {
 				case ml.update <- cfg:
 				default:
-					// The loop is busy; it reads the latest config next.
-					ml.mu.Lock()
-					ml.cfg = cfg
-					ml.mu.Unlock()
 				}
 			}
 			continue
@@ -155,10 +158,13 @@ func (m *machineLoop) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case c := <-m.update:
-			m.mu.Lock()
-			m.cfg = c
-			m.mu.Unlock()
+		case <-m.update:
+			if c := m.config(); !slices.Equal(c.Disks, cfg.Disks) {
+				// A disk added or removed, or a new block size (machines
+				// update): cycle now rather than at the next interval, so
+				// the new disk (or every disk) is protected without waiting.
+				lastCycle = time.Time{}
+			}
 			continue
 		case tr := <-m.trigger:
 			t = &tr
@@ -199,7 +205,7 @@ func (m *machineLoop) run(ctx context.Context) {
 			}
 			retry = min(max(2*retry, time.Second), max(cfg.RPEvery, 5*time.Second), 30*time.Second)
 			log.Warn("cycle failed", "err", err, "retry_in", retry)
-			m.report(ctx, "error", err.Error(), 0, 0)
+			m.report(ctx, msg.ReportRequest{Phase: "error", Error: err.Error()})
 			continue
 		}
 		retry, patches = 0, true
@@ -211,11 +217,11 @@ func (m *machineLoop) run(ctx context.Context) {
 }
 
 // report tells the controller how replication goes (best effort).
-func (m *machineLoop) report(ctx context.Context, phase, errText string, bytes, blocks int64) {
+func (m *machineLoop) report(ctx context.Context, r msg.ReportRequest) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m.a.call(ctx, msg.MethodReport, msg.ReportRequest{Machine: m.config().Name, Phase: phase, Error: errText,
-		BytesSent: bytes, BlocksSent: blocks}, &struct{}{})
+	r.Machine = m.config().Name
+	m.a.call(ctx, msg.MethodReport, r, &struct{}{})
 }
 
 func snapDisks(cfg msg.MachineConfig) []snapshot.Disk {

@@ -53,6 +53,7 @@ func (a *Agent) resync(ctx context.Context, cycle int64, idx uint16, d *cycleDis
 	n := d.m.Len()
 	var set []blockmap.Entry
 	for b := int64(0); b < n; b++ {
+		d.compared(b)
 		for more && next.block < b {
 			next, more = <-ctrl // beyond the view's size: ignored
 		}

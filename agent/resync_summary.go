@@ -132,6 +132,7 @@ func resyncSummaryOn(ctx context.Context, st io.ReadWriter, cycle int64, idx uin
 	e := 0
 	n := d.m.Len()
 	for b := int64(0); b < n; b++ {
+		d.compared(b)
 		summarized := more && next.block == b
 		lo, hi := b*int64(d.bs), (b+1)*int64(d.bs)
 		for e < len(ext) && ext[e].Offset+ext[e].Length <= lo {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -64,7 +65,8 @@ func TestResyncSummaryNeverMissesACollidedBlock(t *testing.T) {
 		require.NoError(t, err)
 		m, _, err := blockmap.Open(filepath.Join(dir, "d.map"), bs, blocks*bs, "boot")
 		require.NoError(t, err)
-		d := &cycleDisk{name: "d", src: src, m: m, bs: bs}
+		var resynced atomic.Int64 // the resync's live progress
+		d := &cycleDisk{name: "d", src: src, m: m, bs: bs, resynced: &resynced}
 
 		agentEnd, ctrlEnd := net.Pipe()
 		done := make(chan []int64, 1)
@@ -130,6 +132,7 @@ func TestResyncSummaryNeverMissesACollidedBlock(t *testing.T) {
 		require.NoError(t, <-errc)
 		dirty := <-done
 		ctrlEnd.Close()
+		require.Equal(t, int64(blocks*bs), resynced.Load(), "progress counts every block of the disk compared")
 		if mismatch {
 			require.Equal(t, []int64{0, 1, 2, 3, 4, 5, 6, 7}, dirty, "a group whose digest failed is sent whole")
 			require.Equal(t, blockmap.Unknown, m.Get(1))

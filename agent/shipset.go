@@ -54,7 +54,7 @@ func (a *Agent) handleShip(m *rpc.Mux) {
 		id, err := a.runCycle(ctx, cycleParams{
 			cfg: cfg, driver: stopped{}, resync: true, name: req.Name,
 			mapDir: filepath.Join(a.state.Dir, "ship", req.Ref.Machine+"-"+req.Ref.Set),
-			report: func(context.Context, string, string, int64, int64) {},
+			report: func(context.Context, msg.ReportRequest) {},
 			beforeHash: func() {
 				if a.cfg.TestPause != nil {
 					a.cfg.TestPause(PauseShipHash)

@@ -31,7 +31,7 @@ func (a *Agent) handleTarget(m *rpc.Mux) {
 		if err != nil {
 			return nil, err
 		}
-		return msg.TargetStatusResponse{Sets: sets, BytesWritten: site.BytesWritten(), RepositoryKey: a.repositoryKey()}, nil
+		return msg.TargetStatusResponse{Sets: sets, BytesWritten: site.BytesWritten(), RepositoryKey: a.repositoryKey(), FreeBytes: freeBytes(req.Dir)}, nil
 	})
 	m.Handle(msg.MethodTargetPromote, func(ctx context.Context, body json.RawMessage) (any, error) {
 		req, err := rpc.Decode[msg.TargetRef](body)

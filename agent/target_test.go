@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -181,6 +182,9 @@ func TestTargetOperations(t *testing.T) {
 	st, err := call[msg.TargetStatusResponse](t, ctrl, msg.MethodTargetStatus, msg.TargetStatusRequest{Dir: dir, Machine: "web"})
 	require.NoError(t, err)
 	require.Empty(t, st.Sets)
+	if runtime.GOOS == "linux" {
+		require.Positive(t, st.FreeBytes, "the free space of the target directory's filesystem (a plan's dry run shows it)")
+	}
 
 	h := msg.RestoreHeader{Ref: msg.TargetRef{Dir: dir, Machine: "web", Set: "staged"}, To: 3, Disks: []msg.TargetDisk{disk}}
 	_, err = restore(t, ctrl, h, content, all)

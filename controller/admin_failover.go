@@ -117,10 +117,10 @@ func (s *Server) startJob(ctx context.Context, kind string, machines []string, s
 
 // Failover starts a failover, test failover or planned failover.
 func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job, error) {
-	if req.Plan != "" {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version: fail machines over one by one")
+	if req.Plan != "" && req.Machine != "" {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "give a machine or --plan, not both")
 	}
-	if req.Machine == "" {
+	if req.Machine == "" && req.Plan == "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "name a machine")
 	}
 	switch {
@@ -133,6 +133,17 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 	}
 	if err := points.CheckSpec(req.Point); err != nil {
 		return api.Job{}, apiErr(err)
+	}
+	if req.Plan != "" {
+		if err := checkPlanPoint(req.Point); err != nil {
+			return api.Job{}, err
+		}
+		key := req.Key
+		req.Key = nil
+		if req.DryRun {
+			return s.planDryRun(ctx, req, key)
+		}
+		return s.startPlanJob(ctx, req.Plan, planFailoverVerb(req), failover.Spec{Req: req}, key, req.Timeout)
 	}
 	kind, action := failover.KindFailover, lifecycle.Failover
 	switch {
@@ -162,7 +173,7 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 // Commit ends a failover and deletes the machine's recovery points.
 func (s *Server) Commit(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
 	if req.Plan != "" {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+		return s.startPlanJob(ctx, req.Plan, failover.KindCommit, failover.Spec{}, nil, 0)
 	}
 	if err := s.requireState(ctx, req.Machine, lifecycle.Commit); err != nil {
 		return api.Job{}, err
@@ -178,6 +189,12 @@ func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) 
 	if err := points.CheckSpec(req.Point); err != nil {
 		return api.Job{}, apiErr(err)
 	}
+	if req.Plan != "" {
+		if err := checkPlanPoint(req.Point); err != nil {
+			return api.Job{}, err
+		}
+		return s.startPlanJob(ctx, req.Plan, failover.KindChangePoint, failover.Spec{Point: req.Point}, req.Key, 0)
+	}
 	if err := s.requireState(ctx, req.Machine, lifecycle.ChangePoint); err != nil {
 		return api.Job{}, err
 	}
@@ -185,13 +202,14 @@ func (s *Server) ChangePoint(ctx context.Context, req api.MachineActionRequest) 
 	if m, err := s.cat.Machine(ctx, req.Machine); err == nil && m.State == catalog.StateFailedBack {
 		kind = failover.KindChangePointHome // the home disks move
 	}
-	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point}, req.Key, 0)
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Point: req.Point,
+		Req: api.FailoverRequest{AllowDamaged: req.AllowDamaged}}, req.Key, 0)
 }
 
 // Cleanup ends a test failover.
 func (s *Server) Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
 	if req.Plan != "" {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+		return s.startPlanJob(ctx, req.Plan, failover.KindCleanup, failover.Spec{}, nil, 0)
 	}
 	if err := s.requireState(ctx, req.Machine, lifecycle.Cleanup); err != nil {
 		return api.Job{}, err
@@ -207,11 +225,14 @@ func (s *Server) Cleanup(ctx context.Context, req api.MachineActionRequest) (api
 // other one: home after a committed failover, to the recovery site again
 // after a failback.
 func (s *Server) Reprotect(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
-	if req.Plan != "" {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
-	}
 	if req.StopSource && req.SourceIsOff {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "give --stop-source or --source-is-off, not both")
+	}
+	if req.Plan != "" {
+		if req.Target != "" {
+			return api.Job{}, api.Errorf(api.CodeInvalid, "--target names one machine's new replica: re-protect a plan without it")
+		}
+		return s.startPlanJob(ctx, req.Plan, failover.KindReprotect, failover.Spec{Action: req}, nil, 0)
 	}
 	if err := s.requireState(ctx, req.Machine, lifecycle.Reprotect); err != nil {
 		return api.Job{}, err
@@ -230,7 +251,7 @@ func (s *Server) Reprotect(ctx context.Context, req api.MachineActionRequest) (a
 // Failback brings a machine replicating home back home.
 func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
 	if req.Plan != "" {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version")
+		return s.planFailback(ctx, req)
 	}
 	if req.Test {
 		return s.testFailback(ctx, req)
@@ -297,9 +318,5 @@ func (s *Server) CancelJob(ctx context.Context, id string) (api.Job, error) {
 
 // ResumeJob continues a job waiting on a manual action.
 func (s *Server) ResumeJob(ctx context.Context, id string) (api.Job, error) {
-	j, err := s.jobs.Get(ctx, id)
-	if err != nil {
-		return j, err
-	}
-	return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a job waiting on a manual action can be resumed (recovery plans)", id, j.State)
+	return s.jobs.Continue(ctx, id)
 }

@@ -55,7 +55,7 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 			return api.Machine{}, err
 		}
 	}
-	if err := s.refuseProtectedDisks(ctx, a, req); err != nil {
+	if err := s.refuseProtectedDisks(ctx, a, req, ""); err != nil {
 		return api.Machine{}, err
 	}
 	if req.Policy == "" {
@@ -124,15 +124,19 @@ func (s *Server) Protect(ctx context.Context, req api.ProtectRequest) (api.Machi
 // protects on the same agent: two machines replicating one disk would
 // each fail over onto it. Paths are compared as given (cleaned); two
 // names of one device (a symlink, /dev/disk/by-id) are not recognised.
-func (s *Server) refuseProtectedDisks(ctx context.Context, a catalog.Agent, req api.ProtectRequest) error {
+// The machine named self (one being updated) is left out.
+func (s *Server) refuseProtectedDisks(ctx context.Context, a catalog.Agent, req api.ProtectRequest, self string) error {
 	ms, err := s.cat.Machines(ctx, a.ID)
 	if err != nil {
 		return err
 	}
 	for _, d := range req.Disks {
 		for _, m := range ms {
+			if m.Name == self {
+				continue
+			}
 			for _, od := range m.Spec.Disks {
-				if filepath.Clean(od.Path) == filepath.Clean(d.Path) {
+				if cleanPath(od.Path) == cleanPath(d.Path) {
 					return api.Errorf(api.CodeConflict, "disk %s (%s) on agent %s is already protected by machine %s (its disk %s): a disk can be protected by one machine only; unprotect %s first",
 						d.Name, d.Path, a.Name, m.Name, od.Name, m.Name)
 				}
@@ -141,6 +145,8 @@ func (s *Server) refuseProtectedDisks(ctx context.Context, a catalog.Agent, req 
 	}
 	return nil
 }
+
+func cleanPath(p string) string { return filepath.Clean(p) }
 
 // refuseOccupiedTarget refuses to protect a machine under a name whose
 // directory at the target already holds live disks — another machine's,
@@ -199,6 +205,7 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 	s.ing.ForgetMachine(machine)
 	s.replMu.Lock()
 	delete(s.repl, machine)
+	delete(s.progress, machine)
 	s.replMu.Unlock()
 	if err := s.pushConfig(ctx, m.AgentID); err != nil {
 		s.log.Warn("config push failed", "agent", m.AgentID, "err", err)
@@ -279,9 +286,7 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	for _, d := range m.Spec.Disks {
 		out.Disks = append(out.Disks, api.MachineDisk{Name: d.Name, SourcePath: d.Path, SourceFormat: d.Format, Size: sizes[d.Name]})
 	}
-	s.replMu.Lock()
-	out.Replication = s.repl[m.Name]
-	s.replMu.Unlock()
+	out.Replication, out.Progress = s.replication(m.Name)
 	if out.Job, err = s.cat.MachineJob(ctx, m.Name); err != nil {
 		return api.Machine{}, err
 	}
@@ -313,6 +318,9 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 			cancel()
 		}
 	}
+	if out.Audit, err = s.machineAudit(ctx, m.Name, pts); err != nil {
+		return api.Machine{}, err
+	}
 	conn, connected := s.agents.get(m.AgentID)
 	var skew time.Duration
 	if connected {
@@ -320,9 +328,10 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	}
 	out.RPOSeconds, out.Health, out.HealthReason = points.Health(points.HealthInput{
 		Now: s.now(), LastPoint: out.LastPoint, Protected: m.Created, Threshold: pol.RPOThreshold.Std(),
-		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew, Replicating: replicates(m.State),
+		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew,
+		Replicating: replicationStopped(m) == "", NotReplicating: replicationStopped(m),
 		DiskFull: s.disk.check(false) != nil, OverQuota: s.overQuota(pts),
-		DamagedPoints: damagedPoints(pts),
+		DamagedPoints: damagedPoints(pts), DamageDetail: damageDetail(out.Audit),
 	})
 	if !connected {
 		out.Reasons = append(out.Reasons, "source agent "+a.Name+" is not connected")

@@ -80,18 +80,23 @@ func (s *Server) GC(ctx context.Context) (api.GCReport, error) {
 	return api.GCReport{ChunksDeleted: r.ChunksDeleted, PacksDeleted: r.PacksDeleted, PacksRepacked: r.PacksRepacked, BytesFreed: r.BytesFreed}, nil
 }
 
-// damageFound acts on what a verify found: the damaged chunks are marked in
-// the repository (no cycle deduplicates against them any more, the points
-// that read them are shown damaged and left out of latest*), and every
+// damageFound acts on what a verify or a point-audit pass found: the
+// damaged chunks are marked in the repository (no cycle deduplicates
+// against them any more, the points that read them are shown damaged and
+// left out of latest*), and every
 // affected machine's next cycle compares all its blocks with the
 // controller's hashes, which leave the damaged chunks out, so the agent
 // sends that content again and the repository stores it anew.
 func (s *Server) damageFound(ctx context.Context, r storage.VerifyReport) error {
 	var hashes []storage.Hash
+	var missing []int64
 	machines := map[string]bool{}
 	for _, d := range r.Damaged {
 		if d.Hash != (storage.Hash{}) {
 			hashes = append(hashes, d.Hash)
+		}
+		if d.ChunkID != 0 {
+			missing = append(missing, d.ChunkID)
 		}
 		for _, a := range d.Affected {
 			machines[a.Machine] = true
@@ -103,6 +108,14 @@ func (s *Server) damageFound(ctx context.Context, r storage.VerifyReport) error 
 	}
 	if n > 0 {
 		s.log.Warn("damaged chunks marked: they will be stored again", "chunks", n, "machines", len(machines))
+	}
+	// Chunks rows name but the index lacks (an incomplete index): their
+	// points are damaged for good, their content unknown.
+	if n, err = s.repo.MarkMissing(ctx, missing, "verify"); err != nil {
+		return err
+	}
+	if n > 0 {
+		s.log.Warn("chunks missing from the index marked: the points reading them are damaged", "chunks", n)
 	}
 	for name := range machines {
 		m, err := s.cat.Machine(ctx, name)

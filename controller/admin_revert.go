@@ -13,7 +13,7 @@ import (
 // and replicates from there again.
 func (s *Server) Revert(ctx context.Context, req api.MachineActionRequest) (api.Job, error) {
 	if req.Plan != "" {
-		return api.Job{}, api.Errorf(api.CodeInvalid, "recovery plans are not available in this version: revert machines one by one")
+		return s.startPlanJob(ctx, req.Plan, failover.KindRevert, failover.Spec{}, nil, 0)
 	}
 	if req.Machine == "" {
 		return api.Job{}, api.Errorf(api.CodeInvalid, "name a machine")

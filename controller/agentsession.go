@@ -172,6 +172,11 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if err := s.replicating(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
 		}
+		s.specMu.RLock()
+		defer s.specMu.RUnlock()
+		if err := s.cycleMatchesSpec(ctx, c.agentID, req); err != nil {
+			return nil, err
+		}
 		if err := s.disk.check(true); err != nil {
 			return nil, err // ingest pauses: the agent retries
 		}
@@ -204,13 +209,7 @@ func (s *Server) agentMux(c *agentConn) *rpc.Mux {
 		if _, err := s.requireActsFor(ctx, c.agentID, req.Machine); err != nil {
 			return nil, err
 		}
-		s.replMu.Lock()
-		r := s.repl[req.Machine]
-		r.Phase, r.LastError, r.Progress = req.Phase, req.Error, req.Progress
-		r.BytesSent, r.BlocksSent = req.BytesSent, req.BlocksSent
-		r.LastCycle = s.now()
-		s.repl[req.Machine] = r
-		s.replMu.Unlock()
+		s.recordReport(req, c.clockOffset())
 		return struct{}{}, nil
 	})
 	return m

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/controller/jobs"
+	"github.com/ferrydr/ferry/controller/scrub"
 )
 
 // Config is the controller's configuration; cmd/ferry fills it from flags.
@@ -42,14 +43,37 @@ type Config struct {
 	// Scripts holds install.sh and install.ps1 (the scripts package, wired
 	// by cmd/ferry); nil serves neither.
 	Scripts fs.FS
+	// AuditRate is the point audit's read rate in bytes/s (controller/scrub,
+	// docs/audit.md); 0 disables the background audit.
+	AuditRate int64
+	// AuditEvery: each retained point is re-read this long after its
+	// commit or its last audit (default scrub.DefaultEvery).
+	AuditEvery time.Duration
 	// Hooks are test hooks of the job engine (step boundaries, and the
 	// failpoints of jobs and staging moves); the zero value in production.
 	Hooks jobs.Hooks
+	// Alerts times alert evaluation and delivery; zero fields take the
+	// defaults of DefaultAlertTiming.
+	Alerts AlertTiming
 }
+
+// AlertTiming is how often incidents are judged and how deliveries retry.
+type AlertTiming struct {
+	Every          time.Duration // between two evaluations
+	AgentLostAfter time.Duration // disconnected this long: agent-lost
+	Backoff        time.Duration // first retry wait, doubling
+	MaxBackoff     time.Duration
+	MaxAttempts    int
+}
+
+// DefaultAlertTiming: incidents judged every 2 s, an agent lost after a
+// minute away, a delivery tried 10 times over about 8.5 minutes.
+var DefaultAlertTiming = AlertTiming{Every: 2 * time.Second, AgentLostAfter: time.Minute,
+	Backoff: time.Second, MaxBackoff: 5 * time.Minute, MaxAttempts: 10}
 
 // DefaultConfig holds CLI.md's defaults.
 func DefaultConfig() Config {
-	return Config{DataDir: "/var/lib/ferry", Listen: ":7443", Reserve: -1}
+	return Config{DataDir: "/var/lib/ferry", Listen: ":7443", Reserve: -1, AuditRate: scrub.DefaultRate, AuditEvery: scrub.DefaultEvery}
 }
 
 // Validate fills derived defaults and checks the configuration.
@@ -71,11 +95,29 @@ func (c *Config) Validate() error {
 	if c.AdminSocket == "" {
 		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
 	}
+	if c.AuditRate < 0 {
+		return fmt.Errorf("--audit-rate %d: want bytes/s, 0 to disable", c.AuditRate)
+	}
+	if c.AuditEvery < 0 {
+		return fmt.Errorf("--audit-every %s: want a positive duration", c.AuditEvery)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	d := DefaultAlertTiming
+	for _, f := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&c.Alerts.Every, d.Every}, {&c.Alerts.AgentLostAfter, d.AgentLostAfter}, {&c.Alerts.Backoff, d.Backoff}, {&c.Alerts.MaxBackoff, d.MaxBackoff}} {
+		if *f.v <= 0 {
+			*f.v = f.def
+		}
+	}
+	if c.Alerts.MaxAttempts <= 0 {
+		c.Alerts.MaxAttempts = d.MaxAttempts
 	}
 	return nil
 }

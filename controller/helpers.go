@@ -89,6 +89,7 @@ func (s *Server) machine(ctx context.Context, name string) (catalog.Machine, err
 
 // pointCommitted moves a syncing machine to protected and applies retention.
 func (s *Server) pointCommitted(machine string, p storage.Point) {
+	s.metrics.pointCommitted(machine, p)
 	ctx := context.Background()
 	m, err := s.cat.Machine(ctx, machine)
 	if err != nil {
@@ -134,7 +135,9 @@ func (s *Server) applyRetention(ctx context.Context, m catalog.Machine) {
 	if err != nil {
 		s.log.Warn("retention failed", "machine", m.Name, "err", err)
 	} else if n > 0 {
-		s.log.Info("retention pruned points", "machine", m.Name, "points", n)
+		// Debug: pruning follows every cycle at steady state, and the
+		// info log says one line per cycle (point committed).
+		s.log.Debug("retention pruned points", "machine", m.Name, "points", n)
 	}
 }
 
@@ -172,6 +175,8 @@ func (s *Server) machineConfig(ctx context.Context, m catalog.Machine) (msg.Mach
 		// A live failover stops replication before any disk is touched;
 		// the controller may still ask for one more cycle (cycle.now).
 		Paused: m.Failover != nil && m.Failover.Set == "live",
+		// Ingest.Begin checks DiskInfo.NewMap against the repository.
+		NewDisksAlone: true,
 	}
 	bs := m.Spec.BlockSize
 	if bs == 0 {

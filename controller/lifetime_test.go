@@ -46,7 +46,7 @@ func startController(t *testing.T, data, sock string) (*admin.Client, func() err
 			buf := make([]byte, 1<<20)
 			stacks := string(buf[:runtime.Stack(buf, true)])
 			for _, g := range strings.Split(stacks, "\n\n") {
-				for _, part := range []string{"ferry/controller.(*Server)", "ferry/controller/failover.", "ferry/controller/jobs."} {
+				for _, part := range []string{"ferry/controller.(*Server)", "ferry/controller/failover.", "ferry/controller/jobs.", "ferry/controller/alerts."} {
 					require.NotContains(t, g, part, "a goroutine of the stopped controller still runs")
 				}
 			}

@@ -18,12 +18,14 @@ import (
 	"time"
 
 	"github.com/ferrydr/ferry/controller/admin"
+	"github.com/ferrydr/ferry/controller/alerts"
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/controller/failover"
 	"github.com/ferrydr/ferry/controller/ingest"
 	"github.com/ferrydr/ferry/controller/jobs"
 	"github.com/ferrydr/ferry/controller/pki"
+	"github.com/ferrydr/ferry/controller/scrub"
 	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/storage"
@@ -42,17 +44,28 @@ type Server struct {
 	fo     *failover.Engine
 	jobs   *jobs.Engine
 	stager *failover.Stager
+	audit  *scrub.Auditor // the point audit
 
 	agentAddr string
 
 	replMu sync.Mutex
 	repl   map[string]api.Replication // per machine, as its agent reports
+	// progress is each machine's live cycle progress (progress.go).
+	progress map[string]api.ReplicationProgress
 
 	pruneMu sync.Mutex // retention runs one at a time
 
+	// specMu orders `machines update` against cycle.begin: a cycle checked
+	// against the old disks never begins after the update dropped the
+	// repository's rows of them (a block-size change, a rename).
+	specMu sync.RWMutex
 	planMu sync.Mutex // plan edits read, change and write a plan whole
 
 	disk *diskGuard // the free-space reserve of DataDir
+
+	metrics  *metrics         // Prometheus metrics, served at /metrics
+	notifier *alerts.Notifier // delivers alert notifications
+	alertMu  sync.Mutex       // incidents judged, or a rule added and caught up
 
 	// runCtx is Run's context; bg counts the goroutines Run waits for.
 	runCtx context.Context
@@ -64,8 +77,12 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
-		agents: newRegistry(), repl: map[string]api.Replication{}}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "controller"), now: cfg.Now,
+		agents: newRegistry(), repl: map[string]api.Replication{},
+		progress: map[string]api.ReplicationProgress{}}
+	s.metrics = newMetrics(s)
+	s.notifier = s.newNotifier()
+	return s, nil
 }
 
 // Run serves until ctx ends. The job engine runs before any listener
@@ -89,6 +106,7 @@ func (s *Server) Run(parent context.Context) error {
 		s.agents.closeAll()
 		s.bg.Wait()
 		s.jobs.Wait()
+		s.notifier.Wait() // after the jobs and the alert loop: nothing sends any more
 		s.close()
 	}()
 	if err := s.jobs.Resume(ctx); err != nil {
@@ -96,6 +114,8 @@ func (s *Server) Run(parent context.Context) error {
 	}
 	s.spawn(func() { s.stager.Run(ctx) })
 	s.spawn(func() { s.retentionLoop(ctx) })
+	s.spawn(func() { s.alertLoop(ctx) })
+	s.spawn(func() { s.audit.Run(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -121,7 +141,8 @@ func (s *Server) Run(parent context.Context) error {
 			}
 		})
 	}
-	serve(&http.Server{Handler: admin.NewServer(s, "", s.log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}, adminLn)
+	serve(&http.Server{Handler: s.adminHandler(""), ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: admin.SocketConnContext}, adminLn)
 	serve(limitedHTTPServer(s.installHandler()), httpLn)
 	adminAddr := s.cfg.AdminSocket
 	if s.cfg.AdminListen != "" {
@@ -136,7 +157,7 @@ func (s *Server) Run(parent context.Context) error {
 		// Each connection is charged until it closes (docs/limits.md).
 		ln := tls.NewListener(budgetListener{Listener: raw, b: newBudget(adminBudget), cost: httpCost},
 			s.serverTLS([]string{"http/1.1"}, tls.NoClientCert))
-		serve(limitedHTTPServer(admin.NewServer(s, token, s.log.With("component", "admin"))), ln)
+		serve(limitedHTTPServer(s.adminHTTP(token)), ln)
 		adminAddr = "https://" + ln.Addr().String()
 	}
 	s.spawn(func() {
@@ -151,6 +172,13 @@ func (s *Server) Run(parent context.Context) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// adminHandler is the admin API with /metrics, behind token when set.
+func (s *Server) adminHandler(token string) *admin.Server {
+	a := admin.NewServer(s, token, s.log.With("component", "admin"))
+	a.Mount("GET /metrics", s.metrics.handler())
+	return a
 }
 
 // spawn runs f in a goroutine that Run waits for before it returns. Call
@@ -201,13 +229,15 @@ func (s *Server) open(ctx context.Context) error {
 	}
 	s.ing, err = ingest.New(ingest.Config{
 		Repo: s.repo, Log: s.log.With("component", "ingest"), Now: s.now,
-		OnCommit: s.pointCommitted, CanPatch: !s.repo.Encrypted(),
+		OnCommit: s.pointCommitted, OnStored: s.metrics.batchStored, CanPatch: !s.repo.Encrypted(),
 		Owners: s.machinesOf,
 	})
 	if err != nil {
 		return err
 	}
 	s.openFailover()
+	s.audit = scrub.New(scrub.Config{Repo: s.repo, Store: s.cat, Log: s.log.With("component", "audit"), Now: s.now,
+		Rate: s.cfg.AuditRate, Every: s.cfg.AuditEvery, OnDamage: s.damageFound})
 	return nil
 }
 

@@ -51,6 +51,7 @@ func (s *Server) openFailover() {
 	}
 	s.jobs = jobs.New(s.cat, s.fo.Kinds(), s.log.With("component", "jobs"), s.now)
 	s.jobs.SetHooks(s.cfg.Hooks)
+	s.jobs.OnEnd(s.jobEnded)
 	s.stager = failover.NewStager(s.fo, func(ctx context.Context, machine string) bool {
 		id, err := s.cat.MachineJob(ctx, machine)
 		return err != nil || id != ""

@@ -113,6 +113,7 @@ type Repository interface {
 	HasChunksOf(ctx context.Context, owners []string, hashes []Hash) ([]bool, error)
 	ReadChunk(ctx context.Context, h Hash) ([]byte, error)
 	MarkDamaged(ctx context.Context, hashes []Hash, reason string) (int, error)
+	MarkMissing(ctx context.Context, chunkIDs []int64, reason string) (int, error)
 	DamagedHashes(ctx context.Context) (map[Hash]bool, error)
 
 	BeginPoint(ctx context.Context, machine string, disks []DiskSpec) (*Pending, error)

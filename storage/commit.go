@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
@@ -42,6 +43,9 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 	}
 	disks, diskIDs, err := c.pointDisks(ctx, p.ID)
 	if err != nil {
+		return Point{}, err
+	}
+	if disks, diskIDs, err = c.dropLeftDisks(ctx, p, disks, diskIDs); err != nil {
 		return Point{}, err
 	}
 	// A disk that shrank: the cut-off blocks become zero rows of this
@@ -191,4 +195,40 @@ func (c *core) pointChanges(ctx context.Context, diskID, seq, after int64, limit
 		out = append(out, ch)
 	}
 	return out, rows.Err()
+}
+
+// dropLeftDisks takes out of pending point p the disks an earlier attempt
+// of it had and the attempt being committed did not begin with (a disk
+// removed from the machine meanwhile), with the rows that attempt wrote of
+// them, so that the index keeps only what the commit records: the point
+// lists the disks of its last attempt. Call with writeMu held.
+func (c *core) dropLeftDisks(ctx context.Context, p *Pending, disks []DiskSpec, ids []int64) ([]DiskSpec, []int64, error) {
+	if p.only == nil {
+		return disks, ids, nil
+	}
+	var keptDisks []DiskSpec
+	var keptIDs []int64
+	var left []int64
+	for i, d := range disks {
+		if p.only[d.Name] {
+			keptDisks, keptIDs = append(keptDisks, d), append(keptIDs, ids[i])
+		} else {
+			left = append(left, ids[i])
+		}
+	}
+	if len(left) == 0 {
+		return disks, ids, nil
+	}
+	err := c.inTx(ctx, func(tx *sql.Tx) error {
+		for _, did := range left {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM point_disks WHERE point_id=? AND disk_id=?`, p.ID, did); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM changes WHERE seq=? AND disk_id=?`, p.ID, did); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return keptDisks, keptIDs, err
 }

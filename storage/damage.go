@@ -46,6 +46,42 @@ func (r *Repo) MarkDamaged(ctx context.Context, hashes []Hash, reason string) (i
 	return int(n), tx.Commit()
 }
 
+// MarkMissing records chunk ids that rows name but the index does not
+// hold (Verify's Damage.ChunkID) as damaged: Points then flags the
+// committed points that read one as Damaged, like a damaged chunk's. No
+// content can heal such a mark (its hash is unknown): it goes when the
+// rows naming it do (retention, DeleteMachine) or with Rebuild. Ids that
+// are stored chunks are ignored (MarkDamaged is for those). It returns how
+// many ids were newly marked.
+func (r *Repo) MarkMissing(ctx context.Context, ids []int64, reason string) (int, error) {
+	c := r.c
+	if err := c.check(); err != nil {
+		return 0, err
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	n := int64(0)
+	now := time.Now().UnixNano()
+	for _, id := range ids {
+		res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO damaged_chunks(chunk_id, found_ns, reason)
+			SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM chunks WHERE id=?)`, id, now, reason, id)
+		if err != nil {
+			return 0, err
+		}
+		k, _ := res.RowsAffected()
+		n += k
+	}
+	return int(n), tx.Commit()
+}
+
 // DamagedHashes lists the hashes of the chunks marked damaged.
 func (r *Repo) DamagedHashes(ctx context.Context) (map[Hash]bool, error) {
 	if err := r.c.check(); err != nil {

@@ -17,6 +17,10 @@ type Pending struct {
 	Disks   []DiskSpec
 	diskIDs map[string]int64
 	specs   map[string]DiskSpec
+	// only names the disks this attempt of the point began with
+	// (BeginPoint); nil when loaded otherwise. Commit drops a disk an
+	// earlier attempt had and this one has not (removed from the machine).
+	only map[string]bool
 }
 
 func validName(kind, s string) error {
@@ -103,7 +107,15 @@ func (r *Repo) BeginPoint(ctx context.Context, machine string, disks []DiskSpec)
 	if err := tx.Commit(); err != nil {
 		return nil, err
 	}
-	return r.loadPending(ctx, id)
+	p, err := r.loadPending(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	p.only = map[string]bool{}
+	for _, d := range disks {
+		p.only[d.Name] = true
+	}
+	return p, nil
 }
 
 // PendingPoint returns the machine's pending point, or ErrNotFound.

@@ -448,3 +448,13 @@ func pointRetainedBetween(ctx context.Context, tx *sql.Tx, machine string, lo, h
 	}
 	return n > 0
 }
+
+// DiskNames lists the disks the repository holds rows of for a machine —
+// any point's, pending or committed, the newest or not: a disk name listed
+// here may read stored blocks through a later point that has it again.
+func (r *Repo) DiskNames(ctx context.Context, machine string) ([]string, error) {
+	if err := r.c.check(); err != nil {
+		return nil, err
+	}
+	return column[string](r.c.db.QueryContext(ctx, `SELECT name FROM disks WHERE machine=? ORDER BY name`, machine))
+}

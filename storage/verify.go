@@ -15,6 +15,13 @@ import (
 type VerifyOptions struct {
 	Machine  string // only chunks this machine's disks reference; "" = all
 	ReadData bool   // also decrypt (with a key), decompress and re-hash
+	// Plan, when set, learns how many chunks the pass will read, before
+	// it reads any (a scrub's progress).
+	Plan func(chunks int)
+	// Pace, when set, is called before each chunk is read with its stored
+	// length; it may sleep to hold a read rate (the point audit) and its
+	// error (the context's) ends the pass.
+	Pace func(ctx context.Context, bytes int64) error
 }
 
 // PointDisk names the blocks of one disk of one point that a damaged chunk
@@ -28,6 +35,10 @@ type PointDisk struct {
 
 // Damage is one damaged chunk, record or pack and what it affects.
 type Damage struct {
+	// ChunkID is set for a chunk that rows name but the index does not
+	// hold (an incomplete index: no hash to name it by); MarkMissing
+	// marks it.
+	ChunkID  int64
 	Hash     Hash
 	Pack     string
 	Offset   int64
@@ -64,29 +75,40 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 	if err != nil {
 		return rep, err
 	}
+	if opts.Plan != nil {
+		opts.Plan(len(ids))
+	}
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		row, err := c.chunkByID(ctx, id)
+		if opts.Pace != nil {
+			// Paced by the chunk's length before it is looked up again
+			// under gcMu (the pacer's sleep must not hold GC up).
+			var length int64
+			if c.db.QueryRowContext(ctx, `SELECT length FROM chunks WHERE id=?`, id).Scan(&length) == nil {
+				if err := opts.Pace(ctx, length); err != nil {
+					return rep, err
+				}
+			}
+		}
+		row, gone, err := c.verifyChunk(ctx, r, id, rep.Plaintext)
+		if gone {
+			continue
+		}
 		if errors.Is(err, ErrChunkMissing) {
-			d := Damage{Err: err}
+			d := Damage{ChunkID: id, Err: err}
 			if d.Affected, err = c.affected(ctx, id); err != nil {
 				return rep, err
 			}
 			rep.Damaged = append(rep.Damaged, d)
 			continue
 		}
-		if err != nil {
+		if row.id == 0 && err != nil {
 			return rep, err
 		}
 		rep.Chunks++
 		rep.Bytes += row.length
-		if rep.Plaintext {
-			_, err = r.readChunkRow(ctx, row)
-		} else {
-			_, err = c.readChunkRecord(row)
-		}
 		if err == nil {
 			continue
 		}
@@ -100,6 +122,34 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		rep.Damaged = append(rep.Damaged, d)
 	}
 	return rep, nil
+}
+
+// verifyChunk looks a chunk up and reads it (the record, or the plaintext)
+// holding gcMu, so a GC running meanwhile cannot delete or repack it
+// between the two: a long, paced Verify never takes a chunk GC moved or
+// dropped for damage. gone: the chunk was deleted and no row names it any
+// more (GC ran since the ids were listed), which is not damage. A lookup
+// error other than ErrChunkMissing comes back with a zero row.
+func (c *core) verifyChunk(ctx context.Context, r *Repo, id int64, plaintext bool) (row chunkRow, gone bool, err error) {
+	c.gcMu.Lock()
+	defer c.gcMu.Unlock()
+	row, err = c.chunkByID(ctx, id)
+	if errors.Is(err, ErrChunkMissing) {
+		var named bool
+		if qerr := c.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM changes WHERE chunk_id=?)`, id).Scan(&named); qerr != nil {
+			return chunkRow{}, false, qerr
+		}
+		return row, !named, err
+	}
+	if err != nil {
+		return chunkRow{}, false, err
+	}
+	if plaintext {
+		_, err = r.readChunkRow(ctx, row)
+	} else {
+		_, err = c.readChunkRecord(row)
+	}
+	return row, false, err
 }
 
 // chunksToVerify lists chunk ids: all stored chunks plus ids referenced by
@@ -193,27 +243,10 @@ func (c *core) affected(ctx context.Context, chunkID int64) ([]PointDisk, error)
 // verifyPacks checks each pack file: present, header, at least its indexed
 // size, a valid footer when sealed, and every point record's CRC.
 func (c *core) verifyPacks(ctx context.Context, rep *VerifyReport) error {
-	rows, err := c.db.QueryContext(ctx, `SELECT id, state, size FROM packs ORDER BY id`)
+	ps, err := column[int64](c.db.QueryContext(ctx, `SELECT id FROM packs ORDER BY id`))
 	if err != nil {
 		return err
 	}
-	type prow struct {
-		id    uint64
-		state string
-		size  int64
-	}
-	var ps []prow
-	for rows.Next() {
-		var p prow
-		var id int64
-		if err := rows.Scan(&id, &p.state, &p.size); err != nil {
-			rows.Close()
-			return err
-		}
-		p.id = uint64(id)
-		ps = append(ps, p)
-	}
-	rows.Close()
 	// Every committed point must have its commit record in a pack, or
 	// Rebuild could not restore it.
 	orphans, err := c.db.QueryContext(ctx, `SELECT id, machine FROM points p WHERE state='committed'
@@ -236,33 +269,54 @@ func (c *core) verifyPacks(ctx context.Context, rep *VerifyReport) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := c.verifyPackFile(p.id, p.state, p.size); err != nil {
-			rep.Damaged = append(rep.Damaged, Damage{Pack: packName(p.id), Err: err})
-		}
-		recs, err := c.db.QueryContext(ctx, `SELECT offset, length, point_id FROM records WHERE pack_id=?`, int64(p.id))
-		if err != nil {
+		if err := c.verifyPack(ctx, uint64(p), rep); err != nil {
 			return err
 		}
-		type rr struct{ off, length, point int64 }
-		var rl []rr
-		for recs.Next() {
-			var x rr
-			if err := recs.Scan(&x.off, &x.length, &x.point); err != nil {
-				recs.Close()
-				return err
-			}
-			rl = append(rl, x)
+	}
+	return nil
+}
+
+// verifyPack checks one pack and its point records holding gcMu, its index
+// row read again under it: a pack GC deleted or repacked since the list
+// was made is skipped, never reported missing.
+func (c *core) verifyPack(ctx context.Context, id uint64, rep *VerifyReport) error {
+	c.gcMu.Lock()
+	defer c.gcMu.Unlock()
+	var state string
+	var size int64
+	err := c.db.QueryRowContext(ctx, `SELECT state, size FROM packs WHERE id=?`, int64(id)).Scan(&state, &size)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.verifyPackFile(id, state, size); err != nil {
+		rep.Damaged = append(rep.Damaged, Damage{Pack: packName(id), Err: err})
+	}
+	recs, err := c.db.QueryContext(ctx, `SELECT offset, length, point_id FROM records WHERE pack_id=?`, int64(id))
+	if err != nil {
+		return err
+	}
+	type rr struct{ off, length, point int64 }
+	var rl []rr
+	for recs.Next() {
+		var x rr
+		if err := recs.Scan(&x.off, &x.length, &x.point); err != nil {
+			recs.Close()
+			return err
 		}
-		recs.Close()
-		for _, x := range rl {
-			if _, err := c.readRecord(p.id, x.off, x.length); err != nil {
-				d := Damage{Pack: packName(p.id), Offset: x.off, Err: fmt.Errorf("record of point %d: %w", x.point, err)}
-				var m string
-				if c.db.QueryRowContext(ctx, `SELECT machine FROM points WHERE id=? AND state='committed'`, x.point).Scan(&m) == nil {
-					d.Affected = []PointDisk{{PointID: x.point, Machine: m}}
-				}
-				rep.Damaged = append(rep.Damaged, d)
+		rl = append(rl, x)
+	}
+	recs.Close()
+	for _, x := range rl {
+		if _, err := c.readRecord(id, x.off, x.length); err != nil {
+			d := Damage{Pack: packName(id), Offset: x.off, Err: fmt.Errorf("record of point %d: %w", x.point, err)}
+			var m string
+			if c.db.QueryRowContext(ctx, `SELECT machine FROM points WHERE id=? AND state='committed'`, x.point).Scan(&m) == nil {
+				d.Affected = []PointDisk{{PointID: x.point, Machine: m}}
 			}
+			rep.Damaged = append(rep.Damaged, d)
 		}
 	}
 	return nil

@@ -58,8 +58,11 @@ type Config struct {
 	Limiter *rate.Limiter
 	// Compressor compresses block data (shared, concurrency-safe).
 	Compressor *data.Compressor
-	// Progress, if set, is told how many candidates were processed.
-	Progress func(done int64)
+	// Progress, if set, is told the bytes of each candidate as it is
+	// compared (read and hashed, or skipped as a hole), from several
+	// goroutines at once: a live progress counter. The last block of a
+	// disk counts its real length.
+	Progress func(bytes int64)
 	Log      *slog.Logger
 }
 
@@ -263,9 +266,9 @@ func (r *run) release(it *item) {
 
 // examine reads and hashes one candidate; nil means unchanged.
 func (r *run) examine(d *Disk, c Candidate) (*item, error) {
-	n := r.scanned.Add(1)
-	if r.cfg.Progress != nil && n%1024 == 0 {
-		r.cfg.Progress(n)
+	r.scanned.Add(1)
+	if r.cfg.Progress != nil {
+		r.cfg.Progress(max(0, min(int64(d.BlockSize), d.Size-c.Block*int64(d.BlockSize))))
 	}
 	old := d.Map.Get(c.Block)
 	if c.Hole {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"iter"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -627,4 +628,28 @@ func TestShipManyPartsOverTwoStreams(t *testing.T) {
 		require.True(t, bytes.Equal(b[i*blockSize:(i+1)*blockSize], all[i]), "block %d", i)
 	}
 	t.Logf("%d blocks over %d streams in %d parts", big, streams, r.res.Parts)
+}
+
+// TestShipProgressCountsEveryCandidate: Progress is told the bytes of every
+// candidate compared — changed, unchanged and zero alike — and the last
+// block of a disk whose size is not a whole number of blocks counts its
+// real length, so the sum is the disk's size.
+func TestShipProgressCountsEveryCandidate(t *testing.T) {
+	l := newLink(t)
+	d := newDisk(t)
+	cfg := config(t, l, d, bytes.NewReader(d.bytes))
+	const short = diskSize - 100
+	cfg.Disks[0].Size = short
+	var done atomic.Int64
+	calls := atomic.Int64{}
+	cfg.Progress = func(n int64) { done.Add(n); calls.Add(1) }
+	res := run(cfg)
+	c := l.accept(t)
+	require.NotNil(t, c)
+	_, err := c.serve(d.bytes, nil)
+	require.NoError(t, err)
+	r := wait(t, res)
+	require.NoError(t, r.err)
+	require.Equal(t, int64(short), done.Load())
+	require.Equal(t, int64(nblocks), calls.Load(), "one call per candidate")
 }

@@ -90,6 +90,7 @@ func (b *bench) run(ctx context.Context) error {
 		{caseSync, b.caseSync}, {caseScan, b.caseScan}, {caseRPO, b.caseRPO},
 		{caseStorage, b.caseStorage}, {caseDedup, b.caseDedup}, {caseMemory, b.caseMemory},
 		{caseMaterialize, b.caseMaterialize}, {caseRTO, b.caseRTO}, {caseRoundTrip, b.caseRoundTrip},
+		{casePlanRTO, b.casePlanRTO},
 	} {
 		if !b.cfg.has(c.name) {
 			continue

@@ -99,7 +99,7 @@ func (b *bench) roundTripRun(ctx context.Context, i int, size int64) (res roundT
 	if _, _, err := r.jobCmd(ctx, "failover", "m"); err != nil {
 		return res, err
 	}
-	if _, _, err := r.jobCmd(ctx, "commit", "m"); err != nil {
+	if _, _, err := r.jobCmd(ctx, "commit", "m", "--force"); err != nil {
 		return res, err
 	}
 	live, err := apply.SetDir(targetDir, "m", apply.SetLive)

@@ -19,9 +19,10 @@ const (
 	caseMaterialize = "materialize" // first failover of a point into a new sparse disk (nothing staged)
 	caseRTO         = "rto"         // failover from a staged replica: small and large disk
 	caseRoundTrip   = "roundtrip"   // reprotect bytes and time, failback RTO: small and large disk
+	casePlanRTO     = "plan-rto"    // a recovery plan of 20 small machines in 4 groups vs its groups' slowest single failovers
 )
 
-var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip}
+var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO}
 
 // Config is what one invocation measures. BENCHMARKS.md's values are the
 // defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.

@@ -154,3 +154,18 @@ func TestSizeNameAndJobSteps(t *testing.T) {
 	}}
 	require.Equal(t, "job steps: prerequisites 0.05 s, process skipped, move 1.23 s", jobSteps(j))
 }
+
+// TestPlanAnchor: the plan RTO anchor sums each group's slowest single
+// failover (groups of consecutive machines).
+func TestPlanAnchor(t *testing.T) {
+	s := func(ms ...int) []time.Duration {
+		var out []time.Duration
+		for _, m := range ms {
+			out = append(out, time.Duration(m)*time.Millisecond)
+		}
+		return out
+	}
+	require.Equal(t, 900*time.Millisecond, planAnchor(s(100, 300, 200, 600), 2))
+	require.Equal(t, 1200*time.Millisecond, planAnchor(s(100, 300, 200, 600), 4))
+	require.Equal(t, 600*time.Millisecond, planAnchor(s(100, 300, 200, 600), 1))
+}

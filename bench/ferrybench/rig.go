@@ -117,7 +117,9 @@ func (r *rig) startController(ctx context.Context, profile bool) error {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
-	args := []string{"serve", "--data", r.data, "--listen", listen, "--admin-socket", r.admin, "--log-level", "info"}
+	// debug: the cycle timings pair "cycle begins" (a debug line: the info
+	// log says one line per cycle) with "point committed".
+	args := []string{"serve", "--data", r.data, "--listen", listen, "--admin-socket", r.admin, "--log-level", "debug"}
 	if profile {
 		p := filepath.Join(r.logDir, fmt.Sprintf("controller-%d.prof", r.starts))
 		args = append(args, "--cpu-profile", p)

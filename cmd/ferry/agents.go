@@ -17,16 +17,29 @@ func newAgentsCommand(g *globals) *cobra.Command {
 		Use: "list", Short: "List agents (name, id, address, version, platform, last_seen, connected, and what a connected agent allows: plan scripts, exec drivers)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runAgentsList(c.Context(), g) },
 	}
+	var force bool
 	revoke := &cobra.Command{
-		Use: "revoke AGENT", Short: "Revoke an agent's certificates and end its session", Args: exactArgs(1, "AGENT"),
+		Use: "revoke AGENT --force", Short: "Revoke an agent's certificates and end its session", Args: exactArgs(1, "AGENT"),
+		Long: `Revoke an agent: its certificates are refused from now on and its session
+ends, so it replicates nothing more. In this release a revoke without --force
+still proceeds, with a warning on stderr; the next release requires --force.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {
 				return err
 			}
-			return cl.RevokeAgent(c.Context(), args[0])
+			if err := cl.RevokeAgent(c.Context(), args[0]); err != nil {
+				return err
+			}
+			if !force {
+				// After the revoke: a refused one keeps stderr to its error
+				// (JSON under --json).
+				fmt.Fprintln(g.stderr, revokeWarning)
+			}
+			return nil
 		},
 	}
+	revoke.Flags().BoolVar(&force, "force", false, "really revoke (required from the next release; without it a warning is printed)")
 	remove := &cobra.Command{
 		Use: "remove AGENT", Short: "Forget an agent (it must protect no machine)", Args: exactArgs(1, "AGENT"),
 		RunE: func(c *cobra.Command, args []string) error {

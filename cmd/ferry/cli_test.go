@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,19 +29,27 @@ type served struct {
 	admin string // admin socket path, as OnReady printed it
 	agent string // agent address, HOST:PORT
 	data  string
+	stop  func() // ends the controller (cleanup does too)
 }
 
 var readyLine = regexp.MustCompile(`listening on (\S+) \(admin (\S+)\)`)
 
 func serve(t *testing.T) *served {
 	t.Helper()
-	data := t.TempDir()
+	s, _ := serveData(t, t.TempDir())
+	return s
+}
+
+// serveData starts `ferry serve` on data with extra flags; stop ends it
+// (also done at cleanup) so a test can start it again on the same data.
+func serveData(t *testing.T, data string, extra ...string) (s *served, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb syncbuf.Buffer
 	code := make(chan int, 1)
 	go func() {
-		code <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0",
-			"--admin-socket", filepath.Join(data, "a.sock"), "--log-level", "warn"}, &out, &errb)
+		code <- run(ctx, append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0",
+			"--admin-socket", filepath.Join(data, "a.sock"), "--log-level", "warn"}, extra...), &out, &errb)
 	}()
 	var admin, agentAddr string
 	require.Eventually(t, func() bool {
@@ -57,18 +66,22 @@ func serve(t *testing.T) *served {
 		return m != nil
 	}, 30*time.Second, 10*time.Millisecond, "ferry serve never printed its ready line")
 	require.NotEmpty(t, admin, "ferry serve ended early: %s", errb.String())
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case c := <-code:
-			if c != exitOK {
-				t.Errorf("ferry serve exited %d after cancel: %s", c, errb.String())
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case c := <-code:
+				if c != exitOK {
+					t.Errorf("ferry serve exited %d after cancel: %s", c, errb.String())
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("ferry serve did not stop within 30 s of its context ending")
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("ferry serve did not stop within 30 s of its context ending")
-		}
-	})
-	return &served{admin: admin, agent: agentAddr, data: data}
+		})
+	}
+	t.Cleanup(stop)
+	return &served{admin: admin, agent: agentAddr, data: data, stop: stop}, stop
 }
 
 // cli runs one command and returns its exit code, stdout and stderr.
@@ -121,6 +134,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"verify", "a", "b"},
 		{"serve", "extra"},
 		{"serve", "--log-level", "loud"},
+		{"serve", "--agent-lost-after", "soon"},
+		{"serve", "--agent-lost-after", "0s"},
 		{"version", "extra"},
 		{"failover"},
 		{"failover", "a", "b"},
@@ -131,6 +146,9 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"failover", "m", "--direction", "sideways"},
 		{"failover", "m", "--timeout", "soon"},
 		{"change-point", "m"},
+		{"change-point", "--plan", "p", "--point", "42"},
+		{"failover", "--plan", "p", "--point", "7"},
+		{"failback", "--plan", "p", "--point", "7"},
 		{"cancel", "job-1"},
 		{"jobs", "show"},
 	} {

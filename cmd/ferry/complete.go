@@ -31,6 +31,7 @@ const (
 	policyNames
 	jobIDs
 	tokenIDs
+	alertNames
 	planNames
 )
 
@@ -42,6 +43,7 @@ var argKinds = map[string]nameKind{
 	"ferry points list":          machineNames,
 	"ferry points export":        machineNames,
 	"ferry points label":         machineNames,
+	"ferry points audit":         machineNames,
 	"ferry failover":             machineNames,
 	"ferry commit":               machineNames,
 	"ferry change-point":         machineNames,
@@ -62,6 +64,9 @@ var argKinds = map[string]nameKind{
 	"ferry jobs resume":          jobIDs,
 	"ferry cancel":               jobIDs,
 	"ferry tokens revoke":        tokenIDs,
+	"ferry alerts show":          alertNames,
+	"ferry alerts remove":        alertNames,
+	"ferry alerts test":          alertNames,
 	"ferry plans show":           planNames,
 	"ferry plans delete":         planNames,
 	"ferry plans add-group":      planNames,
@@ -173,6 +178,14 @@ func completeNames(ctx context.Context, g *globals, k nameKind) ([]cobra.Complet
 		}
 		for _, j := range js {
 			out = append(out, cobra.CompletionWithDesc(j.ID, j.Kind+" "+j.State))
+		}
+	case alertNames:
+		as, err := cl.Alerts(ctx)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		for _, a := range as {
+			out = append(out, cobra.CompletionWithDesc(a.Name, strings.Join(a.On, ",")))
 		}
 	case planNames:
 		ps, err := cl.Plans(ctx)

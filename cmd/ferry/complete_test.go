@@ -99,6 +99,10 @@ func TestShellCompletesNames(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(stdout), &toks))
 	require.Len(t, toks, 1, "startAgent made one token")
 	require.Equal(t, []string{toks[0].ID}, bashComplete(t, binDir, s.admin, "ferry", "tokens", "revoke", ""))
+	code, _, stderr = s.cli(t, "alerts", "add", "oncall", "--webhook", "https://hooks.example.com/x", "--on", "rpo-breach")
+	require.Equal(t, exitOK, code, stderr)
+	require.Equal(t, []string{"oncall"}, bashComplete(t, binDir, s.admin, "ferry", "alerts", "test", "o"))
+	require.ElementsMatch(t, []string{"disk-low", "drill-failed"}, bashComplete(t, binDir, s.admin, "ferry", "alerts", "add", "x", "--on", "d"))
 	// --admin on the command line finds the controller as FERRY_ADMIN does.
 	require.Equal(t, []string{"webserver1"}, bashComplete(t, binDir, "", "ferry", "--admin", s.admin, "unprotect", "w"))
 	// An unreachable controller completes nothing, and promptly (bounded by

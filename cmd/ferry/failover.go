@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -66,6 +67,15 @@ func newFailoverCommand(g *globals) *cobra.Command {
   --shutdown-source  try to stop the source first; the failover continues if
                  that fails
 
+--plan PLAN     one job for a recovery plan's members that run at home (the
+                 others are skipped and listed): groups in order, the machines
+                 of a group in parallel, pre/post actions; a manual action waits
+                 for 'ferry jobs resume JOB'. Unplanned: runs to its end and ends
+                 partial (exit 4) if some machines failed. --planned: stops the
+                 sources in reverse group order and moves every disk first; a
+                 failure there rolls everything back. With --dry-run: each
+                 member's point, target and free space, and the actions.
+
 The command prints the job id; with --wait it follows the job and exits with
 its outcome. 'ferry cancel JOB --force' rolls the target back.`,
 		RunE: func(c *cobra.Command, args []string) error { return runFailover(c.Context(), g, o, args) },
@@ -80,6 +90,7 @@ its outcome. 'ferry cancel JOB --force' rolls the target back.`,
 	f.StringVar(&o.req.Direction, "direction", "", "forward (reverse comes with re-protection)")
 	f.StringVar(&o.keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
 	f.BoolVar(&o.req.AllowInconsistent, "allow-inconsistent", false, "accept a point labelled inconsistent")
+	f.BoolVar(&o.req.AllowDamaged, "allow-damaged", false, "accept a point that reads data the point audit found damaged")
 	f.BoolVar(&o.req.DryRun, "dry-run", false, "check the prerequisites only; touch nothing")
 	f.StringVar(&o.timeout, "timeout", "", "give up retrying after this long (default 30m)")
 	return cmd
@@ -100,6 +111,9 @@ func runFailover(ctx context.Context, g *globals, o failoverOptions, args []stri
 	}
 	if err := points.CheckSpec(o.req.Point); err != nil {
 		return usagef("--point: %v", err)
+	}
+	if err := planPoint(o.plan, o.req.Point); err != nil {
+		return err
 	}
 	o.req.Machine, o.req.Plan = machine, o.plan
 	if o.timeout != "" {
@@ -134,6 +148,10 @@ func printDryRun(g *globals, j api.Job) error {
 	if g.json {
 		return g.printJSON(j)
 	}
+	if j.Plan != "" {
+		printPlanDryRun(g, j)
+		return nil
+	}
 	for _, m := range j.Machines {
 		fmt.Fprintf(g.stdout, "dry run: %s of %s would use point %d\n", j.Kind, m.Name, m.PointID)
 		for _, n := range m.Notes {
@@ -148,6 +166,9 @@ func printDryRun(g *globals, j api.Job) error {
 func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Command {
 	var j jobFlags
 	var point, keyFile string
+	var force bool
+	destructive := verb == "commit" // deletes recovery points
+	var allowDamaged bool
 	cmd := &cobra.Command{
 		Use:   verb + " MACHINE|--plan PLAN",
 		Short: short,
@@ -162,7 +183,10 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			if err := points.CheckSpec(point); err != nil {
 				return usagef("--point: %v", err)
 			}
-			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point}
+			if err := planPoint(j.plan, point); err != nil {
+				return err
+			}
+			req := api.MachineActionRequest{Machine: machine, Plan: j.plan, Point: point, AllowDamaged: allowDamaged}
 			if keyFile != "" {
 				if req.Key, err = os.ReadFile(keyFile); err != nil {
 					return fmt.Errorf("--key-file: %w", err)
@@ -172,6 +196,12 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			if err != nil {
 				return err
 			}
+			if destructive && !force {
+				if machine == "" {
+					return forceRefusal(verb + " --plan deletes the recovery points of every machine of the plan")
+				}
+				return refuseCommit(c.Context(), g, cl, machine)
+			}
 			job, err := cl.MachineAction(c.Context(), verb, req)
 			if err != nil {
 				return err
@@ -179,10 +209,21 @@ func newActionCommand(g *globals, verb, short string, needsPoint bool) *cobra.Co
 			return followJob(c.Context(), g, job, j.wait)
 		},
 	}
-	j.register(cmd, !needsPoint)
+	j.register(cmd, true)
+	if destructive {
+		cmd.Use = verb + " MACHINE|--plan PLAN --force"
+		cmd.Long = short + `.
+
+Commit deletes recovery points, so it needs --force. Without it nothing
+changes: it prints the points it would delete (id, time, consistency, size,
+name) and the ones it keeps (the point the machine runs, the newest, and
+recovery-divergent ones), and exits 2 with an error naming --force.`
+		cmd.Flags().BoolVar(&force, "force", false, "really delete the recovery points (without it: list what would be deleted)")
+	}
 	if needsPoint {
 		cmd.Flags().StringVar(&point, "point", "", "the point to move to")
 		cmd.Flags().StringVar(&keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
+		cmd.Flags().BoolVar(&allowDamaged, "allow-damaged", false, "accept a point that reads data the point audit found damaged")
 	}
 	return cmd
 }
@@ -238,27 +279,35 @@ func followJob(ctx context.Context, g *globals, j api.Job, wait bool) error {
 	}
 	last := j
 	printed := map[string]string{}
+	out := newProgressOut(g.stdout)
+	waiting := ""
 	err = cl.WatchJob(ctx, j.ID, func(s api.Job) error {
 		last = s
 		if g.json {
 			return nil
 		}
+		if s.Waiting != nil && s.Waiting.Text != waiting {
+			waiting = s.Waiting.Text
+			out.println("%s  waiting on a manual action: %s (continue with: ferry jobs resume %s)", j.ID, waiting, j.ID)
+		}
 		for _, st := range s.Steps {
-			line := st.State
-			if st.State == api.StepRunning && st.BytesTotal > 0 {
-				line = fmt.Sprintf("running %3.0f%% (%s of %s)", 100*st.Progress, api.FormatSize(st.BytesDone), api.FormatSize(st.BytesTotal))
+			// Data moving: a bar on a terminal, a line per tenth elsewhere.
+			if out.step(fmt.Sprintf("%s  %-16s", j.ID, st.Name), st, printed[st.Name] == api.StepRunning) {
+				printed[st.Name] = st.State
+				continue
 			}
-			if printed[st.Name] != line && st.State != api.StepPending {
-				printed[st.Name] = line
-				fmt.Fprintf(g.stdout, "%s  %-16s %s", j.ID, st.Name, line)
+			if printed[st.Name] != st.State && st.State != api.StepPending {
+				printed[st.Name] = st.State
+				line := fmt.Sprintf("%s  %-16s %s", j.ID, st.Name, st.State)
 				if st.Error != "" {
-					fmt.Fprintf(g.stdout, ": %s", st.Error)
+					line += ": " + st.Error
 				}
-				fmt.Fprintln(g.stdout)
+				out.println("%s", line)
 			}
 		}
 		return nil
 	})
+	out.finish()
 	if err != nil {
 		return err
 	}
@@ -398,6 +447,9 @@ clone.`,
 			if err := points.CheckSpec(req.Point); err != nil {
 				return usagef("--point: %v", err)
 			}
+			if err := planPoint(j.plan, req.Point); err != nil {
+				return err
+			}
 			req.Machine, req.Plan = machine, j.plan
 			cl, err := g.client()
 			if err != nil {
@@ -416,5 +468,18 @@ clone.`,
 	f.BoolVar(&req.Unplanned, "unplanned", false, "an unplanned failback (to the newest point without --point), also with the recovery site unreachable")
 	f.BoolVar(&req.Test, "test", false, "start a clone of the home disks at home (FERRY_TEST=1); stops nothing ('ferry cleanup' ends it)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "accepted: a planned failback always stops the machine at the recovery site")
+	f.BoolVar(&req.AllowDamaged, "allow-damaged", false, "an unplanned failback may use a point that reads data the point audit found damaged")
 	return cmd
+}
+
+// planPoint refuses a point id with --plan (exit 2): an id names one
+// machine's point; a plan's members share times and latest* specs.
+func planPoint(plan, point string) error {
+	if plan == "" {
+		return nil
+	}
+	if _, err := strconv.ParseInt(point, 10, 64); err == nil {
+		return usagef("--point %s is one machine's point id: with --plan give an RFC 3339 time or latest, latest-processed, latest-app-consistent", point)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -93,6 +94,12 @@ func currentStep(j api.Job) string {
 
 func printJob(g *globals, j api.Job) {
 	fmt.Fprintf(g.stdout, "Job:      %s (%s)\nState:    %s\nCreated:  %s\n", j.ID, j.Kind, j.State, fmtTime(j.Created))
+	if j.Plan != "" {
+		fmt.Fprintf(g.stdout, "Plan:     %s\n", j.Plan)
+	}
+	if j.Waiting != nil {
+		fmt.Fprintf(g.stdout, "Waiting:  %s (since %s; continue with: ferry jobs resume %s)\n", j.Waiting.Text, fmtTime(j.Waiting.Since), j.ID)
+	}
 	if j.Error != "" {
 		fmt.Fprintf(g.stdout, "Error:    %s\n", j.Error)
 	}
@@ -111,14 +118,53 @@ func printJob(g *globals, j api.Job) {
 	table(g.stdout, []string{"  STEP", "STATE", "PROGRESS", "DETAIL"}, rows)
 	for _, m := range j.Machines {
 		fmt.Fprintf(g.stdout, "Machine %s: %s, point %d", m.Name, m.State, m.PointID)
+		if m.Group != 0 {
+			fmt.Fprintf(g.stdout, " (group %d)", m.Group)
+		}
 		if m.Error != "" {
 			fmt.Fprintf(g.stdout, ": %s", m.Error)
 		}
 		fmt.Fprintln(g.stdout)
+		for _, s := range m.Steps {
+			fmt.Fprintf(g.stdout, "  %-16s %-9s %s → %s\n", s.Name, s.State, fmtClock(s.Started), fmtClock(s.Ended))
+		}
 		for _, n := range m.Notes {
 			fmt.Fprintf(g.stdout, "  %s\n", n)
 		}
 	}
+	for _, a := range j.Actions {
+		fmt.Fprintf(g.stdout, "Action group %d %s %d: %s, %s", a.Group, a.Phase, a.Index+1, actionText(a), a.State)
+		if a.Error != "" {
+			fmt.Fprintf(g.stdout, ": %s", a.Error)
+		}
+		fmt.Fprintln(g.stdout)
+		for _, line := range strings.Split(strings.TrimRight(a.Output, "\n"), "\n") {
+			if line != "" {
+				fmt.Fprintf(g.stdout, "  | %s\n", line)
+			}
+		}
+	}
+}
+
+// actionText names a plan action: its script and where it runs, or the
+// manual action's text.
+func actionText(a api.JobAction) string {
+	if a.Manual != "" {
+		return "manual: " + a.Manual
+	}
+	on := "controller"
+	if a.On != "" {
+		on = "agent " + a.On
+	}
+	return fmt.Sprintf("script on %s: %s", on, a.Script)
+}
+
+// fmtClock shows a step time to the millisecond ("-" when unset).
+func fmtClock(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("15:04:05.000")
 }
 
 func runJobsWatch(ctx context.Context, g *globals, id string) error {
@@ -127,6 +173,8 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 		return err
 	}
 	var last api.Job
+	out, lastLine := newProgressOut(g.stdout), ""
+	bars := map[string]bool{} // steps whose progress is shown
 	err = cl.WatchJob(ctx, id, func(j api.Job) error {
 		last = j
 		if g.json {
@@ -138,9 +186,23 @@ func runJobsWatch(ctx context.Context, g *globals, id string) error {
 			_, err = g.stdout.Write(b)
 			return err
 		}
-		fmt.Fprintf(g.stdout, "%s %s: %s\n", j.ID, j.State, currentStep(j))
+		// A line when the job or its step changes; a step moving data
+		// draws a bar on a terminal (a line per tenth elsewhere).
+		line := fmt.Sprintf("%s %s: %s", j.ID, j.State, currentStep(j))
+		if j.Waiting != nil {
+			line += fmt.Sprintf("\n%s waiting on a manual action: %s (continue with: ferry jobs resume %s)", j.ID, j.Waiting.Text, j.ID)
+		}
+		if line != lastLine {
+			lastLine = line
+			out.println("%s", line)
+		}
+		for _, s := range j.Steps {
+			out.step("  "+s.Name, s, bars[s.Name])
+			bars[s.Name] = s.State == api.StepRunning && s.BytesTotal > 0
+		}
 		return nil
 	})
+	out.finish()
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func cliArgs(a lifecycle.Action, machine, out string) []string {
 	case lifecycle.PlannedFailover:
 		return []string{"failover", machine, "--planned"}
 	case lifecycle.Commit:
-		return []string{"commit", machine}
+		return []string{"commit", machine, "--force"}
 	case lifecycle.ChangePoint:
 		return []string{"change-point", machine, "--point", "latest"}
 	case lifecycle.Cleanup:
@@ -201,5 +201,29 @@ func TestLifecycleTableIsWhatTheAPIAndCLIRefuse(t *testing.T) {
 				require.Equal(t, lifecycle.Check(mName, st, a).Error(), cliErr.Message, "CLI: the table's reason")
 			}
 		}
+	}
+
+	// machines update follows its own table (lifecycle.CheckUpdate): a
+	// change is accepted while the machine runs at home and replicates
+	// forward, and refused otherwise with the reason.
+	for si, st := range lifecycle.States {
+		mName := name("api", si, 0)
+		var out, errOut bytes.Buffer
+		code := run(ctx, []string{"--admin", sock, "--json", "machines", "update", mName, "--pre-snapshot", "sync"}, &out, &errOut)
+		if lifecycle.CheckUpdate(mName, st) == nil {
+			require.Equal(t, exitOK, code, "machines update of a %s machine: %s", st, errOut.String())
+			var res api.UpdateMachineResult
+			require.NoError(t, json.Unmarshal(out.Bytes(), &res))
+			require.Equal(t, "sync", res.Machine.PreSnapshot)
+			continue
+		}
+		require.Equal(t, exitError, code, "machines update of a %s machine: %s", st, out.String())
+		var cliErr api.Error
+		require.NoError(t, json.Unmarshal(errOut.Bytes(), &cliErr), "CLI stderr: %s", errOut.String())
+		require.Equal(t, api.CodeFailedPrecondition, cliErr.Code, "machines update on %s", st)
+		require.Equal(t, lifecycle.CheckUpdate(mName, st).Error(), cliErr.Message)
+		m, err := cl.Machine(ctx, mName)
+		require.NoError(t, err)
+		require.Empty(t, m.PreSnapshot, "a refused update changed the machine")
 	}
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +25,7 @@ type protectOptions struct {
 	shutdownTimeout       string
 	domain, firmware      string
 	ips                   []string
+	wait                  bool
 }
 
 func newProtectCommand(g *globals) *cobra.Command {
@@ -60,6 +63,7 @@ running, stopped or absent.`,
 	f.StringVar(&o.domain, "domain", "", "the machine's name at the home site's hypervisor (default: MACHINE)")
 	f.StringVar(&o.firmware, "firmware", "", "bios or uefi, for the target's driver (default bios)")
 	f.StringArrayVar(&o.ips, "ip", nil, "re-IP at failover: NIC=ADDR/PREFIX[,GATEWAY] (repeatable; NIC as given to --nic)")
+	f.BoolVar(&o.wait, "wait", false, "follow the initial sync (a progress bar on a terminal) until the first recovery point, and print it")
 	return cmd
 }
 
@@ -151,6 +155,12 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 	if err != nil {
 		return err
 	}
+	if o.wait {
+		if !g.json {
+			fmt.Fprintf(g.stdout, "protecting %s on agent %s (%d disk(s), policy %s); waiting for its first point\n", m.Name, m.Agent, len(m.Disks), m.Policy)
+		}
+		return waitFirstPoint(ctx, g, cl, m.Name)
+	}
 	if g.json {
 		return g.printJSON(m)
 	}
@@ -159,33 +169,52 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 }
 
 func newUnprotectCommand(g *globals) *cobra.Command {
-	var deletePoints bool
+	var deletePoints, force bool
 	cmd := &cobra.Command{
-		Use: "unprotect MACHINE", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
+		Use: "unprotect MACHINE [--delete-points --force]", Short: "Stop protecting a machine (keeps its points unless --delete-points)",
+		Long: `Stop protecting a machine: its agent stops replicating it. Its recovery
+points stay (exportable) unless --delete-points, which needs --force: without
+it nothing changes, the points it would delete are listed (id, time,
+consistency, size, name) and the command exits 2 naming --force.`,
 		Args: exactArgs(1, "MACHINE"),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {
 				return err
 			}
+			if deletePoints && !force {
+				return refuseDeletePoints(c.Context(), g, cl, args[0])
+			}
 			return cl.Unprotect(c.Context(), args[0], deletePoints)
 		},
 	}
-	cmd.Flags().BoolVar(&deletePoints, "delete-points", false, "also delete the machine's stored recovery points")
+	cmd.Flags().BoolVar(&deletePoints, "delete-points", false, "also delete the machine's stored recovery points (needs --force)")
+	cmd.Flags().BoolVar(&force, "force", false, "really delete the points of --delete-points (without it: list what would be deleted)")
 	return cmd
 }
 
 func newMachinesCommand(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show"}
+	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show, update"}
 	list := &cobra.Command{
-		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site)", Args: exactArgs(0, "no arguments"),
+		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site, live cycle progress)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runMachinesList(c.Context(), g) },
 	}
 	show := &cobra.Command{
-		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks", Args: exactArgs(1, "MACHINE"),
+		Use: "show MACHINE", Short: "Show a machine: state, allowed actions, disks, its replication cycle", Args: exactArgs(1, "MACHINE"),
+		Long: `Show a machine: its state and health (with the reason when it is not
+healthy: a machine that is not replicating, failed over for example, is a
+warning), RPO, allowed next actions and disks, and its replication cycle.
+
+The cycle is what the source agent reports about once a second while it
+runs: in --json, progress {phase (shipping, resync, idle once it ended,
+error), bytes_done, bytes_total, rate_bps, started, updated, eta_seconds
+(while it runs)}. bytes_total is the bytes of the blocks the cycle compares
+(for an initial sync, the disks' allocated data); bytes_done rises to it.
+A machine whose agent has not reported a cycle since the controller started
+has no progress.`,
 		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
 	}
-	cmd.AddCommand(list, show)
+	cmd.AddCommand(list, show, newMachinesUpdateCommand(g))
 	return cmd
 }
 
@@ -221,9 +250,9 @@ func runMachinesList(ctx context.Context, g *globals) error {
 		if m.HealthReason != "" && m.Health != "healthy" {
 			health += " (" + m.HealthReason + ")"
 		}
-		rows = append(rows, []string{m.Name, m.Agent, m.State, health, fmtRPO(m), last, m.ActiveSite})
+		rows = append(rows, []string{m.Name, m.Agent, m.State, health, fmtRPO(m), last, m.ActiveSite, fmtProgressShort(m.Progress)})
 	}
-	table(g.stdout, []string{"NAME", "AGENT", "STATE", "HEALTH", "RPO", "LAST POINT", "ACTIVE SITE"}, rows)
+	table(g.stdout, []string{"NAME", "AGENT", "STATE", "HEALTH", "RPO", "LAST POINT", "ACTIVE SITE", "CYCLE"}, rows)
 	return nil
 }
 
@@ -263,6 +292,9 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 		}
 		fmt.Fprintln(w)
 	}
+	if m.Progress != nil {
+		fmt.Fprintf(w, "Cycle:        %s\n", fmtProgressLong(m.Progress))
+	}
 	if m.Job != "" {
 		fmt.Fprintf(w, "Running job:  %s\n", m.Job)
 	}
@@ -279,5 +311,60 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 		rows = append(rows, []string{"  " + d.Name, d.SourcePath, orDash(d.SourceFormat), orDash(d.TargetPath), api.FormatSize(d.Size)})
 	}
 	table(w, []string{"  NAME", "SOURCE PATH", "FORMAT", "TARGET PATH", "SIZE"}, rows)
+	printAudit(w, m.Audit)
 	return nil
+}
+
+// printAudit prints the point audit of a machine: the pass, and each
+// retained point's last audit with what it found (damage by disk and block).
+func printAudit(w io.Writer, a *api.MachineAudit) {
+	if a == nil {
+		return
+	}
+	fmt.Fprintf(w, "Point audit:  %s\n", auditPassText(a.Pass))
+	var rows [][]string
+	for _, p := range a.Points {
+		at, state, found := "never", "ok", "-"
+		if p.AuditedAt != nil {
+			at = fmtTime(*p.AuditedAt)
+		}
+		if p.Damaged {
+			state = "damaged"
+		}
+		var fs []string
+		for _, d := range p.Damage {
+			fs = append(fs, fmt.Sprintf("disk %s blocks %v: %s", d.Disk, d.Blocks, d.Error))
+		}
+		if len(fs) > 0 {
+			found = strings.Join(fs, "; ")
+		}
+		rows = append(rows, []string{"  " + strconv.FormatInt(p.PointID, 10), at, state, found})
+	}
+	table(w, []string{"  POINT", "AUDITED", "STATE", "LAST AUDIT FOUND"}, rows)
+}
+
+func auditPassText(p api.AuditPass) string {
+	rate := "unlimited"
+	if p.RateLimit > 0 {
+		rate = api.FormatSize(p.RateLimit) + "/s"
+	}
+	var b strings.Builder
+	if p.Running {
+		pct := 0.0
+		if p.ChunksTotal > 0 {
+			pct = 100 * float64(p.Chunks) / float64(p.ChunksTotal)
+		}
+		fmt.Fprintf(&b, "pass running since %s: %d of %d chunks (%.0f%%), %s read, at most %s", fmtTime(*p.Started), p.Chunks, p.ChunksTotal, pct, api.FormatSize(p.Bytes), rate)
+	} else if p.BackgroundOff {
+		b.WriteString("no background audit (--audit-rate 0); 'ferry points audit' runs a pass")
+	} else {
+		fmt.Fprintf(&b, "idle, at most %s", rate)
+	}
+	if p.LastEnded != nil {
+		fmt.Fprintf(&b, "; last pass %s–%s", fmtTime(*p.LastStarted), fmtTime(*p.LastEnded))
+		if p.LastError != "" {
+			fmt.Fprintf(&b, " failed: %s", p.LastError)
+		}
+	}
+	return b.String()
 }

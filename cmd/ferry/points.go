@@ -58,7 +58,7 @@ read them. A directory that already exists keeps its own mode.`,
 		},
 	}
 	label.Flags().StringVar(&lp, "point", "", "which point")
-	cmd.AddCommand(list, export, label)
+	cmd.AddCommand(list, export, label, newPointsAuditCommand(g))
 	return cmd
 }
 

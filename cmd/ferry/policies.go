@@ -18,7 +18,7 @@ func (p *policyFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&p.rpEvery, "rp-every", "", "crash-consistent point frequency (default 30s)")
 	fs.StringVar(&p.appEvery, "app-every", "", "app-consistent point frequency (default 1h)")
 	fs.StringVar(&p.retention, "retention", "", "how long points are kept (default 24h)")
-	fs.StringVar(&p.rpoThreshold, "rpo-threshold", "", "RPO past which health turns warning, and critical at twice it (default 5m)")
+	fs.StringVar(&p.rpoThreshold, "rpo-threshold", "", "RPO past which the machine's health turns critical and rpo-breach alerts fire (default 5m)")
 	fs.StringVar(&p.bandwidth, "bandwidth", "", "replication bandwidth limit per machine, e.g. 100MiB/s (default unlimited; 0 = unlimited)")
 	fs.StringVar(&p.blockSize, "block-size", "", "block size, 4KiB to 1MiB, a power of two (default 64KiB; fixed for a machine once protected)")
 }

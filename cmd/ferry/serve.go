@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +28,8 @@ type serveOptions struct {
 	cpuProfile string
 	reserve    string
 	quota      string
+	agentLost  string
+	auditRate  string
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -53,6 +56,9 @@ with TLS and a bearer token). It prints "listening on HOST:PORT" once ready.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.reserve, "reserve", "", "free space to keep on the --data filesystem: below it replication pauses, admin writes go on (SIZE such as 2GiB; 0 for none; default the smaller of 1GiB and 5% of the filesystem)")
 	f.StringVar(&o.quota, "machine-quota", "", "most bytes one machine's retained points may store: its replication pauses at it (SIZE; default none)")
+	f.StringVar(&o.agentLost, "agent-lost-after", "1m", "how long an agent may be disconnected before agent-lost alerts fire")
+	f.StringVar(&o.auditRate, "audit-rate", "", "the point audit's read rate (SIZE per second such as 32MiB; 0 disables the background audit; default 32MiB)")
+	f.DurationVar(&o.cfg.AuditEvery, "audit-every", o.cfg.AuditEvery, "audit each retained point this long after its commit and after its last audit")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	return cmd
 }
@@ -75,6 +81,18 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 			return usagef("--machine-quota %q: %v", o.quota, err)
 		}
 		o.cfg.MachineQuota = n
+	}
+	d, err := api.ParseDuration(o.agentLost)
+	if err != nil || d <= 0 {
+		return usagef("--agent-lost-after %q: want a positive duration such as 90s or 5m", o.agentLost)
+	}
+	o.cfg.Alerts.AgentLostAfter = time.Duration(d)
+	if o.auditRate != "" {
+		n, err := parseRate(o.auditRate)
+		if err != nil {
+			return usagef("--audit-rate %q: %v", o.auditRate, err)
+		}
+		o.cfg.AuditRate = n
 	}
 	o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	o.cfg.Scripts = scripts.Files()

@@ -119,16 +119,25 @@ before the target is stored (docs/drivers.md).`,
 		Use: "list", Short: "List targets", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runTargetsList(c.Context(), g) },
 	}
+	var force bool
 	remove := &cobra.Command{
-		Use: "remove NAME", Short: "Remove a target no machine uses", Args: exactArgs(1, "NAME"),
+		Use: "remove NAME --force", Short: "Remove a target no machine uses", Args: exactArgs(1, "NAME"),
+		Long: `Remove a target that no machine names as its default. The files under its
+directory at the recovery site stay. Needs --force: without it nothing
+changes, the target (agent, directory, driver) is shown and the command
+exits 2 naming --force.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {
 				return err
 			}
+			if !force {
+				return refuseTargetRemove(c.Context(), g, cl, args[0])
+			}
 			return cl.RemoveTarget(c.Context(), args[0])
 		},
 	}
+	remove.Flags().BoolVar(&force, "force", false, "really remove the target (without it: show what would be removed)")
 	cmd.AddCommand(add, list, remove)
 	return cmd
 }

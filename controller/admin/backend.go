@@ -45,6 +45,8 @@ type Plans interface {
 type Machines interface {
 	Protect(ctx context.Context, req api.ProtectRequest) (api.Machine, error)
 	Unprotect(ctx context.Context, machine string, deletePoints bool) error
+	// UpdateMachine changes a machine's settings (machines update).
+	UpdateMachine(ctx context.Context, machine string, req api.UpdateMachineRequest) (api.UpdateMachineResult, error)
 	Machines(ctx context.Context) ([]api.Machine, error)
 	Machine(ctx context.Context, machine string) (api.Machine, error)
 	Points(ctx context.Context, machine string) ([]api.Point, error)
@@ -60,6 +62,8 @@ type Machines interface {
 type Repository interface {
 	Verify(ctx context.Context, machine string) (api.VerifyReport, error)
 	GC(ctx context.Context) (api.GCReport, error)
+	// AuditPoints runs one point-audit pass now (controller/scrub).
+	AuditPoints(ctx context.Context, req api.AuditRequest) (api.AuditReport, error)
 }
 
 // Failover is what the target, failover and job routes need.
@@ -69,6 +73,8 @@ type Failover interface {
 	RemoveTarget(ctx context.Context, name string) error
 	Failover(ctx context.Context, req api.FailoverRequest) (api.Job, error)
 	Commit(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
+	// CommitPreview says what a commit would delete; it changes nothing.
+	CommitPreview(ctx context.Context, machine string) (api.CommitPreview, error)
 	ChangePoint(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Cleanup(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
 	Reprotect(ctx context.Context, req api.MachineActionRequest) (api.Job, error)
@@ -90,4 +96,6 @@ type Backend interface {
 	Machines
 	Repository
 	Failover
+	Audit
+	Alerts
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -216,6 +217,18 @@ func (c *Client) Unprotect(ctx context.Context, machine string, deletePoints boo
 	return c.do(ctx, "DELETE", "/v1/machines/"+url.PathEscape(machine)+q, nil, nil)
 }
 
+// UpdateMachine changes a machine's settings.
+func (c *Client) UpdateMachine(ctx context.Context, machine string, req api.UpdateMachineRequest) (api.UpdateMachineResult, error) {
+	var out api.UpdateMachineResult
+	return out, c.do(ctx, "PATCH", "/v1/machines/"+url.PathEscape(machine), req, &out)
+}
+
+// CommitPreview says what `ferry commit` would delete.
+func (c *Client) CommitPreview(ctx context.Context, machine string) (api.CommitPreview, error) {
+	var out api.CommitPreview
+	return out, c.do(ctx, "GET", "/v1/machines/"+url.PathEscape(machine)+"/commit-preview", nil, &out)
+}
+
 // Machines lists machines.
 func (c *Client) Machines(ctx context.Context) ([]api.Machine, error) {
 	var m []api.Machine
@@ -255,6 +268,12 @@ func (c *Client) ExportDisk(ctx context.Context, machine string, point int64, di
 	}
 	defer resp.Body.Close()
 	return ReadSparse(resp.Body, dst)
+}
+
+// AuditPoints runs one point-audit pass now and waits for it.
+func (c *Client) AuditPoints(ctx context.Context, req api.AuditRequest) (api.AuditReport, error) {
+	var r api.AuditReport
+	return r, c.do(ctx, "POST", "/v1/points/audit", req, &r)
 }
 
 // Verify re-reads and re-hashes stored data.
@@ -343,4 +362,39 @@ func (c *Client) WatchJob(ctx context.Context, id string, fn func(api.Job) error
 			return err
 		}
 	}
+}
+
+// AuditLog lists the newest limit audit entries (all when 0), oldest first.
+func (c *Client) AuditLog(ctx context.Context, limit int) ([]api.AuditEntry, error) {
+	var out []api.AuditEntry
+	return out, c.do(ctx, "GET", "/v1/audit?limit="+strconv.Itoa(limit), nil, &out)
+}
+
+// CreateAlert adds a webhook alert rule.
+func (c *Client) CreateAlert(ctx context.Context, r api.AlertRule) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "POST", "/v1/alerts", r, &out)
+}
+
+// Alerts lists alert rules with their delivery status.
+func (c *Client) Alerts(ctx context.Context) ([]api.Alert, error) {
+	var out []api.Alert
+	return out, c.do(ctx, "GET", "/v1/alerts", nil, &out)
+}
+
+// Alert shows one alert rule.
+func (c *Client) Alert(ctx context.Context, name string) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "GET", "/v1/alerts/"+url.PathEscape(name), nil, &out)
+}
+
+// RemoveAlert deletes an alert rule.
+func (c *Client) RemoveAlert(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/alerts/"+url.PathEscape(name), nil, nil)
+}
+
+// TestAlert sends a test notification and waits for the webhook's answer.
+func (c *Client) TestAlert(ctx context.Context, name string) (api.Alert, error) {
+	var out api.Alert
+	return out, c.do(ctx, "POST", "/v1/alerts/"+url.PathEscape(name)+"/test", nil, &out)
 }

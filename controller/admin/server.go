@@ -40,13 +40,32 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.token != "" {
 		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+			// Not an admin call, so not in the audit trail; the log keeps it.
+			s.log.Warn("admin call refused: missing or wrong token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
 			writeError(w, api.Errorf(api.CodeUnauthorized, "missing or wrong admin token"))
 			return
 		}
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	s.mux.ServeHTTP(w, r)
+	if readOnly[r.Method] {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	// A front end that authenticated the caller says who it is; the token
+	// listener's caller is whoever holds its token.
+	id, ok := IdentityFrom(r.Context())
+	if !ok {
+		id = Identity{Who: "unknown", Via: "unknown"}
+		if s.token != "" {
+			id = Identity{Who: TokenIdentity(s.token), Via: "tls"}
+		}
+	}
+	s.audited(w, r, id)
 }
+
+// Mount serves h at pattern (a ServeMux pattern) behind the same token
+// check and audit as the API: /metrics, the console. Call before serving.
+func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 func (s *Server) routes() {
 	m := s.mux
@@ -113,6 +132,18 @@ func (s *Server) routes() {
 		err := s.b.Unprotect(r.Context(), r.PathValue("machine"), r.URL.Query().Get("delete_points") == "true")
 		s.reply(w, struct{}{}, err)
 	})
+	m.HandleFunc("PATCH /v1/machines/{machine}", func(w http.ResponseWriter, r *http.Request) {
+		var req api.UpdateMachineRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		res, err := s.b.UpdateMachine(r.Context(), r.PathValue("machine"), req)
+		s.reply(w, res, err)
+	})
+	m.HandleFunc("GET /v1/machines/{machine}/commit-preview", func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.b.CommitPreview(r.Context(), r.PathValue("machine"))
+		s.reply(w, p, err)
+	})
 	m.HandleFunc("GET /v1/machines/{machine}/points", func(w http.ResponseWriter, r *http.Request) {
 		ps, err := s.b.Points(r.Context(), r.PathValue("machine"))
 		if ps == nil {
@@ -167,6 +198,20 @@ func (s *Server) routes() {
 		return s.b.Verify(ctx, req.Machine)
 	}))
 	m.HandleFunc("POST /v1/gc", noIn(s, s.b.GC))
+	m.HandleFunc("GET /v1/audit", s.auditList)
+
+	m.HandleFunc("POST /v1/alerts", jsonIn(s, s.b.CreateAlert))
+	m.HandleFunc("GET /v1/alerts", noIn(s, s.b.Alerts))
+	m.HandleFunc("GET /v1/alerts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.b.Alert(r.Context(), r.PathValue("name"))
+		s.reply(w, a, err)
+	})
+	m.HandleFunc("DELETE /v1/alerts/{name}", pathOnly(s, "name", s.b.RemoveAlert))
+	m.HandleFunc("POST /v1/alerts/{name}/test", func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.b.TestAlert(r.Context(), r.PathValue("name"))
+		s.reply(w, a, err)
+	})
+	m.HandleFunc("POST /v1/points/audit", jsonIn(s, s.b.AuditPoints))
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {

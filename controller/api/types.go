@@ -220,10 +220,16 @@ type Machine struct {
 	PostSnapshot   string        `json:"post_snapshot,omitempty"`
 	Freeze         []string      `json:"freeze,omitempty"`
 	Replication    Replication   `json:"replication"`
-	Job            string        `json:"job,omitempty"` // the running mutating job, if any
+	// Progress is the running cycle's (or, once it ended, the last one's)
+	// live progress; absent before the agent reported one.
+	Progress *ReplicationProgress `json:"progress,omitempty"`
+	Job      string               `json:"job,omitempty"` // the running mutating job, if any
 	// Fence is the recovery site's stop an unplanned failback owes or
 	// made (docs/failover.md "Unplanned failback and fencing").
 	Fence *Fence `json:"fence,omitempty"`
+	// Audit: when each retained point was last audited (re-read whole),
+	// what was found, and the audit pass's progress (docs/audit.md).
+	Audit *MachineAudit `json:"audit,omitempty"`
 }
 
 // Fence is the stop of the recovery site's copy of a machine that an
@@ -248,6 +254,36 @@ type Replication struct {
 	BytesSent  int64     `json:"bytes_sent"`
 	BlocksSent int64     `json:"blocks_sent"`
 	Progress   float64   `json:"progress"` // of the current cycle, 0–1
+}
+
+// Progress phases: a cycle ships or resyncs, then is idle (ended) or
+// failed (error, retried by the agent).
+const (
+	PhaseShipping = "shipping"
+	PhaseResync   = "resync"
+	PhaseIdle     = "idle"
+	PhaseError    = "error"
+)
+
+// ReplicationProgress is a source agent's live account of a machine's
+// cycle, reported about once a second while it runs: the bytes of the
+// candidate blocks (those change detection found, or every allocated
+// block for an initial sync) compared so far and in all. Within a cycle
+// bytes_done only rises, and reaches bytes_total when the cycle ends.
+type ReplicationProgress struct {
+	Phase      string    `json:"phase"` // shipping, resync, idle (the cycle ended), error
+	BytesDone  int64     `json:"bytes_done"`
+	BytesTotal int64     `json:"bytes_total"`
+	RateBPS    int64     `json:"rate_bps"` // recent rate; the cycle's average once idle
+	Started    time.Time `json:"started"`  // controller clock
+	Updated    time.Time `json:"updated"`  // the last report
+	// ETASeconds is the time left at the recent rate, while it runs.
+	ETASeconds *float64 `json:"eta_seconds,omitempty"`
+}
+
+// Active reports whether the cycle is still running.
+func (p *ReplicationProgress) Active() bool {
+	return p != nil && (p.Phase == PhaseShipping || p.Phase == PhaseResync)
 }
 
 // Point is a recovery point as `points list` prints it.
@@ -379,18 +415,20 @@ type Target struct {
 
 // FailoverRequest is `ferry failover` (and its --test and --planned forms).
 type FailoverRequest struct {
-	Machine           string   `json:"machine,omitempty"`
-	Plan              string   `json:"plan,omitempty"`
-	Target            string   `json:"target,omitempty"`
-	Point             string   `json:"point,omitempty"`
-	Test              bool     `json:"test,omitempty"`
-	Planned           bool     `json:"planned,omitempty"`
-	ShutdownSource    bool     `json:"shutdown_source,omitempty"`
-	Direction         string   `json:"direction,omitempty"`
-	Key               []byte   `json:"key,omitempty"` // private key file content (encrypted repositories)
-	AllowInconsistent bool     `json:"allow_inconsistent,omitempty"`
-	DryRun            bool     `json:"dry_run,omitempty"`
-	Timeout           Duration `json:"timeout,omitempty"`
+	Machine           string `json:"machine,omitempty"`
+	Plan              string `json:"plan,omitempty"`
+	Target            string `json:"target,omitempty"`
+	Point             string `json:"point,omitempty"`
+	Test              bool   `json:"test,omitempty"`
+	Planned           bool   `json:"planned,omitempty"`
+	ShutdownSource    bool   `json:"shutdown_source,omitempty"`
+	Direction         string `json:"direction,omitempty"`
+	Key               []byte `json:"key,omitempty"` // private key file content (encrypted repositories)
+	AllowInconsistent bool   `json:"allow_inconsistent,omitempty"`
+	// AllowDamaged accepts a point that reads data found damaged.
+	AllowDamaged bool     `json:"allow_damaged,omitempty"`
+	DryRun       bool     `json:"dry_run,omitempty"`
+	Timeout      Duration `json:"timeout,omitempty"`
 }
 
 // MachineActionRequest is commit, cleanup, change-point, reprotect, failback.
@@ -399,6 +437,9 @@ type MachineActionRequest struct {
 	Plan    string `json:"plan,omitempty"`
 	Point   string `json:"point,omitempty"` // change-point; failback (unplanned)
 	Key     []byte `json:"key,omitempty"`
+	// AllowDamaged accepts a point that reads data found damaged
+	// (change-point, unplanned failback).
+	AllowDamaged bool `json:"allow_damaged,omitempty"`
 	// reprotect: another target (not built yet), and how the other side's
 	// machine is known to be off: stopped through its driver, or declared.
 	Target      string `json:"target,omitempty"`
@@ -450,6 +491,38 @@ type JobMachine struct {
 	PointID int64    `json:"point_id"`
 	Error   string   `json:"error,omitempty"`
 	Notes   []string `json:"notes,omitempty"`
+	// Group is the machine's recovery plan group (plan jobs only).
+	Group int `json:"group,omitempty"`
+	// Steps are the machine's own steps with their times (plan jobs,
+	// whose machines of a group move in parallel): they show the order
+	// of the groups and the overlap inside one.
+	Steps []JobStep `json:"steps,omitempty"`
+}
+
+// JobAction is a recovery plan action as a job ran it: a script's exit
+// code and output (its tail), or a manual action's text.
+type JobAction struct {
+	Group    int       `json:"group"`
+	Phase    string    `json:"phase"` // pre | post
+	Index    int       `json:"index"` // its place among the group's phase actions, from 0
+	Script   string    `json:"script,omitempty"`
+	On       string    `json:"on,omitempty"` // the agent; empty: the controller
+	Manual   string    `json:"manual,omitempty"`
+	State    string    `json:"state"` // a step state; a manual action waits as running
+	ExitCode int       `json:"exit_code,omitempty"`
+	Output   string    `json:"output,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Undone   bool      `json:"undone,omitempty"` // its undo script ran (a rollback)
+	Started  time.Time `json:"started,omitempty"`
+	Ended    time.Time `json:"ended,omitempty"`
+}
+
+// JobWait is what a job in state waiting waits for: a manual action,
+// until `ferry jobs resume`.
+type JobWait struct {
+	Step  string    `json:"step"`
+	Text  string    `json:"text"`
+	Since time.Time `json:"since"`
 }
 
 // Job is a long-running operation (failover, commit, …).
@@ -464,6 +537,13 @@ type Job struct {
 	Created   time.Time    `json:"created"`
 	Updated   time.Time    `json:"updated"`
 	CancelReq bool         `json:"cancel_requested,omitempty"`
+	// Plan is the recovery plan the job runs, if any; Actions its
+	// actions as they ran; Waiting the manual action it waits on.
+	Plan    string      `json:"plan,omitempty"`
+	Actions []JobAction `json:"actions,omitempty"`
+	Waiting *JobWait    `json:"waiting,omitempty"`
+	// Checks is a plan dry run's answer, member by member in group order.
+	Checks []MachineCheck `json:"checks,omitempty"`
 }
 
 // Terminal reports whether a job state is final.
@@ -482,4 +562,106 @@ type FailoverInfo struct {
 	PointID  int64  `json:"point_id"`
 	Set      string `json:"set"` // "live" or "test-<job>"
 	TestName string `json:"test_name,omitempty"`
+}
+
+// UpdateMachineRequest changes a protected machine (`ferry machines
+// update`). A nil field is left as it is; the disks named in RemoveDisks
+// are dropped and AddDisks are added (each synced alone, the others keep
+// their block maps).
+type UpdateMachineRequest struct {
+	// Rename is the machine's new name ("" keeps it).
+	Rename string  `json:"rename,omitempty"`
+	Policy *string `json:"policy,omitempty"`
+	// Target is the new default failover target ("" clears it).
+	Target *string `json:"target,omitempty"`
+	// Driver fields replace the source driver's commands one by one.
+	Start  *string `json:"start,omitempty"`
+	Stop   *string `json:"stop,omitempty"`
+	Pause  *string `json:"pause,omitempty"`
+	Resume *string `json:"resume,omitempty"`
+	Status *string `json:"status,omitempty"`
+	// SourceDriver is exec ("") or libvirt; SourceOptions are merged into
+	// the machine's (a "" value removes an option).
+	SourceDriver  *string           `json:"source_driver,omitempty"`
+	SourceOptions map[string]string `json:"source_options,omitempty"`
+	Domain        *string           `json:"domain,omitempty"`
+	PreSnapshot   *string           `json:"pre_snapshot,omitempty"`
+	PostSnapshot  *string           `json:"post_snapshot,omitempty"`
+	Freeze        *[]string         `json:"freeze,omitempty"`
+	AddDisks      []DiskRef         `json:"add_disks,omitempty"`
+	RemoveDisks   []string          `json:"remove_disks,omitempty"`
+	// Force allows a change that deletes the machine's stored points (a
+	// block-size change: the repository keeps a disk in one block size).
+	Force bool `json:"force,omitempty"`
+}
+
+// UpdateMachineResult is the machine after an update, with what the
+// update will cost (Notes: a disk synced alone, a target staged in full, a
+// resync) in the words `machines update` prints.
+type UpdateMachineResult struct {
+	Machine Machine  `json:"machine"`
+	Notes   []string `json:"notes"`
+}
+
+// CommitPreview is what `ferry commit M` would delete: the recovery
+// points it removes and the ones it keeps (and why).
+type CommitPreview struct {
+	Machine string  `json:"machine"`
+	Deleted []Point `json:"deleted"`
+	Kept    []Point `json:"kept"`
+}
+
+// PointDamage is what the point audit found damaged in one disk of a point.
+type PointDamage struct {
+	Disk   string  `json:"disk"`
+	Blocks []int64 `json:"blocks"`
+	Error  string  `json:"error"`
+}
+
+// PointAudit is when the point audit last re-read a point whole, and what
+// it found.
+type PointAudit struct {
+	PointID   int64         `json:"point_id"`
+	AuditedAt *time.Time    `json:"audited_at"` // nil: not audited yet
+	Damaged   bool          `json:"damaged"`    // the point reads data marked damaged now
+	Damage    []PointDamage `json:"damage"`     // what the last pass found (empty when clean)
+}
+
+// AuditPass is the point audit's progress: the running pass (if any) and
+// the last finished one.
+type AuditPass struct {
+	Running     bool       `json:"running"`
+	Machine     string     `json:"machine,omitempty"` // "" = every machine
+	Started     *time.Time `json:"started,omitempty"`
+	Chunks      int64      `json:"chunks"`       // read so far (or in the last pass)
+	ChunksTotal int64      `json:"chunks_total"` // to read in this pass
+	Bytes       int64      `json:"bytes"`
+	RateLimit   int64      `json:"rate_limit"` // bytes/s; 0 = unlimited
+	// BackgroundOff: the controller's --audit-rate is 0; only `ferry
+	// points audit` runs passes.
+	BackgroundOff bool       `json:"background_off,omitempty"`
+	LastStarted   *time.Time `json:"last_started,omitempty"`
+	LastEnded     *time.Time `json:"last_ended,omitempty"`
+	LastError     string     `json:"last_error,omitempty"`
+}
+
+// MachineAudit is the point audit as `machines show` prints it.
+type MachineAudit struct {
+	Pass   AuditPass    `json:"pass"`
+	Points []PointAudit `json:"points"`
+}
+
+// AuditRequest runs one point-audit pass now (`ferry points audit`).
+type AuditRequest struct {
+	Machine string `json:"machine,omitempty"`
+	Rate    int64  `json:"rate,omitempty"` // bytes/s; 0 = the controller's setting
+}
+
+// AuditReport is what one point-audit pass read and found.
+type AuditReport struct {
+	Chunks  int64          `json:"chunks"`
+	Bytes   int64          `json:"bytes"`
+	Seconds float64        `json:"seconds"`
+	Points  int            `json:"points"` // points audited
+	Damaged []DamagedChunk `json:"damaged"`
 }

@@ -153,8 +153,7 @@ func TestMigrationTargetDrivers(t *testing.T) {
 	// Back to schema 2: what later migrations added goes too.
 	_, err = c.db.Exec("ALTER TABLE machines DROP COLUMN roundtrip")
 	require.NoError(t, err)
-	_, err = c.db.Exec("DROP TABLE plans")
-	require.NoError(t, err)
+	dropTablesAfter4(t, c)
 	_, err = c.db.Exec("PRAGMA user_version = 2")
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
@@ -196,8 +195,7 @@ func TestMigrationRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.db.Exec("ALTER TABLE machines DROP COLUMN roundtrip")
 	require.NoError(t, err)
-	_, err = c.db.Exec("DROP TABLE plans")
-	require.NoError(t, err)
+	dropTablesAfter4(t, c)
 	_, err = c.db.Exec("PRAGMA user_version = 3")
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
@@ -223,4 +221,51 @@ func TestMigrationRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, m.RoundTrip, got.RoundTrip)
 	require.True(t, got.Reversed() && got.AtRecovery())
+}
+
+// dropTablesAfter4 drops what migrations after 0004 added (a downgrade test
+// goes back past them).
+func dropTablesAfter4(t *testing.T, c *Catalog) {
+	t.Helper()
+	for _, table := range []string{"plans", "audit", "alerts", "alert_incidents", "point_audits"} {
+		_, err := c.db.Exec("DROP TABLE " + table)
+		require.NoError(t, err)
+	}
+}
+
+// TestAuditTrail: entries append with increasing IDs, read back oldest
+// first, the limit keeps the newest, and they survive a reopen.
+func TestAuditTrail(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "catalog.db")
+	c, err := Open(ctx, p, time.Now)
+	require.NoError(t, err)
+	at := time.Unix(1_800_000_000, 0).UTC()
+	for i, path := range []string{"/v1/policies", "/v1/failover", "/v1/cleanup"} {
+		id, err := c.AppendAudit(ctx, api.AuditEntry{Time: at.Add(time.Duration(i) * time.Second), Who: "uid:0", Via: "socket",
+			Method: "POST", Path: path, Targets: []string{"web1"}, Body: []byte(`{"machine":"web1"}`), Result: api.AuditOK, Job: "j" + path})
+		require.NoError(t, err)
+		require.Equal(t, int64(i+1), id)
+	}
+	_, err = c.AppendAudit(ctx, api.AuditEntry{Time: at, Who: "token:sha256:ab", Via: "tls", Method: "DELETE", Path: "/v1/targets/x",
+		Result: api.AuditError, Code: "not_found", Message: "no target x"})
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	c, err = Open(ctx, p, time.Now)
+	require.NoError(t, err)
+	defer c.Close()
+	all, err := c.Audit(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, all, 4)
+	require.Equal(t, "/v1/policies", all[0].Path)
+	require.Equal(t, at, all[0].Time)
+	require.Equal(t, []string{"web1"}, all[1].Targets)
+	require.JSONEq(t, `{"machine":"web1"}`, string(all[1].Body))
+	require.Equal(t, "j/v1/failover", all[1].Job)
+	require.Equal(t, []string{}, all[3].Targets)
+	require.Equal(t, "not_found", all[3].Code)
+	last2, err := c.Audit(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, []int64{3, 4}, []int64{last2[0].ID, last2[1].ID})
 }

@@ -275,3 +275,19 @@ func (m Machine) AtRecovery() bool { return NormalizeSite(m.ActiveSite) == SiteR
 
 // Reversed reports whether replication runs from the recovery site home.
 func (m Machine) Reversed() bool { return m.Direction == Reverse }
+
+// RenameMachine gives a machine a new name. The caller makes sure no job
+// holds it (a job's record names the machine).
+func (c *Catalog) RenameMachine(ctx context.Context, from, to string) error {
+	res, err := c.db.ExecContext(ctx, `UPDATE machines SET name=?, updated_ns=? WHERE name=?`, to, ns(c.now()), from)
+	if isUnique(err) {
+		return fmt.Errorf("machine %q exists already: %w", to, ErrExists)
+	}
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("machine %q: %w", from, ErrNotFound)
+	}
+	return nil
+}

@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,39 +24,14 @@ func (c *Catalog) EnsureDefaultPolicy(ctx context.Context) error {
 
 // PutPolicy creates (create=true; ErrExists if present) or replaces a policy.
 func (c *Catalog) PutPolicy(ctx context.Context, p api.Policy, create bool) error {
-	b, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if create {
-		_, err = c.db.ExecContext(ctx, `INSERT INTO policies (name, spec) VALUES (?, ?)`, p.Name, string(b))
-		if isUnique(err) {
-			return fmt.Errorf("policy %q: %w", p.Name, ErrExists)
-		}
-		return err
-	}
-	res, err := c.db.ExecContext(ctx, `UPDATE policies SET spec = ? WHERE name = ?`, string(b), p.Name)
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("policy %q: %w", p.Name, ErrNotFound)
-	}
-	return nil
+	return policyTable.put(ctx, c, p.Name, p, create)
 }
 
 // Policy reads one policy.
 func (c *Catalog) Policy(ctx context.Context, name string) (api.Policy, error) {
-	var spec string
-	err := c.db.QueryRowContext(ctx, `SELECT spec FROM policies WHERE name = ?`, name).Scan(&spec)
-	if errors.Is(err, sql.ErrNoRows) {
-		return api.Policy{}, fmt.Errorf("policy %q: %w", name, ErrNotFound)
-	}
-	if err != nil {
-		return api.Policy{}, err
-	}
 	var p api.Policy
-	return p, json.Unmarshal([]byte(spec), &p)
+	err := policyTable.get(ctx, c, name, &p)
+	return p, err
 }
 
 // Policies lists every policy by name.
@@ -96,12 +70,5 @@ func (c *Catalog) DeletePolicy(ctx context.Context, name string) error {
 	if n > 0 {
 		return fmt.Errorf("policy %q is used by %d machine(s): %w", name, n, ErrExists)
 	}
-	res, err := c.db.ExecContext(ctx, `DELETE FROM policies WHERE name = ?`, name)
-	if err != nil {
-		return err
-	}
-	if k, _ := res.RowsAffected(); k == 0 {
-		return fmt.Errorf("policy %q: %w", name, ErrNotFound)
-	}
-	return nil
+	return policyTable.delete(ctx, c, name)
 }

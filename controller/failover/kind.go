@@ -34,6 +34,9 @@ type Spec struct {
 	Point    string              `json:"point,omitempty"` // change-point
 	// Action is what reprotect and failback were asked (their flags).
 	Action api.MachineActionRequest `json:"action,omitzero"`
+	// Plan is set when the job runs a recovery plan (plan.go): Machines
+	// are then the members that move, group by group.
+	Plan *PlanRun `json:"plan,omitempty"`
 }
 
 // machineData is what a job remembers per machine between steps.
@@ -82,10 +85,16 @@ type machineData struct {
 	MoveBegun         bool  `json:"move_begun,omitempty"`
 	Moved             bool  `json:"moved,omitempty"`
 	RecoveryDivergent int64 `json:"recovery_divergent,omitempty"`
+	// Done lists the machine's own steps completed in a plan job (its
+	// machines run their steps independently, in parallel).
+	Done []string `json:"done,omitempty"`
 }
 
 type jobData struct {
 	M map[string]*machineData `json:"m"`
+	// Phase2 is set durably before a planned plan failover starts its
+	// first group: a failure from then on is not rolled back.
+	Phase2 bool `json:"phase2,omitempty"`
 }
 
 // kindDef is one job kind as data: its lifecycle action, its steps, and
@@ -126,6 +135,9 @@ type kindDef struct {
 	restartSource   bool
 	// onFailure, when set, replaces revert for a job that did not succeed.
 	onFailure func(ctx context.Context, j *job, name string, md *machineData)
+	// planPhases, when set, runs a plan job of the kind in two phases
+	// (plan.go); otherwise each group's machines run all their steps.
+	planPhases *planPhases
 }
 
 // Kinds returns the job kinds of this package, for the jobs engine.
@@ -150,9 +162,16 @@ type job struct {
 	*kind
 	r    *jobs.Run
 	spec Spec
+	// saver, when set, is how the machines of a plan group running in
+	// parallel save their data (saveMachineData) without losing each
+	// other's updates.
+	saver *dataSaver
 }
 
 func (k *kind) stepList(s Spec) []step {
+	if s.Plan != nil {
+		return k.planSteps(s)
+	}
 	if s.Req.DryRun {
 		return k.def.steps(s)[:1] // check, touch nothing
 	}
@@ -192,6 +211,9 @@ func (k *kind) Run(ctx context.Context, r *jobs.Run, name string) error {
 	j, d, err := k.open(r)
 	if err != nil {
 		return err
+	}
+	if j.spec.Plan != nil {
+		return k.runPlanStep(ctx, j, d, name)
 	}
 	var run stepFunc
 	for _, st := range k.stepList(j.spec) {
@@ -257,12 +279,15 @@ func (k *kind) Run(ctx context.Context, r *jobs.Run, name string) error {
 
 // Rollback undoes a cancelled job's target work, machine by machine.
 func (k *kind) Rollback(ctx context.Context, r *jobs.Run) error {
-	if k.def.rollback == nil {
-		return nil // nothing to undo at a step boundary
-	}
 	j, d, err := k.open(r)
 	if err != nil {
 		return err
+	}
+	if j.spec.Plan != nil {
+		defer j.undoActions(ctx)
+	}
+	if k.def.rollback == nil {
+		return nil // nothing to undo at a step boundary
 	}
 	var errs []error
 	for _, name := range j.spec.Machines {
@@ -287,6 +312,10 @@ func (k *kind) Finish(ctx context.Context, r *jobs.Run, state string) {
 	j, d, err := k.open(r)
 	if err != nil {
 		r.Note("reading the job's data to undo it failed: %v", err)
+		return
+	}
+	if j.spec.Plan != nil && state != api.JobCancelled {
+		k.finishPlan(ctx, j, d, state)
 		return
 	}
 	for _, name := range j.spec.Machines {

@@ -21,5 +21,12 @@ var plannedFailoverKind = kindDef{
 	precheck:          requirePlannedSource,
 	allOrNothing:      true,
 	rollback:          rollbackLive,
-	revertOnFailure:   true, resyncOnFailure: true, restartSource: true,
+	// In a plan: sources stop group by group in reverse order, then every
+	// disk moves; only then do the groups start, in order.
+	planPhases: &planPhases{
+		stop:  []string{StepPrerequisites, StepStopSource},
+		move:  []string{StepFinalCycle, StepPowerOff, StepMove},
+		start: []string{StepStart},
+	},
+	revertOnFailure: true, resyncOnFailure: true, restartSource: true,
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/data"
@@ -127,8 +128,27 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 	}
 	// The agent answers an error frame if it refuses; read it in the
 	// background so a refusal ends the move at once.
+	// An agent that refuses mid-stream stops reading: a write blocked on
+	// the full stream window is woken (past write deadline) once the
+	// refusal is in replies, and the move returns the refusal.
 	replies := make(chan error, 1)
-	go func() { replies <- readAck(st, uint64(mv.To)) }()
+	go func() {
+		err := readAck(st, uint64(mv.To))
+		replies <- err
+		if err != nil {
+			_ = st.SetWriteDeadline(time.Unix(1, 0))
+		}
+	}()
+	refused := func(werr error) error {
+		select {
+		case err := <-replies:
+			if err != nil {
+				return agentRefused(err)
+			}
+		default:
+		}
+		return werr
+	}
 
 	batch := data.Batch{Cycle: uint64(mv.To)}
 	size := 0
@@ -140,10 +160,10 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		batch.Seq = seq // batches count from 0; the barrier says how many
 		seq++
 		if err := fw.WriteAppend(data.FrameBatch, batch.Append); err != nil {
-			return err
+			return refused(err)
 		}
 		if err := fw.Flush(); err != nil {
-			return err
+			return refused(err)
 		}
 		batch.Blocks, size = batch.Blocks[:0], 0
 		if mv.Progress != nil {
@@ -202,10 +222,10 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		return res, err
 	}
 	if err := fw.WriteAppend(data.FrameBarrier, (&data.Barrier{Cycle: uint64(mv.To), Seq: seq}).Append); err != nil {
-		return res, err
+		return res, refused(err)
 	}
 	if err := fw.Flush(); err != nil {
-		return res, err
+		return res, refused(err)
 	}
 	select {
 	case err := <-replies:

@@ -98,6 +98,9 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 		if err := checkConsistency(p, j.spec.Req.AllowInconsistent); err != nil {
 			return err
 		}
+		if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
+			return err
+		}
 		md.Point = p.ID
 	}
 	if !e.Agents.Connected(agentID) {
@@ -115,8 +118,16 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 	}
 	if j.spec.Req.DryRun {
 		if md.Point == 0 {
-			md.Point = pts[len(pts)-1].ID
-			j.r.MachineNote(name, fmt.Sprintf("latest: a failover takes a fresh cycle first when the source agent is reachable; else it uses point %d, the newest stored point", md.Point))
+			// As processLatest chooses without a fresh cycle.
+			p, err := points.Pick(pts, points.SpecLatest, name)
+			if err != nil && j.spec.Req.AllowDamaged {
+				p, err = pts[len(pts)-1], nil
+			}
+			if err != nil {
+				return refuse("%w; give --allow-damaged to use one anyway", err)
+			}
+			md.Point = p.ID
+			j.r.MachineNote(name, fmt.Sprintf("latest: a failover takes a fresh cycle first when the source agent is reachable; else it uses point %d, the newest stored point that reads no damaged data", md.Point))
 		}
 		j.r.SetMachine(name, "checked", md.Point, nil)
 		return nil
@@ -200,12 +211,25 @@ func prepareChangePoint(ctx context.Context, j *job, name string, md *machineDat
 	if p.ID == md.Point {
 		return refuse("machine %s already runs point %d", name, p.ID)
 	}
+	if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
+		return err
+	}
 	if err := j.requireKey(ctx, md, name); err != nil {
 		return err
 	}
 	md.RanOn, md.Point = md.Point, p.ID
 	if !j.e.Agents.Connected(md.TargetAgent) {
 		return unavailable("target agent of %s is not connected", md.Target)
+	}
+	return nil
+}
+
+// checkDamaged refuses a point that reads data found damaged (the point
+// audit, ferry verify) unless the caller accepts it: some of its blocks
+// cannot be read (docs/audit.md).
+func checkDamaged(p storage.Point, allow bool) error {
+	if p.Damaged && !allow {
+		return refuse("point %d is damaged (it reads data the point audit found damaged: machines show names the disks and blocks); choose another point or give --allow-damaged", p.ID)
 	}
 	return nil
 }

@@ -52,11 +52,16 @@ func prepareUnplannedFailback(ctx context.Context, j *job, name string, md *mach
 	if len(pts) == 0 {
 		return refuse("machine %s has no point to fail back to", name)
 	}
-	p := pts[len(pts)-1]
-	if ps := j.spec.Action.Point; ps != "" {
-		if p, err = points.Pick(pts, ps, name); err != nil {
-			return refuse("%w", err)
-		}
+	// The newest point that reads no damaged data, unless one is named.
+	p, err := points.Pick(pts, j.spec.Action.Point, name)
+	if errors.Is(err, points.ErrNoPoint) && j.spec.Action.Point == "" && j.spec.Action.AllowDamaged {
+		p, err = pts[len(pts)-1], nil
+	}
+	if err != nil {
+		return refuse("%w", err)
+	}
+	if err := checkDamaged(p, j.spec.Action.AllowDamaged); err != nil {
+		return err
 	}
 	reachable := j.e.Agents.Connected(md.TargetAgent)
 	if !reachable && !j.spec.Action.Unplanned {
@@ -176,6 +181,9 @@ func prepareChangePointHome(ctx context.Context, j *job, name string, md *machin
 	}
 	if p.ID == md.RanOn {
 		return refuse("machine %s already runs point %d at home", name, p.ID)
+	}
+	if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
+		return err
 	}
 	md.Point = p.ID
 	if m.Spec.Driver.Start == "" {

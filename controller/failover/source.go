@@ -79,13 +79,23 @@ func processLatest(ctx context.Context, j *job, name string, md *machineData) er
 		if len(pts) == 0 {
 			return refuse("machine %s has no recovery point", name)
 		}
+		// The newest point that reads no damaged data; with
+		// --allow-damaged, the newest point whatever it reads.
 		chosen = pts[len(pts)-1].ID
+		if !j.spec.Req.AllowDamaged {
+			if p, err := points.Pick(pts, points.SpecLatest, name); err == nil {
+				chosen = p.ID
+			}
+		}
 	}
 	p, err := e.Repo.Point(ctx, chosen)
 	if err != nil {
 		return err
 	}
 	if err := checkConsistency(p, j.spec.Req.AllowInconsistent); err != nil {
+		return err
+	}
+	if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
 		return err
 	}
 	md.Point = chosen

@@ -19,11 +19,14 @@ type Stager struct {
 	kick  chan struct{}
 	// busy reports whether a job holds the machine's staged set.
 	busy func(ctx context.Context, machine string) bool
+	// deferred is each machine's last staging error (Run's goroutine
+	// only): the info log says it once, not after every point.
+	deferred map[string]string
 }
 
 // NewStager builds a stager; Run drives it.
 func NewStager(e *Engine, busy func(ctx context.Context, machine string) bool) *Stager {
-	return &Stager{e: e, dirty: map[string]bool{}, kick: make(chan struct{}, 1), busy: busy}
+	return &Stager{e: e, dirty: map[string]bool{}, kick: make(chan struct{}, 1), busy: busy, deferred: map[string]string{}}
 }
 
 // Kick asks for a machine's staged replica to be brought forward.
@@ -76,8 +79,16 @@ func (s *Stager) Run(ctx context.Context) {
 			if name == "" {
 				break
 			}
-			if err := s.stage(ctx, name); err != nil && ctx.Err() == nil {
+			err := s.stage(ctx, name)
+			switch {
+			case err == nil:
+				delete(s.deferred, name)
+			case ctx.Err() != nil:
+			case s.deferred[name] != err.Error():
+				s.deferred[name] = err.Error()
 				s.e.Log.Info("staging deferred", "machine", name, "err", err)
+			default:
+				s.e.Log.Debug("staging deferred again", "machine", name, "err", err)
 			}
 		}
 	}
@@ -140,7 +151,9 @@ func (s *Stager) stageTo(ctx context.Context, name, target string) error {
 	if err != nil {
 		return err
 	}
-	s.e.Log.Info("staged", "machine", name, "target", t.Name, "from", set.Point, "to", newest,
+	// Debug: staging follows every point, and the controller's info log
+	// says one line per cycle (point committed).
+	s.e.Log.Debug("staged", "machine", name, "target", t.Name, "from", set.Point, "to", newest,
 		"blocks", res.Blocks, "zero", res.ZeroBlocks, "bytes", res.Bytes, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -186,7 +199,7 @@ func (s *Stager) stageHome(ctx context.Context, m catalog.Machine) error {
 		return err
 	}
 	if from != newest {
-		s.e.Log.Info("home disks staged", "machine", m.Name, "from", from, "to", newest,
+		s.e.Log.Debug("home disks staged", "machine", m.Name, // every point, as "staged" "from", from, "to", newest,
 			"blocks", res.Blocks, "zero", res.ZeroBlocks, "bytes", res.Bytes, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil

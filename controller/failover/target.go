@@ -115,6 +115,9 @@ func (j *job) env(ctx context.Context, md *machineData, name string, starting bo
 	}
 	env := driverEnv(j.r.ID(), j.r.Kind(), m, t, md.Point, paths, j.def.test, md.Set)
 	env["FERRY_MACHINE"] = md.DriverName
+	if p := j.spec.Plan; p != nil {
+		env["FERRY_PLAN"], env["FERRY_GROUP"] = p.Name, fmt.Sprint(p.GroupOf(name))
+	}
 	return env, nil
 }
 
@@ -327,6 +330,9 @@ func (j *job) advance(m *catalog.Machine) error {
 
 // saveMachineData records md durably before the step relies on it.
 func (j *job) saveMachineData(name string, md *machineData) error {
+	if j.saver != nil {
+		return j.saver.save(j.r, name, md)
+	}
 	var d jobData
 	if err := j.r.Data(&d); err != nil {
 		return err
@@ -427,17 +433,32 @@ func keepWrites(ctx context.Context, j *job, name string, md *machineData) error
 // it kept, and records the state the lifecycle table gives for a commit.
 // Retention leaves a committed machine's points alone; unprotect releases
 // them.
+// CommitSplit is the rule commitPoints follows, for `ferry commit`'s
+// preview too: of a machine's points (oldest first) it deletes all but the
+// one the machine runs (point), the newest and the recovery-divergent
+// ones.
+func CommitSplit(pts []storage.Point, point int64) (deleted, kept []storage.Point) {
+	for i, p := range pts {
+		if p.ID == point || i == len(pts)-1 || strings.HasPrefix(p.Name, RecoveryDivergentPrefix) {
+			kept = append(kept, p)
+		} else {
+			deleted = append(deleted, p)
+		}
+	}
+	return deleted, kept
+}
+
 func commitPoints(ctx context.Context, j *job, name string, md *machineData) error {
 	pts, err := j.e.Repo.Points(ctx, name)
 	if err != nil {
 		return err
 	}
 	var deleted, kept []string
-	for i, p := range pts {
-		if p.ID == md.Point || i == len(pts)-1 || strings.HasPrefix(p.Name, RecoveryDivergentPrefix) {
-			kept = append(kept, fmt.Sprint(p.ID))
-			continue
-		}
+	del, keep := CommitSplit(pts, md.Point)
+	for _, p := range keep {
+		kept = append(kept, fmt.Sprint(p.ID))
+	}
+	for _, p := range del {
 		if err := j.e.Repo.DeletePoint(ctx, p.ID); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}

@@ -198,6 +198,11 @@ func (j *job) revert(ctx context.Context, name string, md *machineData) {
 	if m.State == catalog.StateProtected || m.State == catalog.StateTestFailedOver {
 		m.State = catalog.StateProtected
 	}
+	if m.State == catalog.StateFailedOver {
+		// This job failed it over (Failover.Job, checked above) and is
+		// undone: a plan cancelled after the machine's group completed.
+		m.State, m.ActiveSite = catalog.StateProtected, catalog.SiteHome
+	}
 	m.Resync = j.def.resyncOnFailure // replication restarts with a hash resync
 	if err := j.e.Cat.UpdateMachine(ctx, m); err != nil {
 		j.r.Note("%s: %v", name, err)

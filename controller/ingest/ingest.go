@@ -26,6 +26,8 @@ type Repo interface {
 	HasChunksOf(ctx context.Context, owners []string, hashes []storage.Hash) ([]bool, error)
 	HeadBlocks(ctx context.Context, machine, disk string, fn storage.BlockFunc) error
 	DamagedHashes(ctx context.Context) (map[storage.Hash]bool, error)
+	// DiskNames lists the disks the repository holds rows of for a machine.
+	DiskNames(ctx context.Context, machine string) ([]string, error)
 	Encrypted() bool
 }
 
@@ -36,6 +38,8 @@ type Ingest struct {
 	now  func() time.Time
 	// OnCommit is told of every new point (retention, health, waiters).
 	onCommit func(machine string, p storage.Point)
+	// onStored is told of the bytes of each batch stored (metrics).
+	onStored func(machine string, bytes int64)
 	// canPatch says whether sub-block patches can be applied (the current
 	// block must be readable: not an encrypted repository without its key).
 	canPatch bool
@@ -81,6 +85,9 @@ type Config struct {
 	Log      *slog.Logger
 	Now      func() time.Time
 	OnCommit func(machine string, p storage.Point)
+	// OnStored is told of each batch stored durably: its machine and the
+	// bytes received for it (compressed, as on the wire). Optional.
+	OnStored func(machine string, bytes int64)
 	CanPatch bool
 	// Owners lists the machines an agent acts for: a cycle may reference
 	// without sending only chunks stored in their points (proof of
@@ -99,11 +106,14 @@ func New(cfg Config) (*Ingest, error) {
 	if cfg.OnCommit == nil {
 		cfg.OnCommit = func(string, storage.Point) {}
 	}
+	if cfg.OnStored == nil {
+		cfg.OnStored = func(string, int64) {}
+	}
 	dec, err := data.NewDecompressor(0)
 	if err != nil {
 		return nil, err
 	}
-	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, canPatch: cfg.CanPatch,
+	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, onStored: cfg.OnStored, canPatch: cfg.CanPatch,
 		owners: cfg.Owners, cycles: map[uint64]*cycle{}, retiring: map[string][]*cycle{}, dec: dec}, nil
 }
 
@@ -130,6 +140,7 @@ type cycle struct {
 	outstanding map[blockKey]outstanding // needed, not yet stored
 	failed      error
 	commits     *committer
+	resync      string // why the cycle compares every block ("": it does not)
 }
 
 // fail records the first error that makes the cycle unusable.
@@ -186,6 +197,15 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 		reason = fmt.Sprintf("the agent's map (head %d, pending %d) does not match the controller (head %d, pending %d)",
 			req.Map.HeadPoint, req.Map.Pending, head, pendingID(before))
 	}
+	if !resync {
+		held, err := g.repo.DiskNames(ctx, req.Machine)
+		if err != nil {
+			return msg.CycleBeginResponse{}, err
+		}
+		if d := heldNewDisk(req.Disks, held); d != "" {
+			resync, reason = true, fmt.Sprintf("the agent has no block map of disk %s, which the repository holds data of", d)
+		}
+	}
 	owners := []string{req.Machine}
 	if g.owners != nil {
 		if owners, err = g.owners(ctx, agentID); err != nil {
@@ -209,6 +229,9 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 	}
 	c := &cycle{agentID: agentID, session: sessionOf(ctx), machine: req.Machine, owners: owners, pending: p, disks: disks,
 		parts: map[uint32]bool{}, outstanding: map[blockKey]outstanding{}, commits: newCommitter(p)}
+	if resync {
+		c.resync = reason
+	}
 	g.mu.Lock()
 	if old := g.cycles[uint64(p.ID)]; old != nil {
 		// A concurrent Begin of the same machine registered first.
@@ -219,7 +242,9 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 	if err := g.waitRetired(ctx, req.Machine); err != nil {
 		return msg.CycleBeginResponse{}, err
 	}
-	g.log.Info("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
+	// The info log says one line per cycle (point committed, with the
+	// resync's reason); the begin is for debugging and timing.
+	g.log.Debug("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
 	return msg.CycleBeginResponse{Cycle: p.ID, HeadPoint: head, Resync: resync, ResyncReason: reason,
 		Patches: g.canPatch && !resync}, nil
 }
@@ -341,7 +366,11 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	delete(g.cycles, uint64(req.Cycle))
 	g.mu.Unlock()
 	go c.commits.close()
-	g.log.Info("point committed", "machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "note", req.Note)
+	attrs := []any{"machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "note", req.Note}
+	if c.resync != "" {
+		attrs = append(attrs, "resync", c.resync)
+	}
+	g.log.Info("point committed", attrs...)
 	g.onCommit(c.machine, pt)
 	return msg.CycleEndResponse{PointID: pt.ID, Instant: pt.Instant.UnixNano()}, nil
 }
@@ -369,4 +398,18 @@ func (g *Ingest) ForgetMachine(machine string) {
 			g.retiringLocked(c)
 		}
 	}
+}
+
+// heldNewDisk returns a disk the agent starts a new block map for (NewMap:
+// it assumes the controller holds zeros of it) although the repository
+// holds rows of it (held): a disk removed and added again, or a map lost
+// at the agent. Its stored blocks would read through the new point, so
+// the agent must compare by hash. "" when there is none.
+func heldNewDisk(disks []msg.DiskInfo, held []string) string {
+	for _, d := range disks {
+		if d.NewMap && slices.Contains(held, d.Name) {
+			return d.Name
+		}
+	}
+	return ""
 }

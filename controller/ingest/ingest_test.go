@@ -852,3 +852,41 @@ func TestIngestRefusesSealedBlocks(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []bool{false}, ok, "the sealed block was stored")
 }
+
+// TestIngestBeginTrustsANewDiskOnlyWhenNothingOfItIsStored: a disk the
+// agent starts a new (all-zero) block map for is synced alone when the
+// repository holds nothing of it; once the repository has rows of a disk
+// of that name (it was in a point, then removed), a new map of it orders
+// a hash resync naming the disk.
+func TestIngestBeginTrustsANewDiskOnlyWhenNothingOfItIsStored(t *testing.T) {
+	r := newRig(t)
+	c := r.begin(msg.MapState{Valid: true})
+	require.False(t, c.Resync, c.ResyncReason)
+	_, err := r.end(c.Cycle, 0, 0)
+	require.NoError(t, err)
+	head := c.Cycle
+	begin := func(disks ...msg.DiskInfo) msg.CycleBeginResponse {
+		t.Helper()
+		resp, err := r.ing.Begin(context.Background(), agentID, msg.CycleBeginRequest{Machine: machine, Disks: disks,
+			Map: msg.MapState{Valid: true, HeadPoint: head}})
+		require.NoError(t, err)
+		return resp
+	}
+	old := msg.DiskInfo{Name: "disk0", Size: diskSize, BlockSize: blockSize}
+	added := msg.DiskInfo{Name: "disk1", Size: diskSize, BlockSize: blockSize, NewMap: true}
+	c = begin(old, added)
+	require.False(t, c.Resync, "a new disk the repository holds nothing of made a resync: %s", c.ResyncReason)
+	_, err = r.end(c.Cycle, 0, 0)
+	require.NoError(t, err)
+	head = c.Cycle
+
+	// disk1 is removed (a point without it), then added again with a new map.
+	c = begin(old)
+	require.False(t, c.Resync, c.ResyncReason)
+	_, err = r.end(c.Cycle, 0, 0)
+	require.NoError(t, err)
+	head = c.Cycle
+	c = begin(old, added)
+	require.True(t, c.Resync, "a new map of a disk the repository holds was trusted")
+	require.Contains(t, c.ResyncReason, "no block map of disk disk1")
+}

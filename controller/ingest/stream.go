@@ -354,6 +354,7 @@ func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *dat
 			delete(c.outstanding, blockKey{b.Blocks[i].Disk, b.Blocks[i].Block})
 		}
 		c.mu.Unlock()
+		g.onStored(c.machine, int64(bytes))
 		rep.send(data.FrameAck, ack)
 	})
 }

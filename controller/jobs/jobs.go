@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +56,17 @@ type record struct {
 	// starts: a job resumed after a restart finishes the rollback instead
 	// of taking its completed steps for success.
 	RollingBack bool `json:"rolling_back,omitempty"`
+	// Resumed lists the manual actions `jobs resume` confirmed (their
+	// keys): a step that reruns after a restart does not wait again.
+	Resumed []string `json:"resumed,omitempty"`
+}
+
+// Planned is implemented by kinds whose jobs can run a recovery plan: the
+// job then records the plan's name, each machine's group, and the members
+// it skips (with why) from the start. Skipped members are listed in the
+// job (state skipped) but not locked: the job does not touch them.
+type Planned interface {
+	PlanOf(spec json.RawMessage) (plan string, groups map[string]int, skipped map[string]string)
 }
 
 // Engine runs jobs.
@@ -72,6 +84,7 @@ type Engine struct {
 	running  bool // Resume was called: jobs run in ctx
 
 	hooks Hooks
+	onEnd func(api.Job)
 }
 
 // Hooks are test hooks of the engine; the zero value (production) has none.
@@ -93,6 +106,10 @@ const (
 	FailStepDone    = "job.step-done"    // a step recorded succeeded or skipped
 	FailRollingBack = "job.rolling-back" // a cancel's rollback recorded, before it runs
 )
+
+// OnEnd has f told of each job that ends (once, with its final state),
+// after its watchers: metrics and alerts. Call before Resume.
+func (e *Engine) OnEnd(f func(api.Job)) { e.onEnd = f }
 
 // SetHooks installs test hooks; call before Resume.
 func (e *Engine) SetHooks(h Hooks) { e.hooks = h }
@@ -160,7 +177,31 @@ func (e *Engine) StartWith(ctx context.Context, kind string, machines []string, 
 	for _, m := range machines {
 		rec.Machines = append(rec.Machines, api.JobMachine{Name: m, State: "pending"})
 	}
-	if err := e.store.LockMachines(ctx, rec.ID, machines); err != nil {
+	lock := machines
+	if p, ok := k.(Planned); ok {
+		plan, groups, skipped := p.PlanOf(raw)
+		rec.Plan = plan
+		lock = nil
+		for i := range rec.Machines {
+			m := &rec.Machines[i]
+			m.Group = groups[m.Name]
+			if why, ok := skipped[m.Name]; ok {
+				m.State, m.Notes = api.StepSkipped, []string{"skipped: " + why}
+				continue
+			}
+			lock = append(lock, m.Name)
+		}
+		if len(skipped) > 0 {
+			var names []string
+			for _, m := range rec.Machines {
+				if _, ok := skipped[m.Name]; ok {
+					names = append(names, m.Name)
+				}
+			}
+			rec.Notes = append(rec.Notes, fmt.Sprintf("skipped members of plan %s: %s", plan, strings.Join(names, ", ")))
+		}
+	}
+	if err := e.store.LockMachines(ctx, rec.ID, lock); err != nil {
 		if errors.Is(err, catalog.ErrLocked) {
 			return api.Job{}, api.Errorf(api.CodeBusy, "%v", err)
 		}
@@ -244,6 +285,13 @@ func (e *Engine) Resume(ctx context.Context) error {
 			continue
 		}
 		rec.Notes = append(rec.Notes, fmt.Sprintf("%s: resumed after a controller restart", e.now().Format(time.RFC3339)))
+		// A job that waited on a manual action waits again once its step
+		// reruns and reaches it (unless the resume was recorded): until
+		// then it runs, and `jobs resume` has nothing to confirm.
+		rec.Waiting = nil
+		if rec.State == api.JobWaiting {
+			rec.State = api.JobRunning
+		}
 		e.log.Info("resuming job", "job", rec.ID, "kind", rec.Kind)
 		e.launch(rec)
 	}
@@ -254,7 +302,7 @@ func (e *Engine) Resume(ctx context.Context) error {
 func (e *Engine) Wait() { e.wg.Wait() }
 
 func (e *Engine) launch(rec *record) *Run {
-	r := &Run{e: e, rec: rec}
+	r := &Run{e: e, rec: rec, wake: make(chan struct{}, 1)}
 	e.mu.Lock()
 	e.active[rec.ID] = r
 	e.mu.Unlock()
@@ -332,6 +380,40 @@ func (e *Engine) Cancel(ctx context.Context, id string) (api.Job, error) {
 	if err := r.persist(true); err != nil {
 		return r.snapshot(), err
 	}
+	r.wakeUp() // a job waiting on a manual action stops waiting and rolls back
+	return r.snapshot(), nil
+}
+
+// Continue resumes a job waiting on a manual action (`ferry jobs
+// resume`). The confirmation is recorded durably before the job goes on:
+// a controller restarted after it does not wait again.
+func (e *Engine) Continue(ctx context.Context, id string) (api.Job, error) {
+	e.mu.Lock()
+	r, ok := e.active[id]
+	e.mu.Unlock()
+	if !ok {
+		j, err := e.Get(ctx, id)
+		if err != nil {
+			return j, err
+		}
+		return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a job waiting on a manual action can be resumed", id, j.State)
+	}
+	r.mu.Lock()
+	w := r.rec.Waiting
+	if w == nil || r.rec.State != api.JobWaiting || r.waitKey == "" {
+		state := r.rec.State
+		r.mu.Unlock()
+		return r.snapshot(), api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a job waiting on a manual action can be resumed", id, state)
+	}
+	r.rec.Resumed = append(r.rec.Resumed, r.waitKey)
+	r.rec.Waiting = nil
+	r.rec.State = api.JobRunning
+	r.rec.Notes = append(r.rec.Notes, fmt.Sprintf("%s: resumed after the manual action %q", w.Step, w.Text))
+	r.mu.Unlock()
+	if err := r.persist(true); err != nil {
+		return r.snapshot(), err
+	}
+	r.wakeUp()
 	return r.snapshot(), nil
 }
 
@@ -396,6 +478,12 @@ func (e *Engine) unwatch(id string, ch chan api.Job) {
 
 // notify sends a snapshot to watchers; on a terminal state it closes them.
 func (e *Engine) notify(j api.Job) {
+	ended := false
+	defer func() {
+		if ended && e.onEnd != nil {
+			e.onEnd(j)
+		}
+	}()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, ch := range e.watchers[j.ID] {
@@ -422,6 +510,7 @@ func (e *Engine) notify(j api.Job) {
 			close(ch)
 		}
 		delete(e.watchers, j.ID)
+		_, ended = e.active[j.ID] // only the first terminal notify of a run
 		delete(e.active, j.ID)
 	}
 }

@@ -20,6 +20,10 @@ type Run struct {
 	step        int
 	lastPersist time.Time
 	ephemeral   bool // a dry run: nothing is persisted or watched
+	// wake is signalled by Continue and Cancel: a step waiting on a
+	// manual action looks again. waitKey is the action it waits on.
+	wake    chan struct{}
+	waitKey string
 }
 
 // ID is the job's id.
@@ -169,6 +173,14 @@ func (r *Run) snapshot() api.Job {
 		j.Machines[i].Notes = append([]string(nil), j.Machines[i].Notes...)
 	}
 	j.Notes = append([]string(nil), j.Notes...)
+	for i := range j.Machines {
+		j.Machines[i].Steps = append([]api.JobStep(nil), j.Machines[i].Steps...)
+	}
+	j.Actions = append([]api.JobAction(nil), j.Actions...)
+	if j.Waiting != nil {
+		w := *j.Waiting
+		j.Waiting = &w
+	}
 	return j
 }
 
@@ -242,6 +254,9 @@ func (r *Run) setState(state, errText string) {
 	now := r.e.now()
 	r.mu.Lock()
 	r.rec.State = state
+	if state != api.JobWaiting {
+		r.rec.Waiting = nil
+	}
 	if errText != "" {
 		r.rec.Error = errText
 	}

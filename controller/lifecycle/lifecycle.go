@@ -83,7 +83,7 @@ var (
 	atRecovery      = refuse("the machine runs at its recovery site and replicates home", "bring it home with 'ferry failback M'")
 	atHomeNoRepl    = refuse("the machine runs at home again but replicates nowhere yet", "re-protect it first (ferry reprotect M)")
 	homeTestRunning = refuse("a failback test (a clone of the home disks) is running at home", "end it with 'ferry cleanup M' first")
-	uncommittedBack = refuse("the unplanned failback is not committed", "commit it (ferry commit M) or move it to another point (ferry change-point M --point SPEC)")
+	uncommittedBack = refuse("the unplanned failback is not committed", "commit it (ferry commit M --force) or move it to another point (ferry change-point M --point SPEC)")
 )
 
 // table is the lifecycle: every (state, action) pair of States × Actions.
@@ -128,17 +128,17 @@ var table = map[cell]Rule{
 	{catalog.StateTestFailedOver, UnplannedFailback}: testRunning,
 
 	// failed-over: the machine runs at the target; its points are kept.
-	{catalog.StateFailedOver, Failover}:          refuse("the machine already runs at its target", "commit it (ferry commit M), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
-	{catalog.StateFailedOver, TestFailover}:      refuse("the machine already runs at its target", "commit it (ferry commit M), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
-	{catalog.StateFailedOver, PlannedFailover}:   refuse("the machine already runs at its target", "commit it (ferry commit M), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
+	{catalog.StateFailedOver, Failover}:          refuse("the machine already runs at its target", "commit it (ferry commit M --force), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
+	{catalog.StateFailedOver, TestFailover}:      refuse("the machine already runs at its target", "commit it (ferry commit M --force), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
+	{catalog.StateFailedOver, PlannedFailover}:   refuse("the machine already runs at its target", "commit it (ferry commit M --force), move it to another point (ferry change-point M --point SPEC) or undo the failover (ferry revert M)"),
 	{catalog.StateFailedOver, Commit}:            allow(catalog.StateCommitted),
 	{catalog.StateFailedOver, ChangePoint}:       allow(catalog.StateFailedOver),
-	{catalog.StateFailedOver, Cleanup}:           refuse("there is no test failover to clean up: the machine was failed over", "commit it (ferry commit M)"),
+	{catalog.StateFailedOver, Cleanup}:           refuse("there is no test failover to clean up: the machine was failed over", "commit it (ferry commit M --force)"),
 	{catalog.StateFailedOver, Export}:            allow(catalog.StateFailedOver),
-	{catalog.StateFailedOver, Unprotect}:         refuse("the failover is not committed", "commit it first (ferry commit M), or undo it (ferry revert M)"),
-	{catalog.StateFailedOver, Reprotect}:         refuse("the failover is not committed: re-protection replicates the machine's new disks home, which ends the failover", "commit it first (ferry commit M), then re-protect (ferry reprotect M)"),
-	{catalog.StateFailedOver, Failback}:          refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M), then re-protect it (ferry reprotect M)"),
-	{catalog.StateFailedOver, UnplannedFailback}: refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M), then re-protect it (ferry reprotect M)"),
+	{catalog.StateFailedOver, Unprotect}:         refuse("the failover is not committed", "commit it first (ferry commit M --force), or undo it (ferry revert M)"),
+	{catalog.StateFailedOver, Reprotect}:         refuse("the failover is not committed: re-protection replicates the machine's new disks home, which ends the failover", "commit it first (ferry commit M --force), then re-protect (ferry reprotect M)"),
+	{catalog.StateFailedOver, Failback}:          refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M --force), then re-protect it (ferry reprotect M)"),
+	{catalog.StateFailedOver, UnplannedFailback}: refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M --force), then re-protect it (ferry reprotect M)"),
 
 	// committed: the machine lives at the recovery site; its points are
 	// gone but for what a re-protect needs.
@@ -227,7 +227,7 @@ var table = map[cell]Rule{
 	{catalog.StateSyncing, TestFailback}:          neverFailedOver,
 	{catalog.StateProtected, TestFailback}:        neverFailedOver,
 	{catalog.StateTestFailedOver, TestFailback}:   testRunning,
-	{catalog.StateFailedOver, TestFailback}:       refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M), then re-protect it (ferry reprotect M --test-dir DIR)"),
+	{catalog.StateFailedOver, TestFailback}:       refuse("failback brings a machine home over reverse replication, and none runs yet", "commit it (ferry commit M --force), then re-protect it (ferry reprotect M --test-dir DIR)"),
 	{catalog.StateCommitted, TestFailback}:        refuse("nothing replicates home yet: a failback test starts a clone of the replicated home disks", "re-protect it first (ferry reprotect M --stop-source --test-dir DIR)"),
 	{catalog.StateReprotecting, TestFailback}:     reprotectRuns,
 	{catalog.StateReverseProtected, TestFailback}: allow(catalog.StateTestFailedBack),

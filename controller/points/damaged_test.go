@@ -29,7 +29,7 @@ func TestLatestSkipsDamagedPoints(t *testing.T) {
 
 // TestHealthDegradedByDamagedPoints: damaged points make a healthy or
 // warning machine degraded, a critical one stays critical, and a machine
-// that is not replicating is degraded too.
+// that is not replicating (a warning) is degraded too.
 func TestHealthDegradedByDamagedPoints(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	last := now.Add(-time.Second)
@@ -38,6 +38,10 @@ func TestHealthDegradedByDamagedPoints(t *testing.T) {
 	_, level, reason := Health(in)
 	require.Equal(t, Degraded, level)
 	require.Contains(t, reason, "2 point(s) read data found damaged")
+	in.DamageDetail = "point 3 disk d block 9, point 4 disk d block 9"
+	_, _, reason = Health(in)
+	require.Contains(t, reason, "(point 3 disk d block 9, point 4 disk d block 9)", "the audit's findings name point, disk and block")
+	in.DamageDetail = ""
 	old := now.Add(-time.Hour)
 	in.LastPoint = &old
 	_, level, _ = Health(in)
@@ -47,5 +51,5 @@ func TestHealthDegradedByDamagedPoints(t *testing.T) {
 	require.Equal(t, Degraded, level)
 	in.DamagedPoints = 0
 	_, level, _ = Health(in)
-	require.Equal(t, Healthy, level)
+	require.Equal(t, Warning, level, "not replicating is never healthy")
 }

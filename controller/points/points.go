@@ -119,20 +119,27 @@ type HealthInput struct {
 	ReplError   string // the agent's last replication error, if any
 	ClockSkew   time.Duration
 	Replicating bool // false when the machine is not replicating (failed over…)
+	// NotReplicating says why, when Replicating is false (its state and
+	// what brings replication back).
+	NotReplicating string
 	// DiskFull: the controller's disk is below its reserve, ingest paused.
 	DiskFull bool
 	// OverQuota: the machine's points reached the per-machine quota.
 	OverQuota bool
 	// DamagedPoints counts points that read data found damaged.
 	DamagedPoints int
+	// DamageDetail names the damaged points' disks and blocks (the point
+	// audit's findings), appended to the reason.
+	DamageDetail string
 }
 
 // MaxSkew is the agent clock offset past which a machine gets a warning.
 const MaxSkew = 2 * time.Second
 
-// Health judges RPO against the threshold: warning past it, critical past
-// twice it; before the first point, the initial sync is judged the same way
-// from the moment protection began. It returns the RPO in seconds (nil
+// Health judges RPO against the threshold: critical past it (the policy's
+// threshold is the RPO the operator promised; past it the promise is
+// broken, which is what pages someone); before the first point, the
+// initial sync is judged the same way from the moment protection began. It returns the RPO in seconds (nil
 // before the first point), the level and why.
 func Health(in HealthInput) (rpo *float64, level, reason string) {
 	if in.LastPoint != nil {
@@ -141,13 +148,26 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 	}
 	damaged := ""
 	if in.DamagedPoints > 0 {
-		damaged = fmt.Sprintf("%d point(s) read data found damaged (ferry verify): left out of latest*, stored again by the next cycles", in.DamagedPoints)
+		damaged = fmt.Sprintf("%d point(s) read data found damaged (point audit or ferry verify): left out of latest*, stored again by the next cycles where the source still has it", in.DamagedPoints)
+		if in.DamageDetail != "" {
+			damaged += " (" + in.DamageDetail + ")"
+		}
 	}
 	if !in.Replicating {
-		if damaged != "" {
-			return rpo, Degraded, damaged
+		// No new point arrives: whatever the RPO, the machine is not
+		// protected the way a healthy one is (a failed-over machine runs
+		// at its recovery site with nothing replicating it).
+		reason = "not replicating"
+		if in.NotReplicating != "" {
+			reason += ": " + in.NotReplicating
 		}
-		return rpo, Healthy, ""
+		if in.LastPoint != nil {
+			reason += fmt.Sprintf("; newest point %s old", in.Now.Sub(*in.LastPoint).Round(time.Second))
+		}
+		if damaged != "" {
+			return rpo, Degraded, reason + "; " + damaged
+		}
+		return rpo, Warning, reason
 	}
 	age := in.Now.Sub(in.Protected)
 	what := "initial sync in progress"
@@ -156,11 +176,8 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 		what = fmt.Sprintf("RPO %s", age.Round(time.Second))
 	}
 	level = Healthy
-	switch {
-	case age > 2*in.Threshold:
-		level, reason = Critical, fmt.Sprintf("%s exceeds twice the threshold %s", what, in.Threshold)
-	case age > in.Threshold:
-		level, reason = Warning, fmt.Sprintf("%s exceeds the threshold %s", what, in.Threshold)
+	if age > in.Threshold {
+		level, reason = Critical, fmt.Sprintf("%s exceeds the threshold %s", what, in.Threshold)
 	}
 	extra := func(r string) {
 		if level == Healthy {

@@ -47,10 +47,14 @@ func TestHealth(t *testing.T) {
 	require.Equal(t, Healthy, level, reason)
 	require.InDelta(t, 10, *rpo, 0.001)
 
-	in.LastPoint = at(6 * time.Minute)
+	in.LastPoint = at(5 * time.Minute)
 	_, level, reason = Health(in)
-	require.Equal(t, Warning, level)
-	require.Contains(t, reason, "threshold")
+	require.Equal(t, Healthy, level, "at the threshold is not past it: %s", reason)
+
+	in.LastPoint = at(5*time.Minute + time.Second)
+	_, level, reason = Health(in)
+	require.Equal(t, Critical, level, "past the threshold the RPO promise is broken")
+	require.Contains(t, reason, "RPO 5m1s exceeds the threshold 5m0s")
 
 	in.LastPoint = at(11 * time.Minute)
 	_, level, _ = Health(in)
@@ -61,7 +65,7 @@ func TestHealth(t *testing.T) {
 	rpo, level, _ = Health(in)
 	require.Nil(t, rpo)
 	require.Equal(t, Healthy, level, "a young initial sync is healthy")
-	in.Protected = now.Add(-20 * time.Minute)
+	in.Protected = now.Add(-6 * time.Minute)
 	_, level, reason = Health(in)
 	require.Equal(t, Critical, level)
 	require.Contains(t, reason, "initial sync")
@@ -75,7 +79,11 @@ func TestHealth(t *testing.T) {
 	require.Contains(t, reason, "not connected")
 	require.Contains(t, reason, "clock")
 
-	in.Replicating = false
-	_, level, _ = Health(in)
-	require.Equal(t, Healthy, level, "a failed-over machine is not judged on replication")
+	// A failed-over machine is not healthy: nothing replicates it.
+	in = base
+	in.LastPoint = at(time.Second)
+	in.Replicating, in.NotReplicating = false, "failed-over: it runs at its recovery site"
+	_, level, reason = Health(in)
+	require.Equal(t, Warning, level)
+	require.Equal(t, "not replicating: failed-over: it runs at its recovery site; newest point 1s old", reason)
 }

@@ -47,7 +47,7 @@ func TestProtectRefusesANameWhoseLiveDisksRun(t *testing.T) {
 	f := newFailoverSetup(t, "--rp-every", "1h")
 	f.protect(t, "app", 8<<20)
 	f.c.runJob(t, 0, "failover", "app", "--point", "latest-processed")
-	f.c.runJob(t, 0, "commit", "app")
+	f.c.runJob(t, 0, "commit", "app", "--force")
 	require.Equal(t, "running", f.site.Hyp.State("app"))
 	live := f.site.Hyp.Disks(t, "app")[0]
 	before, err := os.ReadFile(live)

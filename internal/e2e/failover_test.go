@@ -301,7 +301,7 @@ func TestChangePointThenCommit(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, string(written) == string(got), "the named point holds exactly the target's disk before the change")
 
-	f.c.runJob(t, 0, "commit", "app")
+	f.c.runJob(t, 0, "commit", "app", "--force")
 	// Commit deletes the points but the two a re-protect needs: the one
 	// the live disks started from (p1, after change-point) and the newest.
 	var left []int64

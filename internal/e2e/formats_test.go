@@ -280,7 +280,7 @@ func TestTargetFormats(t *testing.T) {
 			require.True(t, string(wantW) == string(got), "the named point holds what the machine wrote to its %s disk", format)
 			live = site.Hyp.Disks(t, name)[0]
 			qemuImg(t, "compare", "-f", "raw", "-F", format, exp1, live)
-			f.c.runJob(t, 0, "commit", name)
+			f.c.runJob(t, 0, "commit", name, "--force")
 		})
 	}
 }

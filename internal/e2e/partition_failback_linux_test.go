@@ -45,7 +45,7 @@ func TestNetPartitionMidFailback(t *testing.T) {
 	site.waitStaged(t, "vm", p.ID)
 
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := site.Hyp.Disks(t, "vm")[0]
 	const change = 24 << 20
 	overwrite(t, live, mirror, change)

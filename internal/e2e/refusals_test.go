@@ -75,7 +75,7 @@ func TestTokenRefusals(t *testing.T) {
 func TestRevokedAgentIsRefused(t *testing.T) {
 	c := StartController(t)
 	a := EnrollAgent(t, c, c.Addr, "doomed")
-	c.MustFerry("agents", "revoke", "doomed")
+	c.MustFerry("agents", "revoke", "doomed", "--force")
 	// The session ends and every reconnection is refused.
 	require.Eventually(t, func() bool {
 		var agents []struct {

@@ -119,7 +119,7 @@ func testRoundTripFormat(t *testing.T, format string) {
 	r.c.runJob(t, 0, "failover", "vm")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.requireImageMirror(t, live, format, "failed over")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 
 	r.writeImage(t, live, format, 160)
 	r.requireImageMirror(t, live, format, "written at the recovery site")
@@ -160,7 +160,7 @@ func testRoundTripFormat(t *testing.T, format string) {
 
 	// A second round trip from the fresh conversion: the recovery agent's
 	// block map and views of the first one do not hold it.
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.writeImage(t, live, format, 50)
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.requireMirror(t, r.img, "home disk after the second re-protect")
@@ -189,7 +189,7 @@ func TestReprotectWarnsInconsistentRecoverySite(t *testing.T) {
 	r := newRoundTripFormat(t, size, "qcow2", "ext4")
 	r.c.runJob(t, 0, "failover", "vm")
 	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.writeImage(t, live, "qcow2", 100)
 
 	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
@@ -230,7 +230,7 @@ func TestForwardReprotectFromQCOW2SurvivesControllerKill(t *testing.T) {
 	r := newRoundTripFormat(t, size, "qcow2", "xfs")
 	r.c.runJob(t, 0, "failover", "vm")
 	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.writeImage(t, live, "qcow2", 200)
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.writeImage(t, live, "qcow2", 100)
@@ -273,7 +273,7 @@ func TestReverseSourceReadsARawRecoveryDiskAsRaw(t *testing.T) {
 	r := newRoundTripFormat(t, size, "raw", "xfs")
 	r.c.runJob(t, 0, "failover", "vm")
 	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 
 	marker := r.writeQCOW2Header(t, live, size)
 	r.write(t, live, 50)
@@ -319,7 +319,7 @@ func TestForwardSourceReadsARawHomeDiskAsRaw(t *testing.T) {
 	require.True(t, bytes.Equal(r.mirror, got), "the failover's point holds the guest's raw bytes")
 
 	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.write(t, live, 30)
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.requireMirror(t, r.img, "home disk after re-protect")
@@ -392,7 +392,7 @@ func TestForwardReprotectFromQCOW2AfterRetentionPrunedItsPoint(t *testing.T) {
 	failedOverTo := j.Machines[0].PointID
 	require.NotZero(t, failedOverTo)
 	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.writeImage(t, live, "qcow2", 100)
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.writeImage(t, live, "qcow2", 60)
@@ -432,7 +432,7 @@ func TestUnplannedFailbackFromQCOW2Site(t *testing.T) {
 	r := newRoundTripFormat(t, size, "qcow2", "xfs")
 	r.c.runJob(t, 0, "failover", "vm")
 	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.writeImage(t, live, "qcow2", 100)
 	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	p1 := j.Machines[0].PointID
@@ -446,7 +446,7 @@ func TestUnplannedFailbackFromQCOW2Site(t *testing.T) {
 	r.mirror = bytes.Clone(atP1)
 	r.requireMirror(t, r.img, "home disk after failback --point P1")
 	r.requireState(t, "failed-back", "home", "forward")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 
 	r.write(t, r.img, 50)
 	j = r.c.runJob(t, 0, "reprotect", "vm")

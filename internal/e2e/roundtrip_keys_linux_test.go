@@ -54,7 +54,7 @@ func TestRoundTripEncrypted(t *testing.T) {
 	r.c.runJob(t, 0, "failover", "vm")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.requireMirror(t, live, "failed over")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.write(t, live, 60)
 
 	j := r.c.runJob(t, 3, "reprotect", "vm", "--stop-source")

@@ -144,7 +144,7 @@ func TestRoundTripKillsAtEachMoment(t *testing.T) {
 	const size = 32 << 20
 	r := newRoundTrip(t, size, true)
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	k := &killRound{roundTrip: r, live: r.site.Hyp.Disks(t, "vm")[0], homeKept: bytes.Clone(r.mirror)}
 	requireSameFileBytes(t, k.homeKept, r.img)
 
@@ -233,7 +233,7 @@ func TestRoundTripKillsAtEachMoment(t *testing.T) {
 		r.c.runJob(t, 0, "reprotect", "vm")
 		r.c.runJob(t, 0, "failover", "vm")
 		r.requireMirror(t, k.live, "failed over")
-		r.c.runJob(t, 0, "commit", "vm")
+		r.c.runJob(t, 0, "commit", "vm", "--force")
 		k.homeKept = bytes.Clone(r.mirror)
 	}
 }

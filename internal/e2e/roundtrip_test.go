@@ -129,7 +129,7 @@ func TestReprotectBytesFollowTheChange(t *testing.T) {
 	r := newRoundTrip(t, size, true)
 	r.write(t, r.img, 16)
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	changed := int64(len(r.write(t, live, 40))) * 64 << 10
 
@@ -207,7 +207,7 @@ func TestRoundTrip(t *testing.T) {
 	r.requireState(t, "failed-over", "recovery", "forward")
 	r.refused(t, []string{"not committed", "ferry commit vm"}, "reprotect", "vm")
 
-	j := r.c.runJob(t, 0, "commit", "vm")
+	j := r.c.runJob(t, 0, "commit", "vm", "--force")
 	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), "kept point", "commit says what it keeps")
 	r.write(t, live, 200) // the machine writes at the recovery site
 
@@ -256,7 +256,7 @@ func TestRoundTrip(t *testing.T) {
 	r.c.runJob(t, 0, "failover", "vm")
 	r.requireMirror(t, live, "failed over again")
 
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.write(t, live, 50)
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.requireMirror(t, r.img, "home disk after the second re-protect")
@@ -284,7 +284,7 @@ func TestReprotectKeepsHomeDivergentWrites(t *testing.T) {
 	homeMirror := r.mirror
 	r.mirror = atFailover
 	r.requireMirror(t, live, "failed over to the last point")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.write(t, live, 120)
 
 	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
@@ -329,7 +329,7 @@ func TestRoundTripVHDXHome(t *testing.T) {
 	r.c.runJob(t, 0, "failover", "vm2")
 	live := r.site.Hyp.Disks(t, "vm2")[0]
 	r.requireMirror(t, live, "failed over")
-	r.c.runJob(t, 0, "commit", "vm2")
+	r.c.runJob(t, 0, "commit", "vm2", "--force")
 	r.write(t, live, 150)
 	r.c.runJob(t, 0, "reprotect", "vm2", "--stop-source")
 	r.write(t, live, 50)
@@ -354,7 +354,7 @@ func TestRoundTripSurvivesControllerKills(t *testing.T) {
 	const size = 64 << 20
 	r := newRoundTrip(t, size)
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.write(t, live, 400)
 
@@ -398,7 +398,7 @@ func TestReprotectSurvivesHomeAgentKill(t *testing.T) {
 	const size = 256 << 20
 	r := newRoundTrip(t, size)
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.write(t, live, 3000)
 
@@ -469,7 +469,7 @@ func TestReprotectWithoutStatusNeedsSourceIsOff(t *testing.T) {
 	p := r.c.WaitPoint("ns", 0, 3*time.Minute)
 	r.site.waitStaged(t, "ns", p.ID)
 	r.c.runJob(t, 0, "failover", "ns")
-	r.c.runJob(t, 0, "commit", "ns")
+	r.c.runJob(t, 0, "commit", "ns", "--force")
 	live := r.site.Hyp.Disks(t, "ns")[0]
 	r.write(t, live, 40)
 	homeBefore, err := os.ReadFile(img)

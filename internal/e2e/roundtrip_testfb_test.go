@@ -43,7 +43,7 @@ func TestFailbackTest(t *testing.T) {
 	const size = 32 << 20
 	r := newRoundTrip(t, size)
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.write(t, live, 100)
 
@@ -136,7 +136,7 @@ func TestFailbackTestRefusals(t *testing.T) {
 	r.site.waitStaged(t, "vm2", p.ID)
 
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.refused(t, []string{"test directory", "--test-dir"}, "failback", "vm", "--test")
 	require.Equal(t, "absent", r.homeHyp.State("vm-test"), "nothing was started")
@@ -154,7 +154,7 @@ func TestFailbackTestRefusals(t *testing.T) {
 	p3 := r.c.WaitPoint("vm3", 0, 3*time.Minute)
 	r.site.waitStaged(t, "vm3", p3.ID)
 	r.c.runJob(t, 0, "failover", "vm3")
-	r.c.runJob(t, 0, "commit", "vm3")
+	r.c.runJob(t, 0, "commit", "vm3", "--force")
 	r.c.runJob(t, 0, "reprotect", "vm3", "--test-dir", filepath.Join(filepath.Dir(r.img), "fbtest3"))
 	res := r.c.Ferry("failback", "vm3", "--test")
 	require.Equal(t, 1, res.Code, "%s %s", res.Stdout, res.Stderr)
@@ -163,7 +163,7 @@ func TestFailbackTestRefusals(t *testing.T) {
 	require.Equal(t, "absent", r.homeHyp.State("vm3-test"), "nothing was started")
 
 	r.c.runJob(t, 0, "failover", "vm2")
-	r.c.runJob(t, 0, "commit", "vm2")
+	r.c.runJob(t, 0, "commit", "vm2", "--force")
 	before, err := os.ReadFile(vmdk)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(r.homeHyp.Dir, "vm2.state"), []byte("running\n"), 0o600))
@@ -219,7 +219,7 @@ func TestReprotectToNewTarget(t *testing.T) {
 	const size = 32 << 20
 	r := newRoundTrip(t, size)
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.write(t, live, 100)
 	homeSHA := fileSHA(t, r.img)
@@ -273,7 +273,7 @@ func TestFailbackTestSurvivesControllerKills(t *testing.T) {
 	const size = 32 << 20
 	r := newRoundTrip(t, size)
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	testDir := filepath.Join(filepath.Dir(r.img), "fbtest")
 	require.NoError(t, os.MkdirAll(testDir, 0o700))

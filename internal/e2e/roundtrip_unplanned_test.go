@@ -67,7 +67,7 @@ func agentConnected(c *Controller, name string) bool {
 func (r *roundTrip) reverseProtected(t *testing.T) (string, int64) {
 	t.Helper()
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.write(t, live, 100)
 	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
@@ -128,7 +128,7 @@ func TestUnplannedFailbackToAnOlderPoint(t *testing.T) {
 	kept := r.pointNamed(t, "home-divergent-"+j.ID)
 	requireSameFileBytes(t, homeWrites, filepath.Join(r.c.Export("vm", kept.ID), "d.raw"))
 
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.requireState(t, "back-home", "home", "forward")
 
 	// Forward again: the recovery disk went on past P2; it is kept, then
@@ -218,7 +218,7 @@ func TestFailbackWithRecoverySiteDown(t *testing.T) {
 
 	// Commit keeps the fence's point; the forward re-protect stages the
 	// recovery disk from it, and a failover runs on the home disk's bytes.
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	r.pointNamed(t, "recovery-divergent-"+j.ID)
 	r.write(t, r.img, 30)
 	j = r.c.runJob(t, 0, "reprotect", "vm")

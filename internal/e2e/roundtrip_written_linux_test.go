@@ -230,7 +230,7 @@ func TestReprotectWritesHomeOnlyWhereItDiffered(t *testing.T) {
 		r.writeBoth(t, r.img, int64(b)*wBlock, zero)
 	}
 	r.c.runJob(t, 0, "failover", "vm")
-	r.c.runJob(t, 0, "commit", "vm")
+	r.c.runJob(t, 0, "commit", "vm", "--force")
 	live := r.site.Hyp.Disks(t, "vm")[0]
 	r.requireMirror(t, live, "failed over")
 

@@ -117,6 +117,11 @@ type MachineConfig struct {
 	Paused bool `json:"paused,omitempty"`
 	// Env is extra context for driver and snapshot commands (FERRY_MACHINE …).
 	Env map[string]string `json:"env,omitempty"`
+	// NewDisksAlone: the controller understands DiskInfo.NewMap, so a disk
+	// the agent has no block map of yet is synced alone. An older
+	// controller leaves it false and the agent counts such a map as
+	// disagreeing with the others (a hash resync of every disk).
+	NewDisksAlone bool `json:"new_disks_alone,omitempty"`
 }
 
 // ConfigRequest replaces the agent's whole protection state.
@@ -129,6 +134,11 @@ type DiskInfo struct {
 	Name      string `json:"name"`
 	Size      int64  `json:"size"`
 	BlockSize int    `json:"block_size"`
+	// NewMap: the agent has no block map of this disk yet (a disk added
+	// to the machine) and assumes the controller holds none of it (zeros);
+	// its map is left out of MapState. The controller orders a resync when
+	// its repository does hold data of the disk.
+	NewMap bool `json:"new_map,omitempty"`
 }
 
 // MapState is what the agent's block map believes the controller holds.
@@ -183,6 +193,15 @@ type ReportRequest struct {
 	BytesSent  int64   `json:"bytes_sent"`
 	BlocksSent int64   `json:"blocks_sent"`
 	Progress   float64 `json:"progress"`
+	// Live progress of the running cycle (docs/protocol.md §5.2; added to
+	// v1, all optional): bytes of candidate blocks compared so far and in
+	// all, the recent rate, and when the cycle's shipping or resync began
+	// (Unix nanoseconds, agent clock). A final "idle" report carries the
+	// cycle's totals with BytesDone = BytesTotal.
+	BytesDone  int64 `json:"bytes_done,omitempty"`
+	BytesTotal int64 `json:"bytes_total,omitempty"`
+	RateBPS    int64 `json:"rate_bps,omitempty"`
+	Started    int64 `json:"started,omitempty"`
 }
 
 // TimeResponse is the agent's clock.

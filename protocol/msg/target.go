@@ -99,6 +99,10 @@ type TargetStatusResponse struct {
 	// agent holds ("" when none): the controller then sends it sealed
 	// chunks of that repository. Never the key itself.
 	RepositoryKey string `json:"repository_key,omitempty"`
+	// FreeBytes is the space left for the agent's writes on the
+	// filesystem holding the request's directory (0: unknown, e.g. an
+	// older agent or another platform): a plan's dry run shows it.
+	FreeBytes int64 `json:"free_bytes,omitempty"`
 }
 
 // TargetCloneRequest clones the staged set into a test set.

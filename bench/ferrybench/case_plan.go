@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/internal/workload"
+)
+
+// The plan RTO case: a recovery plan of planMachineCount small machines in
+// planGroupCount groups fails over in one job (groups in order, a group's
+// machines in parallel). Its anchor is what failing the machines over one
+// by one would cost if each group waited only for its slowest machine: the
+// sum over the groups of the slowest single failover of the group.
+const (
+	planMachineCount = 20
+	planGroupCount   = 4
+	planDiskSize     = 32 << 20
+	// planWriteShare of every disk is rewritten between staging and the
+	// failovers (random 4 KiB writes): each failover moves that much.
+	planWriteShare = 0.02
+	planName       = "bench"
+)
+
+// planRTORun is what one run of the case measured.
+type planRTORun struct {
+	plan    time.Duration   // `ferry failover --plan bench --wait`
+	singles []time.Duration // the twin machines' single failovers, by index
+	anchor  time.Duration   // planAnchor(singles)
+	job     api.Job
+}
+
+// planAnchor is the sum over the groups (machines i*n/g … of each) of the
+// slowest single failover in the group.
+func planAnchor(singles []time.Duration, groups int) time.Duration {
+	var sum time.Duration
+	n := len(singles)
+	for g := range groups {
+		sum += slices.Max(singles[g*n/groups : (g+1)*n/groups])
+	}
+	return sum
+}
+
+// planRTORun protects two sets of planMachineCount machines (p-K and
+// s-K, the same images) on one rig, stages them, rewrites planWriteShare
+// of every disk, fails the s machines over one by one (timed each), then
+// the p machines as the plan (timed), and checks every failed-over disk
+// against its image.
+func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err error) {
+	dir, logs, err := b.runDir(b.xfs, fmt.Sprintf("plan-rto-%d", i))
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	r, _, err := b.imageRig(ctx, dir, logs, b.cfg.Size, time.Hour, rigOptions{})
+	if err != nil {
+		return res, err
+	}
+	defer r.close()
+	targetDir, err := r.addTarget(ctx, targetName, dir)
+	if err != nil {
+		return res, err
+	}
+	imgs := map[string]string{}
+	var plan api.Plan
+	plan.Name = planName
+	plan.Groups = make([]api.PlanGroup, planGroupCount)
+	for k := range planMachineCount {
+		for _, set := range []string{"p", "s"} {
+			name := fmt.Sprintf("%s-%d", set, k)
+			img := filepath.Join(dir, name+".img")
+			if set == "p" {
+				err = workload.WriteImage(img, uint64(1000+k), planDiskSize)
+			} else {
+				err = reflinkCopy(imgs[fmt.Sprintf("p-%d", k)], img) // the twin: the same bytes, no space
+			}
+			if err != nil {
+				return res, err
+			}
+			imgs[name] = img
+			if err := r.protectTo(ctx, name, img, "p", "", targetName); err != nil {
+				return res, err
+			}
+			if set == "p" {
+				g := &plan.Groups[k*planGroupCount/planMachineCount]
+				g.Machines = append(g.Machines, name)
+			}
+		}
+	}
+	for name, img := range imgs {
+		pt, _, err := r.waitPoint(ctx, name, 0, b.cfg.Poll, time.Hour)
+		if err != nil {
+			return res, err
+		}
+		if _, err := r.waitStaged(ctx, targetDir, name, pt.ID, b.cfg.Poll, time.Hour); err != nil {
+			return res, err
+		}
+		seed := b.deltaSeed(300)
+		if err := workload.Apply(img, seed, workload.Delta(seed, planDiskSize, planWriteShare)); err != nil {
+			return res, err
+		}
+	}
+	if _, err := r.cl.CreatePlan(ctx, plan); err != nil {
+		return res, err
+	}
+	for k := range planMachineCount {
+		name := fmt.Sprintf("s-%d", k)
+		took, _, err := r.failover(ctx, name)
+		if err != nil {
+			return res, fmt.Errorf("failover %s: %w", name, err)
+		}
+		res.singles = append(res.singles, took)
+	}
+	res.anchor = planAnchor(res.singles, planGroupCount)
+	bin, args := r.cli("--json", "failover", "--plan", planName, "--wait")
+	took, out, err := timed(ctx, bin, args...)
+	if err != nil {
+		return res, fmt.Errorf("failover --plan: %w", err)
+	}
+	res.plan = took
+	if err := json.Unmarshal([]byte(out), &res.job); err != nil {
+		return res, fmt.Errorf("ferry --json failover --plan printed %q: %w", out, err)
+	}
+	if res.job.State != api.JobSucceeded {
+		return res, fmt.Errorf("plan job %s ended %s: %s", res.job.ID, res.job.State, res.job.Error)
+	}
+	for name, img := range imgs {
+		if err := sameContent(img, filepath.Join(targetDir, name, "live", diskName+".raw")); err != nil {
+			return res, err
+		}
+	}
+	b.log.Info("plan RTO", "run", i, "plan", took.Round(time.Millisecond), "anchor", res.anchor.Round(time.Millisecond))
+	return res, nil
+}
+
+func (b *bench) casePlanRTO(ctx context.Context) error {
+	var runs []planRTORun
+	for i := 1; i <= b.cfg.Runs; i++ {
+		res, err := b.planRTORun(ctx, i)
+		if err != nil {
+			return fmt.Errorf("run %d: %w", i, err)
+		}
+		runs = append(runs, res)
+	}
+	plan, anchor := make([]float64, len(runs)), make([]float64, len(runs))
+	for i, r := range runs {
+		plan[i], anchor[i] = r.plan.Seconds(), r.anchor.Seconds()
+	}
+	b.rows = append(b.rows, row{Case: fmt.Sprintf("plan RTO, %d machines in %d groups", planMachineCount, planGroupCount), Unit: unitSeconds,
+		Ferry: plan, Anchor: anchor, AnchorName: "Σ groups' slowest single failover", Target: 1.5, TargetText: "≤ 1.5 × Σ slowest"})
+	s := section{Title: "plan RTO (XFS, staged replicas)"}
+	s.addf("- Each run, one controller and agent (a target on the same agent, as in the RTO case): %d machines p-K and their %d twins s-K, each a %s disk of seeded data protected with the target (rp-every 1h), first point staged; then %.0f %% of every disk rewritten with random 4 KiB writes.",
+		planMachineCount, planMachineCount, sizeName(planDiskSize), 100*planWriteShare)
+	s.addf("- The s machines fail over one by one (`ferry failover s-K --wait`, point latest: a fresh cycle, the move, the start), each timed; the anchor is the sum over %d groups of %d machines of each group's slowest. Then the p machines, as plan %q (the same groups), fail over in one job: `ferry failover --plan %s --wait`, timed from the command to its exit. Every failed-over disk equals its image.",
+		planGroupCount, planMachineCount/planGroupCount, planName, planName)
+	s.addf("- plan, s: %s; anchor, s: %s", runsText(unitSeconds, plan), runsText(unitSeconds, anchor))
+	for i, r := range runs {
+		s.addf("- run %d: %s", i+1, jobSteps(r.job))
+	}
+	b.details = append(b.details, s)
+	return nil
+}

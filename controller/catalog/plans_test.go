@@ -1,0 +1,41 @@
+package catalog
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/controller/api"
+)
+
+func TestPlansKeepGroupsInOrderAndRefuseDuplicates(t *testing.T) {
+	ctx := context.Background()
+	c, _ := open(t)
+	p := api.Plan{Name: "shop", Groups: []api.PlanGroup{
+		{Machines: []string{"db"}, Post: []api.PlanAction{{Script: "echo db up", Undo: "echo undo"}}},
+		{Machines: []string{"app1", "app2"}, Pre: []api.PlanAction{{Manual: "check DNS"}}},
+	}}
+	require.NoError(t, c.PutPlan(ctx, p, true))
+	require.ErrorIs(t, c.PutPlan(ctx, p, true), ErrExists)
+
+	got, err := c.Plan(ctx, "shop")
+	require.NoError(t, err)
+	require.Equal(t, []int{1, 2}, []int{got.Groups[0].Number, got.Groups[1].Number}, "groups numbered from 1 in order")
+	require.Equal(t, []string{"db", "app1", "app2"}, got.Members())
+	require.Equal(t, 2, got.GroupOf("app2"))
+	require.Equal(t, "echo undo", got.Groups[0].Post[0].Undo)
+
+	got.Groups = got.Groups[1:]
+	require.NoError(t, c.PutPlan(ctx, got, false))
+	all, err := c.Plans(ctx)
+	require.NoError(t, err)
+	require.Len(t, all, 1)
+	require.Equal(t, 1, all[0].Groups[0].Number, "renumbered after a group is removed")
+
+	require.NoError(t, c.DeletePlan(ctx, "shop"))
+	require.ErrorIs(t, c.DeletePlan(ctx, "shop"), ErrNotFound)
+	_, err = c.Plan(ctx, "shop")
+	require.ErrorIs(t, err, ErrNotFound)
+	require.ErrorIs(t, c.PutPlan(ctx, p, false), ErrNotFound)
+}

@@ -1,0 +1,64 @@
+package controller
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// TestRecordReportKeepsLiveProgress: reports of a cycle build the
+// machine's progress (start in the controller's clock, an ETA at the
+// recent rate while it runs); a late report never moves bytes back within
+// a cycle, a new cycle starts again from zero, a failure keeps the bytes
+// with phase error, and an agent that reports no progress shows none.
+func TestRecordReportKeepsLiveProgress(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	s := &Server{repl: map[string]api.Replication{}, progress: map[string]api.ReplicationProgress{},
+		now: func() time.Time { return now }}
+	offset := 3 * time.Second // the agent's clock is 3 s behind
+	agentStart := now.Add(-10 * time.Second).Add(-offset)
+	report := func(phase string, done, total, rate int64, started time.Time) {
+		s.recordReport(msg.ReportRequest{Machine: "m", Phase: phase, BytesDone: done, BytesTotal: total,
+			RateBPS: rate, Started: started.UnixNano()}, offset)
+	}
+
+	report("shipping", 40<<20, 100<<20, 10<<20, agentStart)
+	_, p := s.replication("m")
+	require.NotNil(t, p)
+	require.True(t, now.Add(-10*time.Second).Equal(p.Started), "the agent's clock offset is applied: %s", p.Started)
+	require.Equal(t, int64(40<<20), p.BytesDone)
+	require.NotNil(t, p.ETASeconds)
+	require.InDelta(t, 6, *p.ETASeconds, 1e-9, "60 MiB left at 10 MiB/s")
+
+	report("shipping", 30<<20, 100<<20, 10<<20, agentStart) // overtaken by the one before
+	_, p = s.replication("m")
+	require.Equal(t, int64(40<<20), p.BytesDone, "bytes done never move back within a cycle")
+
+	report("idle", 100<<20, 100<<20, 8<<20, agentStart)
+	_, p = s.replication("m")
+	require.Equal(t, api.PhaseIdle, p.Phase)
+	require.Equal(t, p.BytesTotal, p.BytesDone)
+	require.Nil(t, p.ETASeconds, "no time left once the cycle ended")
+
+	next := agentStart.Add(time.Minute)
+	report("shipping", 0, 5<<20, 0, next)
+	_, p = s.replication("m")
+	require.Zero(t, p.BytesDone, "a new cycle starts from zero")
+	require.Nil(t, p.ETASeconds, "no rate yet, no ETA")
+	report("shipping", 2<<20, 5<<20, 1<<20, next)
+	s.recordReport(msg.ReportRequest{Machine: "m", Phase: "error", Error: "boom"}, offset)
+	r, p := s.replication("m")
+	require.Equal(t, "boom", r.LastError)
+	require.Equal(t, api.PhaseError, p.Phase)
+	require.Equal(t, int64(2<<20), p.BytesDone, "a failed cycle keeps what it got to")
+	require.Zero(t, p.RateBPS)
+
+	s.recordReport(msg.ReportRequest{Machine: "old", Phase: "idle", BytesSent: 7}, 0)
+	r, p = s.replication("old")
+	require.Nil(t, p, "an agent without progress reports shows none")
+	require.Equal(t, int64(7), r.BytesSent)
+}
