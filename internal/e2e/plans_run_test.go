@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -457,5 +458,48 @@ func TestPlanCancelWhileWaitingUndoes(t *testing.T) {
 	require.Equal(t, "stopped", p.site.Hyp.State("db"))
 	for _, m := range planMachines {
 		require.Equal(t, "protected", p.machineState(t, m))
+	}
+}
+
+// TestPlanRevertKeepsEachRecoveryWriteAndReturnsHome: a plan failover, then
+// writes at the recovery sites, then `revert --plan`: every member runs at
+// home again on its unchanged home disk, and each keeps what it wrote at
+// its recovery site as a named point that exports byte-exact. Two members
+// share one recovery agent, so the revert of one follows config pushes
+// that left the others out (the home agent no longer knows them).
+func TestPlanRevertKeepsEachRecoveryWriteAndReturnsHome(t *testing.T) {
+	p := newPlanSetup(t, false)
+	p.write(t, 5)
+	home := map[string]string{}
+	for _, m := range planMachines {
+		home[m] = keepCopy(t, p.imgs[m])
+	}
+	p.c.runPlanJob(t, 0, "failover", "--plan", "shop", "--shutdown-source")
+	written := map[string][]byte{}
+	for i, m := range planMachines {
+		require.Equal(t, "failed-over", p.machineState(t, m))
+		live := p.siteOf(m).Hyp.Disks(t, m)[0]
+		require.NoError(t, workload.Apply(live, uint64(90+i), workload.Delta(uint64(90+i), planDisk, 0.03)))
+		b, err := os.ReadFile(live)
+		require.NoError(t, err)
+		written[m] = b
+	}
+
+	j := p.c.runPlanJob(t, 0, "revert", "--plan", "shop")
+	for _, m := range planMachines {
+		require.Equal(t, "protected", p.machineState(t, m))
+		require.Equal(t, "running", p.homeHyp.State(m), "%s runs at home again", m)
+		require.NotEqual(t, "running", p.siteOf(m).Hyp.State(m), "%s still runs at its recovery site", m)
+		requireSameFile(t, home[m], p.imgs[m]) // neither failover nor revert wrote the home disk
+		var kept *Point
+		for _, pt := range p.c.Points(m) {
+			if pt.Name == "target-writes-"+j.ID {
+				kept = &pt
+			}
+		}
+		require.NotNil(t, kept, "%s has no point named target-writes-%s", m, j.ID)
+		got, err := os.ReadFile(filepath.Join(p.c.Export(m, kept.ID), "d.raw"))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(written[m], got), "%s: the kept point differs from its recovery-site disk", m)
 	}
 }
