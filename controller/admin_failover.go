@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 
 	"github.com/ferrydr/ferry/controller/api"
@@ -136,12 +137,19 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 	case req.Planned:
 		kind, action = failover.KindPlanned, lifecycle.PlannedFailover
 	}
+	var preempted []string
+	if !req.DryRun && !req.Test {
+		var err error
+		if preempted, err = s.preemptTests(ctx, req.Machine, action); err != nil {
+			return api.Job{}, err
+		}
+	}
 	if err := s.requireState(ctx, req.Machine, action); err != nil {
 		return api.Job{}, err
 	}
 	key := req.Key
 	req.Key = nil
-	spec := failover.Spec{Machines: []string{req.Machine}, Req: req}
+	spec := failover.Spec{Machines: []string{req.Machine}, Req: req, Preempted: preempted}
 	if req.DryRun {
 		if len(key) > 0 {
 			if _, err := s.reader(key); err != nil {
@@ -237,6 +245,10 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if req.Unplanned || req.Point != "" {
 		action = lifecycle.UnplannedFailback
 	}
+	preempted, err := s.preemptTests(ctx, req.Machine, action)
+	if err != nil {
+		return api.Job{}, err
+	}
 	if err := s.requireState(ctx, req.Machine, action); err != nil {
 		return api.Job{}, err
 	}
@@ -250,7 +262,46 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if action == lifecycle.UnplannedFailback {
 		kind = failover.KindFailbackUnplanned
 	}
-	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req, Preempted: preempted}, nil, 0)
+}
+
+// preemptTests makes way for a failover or failback (a disaster beats a
+// test): a drill running on the machine is cancelled and cleans up; a test
+// the lifecycle table says to end first (its First action) is cleaned up
+// by a job this call waits for. It returns what the new job notes.
+func (s *Server) preemptTests(ctx context.Context, machine string, action lifecycle.Action) ([]string, error) {
+	var notes []string
+	drill, err := s.drills.preempt(ctx, machine, fmt.Sprintf("'%s %s' preempted the drill", action, machine))
+	if err != nil {
+		return nil, err
+	}
+	if drill != "" {
+		notes = append(notes, fmt.Sprintf("drill %s was running on %s: cancelled and cleaned up before this %s (a disaster beats a drill)", drill, machine, action))
+	}
+	m, err := s.cat.Machine(ctx, machine)
+	if err != nil {
+		return notes, apiErr(err)
+	}
+	r := lifecycle.Lookup(m.State, action)
+	if !r.Allowed() || r.First != lifecycle.Cleanup {
+		return notes, nil
+	}
+	if job, err := s.cat.MachineJob(ctx, machine); err != nil || job != "" {
+		return notes, err // busy: requireState says so
+	}
+	j, err := s.Cleanup(ctx, api.MachineActionRequest{Machine: machine})
+	if err != nil {
+		return notes, err
+	}
+	// The cleanup runs to its end even if the caller goes away.
+	if j, err = s.waitJob(context.WithoutCancel(ctx), j.ID); err != nil {
+		return notes, err
+	}
+	if j.State != api.JobSucceeded {
+		return notes, api.Errorf(api.CodeFailedPrecondition, "machine %s is %s and cleaning the test up first failed (job %s %s: %s); the %s did not start",
+			machine, m.State, j.ID, j.State, j.Error, action)
+	}
+	return append(notes, fmt.Sprintf("a test of %s was running (%s): job %s cleaned it up before this %s (a disaster beats a test)", machine, m.State, j.ID, action)), nil
 }
 
 // requireRecoverySite refuses, before any job exists, a failback whose

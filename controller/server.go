@@ -52,6 +52,8 @@ type Server struct {
 
 	disk *diskGuard // the free-space reserve of DataDir
 
+	drills drills // the boot drills running now, by machine
+
 	// runCtx is Run's context; bg counts the goroutines Run waits for.
 	runCtx context.Context
 	bg     sync.WaitGroup
@@ -94,6 +96,7 @@ func (s *Server) Run(parent context.Context) error {
 	}
 	s.spawn(func() { s.stager.Run(ctx) })
 	s.spawn(func() { s.retentionLoop(ctx) })
+	s.spawn(func() { s.drillLoop(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {

@@ -34,6 +34,10 @@ type Spec struct {
 	Point    string              `json:"point,omitempty"` // change-point
 	// Action is what reprotect and failback were asked (their flags).
 	Action api.MachineActionRequest `json:"action,omitzero"`
+	// Preempted says what the job ended before it started: a drill or a
+	// test it cancelled and cleaned up (a disaster beats a test). The
+	// prerequisites note it on the machine.
+	Preempted []string `json:"preempted,omitempty"`
 }
 
 // machineData is what a job remembers per machine between steps.

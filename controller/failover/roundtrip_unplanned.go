@@ -54,7 +54,7 @@ func prepareUnplannedFailback(ctx context.Context, j *job, name string, md *mach
 	}
 	p := pts[len(pts)-1]
 	if ps := j.spec.Action.Point; ps != "" {
-		if p, err = points.Pick(pts, ps, name); err != nil {
+		if p, err = points.PickIn(ctx, j.e.Cat, pts, ps, name); err != nil {
 			return refuse("%w", err)
 		}
 	}
@@ -167,7 +167,7 @@ func prepareChangePointHome(ctx context.Context, j *job, name string, md *machin
 	if md.RanOn == 0 {
 		md.RanOn = m.Failover.PointID
 	}
-	p, err := points.Resolve(ctx, j.e.Repo, name, j.spec.Point)
+	p, err := points.Resolve(ctx, j.e.Repo, j.e.Cat, name, j.spec.Point)
 	if errors.Is(err, points.ErrBadSpec) || errors.Is(err, points.ErrNoPoint) {
 		return refuse("%w", err)
 	}
