@@ -36,7 +36,7 @@ func (a *Agent) handleDrill(m *rpc.Mux) {
 		if err != nil {
 			return nil, err
 		}
-		return RunProbe(ctx, req)
+		return runProbe(ctx, req)
 	})
 }
 
@@ -74,9 +74,9 @@ func readConsole(req msg.DrillConsoleRequest) (msg.DrillConsoleResponse, error) 
 	return out, nil
 }
 
-// RunProbe runs a drill probe here (the controller runs it the same way
+// runProbe runs a drill probe here (the controller runs it the same way
 // for an exec target).
-func RunProbe(ctx context.Context, req msg.DrillProbeRequest) (msg.DrillProbeResponse, error) {
+func runProbe(ctx context.Context, req msg.DrillProbeRequest) (msg.DrillProbeResponse, error) {
 	if req.Timeout <= 0 {
 		req.Timeout = time.Minute
 	}

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"time"
 	"path/filepath"
 
 	"github.com/ferrydr/ferry/controller/api"
@@ -265,6 +266,9 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req, Preempted: preempted}, nil, 0)
 }
 
+// preemptWait bounds how long a failover waits for the cleanup of a test.
+const preemptWait = 10 * time.Minute
+
 // preemptTests makes way for a failover or failback (a disaster beats a
 // test): a drill running on the machine is cancelled and cleans up; a test
 // the lifecycle table says to end first (its First action) is cleaned up
@@ -289,13 +293,27 @@ func (s *Server) preemptTests(ctx context.Context, machine string, action lifecy
 	if job, err := s.cat.MachineJob(ctx, machine); err != nil || job != "" {
 		return notes, err // busy: requireState says so
 	}
+	// The test runs where its cleanup must reach: at the target (a test
+	// failover) or at home (a failback test).
+	agentID, where := m.AgentID, "home"
+	if m.Failover != nil {
+		if _, id, err := s.cat.Target(ctx, m.Failover.Target); err == nil {
+			agentID, where = id, "target "+m.Failover.Target
+		}
+	}
+	if _, ok := s.agents.get(agentID); !ok {
+		return notes, api.Errorf(api.CodeUnavailable, "machine %s is %s: the %s must clean the test up first, and the agent at %s is not connected", machine, m.State, action, where)
+	}
 	j, err := s.Cleanup(ctx, api.MachineActionRequest{Machine: machine})
 	if err != nil {
 		return notes, err
 	}
-	// The cleanup runs to its end even if the caller goes away.
-	if j, err = s.waitJob(context.WithoutCancel(ctx), j.ID); err != nil {
-		return notes, err
+	// The cleanup runs to its end even if the caller goes away; the
+	// caller waits for it a bounded time.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), preemptWait)
+	defer cancel()
+	if j, err = s.followJob(wctx, j.ID); err != nil {
+		return notes, api.Errorf(api.CodeBusy, "machine %s: cleaning the test up first (job %s) did not end within %s: the %s did not start; it starts once the cleanup ended (ferry jobs watch %s)", machine, j.ID, preemptWait, action, j.ID)
 	}
 	if j.State != api.JobSucceeded {
 		return notes, api.Errorf(api.CodeFailedPrecondition, "machine %s is %s and cleaning the test up first failed (job %s %s: %s); the %s did not start",

@@ -27,6 +27,10 @@ const (
 	phaseCleanup = "cleanup"
 )
 
+// bootFailures are what firmware and kernels print on the serial console
+// when a disk does not boot (SeaBIOS, Linux).
+var bootFailures = []string{"No bootable device", "Boot failed: not a bootable disk", "Kernel panic - not syncing"}
+
 // errPreempted is the cause of a drill a disaster cancelled.
 var errPreempted = errors.New("preempted")
 
@@ -190,7 +194,7 @@ func (s *Server) runDrill(parent context.Context, d api.Drill, started func(api.
 func (run *drillRun) phase(ctx context.Context, name string, fn func(context.Context) (string, error)) bool {
 	p := api.DrillPhase{Name: name, Started: run.s.now()}
 	detail, err := fn(ctx)
-	if err != nil && ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil && !strings.Contains(err.Error(), context.Cause(ctx).Error()) {
 		err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
 	}
 	p.Seconds = run.s.now().Sub(p.Started).Seconds()
@@ -224,6 +228,21 @@ func (s *Server) waitJob(ctx context.Context, id string) (api.Job, error) {
 		case <-time.After(200 * time.Millisecond):
 		case <-s.runCtx.Done():
 			return j, s.runCtx.Err()
+		}
+	}
+}
+
+// followJob follows a job until it ends or ctx ends (the job runs on).
+func (s *Server) followJob(ctx context.Context, id string) (api.Job, error) {
+	for {
+		j, err := s.jobs.Get(context.WithoutCancel(ctx), id)
+		if err != nil || api.Terminal(j.State) {
+			return j, err
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return j, ctx.Err()
 		}
 	}
 }
@@ -310,6 +329,13 @@ func (run *drillRun) waitUp(ctx context.Context) (string, error) {
 			err := s.agents.call(ctx, run.agent, run.t.Name, msg.MethodDrillConsole, msg.DrillConsoleRequest{Ref: run.ref(), Marker: marker}, &resp)
 			if err == nil && resp.Found {
 				return fmt.Sprintf("%q on the serial console", marker), nil
+			}
+			// A guest that cannot boot says so on the console: the drill
+			// fails then rather than at its timeout.
+			for _, f := range bootFailures {
+				if err == nil && strings.Contains(resp.Tail, f) {
+					return "", fmt.Errorf("the guest did not boot: %q on the serial console", f)
+				}
 			}
 		}
 		select {
