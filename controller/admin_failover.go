@@ -3,8 +3,8 @@ package controller
 import (
 	"context"
 	"fmt"
-	"time"
 	"path/filepath"
+	"time"
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
