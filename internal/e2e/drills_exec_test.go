@@ -18,17 +18,17 @@ func TestDrillScheduledExecTarget(t *testing.T) {
 	f := newFailoverSetup(t, "--rp-every", "1h")
 	f.protect(t, "m", 8<<20)
 
-	for _, c := range []struct{ why, want string }{
-		{"--every 10s", "at most once a minute"},
-		{"--plan p", "not available yet"},
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--machine", "m", "--every", "10s"}, "at most once a minute"},
+		{[]string{"--plan", "p", "--every", "1h"}, "not available yet"},
+		{[]string{"--machine", "m", "--plan", "p", "--every", "1h"}, "not both"},
 	} {
-		args := append([]string{"drills", "create", "x", "--machine", "m"}, strings.Fields(c.why)...)
-		if !strings.Contains(c.why, "--every") {
-			args = append(args, "--every", "1h")
-		}
-		r := f.c.Ferry(args...)
-		require.NotEqual(t, 0, r.Code, "%s accepted", c.why)
-		require.Contains(t, r.Stderr, c.want, c.why)
+		r := f.c.Ferry(append([]string{"drills", "create", "x"}, c.args...)...)
+		require.NotEqual(t, 0, r.Code, "%v accepted", c.args)
+		require.Contains(t, r.Stderr, c.want, "%v", c.args)
 	}
 	r := f.c.Ferry("drills", "create", "x", "--machine", "ghost", "--every", "1h")
 	require.NotEqual(t, 0, r.Code)
