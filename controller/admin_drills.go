@@ -110,7 +110,7 @@ func (s *Server) RunDrill(ctx context.Context, name string) (api.DrillRun, error
 }
 
 // DeleteDrill deletes a drill (cancelling its run, which cleans up) and
-// its reports.
+// its reports but those of passed runs (their points stay verified).
 func (s *Server) DeleteDrill(ctx context.Context, name string) error {
 	d, err := s.cat.Drill(ctx, name)
 	if err != nil {

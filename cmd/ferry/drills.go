@@ -61,7 +61,7 @@ latest-verified). A failed drill degrades the machine's health.`,
 	}
 	run.Flags().BoolVar(&noWait, "no-wait", false, "print the run's id and return")
 	del := &cobra.Command{
-		Use: "delete NAME", Short: "Delete a drill (a run in progress is cancelled and cleaned up) and its reports", Args: exactArgs(1, "NAME"),
+		Use: "delete NAME", Short: "Delete a drill (a run in progress is cancelled and cleaned up) and its reports; points it verified stay verified", Args: exactArgs(1, "NAME"),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {

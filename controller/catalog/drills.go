@@ -30,8 +30,9 @@ func (c *Catalog) Drills(ctx context.Context) ([]api.Drill, error) {
 	return listSpecs[api.Drill](ctx, c, `SELECT spec FROM drills ORDER BY name`)
 }
 
-// DeleteDrill removes a drill and its runs' reports. The points its runs
-// verified stay verified only through other drills' runs.
+// DeleteDrill removes a drill and the reports of its runs that did not
+// pass: a passed run is the proof its point booted, and the point stays
+// verified.
 func (c *Catalog) DeleteDrill(ctx context.Context, name string) error {
 	return c.inTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM drills WHERE name = ?`, name)
@@ -41,7 +42,7 @@ func (c *Catalog) DeleteDrill(ctx context.Context, name string) error {
 		if k, _ := res.RowsAffected(); k == 0 {
 			return fmt.Errorf("drill %q: %w", name, ErrNotFound)
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM drill_runs WHERE drill = ?`, name)
+		_, err = tx.ExecContext(ctx, `DELETE FROM drill_runs WHERE drill = ? AND result <> ?`, name, api.DrillPassed)
 		return err
 	})
 }

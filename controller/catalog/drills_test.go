@@ -54,5 +54,8 @@ func TestDrillsAndVerifiedPoints(t *testing.T) {
 	require.ErrorIs(t, c.DeleteDrill(ctx, "boot"), ErrNotFound)
 	v, err = c.VerifiedPoints(ctx, "vm")
 	require.NoError(t, err)
-	require.Empty(t, v)
+	require.Equal(t, map[int64]bool{10: true}, v)
+	runs, err = c.MachineDrillRuns(ctx, "vm", 0)
+	require.NoError(t, err)
+	require.Len(t, runs, 1, "only the passed run is kept")
 }
