@@ -270,6 +270,11 @@ func (run *drillRun) start(ctx context.Context) (string, error) {
 		run.r.Point = jm.PointID
 	}
 	m, merr := s.cat.Machine(context.WithoutCancel(ctx), run.m.Name)
+	if merr == nil && m.State == catalog.StateTestFailedBack {
+		// A failback test runs at home through the home driver: up once
+		// started (or --port), the probe runs on the controller.
+		run.t, run.agent = api.Target{Name: "home"}, m.AgentID
+	}
 	if merr == nil && m.Failover != nil {
 		run.set = m.Failover.Set
 		if run.r.Point == 0 {
@@ -406,10 +411,11 @@ func (run *drillRun) consoleTail() {
 // running is cleaned up here.
 func (run *drillRun) cleanup(ctx context.Context) (string, error) {
 	s := run.s
-	if run.job != "" {
-		if _, err := s.waitJob(ctx, run.job); err != nil {
-			return "", err
-		}
+	if run.job == "" {
+		return "nothing started, nothing to clean up", nil
+	}
+	if _, err := s.waitJob(ctx, run.job); err != nil {
+		return "", err
 	}
 	m, err := s.cat.Machine(ctx, run.m.Name)
 	if err != nil {
@@ -418,7 +424,7 @@ func (run *drillRun) cleanup(ctx context.Context) (string, error) {
 	if m.State != catalog.StateTestFailedOver && m.State != catalog.StateTestFailedBack {
 		return "nothing left to clean up", nil
 	}
-	if m.Failover != nil && run.job != "" && m.Failover.Job != run.job {
+	if m.Failover != nil && m.Failover.Job != run.job {
 		return "", fmt.Errorf("machine %s runs test failover %s, not the drill's", m.Name, m.Failover.Job)
 	}
 	j, err := s.Cleanup(ctx, api.MachineActionRequest{Machine: m.Name})
