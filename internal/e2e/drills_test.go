@@ -96,7 +96,8 @@ func (s *libvirtSite) runDrill(t *testing.T, name string) (drillRun, int) {
 // health is degraded with the reason, and latest-verified still names the
 // first point. Finally a failover --point latest-verified started while a
 // drill runs cancels the drill (which cleans up), notes it, and starts the
-// machine on the verified point's bytes.
+// machine on the verified point's bytes. Under make soak (FERRY_SOAK=1)
+// the good drill runs five times more.
 func TestDrillBootsLibvirt(t *testing.T) {
 	testenv.RequireRoot(t)
 	s := newLibvirtSite(t)
@@ -145,6 +146,22 @@ func TestDrillBootsLibvirt(t *testing.T) {
 	show := s.c.MustFerry("drills", "show", "boot")
 	require.Contains(t, show, "passed, point")
 	require.Contains(t, show, "wait-up")
+
+	// The soak variant (make soak, FERRY_SOAK=1) drills the same disk
+	// again and again, each on a fresh point: every run passes, cleans up
+	// and verifies its point; the boot times are logged.
+	if os.Getenv("FERRY_SOAK") == "1" {
+		for i := range 5 {
+			again, code := s.runDrill(t, "boot")
+			require.Equal(t, 0, code, "soak drill %d: %+v", i, again)
+			require.Greater(t, again.Point, good, "each drill takes a fresh point")
+			good = again.Point
+			_, up := again.phase("wait-up")
+			t.Logf("soak drill %d: boot under TCG %.1f s", i, up)
+			require.Empty(t, s.domains(t))
+			require.True(t, s.verified(t, "vm")[good])
+		}
+	}
 
 	// Damage the boot sector and take a point of it.
 	f, err := os.OpenFile(img, os.O_WRONLY, 0)
