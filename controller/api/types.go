@@ -186,36 +186,36 @@ type MachineDisk struct {
 
 // Machine is a protected machine and its replication health.
 type Machine struct {
-	Name         string     `json:"name"`
-	Agent        string     `json:"agent"`
-	State        string     `json:"state"`
-	Health       string     `json:"health"` // healthy, warning, degraded, critical
-	HealthReason string     `json:"health_reason,omitempty"`
-	RPOSeconds   *float64   `json:"rpo_seconds"` // null before the first point
-	LastPoint    *time.Time `json:"last_point"`
-	// VerifiedSeconds is the age of the newest point a drill verified
-	// (null when none is): the proven RPO beside the RPO.
-	VerifiedSeconds *float64      `json:"verified_seconds"`
-	VerifiedPoint   int64         `json:"verified_point,omitempty"`
-	ActiveSite      string        `json:"active_site"` // home or recovery
-	Direction       string        `json:"direction"`   // forward or reverse
-	Policy          string        `json:"policy"`
-	Target          string        `json:"target,omitempty"`
-	AllowedActions  []string      `json:"allowed_actions"`
-	Reasons         []string      `json:"reasons,omitempty"` // why other actions are not allowed, and warnings
-	Disks           []MachineDisk `json:"disks"`
-	CPUs            int           `json:"cpus,omitempty"`
-	Memory          int64         `json:"memory,omitempty"`
-	NICs            []string      `json:"nics,omitempty"`
-	Driver          Driver        `json:"driver"`
-	PreSnapshot     string        `json:"pre_snapshot,omitempty"`
-	PostSnapshot    string        `json:"post_snapshot,omitempty"`
-	Freeze          []string      `json:"freeze,omitempty"`
-	Replication     Replication   `json:"replication"`
-	Job             string        `json:"job,omitempty"` // the running mutating job, if any
+	Name           string        `json:"name"`
+	Agent          string        `json:"agent"`
+	State          string        `json:"state"`
+	Health         string        `json:"health"` // healthy, warning, degraded, critical
+	HealthReason   string        `json:"health_reason,omitempty"`
+	RPOSeconds     *float64      `json:"rpo_seconds"` // null before the first point
+	LastPoint      *time.Time    `json:"last_point"`
+	ActiveSite     string        `json:"active_site"` // home or recovery
+	Direction      string        `json:"direction"`   // forward or reverse
+	Policy         string        `json:"policy"`
+	Target         string        `json:"target,omitempty"`
+	AllowedActions []string      `json:"allowed_actions"`
+	Reasons        []string      `json:"reasons,omitempty"` // why other actions are not allowed, and warnings
+	Disks          []MachineDisk `json:"disks"`
+	CPUs           int           `json:"cpus,omitempty"`
+	Memory         int64         `json:"memory,omitempty"`
+	NICs           []string      `json:"nics,omitempty"`
+	Driver         Driver        `json:"driver"`
+	PreSnapshot    string        `json:"pre_snapshot,omitempty"`
+	PostSnapshot   string        `json:"post_snapshot,omitempty"`
+	Freeze         []string      `json:"freeze,omitempty"`
+	Replication    Replication   `json:"replication"`
+	Job            string        `json:"job,omitempty"` // the running mutating job, if any
 	// Fence is the recovery site's stop an unplanned failback owes or
 	// made (docs/failover.md "Unplanned failback and fencing").
 	Fence *Fence `json:"fence,omitempty"`
+	// VerifiedSeconds is the age of the newest point a drill verified
+	// (null when none is): the proven RPO beside the RPO.
+	VerifiedSeconds *float64 `json:"verified_seconds"`
+	VerifiedPoint   int64    `json:"verified_point,omitempty"`
 }
 
 // Fence is the stop of the recovery site's copy of a machine that an
