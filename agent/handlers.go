@@ -93,6 +93,7 @@ func (a *Agent) mux() *rpc.Mux {
 	})
 	a.handleUpgrade(m)
 	a.handleTarget(m)
+	a.handleDrill(m)
 	a.handleShip(m)
 	return m
 }

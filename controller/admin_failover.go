@@ -2,7 +2,9 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
@@ -152,12 +154,19 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 	case req.Planned:
 		kind, action = failover.KindPlanned, lifecycle.PlannedFailover
 	}
+	var preempted []string
+	if !req.DryRun && !req.Test {
+		var err error
+		if preempted, err = s.preemptTests(ctx, req.Machine, action); err != nil {
+			return api.Job{}, err
+		}
+	}
 	if err := s.requireState(ctx, req.Machine, action); err != nil {
 		return api.Job{}, err
 	}
 	key := req.Key
 	req.Key = nil
-	spec := failover.Spec{Machines: []string{req.Machine}, Req: req}
+	spec := failover.Spec{Machines: []string{req.Machine}, Req: req, Preempted: preempted}
 	if req.DryRun {
 		if len(key) > 0 {
 			if _, err := s.reader(key); err != nil {
@@ -263,6 +272,10 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if req.Unplanned || req.Point != "" {
 		action = lifecycle.UnplannedFailback
 	}
+	preempted, err := s.preemptTests(ctx, req.Machine, action)
+	if err != nil {
+		return api.Job{}, err
+	}
 	if err := s.requireState(ctx, req.Machine, action); err != nil {
 		return api.Job{}, err
 	}
@@ -276,7 +289,63 @@ func (s *Server) Failback(ctx context.Context, req api.MachineActionRequest) (ap
 	if action == lifecycle.UnplannedFailback {
 		kind = failover.KindFailbackUnplanned
 	}
-	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)
+	return s.startJob(ctx, kind, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req, Preempted: preempted}, nil, 0)
+}
+
+// preemptWait bounds how long a failover waits for the cleanup of a test.
+const preemptWait = 10 * time.Minute
+
+// preemptTests makes way for a failover or failback (a disaster beats a
+// test): a drill running on the machine is cancelled and cleans up; a test
+// the lifecycle table says to end first (its First action) is cleaned up
+// by a job this call waits for. It returns what the new job notes.
+func (s *Server) preemptTests(ctx context.Context, machine string, action lifecycle.Action) ([]string, error) {
+	var notes []string
+	drill, err := s.drills.preempt(ctx, machine, fmt.Sprintf("'%s %s' preempted the drill", action, machine))
+	if err != nil {
+		return nil, err
+	}
+	if drill != "" {
+		notes = append(notes, fmt.Sprintf("drill %s was running on %s: cancelled and cleaned up before this %s (a disaster beats a drill)", drill, machine, action))
+	}
+	m, err := s.cat.Machine(ctx, machine)
+	if err != nil {
+		return notes, apiErr(err)
+	}
+	r := lifecycle.Lookup(m.State, action)
+	if !r.Allowed() || r.First != lifecycle.Cleanup {
+		return notes, nil
+	}
+	if job, err := s.cat.MachineJob(ctx, machine); err != nil || job != "" {
+		return notes, err // busy: requireState says so
+	}
+	// The test runs where its cleanup must reach: at the target (a test
+	// failover) or at home (a failback test).
+	agentID, where := m.AgentID, "home"
+	if m.Failover != nil {
+		if _, id, err := s.cat.Target(ctx, m.Failover.Target); err == nil {
+			agentID, where = id, "target "+m.Failover.Target
+		}
+	}
+	if _, ok := s.agents.get(agentID); !ok {
+		return notes, api.Errorf(api.CodeUnavailable, "machine %s is %s: the %s must clean the test up first, and the agent at %s is not connected", machine, m.State, action, where)
+	}
+	j, err := s.Cleanup(ctx, api.MachineActionRequest{Machine: machine})
+	if err != nil {
+		return notes, err
+	}
+	// The cleanup runs to its end even if the caller goes away; the
+	// caller waits for it a bounded time.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), preemptWait)
+	defer cancel()
+	if j, err = s.followJob(wctx, j.ID); err != nil {
+		return notes, api.Errorf(api.CodeBusy, "machine %s: cleaning the test up first (job %s) did not end within %s: the %s did not start; it starts once the cleanup ended (ferry jobs watch %s)", machine, j.ID, preemptWait, action, j.ID)
+	}
+	if j.State != api.JobSucceeded {
+		return notes, api.Errorf(api.CodeFailedPrecondition, "machine %s is %s and cleaning the test up first failed (job %s %s: %s); the %s did not start",
+			machine, m.State, j.ID, j.State, j.Error, action)
+	}
+	return append(notes, fmt.Sprintf("a test of %s was running (%s): job %s cleaned it up before this %s (a disaster beats a test)", machine, m.State, j.ID, action)), nil
 }
 
 // requireRecoverySite refuses, before any job exists, a failback whose

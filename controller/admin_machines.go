@@ -326,12 +326,28 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 	if connected {
 		skew = conn.clockOffset()
 	}
+	verified, err := s.cat.VerifiedPoints(ctx, m.Name)
+	if err != nil {
+		return api.Machine{}, err
+	}
+	if id := points.NewestVerified(pts, verified); id != 0 {
+		for _, p := range pts {
+			if p.ID == id {
+				age := s.now().Sub(p.Instant).Seconds()
+				out.VerifiedSeconds, out.VerifiedPoint = &age, id
+			}
+		}
+	}
+	drillFailure, err := s.drillFailure(ctx, m.Name)
+	if err != nil {
+		return api.Machine{}, err
+	}
 	out.RPOSeconds, out.Health, out.HealthReason = points.Health(points.HealthInput{
 		Now: s.now(), LastPoint: out.LastPoint, Protected: m.Created, Threshold: pol.RPOThreshold.Std(),
 		Connected: connected, ReplError: out.Replication.LastError, ClockSkew: skew,
 		Replicating: replicationStopped(m) == "", NotReplicating: replicationStopped(m),
 		DiskFull: s.disk.check(false) != nil, OverQuota: s.overQuota(pts),
-		DamagedPoints: damagedPoints(pts), DamageDetail: damageDetail(out.Audit),
+		DamagedPoints: damagedPoints(pts), DamageDetail: damageDetail(out.Audit), DrillFailure: drillFailure,
 	})
 	if !connected {
 		out.Reasons = append(out.Reasons, "source agent "+a.Name+" is not connected")
@@ -350,11 +366,38 @@ func (s *Server) Points(ctx context.Context, machine string) ([]api.Point, error
 			return nil, api.Errorf(api.CodeNotFound, "machine %s has no points and is not protected", machine)
 		}
 	}
+	verified, err := s.cat.VerifiedPoints(ctx, machine)
+	if err != nil {
+		return nil, err
+	}
 	out := []api.Point{}
 	for _, p := range pts {
-		out = append(out, apiPoint(p))
+		ap := apiPoint(p)
+		ap.Verified = verified[p.ID]
+		out = append(out, ap)
 	}
 	return out, nil
+}
+
+// drillFailure says why the machine's newest finished drill run failed
+// ("" when it passed, or none ran; a cancelled run says nothing).
+func (s *Server) drillFailure(ctx context.Context, machine string) (string, error) {
+	runs, err := s.cat.MachineDrillRuns(ctx, machine, 5)
+	if err != nil {
+		return "", err
+	}
+	for _, r := range runs {
+		switch r.Result {
+		case api.DrillPassed:
+			return "", nil
+		case api.DrillFailed:
+			if len(r.Phases) == 0 {
+				continue // a scheduled run the machine's state refused proves nothing either way
+			}
+			return fmt.Sprintf("drill %s failed on point %d: %s", r.Drill, r.Point, r.Error), nil
+		}
+	}
+	return "", nil
 }
 
 func apiPoint(p storage.Point) api.Point {
@@ -363,7 +406,7 @@ func apiPoint(p storage.Point) api.Point {
 
 // resolve finds a point by spec, as an API error when it cannot.
 func (s *Server) resolve(ctx context.Context, machine, spec string) (storage.Point, error) {
-	p, err := points.Resolve(ctx, s.repo, machine, spec)
+	p, err := points.Resolve(ctx, s.repo, s.cat, machine, spec)
 	return p, apiErr(err)
 }
 

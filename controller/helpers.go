@@ -131,7 +131,12 @@ func (s *Server) applyRetention(ctx context.Context, m catalog.Machine) {
 	}
 	s.pruneMu.Lock()
 	defer s.pruneMu.Unlock()
-	n, err := points.ApplyRetention(ctx, s.repo, m.Name, pol.Retention.Std(), s.now())
+	keep, err := s.newestVerified(ctx, m.Name)
+	if err != nil {
+		s.log.Warn("retention skipped: reading verified points failed", "machine", m.Name, "err", err)
+		return
+	}
+	n, err := points.ApplyRetention(ctx, s.repo, m.Name, pol.Retention.Std(), s.now(), keep)
 	if err != nil {
 		s.log.Warn("retention failed", "machine", m.Name, "err", err)
 	} else if n > 0 {
@@ -280,4 +285,18 @@ func damagedPoints(pts []storage.Point) int {
 		}
 	}
 	return n
+}
+
+// newestVerified is the id of the machine's newest point a drill verified
+// (0: none).
+func (s *Server) newestVerified(ctx context.Context, machine string) (int64, error) {
+	v, err := s.cat.VerifiedPoints(ctx, machine)
+	if err != nil || len(v) == 0 {
+		return 0, err
+	}
+	pts, err := s.repo.Points(ctx, machine)
+	if err != nil {
+		return 0, err
+	}
+	return points.NewestVerified(pts, v), nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/controller/catalog"
 	"github.com/ferrydr/ferry/storage"
 )
@@ -64,4 +65,46 @@ func TestRetentionSparesWhatAReprotectNeeds(t *testing.T) {
 			require.Len(t, pts, c.kept)
 		})
 	}
+}
+
+// TestRetentionKeepsTheNewestVerifiedPoint: past the retention window a
+// protected machine keeps its newest point and the newest point a drill
+// verified (an older verified one goes); a failed drill's point is not kept.
+func TestRetentionKeepsTheNewestVerifiedPoint(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cat, err := catalog.Open(ctx, filepath.Join(dir, "catalog.db"), time.Now)
+	require.NoError(t, err)
+	defer cat.Close()
+	require.NoError(t, cat.EnsureDefaultPolicy(ctx))
+	require.NoError(t, storage.Create(ctx, filepath.Join(dir, "repo"), storage.CreateOptions{PackSize: storage.MinPackSize}))
+	repo, err := storage.Open(ctx, filepath.Join(dir, "repo"), storage.OpenOptions{})
+	require.NoError(t, err)
+	defer repo.Close()
+	later := time.Now().Add(365 * 24 * time.Hour)
+	s := &Server{cat: cat, repo: repo, log: slog.New(slog.DiscardHandler), now: func() time.Time { return later }}
+	require.NoError(t, cat.AddMachine(ctx, catalog.Machine{Name: "m", Policy: catalog.DefaultPolicyName, State: catalog.StateProtected,
+		ActiveSite: catalog.SiteHome, Direction: catalog.Forward}))
+	var ids []int64
+	for range 5 {
+		p, err := repo.BeginPoint(ctx, "m", []storage.DiskSpec{{Name: "d", Size: 4096, BlockSize: 4096}})
+		require.NoError(t, err)
+		pt, err := p.Commit(ctx, storage.CommitInfo{Consistency: storage.CrashConsistent})
+		require.NoError(t, err)
+		ids = append(ids, pt.ID)
+	}
+	for point, result := range map[int64]string{ids[0]: api.DrillPassed, ids[1]: api.DrillPassed, ids[2]: api.DrillFailed} {
+		_, err := cat.PutDrillRun(ctx, api.DrillRun{Drill: "boot", Machine: "m", Point: point, Started: time.Now(), Result: result})
+		require.NoError(t, err)
+	}
+	m, err := cat.Machine(ctx, "m")
+	require.NoError(t, err)
+	s.applyRetention(ctx, m)
+	pts, err := repo.Points(ctx, "m")
+	require.NoError(t, err)
+	var kept []int64
+	for _, p := range pts {
+		kept = append(kept, p.ID)
+	}
+	require.Equal(t, []int64{ids[1], ids[4]}, kept, "the newest verified point and the newest point")
 }

@@ -66,6 +66,7 @@ type Server struct {
 	metrics  *metrics         // Prometheus metrics, served at /metrics
 	notifier *alerts.Notifier // delivers alert notifications
 	alertMu  sync.Mutex       // incidents judged, or a rule added and caught up
+	drills   drills           // the boot drills running now, by machine
 
 	// runCtx is Run's context; bg counts the goroutines Run waits for.
 	runCtx context.Context
@@ -116,6 +117,7 @@ func (s *Server) Run(parent context.Context) error {
 	s.spawn(func() { s.retentionLoop(ctx) })
 	s.spawn(func() { s.alertLoop(ctx) })
 	s.spawn(func() { s.audit.Run(ctx) })
+	s.spawn(func() { s.drillLoop(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {

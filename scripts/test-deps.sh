@@ -7,9 +7,10 @@ set -u
 PKGS=(xfsprogs btrfs-progs e2fsprogs util-linux qemu-utils fuse3 rsync zstd
       debootstrap systemd-container curl ca-certificates iproute2 nftables
       libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 iptables
-      prometheus chromium)
+      prometheus chromium extlinux syslinux-common fdisk)
 # prometheus: promtool checks the /metrics output. chromium: the web console
 # tests drive it headless (internal/e2e/console_*_test.go).
+# extlinux, syslinux-common, fdisk: the drill test's bootable disk (internal/e2e/bootdisk_test.go).
 
 # Debian's libvirt QEMU driver refuses to initialise without these (no
 # systemd-sysusers here); internal/libvirtd creates them too. Idempotent.

@@ -179,13 +179,19 @@ func (r *Repo) DeletePoint(ctx context.Context, id int64) error {
 // Prune deletes the machine's committed points whose instant is before
 // olderThan, oldest first, never the newest point. It returns how many.
 func (r *Repo) Prune(ctx context.Context, machine string, olderThan time.Time) (int, error) {
+	return r.PruneExcept(ctx, machine, olderThan, 0)
+}
+
+// PruneExcept is Prune that also keeps the point keep (0: none), e.g. the
+// newest point a boot drill verified.
+func (r *Repo) PruneExcept(ctx context.Context, machine string, olderThan time.Time, keep int64) (int, error) {
 	c := r.c
 	if err := c.check(); err != nil {
 		return 0, err
 	}
 	ids, err := column[int64](c.db.QueryContext(ctx, `SELECT id FROM points WHERE machine=? AND state='committed' AND instant_ns<?
-		AND id < (SELECT max(id) FROM points WHERE machine=? AND state='committed') ORDER BY id`,
-		machine, olderThan.UnixNano(), machine))
+		AND id < (SELECT max(id) FROM points WHERE machine=? AND state='committed') AND id <> ? ORDER BY id`,
+		machine, olderThan.UnixNano(), machine, keep))
 	if err != nil {
 		return 0, err
 	}

@@ -60,6 +60,13 @@ ferry protect db1 --agent host1 --disk os=/var/lib/libvirt/images/db1.qcow2 \
 ferry machines update web1 --add-disk data=/var/lib/libvirt/images/web1-data.raw
 ferry machines update web1 --remove-disk scratch --target dr2`,
 
+	"ferry drills":        "ferry drills create web1-boot --machine web1 --every 24h",
+	"ferry drills create": "ferry drills create web1-boot --machine web1 --every 24h\nferry drills create db1-pg --machine db1 --every 12h --timeout 15m --probe 'pg_isready -h $FERRY_ADDR'\nferry drills create app-http --machine app1 --every 24h --port 443",
+	"ferry drills list":   "ferry drills list\nferry drills list --json",
+	"ferry drills show":   "ferry drills show web1-boot\nferry drills show web1-boot --json",
+	"ferry drills run":    "ferry drills run web1-boot\nferry drills run web1-boot --no-wait",
+	"ferry drills delete": "ferry drills delete web1-boot",
+
 	"ferry points":        "ferry points list web1",
 	"ferry points list":   "ferry points list web1\nferry points list web1 --json",
 	"ferry points export": "ferry points export web1 --point latest --out /tmp/web1\nferry points export web1 --point 2026-12-01T09:30:00Z --out /tmp/web1 --key-file repo.key",

@@ -57,8 +57,9 @@ func newFailoverCommand(g *globals) *cobra.Command {
 
   --point SPEC   latest (default: a fresh cycle first if the source is
                  reachable, else the newest complete point), latest-processed
-                 (the newest point, no processing), latest-app-consistent, a
-                 point id, or an RFC 3339 time (the newest point at or before it)
+                 (the newest point, no processing), latest-app-consistent,
+                 latest-verified (the newest point a drill booted and probed),
+                 a point id, or an RFC 3339 time (the newest point at or before it)
   --test         a test failover: clones of the staged disks, started isolated
                  (FERRY_TEST=1) under a test name while replication goes on;
                  end it with 'ferry cleanup'
@@ -75,6 +76,9 @@ func newFailoverCommand(g *globals) *cobra.Command {
                  sources in reverse group order and moves every disk first; a
                  failure there rolls everything back. With --dry-run: each
                  member's point, target and free space, and the actions.
+
+A failover of a machine under a drill or a test failover cancels the drill,
+cleans the test up, and proceeds; the job notes it.
 
 The command prints the job id; with --wait it follows the job and exits with
 its outcome. 'ferry cancel JOB --force' rolls the target back.`,

@@ -196,7 +196,7 @@ consistency, size, name) and the command exits 2 naming --force.`,
 func newMachinesCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "machines", Short: "Protected machines: list, show, update"}
 	list := &cobra.Command{
-		Use: "list", Short: "List machines (name, agent, state, health, rpo, last point, active site, live cycle progress)", Args: exactArgs(0, "no arguments"),
+		Use: "list", Short: "List machines (name, agent, state, health, rpo, verified point age, last point, active site, live cycle progress)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error { return runMachinesList(c.Context(), g) },
 	}
 	show := &cobra.Command{
@@ -225,6 +225,15 @@ func fmtRPO(m api.Machine) string {
 	return (time.Duration(*m.RPOSeconds * float64(time.Second))).Round(100 * time.Millisecond).String()
 }
 
+// fmtVerified is the age of the newest point a drill verified: the RPO
+// that is proven to boot.
+func fmtVerified(m api.Machine) string {
+	if m.VerifiedSeconds == nil {
+		return "-"
+	}
+	return (time.Duration(*m.VerifiedSeconds * float64(time.Second))).Round(time.Second).String()
+}
+
 func runMachinesList(ctx context.Context, g *globals) error {
 	cl, err := g.client()
 	if err != nil {
@@ -250,9 +259,9 @@ func runMachinesList(ctx context.Context, g *globals) error {
 		if m.HealthReason != "" && m.Health != "healthy" {
 			health += " (" + m.HealthReason + ")"
 		}
-		rows = append(rows, []string{m.Name, m.Agent, m.State, health, fmtRPO(m), last, m.ActiveSite, fmtProgressShort(m.Progress)})
+		rows = append(rows, []string{m.Name, m.Agent, m.State, health, fmtRPO(m), fmtVerified(m), last, m.ActiveSite, fmtProgressShort(m.Progress)})
 	}
-	table(g.stdout, []string{"NAME", "AGENT", "STATE", "HEALTH", "RPO", "LAST POINT", "ACTIVE SITE", "CYCLE"}, rows)
+	table(g.stdout, []string{"NAME", "AGENT", "STATE", "HEALTH", "RPO", "VERIFIED", "LAST POINT", "ACTIVE SITE", "CYCLE"}, rows)
 	return nil
 }
 
@@ -278,6 +287,9 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "RPO:          %s\n", fmtRPO(m))
+	if m.VerifiedSeconds != nil {
+		fmt.Fprintf(w, "Verified:     point %d, %s old (passed a drill)\n", m.VerifiedPoint, fmtVerified(m))
+	}
 	if m.LastPoint != nil {
 		fmt.Fprintf(w, "Last point:   %s\n", fmtTime(*m.LastPoint))
 	}

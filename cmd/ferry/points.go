@@ -80,9 +80,13 @@ func runPointsList(ctx context.Context, g *globals, machine string) error {
 		if p.Damaged {
 			state = "damaged"
 		}
-		rows = append(rows, []string{strconv.FormatInt(p.ID, 10), fmtTime(p.Time), p.Consistency, api.FormatSize(p.Bytes), orDash(p.Name), state})
+		verified := "-"
+		if p.Verified {
+			verified = "verified"
+		}
+		rows = append(rows, []string{strconv.FormatInt(p.ID, 10), fmtTime(p.Time), p.Consistency, api.FormatSize(p.Bytes), orDash(p.Name), state, verified})
 	}
-	table(g.stdout, []string{"ID", "TIME", "CONSISTENCY", "BYTES", "NAME", "STATE"}, rows)
+	table(g.stdout, []string{"ID", "TIME", "CONSISTENCY", "BYTES", "NAME", "STATE", "DRILL"}, rows)
 	return nil
 }
 

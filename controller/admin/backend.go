@@ -87,6 +87,15 @@ type Failover interface {
 	ResumeJob(ctx context.Context, id string) (api.Job, error)
 }
 
+// Drills is what the drill routes need.
+type Drills interface {
+	CreateDrill(ctx context.Context, d api.Drill) (api.Drill, error)
+	Drills(ctx context.Context) ([]api.Drill, error)
+	Drill(ctx context.Context, name string) (api.DrillDetail, error)
+	RunDrill(ctx context.Context, name string) (api.DrillRun, error)
+	DeleteDrill(ctx context.Context, name string) error
+}
+
 // Backend is everything the admin server serves.
 type Backend interface {
 	Tokens
@@ -98,4 +107,5 @@ type Backend interface {
 	Failover
 	Audit
 	Alerts
+	Drills
 }

@@ -398,3 +398,32 @@ func (c *Client) TestAlert(ctx context.Context, name string) (api.Alert, error) 
 	var out api.Alert
 	return out, c.do(ctx, "POST", "/v1/alerts/"+url.PathEscape(name)+"/test", nil, &out)
 }
+
+// CreateDrill creates a drill.
+func (c *Client) CreateDrill(ctx context.Context, d api.Drill) (api.Drill, error) {
+	var out api.Drill
+	return out, c.do(ctx, "POST", "/v1/drills", d, &out)
+}
+
+// Drills lists drills.
+func (c *Client) Drills(ctx context.Context) ([]api.Drill, error) {
+	var out []api.Drill
+	return out, c.do(ctx, "GET", "/v1/drills", nil, &out)
+}
+
+// Drill shows a drill and its newest runs.
+func (c *Client) Drill(ctx context.Context, name string) (api.DrillDetail, error) {
+	var out api.DrillDetail
+	return out, c.do(ctx, "GET", "/v1/drills/"+url.PathEscape(name), nil, &out)
+}
+
+// RunDrill starts a drill now.
+func (c *Client) RunDrill(ctx context.Context, name string) (api.DrillRun, error) {
+	var out api.DrillRun
+	return out, c.do(ctx, "POST", "/v1/drills/"+url.PathEscape(name)+"/run", nil, &out)
+}
+
+// DeleteDrill deletes a drill and its reports.
+func (c *Client) DeleteDrill(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/drills/"+url.PathEscape(name), nil, nil)
+}

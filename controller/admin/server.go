@@ -212,6 +212,18 @@ func (s *Server) routes() {
 		s.reply(w, a, err)
 	})
 	m.HandleFunc("POST /v1/points/audit", jsonIn(s, s.b.AuditPoints))
+
+	m.HandleFunc("POST /v1/drills", jsonIn(s, s.b.CreateDrill))
+	m.HandleFunc("GET /v1/drills", noIn(s, s.b.Drills))
+	m.HandleFunc("GET /v1/drills/{name}", func(w http.ResponseWriter, r *http.Request) {
+		d, err := s.b.Drill(r.Context(), r.PathValue("name"))
+		s.reply(w, d, err)
+	})
+	m.HandleFunc("POST /v1/drills/{name}/run", func(w http.ResponseWriter, r *http.Request) {
+		run, err := s.b.RunDrill(r.Context(), r.PathValue("name"))
+		s.reply(w, run, err)
+	})
+	m.HandleFunc("DELETE /v1/drills/{name}", pathOnly(s, "name", s.b.DeleteDrill))
 }
 
 func (s *Server) exportDisk(w http.ResponseWriter, r *http.Request) {

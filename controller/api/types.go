@@ -230,6 +230,10 @@ type Machine struct {
 	// Audit: when each retained point was last audited (re-read whole),
 	// what was found, and the audit pass's progress (docs/audit.md).
 	Audit *MachineAudit `json:"audit,omitempty"`
+	// VerifiedSeconds is the age of the newest point a drill verified
+	// (null when none is): the proven RPO beside the RPO.
+	VerifiedSeconds *float64 `json:"verified_seconds"`
+	VerifiedPoint   int64    `json:"verified_point,omitempty"`
 }
 
 // Fence is the stop of the recovery site's copy of a machine that an
@@ -297,6 +301,8 @@ type Point struct {
 	// Damaged: the point reads data found damaged (ferry verify); it is
 	// left out of latest* until the next cycles have stored it again.
 	Damaged bool `json:"damaged,omitempty"`
+	// Verified: a drill booted this point and its probe passed.
+	Verified bool `json:"verified,omitempty"`
 }
 
 // LabelRequest names a point.

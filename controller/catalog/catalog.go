@@ -20,7 +20,7 @@ import (
 var migrations embed.FS
 
 // SchemaVersion is the newest catalog schema this build knows.
-const SchemaVersion = 7
+const SchemaVersion = 8
 
 // Sentinels callers branch on.
 var (

@@ -40,8 +40,8 @@ func (c *Catalog) Policies(ctx context.Context) ([]api.Policy, error) {
 }
 
 // listSpecs decodes the JSON spec column of each row a query returns.
-func listSpecs[T any](ctx context.Context, c *Catalog, query string) ([]T, error) {
-	rows, err := c.db.QueryContext(ctx, query)
+func listSpecs[T any](ctx context.Context, c *Catalog, query string, args ...any) ([]T, error) {
+	rows, err := c.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -37,6 +37,10 @@ type Spec struct {
 	// Plan is set when the job runs a recovery plan (plan.go): Machines
 	// are then the members that move, group by group.
 	Plan *PlanRun `json:"plan,omitempty"`
+	// Preempted says what the job ended before it started: a drill or a
+	// test it cancelled and cleaned up (a disaster beats a test). The
+	// prerequisites note it on the machine.
+	Preempted []string `json:"preempted,omitempty"`
 }
 
 // machineData is what a job remembers per machine between steps.

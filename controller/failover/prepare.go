@@ -28,6 +28,15 @@ func (j *job) checkState(m catalog.Machine) error {
 	if err := lifecycle.Check(m.Name, m.State, j.def.action); err != nil {
 		return &Refusal{Msg: err.Error(), Err: err}
 	}
+	// An action the table allows after another (a failover of a machine
+	// under a test) has that other one run by whoever starts the job (the
+	// admin API): a job that finds it undone refuses rather than skip it.
+	if r := lifecycle.Lookup(m.State, j.def.action); r.First != "" {
+		return refuse("machine %s is %s: %s must run first (ferry %s %s)", m.Name, m.State, r.First, r.First, m.Name)
+	}
+	for _, n := range j.spec.Preempted {
+		j.r.MachineNote(m.Name, n)
+	}
 	return nil
 }
 
@@ -91,7 +100,7 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 		}
 	}
 	if ps := j.spec.Req.Point; ps != "" && ps != points.SpecLatest {
-		p, err := points.Pick(pts, ps, name)
+		p, err := points.PickIn(ctx, j.e.Cat, pts, ps, name)
 		if err != nil {
 			return refuse("%w", err)
 		}
@@ -201,7 +210,7 @@ func prepareChangePoint(ctx context.Context, j *job, name string, md *machineDat
 	if err := loadFailover(ctx, j, name, md); err != nil {
 		return err
 	}
-	p, err := points.Resolve(ctx, j.e.Repo, name, j.spec.Point)
+	p, err := points.Resolve(ctx, j.e.Repo, j.e.Cat, name, j.spec.Point)
 	if errors.Is(err, points.ErrBadSpec) || errors.Is(err, points.ErrNoPoint) {
 		return refuse("%w", err)
 	}

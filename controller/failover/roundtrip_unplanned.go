@@ -52,8 +52,9 @@ func prepareUnplannedFailback(ctx context.Context, j *job, name string, md *mach
 	if len(pts) == 0 {
 		return refuse("machine %s has no point to fail back to", name)
 	}
-	// The newest point that reads no damaged data, unless one is named.
-	p, err := points.Pick(pts, j.spec.Action.Point, name)
+	// The newest point that reads no damaged data, unless one is named
+	// (latest-verified asks the catalog which points drills verified).
+	p, err := points.PickIn(ctx, j.e.Cat, pts, j.spec.Action.Point, name)
 	if errors.Is(err, points.ErrNoPoint) && j.spec.Action.Point == "" && j.spec.Action.AllowDamaged {
 		p, err = pts[len(pts)-1], nil
 	}
@@ -172,7 +173,7 @@ func prepareChangePointHome(ctx context.Context, j *job, name string, md *machin
 	if md.RanOn == 0 {
 		md.RanOn = m.Failover.PointID
 	}
-	p, err := points.Resolve(ctx, j.e.Repo, name, j.spec.Point)
+	p, err := points.Resolve(ctx, j.e.Repo, j.e.Cat, name, j.spec.Point)
 	if errors.Is(err, points.ErrBadSpec) || errors.Is(err, points.ErrNoPoint) {
 		return refuse("%w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -102,11 +103,12 @@ func (r *Run) SetMachine(name, state string, point int64, err error) {
 	r.persist(true)
 }
 
-// MachineNote records a note on a machine (e.g. which point case applied).
+// MachineNote records a note on a machine (e.g. which point case applied);
+// a note the machine has already is not repeated (a retried step notes again).
 func (r *Run) MachineNote(name, note string) {
 	r.mu.Lock()
 	for i := range r.rec.Machines {
-		if r.rec.Machines[i].Name == name {
+		if r.rec.Machines[i].Name == name && !slices.Contains(r.rec.Machines[i].Notes, note) {
 			r.rec.Machines[i].Notes = append(r.rec.Machines[i].Notes, note)
 		}
 	}

@@ -59,6 +59,10 @@ type Rule struct {
 	Next    string
 	Reason  string
 	Instead string
+	// First is an action that runs before an allowed one: a disaster
+	// beats a test, so a failover of a machine under a test failover (or
+	// a drill) first cleans the test up, and its job says so.
+	First Action
 }
 
 // Allowed reports whether the rule allows the action.
@@ -69,7 +73,10 @@ type cell struct {
 	action Action
 }
 
-func allow(next string) Rule             { return Rule{Next: next} }
+func allow(next string) Rule { return Rule{Next: next} }
+func allowAfter(first Action, next string) Rule {
+	return Rule{Next: next, First: first}
+}
 func refuse(reason, instead string) Rule { return Rule{Reason: reason, Instead: instead} }
 
 // Reasons several cells share.
@@ -115,9 +122,10 @@ var table = map[cell]Rule{
 	{catalog.StateProtected, UnplannedFailback}: neverFailedOver,
 
 	// test-failed-over: a test copy runs at the target; replication goes on.
-	{catalog.StateTestFailedOver, Failover}:          refuse("a test failover is running", "end it with 'ferry cleanup M' first"),
+	// A disaster beats a test: failover cleans the test up first.
+	{catalog.StateTestFailedOver, Failover}:          allowAfter(Cleanup, catalog.StateFailedOver),
 	{catalog.StateTestFailedOver, TestFailover}:      refuse("a test failover is already running", "end it with 'ferry cleanup M' first"),
-	{catalog.StateTestFailedOver, PlannedFailover}:   refuse("a test failover is running", "end it with 'ferry cleanup M' first"),
+	{catalog.StateTestFailedOver, PlannedFailover}:   allowAfter(Cleanup, catalog.StateFailedOver),
 	{catalog.StateTestFailedOver, Commit}:            refuse("a test failover cannot be committed", "end it with 'ferry cleanup M', then fail over (ferry failover M)"),
 	{catalog.StateTestFailedOver, ChangePoint}:       refuse("change-point applies to a failover, not to a test failover", "end it with 'ferry cleanup M', then test another point (ferry failover M --test --point SPEC)"),
 	{catalog.StateTestFailedOver, Cleanup}:           allow(catalog.StateProtected),
@@ -246,8 +254,8 @@ var table = map[cell]Rule{
 	{catalog.StateTestFailedBack, Export}:            allow(catalog.StateTestFailedBack),
 	{catalog.StateTestFailedBack, Unprotect}:         homeTestRunning,
 	{catalog.StateTestFailedBack, Reprotect}:         homeTestRunning,
-	{catalog.StateTestFailedBack, Failback}:          homeTestRunning,
-	{catalog.StateTestFailedBack, UnplannedFailback}: homeTestRunning,
+	{catalog.StateTestFailedBack, Failback}:          allowAfter(Cleanup, catalog.StateBackHome),
+	{catalog.StateTestFailedBack, UnplannedFailback}: allowAfter(Cleanup, catalog.StateFailedBack),
 	{catalog.StateTestFailedBack, TestFailback}:      refuse("a failback test is already running", "end it with 'ferry cleanup M' first"),
 
 	// revert: only an uncommitted failover is undone; the home disks are
@@ -341,7 +349,9 @@ func Markdown() string {
 		fmt.Fprintf(&b, "| `%s` |", st)
 		for _, a := range Actions {
 			r := Lookup(st, a)
-			if r.Allowed() {
+			if r.Allowed() && r.First != "" {
+				fmt.Fprintf(&b, " `%s`, then → `%s` |", r.First, r.Next)
+			} else if r.Allowed() {
 				fmt.Fprintf(&b, " → `%s` |", r.Next)
 			} else {
 				b.WriteString(" refused |")

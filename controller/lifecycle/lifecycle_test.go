@@ -57,14 +57,37 @@ func TestEveryPairIsDecided(t *testing.T) {
 	require.Equal(t, []string{"unprotect", "reprotect"}, Allowed(catalog.StateCommitted), "a committed machine can only be re-protected or unprotected")
 	require.Equal(t, []string{"points export", "unprotect", "failback", "failback --unplanned", "failback --test"}, Allowed(catalog.StateReverseProtected))
 	require.Equal(t, []string{"commit", "change-point", "points export"}, Allowed(catalog.StateFailedBack), "failed-back allows what failed-over does")
-	require.Equal(t, []string{"cleanup", "points export"}, Allowed(catalog.StateTestFailedBack), "a failback test is ended by cleanup")
+	require.Equal(t, []string{"cleanup", "points export", "failback", "failback --unplanned"}, Allowed(catalog.StateTestFailedBack),
+		"a failback test is ended by cleanup, or by a failback (which cleans it up first)")
 	require.Equal(t, catalog.StateReverseProtected, Lookup(catalog.StateTestFailedBack, Cleanup).Next)
 	require.Equal(t, []string{"points export", "unprotect", "reprotect"}, Allowed(catalog.StateBackHome))
 }
 
+// TestDisasterBeatsTest: a failover or failback of a machine under a test
+// (a test failover, a failback test, a drill) is allowed, after a cleanup.
+func TestDisasterBeatsTest(t *testing.T) {
+	for _, c := range []struct {
+		state string
+		a     Action
+		next  string
+	}{
+		{catalog.StateTestFailedOver, Failover, catalog.StateFailedOver},
+		{catalog.StateTestFailedOver, PlannedFailover, catalog.StateFailedOver},
+		{catalog.StateTestFailedBack, Failback, catalog.StateBackHome},
+		{catalog.StateTestFailedBack, UnplannedFailback, catalog.StateFailedBack},
+	} {
+		r := Lookup(c.state, c.a)
+		require.True(t, r.Allowed(), "%s × %s", c.state, c.a)
+		require.Equal(t, Cleanup, r.First, "%s × %s cleans the test up first", c.state, c.a)
+		require.Equal(t, c.next, r.Next)
+		require.True(t, Lookup(c.state, r.First).Allowed(), "the first action is allowed in %s", c.state)
+	}
+	require.Empty(t, Lookup(catalog.StateProtected, Failover).First, "nothing to clean up before a plain failover")
+}
+
 func TestRefusalNamesTheMachine(t *testing.T) {
-	err := Check("web", catalog.StateTestFailedOver, Failover)
-	require.EqualError(t, err, "machine web is test-failed-over: failover is not possible: a test failover is running; instead: end it with 'ferry cleanup web' first")
+	err := Check("web", catalog.StateTestFailedOver, TestFailover)
+	require.EqualError(t, err, "machine web is test-failed-over: failover --test is not possible: a test failover is already running; instead: end it with 'ferry cleanup web' first")
 	require.NoError(t, Check("web", catalog.StateProtected, Failover))
 	require.True(t, Reaches(Commit, catalog.StateCommitted))
 	require.False(t, Reaches(Commit, catalog.StateProtected))

@@ -17,6 +17,9 @@ const (
 	SpecLatest              = "latest"
 	SpecLatestProcessed     = "latest-processed"
 	SpecLatestAppConsistent = "latest-app-consistent"
+	// SpecLatestVerified is the newest point a drill verified (booted
+	// and probed) that reads no damaged data.
+	SpecLatestVerified = "latest-verified"
 )
 
 // ErrNoPoint means no point matches the spec.
@@ -30,27 +33,60 @@ type Lister interface {
 	Points(ctx context.Context, machine string) ([]storage.Point, error)
 }
 
-// Resolve finds the point a spec names among the machine's points.
-func Resolve(ctx context.Context, repo Lister, machine, spec string) (storage.Point, error) {
+// Verifier says which of a machine's points a drill verified (the catalog).
+type Verifier interface {
+	VerifiedPoints(ctx context.Context, machine string) (map[int64]bool, error)
+}
+
+// Resolve finds the point a spec names among the machine's points; v
+// answers latest-verified (nil: that spec finds nothing).
+func Resolve(ctx context.Context, repo Lister, v Verifier, machine, spec string) (storage.Point, error) {
 	pts, err := repo.Points(ctx, machine)
 	if err != nil {
 		return storage.Point{}, err
 	}
-	return Pick(pts, spec, machine)
+	return PickIn(ctx, v, pts, spec, machine)
+}
+
+// PickIn is Pick with the machine's verified points asked of v when the
+// spec is latest-verified.
+func PickIn(ctx context.Context, v Verifier, pts []storage.Point, spec, machine string) (storage.Point, error) {
+	if spec != SpecLatestVerified {
+		return Pick(pts, spec, machine)
+	}
+	verified := map[int64]bool{}
+	if v != nil {
+		var err error
+		if verified, err = v.VerifiedPoints(ctx, machine); err != nil {
+			return storage.Point{}, err
+		}
+	}
+	return PickVerified(pts, verified, machine)
+}
+
+// PickVerified is the newest point among pts in verified that reads no
+// damaged data.
+func PickVerified(pts []storage.Point, verified map[int64]bool, machine string) (storage.Point, error) {
+	for i := len(pts) - 1; i >= 0; i-- {
+		if verified[pts[i].ID] && !pts[i].Damaged {
+			return pts[i], nil
+		}
+	}
+	return storage.Point{}, fmt.Errorf("%w: machine %s has no verified point (a point is verified when a drill passed on it: ferry drills)", ErrNoPoint, machine)
 }
 
 // CheckSpec reports whether a spec is well formed ("" is latest), before
 // anything is resolved: a word, a point id or an RFC 3339 time.
 func CheckSpec(spec string) error {
 	switch spec {
-	case "", SpecLatest, SpecLatestProcessed, SpecLatestAppConsistent:
+	case "", SpecLatest, SpecLatestProcessed, SpecLatestAppConsistent, SpecLatestVerified:
 		return nil
 	}
 	if _, err := strconv.ParseInt(spec, 10, 64); err == nil {
 		return nil
 	}
 	if _, err := time.Parse(time.RFC3339Nano, spec); err != nil {
-		return fmt.Errorf("%w %q: want latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time", ErrBadSpec, spec)
+		return fmt.Errorf("%w %q: want latest, latest-processed, latest-app-consistent, latest-verified, a point id or an RFC 3339 time", ErrBadSpec, spec)
 	}
 	return nil
 }
@@ -80,6 +116,8 @@ func Pick(pts []storage.Point, spec, machine string) (storage.Point, error) {
 			}
 		}
 		return storage.Point{}, fmt.Errorf("%w: machine %s has no app-consistent point", ErrNoPoint, machine)
+	case SpecLatestVerified:
+		return PickVerified(pts, nil, machine) // PickIn knows the verified points
 	}
 	if id, err := strconv.ParseInt(spec, 10, 64); err == nil {
 		for _, p := range pts {
@@ -91,7 +129,7 @@ func Pick(pts []storage.Point, spec, machine string) (storage.Point, error) {
 	}
 	t, err := time.Parse(time.RFC3339Nano, spec)
 	if err != nil {
-		return storage.Point{}, fmt.Errorf("%w %q: want latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time", ErrBadSpec, spec)
+		return storage.Point{}, fmt.Errorf("%w %q: want latest, latest-processed, latest-app-consistent, latest-verified, a point id or an RFC 3339 time", ErrBadSpec, spec)
 	}
 	for i := len(pts) - 1; i >= 0; i-- {
 		if !pts[i].Instant.After(t) {
@@ -131,6 +169,9 @@ type HealthInput struct {
 	// DamageDetail names the damaged points' disks and blocks (the point
 	// audit's findings), appended to the reason.
 	DamageDetail string
+	// DrillFailure is why the machine's newest drill failed ("" if it
+	// passed or none ran): its points are not proven to boot.
+	DrillFailure string
 }
 
 // MaxSkew is the agent clock offset past which a machine gets a warning.
@@ -151,6 +192,13 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 		damaged = fmt.Sprintf("%d point(s) read data found damaged (point audit or ferry verify): left out of latest*, stored again by the next cycles where the source still has it", in.DamagedPoints)
 		if in.DamageDetail != "" {
 			damaged += " (" + in.DamageDetail + ")"
+		}
+	}
+	if in.DrillFailure != "" {
+		if damaged == "" {
+			damaged = in.DrillFailure
+		} else {
+			damaged += "; " + in.DrillFailure
 		}
 	}
 	if !in.Replicating {
@@ -219,14 +267,25 @@ func Health(in HealthInput) (rpo *float64, level, reason string) {
 
 // Pruner is what retention needs.
 type Pruner interface {
-	Prune(ctx context.Context, machine string, olderThan time.Time) (int, error)
+	PruneExcept(ctx context.Context, machine string, olderThan time.Time, keep int64) (int, error)
 }
 
-// ApplyRetention drops points older than the retention window (never the
-// newest). A zero retention keeps everything.
-func ApplyRetention(ctx context.Context, repo Pruner, machine string, retention time.Duration, now time.Time) (int, error) {
+// ApplyRetention drops points older than the retention window, never the
+// newest, nor keep (the newest verified point, 0 for none): the one point
+// proven to boot outlives the window. A zero retention keeps everything.
+func ApplyRetention(ctx context.Context, repo Pruner, machine string, retention time.Duration, now time.Time, keep int64) (int, error) {
 	if retention <= 0 {
 		return 0, nil
 	}
-	return repo.Prune(ctx, machine, now.Add(-retention))
+	return repo.PruneExcept(ctx, machine, now.Add(-retention), keep)
+}
+
+// NewestVerified is the id of the newest point in pts a drill verified (0: none).
+func NewestVerified(pts []storage.Point, verified map[int64]bool) int64 {
+	for i := len(pts) - 1; i >= 0; i-- {
+		if verified[pts[i].ID] {
+			return pts[i].ID
+		}
+	}
+	return 0
 }

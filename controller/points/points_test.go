@@ -1,6 +1,7 @@
 package points
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -86,4 +87,50 @@ func TestHealth(t *testing.T) {
 	_, level, reason = Health(in)
 	require.Equal(t, Warning, level)
 	require.Equal(t, "not replicating: failed-over: it runs at its recovery site; newest point 1s old", reason)
+}
+
+type verifiedSet map[int64]bool
+
+func (v verifiedSet) VerifiedPoints(context.Context, string) (map[int64]bool, error) { return v, nil }
+
+// TestPickVerified: latest-verified is the newest verified point that
+// reads no damaged data; none verified is ErrNoPoint; the spec is well
+// formed; retention's keep is the newest verified point.
+func TestPickVerified(t *testing.T) {
+	ctx := context.Background()
+	pts := []storage.Point{{ID: 3}, {ID: 5}, {ID: 9, Damaged: true}, {ID: 11}}
+	require.NoError(t, CheckSpec(SpecLatestVerified))
+	p, err := PickIn(ctx, verifiedSet{3: true, 5: true, 9: true}, pts, SpecLatestVerified, "m")
+	require.NoError(t, err)
+	require.Equal(t, int64(5), p.ID, "9 is verified but damaged; 11 is newer but not verified")
+	_, err = PickIn(ctx, verifiedSet{}, pts, SpecLatestVerified, "m")
+	require.ErrorIs(t, err, ErrNoPoint)
+	require.ErrorContains(t, err, "no verified point")
+	_, err = Pick(pts, SpecLatestVerified, "m")
+	require.ErrorIs(t, err, ErrNoPoint, "without the verified points nothing is verified")
+	p, err = PickIn(ctx, verifiedSet{}, pts, "latest", "m")
+	require.NoError(t, err)
+	require.Equal(t, int64(11), p.ID, "other specs resolve as before")
+	require.Equal(t, int64(9), NewestVerified(pts, verifiedSet{3: true, 9: true}))
+	require.Zero(t, NewestVerified(pts, nil))
+}
+
+// TestHealthDrillFailure: a failed drill degrades a healthy machine with
+// the reason, and keeps critical critical.
+func TestHealthDrillFailure(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	last := now.Add(-10 * time.Second)
+	in := HealthInput{Now: now, Protected: now.Add(-time.Hour), Threshold: 5 * time.Minute, Connected: true, Replicating: true,
+		LastPoint: &last, DrillFailure: "drill boot failed on point 7: wait-up: the guest did not come up"}
+	_, level, reason := Health(in)
+	require.Equal(t, Degraded, level)
+	require.Equal(t, in.DrillFailure, reason)
+	old := now.Add(-time.Hour)
+	in.LastPoint = &old
+	_, level, reason = Health(in)
+	require.Equal(t, Critical, level)
+	require.Contains(t, reason, "drill boot failed")
+	in.Replicating = false
+	_, level, _ = Health(in)
+	require.Equal(t, Degraded, level, "a failed-over machine still shows the failed drill")
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/ferrydr/ferry/agent/driver"
 	"github.com/ferrydr/ferry/agent/driver/libvirt"
 	"github.com/ferrydr/ferry/internal/libvirtd"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // rawDisk writes a small empty raw disk the guest can be started on.
@@ -180,7 +181,15 @@ func TestLibvirtTestDomainIsolated(t *testing.T) {
 	require.Len(t, tx.Devices.Interfaces, 1)
 	require.Equal(t, "ferry-test", tx.Devices.Interfaces[0].Source.Network.Network)
 	require.Equal(t, "52:54:00:aa:bb:01", tx.Devices.Interfaces[0].MAC.Address)
+	// A test domain logs its serial console beside its disk (a drill
+	// reads it), and the firmware writes there too; production does not.
+	require.Len(t, tx.Devices.Serials, 1)
+	require.NotNil(t, tx.Devices.Serials[0].Log)
+	require.Equal(t, filepath.Join(dir, msg.ConsoleLogName), tx.Devices.Serials[0].Log.File)
+	require.Equal(t, "yes", tx.OS.BIOS.UseSerial)
+	require.Eventually(t, func() bool { _, err := os.Stat(filepath.Join(dir, msg.ConsoleLogName)); return err == nil }, 10*time.Second, 50*time.Millisecond)
 	px := domainXML(t, l, "app")
+	require.Nil(t, px.Devices.Serials[0].Log)
 	require.Equal(t, "prod", px.Devices.Interfaces[0].Source.Network.Network)
 	require.Equal(t, []string{prod.Disks[0].Path}, diskSources(px, "disk"))
 

@@ -8,6 +8,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/ferrydr/ferry/agent/driver"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // DefaultMemory is a domain's memory when the spec has none.
@@ -105,6 +106,15 @@ func (d *Driver) DomainXML(name string, spec driver.Spec, seed string) (string, 
 	}
 	port := uint(0)
 	dom.Devices.Serials = []libvirtxml.DomainSerial{{Target: &libvirtxml.DomainSerialTarget{Port: &port}}}
+	if spec.Test {
+		// A test machine's console is logged beside its disks, where a
+		// drill waits for its boot marker and reads its tail; the firmware
+		// writes there too, so a disk that does not boot says so. The set
+		// directory goes at cleanup, and the log with it.
+		dom.Devices.Serials[0].Log = &libvirtxml.DomainChardevLog{
+			File: filepath.Join(filepath.Dir(spec.Disks[0].Path), msg.ConsoleLogName), Append: "off"}
+		dom.OS.BIOS = &libvirtxml.DomainBIOS{UseSerial: "yes"}
+	}
 	dom.Devices.Consoles = []libvirtxml.DomainConsole{{Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port}}}
 	x, err := dom.Marshal()
 	if err != nil {
