@@ -121,11 +121,11 @@ func (d *Exec) timeout() time.Duration {
 	return DefaultTimeout
 }
 
-// RunShell runs a command line through the platform shell with extra
-// environment and a timeout; a timeout counts as failure.
-func RunShell(ctx context.Context, line string, env map[string]string, timeout time.Duration, what string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// shellCommand is a command line run through the platform shell (sh -c,
+// or cmd.exe /C on Windows) with env added to this process's environment.
+// On timeout the whole process group is killed, so a shell's children do
+// not outlive it, and Wait does not wait forever on pipes they hold open.
+func shellCommand(ctx context.Context, line string, env map[string]string) *exec.Cmd {
 	var c *exec.Cmd
 	if runtime.GOOS == "windows" {
 		c = exec.CommandContext(ctx, "cmd.exe", "/C", line)
@@ -136,10 +136,17 @@ func RunShell(ctx context.Context, line string, env map[string]string, timeout t
 	for k, v := range env {
 		c.Env = append(c.Env, k+"="+v)
 	}
-	// Kill the whole process group on timeout so a shell's children do not
-	// outlive it, and do not wait forever on pipes they hold open.
 	setProcessGroup(c)
 	c.WaitDelay = 2 * time.Second
+	return c
+}
+
+// RunShell runs a command line through the platform shell with extra
+// environment and a timeout; a timeout counts as failure.
+func RunShell(ctx context.Context, line string, env map[string]string, timeout time.Duration, what string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := shellCommand(ctx, line, env)
 	var out bytes.Buffer
 	c.Stdout = &out
 	c.Stderr = &out

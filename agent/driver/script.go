@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"runtime"
 	"sync"
 	"time"
 )
@@ -35,18 +33,7 @@ func RunScript(ctx context.Context, line string, env map[string]string, timeout 
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var c *exec.Cmd
-	if runtime.GOOS == "windows" {
-		c = exec.CommandContext(ctx, "cmd.exe", "/C", line)
-	} else {
-		c = exec.CommandContext(ctx, "/bin/sh", "-c", line)
-	}
-	c.Env = os.Environ()
-	for k, v := range env {
-		c.Env = append(c.Env, k+"="+v)
-	}
-	setProcessGroup(c)
-	c.WaitDelay = 2 * time.Second
+	c := shellCommand(ctx, line, env)
 	out := &tailBuffer{max: MaxScriptOutput}
 	c.Stdout, c.Stderr = out, out
 	err := c.Run()
