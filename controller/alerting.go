@@ -147,6 +147,13 @@ func (s *Server) alertJobEnded(j api.Job) {
 	}
 }
 
+// alertDrillEnded fires drill-failed for a drill run that failed.
+func (s *Server) alertDrillEnded(r api.DrillRun) {
+	if c, ok := alerts.DrillEvent(r); ok && s.runCtx != nil && s.runCtx.Err() == nil {
+		s.fire(s.runCtx, c, api.AlertFiring, r.Started)
+	}
+}
+
 // alertOutcome keeps a rule's delivery status (alerts list shows it).
 func (s *Server) alertOutcome(rule string, o alerts.Outcome) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -182,9 +182,14 @@ func (s *Server) runDrill(parent context.Context, d api.Drill, started func(api.
 			}
 		}
 	}
-	if _, err := s.cat.PutDrillRun(cctx, run.r); err != nil {
+	id, err := s.cat.PutDrillRun(cctx, run.r)
+	if err != nil {
 		return run.r, err
 	}
+	if run.r.ID == 0 {
+		run.r.ID = id
+	}
+	s.alertDrillEnded(run.r)
 	s.log.Info("drill ended", "drill", d.Name, "machine", m.Name, "point", run.r.Point, "result", run.r.Result, "err", run.r.Error)
 	return run.r, nil
 }

@@ -88,17 +88,26 @@ func Summary(event, subject string) string {
 	return event + " " + subject
 }
 
+// DrillEvent is the drill-failed event of a drill run that failed (a
+// cancelled run, preempted by a real recovery, raises nothing).
+func DrillEvent(r api.DrillRun) (Condition, bool) {
+	if r.Result != api.DrillFailed {
+		return Condition{}, false
+	}
+	subject := fmt.Sprintf("%s/%d", r.Drill, r.ID)
+	return Condition{Key: api.EventDrillFailed + "/" + subject, Event: api.EventDrillFailed, Subject: subject,
+		Summary: fmt.Sprintf("drill %s of %s failed on point %d", r.Drill, r.Machine, r.Point),
+		Detail:  r.Error}, true
+}
+
 // JobEvent is the event an ended job raises, if any: a failed or partial
-// drill raises drill-failed, any other failed or partial job job-failed.
+// job raises job-failed (a drill is not a job: DrillEvent).
 // A cancelled job was the operator's choice and raises nothing.
 func JobEvent(j api.Job) (Condition, bool) {
 	if j.State != api.JobFailed && j.State != api.JobPartial {
 		return Condition{}, false
 	}
 	ev := api.EventJobFailed
-	if strings.HasPrefix(j.Kind, "drill") {
-		ev = api.EventDrillFailed
-	}
 	var names []string
 	for _, m := range j.Machines {
 		names = append(names, m.Name)

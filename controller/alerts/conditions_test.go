@@ -59,7 +59,7 @@ func TestJobEvents(t *testing.T) {
 	}{
 		{"failover", api.JobFailed, api.EventJobFailed},
 		{"failback", api.JobPartial, api.EventJobFailed},
-		{"drill", api.JobFailed, api.EventDrillFailed},
+		{"test-failover", api.JobFailed, api.EventJobFailed},
 		{"failover", api.JobSucceeded, ""},
 		{"failover", api.JobCancelled, ""},
 	} {
@@ -72,4 +72,18 @@ func TestJobEvents(t *testing.T) {
 			require.Equal(t, "boom", c.Detail)
 		}
 	}
+}
+
+func TestDrillEvents(t *testing.T) {
+	for _, result := range []string{api.DrillPassed, api.DrillCancelled} {
+		_, ok := DrillEvent(api.DrillRun{ID: 3, Drill: "boot", Machine: "web1", Result: result})
+		require.False(t, ok, "a %s drill raises nothing", result)
+	}
+	c, ok := DrillEvent(api.DrillRun{ID: 3, Drill: "boot", Machine: "web1", Point: 42, Result: api.DrillFailed, Error: "wait-up: No bootable device"})
+	require.True(t, ok)
+	require.Equal(t, api.EventDrillFailed, c.Event)
+	require.Equal(t, "drill-failed/boot/3", c.Key, "one incident per failed run")
+	require.Contains(t, c.Summary, "web1")
+	require.Contains(t, c.Summary, "point 42")
+	require.Equal(t, "wait-up: No bootable device", c.Detail)
 }

@@ -7,7 +7,7 @@ const (
 	EventRPOBreach   = "rpo-breach"   // a machine's RPO passed its threshold (health critical); resolves
 	EventJobFailed   = "job-failed"   // a job ended failed or partial; no resolution
 	EventAgentLost   = "agent-lost"   // an agent has been disconnected too long; resolves
-	EventDrillFailed = "drill-failed" // a drill job ended failed or partial; no resolution
+	EventDrillFailed = "drill-failed" // a drill run failed; no resolution
 	EventDiskLow     = "disk-low"     // the controller's free space is near its reserve; resolves
 	EventTest        = "test"         // ferry alerts test
 )
