@@ -46,11 +46,14 @@ type failoverRun struct {
 
 // addTarget adds a target on the rig's own agent with the CLI, its disk
 // sets in dir/target. The exec driver's start records the machine as
-// running in dir/power and its status prints that file, so the start step
-// really starts (a status that said running from the outset would skip the
-// start command) and the job ends when the driver reports running.
+// running in dir/power-MACHINE and its status prints that file, so the
+// start step really starts (a status that said running from the outset
+// would skip the start command) and the job ends when the driver reports
+// running. One file per machine: with one shared file, a machine's status
+// read while another's start had truncated it said "absent", and a plan's
+// member waited a status poll for nothing.
 func (r *rig) addTarget(ctx context.Context, name, dir string) (targetDir string, err error) {
-	targetDir, power := filepath.Join(dir, "target"), filepath.Join(dir, "power")
+	targetDir, power := filepath.Join(dir, "target"), filepath.Join(dir, "power-")+`"$FERRY_MACHINE"`
 	bin, args := r.cli("targets", "add", name, "--agent", r.name, "--dir", targetDir,
 		"--start", "echo running > "+power, "--status", "cat "+power+" 2>/dev/null || echo absent")
 	if _, err := command(ctx, bin, args...); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ferrydr/ferry/controller/api"
@@ -34,6 +35,10 @@ type planRTORun struct {
 	singles []time.Duration // the twin machines' single failovers, by index
 	anchor  time.Duration   // planAnchor(singles)
 	job     api.Job
+	jobs    []api.Job // the single failovers' jobs
+	// CPU time of the controller and the agent during the singles and
+	// during the plan: where a group's parallel members spend the cores.
+	singlesCPU, planCPU [2]time.Duration
 }
 
 // planAnchor is the sum over the groups (machines i*n/g … of each) of the
@@ -109,19 +114,26 @@ func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err erro
 	if _, err := r.cl.CreatePlan(ctx, plan); err != nil {
 		return res, err
 	}
+	cpu0 := r.cpu()
 	for k := range planMachineCount {
 		name := fmt.Sprintf("s-%d", k)
-		took, _, err := r.failover(ctx, name)
+		took, job, err := r.failover(ctx, name)
 		if err != nil {
 			return res, fmt.Errorf("failover %s: %w", name, err)
 		}
 		res.singles = append(res.singles, took)
+		res.jobs = append(res.jobs, job)
 	}
+	cpu1 := r.cpu()
 	res.anchor = planAnchor(res.singles, planGroupCount)
 	bin, args := r.cli("--json", "failover", "--plan", planName, "--wait")
 	took, out, err := timed(ctx, bin, args...)
 	if err != nil {
 		return res, fmt.Errorf("failover --plan: %w", err)
+	}
+	cpu2 := r.cpu()
+	for i := range cpu0 {
+		res.singlesCPU[i], res.planCPU[i] = cpu1[i]-cpu0[i], cpu2[i]-cpu1[i]
 	}
 	res.plan = took
 	if err := json.Unmarshal([]byte(out), &res.job); err != nil {
@@ -162,7 +174,57 @@ func (b *bench) casePlanRTO(ctx context.Context) error {
 	s.addf("- plan, s: %s; anchor, s: %s", runsText(unitSeconds, plan), runsText(unitSeconds, anchor))
 	for i, r := range runs {
 		s.addf("- run %d: %s", i+1, jobSteps(r.job))
+		s.addf("  - CPU (controller, agent): singles %s, %s; plan %s, %s", r.singlesCPU[0], r.singlesCPU[1], r.planCPU[0], r.planCPU[1])
+		s.addf("  - single failovers, each step's median/max over the machines: %s", machineStepStats(singleSteps(r.jobs)))
+		s.addf("  - plan members, each step's median/max over the machines: %s", machineStepStats(r.job.Machines))
 	}
 	b.details = append(b.details, s)
 	return nil
+}
+
+// cpu is the CPU time the rig's controller and agent have used so far.
+func (r *rig) cpu() (out [2]time.Duration) {
+	for i, p := range []*proc{r.ctl, r.agent} {
+		if p == nil || p.cmd.Process == nil {
+			continue
+		}
+		if u, err := procUsage(p.cmd.Process.Pid); err == nil {
+			out[i] = u.CPU
+		}
+	}
+	return out
+}
+
+// singleSteps turns single-machine jobs into machines with the job's steps.
+func singleSteps(jobs []api.Job) []api.JobMachine {
+	var out []api.JobMachine
+	for _, j := range jobs {
+		out = append(out, api.JobMachine{Name: j.ID, Steps: j.Steps})
+	}
+	return out
+}
+
+// machineStepStats prints, for each step name in order of first sight, the
+// median and the slowest duration over the machines that ran it.
+func machineStepStats(ms []api.JobMachine) string {
+	var names []string
+	by := map[string][]float64{}
+	for _, m := range ms {
+		for _, st := range m.Steps {
+			if st.Started.IsZero() || st.Ended.IsZero() {
+				continue
+			}
+			if _, ok := by[st.Name]; !ok {
+				names = append(names, st.Name)
+			}
+			by[st.Name] = append(by[st.Name], st.Ended.Sub(st.Started).Seconds())
+		}
+	}
+	var parts []string
+	for _, n := range names {
+		v := by[n]
+		slices.Sort(v)
+		parts = append(parts, fmt.Sprintf("%s %.3f/%.3f s", n, v[len(v)/2], v[len(v)-1]))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -292,3 +292,43 @@ func TestStartRetriesOnlyRetryableDriverErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestStartAsksALaggingStatusAgainSoon: a driver whose status says
+// "starting" twice after start returned (machines of a plan group starting
+// at once) is asked again within tens of milliseconds, not after a whole
+// 500 ms poll each: the start step takes well under one poll.
+func TestStartAsksALaggingStatusAgainSoon(t *testing.T) {
+	var first storage.Point
+	var r *rig
+	var mu sync.Mutex
+	started, lagging := false, 2
+	r, first = newRig(t, func(n int, method string, req, resp any) error {
+		mu.Lock()
+		defer mu.Unlock()
+		switch method {
+		case msg.MethodTargetStatus:
+			liveAt(n, first.ID, resp)
+		case msg.MethodTargetDriver + ":start":
+			started = true
+		case msg.MethodTargetDriver + ":status":
+			status := "absent"
+			if started {
+				status = "running"
+				if lagging > 0 {
+					status, lagging = "starting", lagging-1
+				}
+			}
+			resp.(*msg.DriverResponse).Status = status
+		}
+		return nil
+	})
+	j := r.run(t, api.FailoverRequest{Machine: "m", Point: "latest-processed"})
+	require.Equal(t, api.JobSucceeded, j.State, "job: %s %v", j.Error, j.Notes)
+	require.Equal(t, 1, r.agents.called(msg.MethodTargetDriver+":start"))
+	mu.Lock()
+	require.Zero(t, lagging, "the status was asked until it said running")
+	mu.Unlock()
+	st := j.Steps[len(j.Steps)-1]
+	require.Equal(t, failover.StepStart, st.Name)
+	require.Less(t, st.Ended.Sub(st.Started), 450*time.Millisecond, "two lagging reads cost two short waits, not two 500 ms polls")
+}

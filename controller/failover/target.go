@@ -274,6 +274,10 @@ func startTarget(ctx context.Context, j *job, name string, md *machineData) erro
 		}
 		if hasStatus(t) {
 			deadline := time.Now().Add(5 * time.Minute)
+			// A driver whose status lags its start a moment (machines of a
+			// plan group starting at once) is asked again soon; one that
+			// takes longer, every 500 ms.
+			wait := 20 * time.Millisecond
 			for {
 				ok, err := running()
 				if ok {
@@ -285,8 +289,9 @@ func startTarget(ctx context.Context, j *job, name string, md *machineData) erro
 				select {
 				case <-ctx.Done():
 					return ctx.Err()
-				case <-time.After(500 * time.Millisecond):
+				case <-time.After(wait):
 				}
+				wait = min(2*wait, 500*time.Millisecond)
 			}
 		} else {
 			j.r.Note("%s: the target driver has no status command; started when start returned", name)

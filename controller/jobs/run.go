@@ -21,6 +21,15 @@ type Run struct {
 	step        int
 	lastPersist time.Time
 	ephemeral   bool // a dry run: nothing is persisted or watched
+	// A plan's machines persist the job from several goroutines at once.
+	// writing lets one write at a time (parallel writers would meet in
+	// SQLite's busy handler, which sleeps 1, 2, 5, 10… ms between tries);
+	// changed counts the record's changes and written the count the last
+	// write held, so a writer whose change a later snapshot already
+	// carried returns without writing again (under r.mu).
+	writing         sync.Mutex
+	changed, stored uint64
+	storedErr       error
 	// wake is signalled by Continue and Cancel: a step waiting on a
 	// manual action looks again. waitKey is the action it waits on.
 	wake    chan struct{}
@@ -234,14 +243,10 @@ func (r *Run) persist(force bool) error {
 		r.e.notify(r.snapshot())
 		return nil
 	}
-	r.lastPersist = now
-	r.rec.Updated = now
-	b, err := json.Marshal(r.rec)
-	row := rowOf(r.rec, b)
+	r.changed++
+	mine := r.changed
 	r.mu.Unlock()
-	if err == nil {
-		err = r.e.store.PutJob(context.WithoutCancel(r.e.ctx), row)
-	}
+	err := r.store(mine)
 	if err != nil {
 		r.e.log.Error("persisting job failed", "job", r.rec.ID, "err", err)
 	}
@@ -249,10 +254,41 @@ func (r *Run) persist(force bool) error {
 	return err
 }
 
+// store writes the record unless a write that began after change number
+// mine already did (then its result is this one's).
+func (r *Run) store(mine uint64) error {
+	r.writing.Lock()
+	defer r.writing.Unlock()
+	r.mu.Lock()
+	if r.stored >= mine {
+		err := r.storedErr
+		r.mu.Unlock()
+		return err
+	}
+	now := r.e.now()
+	r.lastPersist = now
+	r.rec.Updated = now
+	holds := r.changed
+	b, err := json.Marshal(r.rec)
+	row := rowOf(r.rec, b)
+	r.mu.Unlock()
+	if err == nil {
+		err = r.e.store.PutJob(context.WithoutCancel(r.e.ctx), row)
+	}
+	r.mu.Lock()
+	r.stored, r.storedErr = holds, err
+	r.mu.Unlock()
+	return err
+}
+
 // setState records the job's state. The new state is written to the
 // store before anyone can see it (r.mu is held across the write): a reader
 // that sees a job ended finds it ended in the catalog too.
 func (r *Run) setState(state, errText string) {
+	// After any write in flight (store), so an older snapshot cannot land
+	// over this one.
+	r.writing.Lock()
+	defer r.writing.Unlock()
 	now := r.e.now()
 	r.mu.Lock()
 	r.rec.State = state
@@ -267,6 +303,8 @@ func (r *Run) setState(state, errText string) {
 	if err == nil && !r.ephemeral {
 		err = r.e.store.PutJob(context.WithoutCancel(r.e.ctx), rowOf(r.rec, b))
 	}
+	r.changed++
+	r.stored, r.storedErr = r.changed, err
 	r.mu.Unlock()
 	if err != nil {
 		r.e.log.Error("persisting job failed", "job", r.rec.ID, "err", err)
