@@ -58,23 +58,7 @@ background is finished first. --rate defaults to the controller's --audit-rate
 			if err != nil {
 				return err
 			}
-			if g.json {
-				if err := g.printJSON(r); err != nil {
-					return err
-				}
-			} else {
-				fmt.Fprintf(g.stdout, "audited %d points: %d chunks (%s) in %.1fs\n", r.Points, r.Chunks, api.FormatSize(r.Bytes), r.Seconds)
-				for _, d := range r.Damaged {
-					fmt.Fprintf(g.stdout, "DAMAGED chunk %s in pack %s: %s\n", orDash(d.Hash), orDash(d.Pack), d.Error)
-					for _, a := range d.Affected {
-						fmt.Fprintf(g.stdout, "  machine %s point %d disk %s blocks %v\n", a.Machine, a.PointID, a.Disk, a.Blocks)
-					}
-				}
-			}
-			if len(r.Damaged) > 0 {
-				return fmt.Errorf("%d damaged chunk(s)", len(r.Damaged))
-			}
-			return nil
+			return printDamage(g, r, fmt.Sprintf("audited %d points: %d chunks (%s) in %.1fs", r.Points, r.Chunks, api.FormatSize(r.Bytes), r.Seconds), r.Damaged)
 		},
 	}
 	cmd.Flags().StringVar(&rate, "rate", "", "read at most this many bytes per second (SIZE such as 64MiB; default the controller's --audit-rate)")

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/internal/buildinfo"
 )
 
@@ -31,23 +32,7 @@ func newVerifyCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.json {
-				if err := g.printJSON(r); err != nil {
-					return err
-				}
-			} else {
-				fmt.Fprintf(g.stdout, "verified %d chunks (%d bytes)\n", r.Chunks, r.Bytes)
-				for _, d := range r.Damaged {
-					fmt.Fprintf(g.stdout, "DAMAGED chunk %s in pack %s: %s\n", d.Hash, d.Pack, d.Error)
-					for _, a := range d.Affected {
-						fmt.Fprintf(g.stdout, "  affects machine %s point %d disk %s (%d block(s))\n", a.Machine, a.PointID, a.Disk, len(a.Blocks))
-					}
-				}
-			}
-			if len(r.Damaged) > 0 {
-				return fmt.Errorf("%d damaged chunk(s)", len(r.Damaged))
-			}
-			return nil
+			return printDamage(g, r, fmt.Sprintf("verified %d chunks (%d bytes)", r.Chunks, r.Bytes), r.Damaged)
 		},
 	}
 }
@@ -81,4 +66,27 @@ func newVersionCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// printDamage prints a verify or audit result: JSON, or its summary line
+// and each damaged chunk with the points it affects; damage is an error
+// (exit 1), so a script sees it without parsing.
+func printDamage(g *globals, result any, summary string, damaged []api.DamagedChunk) error {
+	if g.json {
+		if err := g.printJSON(result); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintln(g.stdout, summary)
+		for _, d := range damaged {
+			fmt.Fprintf(g.stdout, "DAMAGED chunk %s in pack %s: %s\n", orDash(d.Hash), orDash(d.Pack), d.Error)
+			for _, a := range d.Affected {
+				fmt.Fprintf(g.stdout, "  affects machine %s point %d disk %s blocks %v\n", a.Machine, a.PointID, a.Disk, a.Blocks)
+			}
+		}
+	}
+	if len(damaged) > 0 {
+		return fmt.Errorf("%d damaged chunk(s)", len(damaged))
+	}
+	return nil
 }
