@@ -353,23 +353,33 @@ func (e *Engine) List(ctx context.Context) ([]api.Job, error) {
 	return out, nil
 }
 
+// liveRun returns a job's live run, or, for a job not running here, the
+// job as stored and a refusal saying what only a running job allows.
+func (e *Engine) liveRun(ctx context.Context, id, only string) (*Run, api.Job, error) {
+	e.mu.Lock()
+	r, ok := e.active[id]
+	e.mu.Unlock()
+	if ok {
+		return r, api.Job{}, nil
+	}
+	j, err := e.Get(ctx, id)
+	if err != nil {
+		return nil, j, err
+	}
+	return nil, j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: %s", id, j.State, only)
+}
+
 // Cancel asks a running job to stop at its next step boundary and roll
 // back. A cancel that can no longer take effect is refused with the
 // reason: the job has ended, or it runs its last step (after which there
 // is no boundary to stop at).
 func (e *Engine) Cancel(ctx context.Context, id string) (api.Job, error) {
-	e.mu.Lock()
-	r, ok := e.active[id]
-	e.mu.Unlock()
-	if !ok {
-		j, err := e.Get(ctx, id)
-		if err != nil {
-			return j, err
-		}
-		return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a running job can be cancelled", id, j.State)
+	r, j, err := e.liveRun(ctx, id, "only a running job can be cancelled")
+	if r == nil {
+		return j, err
 	}
 	r.mu.Lock()
-	err := r.cancellable()
+	err = r.cancellable()
 	if err == nil {
 		r.rec.CancelReq = true
 	}
@@ -388,15 +398,9 @@ func (e *Engine) Cancel(ctx context.Context, id string) (api.Job, error) {
 // resume`). The confirmation is recorded durably before the job goes on:
 // a controller restarted after it does not wait again.
 func (e *Engine) Continue(ctx context.Context, id string) (api.Job, error) {
-	e.mu.Lock()
-	r, ok := e.active[id]
-	e.mu.Unlock()
-	if !ok {
-		j, err := e.Get(ctx, id)
-		if err != nil {
-			return j, err
-		}
-		return j, api.Errorf(api.CodeFailedPrecondition, "job %s is %s: only a job waiting on a manual action can be resumed", id, j.State)
+	r, j, err := e.liveRun(ctx, id, "only a job waiting on a manual action can be resumed")
+	if r == nil {
+		return j, err
 	}
 	r.mu.Lock()
 	w := r.rec.Waiting
