@@ -44,6 +44,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.Int64Var(&cfg.MemSize, "mem-size", cfg.MemSize, "image size in bytes of the agent-memory case")
 	fs.Int64Var(&cfg.RTOSize, "rto-size", cfg.RTOSize, "size in bytes of the large disk of the failover RTO case (the small one is -size)")
 	fs.DurationVar(&cfg.ChurnFor, "churn", cfg.ChurnFor, "how long the churn writer runs in the RPO case")
+	fs.IntVar(&cfg.BlockSize, "block-size", cfg.BlockSize, "the policy's block size in bytes (a power of two, 4 KiB to 1 MiB)")
 	fs.Int64Var(&cfg.ChurnRate, "churn-rate", cfg.ChurnRate, "churn rate in bytes per second")
 	fs.IntVar(&cfg.Deltas, "deltas", cfg.Deltas, "delta cycles of the storage-efficiency case")
 	fs.IntVar(&cfg.Machines, "machines", cfg.Machines, "clones protected in the dedup case")
