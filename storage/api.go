@@ -33,6 +33,7 @@ type Codec uint8
 const (
 	CodecNone Codec = 0 // plaintext as is
 	CodecZstd Codec = 1 // one zstd frame
+	CodecS2   Codec = 2 // one S2 block (github.com/klauspost/compress/s2), as an agent sent it
 )
 
 // Consistency is how a point's instant was obtained (DESIGN.md "Consistency").

@@ -3,6 +3,7 @@ package storage
 import (
 	"fmt"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -62,6 +63,21 @@ func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) 
 		}
 		if len(out) != plainLen {
 			return nil, fmt.Errorf("decoded length %d, want %d", len(out), plainLen)
+		}
+		return out, nil
+	case CodecS2:
+		// s2.DecodedLen reads the block's own header: checked against
+		// plainLen before any allocation, so a lying header costs nothing.
+		n, err := s2.DecodedLen(data)
+		if err != nil {
+			return nil, fmt.Errorf("s2: %w", err)
+		}
+		if n != plainLen {
+			return nil, fmt.Errorf("s2 block of %d bytes, want %d", n, plainLen)
+		}
+		out, err := s2.Decode(make([]byte, plainLen), data)
+		if err != nil {
+			return nil, fmt.Errorf("s2: %w", err)
 		}
 		return out, nil
 	default:
