@@ -11,6 +11,7 @@ import (
 	"github.com/ferrydr/ferry/agent/apply"
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/internal/workload"
+	"golang.org/x/sys/unix"
 )
 
 // The round-trip case (issue 11): a machine protected from a home agent to
@@ -42,11 +43,62 @@ type roundTripRun struct {
 	wire                      int64 // proxy bytes, both ways, during the re-protect
 	changed                   int   // blocks the re-protect's writes touched
 	blocks                    int64 // blocks of the disk
+	allocated                 int64 // bytes the disk's file holds (SEEK_DATA extents)
 }
 
 // bound is the issue's bound on the re-protect's bytes.
 func (r roundTripRun) bound(bs int) int64 {
 	return 2*int64(r.changed)*int64(bs) + 64*r.blocks
+}
+
+// fillWithImage reflinks copies of the image's first n bytes into img at
+// every multiple of n below size: the disk then holds data across its
+// size, sharing the image's physical blocks (cheap to make, but read and
+// hashed like any data).
+func fillWithImage(img, pristine string, n, size int64) error {
+	src, err := os.Open(pristine)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	for off := n; off+n <= size; off += n {
+		if err := unix.IoctlFileCloneRange(int(dst.Fd()), &unix.FileCloneRange{Src_fd: int64(src.Fd()), Src_length: uint64(n), Dest_offset: uint64(off)}); err != nil {
+			return fmt.Errorf("reflink the image into %s at %d: %w", img, off, err)
+		}
+	}
+	return dst.Sync()
+}
+
+// allocatedBytes is the bytes of path's data extents (SEEK_DATA/SEEK_HOLE).
+func allocatedBytes(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	var total, off int64
+	for off < st.Size() {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: no data past off
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return 0, err
+		}
+		total += hole - data
+		off = hole
+	}
+	return total, nil
 }
 
 // roundTripRun runs the case once for a disk of size bytes.
@@ -62,6 +114,15 @@ func (b *bench) roundTripRun(ctx context.Context, i int, size int64) (res roundT
 		return res, err
 	}
 	defer r.close()
+	if b.cfg.FillLarge && size > b.cfg.Size {
+		if err := fillWithImage(img, b.pristine, b.cfg.Size, size); err != nil {
+			return res, err
+		}
+	}
+	res.allocated, err = allocatedBytes(img)
+	if err != nil {
+		return res, err
+	}
 	res.blocks = size / int64(b.cfg.BlockSize)
 	// The recovery site: the rig's agent, an exec driver whose start,
 	// stop and status keep the machine's power in a file.
@@ -204,6 +265,8 @@ func (b *bench) caseRoundTrip(ctx context.Context) error {
 		failbackWrites>>20, b.deltaSeed(failbackDelta))
 	s.addf("- failback, s: %s disk %s; %s disk %s", sizeName(small), runsText(unitSeconds, secs(smalls, fb)), sizeName(big), runsText(unitSeconds, secs(bigs, fb)))
 	s.addf("- reprotect, s: %s disk %s; %s disk %s", sizeName(small), runsText(unitSeconds, secs(smalls, rp)), sizeName(big), runsText(unitSeconds, secs(bigs, rp)))
+	s.addf("- allocated bytes of the disks (what re-protection hashes at each site): %s disk %s; %s disk %s (-fill-large: %v)",
+		sizeName(small), unitBytes.format(float64(smalls[0].allocated)), sizeName(big), unitBytes.format(float64(bigs[0].allocated)), b.cfg.FillLarge)
 	for i := range smalls {
 		for k, r := range []roundTripRun{smalls[i], bigs[i]} {
 			s.addf("- run %d, %s disk: reprotect %s on the wire for %d changed blocks of %d (bound %s, %.3f ×; (wire − 2 × changed) ÷ blocks = %.1f B, negative when zstd shrank the changed blocks more than the rest costs); %s; %s",

@@ -31,10 +31,15 @@ type Config struct {
 	Work    string // scratch directory: loop images, mounts, logs, profiles
 	Results string // markdown file the report is written to ("" = none)
 
-	Size      int64         // image size of every case but memory
-	Runs      int           // runs per timed case; medians are over these
-	MemSize   int64         // image size of the agent-memory case
-	RTOSize   int64         // the large disk of the failover RTO and round-trip cases (the small one is Size)
+	Size    int64 // image size of every case but memory
+	Runs    int   // runs per timed case; medians are over these
+	MemSize int64 // image size of the agent-memory case
+	RTOSize int64 // the large disk of the failover RTO and round-trip cases (the small one is Size)
+	// FillLarge makes the round-trip case's large disk hold data across
+	// its size (reflinked copies of the image) instead of the image and a
+	// hole: re-protection hashes allocated data, so this shows how its time
+	// grows with what the disk holds.
+	FillLarge bool
 	ChurnFor  time.Duration // how long the churn writer runs
 	ChurnRate int64         // churn bytes per second (4 KiB random writes)
 	Sample    time.Duration // RPO sampling period

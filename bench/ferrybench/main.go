@@ -43,6 +43,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.Runs, "runs", cfg.Runs, "runs per timed case (medians)")
 	fs.Int64Var(&cfg.MemSize, "mem-size", cfg.MemSize, "image size in bytes of the agent-memory case")
 	fs.Int64Var(&cfg.RTOSize, "rto-size", cfg.RTOSize, "size in bytes of the large disk of the failover RTO case (the small one is -size)")
+	fs.BoolVar(&cfg.FillLarge, "fill-large", cfg.FillLarge, "round trip: the large disk holds copies of the image across its size (default: the image and a hole)")
 	fs.DurationVar(&cfg.ChurnFor, "churn", cfg.ChurnFor, "how long the churn writer runs in the RPO case")
 	fs.IntVar(&cfg.BlockSize, "block-size", cfg.BlockSize, "the policy's block size in bytes (a power of two, 4 KiB to 1 MiB)")
 	fs.Int64Var(&cfg.ChurnRate, "churn-rate", cfg.ChurnRate, "churn rate in bytes per second")
