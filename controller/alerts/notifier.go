@@ -83,15 +83,18 @@ func (n *Notifier) Send(ctx context.Context, rule api.AlertRule, p api.AlertPayl
 			n.drain(ctx, q)
 		}()
 	}
-	n.mu.Unlock()
-	select {
-	case q <- item{rule: rule, p: p}:
-		n.Report(rule.Name, Outcome{Kind: Queued, Delivery: p.Delivery})
-	default:
+	defer n.mu.Unlock()
+	// Queued is reported before the queue's goroutine can see the item,
+	// so its Sent never comes first (a rule's pending count would stay
+	// up). Only Send adds to q, under n.mu: room seen here stays there.
+	if len(q) == cap(q) {
 		err := fmt.Errorf("more than %d notifications wait for %s", queueDepth, rule.Name)
 		n.Log.Error("alert dropped", "alert", rule.Name, "event", p.Event, "incident", p.Incident, "err", err)
 		n.Report(rule.Name, Outcome{Kind: Dropped, Delivery: p.Delivery, Err: err})
+		return
 	}
+	n.Report(rule.Name, Outcome{Kind: Queued, Delivery: p.Delivery})
+	q <- item{rule: rule, p: p}
 }
 
 func (n *Notifier) drain(ctx context.Context, q chan item) {
