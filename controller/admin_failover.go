@@ -93,7 +93,7 @@ func (s *Server) requireState(ctx context.Context, machine string, action lifecy
 		return err
 	}
 	if job != "" {
-		return api.Errorf(api.CodeBusy, "machine %s is busy with job %s", machine, job)
+		return api.Errorf(api.CodeBusy, "%v", s.cat.Busy(ctx, machine, job))
 	}
 	return apiErr(refusal)
 }
