@@ -395,7 +395,13 @@ status command cannot prove "stopped".
 
 --test-dir DIR (a directory at the home site, recorded with the reverse
 replication) is where 'ferry failback M --test' clones the home disks:
-reflinks when DIR is on the home disks' filesystem, else a sparse copy.`,
+reflinks when DIR is on the home disks' filesystem, else a sparse copy.
+
+--target NAME (after a failover): where the home disks cannot or should
+not be written in place, replicate into new disks at another raw target
+instead (a full copy from the points, kept current); the home disks are
+only read. Failback then starts the machine there through that target's
+driver, which becomes its home.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			machine, err := j.target(args)
 			if err != nil {
@@ -418,7 +424,7 @@ reflinks when DIR is on the home disks' filesystem, else a sparse copy.`,
 	}
 	j.register(cmd, true)
 	f := cmd.Flags()
-	f.StringVar(&req.Target, "target", "", "another disk set to replicate into (not built yet)")
+	f.StringVar(&req.Target, "target", "", "replicate home into new disks at this (raw) target instead of the home disks, which are only read; failback then starts the machine there (a full copy)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "stop the other side's machine through its driver first")
 	f.BoolVar(&req.SourceIsOff, "source-is-off", false, "declare the other side's machine off (recorded in the job)")
 	f.StringVar(&req.TestDir, "test-dir", "", "directory at the home site where 'failback --test' clones the home disks (absolute)")
