@@ -81,3 +81,33 @@ func TestFailbackWhoseHomeStartFailsIsUndone(t *testing.T) {
 	r.requireState(t, "back-home", "home", "forward")
 	require.Equal(t, "running", r.homeHyp.State("vm"))
 }
+
+// TestFailbackWhoseHomeStartMayRunStays: the home driver's start fails but
+// its status then says running (the machine may run at home): the failback
+// is not undone — restarting the copy at the recovery site would make two
+// running machines. The machine stays failing-back, stopped at the
+// recovery site, the job's notes name the status, and the home disk holds
+// the final point.
+func TestFailbackWhoseHomeStartMayRunStays(t *testing.T) {
+	testenv.RequireRoot(t)
+	const size = 32 << 20
+	r := newRoundTrip(t, size)
+	live, _ := r.reverseProtected(t)
+	r.write(t, live, 40)
+
+	r.homeHyp.RefuseStartAfter(t, "vm", fmt.Sprintf("echo running > %s/vm.state", r.homeHyp.Dir))
+	j := r.c.runJob(t, 3, "failback", "vm")
+	require.Equal(t, "failed", j.step("start-home"), j.Error)
+	require.Contains(t, j.Error, "refusing to start vm")
+	var all struct {
+		Notes []string `json:"notes"`
+	}
+	r.c.JSON(&all, "jobs", "show", j.ID)
+	require.Contains(t, strings.Join(all.Notes, "\n"), `its home driver reports it "running"); it stays failing-back for the administrator to decide`)
+	require.NotContains(t, strings.Join(j.Machines[0].Notes, "\n"), "the failback is undone")
+	st, _, _, _ := r.state(t)
+	require.Equal(t, "failing-back", st)
+	require.Equal(t, "running", r.homeHyp.State("vm"))
+	require.Equal(t, "stopped", r.site.Hyp.State("vm"), "not restarted at the recovery site")
+	r.requireMirror(t, r.img, "home disk at the final point")
+}
