@@ -93,7 +93,7 @@ func (s *Server) requireState(ctx context.Context, machine string, action lifecy
 		return err
 	}
 	if job != "" {
-		return api.Errorf(api.CodeBusy, "machine %s is busy with job %s", machine, job)
+		return api.Errorf(api.CodeBusy, "%v", s.cat.Busy(ctx, machine, job))
 	}
 	return apiErr(refusal)
 }
@@ -130,8 +130,12 @@ func (s *Server) Failover(ctx context.Context, req api.FailoverRequest) (api.Job
 		return api.Job{}, api.Errorf(api.CodeInvalid, "--test cannot be combined with --planned or --shutdown-source")
 	case req.Planned && req.Point != "":
 		return api.Job{}, api.Errorf(api.CodeInvalid, "--planned always uses the final point: --point cannot be given")
-	case req.Direction != "" && req.Direction != "forward":
-		return api.Job{}, api.Errorf(api.CodeInvalid, "only --direction forward is available in this version")
+	}
+	if fb, reverse, err := api.ReverseFailover(req); err != nil {
+		return api.Job{}, api.Errorf(api.CodeInvalid, "%v", err)
+	} else if reverse {
+		// --direction reverse is exactly the unplanned failback.
+		return s.Failback(ctx, fb)
 	}
 	if err := points.CheckSpec(req.Point); err != nil {
 		return api.Job{}, apiErr(err)

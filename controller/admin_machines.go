@@ -186,7 +186,7 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 		return err
 	}
 	if job != "" {
-		return api.Errorf(api.CodeBusy, "machine %s is busy with job %s", machine, job)
+		return api.Errorf(api.CodeBusy, "%v", s.cat.Busy(ctx, machine, job))
 	}
 	if err := lifecycle.Check(machine, m.State, lifecycle.Unprotect); err != nil {
 		return apiErr(err)

@@ -31,6 +31,7 @@ func TestAPIErrorMapping(t *testing.T) {
 		{fmt.Errorf("machine m: %w", catalog.ErrNotFound), api.CodeNotFound},
 		{fmt.Errorf("x: %w", catalog.ErrExists), api.CodeConflict},
 		{catalog.ErrLocked, api.CodeBusy},
+		{&catalog.BusyError{Machine: "m", Job: "j", Kind: "failback", State: "running"}, api.CodeBusy},
 		{jobs.ErrNotRunning, api.CodeUnavailable},
 		{fmt.Errorf("%w \"yesterday\"", points.ErrBadSpec), api.CodeInvalid},
 		{fmt.Errorf("%w: none", points.ErrNoPoint), api.CodeNotFound},

@@ -77,6 +77,10 @@ func newFailoverCommand(g *globals) *cobra.Command {
                  failure there rolls everything back. With --dry-run: each
                  member's point, target and free space, and the actions.
 
+--direction reverse is exactly 'ferry failback --unplanned' (to --point
+                 when given): the machine moves home to a point of the reverse
+                 replication; see 'ferry failback --help'.
+
 A failover of a machine under a drill or a test failover cancels the drill,
 cleans the test up, and proceeds; the job notes it.
 
@@ -91,7 +95,7 @@ its outcome. 'ferry cancel JOB --force' rolls the target back.`,
 	f.BoolVar(&o.req.Test, "test", false, "test failover")
 	f.BoolVar(&o.req.Planned, "planned", false, "planned failover (zero data loss)")
 	f.BoolVar(&o.req.ShutdownSource, "shutdown-source", false, "try to shut the source down first")
-	f.StringVar(&o.req.Direction, "direction", "", "forward (reverse comes with re-protection)")
+	f.StringVar(&o.req.Direction, "direction", "forward", "forward (home to the recovery site) or reverse (exactly 'ferry failback --unplanned')")
 	f.StringVar(&o.keyFile, "key-file", "", "the repository's private key file (encrypted repositories)")
 	f.BoolVar(&o.req.AllowInconsistent, "allow-inconsistent", false, "accept a point labelled inconsistent")
 	f.BoolVar(&o.req.AllowDamaged, "allow-damaged", false, "accept a point that reads data the point audit found damaged")
@@ -110,8 +114,6 @@ func runFailover(ctx context.Context, g *globals, o failoverOptions, args []stri
 		return usagef("--test cannot be combined with --planned or --shutdown-source")
 	case o.req.Planned && o.req.Point != "":
 		return usagef("--planned always fails over to the final point: --point cannot be given")
-	case o.req.Direction != "" && o.req.Direction != "forward" && o.req.Direction != "reverse":
-		return usagef("--direction is forward or reverse")
 	}
 	if err := points.CheckSpec(o.req.Point); err != nil {
 		return usagef("--point: %v", err)
@@ -132,9 +134,21 @@ func runFailover(ctx context.Context, g *globals, o failoverOptions, args []stri
 			return fmt.Errorf("--key-file: %w", err)
 		}
 	}
+	fb, reverse, err := api.ReverseFailover(o.req)
+	if err != nil {
+		return usagef("%v", err)
+	}
 	cl, err := g.client()
 	if err != nil {
 		return err
+	}
+	if reverse {
+		// Exactly 'ferry failback --unplanned' (CLI.md).
+		j, err := cl.MachineAction(ctx, "failback", fb)
+		if err != nil {
+			return err
+		}
+		return followJob(ctx, g, j, o.wait)
 	}
 	j, err := cl.Failover(ctx, o.req)
 	if err != nil {
@@ -381,7 +395,13 @@ status command cannot prove "stopped".
 
 --test-dir DIR (a directory at the home site, recorded with the reverse
 replication) is where 'ferry failback M --test' clones the home disks:
-reflinks when DIR is on the home disks' filesystem, else a sparse copy.`,
+reflinks when DIR is on the home disks' filesystem, else a sparse copy.
+
+--target NAME (after a failover): where the home disks cannot or should
+not be written in place, replicate into new disks at another raw target
+instead (a full copy from the points, kept current); the home disks are
+only read. Failback then starts the machine there through that target's
+driver, which becomes its home.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			machine, err := j.target(args)
 			if err != nil {
@@ -404,7 +424,7 @@ reflinks when DIR is on the home disks' filesystem, else a sparse copy.`,
 	}
 	j.register(cmd, true)
 	f := cmd.Flags()
-	f.StringVar(&req.Target, "target", "", "another disk set to replicate into (not built yet)")
+	f.StringVar(&req.Target, "target", "", "replicate home into new disks at this (raw) target instead of the home disks, which are only read; failback then starts the machine there (a full copy)")
 	f.BoolVar(&req.StopSource, "stop-source", false, "stop the other side's machine through its driver first")
 	f.BoolVar(&req.SourceIsOff, "source-is-off", false, "declare the other side's machine off (recorded in the job)")
 	f.StringVar(&req.TestDir, "test-dir", "", "directory at the home site where 'failback --test' clones the home disks (absolute)")

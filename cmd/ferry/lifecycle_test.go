@@ -183,6 +183,13 @@ func TestLifecycleTableIsWhatTheAPIAndCLIRefuse(t *testing.T) {
 				require.Equal(t, api.CodeFailedPrecondition, ae.Code, "API: %s on %s: %v", a, st, err)
 				require.Equal(t, lifecycle.Check(mName, st, a).Error(), ae.Message, "API: the table's reason")
 				require.Contains(t, ae.Message, rule.Reason)
+				if a == lifecycle.UnplannedFailback {
+					// A failover with direction reverse is this very action.
+					_, err := cl.Failover(ctx, api.FailoverRequest{Machine: mName, Direction: "reverse"})
+					var re *api.Error
+					require.True(t, errors.As(err, &re), "API: failover --direction reverse on a %s machine must be refused, got %v", st, err)
+					require.Equal(t, *ae, *re, "API: failover --direction reverse is refused as failback --unplanned")
+				}
 			}
 
 			// The CLI.

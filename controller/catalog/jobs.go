@@ -12,6 +12,38 @@ import (
 // ErrLocked means a machine is held by another job.
 var ErrLocked = errors.New("machine is held by another job")
 
+// BusyError refuses a mutating request on a machine another job holds:
+// it names the machine, the job, its kind and state, and what to do. It
+// matches ErrLocked with errors.Is.
+type BusyError struct {
+	Machine, Job, Kind, State string
+}
+
+func (e *BusyError) Error() string {
+	what := ""
+	switch {
+	case e.Kind != "" && e.State != "":
+		what = fmt.Sprintf(" (%s, %s)", e.Kind, e.State)
+	case e.Kind != "":
+		what = fmt.Sprintf(" (%s)", e.Kind)
+	}
+	return fmt.Sprintf("machine %s is busy with job %s%s: wait for it (ferry jobs watch %s) or cancel it (ferry cancel %s --force)",
+		e.Machine, e.Job, what, e.Job, e.Job)
+}
+
+// Is makes a BusyError match ErrLocked.
+func (e *BusyError) Is(target error) bool { return target == ErrLocked }
+
+// Busy returns the BusyError for a machine held by job, with the job's
+// kind and state when the job is recorded.
+func (c *Catalog) Busy(ctx context.Context, machine, job string) *BusyError {
+	e := &BusyError{Machine: machine, Job: job}
+	if j, err := c.Job(ctx, job); err == nil {
+		e.Kind, e.State = j.Kind, j.State
+	}
+	return e
+}
+
 // JobRow is a persisted job: the engine owns the JSON.
 type JobRow struct {
 	ID      string
@@ -72,14 +104,16 @@ func (c *Catalog) Jobs(ctx context.Context, states ...string) ([]JobRow, error) 
 }
 
 // LockMachines gives every machine to jobID, atomically; if one is held
-// by another job it returns ErrLocked naming that job.
+// by another job it returns a *BusyError (ErrLocked) naming that job.
 func (c *Catalog) LockMachines(ctx context.Context, jobID string, machines []string) error {
 	return c.inTx(ctx, func(tx *sql.Tx) error {
 		for _, m := range machines {
 			var holder string
 			err := tx.QueryRowContext(ctx, `SELECT job_id FROM job_locks WHERE machine = ?`, m).Scan(&holder)
 			if err == nil && holder != jobID {
-				return fmt.Errorf("%w: machine %s is busy with job %s", ErrLocked, m, holder)
+				e := &BusyError{Machine: m, Job: holder}
+				_ = tx.QueryRowContext(ctx, `SELECT kind, state FROM jobs WHERE id = ?`, holder).Scan(&e.Kind, &e.State)
+				return e
 			}
 			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return err

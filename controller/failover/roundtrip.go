@@ -590,15 +590,18 @@ func startHome(ctx context.Context, j *job, name string, md *machineData) error 
 
 // undoFailback puts a machine whose failback did not complete back to
 // replicating home: the machine at the recovery site is started again
-// when this job stopped it and did not start it at home.
+// when this job stopped it and did not start it at home. When the start at
+// home was asked for, the undo is full only if the home driver's status
+// proves the machine stopped there: the home disks go back to the job's
+// point first (the machine may have written to them while it started),
+// then as before; otherwise the machine stays failing-back.
 func undoFailback(ctx context.Context, j *job, name string, md *machineData) {
 	m, err := j.e.Cat.Machine(ctx, name)
 	if err != nil || !j.inFlight(m) {
 		return
 	}
-	if md.Started {
-		j.r.Note("%s: the machine may run at home (its start was asked for); it stays failing-back for the administrator to decide", name)
-		return
+	if md.Started && !j.undoStartedHome(ctx, m, md) {
+		return // roundtrip_undo.go
 	}
 	if md.StoppedTarget {
 		env := map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": name, "FERRY_TARGET": md.Target, "FERRY_SET": setLive}

@@ -146,7 +146,7 @@ func TestUnplannedFailbackToAnOlderPoint(t *testing.T) {
 // TestFailbackWithRecoverySiteDown: with the recovery agent down, a
 // failback (planned, or --point) is refused naming the site and
 // --unplanned, and changes nothing (state, home disk). With --unplanned
-// the machine comes home to the newest reverse point and the machine
+// (given as failover --direction reverse) the machine comes home to the newest reverse point and the machine
 // shows a pending fence, which outlives a kill -9 of the controller; the
 // copy at the recovery site, still running, writes on. When that agent
 // comes back it is fenced before anything else: the driver's state file
@@ -179,7 +179,9 @@ func TestFailbackWithRecoverySiteDown(t *testing.T) {
 	r.write(t, live, 70)
 	atRecovery := bytes.Clone(r.mirror)
 	before := r.c.Points("vm")
-	j := r.c.runJob(t, 0, "failback", "vm", "--unplanned")
+	// failover --direction reverse is failback --unplanned (CLI.md).
+	j := r.c.runJob(t, 0, "failover", "vm", "--direction", "reverse")
+	require.Equal(t, "failback-unplanned", j.Kind, "the unplanned failback's job")
 	require.Equal(t, p1, j.Machines[0].PointID, "the newest point replicated home")
 	r.mirror = atP1
 	r.requireMirror(t, r.img, "home disk after failback --unplanned")

@@ -34,7 +34,7 @@ func NewHypervisor(t testing.TB) *Hypervisor {
 func (h *Hypervisor) Driver() api.Driver {
 	st := h.Dir + `/"$FERRY_MACHINE"`
 	return api.Driver{
-		Start:  `set -e; if [ -f ` + st + `.refuse ]; then echo "refusing to start $FERRY_MACHINE" >&2; exit 1; fi; printf '%s\n' "$FERRY_DISKS" | while read -r d; do [ -z "$d" ] || [ -f "$d" ] || { echo "missing disk $d" >&2; exit 1; }; done; env | grep '^FERRY_' > ` + st + `.env; echo running > ` + st + `.state`,
+		Start:  `set -e; if [ -f ` + st + `.refuse ]; then if [ -s ` + st + `.refuse ]; then sh ` + st + `.refuse; fi; echo "refusing to start $FERRY_MACHINE" >&2; exit 1; fi; printf '%s\n' "$FERRY_DISKS" | while read -r d; do [ -z "$d" ] || [ -f "$d" ] || { echo "missing disk $d" >&2; exit 1; }; done; env | grep '^FERRY_' > ` + st + `.env; echo running > ` + st + `.state`,
 		Stop:   `echo stopped > ` + st + `.state`,
 		Status: `cat ` + st + `.state 2>/dev/null || echo absent`,
 	}
@@ -44,6 +44,14 @@ func (h *Hypervisor) Driver() api.Driver {
 func (h *Hypervisor) RefuseStart(t testing.TB, machine string) {
 	t.Helper()
 	require.NoError(t, os.WriteFile(filepath.Join(h.Dir, machine+".refuse"), nil, 0o644))
+}
+
+// RefuseStartAfter makes start of machine run script (sh) and then fail
+// (exit 1) until AllowStart: a machine that booted, did something (wrote
+// its disks, say) and crashed.
+func (h *Hypervisor) RefuseStartAfter(t testing.TB, machine, script string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(filepath.Join(h.Dir, machine+".refuse"), []byte(script), 0o644))
 }
 
 // AllowStart undoes RefuseStart.
