@@ -53,6 +53,12 @@ func sourceHypervisor(m catalog.Machine) msg.Hypervisor {
 	return msg.Hypervisor{Kind: m.Spec.SourceDriver, Options: m.Spec.SourceOptions, Spec: &msg.MachineSpec{Name: name, Machine: m.Name}}
 }
 
+// homeStoppable reports whether the source driver can stop the machine
+// at home (exec --stop, or a hypervisor source driver).
+func homeStoppable(m catalog.Machine) bool {
+	return m.Spec.Driver.Stop != "" || sourceHypervisor(m).Kind != ""
+}
+
 // hasStatus reports whether the target's driver can report power state.
 func hasStatus(t api.Target) bool { return t.Exec.Status != "" || t.MapsNetworks() }
 
