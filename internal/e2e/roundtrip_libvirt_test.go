@@ -82,4 +82,33 @@ func TestRoundTripLibvirt(t *testing.T) {
 	require.Equal(t, []string{r.img}, fileSources(dx, "disk"), "the home domain runs on its original disk")
 	r.requireMirror(t, r.img, "home disk after failback")
 	r.requireState(t, "back-home", "home", "forward")
+
+	// Forward again, and this time the home domain still runs when the
+	// machine comes back: an unplanned failover leaves home-vm running,
+	// re-protect refuses to write its disk until --stop-source, which stops
+	// it through the libvirt home driver (shutdown, then destroy).
+	r.write(t, r.img, 30) // writes at home (the guest is idle firmware)
+	s.c.runJob(t, 0, "reprotect", "vm")
+	r.requireState(t, "protected", "home", "forward")
+	s.c.runJob(t, 0, "failover", "vm")
+	r.requireMirror(t, live, "failed over again")
+	_, st = s.domain(t, "home-vm")
+	require.Equal(t, golibvirt.DomainRunning, st, "an unplanned failover does not stop the home domain")
+	s.c.runJob(t, 0, "commit", "vm", "--force")
+	r.write(t, live, 30)
+	j := s.c.runJob(t, 3, "reprotect", "vm")
+	require.Contains(t, j.Error, "running at its home site")
+	_, st = s.domain(t, "home-vm")
+	require.Equal(t, golibvirt.DomainRunning, st, "a refused re-protect leaves the home domain alone")
+	s.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	_, st = s.domain(t, "home-vm")
+	require.Equal(t, golibvirt.DomainShutoff, st, "re-protect --stop-source stopped the home domain through its driver")
+	r.requireMirror(t, r.img, "home disk after the second re-protect")
+	s.c.runJob(t, 0, "failback", "vm")
+	_, st = s.domain(t, "vm")
+	require.Equal(t, golibvirt.DomainShutoff, st)
+	_, st = s.domain(t, "home-vm")
+	require.Equal(t, golibvirt.DomainRunning, st)
+	r.requireMirror(t, r.img, "home disk after the second failback")
+	r.requireState(t, "back-home", "home", "forward")
 }
