@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,7 +27,9 @@ import (
 // keeps its own copy in step; re-protect replicates home; more writes;
 // failback stops vm at the recovery site through its driver and starts
 // home-vm again through the home driver, on its original disk, whose
-// sha256 equals the test's copy. No guest OS boots: a domain is running
+// sha256 equals the test's copy. Between them a failback test runs a copy
+// (vm-test) on a clone in the test directory through the same home driver,
+// and cleanup undefines it. No guest OS boots: a domain is running
 // as soon as qemu runs its firmware.
 func TestRoundTripLibvirt(t *testing.T) {
 	testenv.RequireRoot(t)
@@ -67,11 +70,38 @@ func TestRoundTripLibvirt(t *testing.T) {
 
 	s.c.runJob(t, 0, "commit", "vm", "--force")
 	r.write(t, live, 60) // the machine writes at the recovery site
-	s.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	testDir := filepath.Join(mnt, "fbtest")
+	require.NoError(t, os.MkdirAll(testDir, 0o700))
+	s.c.runJob(t, 0, "reprotect", "vm", "--stop-source", "--test-dir", testDir)
 	r.requireMirror(t, r.img, "home disk after re-protect")
 	r.requireState(t, "reverse-protected", "recovery", "reverse")
 	_, st = s.domain(t, "home-vm")
 	require.Equal(t, golibvirt.DomainShutoff, st, "the home domain stays off while its disk is a replica")
+
+	// A failback test: the home driver defines vm-test on a clone of the
+	// home disk in the test directory (no NIC: the home site has no test
+	// network), running; nothing else stops or starts. Cleanup undefines
+	// it and removes the clone.
+	r.write(t, live, 20)
+	s.c.runJob(t, 0, "failback", "vm", "--test")
+	dx, st = s.domain(t, "vm-test")
+	require.Equal(t, golibvirt.DomainRunning, st, "the failback test's copy runs at home")
+	clone := fileSources(dx, "disk")
+	require.Len(t, clone, 1)
+	require.True(t, strings.HasPrefix(clone[0], testDir+string(filepath.Separator)), "the test copy runs on a clone in the test directory, not on %s", clone[0])
+	require.Empty(t, dx.Devices.Interfaces, "a test copy joins no production network")
+	r.requireMirror(t, clone[0], "the failback test's clone")
+	_, st = s.domain(t, "home-vm")
+	require.Equal(t, golibvirt.DomainShutoff, st, "a failback test does not start the home domain")
+	_, st = s.domain(t, "vm")
+	require.Equal(t, golibvirt.DomainRunning, st, "a failback test does not stop the recovery site's machine")
+	r.requireState(t, "test-failed-back", "recovery", "reverse")
+	s.c.runJob(t, 0, "cleanup", "vm")
+	require.NotContains(t, s.domains(t), "vm-test", "cleanup undefined the test copy")
+	left, err := os.ReadDir(filepath.Join(testDir, "vm"))
+	require.NoError(t, err)
+	require.Empty(t, left, "cleanup removed the clone")
+	r.requireState(t, "reverse-protected", "recovery", "reverse")
 
 	r.write(t, live, 40) // more writes while replicating home
 	s.c.runJob(t, 0, "failback", "vm")
