@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,7 +30,9 @@ import (
 // home-vm again through the home driver, on its original disk, whose
 // sha256 equals the test's copy. Between them a failback test runs a copy
 // (vm-test) on a clone in the test directory through the same home driver,
-// and cleanup undefines it. No guest OS boots: a domain is running
+// and cleanup undefines it. A second round (unplanned failover with
+// home-vm running, reprotect --stop-source, unplanned failback --point,
+// commit) ends back home too. No guest OS boots: a domain is running
 // as soon as qemu runs its firmware.
 func TestRoundTripLibvirt(t *testing.T) {
 	testenv.RequireRoot(t)
@@ -134,11 +137,20 @@ func TestRoundTripLibvirt(t *testing.T) {
 	_, st = s.domain(t, "home-vm")
 	require.Equal(t, golibvirt.DomainShutoff, st, "re-protect --stop-source stopped the home domain through its driver")
 	r.requireMirror(t, r.img, "home disk after the second re-protect")
-	s.c.runJob(t, 0, "failback", "vm")
+
+	// This time an unplanned failback to the newest reverse point (which
+	// holds every write: none since the re-protect): the reachable
+	// recovery site's vm is stopped, home-vm started through the home
+	// driver; commit ends it.
+	pts := s.c.Points("vm")
+	require.NotEmpty(t, pts)
+	s.c.runJob(t, 0, "failback", "vm", "--point", fmt.Sprint(pts[len(pts)-1].ID))
+	r.requireState(t, "failed-back", "home", "forward")
 	_, st = s.domain(t, "vm")
-	require.Equal(t, golibvirt.DomainShutoff, st)
+	require.Equal(t, golibvirt.DomainShutoff, st, "the unplanned failback stopped the reachable recovery site's machine")
 	_, st = s.domain(t, "home-vm")
-	require.Equal(t, golibvirt.DomainRunning, st)
-	r.requireMirror(t, r.img, "home disk after the second failback")
+	require.Equal(t, golibvirt.DomainRunning, st, "the unplanned failback started the home domain")
+	r.requireMirror(t, r.img, "home disk after the unplanned failback")
+	s.c.runJob(t, 0, "commit", "vm", "--force")
 	r.requireState(t, "back-home", "home", "forward")
 }
