@@ -24,7 +24,7 @@ func (s *Server) testFailback(ctx context.Context, req api.MachineActionRequest)
 	if m.RoundTrip == nil || m.RoundTrip.TestDir == "" {
 		return api.Job{}, api.Errorf(api.CodeFailedPrecondition, "machine %s: a failback test starts a clone of the home disks in the test directory given at re-protect, and its re-protect gave none (ferry reprotect %s --test-dir DIR)", req.Machine, req.Machine)
 	}
-	if m.Spec.Driver.Start == "" {
+	if m.Spec.Driver.Start == "" && (m.Spec.SourceDriver == "" || m.Spec.SourceDriver == api.DriverExec) {
 		return api.Job{}, api.Errorf(api.CodeFailedPrecondition, "machine %s has no start command at home (protect with --start): a failback test starts its clone through the home driver", req.Machine)
 	}
 	return s.startJob(ctx, failover.KindTestFailback, []string{req.Machine}, failover.Spec{Machines: []string{req.Machine}, Action: req}, nil, 0)

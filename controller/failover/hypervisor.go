@@ -53,6 +53,33 @@ func sourceHypervisor(m catalog.Machine) msg.Hypervisor {
 	return msg.Hypervisor{Kind: m.Spec.SourceDriver, Options: m.Spec.SourceOptions, Spec: &msg.MachineSpec{Name: name, Machine: m.Name}}
 }
 
+// homeTestHypervisor is the hypervisor part of the home driver's request
+// for a failback test's copy: a machine the home hypervisor defines as
+// M-test on the clone's disks (test: no production network), with the
+// hardware description from protect; empty for an exec home driver.
+func homeTestHypervisor(m catalog.Machine, test *catalog.HomeTest) msg.Hypervisor {
+	h := sourceHypervisor(m)
+	if h.Kind == "" {
+		return h
+	}
+	h.Spec = &msg.MachineSpec{Name: test.Name, Machine: m.Name, Test: true, CPUs: m.Spec.CPUs, Memory: m.Spec.Memory,
+		Firmware: m.Spec.Firmware}
+	for i, p := range test.Paths {
+		d := msg.MachineDisk{Name: strings.TrimSuffix(filepath.Base(p), filepath.Ext(p)), Path: p}
+		if len(test.Paths) == len(m.Spec.Disks) && filepath.Ext(m.Spec.Disks[i].Path) == filepath.Ext(p) {
+			d.Name, d.Format = m.Spec.Disks[i].Name, m.Spec.Disks[i].Format
+		}
+		h.Spec.Disks = append(h.Spec.Disks, d)
+	}
+	return h
+}
+
+// homeStoppable reports whether the source driver can stop the machine
+// at home (exec --stop, or a hypervisor source driver).
+func homeStoppable(m catalog.Machine) bool {
+	return m.Spec.Driver.Stop != "" || sourceHypervisor(m).Kind != ""
+}
+
 // hasStatus reports whether the target's driver can report power state.
 func hasStatus(t api.Target) bool { return t.Exec.Status != "" || t.MapsNetworks() }
 

@@ -60,7 +60,7 @@ func (j *job) homeDriverRef(ctx context.Context, m catalog.Machine, agentID, act
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()
 	err := j.e.Agents.Call(ctx, agentID, msg.MethodTargetDriver, msg.TargetDriverRequest{
-		Machine: m.Name, Action: action, Commands: msg.Driver(m.Spec.Driver), Ref: ref,
+		Machine: m.Name, Action: action, Commands: msg.Driver(m.Spec.Driver), Ref: ref, Hypervisor: sourceHypervisor(m),
 		Env: map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": m.Name,
 			"FERRY_DISKS": strings.Join(paths, "\n"), "FERRY_TEST": "0"}}, &resp)
 	return resp, err
@@ -96,8 +96,7 @@ func (j *job) requireHomeStopped(ctx context.Context, m catalog.Machine, homeAge
 		j.r.MachineNote(m.Name, "the machine at home was declared off by the administrator (--source-is-off); Ferry did not check it")
 		return nil
 	}
-	drv := m.Spec.Driver
-	if drv.Status == "" {
+	if !homeStatus(m) {
 		return refuse("machine %s: its home driver has no status command, so Ferry cannot prove the machine at home (agent of its home site) is stopped; protect it with --status, or declare it off with --source-is-off", m.Name)
 	}
 	if !j.e.Agents.Connected(homeAgent) {
@@ -113,7 +112,7 @@ func (j *job) requireHomeStopped(ctx context.Context, m catalog.Machine, homeAge
 	if !stop {
 		return refuse("machine %s is running at its home site: writing the home disks would overwrite the disks it uses (split brain); give --stop-source to stop it through its driver, or stop it yourself", m.Name)
 	}
-	if drv.Stop == "" {
+	if !homeStoppable(m) {
 		return refuse("machine %s is running at its home site and its home driver has no stop command; stop it yourself, then re-protect", m.Name)
 	}
 	if _, err := j.homeDriver(ctx, m, homeAgent, "stop"); err != nil {
@@ -147,7 +146,7 @@ func (j *job) requireRecoveryStopped(ctx context.Context, md *machineData, name 
 	if err != nil {
 		return err
 	}
-	if t.Exec.Status == "" {
+	if !hasStatus(t) {
 		return refuse("machine %s: the driver of target %s has no status command, so Ferry cannot prove the machine there is stopped; declare it off with --source-is-off", name, t.Name)
 	}
 	s, err := j.recoveryStatus(ctx, md, name)
@@ -491,10 +490,10 @@ func prepareFailback(ctx context.Context, j *job, name string, md *machineData) 
 	}
 	md.Dir, md.Set, md.DriverName = t.Dir, setLive, name
 	md.SourceAgent, md.HomeDir, md.Divergent = m.AgentID, m.RoundTrip.HomeDir, 0
-	if t.Exec.Status == "" {
+	if !hasStatus(t) {
 		return refuse("the driver of target %s has no status command: Ferry cannot prove %s stopped there before starting it at home", t.Name, name)
 	}
-	if m.Spec.Driver.Start == "" && m.RoundTrip.Replica == "" {
+	if !homeStartable(m) && m.RoundTrip.Replica == "" {
 		return refuse("machine %s has no start command at home (protect with --start): a failback starts it there", name)
 	}
 	if !j.e.Agents.Connected(md.TargetAgent) {
@@ -749,7 +748,7 @@ func (j *job) runAtHome(ctx context.Context, m catalog.Machine, md *machineData)
 			return refuse("the home driver could not start %s: %w", m.Name, err)
 		}
 	}
-	if m.Spec.Driver.Status == "" {
+	if !homeStatus(m) {
 		return nil
 	}
 	if s, err := waitStatus(ctx, func() (string, error) {

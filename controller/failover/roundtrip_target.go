@@ -199,6 +199,9 @@ func (j *job) startReplica(ctx context.Context, m catalog.Machine, md *machineDa
 		}
 	}
 	m.Spec.Driver, m.Spec.SourceDriver, m.Spec.SourceOptions = t.Exec, t.Driver, t.Options
+	// A hypervisor target named its machine after the machine (j.driver
+	// above), not after the old home's --domain.
+	m.Spec.Domain = ""
 	if err := j.e.Cat.UpdateMachine(ctx, m); err != nil {
 		return err
 	}

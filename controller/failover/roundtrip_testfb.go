@@ -41,7 +41,7 @@ func (j *job) homeTestDriver(ctx context.Context, m catalog.Machine, test *catal
 	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()
 	err := j.e.Agents.Call(ctx, m.AgentID, msg.MethodTargetDriver, msg.TargetDriverRequest{
-		Machine: test.Name, Action: action, Commands: msg.Driver(m.Spec.Driver),
+		Machine: test.Name, Action: action, Commands: msg.Driver(m.Spec.Driver), Hypervisor: homeTestHypervisor(m, test),
 		Env: map[string]string{"FERRY_JOB": j.r.ID(), "FERRY_KIND": j.r.Kind(), "FERRY_MACHINE": test.Name,
 			"FERRY_DISKS": strings.Join(test.Paths, "\n"), "FERRY_TEST": "1", "FERRY_SET": test.Set},
 		// The agent marks the clone written before a start.
@@ -62,7 +62,7 @@ func prepareTestFailback(ctx context.Context, j *job, name string, md *machineDa
 	if m.RoundTrip.TestDir == "" {
 		return refuse("machine %s: a failback test starts a clone of the home disks in the test directory given at re-protect, and its re-protect gave none (ferry reprotect %s --test-dir DIR)", name, name)
 	}
-	if m.Spec.Driver.Start == "" {
+	if !homeStartable(m) {
 		return refuse("machine %s has no start command at home (protect with --start): a failback test starts its clone through the home driver", name)
 	}
 	md.SourceAgent, md.HomeDir, md.Dir = m.AgentID, m.RoundTrip.HomeDir, m.RoundTrip.TestDir
@@ -228,7 +228,7 @@ func startHomeTest(ctx context.Context, j *job, name string, md *machineData) er
 	if !j.e.Agents.Connected(m.AgentID) {
 		return unavailable("the home agent of %s is not connected", name)
 	}
-	hasStatus := m.Spec.Driver.Status != ""
+	hasStatus := homeStatus(m)
 	if err := j.startOnce(ctx, md, name, hasStatus, func(action string) (string, error) {
 		r, err := j.homeTestDriver(ctx, m, test, action)
 		return r.Status, err
@@ -281,6 +281,13 @@ func (j *job) endHomeTest(ctx context.Context, m catalog.Machine) error {
 	if err := j.stopHomeCopy(ctx, m); err != nil {
 		return err
 	}
+	if homeTestHypervisor(m, m.RoundTrip.Test).Kind != "" {
+		// A hypervisor home defined the test machine: its definition
+		// goes (never its disks) before the clone does.
+		if _, err := j.homeTestDriver(ctx, m, m.RoundTrip.Test, msg.ActionRemove); err != nil {
+			return agentErr(err, "the home driver could not remove the test copy %s", m.RoundTrip.Test.Name)
+		}
+	}
 	err := j.e.Agents.Call(ctx, m.AgentID, msg.MethodTargetRemove, msg.TargetRef{Dir: m.RoundTrip.TestDir, Machine: m.Name, Set: m.RoundTrip.Test.Set}, &struct{}{})
 	if err != nil && !errors.Is(err, protocol.ErrNotFound) {
 		return err
@@ -295,9 +302,9 @@ func (j *job) stopHomeCopy(ctx context.Context, m catalog.Machine) error {
 	if !j.e.Agents.Connected(m.AgentID) {
 		return unavailable("the home agent of %s is not connected", m.Name)
 	}
-	if m.Spec.Driver.Stop != "" {
+	if homeStoppable(m) {
 		stopped := false
-		if m.Spec.Driver.Status != "" {
+		if homeStatus(m) {
 			r, err := j.homeTestDriver(ctx, m, test, "status")
 			stopped = err == nil && r.Status != "running"
 		}
@@ -306,7 +313,7 @@ func (j *job) stopHomeCopy(ctx context.Context, m catalog.Machine) error {
 				return agentErr(err, "the home driver could not stop the test copy %s", test.Name)
 			}
 		}
-		if m.Spec.Driver.Status != "" {
+		if homeStatus(m) {
 			if s, err := waitStatus(ctx, func() (string, error) {
 				r, err := j.homeTestDriver(ctx, m, test, "status")
 				return r.Status, err
@@ -314,7 +321,7 @@ func (j *job) stopHomeCopy(ctx context.Context, m catalog.Machine) error {
 				return refuse("the test copy %s did not stop at home (%s): %w", test.Name, s, err)
 			}
 		}
-	} else if m.Spec.Driver.Status != "" {
+	} else if homeStatus(m) {
 		if r, err := j.homeTestDriver(ctx, m, test, "status"); err != nil || r.Status == "running" {
 			return refuse("the test copy %s runs at home (%q, %v) and the home driver has no stop command: stop it yourself, then clean up", test.Name, r.Status, err)
 		}

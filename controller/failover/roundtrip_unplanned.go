@@ -34,7 +34,7 @@ func prepareUnplannedFailback(ctx context.Context, j *job, name string, md *mach
 	}
 	md.Dir, md.Set, md.DriverName = t.Dir, setLive, name
 	md.SourceAgent, md.HomeDir, md.Divergent = m.AgentID, m.RoundTrip.HomeDir, 0
-	if m.Spec.Driver.Start == "" {
+	if !homeStartable(m) {
 		return refuse("machine %s has no start command at home (protect with --start): a failback starts it there", name)
 	}
 	if j.inFlight(m) {
@@ -68,7 +68,7 @@ func prepareUnplannedFailback(ctx context.Context, j *job, name string, md *mach
 	if !reachable && !j.spec.Action.Unplanned {
 		return refuse("the recovery site %s is unreachable (its agent is not connected): Ferry cannot stop %s there; give --unplanned to bring it home anyway (the copy there is stopped and its writes kept as a point when the site reconnects)", t.Name, name)
 	}
-	if reachable && t.Exec.Status == "" && !t.MapsNetworks() {
+	if reachable && !hasStatus(t) {
 		return refuse("the driver of target %s has no status command: Ferry cannot prove %s stopped there before starting it at home", t.Name, name)
 	}
 	if !j.e.Agents.Connected(md.SourceAgent) {
@@ -187,7 +187,7 @@ func prepareChangePointHome(ctx context.Context, j *job, name string, md *machin
 		return err
 	}
 	md.Point = p.ID
-	if m.Spec.Driver.Start == "" {
+	if !homeStartable(m) {
 		return refuse("machine %s has no start command at home (protect with --start): change-point starts it there again", name)
 	}
 	if !j.e.Agents.Connected(md.SourceAgent) {
@@ -205,7 +205,7 @@ func stopHomeForChange(ctx context.Context, j *job, name string, md *machineData
 	if err != nil {
 		return err
 	}
-	if !md.StoppedHome && m.Spec.Driver.Status != "" {
+	if !md.StoppedHome && homeStatus(m) {
 		resp, err := j.homeDriver(ctx, m, md.SourceAgent, "status")
 		if err != nil {
 			return agentErr(err, "machine %s: the home driver's status", name)

@@ -175,10 +175,10 @@ func (s *Stager) stageHome(ctx context.Context, m catalog.Machine) error {
 	if !s.e.Agents.Connected(m.AgentID) {
 		return nil // kicked again when the home agent connects
 	}
-	if m.Spec.Driver.Status != "" && !m.RoundTrip.SourceIsOff {
+	if homeStatus(m) && !m.RoundTrip.SourceIsOff {
 		var resp msg.DriverResponse
 		err := s.e.Agents.Call(ctx, m.AgentID, msg.MethodTargetDriver, msg.TargetDriverRequest{
-			Machine: m.Name, Action: "status", Commands: msg.Driver(m.Spec.Driver),
+			Machine: m.Name, Action: "status", Commands: msg.Driver(m.Spec.Driver), Hypervisor: sourceHypervisor(m),
 			Env: map[string]string{"FERRY_MACHINE": m.Name}}, &resp)
 		if err != nil {
 			return err

@@ -173,8 +173,10 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 		return err
 	}
 	return d.with(ctx, driver.ActionStart, func(l *golibvirt.Libvirt) error {
+		var uuid *golibvirt.UUID // of an existing definition: a redefinition keeps it
 		dom, err := l.DomainLookupByName(name)
 		if err == nil {
+			uuid = &dom.UUID
 			st, _, err := l.DomainGetState(dom, 0)
 			if err != nil {
 				return err
@@ -208,6 +210,13 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 		x, err := d.DomainXML(name, spec, seed)
 		if err != nil {
 			return err
+		}
+		if uuid != nil {
+			// libvirt refuses a definition of an existing name under
+			// another UUID, and one without a UUID gets a new one.
+			if x, err = withUUID(x, *uuid); err != nil {
+				return err
+			}
 		}
 		dom, err = l.DomainDefineXML(x)
 		if err != nil {

@@ -125,6 +125,16 @@ func TestLibvirtLifecycle(t *testing.T) {
 	require.Equal(t, []string{disks[0].Path, disks[1].Path}, diskSources(domainXML(t, l, "web1"), "disk"))
 	require.NoError(t, drv.Stop(ctx, spec))
 
+	// A spec with disks redefines a stopped definition (a second failover
+	// to the same target): same domain (UUID), the spec's disks.
+	uuid := domainXML(t, l, "web1").UUID
+	require.NoError(t, drv.Start(ctx, driver.Spec{Name: "web1", Machine: "web1", Memory: 64 << 20, Disks: disks[1:]}))
+	require.Equal(t, golibvirt.DomainRunning, state(t, l, "web1"))
+	dx = domainXML(t, l, "web1")
+	require.Equal(t, uuid, dx.UUID)
+	require.Equal(t, []string{disks[1].Path}, diskSources(dx, "disk"))
+	require.NoError(t, drv.Stop(ctx, spec))
+
 	require.NoError(t, drv.Remove(ctx, spec))
 	_, err = l.DomainLookupByName("web1")
 	require.True(t, golibvirt.IsNotFound(err), "domain still defined: %v", err)

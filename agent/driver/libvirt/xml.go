@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/ferrydr/ferry/agent/driver"
@@ -121,6 +122,18 @@ func (d *Driver) DomainXML(name string, spec driver.Spec, seed string) (string, 
 		return "", fmt.Errorf("domain %s xml: %w", name, err)
 	}
 	return x, nil
+}
+
+// withUUID is domain XML x with the given UUID (that of the definition it
+// updates).
+func withUUID(x string, uuid golibvirt.UUID) (string, error) {
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(x); err != nil {
+		return "", err
+	}
+	u := uuid[:]
+	dom.UUID = fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+	return dom.Marshal()
 }
 
 // nics are the NICs the domain gets: spec's, except that a test domain joins
