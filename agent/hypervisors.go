@@ -156,10 +156,11 @@ func runHypervisor(ctx context.Context, h msg.Hypervisor, action string, env map
 }
 
 // driverWireError gives a classified driver error its wire code: transient
-// and timeout become unavailable (the controller's jobs retry those and
-// nothing else), not found not_found, auth unauthorized, invalid invalid,
-// already running conflict; anything else failed_precondition, as exec
-// failures always were. The message keeps the driver's words.
+// becomes unavailable (the controller's jobs retry that and nothing else),
+// not found not_found, auth unauthorized, invalid invalid, already running
+// conflict; anything else, timeouts included, failed_precondition, as exec
+// failures always were: a driver timeout fails the step and is not retried.
+// The message keeps the driver's words (a timeout's names its bound).
 func driverWireError(err error) error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
@@ -167,7 +168,7 @@ func driverWireError(err error) error {
 	}
 	code := protocol.CodeFailedPrecondition
 	switch driver.KindOf(err) {
-	case driver.KindTransient, driver.KindTimeout:
+	case driver.KindTransient:
 		code = protocol.CodeUnavailable
 	case driver.KindNotFound:
 		code = protocol.CodeNotFound

@@ -15,11 +15,11 @@ import (
 
 // TestDriverWireError: classified driver errors cross the wire with a code
 // whose Retryable (what controller/jobs retries on) is true exactly for
-// transient and timeout.
+// transient: a timeout is failed_precondition, not retried.
 func TestDriverWireError(t *testing.T) {
 	for kind, code := range map[driver.ErrorKind]protocol.Code{
 		driver.KindTransient:      protocol.CodeUnavailable,
-		driver.KindTimeout:        protocol.CodeUnavailable,
+		driver.KindTimeout:        protocol.CodeFailedPrecondition,
 		driver.KindNotFound:       protocol.CodeNotFound,
 		driver.KindAuth:           protocol.CodeUnauthorized,
 		driver.KindInvalid:        protocol.CodeInvalid,
