@@ -211,6 +211,10 @@ type TargetValidateRequest struct {
 	Options  map[string]string `json:"options,omitempty"`
 	Networks []string          `json:"networks,omitempty"` // destination networks (and the test network) to check
 	Dir      string            `json:"dir,omitempty"`      // the target directory, for drivers that check it
+	// Home asks for the check of a machine's home-site driver (protect
+	// --driver): only the options a driver takes there, and a connection;
+	// no networks, no directory.
+	Home bool `json:"home,omitempty"`
 }
 
 // TargetConvertRequest asks for a disk set's disks in Format ("qcow2",
