@@ -25,7 +25,8 @@ const vsphereHomeVM = "DC0_H0_VM0"
 // simulator's own powered-on VM stands for the protected machine; the
 // source agent reaches vCenter over HTTPS like a real one). protect has no
 // target-only flag (--datastore), refuses another driver's option naming
-// it, and refuses a wrong password found through the source agent; a planned failover's
+// it, and refuses a wrong password found through the source agent, as
+// machines update does for a changed home driver; a planned failover's
 // stop then powers the home VM off (the API reads poweredOff and the home
 // driver's status stopped), leaves its hardware as it was, and starts the
 // machine at the vsphere target.
@@ -64,6 +65,18 @@ func TestPlannedFailoverVSphereHome(t *testing.T) {
 	require.Equal(t, 0, r.Code, "%s %s", r.Stdout, r.Stderr)
 	p := s.c.WaitPoint("vm", 0, 2*time.Minute)
 	(&Site{Dir: s.dir}).waitStaged(t, "vm", p.ID)
+
+	// machines update re-checks a changed home driver the same way: a
+	// switch to hyperv keeping the vsphere options is refused naming one,
+	// a wrong password through the source agent; a new shutdown timeout is
+	// taken.
+	r = s.c.Ferry("--json", "machines", "update", "vm", "--driver", "hyperv")
+	require.Equal(t, 1, r.Code, "%s %s", r.Stdout, r.Stderr)
+	require.Contains(t, r.Stderr, "is not an option of the hyperv driver at the home site")
+	r = s.c.Ferry("--json", "machines", "update", "vm", "--credentials-file", bad)
+	require.Equal(t, 1, r.Code, "%s %s", r.Stdout, r.Stderr)
+	require.Contains(t, r.Stderr, `"code":"unauthorized"`)
+	s.c.MustFerry("machines", "update", "vm", "--shutdown-timeout", "4s")
 
 	j := s.c.runJob(t, 0, "failover", "vm", "--planned")
 	after := s.vc.VM(t, vsphereHomeVM)
