@@ -140,8 +140,13 @@ func specFromMsg(s *msg.MachineSpec, env map[string]string) driver.Spec {
 	return out
 }
 
-// runHypervisor performs a driver action of a non-exec kind at a target.
+// runHypervisor performs a driver action of a non-exec kind at a target,
+// or at the machine's home site when the request says Home (a revert's
+// start, which reaches the home agent as a target driver request).
 func runHypervisor(ctx context.Context, h msg.Hypervisor, action string, env map[string]string) (msg.DriverResponse, error) {
+	if h.Home {
+		return runHomeHypervisor(ctx, h, action, env)
+	}
 	k, err := lookupKind(h.Kind)
 	if err != nil {
 		return msg.DriverResponse{}, err

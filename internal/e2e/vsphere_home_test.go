@@ -29,7 +29,7 @@ const vsphereHomeVM = "DC0_H0_VM0"
 // machines update does for a changed home driver; a planned failover's
 // stop then powers the home VM off (the API reads poweredOff and the home
 // driver's status stopped), leaves its hardware as it was, and starts the
-// machine at the vsphere target.
+// machine at the vsphere target; a revert powers the home VM on again.
 func TestPlannedFailoverVSphereHome(t *testing.T) {
 	s := newVSphereSite(t)
 	img := filepath.Join(testenv.MountLoop(t, "xfs", 1<<30), "vm.img")
@@ -93,4 +93,15 @@ func TestPlannedFailoverVSphereHome(t *testing.T) {
 	require.NotNil(t, m, "the machine runs at the target")
 	require.Equal(t, types.VirtualMachinePowerStatePoweredOn, m.Runtime.PowerState)
 	t.Logf("job %s", j.ID)
+
+	// A revert starts the machine at home again through the same driver
+	// (a target.driver request to the home agent marked home): the VM is
+	// powered on, not created or reconfigured, and the target's is off.
+	j = s.c.runJob(t, 0, "revert", "vm")
+	require.Equal(t, "succeeded", j.step("start-home"), "job %s", j.ID)
+	after = s.vc.VM(t, vsphereHomeVM)
+	require.Equal(t, types.VirtualMachinePowerStatePoweredOn, after.Runtime.PowerState, "the revert started the home VM")
+	require.Equal(t, before.Config.Hardware.NumCPU, after.Config.Hardware.NumCPU)
+	require.Equal(t, vcsim.Disks(before), vcsim.Disks(after))
+	require.NotEqual(t, types.VirtualMachinePowerStatePoweredOn, s.vc.VM(t, "vm").Runtime.PowerState, "the target's VM was stopped")
 }
