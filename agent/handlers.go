@@ -133,7 +133,7 @@ func (a *Agent) runDriver(ctx context.Context, req msg.DriverRequest) (msg.Drive
 		return msg.DriverResponse{}, protocol.Errorf(protocol.CodeNotFound, "machine %s is not protected by this agent", req.Machine)
 	}
 	if req.Kind != "" && req.Kind != msg.DriverExec {
-		return runHypervisor(ctx, req.Hypervisor, req.Action, req.Env)
+		return runHomeHypervisor(ctx, req.Hypervisor, req.Action, req.Env)
 	}
 	d := ml.driver(req.Env)
 	if d.Has(req.Action) { // an action without a command runs nothing (and fails as not configured)

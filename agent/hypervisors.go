@@ -17,10 +17,14 @@ import (
 
 // hypervisorKind is one row of the driver table: how to build a driver of
 // that kind from its options, and how to check the options and reach the
-// hypervisor up front (targets add).
+// hypervisor up front (targets add); and the same at a machine's home site
+// (protect --driver), where the driver only powers the existing machine.
 type hypervisorKind struct {
 	New      func(opts map[string]string) (driver.Hypervisor, error)
 	Validate func(ctx context.Context, opts map[string]string) error
+	// NewHome and ValidateHome are the home site's (nil: as New and Validate).
+	NewHome      func(opts map[string]string) (driver.Hypervisor, error)
+	ValidateHome func(ctx context.Context, opts map[string]string) error
 }
 
 // ErrDriverNotBuilt means this agent has no implementation of a driver kind.
@@ -42,22 +46,23 @@ func hypervisorKinds() map[string]hypervisorKind {
 			},
 		},
 		msg.DriverLibvirt: {
-			New:      func(opts map[string]string) (driver.Hypervisor, error) { return libvirt.New(opts) },
-			Validate: libvirt.Validate,
+			New:          func(opts map[string]string) (driver.Hypervisor, error) { return libvirt.New(opts) },
+			Validate:     libvirt.Validate,
+			NewHome:      libvirt.NewHome,
+			ValidateHome: libvirt.ValidateHome,
 		},
-		// ---- vsphere and hyperv: the helpers building agent/driver/vsphere
-		// and agent/driver/hyperv replace these two rows with
-		//   {New: func(o map[string]string) (driver.Hypervisor, error) { return vsphere.New(o) }, Validate: vsphere.Validate}
-		// (and the same for hyperv).
 		msg.DriverVSphere: {
-			New:      func(o map[string]string) (driver.Hypervisor, error) { return vsphere.New(o) },
-			Validate: vsphere.Validate,
+			New:          func(o map[string]string) (driver.Hypervisor, error) { return vsphere.New(o) },
+			Validate:     vsphere.Validate,
+			NewHome:      vsphere.NewHome,
+			ValidateHome: vsphere.ValidateHome,
 		},
 		msg.DriverHyperV: {
-			New:      func(o map[string]string) (driver.Hypervisor, error) { return hyperv.New(o) },
-			Validate: hyperv.Validate,
+			New:          func(o map[string]string) (driver.Hypervisor, error) { return hyperv.New(o) },
+			Validate:     hyperv.Validate,
+			NewHome:      hyperv.NewHome,
+			ValidateHome: hyperv.ValidateHome,
 		},
-		// ----
 	}
 }
 
@@ -79,12 +84,32 @@ func lookupKind(kind string) (hypervisorKind, error) {
 	return k, nil
 }
 
+// home is k as a machine's home site uses it.
+func (k hypervisorKind) home() hypervisorKind {
+	if k.NewHome != nil {
+		k.New = k.NewHome
+	}
+	if k.ValidateHome != nil {
+		k.Validate = k.ValidateHome
+	}
+	return k
+}
+
 // validateHypervisor serves target.validate: the driver's options, then a
 // connection to its hypervisor and the networks the target maps to.
 func validateHypervisor(ctx context.Context, req msg.TargetValidateRequest) error {
 	k, err := lookupKind(req.Kind)
 	if err != nil {
 		return err
+	}
+	if req.Home {
+		if len(req.Networks) > 0 || req.Dir != "" {
+			return protocol.Errorf(protocol.CodeInvalid, "a home site's driver check takes no networks or directory")
+		}
+		if err := k.home().Validate(ctx, req.Options); err != nil {
+			return driverWireError(err)
+		}
+		return nil
 	}
 	opts := maps.Clone(req.Options)
 	if opts == nil {
@@ -115,12 +140,31 @@ func specFromMsg(s *msg.MachineSpec, env map[string]string) driver.Spec {
 	return out
 }
 
-// runHypervisor performs a driver action of a non-exec kind.
+// runHypervisor performs a driver action of a non-exec kind at a target,
+// or at the machine's home site when the request says Home (a revert's
+// start, which reaches the home agent as a target driver request).
 func runHypervisor(ctx context.Context, h msg.Hypervisor, action string, env map[string]string) (msg.DriverResponse, error) {
+	if h.Home {
+		return runHomeHypervisor(ctx, h, action, env)
+	}
 	k, err := lookupKind(h.Kind)
 	if err != nil {
 		return msg.DriverResponse{}, err
 	}
+	return runKind(ctx, k, h, action, env)
+}
+
+// runHomeHypervisor performs a source-driver action of a non-exec kind: the
+// driver at the machine's home site, which only powers the existing machine.
+func runHomeHypervisor(ctx context.Context, h msg.Hypervisor, action string, env map[string]string) (msg.DriverResponse, error) {
+	k, err := lookupKind(h.Kind)
+	if err != nil {
+		return msg.DriverResponse{}, err
+	}
+	return runKind(ctx, k.home(), h, action, env)
+}
+
+func runKind(ctx context.Context, k hypervisorKind, h msg.Hypervisor, action string, env map[string]string) (msg.DriverResponse, error) {
 	if h.Spec == nil {
 		return msg.DriverResponse{}, protocol.Errorf(protocol.CodeInvalid, "driver %s %s: the request has no machine spec", h.Kind, action)
 	}
@@ -156,10 +200,11 @@ func runHypervisor(ctx context.Context, h msg.Hypervisor, action string, env map
 }
 
 // driverWireError gives a classified driver error its wire code: transient
-// and timeout become unavailable (the controller's jobs retry those and
-// nothing else), not found not_found, auth unauthorized, invalid invalid,
-// already running conflict; anything else failed_precondition, as exec
-// failures always were. The message keeps the driver's words.
+// becomes unavailable (the controller's jobs retry that and nothing else),
+// not found not_found, auth unauthorized, invalid invalid, already running
+// conflict; anything else, timeouts included, failed_precondition, as exec
+// failures always were: a driver timeout fails the step and is not retried.
+// The message keeps the driver's words (a timeout's names its bound).
 func driverWireError(err error) error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
@@ -167,7 +212,7 @@ func driverWireError(err error) error {
 	}
 	code := protocol.CodeFailedPrecondition
 	switch driver.KindOf(err) {
-	case driver.KindTransient, driver.KindTimeout:
+	case driver.KindTransient:
 		code = protocol.CodeUnavailable
 	case driver.KindNotFound:
 		code = protocol.CodeNotFound

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -15,11 +16,11 @@ import (
 
 // TestDriverWireError: classified driver errors cross the wire with a code
 // whose Retryable (what controller/jobs retries on) is true exactly for
-// transient and timeout.
+// transient: a timeout is failed_precondition, not retried.
 func TestDriverWireError(t *testing.T) {
 	for kind, code := range map[driver.ErrorKind]protocol.Code{
 		driver.KindTransient:      protocol.CodeUnavailable,
-		driver.KindTimeout:        protocol.CodeUnavailable,
+		driver.KindTimeout:        protocol.CodeFailedPrecondition,
 		driver.KindNotFound:       protocol.CodeNotFound,
 		driver.KindAuth:           protocol.CodeUnauthorized,
 		driver.KindInvalid:        protocol.CodeInvalid,
@@ -69,4 +70,35 @@ func TestVSphereRow(t *testing.T) {
 	err = validateHypervisor(context.Background(), msg.TargetValidateRequest{Kind: msg.DriverVSphere,
 		Options: map[string]string{"url": "https://vc.example/sdk"}, Networks: []string{"VM Network"}})
 	require.ErrorIs(t, err, protocol.ErrInvalid)
+}
+
+// TestHomeHypervisor: a request marked Home (the machine's source driver,
+// whether it comes as driver.run or as a revert's target.driver) gets the
+// driver's home form, which refuses remove before reaching the hypervisor;
+// the same request without Home is a target's, which tries to (and here
+// cannot: no libvirtd listens on the socket).
+func TestHomeHypervisor(t *testing.T) {
+	ctx := context.Background()
+	h := msg.Hypervisor{Kind: msg.DriverLibvirt, Options: map[string]string{"uri": "qemu+unix:///system?socket=" + filepath.Join(t.TempDir(), "none.sock")},
+		Spec: &msg.MachineSpec{Name: "home-db", Machine: "db"}, Home: true}
+	for name, run := range map[string]func() error{
+		"target.driver": func() error { _, err := runHypervisor(ctx, h, msg.ActionRemove, nil); return err },
+		"driver.run": func() error {
+			h := h
+			h.Home = false
+			_, err := runHomeHypervisor(ctx, h, msg.ActionRemove, nil)
+			return err
+		},
+	} {
+		err := run()
+		var pe *protocol.Error
+		require.ErrorAs(t, err, &pe, name)
+		require.Equal(t, protocol.CodeInvalid, pe.Code, "%s: %v", name, err)
+		require.Contains(t, pe.Message, "never removed by Ferry", name)
+	}
+	h.Home = false
+	_, err := runHypervisor(ctx, h, msg.ActionRemove, nil)
+	var pe *protocol.Error
+	require.ErrorAs(t, err, &pe)
+	require.Equal(t, protocol.CodeUnavailable, pe.Code, "a target's remove connects: %v", err)
 }

@@ -262,6 +262,9 @@ func (u *machineUpdate) driver(ctx context.Context, req api.UpdateMachineRequest
 		return api.Errorf(api.CodeInvalid, "--pause and --resume go together (machine %s would have only one)", u.m.Name)
 	}
 	if u.spec.SourceDriver != u.m.Spec.SourceDriver || !maps.Equal(u.spec.SourceOptions, u.m.Spec.SourceOptions) {
+		if err := checkSourceDriver(u.spec.SourceDriver, u.spec.SourceOptions); err != nil {
+			return err
+		}
 		cctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		if err := u.s.validateSourceDriver(cctx, u.agent.ID, u.agent.Name, u.spec); err != nil {

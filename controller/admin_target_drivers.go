@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -131,26 +132,56 @@ func checkProtectHardware(req *api.ProtectRequest) error {
 			}
 		}
 	}
-	switch req.SourceDriver {
-	case "", api.DriverExec:
+	if req.SourceDriver == api.DriverExec {
 		req.SourceDriver = ""
-		if len(req.SourceOptions) > 0 {
-			return api.Errorf(api.CodeInvalid, "--uri needs --driver libvirt")
-		}
-		return nil
-	case api.DriverLibvirt:
-	default:
-		return api.Errorf(api.CodeInvalid, "source --driver %q: want exec or libvirt", req.SourceDriver)
 	}
-	for k := range req.SourceOptions {
-		if !slices.Contains(api.TargetOptionKeys[req.SourceDriver], k) {
-			return api.Errorf(api.CodeInvalid, "--%s is not an option of the %s driver", k, req.SourceDriver)
-		}
+	if err := checkSourceDriver(req.SourceDriver, req.SourceOptions); err != nil {
+		return err
 	}
-	if req.Driver != (api.Driver{}) {
+	if req.SourceDriver != "" && req.Driver != (api.Driver{}) {
 		return api.Errorf(api.CodeInvalid, "--start, --stop, --status, --pause and --resume are exec driver commands, not %s options", req.SourceDriver)
 	}
 	return nil
+}
+
+// checkSourceDriver checks a home-site driver ("" is exec) and its
+// options, without the agent: a known driver, only the options it takes at
+// the home site (api.HomeOptionKeys), and the ones it needs.
+func checkSourceDriver(name string, opts map[string]string) error {
+	keys, ok := api.HomeOptionKeys[name]
+	if name == "" {
+		keys, ok = nil, true
+	}
+	if !ok {
+		return api.Errorf(api.CodeInvalid, "source --driver %q: want exec, libvirt, vsphere or hyperv", name)
+	}
+	ks := slices.Sorted(maps.Keys(opts))
+	for _, k := range ks {
+		if slices.Contains(keys, k) {
+			continue
+		}
+		if name == "" {
+			return api.Errorf(api.CodeInvalid, "--%s is a hypervisor driver option: it needs --driver libvirt, vsphere or hyperv", k)
+		}
+		return api.Errorf(api.CodeInvalid, "--%s is not an option of the %s driver at the home site (there it takes %s)", k, name, flagList(keys))
+	}
+	if name == api.DriverVSphere {
+		for _, k := range []string{"url", "credentials-file"} {
+			if opts[k] == "" {
+				return api.Errorf(api.CodeInvalid, "the vsphere driver at the home site needs --%s", k)
+			}
+		}
+	}
+	return nil
+}
+
+// flagList is keys as flags: "--a, --b".
+func flagList(keys []string) string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = "--" + k
+	}
+	return strings.Join(out, ", ")
 }
 
 // validateSourceDriver has the source agent check a hypervisor source
@@ -161,7 +192,7 @@ func (s *Server) validateSourceDriver(ctx context.Context, agentID, agentName st
 	}
 	cctx, cancel := context.WithTimeout(ctx, validateTimeout)
 	defer cancel()
-	vr := msg.TargetValidateRequest{Kind: req.SourceDriver, Options: req.SourceOptions}
+	vr := msg.TargetValidateRequest{Kind: req.SourceDriver, Options: req.SourceOptions, Home: true}
 	if err := s.agents.call(cctx, agentID, agentName, msg.MethodTargetValidate, vr, &struct{}{}); err != nil {
 		return apiErr(fmt.Errorf("source driver %s: %w", req.SourceDriver, err))
 	}

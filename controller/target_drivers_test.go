@@ -59,15 +59,27 @@ func TestCheckProtectHardware(t *testing.T) {
 	exec := api.ProtectRequest{SourceDriver: "exec", Driver: api.Driver{Stop: "x"}}
 	require.NoError(t, checkProtectHardware(&exec))
 	require.Empty(t, exec.SourceDriver, "exec is stored as the default")
+	vs := api.ProtectRequest{SourceDriver: "vsphere", SourceOptions: map[string]string{"url": "https://vc/sdk", "credentials-file": "/c",
+		"datacenter": "DC0", "insecure": "true", "shutdown-timeout": "1m", "task-timeout": "2m"}}
+	require.NoError(t, checkProtectHardware(&vs))
+	hv := api.ProtectRequest{SourceDriver: "hyperv", SourceOptions: map[string]string{"powershell": "pwsh.exe", "shutdown-timeout": "1m", "powershell-timeout": "2m"}}
+	require.NoError(t, checkProtectHardware(&hv))
+	err := checkProtectHardware(&api.ProtectRequest{SourceDriver: "vsphere", SourceOptions: map[string]string{"url": "u", "credentials-file": "/c", "datastore": "ds"}})
+	require.ErrorContains(t, err, "--datastore is not an option of the vsphere driver at the home site")
 	for why, req := range map[string]api.ProtectRequest{
-		"firmware":           {Firmware: "coreboot"},
-		"ip of unknown nic":  {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "dmz", Address: "10.0.0.5/24"}}},
-		"ip twice":           {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "lan", Address: "10.0.0.5/24"}, {NIC: "lan", Address: "10.0.0.6/24"}}},
-		"address no prefix":  {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "lan", Address: "10.0.0.5"}}},
-		"bad gateway":        {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "lan", Address: "10.0.0.5/24", Gateway: "gw"}}},
-		"uri without driver": {SourceOptions: map[string]string{"uri": "x"}},
-		"vsphere source":     {SourceDriver: "vsphere"},
-		"libvirt with stop":  {SourceDriver: "libvirt", Driver: api.Driver{Stop: "x"}},
+		"firmware":                    {Firmware: "coreboot"},
+		"ip of unknown nic":           {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "dmz", Address: "10.0.0.5/24"}}},
+		"ip twice":                    {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "lan", Address: "10.0.0.5/24"}, {NIC: "lan", Address: "10.0.0.6/24"}}},
+		"address no prefix":           {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "lan", Address: "10.0.0.5"}}},
+		"bad gateway":                 {NICs: []string{"lan"}, IPs: []api.NICAddress{{NIC: "lan", Address: "10.0.0.5/24", Gateway: "gw"}}},
+		"uri without driver":          {SourceOptions: map[string]string{"uri": "x"}},
+		"vsphere without url":         {SourceDriver: "vsphere", SourceOptions: map[string]string{"credentials-file": "/c"}},
+		"vsphere without credentials": {SourceDriver: "vsphere", SourceOptions: map[string]string{"url": "https://vc/sdk"}},
+		"vsphere datastore at home":   {SourceDriver: "vsphere", SourceOptions: map[string]string{"url": "https://vc/sdk", "credentials-file": "/c", "datastore": "ds"}},
+		"hyperv switch at home":       {SourceDriver: "hyperv", SourceOptions: map[string]string{"switch": "LAN"}},
+		"hyperv with uri":             {SourceDriver: "hyperv", SourceOptions: map[string]string{"uri": "qemu:///system"}},
+		"qemu source":                 {SourceDriver: "qemu"},
+		"libvirt with stop":           {SourceDriver: "libvirt", Driver: api.Driver{Stop: "x"}},
 	} {
 		requireInvalid(t, checkProtectHardware(&req), why)
 	}

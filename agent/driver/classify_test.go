@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/protocol"
 )
 
 // TestClassifyAndConnKind: Classify keeps nil and already classified
@@ -59,4 +61,23 @@ func TestClassifyAndConnKind(t *testing.T) {
 		require.Equal(t, tc.kind, k, tc.name)
 		require.Equal(t, tc.ok, ok, tc.name)
 	}
+}
+
+// TestOnlyTransientIsRetried: of the classes, only transient errors are
+// retried; a driver timeout, though it wraps context.DeadlineExceeded, is
+// not (its Retryable decides before protocol.Retryable's deadline rule),
+// and its message names the bound.
+func TestOnlyTransientIsRetried(t *testing.T) {
+	for k := range kindNames {
+		e := &Error{Driver: "x", Op: "stop", Kind: k, Err: errors.New("boom")}
+		require.Equal(t, k == KindTransient, e.Retryable(), "%s", k)
+		require.Equal(t, k == KindTransient, protocol.Retryable(fmt.Errorf("step: %w", e)), "%s through protocol.Retryable", k)
+	}
+	timeout := &Error{Driver: "vsphere", Op: "stop", Kind: KindTimeout,
+		Err: fmt.Errorf("power off app: no result after 10m0s: %w", context.DeadlineExceeded)}
+	require.ErrorIs(t, timeout, context.DeadlineExceeded)
+	require.True(t, protocol.Retryable(context.DeadlineExceeded), "precondition: a bare deadline is retried")
+	require.False(t, protocol.Retryable(timeout))
+	require.Contains(t, timeout.Error(), "timeout")
+	require.Contains(t, timeout.Error(), "10m0s")
 }

@@ -62,7 +62,7 @@ type Disk struct {
 }
 
 // ErrorKind classifies driver failures so the job engine retries only the
-// transient ones.
+// transient ones (Error.Retryable).
 type ErrorKind int
 
 const (
@@ -96,8 +96,12 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Retryable reports whether a retry can help.
-func (e *Error) Retryable() bool { return e.Kind == KindTransient || e.Kind == KindTimeout }
+// Retryable reports whether a retry can help: only for transient errors.
+// A timeout is not retried: the platform did not answer within the bound
+// the user set (shutdown-timeout, task-timeout, powershell-timeout), and
+// waiting that long again would double the step's time; the step fails
+// with the error naming the timeout.
+func (e *Error) Retryable() bool { return e.Kind == KindTransient }
 
 // KindOf returns err's classification, KindUnknown when it has none.
 func KindOf(err error) ErrorKind {

@@ -21,11 +21,12 @@ type protectOptions struct {
 	memory                string
 	driver                api.Driver
 	preSnapshot, postSnap string
-	sourceDriver, uri     string
-	shutdownTimeout       string
+	sourceDriver          string
+	home                  homeDriverFlags
 	domain, firmware      string
 	ips                   []string
 	wait                  bool
+	sourceOpts            map[string]string // the home driver's options given
 }
 
 func newProtectCommand(g *globals) *cobra.Command {
@@ -37,9 +38,21 @@ func newProtectCommand(g *globals) *cobra.Command {
 controller per the policy. A disk is a block device, a raw image or a VHDX,
 VHD, VMDK or qcow2 file. The source driver commands (--start … --status) are run
 by the source agent to power and pause the machine; --status must print
-running, stopped or absent.`,
+running, stopped or absent.
+
+Or a hypervisor driver powers the machine where it runs (--domain names it
+there; it must exist: Ferry never creates, changes or removes it):
+  libvirt  [--uri URI] [--shutdown-timeout D]
+  vsphere  --url URL --credentials-file FILE [--datacenter DC]
+           [--insecure | --ca-file FILE] [--shutdown-timeout D] [--task-timeout D]
+  hyperv   [--powershell PATH] [--shutdown-timeout D] [--powershell-timeout D]
+The source agent checks the options and reaches the hypervisor before the
+machine is stored (docs/drivers.md "Home-site drivers").`,
 		Args: exactArgs(1, "MACHINE"),
-		RunE: func(c *cobra.Command, args []string) error { return runProtect(c.Context(), g, args[0], o) },
+		RunE: func(c *cobra.Command, args []string) error {
+			o.sourceOpts = o.home.options(c.Flags().Changed, false)
+			return runProtect(c.Context(), g, args[0], o)
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.agent, "agent", "", "the source agent (name or id)")
@@ -57,9 +70,8 @@ running, stopped or absent.`,
 	f.StringVar(&o.preSnapshot, "pre-snapshot", "", "command run before an app-consistent snapshot (quiesce)")
 	f.StringVar(&o.postSnap, "post-snapshot", "", "command run after an app-consistent snapshot")
 	f.StringArrayVar(&o.freeze, "freeze", nil, "a mount point to fsfreeze for app-consistent snapshots (repeatable)")
-	f.StringVar(&o.sourceDriver, "driver", "exec", "the home site's driver: exec (the commands above) or libvirt")
-	f.StringVar(&o.uri, "uri", "", "libvirt: the home site's libvirt URI (default qemu:///system)")
-	f.StringVar(&o.shutdownTimeout, "shutdown-timeout", "", "libvirt: how long a stop waits for ACPI shutdown before powering off (default 2m)")
+	f.StringVar(&o.sourceDriver, "driver", "exec", "the home site's driver: exec (the commands above), libvirt, vsphere or hyperv (power only, on the existing machine)")
+	o.home.add(f)
 	f.StringVar(&o.domain, "domain", "", "the machine's name at the home site's hypervisor (default: MACHINE)")
 	f.StringVar(&o.firmware, "firmware", "", "bios or uefi, for the target's driver (default bios)")
 	f.StringArrayVar(&o.ips, "ip", nil, "re-IP at failover: NIC=ADDR/PREFIX[,GATEWAY] (repeatable; NIC as given to --nic)")
@@ -130,15 +142,7 @@ func runProtect(ctx context.Context, g *globals, machine string, o protectOption
 	if err != nil {
 		return err
 	}
-	var srcOpts map[string]string
-	for k, v := range map[string]string{"uri": o.uri, "shutdown-timeout": o.shutdownTimeout} {
-		if v != "" {
-			if srcOpts == nil {
-				srcOpts = map[string]string{}
-			}
-			srcOpts[k] = v
-		}
-	}
+	srcOpts := o.sourceOpts
 	if o.sourceDriver == "exec" {
 		o.sourceDriver = ""
 	}

@@ -15,7 +15,8 @@ import (
 type updateFlags struct {
 	rename, policy, target             string
 	start, stop, pause, resume, status string
-	sourceDriver, uri, shutdownTimeout string
+	sourceDriver                       string
+	home                               homeDriverFlags
 	domain, preSnapshot, postSnapshot  string
 	freeze, addDisks, removeDisks      []string
 	force                              bool
@@ -42,9 +43,10 @@ continues from the newest point and sends only what changed.
                          and it has no recovery point yet (its initial sync
                          starts again under the new name)
 
-The driver flags (--start … --status, --driver, --uri, --shutdown-timeout,
---domain) replace the machine's one by one, as protect takes them; an empty
-value clears one. --freeze replaces the list of mount points. A machine is
+The driver flags (--start … --status, --driver, its options such as --uri,
+--url or --shutdown-timeout, --domain) replace the machine's one by one, as
+protect takes them; an empty value (--insecure=false) clears one.
+--freeze replaces the list of mount points. A machine is
 changed only while it runs at home and replicates forward (syncing or
 protected); other states are refused with the reason.`,
 		Args: exactArgs(1, "MACHINE"),
@@ -61,9 +63,8 @@ protected); other states are refused with the reason.`,
 	f.StringVar(&o.pause, "pause", "", "command that pauses the machine (writes stop)")
 	f.StringVar(&o.resume, "resume", "", "command that resumes a paused machine")
 	f.StringVar(&o.status, "status", "", "command that prints running, stopped or absent")
-	f.StringVar(&o.sourceDriver, "driver", "", "the home site's driver: exec or libvirt")
-	f.StringVar(&o.uri, "uri", "", "libvirt: the home site's libvirt URI")
-	f.StringVar(&o.shutdownTimeout, "shutdown-timeout", "", "libvirt: how long a stop waits for ACPI shutdown")
+	f.StringVar(&o.sourceDriver, "driver", "", "the home site's driver: exec, libvirt, vsphere or hyperv")
+	o.home.add(f)
 	f.StringVar(&o.domain, "domain", "", "the machine's name at the home site's hypervisor")
 	f.StringVar(&o.preSnapshot, "pre-snapshot", "", "command run before an app-consistent snapshot")
 	f.StringVar(&o.postSnapshot, "post-snapshot", "", "command run after an app-consistent snapshot")
@@ -88,14 +89,7 @@ func runMachinesUpdate(ctx context.Context, g *globals, c *cobra.Command, machin
 	req.SourceDriver, req.Domain = given("driver", o.sourceDriver), given("domain", o.domain)
 	req.PreSnapshot, req.PostSnapshot = given("pre-snapshot", o.preSnapshot), given("post-snapshot", o.postSnapshot)
 	// Source driver options by their flag names, as protect stores them.
-	for flag, v := range map[string]string{"uri": o.uri, "shutdown-timeout": o.shutdownTimeout} {
-		if c.Flags().Changed(flag) {
-			if req.SourceOptions == nil {
-				req.SourceOptions = map[string]string{}
-			}
-			req.SourceOptions[flag] = v
-		}
-	}
+	req.SourceOptions = o.home.options(c.Flags().Changed, true)
 	if c.Flags().Changed("freeze") {
 		fr := []string{} // --freeze "" clears the list
 		for _, m := range o.freeze {

@@ -13,7 +13,7 @@ import (
 func newTargetsCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "targets", Short: "Recovery-site targets: add, list, remove"}
 	var t api.Target
-	opts := map[string]*string{}
+	var opts map[string]*string
 	var insecure bool
 	var networks []string
 	add := &cobra.Command{
@@ -81,31 +81,8 @@ before the target is stored (docs/drivers.md).`,
 	f.StringVar(&t.Agent, "agent", "", "the recovery-site agent")
 	f.StringVar(&t.Dir, "dir", "", "directory on the agent's host for staged and failed-over disks")
 	f.StringVar(&t.Driver, "driver", "exec", "hypervisor driver: exec, libvirt, vsphere or hyperv")
-	for _, o := range []struct{ name, usage string }{
-		{"uri", "libvirt: libvirt URI (default qemu:///system)"},
-		{"shutdown-timeout", "libvirt, vsphere, hyperv: how long a stop waits for the guest to shut down before powering it off (default 2m; vsphere 3m)"},
-		{"url", "vsphere: vCenter or ESXi URL"},
-		{"datastore", "vsphere: the NFS datastore holding the target directory"},
-		{"datacenter", "vsphere: datacenter (default: the only one)"},
-		{"pool", "vsphere: resource pool (default: the cluster's)"},
-		{"folder", "vsphere: VM folder (default: the datacenter's VM folder)"},
-		{"credentials-file", "vsphere: file on the target agent's host with the user and password"},
-		{"mount", "vsphere: where the datastore's root is mounted on the agent's host (default: the target directory)"},
-		{"ca-file", "vsphere: PEM file of the CA that signs vCenter's certificate"},
-		{"vm-dir", "vsphere: datastore directory for the VMs' own files (default ferry-vms)"},
-		{"guest-id", "vsphere: guest OS identifier of new VMs (default otherGuest64)"},
-		{"guest-domain", "vsphere: DNS domain of Linux guest customization at re-IP (default localdomain)"},
-		{"task-timeout", "vsphere: bound on each vSphere task (default 10m)"},
-		{"scsi-controller", "vsphere: SCSI controller of new VMs: lsilogic-sas (default), pvscsi or lsilogic"},
-		{"nic-model", "vsphere: NIC model of new NICs: e1000e (default), vmxnet3 or e1000"},
-		{"switch", "hyperv: virtual switch for NICs without a --network mapping"},
-		{"powershell", "hyperv: path or PATH name of Windows PowerShell on the agent's host (default powershell.exe)"},
-		{"powershell-timeout", "hyperv: bound on any one PowerShell run (default 5m)"},
-		{"secure-boot", "hyperv: on keeps Secure Boot on Generation 2 (uefi) machines, off turns it off (default off)"},
-	} {
-		opts[o.name] = f.String(o.name, "", o.usage)
-	}
-	f.BoolVar(&insecure, "insecure", false, "vsphere: do not verify the server certificate")
+	opts = addDriverOptionFlags(f, nil)
+	f.BoolVar(&insecure, "insecure", false, insecureUsage)
 	f.StringArrayVar(&networks, "network", nil, "map a source network to one at this site: SRC=DST (repeatable)")
 	f.StringVar(&t.TestNetwork, "test-network", "", "isolated network test failovers join (default: none)")
 	f.BoolVar(&t.NewMACs, "new-macs", false, "give failed-over NICs new MAC addresses")

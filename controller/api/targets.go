@@ -20,6 +20,17 @@ var TargetOptionKeys = map[string][]string{
 	DriverHyperV: {"switch", "powershell", "shutdown-timeout", "powershell-timeout", "secure-boot"},
 }
 
+// HomeOptionKeys are the option keys each hypervisor driver takes at a
+// machine's home site (protect --driver, machines update --driver), where
+// it only powers the existing machine: how to reach the hypervisor and how
+// long to wait; the same flag names as targets add.
+var HomeOptionKeys = map[string][]string{
+	DriverExec:    nil,
+	DriverLibvirt: {"uri", "shutdown-timeout"},
+	DriverVSphere: {"url", "credentials-file", "datacenter", "insecure", "ca-file", "shutdown-timeout", "task-timeout"},
+	DriverHyperV:  {"powershell", "shutdown-timeout", "powershell-timeout"},
+}
+
 // MapsNetworks reports whether the target's driver attaches NICs to
 // networks itself (every driver but exec, whose commands do it).
 func (t Target) MapsNetworks() bool { return t.Driver != "" && t.Driver != DriverExec }

@@ -163,7 +163,8 @@ type ProtectRequest struct {
 	PostSnapshot string    `json:"post_snapshot,omitempty"`
 	Freeze       []string  `json:"freeze,omitempty"`
 	// SourceDriver is the home site's hypervisor driver ("" or exec: the
-	// commands in Driver); SourceOptions its options (libvirt: uri).
+	// commands in Driver; libvirt, vsphere or hyperv); SourceOptions its
+	// options (HomeOptionKeys).
 	SourceDriver  string            `json:"source_driver,omitempty"`
 	SourceOptions map[string]string `json:"source_options,omitempty"`
 	// Domain is the machine's name at the home site's hypervisor (default: the machine's).
@@ -586,8 +587,8 @@ type UpdateMachineRequest struct {
 	Pause  *string `json:"pause,omitempty"`
 	Resume *string `json:"resume,omitempty"`
 	Status *string `json:"status,omitempty"`
-	// SourceDriver is exec ("") or libvirt; SourceOptions are merged into
-	// the machine's (a "" value removes an option).
+	// SourceDriver is exec (""), libvirt, vsphere or hyperv; SourceOptions
+	// are merged into the machine's (a "" value removes an option).
 	SourceDriver  *string           `json:"source_driver,omitempty"`
 	SourceOptions map[string]string `json:"source_options,omitempty"`
 	Domain        *string           `json:"domain,omitempty"`

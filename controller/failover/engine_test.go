@@ -253,9 +253,9 @@ func TestFailoverNeverWritesIntoLiveDisksAMachineRuns(t *testing.T) {
 
 // TestStartRetriesOnlyRetryableDriverErrors: a target driver's start that
 // fails with unavailable (what agents send for a hypervisor driver's
-// transient or timeout error) is tried again and the job succeeds; one that
-// fails with failed_precondition (any other driver failure) fails the job
-// at once, with the driver's reason.
+// transient error) is tried again and the job succeeds; one that fails with
+// failed_precondition (any other driver failure, a timeout among them)
+// fails the job at once, with the driver's reason.
 func TestStartRetriesOnlyRetryableDriverErrors(t *testing.T) {
 	for _, tc := range []struct {
 		code   protocol.Code

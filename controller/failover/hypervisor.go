@@ -41,7 +41,7 @@ func targetHypervisor(m catalog.Machine, t api.Target, name string, test bool, p
 }
 
 // sourceHypervisor is the hypervisor part of a source driver request: the
-// home site's own domain (protect --domain), started as defined there.
+// home site's own machine (protect --domain), only powered there (Home).
 func sourceHypervisor(m catalog.Machine) msg.Hypervisor {
 	if m.Spec.SourceDriver == "" || m.Spec.SourceDriver == api.DriverExec {
 		return msg.Hypervisor{}
@@ -50,7 +50,7 @@ func sourceHypervisor(m catalog.Machine) msg.Hypervisor {
 	if name == "" {
 		name = m.Name
 	}
-	return msg.Hypervisor{Kind: m.Spec.SourceDriver, Options: m.Spec.SourceOptions, Spec: &msg.MachineSpec{Name: name, Machine: m.Name}}
+	return msg.Hypervisor{Kind: m.Spec.SourceDriver, Options: m.Spec.SourceOptions, Spec: &msg.MachineSpec{Name: name, Machine: m.Name}, Home: true}
 }
 
 // homeTestHypervisor is the hypervisor part of the home driver's request

@@ -167,6 +167,11 @@ type Hypervisor struct {
 	Kind    string            `json:"kind,omitempty"`    // exec (""), libvirt, vsphere, hyperv
 	Options map[string]string `json:"options,omitempty"` // the driver's options (uri, url, datastore, switch, …)
 	Spec    *MachineSpec      `json:"spec,omitempty"`    // required for non-exec kinds
+	// Home marks the machine's home-site driver (its source driver): the
+	// agent only powers the existing machine (never defines or removes
+	// it), whichever method carries the request (driver.run always does;
+	// target.driver does for a revert's start at home).
+	Home bool `json:"home,omitempty"`
 }
 
 // MachineSpec is the machine a hypervisor driver defines and runs
@@ -211,6 +216,10 @@ type TargetValidateRequest struct {
 	Options  map[string]string `json:"options,omitempty"`
 	Networks []string          `json:"networks,omitempty"` // destination networks (and the test network) to check
 	Dir      string            `json:"dir,omitempty"`      // the target directory, for drivers that check it
+	// Home asks for the check of a machine's home-site driver (protect
+	// --driver): only the options a driver takes there, and a connection;
+	// no networks, no directory.
+	Home bool `json:"home,omitempty"`
 }
 
 // TargetConvertRequest asks for a disk set's disks in Format ("qcow2",

@@ -11,8 +11,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrydr/ferry/agent/driver"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/agent/driver"
+	"github.com/ferrydr/ferry/protocol"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -472,17 +474,19 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// TestTimeoutIsClassifiedAndRetryable: a PowerShell run that does not end
-// within the timeout is killed and reported as a timeout, which the job
-// engine may retry.
-func TestTimeoutIsClassifiedAndRetryable(t *testing.T) {
+// TestTimeoutIsClassifiedNotRetried: a PowerShell run that does not end
+// within the timeout is killed and reported as a timeout naming it, which
+// the job engine does not retry (only transient errors are).
+func TestTimeoutIsClassifiedNotRetried(t *testing.T) {
 	f := newFake(t, "hang")
 	_, err := f.driver(map[string]string{OptTimeout: "300ms"}).Status(context.Background(), spec())
 	requireKind(t, err, driver.KindTimeout)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	var de *driver.Error
 	require.ErrorAs(t, err, &de)
-	require.True(t, de.Retryable())
+	require.False(t, de.Retryable())
+	require.False(t, protocol.Retryable(err), "the driver error's Retryable decides before context.DeadlineExceeded")
+	require.Contains(t, err.Error(), "300ms")
 }
 
 // TestDefaultPowerShellFromPath: with no powershell option the driver runs

@@ -30,7 +30,7 @@ func TestClassify(t *testing.T) {
 		require.Equal(t, want, driver.KindOf(err), "%s", code)
 		var de *driver.Error
 		require.ErrorAs(t, err, &de)
-		require.Equal(t, want == driver.KindTransient || want == driver.KindTimeout, de.Retryable(), "%s", code)
+		require.Equal(t, want == driver.KindTransient, de.Retryable(), "%s: only transient errors are retried", code)
 	}
 	require.Equal(t, driver.KindTimeout, driver.KindOf(classify("stop", context.DeadlineExceeded)))
 	require.Nil(t, classify("stop", nil))

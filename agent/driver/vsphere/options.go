@@ -86,7 +86,11 @@ func optErr(format string, a ...any) error {
 
 // ParseOptions checks the options and reads the credentials file. It does
 // not contact vCenter (Validate does).
-func ParseOptions(opts map[string]string) (*Options, error) {
+func ParseOptions(opts map[string]string) (*Options, error) { return parseOptions(opts, false) }
+
+// parseOptions is ParseOptions; at home (a machine's home site, where the
+// driver only powers an existing VM) no datastore is needed.
+func parseOptions(opts map[string]string, home bool) (*Options, error) {
 	var unknown []string
 	for k := range opts {
 		if !knownOptions[k] {
@@ -129,7 +133,7 @@ func ParseOptions(opts map[string]string) (*Options, error) {
 		u.Path = "/sdk"
 	}
 	o.URL = u
-	if o.Datastore == "" {
+	if o.Datastore == "" && !home {
 		return nil, optErr("datastore is required (the NFS datastore holding the target directory)")
 	}
 	if m := opts[OptMount]; m != "" {

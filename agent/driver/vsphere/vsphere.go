@@ -137,6 +137,9 @@ func (d *Driver) connect(ctx context.Context) (*conn, error) {
 		return nil, fmt.Errorf("datacenter %q: %w", d.opts.Datacenter, err)
 	}
 	c.finder.SetDatacenter(c.dc)
+	if d.opts.Datastore == "" {
+		return c, nil // a home site's driver: power only, on VMs wherever they are
+	}
 	if c.ds, err = c.finder.Datastore(ctx, d.opts.Datastore); err != nil {
 		c.close()
 		return nil, fmt.Errorf("datastore %s: %w", d.opts.Datastore, err)
