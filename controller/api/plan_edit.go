@@ -112,6 +112,11 @@ func Changes(old *Plan, new Plan) []string {
 		case i >= len(old.Groups):
 			g := new.Groups[i]
 			say("group %d added (%s; %d actions)", n, machinesOrNone(g.Machines), len(g.Pre)+len(g.Post))
+			for _, m := range g.Machines {
+				if ips := g.IPs[m]; len(ips) > 0 {
+					say("group %d: machine %s re-IP %s", n, m, FormatNICAddresses(ips))
+				}
+			}
 			continue
 		case i >= len(new.Groups):
 			say("group %d removed (%s)", n, machinesOrNone(old.Groups[i].Machines))

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -27,5 +28,7 @@ func TestPlanIPChanges(t *testing.T) {
 	require.Equal(t, []string{"plan p: group 1: machine c added (re-IP lan=192.0.2.6/24)", "plan p: group 1: machine a re-IP lan=192.0.2.5/24,192.0.2.1"}, Changes(&old, set))
 	require.Empty(t, Changes(&set, set))
 	old.Groups[0].Machines = set.Groups[0].Machines
+	grown := Plan{Name: "p", Groups: append(slices.Clone(old.Groups), PlanGroup{Number: 2, Machines: []string{"d"}, IPs: map[string][]NICAddress{"d": {{NIC: "lan", Address: "192.0.2.7/24"}}}})}
+	require.Equal(t, []string{"plan p: group 2 added (d; 0 actions)", "plan p: group 2: machine d re-IP lan=192.0.2.7/24"}, Changes(&old, grown))
 	require.Equal(t, []string{"plan p: group 1: machine a re-IP removed (the machine's own --ip apply)", "plan p: group 1: machine c re-IP removed (the machine's own --ip apply)"}, Changes(&set, old))
 }
