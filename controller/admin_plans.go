@@ -85,6 +85,15 @@ var planEdits = map[string]func(p *api.Plan, e api.PlanEdit) error{
 		if len(e.Machines) == 0 {
 			return api.Errorf(api.CodeInvalid, "name at least one machine to add")
 		}
+		if len(e.IPs) > 0 {
+			if len(e.Machines) != 1 {
+				return api.Errorf(api.CodeInvalid, "--ip is one machine's: add the machines one at a time")
+			}
+			if g.IPs == nil {
+				g.IPs = map[string][]api.NICAddress{}
+			}
+			g.IPs[e.Machines[0]] = slices.Clone(e.IPs)
+		}
 		g.Machines = append(g.Machines, e.Machines...)
 		return nil
 	},
@@ -98,6 +107,10 @@ var planEdits = map[string]func(p *api.Plan, e api.PlanEdit) error{
 		}
 		g := &p.Groups[n-1]
 		g.Machines = slices.DeleteFunc(g.Machines, func(m string) bool { return m == e.Machines[0] })
+		delete(g.IPs, e.Machines[0])
+		if len(g.IPs) == 0 {
+			g.IPs = nil
+		}
 		return nil
 	},
 	api.PlanAddAction: func(p *api.Plan, e api.PlanEdit) error {
@@ -158,6 +171,9 @@ func numberGroups(p *api.Plan) {
 		if p.Groups[i].Machines == nil {
 			p.Groups[i].Machines = []string{}
 		}
+		if len(p.Groups[i].IPs) == 0 {
+			p.Groups[i].IPs = nil
+		}
 	}
 	if p.Groups == nil {
 		p.Groups = []api.PlanGroup{}
@@ -180,11 +196,20 @@ func (s *Server) validPlan(ctx context.Context, p api.Plan) error {
 				return api.Errorf(api.CodeInvalid, "machine %q is already in group %d of plan %q: a machine belongs to one group of a plan", m, first, p.Name)
 			}
 			seen[m] = g.Number
-			if _, err := s.cat.Machine(ctx, m); err != nil {
+			pm, err := s.cat.Machine(ctx, m)
+			if err != nil {
 				if errors.Is(err, catalog.ErrNotFound) {
 					return api.Errorf(api.CodeNotFound, "machine %q is not protected: protect it before adding it to plan %q", m, p.Name)
 				}
 				return apiErr(err)
+			}
+			if err := api.CheckNICAddresses(pm.Spec.NICs, g.IPs[m]); err != nil {
+				return api.Errorf(api.CodeInvalid, "plan %q group %d machine %s: %v", p.Name, g.Number, m, err)
+			}
+		}
+		for m := range g.IPs {
+			if !slices.Contains(g.Machines, m) {
+				return api.Errorf(api.CodeInvalid, "plan %q group %d: re-IP for machine %q, which is not in the group", p.Name, g.Number, m)
 			}
 		}
 		for _, phase := range []struct {

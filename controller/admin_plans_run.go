@@ -89,6 +89,12 @@ func (s *Server) planMembers(ctx context.Context, planName, verb string) (*failo
 				continue
 			}
 			pg.Machines = append(pg.Machines, name)
+			if ips := g.IPsOf(name); len(ips) > 0 {
+				if pg.IPs == nil {
+					pg.IPs = map[string][]api.NICAddress{}
+				}
+				pg.IPs[name] = ips
+			}
 			moving = append(moving, name)
 			kinds[kind] = append(kinds[kind], name)
 		}
@@ -212,7 +218,7 @@ func (s *Server) planDryRun(ctx context.Context, req api.FailoverRequest, key []
 			out.Actions = append(out.Actions, api.JobAction{Group: g.Number, Phase: "post", Index: i, Script: a.Script, On: a.On, Manual: a.Manual, State: api.StepPending})
 		}
 		for _, name := range g.Machines {
-			c := api.MachineCheck{Machine: name, Group: g.Number, Skipped: run.Skipped[name]}
+			c := api.MachineCheck{Machine: name, Group: g.Number, Skipped: run.Skipped[name], IPs: g.IPsOf(name)}
 			if c.Skipped == "" {
 				s.checkPlanMember(ctx, kind, req, key, &c)
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -114,23 +113,8 @@ func checkProtectHardware(req *api.ProtectRequest) error {
 	default:
 		return api.Errorf(api.CodeInvalid, "--firmware %q: want bios or uefi", req.Firmware)
 	}
-	seen := map[string]bool{}
-	for _, ip := range req.IPs {
-		if !slices.Contains(req.NICs, ip.NIC) {
-			return api.Errorf(api.CodeInvalid, "--ip %s: the machine has no --nic %s", ip.NIC, ip.NIC)
-		}
-		if seen[ip.NIC] {
-			return api.Errorf(api.CodeInvalid, "--ip %s given twice", ip.NIC)
-		}
-		seen[ip.NIC] = true
-		if _, err := netip.ParsePrefix(ip.Address); err != nil {
-			return api.Errorf(api.CodeInvalid, "--ip %s=%s: want ADDR/PREFIX: %v", ip.NIC, ip.Address, err)
-		}
-		if ip.Gateway != "" {
-			if _, err := netip.ParseAddr(ip.Gateway); err != nil {
-				return api.Errorf(api.CodeInvalid, "--ip %s gateway %q: %v", ip.NIC, ip.Gateway, err)
-			}
-		}
+	if err := api.CheckNICAddresses(req.NICs, req.IPs); err != nil {
+		return api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	if req.SourceDriver == api.DriverExec {
 		req.SourceDriver = ""

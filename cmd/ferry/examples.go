@@ -84,7 +84,7 @@ ferry machines update web1 --remove-disk scratch --target dr2`,
 	"ferry plans show":           "ferry plans show app\nferry plans show app --json",
 	"ferry plans delete":         "ferry plans delete app",
 	"ferry plans add-group":      "ferry plans add-group app db1\nferry plans add-group app app1 app2",
-	"ferry plans add-machine":    "ferry plans add-machine app --group 2 app3",
+	"ferry plans add-machine":    "ferry plans add-machine app --group 2 app3\nferry plans add-machine app --group 2 app4 --ip lan=192.0.2.14/24,192.0.2.1",
 	"ferry plans remove-machine": "ferry plans remove-machine app app3",
 	"ferry plans add-action": `ferry plans add-action app --group 1 --post --script '/etc/ferry/db-ready.sh' --on dbhost --timeout 2m
 ferry plans add-action app --group 2 --pre --script 'dns-switch app.example.com' --undo 'dns-switch --back app.example.com'

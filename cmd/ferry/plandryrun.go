@@ -52,6 +52,9 @@ func printPlanDryRun(g *globals, j api.Job) {
 				}
 				fmt.Fprintf(g.stdout, "  %s: %s → target %s (%s): needs up to %s, %s\n",
 					c.Machine, point, c.Target, c.TargetDir, api.FormatSize(c.NeedBytes), free)
+				if len(c.IPs) > 0 {
+					fmt.Fprintf(g.stdout, "    re-IP (the plan's, over protect --ip): %s\n", api.FormatNICAddresses(c.IPs))
+				}
 			}
 		}
 		printPlanActions(g, j, n, "post")

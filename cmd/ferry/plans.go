@@ -84,17 +84,31 @@ of the plan. A group may also hold only actions.`,
 		},
 	}
 	var addGroupN int
+	var addIPs []string
 	addMachine := &cobra.Command{
-		Use: "add-machine PLAN --group N MACHINE…", Short: "Add machines to a group of a plan",
+		Use: "add-machine PLAN --group N MACHINE… [--ip NIC=ADDR/PREFIX[,GATEWAY]]…", Short: "Add machines to a group of a plan",
+		Long: `Add machines to a group of a plan. --ip (repeatable; with one MACHINE) gives the
+machine its addresses at a failover or test failover of this plan, in the form
+protect's --ip takes: for each NIC it names it overrides the machine's own
+(protect --ip); the machine's other NICs keep theirs. The driver applies them
+where the platform allows (docs/drivers.md, re-IP).`,
 		Args: minArgs(2, "PLAN and at least one MACHINE"),
 		RunE: func(c *cobra.Command, args []string) error {
 			if addGroupN < 1 {
 				return usagef("--group N is required (groups count from 1)")
 			}
-			return editPlan(c.Context(), g, args[0], api.PlanEdit{Op: api.PlanAddMachine, Group: addGroupN, Machines: args[1:]})
+			ips, err := parsePlanIPs(addIPs)
+			if err != nil {
+				return err
+			}
+			if len(ips) > 0 && len(args) != 2 {
+				return usagef("--ip is one machine's: add the machines one at a time")
+			}
+			return editPlan(c.Context(), g, args[0], api.PlanEdit{Op: api.PlanAddMachine, Group: addGroupN, Machines: args[1:], IPs: ips})
 		},
 	}
 	addMachine.Flags().IntVar(&addGroupN, "group", 0, "the group's number (from 1)")
+	addMachine.Flags().StringArrayVar(&addIPs, "ip", nil, "re-IP a NIC at this plan's failovers: NIC=ADDR/PREFIX[,GATEWAY] (repeatable; overrides protect --ip for that NIC)")
 	removeMachine := &cobra.Command{
 		Use: "remove-machine PLAN MACHINE", Short: "Remove a machine from its group of a plan (the group stays, numbers do not change)",
 		Args: exactArgs(2, "PLAN MACHINE"),
@@ -233,6 +247,11 @@ func printPlan(g *globals, p api.Plan) error {
 			ms = strings.Join(gr.Machines, ", ")
 		}
 		fmt.Fprintf(w, "group %d: %s\n", gr.Number, ms)
+		for _, m := range gr.Machines {
+			if ips := gr.IPsOf(m); len(ips) > 0 {
+				fmt.Fprintf(w, "  re-IP %s: %s\n", m, api.FormatNICAddresses(ips))
+			}
+		}
 		for i, a := range gr.Pre {
 			fmt.Fprintf(w, "  pre  %d. %s\n", i+1, a.Describe())
 		}
@@ -241,6 +260,21 @@ func printPlan(g *globals, p api.Plan) error {
 		}
 	}
 	return nil
+}
+
+// parsePlanIPs reads --ip flags with protect's parser and checks each
+// address's form (the NIC against the machine's is the controller's check).
+func parsePlanIPs(flags []string) ([]api.NICAddress, error) {
+	ips, err := parseIPs(flags)
+	if err != nil {
+		return nil, err
+	}
+	for _, ip := range ips {
+		if err := ip.Check(); err != nil {
+			return nil, usagef("%v", err)
+		}
+	}
+	return ips, nil
 }
 
 // minArgs is cobra.MinimumNArgs with a usage error.

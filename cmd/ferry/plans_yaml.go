@@ -25,11 +25,12 @@ import (
 var planKeys = map[string][]string{
 	"plan":   {"name", "groups"},
 	"group":  {"machines", "pre", "post"},
+	"member": {"name", "ips"},
 	"action": {"script", "on", "timeout", "undo", "manual"},
 }
 
 // levelNames name each level in messages.
-var levelNames = map[string]string{"plan": "a plan", "group": "a group", "action": "an action"}
+var levelNames = map[string]string{"plan": "a plan", "group": "a group", "member": "a machine entry", "action": "an action"}
 
 // planDoc is one plan read from a file, with the lines its parts are on.
 type planDoc struct {
@@ -37,8 +38,15 @@ type planDoc struct {
 	line     int               // the document's
 	nameLine int               // the name's
 	machines map[[2]int]int    // (group index, machine index) → line
+	ips      map[[2]int][]ipAt // → the member's re-IP ("ips"), each with its line
 	actions  map[actionPos]int // → line of the action
 	onLines  map[actionPos]int // → line of its "on" value
+}
+
+// ipAt is one re-IP address of a member and the line it is on.
+type ipAt struct {
+	ip   api.NICAddress
+	line int
 }
 
 type actionPos struct {
@@ -86,12 +94,13 @@ func parsePlanFile(file string, data []byte) ([]planDoc, error) {
 		if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
 			continue // an empty document
 		}
-		d := planDoc{line: root.Line, machines: map[[2]int]int{}, actions: map[actionPos]int{}, onLines: map[actionPos]int{}}
+		d := planDoc{line: root.Line, machines: map[[2]int]int{}, ips: map[[2]int][]ipAt{}, actions: map[actionPos]int{}, onLines: map[actionPos]int{}}
 		if walkPlan(fe, root, &d) {
 			if err := root.Decode(&d.plan); err != nil {
 				fe.add(root.Line, "%s", strings.TrimPrefix(err.Error(), "yaml: "))
 				continue
 			}
+			d.fillIPs()
 			checkPlanDoc(fe, &d)
 			docs = append(docs, d)
 		}
@@ -183,8 +192,18 @@ func walkPlan(fe *fileErrors, root *yaml.Node, d *planDoc) bool {
 		}
 		if ms, has := g["machines"]; has && sequence(fe, ms, "machines") {
 			for mi, m := range ms.Content {
+				pos := [2]int{gi, mi}
+				if m.Kind == yaml.MappingNode {
+					name, mok := walkMember(fe, m, d, pos)
+					if !mok {
+						ok = false
+						continue
+					}
+					ms.Content[mi] = name // decoded as a plain machine name
+					m = name
+				}
 				ok = scalar(fe, m, "a machine") && ok
-				d.machines[[2]int{gi, mi}] = m.Line
+				d.machines[pos] = m.Line
 			}
 		}
 		for _, phase := range []string{api.PhasePre, api.PhasePost} {
@@ -225,6 +244,56 @@ func walkPlan(fe *fileErrors, root *yaml.Node, d *planDoc) bool {
 		}
 	}
 	return ok
+}
+
+// walkMember reads a machine entry written as a mapping — its name and its
+// re-IP ("ips": a list of NIC=ADDR/PREFIX[,GATEWAY], as protect's --ip
+// takes) — and returns its name's node.
+func walkMember(fe *fileErrors, n *yaml.Node, d *planDoc, pos [2]int) (*yaml.Node, bool) {
+	mm, _ := mapping(fe, n, "member")
+	name, has := mm["name"]
+	if !has {
+		fe.add(n.Line, "a machine entry needs a name")
+		return nil, false
+	}
+	if !scalar(fe, name, "a machine's name") {
+		return nil, false
+	}
+	ips, has := mm["ips"]
+	if !has || !sequence(fe, ips, "ips") {
+		return name, true
+	}
+	for _, in := range ips.Content {
+		if !scalar(fe, in, "an ips entry") {
+			continue
+		}
+		parsed, err := parsePlanIPs([]string{in.Value})
+		if err != nil {
+			fe.add(in.Line, "%v", err)
+			continue
+		}
+		d.ips[pos] = append(d.ips[pos], ipAt{parsed[0], in.Line})
+	}
+	return name, true
+}
+
+// fillIPs puts the members' re-IP read by walkMember into the decoded plan.
+func (d *planDoc) fillIPs() {
+	for pos, ats := range d.ips {
+		if pos[0] >= len(d.plan.Groups) {
+			continue
+		}
+		g := &d.plan.Groups[pos[0]]
+		if pos[1] >= len(g.Machines) {
+			continue
+		}
+		if g.IPs == nil {
+			g.IPs = map[string][]api.NICAddress{}
+		}
+		for _, a := range ats {
+			g.IPs[g.Machines[pos[1]]] = append(g.IPs[g.Machines[pos[1]]], a.ip)
+		}
+	}
 }
 
 // checkPlanDoc checks what needs no controller: each action's shape and
@@ -271,9 +340,12 @@ func phaseActions(g api.PlanGroup, phase string) []api.PlanAction {
 func checkPlanNames(fe *fileErrors, d planDoc, machines []api.Machine, agents []api.Agent) {
 	for gi, g := range d.plan.Groups {
 		for mi, m := range g.Machines {
-			if !slices.ContainsFunc(machines, func(x api.Machine) bool { return x.Name == m }) {
+			i := slices.IndexFunc(machines, func(x api.Machine) bool { return x.Name == m })
+			if i < 0 {
 				fe.add(d.machines[[2]int{gi, mi}], "machine %q is not protected: protect it before adding it to plan %q", m, d.plan.Name)
+				continue
 			}
+			checkMemberIPs(fe, machines[i], d.ips[[2]int{gi, mi}])
 		}
 		for _, phase := range []string{api.PhasePre, api.PhasePost} {
 			for ai, a := range phaseActions(g, phase) {
@@ -288,6 +360,19 @@ func checkPlanNames(fe *fileErrors, d planDoc, machines []api.Machine, agents []
 					fe.add(d.onLines[actionPos{gi, phase, ai}], "plan scripts are not allowed on agent %s: install or run it with --allow-plan-scripts", a.On)
 				}
 			}
+		}
+	}
+}
+
+// checkMemberIPs checks a member's re-IP against the machine's NICs, each
+// refusal on its entry's line.
+func checkMemberIPs(fe *fileErrors, m api.Machine, ats []ipAt) {
+	var ips []api.NICAddress
+	for _, a := range ats {
+		ips = append(ips, a.ip)
+		if err := api.CheckNICAddresses(m.NICs, ips); err != nil {
+			fe.add(a.line, "machine %s: %v", m.Name, err)
+			return
 		}
 	}
 }
@@ -405,6 +490,9 @@ func planYAML(p api.Plan) ([]byte, error) {
 		if n.Content[i].Value == "groups" {
 			for gi, gn := range n.Content[i+1].Content {
 				gn.HeadComment = fmt.Sprintf("group %d", gi+1)
+				if err := exportMemberIPs(gn, p.Groups[gi]); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -415,4 +503,33 @@ func planYAML(p api.Plan) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), enc.Close()
+}
+
+// exportMemberIPs writes each member with a re-IP as a mapping (name, ips)
+// in its group's machines list; the others stay plain names.
+func exportMemberIPs(gn *yaml.Node, g api.PlanGroup) error {
+	for i := 0; i+1 < len(gn.Content); i += 2 {
+		if gn.Content[i].Value != "machines" {
+			continue
+		}
+		for mi, mn := range gn.Content[i+1].Content {
+			ips := g.IPsOf(mn.Value)
+			if len(ips) == 0 {
+				continue
+			}
+			var strs []string
+			for _, ip := range ips {
+				strs = append(strs, ip.String())
+			}
+			var entry yaml.Node
+			if err := entry.Encode(struct {
+				Name string   `yaml:"name"`
+				IPs  []string `yaml:"ips"`
+			}{mn.Value, strs}); err != nil {
+				return err
+			}
+			gn.Content[i+1].Content[mi] = &entry
+		}
+	}
+	return nil
 }

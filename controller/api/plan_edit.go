@@ -29,6 +29,8 @@ type PlanEdit struct {
 	Machines []string    `json:"machines,omitempty"` // add-group, add-machine, remove-machine (one)
 	Phase    string      `json:"phase,omitempty"`    // add-action: pre or post
 	Action   *PlanAction `json:"action,omitempty"`
+	// IPs: add-machine of one machine with its re-IP (--ip).
+	IPs []NICAddress `json:"ips,omitempty"`
 }
 
 // PlanApplyResult is what `ferry plans apply` did to one plan: Changes is
@@ -110,6 +112,11 @@ func Changes(old *Plan, new Plan) []string {
 		case i >= len(old.Groups):
 			g := new.Groups[i]
 			say("group %d added (%s; %d actions)", n, machinesOrNone(g.Machines), len(g.Pre)+len(g.Post))
+			for _, m := range g.Machines {
+				if ips := g.IPs[m]; len(ips) > 0 {
+					say("group %d: machine %s re-IP %s", n, m, FormatNICAddresses(ips))
+				}
+			}
 			continue
 		case i >= len(new.Groups):
 			say("group %d removed (%s)", n, machinesOrNone(old.Groups[i].Machines))
@@ -118,7 +125,11 @@ func Changes(old *Plan, new Plan) []string {
 		og, ng := old.Groups[i], new.Groups[i]
 		for _, m := range ng.Machines {
 			if !slices.Contains(og.Machines, m) {
-				say("group %d: machine %s added", n, m)
+				if ips := ng.IPs[m]; len(ips) > 0 {
+					say("group %d: machine %s added (re-IP %s)", n, m, FormatNICAddresses(ips))
+				} else {
+					say("group %d: machine %s added", n, m)
+				}
 			}
 		}
 		for _, m := range og.Machines {
@@ -128,6 +139,11 @@ func Changes(old *Plan, new Plan) []string {
 		}
 		if len(og.Machines) == len(ng.Machines) && !slices.Equal(og.Machines, ng.Machines) && sameSet(og.Machines, ng.Machines) {
 			say("group %d: machines reordered (%s)", n, strings.Join(ng.Machines, ", "))
+		}
+		for _, m := range ng.Machines {
+			if slices.Contains(og.Machines, m) && !slices.Equal(og.IPs[m], ng.IPs[m]) {
+				say("group %d: machine %s re-IP %s", n, m, ipsOrNone(ng.IPs[m]))
+			}
 		}
 		actionChanges(say, n, PhasePre, og.Pre, ng.Pre)
 		actionChanges(say, n, PhasePost, og.Post, ng.Post)
@@ -146,6 +162,13 @@ func actionChanges(say func(string, ...any), group int, phase string, old, new [
 			say("group %d: %s action %d changed: %s", group, phase, i+1, new[i].Describe())
 		}
 	}
+}
+
+func ipsOrNone(ips []NICAddress) string {
+	if len(ips) == 0 {
+		return "removed (the machine's own --ip apply)"
+	}
+	return FormatNICAddresses(ips)
 }
 
 func machinesOrNone(ms []string) string {

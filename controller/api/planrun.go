@@ -24,4 +24,7 @@ type MachineCheck struct {
 	// there at most.
 	FreeBytes int64 `json:"free_bytes,omitempty"`
 	NeedBytes int64 `json:"need_bytes"`
+	// IPs is the plan's re-IP of the member: it overrides, NIC by NIC,
+	// the machine's own (protect --ip).
+	IPs []NICAddress `json:"ips,omitempty"`
 }

@@ -21,6 +21,9 @@ type PlanGroup struct {
 	Machines []string     `json:"machines" yaml:"machines"`
 	Pre      []PlanAction `json:"pre,omitempty" yaml:"pre,omitempty"`
 	Post     []PlanAction `json:"post,omitempty" yaml:"post,omitempty"`
+	// IPs re-address members at a failover of the plan, by machine name
+	// (plan_ips.go); in YAML they are a member's "ips" key.
+	IPs map[string][]NICAddress `json:"ips,omitempty" yaml:"-"`
 }
 
 // PlanAction is a script (on the controller, or on the agent named by On)

@@ -39,3 +39,17 @@ func TestPlansKeepGroupsInOrderAndRefuseDuplicates(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotFound)
 	require.ErrorIs(t, c.PutPlan(ctx, p, false), ErrNotFound)
 }
+
+// TestPlanKeepsMembersIPs: a member's re-IP is stored with its group in the
+// plan's JSON row and read back as written (no migration: the plans table
+// is unchanged).
+func TestPlanKeepsMembersIPs(t *testing.T) {
+	ctx := context.Background()
+	c, _ := open(t)
+	ips := map[string][]api.NICAddress{"db": {{NIC: "lan", Address: "192.0.2.5/24", Gateway: "192.0.2.1"}, {NIC: "dmz", Address: "198.51.100.7/25"}}}
+	require.NoError(t, c.PutPlan(ctx, api.Plan{Name: "shop", Groups: []api.PlanGroup{{Machines: []string{"db", "web"}, IPs: ips}}}, true))
+	got, err := c.Plan(ctx, "shop")
+	require.NoError(t, err)
+	require.Equal(t, map[string][]api.NICAddress{"db": {{NIC: "lan", Address: "192.0.2.5/24", Gateway: "192.0.2.1"}, {NIC: "dmz", Address: "198.51.100.7/25"}}}, got.Groups[0].IPs)
+	require.Nil(t, got.Groups[0].IPsOf("web"))
+}

@@ -98,6 +98,21 @@ func (k *kind) planSteps(s Spec) []step {
 	return out
 }
 
+// IPsOf is the plan's re-IP of a moving member, as the job started with
+// it (nil: none, or no plan): it overrides the machine's own NIC by NIC
+// (api.OverrideIPs).
+func (p *PlanRun) IPsOf(machine string) []api.NICAddress {
+	if p == nil {
+		return nil
+	}
+	for _, g := range p.Groups {
+		if ips := g.IPsOf(machine); len(ips) > 0 {
+			return ips
+		}
+	}
+	return nil
+}
+
 // PlanOf tells the jobs engine the plan a job runs, each moving member's
 // group, and the members it skips with why (jobs.Planned).
 func (k *kind) PlanOf(raw json.RawMessage) (string, map[string]int, map[string]string) {

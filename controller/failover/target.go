@@ -57,6 +57,7 @@ func (j *job) driverFor(ctx context.Context, md *machineData, name, set, driverN
 		if err != nil {
 			return msg.DriverResponse{}, err
 		}
+		m.Spec.IPs = api.OverrideIPs(m.Spec.IPs, j.spec.Plan.IPsOf(name))
 		hyp = targetHypervisor(m, t, driverName, env["FERRY_TEST"] == "1", diskPaths(env))
 	}
 	var resp msg.DriverResponse

@@ -226,6 +226,38 @@ func TestFailoverLibvirt(t *testing.T) {
 	requireSameFile(t, kept, live)
 }
 
+// TestPlanReIPLibvirt: a machine protected with --ip is a member of a plan
+// that re-IPs its NIC: the plan's dry run prints the plan's address, and a
+// test failover of the plan starts vm-test with a NoCloud seed carrying the
+// plan's address and gateway, not the machine's own; cleanup of the plan
+// leaves no domain.
+func TestPlanReIPLibvirt(t *testing.T) {
+	s := newLibvirtSite(t)
+	s.protect(t, "vm", "--ip", "lan=10.9.8.7/24,10.9.8.1")
+	s.c.MustFerry("plans", "create", "app")
+	s.c.MustFerry("plans", "add-group", "app")
+	s.c.MustFerry("plans", "add-machine", "app", "--group", "1", "vm", "--ip", "lan=10.9.8.50/24,10.9.8.254")
+
+	dry := s.c.MustFerry("failover", "--plan", "app", "--test", "--point", "latest-processed", "--dry-run")
+	require.Contains(t, dry, "re-IP (the plan's, over protect --ip): lan=10.9.8.50/24,10.9.8.254\n", dry)
+	require.Empty(t, s.domains(t), "a dry run defines nothing")
+
+	s.c.runJob(t, 0, "failover", "--plan", "app", "--test", "--point", "latest-processed")
+	dx, st := s.domain(t, "vm-test")
+	require.Equal(t, golibvirt.DomainRunning, st)
+	seeds := fileSources(dx, "cdrom")
+	require.Len(t, seeds, 1, "a NoCloud seed is attached")
+	nc, err := libvirt.ReadSeed(seeds[0])
+	require.NoError(t, err)
+	require.Contains(t, nc.NetworkConfig, `"10.9.8.50/24"`)
+	require.Contains(t, nc.NetworkConfig, `via: "10.9.8.254"`)
+	require.NotContains(t, nc.NetworkConfig, "10.9.8.7", "the plan's address replaces the machine's own")
+	require.NotContains(t, nc.NetworkConfig, "10.9.8.1\"", "the plan's gateway replaces the machine's own")
+
+	s.c.runJob(t, 0, "cleanup", "--plan", "app")
+	require.Empty(t, s.domains(t), "cleanup leaves no domain")
+}
+
 // TestPlannedFailoverLibvirtSource: the home site's driver is libvirt too (a
 // second domain in the same daemon stands for the home site's machine,
 // running on the protected image): a planned failover stops it through the
