@@ -62,6 +62,9 @@ func homeTestHypervisor(m catalog.Machine, test *catalog.HomeTest) msg.Hyperviso
 	if h.Kind == "" {
 		return h
 	}
+	// The copy is a new machine the driver defines, as at a target: not
+	// the home form, which only powers the machine already there.
+	h.Home = false
 	h.Spec = &msg.MachineSpec{Name: test.Name, Machine: m.Name, Test: true, CPUs: m.Spec.CPUs, Memory: m.Spec.Memory,
 		Firmware: m.Spec.Firmware}
 	for i, p := range test.Paths {
