@@ -45,19 +45,28 @@ func (d *Driver) PowerOn(ctx context.Context, spec driver.Spec) error {
 		if err != nil {
 			return fmt.Errorf("domain %s: %w", name, err)
 		}
-		st, _, err := l.DomainGetState(dom, 0)
-		if err != nil {
+		if live, err := keepLive(l, dom); live || err != nil {
 			return err
-		}
-		switch golibvirt.DomainState(st) {
-		case golibvirt.DomainRunning, golibvirt.DomainBlocked:
-			return nil
-		case golibvirt.DomainPaused:
-			return l.DomainResume(dom)
 		}
 		if err := l.DomainCreate(dom); err != nil {
 			return fmt.Errorf("start domain %s: %w", name, err)
 		}
 		return nil
 	})
+}
+
+// keepLive leaves a running domain as it is and resumes a paused one,
+// reporting true for either: a start has nothing more to do.
+func keepLive(l *golibvirt.Libvirt, dom golibvirt.Domain) (bool, error) {
+	st, _, err := l.DomainGetState(dom, 0)
+	if err != nil {
+		return false, err
+	}
+	switch golibvirt.DomainState(st) {
+	case golibvirt.DomainRunning, golibvirt.DomainBlocked:
+		return true, nil
+	case golibvirt.DomainPaused:
+		return true, l.DomainResume(dom)
+	}
+	return false, nil
 }

@@ -177,15 +177,8 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 		dom, err := l.DomainLookupByName(name)
 		if err == nil {
 			uuid = &dom.UUID
-			st, _, err := l.DomainGetState(dom, 0)
-			if err != nil {
+			if live, err := keepLive(l, dom); live || err != nil {
 				return err
-			}
-			switch golibvirt.DomainState(st) {
-			case golibvirt.DomainRunning, golibvirt.DomainBlocked:
-				return nil
-			case golibvirt.DomainPaused:
-				return l.DomainResume(dom)
 			}
 			if len(spec.Disks) == 0 {
 				// No disks: start the definition as it is (a home site's
