@@ -42,7 +42,7 @@ func (j *job) homeProvenStopped(ctx context.Context, m catalog.Machine, md *mach
 	switch {
 	case m.RoundTrip == nil || m.RoundTrip.Replica != "":
 		return "", "it was started at another target"
-	case m.Spec.Driver.Status == "":
+	case !homeStatus(m):
 		return "", "its home driver has no status command to prove it stopped"
 	case !j.e.Agents.Connected(md.SourceAgent):
 		return "", "its home agent is not connected to prove it stopped"
