@@ -59,10 +59,12 @@ func (j *job) homeProvenStopped(ctx context.Context, m catalog.Machine, md *mach
 
 // homeBackToPoint brings the home disk set back to the job's point after
 // a start at home that did not take: the start marked the set written (the
-// machine may have written before it stopped), so every block the point
-// or the disks may hold is rewritten and the home disks equal the point
-// again — what reverse replication stages from. Whatever the machine wrote
-// at home during that start is not kept; the job says so.
+// machine may have written before it stopped), so what the disks hold is
+// first kept as the point home-divergent-<job>-start (only blocks that
+// differ from the newest point travel), then every block the point or the
+// disks may hold is rewritten and the home disks equal the point again —
+// what reverse replication stages from. A keep that fails leaves the disks
+// as they are: nothing the machine wrote is overwritten unkept.
 func (j *job) homeBackToPoint(ctx context.Context, m catalog.Machine, md *machineData) error {
 	if md.HomeDir == "" || md.Point == 0 {
 		return nil
@@ -84,11 +86,40 @@ func (j *job) homeBackToPoint(ctx context.Context, m catalog.Machine, md *machin
 		SetPoint: cur.Point, From: cur.Point, MovingTo: cur.MovingTo, To: md.Point, JobID: j.r.ID()}
 	if cur.Written {
 		mv.From = 0 // the disks' content is unknown: rewrite it all
+		if err := j.keepFailedStart(ctx, m, md); err != nil {
+			return err
+		}
 	}
 	res, err := j.e.move(ctx, mv)
 	if err != nil {
 		return err
 	}
-	j.r.MachineNote(m.Name, fmt.Sprintf("the home disks were moved back to point %d (%d blocks, %d zero blocks rewritten); anything the machine wrote at home while it started is not kept", md.Point, res.Blocks, res.ZeroBlocks))
+	j.r.MachineNote(m.Name, fmt.Sprintf("the home disks were moved back to point %d (%d blocks, %d zero blocks rewritten)", md.Point, res.Blocks, res.ZeroBlocks))
+	return nil
+}
+
+// failedStartPoint names the point that keeps what a failback's start at
+// home wrote before it failed (reserved: a home-divergent- name).
+func failedStartPoint(job string) string { return "home-divergent-" + job + "-start" }
+
+// keepFailedStart ships the home disks as the failed start left them as
+// the point failedStartPoint, once: a run again after a restart finds it.
+func (j *job) keepFailedStart(ctx context.Context, m catalog.Machine, md *machineData) error {
+	name := failedStartPoint(j.r.ID())
+	pts, err := j.e.Repo.Points(ctx, m.Name)
+	if err != nil {
+		return err
+	}
+	for _, p := range pts {
+		if p.Name == name {
+			return nil
+		}
+	}
+	var resp msg.TargetShipResponse
+	err = j.e.Agents.Call(ctx, md.SourceAgent, msg.MethodTargetShip, msg.TargetShipRequest{Ref: md.homeRef(m.Name), Name: name}, &resp)
+	if err != nil {
+		return agentErr(err, "machine %s: keeping what the start at home wrote", m.Name)
+	}
+	j.r.MachineNote(m.Name, fmt.Sprintf("what the start at home wrote is kept as point %d (%s)", resp.PointID, name))
 	return nil
 }

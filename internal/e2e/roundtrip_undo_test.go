@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,9 +22,11 @@ import (
 // back, the failback stops the machine at the recovery site, takes the
 // final cycle and moves the home disk to it; then the home driver's start
 // writes the disk and fails (a machine that booted, wrote and crashed).
-// Its status says stopped, so the failback is undone fully: the home disk
-// equals the final point again (the test's own copy, by sha256), the
-// machine runs again at the recovery site and is reverse-protected. Once
+// Its status says stopped, so the failback is undone fully: what the start
+// wrote is kept as the point home-divergent-<job>-start (it exports as the
+// home disk was after the start), the home disk equals the final point
+// again (the test's own copy, by sha256), the machine runs again at the
+// recovery site and is reverse-protected. Once
 // the home driver starts, the same failback brings it home with every
 // write.
 func TestFailbackWhoseHomeStartFailsIsUndone(t *testing.T) {
@@ -57,7 +62,15 @@ func TestFailbackWhoseHomeStartFailsIsUndone(t *testing.T) {
 	}
 
 	// The home start writes the home disk, then fails.
-	r.homeHyp.RefuseStartAfter(t, "vm", fmt.Sprintf("dd if=/dev/urandom of=%s bs=4096 count=64 seek=100 conv=notrunc 2>/dev/null", r.img))
+	startWrites := filepath.Join(t.TempDir(), "start-writes")
+	written := make([]byte, 64*4096)
+	for i := range written {
+		written[i] = byte(r.rng.Uint32())
+	}
+	require.NoError(t, os.WriteFile(startWrites, written, 0o600))
+	r.homeHyp.RefuseStartAfter(t, "vm", fmt.Sprintf("dd if=%s of=%s bs=4096 count=64 seek=100 conv=notrunc 2>/dev/null", startWrites, r.img))
+	afterStart := bytes.Clone(r.mirror)
+	copy(afterStart[100*4096:], written)
 	r.home.Start()
 	var j Job
 	require.Eventually(t, func() bool {
@@ -70,6 +83,17 @@ func TestFailbackWhoseHomeStartFailsIsUndone(t *testing.T) {
 	require.Contains(t, notes, "the home driver reports the machine stopped there: the failback is undone")
 	r.requireMirror(t, r.img, "home disk after the undone failback")
 	require.Contains(t, notes, "the home disks were moved back to point")
+	// What the failed start wrote is kept: its point exports as the home
+	// disk was after the start.
+	require.Contains(t, notes, "what the start at home wrote is kept as point")
+	var kept *Point
+	for _, p := range r.c.Points("vm") {
+		if p.Name == "home-divergent-"+first+"-start" {
+			kept = &p
+		}
+	}
+	require.NotNil(t, kept, "the failed start's writes are kept as home-divergent-%s-start", first)
+	requireSameFileBytes(t, afterStart, filepath.Join(r.c.Export("vm", kept.ID), "d.raw"))
 	r.requireState(t, "reverse-protected", "recovery", "reverse")
 	require.Equal(t, "stopped", r.homeHyp.State("vm"))
 	require.Equal(t, "running", r.site.Hyp.State("vm"), "the machine runs again at the recovery site")
