@@ -87,7 +87,10 @@ func (s *Site) ServeRestore(ctx context.Context, rw io.ReadWriter) (RestoreResul
 		stop := context.AfterFunc(ctx, func() { _ = dl.SetDeadline(time.Unix(1, 0)) })
 		defer stop()
 	}
-	rs := &restoreStream{fr: frame.NewReader(rw, data.MaxFrameSize), fw: frame.NewWriter(rw), dl: dl}
+	rs := &restoreStream{fr: frame.NewPooledReader(rw, data.MaxFrameSize), fw: frame.NewWriter(rw), dl: dl}
+	// restore returns once its frame reader goroutine has ended, and no
+	// payload outlives it (batches are copied into their own buffers).
+	defer rs.fr.Release()
 	var res RestoreResult
 	err := s.restore(ctx, rs, &res)
 	if err != nil {

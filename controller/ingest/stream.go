@@ -116,7 +116,10 @@ func (g *Ingest) ServeData(ctx context.Context, agentID string, st io.ReadWriter
 	frames := make(chan decoded, 4) // read and decode ahead of the storage writes
 	go func() {
 		defer close(frames)
-		fr := frame.NewReader(st, data.MaxFrameSize)
+		fr := frame.NewPooledReader(st, data.MaxFrameSize)
+		// Only this goroutine reads, and nothing sent on frames aliases a
+		// payload (the next Next would overwrite it as well).
+		defer fr.Release()
 		for {
 			typ, payload, err := fr.Next()
 			var d decoded

@@ -144,3 +144,55 @@ func BenchmarkWriteRead(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkWriteAppendPerStream: a Writer per stream, as a move or a
+// cycle opens one, each writing a few large frames (a move's batches of
+// compressed blocks).
+func BenchmarkWriteAppendPerStream(b *testing.B) {
+	block := make([]byte, 40<<10)
+	b.SetBytes(4 * 64 * int64(len(block)))
+	b.ReportAllocs()
+	for b.Loop() {
+		w := NewWriter(io.Discard)
+		for range 4 {
+			err := w.WriteAppend(1, func(dst []byte) []byte {
+				for range 64 {
+					dst = append(dst, block...)
+				}
+				return dst
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestPooledReaderAfterRelease: a Reader taking a released Reader's buffer
+// reads its own frames, whole and exact, whatever the buffer held.
+func TestPooledReaderAfterRelease(t *testing.T) {
+	big, small := bytes.Repeat([]byte{0xAA}, 300<<10), bytes.Repeat([]byte{0x55}, 1000)
+	for range 3 {
+		var stream bytes.Buffer
+		w := NewWriter(&stream)
+		require.NoError(t, w.Write(7, big))
+		require.NoError(t, w.Write(8, small))
+		require.NoError(t, w.Flush())
+		r := NewPooledReader(&stream, 1<<20)
+		typ, p, err := r.Next()
+		require.NoError(t, err)
+		require.Equal(t, uint8(7), typ)
+		require.Equal(t, big, p)
+		typ, p, err = r.Next()
+		require.NoError(t, err)
+		require.Equal(t, uint8(8), typ)
+		require.Equal(t, small, p)
+		_, _, err = r.Next()
+		require.ErrorIs(t, err, io.EOF)
+		r.Release()
+		r.Release() // twice is harmless
+	}
+}

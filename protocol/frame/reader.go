@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"io"
+	"sync"
 
 	"github.com/ferrydr/ferry/protocol"
 )
@@ -29,6 +30,34 @@ func NewReader(r io.Reader, max int) *Reader {
 		max = MaxFrameDefault
 	}
 	return &Reader{r: bufio.NewReaderSize(r, readChunk), max: max}
+}
+
+// payloadPool holds the payload buffers of released Readers: a stream
+// that lives for one move or one cycle otherwise grows its own from
+// nothing to the largest frame (copies, fresh pages, then garbage).
+var payloadPool sync.Pool
+
+// NewPooledReader is NewReader whose payload buffer comes from (and, on
+// Release, goes back to) a pool shared by such Readers. The owner calls
+// Release once nothing reads from the Reader any more and no payload it
+// returned is in use.
+func NewPooledReader(r io.Reader, max int) *Reader {
+	fr := NewReader(r, max)
+	if bp, ok := payloadPool.Get().(*[]byte); ok {
+		fr.buf = (*bp)[:0]
+	}
+	return fr
+}
+
+// Release hands the Reader's payload buffer to the pool: no payload it
+// returned may be used after it, nor the Reader itself.
+func (r *Reader) Release() {
+	if cap(r.buf) == 0 {
+		return
+	}
+	b := r.buf[:0]
+	r.buf = nil
+	payloadPool.Put(&b)
 }
 
 // Next reads one frame. The payload is valid until the next call. It

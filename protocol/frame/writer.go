@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/ferrydr/ferry/protocol"
 )
@@ -13,9 +14,14 @@ import (
 // Writer writes frames to a stream through a buffer; call Flush to send.
 // It is not safe for concurrent use.
 type Writer struct {
-	w       *bufio.Writer
-	scratch []byte
+	w *bufio.Writer
 }
+
+// scratchPool holds WriteAppend's encoding buffers for every Writer: most
+// streams live for one move or one cycle, and a buffer of their own grew
+// from nothing each time (copies and fresh pages to fault in, then
+// garbage) up to the largest frame.
+var scratchPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // NewWriter returns a Writer on w.
 func NewWriter(w io.Writer) *Writer {
@@ -43,14 +49,20 @@ func (w *Writer) Write(typ uint8, payload []byte) error {
 }
 
 // WriteAppend writes one frame whose payload fn appends to the slice it is
-// given, in a buffer the Writer reuses: encoding needs no allocation once
-// the buffer has grown to the largest frame.
+// given, in a pooled buffer: encoding needs no allocation once the pool's
+// buffers have grown to the largest frame.
 func (w *Writer) WriteAppend(typ uint8, fn func(dst []byte) []byte) error {
 	if typ == TypeError {
 		return &FormatError{Reason: "type 0 is the error frame; use WriteError"}
 	}
-	buf := fn(append(w.scratch[:0], 0, 0, 0, 0, typ))
-	w.scratch = buf[:0]
+	bp := scratchPool.Get().(*[]byte)
+	buf := fn(append((*bp)[:0], 0, 0, 0, 0, typ))
+	defer func() {
+		// After Write the bufio.Writer has copied buf or written it
+		// through: the buffer is free for the next frame.
+		*bp = buf[:0]
+		scratchPool.Put(bp)
+	}()
 	n := int64(len(buf) - HeaderLen)
 	if n > maxWire {
 		return &SizeError{Len: n, Max: maxWire}
