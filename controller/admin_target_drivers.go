@@ -149,11 +149,9 @@ func checkSourceDriver(name string, opts map[string]string) error {
 		}
 		return api.Errorf(api.CodeInvalid, "--%s is not an option of the %s driver at the home site (there it takes %s)", k, name, flagList(keys))
 	}
-	if name == api.DriverVSphere {
-		for _, k := range []string{"url", "credentials-file"} {
-			if opts[k] == "" {
-				return api.Errorf(api.CodeInvalid, "the vsphere driver at the home site needs --%s", k)
-			}
+	for _, k := range api.HomeRequiredKeys[name] {
+		if opts[k] == "" {
+			return api.Errorf(api.CodeInvalid, "the %s driver at the home site needs --%s", name, k)
 		}
 	}
 	return nil

@@ -31,6 +31,12 @@ var HomeOptionKeys = map[string][]string{
 	DriverHyperV:  {"powershell", "shutdown-timeout", "powershell-timeout"},
 }
 
+// HomeRequiredKeys are the home-site options a driver cannot do without
+// (the source agent's check would refuse their absence later).
+var HomeRequiredKeys = map[string][]string{
+	DriverVSphere: {"url", "credentials-file"},
+}
+
 // MapsNetworks reports whether the target's driver attaches NICs to
 // networks itself (every driver but exec, whose commands do it).
 func (t Target) MapsNetworks() bool { return t.Driver != "" && t.Driver != DriverExec }

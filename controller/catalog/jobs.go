@@ -37,10 +37,15 @@ func (e *BusyError) Is(target error) bool { return target == ErrLocked }
 // Busy returns the BusyError for a machine held by job, with the job's
 // kind and state when the job is recorded.
 func (c *Catalog) Busy(ctx context.Context, machine, job string) *BusyError {
+	return busy(ctx, c.db, machine, job)
+}
+
+// busy is Busy through q (the catalog, or a transaction holding the lock).
+func busy(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, machine, job string) *BusyError {
 	e := &BusyError{Machine: machine, Job: job}
-	if j, err := c.Job(ctx, job); err == nil {
-		e.Kind, e.State = j.Kind, j.State
-	}
+	_ = q.QueryRowContext(ctx, `SELECT kind, state FROM jobs WHERE id = ?`, job).Scan(&e.Kind, &e.State)
 	return e
 }
 
@@ -111,9 +116,7 @@ func (c *Catalog) LockMachines(ctx context.Context, jobID string, machines []str
 			var holder string
 			err := tx.QueryRowContext(ctx, `SELECT job_id FROM job_locks WHERE machine = ?`, m).Scan(&holder)
 			if err == nil && holder != jobID {
-				e := &BusyError{Machine: m, Job: holder}
-				_ = tx.QueryRowContext(ctx, `SELECT kind, state FROM jobs WHERE id = ?`, holder).Scan(&e.Kind, &e.State)
-				return e
+				return busy(ctx, tx, m, holder)
 			}
 			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return err
