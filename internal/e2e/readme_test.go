@@ -112,3 +112,18 @@ func tailString(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestMakeDemo runs the demo as README's first command does (`make demo`
+// is `go run ./scripts/demo -bin BIN`), with a small image: it must end
+// "demo OK" after comparing the exported point with the disk byte for byte.
+// It failed unnoticed once, when agents began to refuse exec driver
+// commands they were not allowed.
+func TestMakeDemo(t *testing.T) {
+	bin := Binaries(t)
+	cmd := exec.Command("go", "run", "./scripts/demo", "-bin", bin, "-size", fmt.Sprint(16<<20))
+	cmd.Dir = filepath.Join("..", "..")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "identical: sha256 ")
+	require.Contains(t, string(out), "demo OK")
+}

@@ -95,7 +95,8 @@ func run(ctx context.Context, bin string, size int64, keep bool) error {
 	}
 	state := filepath.Join(dir, "agent")
 	if o, err := exec.CommandContext(ctx, filepath.Join(bin, "ferry-agent"), "enroll", "--controller", addr,
-		"--token", strings.TrimSpace(token), "--name", "demo-host", "--state-dir", state).CombinedOutput(); err != nil {
+		"--token", strings.TrimSpace(token), "--name", "demo-host", "--state-dir", state,
+		"--allow-exec-drivers").CombinedOutput(); err != nil { // the demo's power state is an exec --status command
 		return fmt.Errorf("enroll: %v: %s", err, o)
 	}
 	if _, err := d.start("agent.log", "ferry-agent", "run", "--state-dir", state, "--scan", filepath.Join(dir, "vm")); err != nil {
