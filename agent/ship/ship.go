@@ -50,7 +50,11 @@ type Config struct {
 	Open func(ctx context.Context) (io.ReadWriteCloser, error)
 	// Streams is the number of data streams (default 2).
 	Streams int
-	// Hashers is the number of read-and-hash workers (default: CPUs).
+	// Hashers is the number of read-and-hash workers (default: four per
+	// CPU, at least 8). Most of a delta's candidates are cold blocks
+	// scattered over the disk: each worker waits for its read most of the
+	// time, so the device needs several reads in flight to keep a core
+	// busy hashing.
 	Hashers int
 	// Patches lets changed parts of a block travel instead of the block.
 	Patches bool
@@ -111,7 +115,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Streams = 2
 	}
 	if cfg.Hashers <= 0 {
-		cfg.Hashers = runtime.NumCPU()
+		cfg.Hashers = max(4*runtime.NumCPU(), 8)
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
