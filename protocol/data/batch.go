@@ -1,5 +1,7 @@
 package data
 
+import "slices"
+
 // Block is one block on the wire. A zero block (FlagZero) carries only its
 // length: no hash, codec or data. Otherwise Data is PlainLen bytes encoded
 // with Codec; with FlagPatch the plain bytes are a patch (DecodePatch) to
@@ -107,8 +109,11 @@ func (b *Batch) Size() int {
 	return n
 }
 
-// Append appends b's payload to dst.
+// Append appends b's payload to dst, growing dst at most once: a batch is
+// up to MaxBatchBytes, and growing it block by block (a pooled buffer the
+// GC emptied) was a fifth of an agent's CPU under small random churn.
 func (b *Batch) Append(dst []byte) []byte {
+	dst = slices.Grow(dst, b.Size())
 	dst = appendU64(dst, b.Cycle)
 	dst = appendU32(dst, b.Seq)
 	dst = appendU32(dst, uint32(len(b.Blocks)))

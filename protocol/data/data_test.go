@@ -203,3 +203,19 @@ func TestWriteFrameThroughFrames(t *testing.T) {
 		require.Equal(t, want, fresh[i])
 	}
 }
+
+// A batch is encoded into a buffer grown once: 512 blocks appended one by
+// one into an empty slice used to reallocate and copy it a dozen times.
+func TestBatchAppendAllocatesOnce(t *testing.T) {
+	b := Batch{Cycle: 1, Seq: 1}
+	for i := range 512 {
+		b.Blocks = append(b.Blocks, Block{Block: uint64(i), Codec: CodecNone, PlainLen: 4096, Data: make([]byte, 4096)})
+	}
+	var out []byte
+	allocs := testing.AllocsPerRun(10, func() { out = b.Append(nil) })
+	require.Equal(t, 1.0, allocs, "Append should size its buffer once")
+	require.Len(t, out, b.Size())
+	var back Batch
+	require.NoError(t, back.Decode(out))
+	require.Len(t, back.Blocks, 512)
+}
