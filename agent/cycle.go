@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -93,7 +94,9 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		},
 	}
 	req.Driver = p.driver
+	tm := cycleTimes{start: a.cfg.Now()}
 	view, err := a.taker.Take(ctx, req)
+	tm.view = a.cfg.Now()
 	if err != nil {
 		return 0, fmt.Errorf("view: %w", err)
 	}
@@ -164,6 +167,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	if err := a.call(ctx, msg.MethodCycleBegin, begin, &bresp); err != nil {
 		return 0, fmt.Errorf("begin cycle: %w", err)
 	}
+	tm.begun = a.cfg.Now()
 	sd := make([]ship.Disk, len(disks))
 	stopResync := func() {}
 	if bresp.Resync {
@@ -220,6 +224,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		sd[i] = ship.Disk{Index: uint16(i), Reader: d.src, Size: d.src.Size(), BlockSize: d.bs, Map: d.m, Candidates: cands}
 	}
 	stopResync()
+	tm.diffed = a.cfg.Now()
 	var lim *rate.Limiter
 	if cfg.Bandwidth > 0 {
 		lim = rate.NewLimiter(rate.Limit(cfg.Bandwidth), int(min(cfg.Bandwidth, 4<<20)))
@@ -249,6 +254,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("ship: %w", err)
 	}
+	tm.shipped = a.cfg.Now()
 	var eresp msg.CycleEndResponse
 	err = a.call(ctx, msg.MethodCycleEnd, msg.CycleEndRequest{
 		Machine: cfg.Name, Cycle: bresp.Cycle, Parts: res.Parts, Entries: res.Entries,
@@ -269,9 +275,10 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 		kept = true
 	}
-	log.Info("point made", "point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
+	log.Info("point made", append([]any{"point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
 		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes,
-		"container_read_bytes", a.ReadStats.Bytes.Load()) // since start: holes are never read
+		"container_read_bytes", a.ReadStats.Bytes.Load()}, // since start: holes are never read
+		tm.attrs(a.cfg.Now())...)...)
 	// The cycle's last report: every byte done, the rate over the whole
 	// cycle, and what travelled.
 	final := prog.request(prog.total, 0)
@@ -281,6 +288,18 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	final.Phase, final.BytesSent, final.BlocksSent = "idle", res.WireBytes, res.Sent
 	p.report(ctx, final)
 	return eresp.PointID, nil
+}
+
+// cycleTimes marks when a cycle's phases ended, so that the log says where
+// a long cycle spent its time: a point's age when it lands (its RPO) is
+// everything after the view, and the next cycle waits for all of it.
+type cycleTimes struct{ start, view, begun, diffed, shipped time.Time }
+
+// attrs are the phases' durations in milliseconds, as log attributes.
+func (t cycleTimes) attrs(end time.Time) []any {
+	ms := func(a, b time.Time) int64 { return b.Sub(a).Milliseconds() }
+	return []any{"view_ms", ms(t.start, t.view), "begin_ms", ms(t.view, t.begun), "changes_ms", ms(t.begun, t.diffed),
+		"ship_ms", ms(t.diffed, t.shipped), "end_ms", ms(t.shipped, end)}
 }
 
 // candidates picks the blocks to compare: the extent diff against the last
@@ -293,9 +312,11 @@ func (a *Agent) candidates(ctx context.Context, machine string, d *cycleDisk, he
 				be, err1 := snapshot.Extents(base)
 				ve, err2 := snapshot.Extents(d.view.Path)
 				if err1 == nil && err2 == nil {
+					disk.AdviseRandom(d.src)
 					return fromRanges(snapshot.DiffExtents(be, ve, d.src.Size()), d.bs), nil
 				}
 			} else if rs, ok := a.imageChanges(ctx, base, d); ok {
+				disk.AdviseRandom(d.src)
 				return fromRanges(rs, d.bs), nil
 			}
 		}
