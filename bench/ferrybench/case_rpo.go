@@ -5,7 +5,12 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferrydr/ferry/agent/snapshot"
 )
 
 // rpoRun is what the churn case measured.
@@ -15,6 +20,9 @@ type rpoRun struct {
 	took     time.Duration
 	points   int // points committed during the churn
 	cycles   []float64
+	phases   map[string][]float64 // the agent's cycle phases (cyclePhases), seconds per point
+	changed  []float64            // blocks each point changed
+	clone    cloneCost            // a reflink clone of the churned image, after the churn
 	wire     int64
 	use      rigUsage
 	profiles []profileFile
@@ -119,6 +127,9 @@ sampling:
 	}
 	r.close()
 	res.profiles = r.profiles
+	if res.clone, err = measureClone(img); err != nil {
+		return res, err
+	}
 	ctlLines, err := r.logLines("controller", "cycle begins", "point committed")
 	if err != nil {
 		return res, err
@@ -128,7 +139,71 @@ sampling:
 			res.cycles = append(res.cycles, d.Seconds())
 		}
 	}
+	made, err := r.logLines("agent", "point made")
+	if err != nil {
+		return res, err
+	}
+	res.phases = map[string][]float64{}
+	for _, l := range made {
+		if id, err := l.Int("point"); err != nil || id <= first.ID || l["machine"] != "m" {
+			continue
+		}
+		for _, ph := range cyclePhases {
+			if ms, err := l.Int(ph + "_ms"); err == nil {
+				res.phases[ph] = append(res.phases[ph], float64(ms)/1000)
+			}
+		}
+		if n, err := l.Int("changed"); err == nil {
+			res.changed = append(res.changed, float64(n))
+		}
+	}
 	return res, nil
+}
+
+// cloneCost is what one reflink clone of the churned image costs, the
+// floor of every cycle's view: random writes into a file that shares its
+// extents with the last view leave it in as many extents, and FICLONE
+// walks them all.
+type cloneCost struct {
+	extents int
+	took    time.Duration
+}
+
+// measureClone clones img once (its dirty pages written back first, so
+// that only the clone is timed), counts its extents and removes the clone.
+func measureClone(img string) (cloneCost, error) {
+	unix.Sync()
+	ext, err := snapshot.Extents(img)
+	if err != nil {
+		return cloneCost{}, err
+	}
+	dst := img + ".clone-cost"
+	start := time.Now()
+	err = snapshot.Clone(img, dst)
+	took := time.Since(start)
+	os.Remove(dst)
+	if err != nil {
+		return cloneCost{}, fmt.Errorf("reflink clone of the churned image: %w", err)
+	}
+	return cloneCost{extents: len(ext), took: took}, nil
+}
+
+// cyclePhases are the phases of a cycle the agent logs with each point
+// (agent/cycle.go cycleTimes): view (the reflink clone), begin (maps and
+// the begin call), changes (the extent diff), ship (read, hash, send,
+// durable at the controller), end (commit).
+var cyclePhases = []string{"view", "begin", "changes", "ship", "end"}
+
+// describePhases says, per phase, the median and the largest time over the
+// churn's points.
+func describePhases(phases map[string][]float64) string {
+	var parts []string
+	for _, ph := range cyclePhases {
+		if v := phases[ph]; len(v) > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.2f / %.2f s", ph, median(v), slices.Max(v)))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (b *bench) caseRPO(ctx context.Context) error {
@@ -149,6 +224,13 @@ func (b *bench) caseRPO(ctx context.Context) error {
 	if len(res.cycles) > 0 {
 		s.addf("- cycle durations in the controller's log (cycle begins → point committed): median %.2f s, p99 %.2f s, max %.2f s",
 			median(res.cycles), percentile(res.cycles, 99), slices.Max(res.cycles))
+	}
+	if len(res.changed) > 0 {
+		s.addf("- the agent's cycles (median / max over the %d points): %s; changed blocks per point %.0f / %.0f. A point's age when it lands is everything after its view; the next cycle starts after this one ends.",
+			len(res.changed), describePhases(res.phases), median(res.changed), slices.Max(res.changed))
+	}
+	if res.clone.extents > 0 {
+		s.addf("- after the churn the image is in %d extents; one reflink clone of it (the view's floor) took %.2f s", res.clone.extents, res.clone.took.Seconds())
 	}
 	b.details = append(b.details, s)
 	return nil
