@@ -99,6 +99,13 @@ func (b *bench) profileMisses(ctx context.Context) error {
 				}
 				s.addf("\n%s, top %d by %s time:\n\n```\n%s\n```", p.Proc, b.cfg.TopN, view.name, top)
 			}
+			// Beside each CPU profile the binaries write the blocking
+			// profile (internal/profiling): what the idle cores waited on.
+			bp := p
+			bp.Path += ".block"
+			if top, err := pprofTop(ctx, bp, b.cfg.TopN, "-cum"); err == nil {
+				s.addf("\n%s, top %d by cumulative time blocked (channels, selects, locks; `%s`):\n\n```\n%s\n```", p.Proc, b.cfg.TopN, bp.Path, top)
+			}
 		}
 		b.profiles = append(b.profiles, s)
 	}
