@@ -73,7 +73,7 @@ type Config struct {
 // Limits of what is in flight, to bound memory (BENCHMARKS.md: the agent
 // stays within 64 MiB + 16 B per block).
 const (
-	partMaxBytes   = 2 << 20 // raw block bytes per manifest part
+	partMaxBytes   = 2 << 20 // block bytes a manifest part holds (partBytes)
 	partMaxEntries = 2048
 	batchMaxBytes  = 4 << 20
 	needWindow     = 2 // manifest parts a stream sends ahead of their Need
@@ -99,8 +99,8 @@ type item struct {
 	mapHash blockmap.Hash
 	zero    bool
 	hash    data.Hash
-	buf     *[]byte // the block's bytes (pooled); nil for zero
-	patch   []Range
+	buf     *[]byte // the block's bytes (pooled); nil for zero and patches
+	patch   []byte  // a patch's encoding (data.EncodePatch), when only it travels
 }
 
 type part struct {
@@ -202,9 +202,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		for it := range items {
 			p.items = append(p.items, it)
-			if it.buf != nil {
-				p.bytes += it.disk.BlockSize
-			}
+			p.bytes += partBytes(it)
 			if (p.bytes >= partMaxBytes || len(p.items) >= partMaxEntries) && !flush() {
 				return
 			}
@@ -308,8 +306,35 @@ func (r *run) examine(d *Disk, c Candidate) (*item, error) {
 			total += rg.Length
 		}
 		if total <= d.BlockSize/2 {
-			it.patch = c.Ranges
+			// The patch is all that travels: encode it now and give the
+			// block's buffer back, so that a part of patches holds (and
+			// the agent keeps in memory until the controller answers)
+			// what changed, not whole blocks (partBytes).
+			runs := make([]data.PatchRun, len(c.Ranges))
+			for i, rg := range c.Ranges {
+				runs[i] = data.PatchRun{Offset: uint32(rg.Offset), Data: buf[rg.Offset : rg.Offset+rg.Length]}
+			}
+			it.patch = data.EncodePatch(runs...)
+			r.pool.Put(bp)
+			it.buf = nil
 		}
 	}
 	return it, nil
+}
+
+// partBytes is what an item counts toward its part's partMaxBytes: its
+// block, or for a patch its encoding but at least an eighth of the block.
+// The floor bounds what the controller holds per part: it rebuilds each
+// patched block whole (at most 8 × partMaxBytes of rebuilt blocks a part).
+// With whole blocks counted, a part of 64 KiB patches was 32 entries, and
+// under random churn the cycle waited on one controller round trip (a
+// pack fdatasync and an index commit) per 32 blocks.
+func partBytes(it *item) int {
+	switch {
+	case it.patch != nil:
+		return max(len(it.patch), it.disk.BlockSize/8)
+	case it.buf != nil:
+		return it.disk.BlockSize
+	}
+	return 0
 }

@@ -653,3 +653,83 @@ func TestShipProgressCountsEveryCandidate(t *testing.T) {
 	require.Equal(t, int64(short), done.Load())
 	require.Equal(t, int64(nblocks), calls.Load(), "one call per candidate")
 }
+
+// TestShipPatchPartsCountWhatTravels: a cycle of small changes in many
+// blocks, sent as patches, goes in one manifest part (a part counts a
+// patch's bytes, at least an eighth of a block), where whole blocks of the
+// same count take three; each patch turns the old block into the new one.
+func TestShipPatchPartsCountWhatTravels(t *testing.T) {
+	const big = 1500 // 1500 × 4 KiB whole: three parts of 2 MiB; as patches: one
+	l := newLink(t)
+	old := make([]byte, big*blockSize)
+	for i := range old {
+		old[i] = byte(i*7 + i/4091)
+	}
+	m, _, err := blockmap.Open(filepath.Join(t.TempDir(), "map"), blockSize, int64(len(old)), "boot")
+	require.NoError(t, err)
+	defer m.Close()
+	for b := range int64(big) {
+		require.NoError(t, m.Set(blockmap.Entry{Block: b, Hash: blockmap.Sum(old[b*blockSize : (b+1)*blockSize])}))
+	}
+	cur := append([]byte(nil), old...)
+	for b := range big {
+		copy(cur[b*blockSize+100:], bytes.Repeat([]byte{byte(b) | 1}, 64))
+	}
+	zc, err := data.NewCompressor(1)
+	require.NoError(t, err)
+	defer zc.Close()
+	cfg := ship.Config{
+		Cycle: cycleID, Patches: true, Streams: 1, Compressor: zc,
+		Disks: []ship.Disk{{Index: 0, Reader: bytes.NewReader(cur), Size: int64(len(cur)), BlockSize: blockSize, Map: m,
+			Candidates: func(yield func(ship.Candidate) bool) {
+				for b := range int64(big) {
+					if !yield(ship.Candidate{Block: b, Ranges: []ship.Range{{Offset: 100, Length: 64}}}) {
+						return
+					}
+				}
+			}}},
+		Open: func(ctx context.Context) (io.ReadWriteCloser, error) { return l.agent.Open(ctx, protocol.KindData) },
+	}
+	done := run(cfg)
+	c := l.accept(t)
+	require.NotNil(t, c)
+	got := 0
+	for got < big {
+		typ, p, err := c.fr.Next()
+		require.NoError(t, err)
+		switch typ {
+		case data.FrameManifest:
+			var m data.Manifest
+			require.NoError(t, m.Decode(p))
+			n := &data.Need{Cycle: m.Cycle, Part: m.Part, Need: make([]bool, len(m.Entries))}
+			for i := range n.Need {
+				n.Need[i] = true
+			}
+			require.NoError(t, c.send(data.FrameNeed, n))
+		case data.FrameBatch:
+			var bt data.Batch
+			require.NoError(t, bt.Decode(p))
+			for i := range bt.Blocks {
+				blk := &bt.Blocks[i]
+				require.Equal(t, data.FlagPatch, blk.Flags&data.FlagPatch, "block %d travelled whole", blk.Block)
+				plain, err := c.dec.Plain(nil, blk)
+				require.NoError(t, err)
+				runs, err := data.DecodePatch(plain)
+				require.NoError(t, err)
+				o := blk.Block * blockSize
+				patched := append([]byte(nil), old[o:o+blockSize]...)
+				require.NoError(t, data.ApplyPatch(patched, runs))
+				require.True(t, bytes.Equal(cur[o:o+blockSize], patched), "block %d", blk.Block)
+				require.Equal(t, data.Hash(blake3.Sum256(patched)), blk.Hash)
+				got++
+			}
+			require.NoError(t, c.send(data.FrameAck, &data.Ack{Cycle: bt.Cycle, Seq: bt.Seq}))
+		default:
+			t.Fatalf("unexpected frame type %d", typ)
+		}
+	}
+	r := wait(t, done)
+	require.NoError(t, r.err)
+	require.Equal(t, int64(big), r.res.Patches)
+	require.Equal(t, uint32(1), r.res.Parts, "a part of patches should count what travels")
+}

@@ -226,22 +226,19 @@ func (c *conn) answer(s sent, n *data.Need) error {
 
 // encode compresses a block, or the changed runs of it.
 func (c *conn) encode(it *item) data.Block {
-	buf := (*it.buf)[:it.disk.BlockSize]
 	b := data.Block{Disk: it.disk.Index, Block: uint64(it.block), Hash: it.hash}
-	src := buf
+	var src []byte
 	if it.patch != nil {
-		runs := make([]data.PatchRun, len(it.patch))
-		for i, rg := range it.patch {
-			runs[i] = data.PatchRun{Offset: uint32(rg.Offset), Data: buf[rg.Offset : rg.Offset+rg.Length]}
-		}
-		src = data.EncodePatch(runs...)
+		src = it.patch
 		b.Flags = data.FlagPatch
 		c.r.patches.Add(1)
+	} else {
+		src = (*it.buf)[:it.disk.BlockSize]
 	}
 	b.PlainLen = uint32(len(src))
 	b.Codec, b.Data = c.r.cfg.Compressor.Compress(nil, src)
 	if b.Codec == data.CodecNone {
-		b.Data = append([]byte(nil), src...) // src is pooled
+		b.Data = append([]byte(nil), src...) // a block's buffer is pooled
 	}
 	c.r.sent.Add(1)
 	return b
