@@ -101,10 +101,13 @@ func (b *bench) profileMisses(ctx context.Context) error {
 			}
 			// Beside each CPU profile the binaries write the blocking
 			// profile (internal/profiling): what the idle cores waited on.
+			// Only the data path's goroutines: the idle background loops
+			// (listeners, timers, keepalives) wait the whole run and would
+			// fill the top.
 			bp := p
 			bp.Path += ".block"
-			if top, err := pprofTop(ctx, bp, b.cfg.TopN, "-cum"); err == nil {
-				s.addf("\n%s, top %d by cumulative time blocked (channels, selects, locks; `%s`):\n\n```\n%s\n```", p.Proc, b.cfg.TopN, bp.Path, top)
+			if top, err := pprofTop(ctx, bp, b.cfg.TopN, "-cum", "-focus="+dataPathFocus); err == nil {
+				s.addf("\n%s, top %d by cumulative time blocked in the data path (channels, selects, locks; `%s`):\n\n```\n%s\n```", p.Proc, b.cfg.TopN, bp.Path, top)
 			}
 		}
 		b.profiles = append(b.profiles, s)
@@ -123,15 +126,21 @@ func profilePaths(ps []profileFile) string {
 	return strings.Join(out, ", ")
 }
 
+// dataPathFocus names the packages of replication, storage and restore,
+// for the blocking profile's -focus.
+const dataPathFocus = `ingest|storage|ship|cycle|apply|restore|failover`
+
 // pprofTop is `go tool pprof -top` of a profile, without the lines that
 // only name the file and build.
-func pprofTop(ctx context.Context, p profileFile, n int, flag string) (string, error) {
+func pprofTop(ctx context.Context, p profileFile, n int, flags ...string) (string, error) {
 	if st, err := os.Stat(p.Path); err != nil || st.Size() == 0 {
 		return "", fmt.Errorf("no profile written at %s", p.Path)
 	}
 	args := []string{"tool", "pprof", "-top", fmt.Sprintf("-nodecount=%d", n)}
-	if flag != "" {
-		args = append(args, flag)
+	for _, f := range flags {
+		if f != "" {
+			args = append(args, f)
+		}
 	}
 	out, err := command(ctx, "go", append(args, p.Bin, p.Path)...)
 	if err != nil {
