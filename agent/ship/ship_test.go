@@ -234,6 +234,38 @@ func (c *ctrlStream) serve(want []byte, have map[data.Hash]bool) (map[uint64][]b
 }
 
 // run starts ship.Run and returns its result when it ends.
+// needAll plays the controller for n blocks: every manifest entry is
+// needed, each batch block is handed to each (its Data copied) and the
+// batch acknowledged.
+func (c *ctrlStream) needAll(t *testing.T, n int, each func(blk data.Block)) {
+	t.Helper()
+	for got := 0; got < n; {
+		typ, p, err := c.fr.Next()
+		require.NoError(t, err)
+		switch typ {
+		case data.FrameManifest:
+			var m data.Manifest
+			require.NoError(t, m.Decode(p))
+			need := &data.Need{Cycle: m.Cycle, Part: m.Part, Need: make([]bool, len(m.Entries))}
+			for i := range need.Need {
+				need.Need[i] = true
+			}
+			require.NoError(t, c.send(data.FrameNeed, need))
+		case data.FrameBatch:
+			var b data.Batch
+			require.NoError(t, b.Decode(p))
+			for _, blk := range b.Blocks {
+				blk.Data = append([]byte(nil), blk.Data...)
+				each(blk)
+				got++
+			}
+			require.NoError(t, c.send(data.FrameAck, &data.Ack{Cycle: b.Cycle, Seq: b.Seq}))
+		default:
+			t.Fatalf("unexpected frame type %d", typ)
+		}
+	}
+}
+
 func run(cfg ship.Config) <-chan struct {
 	res ship.Result
 	err error
@@ -498,30 +530,7 @@ func TestShipPatches(t *testing.T) {
 	c := l.accept(t)
 	require.NotNil(t, c)
 	got := map[uint64]data.Block{}
-	for len(got) < 2 {
-		typ, p, err := c.fr.Next()
-		require.NoError(t, err)
-		switch typ {
-		case data.FrameManifest:
-			var m data.Manifest
-			require.NoError(t, m.Decode(p))
-			n := &data.Need{Cycle: m.Cycle, Part: m.Part, Need: make([]bool, len(m.Entries))}
-			for i := range n.Need {
-				n.Need[i] = true
-			}
-			require.NoError(t, c.send(data.FrameNeed, n))
-		case data.FrameBatch:
-			var b data.Batch
-			require.NoError(t, b.Decode(p))
-			for _, blk := range b.Blocks {
-				blk.Data = append([]byte(nil), blk.Data...)
-				got[blk.Block] = blk
-			}
-			require.NoError(t, c.send(data.FrameAck, &data.Ack{Cycle: b.Cycle, Seq: b.Seq}))
-		default:
-			t.Fatalf("unexpected frame type %d", typ)
-		}
-	}
+	c.needAll(t, 2, func(blk data.Block) { got[blk.Block] = blk })
 	r := wait(t, done)
 	require.NoError(t, r.err)
 	require.Equal(t, int64(1), r.res.Patches)
@@ -693,41 +702,18 @@ func TestShipPatchPartsCountWhatTravels(t *testing.T) {
 	done := run(cfg)
 	c := l.accept(t)
 	require.NotNil(t, c)
-	got := 0
-	for got < big {
-		typ, p, err := c.fr.Next()
+	c.needAll(t, big, func(blk data.Block) {
+		require.Equal(t, data.FlagPatch, blk.Flags&data.FlagPatch, "block %d travelled whole", blk.Block)
+		plain, err := c.dec.Plain(nil, &blk)
 		require.NoError(t, err)
-		switch typ {
-		case data.FrameManifest:
-			var m data.Manifest
-			require.NoError(t, m.Decode(p))
-			n := &data.Need{Cycle: m.Cycle, Part: m.Part, Need: make([]bool, len(m.Entries))}
-			for i := range n.Need {
-				n.Need[i] = true
-			}
-			require.NoError(t, c.send(data.FrameNeed, n))
-		case data.FrameBatch:
-			var bt data.Batch
-			require.NoError(t, bt.Decode(p))
-			for i := range bt.Blocks {
-				blk := &bt.Blocks[i]
-				require.Equal(t, data.FlagPatch, blk.Flags&data.FlagPatch, "block %d travelled whole", blk.Block)
-				plain, err := c.dec.Plain(nil, blk)
-				require.NoError(t, err)
-				runs, err := data.DecodePatch(plain)
-				require.NoError(t, err)
-				o := blk.Block * blockSize
-				patched := append([]byte(nil), old[o:o+blockSize]...)
-				require.NoError(t, data.ApplyPatch(patched, runs))
-				require.True(t, bytes.Equal(cur[o:o+blockSize], patched), "block %d", blk.Block)
-				require.Equal(t, data.Hash(blake3.Sum256(patched)), blk.Hash)
-				got++
-			}
-			require.NoError(t, c.send(data.FrameAck, &data.Ack{Cycle: bt.Cycle, Seq: bt.Seq}))
-		default:
-			t.Fatalf("unexpected frame type %d", typ)
-		}
-	}
+		runs, err := data.DecodePatch(plain)
+		require.NoError(t, err)
+		o := blk.Block * blockSize
+		patched := append([]byte(nil), old[o:o+blockSize]...)
+		require.NoError(t, data.ApplyPatch(patched, runs))
+		require.True(t, bytes.Equal(cur[o:o+blockSize], patched), "block %d", blk.Block)
+		require.Equal(t, data.Hash(blake3.Sum256(patched)), blk.Hash)
+	})
 	r := wait(t, done)
 	require.NoError(t, r.err)
 	require.Equal(t, int64(big), r.res.Patches)
