@@ -303,29 +303,41 @@ func (t cycleTimes) attrs(end time.Time) []any {
 }
 
 // candidates picks the blocks to compare: the extent diff against the last
-// point's clone when both are reflink clones of a raw file, else every
-// allocated block plus every block the map holds as non-zero.
+// point's clone when both are reflink clones, else every allocated block
+// plus every block the map holds as non-zero.
 func (a *Agent) candidates(ctx context.Context, machine string, d *cycleDisk, head int64) (iter.Seq[ship.Candidate], error) {
-	if d.view.Cloned {
-		if base, ok := a.taker.Base(machine, snapshot.Disk{Name: d.name, Path: d.view.Source}, head); ok {
-			if d.src.Format() == disk.FormatRaw {
-				be, err1 := snapshot.Extents(base)
-				ve, err2 := snapshot.Extents(d.view.Path)
-				if err1 == nil && err2 == nil {
-					disk.AdviseRandom(d.src)
-					return fromRanges(snapshot.DiffExtents(be, ve, d.src.Size()), d.bs), nil
-				}
-			} else if rs, ok := a.imageChanges(ctx, base, d); ok {
-				disk.AdviseRandom(d.src)
-				return fromRanges(rs, d.bs), nil
-			}
-		}
+	if rs, ok := a.extentDiff(ctx, machine, d, head); ok {
+		// The changed blocks are read where they lie, not front to back.
+		disk.AdviseRandom(d.src)
+		return fromRanges(rs, d.bs), nil
 	}
 	ext, err := d.src.Extents(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("disk %s extents: %w", d.name, err)
 	}
 	return scan(ext, d.m, d.bs), nil
+}
+
+// extentDiff is the guest ranges that changed since the clone kept for the
+// head point, when the view and that clone can be compared: a raw file's
+// two clones by their extents, an image's through imageChanges.
+func (a *Agent) extentDiff(ctx context.Context, machine string, d *cycleDisk, head int64) ([]snapshot.Range, bool) {
+	if !d.view.Cloned {
+		return nil, false
+	}
+	base, ok := a.taker.Base(machine, snapshot.Disk{Name: d.name, Path: d.view.Source}, head)
+	if !ok {
+		return nil, false
+	}
+	if d.src.Format() != disk.FormatRaw {
+		return a.imageChanges(ctx, base, d)
+	}
+	be, err1 := snapshot.Extents(base)
+	ve, err2 := snapshot.Extents(d.view.Path)
+	if err1 != nil || err2 != nil {
+		return nil, false
+	}
+	return snapshot.DiffExtents(be, ve, d.src.Size()), true
 }
 
 // imageChanges finds the guest ranges of an image file (qcow2, VHDX, VHD,
