@@ -266,6 +266,23 @@ func (c *ctrlStream) needAll(t *testing.T, n int, each func(blk data.Block)) {
 	}
 }
 
+// bigDisk is a disk of n blocks whose byte i is fill(i), an empty map of
+// it and a compressor, closed when the test ends.
+func bigDisk(t *testing.T, n int, fill func(i int) byte) ([]byte, *blockmap.Map, *data.Compressor) {
+	t.Helper()
+	b := make([]byte, n*blockSize)
+	for i := range b {
+		b[i] = fill(i)
+	}
+	m, _, err := blockmap.Open(filepath.Join(t.TempDir(), "map"), blockSize, int64(len(b)), "boot")
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	zc, err := data.NewCompressor(1)
+	require.NoError(t, err)
+	t.Cleanup(func() { zc.Close() })
+	return b, m, zc
+}
+
 func run(cfg ship.Config) <-chan struct {
 	res ship.Result
 	err error
@@ -563,16 +580,7 @@ func TestShipPatches(t *testing.T) {
 func TestShipManyPartsOverTwoStreams(t *testing.T) {
 	l := newLink(t)
 	const big = 1500 // blocks: three parts of at most 2 MiB
-	b := make([]byte, big*blockSize)
-	for i := range b {
-		b[i] = byte(i*13 + i/4093)
-	}
-	m, _, err := blockmap.Open(filepath.Join(t.TempDir(), "map"), blockSize, int64(len(b)), "boot")
-	require.NoError(t, err)
-	defer m.Close()
-	zc, err := data.NewCompressor(1)
-	require.NoError(t, err)
-	defer zc.Close()
+	b, m, zc := bigDisk(t, big, func(i int) byte { return byte(i*13 + i/4093) })
 	cfg := ship.Config{
 		Cycle: cycleID,
 		Disks: []ship.Disk{{Index: 0, Reader: bytes.NewReader(b), Size: int64(len(b)), BlockSize: blockSize, Map: m,
@@ -670,13 +678,7 @@ func TestShipProgressCountsEveryCandidate(t *testing.T) {
 func TestShipPatchPartsCountWhatTravels(t *testing.T) {
 	const big = 1500 // 1500 × 4 KiB whole: three parts of 2 MiB; as patches: one
 	l := newLink(t)
-	old := make([]byte, big*blockSize)
-	for i := range old {
-		old[i] = byte(i*7 + i/4091)
-	}
-	m, _, err := blockmap.Open(filepath.Join(t.TempDir(), "map"), blockSize, int64(len(old)), "boot")
-	require.NoError(t, err)
-	defer m.Close()
+	old, m, zc := bigDisk(t, big, func(i int) byte { return byte(i*7 + i/4091) })
 	for b := range int64(big) {
 		require.NoError(t, m.Set(blockmap.Entry{Block: b, Hash: blockmap.Sum(old[b*blockSize : (b+1)*blockSize])}))
 	}
@@ -684,9 +686,6 @@ func TestShipPatchPartsCountWhatTravels(t *testing.T) {
 	for b := range big {
 		copy(cur[b*blockSize+100:], bytes.Repeat([]byte{byte(b) | 1}, 64))
 	}
-	zc, err := data.NewCompressor(1)
-	require.NoError(t, err)
-	defer zc.Close()
 	cfg := ship.Config{
 		Cycle: cycleID, Patches: true, Streams: 1, Compressor: zc,
 		Disks: []ship.Disk{{Index: 0, Reader: bytes.NewReader(cur), Size: int64(len(cur)), BlockSize: blockSize, Map: m,
