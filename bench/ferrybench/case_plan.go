@@ -39,6 +39,7 @@ type planRTORun struct {
 	// CPU time of the controller and the agent during the singles and
 	// during the plan: where a group's parallel members spend the cores.
 	singlesCPU, planCPU [2]time.Duration
+	profiles            []profileFile // with profile: the plan's profiles
 }
 
 // planAnchor is the sum over the groups (machines i*n/g … of each) of the
@@ -56,9 +57,16 @@ func planAnchor(singles []time.Duration, groups int) time.Duration {
 // s-K, the same images) on one rig, stages them, rewrites planWriteShare
 // of every disk, fails the s machines over one by one (timed each), then
 // the p machines as the plan (timed), and checks every failed-over disk
-// against its image.
-func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err error) {
-	dir, logs, err := b.runDir(b.xfs, fmt.Sprintf("plan-rto-%d", i))
+// against its image. With profile the processes are restarted under
+// --cpu-profile once every first point is staged (the cycles the agent
+// runs when it starts, and their staging, are awaited), and the singles
+// are skipped: the profiles cover that start-up and the plan.
+func (b *bench) planRTORun(ctx context.Context, i int, profile bool) (res planRTORun, err error) {
+	name := fmt.Sprintf("plan-rto-%d", i)
+	if profile {
+		name = "plan-rto-profile"
+	}
+	dir, logs, err := b.runDir(b.xfs, name)
 	if err != nil {
 		return res, err
 	}
@@ -98,14 +106,31 @@ func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err erro
 			}
 		}
 	}
-	for name, img := range imgs {
+	staged := map[string]int64{}
+	for name := range imgs {
 		pt, _, err := r.waitPoint(ctx, name, 0, b.cfg.Poll, time.Hour)
 		if err != nil {
 			return res, err
 		}
-		if _, err := r.waitStaged(ctx, targetDir, name, pt.ID, b.cfg.Poll, time.Hour); err != nil {
+		if staged[name], err = r.waitStaged(ctx, targetDir, name, pt.ID, b.cfg.Poll, time.Hour); err != nil {
 			return res, err
 		}
+	}
+	if profile {
+		if err := r.restart(ctx, true); err != nil {
+			return res, err
+		}
+		for name := range imgs {
+			pt, _, err := r.waitPoint(ctx, name, staged[name], b.cfg.Poll, time.Hour)
+			if err != nil {
+				return res, err
+			}
+			if _, err := r.waitStaged(ctx, targetDir, name, pt.ID, b.cfg.Poll, time.Hour); err != nil {
+				return res, err
+			}
+		}
+	}
+	for _, img := range imgs {
 		seed := b.deltaSeed(300)
 		if err := workload.Apply(img, seed, workload.Delta(seed, planDiskSize, planWriteShare)); err != nil {
 			return res, err
@@ -116,6 +141,9 @@ func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err erro
 	}
 	cpu0 := r.cpu()
 	for k := range planMachineCount {
+		if profile {
+			break
+		}
 		name := fmt.Sprintf("s-%d", k)
 		took, job, err := r.failover(ctx, name)
 		if err != nil {
@@ -125,7 +153,9 @@ func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err erro
 		res.jobs = append(res.jobs, job)
 	}
 	cpu1 := r.cpu()
-	res.anchor = planAnchor(res.singles, planGroupCount)
+	if !profile {
+		res.anchor = planAnchor(res.singles, planGroupCount)
+	}
 	bin, args := r.cli("--json", "failover", "--plan", planName, "--wait")
 	took, out, err := timed(ctx, bin, args...)
 	if err != nil {
@@ -143,9 +173,16 @@ func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err erro
 		return res, fmt.Errorf("plan job %s ended %s: %s", res.job.ID, res.job.State, res.job.Error)
 	}
 	for name, img := range imgs {
+		if profile && strings.HasPrefix(name, "s-") {
+			continue // not failed over
+		}
 		if err := sameContent(img, filepath.Join(targetDir, name, "live", diskName+".raw")); err != nil {
 			return res, err
 		}
+	}
+	if profile {
+		r.close()
+		res.profiles = r.profiles
 	}
 	b.log.Info("plan RTO", "run", i, "plan", took.Round(time.Millisecond), "anchor", res.anchor.Round(time.Millisecond))
 	return res, nil
@@ -154,7 +191,7 @@ func (b *bench) planRTORun(ctx context.Context, i int) (res planRTORun, err erro
 func (b *bench) casePlanRTO(ctx context.Context) error {
 	var runs []planRTORun
 	for i := 1; i <= b.cfg.Runs; i++ {
-		res, err := b.planRTORun(ctx, i)
+		res, err := b.planRTORun(ctx, i, false)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", i, err)
 		}
@@ -165,7 +202,7 @@ func (b *bench) casePlanRTO(ctx context.Context) error {
 		plan[i], anchor[i] = r.plan.Seconds(), r.anchor.Seconds()
 	}
 	b.rows = append(b.rows, row{Case: fmt.Sprintf("plan RTO, %d machines in %d groups", planMachineCount, planGroupCount), Unit: unitSeconds,
-		Ferry: plan, Anchor: anchor, AnchorName: "Σ groups' slowest single failover", Target: 1.5, TargetText: "≤ 1.5 × Σ slowest"})
+		Ferry: plan, Anchor: anchor, AnchorName: "Σ groups' slowest single failover", Target: 1.5, TargetText: "≤ 1.5 × Σ slowest", Pass: passPlan})
 	s := section{Title: "plan RTO (XFS, staged replicas)"}
 	s.addf("- Each run, one controller and agent (a target on the same agent, as in the RTO case): %d machines p-K and their %d twins s-K, each a %s disk of seeded data protected with the target (rp-every 1h), first point staged; then %.0f %% of every disk rewritten with random 4 KiB writes.",
 		planMachineCount, planMachineCount, sizeName(planDiskSize), 100*planWriteShare)

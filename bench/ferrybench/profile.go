@@ -27,9 +27,12 @@ const (
 	// start-up and the failover.
 	passMaterialize = "first failover (unstaged)"
 	passRTO         = "staged failover of the large disk"
+	// The plan pass restarts the processes under --cpu-profile once every
+	// machine is staged and runs the plan alone (no singles).
+	passPlan = "plan failover"
 )
 
-var passOrder = []string{passInitial, passDelta, passScan, passRPO, passStorage, passDedup, passMaterialize, passRTO}
+var passOrder = []string{passInitial, passDelta, passScan, passRPO, passStorage, passDedup, passMaterialize, passRTO, passPlan}
 
 // runPass runs one profiled rerun and returns its profiles and a line on
 // what that rerun measured.
@@ -59,6 +62,9 @@ func (b *bench) runPass(ctx context.Context, pass string) ([]profileFile, string
 	case passRTO:
 		r, err := b.rtoRun(ctx, 0, b.cfg.RTOSize, true)
 		return r.profiles, fmt.Sprintf("the profiled failover of the %s disk took %s", sizeName(b.cfg.RTOSize), unitSeconds.format(r.took.Seconds())), err
+	case passPlan:
+		r, err := b.planRTORun(ctx, 0, true)
+		return r.profiles, fmt.Sprintf("the profiled plan failover took %s", unitSeconds.format(r.plan.Seconds())), err
 	}
 	return nil, "", fmt.Errorf("no profiled rerun %q", pass)
 }
