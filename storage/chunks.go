@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
 	"github.com/zeebo/blake3"
@@ -265,11 +266,72 @@ func (r *Repo) ChunkEnvelope(ctx context.Context, h Hash) (Envelope, error) {
 	if err != nil {
 		return Envelope{}, err
 	}
+	return r.envelope(ctx, row)
+}
+
+// ChunkLoc is where a stored chunk lies, as Locate found it: EnvelopeAt
+// reads it without an index query.
+type ChunkLoc struct{ row chunkRow }
+
+// Locate finds where the chunks of hs are stored, in one index query; a
+// hash that is not stored has no entry. Every reader and writer of the
+// index shares one connection: a move locates a window of its blocks at
+// once rather than querying per block.
+func (r *Repo) Locate(ctx context.Context, hs []Hash) (map[Hash]ChunkLoc, error) {
+	if err := r.c.check(); err != nil {
+		return nil, err
+	}
+	out := make(map[Hash]ChunkLoc, len(hs))
+	for len(hs) > 0 {
+		n := min(len(hs), locateBatch)
+		args := make([]any, n)
+		for i := range n {
+			args[i] = hs[i][:]
+		}
+		hs = hs[n:]
+		rows, err := r.c.db.QueryContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE hash IN (?`+strings.Repeat(",?", n-1)+`)`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			row, err := scanChunk(rows)
+			if err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[row.hash] = ChunkLoc{row}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// locateBatch bounds the hashes of one Locate query (SQLite's parameter limit
+// is far above it).
+const locateBatch = 256
+
+// EnvelopeAt is ChunkEnvelope of a located chunk. A chunk that GC moved
+// since it was located is looked up once more.
+func (r *Repo) EnvelopeAt(ctx context.Context, loc ChunkLoc) (Envelope, error) {
+	if err := r.c.check(); err != nil {
+		return Envelope{}, err
+	}
+	env, err := r.envelope(ctx, loc.row)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return env, err
+	}
+	return r.ChunkEnvelope(ctx, loc.row.hash)
+}
+
+func (r *Repo) envelope(ctx context.Context, row chunkRow) (Envelope, error) {
 	ch, err := r.c.readChunkRecord(row)
 	if err != nil {
 		return Envelope{}, err
 	}
-	env := Envelope{RepoID: r.c.repoID, Hash: h, Codec: Codec(ch.Codec), PlainLen: int(ch.PlainLen), Data: ch.Data}
+	env := Envelope{RepoID: r.c.repoID, Hash: row.hash, Codec: Codec(ch.Codec), PlainLen: int(ch.PlainLen), Data: ch.Data}
 	if ch.Flags&pack.ChunkEncrypted != 0 {
 		sk, err := r.c.sealedKey(ctx, ch.KeySlot)
 		if err != nil {

@@ -308,13 +308,16 @@ type fetched struct {
 }
 
 // prefetch reads the contents of the non-zero blocks, in order: each value
-// of the returned channel is the next block's result channel. It stops
-// when ctx ends; the returned wait returns once its goroutines have.
+// of the returned channel is the next block's result channel. The chunks
+// of each window of blocks are located in one index query (content reads
+// then need none). It stops when ctx ends; the returned wait returns once
+// its goroutines have.
 func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, blocks []moveBlock) (<-chan chan fetched, func()) {
 	var wg sync.WaitGroup
 	order := make(chan chan fetched, prefetchWindow)
 	type job struct {
 		hash storage.Hash
+		loc  *storage.ChunkLoc
 		out  chan fetched
 	}
 	jobs := make(chan job)
@@ -322,25 +325,42 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, 
 		wg.Go(func() {
 			for j := range jobs {
 				var f fetched
-				f.err = e.content(ctx, repo, sealed, j.hash, &f.blk)
+				f.err = e.content(ctx, repo, sealed, j.hash, j.loc, &f.blk)
 				j.out <- f // buffered: never blocks
 			}
 		})
 	}
 	wg.Go(func() {
 		defer close(jobs)
-		for _, b := range blocks {
+		var locs map[storage.Hash]storage.ChunkLoc
+		located := 0 // blocks[:located] are located
+		for i, b := range blocks {
 			if b.zero {
 				continue
 			}
-			out := make(chan fetched, 1)
+			if i >= located && e.locates(sealed) {
+				end := min(len(blocks), i+prefetchWindow)
+				var hs []storage.Hash
+				for _, w := range blocks[i:end] {
+					if !w.zero {
+						hs = append(hs, w.hash)
+					}
+				}
+				// A failed lookup leaves each read to look its chunk up.
+				locs, _ = e.Repo.Locate(ctx, hs)
+				located = end
+			}
+			j := job{hash: b.hash, out: make(chan fetched, 1)}
+			if loc, ok := locs[b.hash]; ok {
+				j.loc = &loc
+			}
 			select {
-			case order <- out: // blocks while the window is full
+			case order <- j.out: // blocks while the window is full
 			case <-ctx.Done():
 				return
 			}
 			select {
-			case jobs <- job{b.hash, out}:
+			case jobs <- j:
 			case <-ctx.Done():
 				return
 			}
@@ -349,14 +369,24 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, 
 	return order, wg.Wait
 }
 
+// locates reports whether content reads chunks as stored (then prefetch
+// locates them ahead).
+func (e *Engine) locates(sealed bool) bool { return !e.Repo.Encrypted() || sealed }
+
 // content fills a block's data: the stored encoding as is for a plain
 // repository (the agent decodes and checks the hash); for an encrypted one
 // the chunk as stored with its sealed data key when the agent holds the
 // repository key (sealed; the agent decrypts), else the plaintext read
-// with the job's key.
-func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h storage.Hash, blk *data.Block) error {
-	if !e.Repo.Encrypted() || sealed {
-		env, err := e.Repo.ChunkEnvelope(ctx, h)
+// with the job's key. loc, when known, saves the chunk's index lookup.
+func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h storage.Hash, loc *storage.ChunkLoc, blk *data.Block) error {
+	if e.locates(sealed) {
+		var env storage.Envelope
+		var err error
+		if loc != nil {
+			env, err = e.Repo.EnvelopeAt(ctx, *loc)
+		} else {
+			env, err = e.Repo.ChunkEnvelope(ctx, h)
+		}
 		if err != nil {
 			return err
 		}
