@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -211,12 +212,23 @@ func (b *bench) casePlanRTO(ctx context.Context) error {
 	s.addf("- plan, s: %s; anchor, s: %s", runsText(unitSeconds, plan), runsText(unitSeconds, anchor))
 	for i, r := range runs {
 		s.addf("- run %d: %s", i+1, jobSteps(r.job))
-		s.addf("  - CPU (controller, agent): singles %s, %s; plan %s, %s", r.singlesCPU[0], r.singlesCPU[1], r.planCPU[0], r.planCPU[1])
+		s.addf("  - CPU (controller, agent): singles %s, %s; plan %s, %s: during the plan %.0f %% of the %d cores busy with the two, %s per member",
+			r.singlesCPU[0], r.singlesCPU[1], r.planCPU[0], r.planCPU[1], 100*busyShare(r.planCPU[0]+r.planCPU[1], r.plan, runtime.NumCPU()), runtime.NumCPU(),
+			((r.planCPU[0] + r.planCPU[1]) / planMachineCount).Round(time.Millisecond))
 		s.addf("  - single failovers, each step's median/max over the machines: %s", machineStepStats(singleSteps(r.jobs)))
 		s.addf("  - plan members, each step's median/max over the machines: %s", machineStepStats(r.job.Machines))
 	}
 	b.details = append(b.details, s)
 	return nil
+}
+
+// busyShare is the share of n cores that cpu seconds of CPU time kept busy
+// over wall seconds: below 1 on a CPU-bound run means a core waited.
+func busyShare(cpu, wall time.Duration, n int) float64 {
+	if wall <= 0 || n <= 0 {
+		return 0
+	}
+	return cpu.Seconds() / wall.Seconds() / float64(n)
 }
 
 // cpu is the CPU time the rig's controller and agent have used so far.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"math"
 	"strings"
 	"testing"
@@ -66,4 +68,10 @@ func TestTouchedBlocks(t *testing.T) {
 	require.Equal(t, []int64{0, 1, 3}, got)
 	// A write straddling a boundary touches both blocks.
 	require.Equal(t, []int64{0, 1}, touchedBlocks([]int64{bs - 2048}, 4096, bs))
+}
+
+func TestBusyShare(t *testing.T) {
+	// 3 core-seconds in 2 s on 2 cores: 75 % busy.
+	require.Equal(t, 0.75, busyShare(3*time.Second, 2*time.Second, 2))
+	require.Zero(t, busyShare(time.Second, 0, 2), "no wall time")
 }
