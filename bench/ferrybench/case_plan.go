@@ -41,6 +41,7 @@ type planRTORun struct {
 	// during the plan: where a group's parallel members spend the cores.
 	singlesCPU, planCPU [2]time.Duration
 	profiles            []profileFile // with profile: the plan's profiles
+	syscalls            string        // with profile: system-call times during the plan (perf trace -s)
 }
 
 // planAnchor is the sum over the groups (machines i*n/g … of each) of the
@@ -157,8 +158,21 @@ func (b *bench) planRTORun(ctx context.Context, i int, profile bool) (res planRT
 	if !profile {
 		res.anchor = planAnchor(res.singles, planGroupCount)
 	}
+	var trace *syscallTrace
+	if profile {
+		if trace, err = startSyscallTrace([]int{r.ctl.cmd.Process.Pid, r.agent.cmd.Process.Pid}, filepath.Join(logs, "plan-syscalls.txt")); err != nil {
+			return res, err
+		}
+	}
 	bin, args := r.cli("--json", "failover", "--plan", planName, "--wait")
 	took, out, err := timed(ctx, bin, args...)
+	if profile {
+		s, terr := trace.stop(8)
+		if terr != nil {
+			return res, terr
+		}
+		res.syscalls = s
+	}
 	if err != nil {
 		return res, fmt.Errorf("failover --plan: %w", err)
 	}

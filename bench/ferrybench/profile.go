@@ -64,6 +64,9 @@ func (b *bench) runPass(ctx context.Context, pass string) ([]profileFile, string
 		return r.profiles, fmt.Sprintf("the profiled failover of the %s disk took %s", sizeName(b.cfg.RTOSize), unitSeconds.format(r.took.Seconds())), err
 	case passPlan:
 		r, err := b.planRTORun(ctx, 0, true)
+		// The blocking profile shows no system calls: the time in them is
+		// where the plan's idle core waits (docs/benchmarks.md).
+		b.passNote = fmt.Sprintf("Time in system calls during the plan (`perf trace -s`, all threads of each process, the Go runtime's parking calls left out; perf slows the run):\n\n```\n%s```", r.syscalls)
 		return r.profiles, fmt.Sprintf("the profiled plan failover took %s", unitSeconds.format(r.plan.Seconds())), err
 	}
 	return nil, "", fmt.Errorf("no profiled rerun %q", pass)
@@ -96,6 +99,10 @@ func (b *bench) profileMisses(ctx context.Context) error {
 		}
 		s := section{Title: fmt.Sprintf("Profile of the MISS of %s: %s", strings.Join(cases, ", "), pass)}
 		s.addf("Rerun once under `--cpu-profile`; %s. Profiles (kept): %s.", what, profilePaths(profs))
+		if b.passNote != "" {
+			s.addf("\n%s", b.passNote)
+			b.passNote = ""
+		}
 		for _, p := range profs {
 			for _, view := range []struct{ name, flag string }{{"flat", ""}, {"cumulative", "-cum"}} {
 				top, err := pprofTop(ctx, p, b.cfg.TopN, view.flag)
