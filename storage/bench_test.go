@@ -36,7 +36,7 @@ func envInt(name string, def int) int {
 	return def
 }
 
-func benchDir(t *testing.T) string {
+func benchDir(t testing.TB) string {
 	if d := os.Getenv("FERRY_BENCH_DIR"); d != "" {
 		dir, err := os.MkdirTemp(d, "storage-bench-")
 		require.NoError(t, err)
@@ -307,5 +307,69 @@ func BenchmarkWrite4MiB(b *testing.B) {
 			ws = append(ws, chunkWrite("d0", int64(i*64+j), blk))
 		}
 		require.NoError(b, p.Write(ctx, ws))
+	}
+}
+
+// BenchmarkConcurrentWriters: n machines' cycles write at once, each to
+// its own pending point, 8 new 64 KiB blocks per Write (go test -bench
+// ConcurrentWriters -run ^$ ./storage/; FERRY_BENCH_DIR puts the
+// repository on the filesystem to measure). Every Write holds the
+// repository's write lock through its pack fdatasync and index commit, so
+// the MB/s stays flat as writers are added; a group commit across writers
+// (docs/benchmarks.md, plan RTO) is what would raise it.
+func BenchmarkConcurrentWriters(b *testing.B) {
+	const perWrite = 8
+	disks := []DiskSpec{{Name: "d0", Size: 1 << 40, BlockSize: 64 << 10}}
+	blocks := mixedBlocks(64)
+	for _, n := range []int{1, 5, 20} {
+		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			dir := benchDir(b)
+			require.NoError(b, Create(ctx, dir, CreateOptions{}))
+			r, err := Open(ctx, dir, OpenOptions{ExclusiveLock: true})
+			require.NoError(b, err)
+			defer r.Close()
+			var unique sync.Mutex
+			next := uint64(0)
+			content := func(i int) []byte {
+				unique.Lock()
+				next++
+				v := next
+				unique.Unlock()
+				blk := append([]byte(nil), blocks[i%len(blocks)]...)
+				binary.LittleEndian.PutUint64(blk[len(blk)-8:], v) // every block a new chunk
+				return blk
+			}
+			b.SetBytes(perWrite * 64 << 10)
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for w := range n {
+				writes := b.N / n
+				if w < b.N%n {
+					writes++
+				}
+				wg.Go(func() {
+					p, err := r.BeginPoint(ctx, fmt.Sprintf("m%d", w), disks)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					for i := range writes {
+						var ws []BlockWrite
+						for j := range perWrite {
+							ws = append(ws, chunkWrite("d0", int64(i*perWrite+j), content(i*perWrite+j)))
+						}
+						if err := p.Write(ctx, ws); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+					if _, err := p.Commit(ctx, CommitInfo{Instant: time.Now(), Consistency: CrashConsistent}); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+		})
 	}
 }
