@@ -16,10 +16,7 @@ import (
 // bench holds one invocation's state: the mounts, the pristine image, the
 // anchors' daemon and what the cases found.
 type bench struct {
-	cfg Config
-	// passNote is what a profiled rerun measured beyond its profiles (the
-	// plan's system-call times), added to its section.
-	passNote string
+	cfg      Config
 	log      *slog.Logger
 	work     string     // absolute
 	xfs      *loopMount // reflink path: images, repositories, the rsync destination

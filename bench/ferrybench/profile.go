@@ -34,42 +34,49 @@ const (
 
 var passOrder = []string{passInitial, passDelta, passScan, passRPO, passStorage, passDedup, passMaterialize, passRTO, passPlan}
 
-// runPass runs one profiled rerun and returns its profiles and a line on
-// what that rerun measured.
-func (b *bench) runPass(ctx context.Context, pass string) ([]profileFile, string, error) {
+// passResult is what one profiled rerun gives the report: its profiles, a
+// line on what it measured, and (some passes) more that it measured.
+type passResult struct {
+	profiles []profileFile
+	what     string
+	note     string
+}
+
+// runPass runs one profiled rerun.
+func (b *bench) runPass(ctx context.Context, pass string) (passResult, error) {
 	switch pass {
 	case passInitial:
 		r, err := b.syncRun(ctx, 0, syncOptions{profile: phaseInitial})
-		return r.profiles, fmt.Sprintf("the profiled initial sync took %s", unitSeconds.format(r.initial.Seconds())), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled initial sync took %s", unitSeconds.format(r.initial.Seconds()))}, err
 	case passDelta:
 		r, err := b.syncRun(ctx, 0, syncOptions{profile: phaseDelta})
-		return r.profiles, fmt.Sprintf("the profiled delta cycle took %s from the restart (start-up included) and moved %s through the proxy", unitSeconds.format(r.delta.Seconds()), unitBytes.format(float64(r.deltaWire))), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled delta cycle took %s from the restart (start-up included) and moved %s through the proxy", unitSeconds.format(r.delta.Seconds()), unitBytes.format(float64(r.deltaWire)))}, err
 	case passScan:
 		r, err := b.scanRun(ctx, 0, phaseDelta)
-		return r.profiles, fmt.Sprintf("the profiled hash-scan cycle took %s from the restart, start-up included (cat: %s)", unitSeconds.format(r.cycle.Seconds()), unitSeconds.format(r.cat.Seconds())), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled hash-scan cycle took %s from the restart, start-up included (cat: %s)", unitSeconds.format(r.cycle.Seconds()), unitSeconds.format(r.cat.Seconds()))}, err
 	case passRPO:
 		r, err := b.rpoRun(ctx, phaseDelta)
-		return r.profiles, fmt.Sprintf("in the profiled churn p99 was %s", unitSeconds.format(percentile(r.samples, 99))), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("in the profiled churn p99 was %s", unitSeconds.format(percentile(r.samples, 99)))}, err
 	case passStorage:
 		r, err := b.storageRun(ctx, phaseDelta)
-		return r.profiles, fmt.Sprintf("the profiled rerun left %s", r.repo), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled rerun left %s", r.repo)}, err
 	case passDedup:
 		r, err := b.dedupRun(ctx, phaseInitial, 1, false)
-		return r.profiles, fmt.Sprintf("the profiled rerun left %s", r.repo), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled rerun left %s", r.repo)}, err
 	case passMaterialize:
 		r, err := b.materializeRun(ctx, 0, true)
-		return r.profiles, fmt.Sprintf("the profiled failover took %s", unitSeconds.format(r.took.Seconds())), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled failover took %s", unitSeconds.format(r.took.Seconds()))}, err
 	case passRTO:
 		r, err := b.rtoRun(ctx, 0, b.cfg.RTOSize, true)
-		return r.profiles, fmt.Sprintf("the profiled failover of the %s disk took %s", sizeName(b.cfg.RTOSize), unitSeconds.format(r.took.Seconds())), err
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled failover of the %s disk took %s", sizeName(b.cfg.RTOSize), unitSeconds.format(r.took.Seconds()))}, err
 	case passPlan:
 		r, err := b.planRTORun(ctx, 0, true)
 		// The blocking profile shows no system calls: the time in them is
 		// where the plan's idle core waits (docs/benchmarks.md).
-		b.passNote = fmt.Sprintf("Time in system calls during the plan (`perf trace -s`, all threads of each process, the Go runtime's parking calls left out; perf slows the run):\n\n```\n%s```", r.syscalls)
-		return r.profiles, fmt.Sprintf("the profiled plan failover took %s", unitSeconds.format(r.plan.Seconds())), err
+		note := fmt.Sprintf("Time in system calls during the plan (`perf trace -s`, all threads of each process, the Go runtime's parking calls left out; perf slows the run):\n\n```\n%s```", r.syscalls)
+		return passResult{profiles: r.profiles, what: fmt.Sprintf("the profiled plan failover took %s", unitSeconds.format(r.plan.Seconds())), note: note}, err
 	}
-	return nil, "", fmt.Errorf("no profiled rerun %q", pass)
+	return passResult{}, fmt.Errorf("no profiled rerun %q", pass)
 }
 
 // profileMisses runs the profiled rerun of every row that missed (once per
@@ -89,7 +96,7 @@ func (b *bench) profileMisses(ctx context.Context) error {
 			continue
 		}
 		b.log.Info("profiling a MISS", "rerun", pass)
-		profs, what, err := b.runPass(ctx, pass)
+		res, err := b.runPass(ctx, pass)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -98,12 +105,11 @@ func (b *bench) profileMisses(ctx context.Context) error {
 			continue
 		}
 		s := section{Title: fmt.Sprintf("Profile of the MISS of %s: %s", strings.Join(cases, ", "), pass)}
-		s.addf("Rerun once under `--cpu-profile`; %s. Profiles (kept): %s.", what, profilePaths(profs))
-		if b.passNote != "" {
-			s.addf("\n%s", b.passNote)
-			b.passNote = ""
+		s.addf("Rerun once under `--cpu-profile`; %s. Profiles (kept): %s.", res.what, profilePaths(res.profiles))
+		if res.note != "" {
+			s.addf("\n%s", res.note)
 		}
-		for _, p := range profs {
+		for _, p := range res.profiles {
 			for _, view := range []struct{ name, flag string }{{"flat", ""}, {"cumulative", "-cum"}} {
 				top, err := pprofTop(ctx, p, b.cfg.TopN, view.flag)
 				if err != nil {
