@@ -90,6 +90,7 @@ func (s *Server) machine(ctx context.Context, name string) (catalog.Machine, err
 // pointCommitted moves a syncing machine to protected and applies retention.
 func (s *Server) pointCommitted(machine string, p storage.Point) {
 	s.metrics.pointCommitted(machine, p)
+	s.cycleCommitted(machine)
 	ctx := context.Background()
 	m, err := s.cat.Machine(ctx, machine)
 	if err != nil {

@@ -28,6 +28,9 @@ func (s *Server) recordReport(req msg.ReportRequest, offset time.Duration) {
 			started = time.Unix(0, req.Started).Add(offset)
 		}
 		done := req.BytesDone
+		if had && p.Started.Equal(started) && p.Phase == api.PhaseIdle && req.Phase != api.PhaseIdle {
+			return // the cycle's point is committed: a late report of it running is stale
+		}
 		if had && p.Started.Equal(started) && p.BytesDone > done {
 			// The same cycle: a report overtaken by an earlier one (a
 			// retried call) never moves the bytes back.
@@ -61,4 +64,29 @@ func (s *Server) replication(machine string) (api.Replication, *api.ReplicationP
 		p.ETASeconds = &eta
 	}
 	return r, &p
+}
+
+// cycleCommitted ends a machine's running progress when its point is
+// committed: the point is what the cycle was for, so from then on the
+// progress is idle with every byte done and the cycle's average rate. The
+// agent's own last report follows (it is sent after the commit is
+// acknowledged) and replaces this with the agent's figures; until it
+// arrives nobody sees a point next to a cycle still shipping.
+func (s *Server) cycleCommitted(machine string) {
+	now := s.now()
+	s.replMu.Lock()
+	defer s.replMu.Unlock()
+	p, ok := s.progress[machine]
+	if !ok || !p.Active() {
+		return
+	}
+	p.Phase, p.BytesDone, p.RateBPS = api.PhaseIdle, p.BytesTotal, 0
+	if secs := now.Sub(p.Started).Seconds(); secs > 0 {
+		p.RateBPS = int64(float64(p.BytesTotal) / secs)
+	}
+	p.Updated = now
+	s.progress[machine] = p
+	r := s.repl[machine]
+	r.Phase = api.PhaseIdle
+	s.repl[machine] = r
 }

@@ -62,3 +62,44 @@ func TestRecordReportKeepsLiveProgress(t *testing.T) {
 	require.Nil(t, p, "an agent without progress reports shows none")
 	require.Equal(t, int64(7), r.BytesSent)
 }
+
+// TestCommittedPointEndsTheCycleProgress: a committed point turns a running
+// cycle's progress idle with every byte done and an average rate, before
+// the agent's last report arrives; a late report of the same cycle running
+// does not bring it back, the agent's final report replaces it, and a new
+// cycle runs again.
+func TestCommittedPointEndsTheCycleProgress(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	s := &Server{repl: map[string]api.Replication{}, progress: map[string]api.ReplicationProgress{},
+		now: func() time.Time { return now }}
+	started := now
+	report := func(phase string, done, total, rate int64, at time.Time) {
+		s.recordReport(msg.ReportRequest{Machine: "m", Phase: phase, BytesDone: done, BytesTotal: total,
+			RateBPS: rate, Started: at.UnixNano()}, 0)
+	}
+	report("shipping", 60<<20, 100<<20, 10<<20, started)
+	now = now.Add(10 * time.Second)
+	s.cycleCommitted("m")
+	r, p := s.replication("m")
+	require.Equal(t, api.PhaseIdle, p.Phase)
+	require.Equal(t, api.PhaseIdle, r.Phase)
+	require.Equal(t, int64(100<<20), p.BytesDone)
+	require.Equal(t, int64(10<<20), p.RateBPS, "100 MiB in 10 s")
+	require.Nil(t, p.ETASeconds)
+
+	report("shipping", 90<<20, 100<<20, 10<<20, started) // overtaken by the commit
+	_, p = s.replication("m")
+	require.Equal(t, api.PhaseIdle, p.Phase, "a late report of a committed cycle is stale")
+
+	report("idle", 100<<20, 100<<20, 9<<20, started)
+	_, p = s.replication("m")
+	require.Equal(t, int64(9<<20), p.RateBPS, "the agent's final figures replace the controller's")
+
+	report("shipping", 1<<20, 50<<20, 0, started.Add(time.Minute))
+	_, p = s.replication("m")
+	require.Equal(t, api.PhaseShipping, p.Phase, "the next cycle runs")
+
+	s.cycleCommitted("none") // a machine without progress: nothing to end
+	_, p = s.replication("none")
+	require.Nil(t, p)
+}
