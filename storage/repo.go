@@ -55,6 +55,8 @@ type core struct {
 	// chunksAdded counts write batches that stored new chunks, so a writer
 	// can tell whether another stored any since it looked its chunks up.
 	chunksAdded atomic.Uint64
+	// queue holds the batches waiting for the next group commit.
+	queue commitQueue
 
 	// Sizes of a commit's change records and flushes (tests lower them).
 	partEntries int

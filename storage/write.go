@@ -2,11 +2,9 @@ package storage
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"runtime"
-	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -218,23 +216,13 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	if err != nil {
 		return err
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	if err := c.check(); err != nil {
-		return err
-	}
-	// Another writer may have stored some of these chunks while this one
-	// prepared them (two machines, one dedup): those are deduped now. Only
-	// looked up again when some writer stored chunks in between.
-	if c.chunksAdded.Load() != added {
-		if err := c.dedupPrepared(ctx, have, preps); err != nil {
-			return err
-		}
-	}
-	// A deduped chunk may have been deleted by GC since the lookup; the
+	// The batch joins the next group commit: the writers waiting at the
+	// same time share one append, one fdatasync and one transaction. A
+	// deduped chunk may have been deleted by GC since the lookup; the
 	// transaction re-checks, and a second round stores it again.
+	req := &writeReq{ctx: ctx, pointID: p.ID, items: items, have: have, preps: preps, added: added}
 	for round := 0; ; round++ {
-		missing, err := c.writeBatch(ctx, p.ID, items, have, preps)
+		missing, err := c.commitWrite(req)
 		if err != nil || len(missing) == 0 {
 			return err
 		}
@@ -253,6 +241,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 			}
 			preps[h] = pr
 		}
+		req = &writeReq{ctx: ctx, pointID: p.ID, items: items, have: have, preps: preps, recheck: true}
 	}
 }
 
@@ -275,159 +264,6 @@ func (c *core) dedupPrepared(ctx context.Context, have map[Hash]int64, preps map
 		delete(preps, h)
 	}
 	return nil
-}
-
-// writeBatch is one append + fdatasync + index transaction. It returns the
-// deduped hashes that vanished (the transaction is then rolled back).
-func (c *core) writeBatch(ctx context.Context, pointID int64, items []writeItem, have map[Hash]int64, preps map[Hash]*prepared) ([]Hash, error) {
-	b, err := c.newBatch(ctx)
-	if err != nil {
-		return nil, err
-	}
-	type placed struct {
-		p      *prepared
-		off, n int64
-		slot   uint32
-	}
-	// Chunks go into the pack in the order of the blocks that bring them
-	// (the writer's order: ascending blocks per manifest part), so a
-	// restore reading a disk front to back reads packs mostly forwards and
-	// the kernel's readahead works; by hash, every read was a seek.
-	order := make([]Hash, 0, len(preps))
-	placedHash := make(map[Hash]bool, len(preps))
-	for _, it := range items {
-		if _, ok := preps[it.hash]; ok && !it.zero && !placedHash[it.hash] {
-			placedHash[it.hash] = true
-			order = append(order, it.hash)
-		}
-	}
-	if len(order) != len(preps) { // a chunk no item names: keep it, deterministically
-		var rest []Hash
-		for h := range preps {
-			if !placedHash[h] {
-				rest = append(rest, h)
-			}
-		}
-		sort.Slice(rest, func(i, j int) bool { return string(rest[i][:]) < string(rest[j][:]) })
-		order = append(order, rest...)
-	}
-	// One allocation for the batch's records (growing the buffer record by
-	// record was a fifth of the controller's ingest CPU). Encryption adds a
-	// nonce and tag per chunk, and a key record may come first.
-	need := 4096
-	for _, pr := range preps {
-		need += pack.RecordOverhead + len(pr.data) + 64
-	}
-	b.buf = make([]byte, 0, need)
-	pl := make([]placed, 0, len(order))
-	var bytes int64
-	for _, h := range order {
-		pr := preps[h]
-		payload, slot, err := c.chunkPayload(b, pr)
-		if err != nil {
-			return nil, err
-		}
-		off, n := b.add(pack.TypeChunk, 0, payload, h, 0)
-		pl = append(pl, placed{p: pr, off: off, n: n, slot: slot})
-		bytes += n
-	}
-	if err := c.flush(b); err != nil {
-		return nil, err
-	}
-	tx, err := c.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	var state string
-	if err := tx.QueryRowContext(ctx, `SELECT state FROM points WHERE id=?`, pointID).Scan(&state); err != nil || state != "pending" {
-		if err == nil || errors.Is(err, sql.ErrNoRows) {
-			return nil, fmt.Errorf("%w: point %d is no longer pending", ErrNotFound, pointID)
-		}
-		return nil, err
-	}
-	var missing []Hash
-	chk, err := tx.PrepareContext(ctx, `SELECT 1 FROM chunks WHERE id=?`)
-	if err != nil {
-		return nil, err
-	}
-	defer chk.Close()
-	for h, id := range have {
-		var one int
-		if err := chk.QueryRowContext(ctx, id).Scan(&one); errors.Is(err, sql.ErrNoRows) {
-			missing = append(missing, h)
-		} else if err != nil {
-			return nil, err
-		}
-	}
-	if len(missing) > 0 {
-		return missing, nil
-	}
-	if err := c.indexBatch(ctx, tx, b); err != nil {
-		return nil, err
-	}
-	// A chunk marked damaged is stored again under its id (ON CONFLICT):
-	// every row that reads it reads the new copy, and the mark goes.
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot) VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT(hash) DO UPDATE SET pack_id=excluded.pack_id, offset=excluded.offset, length=excluded.length,
-		plain_len=excluded.plain_len, codec=excluded.codec, key_slot=excluded.key_slot RETURNING id`)
-	if err != nil {
-		return nil, err
-	}
-	defer ins.Close()
-	var anyDamaged bool
-	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM damaged_chunks)`).Scan(&anyDamaged); err != nil {
-		return nil, err
-	}
-	heal, err := tx.PrepareContext(ctx, `DELETE FROM damaged_chunks WHERE chunk_id=?`)
-	if err != nil {
-		return nil, err
-	}
-	defer heal.Close()
-	ids := make(map[Hash]int64, len(have)+len(pl))
-	for h, id := range have {
-		ids[h] = id
-	}
-	for _, x := range pl {
-		var id int64
-		if err := ins.QueryRowContext(ctx, x.p.hash[:], int64(b.op.id), x.off, x.n, x.p.plainLen, x.p.codec, x.slot).Scan(&id); err != nil {
-			return nil, err
-		}
-		if anyDamaged {
-			if _, err := heal.ExecContext(ctx, id); err != nil {
-				return nil, err
-			}
-		}
-		ids[x.p.hash] = id
-	}
-	chg, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`)
-	if err != nil {
-		return nil, err
-	}
-	defer chg.Close()
-	for _, it := range items {
-		var cid any
-		if !it.zero {
-			cid = ids[it.hash]
-		}
-		if _, err := chg.ExecContext(ctx, it.diskID, it.block, pointID, cid); err != nil {
-			return nil, err
-		}
-	}
-	if bytes > 0 {
-		if _, err := tx.ExecContext(ctx, `UPDATE points SET bytes=bytes+? WHERE id=?`, bytes, pointID); err != nil {
-			return nil, err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, err
-	}
-	if len(pl) > 0 {
-		c.chunksAdded.Add(1) // after the commit: see Write
-	}
-	c.fail(FailIndexCommited)
-	c.finish(ctx, b)
-	return nil, nil
 }
 
 // patched builds the chunk of a Patch write: the block's current content
