@@ -269,3 +269,31 @@ func TestAuditTrail(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []int64{3, 4}, []int64{last2[0].ID, last2[1].ID})
 }
+
+// TestConnectionsStayOpenAfterABurst: after 12 callers used the catalog at
+// once, their connections stay open for the next burst; none is closed
+// (each new one opens the WAL again and syncs the directory on its first
+// commit: a plan of 20 machines opened ~100 of them in 3 s).
+func TestConnectionsStayOpenAfterABurst(t *testing.T) {
+	c, _ := open(t)
+	ctx := context.Background()
+	burst := func() {
+		var conns []*sql.Conn
+		for range 12 {
+			conn, err := c.db.Conn(ctx)
+			require.NoError(t, err)
+			require.NoError(t, conn.PingContext(ctx))
+			conns = append(conns, conn)
+		}
+		for _, conn := range conns {
+			require.NoError(t, conn.Close())
+		}
+	}
+	burst()
+	opened := c.db.Stats().OpenConnections
+	require.GreaterOrEqual(t, opened, 12)
+	burst()
+	st := c.db.Stats()
+	require.Zero(t, st.MaxIdleClosed, "no connection was closed for want of an idle slot")
+	require.Equal(t, opened, st.OpenConnections, "the second burst reused the first one's connections")
+}
