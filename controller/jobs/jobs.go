@@ -310,6 +310,9 @@ func (e *Engine) launch(rec *record) *Run {
 	go func() {
 		defer e.wg.Done()
 		r.run(e.ctx)
+		// A controller stopping ends the run mid-step: what it showed
+		// last is stored before the catalog closes (Wait).
+		r.flushSoon()
 	}()
 	return r
 }
@@ -387,7 +390,7 @@ func (e *Engine) Cancel(ctx context.Context, id string) (api.Job, error) {
 	if err != nil {
 		return r.snapshot(), err
 	}
-	if err := r.persist(true); err != nil {
+	if err := r.persist(); err != nil {
 		return r.snapshot(), err
 	}
 	r.wakeUp() // a job waiting on a manual action stops waiting and rolls back
@@ -414,7 +417,7 @@ func (e *Engine) Continue(ctx context.Context, id string) (api.Job, error) {
 	r.rec.State = api.JobRunning
 	r.rec.Notes = append(r.rec.Notes, fmt.Sprintf("%s: resumed after the manual action %q", w.Step, w.Text))
 	r.mu.Unlock()
-	if err := r.persist(true); err != nil {
+	if err := r.persist(); err != nil {
 		return r.snapshot(), err
 	}
 	r.wakeUp()

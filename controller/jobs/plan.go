@@ -41,7 +41,7 @@ func (r *Run) MachineStep(machine, step, state string, err error) {
 		}
 	}
 	r.mu.Unlock()
-	r.persist(true)
+	r.persistSoon()
 }
 
 // SetAction records a plan action as it runs (keyed by group, phase and
@@ -57,7 +57,7 @@ func (r *Run) SetAction(a api.JobAction) {
 		r.rec.Actions[k] = a
 	}
 	r.mu.Unlock()
-	r.persist(true)
+	r.persist()
 }
 
 // Actions returns the plan actions recorded so far.
