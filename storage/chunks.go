@@ -53,37 +53,52 @@ func (c *core) chunkByID(ctx context.Context, id int64) (chunkRow, error) {
 	return r, err
 }
 
-// lookupHashes returns the chunk ids of the hashes that are stored.
+// lookupHashes returns the chunk ids of the hashes that are stored, up to
+// locateBatch hashes per query (a cycle's batch of a few hundred blocks
+// took as many queries, on the index's one connection).
 func (c *core) lookupHashes(ctx context.Context, hs []Hash) (map[Hash]int64, error) {
 	out := make(map[Hash]int64, len(hs))
-	if len(hs) == 0 {
-		return out, nil
-	}
-	conn, err := c.db.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	// A chunk marked damaged counts as not stored: the writer stores it
-	// again (writeBatch gives the new copy the chunk's id).
-	st, err := conn.PrepareContext(ctx, `SELECT id FROM chunks WHERE hash=? AND id NOT IN (SELECT chunk_id FROM damaged_chunks)`)
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	for _, h := range hs {
-		if _, ok := out[h]; ok {
-			continue
+	seen := make(map[Hash]bool, len(hs))
+	var args []any
+	flush := func() error {
+		if len(args) == 0 {
+			return nil
 		}
-		var id int64
-		err := st.QueryRowContext(ctx, h[:]).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue
-		}
+		// A chunk marked damaged counts as not stored: the writer stores
+		// it again (the group commit gives the new copy the chunk's id).
+		rows, err := c.db.QueryContext(ctx, `SELECT id, hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", len(args)-1)+`)
+			AND id NOT IN (SELECT chunk_id FROM damaged_chunks)`, args...)
+		args = args[:0]
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out[h] = id
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			var b []byte
+			if err := rows.Scan(&id, &b); err != nil {
+				return err
+			}
+			var h Hash
+			copy(h[:], b)
+			out[h] = id
+		}
+		return rows.Err()
+	}
+	for _, h := range hs {
+		if seen[h] {
+			continue
+		}
+		seen[h] = true
+		args = append(args, h[:])
+		if len(args) == locateBatch {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"sort"
+	"strings"
 )
 
 // headSeq reads the newest rows, the pending point's included.
@@ -24,6 +25,90 @@ func (c *core) rowAt(ctx context.Context, diskID, block, seq int64) (cid *int64,
 		return nil, false, nil
 	}
 	return cid, err == nil, err
+}
+
+// rowsAt finds the chunks of blocks as of point seq (each block's newest
+// row at or before it), a page of blocks per query: a block never written
+// or written as zeros has no entry.
+func (c *core) rowsAt(ctx context.Context, diskID, seq int64, blocks []int64) (map[int64]chunkRow, error) {
+	out := make(map[int64]chunkRow, len(blocks))
+	for len(blocks) > 0 {
+		n := min(len(blocks), diffPage)
+		list, err := json.Marshal(blocks[:n])
+		if err != nil {
+			return nil, err
+		}
+		blocks = blocks[n:]
+		ids, err := c.chunkIDsAt(ctx, diskID, seq, string(list))
+		if err != nil {
+			return nil, err
+		}
+		byID := map[int64][]int64{}
+		args := make([]any, 0, len(ids))
+		for b, id := range ids {
+			if len(byID[id]) == 0 {
+				args = append(args, id)
+			}
+			byID[id] = append(byID[id], b)
+		}
+		for len(args) > 0 {
+			k := min(len(args), locateBatch)
+			if err := c.chunkRowsByID(ctx, args[:k], func(row chunkRow) {
+				for _, b := range byID[row.id] {
+					out[b] = row
+				}
+				delete(byID, row.id)
+			}); err != nil {
+				return nil, err
+			}
+			args = args[k:]
+		}
+		for id := range byID {
+			return nil, fmt.Errorf("%w: chunk id %d", ErrChunkMissing, id)
+		}
+	}
+	return out, nil
+}
+
+// chunkIDsAt is the chunk id of each block of the JSON list that has a
+// non-zero row as of seq.
+func (c *core) chunkIDsAt(ctx context.Context, diskID, seq int64, list string) (map[int64]int64, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT j.value,
+		(SELECT chunk_id FROM changes WHERE disk_id=?1 AND block=j.value AND seq<=?2 ORDER BY seq DESC LIMIT 1)
+		FROM json_each(?3) j`, diskID, seq, list)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[int64]int64{}
+	for rows.Next() {
+		var b int64
+		var id *int64
+		if err := rows.Scan(&b, &id); err != nil {
+			return nil, err
+		}
+		if id != nil {
+			out[b] = *id
+		}
+	}
+	return out, rows.Err()
+}
+
+// chunkRowsByID calls fn with the row of each stored chunk of ids.
+func (c *core) chunkRowsByID(ctx context.Context, ids []any, fn func(chunkRow)) error {
+	rows, err := c.db.QueryContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE id IN (?`+strings.Repeat(",?", len(ids)-1)+`)`, ids...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		row, err := scanChunk(rows)
+		if err != nil {
+			return err
+		}
+		fn(row)
+	}
+	return rows.Err()
 }
 
 // blockAt returns the content of a block as of seq (zeros if never written).
