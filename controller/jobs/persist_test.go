@@ -3,8 +3,10 @@ package jobs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -44,13 +46,13 @@ func (s *heldStore) count() int {
 }
 
 // storedJob is the job as the catalog holds it.
-func storedJob(t *testing.T, cat *catalog.Catalog, id string) api.Job {
-	t.Helper()
-	row, err := cat.Job(context.Background(), id)
-	require.NoError(t, err)
+func storedJob(cat *catalog.Catalog, id string) (api.Job, error) {
 	var j api.Job
-	require.NoError(t, json.Unmarshal([]byte(row.Data), &j))
-	return j
+	row, err := cat.Job(context.Background(), id)
+	if err != nil {
+		return j, err
+	}
+	return j, json.Unmarshal([]byte(row.Data), &j)
 }
 
 // actionsKind's step "actions" records n plan actions (durable changes)
@@ -114,7 +116,9 @@ func TestConcurrentPersistsCoalesce(t *testing.T) {
 	j = waitEnd(t, e, j.ID)
 	require.Equal(t, api.JobSucceeded, j.State)
 	require.Equal(t, 2, k.puts, "16 actions: the held write and one after it")
-	require.Len(t, storedJob(t, cat, j.ID).Actions, k.n, "the catalog's job holds every action")
+	stored, err := storedJob(cat, j.ID)
+	require.NoError(t, err)
+	require.Len(t, stored.Actions, k.n, "the catalog's job holds every action")
 }
 
 // displayKind's step "display" makes display changes (notes, a machine's
@@ -122,7 +126,6 @@ func TestConcurrentPersistsCoalesce(t *testing.T) {
 // within displayDelay holds them all, and that a durable change (SetData)
 // carries the display changes made before it.
 type displayKind struct {
-	t     *testing.T
 	cat   *catalog.Catalog
 	store *heldStore
 }
@@ -132,7 +135,8 @@ func (k *displayKind) Rollback(context.Context, *Run) error    { return nil }
 func (k *displayKind) Finish(context.Context, *Run, string)    {}
 
 func (k *displayKind) Run(ctx context.Context, r *Run, step string) error {
-	t := k.t
+	// The checks return errors (the job fails, and the test with the
+	// message): require would end this goroutine, not the test.
 	before := k.store.count()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -143,27 +147,47 @@ func (k *displayKind) Run(ctx context.Context, r *Run, step string) error {
 	r.MachineStep("m1", "move", api.StepRunning, nil)
 	r.SetMachine("m1", "moved", 7, nil)
 	r.Note("moved")
-	live := r.snapshot()
-	require.Len(t, live.Machines[0].Notes, 16, "watchers see the notes at once")
-	if time.Since(start) < displayDelay/2 {
-		require.Equal(t, before, k.store.count(), "display changes are not written at once")
+	if n := len(r.snapshot().Machines[0].Notes); n != 16 {
+		return fmt.Errorf("watchers see %d notes, want 16 at once", n)
 	}
-	require.Eventually(t, func() bool { return k.store.count() == before+1 }, 5*time.Second, 5*time.Millisecond)
+	if n := k.store.count(); time.Since(start) < displayDelay/2 && n != before {
+		return fmt.Errorf("display changes were written at once (%d writes)", n-before)
+	}
+	for deadline := time.Now().Add(5 * time.Second); k.store.count() == before; {
+		if time.Now().After(deadline) {
+			return errors.New("display changes not written within 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	time.Sleep(displayDelay + 100*time.Millisecond)
-	require.Equal(t, before+1, k.store.count(), "19 display changes, one write")
-	stored := storedJob(t, k.cat, r.ID())
-	require.Len(t, stored.Machines[0].Notes, 16)
-	require.Equal(t, "moved", stored.Machines[0].State)
-	require.Equal(t, int64(7), stored.Machines[0].PointID)
-	require.Equal(t, api.StepRunning, stored.Machines[0].Steps[0].State)
+	if n := k.store.count() - before; n != 1 {
+		return fmt.Errorf("19 display changes took %d writes, want 1", n)
+	}
+	stored, err := storedJob(k.cat, r.ID())
+	if err != nil {
+		return err
+	}
+	m := stored.Machines[0]
+	if len(m.Notes) != 16 || m.State != "moved" || m.PointID != 7 || len(m.Steps) != 1 || m.Steps[0].State != api.StepRunning {
+		return fmt.Errorf("the stored job lacks display changes: %+v", m)
+	}
 
 	// A display change, then a durable one: the durable write carries both.
 	r.MachineNote("m1", "just before the data")
-	require.NoError(t, r.SetData(map[string]int{"x": 1}))
-	require.Contains(t, storedJob(t, k.cat, r.ID()).Machines[0].Notes, "just before the data")
+	if err := r.SetData(map[string]int{"x": 1}); err != nil {
+		return err
+	}
+	if stored, err = storedJob(k.cat, r.ID()); err != nil {
+		return err
+	}
+	if !slices.Contains(stored.Machines[0].Notes, "just before the data") {
+		return errors.New("the durable write did not carry the note made before it")
+	}
 	n := k.store.count()
 	time.Sleep(displayDelay + 100*time.Millisecond)
-	require.Equal(t, n, k.store.count(), "the scheduled write found nothing left to write")
+	if k.store.count() != n {
+		return errors.New("the scheduled write wrote again what the durable write held")
+	}
 	return nil
 }
 
@@ -174,11 +198,11 @@ func (k *displayKind) Run(ctx context.Context, r *Run, step string) error {
 func TestDisplayChangesAreStoredSoonInOneWrite(t *testing.T) {
 	cat := openCatalog(t, filepath.Join(t.TempDir(), "c.db"))
 	store := &heldStore{Catalog: cat}
-	k := &displayKind{t: t, cat: cat, store: store}
+	k := &displayKind{cat: cat, store: store}
 	e := New(store, map[string]Kind{"k": k}, nil, nil)
 	require.NoError(t, e.Resume(context.Background()))
 	j, err := e.Start(context.Background(), "k", []string{"m1"}, nil, time.Minute)
 	require.NoError(t, err)
 	j = waitEnd(t, e, j.ID)
-	require.Equal(t, api.JobSucceeded, j.State, "%+v", j)
+	require.Equal(t, api.JobSucceeded, j.State, "job error: %s", j.Error)
 }
