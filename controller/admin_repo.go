@@ -77,7 +77,8 @@ func (s *Server) GC(ctx context.Context) (api.GCReport, error) {
 	if err != nil {
 		return api.GCReport{}, err
 	}
-	return api.GCReport{ChunksDeleted: r.ChunksDeleted, PacksDeleted: r.PacksDeleted, PacksRepacked: r.PacksRepacked, BytesFreed: r.BytesFreed}, nil
+	return api.GCReport{ChunksDeleted: r.ChunksDeleted, PacksDeleted: r.PacksDeleted, PacksRepacked: r.PacksRepacked, BytesFreed: r.BytesFreed,
+		ChunksRecoded: r.ChunksRecoded, BytesRecoded: r.BytesRecoded, RecodeSaved: r.RecodeSaved}, nil
 }
 
 // damageFound acts on what a verify or a point-audit pass found: the

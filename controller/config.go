@@ -49,6 +49,10 @@ type Config struct {
 	// AuditEvery: each retained point is re-read this long after its
 	// commit or its last audit (default scrub.DefaultEvery).
 	AuditEvery time.Duration
+	// CompactRate is the background compactor's budget in plain bytes/s:
+	// cold S2 chunks re-encoded to zstd (storage.Repo.Compact); 0
+	// disables it (GC still compacts).
+	CompactRate int64
 	// Hooks are test hooks of the job engine (step boundaries, and the
 	// failpoints of jobs and staging moves); the zero value in production.
 	Hooks jobs.Hooks
@@ -73,7 +77,8 @@ var DefaultAlertTiming = AlertTiming{Every: 2 * time.Second, AgentLostAfter: tim
 
 // DefaultConfig holds CLI.md's defaults.
 func DefaultConfig() Config {
-	return Config{DataDir: "/var/lib/ferry", Listen: ":7443", Reserve: -1, AuditRate: scrub.DefaultRate, AuditEvery: scrub.DefaultEvery}
+	return Config{DataDir: "/var/lib/ferry", Listen: ":7443", Reserve: -1, AuditRate: scrub.DefaultRate, AuditEvery: scrub.DefaultEvery,
+		CompactRate: DefaultCompactRate}
 }
 
 // Validate fills derived defaults and checks the configuration.
@@ -97,6 +102,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditRate < 0 {
 		return fmt.Errorf("--audit-rate %d: want bytes/s, 0 to disable", c.AuditRate)
+	}
+	if c.CompactRate < 0 {
+		return fmt.Errorf("--compact-rate %d: want bytes/s, 0 to disable", c.CompactRate)
 	}
 	if c.AuditEvery < 0 {
 		return fmt.Errorf("--audit-every %s: want a positive duration", c.AuditEvery)

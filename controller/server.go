@@ -117,6 +117,7 @@ func (s *Server) Run(parent context.Context) error {
 	s.spawn(func() { s.retentionLoop(ctx) })
 	s.spawn(func() { s.alertLoop(ctx) })
 	s.spawn(func() { s.audit.Run(ctx) })
+	s.spawn(func() { s.compactLoop(ctx) })
 	s.spawn(func() { s.drillLoop(ctx) })
 
 	agentLn, err := net.Listen("tcp", s.cfg.Listen)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
 )
@@ -15,6 +16,9 @@ type GCOptions struct {
 	// RepackBelow: a sealed pack whose live fraction is below this is
 	// repacked (its live records copied, the pack removed). Default 0.5.
 	RepackBelow float64
+	// CompactColderThan: S2 chunks in packs older than this are re-encoded
+	// to zstd before the packs are weighed (Compact); 0 re-encodes all.
+	CompactColderThan time.Duration
 }
 
 // GCReport says what a collection did.
@@ -24,6 +28,9 @@ type GCReport struct {
 	PacksRepacked int64
 	BytesFreed    int64
 	RowsSwept     int64
+	ChunksRecoded int64 // S2 chunks re-encoded to zstd (Compact)
+	BytesRecoded  int64 // their records' size before, now dead space in their packs
+	RecodeSaved   int64 // bytes their new records are smaller by
 }
 
 // gcBatch bounds every GC transaction so that writes, which share the
@@ -59,11 +66,20 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	if err := c.gcChunks(ctx, &rep); err != nil {
 		return rep, err
 	}
+	// Compaction before the packs are weighed: the records it leaves
+	// behind are dead space that this GC's repack can reclaim.
+	var crep CompactReport
+	err = c.compact(ctx, CompactOptions{ColderThan: opts.CompactColderThan}, &crep)
+	rep.ChunksRecoded, rep.BytesRecoded, rep.RecodeSaved = crep.Chunks, crep.BytesBefore, crep.BytesBefore-crep.BytesAfter
+	if err != nil {
+		return rep, err
+	}
 	if err := c.gcPacks(ctx, opts, &rep); err != nil {
 		return rep, err
 	}
 	c.log.Info("gc done", "chunks_deleted", rep.ChunksDeleted, "packs_deleted", rep.PacksDeleted,
-		"packs_repacked", rep.PacksRepacked, "bytes_freed", rep.BytesFreed, "rows_swept", rep.RowsSwept)
+		"packs_repacked", rep.PacksRepacked, "bytes_freed", rep.BytesFreed, "rows_swept", rep.RowsSwept,
+		"chunks_recoded", rep.ChunksRecoded, "recode_saved", rep.RecodeSaved)
 	return rep, nil
 }
 

@@ -18,7 +18,7 @@ import (
 // newer schema is still refused rather than misread.
 const (
 	indexSchemaMin = 1
-	indexSchemaMax = 3
+	indexSchemaMax = 4
 )
 
 //go:embed migrations/*.sql

@@ -90,4 +90,5 @@ const (
 	FailGCRepack      = "gc.repack"       // live records copied, before the old pack is dropped
 	FailGCDelete      = "gc.delete"       // between chunk-delete batches
 	FailPruneMid      = "prune.mid"       // between two point deletions of one Prune
+	FailCompactStep   = "compact.step"    // re-encoded records synced, before the index points at them
 )

@@ -92,8 +92,8 @@ func powerLoop(t *testing.T, enc bool, skipSync string, plans []crashPlan) error
 
 // powerPlans: a cut right after Create, then every failpoint and n random
 // moments.
-func powerPlans(rng *rand.Rand, n int) []crashPlan {
-	return append([]crashPlan{{at: "created"}, {at: "opened"}}, crashPlans(rng, n)...)
+func powerPlans(rng *rand.Rand, n int, encrypted bool) []crashPlan {
+	return append([]crashPlan{{at: "created"}, {at: "opened"}}, crashPlans(rng, n, encrypted)...)
 }
 
 // TestPowerLoss cuts power >= 20 times at random moments and at every named
@@ -108,7 +108,7 @@ func TestPowerLoss(t *testing.T) {
 		t.Run(map[bool]string{false: "plain", true: "encrypted"}[enc], func(t *testing.T) {
 			seed := uint64(time.Now().UnixNano())
 			t.Logf("seed %d", seed)
-			require.NoError(t, powerLoop(t, enc, "", powerPlans(rand.New(rand.NewPCG(seed, 2)), 21)))
+			require.NoError(t, powerLoop(t, enc, "", powerPlans(rand.New(rand.NewPCG(seed, 2)), 21, enc)))
 		})
 	}
 }
@@ -147,7 +147,7 @@ func TestPowerLossCatchesEachMissingFsync(t *testing.T) {
 			require.Contains(t, want, name, "fsync %q has no expected violation: add it to the table", name)
 			enc := name == syncKeyFile || name == syncKeyDir
 			seed := uint64(time.Now().UnixNano())
-			err := powerLoop(t, enc, name, powerPlans(rand.New(rand.NewPCG(seed, 3)), 21))
+			err := powerLoop(t, enc, name, powerPlans(rand.New(rand.NewPCG(seed, 3)), 21, enc))
 			require.Error(t, err, "removing fsync %q went unnoticed (seed %d)", name, seed)
 			var v *violationError
 			require.ErrorAs(t, err, &v, "removing fsync %q: the loop failed, but not with a durability violation (seed %d): %v", name, seed, err)

@@ -34,9 +34,21 @@ func (c *core) prepare(ch *Chunk, checked bool) (*prepared, error) {
 	}
 	p := &prepared{hash: ch.Hash, codec: ch.Codec, data: ch.Data, plainLen: ch.PlainLen}
 	if ch.Codec == CodecNone {
-		p.codec, p.data = c.zc.compress(plain)
+		p.codec, p.data = c.ingestCompress(plain)
 	}
 	return p, nil
+}
+
+// ingestCompress encodes a chunk the controller had to build or that
+// arrived uncompressed. In a plain repository that is S2, which the
+// compactor re-encodes to zstd once the chunk is cold; an encrypted
+// repository's chunks are sealed under keys the controller cannot open
+// again, so they get zstd at once.
+func (c *core) ingestCompress(plain []byte) (Codec, []byte) {
+	if c.pub != nil {
+		return c.zc.compress(plain)
+	}
+	return compressFast(plain)
 }
 
 // chunkPayload builds a chunk record payload, encrypting it under the open

@@ -44,6 +44,19 @@ func (c *codecs) compress(plain []byte) (Codec, []byte) {
 	return CodecNone, plain
 }
 
+// compressFast returns S2 of plain if it saves at least 1/32 of it. The
+// controller uses it for the blocks it builds itself (patched blocks, and
+// blocks an agent sent uncompressed): S2 costs a fraction of zstd's CPU on
+// the ingest path, and the compactor (compact.go) re-encodes such chunks
+// to zstd later, when they have outlived the churn.
+func compressFast(plain []byte) (Codec, []byte) {
+	out := s2.Encode(nil, plain)
+	if len(out) < len(plain)-len(plain)/32 {
+		return CodecS2, out
+	}
+	return CodecNone, plain
+}
+
 // decode returns the plaintext of encoded bytes, which must be exactly
 // plainLen long.
 func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) {

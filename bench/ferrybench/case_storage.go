@@ -34,8 +34,10 @@ func (s repoSize) String() string {
 
 // storageRun is what the storage-efficiency case measured.
 type storageRun struct {
-	repo         repoSize
-	anchorDeltas []int64 // zstd -1 of each delta's changed blocks
+	repo         repoSize     // after a GC (compaction and repack)
+	beforeGC     repoSize     // as ingest left it
+	gc           api.GCReport // what that GC did
+	anchorDeltas []int64      // zstd -1 of each delta's changed blocks
 	points       int
 	wire         int64
 	profiles     []profileFile
@@ -108,6 +110,19 @@ func (b *bench) storageRun(ctx context.Context, profile phase) (res storageRun, 
 	}
 	res.points = len(ps)
 	res.wire, _ = r.wire()
+	// The size as ingest left it (S2 for what the controller built), then
+	// after a GC, which re-encodes every S2 chunk to zstd and repacks:
+	// the figure compared with the anchor is the compacted one.
+	r.stopProcs()
+	if res.beforeGC, err = measureRepo(r.data); err != nil {
+		return res, err
+	}
+	if err := r.startController(ctx, false); err != nil {
+		return res, err
+	}
+	if res.gc, err = r.cl.GC(ctx); err != nil {
+		return res, fmt.Errorf("gc: %w", err)
+	}
 	r.close()
 	res.profiles = r.profiles
 	res.repo, err = measureRepo(r.data)
@@ -128,6 +143,8 @@ func (b *bench) caseStorage(ctx context.Context) error {
 	s := section{Title: "storage efficiency (XFS)"}
 	s.addf("- A reflink clone of the image, policy rp-every 1s; after the initial point, %d deltas of %g%% (each one fsync), each followed by a wait for the first point whose instant is after that fsync. Then the controller is stopped (SIGTERM) and its repository sized. One run: sizes do not depend on timing.", b.cfg.Deltas, 100*b.cfg.Fraction)
 	s.addf("- Ferry figure = allocated bytes (st_blocks × 512, `du -s -B1`) of the whole repository directory: packs, SQLite index, config. %s.", res.repo)
+	s.addf("- Before that figure, the controller was started again and `ferry gc` run (compaction of every S2 chunk to zstd, then repack): it re-encoded %d chunks (%.1f MB of records, %.1f MB smaller) and repacked %d packs. As ingest left it: %s.",
+		res.gc.ChunksRecoded, float64(res.gc.BytesRecoded)/1e6, float64(res.gc.RecodeSaved)/1e6, res.gc.PacksRepacked, res.beforeGC)
 	s.addf("- Anchor = `zstd -q -1` size of the image (%.1f MB) + for each delta the `zstd -q -1` size of its changed %d KiB blocks, read after it and concatenated in block order: %s; total %.1f MB.",
 		float64(b.zstdImage)/1e6, b.cfg.BlockSize>>10, runsText(unitBytes, int64s(res.anchorDeltas)), float64(anchor)/1e6)
 	s.addf("- points in the repository: %d (empty cycles of rp-every 1s included); proxy bytes in all: %.1f MB", res.points, float64(res.wire)/1e6)
@@ -145,7 +162,9 @@ func int64s(xs []int64) []float64 {
 
 // dedupRun is what the dedup case measured.
 type dedupRun struct {
-	repo     repoSize
+	repo     repoSize     // after a GC (compaction and repack)
+	beforeGC repoSize     // as ingest left it
+	gc       api.GCReport // what that GC did
 	took     time.Duration
 	wire     int64
 	profiles []profileFile
@@ -217,6 +236,19 @@ func (b *bench) dedupRun(ctx context.Context, profile phase, agents int, sequent
 	}
 	res.took = time.Since(start)
 	res.wire, _ = r.wire()
+	// The size as ingest left it (S2 for what the controller built), then
+	// after a GC, which re-encodes every S2 chunk to zstd and repacks:
+	// the figure compared with the anchor is the compacted one.
+	r.stopProcs()
+	if res.beforeGC, err = measureRepo(r.data); err != nil {
+		return res, err
+	}
+	if err := r.startController(ctx, false); err != nil {
+		return res, err
+	}
+	if res.gc, err = r.cl.GC(ctx); err != nil {
+		return res, fmt.Errorf("gc: %w", err)
+	}
 	r.close()
 	res.profiles = r.profiles
 	res.repo, err = measureRepo(r.data)
@@ -247,8 +279,9 @@ func (b *bench) caseDedup(ctx context.Context) error {
 		return err
 	}
 	s := section{Title: "dedup (XFS)"}
-	s.addf("- %d reflink clones of the image protected by one agent, one protect call after the other without waiting (so their initial syncs overlap), policy rp-every 1h; the repository is sized (allocated bytes, as above) after every machine has its first point and the controller stopped. One run.", b.cfg.Machines)
-	s.addf("- %s.", res.repo)
+	s.addf("- %d reflink clones of the image protected by one agent, one protect call after the other without waiting (so their initial syncs overlap), policy rp-every 1h; the repository is sized (allocated bytes, as above) after every machine has its first point, the controller stopped and started again, and `ferry gc` run. One run.", b.cfg.Machines)
+	s.addf("- %s. As ingest left it, before `ferry gc` (%d chunks re-encoded from S2 to zstd, %.1f MB smaller; %d packs repacked): %s.",
+		res.repo, res.gc.ChunksRecoded, float64(res.gc.RecodeSaved)/1e6, res.gc.PacksRepacked, res.beforeGC)
 	s.addf("- anchor: `zstd -q -1` of one image: %.1f MB", float64(b.zstdImage)/1e6)
 	s.addf("- all %d first points took %s from the first protect call; proxy bytes: %.1f MB (%.2f × one image's allocated %.1f MB)",
 		b.cfg.Machines, res.took.Round(time.Millisecond), float64(res.wire)/1e6, float64(res.wire)/float64(alloc), float64(alloc)/1e6)

@@ -39,7 +39,7 @@ func newVerifyCommand(g *globals) *cobra.Command {
 
 func newGCCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use: "gc", Short: "Drop data no retained point references and repack mostly-dead packs (online)", Args: exactArgs(0, "no arguments"),
+		Use: "gc", Short: "Drop data no retained point references, re-encode S2 chunks to zstd, repack mostly-dead packs (online)", Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			cl, err := g.client()
 			if err != nil {
@@ -52,7 +52,8 @@ func newGCCommand(g *globals) *cobra.Command {
 			if g.json {
 				return g.printJSON(r)
 			}
-			fmt.Fprintf(g.stdout, "deleted %d chunks and %d packs, repacked %d packs, freed %d bytes\n", r.ChunksDeleted, r.PacksDeleted, r.PacksRepacked, r.BytesFreed)
+			fmt.Fprintf(g.stdout, "deleted %d chunks and %d packs, re-encoded %d chunks to zstd (%d bytes smaller), repacked %d packs, freed %d bytes\n",
+				r.ChunksDeleted, r.PacksDeleted, r.ChunksRecoded, r.RecodeSaved, r.PacksRepacked, r.BytesFreed)
 			return nil
 		},
 	}

@@ -30,6 +30,7 @@ type serveOptions struct {
 	quota      string
 	agentLost  string
 	auditRate  string
+	compact    string
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -58,6 +59,7 @@ with TLS and a bearer token). It prints "listening on HOST:PORT" once ready.`,
 	f.StringVar(&o.quota, "machine-quota", "", "most bytes one machine's retained points may store: its replication pauses at it (SIZE; default none)")
 	f.StringVar(&o.agentLost, "agent-lost-after", "1m", "how long an agent may be disconnected before agent-lost alerts fire")
 	f.StringVar(&o.auditRate, "audit-rate", "", "the point audit's read rate (SIZE per second such as 32MiB; 0 disables the background audit; default 32MiB)")
+	f.StringVar(&o.compact, "compact-rate", "", "re-encode cold S2 chunks to zstd at most this fast (SIZE per second of plain data such as 16MiB; 0 disables the background compactor; default 16MiB)")
 	f.DurationVar(&o.cfg.AuditEvery, "audit-every", o.cfg.AuditEvery, "audit each retained point this long after its commit and after its last audit")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	return cmd
@@ -93,6 +95,13 @@ func runServe(ctx context.Context, g *globals, o serveOptions) error {
 			return usagef("--audit-rate %q: %v", o.auditRate, err)
 		}
 		o.cfg.AuditRate = n
+	}
+	if o.compact != "" {
+		n, err := parseRate(o.compact)
+		if err != nil {
+			return usagef("--compact-rate %q: %v", o.compact, err)
+		}
+		o.cfg.CompactRate = n
 	}
 	o.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	o.cfg.Scripts = scripts.Files()

@@ -382,6 +382,9 @@ type GCReport struct {
 	PacksDeleted  int64 `json:"packs_deleted"`
 	PacksRepacked int64 `json:"packs_repacked"`
 	BytesFreed    int64 `json:"bytes_freed"`
+	ChunksRecoded int64 `json:"chunks_recoded"` // S2 chunks re-encoded to zstd
+	BytesRecoded  int64 `json:"bytes_recoded"`  // their records before
+	RecodeSaved   int64 `json:"recode_saved"`   // how much smaller the new records are
 }
 
 // UpgradeRequest is `ferry agents upgrade AGENT|--all`.

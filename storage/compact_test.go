@@ -1,0 +1,190 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"io/fs"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/zeebo/blake3"
+)
+
+// What the controller builds at ingest (a patched block, a block that
+// arrived uncompressed) is stored as S2; Compact re-encodes the cold ones
+// to zstd within its budget, leaves the young ones, and every point still
+// reads back as the bytes the test kept, after a GC that reclaims the old
+// records and after a reopen.
+func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	oo := OpenOptions{Clock: clk.now}
+	r, dir := newTestRepo(t, CreateOptions{}, oo)
+	const blocks = 6
+	disks := []DiskSpec{{Name: "sda", Size: blocks * tbs, BlockSize: tbs}}
+
+	// Point 1: whole blocks of text, sent uncompressed as an agent on a
+	// fast link might.
+	want := make([]byte, blocks*tbs)
+	var ws []BlockWrite
+	for b := range blocks {
+		plain := content(uint64(3*b+3), tbs) // seed%3==0: text, compresses well
+		copy(want[b*tbs:], plain)
+		h := Hash(blake3.Sum256(plain))
+		ws = append(ws, BlockWrite{Disk: "sda", Block: int64(b), Hash: h, Chunk: &Chunk{Hash: h, Codec: CodecNone, Data: plain, PlainLen: tbs}})
+	}
+	p1 := commitWrites(t, r, disks, ws, 1000)
+	want1 := bytes.Clone(want)
+
+	// Point 2: a patch of block 2, built by the repository.
+	copy(want[2*tbs+100:], "patched by the second point")
+	h2 := Hash(blake3.Sum256(want[2*tbs : 3*tbs]))
+	p2 := commitWrites(t, r, disks, []BlockWrite{{Disk: "sda", Block: 2, Hash: h2,
+		Patch: []PatchRun{{Offset: 100, Data: []byte("patched by the second point")}}}}, 2000)
+
+	hashes := make([]Hash, 0, blocks+1)
+	for b := range blocks {
+		hashes = append(hashes, Hash(blake3.Sum256(want1[b*tbs:(b+1)*tbs])))
+	}
+	hashes = append(hashes, h2)
+	before := map[Hash]int{}
+	for _, h := range hashes {
+		env, err := r.ChunkEnvelope(ctx, h)
+		require.NoError(t, err)
+		require.Equal(t, CodecS2, env.Codec, "chunk %s as stored at ingest", h)
+		before[h] = len(env.Data)
+	}
+
+	rep, err := r.Compact(ctx, CompactOptions{ColderThan: time.Hour})
+	require.NoError(t, err)
+	require.Zero(t, rep.Chunks, "packs created within the hour are not cold")
+
+	rep, err = r.Compact(ctx, CompactOptions{MaxBytes: 2 * tbs})
+	require.NoError(t, err)
+	require.EqualValues(t, 2, rep.Chunks, "the budget of two blocks")
+	require.True(t, rep.More)
+
+	rep, err = r.Compact(ctx, CompactOptions{})
+	require.NoError(t, err)
+	require.EqualValues(t, blocks+1-2, rep.Chunks)
+	require.False(t, rep.More)
+	require.Less(t, rep.BytesAfter, rep.BytesBefore)
+	for _, h := range hashes {
+		env, err := r.ChunkEnvelope(ctx, h)
+		require.NoError(t, err)
+		require.Equal(t, CodecZstd, env.Codec, "chunk %s after compaction", h)
+		require.Less(t, len(env.Data), before[h], "zstd is smaller than S2 on text")
+	}
+	rep, err = r.Compact(ctx, CompactOptions{})
+	require.NoError(t, err)
+	require.Zero(t, rep.Chunks, "nothing is re-encoded twice")
+
+	requireDiskBytes(t, r, p1, "sda", want1)
+	requireDiskBytes(t, r, p2, "sda", want)
+	_, err = r.GC(ctx, GCOptions{RepackBelow: 1})
+	require.NoError(t, err)
+	requireDiskBytes(t, r, p1, "sda", want1)
+	requireDiskBytes(t, r, p2, "sda", want)
+
+	require.NoError(t, r.Close())
+	r, err = Open(ctx, dir, oo)
+	require.NoError(t, err)
+	defer r.Close()
+	requireDiskBytes(t, r, p1, "sda", want1)
+	requireDiskBytes(t, r, p2, "sda", want)
+	vr, err := r.Verify(ctx, VerifyOptions{})
+	require.NoError(t, err)
+	require.Empty(t, vr.Damaged)
+}
+
+// GC re-encodes the S2 chunks before it weighs the packs, so one GC both
+// compacts and reclaims the S2 records left behind.
+func TestGCCompactsAndReclaimsTheOldRecords(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
+	const blocks = 64
+	disks := []DiskSpec{{Name: "sda", Size: blocks * tbs, BlockSize: tbs}}
+	want := make([]byte, blocks*tbs)
+	var ws []BlockWrite
+	for b := range blocks {
+		plain := content(uint64(3*b+300), tbs)
+		copy(want[b*tbs:], plain)
+		h := Hash(blake3.Sum256(plain))
+		ws = append(ws, BlockWrite{Disk: "sda", Block: int64(b), Hash: h, Chunk: &Chunk{Hash: h, Codec: CodecNone, Data: plain, PlainLen: tbs}})
+	}
+	p := commitWrites(t, r, disks, ws, 1000)
+	sizeBefore := repoPackBytes(t, r)
+	rep, err := r.GC(ctx, GCOptions{})
+	require.NoError(t, err)
+	require.EqualValues(t, blocks, rep.ChunksRecoded)
+	require.Positive(t, rep.RecodeSaved)
+	require.Less(t, repoPackBytes(t, r), sizeBefore, "the S2 records were reclaimed")
+	requireDiskBytes(t, r, p, "sda", want)
+}
+
+// An encrypted repository's chunks are sealed under keys the controller
+// cannot open again, so what it builds is zstd at once and Compact has
+// nothing to do.
+func TestEncryptedRepositoryStoresZstdAtIngest(t *testing.T) {
+	ctx := context.Background()
+	key, err := GenerateKey()
+	require.NoError(t, err)
+	r, _ := newTestRepo(t, CreateOptions{PublicKey: key.Public()}, OpenOptions{PrivateKey: key})
+	disks := []DiskSpec{{Name: "sda", Size: tbs, BlockSize: tbs}}
+	plain := content(3, tbs)
+	h := Hash(blake3.Sum256(plain))
+	p := commitWrites(t, r, disks, []BlockWrite{{Disk: "sda", Block: 0, Hash: h, Chunk: &Chunk{Hash: h, Codec: CodecNone, Data: plain, PlainLen: tbs}}}, 1000)
+	env, err := r.ChunkEnvelope(ctx, h)
+	require.NoError(t, err)
+	require.Equal(t, CodecZstd, env.Codec)
+	rep, err := r.Compact(ctx, CompactOptions{})
+	require.NoError(t, err)
+	require.Zero(t, rep.Chunks)
+	requireDiskBytes(t, r, p, "sda", plain)
+}
+
+// commitWrites writes ws as one point of machine m1 and commits it at the
+// given instant (seconds).
+func commitWrites(t *testing.T, r *Repo, disks []DiskSpec, ws []BlockWrite, instant int64) Point {
+	t.Helper()
+	ctx := context.Background()
+	p, err := r.BeginPoint(ctx, "m1", disks)
+	require.NoError(t, err)
+	require.NoError(t, p.Write(ctx, ws))
+	pt, err := p.Commit(ctx, CommitInfo{Instant: time.Unix(instant, 0), Consistency: CrashConsistent})
+	require.NoError(t, err)
+	return pt
+}
+
+// requireDiskBytes reads a point's disk whole and compares it with want.
+func requireDiskBytes(t *testing.T, r *Repo, pt Point, disk string, want []byte) {
+	t.Helper()
+	d, err := r.OpenDisk(context.Background(), pt.ID, disk)
+	require.NoError(t, err)
+	var buf bytes.Buffer
+	_, err = d.WriteTo(&buf)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, buf.Bytes()), "point %d disk %s differs from the bytes the test kept", pt.ID, disk)
+}
+
+// repoPackBytes sums the sizes of the repository's pack files on disk.
+func repoPackBytes(t *testing.T, r *Repo) int64 {
+	t.Helper()
+	var n int64
+	require.NoError(t, filepath.WalkDir(r.c.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && filepath.Ext(path) == ".pack" {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += info.Size()
+		}
+		return nil
+	}))
+	return n
+}
