@@ -57,6 +57,13 @@ func compressFast(plain []byte) (Codec, []byte) {
 	return CodecNone, plain
 }
 
+// DecodeS2 returns the plaintext of an S2 chunk's data (an Envelope of
+// codec CodecS2), which must be plainLen bytes; a header that claims
+// another length is refused before anything is allocated.
+func DecodeS2(data []byte, plainLen int) ([]byte, error) {
+	return decodeS2(data, plainLen)
+}
+
 // decode returns the plaintext of encoded bytes, which must be exactly
 // plainLen long.
 func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) {
@@ -79,21 +86,28 @@ func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) 
 		}
 		return out, nil
 	case CodecS2:
-		// s2.DecodedLen reads the block's own header: checked against
-		// plainLen before any allocation, so a lying header costs nothing.
-		n, err := s2.DecodedLen(data)
-		if err != nil {
-			return nil, fmt.Errorf("s2: %w", err)
-		}
-		if n != plainLen {
-			return nil, fmt.Errorf("s2 block of %d bytes, want %d", n, plainLen)
-		}
-		out, err := s2.Decode(make([]byte, plainLen), data)
-		if err != nil {
-			return nil, fmt.Errorf("s2: %w", err)
-		}
-		return out, nil
+		return decodeS2(data, plainLen)
 	default:
 		return nil, fmt.Errorf("unknown codec %d", codec)
 	}
+}
+
+func decodeS2(data []byte, plainLen int) ([]byte, error) {
+	if plainLen < 0 || plainLen > MaxBlockSize {
+		return nil, fmt.Errorf("plain length %d out of range", plainLen)
+	}
+	// s2.DecodedLen reads the block's own header: checked against plainLen
+	// before any allocation, so a lying header costs nothing.
+	n, err := s2.DecodedLen(data)
+	if err != nil {
+		return nil, fmt.Errorf("s2: %w", err)
+	}
+	if n != plainLen {
+		return nil, fmt.Errorf("s2 block of %d bytes, want %d", n, plainLen)
+	}
+	out, err := s2.Decode(make([]byte, plainLen), data)
+	if err != nil {
+		return nil, fmt.Errorf("s2: %w", err)
+	}
+	return out, nil
 }

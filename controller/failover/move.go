@@ -395,8 +395,19 @@ func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h
 			return err
 		}
 		blk.Codec, blk.PlainLen, blk.Data = data.CodecNone, uint32(env.PlainLen), env.Data
-		if env.Codec == storage.CodecZstd {
+		switch env.Codec {
+		case storage.CodecZstd:
 			blk.Codec = data.CodecZstd
+		case storage.CodecS2:
+			// What the controller built at ingest and the compactor has
+			// not re-encoded yet: restore streams carry none or zstd, so
+			// the agent gets the plaintext (S2 decodes at several GB/s;
+			// the agent still checks the hash).
+			plain, err := storage.DecodeS2(env.Data, env.PlainLen)
+			if err != nil {
+				return fmt.Errorf("chunk %s: %w", h, err)
+			}
+			blk.Data = plain
 		}
 		if env.Key != nil {
 			blk.Flags |= data.FlagSealed
