@@ -299,7 +299,7 @@ func TestIngestCycleStoresAndCommits(t *testing.T) {
 	require.NoError(t, err)
 	defer zc.Close()
 	blk := data.Block{Block: 0, Hash: hashOf(cc), PlainLen: blockSize}
-	blk.Codec, blk.Data = zc.Compress(nil, cc)
+	blk.Codec, blk.Data = zc.Compress(data.CodecZstd, nil, cc)
 	s2.send(data.FrameBatch, &data.Batch{Cycle: uint64(c2.Cycle), Seq: 1, Blocks: []data.Block{blk}})
 	s2.ack()
 	require.NoError(t, s2.st.CloseWrite())
