@@ -395,8 +395,22 @@ func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h
 			return err
 		}
 		blk.Codec, blk.PlainLen, blk.Data = data.CodecNone, uint32(env.PlainLen), env.Data
-		if env.Codec == storage.CodecZstd {
+		switch env.Codec {
+		case storage.CodecZstd:
 			blk.Codec = data.CodecZstd
+		case storage.CodecS2:
+			// Restore streams carry none or zstd (an agent of any
+			// version decodes them), and sealed blocks cannot be
+			// re-encoded without the key; ingest never stores S2 in an
+			// encrypted repository. S2 decodes at memory speed.
+			if env.Key != nil {
+				return fmt.Errorf("chunk %s: an S2 chunk in an encrypted repository cannot be sent sealed", h)
+			}
+			plain, err := data.DecompressS2(nil, env.Data, env.PlainLen)
+			if err != nil {
+				return fmt.Errorf("chunk %s: %w", h, err)
+			}
+			blk.Data = plain
 		}
 		if env.Key != nil {
 			blk.Flags |= data.FlagSealed
