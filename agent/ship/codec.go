@@ -56,6 +56,14 @@ type measure struct {
 	plain          int64 // block bytes before compression
 }
 
+// cost is the stream's time per plain byte.
+func (m measure) cost() float64 {
+	if m.plain == 0 {
+		return 0
+	}
+	return float64(m.compress+m.send) / float64(m.plain)
+}
+
 func (m *measure) add(o measure) {
 	m.compress += o.compress
 	m.send += o.send
@@ -79,9 +87,18 @@ func (m *measure) add(o measure) {
 // about the link's speed, and each switch doubles the evidence the next
 // needs (minEvidence up to maxEvidence), so a link at the boundary costs
 // a few switches per cycle, not one per window.
+//
+// The wait cannot tell a slow link from a slow receiver: a controller
+// behind on its own work (or sharing the agent's cores) looks like a slow
+// link, and zstd may then only cost time. So a switch is a trial: when
+// the first window after it costs the stream more time per plain byte
+// (compressing plus waiting) than the window before it, by over
+// trialMargin, the stream goes back and keeps that codec for the rest of
+// the cycle.
 const (
 	s2ToZstd    = 4
 	zstdToS2    = 8
+	trialMargin = 0.10
 	minEvidence = 8 << 20   // plain bytes measured before the first decision
 	maxEvidence = 512 << 20 // the most a decision waits for
 )
@@ -109,7 +126,11 @@ type chooser struct {
 	window   measure // since the last decision
 	evidence int64   // plain bytes the next decision waits for
 	switches int64
-	log      *slog.Logger
+	// before is the cost of the window before a switch while its trial
+	// runs (0: no trial); settled stops the rule after a failed trial.
+	before  float64
+	settled bool
+	log     *slog.Logger
 }
 
 // newChooser starts a stream's choice: auto starts with S2 when the
@@ -147,13 +168,32 @@ func (c *chooser) observe(m measure) {
 	if c.window.plain < c.evidence {
 		return
 	}
-	next := nextCodec(c.codec, c.window)
-	if next != c.codec {
-		c.log.Debug("wire codec switched", "from", codecName(c.codec), "to", codecName(next),
-			"compress_ms", c.window.compress.Milliseconds(), "send_wait_ms", c.window.send.Milliseconds(), "plain_bytes", c.window.plain)
-		c.codec = next
-		c.switches++
-		c.evidence = min(2*c.evidence, maxEvidence)
+	cost, before := c.window.cost(), c.before
+	c.before = 0
+	switch next := nextCodec(c.codec, c.window); {
+	case before > 0 && cost > before*(1+trialMargin):
+		c.settled = true
+		c.switchTo(otherCodec(c.codec), "the trial window was slower", cost, before)
+	case !c.settled && next != c.codec:
+		c.before = cost
+		c.switchTo(next, "the rule", cost, 0)
 	}
 	c.window = measure{}
+}
+
+func (c *chooser) switchTo(next uint8, why string, cost, before float64) {
+	c.log.Debug("wire codec switched", "from", codecName(c.codec), "to", codecName(next), "why", why,
+		"compress_ms", c.window.compress.Milliseconds(), "send_wait_ms", c.window.send.Milliseconds(),
+		"plain_bytes", c.window.plain, "ns_per_byte", cost, "before_ns_per_byte", before)
+	c.codec = next
+	c.switches++
+	c.evidence = min(2*c.evidence, maxEvidence)
+}
+
+// otherCodec is the auto rule's alternative to codec.
+func otherCodec(codec uint8) uint8 {
+	if codec == data.CodecS2 {
+		return data.CodecZstd
+	}
+	return data.CodecS2
 }

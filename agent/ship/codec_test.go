@@ -105,3 +105,36 @@ func TestParseCodecChoice(t *testing.T) {
 		require.Error(t, err, in)
 	}
 }
+
+// A switch is a trial: a first window on the new codec that costs the
+// stream more time per plain byte than the window before (a controller
+// behind, not the link) sends the stream back for the rest of the cycle;
+// one that costs less keeps it.
+func TestChooserTrial(t *testing.T) {
+	ms := time.Millisecond
+	log := slog.New(slog.DiscardHandler)
+	waiting := measure{compress: 10 * ms, send: 100 * ms, plain: minEvidence} // 110 ms per window
+	c := newChooser(CodecAuto, true, log)
+	c.observe(waiting)
+	require.Equal(t, data.CodecZstd, c.codec)
+	c.observe(measure{compress: 40 * ms, send: 95 * ms, plain: 2 * minEvidence}) // 67.5 ms per 8 MiB
+	require.Equal(t, data.CodecZstd, c.codec, "zstd made the stream faster")
+	require.Equal(t, int64(1), c.switches)
+
+	c = newChooser(CodecAuto, true, log)
+	c.observe(waiting)
+	require.Equal(t, data.CodecZstd, c.codec)
+	c.observe(measure{compress: 40 * ms, send: 250 * ms, plain: 2 * minEvidence}) // 145 ms per 8 MiB
+	require.Equal(t, data.CodecS2, c.codec, "zstd made the stream slower: back to S2")
+	for range 4 {
+		c.observe(measure{compress: 10 * ms, send: 200 * ms, plain: maxEvidence})
+		require.Equal(t, data.CodecS2, c.codec, "settled for the cycle")
+	}
+	require.Equal(t, int64(2), c.switches)
+
+	// Within trialMargin the new codec stays.
+	c = newChooser(CodecAuto, true, log)
+	c.observe(waiting)
+	c.observe(measure{compress: 40 * ms, send: 190 * ms, plain: 2 * minEvidence}) // 115 ms per 8 MiB, under 121
+	require.Equal(t, data.CodecZstd, c.codec)
+}
