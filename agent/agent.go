@@ -15,6 +15,7 @@ import (
 	"github.com/ferrydr/ferry/agent/apply"
 	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/agent/repokey"
+	"github.com/ferrydr/ferry/agent/ship"
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/internal/buildinfo"
 	"github.com/ferrydr/ferry/protocol"
@@ -49,6 +50,10 @@ type Config struct {
 	// scripts and exec driver commands here (permissions.go), in addition
 	// to what the state directory records.
 	AllowPlanScripts, AllowExecDrivers bool
+	// WireCodec is how cycles compress the blocks they send (ship.Config.Codec):
+	// auto unless a benchmark or test fixes it (`ferry-agent run` reads
+	// FERRY_WIRE_CODEC).
+	WireCodec ship.CodecChoice
 }
 
 // Points at which Config.TestPause is called.
@@ -78,6 +83,11 @@ func (c *Config) Validate() error {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 30 * time.Second
 	}
+	codec, err := ship.ParseCodecChoice(string(c.WireCodec))
+	if err != nil {
+		return err
+	}
+	c.WireCodec = codec
 	if c.KeepaliveInterval < 0 || c.KeepaliveTimeout < 0 {
 		return errors.New("keepalive interval and timeout cannot be negative")
 	}

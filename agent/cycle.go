@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -238,6 +239,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	res, err := ship.Run(ctx, ship.Config{
 		Cycle: uint64(bresp.Cycle), Disks: sd, Streams: a.cfg.Streams, Patches: p.patches && bresp.Patches,
 		Limiter: lim, Compressor: a.comp, Log: log, Progress: func(n int64) { prog.done.Add(n) },
+		Codec: a.cfg.WireCodec, S2: acceptsS2(bresp),
 		Open: func(ctx context.Context) (io.ReadWriteCloser, error) {
 			s, _ := a.currentSession()
 			if s == nil {
@@ -277,6 +279,8 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	}
 	log.Info("point made", append([]any{"point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
 		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes,
+		"wire_codec", res.Codec, "s2_bytes", res.CodecBytes.S2, "zstd_bytes", res.CodecBytes.Zstd, "none_bytes", res.CodecBytes.None,
+		"codec_switches", res.CodecSwitches,
 		"container_read_bytes", a.ReadStats.Bytes.Load()}, // since start: holes are never read
 		tm.attrs(a.cfg.Now())...)...)
 	// The cycle's last report: every byte done, the rate over the whole
@@ -288,6 +292,13 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	final.Phase, final.BytesSent, final.BlocksSent = "idle", res.WireBytes, res.Sent
 	p.report(ctx, final)
 	return eresp.PointID, nil
+}
+
+// acceptsS2 says whether the controller takes S2 blocks on the cycle's
+// data streams. A controller before S2 omits the codecs list: the cycle
+// then sends none and zstd only.
+func acceptsS2(bresp msg.CycleBeginResponse) bool {
+	return slices.Contains(bresp.Codecs, msg.WireCodecS2)
 }
 
 // cycleTimes marks when a cycle's phases ended, so that the log says where

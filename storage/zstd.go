@@ -57,13 +57,6 @@ func compressFast(plain []byte) (Codec, []byte) {
 	return CodecNone, plain
 }
 
-// DecodeS2 returns the plaintext of an S2 chunk's data (an Envelope of
-// codec CodecS2), which must be plainLen bytes; a header that claims
-// another length is refused before anything is allocated.
-func DecodeS2(data []byte, plainLen int) ([]byte, error) {
-	return decodeS2(data, plainLen)
-}
-
 // decode returns the plaintext of encoded bytes, which must be exactly
 // plainLen long.
 func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) {

@@ -132,7 +132,7 @@ func (im *image) encode(t testing.TB, refs []blockRef) []data.Block {
 		if bytes.Equal(plain, make([]byte, len(plain))) {
 			b.Flags = data.FlagZero
 		} else {
-			codec, enc := comp.Compress(nil, plain)
+			codec, enc := comp.Compress(data.CodecZstd, nil, plain)
 			b.Codec, b.Data = codec, bytes.Clone(enc)
 			b.Hash = data.Hash(blake3.Sum256(plain))
 		}

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/time/rate"
@@ -62,6 +63,14 @@ type Config struct {
 	Limiter *rate.Limiter
 	// Compressor compresses block data (shared, concurrency-safe).
 	Compressor *data.Compressor
+	// Codec is how block data is compressed: auto (the default) chooses
+	// per stream between S2 and zstd from what the stream measures;
+	// zstd, s2 and none fix it.
+	Codec CodecChoice
+	// S2 says the controller accepts S2 blocks
+	// (msg.CycleBeginResponse.Codecs); without it only zstd and none
+	// travel, whatever Codec says.
+	S2 bool
 	// Progress, if set, is told the bytes of each candidate as it is
 	// compared (read and hashed, or skipped as a hole), from several
 	// goroutines at once: a live progress counter. The last block of a
@@ -90,6 +99,11 @@ type Result struct {
 	Patches   int64 // of which as patches
 	Deduped   int64 // entries the controller already had
 	WireBytes int64 // payload bytes written to data streams
+	// Codec is the codec the streams used last: "s2", "zstd" or "none",
+	// or several joined by "+" when streams ended on different ones.
+	Codec         string
+	CodecBytes    CodecBytes // block data bytes sent, by the codec they travelled in
+	CodecSwitches int64      // auto choices that changed a stream's codec
 }
 
 // item is one changed block on its way.
@@ -126,7 +140,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	parent := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	r := &run{cfg: cfg, ctx: ctx, cancel: cancel}
+	r := &run{cfg: cfg, ctx: ctx, cancel: cancel, now: time.Now}
 	maxBS := 0
 	for _, d := range cfg.Disks {
 		maxBS = max(maxBS, d.BlockSize)
@@ -249,14 +263,44 @@ type run struct {
 	partSeq                                          atomic.Uint32
 	entries, scanned, unchanged, zero, sent, patches atomic.Int64
 	deduped, wire                                    atomic.Int64
+	codecBytes                                       [3]atomic.Int64 // by data codec
+	switches                                         atomic.Int64
+	// now times compression and sends for the auto codec choice.
+	now func() time.Time
+
+	mu         sync.Mutex
+	lastCodecs [3]bool // the codecs streams ended with
 }
 
 func (r *run) result() Result {
-	return Result{
+	res := Result{
 		Parts: r.partSeq.Load(), Entries: uint64(r.entries.Load()), Scanned: r.scanned.Load(),
 		Unchanged: r.unchanged.Load(), Zero: r.zero.Load(), Sent: r.sent.Load(), Patches: r.patches.Load(),
 		Deduped: r.deduped.Load(), WireBytes: r.wire.Load(),
+		CodecBytes: CodecBytes{
+			None: r.codecBytes[data.CodecNone].Load(), Zstd: r.codecBytes[data.CodecZstd].Load(), S2: r.codecBytes[data.CodecS2].Load(),
+		},
+		CodecSwitches: r.switches.Load(),
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for codec, used := range r.lastCodecs {
+		if used {
+			if res.Codec != "" {
+				res.Codec += "+"
+			}
+			res.Codec += codecName(uint8(codec))
+		}
+	}
+	return res
+}
+
+// streamEnded records the codec a stream ended with.
+func (r *run) streamEnded(c *chooser) {
+	r.switches.Add(c.switches)
+	r.mu.Lock()
+	r.lastCodecs[c.codec] = true
+	r.mu.Unlock()
 }
 
 func (r *run) release(it *item) {

@@ -341,8 +341,11 @@ func TestShipSendsChangedBlocksAndRecordsAcks(t *testing.T) {
 	require.Equal(t, ship.Result{
 		Parts: 1, Entries: nblocks - 3, Scanned: nblocks, Unchanged: 3, Zero: 1,
 		Sent: nblocks - nblocks/4 - 1, Deduped: 1, WireBytes: r.res.WireBytes,
+		Codec: "zstd", CodecBytes: r.res.CodecBytes, // a controller that offers no S2
 	}, r.res)
 	require.Positive(t, r.res.WireBytes)
+	require.Positive(t, r.res.CodecBytes.Zstd)
+	require.Zero(t, r.res.CodecBytes.S2)
 
 	// Same disk again: nothing changed, nothing is sent, no stream opened.
 	r2 := wait(t, run(config(t, l, d, bytes.NewReader(d.bytes))))

@@ -34,6 +34,8 @@ type conn struct {
 	inflight map[uint32][]ack
 	acked    chan struct{} // signalled on every ack
 	batchSeq uint32
+	codec    *chooser
+	batch    measure // of the batch being assembled
 }
 
 // stream sends parts on one data stream until parts is closed, then waits
@@ -63,7 +65,9 @@ func (r *run) stream(parts <-chan *part) error {
 		readErr:  make(chan error, 1),
 		inflight: map[uint32][]ack{},
 		acked:    make(chan struct{}, 1),
+		codec:    newChooser(r.cfg.Codec, r.cfg.S2, r.cfg.Log),
 	}
+	defer r.streamEnded(c.codec)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -236,10 +240,14 @@ func (c *conn) encode(it *item) data.Block {
 		src = (*it.buf)[:it.disk.BlockSize]
 	}
 	b.PlainLen = uint32(len(src))
-	b.Codec, b.Data = c.r.cfg.Compressor.Compress(nil, src)
+	start := c.r.now()
+	b.Codec, b.Data = c.r.cfg.Compressor.Compress(c.codec.codec, nil, src)
+	c.batch.compress += c.r.now().Sub(start)
+	c.batch.plain += int64(len(src))
 	if b.Codec == data.CodecNone {
 		b.Data = append([]byte(nil), src...) // a block's buffer is pooled
 	}
+	c.r.codecBytes[b.Codec].Add(int64(len(b.Data)))
 	c.r.sent.Add(1)
 	return b
 }
@@ -250,6 +258,7 @@ func (c *conn) sendBatch(b *data.Batch, acks []ack, bytes int) error {
 	c.mu.Lock()
 	c.inflight[b.Seq] = acks
 	c.mu.Unlock()
+	start := c.r.now()
 	if l := c.r.cfg.Limiter; l != nil {
 		for left := bytes; left > 0; {
 			n := min(left, l.Burst())
@@ -262,7 +271,13 @@ func (c *conn) sendBatch(b *data.Batch, acks []ack, bytes int) error {
 	if err := c.fw.WriteAppend(data.FrameBatch, b.Append); err != nil {
 		return fmt.Errorf("send batch: %w", err)
 	}
-	return c.fw.Flush()
+	if err := c.fw.Flush(); err != nil {
+		return err
+	}
+	c.batch.send = c.r.now().Sub(start)
+	c.codec.observe(c.batch)
+	c.batch = measure{}
+	return nil
 }
 
 // read demultiplexes the controller's replies.

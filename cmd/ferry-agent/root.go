@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/agent"
+	"github.com/ferrydr/ferry/agent/ship"
 	"github.com/ferrydr/ferry/installer"
 	"github.com/ferrydr/ferry/internal/buildinfo"
 	"github.com/ferrydr/ferry/internal/profiling"
@@ -142,6 +143,11 @@ func newRunCommand(g *globals) *cobra.Command {
 					return usagef("%s: %v", testPauseEnv, err)
 				}
 			}
+			if v := os.Getenv(wireCodecEnv); v != "" {
+				if o.cfg.WireCodec, err = ship.ParseCodecChoice(v); err != nil {
+					return usagef("%s: %v", wireCodecEnv, err)
+				}
+			}
 			a, err := agent.New(o.cfg)
 			if err != nil {
 				return err
@@ -175,6 +181,12 @@ func newVersionCommand(g *globals) *cobra.Command {
 		},
 	}
 }
+
+// wireCodecEnv fixes how `ferry-agent run` compresses the blocks it sends
+// (auto, zstd, s2 or none; default auto: S2 or zstd chosen per stream), so
+// that benchmarks and tests can compare codecs. Not a flag: operators have
+// no reason to set it (docs/protocol.md §6.3).
+const wireCodecEnv = "FERRY_WIRE_CODEC"
 
 // agentMemoryLimit is the agent's soft heap limit. The agent is a guest on
 // the host it protects: what it holds in flight is bounded (agent/ship),

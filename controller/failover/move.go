@@ -399,11 +399,14 @@ func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h
 		case storage.CodecZstd:
 			blk.Codec = data.CodecZstd
 		case storage.CodecS2:
-			// What the controller built at ingest and the compactor has
-			// not re-encoded yet: restore streams carry none or zstd, so
-			// the agent gets the plaintext (S2 decodes at several GB/s;
-			// the agent still checks the hash).
-			plain, err := storage.DecodeS2(env.Data, env.PlainLen)
+			// Restore streams carry none or zstd (an agent of any
+			// version decodes them), and sealed blocks cannot be
+			// re-encoded without the key; ingest never stores S2 in an
+			// encrypted repository. S2 decodes at memory speed.
+			if env.Key != nil {
+				return fmt.Errorf("chunk %s: an S2 chunk in an encrypted repository cannot be sent sealed", h)
+			}
+			plain, err := data.DecompressS2(nil, env.Data, env.PlainLen)
 			if err != nil {
 				return fmt.Errorf("chunk %s: %w", h, err)
 			}

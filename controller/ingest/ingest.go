@@ -246,7 +246,7 @@ func (g *Ingest) Begin(ctx context.Context, agentID string, req msg.CycleBeginRe
 	// resync's reason); the begin is for debugging and timing.
 	g.log.Debug("cycle begins", "machine", req.Machine, "pending", p.ID, "head", head, "resync", resync, "reason", reason)
 	return msg.CycleBeginResponse{Cycle: p.ID, HeadPoint: head, Resync: resync, ResyncReason: reason,
-		Patches: g.canPatch && !resync}, nil
+		Patches: g.canPatch && !resync, Codecs: []string{msg.WireCodecS2}}, nil
 }
 
 func pendingID(p *storage.Pending) int64 {

@@ -62,13 +62,22 @@ type rig struct {
 	streamAgent atomic.Value
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWithKey(t, nil) }
+
+// newRigWithKey makes the rig's repository encrypted to key's public half
+// when key is set; the repository is opened with key, so the test can read
+// plaintext back.
+func newRigWithKey(t *testing.T, key *storage.PrivateKey) *rig {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(tLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	dir := t.TempDir()
-	require.NoError(t, storage.Create(ctx, dir, storage.CreateOptions{PackSize: storage.MinPackSize}))
-	repo, err := storage.Open(ctx, dir, storage.OpenOptions{Logger: log})
+	create := storage.CreateOptions{PackSize: storage.MinPackSize}
+	if key != nil {
+		create.PublicKey = key.Public()
+	}
+	require.NoError(t, storage.Create(ctx, dir, create))
+	repo, err := storage.Open(ctx, dir, storage.OpenOptions{Logger: log, PrivateKey: key})
 	require.NoError(t, err)
 	r := &rig{t: t, repo: repo, served: make(chan error, 16), points: make(chan storage.Point, 16)}
 	r.streamAgent.Store(agentID)
@@ -299,7 +308,7 @@ func TestIngestCycleStoresAndCommits(t *testing.T) {
 	require.NoError(t, err)
 	defer zc.Close()
 	blk := data.Block{Block: 0, Hash: hashOf(cc), PlainLen: blockSize}
-	blk.Codec, blk.Data = zc.Compress(nil, cc)
+	blk.Codec, blk.Data = zc.Compress(data.CodecZstd, nil, cc)
 	s2.send(data.FrameBatch, &data.Batch{Cycle: uint64(c2.Cycle), Seq: 1, Blocks: []data.Block{blk}})
 	s2.ack()
 	require.NoError(t, s2.st.CloseWrite())

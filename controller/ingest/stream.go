@@ -329,11 +329,11 @@ func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *dat
 			if int(blk.PlainLen) != d.BlockSize {
 				return protocol.Errorf(protocol.CodeInvalid, "block %d is %d bytes, disk %s has %d-byte blocks", blk.Block, blk.PlainLen, d.Name, d.BlockSize)
 			}
-			codec := storage.CodecNone
-			if blk.Codec == data.CodecZstd {
-				codec = storage.CodecZstd
+			chunk, err := g.chunk(blk)
+			if err != nil {
+				return err
 			}
-			w.Chunk = &storage.Chunk{Hash: storage.Hash(blk.Hash), Codec: codec, Data: blk.Data, PlainLen: int(blk.PlainLen)}
+			w.Chunk = chunk
 		}
 		writes = append(writes, w)
 	}
@@ -360,6 +360,30 @@ func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *dat
 		g.onStored(c.machine, int64(bytes))
 		rep.send(data.FrameAck, ack)
 	})
+}
+
+// chunk is a whole block as the repository stores it: in the codec it
+// travelled in (Validate refused any other), except an S2 block for an
+// encrypted repository, which is stored as plaintext the repository
+// compresses with zstd. A sealed chunk is restored to an agent holding
+// the key exactly as stored, and sealed blocks carry none or zstd only
+// (docs/protocol.md §6.3), so an encrypted repository holds no S2 chunk.
+func (g *Ingest) chunk(blk *data.Block) (*storage.Chunk, error) {
+	ch := &storage.Chunk{Hash: storage.Hash(blk.Hash), Codec: storage.CodecNone, Data: blk.Data, PlainLen: int(blk.PlainLen)}
+	switch blk.Codec {
+	case data.CodecZstd:
+		ch.Codec = storage.CodecZstd
+	case data.CodecS2:
+		ch.Codec = storage.CodecS2
+		if g.repo.Encrypted() {
+			plain, err := data.DecompressS2(nil, blk.Data, int(blk.PlainLen))
+			if err != nil {
+				return nil, err
+			}
+			ch.Codec, ch.Data = storage.CodecNone, plain
+		}
+	}
+	return ch, nil
 }
 
 // untilDone yields the decoded frames until the channel closes or ctx

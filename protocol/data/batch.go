@@ -49,7 +49,7 @@ func (b *Block) validate(i int) error {
 		if len(b.Data) != int(b.PlainLen) {
 			return invalid("batch", "block %d: uncompressed data of %d bytes, plain length %d", i, len(b.Data), b.PlainLen)
 		}
-	case CodecZstd:
+	case CodecZstd, CodecS2:
 		if len(b.Data) == 0 || len(b.Data) > MaxBlockSize {
 			return tooLargeOrInvalid(len(b.Data) > MaxBlockSize, "batch", "block %d: compressed data of %d bytes not in 1..%d", i, len(b.Data), MaxBlockSize)
 		}

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
-// Compressor compresses block data with zstd at its fastest level. One
+// Compressor compresses block data with zstd at its fastest level or with
+// S2, as the caller chooses per block. One
 // Compressor is safe for concurrent use by up to its concurrency of
 // goroutines at a time (more wait); its encoders are its own, so several
 // agents or tests in one process share nothing.
@@ -38,18 +40,32 @@ func NewCompressor(concurrency int) (*Compressor, error) {
 	return &Compressor{enc: enc}, nil
 }
 
-// Compress encodes src into dst's storage. When compression does not make
-// the block smaller it returns CodecNone and src itself, so incompressible
-// blocks travel as they are.
-func (c *Compressor) Compress(dst, src []byte) (codec uint8, out []byte) {
-	if len(src) == 0 {
+// Compress encodes src with codec (CodecZstd or CodecS2; CodecNone returns
+// src) into dst's storage. When the encoding does not save at least 1/32 of
+// the block it returns CodecNone and src itself: incompressible blocks
+// travel as they are, and the receiver does not spend a decode on a block
+// that barely shrank (the repository stores by the same rule).
+func (c *Compressor) Compress(codec uint8, dst, src []byte) (uint8, []byte) {
+	var out []byte
+	switch {
+	case len(src) == 0 || codec == CodecNone:
+		return CodecNone, src
+	case codec == CodecS2:
+		// s2.Encode writes into dst only when it has room for the worst
+		// case; a block is at most MaxBlockSize, so n is never -1.
+		n := s2.MaxEncodedLen(len(src))
+		if cap(dst) < n {
+			dst = make([]byte, n)
+		}
+		out = s2.Encode(dst[:n], src)
+	default:
+		codec = CodecZstd
+		out = c.enc.EncodeAll(src, dst[:0])
+	}
+	if len(out) >= len(src)-len(src)/32 {
 		return CodecNone, src
 	}
-	out = c.enc.EncodeAll(src, dst[:0])
-	if len(out) >= len(src) {
-		return CodecNone, src
-	}
-	return CodecZstd, out
+	return codec, out
 }
 
 // Close releases the encoders.
@@ -57,7 +73,8 @@ func (c *Compressor) Close() error { return c.enc.Close() }
 
 // Decompressor decodes block data. It never produces more than the plain
 // length the block announces, itself at most MaxBlockSize, whatever the
-// compressed bytes claim: a zstd bomb is an error, not an allocation. Safe
+// compressed bytes claim: a zstd or S2 bomb is an error, not an
+// allocation. Safe
 // for concurrent use; its decoders are its own.
 type Decompressor struct {
 	dec *zstd.Decoder
@@ -101,8 +118,34 @@ func (d *Decompressor) Decompress(dst, src []byte, plainLen int) ([]byte, error)
 	return out, nil
 }
 
+// DecompressS2 decodes one S2 block that must yield exactly plainLen bytes
+// (1..MaxBlockSize), into dst's storage when it is large enough. The
+// length the block's header claims is checked before anything is
+// allocated, so a lying header costs nothing.
+func DecompressS2(dst, src []byte, plainLen int) ([]byte, error) {
+	if plainLen <= 0 || plainLen > MaxBlockSize {
+		return nil, tooLargeOrInvalid(plainLen > MaxBlockSize, "s2", "plain length %d not in 1..%d", plainLen, MaxBlockSize)
+	}
+	n, err := s2.DecodedLen(src)
+	if err != nil {
+		return nil, &FormatError{Frame: "s2", Reason: err.Error()}
+	}
+	if n != plainLen {
+		return nil, invalid("s2", "block claims %d bytes, block says %d", n, plainLen)
+	}
+	if cap(dst) < plainLen {
+		dst = make([]byte, plainLen)
+	}
+	out, err := s2.Decode(dst[:plainLen], src)
+	if err != nil {
+		return nil, &FormatError{Frame: "s2", Reason: err.Error()}
+	}
+	return out, nil
+}
+
 // Plain returns a block's plain bytes (a patch encoding for FlagPatch
-// blocks): data itself for CodecNone, decoded into dst for CodecZstd.
+// blocks): data itself for CodecNone, decoded into dst for CodecZstd and
+// CodecS2.
 func (d *Decompressor) Plain(dst []byte, b *Block) ([]byte, error) {
 	if b.Flags&FlagZero != 0 {
 		return nil, invalid("zstd", "a zero block has no data")
@@ -115,6 +158,8 @@ func (d *Decompressor) Plain(dst []byte, b *Block) ([]byte, error) {
 		return b.Data, nil
 	case CodecZstd:
 		return d.Decompress(dst, b.Data, int(b.PlainLen))
+	case CodecS2:
+		return DecompressS2(dst, b.Data, int(b.PlainLen))
 	default:
 		return nil, invalid("batch", "unknown codec %d", b.Codec)
 	}

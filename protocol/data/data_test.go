@@ -81,8 +81,10 @@ func TestBatch(t *testing.T) {
 		{Disk: 1, Block: 10, Hash: hashOf(3), Codec: CodecNone, PlainLen: 5, Data: []byte("hello")},
 		{Disk: 1, Block: 11, Flags: FlagZero, PlainLen: 65536},
 		{Disk: 2, Block: 12, Hash: hashOf(4), Codec: CodecZstd, Flags: FlagPatch, PlainLen: 4096, Data: []byte{1, 2, 3}},
+		{Disk: 2, Block: 13, Hash: hashOf(6), Codec: CodecS2, PlainLen: 4096, Data: []byte{0x80, 0x20, 0}},
 	}}
 	got := roundTrip(t, b, &Batch{})
+	require.Equal(t, b.Blocks[3], got.Blocks[3])
 	require.Equal(t, b.Blocks[0], got.Blocks[0])
 	sealed := &Batch{Blocks: []Block{{Disk: 1, Block: 2, Hash: hashOf(5), Codec: CodecZstd, Flags: FlagSealed, PlainLen: 4096, Data: make([]byte, SealedOverhead+7)}}}
 	require.Equal(t, sealed.Blocks[0], roundTrip(t, sealed, &Batch{}).Blocks[0], "a sealed block's data length is its own, not the plain length")
@@ -93,7 +95,7 @@ func TestBatch(t *testing.T) {
 	enc := b.Append(nil)
 	require.NoError(t, got.Decode(enc))
 	enc[len(enc)-1] = 99
-	require.Equal(t, byte(99), got.Blocks[2].Data[2])
+	require.Equal(t, byte(99), got.Blocks[3].Data[2])
 
 	zero := (&Batch{Cycle: 1, Seq: 2, Blocks: []Block{{Disk: 3, Block: 4, Flags: FlagZero, PlainLen: 8}}}).Append(nil)
 	require.Equal(t, "0000000000000001"+"00000002"+"00000001"+"0003"+"0000000000000004"+"01"+"00000008", hex.EncodeToString(zero),
@@ -108,6 +110,8 @@ func TestBatch(t *testing.T) {
 		"sealed and patch":    {Flags: FlagSealed | FlagPatch, Hash: hashOf(1), PlainLen: 1, Data: make([]byte, SealedOverhead+1)},
 		"sealed and zero":     {Flags: FlagSealed | FlagZero, PlainLen: 1},
 		"sealed, bad codec":   {Flags: FlagSealed, Codec: 9, Hash: hashOf(1), PlainLen: 1, Data: make([]byte, SealedOverhead+1)},
+		"sealed s2":           {Flags: FlagSealed, Codec: CodecS2, Hash: hashOf(1), PlainLen: 1, Data: make([]byte, SealedOverhead+1)},
+		"s2 without data":     {Codec: CodecS2, PlainLen: 1},
 		"empty":               {PlainLen: 0},
 		"none length differs": {PlainLen: 2, Data: []byte{0}},
 		"unknown codec":       {Codec: 9, PlainLen: 1, Data: []byte{0}},

@@ -44,6 +44,7 @@ func FuzzBatch(f *testing.F) {
 		{Disk: 1, Block: 2, Hash: hashOf(1), PlainLen: 3, Data: []byte("abc")},
 		{Disk: 1, Block: 3, Flags: FlagZero, PlainLen: 65536},
 		{Disk: 1, Block: 4, Hash: hashOf(2), Codec: CodecZstd, Flags: FlagPatch, PlainLen: 100, Data: []byte{0x28, 0xb5, 0x2f, 0xfd}},
+		{Disk: 1, Block: 5, Hash: hashOf(3), Codec: CodecS2, PlainLen: 100, Data: []byte{0x64, 0x00, 0x61, 0xfe, 0x01, 0x00}},
 	}})
 	f.Fuzz(func(t *testing.T, in []byte) { checkCanonical(t, &Batch{}, in) })
 }
@@ -105,7 +106,7 @@ func FuzzDecompress(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer c.Close()
-	_, out := c.Compress(nil, textBlock(4096, 1))
+	_, out := c.Compress(CodecZstd, nil, textBlock(4096, 1))
 	f.Add(out, uint32(4096))
 	f.Add(out, uint32(100))
 	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0}, uint32(1))
@@ -116,13 +117,40 @@ func FuzzDecompress(f *testing.F) {
 	defer d.Close()
 	f.Fuzz(func(t *testing.T, in []byte, plainLen uint32) {
 		out, err := d.Decompress(nil, in, int(plainLen))
-		if err != nil {
-			return
-		}
-		if len(out) != int(plainLen) || plainLen > MaxBlockSize {
-			t.Fatalf("decoded %d bytes for plain length %d", len(out), plainLen)
-		}
+		checkDecoded(t, out, err, plainLen)
 	})
+}
+
+// FuzzDecompressS2: the same for S2 blocks, through Plain as a batch's
+// blocks are decoded.
+func FuzzDecompressS2(f *testing.F) {
+	c, err := NewCompressor(1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer c.Close()
+	_, out := c.Compress(CodecS2, nil, textBlock(4096, 1))
+	f.Add(out, uint32(4096))
+	f.Add(out, uint32(100))
+	f.Add([]byte{0x80, 0x80, 0x80, 0x80, 0x01, 0x00}, uint32(1)) // claims 256 MiB
+	d, err := NewDecompressor(1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer d.Close()
+	f.Fuzz(func(t *testing.T, in []byte, plainLen uint32) {
+		out, err := d.Plain(nil, &Block{Codec: CodecS2, PlainLen: plainLen, Data: in})
+		checkDecoded(t, out, err, plainLen)
+	})
+}
+
+func checkDecoded(t *testing.T, out []byte, err error, plainLen uint32) {
+	if err != nil {
+		return
+	}
+	if len(out) != int(plainLen) || plainLen > MaxBlockSize {
+		t.Fatalf("decoded %d bytes for plain length %d", len(out), plainLen)
+	}
 }
 
 func FuzzSumRun(f *testing.F) {

@@ -47,6 +47,11 @@ const (
 const (
 	CodecNone uint8 = 0
 	CodecZstd uint8 = 1
+	// CodecS2: one S2 block (github.com/klauspost/compress/s2), about four
+	// times faster to make than zstd's fastest level for a somewhat larger
+	// result. Sent only to a controller that offers it
+	// (msg.CycleBeginResponse.Codecs); never on restore streams.
+	CodecS2 uint8 = 2
 )
 
 // Consistency of a cycle's view, as End reports it.

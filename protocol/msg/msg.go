@@ -165,7 +165,17 @@ type CycleBeginResponse struct {
 	// Patches says whether the controller can build blocks from sub-block
 	// patches (false for an encrypted repository without its private key).
 	Patches bool `json:"patches"`
+	// Codecs lists the block codecs the controller accepts on the cycle's
+	// data streams beyond none and zstd, which every controller accepts
+	// (docs/protocol.md §6.3). A controller before it omits the field, and
+	// the agent then sends none and zstd only.
+	Codecs []string `json:"codecs,omitempty"`
 }
+
+// Block codecs a controller may offer in CycleBeginResponse.Codecs.
+const (
+	WireCodecS2 = "s2" // data.CodecS2
+)
 
 // CycleEndRequest declares a cycle complete.
 type CycleEndRequest struct {
