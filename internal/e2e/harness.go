@@ -163,7 +163,13 @@ var listeningRE = regexp.MustCompile(`listening on (\S+)`)
 // StartController runs a controller on a free loopback port.
 func StartController(t testing.TB, extra ...string) *Controller {
 	t.Helper()
-	c := &Controller{t: t, Bin: Binaries(t), Data: t.TempDir(), listen: "127.0.0.1:0", extra: extra}
+	return startControllerBin(t, Binaries(t), extra...)
+}
+
+// startControllerBin is StartController with the ferry of directory bin.
+func startControllerBin(t testing.TB, bin string, extra ...string) *Controller {
+	t.Helper()
+	c := &Controller{t: t, Bin: bin, Data: t.TempDir(), listen: "127.0.0.1:0", extra: extra}
 	c.Admin = filepath.Join(c.Data, "admin.sock")
 	c.start()
 	return c
@@ -260,7 +266,14 @@ func EnrollAgent(t testing.TB, c *Controller, addr, name string, runArgs ...stri
 // network namespace ns.
 func EnrollAgentIn(t testing.TB, c *Controller, ns, addr, name string, runArgs ...string) *Agent {
 	t.Helper()
-	a := &Agent{t: t, Bin: c.Bin, Name: name, StateDir: filepath.Join(t.TempDir(), "agent-"+name), NS: ns, args: runArgs}
+	return enrollAgentBin(t, c, c.Bin, ns, addr, name, runArgs...)
+}
+
+// enrollAgentBin is EnrollAgentIn with the ferry-agent of directory bin
+// (another build than the controller's: the mixed-version tests).
+func enrollAgentBin(t testing.TB, c *Controller, bin, ns, addr, name string, runArgs ...string) *Agent {
+	t.Helper()
+	a := &Agent{t: t, Bin: bin, Name: name, StateDir: filepath.Join(t.TempDir(), "agent-"+name), NS: ns, args: runArgs}
 	out, err := inNetns(ns, filepath.Join(a.Bin, "ferry-agent"), "enroll", "--controller", addr, "--token", c.Token(),
 		"--name", name, "--state-dir", a.StateDir).CombinedOutput()
 	require.NoError(t, err, "enroll: %s", out)
