@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -37,12 +38,14 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	}
 	p1 := commitWrites(t, r, disks, ws, 1000)
 	want1 := bytes.Clone(want)
+	sealOpenPack(t, r)
 
 	// Point 2: a patch of block 2, built by the repository.
 	copy(want[2*tbs+100:], "patched by the second point")
 	h2 := Hash(blake3.Sum256(want[2*tbs : 3*tbs]))
 	p2 := commitWrites(t, r, disks, []BlockWrite{{Disk: "sda", Block: 2, Hash: h2,
 		Patch: []PatchRun{{Offset: 100, Data: []byte("patched by the second point")}}}}, 2000)
+	sealOpenPack(t, r)
 
 	hashes := make([]Hash, 0, blocks+1)
 	for b := range blocks {
@@ -61,16 +64,23 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, rep.Chunks, "packs created within the hour are not cold")
 
+	packsBefore := repoPackFiles(t, r)
 	rep, err = r.Compact(ctx, CompactOptions{MaxBytes: 2 * tbs})
 	require.NoError(t, err)
-	require.EqualValues(t, 2, rep.Chunks, "the budget of two blocks")
+	require.EqualValues(t, 1, rep.Packs, "the budget of two blocks ends the call after the first pack")
+	require.EqualValues(t, blocks, rep.Chunks, "the first point's pack")
 	require.True(t, rep.More)
 
 	rep, err = r.Compact(ctx, CompactOptions{})
 	require.NoError(t, err)
-	require.EqualValues(t, blocks+1-2, rep.Chunks)
+	require.EqualValues(t, 1, rep.Packs)
+	require.EqualValues(t, 1, rep.Chunks, "the patched block's pack")
 	require.False(t, rep.More)
 	require.Less(t, rep.BytesAfter, rep.BytesBefore)
+	for _, f := range packsBefore {
+		_, err := os.Stat(f)
+		require.ErrorIs(t, err, fs.ErrNotExist, "a compacted pack is removed: no dead space is left")
+	}
 	for _, h := range hashes {
 		env, err := r.ChunkEnvelope(ctx, h)
 		require.NoError(t, err)
@@ -115,12 +125,13 @@ func TestGCCompactsAndReclaimsTheOldRecords(t *testing.T) {
 		ws = append(ws, BlockWrite{Disk: "sda", Block: int64(b), Hash: h, Chunk: &Chunk{Hash: h, Codec: CodecNone, Data: plain, PlainLen: tbs}})
 	}
 	p := commitWrites(t, r, disks, ws, 1000)
+	sealOpenPack(t, r)
 	sizeBefore := repoPackBytes(t, r)
 	rep, err := r.GC(ctx, GCOptions{})
 	require.NoError(t, err)
 	require.EqualValues(t, blocks, rep.ChunksRecoded)
 	require.Positive(t, rep.RecodeSaved)
-	require.Less(t, repoPackBytes(t, r), sizeBefore, "the S2 records were reclaimed")
+	require.Less(t, repoPackBytes(t, r), sizeBefore, "the S2 records were not left behind as dead space")
 	requireDiskBytes(t, r, p, "sda", want)
 }
 
@@ -167,6 +178,30 @@ func requireDiskBytes(t *testing.T, r *Repo, pt Point, disk string, want []byte)
 	_, err = d.WriteTo(&buf)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, buf.Bytes()), "point %d disk %s differs from the bytes the test kept", pt.ID, disk)
+}
+
+// sealOpenPack seals the open pack, as a full one is: compaction takes
+// sealed packs only.
+func sealOpenPack(t *testing.T, r *Repo) {
+	t.Helper()
+	r.c.writeMu.Lock()
+	defer r.c.writeMu.Unlock()
+	if r.c.open != nil {
+		require.NoError(t, r.c.seal(context.Background()))
+	}
+}
+
+// repoPackFiles lists the repository's pack files.
+func repoPackFiles(t *testing.T, r *Repo) []string {
+	t.Helper()
+	var out []string
+	require.NoError(t, filepath.WalkDir(r.c.dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && filepath.Ext(path) == ".pack" {
+			out = append(out, path)
+		}
+		return err
+	}))
+	return out
 }
 
 // repoPackBytes sums the sizes of the repository's pack files on disk.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
@@ -29,7 +30,7 @@ type GCReport struct {
 	BytesFreed    int64
 	RowsSwept     int64
 	ChunksRecoded int64 // S2 chunks re-encoded to zstd (Compact)
-	BytesRecoded  int64 // their records' size before, now dead space in their packs
+	BytesRecoded  int64 // their records' size before
 	RecodeSaved   int64 // bytes their new records are smaller by
 }
 
@@ -71,6 +72,10 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	var crep CompactReport
 	err = c.compact(ctx, CompactOptions{ColderThan: opts.CompactColderThan}, &crep)
 	rep.ChunksRecoded, rep.BytesRecoded, rep.RecodeSaved = crep.Chunks, crep.BytesBefore, crep.BytesBefore-crep.BytesAfter
+	// Compaction rewrites whole packs, as a repack does.
+	rep.PacksRepacked += crep.Packs
+	rep.PacksDeleted += crep.Packs
+	rep.BytesFreed += crep.DeadFreed
 	if err != nil {
 		return rep, err
 	}
@@ -220,7 +225,7 @@ func (c *core) gcPacks(ctx context.Context, opts GCOptions, rep *GCReport) error
 		if pl.live > 0 && frac >= opts.RepackBelow {
 			continue
 		}
-		if err := c.repack(ctx, &pl); err != nil {
+		if err := c.repack(ctx, &pl, nil); err != nil {
 			return fmt.Errorf("repack %s: %w", packName(pl.id), err)
 		}
 		if pl.live > 0 {
@@ -301,7 +306,10 @@ func (c *core) recordLiveIn(ctx context.Context, id uint64, rr recordRow) (bool,
 // bounded steps (each: append, fdatasync, one transaction moving the rows),
 // then drops the pack. Encrypted chunks are copied as ciphertext with their
 // sealed key record: no private key is needed.
-func (c *core) repack(ctx context.Context, pl *packLive) error {
+//
+// With recode set (compaction), S2 chunks of plain records are re-encoded
+// to zstd on the way (recodeItem) and counted there.
+func (c *core) repack(ctx context.Context, pl *packLive, recode *CompactReport) error {
 	var items []copyItem
 	for i := range pl.chunks {
 		items = append(items, copyItem{chunk: &pl.chunks[i]})
@@ -332,11 +340,27 @@ func (c *core) repack(ctx context.Context, pl *packLive) error {
 			if it.rec != nil {
 				it.rec.flags = rec.Flags
 			}
+			if it.chunk != nil {
+				it.codec = it.chunk.codec
+				if recode != nil && it.chunk.codec == CodecS2 && it.chunk.slot == 0 {
+					c.recodeItem(&it, recode)
+				}
+			}
 			step = append(step, it)
 			n += length
 		}
 		if err := c.copyStep(ctx, pl.id, step); err != nil {
 			return err
+		}
+		if recode != nil {
+			for _, it := range step {
+				if it.recoded {
+					recode.Chunks++
+					recode.PlainBytes += int64(it.chunk.plainLen)
+					recode.BytesBefore += it.chunk.length
+					recode.BytesAfter += int64(pack.RecordOverhead + len(it.raw))
+				}
+			}
 		}
 	}
 	c.fail(FailGCRepack)
@@ -369,9 +393,12 @@ func (c *core) repack(ctx context.Context, pl *packLive) error {
 }
 
 type copyItem struct {
-	chunk *chunkRow
-	rec   *recordRow
-	raw   []byte
+	chunk   *chunkRow
+	rec     *recordRow
+	raw     []byte
+	codec   Codec // the chunk's codec in raw (recodeItem may change it)
+	recoded bool  // raw was re-encoded from S2
+	damaged bool  // an S2 chunk that did not decode to its hash: copied as is, and marked
 }
 
 // copyStep appends one step of a repack to the open pack and moves the
@@ -387,8 +414,8 @@ func (c *core) copyStep(ctx context.Context, from uint64, step []copyItem) error
 		return err
 	}
 	type moved struct {
-		it  copyItem
-		off int64
+		it          copyItem
+		off, length int64
 	}
 	var mv []moved
 	for _, it := range step {
@@ -400,15 +427,18 @@ func (c *core) copyStep(ctx context.Context, from uint64, step []copyItem) error
 				}
 				b.needKey(sk)
 			}
-			off, _ := b.add(pack.TypeChunk, 0, it.raw, it.chunk.hash, 0)
-			mv = append(mv, moved{it, off})
+			off, n := b.add(pack.TypeChunk, 0, it.raw, it.chunk.hash, 0)
+			mv = append(mv, moved{it, off, n})
 		} else {
-			off, _ := b.add(it.rec.typ, it.rec.flags, it.raw, Hash{}, it.rec.pointID)
-			mv = append(mv, moved{it, off})
+			off, n := b.add(it.rec.typ, it.rec.flags, it.raw, Hash{}, it.rec.pointID)
+			mv = append(mv, moved{it, off, n})
 		}
 	}
 	if err := c.flush(b); err != nil {
 		return err
+	}
+	if slices.ContainsFunc(step, func(it copyItem) bool { return it.recoded }) {
+		c.fail(FailCompactStep)
 	}
 	err = c.inTx(ctx, func(tx *sql.Tx) error {
 		if err := c.indexBatch(ctx, tx, b); err != nil {
@@ -416,9 +446,15 @@ func (c *core) copyStep(ctx context.Context, from uint64, step []copyItem) error
 		}
 		for _, m := range mv {
 			if m.it.chunk != nil {
-				if _, err := tx.ExecContext(ctx, `UPDATE chunks SET pack_id=?, offset=? WHERE id=? AND pack_id=?`,
-					int64(b.op.id), m.off, m.it.chunk.id, int64(from)); err != nil {
+				if _, err := tx.ExecContext(ctx, `UPDATE chunks SET pack_id=?, offset=?, length=?, codec=? WHERE id=? AND pack_id=?`,
+					int64(b.op.id), m.off, m.length, m.it.codec, m.it.chunk.id, int64(from)); err != nil {
 					return err
+				}
+				if m.it.damaged {
+					if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO damaged_chunks(chunk_id, found_ns, reason) VALUES (?, ?, 'compaction')`,
+						m.it.chunk.id, c.clock().UnixNano()); err != nil {
+						return err
+					}
 				}
 			} else if _, err := tx.ExecContext(ctx, `DELETE FROM records WHERE pack_id=? AND offset=?`, int64(from), m.it.rec.off); err != nil {
 				return err
