@@ -262,8 +262,25 @@ func (c *core) seal(ctx context.Context) error {
 		op.size+int64(len(foot)), int64(op.id)); err != nil {
 		return err
 	}
+	if err := trimPreallocation(op.f, op.size+int64(len(foot))); err != nil {
+		c.log.Warn("trimming a sealed pack's preallocated blocks failed", "pack", packName(op.id), "err", err)
+	}
 	op.f.Close()
 	c.open = nil
+	return nil
+}
+
+// trimPreallocation cuts a pack file to size, which drops the blocks the
+// filesystem allocated past its end: XFS keeps its speculative
+// preallocation (up to the file's size again) when a file that was
+// reopened for appends — the open pack after a controller restart — is
+// closed, until a background scan minutes later, so the repository's
+// allocated size overstated what it holds. Bytes past size are never
+// indexed (Open cuts them too).
+func trimPreallocation(f *os.File, size int64) error {
+	if err := f.Truncate(size); err != nil {
+		return opErr("trim", f.Name(), err)
+	}
 	return nil
 }
 

@@ -270,7 +270,7 @@ func (r *Repo) Close() error {
 func (c *core) shutdown() error {
 	var err error
 	if c.open != nil {
-		err = errors.Join(err, c.open.f.Close())
+		err = errors.Join(err, trimPreallocation(c.open.f, c.open.size), c.open.f.Close())
 		c.open = nil
 	}
 	if c.files != nil {
