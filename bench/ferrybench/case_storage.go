@@ -110,22 +110,8 @@ func (b *bench) storageRun(ctx context.Context, profile phase) (res storageRun, 
 	}
 	res.points = len(ps)
 	res.wire, _ = r.wire()
-	// The size as ingest left it (S2 for what the controller built), then
-	// after a GC, which re-encodes every S2 chunk to zstd and repacks:
-	// the figure compared with the anchor is the compacted one.
-	r.stopProcs()
-	if res.beforeGC, err = measureRepo(r.data); err != nil {
-		return res, err
-	}
-	if err := r.startController(ctx, false); err != nil {
-		return res, err
-	}
-	if res.gc, err = r.cl.GC(ctx); err != nil {
-		return res, fmt.Errorf("gc: %w", err)
-	}
-	r.close()
+	res.beforeGC, res.gc, res.repo, err = sizeAroundGC(ctx, r)
 	res.profiles = r.profiles
-	res.repo, err = measureRepo(r.data)
 	return res, err
 }
 
@@ -150,6 +136,27 @@ func (b *bench) caseStorage(ctx context.Context) error {
 	s.addf("- points in the repository: %d (empty cycles of rp-every 1s included); proxy bytes in all: %.1f MB", res.points, float64(res.wire)/1e6)
 	b.details = append(b.details, s)
 	return nil
+}
+
+// sizeAroundGC stops the rig and sizes its repository as ingest left it
+// (S2 for what the controller built and what the agent sent on loopback),
+// then starts the controller alone, runs `ferry gc` (which compacts every
+// S2 chunk to zstd and repacks) and sizes it again: the figure compared
+// with the anchor is the compacted one.
+func sizeAroundGC(ctx context.Context, r *rig) (before repoSize, gc api.GCReport, after repoSize, err error) {
+	r.stopProcs()
+	if before, err = measureRepo(r.data); err != nil {
+		return before, gc, after, err
+	}
+	if err = r.startController(ctx, false); err != nil {
+		return before, gc, after, err
+	}
+	if gc, err = r.cl.GC(ctx); err != nil {
+		return before, gc, after, fmt.Errorf("gc: %w", err)
+	}
+	r.close()
+	after, err = measureRepo(r.data)
+	return before, gc, after, err
 }
 
 func int64s(xs []int64) []float64 {
@@ -236,22 +243,8 @@ func (b *bench) dedupRun(ctx context.Context, profile phase, agents int, sequent
 	}
 	res.took = time.Since(start)
 	res.wire, _ = r.wire()
-	// The size as ingest left it (S2 for what the controller built), then
-	// after a GC, which re-encodes every S2 chunk to zstd and repacks:
-	// the figure compared with the anchor is the compacted one.
-	r.stopProcs()
-	if res.beforeGC, err = measureRepo(r.data); err != nil {
-		return res, err
-	}
-	if err := r.startController(ctx, false); err != nil {
-		return res, err
-	}
-	if res.gc, err = r.cl.GC(ctx); err != nil {
-		return res, fmt.Errorf("gc: %w", err)
-	}
-	r.close()
+	res.beforeGC, res.gc, res.repo, err = sizeAroundGC(ctx, r)
 	res.profiles = r.profiles
-	res.repo, err = measureRepo(r.data)
 	return res, err
 }
 
