@@ -37,11 +37,7 @@ func (c *codecs) close() {
 // compress returns zstd of plain if it saves at least 1/32 of it; random
 // data is then stored as is (zstd detects it and returns quickly).
 func (c *codecs) compress(plain []byte) (Codec, []byte) {
-	out := c.enc.EncodeAll(plain, make([]byte, 0, len(plain)))
-	if len(out) < len(plain)-len(plain)/32 {
-		return CodecZstd, out
-	}
-	return CodecNone, plain
+	return keepIfSmaller(CodecZstd, c.enc.EncodeAll(plain, make([]byte, 0, len(plain))), plain)
 }
 
 // compressFast returns S2 of plain if it saves at least 1/32 of it. The
@@ -50,9 +46,15 @@ func (c *codecs) compress(plain []byte) (Codec, []byte) {
 // the ingest path, and the compactor (compact.go) re-encodes such chunks
 // to zstd later, when they have outlived the churn.
 func compressFast(plain []byte) (Codec, []byte) {
-	out := s2.Encode(nil, plain)
-	if len(out) < len(plain)-len(plain)/32 {
-		return CodecS2, out
+	return keepIfSmaller(CodecS2, s2.Encode(nil, plain), plain)
+}
+
+// keepIfSmaller keeps an encoding of plain only when it saves at least
+// 1/32 of it (the rule of docs/storage-format.md "Chunks and hashing", the
+// same on the wire); else the block is stored as it is.
+func keepIfSmaller(codec Codec, encoded, plain []byte) (Codec, []byte) {
+	if len(encoded) < len(plain)-len(plain)/32 {
+		return codec, encoded
 	}
 	return CodecNone, plain
 }
