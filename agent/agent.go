@@ -54,6 +54,15 @@ type Config struct {
 	// auto unless a benchmark or test fixes it (`ferry-agent run` reads
 	// FERRY_WIRE_CODEC).
 	WireCodec ship.CodecChoice
+	// TrackWrites follows the writes to raw image files from the
+	// filesystem's tracepoints, and makes each point by freezing the
+	// images' filesystem just long enough to read what changed (tracked.go)
+	// instead of cloning the whole file. Off by default: a freeze stops
+	// every writer of that filesystem, and writes through mmap are not seen.
+	TrackWrites bool
+	// MaxCapture bounds the changed bytes one frozen capture holds in
+	// memory; a cycle with more takes a clone view (0: DefaultMaxCapture).
+	MaxCapture int64
 }
 
 // Points at which Config.TestPause is called.
@@ -82,6 +91,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 30 * time.Second
+	}
+	if c.MaxCapture <= 0 {
+		c.MaxCapture = DefaultMaxCapture
 	}
 	codec, err := ship.ParseCodecChoice(string(c.WireCodec))
 	if err != nil {
@@ -120,6 +132,8 @@ type Agent struct {
 	machines map[string]*machineLoop
 
 	perms msg.Permissions // what the controller may run here (permissions.go)
+
+	tracking trackers // write trackers (Config.TrackWrites)
 }
 
 // New loads the agent's state.
@@ -166,6 +180,7 @@ func New(cfg Config) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.comp.Close()
 	defer a.stopMachines()
+	defer a.tracking.stop(nil)
 	// Home disks that are a replica are held before anything else, and a
 	// move this agent's previous run left half done is rolled back.
 	if err := a.site.HoldHomes(ctx); err != nil {

@@ -96,7 +96,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	}
 	req.Driver = p.driver
 	tm := cycleTimes{start: a.cfg.Now()}
-	view, err := a.taker.Take(ctx, req)
+	view, caps, err := a.takeView(ctx, req, cfg)
 	tm.view = a.cfg.Now()
 	if err != nil {
 		return 0, fmt.Errorf("view: %w", err)
@@ -131,7 +131,9 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	for i, vd := range view.Disks {
 		d := &cycleDisk{name: vd.Name, view: vd, bs: cfg.Disks[i].BlockSize, format: disk.Format(cfg.Disks[i].Format)}
 		disks[i] = d
-		if d.src, err = disk.Open(vd.Path, disk.OpenOptions{Format: d.format, Stats: &a.ReadStats, BaseDir: filepath.Dir(vd.Source)}); err != nil {
+		if caps.disks != nil {
+			d.src = caps.disks[i]
+		} else if d.src, err = disk.Open(vd.Path, disk.OpenOptions{Format: d.format, Stats: &a.ReadStats, BaseDir: filepath.Dir(vd.Source)}); err != nil {
 			return 0, fmt.Errorf("disk %s: %w", vd.Name, err)
 		}
 		// A disk that became empty was truncated or replaced under us; a
@@ -164,9 +166,20 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		}
 		begin.Disks = append(begin.Disks, msg.DiskInfo{Name: vd.Name, Size: d.src.Size(), BlockSize: d.bs, NewMap: d.fresh})
 	}
+	if caps.disks != nil && (!begin.Map.Valid || begin.Map.HeadPoint != caps.base) {
+		a.tracking.forget(cfg.Name)
+		return 0, fmt.Errorf("write tracking counts from point %d but the disks' maps stand at point %d (valid %t): the cycle is retried with a clone view",
+			caps.base, begin.Map.HeadPoint, begin.Map.Valid)
+	}
 	var bresp msg.CycleBeginResponse
 	if err := a.call(ctx, msg.MethodCycleBegin, begin, &bresp); err != nil {
 		return 0, fmt.Errorf("begin cycle: %w", err)
+	}
+	if caps.disks != nil && bresp.Resync {
+		// A resync compares every block; the capture holds only the
+		// changed ones.
+		a.tracking.forget(cfg.Name)
+		return 0, fmt.Errorf("the controller asked for a hash resync (%s): the cycle is retried with a clone view", bresp.ResyncReason)
 	}
 	tm.begun = a.cfg.Now()
 	sd := make([]ship.Disk, len(disks))
@@ -196,6 +209,14 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 				return 0, fmt.Errorf("resync disk %s: %w", d.name, err)
 			}
 			cands = listed(dirty)
+		case caps.disks != nil:
+			// The tracker's pages, read in the freeze. A size change or a
+			// resumed point needs blocks the capture does not hold.
+			if len(d.m.Recheck()) > 0 || (begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending) {
+				a.tracking.forget(cfg.Name)
+				return 0, fmt.Errorf("disk %s changed size or the cycle resumes a pending point: the cycle is retried with a clone view", d.name)
+			}
+			cands = fromRanges(caps.disks[i].changed, d.bs)
 		default:
 			cands, err = a.candidates(ctx, cfg.Name, d, begin.Map.HeadPoint)
 			if err != nil {

@@ -116,6 +116,7 @@ func (a *Agent) forget(name string, ml *machineLoop) {
 	if _, back := a.machines[name]; back {
 		return
 	}
+	a.tracking.stop(&name)
 	a.taker.RemoveAll(name, snapDisks(ml.config()))
 	if err := os.RemoveAll(a.state.MachineDir(name)); err != nil {
 		a.log.Warn("removing the block maps of a machine no longer replicated failed", "machine", name, "err", err)

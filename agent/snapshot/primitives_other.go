@@ -2,7 +2,10 @@
 
 package snapshot
 
-import "fmt"
+import (
+	"fmt"
+	"os"
+)
 
 // Clone is not available on this platform yet (ReFS block cloning later).
 func Clone(src, dst string) error { return fmt.Errorf("reflink: %w", ErrNotSupported) }
@@ -39,3 +42,9 @@ const (
 	FlagUnwritten = 0x800
 	FlagShared    = 0x2000
 )
+
+// FreezeFile is not supported here.
+func FreezeFile(dir *os.File) error { return fmt.Errorf("freeze: %w", ErrNotSupported) }
+
+// ThawFile is not supported here.
+func ThawFile(dir *os.File) error { return fmt.Errorf("thaw: %w", ErrNotSupported) }

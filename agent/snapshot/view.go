@@ -29,6 +29,9 @@ const (
 	MethodPoweredOff  = "powered-off"
 	MethodDirect      = "direct-read"
 	MethodCloneSerial = "reflink-per-disk"
+	// MethodTrackedFreeze: the disks' filesystem frozen for as long as it
+	// takes to read the blocks a write tracker saw change (agent/track).
+	MethodTrackedFreeze = "tracked-freeze"
 )
 
 // viewsDir is the hidden directory, next to the images, that holds clones.
@@ -80,8 +83,17 @@ type View struct {
 	Notes       []string
 	Disks       []ViewDisk
 
+	// AfterKeep, when set, runs once the view is kept for a point.
+	AfterKeep func(point int64)
+
 	release func(keepAs int64) error
 	once    sync.Once
+}
+
+// NewView is a view made outside the taker; release runs once, on Keep
+// (with the point) or Discard (with 0).
+func NewView(instant time.Time, consistency, method string, disks []ViewDisk, notes []string, release func(keep int64) error) *View {
+	return &View{Instant: instant, Consistency: consistency, Method: method, Disks: disks, Notes: notes, release: release}
 }
 
 // Note joins the notes for the point's record.
@@ -98,7 +110,12 @@ func noteSuffix(n []string) string {
 // clones are renamed after point and older bases are removed.
 func (v *View) Keep(point int64) error {
 	var err error
-	v.once.Do(func() { err = v.release(point) })
+	v.once.Do(func() {
+		err = v.release(point)
+		if err == nil && v.AfterKeep != nil {
+			v.AfterKeep(point)
+		}
+	})
 	return err
 }
 
@@ -339,6 +356,23 @@ func (t *Taker) make(ctx context.Context, r Request, v *View, now func() time.Ti
 		v.Notes = append(v.Notes, "disks read while the machine may be writing them")
 	}
 	return nil
+}
+
+// DropBases removes the clones kept as bases of a machine's disks: a view
+// made without a clone replaced them, and a kept clone shares the image's
+// extents, so that every write into the image would copy on write.
+func (t *Taker) DropBases(machine string, disks []Disk) error {
+	var errs []error
+	for _, d := range disks {
+		dir := t.cloneDir(Request{Machine: machine}, d)
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), d.Name+".p") {
+				errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (t *Taker) cloneDir(r Request, d Disk) string {

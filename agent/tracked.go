@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferrydr/ferry/agent/snapshot"
+	"github.com/ferrydr/ferry/agent/track"
+	"github.com/ferrydr/ferry/protocol/msg"
+)
+
+// DefaultMaxCapture bounds the bytes one frozen capture may hold in memory.
+const DefaultMaxCapture = 256 << 20
+
+// cutTimeout bounds the wait for a tracker to read its events up to a cut.
+const cutTimeout = 500 * time.Millisecond
+
+// trackers are the write trackers of the disks the agent tracks
+// (Config.TrackWrites), by machine.
+type trackers struct {
+	mu      sync.Mutex
+	files   map[string][]*trackedDisk // machine → its disks, in order
+	refused map[string]string         // machine → why it is not tracked (logged once)
+}
+
+// trackedDisk is one disk's tracker and the inode it follows: a file
+// replaced under the same name is another file, tracked afresh.
+type trackedDisk struct {
+	path string
+	ino  uint64
+	f    *track.File
+}
+
+// capturedView is what a tracked cycle's view holds besides the view.
+type capturedView struct {
+	disks []*captured // per disk of the view (nil: the view was not captured)
+	base  int64       // the point the captures are relative to
+}
+
+// takeView makes a cycle's view. With write tracking on and the machine's
+// disks raw files on one filesystem that may be frozen, the filesystem is
+// frozen, every tracker cut, and — when the trackers can vouch for every
+// change since the head point — the changed blocks are read into memory
+// before the thaw: that is the view. Otherwise the cut still marks the
+// instant from which the trackers count, and the taker makes the view
+// (a reflink clone taken after the thaw holds everything before the cut).
+func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.MachineConfig) (*snapshot.View, capturedView, error) {
+	// An app-consistent view with nothing to quiesce is a crash-consistent
+	// one (the taker says so in the point's note too).
+	var notes []string
+	if req.App && req.PreSnapshot == "" && len(req.Freeze) == 0 {
+		notes = append(notes, "app-consistent requested but no --pre-snapshot or --freeze is configured")
+		req.App = false
+	}
+	if !a.cfg.TrackWrites || req.App || req.Driver != nil {
+		// The trackers' pending pages are relative to a point this view
+		// does not follow from: they count again from their next cut.
+		a.tracking.forget(cfg.Name)
+		v, err := a.taker.Take(ctx, req)
+		return v, capturedView{}, err
+	}
+	disks, mount, why := a.trackable(cfg)
+	if why == "" {
+		var err error
+		if disks, err = a.tracking.ensure(cfg.Name, disks); err != nil {
+			why = err.Error()
+		}
+	}
+	if why != "" {
+		a.tracking.refuse(cfg.Name, why, a.log)
+		v, err := a.taker.Take(ctx, req)
+		return v, capturedView{}, err
+	}
+	fz := a.freezeAndCapture(cfg, disks, mount)
+	commit := func(point int64) {
+		for _, d := range disks {
+			d.f.Commit(point)
+		}
+	}
+	if fz.err != nil {
+		// The trackers cannot say where they stand: count from the next cut.
+		a.log.Warn("write tracking: freeze failed; this cycle takes a clone view", "machine", cfg.Name, "err", fz.err)
+		a.tracking.forget(cfg.Name)
+		v, err := a.taker.Take(ctx, req)
+		return v, capturedView{}, err
+	}
+	if fz.caps == nil {
+		a.log.Info("write tracking: this cycle takes a clone view", "machine", cfg.Name, "reason", fz.why, "frozen_ms", fz.frozen.Milliseconds())
+		v, err := a.taker.Take(ctx, req)
+		if err == nil {
+			v.AfterKeep = commit
+		}
+		return v, capturedView{}, err
+	}
+	vds := make([]snapshot.ViewDisk, len(disks))
+	sds := snapDisks(cfg)
+	var bytes int64
+	for i, d := range disks {
+		vds[i] = snapshot.ViewDisk{Name: cfg.Disks[i].Name, Source: d.path, Path: d.path}
+		bytes += int64(len(fz.caps[i].buf))
+	}
+	note := fmt.Sprintf("frozen %d ms, %d bytes captured", fz.frozen.Milliseconds(), bytes)
+	v := snapshot.NewView(fz.instant, snapshot.CrashConsistent, snapshot.MethodTrackedFreeze, vds, append(notes, note),
+		func(keep int64) error {
+			if keep == 0 {
+				return nil // the trackers keep the pages pending
+			}
+			commit(keep)
+			return a.taker.DropBases(cfg.Name, sds)
+		})
+	return v, capturedView{disks: fz.caps, base: fz.base}, nil
+}
+
+// frozenCapture is what one freeze gave.
+type frozenCapture struct {
+	instant time.Time
+	frozen  time.Duration
+	caps    []*captured // nil: not captured (why says why)
+	base    int64
+	why     string
+	err     error
+}
+
+// freezeAndCapture freezes mount, cuts every tracker and, when the cuts
+// can be used, reads the changed blocks. Between freeze and thaw it does
+// nothing but reads and the ioctls, on descriptors opened before: the log,
+// the state directory and anything else may be on the frozen filesystem
+// (the log is, when the admin put it there), and a write to it would wait
+// for the thaw. A timer thaws after snapshot.MaxFreeze whatever happens;
+// a capture that outlives it is dropped.
+func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mount string) (fz frozenCapture) {
+	files := make([]*os.File, len(disks))
+	defer func() {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}()
+	for i, d := range disks {
+		var err error
+		if files[i], err = os.Open(d.path); err != nil {
+			fz.err = err
+			return fz
+		}
+	}
+	mfd, err := os.Open(mount)
+	if err != nil {
+		fz.err = err
+		return fz
+	}
+	defer mfd.Close()
+	if err := snapshot.FreezeFile(mfd); err != nil {
+		fz.err = err
+		return fz
+	}
+	fz.instant = a.cfg.Now()
+	var thawed atomic.Bool
+	var thawErr error
+	thaw := func() bool {
+		if !thawed.CompareAndSwap(false, true) {
+			return false
+		}
+		thawErr = snapshot.ThawFile(mfd)
+		return true
+	}
+	timer := time.AfterFunc(snapshot.MaxFreeze, func() { thaw() })
+	fz.caps, fz.base, fz.why = a.captureFrozen(cfg, disks, files, thawed.Load)
+	timer.Stop()
+	early := !thaw()
+	fz.frozen = a.cfg.Now().Sub(fz.instant)
+	if thawErr != nil {
+		fz.err = thawErr
+	}
+	if early && fz.caps != nil {
+		fz.caps, fz.why = nil, fmt.Sprintf("reading the changed blocks took longer than the freeze may last (%s)", snapshot.MaxFreeze)
+	}
+	return fz
+}
+
+// captureFrozen cuts the trackers and reads the changed blocks of frozen
+// files; caps is nil when the cuts cannot be used alone.
+func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, files []*os.File, stop func() bool) (caps []*captured, base int64, why string) {
+	cuts := make([]track.Cut, len(disks))
+	for i, d := range disks {
+		c, err := d.f.Cut(cutTimeout)
+		if err != nil {
+			why = err.Error()
+		}
+		cuts[i] = c
+	}
+	if why != "" {
+		return nil, 0, why
+	}
+	base = cuts[0].Base
+	sizes := make([]int64, len(disks))
+	var total int64
+	for i, c := range cuts {
+		switch {
+		case c.Lost != "":
+			return nil, 0, "write tracking lost its window: " + c.Lost
+		case c.Base == 0:
+			return nil, 0, "write tracking has just started"
+		case c.Base != base:
+			return nil, 0, "the disks' trackers count from different points"
+		}
+		st, err := files[i].Stat()
+		if err != nil {
+			return nil, 0, err.Error()
+		}
+		sizes[i] = st.Size()
+		total += capturedBytes(c.Ranges, int64(cfg.Disks[i].BlockSize), sizes[i])
+	}
+	if total > a.cfg.MaxCapture {
+		return nil, 0, fmt.Sprintf("%d changed bytes exceed what one capture may hold (%d)", total, a.cfg.MaxCapture)
+	}
+	caps = make([]*captured, len(disks))
+	for i, c := range cuts {
+		var err error
+		if caps[i], err = capture(files[i], c.Ranges, int64(cfg.Disks[i].BlockSize), sizes[i], stop); err != nil {
+			return nil, 0, err.Error()
+		}
+	}
+	return caps, base, ""
+}
+
+// ensure returns the machine's trackers, starting the missing ones and
+// restarting those whose file was replaced.
+func (t *trackers) ensure(machine string, want []*trackedDisk) ([]*trackedDisk, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	have := t.files[machine]
+	same := len(have) == len(want)
+	for i := range want {
+		if same && (have[i].path != want[i].path || have[i].ino != want[i].ino) {
+			same = false
+		}
+	}
+	if same {
+		return have, nil
+	}
+	closeAll(have)
+	delete(t.files, machine)
+	for i, d := range want {
+		f, err := track.Start(d.path)
+		if err != nil {
+			closeAll(want[:i])
+			return nil, err
+		}
+		d.f = f
+	}
+	if t.files == nil {
+		t.files = map[string][]*trackedDisk{}
+	}
+	t.files[machine] = want
+	delete(t.refused, machine)
+	return want, nil
+}
+
+// refuse logs once why a machine is not tracked.
+func (t *trackers) refuse(machine, why string, log *slog.Logger) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.refused[machine] == why {
+		return
+	}
+	if t.refused == nil {
+		t.refused = map[string]string{}
+	}
+	t.refused[machine] = why
+	log.Warn("write tracking: not tracking this machine; its views are clones", "machine", machine, "reason", why)
+}
+
+// forget makes the machine's trackers count again from their next cut.
+func (t *trackers) forget(machine string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, d := range t.files[machine] {
+		d.f.Commit(0)
+	}
+}
+
+// stop closes a machine's trackers (nil: every machine's).
+func (t *trackers) stop(machine *string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for m, ds := range t.files {
+		if machine == nil || *machine == m {
+			closeAll(ds)
+			delete(t.files, m)
+		}
+	}
+}
+
+func closeAll(ds []*trackedDisk) {
+	for _, d := range ds {
+		if d.f != nil {
+			d.f.Close()
+		}
+	}
+}
