@@ -181,6 +181,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.comp.Close()
 	defer a.stopMachines()
 	defer a.tracking.stop(nil)
+	a.thawLeftFrozen()
 	// Home disks that are a replica are held before anything else, and a
 	// move this agent's previous run left half done is rolled back.
 	if err := a.site.HoldHomes(ctx); err != nil {

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/agent/track"
+	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
 
@@ -155,6 +157,14 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 		return fz
 	}
 	defer mfd.Close()
+	// A filesystem stays frozen after the process that froze it dies: the
+	// mount is written down first, and the next start thaws it
+	// (thawLeftFrozen).
+	if err := a.noteFreezing(mount); err != nil {
+		fz.err = err
+		return fz
+	}
+	defer a.noteFreezing("")
 	if err := snapshot.FreezeFile(mfd); err != nil {
 		fz.err = err
 		return fz
@@ -303,4 +313,36 @@ func closeAll(ds []*trackedDisk) {
 			d.f.Close()
 		}
 	}
+}
+
+// freezingFile, in the state directory, names the filesystem the agent
+// is freezing while it does.
+const freezingFile = "freezing"
+
+// noteFreezing writes down (durably) the mount about to be frozen, or
+// removes the note ("").
+func (a *Agent) noteFreezing(mount string) error {
+	p := filepath.Join(a.cfg.StateDir, freezingFile)
+	if mount == "" {
+		return os.Remove(p)
+	}
+	return fsutil.WriteFileAtomic(p, []byte(mount), 0o600)
+}
+
+// thawLeftFrozen thaws the filesystem a previous run was freezing when it
+// died (killed within the freeze's two seconds): nothing else would, and
+// every writer of that filesystem would wait for ever.
+func (a *Agent) thawLeftFrozen() {
+	p := filepath.Join(a.cfg.StateDir, freezingFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return
+	}
+	mount := string(b)
+	if err := snapshot.Thaw(mount); err != nil {
+		a.log.Info("the filesystem a previous run was freezing is not frozen", "mount", mount, "err", err)
+	} else {
+		a.log.Warn("thawed the filesystem a previous run left frozen", "mount", mount)
+	}
+	os.Remove(p)
 }

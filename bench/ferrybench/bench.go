@@ -16,12 +16,16 @@ import (
 // bench holds one invocation's state: the mounts, the pristine image, the
 // anchors' daemon and what the cases found.
 type bench struct {
-	cfg      Config
-	log      *slog.Logger
-	work     string     // absolute
-	xfs      *loopMount // reflink path: images, repositories, the rsync destination
-	ext4     *loopMount // hash-scan path
-	pristine string     // the seeded mixed image on XFS; cases clone it
+	cfg  Config
+	log  *slog.Logger
+	work string     // absolute
+	xfs  *loopMount // reflink path: images, repositories, the rsync destination
+	ext4 *loopMount // hash-scan path
+	// src holds the churn case's image when the agent tracks writes: the
+	// agent freezes the image's filesystem, which must not be the one its
+	// state or the controller's repository is on.
+	src      *loopMount
+	pristine string // the seeded mixed image on XFS; cases clone it
 	rsyncd   *rsyncd
 
 	zstdImage int64 // zstd -1 size of the pristine image (storage anchors)
@@ -135,6 +139,12 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	if b.cfg.has(caseRPO) && b.cfg.TrackWrites {
+		b.log.Info("making the XFS loop mount of the churn case's image (frozen by the agent)")
+		if b.src, err = makeLoopMount(ctx, "xfs", filepath.Join(b.work, "xfs-src.img"), filepath.Join(b.work, "mnt", "xfs-src"), b.cfg.Size+1<<30); err != nil {
+			return err
+		}
+	}
 	b.pristine = filepath.Join(b.xfs.Dir, "pristine.img")
 	start := time.Now()
 	if err := workload.WriteImage(b.pristine, b.cfg.Seed, b.cfg.Size); err != nil {
@@ -163,7 +173,7 @@ func (b *bench) teardown() {
 	if b.rsyncd != nil {
 		b.rsyncd.close()
 	}
-	for _, m := range []*loopMount{b.ext4, b.xfs} {
+	for _, m := range []*loopMount{b.src, b.ext4, b.xfs} {
 		if m == nil {
 			continue
 		}

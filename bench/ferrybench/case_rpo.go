@@ -3,8 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +26,8 @@ type rpoRun struct {
 	cycles   []float64
 	phases   map[string][]float64 // the agent's cycle phases (cyclePhases), seconds per point
 	changed  []float64            // blocks each point changed
+	methods  map[string]int       // the points' view methods
+	frozen   []float64            // tracked freezes: seconds frozen, per point
 	clone    cloneCost            // a reflink clone of the churned image, after the churn
 	wire     int64
 	use      rigUsage
@@ -41,7 +47,16 @@ func (b *bench) rpoRun(ctx context.Context, profile phase) (res rpoRun, err erro
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	r, img, err := b.imageRig(ctx, dir, logs, b.cfg.Size, b.cfg.RPEvery, rigOptions{})
+	o := rigOptions{blockSize: b.cfg.RPOBlockSize}
+	if b.src != nil {
+		o.agentArgs = []string{"--track-writes"}
+		o.imageDir = filepath.Join(b.src.Dir, name)
+		if err := os.MkdirAll(o.imageDir, 0o755); err != nil {
+			return res, err
+		}
+		defer os.RemoveAll(o.imageDir)
+	}
+	r, img, err := b.imageRig(ctx, dir, logs, b.cfg.Size, b.cfg.RPEvery, o)
 	if err != nil {
 		return res, err
 	}
@@ -156,9 +171,30 @@ sampling:
 		if n, err := l.Int("changed"); err == nil {
 			res.changed = append(res.changed, float64(n))
 		}
+		if res.methods == nil {
+			res.methods = map[string]int{}
+		}
+		res.methods[l["method"]]++
+	}
+	committed, err := r.logLines("controller", "point committed")
+	if err != nil {
+		return res, err
+	}
+	for _, l := range committed {
+		if id, err := l.Int("point"); err != nil || id <= first.ID || l["machine"] != "m" {
+			continue
+		}
+		if m := frozenNote.FindStringSubmatch(l["note"]); m != nil {
+			ms, _ := strconv.Atoi(m[1])
+			res.frozen = append(res.frozen, float64(ms)/1000)
+		}
 	}
 	return res, nil
 }
+
+// frozenNote is how a tracked freeze's point note says how long the
+// filesystem stayed frozen (agent/tracked.go).
+var frozenNote = regexp.MustCompile(`frozen (\d+) ms`)
 
 // cloneCost is what one reflink clone of the churned image costs, the
 // floor of every cycle's view: random writes into a file that shares its
@@ -215,8 +251,18 @@ func (b *bench) caseRPO(ctx context.Context) error {
 	b.rows = append(b.rows, row{Case: "RPO under churn (p99)", Unit: unitSeconds, Ferry: []float64{p99},
 		Target: 5, TargetText: "p99 ≤ 5 s", Pass: passRPO, Note: fmt.Sprintf("p50 %.2f s, p99 %.2f s, max %.2f s over %d samples", p50, p99, slices.Max(res.samples), len(res.samples))})
 	s := section{Title: "RPO under churn (XFS)"}
-	s.addf("- A reflink clone of the image, policy rp-every %s; after the initial point, a writer does random 4 KiB buffered writes of seeded random data at %.0f MB/s for %s while (now − instant of the newest point in `points list`) is sampled every %s. One run: the statistic is over the samples. Page cache dropped once before the churn.",
-		b.cfg.RPEvery, float64(b.cfg.ChurnRate)/1e6, b.cfg.ChurnFor, b.cfg.Sample)
+	views := "a reflink clone of the image, on the repository's filesystem; the agent's views are reflink clones"
+	if b.cfg.TrackWrites {
+		views = "a copy of the image on an XFS mount of its own; the agent runs with --track-writes (tracked freezes of that mount)"
+	}
+	s.addf("- The image: %s. Policy rp-every %s, block size %d KiB; after the initial point, a writer does random 4 KiB buffered writes of seeded random data at %.0f MB/s for %s while (now − instant of the newest point in `points list`) is sampled every %s. One run: the statistic is over the samples. Page cache dropped once before the churn.",
+		views, b.cfg.RPEvery, b.cfg.RPOBlockSize>>10, float64(b.cfg.ChurnRate)/1e6, b.cfg.ChurnFor, b.cfg.Sample)
+	if len(res.methods) > 0 {
+		s.addf("- the points' view methods: %s", describeCounts(res.methods))
+	}
+	if len(res.frozen) > 0 {
+		s.addf("- tracked freezes (filesystem frozen, per point): median %.3f s, p99 %.3f s, max %.3f s", median(res.frozen), percentile(res.frozen, 99), slices.Max(res.frozen))
+	}
 	s.addf("- samples: %d; p50 %.2f s; p99 %.2f s; max %.2f s", len(res.samples), p50, p99, slices.Max(res.samples))
 	s.addf("- writer: %.1f MB in %s (%.1f MB/s); points committed during the churn: %d; proxy bytes during the churn: %.1f MB",
 		float64(res.written)/1e6, res.took.Round(time.Millisecond), float64(res.written)/1e6/res.took.Seconds(), res.points, float64(res.wire)/1e6)
@@ -234,4 +280,13 @@ func (b *bench) caseRPO(ctx context.Context) error {
 	}
 	b.details = append(b.details, s)
 	return nil
+}
+
+// describeCounts is "a 3, b 1", by name.
+func describeCounts(m map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -44,13 +44,19 @@ type Config struct {
 	ChurnRate int64         // churn bytes per second (4 KiB random writes)
 	Sample    time.Duration // RPO sampling period
 	RPEvery   time.Duration // policy rp-every during churn
-	Deltas    int           // delta cycles of the storage-efficiency case
-	Machines  int           // clones protected in the dedup case
-	Fraction  float64       // delta size as a fraction of the image
-	BlockSize int           // the policy's block size (the anchor of storage efficiency uses it too)
-	Seed      uint64        // image seed; deltas derive theirs from it
-	Poll      time.Duration // how often `points list` is polled while timing
-	Stall     time.Duration // a wait for a point fails after this long without traffic
+	// RPOBlockSize is the churn case's policy block size: a machine written
+	// in small random pieces is protected with small blocks.
+	RPOBlockSize int
+	// TrackWrites runs the churn case's agent with --track-writes, its
+	// image on an XFS mount of its own (the agent freezes it).
+	TrackWrites bool
+	Deltas      int           // delta cycles of the storage-efficiency case
+	Machines    int           // clones protected in the dedup case
+	Fraction    float64       // delta size as a fraction of the image
+	BlockSize   int           // the policy's block size (the anchor of storage efficiency uses it too)
+	Seed        uint64        // image seed; deltas derive theirs from it
+	Poll        time.Duration // how often `points list` is polled while timing
+	Stall       time.Duration // a wait for a point fails after this long without traffic
 
 	Cases   []string // which cases to run (default all)
 	Profile bool     // rerun MISS cases with --cpu-profile
@@ -66,6 +72,7 @@ func DefaultConfig() Config {
 		Size: 2 << 30, Runs: 3, MemSize: 16 << 30, RTOSize: 16 << 30,
 		ChurnFor: 60 * time.Second, ChurnRate: 20_000_000, Sample: 100 * time.Millisecond, RPEvery: 2 * time.Second,
 		Deltas: 10, Machines: 4, Fraction: 0.01, BlockSize: 64 << 10, Seed: 1,
+		RPOBlockSize: 4 << 10, TrackWrites: true,
 		Poll: 25 * time.Millisecond, Stall: 2 * time.Minute,
 		Cases: slices.Clone(allCases), Profile: true, TopN: 15,
 	}

@@ -47,6 +47,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&cfg.ChurnFor, "churn", cfg.ChurnFor, "how long the churn writer runs in the RPO case")
 	fs.IntVar(&cfg.BlockSize, "block-size", cfg.BlockSize, "the policy's block size in bytes (a power of two, 4 KiB to 1 MiB)")
 	fs.Int64Var(&cfg.ChurnRate, "churn-rate", cfg.ChurnRate, "churn rate in bytes per second")
+	fs.IntVar(&cfg.RPOBlockSize, "rpo-block-size", cfg.RPOBlockSize, "the RPO case's policy block size in bytes")
+	fs.BoolVar(&cfg.TrackWrites, "track-writes", cfg.TrackWrites, "RPO case: the agent runs with --track-writes (tracked freezes instead of reflink views)")
 	fs.IntVar(&cfg.Deltas, "deltas", cfg.Deltas, "delta cycles of the storage-efficiency case")
 	fs.IntVar(&cfg.Machines, "machines", cfg.Machines, "clones protected in the dedup case")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "workload seed")

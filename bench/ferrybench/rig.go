@@ -37,8 +37,9 @@ type rig struct {
 	starts  int
 	// agentEnv is added to the agent's environment (GODEBUG=gctrace=1 in
 	// the memory case).
-	agentEnv []string
-	stall    time.Duration
+	agentEnv  []string
+	agentArgs []string // added to `ferry-agent run`
+	stall     time.Duration
 	// profiles written by processes started with profiling, with the
 	// binary that wrote each: profile path → binary path.
 	profiles []profileFile
@@ -55,9 +56,14 @@ const agentName = "bench-agent"
 
 // rigOptions shape a rig's processes.
 type rigOptions struct {
-	profile  bool          // run both under --cpu-profile from the start
-	agentEnv []string      // added to the agent's environment
-	stall    time.Duration // see stallGuard (0: DefaultConfig's)
+	profile   bool          // run both under --cpu-profile from the start
+	agentEnv  []string      // added to the agent's environment
+	agentArgs []string      // added to `ferry-agent run`
+	blockSize int           // the policy's block size (0: Config.BlockSize)
+	stall     time.Duration // see stallGuard (0: DefaultConfig's)
+	// imageDir, when set, holds the image (a copy: another filesystem)
+	// instead of the rig's directory (a reflink clone).
+	imageDir string
 }
 
 // startRig starts a controller, a proxy in front of it and an agent
@@ -65,7 +71,7 @@ type rigOptions struct {
 // lives in dir, logs and profiles in logDir.
 func startRig(ctx context.Context, bin, dir, logDir string, o rigOptions) (r *rig, err error) {
 	r = &rig{bin: bin, dir: dir, logDir: logDir, data: filepath.Join(dir, "ctl"), state: filepath.Join(dir, "agent"), name: agentName,
-		agentEnv: o.agentEnv, stall: o.stall}
+		agentEnv: o.agentEnv, agentArgs: o.agentArgs, stall: o.stall}
 	if r.stall <= 0 {
 		r.stall = DefaultConfig().Stall
 	}
@@ -147,7 +153,7 @@ func (r *rig) startController(ctx context.Context, profile bool) error {
 // it as connected.
 func (r *rig) startAgent(ctx context.Context, profile bool) error {
 	// The benchmarks' machines and targets use exec driver commands.
-	args := []string{"run", "--state-dir", r.state, "--log-level", "info", "--allow-exec-drivers"}
+	args := append([]string{"run", "--state-dir", r.state, "--log-level", "info", "--allow-exec-drivers"}, r.agentArgs...)
 	if profile {
 		p := filepath.Join(r.logDir, fmt.Sprintf("agent-%d.prof", r.starts))
 		args = append(args, "--cpu-profile", p)
@@ -541,7 +547,12 @@ func (r *rig) oneCycle(ctx context.Context, machine, policy string, after int64,
 // rpEvery at the configured block size.
 func (b *bench) imageRig(ctx context.Context, dir, logs string, size int64, rpEvery time.Duration, o rigOptions) (*rig, string, error) {
 	img := filepath.Join(dir, "disk.img")
-	if err := reflinkCopy(b.pristine, img); err != nil {
+	if o.imageDir != "" {
+		img = filepath.Join(o.imageDir, "disk.img")
+		if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", "--reflink=never", b.pristine, img).CombinedOutput(); err != nil {
+			return nil, "", fmt.Errorf("copy the image to %s: %v: %s", o.imageDir, err, out)
+		}
+	} else if err := reflinkCopy(b.pristine, img); err != nil {
 		return nil, "", err
 	}
 	if size > b.cfg.Size {
@@ -554,7 +565,11 @@ func (b *bench) imageRig(ctx context.Context, dir, logs string, size int64, rpEv
 	if err != nil {
 		return nil, "", err
 	}
-	if err := r.createPolicy(ctx, "p", rpEvery, b.cfg.BlockSize); err != nil {
+	bs := b.cfg.BlockSize
+	if o.blockSize > 0 {
+		bs = o.blockSize
+	}
+	if err := r.createPolicy(ctx, "p", rpEvery, bs); err != nil {
 		r.close()
 		return nil, "", err
 	}
