@@ -63,6 +63,13 @@ func (c *connector) hook(conn *sqlite3.SQLiteConn) error {
 		"PRAGMA journal_mode=WAL",
 		"PRAGMA synchronous=FULL",
 		"PRAGMA cache_size=-65536", // 64 MiB
+		// Small random writes (4 KiB blocks) touch most pages of the
+		// hash-keyed indexes every cycle; checkpointing every 64 MiB of
+		// WAL instead of SQLite's 4 MiB writes such a page into the
+		// database once per several cycles instead of once per commit
+		// (controller bytes written per byte churned 3.0 → 2.35). The
+		// WAL is still synced at each commit: durability is unchanged.
+		"PRAGMA wal_autocheckpoint=16384",
 		"PRAGMA busy_timeout=10000",
 		"PRAGMA foreign_keys=OFF",
 	)
