@@ -213,8 +213,12 @@ func (a *Agent) session(ctx context.Context) error {
 	sess, err := session.Dial(ctx, a.state.Identity.Controller, session.Config{
 		TLS: a.state.TLSConfig(), Name: "agent", Logger: a.log.With("component", "session"),
 		KeepaliveInterval: a.cfg.KeepaliveInterval, KeepaliveTimeout: a.cfg.KeepaliveTimeout,
+		Versions: protocol.AgentVersions(),
 	})
 	if err != nil {
+		if hint := protocol.OlderPeerHint(err, "controller"); hint != "" {
+			return fmt.Errorf("%w; %s", err, hint)
+		}
 		return err
 	}
 	defer sess.Close()

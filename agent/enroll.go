@@ -94,8 +94,11 @@ func Enroll(ctx context.Context, cfg EnrollConfig) (*State, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	sess, err := session.Dial(ctx, cfg.Controller, session.Config{TLS: tlsConf, Name: "agent", Logger: log})
+	sess, err := session.Dial(ctx, cfg.Controller, session.Config{TLS: tlsConf, Name: "agent", Logger: log, Versions: protocol.AgentVersions()})
 	if err != nil {
+		if hint := protocol.OlderPeerHint(err, "controller"); hint != "" {
+			return nil, fmt.Errorf("connect to %s: %w; %s", cfg.Controller, err, hint)
+		}
 		return nil, fmt.Errorf("connect to %s: %w", cfg.Controller, err)
 	}
 	defer sess.Close()

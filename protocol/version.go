@@ -1,14 +1,38 @@
 package protocol
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // VersionMin and VersionMax bound the protocol versions this build speaks.
 // Raise VersionMax when a new version is added; raise VersionMin only when
 // support for old peers is dropped (docs/protocol.md, "Changes").
 const (
 	VersionMin uint16 = 1
-	VersionMax uint16 = 2
+	VersionMax uint16 = 3
 )
+
+// AgentVersionMin is the oldest version an agent of this build speaks:
+// agents are upgraded after their controller, so an agent newer than its
+// controller is refused at the handshake with a clear error rather than
+// running without what it relies on (docs/protocol.md, "Changes", v3).
+// The controller keeps speaking every version from VersionMin, so agents
+// of older builds keep replicating to it during an upgrade.
+const AgentVersionMin uint16 = 3
+
+// AgentVersions is the range an agent of this build offers.
+func AgentVersions() VersionRange { return VersionRange{Min: AgentVersionMin, Max: VersionMax} }
+
+// OlderPeerHint explains a refused handshake in which the peer speaks only
+// versions older than this side's range ("" for any other error).
+func OlderPeerHint(err error, peerName string) string {
+	var vm *VersionMismatchError
+	if errors.As(err, &vm) && vm.Peer.Valid() && vm.Peer.Max < vm.Local.Min {
+		return fmt.Sprintf("the %s is of an older release than this build: upgrade it first (it keeps serving agents of older builds meanwhile)", peerName)
+	}
+	return ""
+}
 
 // ALPN is the TLS application protocol of agent sessions. The same port
 // serves HTTPS under ALPNHTTP.

@@ -135,6 +135,29 @@ func TestVersionMismatch(t *testing.T) {
 	require.Equal(t, "ferry: protocol version mismatch: agent speaks 1–1, controller speaks 2–3", vm.PeerMessage)
 }
 
+// An agent of this build against a controller of the previous release
+// (1–2) is refused, and the error says to upgrade the controller; an agent
+// of the previous release (1–2) is served by this build's controller.
+func TestAgentNewerThanControllerIsRefused(t *testing.T) {
+	p := newPKI(t)
+	old := controllerConfig()
+	old.Versions = protocol.VersionRange{Min: 1, Max: 2}
+	c := listen(t, p.ca.ServerConfig(p.server), old)
+	agentCfg := agentConfig(p, true)
+	agentCfg.Versions = protocol.AgentVersions()
+	_, err := Dial(t.Context(), c.addr(), agentCfg)
+	require.ErrorIs(t, err, protocol.ErrVersionMismatch)
+	require.Contains(t, protocol.OlderPeerHint(err, "controller"), "upgrade it first")
+
+	oldAgent := agentConfig(p, true)
+	oldAgent.Versions = protocol.VersionRange{Min: 1, Max: 2}
+	agent, ctrl := pair(t, oldAgent, controllerConfig(), p)
+	require.Equal(t, uint16(2), agent.Version())
+	require.Equal(t, uint16(2), ctrl.Version())
+
+	require.Empty(t, protocol.OlderPeerHint(errors.New("connection refused"), "controller"))
+}
+
 func TestVersionNegotiation(t *testing.T) {
 	p := newPKI(t)
 	ctrlCfg := controllerConfig()
