@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrydr/ferry/internal/testenv"
+	"github.com/ferrydr/ferry/internal/workload"
 )
 
 // pointsMadeBy is the ids of the points the agent's log says it made with
@@ -102,4 +103,44 @@ func TestTrackedFreezePointsArePrefixesOfTheWriteLog(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(want, got), "disk %s of point %d differs from the image", name, p.ID)
 	}
+}
+
+// TestTrackedFreezeFallsBackWhenTheChangesDoNotFit: with --max-capture
+// below one cycle's changes, every cycle thaws and takes a clone view
+// instead, says why, and its points still equal the image.
+func TestTrackedFreezeFallsBackWhenTheChangesDoNotFit(t *testing.T) {
+	testenv.RequireRoot(t)
+	_, err := os.Stat("/sys/kernel/tracing/instances")
+	testenv.Require(t, err == nil, "tracefs is not mounted at /sys/kernel/tracing")
+	mnt := testenv.MountLoop(t, "xfs", 1<<30)
+	const size = 64 << 20
+	img := filepath.Join(mnt, "d.img")
+	makeImage(t, img, 33, size)
+
+	c := StartController(t)
+	src := EnrollAgent(t, c, c.Addr, "src", "--track-writes", "--max-capture", "65536")
+	c.MustFerry("policies", "create", "fast", "--rp-every", "1s")
+	c.MustFerry("protect", "vm4", "--agent", "src", "--disk", "d="+img, "--policy", "fast")
+	first := c.WaitPoint("vm4", 0, 120*time.Second)
+
+	require.NoError(t, workload.Apply(img, 9, workload.Delta(9, size, 0.05)))
+	want, err := os.ReadFile(img)
+	require.NoError(t, err)
+	after := time.Now()
+	var p Point
+	require.Eventually(t, func() bool {
+		for _, x := range c.Points("vm4") {
+			if x.ID > first.ID && x.Time.After(after) {
+				p = x
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, 200*time.Millisecond, "no point after the delta")
+	require.Contains(t, src.Proc.Output(), "exceed what one capture may hold")
+	require.False(t, pointsMadeBy(src.Proc.Output(), "tracked-freeze")[p.ID], "the point cannot be a capture")
+	require.Equal(t, "crash-consistent", p.Consistency)
+	got, err := os.ReadFile(filepath.Join(c.Export("vm4", p.ID), "d.raw"))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got), "point %d differs from the image", p.ID)
 }
