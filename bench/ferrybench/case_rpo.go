@@ -27,6 +27,7 @@ type rpoRun struct {
 	phases   map[string][]float64 // the agent's cycle phases (cyclePhases), seconds per point
 	changed  []float64            // blocks each point changed
 	methods  map[string]int       // the points' view methods
+	stall    time.Duration        // the writer's longest single write
 	frozen   []float64            // tracked freezes: seconds frozen, per point
 	clone    cloneCost            // a reflink clone of the churned image, after the churn
 	wire     int64
@@ -90,7 +91,7 @@ func (b *bench) rpoRun(ctx context.Context, profile phase) (res rpoRun, err erro
 	done := make(chan churned, 1)
 	start := time.Now()
 	go func() {
-		n, err := churn(cctx, img, b.cfg.Size, b.cfg.Seed^0xc4, b.cfg.ChurnRate, b.cfg.ChurnFor)
+		n, err := churn(cctx, img, b.cfg.Size, b.cfg.Seed^0xc4, b.cfg.ChurnRate, b.cfg.ChurnFor, &res.stall)
 		done <- churned{n, err}
 	}()
 	tick := time.NewTicker(b.cfg.Sample)
@@ -281,8 +282,8 @@ func (b *bench) caseRPO(ctx context.Context) error {
 		s.addf("- tracked freezes (filesystem frozen, per point): median %.3f s, p99 %.3f s, max %.3f s", median(res.frozen), percentile(res.frozen, 99), slices.Max(res.frozen))
 	}
 	s.addf("- samples: %d; p50 %.2f s; p99 %.2f s; max %.2f s", len(res.samples), p50, p99, slices.Max(res.samples))
-	s.addf("- writer: %.1f MB in %s (%.1f MB/s); points committed during the churn: %d; proxy bytes during the churn: %.1f MB",
-		float64(res.written)/1e6, res.took.Round(time.Millisecond), float64(res.written)/1e6/res.took.Seconds(), res.points, float64(res.wire)/1e6)
+	s.addf("- writer: %.1f MB in %s (%.1f MB/s), longest single write %.1f ms; points committed during the churn: %d; proxy bytes during the churn: %.1f MB",
+		float64(res.written)/1e6, res.took.Round(time.Millisecond), float64(res.written)/1e6/res.took.Seconds(), float64(res.stall.Microseconds())/1000, res.points, float64(res.wire)/1e6)
 	s.addf("- during the churn: %s", res.use.describe(res.took))
 	if len(res.cycles) > 0 {
 		s.addf("- cycle durations in the controller's log (cycle begins → point committed): median %.2f s, p99 %.2f s, max %.2f s",
