@@ -168,7 +168,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	}
 	if caps.disks != nil && (!begin.Map.Valid || begin.Map.HeadPoint != caps.base) {
 		a.tracking.forget(cfg.Name)
-		return 0, fmt.Errorf("write tracking counts from point %d but the disks' maps stand at point %d (valid %t): the cycle is retried with a clone view",
+		return 0, fmt.Errorf("write tracking counts from point %d but the disks' maps stand at point %d (valid %t): the cycle is retried without write tracking",
 			caps.base, begin.Map.HeadPoint, begin.Map.Valid)
 	}
 	var bresp msg.CycleBeginResponse
@@ -179,7 +179,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		// A resync compares every block; the capture holds only the
 		// changed ones.
 		a.tracking.forget(cfg.Name)
-		return 0, fmt.Errorf("the controller asked for a hash resync (%s): the cycle is retried with a clone view", bresp.ResyncReason)
+		return 0, fmt.Errorf("the controller asked for a hash resync (%s): the cycle is retried without write tracking", bresp.ResyncReason)
 	}
 	tm.begun = a.cfg.Now()
 	sd := make([]ship.Disk, len(disks))
@@ -214,7 +214,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 			// resumed point needs blocks the capture does not hold.
 			if len(d.m.Recheck()) > 0 || (begin.Map.Pending != 0 && bresp.Cycle == begin.Map.Pending) {
 				a.tracking.forget(cfg.Name)
-				return 0, fmt.Errorf("disk %s changed size or the cycle resumes a pending point: the cycle is retried with a clone view", d.name)
+				return 0, fmt.Errorf("disk %s changed size or the cycle resumes a pending point: the cycle is retried without write tracking", d.name)
 			}
 			cands = fromRanges(caps.disks[i].changed, d.bs)
 		default:

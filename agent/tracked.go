@@ -86,13 +86,13 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 	}
 	if fz.err != nil {
 		// The trackers cannot say where they stand: count from the next cut.
-		a.log.Warn("write tracking: freeze failed; this cycle takes a clone view", "machine", cfg.Name, "err", fz.err)
+		a.log.Warn("write tracking: the freeze failed; this cycle's view is made without it", "machine", cfg.Name, "err", fz.err)
 		a.tracking.forget(cfg.Name)
 		v, err := a.taker.Take(ctx, req)
 		return v, capturedView{}, err
 	}
 	if fz.caps == nil {
-		a.log.Info("write tracking: this cycle takes a clone view", "machine", cfg.Name, "reason", fz.why, "frozen_ms", fz.frozen.Milliseconds())
+		a.log.Info("write tracking: this cycle's view is made without it", "machine", cfg.Name, "reason", fz.why, "frozen_ms", fz.frozen.Milliseconds())
 		v, err := a.taker.Take(ctx, req)
 		if err == nil {
 			v.AfterKeep = commit
@@ -283,7 +283,7 @@ func (t *trackers) refuse(machine, why string, log *slog.Logger) {
 		t.refused = map[string]string{}
 	}
 	t.refused[machine] = why
-	log.Warn("write tracking: not tracking this machine; its views are clones", "machine", machine, "reason", why)
+	log.Warn("write tracking: not tracking this machine", "machine", machine, "reason", why)
 }
 
 // forget makes the machine's trackers count again from their next cut.

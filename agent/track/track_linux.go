@@ -28,34 +28,64 @@ const bufferKB = 4096
 // it to the tracked file (%[1]d: inode, %[2]d: kernel dev_t) and what an
 // event of it means.
 type event struct {
-	name   string
-	filter string
-	// ranged events carry "pos 0x… bytecount 0x…": the pages written;
-	// the others change the file in ways pages cannot describe.
-	ranged bool
-	lost   string
+	system, name string
+	filter       string
+	// Ranged events carry the written range after pos and length (in
+	// hexadecimal when hex): the pages written. The others change the
+	// file in ways pages cannot describe: lost says how.
+	pos, length string
+	hex         bool
+	lost        string
 }
+
+func (e event) ranged() bool { return e.pos != "" }
+
+const fileFilter = "ino == %[1]d && dev == %[2]d"
 
 // xfsEvents are the XFS tracepoints of every way a file's bytes change
 // through the filesystem: buffered and direct writes (their ranges), and
 // truncation, hole punching, preallocation, range shifts and remapped
 // extents, which each make the window lost.
 var xfsEvents = []event{
-	{name: "xfs_file_buffered_write", filter: "ino == %[1]d && dev == %[2]d", ranged: true},
-	{name: "xfs_file_direct_write", filter: "ino == %[1]d && dev == %[2]d", ranged: true},
-	{name: "xfs_setattr", filter: "ino == %[1]d && dev == %[2]d", lost: "the file's attributes or size changed"},
-	{name: "xfs_free_file_space", filter: "ino == %[1]d && dev == %[2]d", lost: "space was punched or zeroed"},
-	{name: "xfs_alloc_file_space", filter: "ino == %[1]d && dev == %[2]d", lost: "space was preallocated or zeroed"},
-	{name: "xfs_collapse_file_space", filter: "ino == %[1]d && dev == %[2]d", lost: "a range was collapsed"},
-	{name: "xfs_insert_file_space", filter: "ino == %[1]d && dev == %[2]d", lost: "a range was inserted"},
-	{name: "xfs_reflink_remap_range", filter: "dest_ino == %[1]d && dev == %[2]d", lost: "extents were remapped into the file"},
+	{system: "xfs", name: "xfs_file_buffered_write", filter: fileFilter, pos: "pos 0x", length: "bytecount 0x", hex: true},
+	{system: "xfs", name: "xfs_file_direct_write", filter: fileFilter, pos: "pos 0x", length: "bytecount 0x", hex: true},
+	{system: "xfs", name: "xfs_setattr", filter: fileFilter, lost: "the file's attributes or size changed"},
+	{system: "xfs", name: "xfs_free_file_space", filter: fileFilter, lost: "space was punched or zeroed"},
+	{system: "xfs", name: "xfs_alloc_file_space", filter: fileFilter, lost: "space was preallocated or zeroed"},
+	{system: "xfs", name: "xfs_collapse_file_space", filter: fileFilter, lost: "a range was collapsed"},
+	{system: "xfs", name: "xfs_insert_file_space", filter: fileFilter, lost: "a range was inserted"},
+	{system: "xfs", name: "xfs_reflink_remap_range", filter: "dest_ino == %[1]d && dev == %[2]d", lost: "extents were remapped into the file"},
 }
 
-const xfsMagic = 0x58465342
+// ext4Events are ext4's: buffered writes (with and without delayed
+// allocation), direct writes (each step of iomap's iteration with the
+// IOMAP_WRITE and IOMAP_DIRECT flags, 1 and 16: iomap_dio_rw_begin does
+// not say whether it writes), and the changes pages cannot describe.
+var ext4Events = []event{
+	{system: "ext4", name: "ext4_write_begin", filter: fileFilter, pos: "pos ", length: "len "},
+	{system: "ext4", name: "ext4_da_write_begin", filter: fileFilter, pos: "pos ", length: "len "},
+	{system: "iomap", name: "iomap_iter", filter: fileFilter + " && (flags & 1) && (flags & 16)", pos: "pos 0x", length: "length 0x", hex: true},
+	{system: "ext4", name: "ext4_truncate_enter", filter: fileFilter, lost: "the file was truncated"},
+	{system: "ext4", name: "ext4_punch_hole", filter: fileFilter, lost: "space was punched"},
+	{system: "ext4", name: "ext4_zero_range", filter: fileFilter, lost: "a range was zeroed"},
+	{system: "ext4", name: "ext4_fallocate_enter", filter: fileFilter, lost: "space was allocated"},
+	{system: "ext4", name: "ext4_collapse_range", filter: fileFilter, lost: "a range was collapsed"},
+	{system: "ext4", name: "ext4_insert_range", filter: fileFilter, lost: "a range was inserted"},
+}
+
+// eventsByFS are the filesystems the tracker knows, by statfs magic.
+var eventsByFS = map[int64]struct {
+	name   string
+	events []event
+}{
+	0x58465342: {"XFS", xfsEvents},
+	0xEF53:     {"ext4", ext4Events},
+}
 
 // File tracks the writes to one file.
 type File struct {
 	path, inst string
+	events     []event
 	marker     *os.File
 	pipe       *os.File
 	done       chan struct{}
@@ -80,15 +110,18 @@ func Start(path string) (*File, error) {
 	if err := unix.Statfs(path, &sfs); err != nil {
 		return nil, err
 	}
-	if sfs.Type != xfsMagic {
-		return nil, fmt.Errorf("%s: %w: write tracking needs XFS (filesystem type %#x)", path, ErrUnsupported, sfs.Type)
+	fsys, ok := eventsByFS[int64(sfs.Type)]
+	if !ok {
+		return nil, fmt.Errorf("%s: %w: write tracking needs XFS or ext4 (filesystem type %#x)", path, ErrUnsupported, sfs.Type)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(TracefsRoot, "events", "xfs", xfsEvents[0].name)); err != nil {
-		return nil, fmt.Errorf("%w: tracefs events at %s: %v", ErrUnsupported, TracefsRoot, err)
+	for _, e := range fsys.events {
+		if _, err := os.Stat(filepath.Join(TracefsRoot, "events", e.system, e.name)); err != nil {
+			return nil, fmt.Errorf("%w: %s tracepoint %s/%s at %s: %v", ErrUnsupported, fsys.name, e.system, e.name, TracefsRoot, err)
+		}
 	}
 	removeStaleInstances()
 	kdev := uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
@@ -96,10 +129,10 @@ func Start(path string) (*File, error) {
 	if err := os.Mkdir(inst, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: tracefs instance: %v", ErrUnsupported, err)
 	}
-	f := &File{path: path, inst: inst, done: make(chan struct{}), waiting: map[uint64]chan struct{}{}}
-	ok := false
+	f := &File{path: path, inst: inst, events: fsys.events, done: make(chan struct{}), waiting: map[uint64]chan struct{}{}}
+	started := false
 	defer func() {
-		if !ok {
+		if !started {
 			f.teardown()
 		}
 	}()
@@ -109,8 +142,8 @@ func Start(path string) (*File, error) {
 		{"trace_clock", "mono"},
 		{"buffer_size_kb", strconv.Itoa(bufferKB)},
 	}
-	for _, e := range xfsEvents {
-		dir := filepath.Join("events", "xfs", e.name)
+	for _, e := range f.events {
+		dir := filepath.Join("events", e.system, e.name)
 		writes = append(writes,
 			struct{ file, value string }{filepath.Join(dir, "filter"), fmt.Sprintf(e.filter, st.Ino, kdev)},
 			struct{ file, value string }{filepath.Join(dir, "enable"), "1"})
@@ -129,7 +162,7 @@ func Start(path string) (*File, error) {
 		return nil, err
 	}
 	go f.read()
-	ok = true
+	started = true
 	return f, nil
 }
 
@@ -171,16 +204,16 @@ func (f *File) handle(line string) {
 		}
 		return
 	}
-	for _, e := range xfsEvents {
+	for _, e := range f.events {
 		if !strings.Contains(line, " "+e.name+": ") {
 			continue
 		}
-		if !e.ranged {
+		if !e.ranged() {
 			f.curLost = e.lost
 			return
 		}
-		pos, err1 := hexField(line, "pos 0x")
-		n, err2 := hexField(line, "bytecount 0x")
+		pos, err1 := numField(line, e.pos, e.hex)
+		n, err2 := numField(line, e.length, e.hex)
 		if err1 != nil || err2 != nil {
 			f.curLost = "an event could not be read: " + line
 			return
@@ -190,8 +223,8 @@ func (f *File) handle(line string) {
 	}
 }
 
-// hexField parses the hexadecimal number that follows key in line.
-func hexField(line, key string) (int64, error) {
+// numField parses the number that follows key in line.
+func numField(line, key string, hex bool) (int64, error) {
 	i := strings.Index(line, key)
 	if i < 0 {
 		return 0, fmt.Errorf("no %q", key)
@@ -200,7 +233,11 @@ func hexField(line, key string) (int64, error) {
 	if j := strings.IndexByte(s, ' '); j >= 0 {
 		s = s[:j]
 	}
-	return strconv.ParseInt(s, 16, 64)
+	base := 10
+	if hex {
+		base = 16
+	}
+	return strconv.ParseInt(s, base, 64)
 }
 
 // Cut closes the current window: it waits until every event that happened

@@ -167,7 +167,7 @@ func newRunCommand(g *globals) *cobra.Command {
 	f.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", 0, "how long a ping or a write may wait before the session counts as dead (0: 30s)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
-	f.BoolVar(&o.cfg.TrackWrites, "track-writes", false, "follow writes to raw images on XFS from its tracepoints and make points by briefly freezing their filesystem (root; not for images written through mmap)")
+	f.BoolVar(&o.cfg.TrackWrites, "track-writes", false, "follow writes to raw images on XFS or ext4 from their tracepoints and make points by briefly freezing their filesystem (root; not for images written through mmap)")
 	f.Int64Var(&o.cfg.MaxCapture, "max-capture", agent.DefaultMaxCapture, "with --track-writes: the most changed bytes one freeze reads into memory (more: a clone view)")
 	allowFlags(cmd, &o.cfg.AllowPlanScripts, &o.cfg.AllowExecDrivers, "in addition to what enroll or install recorded")
 	addRunServiceFlags(cmd, &o)
