@@ -30,6 +30,12 @@ type AgentConfig struct {
 	// UpgradeTrial is how long a controller-pushed binary may run before the
 	// controller confirms it; past it, the previous binary is restored.
 	UpgradeTrial string `yaml:"upgrade_trial,omitempty"`
+	// TrackWrites makes points of raw images by tracked freezes
+	// (`ferry-agent run --track-writes`, docs/replication.md §5.2a).
+	TrackWrites bool `yaml:"track_writes,omitempty"`
+	// MaxCapture bounds one tracked freeze's capture in bytes; 0 = the
+	// default.
+	MaxCapture int64 `yaml:"max_capture,omitempty"`
 }
 
 // DefaultUpgradeTrial is AgentConfig.UpgradeTrial's default.

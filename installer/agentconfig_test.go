@@ -15,6 +15,7 @@ func TestAgentConfigRoundTrip(t *testing.T) {
 	want := DefaultAgentConfig(l, "linux")
 	want.Scan = []string{"/srv/images"}
 	want.Streams = 4
+	want.TrackWrites, want.MaxCapture = true, 64<<20
 	require.NoError(t, writeAgentConfig(path, want))
 	got, err := LoadAgentConfig(path)
 	require.NoError(t, err)

@@ -227,6 +227,12 @@ func applyConfigFile(c *cobra.Command, o *runOptions) error {
 	if !f.Changed("upgrade-trial") {
 		o.trial, _ = ac.Trial()
 	}
+	if !f.Changed("track-writes") && ac.TrackWrites {
+		o.cfg.TrackWrites = true
+	}
+	if !f.Changed("max-capture") && ac.MaxCapture > 0 {
+		o.cfg.MaxCapture = ac.MaxCapture
+	}
 	o.logFile = ac.LogFile
 	return nil
 }
