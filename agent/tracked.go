@@ -170,12 +170,20 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 		return fz
 	}
 	fz.instant = a.cfg.Now()
-	var thawed atomic.Bool
-	var thawErr error
+	// thaw runs once, from the timer or from here; the mutex also hands
+	// the timer's error over.
+	var (
+		thawMu  sync.Mutex
+		thawed  atomic.Bool
+		thawErr error
+	)
 	thaw := func() bool {
-		if !thawed.CompareAndSwap(false, true) {
+		thawMu.Lock()
+		defer thawMu.Unlock()
+		if thawed.Load() {
 			return false
 		}
+		thawed.Store(true)
 		thawErr = snapshot.ThawFile(mfd)
 		return true
 	}
@@ -184,9 +192,16 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 	timer.Stop()
 	early := !thaw()
 	fz.frozen = a.cfg.Now().Sub(fz.instant)
+	thawMu.Lock()
 	if thawErr != nil {
-		fz.err = thawErr
+		// Try once more by path: a filesystem left frozen stops every
+		// writer on it.
+		if err := snapshot.Thaw(mount); err == nil {
+			thawErr = nil
+		}
 	}
+	fz.err = thawErr
+	thawMu.Unlock()
 	if early && fz.caps != nil {
 		fz.caps, fz.why = nil, fmt.Sprintf("reading the changed blocks took longer than the freeze may last (%s)", snapshot.MaxFreeze)
 	}
