@@ -118,6 +118,9 @@ func Start(path string) (*File, error) {
 	if err := unix.Stat(path, &st); err != nil {
 		return nil, err
 	}
+	if err := mountTracefs(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+	}
 	for _, e := range fsys.events {
 		if _, err := os.Stat(filepath.Join(TracefsRoot, "events", e.system, e.name)); err != nil {
 			return nil, fmt.Errorf("%w: %s tracepoint %s/%s at %s: %v", ErrUnsupported, fsys.name, e.system, e.name, TracefsRoot, err)
@@ -334,4 +337,22 @@ func removeStaleInstances() {
 			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// tracefsMu keeps two trackers from mounting tracefs at once.
+var tracefsMu sync.Mutex
+
+// mountTracefs mounts tracefs at TracefsRoot when nothing is mounted there:
+// a process started by `ip netns exec` (or in a container) gets a fresh
+// sysfs without it.
+func mountTracefs() error {
+	tracefsMu.Lock()
+	defer tracefsMu.Unlock()
+	if _, err := os.Stat(filepath.Join(TracefsRoot, "instances")); err == nil {
+		return nil
+	}
+	if err := unix.Mount("nodev", TracefsRoot, "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("tracefs is not mounted at %s and mounting it failed: %v", TracefsRoot, err)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package track
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -20,8 +21,8 @@ var filesystems = []string{"xfs", "ext4"}
 // starts tracking it.
 func trackedFile(t *testing.T, fstype string) (*File, *os.File, string) {
 	testenv.RequireRoot(t)
-	_, err := os.Stat(filepath.Join(TracefsRoot, "instances"))
-	testenv.Require(t, err == nil, "tracefs is not mounted at "+TracefsRoot)
+	err := mountTracefs()
+	testenv.Require(t, err == nil, fmt.Sprint("no tracefs: ", err))
 	mnt := testenv.MountLoop(t, fstype, 512<<20)
 	path := filepath.Join(mnt, "disk.img")
 	w, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
