@@ -94,7 +94,7 @@ func (b *bench) run(ctx context.Context) error {
 		{caseSync, b.caseSync}, {caseScan, b.caseScan}, {caseRPO, b.caseRPO},
 		{caseStorage, b.caseStorage}, {caseDedup, b.caseDedup}, {caseMemory, b.caseMemory},
 		{caseMaterialize, b.caseMaterialize}, {caseRTO, b.caseRTO}, {caseRoundTrip, b.caseRoundTrip},
-		{casePlanRTO, b.casePlanRTO},
+		{casePlanRTO, b.casePlanRTO}, {caseMany, b.caseMany},
 	} {
 		if !b.cfg.has(c.name) {
 			continue

@@ -20,9 +20,10 @@ const (
 	caseRTO         = "rto"         // failover from a staged replica: small and large disk
 	caseRoundTrip   = "roundtrip"   // reprotect bytes and time, failback RTO: small and large disk
 	casePlanRTO     = "plan-rto"    // a recovery plan of 20 small machines in 4 groups vs its groups' slowest single failovers
+	caseMany        = "many"        // many small machines on several agents: controller CPU per idle cycle, RPO under light churn
 )
 
-var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO}
+var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO, caseMany}
 
 // Config is what one invocation measures. BENCHMARKS.md's values are the
 // defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.
@@ -58,6 +59,15 @@ type Config struct {
 	Poll        time.Duration // how often `points list` is polled while timing
 	Stall       time.Duration // a wait for a point fails after this long without traffic
 
+	// The many-machines case: ManyMachines small disks of ManyDiskSize on
+	// ManyAgents agents, an idle phase and a light-churn phase of ManyPhase
+	// each, every machine's writer at ManyRate bytes per second.
+	ManyMachines int
+	ManyAgents   int
+	ManyDiskSize int64
+	ManyPhase    time.Duration
+	ManyRate     int64
+
 	Cases   []string // which cases to run (default all)
 	Profile bool     // rerun MISS cases with --cpu-profile
 	TopN    int      // profile entries kept per process
@@ -74,6 +84,7 @@ func DefaultConfig() Config {
 		Deltas: 10, Machines: 4, Fraction: 0.01, BlockSize: 64 << 10, Seed: 1,
 		RPOBlockSize: 4 << 10, TrackWrites: true,
 		Poll: 25 * time.Millisecond, Stall: 2 * time.Minute,
+		ManyMachines: 50, ManyAgents: 5, ManyDiskSize: 64 << 20, ManyPhase: 60 * time.Second, ManyRate: 64 << 10,
 		Cases: slices.Clone(allCases), Profile: true, TopN: 15,
 	}
 }
@@ -83,6 +94,7 @@ func QuickConfig() Config {
 	c := DefaultConfig()
 	c.Size, c.MemSize, c.RTOSize, c.Runs = 256<<20, 1<<30, 2<<30, 1
 	c.ChurnFor, c.Deltas, c.Machines = 10*time.Second, 3, 4
+	c.ManyPhase = 20 * time.Second
 	return c
 }
 
@@ -109,6 +121,13 @@ func (c *Config) Validate() error {
 	}
 	if c.ChurnFor < time.Second || c.ChurnRate <= 0 || c.Sample <= 0 || c.RPEvery < time.Second {
 		errs = append(errs, errors.New("-churn must be at least 1s, -churn-rate and the sampling period positive, rp-every at least 1s"))
+	}
+	if c.ManyAgents < 1 || c.ManyMachines < c.ManyAgents || c.ManyPhase < manyRPEvery || c.ManyRate <= 0 {
+		errs = append(errs, fmt.Errorf("-many-machines %d, -many-agents %d, -many-phase %s, -many-rate %d: want at least one agent, a machine per agent, a phase of at least %s and a positive rate",
+			c.ManyMachines, c.ManyAgents, c.ManyPhase, c.ManyRate, manyRPEvery))
+	}
+	if c.ManyDiskSize < 4<<20 || c.ManyDiskSize%int64(max(c.BlockSize, c.RPOBlockSize)) != 0 {
+		errs = append(errs, fmt.Errorf("many-machines disk size %d: want at least 4 MiB and a multiple of the block sizes", c.ManyDiskSize))
 	}
 	if c.Fraction <= 0 || c.Fraction > 0.5 {
 		errs = append(errs, fmt.Errorf("delta fraction %g: want (0, 0.5]", c.Fraction))

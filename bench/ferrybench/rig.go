@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"syscall"
 	"time"
 
@@ -351,9 +352,9 @@ func (r *rig) waitPoints(ctx context.Context, machine string, period, timeout ti
 	})
 }
 
-// alive fails once either Ferry process has exited.
+// alive fails once any Ferry process (extra agents included) has exited.
 func (r *rig) alive() error {
-	if r.agent.exited() || r.ctl.exited() {
+	if r.agent.exited() || r.ctl.exited() || slices.ContainsFunc(r.extra, (*proc).exited) {
 		return fmt.Errorf("a Ferry process exited (logs in %s)", r.logDir)
 	}
 	return nil

@@ -14,6 +14,7 @@ const (
 	unitSeconds unit = iota
 	unitBytes        // decimal MB, as BENCHMARKS.md quotes rsync
 	unitMemory       // MiB
+	unitMillis       // seconds, printed in milliseconds (CPU time per cycle)
 )
 
 func (u unit) format(v float64) string {
@@ -25,6 +26,8 @@ func (u unit) format(v float64) string {
 		return fmt.Sprintf("%.1f MB", v/1e6)
 	case unitMemory:
 		return fmt.Sprintf("%.1f MiB", v/(1<<20))
+	case unitMillis:
+		return fmt.Sprintf("%.1f ms", v*1000)
 	default:
 		return fmt.Sprintf("%.2f s", v)
 	}
