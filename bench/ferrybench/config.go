@@ -20,9 +20,12 @@ const (
 	caseRTO         = "rto"         // failover from a staged replica: small and large disk
 	caseRoundTrip   = "roundtrip"   // reprotect bytes and time, failback RTO: small and large disk
 	casePlanRTO     = "plan-rto"    // a recovery plan of 20 small machines in 4 groups vs its groups' slowest single failovers
+	caseWANSync     = "wan-sync"    // initial sync over a shaped link between two lab sites
+	caseWANRPO      = "wan-rpo"     // RPO under churn over a shaped link between two lab sites
 )
 
-var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO}
+var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO,
+	caseWANSync, caseWANRPO}
 
 // Config is what one invocation measures. BENCHMARKS.md's values are the
 // defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.
