@@ -25,7 +25,8 @@ done
 echo "## installing the anchors (rsync, zstd) and xfsprogs" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >&2
-apt-get install -y -qq --no-install-recommends rsync zstd xfsprogs >&2
+# iproute2 and nftables: the network lab of the WAN cases (internal/netlab).
+apt-get install -y -qq --no-install-recommends rsync zstd xfsprogs iproute2 nftables >&2
 
 quick=()
 if [ "${QUICK:-0}" = 1 ]; then

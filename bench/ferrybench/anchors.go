@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ferrydr/ferry/internal/netlab"
 )
 
 // The anchors: public tools run on the same data in the same run.
@@ -113,41 +115,55 @@ func touchedBlocks(offsets []int64, n int64, bs int) []int64 {
 	return slices.Compact(out)
 }
 
-// rsyncd is an rsync daemon on 127.0.0.1 with one writable module,
-// "bench", rooted at a directory.
+// rsyncd is an rsync daemon on 127.0.0.1 (or on a lab site's address, in
+// the site) with one writable module, "bench", rooted at a directory.
 type rsyncd struct {
 	p    *proc
+	host string
 	port int
 	dir  string
 }
 
 func startRsyncd(ctx context.Context, work, dest string) (*rsyncd, error) {
+	return startRsyncdIn(ctx, nil, work, dest)
+}
+
+// startRsyncdIn starts the daemon inside a lab site, on the site's address
+// (site nil: here, on 127.0.0.1).
+func startRsyncdIn(ctx context.Context, site *netlab.Site, work, dest string) (*rsyncd, error) {
 	if err := os.MkdirAll(dest, 0o755); err != nil {
 		return nil, err
 	}
-	conf := filepath.Join(work, "rsyncd.conf")
+	base, host := "rsyncd", "127.0.0.1"
+	listen, dial := net.Listen, (&net.Dialer{}).DialContext
+	if site != nil {
+		base, host = "rsyncd-"+site.Name, site.Addr.String()
+		listen, dial = site.Listen, site.Dial
+	}
+	conf := filepath.Join(work, base+".conf")
 	text := fmt.Sprintf("use chroot = false\n[bench]\n\tpath = %s\n\tread only = false\n\tuid = 0\n\tgid = 0\n", dest)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, err
 	}
 	// A free port: the kernel's pick, released just before rsync binds it.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return nil, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	p, err := startProc("rsyncd", filepath.Join(work, "rsyncd.log"), nil, "rsync", "--daemon", "--no-detach",
-		"--config="+conf, "--address=127.0.0.1", "--port="+strconv.Itoa(port))
+	bin, args := inSite(site, "rsync", "--daemon", "--no-detach",
+		"--config="+conf, "--address="+host, "--port="+strconv.Itoa(port))
+	p, err := startProc(base, filepath.Join(work, base+".log"), nil, bin, args...)
 	if err != nil {
 		return nil, err
 	}
-	d := &rsyncd{p: p, port: port, dir: dest}
+	d := &rsyncd{p: p, host: host, port: port, dir: dest}
 	err = poll(ctx, 10*time.Second, 20*time.Millisecond, func() (bool, error) {
 		if p.exited() {
 			return false, fmt.Errorf("rsync daemon exited (log %s)", p.logPath)
 		}
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		c, err := dial(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(port)))
 		if err != nil {
 			return false, nil
 		}
@@ -182,11 +198,18 @@ func (d *rsyncd) push(ctx context.Context, src, name string, delta bool) (time.D
 	if delta {
 		args = append(args, "--inplace", "--no-whole-file")
 	}
-	args = append(args, src, fmt.Sprintf("rsync://127.0.0.1:%d/bench/%s", d.port, name))
-	took, out, err := timed(ctx, "rsync", args...)
+	took, out, err := d.send(ctx, nil, src, name, args...)
 	if err != nil {
 		return 0, 0, err
 	}
 	sent, err := parseTotalSent(out)
 	return took, sent, err
+}
+
+// send runs `rsync opts… src rsync://daemon/bench/name` inside the lab
+// site from (nil: here) and returns its wall time and its output.
+func (d *rsyncd) send(ctx context.Context, from *netlab.Site, src, name string, opts ...string) (time.Duration, string, error) {
+	args := append(slices.Clone(opts), src, fmt.Sprintf("rsync://%s/bench/%s", net.JoinHostPort(d.host, strconv.Itoa(d.port)), name))
+	bin, args := inSite(from, "rsync", args...)
+	return timed(ctx, bin, args...)
 }

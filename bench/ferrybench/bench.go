@@ -21,7 +21,7 @@ type bench struct {
 	work string     // absolute
 	xfs  *loopMount // reflink path: images, repositories, the rsync destination
 	ext4 *loopMount // hash-scan path
-	// src holds the churn case's image when the agent tracks writes: the
+	// src holds the churn cases' image when the agent tracks writes: the
 	// agent freezes the image's filesystem, which must not be the one its
 	// state or the controller's repository is on.
 	src      *loopMount
@@ -94,7 +94,7 @@ func (b *bench) run(ctx context.Context) error {
 		{caseSync, b.caseSync}, {caseScan, b.caseScan}, {caseRPO, b.caseRPO},
 		{caseStorage, b.caseStorage}, {caseDedup, b.caseDedup}, {caseMemory, b.caseMemory},
 		{caseMaterialize, b.caseMaterialize}, {caseRTO, b.caseRTO}, {caseRoundTrip, b.caseRoundTrip},
-		{casePlanRTO, b.casePlanRTO}, {caseMany, b.caseMany},
+		{casePlanRTO, b.casePlanRTO}, {caseMany, b.caseMany}, {caseWANSync, b.caseWANSync}, {caseWANRPO, b.caseWANRPO},
 	} {
 		if !b.cfg.has(c.name) {
 			continue
@@ -139,7 +139,7 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if b.cfg.has(caseRPO) && b.cfg.TrackWrites {
+	if (b.cfg.has(caseRPO) || b.cfg.has(caseWANRPO)) && b.cfg.TrackWrites {
 		b.log.Info("making the XFS loop mount of the churn case's image (frozen by the agent)")
 		if b.src, err = makeLoopMount(ctx, "xfs", filepath.Join(b.work, "xfs-src.img"), filepath.Join(b.work, "mnt", "xfs-src"), b.cfg.Size+1<<30); err != nil {
 			return err

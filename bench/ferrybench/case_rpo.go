@@ -35,20 +35,36 @@ type rpoRun struct {
 	profiles []profileFile
 }
 
-// rpoRun protects a clone of the image with rp-every cfg.RPEvery, waits for
-// the initial point, then runs the churn writer and, at the same time,
-// samples (now − instant of the newest listed point) every cfg.Sample.
-func (b *bench) rpoRun(ctx context.Context, profile phase) (res rpoRun, err error) {
+// churnSetup is what tells the churn cases apart: RPO under churn on the
+// loopback and over a WAN link.
+type churnSetup struct {
+	name    string   // run directory
+	rate    int64    // churn bytes per second
+	wan     *wanLink // nil: loopback
+	wire    string   // what counts the bytes, for the report
+	profile phase
+}
+
+// rpoRun is one run of the RPO case: churn at cfg.ChurnRate on the loopback.
+func (b *bench) rpoRun(ctx context.Context, profile phase) (rpoRun, error) {
 	name := "rpo"
 	if profile != phaseNone {
 		name = "rpo-profile"
 	}
+	return b.churnRun(ctx, churnSetup{name: name, rate: b.cfg.ChurnRate, profile: profile})
+}
+
+// churnRun protects a clone of the image with rp-every cfg.RPEvery, waits
+// for the initial point, then runs the churn writer and, at the same time,
+// samples (now − instant of the newest listed point) every cfg.Sample.
+func (b *bench) churnRun(ctx context.Context, cs churnSetup) (res rpoRun, err error) {
+	name, profile := cs.name, cs.profile
 	dir, logs, err := b.runDir(b.xfs, name)
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	o := rigOptions{blockSize: b.cfg.RPOBlockSize}
+	o := rigOptions{blockSize: b.cfg.RPOBlockSize, wan: cs.wan}
 	if b.src != nil {
 		o.agentArgs = []string{"--track-writes"}
 		o.imageDir = filepath.Join(b.src.Dir, name)
@@ -91,7 +107,7 @@ func (b *bench) rpoRun(ctx context.Context, profile phase) (res rpoRun, err erro
 	done := make(chan churned, 1)
 	start := time.Now()
 	go func() {
-		n, err := churn(cctx, img, b.cfg.Size, b.cfg.Seed^0xc4, b.cfg.ChurnRate, b.cfg.ChurnFor, &res.stall)
+		n, err := churn(cctx, img, b.cfg.Size, b.cfg.Seed^0xc4, cs.rate, b.cfg.ChurnFor, &res.stall)
 		done <- churned{n, err}
 	}()
 	tick := time.NewTicker(b.cfg.Sample)
@@ -244,15 +260,30 @@ func describePhases(phases map[string][]float64) string {
 }
 
 func (b *bench) caseRPO(ctx context.Context) error {
+	cs := churnSetup{name: "rpo", rate: b.cfg.ChurnRate, wire: "proxy"}
+	r := row{Case: "RPO under churn (p99)", Target: 5, TargetText: "p99 ≤ 5 s", Pass: passRPO}
+	s, err := b.churnCase(ctx, cs, r)
+	if err != nil {
+		return err
+	}
+	s.Title = "RPO under churn (XFS)"
+	b.details = append(b.details, s)
+	return nil
+}
+
+// churnCase runs a churn case cfg.Runs times, adds its row (r with the
+// figures) and returns the section describing it, untitled.
+func (b *bench) churnCase(ctx context.Context, cs churnSetup, r row) (section, error) {
 	// Each run's p99 over its samples; the row is their median. The
 	// details below are the last run's.
 	var res rpoRun
 	var p99s, perRun []string
 	var p99v []float64
+	var s section
 	for i := range b.cfg.Runs {
 		var err error
-		if res, err = b.rpoRun(ctx, phaseNone); err != nil {
-			return err
+		if res, err = b.churnRun(ctx, cs); err != nil {
+			return s, fmt.Errorf("run %d: %w", i+1, err)
 		}
 		p50, p99 := percentile(res.samples, 50), percentile(res.samples, 99)
 		p99v = append(p99v, p99)
@@ -262,9 +293,8 @@ func (b *bench) caseRPO(ctx context.Context) error {
 			float64(res.use.ctl.WriteBytes)/float64(res.written), float64(res.use.ctl.ReadBytes)/float64(res.written)))
 	}
 	p50, p99 := percentile(res.samples, 50), percentile(res.samples, 99)
-	b.rows = append(b.rows, row{Case: "RPO under churn (p99)", Unit: unitSeconds, Ferry: p99v,
-		Target: 5, TargetText: "p99 ≤ 5 s", Pass: passRPO, Note: "p99 of each run: " + strings.Join(p99s, ", ") + " s"})
-	s := section{Title: "RPO under churn (XFS)"}
+	r.Unit, r.Ferry, r.Note = unitSeconds, p99v, "p99 of each run: "+strings.Join(p99s, ", ")+" s"
+	b.rows = append(b.rows, r)
 	for _, l := range perRun {
 		s.addf("- %s", l)
 	}
@@ -274,7 +304,7 @@ func (b *bench) caseRPO(ctx context.Context) error {
 		views = "a copy of the image on an XFS mount of its own; the agent runs with --track-writes (tracked freezes of that mount)"
 	}
 	s.addf("- The image: %s. Policy rp-every %s, block size %d KiB; after the initial point, a writer does random 4 KiB buffered writes of seeded random data at %.0f MB/s for %s while (now − instant of the newest point in `points list`) is sampled every %s. Per run the statistic is over the samples; the row is the median of the runs' p99. Page cache dropped once before the churn.",
-		views, b.cfg.RPEvery, b.cfg.RPOBlockSize>>10, float64(b.cfg.ChurnRate)/1e6, b.cfg.ChurnFor, b.cfg.Sample)
+		views, b.cfg.RPEvery, b.cfg.RPOBlockSize>>10, float64(cs.rate)/1e6, b.cfg.ChurnFor, b.cfg.Sample)
 	if len(res.methods) > 0 {
 		s.addf("- the points' view methods: %s", describeCounts(res.methods))
 	}
@@ -282,8 +312,8 @@ func (b *bench) caseRPO(ctx context.Context) error {
 		s.addf("- tracked freezes (filesystem frozen, per point): median %.3f s, p99 %.3f s, max %.3f s", median(res.frozen), percentile(res.frozen, 99), slices.Max(res.frozen))
 	}
 	s.addf("- samples: %d; p50 %.2f s; p99 %.2f s; max %.2f s", len(res.samples), p50, p99, slices.Max(res.samples))
-	s.addf("- writer: %.1f MB in %s (%.1f MB/s), longest single write %.1f ms; points committed during the churn: %d; proxy bytes during the churn: %.1f MB",
-		float64(res.written)/1e6, res.took.Round(time.Millisecond), float64(res.written)/1e6/res.took.Seconds(), float64(res.stall.Microseconds())/1000, res.points, float64(res.wire)/1e6)
+	s.addf("- writer: %.1f MB in %s (%.1f MB/s), longest single write %.1f ms; points committed during the churn: %d; %s bytes during the churn: %.1f MB",
+		float64(res.written)/1e6, res.took.Round(time.Millisecond), float64(res.written)/1e6/res.took.Seconds(), float64(res.stall.Microseconds())/1000, res.points, cs.wire, float64(res.wire)/1e6)
 	s.addf("- during the churn: %s", res.use.describe(res.took))
 	if len(res.cycles) > 0 {
 		s.addf("- cycle durations in the controller's log (cycle begins → point committed): median %.2f s, p99 %.2f s, max %.2f s",
@@ -296,8 +326,7 @@ func (b *bench) caseRPO(ctx context.Context) error {
 	if res.clone.extents > 0 {
 		s.addf("- after the churn the image is in %d extents; one reflink clone of it (the view's floor) took %.2f s", res.clone.extents, res.clone.took.Seconds())
 	}
-	b.details = append(b.details, s)
-	return nil
+	return s, nil
 }
 
 // describeCounts is "a 3, b 1", by name.

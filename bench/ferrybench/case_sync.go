@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ferrydr/ferry/controller/api"
 )
 
 // phase names what a profiled rerun profiles.
@@ -64,27 +66,11 @@ func (b *bench) syncRun(ctx context.Context, i int, o syncOptions) (res syncRun,
 	defer r.close()
 
 	// Initial sync: protect → first point listed.
-	if err := dropCaches(); err != nil {
-		return res, err
-	}
-	u0, err := r.usage()
+	first, took, use, err := b.initialSync(ctx, r, img)
 	if err != nil {
 		return res, err
 	}
-	t0 := time.Now()
-	if err := r.protect(ctx, "m", img, "p", ""); err != nil {
-		return res, err
-	}
-	first, t1, err := r.waitPoint(ctx, "m", 0, b.cfg.Poll, time.Hour)
-	if err != nil {
-		return res, err
-	}
-	res.initial = t1.Sub(t0)
-	u1, err := r.usage()
-	if err != nil {
-		return res, err
-	}
-	res.initialUse = u1.sub(u0)
+	res.initial, res.initialUse = took, use
 	res.initialWire, _ = r.wire()
 	if res.agentHWM, err = procStatus(r.agent.pid(), "VmHWM"); err != nil {
 		return res, err
@@ -149,6 +135,33 @@ func (b *bench) syncRun(ctx context.Context, i int, o syncOptions) (res syncRun,
 	res.profiles = r.profiles
 	res.cycleLogged, res.made, err = r.cycleRecord("m", pt.ID)
 	return res, err
+}
+
+// initialSync times the initial sync of img as machine "m" with policy
+// "p": after a drop of the page cache, from just before the protect call
+// to the moment `points list` first shows the point. It returns the point
+// with the time and what the processes consumed meanwhile.
+func (b *bench) initialSync(ctx context.Context, r *rig, img string) (api.Point, time.Duration, rigUsage, error) {
+	if err := dropCaches(); err != nil {
+		return api.Point{}, 0, rigUsage{}, err
+	}
+	u0, err := r.usage()
+	if err != nil {
+		return api.Point{}, 0, rigUsage{}, err
+	}
+	t0 := time.Now()
+	if err := r.protect(ctx, "m", img, "p", ""); err != nil {
+		return api.Point{}, 0, rigUsage{}, err
+	}
+	first, t1, err := r.waitPoint(ctx, "m", 0, b.cfg.Poll, time.Hour)
+	if err != nil {
+		return first, 0, rigUsage{}, err
+	}
+	u1, err := r.usage()
+	if err != nil {
+		return first, 0, rigUsage{}, err
+	}
+	return first, t1.Sub(t0), u1.sub(u0), nil
 }
 
 // verifyPoint exports a point with the CLI and requires it to equal the

@@ -21,9 +21,12 @@ const (
 	caseRoundTrip   = "roundtrip"   // reprotect bytes and time, failback RTO: small and large disk
 	casePlanRTO     = "plan-rto"    // a recovery plan of 20 small machines in 4 groups vs its groups' slowest single failovers
 	caseMany        = "many"        // many small machines on several agents: controller CPU per idle cycle, RPO under light churn
+	caseWANSync     = "wan-sync"    // initial sync over a shaped link between two lab sites
+	caseWANRPO      = "wan-rpo"     // RPO under churn over a shaped link between two lab sites
 )
 
-var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO, caseMany}
+var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO,
+	caseMany, caseWANSync, caseWANRPO}
 
 // Config is what one invocation measures. BENCHMARKS.md's values are the
 // defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.

@@ -19,7 +19,9 @@ import (
 )
 
 // rig is one controller and one enrolled agent whose every byte passes
-// through a counting proxy, all living in one directory.
+// through a counting proxy, all living in one directory. A WAN rig
+// (rigOptions.wan) has no proxy: its processes run in two sites of a
+// network lab and its bytes are counted by the lab's router.
 type rig struct {
 	bin    string
 	dir    string // data: controller data and agent state
@@ -34,6 +36,7 @@ type rig struct {
 	ctlAddr string
 	admin   string
 	proxy   *faultnet.Proxy
+	wan     *wanLink // nil: loopback through the proxy
 	cl      *admin.Client
 	starts  int
 	// agentEnv is added to the agent's environment (GODEBUG=gctrace=1 in
@@ -65,6 +68,10 @@ type rigOptions struct {
 	// imageDir, when set, holds the image (a copy: another filesystem)
 	// instead of the rig's directory (a reflink clone).
 	imageDir string
+	// wan, when set, runs the controller and the agent in two sites of a
+	// network lab, the agent dialling the controller's address across it
+	// (no proxy; the lab's router counts the bytes).
+	wan *wanLink
 }
 
 // startRig starts a controller, a proxy in front of it and an agent
@@ -72,7 +79,7 @@ type rigOptions struct {
 // lives in dir, logs and profiles in logDir.
 func startRig(ctx context.Context, bin, dir, logDir string, o rigOptions) (r *rig, err error) {
 	r = &rig{bin: bin, dir: dir, logDir: logDir, data: filepath.Join(dir, "ctl"), state: filepath.Join(dir, "agent"), name: agentName,
-		agentEnv: o.agentEnv, agentArgs: o.agentArgs, stall: o.stall}
+		agentEnv: o.agentEnv, agentArgs: o.agentArgs, stall: o.stall, wan: o.wan}
 	if r.stall <= 0 {
 		r.stall = DefaultConfig().Stall
 	}
@@ -94,15 +101,22 @@ func startRig(ctx context.Context, bin, dir, logDir string, o rigOptions) (r *ri
 	if err = r.startController(ctx, profile); err != nil {
 		return r, err
 	}
-	if r.proxy, err = faultnet.Listen(r.ctlAddr, nil); err != nil {
+	dial := r.ctlAddr
+	if r.wan == nil {
+		if r.proxy, err = faultnet.Listen(r.ctlAddr, nil); err != nil {
+			return r, err
+		}
+		dial = r.proxy.Addr()
+	} else if err = r.wan.startCounting(); err != nil {
 		return r, err
 	}
 	tok, err := r.cl.CreateToken(ctx, api.CreateTokenRequest{TTL: api.Duration(time.Hour), Uses: 1})
 	if err != nil {
 		return r, fmt.Errorf("create token: %w", err)
 	}
-	out, err := exec.CommandContext(ctx, filepath.Join(bin, "ferry-agent"), "enroll", "--controller", r.proxy.Addr(),
-		"--token", tok.Token, "--name", r.name, "--state-dir", r.state).CombinedOutput()
+	enroll, enrollArgs := r.wan.agentCmd(filepath.Join(bin, "ferry-agent"), "enroll", "--controller", dial,
+		"--token", tok.Token, "--name", r.name, "--state-dir", r.state)
+	out, err := exec.CommandContext(ctx, enroll, enrollArgs...).CombinedOutput()
 	if err != nil {
 		return r, &CmdError{Cmd: "ferry-agent enroll", Output: string(out), Err: err}
 	}
@@ -122,7 +136,7 @@ func (r *rig) startController(ctx context.Context, profile bool) error {
 	r.starts++
 	listen := r.ctlAddr
 	if listen == "" {
-		listen = "127.0.0.1:0"
+		listen = r.wan.listen()
 	}
 	// debug: the cycle timings pair "cycle begins" (a debug line: the info
 	// log says one line per cycle) with "point committed".
@@ -132,7 +146,8 @@ func (r *rig) startController(ctx context.Context, profile bool) error {
 		args = append(args, "--cpu-profile", p)
 		r.profiles = append(r.profiles, profileFile{Proc: "controller (ferry serve)", Path: p, Bin: filepath.Join(r.bin, "ferry")})
 	}
-	p, err := startProc("controller", r.logPath("controller"), nil, filepath.Join(r.bin, "ferry"), args...)
+	bin, args := r.wan.ctlCmd(filepath.Join(r.bin, "ferry"), args...)
+	p, err := startProc("controller", r.logPath("controller"), nil, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -160,7 +175,8 @@ func (r *rig) startAgent(ctx context.Context, profile bool) error {
 		args = append(args, "--cpu-profile", p)
 		r.profiles = append(r.profiles, profileFile{Proc: "agent (ferry-agent run)", Path: p, Bin: filepath.Join(r.bin, "ferry-agent")})
 	}
-	p, err := startProc("agent", r.logPath("agent"), r.agentEnv, filepath.Join(r.bin, "ferry-agent"), args...)
+	bin, args := r.wan.agentCmd(filepath.Join(r.bin, "ferry-agent"), args...)
+	p, err := startProc("agent", r.logPath("agent"), r.agentEnv, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -217,8 +233,13 @@ func (r *rig) close() {
 	}
 }
 
-// wire is every byte the proxy forwarded so far, both directions.
+// wire is every byte the proxy forwarded so far, both directions (a WAN
+// rig: every byte that crossed the lab's router from and to the agent's
+// site since the rig started).
 func (r *rig) wire() (total, up int64) {
+	if r.wan != nil {
+		return r.wan.wire()
+	}
 	u, d := r.proxy.Bytes()
 	return u + d, u
 }
@@ -374,18 +395,26 @@ type stallGuard struct {
 	r     *rig
 	last  int64
 	since time.Time
+	read  time.Time // when the wire was last read
 }
 
 func (r *rig) newStallGuard() *stallGuard {
 	w, _ := r.wire()
-	return &stallGuard{r: r, last: w, since: time.Now()}
+	now := time.Now()
+	return &stallGuard{r: r, last: w, since: now, read: now}
 }
 
 // check fails once fewer than stallBytes went through the proxy during the
 // last stall period; it first makes both processes print every
 // goroutine's stack into their logs (SIGQUIT), for whoever fixes the hang.
 func (g *stallGuard) check() error {
+	// A reading a second is plenty against a period of minutes, and a WAN
+	// rig's reading runs nft twice: not at every poll.
+	if time.Since(g.read) < time.Second {
+		return nil
+	}
 	w, _ := g.r.wire()
+	g.read = time.Now()
 	if w-g.last >= stallBytes {
 		g.last, g.since = w, time.Now()
 		return nil
