@@ -124,6 +124,15 @@ func replayVHDXLog(f fileReader, h *vhdxHeader) (*overlayFile, error) {
 	entries := scanVHDXLog(buf, h.logGUID)
 	active := activeVHDXSequence(entries, logLen)
 	if active == nil {
+		if !anyVHDXLogHeader(buf, h.logGUID) {
+			// No entry of this log was begun: a writer sets the LogGuid
+			// before its first entry and changes nothing the log covers
+			// before that entry is flushed, so a crash in between leaves
+			// the file whole, and the log is empty (qemu reads it so).
+			// Entries of this GUID that fail their checks are another
+			// matter: what they covered may be half written.
+			return &overlayFile{fileReader: f, size: f.Size(), pages: map[int64][]byte{}}, nil
+		}
 		return nil, logBad("log GUID %s is set but the log holds no valid sequence of entries", h.logGUID)
 	}
 	head := active[len(active)-1]
@@ -137,6 +146,17 @@ func replayVHDXLog(f fileReader, h *vhdxHeader) (*overlayFile, error) {
 		}
 	}
 	return o, nil
+}
+
+// anyVHDXLogHeader reports whether some sector of the log begins an entry
+// header of log id, valid or not.
+func anyVHDXLogHeader(log []byte, id guid) bool {
+	for pos := 0; pos+vhdxLogEntryHeader <= len(log); pos += vhdxLogSector {
+		if string(log[pos:pos+4]) == "loge" && guid(log[pos+32:pos+48]) == id {
+			return true
+		}
+	}
+	return false
 }
 
 // scanVHDXLog finds every valid entry: signature, length, GUID, checksum.

@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -276,4 +277,35 @@ func TestVHDXUnreplayableLog(t *testing.T) {
 	src, err := Open(bad, OpenOptions{AllowDirty: true})
 	require.NoError(t, err)
 	src.Close()
+}
+
+// TestVHDXLogGUIDWithoutEntries: a LogGuid set over a log holding no entry
+// of it (a writer killed between setting the header and writing its first
+// entry) is an empty log: the file reads as it stands, like qemu reads it.
+func TestVHDXLogGUIDWithoutEntries(t *testing.T) {
+	q := needQemu(t)
+	dir := t.TempDir()
+	base := baseImage(t, dir)
+	clean := filepath.Join(dir, "clean.vhdx")
+	q.convert(t, base, "raw", clean, "vhdx", "-o", "block_size=1M")
+	b, err := os.ReadFile(clean)
+	require.NoError(t, err)
+	l := readVHDXLayout(t, b)
+	setLogGUID(b, l.hdrOff, mustGUID("99999999-2222-3333-4444-555555555555"))
+	begun := filepath.Join(dir, "begun.vhdx")
+	require.NoError(t, os.WriteFile(begun, b, 0o644))
+
+	want, err := Open(clean, OpenOptions{})
+	require.NoError(t, err)
+	defer want.Close()
+	got, err := Open(begun, OpenOptions{})
+	require.NoError(t, err, "a log GUID with no entry of it is an empty log")
+	defer got.Close()
+	require.Equal(t, want.Size(), got.Size())
+	wb, gb := make([]byte, want.Size()), make([]byte, got.Size())
+	_, err = want.ReadAt(wb, 0)
+	require.NoError(t, err)
+	_, err = got.ReadAt(gb, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(wb, gb), "the file reads as it stands")
 }
