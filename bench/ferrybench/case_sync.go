@@ -225,13 +225,7 @@ func (b *bench) caseSync(ctx context.Context) error {
 		}
 		runs = append(runs, res)
 	}
-	col := func(f func(syncRun) float64) []float64 {
-		out := make([]float64, len(runs))
-		for i, r := range runs {
-			out[i] = f(r)
-		}
-		return out
-	}
+	col := func(f func(syncRun) float64) []float64 { return column(runs, f) }
 	secs := func(f func(syncRun) time.Duration) []float64 {
 		return col(func(r syncRun) float64 { return f(r).Seconds() })
 	}

@@ -34,16 +34,11 @@ type wanSyncRun struct {
 // two sites of a lab joined by a wanSyncRate, wanSyncRTT link, against a
 // zstd push and an `rsync -z` full copy over the same link.
 func (b *bench) caseWANSync(ctx context.Context) (err error) {
-	w, err := buildWAN(wanSyncRate, wanSyncRTT)
+	w, proof, err := b.measuredWAN(ctx, wanSyncRate, wanSyncRTT)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, w.close()) }()
-	proof, err := w.measure(ctx)
-	if err != nil {
-		return err
-	}
-	b.log.Info("WAN link measured", "link", proof.String(), "tcp_Mbit", proof.goodput/1e6)
 	d, err := startRsyncdIn(ctx, w.ctl, b.work, filepath.Join(b.xfs.Dir, "rsync-wan"))
 	if err != nil {
 		return err
@@ -57,13 +52,7 @@ func (b *bench) caseWANSync(ctx context.Context) (err error) {
 		}
 		runs = append(runs, res)
 	}
-	col := func(f func(wanSyncRun) float64) []float64 {
-		out := make([]float64, len(runs))
-		for i, r := range runs {
-			out[i] = f(r)
-		}
-		return out
-	}
+	col := func(f func(wanSyncRun) float64) []float64 { return column(runs, f) }
 	ferry := col(func(r wanSyncRun) float64 { return r.ferry.Seconds() })
 	zstd := col(func(r wanSyncRun) float64 { return r.zstd.Seconds() })
 	rsync := col(func(r wanSyncRun) float64 { return r.rsync.Seconds() })
@@ -174,16 +163,11 @@ func (b *bench) wanSyncRun(ctx context.Context, w *wanLink, d *rsyncd, i int, ve
 // at wanChurnRate with the agent and the controller in two sites of a lab
 // joined by a wanRPORate, wanRPORTT link.
 func (b *bench) caseWANRPO(ctx context.Context) (err error) {
-	w, err := buildWAN(wanRPORate, wanRPORTT)
+	w, proof, err := b.measuredWAN(ctx, wanRPORate, wanRPORTT)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, w.close()) }()
-	proof, err := w.measure(ctx)
-	if err != nil {
-		return err
-	}
-	b.log.Info("WAN link measured", "link", proof.String(), "tcp_Mbit", proof.goodput/1e6)
 	cs := churnSetup{name: "wan-rpo", rate: wanChurnRate, wan: w, wire: "router (IP packets to and from the agent's site)"}
 	r := row{Case: "WAN RPO under churn (p99)", Target: 5, TargetText: "p99 ≤ 5 s"}
 	s, err := b.churnCase(ctx, cs, r)

@@ -41,3 +41,12 @@ func ratios(ferry, anchor []float64) []float64 {
 	}
 	return out
 }
+
+// column is f of every run, in order: one row's figures.
+func column[R any](runs []R, f func(R) float64) []float64 {
+	out := make([]float64, len(runs))
+	for i, r := range runs {
+		out[i] = f(r)
+	}
+	return out
+}

@@ -193,3 +193,19 @@ func (w *wanLink) zstdPush(ctx context.Context, img string) (time.Duration, int6
 		return 0, 0, ctx.Err()
 	}
 }
+
+// measuredWAN builds a lab joined by a rate, rtt link and measures the
+// link once; the caller closes the lab (also when measuring failed, it is
+// closed here).
+func (b *bench) measuredWAN(ctx context.Context, rate int64, rtt time.Duration) (*wanLink, wanProof, error) {
+	w, err := buildWAN(rate, rtt)
+	if err != nil {
+		return nil, wanProof{}, err
+	}
+	proof, err := w.measure(ctx)
+	if err != nil {
+		return nil, wanProof{}, errors.Join(err, w.close())
+	}
+	b.log.Info("WAN link measured", "link", proof.String(), "tcp_Mbit", proof.goodput/1e6)
+	return w, proof, nil
+}
