@@ -165,17 +165,28 @@ func markQCOW2Dirty(t *testing.T, b []byte) []byte {
 	return b
 }
 
-// setVHDXLogGUID marks both headers as having a log to replay while the
-// log region holds no entry: the log cannot be replayed.
+// setVHDXLogGUID marks both headers as having a log to replay and writes
+// one entry header of that log whose checksum is wrong (a torn entry): the
+// log cannot be replayed. (A log GUID with no entry of it at all is an
+// empty log, which a reader accepts.)
 func setVHDXLogGUID(t *testing.T, b []byte) []byte {
 	castagnoli := crc32.MakeTable(crc32.Castagnoli)
+	var logOff int64
 	for _, off := range []int{64 << 10, 128 << 10} {
 		h := b[off : off+4096]
 		require.Equal(t, "head", string(h[:4]))
 		copy(h[48:64], "ferry-test-log-1")
 		binary.LittleEndian.PutUint32(h[4:], 0)
 		binary.LittleEndian.PutUint32(h[4:], crc32.Checksum(h, castagnoli))
+		logOff = int64(binary.LittleEndian.Uint64(h[72:80])) // LogOffset
 	}
+	require.Positive(t, logOff)
+	e := b[logOff : logOff+4096]
+	copy(e[0:4], "loge")
+	binary.LittleEndian.PutUint32(e[4:], 0xdeadbeef) // not the entry's checksum
+	binary.LittleEndian.PutUint32(e[8:], 4096)       // EntryLength
+	binary.LittleEndian.PutUint64(e[16:], 1)         // SequenceNumber
+	copy(e[32:48], "ferry-test-log-1")
 	return b
 }
 
