@@ -1,6 +1,9 @@
 package msg
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Methods the controller serves (agent → controller).
 const (
@@ -185,8 +188,39 @@ type CycleEndRequest struct {
 	Entries     uint64 `json:"entries"` // manifest entries sent
 	Instant     int64  `json:"instant"` // the view's instant, agent clock, unix ns
 	Consistency string `json:"consistency"`
-	Note        string `json:"note,omitempty"` // how the view was made, for the point's record
-	Name        string `json:"name,omitempty"` // a name for the point (points Ferry keeps on its own account)
+	// Note is Method and the view's notes in one line ("direct-read: …"),
+	// what agents sent before Method and Reason; still sent, for older
+	// controllers.
+	Note string `json:"note,omitempty"`
+	Name string `json:"name,omitempty"` // a name for the point (points Ferry keeps on its own account)
+	// Method says how the view was made (reflink, tracked-freeze,
+	// direct-read, powered-off, …) and Reason what the point's reader
+	// should know of it: for an inconsistent point, why it could not be
+	// made consistent. Both optional (docs/protocol.md §5.3): a controller
+	// given only Note takes its first word as the method and the rest as
+	// the reason (SplitNote).
+	Method string `json:"method,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// ViewNote returns the request's method and reason: the explicit fields,
+// or, from an agent that sends only Note, the note split by SplitNote.
+func (r CycleEndRequest) ViewNote() (method, reason string) {
+	if r.Method != "" {
+		return r.Method, r.Reason
+	}
+	return SplitNote(r.Note)
+}
+
+// SplitNote splits an older agent's note, "METHOD" or "METHOD: notes",
+// into its method (the first word) and the rest.
+func SplitNote(note string) (method, rest string) {
+	note = strings.TrimSpace(note)
+	i := strings.IndexAny(note, ": \t")
+	if i < 0 {
+		return note, ""
+	}
+	return note[:i], strings.TrimSpace(strings.TrimLeft(note[i:], ": \t"))
 }
 
 // CycleEndResponse names the new point.
