@@ -260,3 +260,32 @@ func DeleteSubvolume(destDir, name string) error {
 	}
 	return nil
 }
+
+// fsNames are the filesystems a view's reason may name (statfs f_type,
+// linux/magic.h).
+var fsNames = map[uint32]string{
+	0xEF53:     "ext4", // also ext2 and ext3
+	0x58465342: "xfs",
+	0x9123683E: "btrfs",
+	0x01021994: "tmpfs",
+	0x6969:     "nfs",
+	0xFF534D42: "cifs",
+	0x2FC12FC1: "zfs",
+	0x794C7630: "overlayfs",
+	0x65735546: "fuse",
+	0x4D44:     "vfat",
+	0x5346544E: "ntfs",
+	0xF2F52010: "f2fs",
+}
+
+// FSType names the filesystem holding path ("" when unknown).
+func FSType(path string) string {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return ""
+	}
+	if n, ok := fsNames[uint32(fs.Type)]; ok {
+		return n
+	}
+	return fmt.Sprintf("type %#x", uint32(fs.Type))
+}

@@ -48,3 +48,6 @@ func FreezeFile(dir *os.File) error { return fmt.Errorf("freeze: %w", ErrNotSupp
 
 // ThawFile is not supported here.
 func ThawFile(dir *os.File) error { return fmt.Errorf("thaw: %w", ErrNotSupported) }
+
+// FSType names the filesystem holding path: not known on this platform.
+func FSType(path string) string { return "" }

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,8 +38,22 @@ const (
 // viewsDir is the hidden directory, next to the images, that holds clones.
 const viewsDir = ".ferry-views"
 
-// MaxFreeze bounds how long filesystems stay frozen (DESIGN.md: ≤ 2 s).
-const MaxFreeze = 2 * time.Second
+// Bounds of a freeze (Taker.MaxFreeze, `ferry-agent run --max-freeze`):
+// how long filesystems stay frozen unless configured otherwise
+// (DESIGN.md: ≤ 2 s), and the most that may be configured. A frozen
+// filesystem stops every writer of it.
+const (
+	DefaultMaxFreeze = 2 * time.Second
+	MaxFreezeLimit   = 60 * time.Second
+)
+
+// CheckMaxFreeze refuses a freeze bound outside (0, MaxFreezeLimit].
+func CheckMaxFreeze(d time.Duration) error {
+	if d <= 0 || d > MaxFreezeLimit {
+		return fmt.Errorf("max freeze %s: want more than 0s and at most %s (a frozen filesystem stops every writer of it; default %s)", d, MaxFreezeLimit, DefaultMaxFreeze)
+	}
+	return nil
+}
 
 // Driver is what the taker needs from a machine's source driver.
 type Driver interface {
@@ -80,8 +95,11 @@ type View struct {
 	Instant     time.Time
 	Consistency string
 	Method      string
-	Notes       []string
-	Disks       []ViewDisk
+	// Why says, for an inconsistent view, why no consistent one could be
+	// made (the point's recorded reason); "" otherwise.
+	Why   string
+	Notes []string
+	Disks []ViewDisk
 
 	// AfterKeep, when set, runs once the view is kept for a point.
 	AfterKeep func(point int64)
@@ -96,14 +114,23 @@ func NewView(instant time.Time, consistency, method string, disks []ViewDisk, no
 	return &View{Instant: instant, Consistency: consistency, Method: method, Disks: disks, Notes: notes, release: release}
 }
 
-// Note joins the notes for the point's record.
-func (v *View) Note() string { return v.Method + noteSuffix(v.Notes) }
-
-func noteSuffix(n []string) string {
-	if len(n) == 0 {
-		return ""
+// Note is the method and the reason in one line, what cycle.end's note
+// carries for controllers that predate its method and reason.
+func (v *View) Note() string {
+	if r := v.Reason(); r != "" {
+		return v.Method + ": " + r
 	}
-	return ": " + strings.Join(n, "; ")
+	return v.Method
+}
+
+// Reason is what the point's record says of the view besides its
+// method: why it is inconsistent (first, when it is), then the notes.
+func (v *View) Reason() string {
+	parts := v.Notes
+	if v.Why != "" {
+		parts = append([]string{v.Why}, v.Notes...)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Keep makes this view the base of the next cycle's change detection: its
@@ -130,6 +157,23 @@ func (v *View) Discard() error {
 type Taker struct {
 	Log *slog.Logger
 	Now func() time.Time
+	// MaxFreeze bounds how long the filesystems named for an
+	// app-consistent view stay frozen (0: DefaultMaxFreeze).
+	MaxFreeze time.Duration
+}
+
+func (t *Taker) maxFreeze() time.Duration {
+	if t.MaxFreeze > 0 {
+		return t.MaxFreeze
+	}
+	return DefaultMaxFreeze
+}
+
+func (t *Taker) logger() *slog.Logger {
+	if t.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return t.Log
 }
 
 // Base returns the clone kept for point head of a disk, if there is one.
@@ -165,10 +209,7 @@ func (t *Taker) Take(ctx context.Context, r Request) (*View, error) {
 	if now == nil {
 		now = time.Now
 	}
-	log := t.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := t.logger()
 	v := &View{release: func(int64) error { return nil }}
 
 	quiesced, quiesceNotes, unquiesce := t.quiesce(ctx, r)
@@ -241,12 +282,13 @@ func (t *Taker) quiesce(ctx context.Context, r Request) (ok bool, notes []string
 	// If making the view overruns the bound, thaw anyway: the application
 	// must not stall. The undo then reports it and the view is not
 	// app-consistent.
-	watchdog := time.AfterFunc(MaxFreeze, func() { thawAll() })
+	limit := t.maxFreeze()
+	watchdog := time.AfterFunc(limit, func() { thawAll() })
 	return ok, notes, func() error {
 		stopped := watchdog.Stop()
 		errs := thawAll()
 		if !stopped && len(frozen) > 0 {
-			errs = append(errs, fmt.Sprintf("freeze exceeded %s and was lifted early", MaxFreeze))
+			errs = append(errs, fmt.Sprintf("the freeze timed out: making the view took longer than the freeze may last (%s, --max-freeze), so it was lifted early", limit))
 		}
 		if r.PostSnapshot != "" {
 			if err := r.RunCommand(context.WithoutCancel(ctx), r.PostSnapshot, r.Env); err != nil {
@@ -278,14 +320,20 @@ func holdsDisk(mount string, disks []Disk) bool {
 func (t *Taker) make(ctx context.Context, r Request, v *View, now func() time.Time) error {
 	stamp := strconv.FormatInt(now().UnixNano(), 10)
 	poweredOff := false
+	// power says, for the reason of an inconsistent view, what is known
+	// of the machine's power.
+	power := "nothing says the machine is powered off (its source driver has no status command)"
 	if r.Driver != nil && r.Driver.Has("status") {
 		st, err := r.Driver.Status(ctx)
 		if err != nil {
 			v.Notes = append(v.Notes, "status: "+err.Error())
+			power = "the machine's power state is unknown (its status failed)"
+		} else {
+			power = "the machine is " + st
 		}
 		poweredOff = err == nil && (st == "stopped" || st == "absent")
 	}
-	allFiles := true
+	allFiles, block := true, ""
 	for _, d := range r.Disks {
 		st, err := os.Stat(d.Path)
 		if err != nil {
@@ -293,6 +341,7 @@ func (t *Taker) make(ctx context.Context, r Request, v *View, now func() time.Ti
 		}
 		if !st.Mode().IsRegular() {
 			allFiles = false
+			block = cmp.Or(block, d.Name)
 		}
 	}
 
@@ -335,14 +384,14 @@ func (t *Taker) make(ctx context.Context, r Request, v *View, now func() time.Ti
 				v.Method, v.Consistency = MethodPauseClone, CrashConsistent
 			default:
 				v.Method, v.Consistency = MethodCloneSerial, Inconsistent
-				v.Notes = append(v.Notes, fmt.Sprintf("%d disks cloned one after another: no common instant (configure --pause/--resume or keep the images in one btrfs subvolume)", len(r.Disks)))
+				v.Why = fmt.Sprintf("%d disks cloned one after another while the machine runs and its source has no pause: no common instant (configure --pause/--resume, or keep the images in one btrfs subvolume)", len(r.Disks))
 			}
 			return nil
 		}
 		if !errors.Is(err, ErrNotSupported) {
 			return err
 		}
-		v.Notes = append(v.Notes, "no reflink: "+err.Error())
+		t.logger().Debug("no reflink view", "machine", r.Machine, "err", err)
 	}
 	// Direct read of the live disks.
 	v.Instant = now()
@@ -353,9 +402,23 @@ func (t *Taker) make(ctx context.Context, r Request, v *View, now func() time.Ti
 		v.Method, v.Consistency = MethodPoweredOff, CrashConsistent
 	} else {
 		v.Method, v.Consistency = MethodDirect, Inconsistent
-		v.Notes = append(v.Notes, "disks read while the machine may be writing them")
+		v.Why = directReadWhy(r, block, power)
 	}
 	return nil
+}
+
+// directReadWhy says why a running machine's disks were read directly:
+// no view of a block device, or no reflink or snapshot on the images'
+// filesystem.
+func directReadWhy(r Request, block, power string) string {
+	if block != "" {
+		return "disk " + block + " is a block device, of which Ferry makes no snapshot view, and " + power + ": its disks were read while it may be writing them"
+	}
+	what := "no reflink or snapshot view on this filesystem"
+	if fs := FSType(r.Disks[0].Path); fs != "" {
+		what += " (" + fs + ")"
+	}
+	return what + ", and " + power + ": its disks were read while it may be writing them (keep the images on a reflink filesystem such as XFS or btrfs)"
 }
 
 // DropBases removes the clones kept as bases of a machine's disks: a view

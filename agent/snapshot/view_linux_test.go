@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -121,13 +122,53 @@ func TestViewWithoutReflink(t *testing.T) {
 	v, err := tk.Take(ctx, r)
 	require.NoError(t, err)
 	require.Equal(t, Inconsistent, v.Consistency)
+	require.Equal(t, MethodDirect, v.Method)
 	require.Equal(t, img, v.Disks[0].Path)
+	// The point's reason says what was missing and what the machine did.
+	require.Contains(t, v.Reason(), "no reflink or snapshot view on this filesystem (ext4)")
+	require.Contains(t, v.Reason(), "the machine is running")
+	require.Equal(t, MethodDirect+": "+v.Reason(), v.Note(), "older controllers get both in the note")
+
+	// Without a status command nothing says the machine is off.
+	v, err = tk.Take(ctx, Request{Machine: "m", Disks: r.Disks})
+	require.NoError(t, err)
+	require.Equal(t, Inconsistent, v.Consistency)
+	require.Contains(t, v.Reason(), "no status command")
 
 	require.NoError(t, os.WriteFile(state, []byte("stopped\n"), 0o644))
 	v, err = tk.Take(ctx, r)
 	require.NoError(t, err)
 	require.Equal(t, CrashConsistent, v.Consistency, "a powered-off machine read directly is crash-consistent")
 	require.Equal(t, MethodPoweredOff, v.Method)
+	require.Empty(t, v.Why, "only an inconsistent view says why it is")
+}
+
+// TestViewFreezeBound: a freeze that outlasts the taker's MaxFreeze is
+// lifted at the bound, the view is not app-consistent, and its reason
+// says that the freeze timed out.
+func TestViewFreezeBound(t *testing.T) {
+	ctx := context.Background()
+	mnt := testenv.MountLoop(t, "xfs", 256<<20)
+	app := testenv.MountLoop(t, "ext4", 64<<20)
+	img := filepath.Join(mnt, "d.img")
+	require.NoError(t, os.WriteFile(img, []byte("x"), 0o644))
+	// The driver's status (asked while frozen) takes longer than the bound.
+	r := Request{Machine: "m", Disks: []Disk{{Name: "d", Path: img}}, App: true, Freeze: []string{app}, RunCommand: runShell,
+		Driver: &driver.Exec{Commands: driver.Commands{Status: "sleep 0.5; echo running"}}}
+	tk := &Taker{MaxFreeze: 50 * time.Millisecond}
+	v, err := tk.Take(ctx, r)
+	require.NoError(t, err)
+	require.Equal(t, CrashConsistent, v.Consistency)
+	require.Contains(t, v.Reason(), "the freeze timed out")
+	require.Contains(t, v.Reason(), "(50ms, --max-freeze)")
+	require.NoError(t, v.Discard())
+
+	tk.MaxFreeze = 0 // the default, 2 s, outlasts the status
+	v, err = tk.Take(ctx, r)
+	require.NoError(t, err)
+	require.Equal(t, AppConsistent, v.Consistency)
+	require.NotContains(t, v.Reason(), "timed out")
+	require.NoError(t, v.Discard())
 }
 
 func TestViewAppConsistent(t *testing.T) {
