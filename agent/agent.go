@@ -63,6 +63,10 @@ type Config struct {
 	// MaxCapture bounds the changed bytes one frozen capture holds in
 	// memory; a cycle with more takes a clone view (0: DefaultMaxCapture).
 	MaxCapture int64
+	// MaxFreeze bounds every freeze: a tracked freeze's, and the freeze of
+	// the filesystems an app-consistent view names (0:
+	// snapshot.DefaultMaxFreeze; at most snapshot.MaxFreezeLimit).
+	MaxFreeze time.Duration
 }
 
 // Points at which Config.TestPause is called.
@@ -94,6 +98,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxCapture <= 0 {
 		c.MaxCapture = DefaultMaxCapture
+	}
+	if c.MaxFreeze == 0 {
+		c.MaxFreeze = snapshot.DefaultMaxFreeze
+	}
+	if err := snapshot.CheckMaxFreeze(c.MaxFreeze); err != nil {
+		return err
 	}
 	codec, err := ship.ParseCodecChoice(string(c.WireCodec))
 	if err != nil {
@@ -168,7 +178,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{
 		cfg: cfg, log: log, state: st, comp: comp, site: site,
-		taker:    &snapshot.Taker{Log: log.With("component", "snapshot"), Now: cfg.Now},
+		taker:    &snapshot.Taker{Log: log.With("component", "snapshot"), Now: cfg.Now, MaxFreeze: cfg.MaxFreeze},
 		sessCh:   make(chan struct{}),
 		machines: map[string]*machineLoop{},
 		perms:    perms,

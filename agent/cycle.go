@@ -282,6 +282,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	err = a.call(ctx, msg.MethodCycleEnd, msg.CycleEndRequest{
 		Machine: cfg.Name, Cycle: bresp.Cycle, Parts: res.Parts, Entries: res.Entries,
 		Instant: view.Instant.UnixNano(), Consistency: view.Consistency, Note: view.Note(), Name: p.name,
+		Method: view.Method, Reason: view.Reason(),
 	}, &eresp)
 	if err != nil {
 		return 0, fmt.Errorf("end cycle: %w", err)

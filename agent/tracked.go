@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,17 +54,24 @@ type capturedView struct {
 // (a reflink clone taken after the thaw holds everything before the cut).
 func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.MachineConfig) (*snapshot.View, capturedView, error) {
 	// An app-consistent view with nothing to quiesce is a crash-consistent
-	// one (the taker says so in the point's note too).
+	// one (the point's note says so).
 	var notes []string
 	if req.App && req.PreSnapshot == "" && len(req.Freeze) == 0 {
 		notes = append(notes, "app-consistent requested but no --pre-snapshot or --freeze is configured")
 		req.App = false
 	}
+	take := func() (*snapshot.View, error) {
+		v, err := a.taker.Take(ctx, req)
+		if err == nil {
+			v.Notes = slices.Concat(notes, v.Notes)
+		}
+		return v, err
+	}
 	if !a.cfg.TrackWrites || req.App || req.Driver != nil {
 		// The trackers' pending pages are relative to a point this view
 		// does not follow from: they count again from their next cut.
 		a.tracking.forget(cfg.Name)
-		v, err := a.taker.Take(ctx, req)
+		v, err := take()
 		return v, capturedView{}, err
 	}
 	disks, mount, why := a.trackable(cfg)
@@ -75,7 +83,7 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 	}
 	if why != "" {
 		a.tracking.refuse(cfg.Name, why, a.log)
-		v, err := a.taker.Take(ctx, req)
+		v, err := take()
 		return v, capturedView{}, err
 	}
 	fz := a.freezeAndCapture(cfg, disks, mount)
@@ -88,14 +96,18 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		// The trackers cannot say where they stand: count from the next cut.
 		a.log.Warn("write tracking: the freeze failed; this cycle's view is made without it", "machine", cfg.Name, "err", fz.err)
 		a.tracking.forget(cfg.Name)
-		v, err := a.taker.Take(ctx, req)
+		v, err := take()
+		if err == nil {
+			v.Notes = append(v.Notes, "no tracked freeze: "+fz.err.Error())
+		}
 		return v, capturedView{}, err
 	}
 	if fz.caps == nil {
 		a.log.Info("write tracking: this cycle's view is made without it", "machine", cfg.Name, "reason", fz.why, "frozen_ms", fz.frozen.Milliseconds())
-		v, err := a.taker.Take(ctx, req)
+		v, err := take()
 		if err == nil {
 			v.AfterKeep = commit
+			v.Notes = append(v.Notes, "no tracked freeze: "+fz.why)
 		}
 		return v, capturedView{}, err
 	}
@@ -133,7 +145,7 @@ type frozenCapture struct {
 // nothing but reads and the ioctls, on descriptors opened before: the log,
 // the state directory and anything else may be on the frozen filesystem
 // (the log is, when the admin put it there), and a write to it would wait
-// for the thaw. A timer thaws after snapshot.MaxFreeze whatever happens;
+// for the thaw. A timer thaws after Config.MaxFreeze whatever happens;
 // a capture that outlives it is dropped.
 func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mount string) (fz frozenCapture) {
 	files := make([]*os.File, len(disks))
@@ -187,7 +199,7 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 		thawErr = snapshot.ThawFile(mfd)
 		return true
 	}
-	timer := time.AfterFunc(snapshot.MaxFreeze, func() { thaw() })
+	timer := time.AfterFunc(a.cfg.MaxFreeze, func() { thaw() })
 	fz.caps, fz.base, fz.why = a.captureFrozen(cfg, disks, files, thawed.Load)
 	timer.Stop()
 	early := !thaw()
@@ -203,7 +215,7 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 	fz.err = thawErr
 	thawMu.Unlock()
 	if early && fz.caps != nil {
-		fz.caps, fz.why = nil, fmt.Sprintf("reading the changed blocks took longer than the freeze may last (%s)", snapshot.MaxFreeze)
+		fz.caps, fz.why = nil, fmt.Sprintf("the freeze timed out: reading the changed blocks took longer than the freeze may last (%s, --max-freeze)", a.cfg.MaxFreeze)
 	}
 	return fz
 }

@@ -9,6 +9,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/internal/fsutil"
 )
 
@@ -36,6 +37,9 @@ type AgentConfig struct {
 	// MaxCapture bounds one tracked freeze's capture in bytes; 0 = the
 	// default.
 	MaxCapture int64 `yaml:"max_capture,omitempty"`
+	// MaxFreeze bounds every freeze, as a duration such as 2s ("": the
+	// default, snapshot.DefaultMaxFreeze; at most 60s).
+	MaxFreeze string `yaml:"max_freeze,omitempty"`
 }
 
 // DefaultUpgradeTrial is AgentConfig.UpgradeTrial's default.
@@ -66,7 +70,25 @@ func (c AgentConfig) Validate() error {
 	if _, err := c.Trial(); err != nil {
 		return err
 	}
+	if _, err := c.Freeze(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// Freeze is MaxFreeze as a duration (0 when not set: the agent's default).
+func (c AgentConfig) Freeze() (time.Duration, error) {
+	if c.MaxFreeze == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(c.MaxFreeze)
+	if err != nil {
+		return 0, fmt.Errorf("max_freeze %q: want a duration such as 2s", c.MaxFreeze)
+	}
+	if err := snapshot.CheckMaxFreeze(d); err != nil {
+		return 0, fmt.Errorf("max_freeze %q: %w", c.MaxFreeze, err)
+	}
+	return d, nil
 }
 
 // Trial is UpgradeTrial as a duration (default DefaultUpgradeTrial).

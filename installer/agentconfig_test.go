@@ -15,7 +15,7 @@ func TestAgentConfigRoundTrip(t *testing.T) {
 	want := DefaultAgentConfig(l, "linux")
 	want.Scan = []string{"/srv/images"}
 	want.Streams = 4
-	want.TrackWrites, want.MaxCapture = true, 64<<20
+	want.TrackWrites, want.MaxCapture, want.MaxFreeze = true, 64<<20, "3s"
 	require.NoError(t, writeAgentConfig(path, want))
 	got, err := LoadAgentConfig(path)
 	require.NoError(t, err)
@@ -23,6 +23,9 @@ func TestAgentConfigRoundTrip(t *testing.T) {
 	d, err := got.Trial()
 	require.NoError(t, err)
 	require.Equal(t, time.Minute, d)
+	d, err = got.Freeze()
+	require.NoError(t, err)
+	require.Equal(t, 3*time.Second, d)
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.Contains(t, string(b), "# ferry-agent configuration, written by `ferry-agent install`")
@@ -37,6 +40,9 @@ func TestAgentConfigRefusals(t *testing.T) {
 		"bad trial":    "state_dir: /x\nupgrade_trial: soon\n",
 		"zero trial":   "state_dir: /x\nupgrade_trial: 0s\n",
 		"streams":      "state_dir: /x\nstreams: -1\n",
+		"zero freeze":  "state_dir: /x\nmax_freeze: 0s\n",
+		"long freeze":  "state_dir: /x\nmax_freeze: 61s\n",
+		"bad freeze":   "state_dir: /x\nmax_freeze: soon\n",
 		"not yaml":     "state_dir: [\n",
 	} {
 		path := filepath.Join(dir, name+".yaml")

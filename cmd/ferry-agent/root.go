@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrydr/ferry/agent"
 	"github.com/ferrydr/ferry/agent/ship"
+	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/installer"
 	"github.com/ferrydr/ferry/internal/buildinfo"
 	"github.com/ferrydr/ferry/internal/profiling"
@@ -106,29 +107,36 @@ type runOptions struct {
 }
 
 func newRunCommand(g *globals) *cobra.Command {
-	o := runOptions{cfg: agent.DefaultConfig()}
+	return runCommand(g, &runOptions{cfg: agent.DefaultConfig()})
+}
+
+// runCommand is `run` with its flags bound to o.
+func runCommand(g *globals, o *runOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run [--state-dir DIR] [--config FILE] [--supervise] [--allow-plan-scripts] [--allow-exec-drivers]",
 		Short: "Run in the foreground (what the service runs)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := applyConfigFile(c, &o); err != nil {
+			if err := applyConfigFile(c, o); err != nil {
 				return err
+			}
+			if err := snapshot.CheckMaxFreeze(o.cfg.MaxFreeze); err != nil {
+				return usagef("--max-freeze: %v", err)
 			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 				return usagef("--log-level %q: want debug, info, warn or error", o.logLevel)
 			}
-			logOut, closeLog, err := logOutput(&o)
+			logOut, closeLog, err := logOutput(o)
 			if err != nil {
 				return err
 			}
 			defer closeLog()
 			o.cfg.Logger = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 			if o.supervise {
-				return runSupervisor(c.Context(), &o, logOut)
+				return runSupervisor(c.Context(), o, logOut)
 			}
-			ctx, restart, err := superviseChild(c.Context(), &o)
+			ctx, restart, err := superviseChild(c.Context(), o)
 			if err != nil {
 				return err
 			}
@@ -169,8 +177,9 @@ func newRunCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
 	f.BoolVar(&o.cfg.TrackWrites, "track-writes", false, "follow writes to raw images on XFS or ext4 from their tracepoints and make points by briefly freezing their filesystem (root; not for images written through mmap)")
 	f.Int64Var(&o.cfg.MaxCapture, "max-capture", agent.DefaultMaxCapture, "with --track-writes: the most changed bytes one freeze reads into memory (more: a clone view)")
+	f.DurationVar(&o.cfg.MaxFreeze, "max-freeze", snapshot.DefaultMaxFreeze, "the longest any filesystem stays frozen (a tracked freeze, or --freeze of an app-consistent view); more than 0s, at most 60s")
 	allowFlags(cmd, &o.cfg.AllowPlanScripts, &o.cfg.AllowExecDrivers, "in addition to what enroll or install recorded")
-	addRunServiceFlags(cmd, &o)
+	addRunServiceFlags(cmd, o)
 	return cmd
 }
 

@@ -233,6 +233,9 @@ func applyConfigFile(c *cobra.Command, o *runOptions) error {
 	if !f.Changed("max-capture") && ac.MaxCapture > 0 {
 		o.cfg.MaxCapture = ac.MaxCapture
 	}
+	if d, _ := ac.Freeze(); !f.Changed("max-freeze") && d > 0 { // LoadAgentConfig checked it
+		o.cfg.MaxFreeze = d
+	}
 	o.logFile = ac.LogFile
 	return nil
 }
