@@ -20,7 +20,7 @@ import (
 var migrations embed.FS
 
 // SchemaVersion is the newest catalog schema this build knows.
-const SchemaVersion = 8
+const SchemaVersion = 9
 
 // Sentinels callers branch on.
 var (

@@ -227,7 +227,7 @@ func TestMigrationRoundTrip(t *testing.T) {
 // goes back past them).
 func dropTablesAfter4(t *testing.T, c *Catalog) {
 	t.Helper()
-	for _, table := range []string{"plans", "audit", "alerts", "alert_incidents", "point_audits", "drill_runs", "drills"} {
+	for _, table := range []string{"plans", "audit", "alerts", "alert_incidents", "point_audits", "drill_runs", "drills", "point_notes"} {
 		_, err := c.db.Exec("DROP TABLE " + table)
 		require.NoError(t, err)
 	}
