@@ -224,6 +224,9 @@ func (s *Server) Unprotect(ctx context.Context, machine string, deletePoints boo
 		if err := s.repo.DeleteMachine(ctx, machine); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}
+		if err := s.cat.DeletePointNotes(ctx, machine); err != nil {
+			s.log.Warn("the deleted points' notes were not removed", "machine", machine, "err", err)
+		}
 	}
 	s.log.Info("machine unprotected", "machine", machine, "points_deleted", deletePoints)
 	return nil
@@ -281,6 +284,14 @@ func (s *Server) describe(ctx context.Context, m catalog.Machine) (api.Machine, 
 		sizes = map[string]int64{}
 		for _, d := range last.Disks {
 			sizes[d.Name] = d.Size
+		}
+		notes, err := s.cat.PointNotes(ctx, m.Name)
+		if err != nil {
+			return api.Machine{}, err
+		}
+		out.LastPointMethod = notes[last.ID].Method
+		if last.Consistency == storage.Inconsistent {
+			out.LastPointReason = notes[last.ID].Reason
 		}
 	}
 	for _, d := range m.Spec.Disks {
@@ -370,10 +381,15 @@ func (s *Server) Points(ctx context.Context, machine string) ([]api.Point, error
 	if err != nil {
 		return nil, err
 	}
+	notes, err := s.cat.PointNotes(ctx, machine)
+	if err != nil {
+		return nil, err
+	}
 	out := []api.Point{}
 	for _, p := range pts {
 		ap := apiPoint(p)
 		ap.Verified = verified[p.ID]
+		ap.Method, ap.Reason = notes[p.ID].Method, notes[p.ID].Reason
 		out = append(out, ap)
 	}
 	return out, nil

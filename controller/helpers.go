@@ -88,6 +88,12 @@ func (s *Server) machine(ctx context.Context, name string) (catalog.Machine, err
 }
 
 // pointCommitted moves a syncing machine to protected and applies retention.
+// recordPointNote keeps how a new point's view was made (ingest's
+// RecordNote).
+func (s *Server) recordPointNote(ctx context.Context, machine string, point int64, method, reason string) error {
+	return s.cat.RecordPointNote(ctx, catalog.PointNote{PointID: point, Machine: machine, Method: method, Reason: reason})
+}
+
 func (s *Server) pointCommitted(machine string, p storage.Point) {
 	s.metrics.pointCommitted(machine, p)
 	s.cycleCommitted(machine)

@@ -237,7 +237,7 @@ func (s *Server) open(ctx context.Context) error {
 	}
 	s.ing, err = ingest.New(ingest.Config{
 		Repo: s.repo, Log: s.log.With("component", "ingest"), Now: s.now,
-		OnCommit: s.pointCommitted, OnStored: s.metrics.batchStored, CanPatch: !s.repo.Encrypted(),
+		OnCommit: s.pointCommitted, RecordNote: s.recordPointNote, OnStored: s.metrics.batchStored, CanPatch: !s.repo.Encrypted(),
 		Owners: s.machinesOf,
 	})
 	if err != nil {

@@ -199,28 +199,33 @@ type MachineDisk struct {
 
 // Machine is a protected machine and its replication health.
 type Machine struct {
-	Name           string        `json:"name"`
-	Agent          string        `json:"agent"`
-	State          string        `json:"state"`
-	Health         string        `json:"health"` // healthy, warning, degraded, critical
-	HealthReason   string        `json:"health_reason,omitempty"`
-	RPOSeconds     *float64      `json:"rpo_seconds"` // null before the first point
-	LastPoint      *time.Time    `json:"last_point"`
-	ActiveSite     string        `json:"active_site"` // home or recovery
-	Direction      string        `json:"direction"`   // forward or reverse
-	Policy         string        `json:"policy"`
-	Target         string        `json:"target,omitempty"`
-	AllowedActions []string      `json:"allowed_actions"`
-	Reasons        []string      `json:"reasons,omitempty"` // why other actions are not allowed, and warnings
-	Disks          []MachineDisk `json:"disks"`
-	CPUs           int           `json:"cpus,omitempty"`
-	Memory         int64         `json:"memory,omitempty"`
-	NICs           []string      `json:"nics,omitempty"`
-	Driver         Driver        `json:"driver"`
-	PreSnapshot    string        `json:"pre_snapshot,omitempty"`
-	PostSnapshot   string        `json:"post_snapshot,omitempty"`
-	Freeze         []string      `json:"freeze,omitempty"`
-	Replication    Replication   `json:"replication"`
+	Name         string     `json:"name"`
+	Agent        string     `json:"agent"`
+	State        string     `json:"state"`
+	Health       string     `json:"health"` // healthy, warning, degraded, critical
+	HealthReason string     `json:"health_reason,omitempty"`
+	RPOSeconds   *float64   `json:"rpo_seconds"` // null before the first point
+	LastPoint    *time.Time `json:"last_point"`
+	// LastPointMethod is how the newest point's view was made, and
+	// LastPointReason, for an inconsistent newest point, why it is
+	// inconsistent (docs/replication.md "How a point was made").
+	LastPointMethod string        `json:"last_point_method,omitempty"`
+	LastPointReason string        `json:"last_point_reason,omitempty"`
+	ActiveSite      string        `json:"active_site"` // home or recovery
+	Direction       string        `json:"direction"`   // forward or reverse
+	Policy          string        `json:"policy"`
+	Target          string        `json:"target,omitempty"`
+	AllowedActions  []string      `json:"allowed_actions"`
+	Reasons         []string      `json:"reasons,omitempty"` // why other actions are not allowed, and warnings
+	Disks           []MachineDisk `json:"disks"`
+	CPUs            int           `json:"cpus,omitempty"`
+	Memory          int64         `json:"memory,omitempty"`
+	NICs            []string      `json:"nics,omitempty"`
+	Driver          Driver        `json:"driver"`
+	PreSnapshot     string        `json:"pre_snapshot,omitempty"`
+	PostSnapshot    string        `json:"post_snapshot,omitempty"`
+	Freeze          []string      `json:"freeze,omitempty"`
+	Replication     Replication   `json:"replication"`
 	// Progress is the running cycle's (or, once it ended, the last one's)
 	// live progress; absent before the agent reported one.
 	Progress *ReplicationProgress `json:"progress,omitempty"`
@@ -304,6 +309,12 @@ type Point struct {
 	Damaged bool `json:"damaged,omitempty"`
 	// Verified: a drill booted this point and its probe passed.
 	Verified bool `json:"verified,omitempty"`
+	// Method says how the agent made the point's view (reflink,
+	// tracked-freeze, direct-read, powered-off, …) and Reason what it
+	// noted: for an inconsistent point, why it is inconsistent. Both ""
+	// for a point made before they were recorded; always present.
+	Method string `json:"method"`
+	Reason string `json:"reason"`
 }
 
 // LabelRequest names a point.

@@ -38,6 +38,8 @@ type Ingest struct {
 	now  func() time.Time
 	// OnCommit is told of every new point (retention, health, waiters).
 	onCommit func(machine string, p storage.Point)
+	// recordNote keeps a new point's method and reason (Config.RecordNote).
+	recordNote func(ctx context.Context, machine string, point int64, method, reason string) error
 	// onStored is told of the bytes of each batch stored (metrics).
 	onStored func(machine string, bytes int64)
 	// canPatch says whether sub-block patches can be applied (the current
@@ -85,6 +87,10 @@ type Config struct {
 	Log      *slog.Logger
 	Now      func() time.Time
 	OnCommit func(machine string, p storage.Point)
+	// RecordNote keeps how a new point's view was made (cycle.end's method
+	// and reason, msg.CycleEndRequest.ViewNote), before OnCommit is told
+	// of the point. Optional; a failure is logged: the point stands.
+	RecordNote func(ctx context.Context, machine string, point int64, method, reason string) error
 	// OnStored is told of each batch stored durably: its machine and the
 	// bytes received for it (compressed, as on the wire). Optional.
 	OnStored func(machine string, bytes int64)
@@ -109,11 +115,14 @@ func New(cfg Config) (*Ingest, error) {
 	if cfg.OnStored == nil {
 		cfg.OnStored = func(string, int64) {}
 	}
+	if cfg.RecordNote == nil {
+		cfg.RecordNote = func(context.Context, string, int64, string, string) error { return nil }
+	}
 	dec, err := data.NewDecompressor(0)
 	if err != nil {
 		return nil, err
 	}
-	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, onStored: cfg.OnStored, canPatch: cfg.CanPatch,
+	return &Ingest{repo: cfg.Repo, log: cfg.Log, now: cfg.Now, onCommit: cfg.OnCommit, recordNote: cfg.RecordNote, onStored: cfg.OnStored, canPatch: cfg.CanPatch,
 		owners: cfg.Owners, cycles: map[uint64]*cycle{}, retiring: map[string][]*cycle{}, dec: dec}, nil
 }
 
@@ -366,11 +375,19 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	delete(g.cycles, uint64(req.Cycle))
 	g.mu.Unlock()
 	go c.commits.close()
-	attrs := []any{"machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "note", req.Note}
+	method, reason := req.ViewNote()
+	attrs := []any{"machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "method", method, "reason", reason}
 	if c.resync != "" {
 		attrs = append(attrs, "resync", c.resync)
 	}
 	g.log.Info("point committed", attrs...)
+	if method != "" {
+		// Recorded before anyone waiting for the point hears of it; the
+		// agent's leaving does not stop it.
+		if err := g.recordNote(context.WithoutCancel(ctx), c.machine, pt.ID, method, reason); err != nil {
+			g.log.Warn("the point's method and reason were not recorded", "machine", c.machine, "point", pt.ID, "err", err)
+		}
+	}
 	g.onCommit(c.machine, pt)
 	return msg.CycleEndResponse{PointID: pt.ID, Instant: pt.Instant.UnixNano()}, nil
 }

@@ -57,6 +57,9 @@ type rig struct {
 	// order the streams end.
 	served chan error
 	points chan storage.Point
+	// notes receives what RecordNote was given, with the points OnCommit
+	// had been told of by then.
+	notes chan recordedNote
 	// streamAgent is the agent the controller side serves the next data
 	// streams for (the session's identity); agentID unless a test says.
 	streamAgent atomic.Value
@@ -79,10 +82,14 @@ func newRigWithKey(t *testing.T, key *storage.PrivateKey) *rig {
 	require.NoError(t, storage.Create(ctx, dir, create))
 	repo, err := storage.Open(ctx, dir, storage.OpenOptions{Logger: log, PrivateKey: key})
 	require.NoError(t, err)
-	r := &rig{t: t, repo: repo, served: make(chan error, 16), points: make(chan storage.Point, 16)}
+	r := &rig{t: t, repo: repo, served: make(chan error, 16), points: make(chan storage.Point, 16), notes: make(chan recordedNote, 16)}
 	r.streamAgent.Store(agentID)
 	r.ing, err = ingest.New(ingest.Config{Repo: repo, Log: log, CanPatch: true,
-		OnCommit: func(_ string, p storage.Point) { r.points <- p }})
+		OnCommit: func(_ string, p storage.Point) { r.points <- p },
+		RecordNote: func(_ context.Context, m string, point int64, method, reason string) error {
+			r.notes <- recordedNote{machine: m, point: point, method: method, reason: reason, committed: len(r.points)}
+			return nil
+		}})
 	require.NoError(t, err)
 
 	ca, err := testpki.NewCA("ingest test CA", time.Now())
@@ -245,6 +252,13 @@ func plainBlock(blk uint64, b []byte) data.Block {
 func (r *rig) end(cycle int64, parts uint32, entries uint64) (msg.CycleEndResponse, error) {
 	return r.ing.End(context.Background(), agentID, msg.CycleEndRequest{Machine: machine, Cycle: cycle,
 		Parts: parts, Entries: entries, Instant: time.Now().UnixNano(), Consistency: string(storage.CrashConsistent)}, 0)
+}
+
+type recordedNote struct {
+	machine        string
+	point          int64
+	method, reason string
+	committed      int // points OnCommit was told of when the note was recorded
 }
 
 // exported reads the whole disk of a point.
@@ -898,4 +912,44 @@ func TestIngestBeginTrustsANewDiskOnlyWhenNothingOfItIsStored(t *testing.T) {
 	c = begin(old, added)
 	require.True(t, c.Resync, "a new map of a disk the repository holds was trusted")
 	require.Contains(t, c.ResyncReason, "no block map of disk disk1")
+}
+
+// TestIngestRecordsHowThePointWasMade: a point's method and reason are
+// recorded before OnCommit hears of it: from cycle.end's fields, or from
+// an older agent's note alone (its first word and the rest); a cycle
+// that says nothing records nothing.
+func TestIngestRecordsHowThePointWasMade(t *testing.T) {
+	r := newRig(t)
+	for _, tc := range []struct {
+		req            msg.CycleEndRequest
+		method, reason string
+	}{
+		{msg.CycleEndRequest{Note: "direct-read: old words", Method: "direct-read", Reason: "no reflink or snapshot view on this filesystem (ext4)"},
+			"direct-read", "no reflink or snapshot view on this filesystem (ext4)"},
+		{msg.CycleEndRequest{Note: "direct-read: disks read while the machine may be writing them"}, "direct-read", "disks read while the machine may be writing them"},
+		{msg.CycleEndRequest{Note: "reflink"}, "reflink", ""},
+		{msg.CycleEndRequest{}, "", ""},
+	} {
+		c := r.begin(msg.MapState{Valid: true})
+		s := r.open()
+		s.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c.Cycle), Part: 0, Final: true, Entries: []data.Entry{
+			{Disk: 0, Block: 1, Flags: data.FlagZero},
+		}})
+		s.need()
+		require.NoError(t, s.st.CloseWrite())
+		require.NoError(t, r.serveResult())
+		req := tc.req
+		req.Machine, req.Cycle, req.Parts, req.Entries = machine, c.Cycle, 1, 1
+		req.Instant, req.Consistency = time.Now().UnixNano(), string(storage.Inconsistent)
+		done, err := r.ing.End(context.Background(), agentID, req, 0)
+		require.NoError(t, err)
+		if tc.method == "" {
+			require.Empty(t, r.notes, "a cycle that names no method records nothing")
+		} else {
+			n := <-r.notes
+			require.Equal(t, recordedNote{machine: machine, point: done.PointID, method: tc.method, reason: tc.reason}, n,
+				"recorded before OnCommit was told (committed = 0)")
+		}
+		require.Equal(t, done.PointID, (<-r.points).ID)
+	}
 }
