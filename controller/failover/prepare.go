@@ -104,7 +104,7 @@ func prepareFailover(ctx context.Context, j *job, name string, md *machineData) 
 		if err != nil {
 			return refuse("%w", err)
 		}
-		if err := checkConsistency(p, j.spec.Req.AllowInconsistent); err != nil {
+		if err := j.checkConsistency(ctx, name, p); err != nil {
 			return err
 		}
 		if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
@@ -243,11 +243,39 @@ func checkDamaged(p storage.Point, allow bool) error {
 	return nil
 }
 
-func checkConsistency(p storage.Point, allow bool) error {
-	if p.Consistency == storage.Inconsistent && !allow {
-		return refuse("point %d is inconsistent (its disks were read while being written); choose another point or give --allow-inconsistent", p.ID)
+// checkConsistency refuses an inconsistent point unless the caller
+// accepts it, naming why it is inconsistent (the reason its agent
+// recorded) and the ways out: the newest consistent point, if there is
+// one, fixing the cause, or --allow-inconsistent.
+func (j *job) checkConsistency(ctx context.Context, name string, p storage.Point) error {
+	if p.Consistency != storage.Inconsistent || j.spec.Req.AllowInconsistent {
+		return nil
 	}
-	return nil
+	why := "its disks were read while being written"
+	notes, err := j.e.Cat.PointNotes(ctx, name)
+	if err != nil {
+		return err
+	}
+	if n := notes[p.ID]; n.Reason != "" {
+		why = n.Method + ": " + n.Reason
+	}
+	pts, err := j.e.Repo.Points(ctx, name)
+	if err != nil {
+		return err
+	}
+	return refuse("point %d is inconsistent (%s); %s", p.ID, why, inconsistentWayOut(pts))
+}
+
+// inconsistentWayOut says what to do instead of failing over to an
+// inconsistent point: give the newest consistent point that reads no
+// damaged data, if there is one, or make the next points consistent.
+func inconsistentWayOut(pts []storage.Point) string {
+	for i := len(pts) - 1; i >= 0; i-- {
+		if q := pts[i]; q.Consistency != storage.Inconsistent && !q.Damaged {
+			return fmt.Sprintf("give --point %d (the newest %s point), fix the cause so that the next points are consistent, or give --allow-inconsistent", q.ID, q.Consistency)
+		}
+	}
+	return "no point of this machine is consistent: fix the cause so that the next points are, or give --allow-inconsistent"
 }
 
 // refuseRunningLive refuses a failover whose move would write into a live

@@ -92,7 +92,7 @@ func processLatest(ctx context.Context, j *job, name string, md *machineData) er
 	if err != nil {
 		return err
 	}
-	if err := checkConsistency(p, j.spec.Req.AllowInconsistent); err != nil {
+	if err := j.checkConsistency(ctx, name, p); err != nil {
 		return err
 	}
 	if err := checkDamaged(p, j.spec.Req.AllowDamaged); err != nil {
