@@ -295,7 +295,14 @@ func runMachineShow(ctx context.Context, g *globals, name string) error {
 		fmt.Fprintf(w, "Verified:     point %d, %s old (passed a drill)\n", m.VerifiedPoint, fmtVerified(m))
 	}
 	if m.LastPoint != nil {
-		fmt.Fprintf(w, "Last point:   %s\n", fmtTime(*m.LastPoint))
+		fmt.Fprintf(w, "Last point:   %s", fmtTime(*m.LastPoint))
+		if m.LastPointMethod != "" {
+			fmt.Fprintf(w, " (%s)", m.LastPointMethod)
+		}
+		fmt.Fprintln(w)
+		if m.LastPointReason != "" {
+			fmt.Fprintf(w, "  inconsistent: %s\n", m.LastPointReason)
+		}
 	}
 	fmt.Fprintf(w, "Active site:  %s\nDirection:    %s\nPolicy:       %s\n", m.ActiveSite, m.Direction, m.Policy)
 	if m.Target != "" {

@@ -3,15 +3,18 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ferrydr/ferry/controller/admin"
 	"github.com/ferrydr/ferry/controller/api"
 	"github.com/ferrydr/ferry/internal/fsutil"
+	"github.com/ferrydr/ferry/storage"
 )
 
 func newPointsCommand(g *globals) *cobra.Command {
@@ -84,10 +87,37 @@ func runPointsList(ctx context.Context, g *globals, machine string) error {
 		if p.Verified {
 			verified = "verified"
 		}
-		rows = append(rows, []string{strconv.FormatInt(p.ID, 10), fmtTime(p.Time), p.Consistency, api.FormatSize(p.Bytes), orDash(p.Name), state, verified})
+		rows = append(rows, []string{strconv.FormatInt(p.ID, 10), fmtTime(p.Time), p.Consistency, api.FormatSize(p.Bytes), orDash(p.Name), state, verified, orDash(p.Method)})
 	}
-	table(g.stdout, []string{"ID", "TIME", "CONSISTENCY", "BYTES", "NAME", "STATE", "DRILL"}, rows)
+	table(g.stdout, []string{"ID", "TIME", "CONSISTENCY", "BYTES", "NAME", "STATE", "DRILL", "METHOD"}, rows)
+	printInconsistentReasons(g.stdout, ps)
 	return nil
+}
+
+// printInconsistentReasons says, below the table, why the inconsistent
+// points are: one line per reason, with the points that share it.
+func printInconsistentReasons(w io.Writer, ps []api.Point) {
+	var reasons []string
+	ids := map[string][]string{}
+	for _, p := range ps {
+		if p.Consistency != string(storage.Inconsistent) || p.Reason == "" {
+			continue
+		}
+		if ids[p.Reason] == nil {
+			reasons = append(reasons, p.Reason)
+		}
+		ids[p.Reason] = append(ids[p.Reason], strconv.FormatInt(p.ID, 10))
+	}
+	if len(reasons) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, r := range reasons {
+		what := "point " + ids[r][0] + " is"
+		if n := len(ids[r]); n > 1 {
+			what = "points " + strings.Join(ids[r], ", ") + " are"
+		}
+		fmt.Fprintf(w, "%s inconsistent: %s\n", what, r)
+	}
 }
 
 type exportOptions struct {

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/internal/testenv"
+)
+
+// TestPointsSayHowTheyWereMade: a running machine whose image sits on
+// ext4 (no reflink, no snapshot view) gets inconsistent points read
+// directly. `points list` shows each point's method (direct-read) and,
+// for the inconsistent ones, why, naming the filesystem; `machines show`
+// shows the newest point's method and reason; a failover to such a point
+// is refused naming that reason and the ways out, and goes ahead with
+// --allow-inconsistent.
+func TestPointsSayHowTheyWereMade(t *testing.T) {
+	mnt := testenv.MountLoop(t, "ext4", 64<<20)
+	s := serve(t)
+	s.startAgent(t, "host1")
+	require.Eventually(t, func() bool {
+		code, stdout, _ := s.cli(t, "--json", "agents", "list")
+		var as []api.Agent
+		return code == exitOK && json.Unmarshal([]byte(stdout), &as) == nil && len(as) == 1 && as[0].Connected
+	}, 30*time.Second, 50*time.Millisecond, "the agent never showed as connected")
+	img := filepath.Join(mnt, "web1.img")
+	require.NoError(t, os.WriteFile(img, []byte(strings.Repeat("ferry point notes ", 1<<15)), 0o600))
+	code, _, stderr := s.cli(t, "policies", "create", "p", "--rp-every", "1h", "--block-size", "64KiB")
+	require.Equal(t, exitOK, code, stderr)
+	// The status says the machine runs: nothing makes it crash-consistent.
+	code, _, stderr = s.cli(t, "protect", "web1", "--agent", "host1", "--disk", "d="+img, "--policy", "p", "--status", "echo running")
+	require.Equal(t, exitOK, code, stderr)
+	require.Eventually(t, func() bool { return len(pointsOf(t, s, "web1")) > 0 }, time.Minute, 100*time.Millisecond, "no point of web1")
+
+	p := pointsOf(t, s, "web1")[0]
+	require.Equal(t, "inconsistent", p.Consistency)
+	require.Equal(t, "direct-read", p.Method)
+	require.Contains(t, p.Reason, "no reflink or snapshot view on this filesystem (ext4)")
+	require.Contains(t, p.Reason, "the machine is running")
+
+	code, stdout, stderr := s.cli(t, "points", "list", "web1")
+	require.Equal(t, exitOK, code, stderr)
+	require.Contains(t, stdout, "METHOD")
+	require.Contains(t, stdout, "direct-read")
+	require.Contains(t, stdout, fmt.Sprintf("point %d is inconsistent: %s", p.ID, p.Reason))
+
+	code, stdout, stderr = s.cli(t, "--json", "machines", "show", "web1")
+	require.Equal(t, exitOK, code, stderr)
+	var m api.Machine
+	require.NoError(t, json.Unmarshal([]byte(stdout), &m))
+	require.Equal(t, "direct-read", m.LastPointMethod)
+	require.Equal(t, p.Reason, m.LastPointReason)
+	code, stdout, stderr = s.cli(t, "machines", "show", "web1")
+	require.Equal(t, exitOK, code, stderr)
+	require.Contains(t, stdout, "(direct-read)")
+	require.Contains(t, stdout, "inconsistent: "+p.Reason)
+
+	dir, power := t.TempDir(), filepath.Join(t.TempDir(), "power")
+	code, _, stderr = s.cli(t, "targets", "add", "dr1", "--agent", "host1", "--dir", dir, "--driver", "exec",
+		"--start", "touch "+power, "--stop", "rm -f "+power, "--status", "test -e "+power+" && echo running || echo stopped")
+	require.Equal(t, exitOK, code, stderr)
+	code, stdout, stderr = s.cli(t, "failover", "web1", "--target", "dr1", "--point", fmt.Sprint(p.ID), "--wait")
+	require.NotEqual(t, exitOK, code, "an inconsistent point was taken: %s", stdout)
+	require.Contains(t, stderr, fmt.Sprintf("point %d is inconsistent (direct-read: %s)", p.ID, p.Reason))
+	require.Contains(t, stderr, "no point of this machine is consistent")
+	require.Contains(t, stderr, "--allow-inconsistent")
+
+	code, stdout, stderr = s.cli(t, "failover", "web1", "--target", "dr1", "--point", fmt.Sprint(p.ID), "--allow-inconsistent", "--wait")
+	require.Equal(t, exitOK, code, "failover --allow-inconsistent: %s %s", stdout, stderr)
+}
