@@ -215,7 +215,11 @@ error), bytes_done, bytes_total, rate_bps, started, updated, eta_seconds
 (while it runs)}. bytes_total is the bytes of the blocks the cycle compares
 (for an initial sync, the disks' allocated data); bytes_done rises to it.
 A machine whose agent has not reported a cycle since the controller started
-has no progress.`,
+has no progress.
+
+The newest point's line says how its view was made (last_point_method in
+--json: reflink, tracked-freeze, direct-read, powered-off, …) and, when that
+point is inconsistent, why (last_point_reason).`,
 		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
 	}
 	cmd.AddCommand(list, show, newMachinesUpdateCommand(g))

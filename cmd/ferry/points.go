@@ -20,7 +20,16 @@ import (
 func newPointsCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "points", Short: "Recovery points: list, export, label"}
 	list := &cobra.Command{
-		Use: "list MACHINE", Short: "List a machine's recovery points (id, time, consistency, bytes, name)", Args: exactArgs(1, "MACHINE"),
+		Use: "list MACHINE", Short: "List a machine's recovery points (id, time, consistency, bytes, name, method)", Args: exactArgs(1, "MACHINE"),
+		Long: `List a machine's recovery points: id, time (controller clock), consistency,
+bytes, name, whether the point audit found it damaged, whether a drill
+verified it, and the method that made its view (reflink, btrfs-snapshot,
+tracked-freeze, powered-off, direct-read, …; "-" for a point made before
+methods were recorded). Below the table, why the inconsistent points are.
+
+With --json each point has id, time, consistency, bytes, name,
+changed_blocks, damaged and verified (when true), method and reason (the
+view's notes; for an inconsistent point, why it is inconsistent).`,
 		RunE: func(c *cobra.Command, args []string) error { return runPointsList(c.Context(), g, args[0]) },
 	}
 	var ex exportOptions
