@@ -208,7 +208,7 @@ type Machine struct {
 	LastPoint    *time.Time `json:"last_point"`
 	// LastPointMethod is how the newest point's view was made, and
 	// LastPointReason, for an inconsistent newest point, why it is
-	// inconsistent (docs/replication.md "How a point was made").
+	// inconsistent (docs/replication.md §5.2, "How the point was made").
 	LastPointMethod string        `json:"last_point_method,omitempty"`
 	LastPointReason string        `json:"last_point_reason,omitempty"`
 	ActiveSite      string        `json:"active_site"` // home or recovery
