@@ -320,6 +320,8 @@ type Point struct {
 	Consistency string    `json:"consistency"`
 	Bytes       int64     `json:"bytes"`
 	Name        string    `json:"name"`
+	Method      string    `json:"method"`
+	Reason      string    `json:"reason"`
 }
 
 // Points lists a machine's points.

@@ -194,13 +194,18 @@ func TestReprotectWarnsInconsistentRecoverySite(t *testing.T) {
 
 	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.requireMirror(t, r.img, "home disk after re-protect")
-	require.Equal(t, "inconsistent", pointOf(t, r.c, "vm", j.Machines[0].PointID).Consistency, "the recovery site on ext4 reads the running machine's image directly")
+	p := pointOf(t, r.c, "vm", j.Machines[0].PointID)
+	require.Equal(t, "inconsistent", p.Consistency, "the recovery site on ext4 reads the running machine's image directly")
+	require.Equal(t, "direct-read", p.Method, "points list says how the point was made")
+	require.Contains(t, p.Reason, "no reflink or snapshot view on this filesystem (ext4)", "and why it is inconsistent")
 	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), "can only give inconsistent points", "re-protect warns about the recovery site's views")
 
 	r.writeImage(t, live, "qcow2", 40)
 	j = r.c.runJob(t, 0, "failback", "vm")
 	r.requireMirror(t, r.img, "home disk after failback")
-	require.Equal(t, "crash-consistent", pointOf(t, r.c, "vm", j.Machines[0].PointID).Consistency, "the final cycle reads the stopped machine")
+	p = pointOf(t, r.c, "vm", j.Machines[0].PointID)
+	require.Equal(t, "crash-consistent", p.Consistency, "the final cycle reads the stopped machine")
+	require.Equal(t, "powered-off", p.Method)
 }
 
 // pointOf is a machine's point id as `points list` shows it.
