@@ -278,6 +278,9 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		return 0, fmt.Errorf("ship: %w", err)
 	}
 	tm.shipped = a.cfg.Now()
+	// Every read of the view is done: its level is final (a quiet-file
+	// view checks here that no image was written meanwhile).
+	view.ReadDone()
 	var eresp msg.CycleEndResponse
 	err = a.call(ctx, msg.MethodCycleEnd, msg.CycleEndRequest{
 		Machine: cfg.Name, Cycle: bresp.Cycle, Parts: res.Parts, Entries: res.Entries,

@@ -268,6 +268,7 @@ var fsNames = map[uint32]string{
 	0x58465342: "xfs",
 	0x9123683E: "btrfs",
 	0x01021994: "tmpfs",
+	0x858458F6: "ramfs",
 	0x6969:     "nfs",
 	0xFF534D42: "cifs",
 	0x2FC12FC1: "zfs",

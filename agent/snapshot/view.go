@@ -33,6 +33,10 @@ const (
 	// MethodTrackedFreeze: the disks' filesystem frozen for as long as it
 	// takes to read the blocks a write tracker saw change (agent/track).
 	MethodTrackedFreeze = "tracked-freeze"
+	// MethodQuietFile: the live image files read directly, and not one
+	// of them written from before the first read to after the last
+	// (quiet.go).
+	MethodQuietFile = "quiet-file"
 )
 
 // viewsDir is the hidden directory, next to the images, that holds clones.
@@ -106,6 +110,10 @@ type View struct {
 
 	release func(keepAs int64) error
 	once    sync.Once
+	// readDone, when set, settles the view's level once the cycle has
+	// read it for the last time (ReadDone).
+	readDone func(v *View)
+	doneOnce sync.Once
 }
 
 // NewView is a view made outside the taker; release runs once, on Keep
@@ -131,6 +139,19 @@ func (v *View) Reason() string {
 		parts = append([]string{v.Why}, v.Notes...)
 	}
 	return strings.Join(parts, "; ")
+}
+
+// ReadDone tells the view that the cycle has read from it for the last
+// time; the cycle calls it before it ends the point, whose level is the
+// view's from then on. A quiet-file view checks then that no image was
+// written since the view was taken, and if one was it becomes what it
+// is: a direct read, inconsistent, saying so. It runs once.
+func (v *View) ReadDone() {
+	v.doneOnce.Do(func() {
+		if v.readDone != nil {
+			v.readDone(v)
+		}
+	})
 }
 
 // Keep makes this view the base of the next cycle's change detection: its
@@ -160,6 +181,10 @@ type Taker struct {
 	// MaxFreeze bounds how long the filesystems named for an
 	// app-consistent view stay frozen (0: DefaultMaxFreeze).
 	MaxFreeze time.Duration
+
+	// stamps remembers, per filesystem, whether its timestamps tell
+	// every write apart (quiet.go).
+	stamps timestampChecks
 }
 
 func (t *Taker) maxFreeze() time.Duration {
@@ -394,16 +419,31 @@ func (t *Taker) make(ctx context.Context, r Request, v *View, now func() time.Ti
 		t.logger().Debug("no reflink view", "machine", r.Machine, "err", err)
 	}
 	// Direct read of the live disks.
-	v.Instant = now()
 	for _, d := range r.Disks {
 		v.Disks = append(v.Disks, ViewDisk{Name: d.Name, Source: d.Path, Path: d.Path})
 	}
 	if poweredOff {
+		v.Instant = now()
 		v.Method, v.Consistency = MethodPoweredOff, CrashConsistent
-	} else {
-		v.Method, v.Consistency = MethodDirect, Inconsistent
-		v.Why = directReadWhy(r, block, power)
+		return nil
 	}
+	v.Method, v.Consistency = MethodDirect, Inconsistent
+	why := directReadWhy(r, block, power)
+	if block != "" {
+		v.Instant, v.Why = now(), why
+		return nil
+	}
+	// Image files that nobody writes while the cycle reads them are a
+	// crash-consistent point: stamp them now, before the first read, and
+	// check them again after the last (View.ReadDone).
+	stamps, whyNot := t.quietStamps(r)
+	v.Instant = now()
+	if whyNot != "" {
+		v.Why = why + "; no quiet-file view: " + whyNot
+		return nil
+	}
+	v.Method, v.Consistency = MethodQuietFile, CrashConsistent
+	v.readDone = func(v *View) { checkQuiet(v, r, stamps, why) }
 	return nil
 }
 

@@ -119,8 +119,16 @@ func TestViewWithoutReflink(t *testing.T) {
 	tk := &Taker{}
 	r := Request{Machine: "m", Disks: []Disk{{Name: "d", Path: img}},
 		Driver: &driver.Exec{Commands: driver.Commands{Status: "cat " + state}}}
+	// The image is written while it is read: no quiet-file view.
+	written := func(v *View) {
+		t.Helper()
+		require.Equal(t, MethodQuietFile, v.Method, "precondition: a direct read of ext4 starts out quiet-file")
+		require.NoError(t, os.WriteFile(img, []byte("y"), 0o644))
+		v.ReadDone()
+	}
 	v, err := tk.Take(ctx, r)
 	require.NoError(t, err)
+	written(v)
 	require.Equal(t, Inconsistent, v.Consistency)
 	require.Equal(t, MethodDirect, v.Method)
 	require.Equal(t, img, v.Disks[0].Path)
@@ -132,6 +140,7 @@ func TestViewWithoutReflink(t *testing.T) {
 	// Without a status command nothing says the machine is off.
 	v, err = tk.Take(ctx, Request{Machine: "m", Disks: r.Disks})
 	require.NoError(t, err)
+	written(v)
 	require.Equal(t, Inconsistent, v.Consistency)
 	require.Contains(t, v.Reason(), "no status command")
 

@@ -98,3 +98,25 @@ func MountLoop(t testing.TB, fstype string, size int64) string {
 	})
 	return mnt
 }
+
+// MountMemory mounts a memory filesystem (tmpfs or ramfs) under a
+// temporary directory; it is unmounted at cleanup.
+func MountMemory(t testing.TB, fstype string) string {
+	t.Helper()
+	RequireRoot(t)
+	if fstype != "tmpfs" && fstype != "ramfs" {
+		t.Fatalf("MountMemory: %q is not tmpfs or ramfs", fstype)
+	}
+	mnt := filepath.Join(t.TempDir(), fstype)
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	Run(t, "mount", "-t", fstype, "none", mnt)
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			exec.Command("umount", "-l", mnt).Run()
+			t.Logf("umount %s: %v %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
