@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/ferrydr/ferry/internal/testenv"
 )
 
 // readmeWalkthrough returns the shell block of the README's two-host
@@ -115,15 +117,19 @@ func tailString(s string, n int) string {
 
 // TestMakeDemo runs the demo as README's first command does (`make demo`
 // is `go run ./scripts/demo -bin BIN`), with a small image: it must end
-// "demo OK" after comparing the exported point with the disk byte for byte.
+// "demo OK" after comparing the exported point with the disk byte for byte
+// and finding no inconsistent point.
 // It failed unnoticed once, when agents began to refuse exec driver
 // commands they were not allowed.
 func TestMakeDemo(t *testing.T) {
+	testenv.RequireRoot(t) // the demo keeps its image on a loop-mounted XFS
+	testenv.RequireTool(t, "mkfs.xfs")
 	bin := Binaries(t)
 	cmd := exec.Command("go", "run", "./scripts/demo", "-bin", bin, "-size", fmt.Sprint(16<<20))
 	cmd.Dir = filepath.Join("..", "..")
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	require.Contains(t, string(out), "identical: sha256 ")
+	require.Contains(t, string(out), "no inconsistent points: ")
 	require.Contains(t, string(out), "demo OK")
 }

@@ -1,8 +1,14 @@
-// Command demo is `make demo`: on one machine, without root, it starts a
-// controller and an agent on loopback in a temporary directory, protects a
-// generated disk image, writes to it for a few seconds, waits for a point
-// taken after the last write, shows machines and points, exports the point
-// and checks it byte for byte against the image, then cleans up.
+// Command demo is `make demo`: on one machine it starts a controller and
+// an agent on loopback in a temporary directory, protects a generated disk
+// image, writes to it for a few seconds, waits for a point taken after the
+// last write, shows machines and points, exports the point and checks it
+// byte for byte against the image, checks that no point is inconsistent,
+// then cleans up.
+//
+// The image lives on a filesystem that gives crash-consistent views of a
+// running machine: by default an XFS filesystem (reflink clones) that the
+// demo makes in a file of its temporary directory and loop-mounts, which
+// needs root; without root, -image-dir names a directory on XFS or btrfs.
 package main
 
 import (
@@ -20,6 +26,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,11 +38,12 @@ import (
 func main() {
 	bin := flag.String("bin", "bin", "directory holding ferry and ferry-agent")
 	size := flag.Int64("size", 256<<20, "disk image size in bytes")
-	keep := flag.Bool("keep", false, "keep the temporary directory")
+	keep := flag.Bool("keep", false, "keep the temporary directory (and the loop-mounted filesystem)")
+	imageDir := flag.String("image-dir", "", "keep the disk image in a new directory under this one, on XFS or btrfs (default: a loop-mounted XFS the demo makes; needs root)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *size, *keep); err != nil {
+	if _, err := run(ctx, options{bin: *bin, size: *size, keep: *keep, imageDir: *imageDir}); err != nil {
 		fmt.Fprintln(os.Stderr, "demo FAILED:", err)
 		os.Exit(1)
 	}
@@ -47,43 +55,82 @@ type demo struct {
 	procs           []*exec.Cmd
 }
 
+// options are the demo's flags.
+type options struct {
+	bin      string
+	size     int64
+	keep     bool
+	imageDir string // "": a loop-mounted XFS
+}
+
+// point is a point as `points list --json` shows it.
+type point struct {
+	ID          int64     `json:"id"`
+	Time        time.Time `json:"time"`
+	Consistency string    `json:"consistency"`
+	Method      string    `json:"method"`
+	Reason      string    `json:"reason"`
+}
+
 func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 
-func run(ctx context.Context, bin string, size int64, keep bool) error {
-	bin, err := filepath.Abs(bin)
+// run is the demo; it returns the machine's points as they stood at the
+// end.
+func run(ctx context.Context, o options) (points []point, err error) {
+	bin, err := filepath.Abs(o.bin)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	size := o.size
 	for _, b := range []string{"ferry", "ferry-agent"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
-			return fmt.Errorf("%s not built (run make build): %w", b, err)
+			return nil, fmt.Errorf("%s not built (run make build): %w", b, err)
 		}
 	}
 	dir, err := os.MkdirTemp("", "ferry-demo-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d := &demo{dir: dir, bin: bin, admin: filepath.Join(dir, "controller", "admin.sock")}
+	var fs *imageFS
 	defer func() {
 		for _, p := range d.procs {
 			syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
 			p.Wait()
 		}
-		if keep {
+		if o.keep {
 			fmt.Println("kept", dir)
-		} else {
-			os.RemoveAll(dir)
+			if fs != nil {
+				fmt.Println(fs.kept())
+			}
+			return
 		}
+		if fs != nil {
+			if cerr := fs.remove(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+		os.RemoveAll(dir)
 	}()
+
+	if o.imageDir == "" {
+		step("making an XFS filesystem for the disk image (reflink clones: crash-consistent views of a running machine)")
+	} else {
+		step("keeping the disk image under %s", o.imageDir)
+	}
+	if fs, err = makeImageFS(dir, o.imageDir, size); err != nil {
+		return nil, err
+	}
+	fmt.Println("    disk image directory", fs.dir, "("+fs.kind+")")
 
 	step("starting a controller in %s", dir)
 	out, err := d.start("controller.log", "ferry", "serve", "--data", filepath.Join(dir, "controller"), "--listen", "127.0.0.1:0", "--admin-socket", d.admin)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	m, err := waitFor(ctx, out, regexp.MustCompile(`listening on (\S+)`), 60*time.Second)
 	if err != nil {
-		return fmt.Errorf("controller did not start: %w", err)
+		return nil, fmt.Errorf("controller did not start: %w", err)
 	}
 	addr := m[1]
 	fmt.Println("    controller on", addr)
@@ -91,41 +138,41 @@ func run(ctx context.Context, bin string, size int64, keep bool) error {
 	step("enrolling an agent with a one-time token")
 	token, err := d.ferry("tokens", "create")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	state := filepath.Join(dir, "agent")
 	if o, err := exec.CommandContext(ctx, filepath.Join(bin, "ferry-agent"), "enroll", "--controller", addr,
 		"--token", strings.TrimSpace(token), "--name", "demo-host", "--state-dir", state,
 		"--allow-exec-drivers").CombinedOutput(); err != nil { // the demo's power state is an exec --status command
-		return fmt.Errorf("enroll: %v: %s", err, o)
+		return nil, fmt.Errorf("enroll: %v: %s", err, o)
 	}
-	if _, err := d.start("agent.log", "ferry-agent", "run", "--state-dir", state, "--scan", filepath.Join(dir, "vm")); err != nil {
-		return err
+	if _, err := d.start("agent.log", "ferry-agent", "run", "--state-dir", state, "--scan", filepath.Join(fs.dir, "vm")); err != nil {
+		return nil, err
 	}
 	if err := eventually(ctx, 30*time.Second, func() bool {
 		o, err := d.ferry("agents", "list", "--json")
 		return err == nil && strings.Contains(o, `"connected": true`)
 	}); err != nil {
-		return errors.New("the agent never connected")
+		return nil, errors.New("the agent never connected")
 	}
 
 	step("generating a %d MiB disk image (holes, text, random data)", size>>20)
-	vm := filepath.Join(dir, "vm")
+	vm := filepath.Join(fs.dir, "vm")
 	os.MkdirAll(vm, 0o755)
 	img := filepath.Join(vm, "disk0.img")
 	if err := workload.WriteImage(img, 1, size); err != nil {
-		return err
+		return nil, err
 	}
 	power := filepath.Join(dir, "power")
 	os.WriteFile(power, []byte("running\n"), 0o644)
 
 	step("protecting machine demo-vm (a crash-consistent point every 2s)")
 	if _, err := d.ferry("policies", "create", "demo", "--rp-every", "2s", "--rpo-threshold", "30s"); err != nil {
-		return err
+		return nil, err
 	}
 	if o, err := d.ferry("protect", "demo-vm", "--agent", "demo-host", "--disk", "disk0="+img, "--policy", "demo",
 		"--status", "cat "+power); err != nil {
-		return err
+		return nil, err
 	} else {
 		fmt.Print("    ", o)
 	}
@@ -136,7 +183,7 @@ func run(ctx context.Context, bin string, size int64, keep bool) error {
 	n := 0
 	for time.Now().Before(deadline) && n < len(writes) {
 		if err := workload.Apply(img, 7, writes[n:n+1]); err != nil {
-			return err
+			return nil, err
 		}
 		n++
 		time.Sleep(2 * time.Millisecond)
@@ -150,16 +197,8 @@ func run(ctx context.Context, bin string, size int64, keep bool) error {
 	step("waiting for a point taken after the last write")
 	var pointID int64
 	if err := eventually(ctx, 120*time.Second, func() bool {
-		o, err := d.ferry("points", "list", "demo-vm", "--json")
-		if err != nil {
-			return false
-		}
-		var ps []struct {
-			ID          int64     `json:"id"`
-			Time        time.Time `json:"time"`
-			Consistency string    `json:"consistency"`
-		}
-		if json.Unmarshal([]byte(o), &ps) != nil || len(ps) == 0 {
+		ps, err := d.points()
+		if err != nil || len(ps) == 0 {
 			return false
 		}
 		p := ps[len(ps)-1]
@@ -169,12 +208,12 @@ func run(ctx context.Context, bin string, size int64, keep bool) error {
 		}
 		return false
 	}); err != nil {
-		return errors.New("no point after the last write")
+		return nil, errors.New("no point after the last write")
 	}
 	for _, args := range [][]string{{"machines", "list"}, {"points", "list", "demo-vm"}} {
 		o, err := d.ferry(args...)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		fmt.Printf("$ ferry %s\n%s", strings.Join(args, " "), o)
 	}
@@ -182,21 +221,49 @@ func run(ctx context.Context, bin string, size int64, keep bool) error {
 	step("exporting point %d and comparing it with the disk, byte for byte", pointID)
 	exp := filepath.Join(dir, "export")
 	if _, err := d.ferry("points", "export", "demo-vm", "--point", fmt.Sprint(pointID), "--out", exp); err != nil {
-		return err
+		return nil, err
 	}
 	a, err := fileHash(img)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b, err := fileHash(filepath.Join(exp, "disk0.raw"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if a != b {
-		return fmt.Errorf("export differs from the disk: %x vs %x", b, a)
+		return nil, fmt.Errorf("export differs from the disk: %x vs %x", b, a)
 	}
 	fmt.Printf("    identical: sha256 %x\n", a)
-	return nil
+
+	step("checking that every point is consistent")
+	if points, err = d.points(); err != nil {
+		return nil, err
+	}
+	var methods []string
+	for _, p := range points {
+		if p.Consistency == "inconsistent" {
+			return points, fmt.Errorf("point %d is inconsistent (%s: %s)", p.ID, p.Method, p.Reason)
+		}
+		if !slices.Contains(methods, p.Method) {
+			methods = append(methods, p.Method)
+		}
+	}
+	fmt.Printf("    no inconsistent points: %d points (%s)\n", len(points), strings.Join(methods, ", "))
+	return points, nil
+}
+
+// points lists the demo machine's points.
+func (d *demo) points() ([]point, error) {
+	o, err := d.ferry("points", "list", "demo-vm", "--json")
+	if err != nil {
+		return nil, err
+	}
+	var ps []point
+	if err := json.Unmarshal([]byte(o), &ps); err != nil {
+		return nil, fmt.Errorf("points list --json: %w", err)
+	}
+	return ps, nil
 }
 
 func (d *demo) start(logName, prog string, args ...string) (*syncbuf.Buffer, error) {
