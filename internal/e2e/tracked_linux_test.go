@@ -36,10 +36,10 @@ func pointsMadeBy(out, method string) map[int64]bool {
 // the first N logged writes on both disks, N growing. Then a hole punched
 // into one image, which the tracker cannot describe: the next point comes
 // from the taker's view (a clone on XFS, a direct read of the now quiet
-// images on ext4) and equals the images' bytes as the test leaves them.
-// On ext4, which has no reflink, the first point after the start is a
-// direct read (inconsistent): the points after it are tracked freezes all
-// the same.
+// images on ext4, quiet-file) and equals the images' bytes as the test
+// leaves them. On ext4, which has no reflink, the first point after the
+// start is a direct read: the points after it are tracked freezes all the
+// same.
 func TestTrackedFreezePointsArePrefixesOfTheWriteLog(t *testing.T) {
 	testenv.RequireRoot(t)
 	_, err := os.Stat("/sys/kernel/tracing/instances")
