@@ -284,7 +284,8 @@ func TestPointAuditFindsRepairsAndMarksDamage(t *testing.T) {
 	require.Contains(t, c.MustFerry("machines", "show", "m"), "damaged")
 	requireAuditExport(t, c, p3.ID, v3)
 
-	// (Every point here is inconsistent: the image is a plain file.)
+	// (--allow-inconsistent: a point of a plain image file may be a direct
+	// read, inconsistent; the refusal here must be the damage.)
 	r = c.Ferry("failover", "m", "--point", strconv.FormatInt(p2.ID, 10), "--dry-run", "--allow-inconsistent")
 	require.NotEqual(t, 0, r.Code, "a damaged point is refused: %s", r.Stdout)
 	require.Contains(t, r.Stdout+r.Stderr, "--allow-damaged")

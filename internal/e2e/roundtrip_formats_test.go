@@ -33,7 +33,11 @@ func newRoundTripFormat(t *testing.T, size int64, format, siteFS string) *roundT
 	r.home = EnrollAgent(t, r.c, r.c.Addr, "home")
 	siteAgent := EnrollAgent(t, r.c, r.c.Addr, "dr-agent")
 	siteMnt := mnt
-	if siteFS != "xfs" {
+	switch siteFS {
+	case "xfs":
+	case "ramfs", "tmpfs":
+		siteMnt = testenv.MountMemory(t, siteFS)
+	default:
 		siteMnt = testenv.MountLoop(t, siteFS, 1<<30)
 	}
 	r.site = &Site{Name: "dr", Dir: filepath.Join(siteMnt, "dr"), Hyp: NewHypervisor(t), Agent: siteAgent}
@@ -179,12 +183,42 @@ func TestRoundTripQCOW2RecoverySite(t *testing.T) { testRoundTripFormat(t, "qcow
 func TestRoundTripVHDXRecoverySite(t *testing.T) { testRoundTripFormat(t, "vhdx") }
 
 // TestReprotectWarnsInconsistentRecoverySite: a qcow2 recovery site on
-// ext4 (no reflink, no snapshot view of the image): the recovery agent
-// reads the running machine's qcow2 file directly, so re-protect's first
-// reverse point is inconsistent and the job warns so in its notes. The
-// planned failback stops the machine before its final cycle: that point
-// is crash-consistent, and the home disk equals the writer's copy.
+// ramfs (no reflink, no snapshot view of the image, timestamps too coarse
+// for a quiet-file view): the recovery agent reads the running machine's
+// qcow2 file directly, so re-protect's first reverse point is
+// inconsistent and the job warns so in its notes. The planned failback
+// stops the machine before its final cycle: that point is
+// crash-consistent, and the home disk equals the writer's copy.
 func TestReprotectWarnsInconsistentRecoverySite(t *testing.T) {
+	const size = 16 << 20
+	r := newRoundTripFormat(t, size, "qcow2", "ramfs")
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm", "--force")
+	r.writeImage(t, live, "qcow2", 100)
+
+	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	p := pointOf(t, r.c, "vm", j.Machines[0].PointID)
+	require.Equal(t, "inconsistent", p.Consistency, "the recovery site on ramfs reads the running machine's image directly")
+	require.Equal(t, "direct-read", p.Method, "points list says how the point was made")
+	require.Contains(t, p.Reason, "no reflink or snapshot view on this filesystem (ramfs)", "and why it is inconsistent")
+	require.Contains(t, p.Reason, "timestamps on this filesystem are coarser than the writes", "and why it is not quiet-file")
+	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), "can only give inconsistent points", "re-protect warns about the recovery site's views")
+
+	r.writeImage(t, live, "qcow2", 40)
+	j = r.c.runJob(t, 0, "failback", "vm")
+	r.requireMirror(t, r.img, "home disk after failback")
+	p = pointOf(t, r.c, "vm", j.Machines[0].PointID)
+	require.Equal(t, "crash-consistent", p.Consistency, "the final cycle reads the stopped machine")
+	require.Equal(t, "powered-off", p.Method)
+}
+
+// TestReprotectQuietRecoverySite: the same on ext4, whose timestamps are
+// fine-grained: nothing writes the failed-over machine's qcow2 file while
+// re-protect's cycle reads it, so the reverse point is quiet-file,
+// crash-consistent, and the job gives no warning.
+func TestReprotectQuietRecoverySite(t *testing.T) {
 	const size = 16 << 20
 	r := newRoundTripFormat(t, size, "qcow2", "ext4")
 	r.c.runJob(t, 0, "failover", "vm")
@@ -195,17 +229,9 @@ func TestReprotectWarnsInconsistentRecoverySite(t *testing.T) {
 	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
 	r.requireMirror(t, r.img, "home disk after re-protect")
 	p := pointOf(t, r.c, "vm", j.Machines[0].PointID)
-	require.Equal(t, "inconsistent", p.Consistency, "the recovery site on ext4 reads the running machine's image directly")
-	require.Equal(t, "direct-read", p.Method, "points list says how the point was made")
-	require.Contains(t, p.Reason, "no reflink or snapshot view on this filesystem (ext4)", "and why it is inconsistent")
-	require.Contains(t, strings.Join(j.Machines[0].Notes, " "), "can only give inconsistent points", "re-protect warns about the recovery site's views")
-
-	r.writeImage(t, live, "qcow2", 40)
-	j = r.c.runJob(t, 0, "failback", "vm")
-	r.requireMirror(t, r.img, "home disk after failback")
-	p = pointOf(t, r.c, "vm", j.Machines[0].PointID)
-	require.Equal(t, "crash-consistent", p.Consistency, "the final cycle reads the stopped machine")
-	require.Equal(t, "powered-off", p.Method)
+	require.Equal(t, "crash-consistent", p.Consistency, "reason: %s", p.Reason)
+	require.Equal(t, "quiet-file", p.Method)
+	require.NotContains(t, strings.Join(j.Machines[0].Notes, " "), "can only give inconsistent points")
 }
 
 // pointOf is a machine's point id as `points list` shows it.
