@@ -12,10 +12,16 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Format v1 fixtures: tiny repositories written by this code when format 1
-// was current (FERRY_WRITE_FIXTURE=1 regenerates them). Later builds must
-// keep reading them (STYLE.md habit 1).
-const fixtureDir = "testdata/v1"
+// Fixtures: tiny repositories written by this code when their format was
+// current. Later builds must keep reading them (STYLE.md habit 1).
+// FERRY_WRITE_FIXTURE=<name> regenerates the one named, which only makes
+// sense with the build of its time.
+const fixtureDir = "testdata/v1" // repository format 1, index schema 1
+
+// fixtureDirs are every fixture, oldest first: format 1 with index schema 1
+// (migrations 2–5 run when it opens), and index schema 4, the last before
+// patch records (written by d885300).
+var fixtureDirs = []string{fixtureDir, "testdata/index4"}
 
 var fixtureDisks = []DiskSpec{{Name: "disk0", Size: 6 * tbs, BlockSize: tbs}}
 
@@ -81,9 +87,15 @@ func copyTree(t *testing.T, src, dst string) {
 	}))
 }
 
-func TestFormatV1Fixture(t *testing.T) {
+func TestFormatFixtures(t *testing.T) {
+	for _, fd := range fixtureDirs {
+		t.Run(filepath.Base(fd), func(t *testing.T) { testFixture(t, fd) })
+	}
+}
+
+func testFixture(t *testing.T, fixtureDir string) {
 	ctx := context.Background()
-	if os.Getenv("FERRY_WRITE_FIXTURE") == "1" {
+	if w := os.Getenv("FERRY_WRITE_FIXTURE"); w != "" && w == filepath.Base(fixtureDir) {
 		writeFixture(t, filepath.Join(fixtureDir, "plain"), nil)
 		key, err := GenerateKey()
 		require.NoError(t, err)
