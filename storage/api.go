@@ -76,6 +76,11 @@ type BlockWrite struct {
 	Hash  Hash       // content hash of the resulting block (unless Zero)
 	Chunk *Chunk     // the content; nil means "a chunk with Hash is already stored"
 	Patch []PatchRun // the content is the block's current content with these runs applied
+	// PatchData is Patch as it arrived: its encoding (encodePatch, the
+	// protocol's patch layout) in a codec, stored as is in a plain
+	// repository (docs/storage-format.md "Patch records"). Optional: Write
+	// encodes Patch when it is nil. Its Hash is ignored.
+	PatchData *Chunk
 }
 
 // CommitInfo stamps a pending point when it becomes a recovery point.

@@ -23,16 +23,26 @@ type chunkRow struct {
 	plainLen int
 	codec    Codec
 	slot     uint32
+	// A patch record (docs/storage-format.md "Patch records"): plainLen
+	// is the patch's, hash the block's it gives (claimed by the agent,
+	// checked when it is read or folded). base is the chunk id it
+	// applies to, 0 for a zero block; depth counts the patches down to a
+	// whole chunk.
+	patch bool
+	base  int64
+	depth int
 }
 
-const chunkCols = `id, hash, pack_id, offset, length, plain_len, codec, key_slot`
+const chunkCols = `id, hash, pack_id, offset, length, plain_len, codec, key_slot, base_id, depth`
 
 func scanChunk(sc interface{ Scan(...any) error }) (chunkRow, error) {
 	var r chunkRow
 	var h []byte
 	var pid int64
-	err := sc.Scan(&r.id, &h, &pid, &r.off, &r.length, &r.plainLen, &r.codec, &r.slot)
+	var base sql.NullInt64
+	err := sc.Scan(&r.id, &h, &pid, &r.off, &r.length, &r.plainLen, &r.codec, &r.slot, &base, &r.depth)
 	r.pack = uint64(pid)
+	r.patch, r.base = base.Valid, base.Int64
 	copy(r.hash[:], h)
 	return r, err
 }
@@ -66,8 +76,10 @@ func (c *core) lookupHashes(ctx context.Context, hs []Hash) (map[Hash]int64, err
 		}
 		// A chunk marked damaged counts as not stored: the writer stores
 		// it again (the group commit gives the new copy the chunk's id).
+		// So does a patch record, whose hash is the agent's claim until
+		// it is folded: nothing may deduplicate against it.
 		rows, err := c.db.QueryContext(ctx, `SELECT id, hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", len(args)-1)+`)
-			AND id NOT IN (SELECT chunk_id FROM damaged_chunks)`, args...)
+			AND base_id IS NULL AND id NOT IN (SELECT chunk_id FROM damaged_chunks)`, args...)
 		args = args[:0]
 		if err != nil {
 			return err
@@ -153,6 +165,9 @@ func (r *Repo) readChunkRow(ctx context.Context, row chunkRow) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if row.patch {
+		return r.readPatch(ctx, row, ch)
+	}
 	data := ch.Data
 	if ch.Flags&pack.ChunkEncrypted != 0 {
 		if r.priv == nil {
@@ -201,7 +216,8 @@ func (c *core) readChunkRecord(row chunkRow) (pack.Chunk, error) {
 	if err != nil {
 		return bad("chunk record", err)
 	}
-	if Hash(ch.Hash) != row.hash || int(ch.PlainLen) != row.plainLen || ch.KeySlot != row.slot || Codec(ch.Codec) != row.codec {
+	if Hash(ch.Hash) != row.hash || int(ch.PlainLen) != row.plainLen || ch.KeySlot != row.slot || Codec(ch.Codec) != row.codec ||
+		(ch.Flags&pack.ChunkPatch != 0) != row.patch {
 		return bad("chunk record does not match its index row", nil)
 	}
 	return ch, nil
@@ -342,6 +358,15 @@ func (r *Repo) EnvelopeAt(ctx context.Context, loc ChunkLoc) (Envelope, error) {
 }
 
 func (r *Repo) envelope(ctx context.Context, row chunkRow) (Envelope, error) {
+	if row.patch {
+		// A reader of envelopes knows whole chunks only: give it the
+		// block the patch makes (checked against its hash).
+		plain, err := r.readChunkRow(ctx, row)
+		if err != nil {
+			return Envelope{}, err
+		}
+		return Envelope{RepoID: r.c.repoID, Hash: row.hash, Codec: CodecNone, PlainLen: len(plain), Data: plain}, nil
+	}
 	ch, err := r.c.readChunkRecord(row)
 	if err != nil {
 		return Envelope{}, err
@@ -392,4 +417,25 @@ func OpenEnvelope(priv *PrivateKey, env Envelope) ([]byte, error) {
 		return nil, fmt.Errorf("%w: chunk %s", ErrHashMismatch, env.Hash)
 	}
 	return plain, nil
+}
+
+// patchHashes returns which of hs are stored as patch records.
+func (c *core) patchHashes(ctx context.Context, hs []Hash) (map[Hash]bool, error) {
+	out := map[Hash]bool{}
+	for len(hs) > 0 {
+		n := min(len(hs), locateBatch)
+		args := make([]any, n)
+		for i := range n {
+			args[i] = hs[i][:]
+		}
+		hs = hs[n:]
+		bs, err := column[[]byte](c.db.QueryContext(ctx, `SELECT hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", n-1)+`) AND base_id IS NOT NULL`, args...))
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range bs {
+			out[Hash(b)] = true
+		}
+	}
+	return out, nil
 }

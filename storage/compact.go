@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,7 +31,8 @@ type CompactReport struct {
 	PlainBytes  int64 // their plain size
 	BytesBefore int64 // their records before
 	BytesAfter  int64 // and after
-	Damaged     int64 // S2 chunks that did not decode to their hash: copied as they were, and marked damaged
+	Folded      int64 // patch records made whole chunks (counted in Chunks too)
+	Damaged     int64 // S2 chunks that did not decode to their hash, and patches that do not give theirs: copied as they were, and marked damaged
 	More        bool  // the budget ran out with packs left
 }
 
@@ -90,7 +92,7 @@ func (c *core) compact(ctx context.Context, opts CompactOptions, rep *CompactRep
 func (c *core) compactPacks(ctx context.Context, cutoff int64) ([]packLive, error) {
 	rows, err := c.db.QueryContext(ctx, `SELECT p.id, p.size FROM packs p
 		WHERE p.state = 'sealed' AND p.created_ns <= ? AND p.id IN (
-			SELECT pack_id FROM chunks WHERE codec = ? AND key_slot = 0
+			SELECT pack_id FROM chunks WHERE ((codec = ? AND key_slot = 0) OR base_id IS NOT NULL)
 				AND id NOT IN (SELECT chunk_id FROM damaged_chunks))
 		ORDER BY p.created_ns`, cutoff, CodecS2)
 	if err != nil {
@@ -128,4 +130,29 @@ func (c *core) recodeItem(it *copyItem, rep *CompactReport) {
 	codec, data := c.zc.compress(plain)
 	it.raw = pack.EncodeChunk(pack.Chunk{Hash: row.hash, Codec: uint8(codec), PlainLen: uint32(len(plain)), Data: data})
 	it.codec, it.recoded = codec, true
+}
+
+// foldItem makes a patch record a whole chunk (zstd): its block rebuilt
+// from its base and checked against its hash, which is where an agent's
+// claim is finally proven (docs/storage-format.md "Patch records"). A
+// patch that does not give its hash is copied as it was and marked
+// damaged; one whose base cannot be read just now is copied as it was.
+func (c *core) foldItem(ctx context.Context, it *copyItem, rep *CompactReport) {
+	row := it.chunk
+	plain, err := (&Repo{c: c}).readChunkRow(ctx, *row)
+	var ce *CorruptError
+	switch {
+	case errors.As(err, &ce) || errors.Is(err, ErrHashMismatch):
+		c.log.Warn("compaction found a patch that does not give its hash; it is marked damaged", "hash", row.hash, "pack", packName(row.pack), "err", err)
+		it.damaged = true
+		rep.Damaged++
+		return
+	case err != nil:
+		c.log.Warn("compaction could not fold a patch; it stays a patch", "hash", row.hash, "err", err)
+		return
+	}
+	codec, data := c.zc.compress(plain)
+	it.raw = pack.EncodeChunk(pack.Chunk{Hash: row.hash, Codec: uint8(codec), PlainLen: uint32(len(plain)), Data: data})
+	it.codec, it.plain, it.recoded, it.folded = codec, len(plain), true, true
+	rep.Folded++
 }

@@ -43,7 +43,7 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	want1 := bytes.Clone(want)
 	sealOpenPack(t, r)
 
-	// Point 2: a patch of block 2, built by the repository.
+	// Point 2: a patch of block 2, stored as a patch record.
 	copy(want[2*tbs+100:], "patched by the second point")
 	h2 := Hash(blake3.Sum256(want[2*tbs : 3*tbs]))
 	p2 := commitWrites(t, r, disks, []BlockWrite{{Disk: "sda", Block: 2, Hash: h2,
@@ -56,12 +56,14 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	}
 	hashes = append(hashes, h2)
 	before := map[Hash]int{}
-	for _, h := range hashes {
+	for _, h := range hashes[:blocks] {
 		env, err := r.ChunkEnvelope(ctx, h)
 		require.NoError(t, err)
 		require.Equal(t, CodecS2, env.Codec, "chunk %s as stored at ingest", h)
 		before[h] = len(env.Data)
 	}
+	require.True(t, isPatchRecord(t, r, h2), "the patch is stored as it arrived")
+	before[h2] = tbs
 
 	rep, err := r.Compact(ctx, CompactOptions{ColderThan: time.Hour})
 	require.NoError(t, err)
@@ -78,8 +80,10 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 1, rep.Packs)
 	require.EqualValues(t, 1, rep.Chunks, "the patched block's pack")
+	require.EqualValues(t, 1, rep.Folded, "the patch record is folded into a whole chunk")
+	require.False(t, isPatchRecord(t, r, h2))
 	require.False(t, rep.More)
-	require.Less(t, rep.BytesAfter, rep.BytesBefore)
+	require.Greater(t, rep.BytesAfter, rep.BytesBefore, "a fold stores the whole block where the patch was")
 	for _, f := range packsBefore {
 		_, err := os.Stat(f)
 		require.ErrorIs(t, err, fs.ErrNotExist, "a compacted pack is removed: no dead space is left")

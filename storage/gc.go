@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"time"
@@ -95,8 +96,13 @@ func (c *core) lockWrite() func() {
 
 // gcChunks deletes unreferenced chunk rows in batches; the reference check
 // and the delete are one transaction under the write lock.
+//
+// It walks the ids downwards: a patch record's id is above its base's (the
+// base was stored first, and rows replaced in place keep their ids), so a
+// patch nothing reads goes before its base is looked at, and a chain
+// nothing reads goes in one run.
 func (c *core) gcChunks(ctx context.Context, rep *GCReport) error {
-	after := int64(0)
+	after := int64(math.MaxInt64)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -106,7 +112,7 @@ func (c *core) gcChunks(ctx context.Context, rep *GCReport) error {
 		var last int64
 		var n int
 		err := c.inTx(ctx, func(tx *sql.Tx) error {
-			rows, err := tx.QueryContext(ctx, `SELECT id, length FROM chunks WHERE id>? ORDER BY id LIMIT ?`, after, gcChunkBatch)
+			rows, err := tx.QueryContext(ctx, `SELECT id, length FROM chunks WHERE id<? ORDER BY id DESC LIMIT ?`, after, gcChunkBatch)
 			if err != nil {
 				return err
 			}
@@ -127,7 +133,10 @@ func (c *core) gcChunks(ctx context.Context, rep *GCReport) error {
 			n = len(batch)
 			for _, x := range batch {
 				last = x.id
-				res, err := tx.ExecContext(ctx, `DELETE FROM chunks WHERE id=? AND NOT EXISTS (SELECT 1 FROM changes WHERE chunk_id=?)`, x.id, x.id)
+				// A chunk a patch record applies to lives as long as the
+				// patch does (its rows go in an earlier pass or a later run).
+				res, err := tx.ExecContext(ctx, `DELETE FROM chunks WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM changes WHERE chunk_id=?1)
+					AND NOT EXISTS (SELECT 1 FROM chunks WHERE base_id=?1)`, x.id)
 				if err != nil {
 					return err
 				}
@@ -341,8 +350,11 @@ func (c *core) repack(ctx context.Context, pl *packLive, recode *CompactReport) 
 				it.rec.flags = rec.Flags
 			}
 			if it.chunk != nil {
-				it.codec = it.chunk.codec
-				if recode != nil && it.chunk.codec == CodecS2 && it.chunk.slot == 0 {
+				it.codec, it.plain = it.chunk.codec, it.chunk.plainLen
+				switch {
+				case recode != nil && it.chunk.patch:
+					c.foldItem(ctx, &it, recode)
+				case recode != nil && it.chunk.codec == CodecS2 && it.chunk.slot == 0:
 					c.recodeItem(&it, recode)
 				}
 			}
@@ -356,7 +368,7 @@ func (c *core) repack(ctx context.Context, pl *packLive, recode *CompactReport) 
 			for _, it := range step {
 				if it.recoded {
 					recode.Chunks++
-					recode.PlainBytes += int64(it.chunk.plainLen)
+					recode.PlainBytes += int64(it.plain)
 					recode.BytesBefore += it.chunk.length
 					recode.BytesAfter += int64(pack.RecordOverhead + len(it.raw))
 				}
@@ -397,7 +409,9 @@ type copyItem struct {
 	rec     *recordRow
 	raw     []byte
 	codec   Codec // the chunk's codec in raw (recodeItem may change it)
-	recoded bool  // raw was re-encoded from S2
+	recoded bool  // raw was re-encoded from S2, or folded from a patch
+	folded  bool  // raw is the whole block of a patch record (foldItem)
+	plain   int   // the plain length of raw's chunk
 	damaged bool  // an S2 chunk that did not decode to its hash: copied as is, and marked
 }
 
@@ -446,8 +460,12 @@ func (c *core) copyStep(ctx context.Context, from uint64, step []copyItem) error
 		}
 		for _, m := range mv {
 			if m.it.chunk != nil {
-				if _, err := tx.ExecContext(ctx, `UPDATE chunks SET pack_id=?, offset=?, length=?, codec=? WHERE id=? AND pack_id=?`,
-					int64(b.op.id), m.off, m.length, m.it.codec, m.it.chunk.id, int64(from)); err != nil {
+				// A folded patch becomes a whole chunk under the same id:
+				// the rows that read it, and patches over it, read the
+				// same block.
+				if _, err := tx.ExecContext(ctx, `UPDATE chunks SET pack_id=?, offset=?, length=?, codec=?, plain_len=?,
+					base_id=CASE WHEN ? THEN NULL ELSE base_id END, depth=CASE WHEN ? THEN 0 ELSE depth END WHERE id=? AND pack_id=?`,
+					int64(b.op.id), m.off, m.length, m.it.codec, m.it.plain, m.it.folded, m.it.folded, m.it.chunk.id, int64(from)); err != nil {
 					return err
 				}
 				if m.it.damaged {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
@@ -128,6 +129,7 @@ func (c *core) commitGroup(reqs []*writeReq) {
 		}
 		live = append(live, r)
 	}
+	live = c.settlePatches(live)
 	if len(live) == 0 {
 		return
 	}
@@ -154,6 +156,111 @@ func (c *core) commitGroup(reqs []*writeReq) {
 		}
 		live = rest
 	}
+}
+
+// settlePatches rebuilds the patch records of reqs that can no longer be
+// stored as records: their hash is stored by now (or another batch of the
+// group brings it), or their base is gone (GC). A patch's hash is only its
+// writer's claim, so it must not share a row with anything; rebuilt and
+// checked, the block deduplicates like any chunk. Under writeMu, so
+// nothing stores these hashes between this check and the commit. Returns
+// the batches still live.
+func (c *core) settlePatches(reqs []*writeReq) []*writeReq {
+	brought := map[Hash]int{}
+	var hashes []any
+	var bases []any
+	for _, r := range reqs {
+		for h, p := range r.preps {
+			brought[h]++
+			if p.patch != nil {
+				hashes = append(hashes, h[:])
+				if p.patch.base != 0 {
+					bases = append(bases, p.patch.base)
+				}
+			}
+		}
+	}
+	if len(hashes) == 0 {
+		return reqs
+	}
+	ctx := context.WithoutCancel(reqs[0].ctx)
+	stored, err := c.presentHashes(ctx, hashes)
+	var baseIDs map[int64]bool
+	if err == nil {
+		baseIDs, err = c.presentIDs(ctx, bases)
+	}
+	live := reqs[:0]
+	for _, r := range reqs {
+		if err != nil {
+			r.finish(nil, err)
+			continue
+		}
+		if rerr := c.rebuildUnsettled(r, brought, stored, baseIDs); rerr != nil {
+			r.finish(nil, rerr)
+			continue
+		}
+		live = append(live, r)
+	}
+	return live
+}
+
+// rebuildUnsettled is settlePatches for one batch.
+func (c *core) rebuildUnsettled(r *writeReq, brought map[Hash]int, stored map[Hash]bool, baseIDs map[int64]bool) error {
+	rebuilt := false
+	for h, p := range r.preps {
+		pp := p.patch
+		if pp == nil || (brought[h] == 1 && !stored[h] && (pp.base == 0 || baseIDs[pp.base])) {
+			continue
+		}
+		ch, err := pp.rebuild()
+		if err != nil {
+			return err
+		}
+		pr, err := c.prepare(ch, true)
+		if err != nil {
+			return err
+		}
+		r.preps[h], rebuilt = pr, true
+	}
+	if !rebuilt {
+		return nil
+	}
+	return c.dedupPrepared(r.ctx, r.have, r.preps)
+}
+
+// presentHashes returns which of hashes (each a []byte) have a chunk row
+// of any kind.
+func (c *core) presentHashes(ctx context.Context, hashes []any) (map[Hash]bool, error) {
+	out := map[Hash]bool{}
+	for len(hashes) > 0 {
+		n := min(len(hashes), locateBatch)
+		bs, err := column[[]byte](c.db.QueryContext(ctx, `SELECT hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", n-1)+`)`, hashes[:n]...))
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range bs {
+			out[Hash(b)] = true
+		}
+		hashes = hashes[n:]
+	}
+	return out, nil
+}
+
+// presentIDs returns which of the chunk ids are stored.
+func (c *core) presentIDs(ctx context.Context, ids []any) (map[int64]bool, error) {
+	out := map[int64]bool{}
+	for len(ids) > 0 {
+		n := min(len(ids), locateBatch)
+		got, err := column[int64](c.db.QueryContext(ctx, `SELECT id FROM chunks WHERE id IN (?`+strings.Repeat(",?", n-1)+`)`, ids[:n]...))
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range got {
+			out[id] = true
+		}
+		ids = ids[n:]
+	}
+	return out, nil
 }
 
 // writeGroup is one append + fdatasync + index transaction for reqs. A
@@ -348,9 +455,13 @@ func insertChunks(ctx context.Context, tx *sql.Tx, packID int64, pl placement) (
 	if len(pl.chunks) == 0 {
 		return ids, nil
 	}
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot) VALUES (?, ?, ?, ?, ?, ?, ?)
+	// A whole chunk also takes the row of a patch record with its hash
+	// (the patch's readers then read checked bytes); settlePatches made
+	// sure no patch record meets an existing row.
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot, base_id, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT(hash) DO UPDATE SET pack_id=excluded.pack_id, offset=excluded.offset, length=excluded.length,
-		plain_len=excluded.plain_len, codec=excluded.codec, key_slot=excluded.key_slot RETURNING id`)
+		plain_len=excluded.plain_len, codec=excluded.codec, key_slot=excluded.key_slot,
+		base_id=excluded.base_id, depth=excluded.depth RETURNING id`)
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +477,12 @@ func insertChunks(ctx context.Context, tx *sql.Tx, packID int64, pl placement) (
 	defer heal.Close()
 	for _, x := range pl.chunks {
 		var id int64
-		if err := ins.QueryRowContext(ctx, x.p.hash[:], packID, x.off, x.n, x.p.plainLen, x.p.codec, x.slot).Scan(&id); err != nil {
+		var base any
+		depth := 0
+		if pp := x.p.patch; pp != nil {
+			base, depth = pp.base, pp.depth
+		}
+		if err := ins.QueryRowContext(ctx, x.p.hash[:], packID, x.off, x.n, x.p.plainLen, x.p.codec, x.slot, base, depth).Scan(&id); err != nil {
 			return nil, err
 		}
 		if anyDamaged {

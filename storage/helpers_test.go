@@ -96,3 +96,11 @@ func chunkWrite(disk string, block int64, data []byte) BlockWrite {
 	h := Hash(blake3.Sum256(data))
 	return BlockWrite{Disk: disk, Block: block, Hash: h, Chunk: &Chunk{Hash: h, Codec: CodecNone, Data: data, PlainLen: len(data)}}
 }
+
+// isPatchRecord says whether the chunk of h is stored as a patch record.
+func isPatchRecord(t *testing.T, r *Repo, h Hash) bool {
+	t.Helper()
+	row, err := r.c.chunkByHash(context.Background(), h)
+	require.NoError(t, err)
+	return row.patch
+}

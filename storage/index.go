@@ -18,7 +18,7 @@ import (
 // newer schema is still refused rather than misread.
 const (
 	indexSchemaMin = 1
-	indexSchemaMax = 4
+	indexSchemaMax = 5
 )
 
 //go:embed migrations/*.sql

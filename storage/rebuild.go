@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
 )
@@ -72,6 +73,7 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 	var mdels []mdel
 	labels := map[uint64]pack.Label{}
 	maxID := uint64(0)
+	patchBases := map[Hash]Hash{} // patch records' hashes -> their bases'
 
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -131,8 +133,18 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 					if err != nil {
 						return nil
 					}
-					if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot)
-						VALUES (?, ?, ?, ?, ?, ?, ?)`, ch.Hash[:], int64(id), off, n, ch.PlainLen, ch.Codec, ch.KeySlot); err != nil {
+					// A whole chunk takes the place of a patch record of
+					// its hash (as at ingest); patch records get their
+					// base once every pack is read (resolvePatchBases).
+					var base any
+					if ch.Flags&pack.ChunkPatch != 0 {
+						base = -1
+						patchBases[Hash(ch.Hash)] = Hash(ch.Base)
+					}
+					if _, err := tx.ExecContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot, base_id)
+						VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET pack_id=excluded.pack_id, offset=excluded.offset,
+						length=excluded.length, plain_len=excluded.plain_len, codec=excluded.codec, key_slot=excluded.key_slot, base_id=NULL
+						WHERE chunks.base_id IS NOT NULL AND excluded.base_id IS NULL`, ch.Hash[:], int64(id), off, n, ch.PlainLen, ch.Codec, ch.KeySlot, base); err != nil {
 						return err
 					}
 				case pack.TypeKey:
@@ -208,6 +220,9 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 				copies[pid] = append(copies[pid], cp)
 			}
 		}
+	}
+	if err := resolvePatchBases(ctx, tx, patchBases, time.Now().UnixNano()); err != nil {
+		return rep, err
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE packs SET state='sealed' WHERE state='open' AND id NOT IN
 		(SELECT id FROM packs WHERE state='open' ORDER BY created_ns DESC LIMIT 1)`); err != nil {
@@ -363,4 +378,44 @@ func readPart(dir string, packID uint64, e pack.Entry) (pack.Changes, error) {
 		return pack.Changes{}, &CorruptError{Pack: packName(packID), Offset: e.Offset, Reason: "point-changes record changed during rebuild", Err: err}
 	}
 	return pack.DecodeChanges(rec.Payload)
+}
+
+// resolvePatchBases gives the patch records a rebuild indexed their bases
+// and depths, found by hash. A patch whose base is in no pack cannot be
+// read: it is marked damaged (its points say so) and left over a zero base.
+func resolvePatchBases(ctx context.Context, tx *sql.Tx, bases map[Hash]Hash, now int64) error {
+	depth := func(h Hash) int {
+		d := 0
+		for seen := 0; seen <= len(bases); seen++ {
+			b, ok := bases[h]
+			if !ok {
+				return d
+			}
+			var stillPatch bool
+			if err := tx.QueryRowContext(ctx, `SELECT base_id IS NOT NULL FROM chunks WHERE hash=?`, h[:]).Scan(&stillPatch); err != nil || !stillPatch {
+				return d
+			}
+			d, h = d+1, b
+		}
+		return d
+	}
+	for h, b := range bases {
+		var base int64
+		if b != (Hash{}) {
+			err := tx.QueryRowContext(ctx, `SELECT id FROM chunks WHERE hash=?`, b[:]).Scan(&base)
+			if errors.Is(err, sql.ErrNoRows) {
+				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO damaged_chunks(chunk_id, found_ns, reason)
+					SELECT id, ?, 'rebuild: the base of this patch is in no pack' FROM chunks WHERE hash=? AND base_id=-1`, now, h[:]); err != nil {
+					return err
+				}
+				base = 0
+			} else if err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE chunks SET base_id=?, depth=? WHERE hash=? AND base_id=-1`, base, max(depth(h), 1), h[:]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

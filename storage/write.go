@@ -19,6 +19,7 @@ type prepared struct {
 	codec    Codec
 	data     []byte
 	plainLen int
+	patch    *patchPrep // a patch record: data is the patch as it arrived
 }
 
 // prepare verifies a supplied chunk (decode per codec, BLAKE3 == Hash,
@@ -55,6 +56,10 @@ func (c *core) ingestCompress(plain []byte) (Codec, []byte) {
 // pack's data key in an encrypted repository.
 func (c *core) chunkPayload(b *batch, p *prepared) ([]byte, uint32, error) {
 	rec := pack.Chunk{Hash: p.hash, Codec: uint8(p.codec), PlainLen: uint32(p.plainLen), Data: p.data}
+	if p.patch != nil {
+		rec.Flags, rec.Base, rec.BlockLen = pack.ChunkPatch, p.patch.baseHash, uint32(p.patch.blockLen)
+		return pack.EncodeChunk(rec), 0, nil
+	}
 	if c.pub != nil {
 		k, err := c.packKey(b)
 		if err != nil {
@@ -151,6 +156,9 @@ type writeItem struct {
 // Write stores blocks of the pending point. It is durable when it returns:
 // new chunks are appended to the open pack and fdatasync'd once, re-read and
 // checked, then one index transaction inserts the chunk and change rows.
+//
+// A patch is stored as a patch record when it can be (planPatches), and is
+// otherwise rebuilt into its block and checked here.
 func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	c := p.r.c
 	if err := c.check(); err != nil {
@@ -160,10 +168,6 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	supplied := map[Hash]*Chunk{}
 	patched := map[*Chunk]bool{} // built from a patch, checked when it was applied
 	var hashes []Hash
-	patchedChunks, err := p.patchAll(ctx, ws)
-	if err != nil {
-		return err
-	}
 	for i, w := range ws {
 		did, ok := p.diskIDs[w.Disk]
 		if !ok {
@@ -179,9 +183,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 		case w.Zero:
 			items[i].hash = Hash{}
 			continue
-		case w.Patch != nil:
-			supplied[w.Hash] = patchedChunks[i]
-			patched[patchedChunks[i]] = true
+		case w.Patch != nil || w.PatchData != nil:
 		case w.Chunk != nil:
 			if w.Chunk.Hash != w.Hash {
 				return fmt.Errorf("%w: block %d: write hash %s, chunk hash %s", ErrHashMismatch, w.Block, w.Hash, w.Chunk.Hash)
@@ -198,8 +200,19 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	if err != nil {
 		return err
 	}
+	records, rebuilt, err := p.planPatches(ctx, ws, supplied, have)
+	if err != nil {
+		return err
+	}
+	for _, ch := range rebuilt {
+		supplied[ch.Hash] = ch
+		patched[ch] = true
+	}
 	var todo, check []*Chunk
 	queued := map[Hash]bool{}
+	for h := range records {
+		queued[h] = true
+	}
 	for _, h := range hashes {
 		if queued[h] {
 			continue
@@ -229,6 +242,9 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	preps, err := c.prepareAll(ctx, todo, patched)
 	if err != nil {
 		return err
+	}
+	for h, pr := range records {
+		preps[h] = pr
 	}
 	// The batch joins the next group commit: the writers waiting at the
 	// same time share one append, one fdatasync and one transaction. A
@@ -274,85 +290,147 @@ func (c *core) dedupPrepared(ctx context.Context, have map[Hash]int64, preps map
 		return err
 	}
 	for h, id := range stored {
+		if preps[h].patch != nil {
+			continue // a claim, never deduplicated: settlePatches rebuilds it
+		}
 		have[h] = id
 		delete(preps, h)
 	}
 	return nil
 }
 
-// patchAll rebuilds the patched blocks of ws on all cores (each decodes
-// its base block, applies the runs and hashes the result): a delta of
-// random small writes is mostly patches, and one after another they were
-// most of a cycle's time at the controller. The bases are found first, a
-// page of blocks per query (two queries per block, on the index's one
-// connection, were a third of the controller's CPU in a plan of 20
-// machines). The result is indexed like ws; writes that are not patches
-// get nil.
-func (p *Pending) patchAll(ctx context.Context, ws []BlockWrite) ([]*Chunk, error) {
+// patchPrep is what a patch record needs beyond its bytes.
+type patchPrep struct {
+	base     int64 // chunk id, 0 for a zero block
+	baseHash Hash  // zero for a zero block
+	blockLen int
+	depth    int
+	// rebuild makes the whole block instead, checked against its hash,
+	// for a group commit that finds the hash stored meanwhile.
+	rebuild func() (*Chunk, error)
+}
+
+// patchWrite is one patch of a Write: its plain encoding, and the block's
+// current chunk (hasBase false: zeros).
+type patchWrite struct {
+	i       int
+	plain   []byte
+	data    *Chunk // as it arrived
+	base    chunkRow
+	hasBase bool
+}
+
+// planPatches sorts the patch writes of ws into patch records, stored as
+// they arrived (prepared, by hash), and blocks rebuilt here from their
+// base and checked (rebuilt). A patch becomes a record in a plain
+// repository when its chain stays within maxPatchDepth and nothing else
+// in the repository or the batch has its hash: its hash is the agent's
+// claim, which must never let it share a stored chunk (docs/security.md
+// "Hostile agent"). The bases are found a page of blocks per query (two
+// queries per block, on the index's one connection, were a third of the
+// controller's CPU in a plan of 20 machines); rebuilds run on all cores.
+func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map[Hash]*Chunk, have map[Hash]int64) (map[Hash]*prepared, []*Chunk, error) {
+	c := p.r.c
 	byDisk := map[string][]int64{}
-	var idx []int
+	var pws []patchWrite
+	count := map[Hash]int{}
 	for i, w := range ws {
-		if w.Patch == nil || w.Zero {
+		if w.Zero || (w.Patch == nil && w.PatchData == nil) {
 			continue
 		}
-		// Writes Write refuses anyway (unknown disk, block outside it)
-		// are left for its clear errors.
-		spec, ok := p.specs[w.Disk]
-		if _, known := p.diskIDs[w.Disk]; !ok || !known || w.Block < 0 || w.Block*int64(spec.BlockSize) >= spec.Size {
-			continue
+		pd := w.PatchData
+		if pd == nil {
+			enc := encodePatch(w.Patch)
+			pd = &Chunk{Hash: w.Hash, Codec: CodecNone, Data: enc, PlainLen: len(enc)}
 		}
-		idx = append(idx, i)
+		plain, err := c.zc.decode(pd.Codec, pd.Data, pd.PlainLen)
+		if err == nil {
+			err = eachRun(plain, p.specs[w.Disk].BlockSize, func(int, []byte) {})
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: patch of block %d of disk %q: %v", ErrHashMismatch, w.Block, w.Disk, err)
+		}
+		pws = append(pws, patchWrite{i: i, plain: plain, data: pd})
 		byDisk[w.Disk] = append(byDisk[w.Disk], w.Block)
+		count[w.Hash]++
 	}
-	if len(idx) == 0 {
-		return nil, nil
+	if len(pws) == 0 {
+		return nil, nil, nil
 	}
 	bases := map[string]map[int64]chunkRow{}
 	for disk, blocks := range byDisk {
-		rows, err := p.r.c.rowsAt(ctx, p.diskIDs[disk], p.ID, blocks)
+		rows, err := c.rowsAt(ctx, p.diskIDs[disk], p.ID, blocks)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		bases[disk] = rows
 	}
-	out := make([]*Chunk, len(ws))
-	errs := make([]error, len(ws))
+	var candidates []Hash
+	for k := range pws {
+		w := ws[pws[k].i]
+		pws[k].base, pws[k].hasBase = bases[w.Disk][w.Block]
+		candidates = append(candidates, w.Hash)
+	}
+	claimed, err := c.patchHashes(ctx, candidates)
+	if err != nil {
+		return nil, nil, err
+	}
+	records := map[Hash]*prepared{}
+	var rebuild []patchWrite
+	for _, pw := range pws {
+		w := ws[pw.i]
+		depth := 1
+		if pw.hasBase {
+			depth = pw.base.depth + 1
+		}
+		_, stored := have[w.Hash]
+		if c.pub != nil || depth > maxPatchDepth || count[w.Hash] > 1 || stored || claimed[w.Hash] || supplied[w.Hash] != nil {
+			rebuild = append(rebuild, pw)
+			continue
+		}
+		spec := p.specs[w.Disk]
+		pp := &patchPrep{blockLen: spec.BlockSize, depth: depth}
+		if pw.hasBase {
+			pp.base, pp.baseHash = pw.base.id, pw.base.hash
+		}
+		pw := pw
+		pp.rebuild = func() (*Chunk, error) { return p.patched(ctx, p.diskIDs[w.Disk], spec, w, pw) }
+		records[w.Hash] = &prepared{hash: w.Hash, codec: pw.data.Codec, data: pw.data.Data, plainLen: pw.data.PlainLen, patch: pp}
+	}
+	out := make([]*Chunk, len(rebuild))
+	errs := make([]error, len(rebuild))
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(idx)) {
+	for range min(runtime.GOMAXPROCS(0), len(rebuild)) {
 		wg.Go(func() {
 			for {
 				k := int(next.Add(1) - 1)
-				if k >= len(idx) || ctx.Err() != nil {
+				if k >= len(rebuild) || ctx.Err() != nil {
 					return
 				}
-				i := idx[k]
-				w := ws[i]
-				row, ok := bases[w.Disk][w.Block]
-				out[i], errs[i] = p.patched(ctx, p.diskIDs[w.Disk], p.specs[w.Disk], w, row, ok)
+				w := ws[rebuild[k].i]
+				out[k], errs[k] = p.patched(ctx, p.diskIDs[w.Disk], p.specs[w.Disk], w, rebuild[k])
 			}
 		})
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	for _, i := range idx {
-		if errs[i] != nil {
-			return nil, errs[i]
-		}
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
 	}
-	return out, nil
+	return records, out, nil
 }
 
 // patched builds the chunk of a Patch write: the block's current content
 // (the pending point's own row, else the newest committed one: base, or
 // zeros when the block has no chunk) with the runs applied, checked
 // against the write's Hash.
-func (p *Pending) patched(ctx context.Context, diskID int64, spec DiskSpec, w BlockWrite, base chunkRow, hasBase bool) (*Chunk, error) {
+func (p *Pending) patched(ctx context.Context, diskID int64, spec DiskSpec, w BlockWrite, pw patchWrite) (*Chunk, error) {
 	buf := make([]byte, spec.BlockSize)
-	if hasBase {
-		cur, err := p.r.readChunkRow(ctx, base)
+	if pw.hasBase {
+		cur, err := p.r.readChunkRow(ctx, pw.base)
 		if errors.Is(err, fs.ErrNotExist) { // GC moved it since: look it up again
 			cur, err = p.r.blockAt(ctx, diskID, w.Block, p.ID, spec.BlockSize)
 		}
@@ -364,11 +442,8 @@ func (p *Pending) patched(ctx context.Context, diskID int64, spec DiskSpec, w Bl
 		}
 		copy(buf, cur)
 	}
-	for _, run := range w.Patch {
-		if run.Offset < 0 || run.Offset+len(run.Data) > len(buf) {
-			return nil, fmt.Errorf("storage: patch run [%d, %d) outside block of %d bytes", run.Offset, run.Offset+len(run.Data), len(buf))
-		}
-		copy(buf[run.Offset:], run.Data)
+	if err := applyPatch(buf, pw.plain); err != nil {
+		return nil, fmt.Errorf("storage: patch of block %d: %v", w.Block, err)
 	}
 	if blake3.Sum256(buf) != w.Hash {
 		return nil, fmt.Errorf("%w: patched block %d of disk %q", ErrHashMismatch, w.Block, w.Disk)

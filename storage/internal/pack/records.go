@@ -3,7 +3,16 @@ package pack
 // Chunk record flags.
 const (
 	ChunkEncrypted uint8 = 1 << 0
+	// ChunkPatch (repository format 2): the record's plain bytes are a
+	// patch (runs of [u32 offset][u32 length][bytes], big-endian, the
+	// protocol's patch encoding) over the block whose hash is Base (all
+	// zero bytes: a zero block), giving a block of BlockLen bytes whose
+	// hash is Hash. Never encrypted.
+	ChunkPatch uint8 = 1 << 1
 )
+
+// PatchHeaderSize is what ChunkPatch adds to the header: Base and BlockLen.
+const PatchHeaderSize = 32 + 4
 
 // ChunkHeaderSize is the fixed part of a chunk payload before its data.
 const ChunkHeaderSize = 32 + 1 + 1 + 2 + 4 + 4
@@ -16,6 +25,10 @@ type Chunk struct {
 	KeySlot  uint32 // data key slot when encrypted, else 0
 	PlainLen uint32
 	Data     []byte // stored bytes: encoded, or nonce||ciphertext when encrypted
+	// With ChunkPatch: the hash of the block the patch applies to (zero:
+	// a zero block) and the length of the block it gives.
+	Base     [32]byte
+	BlockLen uint32
 }
 
 // EncodeChunk returns the payload of a chunk record.
@@ -27,6 +40,10 @@ func EncodeChunk(c Chunk) []byte {
 	e.u16(0)
 	e.u32(c.KeySlot)
 	e.u32(c.PlainLen)
+	if c.Flags&ChunkPatch != 0 {
+		e.raw(c.Base[:])
+		e.u32(c.BlockLen)
+	}
 	e.raw(c.Data)
 	return e.b
 }
@@ -43,11 +60,18 @@ func DecodeChunk(p []byte) (Chunk, error) {
 	}
 	c.KeySlot = d.u32()
 	c.PlainLen = d.u32()
+	if c.Flags&ChunkPatch != 0 {
+		c.Base = d.hash()
+		c.BlockLen = d.u32()
+	}
 	if d.err != nil {
 		return c, d.err
 	}
-	if c.Flags&^ChunkEncrypted != 0 {
+	if c.Flags&^(ChunkEncrypted|ChunkPatch) != 0 || c.Flags == ChunkEncrypted|ChunkPatch {
 		return c, formatErr("chunk flags %02x", c.Flags)
+	}
+	if c.Flags&ChunkPatch != 0 && c.BlockLen == 0 {
+		return c, formatErr("patch chunk of a block of 0 bytes")
 	}
 	if (c.Flags&ChunkEncrypted != 0) != (c.KeySlot != 0) {
 		return c, formatErr("chunk key slot %d with flags %02x", c.KeySlot, c.Flags)
