@@ -376,7 +376,6 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 		return nil, nil, err
 	}
 	records := map[Hash]*prepared{}
-	var rebuild []patchWrite
 	for _, pw := range pws {
 		w := ws[pw.i]
 		depth := 1
@@ -385,8 +384,7 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 		}
 		_, stored := have[w.Hash]
 		if c.pub != nil || depth > maxPatchDepth || count[w.Hash] > 1 || stored || claimed[w.Hash] || supplied[w.Hash] != nil {
-			rebuild = append(rebuild, pw)
-			continue
+			continue // rebuilt below
 		}
 		spec := p.specs[w.Disk]
 		pp := &patchPrep{blockLen: spec.BlockSize, depth: depth}
@@ -397,19 +395,26 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 		pp.rebuild = func() (*Chunk, error) { return p.patched(ctx, p.diskIDs[w.Disk], spec, w, pw) }
 		records[w.Hash] = &prepared{hash: w.Hash, codec: pw.data.Codec, data: pw.data.Data, plainLen: pw.data.PlainLen, patch: pp}
 	}
-	out := make([]*Chunk, len(rebuild))
-	errs := make([]error, len(rebuild))
+	// Every patch is rebuilt and checked before its batch is indexed,
+	// records too (their blocks are then dropped): the check is what
+	// catches an agent whose idea of a block's unchanged bytes is wrong
+	// (a write its tracker missed), and it must fail the batch —
+	// failed_precondition, and the agent resyncs — before a point can be
+	// made of it. What records save is the compression and the write of
+	// whole blocks.
+	out := make([]*Chunk, len(pws))
+	errs := make([]error, len(pws))
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(rebuild)) {
+	for range min(runtime.GOMAXPROCS(0), len(pws)) {
 		wg.Go(func() {
 			for {
 				k := int(next.Add(1) - 1)
-				if k >= len(rebuild) || ctx.Err() != nil {
+				if k >= len(pws) || ctx.Err() != nil {
 					return
 				}
-				w := ws[rebuild[k].i]
-				out[k], errs[k] = p.patched(ctx, p.diskIDs[w.Disk], p.specs[w.Disk], w, rebuild[k])
+				w := ws[pws[k].i]
+				out[k], errs[k] = p.patched(ctx, p.diskIDs[w.Disk], p.specs[w.Disk], w, pws[k])
 			}
 		})
 	}
@@ -420,7 +425,13 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, err
 	}
-	return records, out, nil
+	var rebuilt []*Chunk
+	for k, ch := range out {
+		if rec := records[ws[pws[k].i].Hash]; rec == nil {
+			rebuilt = append(rebuilt, ch)
+		}
+	}
+	return records, rebuilt, nil
 }
 
 // patched builds the chunk of a Patch write: the block's current content
