@@ -31,6 +31,9 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 	if len(info.Name) > maxNameLen {
 		return Point{}, fmt.Errorf("storage: point name of %d bytes over %d", len(info.Name), maxNameLen)
 	}
+	if err := p.settlePatchChecks(ctx); err != nil {
+		return Point{}, err
+	}
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if err := c.check(); err != nil {

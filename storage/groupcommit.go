@@ -43,9 +43,10 @@ type writeReq struct {
 	added   uint64             // chunksAdded when have was looked up
 	recheck bool               // look preps up again whatever chunksAdded says
 
-	done    bool
-	missing []Hash // deduped chunks that vanished: the writer stores them and comes again
-	err     error
+	done     bool
+	missing  []Hash  // deduped chunks that vanished: the writer stores them and comes again
+	recorded []int64 // the ids of the patch records stored, to check (patchcheck.go)
+	err      error
 }
 
 func (r *writeReq) finish(missing []Hash, err error) {
@@ -293,6 +294,14 @@ func (c *core) writeGroup(ctx context.Context, reqs []*writeReq) (refused bool, 
 	ids, err := insertChunks(ctx, tx, int64(b.op.id), pl)
 	if err != nil {
 		return false, err
+	}
+	for _, r := range reqs {
+		r.recorded = r.recorded[:0]
+		for h, p := range r.preps {
+			if p.patch != nil {
+				r.recorded = append(r.recorded, ids[h])
+			}
+		}
 	}
 	chg, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`)
 	if err != nil {

@@ -158,11 +158,11 @@ func TestPatchBasesOutliveTheirPoints(t *testing.T) {
 }
 
 // TestPatchClaimsAreNeverShared: a patch that does not give its hash is
-// refused at ingest and stores nothing. A patch record is never a dedup
-// target, though it was checked: a hash-only write of its hash is refused
-// and HasChunks says it is not stored (the rule holds if the check is
-// ever deferred). Another writer's patch to the same content is rebuilt
-// and its whole chunk takes the record's row, and both points read it.
+// stored (the check runs after the write) but the point cannot be
+// committed: Commit fails with ErrHashMismatch and drops the pending point. A patch record is never a dedup target: a hash-only write of
+// its hash is refused and HasChunks says it is not stored. Another
+// writer's patch to the same content is rebuilt and its whole chunk takes
+// the record's row, and both points read it.
 func TestPatchClaimsAreNeverShared(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
@@ -175,11 +175,17 @@ func TestPatchClaimsAreNeverShared(t *testing.T) {
 	secret := content(10, pbs) // another machine's block, known by hash only
 	h := Hash(blake3.Sum256(secret))
 	liar := begin("liar")
-	err := liar.Write(ctx, []BlockWrite{{Disk: "sda", Block: 0, Hash: h, Patch: []PatchRun{{Offset: 0, Data: []byte("not the secret")}}}})
-	require.ErrorIs(t, err, ErrHashMismatch)
+	require.NoError(t, liar.Write(ctx, []BlockWrite{{Disk: "sda", Block: 0, Hash: h, Patch: []PatchRun{{Offset: 0, Data: []byte("not the secret")}}}}))
 	has, err := r.HasChunks(ctx, []Hash{h})
 	require.NoError(t, err)
 	require.Equal(t, []bool{false}, has)
+	_, err = liar.Commit(ctx, CommitInfo{Instant: time.Unix(999, 0), Consistency: CrashConsistent})
+	require.ErrorIs(t, err, ErrHashMismatch)
+	_, err = r.PendingPoint(ctx, "liar")
+	require.ErrorIs(t, err, ErrNotFound, "the pending point is dropped")
+	pts0, err := r.Points(ctx, "liar")
+	require.NoError(t, err)
+	require.Empty(t, pts0)
 
 	// Machines a and b hold different blocks; both patch them to x.
 	base := map[string][]byte{"a": content(13, pbs), "b": content(16, pbs)}
@@ -228,4 +234,46 @@ func TestHonestPatchOfAStoredBlockDeduplicates(t *testing.T) {
 	require.False(t, isPatchRecord(t, r, blake3.Sum256(a)))
 	require.Less(t, repoPackBytes(t, r)-before, int64(4096), "only the point's records were added")
 	require.Equal(t, append(bytes.Clone(a), a...), diskImage(t, r, pt.ID, "sda"))
+}
+
+// TestPatchChecksSurviveARestart: the background checks of a pending
+// point's patch records are lost with the process; Commit after a reopen
+// checks every record the point holds, and a bad one drops the point.
+func TestPatchChecksSurviveARestart(t *testing.T) {
+	ctx := context.Background()
+	r, dir := newTestRepo(t, CreateOptions{}, OpenOptions{})
+	disks := []DiskSpec{{Name: "sda", Size: 2 * pbs, BlockSize: pbs}}
+	a, b := content(25, pbs), content(28, pbs)
+	commitWrites(t, r, disks, []BlockWrite{chunkWrite("sda", 0, a), chunkWrite("sda", 1, b)}, 1000)
+	good := bytes.Clone(a)
+	copy(good[10:], "good")
+	p, err := r.BeginPoint(ctx, "m1", disks)
+	require.NoError(t, err)
+	require.NoError(t, p.Write(ctx, []BlockWrite{
+		{Disk: "sda", Block: 0, Hash: blake3.Sum256(good), Patch: []PatchRun{{Offset: 10, Data: []byte("good")}}},
+		{Disk: "sda", Block: 1, Hash: blake3.Sum256([]byte("a claim")), Patch: []PatchRun{{Offset: 10, Data: []byte("bad")}}},
+	}))
+	require.NoError(t, r.Close())
+
+	r, err = Open(ctx, dir, OpenOptions{})
+	require.NoError(t, err)
+	defer r.Close()
+	p, err = r.PendingPoint(ctx, "m1")
+	require.NoError(t, err)
+	_, err = p.Commit(ctx, CommitInfo{Instant: time.Unix(1001, 0), Consistency: CrashConsistent})
+	require.ErrorIs(t, err, ErrHashMismatch)
+	_, err = r.PendingPoint(ctx, "m1")
+	require.ErrorIs(t, err, ErrNotFound, "the pending point is dropped")
+	pts, err := r.Points(ctx, "m1")
+	require.NoError(t, err)
+	require.Len(t, pts, 1)
+	require.Equal(t, append(bytes.Clone(a), b...), diskImage(t, r, pts[0].ID, "sda"), "the head is untouched")
+
+	// The agent resyncs and sends the good patch again: it commits.
+	p, err = r.BeginPoint(ctx, "m1", disks)
+	require.NoError(t, err)
+	require.NoError(t, p.Write(ctx, []BlockWrite{{Disk: "sda", Block: 0, Hash: blake3.Sum256(good), Patch: []PatchRun{{Offset: 10, Data: []byte("good")}}}}))
+	pt, err := p.Commit(ctx, CommitInfo{Instant: time.Unix(1002, 0), Consistency: CrashConsistent})
+	require.NoError(t, err)
+	require.Equal(t, append(good, b...), diskImage(t, r, pt.ID, "sda"))
 }

@@ -57,6 +57,8 @@ type core struct {
 	chunksAdded atomic.Uint64
 	// queue holds the batches waiting for the next group commit.
 	queue commitQueue
+	// checks are the background checks of patch records (patchcheck.go).
+	checks *patchChecks
 
 	// Sizes of a commit's change records and flushes (tests lower them).
 	partEntries int
@@ -171,6 +173,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*Repo, error) {
 		clock: orNow(opts.Clock), fail: opts.Failpoint, sync: opts.sync,
 		aeads:       map[uint32]cipher.AEAD{},
 		partEntries: pack.MaxChangesPerRecord, commitFlush: commitFlushBytes,
+		checks: newPatchChecks(),
 	}
 	if c.fail == nil {
 		c.fail = func(string) {}
@@ -262,6 +265,7 @@ func (r *Repo) Close() error {
 	if r.c.closed.Swap(true) {
 		return nil
 	}
+	r.c.checks.all.Wait()
 	r.c.writeMu.Lock()
 	defer r.c.writeMu.Unlock()
 	return r.c.shutdown()

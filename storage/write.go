@@ -253,6 +253,9 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	req := &writeReq{ctx: ctx, pointID: p.ID, items: items, have: have, preps: preps, added: added}
 	for round := 0; ; round++ {
 		missing, err := c.commitWrite(req)
+		if err == nil && len(missing) == 0 && len(req.recorded) > 0 {
+			c.checks.start(p.r, p.ID, req.recorded)
+		}
 		if err != nil || len(missing) == 0 {
 			return err
 		}
@@ -395,26 +398,27 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 		pp.rebuild = func() (*Chunk, error) { return p.patched(ctx, p.diskIDs[w.Disk], spec, w, pw) }
 		records[w.Hash] = &prepared{hash: w.Hash, codec: pw.data.Codec, data: pw.data.Data, plainLen: pw.data.PlainLen, patch: pp}
 	}
-	// Every patch is rebuilt and checked before its batch is indexed,
-	// records too (their blocks are then dropped): the check is what
-	// catches an agent whose idea of a block's unchanged bytes is wrong
-	// (a write its tracker missed), and it must fail the batch —
-	// failed_precondition, and the agent resyncs — before a point can be
-	// made of it. What records save is the compression and the write of
-	// whole blocks.
-	out := make([]*Chunk, len(pws))
-	errs := make([]error, len(pws))
+	// The records are checked after they are stored, off this path
+	// (patchcheck.go); the rest are rebuilt and checked now.
+	var rebuild []patchWrite
+	for _, pw := range pws {
+		if records[ws[pw.i].Hash] == nil {
+			rebuild = append(rebuild, pw)
+		}
+	}
+	out := make([]*Chunk, len(rebuild))
+	errs := make([]error, len(rebuild))
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(pws)) {
+	for range min(runtime.GOMAXPROCS(0), len(rebuild)) {
 		wg.Go(func() {
 			for {
 				k := int(next.Add(1) - 1)
-				if k >= len(pws) || ctx.Err() != nil {
+				if k >= len(rebuild) || ctx.Err() != nil {
 					return
 				}
-				w := ws[pws[k].i]
-				out[k], errs[k] = p.patched(ctx, p.diskIDs[w.Disk], p.specs[w.Disk], w, pws[k])
+				w := ws[rebuild[k].i]
+				out[k], errs[k] = p.patched(ctx, p.diskIDs[w.Disk], p.specs[w.Disk], w, rebuild[k])
 			}
 		})
 	}
@@ -425,13 +429,7 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, err
 	}
-	var rebuilt []*Chunk
-	for k, ch := range out {
-		if rec := records[ws[pws[k].i].Hash]; rec == nil {
-			rebuilt = append(rebuilt, ch)
-		}
-	}
-	return records, rebuilt, nil
+	return records, out, nil
 }
 
 // patched builds the chunk of a Patch write: the block's current content

@@ -368,6 +368,18 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 		instant = now // a point never claims a future instant
 	}
 	pt, err := c.pending.Commit(ctx, storage.CommitInfo{Instant: instant, Consistency: cons, Name: req.Name})
+	if errors.Is(err, storage.ErrHashMismatch) {
+		// A patch of the cycle did not give its hash (checked after it
+		// was stored: docs/storage-format.md "Patch records"): the
+		// agent's idea of those blocks was wrong. The pending point is
+		// gone, so its next cycle resyncs; failed_precondition also
+		// makes it send whole blocks.
+		g.mu.Lock()
+		delete(g.cycles, uint64(req.Cycle))
+		g.mu.Unlock()
+		go c.commits.close()
+		return msg.CycleEndResponse{}, protocol.Errorf(protocol.CodeFailedPrecondition, "cycle %d: %v", req.Cycle, err)
+	}
 	if err != nil {
 		return msg.CycleEndResponse{}, err
 	}

@@ -706,10 +706,12 @@ func TestIngestSessionLossDropsCycle(t *testing.T) {
 	require.True(t, bytes.Equal(want, r.exported(c2.Cycle)), "the resumed point lost the first session's block")
 }
 
-// TestIngestPatches: a patch over the stored block is applied and
-// acknowledged; a patch whose result does not hash to the announced hash
-// (the agent's base differed) is refused with failed_precondition, the
-// code that makes the agent resend whole blocks, and stores nothing.
+// TestIngestPatches: a patch over the stored block is stored and
+// acknowledged, and its point reads the patched block; a patch whose
+// result does not hash to the announced hash (the agent's base differed)
+// is acknowledged — it is checked after it is stored — but the cycle's
+// end is refused with failed_precondition, the code that makes the agent
+// send whole blocks, no point is made, and the next cycle resyncs.
 func TestIngestPatches(t *testing.T) {
 	r := newRig(t)
 	a := block(1)
@@ -755,13 +757,19 @@ func TestIngestPatches(t *testing.T) {
 	s3.send(data.FrameManifest, &data.Manifest{Cycle: uint64(c3.Cycle), Entries: []data.Entry{{Block: 2, Hash: bad.Hash}}})
 	require.Equal(t, []bool{true}, s3.need().Need)
 	s3.send(data.FrameBatch, &data.Batch{Cycle: uint64(c3.Cycle), Seq: 1, Blocks: []data.Block{bad}})
-	s3.refusal(protocol.CodeFailedPrecondition)
-	require.ErrorIs(t, r.serveResult(), protocol.ErrFailedPrecondition)
+	s3.ack()
+	require.NoError(t, s3.st.CloseWrite())
+	require.NoError(t, r.serveResult())
 	ok, err := r.repo.HasChunks(context.Background(), []storage.Hash{storage.Hash(hashOf(wrongAfter))})
 	require.NoError(t, err)
-	require.Equal(t, []bool{false}, ok)
+	require.Equal(t, []bool{false}, ok, "a patch record is never offered for dedup")
 	_, err = r.end(c3.Cycle, 1, 1)
 	require.ErrorIs(t, err, protocol.ErrFailedPrecondition)
+	pts, err := r.repo.Points(context.Background(), machine)
+	require.NoError(t, err)
+	require.Equal(t, p2.PointID, pts[len(pts)-1].ID, "no point was made of the bad patch")
+	c4 := r.begin(msg.MapState{Valid: true, HeadPoint: p2.PointID, Pending: c3.Cycle})
+	require.True(t, c4.Resync, "the agent's map holds acknowledgements of a pending point that is gone")
 }
 
 // TestIngestRefusesAnotherAgentsCycle: a data stream of one agent cannot
