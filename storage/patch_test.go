@@ -172,20 +172,29 @@ func TestPatchClaimsAreNeverShared(t *testing.T) {
 		require.NoError(t, err)
 		return p
 	}
-	secret := content(10, pbs) // another machine's block, known by hash only
-	h := Hash(blake3.Sum256(secret))
-	liar := begin("liar")
-	require.NoError(t, liar.Write(ctx, []BlockWrite{{Disk: "sda", Block: 0, Hash: h, Patch: []PatchRun{{Offset: 0, Data: []byte("not the secret")}}}}))
-	has, err := r.HasChunks(ctx, []Hash{h})
+	// A patch that does not give its hash gets the same answers whether
+	// its hash is stored (the victim's block) or stored nowhere: the
+	// write succeeds, the commit fails and drops the pending point. A
+	// different answer would tell the writer what another machine holds.
+	secret := content(10, pbs)
+	victim := begin("victim")
+	require.NoError(t, victim.Write(ctx, []BlockWrite{chunkWrite("sda", 0, secret)}))
+	_, err := victim.Commit(ctx, CommitInfo{Instant: time.Unix(998, 0), Consistency: CrashConsistent})
 	require.NoError(t, err)
-	require.Equal(t, []bool{false}, has)
-	_, err = liar.Commit(ctx, CommitInfo{Instant: time.Unix(999, 0), Consistency: CrashConsistent})
-	require.ErrorIs(t, err, ErrHashMismatch)
-	_, err = r.PendingPoint(ctx, "liar")
-	require.ErrorIs(t, err, ErrNotFound, "the pending point is dropped")
+	for _, claim := range []Hash{blake3.Sum256(secret), blake3.Sum256([]byte("stored nowhere"))} {
+		liar := begin("liar")
+		require.NoError(t, liar.Write(ctx, []BlockWrite{{Disk: "sda", Block: 0, Hash: claim, Patch: []PatchRun{{Offset: 0, Data: []byte("not the content")}}}}))
+		_, err = liar.Commit(ctx, CommitInfo{Instant: time.Unix(999, 0), Consistency: CrashConsistent})
+		require.ErrorIs(t, err, ErrHashMismatch)
+		_, err = r.PendingPoint(ctx, "liar")
+		require.ErrorIs(t, err, ErrNotFound, "the pending point is dropped")
+	}
 	pts0, err := r.Points(ctx, "liar")
 	require.NoError(t, err)
 	require.Empty(t, pts0)
+	has, err := r.HasChunks(ctx, []Hash{blake3.Sum256([]byte("stored nowhere"))})
+	require.NoError(t, err)
+	require.Equal(t, []bool{false}, has)
 
 	// Machines a and b hold different blocks; both patch them to x.
 	base := map[string][]byte{"a": content(13, pbs), "b": content(16, pbs)}

@@ -31,10 +31,11 @@ type patchChecks struct {
 // pointChecks is one pending point's checks: the records found good, and
 // those that were not.
 type pointChecks struct {
-	wg  sync.WaitGroup
-	mu  sync.Mutex
-	ok  map[int64]bool
-	bad map[int64]error
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	ok      map[int64]bool
+	bad     map[int64]error
+	refused int // patches rebuilt at ingest that did not give their hash (not stored)
 }
 
 func newPatchChecks() *patchChecks {
@@ -68,6 +69,21 @@ func (pc *patchChecks) start(r *Repo, point int64, ids []int64) {
 			p.mu.Unlock()
 		}
 	}()
+}
+
+// refuse notes n patches of a pending point that were rebuilt at ingest
+// and did not give their hash: its commit fails as for a bad record.
+func (pc *patchChecks) refuse(point int64, n int) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	p := pc.points[point]
+	if p == nil {
+		p = &pointChecks{ok: map[int64]bool{}, bad: map[int64]error{}}
+		pc.points[point] = p
+	}
+	p.mu.Lock()
+	p.refused += n
+	p.mu.Unlock()
 }
 
 // take waits for a point's background checks and forgets them.
@@ -128,7 +144,7 @@ func (p *Pending) settlePatchChecks(ctx context.Context) error {
 			pc.bad[id] = errs[i]
 		}
 	}
-	if len(pc.bad) == 0 {
+	if len(pc.bad) == 0 && pc.refused == 0 {
 		return nil
 	}
 	var ids []any
@@ -151,19 +167,22 @@ func (p *Pending) settlePatchChecks(ctx context.Context) error {
 	defer unlock()
 	var blocks []int64
 	err := c.inTx(ctx, func(tx *sql.Tx) error {
-		list := `(?` + strings.Repeat(",?", len(ids)-1) + `)`
-		bs, err := column[int64](tx.QueryContext(ctx, `SELECT block FROM changes WHERE seq=? AND chunk_id IN `+list, append([]any{p.ID}, ids...)...))
-		if err != nil {
-			return err
+		if len(ids) > 0 {
+			list := `(?` + strings.Repeat(",?", len(ids)-1) + `)`
+			bs, err := column[int64](tx.QueryContext(ctx, `SELECT block FROM changes WHERE seq=? AND chunk_id IN `+list, append([]any{p.ID}, ids...)...))
+			if err != nil {
+				return err
+			}
+			blocks = bs
 		}
-		blocks = bs
 		return dropPending(ctx, tx, p)
 	})
 	if err != nil {
 		return err
 	}
-	c.log.Warn("patches that do not give their hash: the pending point is dropped", "point", p.ID, "machine", p.Machine, "patches", len(ids), "blocks", blocks)
-	return fmt.Errorf("%w: %d patches of point %d do not give their hash (blocks %v): the pending point is dropped, and the agent must resync", ErrHashMismatch, len(ids), p.ID, blocks)
+	n := len(ids) + pc.refused
+	c.log.Warn("patches that do not give their hash: the pending point is dropped", "point", p.ID, "machine", p.Machine, "patches", n, "blocks", blocks)
+	return fmt.Errorf("%w: %d patches of point %d do not give their hash (blocks %v): the pending point is dropped, and the agent must resync", ErrHashMismatch, n, p.ID, blocks)
 }
 
 // dropPending deletes a pending point and its rows. It has no records in

@@ -200,13 +200,37 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 	if err != nil {
 		return err
 	}
-	records, rebuilt, err := p.planPatches(ctx, ws, supplied, have)
+	records, rebuilt, refused, err := p.planPatches(ctx, ws, supplied, have)
 	if err != nil {
 		return err
 	}
 	for _, ch := range rebuilt {
-		supplied[ch.Hash] = ch
-		patched[ch] = true
+		if ch != nil {
+			supplied[ch.Hash] = ch
+			patched[ch] = true
+		}
+	}
+	if len(refused) > 0 {
+		// A rebuilt patch that does not give its hash fails the point at
+		// its commit, as a record's check does, not this batch: the answer
+		// must not depend on whether the hash is stored (by another
+		// machine, say), or it would tell the writer so.
+		c.checks.refuse(p.ID, len(refused))
+		skip := map[int]bool{}
+		for _, i := range refused {
+			skip[i] = true
+		}
+		kept, hs := items[:0], hashes[:0]
+		for i, it := range items {
+			if skip[i] {
+				continue
+			}
+			kept = append(kept, it)
+			if !it.zero {
+				hs = append(hs, it.hash)
+			}
+		}
+		items, hashes = kept, hs
 	}
 	var todo, check []*Chunk
 	queued := map[Hash]bool{}
@@ -332,7 +356,7 @@ type patchWrite struct {
 // "Hostile agent"). The bases are found a page of blocks per query (two
 // queries per block, on the index's one connection, were a third of the
 // controller's CPU in a plan of 20 machines); rebuilds run on all cores.
-func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map[Hash]*Chunk, have map[Hash]int64) (map[Hash]*prepared, []*Chunk, error) {
+func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map[Hash]*Chunk, have map[Hash]int64) (records map[Hash]*prepared, rebuilt []*Chunk, refused []int, err error) {
 	c := p.r.c
 	byDisk := map[string][]int64{}
 	var pws []patchWrite
@@ -351,20 +375,20 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 			err = eachRun(plain, p.specs[w.Disk].BlockSize, func(int, []byte) {})
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: patch of block %d of disk %q: %v", ErrHashMismatch, w.Block, w.Disk, err)
+			return nil, nil, nil, fmt.Errorf("%w: patch of block %d of disk %q: %v", ErrHashMismatch, w.Block, w.Disk, err)
 		}
 		pws = append(pws, patchWrite{i: i, plain: plain, data: pd})
 		byDisk[w.Disk] = append(byDisk[w.Disk], w.Block)
 		count[w.Hash]++
 	}
 	if len(pws) == 0 {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	bases := map[string]map[int64]chunkRow{}
 	for disk, blocks := range byDisk {
 		rows, err := c.rowsAt(ctx, p.diskIDs[disk], p.ID, blocks)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		bases[disk] = rows
 	}
@@ -376,9 +400,9 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 	}
 	claimed, err := c.patchHashes(ctx, candidates)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	records := map[Hash]*prepared{}
+	records = map[Hash]*prepared{}
 	for _, pw := range pws {
 		w := ws[pw.i]
 		depth := 1
@@ -424,12 +448,17 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	for k, err := range errs {
+		if errors.Is(err, ErrHashMismatch) {
+			refused, errs[k] = append(refused, rebuild[k].i), nil
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return records, out, nil
+	return records, out, refused, nil
 }
 
 // patched builds the chunk of a Patch write: the block's current content

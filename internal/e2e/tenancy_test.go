@@ -261,9 +261,11 @@ func TestHostileAgentCannotReferenceForeignChunks(t *testing.T) {
 
 	// A patch cannot reach another machine's chunk either: it applies to the
 	// block's current content in the attacker's own machine, and a result
-	// that does not hash to the announced hash gets the same answer whether
-	// that hash names a stored chunk (the victim's) or nothing.
-	patchAnswer := func(target data.Hash) error {
+	// that does not hash to the announced hash gets the same answers whether
+	// that hash names a stored chunk (the victim's) or nothing: the batch is
+	// acknowledged (a patch stored nowhere is checked after it is stored),
+	// and the cycle's end is refused.
+	patchAnswer := func(target data.Hash) (batchErr, endErr error) {
 		h.dial()
 		cycle, err := h.begin("vma", tenancySize)
 		require.NoError(t, err)
@@ -272,13 +274,21 @@ func TestHostileAgentCannotReferenceForeignChunks(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, []bool{true}, need.Need, "asked for the content")
 		patch := data.EncodePatch(data.PatchRun{Offset: 0, Data: secret[:4096]})
-		return ds.batch(cycle, data.Block{Block: 2, Hash: target, Codec: data.CodecNone, Flags: data.FlagPatch,
-			PlainLen: uint32(len(patch)), Data: patch})
+		if batchErr = ds.batch(cycle, data.Block{Block: 2, Hash: target, Codec: data.CodecNone, Flags: data.FlagPatch,
+			PlainLen: uint32(len(patch)), Data: patch}); batchErr != nil {
+			return batchErr, nil
+		}
+		_, endErr = h.end("vma", cycle, 1, "")
+		return nil, endErr
 	}
-	errForeign := patchAnswer(data.Hash(blake3.Sum256(secret)))
-	requireCode(t, errForeign, protocol.CodeFailedPrecondition, "a patch toward the victim's chunk")
-	errNew := patchAnswer(data.Hash(blake3.Sum256(filled(0xc3))))
-	requireCode(t, errNew, protocol.CodeFailedPrecondition, "a patch toward content stored nowhere")
+	for what, target := range map[string]data.Hash{
+		"a patch toward the victim's chunk":     data.Hash(blake3.Sum256(secret)),
+		"a patch toward content stored nowhere": data.Hash(blake3.Sum256(filled(0xc3))),
+	} {
+		batchErr, endErr := patchAnswer(target)
+		require.NoError(t, batchErr, what)
+		requireCode(t, endErr, protocol.CodeFailedPrecondition, what)
+	}
 
 	// The victim's own points still read back as its disk.
 	vp := c.Points("vmv")
