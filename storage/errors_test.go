@@ -40,9 +40,6 @@ func TestWriteErrors(t *testing.T) {
 	keyed, err := r.WithPrivateKey(key)
 	require.NoError(t, err)
 	require.NoError(t, p.WithRepo(keyed).Write(ctx, []BlockWrite{pw}))
-	// A patch whose result does not match its hash.
-	pw.Hash = Hash(blake3.Sum256(base))
-	require.ErrorIs(t, p.WithRepo(keyed).Write(ctx, []BlockWrite{pw}), ErrHashMismatch)
 
 	// Unknown disk, block outside the disk, bad consistency.
 	require.ErrorIs(t, p.Write(ctx, []BlockWrite{{Disk: "nope", Block: 0, Zero: true}}), ErrNotFound)
@@ -65,6 +62,17 @@ func TestWriteErrors(t *testing.T) {
 
 	// The committed point is no longer pending.
 	require.ErrorIs(t, p.Write(ctx, []BlockWrite{{Disk: "d", Block: 0, Zero: true}}), ErrNotFound)
+	_, err = r.PendingPoint(ctx, "m")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	// A patch whose result does not match its hash fails its point at the
+	// commit (docs/storage-format.md "Patch records"), which drops it.
+	p2, err := keyed.BeginPoint(ctx, "m", []DiskSpec{{Name: "d", Size: 4 * tbs, BlockSize: tbs}})
+	require.NoError(t, err)
+	pw.Hash = Hash(blake3.Sum256(base))
+	require.NoError(t, p2.Write(ctx, []BlockWrite{pw}))
+	_, err = p2.Commit(ctx, CommitInfo{Consistency: Inconsistent})
+	require.ErrorIs(t, err, ErrHashMismatch)
 	_, err = r.PendingPoint(ctx, "m")
 	require.ErrorIs(t, err, ErrNotFound)
 	require.NoError(t, r.Close())

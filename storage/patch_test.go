@@ -158,11 +158,12 @@ func TestPatchBasesOutliveTheirPoints(t *testing.T) {
 }
 
 // TestPatchClaimsAreNeverShared: a patch that does not give its hash is
-// stored (the check runs after the write) but the point cannot be
-// committed: Commit fails with ErrHashMismatch and drops the pending point. A patch record is never a dedup target: a hash-only write of
-// its hash is refused and HasChunks says it is not stored. Another
-// writer's patch to the same content is rebuilt and its whole chunk takes
-// the record's row, and both points read it.
+// written, but its point cannot be committed: Commit fails with
+// ErrHashMismatch and drops the pending point — the same answers whether
+// the hash is stored or not. A patch record is never a dedup target: a
+// hash-only write of its hash is refused and HasChunks says it is not
+// stored. Another writer's patch to the same content is rebuilt, its whole
+// chunk takes the record's row, and both points read it.
 func TestPatchClaimsAreNeverShared(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{})
