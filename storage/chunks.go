@@ -421,21 +421,27 @@ func OpenEnvelope(priv *PrivateKey, env Envelope) ([]byte, error) {
 
 // patchHashes returns which of hs are stored as patch records.
 func (c *core) patchHashes(ctx context.Context, hs []Hash) (map[Hash]bool, error) {
+	args := make([]any, len(hs))
+	for i := range hs {
+		args[i] = hs[i][:]
+	}
+	return c.hashesWhere(ctx, args, "base_id IS NOT NULL")
+}
+
+// hashesWhere returns which of hashes (each a []byte) have a chunk row
+// for which the SQL condition cond holds ("1": any row).
+func (c *core) hashesWhere(ctx context.Context, hashes []any, cond string) (map[Hash]bool, error) {
 	out := map[Hash]bool{}
-	for len(hs) > 0 {
-		n := min(len(hs), locateBatch)
-		args := make([]any, n)
-		for i := range n {
-			args[i] = hs[i][:]
-		}
-		hs = hs[n:]
-		bs, err := column[[]byte](c.db.QueryContext(ctx, `SELECT hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", n-1)+`) AND base_id IS NOT NULL`, args...))
+	for len(hashes) > 0 {
+		n := min(len(hashes), locateBatch)
+		bs, err := column[[]byte](c.db.QueryContext(ctx, `SELECT hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", n-1)+`) AND `+cond, hashes[:n]...))
 		if err != nil {
 			return nil, err
 		}
 		for _, b := range bs {
 			out[Hash(b)] = true
 		}
+		hashes = hashes[n:]
 	}
 	return out, nil
 }

@@ -185,7 +185,7 @@ func (c *core) settlePatches(reqs []*writeReq) []*writeReq {
 		return reqs
 	}
 	ctx := context.WithoutCancel(reqs[0].ctx)
-	stored, err := c.presentHashes(ctx, hashes)
+	stored, err := c.hashesWhere(ctx, hashes, "1")
 	var baseIDs map[int64]bool
 	if err == nil {
 		baseIDs, err = c.presentIDs(ctx, bases)
@@ -214,6 +214,20 @@ func (c *core) rebuildUnsettled(r *writeReq, brought map[Hash]int, stored map[Ha
 			continue
 		}
 		ch, err := pp.rebuild()
+		if errors.Is(err, ErrHashMismatch) {
+			// As at Write (planPatches): the point fails at its commit,
+			// whatever else is stored; the block is not written.
+			c.checks.refuse(r.pointID, 1)
+			delete(r.preps, h)
+			kept := make([]writeItem, 0, len(r.items))
+			for _, it := range r.items {
+				if it.zero || it.hash != h {
+					kept = append(kept, it)
+				}
+			}
+			r.items = kept
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -227,24 +241,6 @@ func (c *core) rebuildUnsettled(r *writeReq, brought map[Hash]int, stored map[Ha
 		return nil
 	}
 	return c.dedupPrepared(r.ctx, r.have, r.preps)
-}
-
-// presentHashes returns which of hashes (each a []byte) have a chunk row
-// of any kind.
-func (c *core) presentHashes(ctx context.Context, hashes []any) (map[Hash]bool, error) {
-	out := map[Hash]bool{}
-	for len(hashes) > 0 {
-		n := min(len(hashes), locateBatch)
-		bs, err := column[[]byte](c.db.QueryContext(ctx, `SELECT hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", n-1)+`)`, hashes[:n]...))
-		if err != nil {
-			return nil, err
-		}
-		for _, b := range bs {
-			out[Hash(b)] = true
-		}
-		hashes = hashes[n:]
-	}
-	return out, nil
 }
 
 // presentIDs returns which of the chunk ids are stored.

@@ -298,7 +298,7 @@ func (p *Pending) Write(ctx context.Context, ws []BlockWrite) error {
 			}
 			preps[h] = pr
 		}
-		req = &writeReq{ctx: ctx, pointID: p.ID, items: items, have: have, preps: preps, recheck: true}
+		req = &writeReq{ctx: ctx, pointID: p.ID, items: req.items, have: have, preps: preps, recheck: true}
 	}
 }
 
