@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
+	"syscall"
 )
 
 // fileReader is a container file as the format readers see it: positioned
@@ -28,6 +30,13 @@ type container struct {
 	size  int64
 	stats *ReadStats
 	block bool // a block device: no holes to look for
+
+	// direct reads a block device around its page cache (direct.go); nil
+	// for files, off Linux, and for a device that refused O_DIRECT.
+	direct directFile
+	// cached, once set, is why a block device is read through its page
+	// cache after all; reads then use f.
+	cached atomic.Pointer[string]
 }
 
 var _ fileReader = (*container)(nil)
@@ -48,16 +57,47 @@ func openContainer(path string, stats *ReadStats) (*container, error) {
 		return nil, fmt.Errorf("size of %s: %w", path, err)
 	}
 	c.size, c.block = size, block
+	if block {
+		d, err := openDirect(path)
+		switch {
+		case err != nil:
+			c.readCached("O_DIRECT refused at open", err)
+		case d != nil:
+			c.direct = d
+		}
+	}
 	return c, nil
 }
 
 func (c *container) Size() int64  { return c.size }
 func (c *container) Path() string { return c.path }
-func (c *container) Close() error { return c.f.Close() }
+
+func (c *container) Close() error {
+	err := c.f.Close()
+	if c.direct != nil {
+		err = errors.Join(err, c.direct.Close())
+	}
+	return err
+}
+
+// readCached switches a block device to reads through its page cache.
+func (c *container) readCached(what string, err error) {
+	why := fmt.Sprintf("block device %s is read through its page cache (%s: %v), which the filesystem on it does not keep up to date: its reads may return stale blocks", c.path, what, err)
+	c.cached.CompareAndSwap(nil, &why)
+}
 
 // ReadAt reads from the file and counts what it read.
-func (c *container) ReadAt(p []byte, off int64) (int, error) {
-	n, err := c.f.ReadAt(p, off)
+func (c *container) ReadAt(p []byte, off int64) (n int, err error) {
+	if c.direct != nil && c.cached.Load() == nil {
+		n, err = c.direct.ReadAt(p, off)
+		if n == 0 && errors.Is(err, syscall.EINVAL) {
+			// The device took O_DIRECT at open but refuses the reads.
+			c.readCached("O_DIRECT read refused", err)
+			n, err = c.f.ReadAt(p, off)
+		}
+	} else {
+		n, err = c.f.ReadAt(p, off)
+	}
 	if c.stats != nil && n > 0 {
 		c.stats.Bytes.Add(int64(n))
 	}
