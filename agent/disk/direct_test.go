@@ -1,8 +1,11 @@
 package disk
 
 import (
+	"bytes"
 	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -114,3 +117,33 @@ type failingDevice struct{}
 
 func (failingDevice) ReadAt([]byte, int64) (int, error) { return 0, syscall.EIO }
 func (failingDevice) Close() error                      { return nil }
+
+type refusingDevice struct{}
+
+func (refusingDevice) ReadAt([]byte, int64) (int, error) { return 0, syscall.EINVAL }
+func (refusingDevice) Close() error                      { return nil }
+
+// TestDirectRefusedFallsBack: a device that took O_DIRECT at open but
+// refuses the reads is read through its page cache from then on, and
+// PageCacheReads says so, naming it.
+func TestDirectRefusedFallsBack(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "dev")
+	want := bytes.Repeat([]byte("ferry"), 1000)
+	require.NoError(t, os.WriteFile(p, want, 0o600))
+	src, err := Open(p, OpenOptions{Format: FormatRaw})
+	require.NoError(t, err)
+	defer src.Close()
+	require.Empty(t, PageCacheReads(src), "an image file is read as it always was")
+	c := src.(*image).closers[0].(*container)
+	c.block, c.direct = true, refusingDevice{}
+
+	got := make([]byte, len(want))
+	n, err := src.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, len(want), n)
+	require.Equal(t, want, got)
+	notes := PageCacheReads(src)
+	require.Len(t, notes, 1)
+	require.Contains(t, notes[0], p)
+	require.Contains(t, notes[0], "stale")
+}
