@@ -144,6 +144,10 @@ type Agent struct {
 	perms msg.Permissions // what the controller may run here (permissions.go)
 
 	tracking trackers // write trackers (Config.TrackWrites)
+
+	// pageCacheWarned holds the block devices already warned about as
+	// read through their page cache (pagecache.go).
+	pageCacheWarned sync.Map
 }
 
 // New loads the agent's state.

@@ -281,6 +281,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 	// Every read of the view is done: its level is final (a quiet-file
 	// view checks here that no image was written meanwhile).
 	view.ReadDone()
+	a.notePageCacheReads(view, disks, log)
 	var eresp msg.CycleEndResponse
 	err = a.call(ctx, msg.MethodCycleEnd, msg.CycleEndRequest{
 		Machine: cfg.Name, Cycle: bresp.Cycle, Parts: res.Parts, Entries: res.Entries,
