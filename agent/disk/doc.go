@@ -9,6 +9,9 @@
 // features) are refused with a *FormatError that wraps ErrUnsupported,
 // ErrCorrupt or ErrDirty.
 //
+// On Linux a block device is read with O_DIRECT, around its page cache,
+// which the filesystem mounted on it does not keep up to date (direct.go).
+//
 // Write produces raw (sparse), qcow2, VHDX (dynamic) and VMDK
 // (monolithicSparse) natively, so that a recovery host without qemu-img
 // (a Windows Hyper-V host) can still produce the disk it needs.
