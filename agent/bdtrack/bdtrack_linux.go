@@ -412,7 +412,10 @@ func (t *Tracker) Cut() (Dirty, error) {
 			d.Words[i] = atomic.SwapUint64(p, 0)
 		}
 	}
-	d.Overflow = atomic.SwapUint64(word(t.ctlMem, ctlOverflows/8), 0) != 0
+	if n := atomic.LoadUint64(word(t.ctlMem, ctlOverflows/8)); n != atomic.LoadUint64(word(t.ctlMem, ctlOverflowsCut/8)) {
+		d.Overflow = true
+		atomic.StoreUint64(word(t.ctlMem, ctlOverflowsCut/8), n)
+	}
 	return d, nil
 }
 

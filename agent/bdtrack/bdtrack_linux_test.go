@@ -505,3 +505,47 @@ func TestBound(t *testing.T) {
 		t.Fatalf("%d words, want 256", tr.words)
 	}
 }
+
+// TestLargeRequests: a 1 GiB discard at 4 KiB blocks (4096 full words,
+// through bpf_loop) is marked in full; a 3 GiB one at 512-byte blocks
+// (98304 words, over MaxWordsPerEvent) is reported as an overflow.
+func TestLargeRequests(t *testing.T) {
+	opts := privateBPFFS(t)
+	dev := loopDev(t, "", 4<<30)
+	f := openDirect(t, dev)
+	if err := rangeIoctl(f, unix.BLKDISCARD, 0, 4096); err != nil {
+		testenv.Require(t, false, fmt.Sprintf("loop device without discard: %v", err))
+	}
+
+	tr := openT(t, dev, 4*kib, opts)
+	if err := rangeIoctl(f, unix.BLKDISCARD, 4*kib, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	d, err := tr.Cut()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Overflow || d.Count() != (1<<30)/(4*kib) || !d.Has(1) || !d.Has((1<<30)/(4*kib)) || d.Has(0) {
+		t.Fatalf("1 GiB discard from 4 KiB: overflow %v, %d blocks (%v %v %v), want blocks 1..262144",
+			d.Overflow, d.Count(), d.Has(0), d.Has(1), d.Has((1<<30)/(4*kib)))
+	}
+	if err := tr.Remove(); err != nil {
+		t.Fatal(err)
+	}
+
+	tr = openT(t, dev, 512, opts)
+	if err := rangeIoctl(f, unix.BLKDISCARD, 0, 3<<30); err != nil {
+		t.Fatal(err)
+	}
+	d, err = tr.Cut()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := tr.Stats()
+	if !d.Overflow || st.Overflows == 0 {
+		t.Fatalf("3 GiB discard at 512-byte blocks: overflow %v (stats %+v), %d blocks; want an overflow", d.Overflow, st, d.Count())
+	}
+	if d2, err := tr.Cut(); err != nil || d2.Overflow {
+		t.Fatalf("the cut after an overflow: %v, %v; want it cleared", d2.Overflow, err)
+	}
+}

@@ -25,14 +25,17 @@ var hooks = []struct {
 	{"block_bio_complete", true, ctlBioCompleted},
 }
 
-// The ctl map's one value: the active half, then counters (u64 each).
+// The ctl map's one value: the active half, then counters (u64 each) the
+// program increments, then the overflow count the last Cut reported
+// (written only by Cut, so that Stats keeps the program's totals).
 const (
 	ctlActive       = 0
 	ctlOverflows    = 8
 	ctlQueued       = 16
 	ctlBioCompleted = 24
 	ctlRqCompleted  = 32
-	ctlValueSize    = 40
+	ctlOverflowsCut = 40
+	ctlValueSize    = 48
 )
 
 var tracefsRoots = []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}
