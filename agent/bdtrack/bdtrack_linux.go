@@ -74,6 +74,9 @@ func open(dev string, blockSize int, opts Options) (*Tracker, error) {
 	if blockSize < 512 || blockSize > 1<<30 || blockSize&(blockSize-1) != 0 {
 		return nil, fmt.Errorf("block size %d: want a power of two from 512", blockSize)
 	}
+	if err := probeBPF(); err != nil {
+		return nil, err
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(dev, &st); err != nil {
 		return nil, err
@@ -115,9 +118,6 @@ func open(dev string, blockSize int, opts Options) (*Tracker, error) {
 		return nil, fmt.Errorf("%d bytes at %d-byte blocks need %d bitmap bytes, bound %d: %w",
 			t.size, blockSize, t.words*8, opts.MaxBitmapBytes, ErrTooLarge)
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("%v: %w", err, ErrUnsupported)
-	}
 	if err := ensureBPFFS(opts.BPFFS); err != nil {
 		return nil, err
 	}
@@ -135,6 +135,19 @@ func open(dev string, blockSize int, opts Options) (*Tracker, error) {
 	}
 	ok = true
 	return t, nil
+}
+
+// probeBPF creates and drops a one-word map, so that a process without
+// bpf() gets ErrUnsupported before any other error.
+func probeBPF() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return fmt.Errorf("bpf(): %w", unsupported(err))
+	}
+	return m.Close()
 }
 
 // unsupported marks the errors of a kernel or process without bpf().

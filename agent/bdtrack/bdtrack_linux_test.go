@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -547,5 +548,48 @@ func TestLargeRequests(t *testing.T) {
 	}
 	if d2, err := tr.Cut(); err != nil || d2.Overflow {
 		t.Fatalf("the cut after an overflow: %v, %v; want it cleared", d2.Overflow, err)
+	}
+}
+
+// TestWithoutBPF: a process that may not call bpf() (here: uid 65534,
+// with unprivileged BPF disabled) gets ErrUnsupported from Open.
+func TestWithoutBPF(t *testing.T) {
+	if os.Getenv("BDTRACK_CHILD") == "1" {
+		_, err := Open(os.Getenv("BDTRACK_DEV"), 4*kib, Options{})
+		if !errors.Is(err, ErrUnsupported) {
+			t.Fatalf("Open without bpf(): %v, want ErrUnsupported", err)
+		}
+		return
+	}
+	dev := loopDev(t, "", 16*mib) // the child can stat it but not open it
+	// The child must be able to run the test binary: copy it somewhere
+	// uid 65534 can read.
+	dir, err := os.MkdirTemp("", "bdtrack-child-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "bdtrack.test")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestWithoutBPF$", "-test.v")
+	cmd.Env = append(os.Environ(), "BDTRACK_CHILD=1", "BDTRACK_DEV="+dev)
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestWithoutBPF") {
+		t.Fatalf("child as uid 65534: %v\n%s", err, out)
 	}
 }
