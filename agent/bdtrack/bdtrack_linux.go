@@ -126,7 +126,14 @@ func open(dev string, blockSize int, opts Options) (*Tracker, error) {
 			return nil, err
 		}
 		t.Fresh, t.FreshReason = true, err
-		if err := t.create(errors.Is(err, ErrDetached)); err != nil {
+		keepMaps := errors.Is(err, ErrDetached)
+		if err := t.create(keepMaps); err != nil {
+			if !keepMaps {
+				// No meta was pinned: drop the partial tracker now rather
+				// than leave its links running until the next Open.
+				t.closeLocked()
+				os.RemoveAll(t.pinDir)
+			}
 			return nil, unsupported(err)
 		}
 	}

@@ -54,7 +54,8 @@
 // pinned, so an agent restart or upgrade loses no bits; Close leaves the
 // tracker pinned and running, Remove unpins it. After a reboot bpffs is
 // empty: Open creates a new tracker and reports Fresh, and the caller must
-// resync.
+// resync. One process at a time may Cut a device's tracker: two would each
+// drain part of the bits.
 //
 // # Tracking lost
 //
