@@ -439,7 +439,9 @@ func (c *core) hashesWhere(ctx context.Context, hashes []any, cond string) (map[
 			return nil, err
 		}
 		for _, b := range bs {
-			out[Hash(b)] = true
+			var h Hash
+			copy(h[:], b) // a malformed row must not panic the controller
+			out[h] = true
 		}
 		hashes = hashes[n:]
 	}
