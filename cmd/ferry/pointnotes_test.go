@@ -25,23 +25,8 @@ import (
 // is refused naming that reason and the ways out, and goes ahead with
 // --allow-inconsistent.
 func TestPointsSayHowTheyWereMade(t *testing.T) {
-	mnt := testenv.MountMemory(t, "ramfs")
-	s := serve(t)
-	s.startAgent(t, "host1")
-	require.Eventually(t, func() bool {
-		code, stdout, _ := s.cli(t, "--json", "agents", "list")
-		var as []api.Agent
-		return code == exitOK && json.Unmarshal([]byte(stdout), &as) == nil && len(as) == 1 && as[0].Connected
-	}, 30*time.Second, 50*time.Millisecond, "the agent never showed as connected")
-	img := filepath.Join(mnt, "web1.img")
-	require.NoError(t, os.WriteFile(img, []byte(strings.Repeat("ferry point notes ", 1<<15)), 0o600))
-	code, _, stderr := s.cli(t, "policies", "create", "p", "--rp-every", "1h", "--block-size", "64KiB")
-	require.Equal(t, exitOK, code, stderr)
 	// The status says the machine runs: nothing makes it crash-consistent.
-	code, _, stderr = s.cli(t, "protect", "web1", "--agent", "host1", "--disk", "d="+img, "--policy", "p", "--status", "echo running")
-	require.Equal(t, exitOK, code, stderr)
-	require.Eventually(t, func() bool { return len(pointsOf(t, s, "web1")) > 0 }, time.Minute, 100*time.Millisecond, "no point of web1")
-
+	s, _ := protectRunningImage(t, testenv.MountMemory(t, "ramfs"), "web1", "ferry point notes ", "1h")
 	p := pointsOf(t, s, "web1")[0]
 	require.Equal(t, "inconsistent", p.Consistency)
 	require.Equal(t, "direct-read", p.Method)
@@ -86,21 +71,7 @@ func TestPointsSayHowTheyWereMade(t *testing.T) {
 // bytes; while a writer writes it all the time, a point is a direct read,
 // inconsistent, saying that the image was written while it was read.
 func TestQuietImagePoints(t *testing.T) {
-	mnt := testenv.MountLoop(t, "ext4", 64<<20)
-	s := serve(t)
-	s.startAgent(t, "host1")
-	require.Eventually(t, func() bool {
-		code, stdout, _ := s.cli(t, "--json", "agents", "list")
-		var as []api.Agent
-		return code == exitOK && json.Unmarshal([]byte(stdout), &as) == nil && len(as) == 1 && as[0].Connected
-	}, 30*time.Second, 50*time.Millisecond, "the agent never showed as connected")
-	img := filepath.Join(mnt, "web2.img")
-	require.NoError(t, os.WriteFile(img, []byte(strings.Repeat("ferry quiet files ", 1<<15)), 0o600))
-	code, _, stderr := s.cli(t, "policies", "create", "p", "--rp-every", "1s", "--block-size", "64KiB")
-	require.Equal(t, exitOK, code, stderr)
-	code, _, stderr = s.cli(t, "protect", "web2", "--agent", "host1", "--disk", "d="+img, "--policy", "p", "--status", "echo running")
-	require.Equal(t, exitOK, code, stderr)
-	require.Eventually(t, func() bool { return len(pointsOf(t, s, "web2")) > 0 }, time.Minute, 100*time.Millisecond, "no point of web2")
+	s, img := protectRunningImage(t, testenv.MountLoop(t, "ext4", 64<<20), "web2", "ferry quiet files ", "1s")
 	p := pointsOf(t, s, "web2")[0]
 	require.Equal(t, "crash-consistent", p.Consistency, "reason: %s", p.Reason)
 	require.Equal(t, "quiet-file", p.Method)
@@ -169,4 +140,26 @@ func requireExport(t *testing.T, s *served, machine string, point int64, path st
 	got, err := os.ReadFile(filepath.Join(out, "d.raw"))
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, got), "point %d does not export the image's bytes", point)
+}
+
+// protectRunningImage serves a controller with one agent, host1, writes an
+// image of text in mnt and protects it as machine, running (its status
+// says so), with a policy of rpEvery, and waits for its first point.
+func protectRunningImage(t *testing.T, mnt, machine, text, rpEvery string) (*served, string) {
+	t.Helper()
+	s := serve(t)
+	s.startAgent(t, "host1")
+	require.Eventually(t, func() bool {
+		code, stdout, _ := s.cli(t, "--json", "agents", "list")
+		var as []api.Agent
+		return code == exitOK && json.Unmarshal([]byte(stdout), &as) == nil && len(as) == 1 && as[0].Connected
+	}, 30*time.Second, 50*time.Millisecond, "the agent never showed as connected")
+	img := filepath.Join(mnt, machine+".img")
+	require.NoError(t, os.WriteFile(img, []byte(strings.Repeat(text, 1<<15)), 0o600))
+	code, _, stderr := s.cli(t, "policies", "create", "p", "--rp-every", rpEvery, "--block-size", "64KiB")
+	require.Equal(t, exitOK, code, stderr)
+	code, _, stderr = s.cli(t, "protect", machine, "--agent", "host1", "--disk", "d="+img, "--policy", "p", "--status", "echo running")
+	require.Equal(t, exitOK, code, stderr)
+	require.Eventually(t, func() bool { return len(pointsOf(t, s, machine)) > 0 }, time.Minute, 100*time.Millisecond, "no point of %s", machine)
+	return s, img
 }

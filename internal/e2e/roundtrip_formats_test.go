@@ -190,16 +190,7 @@ func TestRoundTripVHDXRecoverySite(t *testing.T) { testRoundTripFormat(t, "vhdx"
 // stops the machine before its final cycle: that point is
 // crash-consistent, and the home disk equals the writer's copy.
 func TestReprotectWarnsInconsistentRecoverySite(t *testing.T) {
-	const size = 16 << 20
-	r := newRoundTripFormat(t, size, "qcow2", "ramfs")
-	r.c.runJob(t, 0, "failover", "vm")
-	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm", "--force")
-	r.writeImage(t, live, "qcow2", 100)
-
-	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
-	r.requireMirror(t, r.img, "home disk after re-protect")
-	p := pointOf(t, r.c, "vm", j.Machines[0].PointID)
+	r, live, j, p := reprotectFromQCOW2On(t, "ramfs")
 	require.Equal(t, "inconsistent", p.Consistency, "the recovery site on ramfs reads the running machine's image directly")
 	require.Equal(t, "direct-read", p.Method, "points list says how the point was made")
 	require.Contains(t, p.Reason, "no reflink or snapshot view on this filesystem (ramfs)", "and why it is inconsistent")
@@ -219,22 +210,30 @@ func TestReprotectWarnsInconsistentRecoverySite(t *testing.T) {
 // re-protect's cycle reads it, so the reverse point is quiet-file,
 // crash-consistent, and the job gives no warning.
 func TestReprotectQuietRecoverySite(t *testing.T) {
-	const size = 16 << 20
-	r := newRoundTripFormat(t, size, "qcow2", "ext4")
-	r.c.runJob(t, 0, "failover", "vm")
-	live := r.site.Hyp.Disks(t, "vm")[0]
-	r.c.runJob(t, 0, "commit", "vm", "--force")
-	r.writeImage(t, live, "qcow2", 100)
-
-	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
-	r.requireMirror(t, r.img, "home disk after re-protect")
-	p := pointOf(t, r.c, "vm", j.Machines[0].PointID)
+	_, _, j, p := reprotectFromQCOW2On(t, "ext4")
 	require.Equal(t, "crash-consistent", p.Consistency, "reason: %s", p.Reason)
 	require.Equal(t, "quiet-file", p.Method)
 	require.NotContains(t, strings.Join(j.Machines[0].Notes, " "), "can only give inconsistent points")
 }
 
 // pointOf is a machine's point id as `points list` shows it.
+// reprotectFromQCOW2On fails machine vm over to a recovery site whose
+// qcow2 disks sit on siteFS, commits, writes the running disk there and
+// re-protects: it returns the rig, the recovery disk, the re-protect job
+// and its reverse point, the home disk checked against the writes.
+func reprotectFromQCOW2On(t *testing.T, siteFS string) (*roundTrip, string, Job, Point) {
+	t.Helper()
+	const size = 16 << 20
+	r := newRoundTripFormat(t, size, "qcow2", siteFS)
+	r.c.runJob(t, 0, "failover", "vm")
+	live := r.site.Hyp.Disks(t, "vm")[0]
+	r.c.runJob(t, 0, "commit", "vm", "--force")
+	r.writeImage(t, live, "qcow2", 100)
+	j := r.c.runJob(t, 0, "reprotect", "vm", "--stop-source")
+	r.requireMirror(t, r.img, "home disk after re-protect")
+	return r, live, j, pointOf(t, r.c, "vm", j.Machines[0].PointID)
+}
+
 func pointOf(t *testing.T, c *Controller, machine string, id int64) Point {
 	t.Helper()
 	for _, p := range c.Points(machine) {
