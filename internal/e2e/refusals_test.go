@@ -158,9 +158,13 @@ func TestMalformedFrameDropsOnlyThatSession(t *testing.T) {
 	defer sess.Close()
 	s, err := sess.Open(ctx, protocol.KindData)
 	require.NoError(t, err)
-	// A frame header announcing 2 GiB, then junk.
+	// A frame header announcing 2 GiB, then junk. The controller may drop
+	// the session before this write returns, and then it fails ("closed
+	// by the peer"): what proves the drop is the session ending below.
 	_, err = s.Write([]byte{0x7f, 0xff, 0xff, 0xff, 0x03, 1, 2, 3, 4, 5})
-	require.NoError(t, err)
+	if err != nil {
+		t.Logf("the write of the malformed frame returned %v", err)
+	}
 	select {
 	case <-sess.Done():
 	case <-time.After(20 * time.Second):
