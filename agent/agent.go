@@ -60,6 +60,9 @@ type Config struct {
 	// instead of cloning the whole file. Off by default: a freeze stops
 	// every writer of that filesystem, and writes through mmap are not seen.
 	TrackWrites bool
+	// LogFile is the file the agent logs to, if any: write tracking does
+	// not freeze the filesystem that holds it.
+	LogFile string
 	// MaxCapture bounds the changed bytes one frozen capture holds in
 	// memory; a cycle with more takes a clone view (0: DefaultMaxCapture).
 	MaxCapture int64

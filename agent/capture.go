@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 
 	"github.com/ferrydr/ferry/agent/disk"
@@ -58,7 +57,7 @@ func capturedBytes(pages []track.Range, bs, size int64) int64 {
 
 // capture reads the blocks the pages touch from f (a frozen file of size
 // bytes). It stops with an error when stop says so (the freeze ran out).
-func capture(f *os.File, pages []track.Range, bs, size int64, stop func() bool) (*captured, error) {
+func capture(f io.ReaderAt, pages []track.Range, bs, size int64, stop func() bool) (*captured, error) {
 	c := &captured{size: size}
 	blocks := blocksOf(pages, bs, size)
 	total := 0

@@ -2,11 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,12 +34,42 @@ type trackers struct {
 	refused map[string]string         // machine → why it is not tracked (logged once)
 }
 
-// trackedDisk is one disk's tracker and the inode it follows: a file
-// replaced under the same name is another file, tracked afresh.
+// writeTracker is what a tracked cycle needs of one disk's tracker: a
+// raw image file's (fileTracker) or a block device's (blockTracker).
+type writeTracker interface {
+	// Cut closes the current window, with the disk's filesystem frozen,
+	// and returns every range written since the point Cut.Base (0: none
+	// yet). It does no I/O but the tracker's own.
+	Cut() (track.Cut, error)
+	// Commit records that point holds everything up to the last cut (0:
+	// count again from the next cut).
+	Commit(point int64)
+	// Save writes down where the tracker stands, so that a restart goes
+	// on from there; it runs after the thaw, before the freezing note
+	// goes (thawLeftFrozen).
+	Save() error
+	// Close stops this process's use of the tracker.
+	Close() error
+}
+
+// trackedDisk is one disk's tracker and what it follows (id: a file's
+// inode, a device's number): a file replaced under the same name is
+// another file, tracked afresh.
 type trackedDisk struct {
 	path string
-	ino  uint64
-	f    *track.File
+	id   string
+	// start starts the tracker; open opens the disk for the capture,
+	// which reads around every page cache.
+	start func() (writeTracker, error)
+	open  func() (frozenReader, error)
+	t     writeTracker
+}
+
+// frozenReader reads a disk during a freeze.
+type frozenReader interface {
+	io.ReaderAt
+	io.Closer
+	Size() int64
 }
 
 // capturedView is what a tracked cycle's view holds besides the view.
@@ -74,7 +107,7 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		v, err := take()
 		return v, capturedView{}, err
 	}
-	disks, mount, why := a.trackable(cfg)
+	disks, mounts, why := a.trackable(cfg)
 	if why == "" {
 		var err error
 		if disks, err = a.tracking.ensure(cfg.Name, disks); err != nil {
@@ -86,10 +119,13 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		v, err := take()
 		return v, capturedView{}, err
 	}
-	fz := a.freezeAndCapture(cfg, disks, mount)
+	fz := a.freezeAndCapture(cfg, disks, mounts)
 	commit := func(point int64) {
 		for _, d := range disks {
-			d.f.Commit(point)
+			d.t.Commit(point)
+			if err := d.t.Save(); err != nil {
+				a.log.Warn("write tracking: saving the tracker's state failed; a restart counts afresh", "machine", cfg.Name, "disk", d.path, "err", err)
+			}
 		}
 	}
 	if fz.err != nil {
@@ -140,54 +176,62 @@ type frozenCapture struct {
 	err     error
 }
 
-// freezeAndCapture freezes mount, cuts every tracker and, when the cuts
-// can be used, reads the changed blocks. Between freeze and thaw it does
-// nothing but reads and the ioctls, on descriptors opened before: the log,
-// the state directory and anything else may be on the frozen filesystem
-// (the log is, when the admin put it there), and a write to it would wait
-// for the thaw. A timer thaws after Config.MaxFreeze whatever happens;
-// a capture that outlives it is dropped.
-func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mount string) (fz frozenCapture) {
-	files := make([]*os.File, len(disks))
+// freezeAndCapture freezes every mount at once, cuts every tracker and,
+// when the cuts can be used, reads the changed blocks. Between freeze and
+// thaw it does nothing but reads and the ioctls, on descriptors opened
+// before: the log, the state directory and anything else may be on a
+// frozen filesystem (the log is, when the admin put it there), and a
+// write to it would wait for the thaw. A timer thaws after
+// Config.MaxFreeze whatever happens; a capture that outlives it is
+// dropped.
+func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string) (fz frozenCapture) {
+	readers := make([]frozenReader, len(disks))
+	var mfds []*os.File
 	defer func() {
-		for _, f := range files {
-			if f != nil {
-				f.Close()
+		for _, r := range readers {
+			if r != nil {
+				r.Close()
 			}
+		}
+		for _, f := range mfds {
+			f.Close()
 		}
 	}()
 	for i, d := range disks {
 		var err error
-		if files[i], err = os.Open(d.path); err != nil {
+		if readers[i], err = d.open(); err != nil {
 			fz.err = err
 			return fz
 		}
 	}
-	mfd, err := os.Open(mount)
-	if err != nil {
-		fz.err = err
-		return fz
+	for _, m := range mounts {
+		f, err := os.Open(m)
+		if err != nil {
+			fz.err = err
+			return fz
+		}
+		mfds = append(mfds, f)
 	}
-	defer mfd.Close()
 	// A filesystem stays frozen after the process that froze it dies: the
-	// mount is written down first, and the next start thaws it
-	// (thawLeftFrozen).
-	if err := a.noteFreezing(mount); err != nil {
+	// mounts are written down first, and the next start thaws them
+	// (thawLeftFrozen). The note goes once the trackers' state is saved.
+	if err := a.noteFreezing(mounts); err != nil {
 		fz.err = err
 		return fz
 	}
-	defer a.noteFreezing("")
-	if err := snapshot.FreezeFile(mfd); err != nil {
-		fz.err = err
-		return fz
-	}
-	fz.instant = a.cfg.Now()
+	saved := false
+	defer func() {
+		if saved {
+			a.noteFreezing(nil)
+		}
+	}()
 	// thaw runs once, from the timer or from here; the mutex also hands
 	// the timer's error over.
 	var (
 		thawMu  sync.Mutex
 		thawed  atomic.Bool
 		thawErr error
+		frozen  []int // indexes into mounts
 	)
 	thaw := func() bool {
 		thawMu.Lock()
@@ -196,24 +240,43 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 			return false
 		}
 		thawed.Store(true)
-		thawErr = snapshot.ThawFile(mfd)
+		for _, i := range frozen {
+			if err := snapshot.ThawFile(mfds[i]); err != nil {
+				// Try once more by path: a filesystem left frozen stops
+				// every writer on it.
+				if snapshot.Thaw(mounts[i]) != nil {
+					thawErr = errors.Join(thawErr, fmt.Errorf("thaw %s: %w", mounts[i], err))
+				}
+			}
+		}
 		return true
 	}
+	for i, f := range mfds {
+		if err := snapshot.FreezeFile(f); err != nil {
+			thaw()
+			fz.err = errors.Join(fmt.Errorf("freeze %s: %w", mounts[i], err), thawErr)
+			saved = thawErr == nil
+			return fz
+		}
+		frozen = append(frozen, i)
+	}
+	fz.instant = a.cfg.Now()
 	timer := time.AfterFunc(a.cfg.MaxFreeze, func() { thaw() })
-	fz.caps, fz.base, fz.why = a.captureFrozen(cfg, disks, files, thawed.Load)
+	fz.caps, fz.base, fz.why = a.captureFrozen(cfg, disks, readers, thawed.Load)
 	timer.Stop()
 	early := !thaw()
 	fz.frozen = a.cfg.Now().Sub(fz.instant)
 	thawMu.Lock()
-	if thawErr != nil {
-		// Try once more by path: a filesystem left frozen stops every
-		// writer on it.
-		if err := snapshot.Thaw(mount); err == nil {
-			thawErr = nil
-		}
-	}
 	fz.err = thawErr
 	thawMu.Unlock()
+	saved = fz.err == nil
+	for _, d := range disks {
+		if err := d.t.Save(); err != nil {
+			// The note stays: the next start counts afresh.
+			saved = false
+			a.log.Warn("write tracking: saving the tracker's state failed", "machine", cfg.Name, "disk", d.path, "err", err)
+		}
+	}
 	if early && fz.caps != nil {
 		fz.caps, fz.why = nil, fmt.Sprintf("the freeze timed out: reading the changed blocks took longer than the freeze may last (%s, --max-freeze)", a.cfg.MaxFreeze)
 	}
@@ -221,11 +284,11 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 }
 
 // captureFrozen cuts the trackers and reads the changed blocks of frozen
-// files; caps is nil when the cuts cannot be used alone.
-func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, files []*os.File, stop func() bool) (caps []*captured, base int64, why string) {
+// disks; caps is nil when the cuts cannot be used alone.
+func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, readers []frozenReader, stop func() bool) (caps []*captured, base int64, why string) {
 	cuts := make([]track.Cut, len(disks))
 	for i, d := range disks {
-		c, err := d.f.Cut(cutTimeout)
+		c, err := d.t.Cut()
 		if err != nil {
 			why = err.Error()
 		}
@@ -246,11 +309,7 @@ func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, files
 		case c.Base != base:
 			return nil, 0, "the disks' trackers count from different points"
 		}
-		st, err := files[i].Stat()
-		if err != nil {
-			return nil, 0, err.Error()
-		}
-		sizes[i] = st.Size()
+		sizes[i] = readers[i].Size()
 		total += capturedBytes(c.Ranges, int64(cfg.Disks[i].BlockSize), sizes[i])
 	}
 	if total > a.cfg.MaxCapture {
@@ -259,7 +318,7 @@ func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, files
 	caps = make([]*captured, len(disks))
 	for i, c := range cuts {
 		var err error
-		if caps[i], err = capture(files[i], c.Ranges, int64(cfg.Disks[i].BlockSize), sizes[i], stop); err != nil {
+		if caps[i], err = capture(readers[i], c.Ranges, int64(cfg.Disks[i].BlockSize), sizes[i], stop); err != nil {
 			return nil, 0, err.Error()
 		}
 	}
@@ -274,7 +333,7 @@ func (t *trackers) ensure(machine string, want []*trackedDisk) ([]*trackedDisk, 
 	have := t.files[machine]
 	same := len(have) == len(want)
 	for i := range want {
-		if same && (have[i].path != want[i].path || have[i].ino != want[i].ino) {
+		if same && (have[i].path != want[i].path || have[i].id != want[i].id) {
 			same = false
 		}
 	}
@@ -284,12 +343,12 @@ func (t *trackers) ensure(machine string, want []*trackedDisk) ([]*trackedDisk, 
 	closeAll(have)
 	delete(t.files, machine)
 	for i, d := range want {
-		f, err := track.Start(d.path)
+		wt, err := d.start()
 		if err != nil {
 			closeAll(want[:i])
 			return nil, err
 		}
-		d.f = f
+		d.t = wt
 	}
 	if t.files == nil {
 		t.files = map[string][]*trackedDisk{}
@@ -318,7 +377,8 @@ func (t *trackers) forget(machine string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, d := range t.files[machine] {
-		d.f.Commit(0)
+		d.t.Commit(0)
+		d.t.Save()
 	}
 }
 
@@ -336,40 +396,93 @@ func (t *trackers) stop(machine *string) {
 
 func closeAll(ds []*trackedDisk) {
 	for _, d := range ds {
-		if d.f != nil {
-			d.f.Close()
+		if d.t != nil {
+			d.t.Close()
 		}
 	}
 }
 
-// freezingFile, in the state directory, names the filesystem the agent
-// is freezing while it does.
+// freezingFile, in the state directory, names the filesystems the agent
+// is freezing while it does, one mount point a line.
 const freezingFile = "freezing"
 
-// noteFreezing writes down (durably) the mount about to be frozen, or
-// removes the note ("").
-func (a *Agent) noteFreezing(mount string) error {
+// noteFreezing writes down (durably) the mounts about to be frozen, or
+// removes the note (none).
+func (a *Agent) noteFreezing(mounts []string) error {
 	p := filepath.Join(a.cfg.StateDir, freezingFile)
-	if mount == "" {
+	if len(mounts) == 0 {
 		return os.Remove(p)
 	}
-	return fsutil.WriteFileAtomic(p, []byte(mount), 0o600)
+	return fsutil.WriteFileAtomic(p, []byte(strings.Join(mounts, "\n")), 0o600)
 }
 
-// thawLeftFrozen thaws the filesystem a previous run was freezing when it
-// died (killed within the freeze's two seconds): nothing else would, and
-// every writer of that filesystem would wait for ever.
+// thawLeftFrozen thaws the filesystems a previous run was freezing when
+// it died (killed within the freeze's two seconds): nothing else would,
+// and every writer of those filesystems would wait for ever. The block
+// trackers' saved state may miss that run's last cut: it is dropped.
 func (a *Agent) thawLeftFrozen() {
 	p := filepath.Join(a.cfg.StateDir, freezingFile)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		return
 	}
-	mount := string(b)
-	if err := snapshot.Thaw(mount); err != nil {
-		a.log.Info("the filesystem a previous run was freezing is not frozen", "mount", mount, "err", err)
-	} else {
-		a.log.Warn("thawed the filesystem a previous run left frozen", "mount", mount)
+	for _, mount := range strings.Split(string(b), "\n") {
+		if mount == "" {
+			continue
+		}
+		if err := snapshot.Thaw(mount); err != nil {
+			a.log.Info("the filesystem a previous run was freezing is not frozen", "mount", mount, "err", err)
+		} else {
+			a.log.Warn("thawed the filesystem a previous run left frozen", "mount", mount)
+		}
 	}
-	os.Remove(p)
+	if err := os.RemoveAll(blockStateDir(a.cfg.StateDir)); err == nil {
+		os.Remove(p)
+	}
+}
+
+// fileTracker is a raw image file's tracker (agent/track): it lives as
+// long as the process, so a restart counts afresh.
+type fileTracker struct{ f *track.File }
+
+var _ writeTracker = fileTracker{}
+
+func (t fileTracker) Cut() (track.Cut, error) { return t.f.Cut(cutTimeout) }
+func (t fileTracker) Commit(point int64)      { t.f.Commit(point) }
+func (t fileTracker) Save() error             { return nil }
+func (t fileTracker) Close() error            { return t.f.Close() }
+
+// trackedFile is the trackedDisk of a raw image file.
+func trackedFile(path string, ino uint64) *trackedDisk {
+	return &trackedDisk{
+		path: path,
+		id:   fmt.Sprintf("ino %d", ino),
+		start: func() (writeTracker, error) {
+			f, err := track.Start(path)
+			if err != nil {
+				return nil, err
+			}
+			return fileTracker{f}, nil
+		},
+		open: func() (frozenReader, error) {
+			f, err := os.Open(path)
+			if err != nil {
+				return nil, err
+			}
+			return statFile{f}, nil
+		},
+	}
+}
+
+// statFile is a file whose size is asked when needed: in the freeze, it
+// is the size at the frozen instant. An error makes it 0, and a cycle
+// fails on an empty disk.
+type statFile struct{ *os.File }
+
+func (f statFile) Size() int64 {
+	st, err := f.Stat()
+	if err != nil {
+		return 0
+	}
+	return st.Size()
 }

@@ -1,8 +1,13 @@
 package agent
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -10,44 +15,113 @@ import (
 	"github.com/ferrydr/ferry/protocol/msg"
 )
 
-// trackable says whether the machine's disks can be tracked and frozen:
-// raw image files, all on one filesystem, which is not the root and does
-// not hold the agent's state. It returns the disks and the mount point, or
-// why not.
-func (a *Agent) trackable(cfg msg.MachineConfig) (disks []*trackedDisk, mount, why string) {
+// trackable says whether the machine's disks can be tracked and frozen,
+// and returns them with the mount points to freeze, or why not. The disks
+// are either raw image files, all on one filesystem (trackableFiles), or
+// whole block devices, each with a filesystem mounted from it
+// (trackableDevices); none of the filesystems is the root or holds the
+// agent's state or log.
+func (a *Agent) trackable(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
+	if len(cfg.Disks) == 0 {
+		return nil, nil, "the machine has no disks"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(cfg.Disks[0].Path, &st); err != nil {
+		return nil, nil, err.Error()
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+		return a.trackableDevices(cfg)
+	}
+	return a.trackableFiles(cfg)
+}
+
+// trackableFiles: raw image files, all on one filesystem.
+func (a *Agent) trackableFiles(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
 	var dev uint64
 	for i, dc := range cfg.Disks {
 		var st unix.Stat_t
 		if err := unix.Stat(dc.Path, &st); err != nil {
-			return nil, "", err.Error()
+			return nil, nil, err.Error()
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
-			return nil, "", dc.Path + " is not a regular file"
+			return nil, nil, dc.Path + " is not a regular file (a machine's tracked disks are all files or all block devices)"
 		}
 		if i > 0 && st.Dev != dev {
-			return nil, "", "the machine's disks are on more than one filesystem"
+			return nil, nil, "the machine's disks are on more than one filesystem"
 		}
 		dev = st.Dev
 		src, err := disk.Open(dc.Path, disk.OpenOptions{Format: disk.Format(dc.Format)})
 		if err != nil {
-			return nil, "", err.Error()
+			return nil, nil, err.Error()
 		}
 		format := src.Format()
 		src.Close()
 		if format != disk.FormatRaw {
-			return nil, "", fmt.Sprintf("%s is a %s image: only raw images are tracked", dc.Path, format)
+			return nil, nil, fmt.Sprintf("%s is a %s image: only raw images are tracked", dc.Path, format)
 		}
-		disks = append(disks, &trackedDisk{path: dc.Path, ino: st.Ino})
+		disks = append(disks, trackedFile(dc.Path, st.Ino))
 	}
-	mount = mountOf(filepath.Dir(cfg.Disks[0].Path), dev)
+	mount := mountOf(filepath.Dir(cfg.Disks[0].Path), dev)
 	if mount == "/" {
-		return nil, "", "the disks are on the root filesystem, which the agent does not freeze"
+		return nil, nil, "the disks are on the root filesystem, which the agent does not freeze"
 	}
+	if why := a.holdsOwnFiles(dev); why != "" {
+		return nil, nil, why
+	}
+	return disks, []string{mount}, ""
+}
+
+// trackableDevices: whole block devices (bdtrack refuses partitions),
+// each with a filesystem mounted from it; they are all frozen at once.
+func (a *Agent) trackableDevices(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, nil, err.Error()
+	}
+	defer f.Close()
+	mi, err := parseMountinfo(f)
+	if err != nil {
+		return nil, nil, err.Error()
+	}
+	for _, dc := range cfg.Disks {
+		var st unix.Stat_t
+		if err := unix.Stat(dc.Path, &st); err != nil {
+			return nil, nil, err.Error()
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			return nil, nil, dc.Path + " is not a block device (a machine's tracked disks are all files or all block devices)"
+		}
+		major, minor := unix.Major(st.Rdev), unix.Minor(st.Rdev)
+		if _, err := os.Stat(fmt.Sprintf("/sys/dev/block/%d:%d/partition", major, minor)); err == nil {
+			return nil, nil, dc.Path + " is a partition: block devices are tracked as whole disks (agent/bdtrack)"
+		}
+		mount, why := mi.freezable(major, minor)
+		if why != "" {
+			return nil, nil, dc.Path + ": " + why
+		}
+		if why := a.holdsOwnFiles(st.Rdev); why != "" {
+			return nil, nil, dc.Path + ": " + why
+		}
+		disks = append(disks, a.trackedBlockDevice(dc.Path, dc.BlockSize, major, minor))
+		mounts = append(mounts, mount)
+	}
+	return disks, mounts, ""
+}
+
+// holdsOwnFiles says why the filesystem dev cannot be frozen when it
+// holds the agent's state directory or log: a write to them would wait
+// for the thaw.
+func (a *Agent) holdsOwnFiles(dev uint64) string {
 	var st unix.Stat_t
 	if err := unix.Stat(a.cfg.StateDir, &st); err == nil && st.Dev == dev {
-		return nil, "", "the agent's state directory is on the disks' filesystem, which a freeze would stop"
+		return "the agent's state directory is on the disks' filesystem, which a freeze would stop"
 	}
-	return disks, mount, ""
+	if a.cfg.LogFile != "" {
+		if err := unix.Stat(filepath.Dir(a.cfg.LogFile), &st); err == nil && st.Dev == dev {
+			return "the agent's log is on the disks' filesystem, which a freeze would stop"
+		}
+	}
+	return ""
 }
 
 // mountOf is the mount point of the filesystem dev that holds dir: the
@@ -62,4 +136,87 @@ func mountOf(dir string, dev uint64) string {
 		}
 		dir = parent
 	}
+}
+
+// mountEntry is one line of /proc/self/mountinfo.
+type mountEntry struct {
+	major, minor uint32
+	root         string // the directory of the filesystem mounted here
+	point        string
+	fstype       string
+}
+
+type mountinfo []mountEntry
+
+// parseMountinfo reads proc(5)'s mountinfo format: ID, parent ID,
+// major:minor, root, mount point, options, optional fields up to "-",
+// filesystem type, source, super options. Paths escape space, tab,
+// newline and backslash in octal.
+func parseMountinfo(r io.Reader) (mountinfo, error) {
+	var out mountinfo
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 {
+			return nil, fmt.Errorf("mountinfo: short line %q", sc.Text())
+		}
+		majS, minS, ok := strings.Cut(fields[2], ":")
+		maj, err1 := strconv.ParseUint(majS, 10, 32)
+		min, err2 := strconv.ParseUint(minS, 10, 32)
+		if !ok || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("mountinfo: device %q", fields[2])
+		}
+		e := mountEntry{major: uint32(maj), minor: uint32(min), root: unescapeMount(fields[3]), point: unescapeMount(fields[4])}
+		for i := 6; i < len(fields)-1; i++ {
+			if fields[i] == "-" {
+				e.fstype = fields[i+1]
+				break
+			}
+		}
+		out = append(out, e)
+	}
+	return out, sc.Err()
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 is a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// freezable is the mount point through which the filesystem on device
+// major:minor is frozen (a mount of its root directory if there is one;
+// bind mounts of a subdirectory share its superblock), or why there is
+// none: not mounted, or mounted as the root filesystem.
+func (mi mountinfo) freezable(major, minor uint32) (mount, why string) {
+	whole := false
+	for _, e := range mi {
+		if e.major != major || e.minor != minor {
+			continue
+		}
+		if e.point == "/" {
+			return "", "it holds the root filesystem, which the agent does not freeze"
+		}
+		if mount == "" || (!whole && e.root == "/") {
+			mount, whole = e.point, e.root == "/"
+		}
+	}
+	if mount == "" {
+		return "", "no mounted filesystem to freeze"
+	}
+	return mount, ""
 }

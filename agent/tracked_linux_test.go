@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/internal/testenv"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // An agent killed inside a freeze leaves its filesystem frozen: the next
@@ -42,4 +46,64 @@ func TestStartThawsWhatAKilledRunLeftFrozen(t *testing.T) {
 	}
 	_, err := os.Stat(filepath.Join(state, freezingFile))
 	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// trackable on real loop devices: a whole device with a mounted
+// filesystem is tracked through that mount; a device with none, a
+// partition, a device whose filesystem holds the agent's state or log,
+// and a machine that mixes files and devices are not, each with its
+// reason.
+func TestTrackableBlockDevices(t *testing.T) {
+	testenv.RequireRoot(t)
+	mounted := testenv.LoopDevice(t, 64<<20)
+	mnt := testenv.MountExt4(t, mounted)
+	bare := testenv.LoopDevice(t, 64<<20)
+	machine := func(paths ...string) msg.MachineConfig {
+		cfg := msg.MachineConfig{Name: "m"}
+		for i, p := range paths {
+			cfg.Disks = append(cfg.Disks, msg.DiskConfig{Name: fmt.Sprint("d", i), Path: p, BlockSize: 65536})
+		}
+		return cfg
+	}
+	agentWith := func(c Config) *Agent { return &Agent{cfg: c, log: slog.New(slog.DiscardHandler)} }
+	a := agentWith(Config{StateDir: t.TempDir()})
+
+	disks, mounts, why := a.trackable(machine(mounted))
+	require.Empty(t, why)
+	require.Equal(t, []string{mnt}, mounts)
+	require.Len(t, disks, 1)
+	require.Equal(t, mounted, disks[0].path)
+
+	_, _, why = a.trackable(machine(mounted, bare))
+	require.Equal(t, bare+": no mounted filesystem to freeze", why)
+
+	require.NoError(t, os.MkdirAll(filepath.Join(mnt, "state"), 0o700))
+	_, _, why = agentWith(Config{StateDir: filepath.Join(mnt, "state")}).trackable(machine(mounted))
+	require.Contains(t, why, "state directory")
+	_, _, why = agentWith(Config{StateDir: t.TempDir(), LogFile: filepath.Join(mnt, "agent.log")}).trackable(machine(mounted))
+	require.Contains(t, why, "log")
+
+	img := filepath.Join(t.TempDir(), "f.img")
+	require.NoError(t, os.WriteFile(img, make([]byte, 1<<20), 0o600))
+	_, _, why = a.trackable(machine(mounted, img))
+	require.Contains(t, why, "is not a block device")
+
+	t.Run("partition", func(t *testing.T) {
+		testenv.RequireTool(t, "sfdisk")
+		testenv.RequireTool(t, "partx")
+		whole := testenv.LoopDevice(t, 64<<20)
+		cmd := exec.Command("sfdisk", "-q", whole)
+		cmd.Stdin = strings.NewReader("label: dos\n,32M\n")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		part := whole + "p1"
+		if _, err := os.Stat(part); err != nil {
+			// sfdisk's re-read may not have added it: losetup -f does not
+			// scan partitions.
+			testenv.Run(t, "partx", "-u", whole)
+		}
+		require.Eventually(t, func() bool { _, err := os.Stat(part); return err == nil }, 5*time.Second, 50*time.Millisecond)
+		_, _, why := a.trackable(machine(part))
+		require.Equal(t, part+" is a partition: block devices are tracked as whole disks (agent/bdtrack)", why)
+	})
 }

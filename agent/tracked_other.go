@@ -4,7 +4,7 @@ package agent
 
 import "github.com/ferrydr/ferry/protocol/msg"
 
-// trackable: write tracking needs Linux tracefs.
-func (a *Agent) trackable(cfg msg.MachineConfig) (disks []*trackedDisk, mount, why string) {
-	return nil, "", "write tracking needs Linux"
+// trackable: write tracking needs Linux tracefs and eBPF.
+func (a *Agent) trackable(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
+	return nil, nil, "write tracking needs Linux"
 }

@@ -237,6 +237,7 @@ func applyConfigFile(c *cobra.Command, o *runOptions) error {
 		o.cfg.MaxFreeze = d
 	}
 	o.logFile = ac.LogFile
+	o.cfg.LogFile = ac.LogFile
 	return nil
 }
 

@@ -120,3 +120,46 @@ func MountMemory(t testing.TB, fstype string) string {
 	})
 	return mnt
 }
+
+// LoopDevice attaches a sparse file of size bytes to a new loop device
+// (losetup -f) and returns the device; it is detached at cleanup.
+func LoopDevice(t testing.TB, size int64) string {
+	t.Helper()
+	RequireRoot(t)
+	RequireTool(t, "losetup")
+	img := filepath.Join(t.TempDir(), "loop.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	dev := strings.TrimSpace(Run(t, "losetup", "-f", "--show", img))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	return dev
+}
+
+// MountExt4 makes an ext4 filesystem on dev (its journal and inode
+// tables written now, not lazily in the background) and mounts it under a
+// temporary directory; at cleanup the filesystem is thawed (in case a
+// test left it frozen) and unmounted.
+func MountExt4(t testing.TB, dev string) string {
+	t.Helper()
+	RequireTool(t, "mkfs.ext4")
+	Run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	Run(t, "mount", "-t", "ext4", dev, mnt)
+	t.Cleanup(func() {
+		exec.Command("fsfreeze", "-u", mnt).Run()
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			exec.Command("umount", "-l", mnt).Run()
+			t.Logf("umount %s: %v %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
