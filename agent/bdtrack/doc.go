@@ -69,5 +69,6 @@
 // Overflow, and fails with ErrResized if the device changed size. In each
 // case the caller must resync the whole device.
 //
-// The agent's cycle does not use this package yet.
+// The agent's tracked freezes of block devices use it (agent/bdtracked.go,
+// docs/replication.md §5.2c).
 package bdtrack

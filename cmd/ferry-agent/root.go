@@ -175,7 +175,7 @@ func runCommand(g *globals, o *runOptions) *cobra.Command {
 	f.DurationVar(&o.cfg.KeepaliveTimeout, "keepalive-timeout", 0, "how long a ping or a write may wait before the session counts as dead (0: 30s)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (for benchmarks)")
-	f.BoolVar(&o.cfg.TrackWrites, "track-writes", false, "follow writes to raw images on XFS or ext4 from their tracepoints and make points by briefly freezing their filesystem (root; not for images written through mmap)")
+	f.BoolVar(&o.cfg.TrackWrites, "track-writes", false, "follow writes to raw images on XFS or ext4 (tracepoints) or to whole block devices with a mounted filesystem (eBPF dirty bitmap), and make points by briefly freezing their filesystems (root; not for images written through mmap)")
 	f.Int64Var(&o.cfg.MaxCapture, "max-capture", agent.DefaultMaxCapture, "with --track-writes: the most changed bytes one freeze reads into memory (more: a clone view)")
 	f.DurationVar(&o.cfg.MaxFreeze, "max-freeze", snapshot.DefaultMaxFreeze, "the longest any filesystem stays frozen (a tracked freeze, or --freeze of an app-consistent view); more than 0s, at most 60s")
 	allowFlags(cmd, &o.cfg.AllowPlanScripts, &o.cfg.AllowExecDrivers, "in addition to what enroll or install recorded")
