@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -8,16 +9,18 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferrydr/ferry/agent/bdtrack"
 	"github.com/ferrydr/ferry/agent/track"
 	"github.com/ferrydr/ferry/internal/testenv"
+	"github.com/ferrydr/ferry/protocol/msg"
 )
 
 // A block tracker on a real loop device: it starts fresh, goes on after a
 // restart from its pinned bitmap and saved state, counts afresh when a
-// start finds that a run died inside a freeze, and starts over when the
-// device is resized.
+// start finds that a run died inside a freeze, starts over when the
+// device is resized, and is unpinned when its machine is forgotten.
 func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	testenv.RequireRoot(t)
 	dev := testenv.LoopDevice(t, 16<<20)
@@ -26,8 +29,11 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	state := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
 	const bs = 65536
+	var st unix.Stat_t
+	require.NoError(t, unix.Stat(dev, &st))
+	id := fmt.Sprintf("%d_%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
 	start := func() *blockTracker {
-		b, err := startBlockTracker(dev, bs, state, "loop", log)
+		b, err := startBlockTracker(dev, bs, state, id, log)
 		if err != nil && strings.Contains(err.Error(), "not supported") {
 			testenv.Require(t, false, "bdtrack: "+err.Error())
 		}
@@ -97,5 +103,15 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	c, err = b.Cut()
 	require.NoError(t, err)
 	require.Equal(t, track.Cut{Ranges: []track.Range{{Offset: 20 * bs, Length: bs}}, Base: 10}, c)
+	require.NoError(t, b.Save())
 	require.NoError(t, b.Close())
+
+	// A machine no longer replicated leaves nothing pinned or saved.
+	pin := "/sys/fs/bpf/ferry/" + id
+	require.DirExists(t, pin)
+	require.FileExists(t, b.state)
+	a := &Agent{cfg: Config{StateDir: state}, log: log}
+	a.dropBlockTrackers(msg.MachineConfig{Name: "m", Disks: []msg.DiskConfig{{Name: "d", Path: dev, BlockSize: bs}}})
+	require.NoDirExists(t, pin)
+	require.NoFileExists(t, b.state)
 }

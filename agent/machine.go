@@ -106,7 +106,8 @@ func (a *Agent) applyConfig(ms []msg.MachineConfig) {
 
 // forget removes what replication of a machine kept on this host — its
 // views (kept reflink clones and btrfs snapshots grow towards full copies
-// as the source changes) and its block maps — once its loop has ended,
+// as the source changes), its block maps and its block devices' pinned
+// write trackers — once its loop has ended,
 // unless the machine came back meanwhile. Protecting it again starts with
 // a hash resync, never a full copy.
 func (a *Agent) forget(name string, ml *machineLoop) {
@@ -117,6 +118,7 @@ func (a *Agent) forget(name string, ml *machineLoop) {
 		return
 	}
 	a.tracking.stop(&name)
+	a.dropBlockTrackers(ml.config())
 	a.taker.RemoveAll(name, snapDisks(ml.config()))
 	if err := os.RemoveAll(a.state.MachineDir(name)); err != nil {
 		a.log.Warn("removing the block maps of a machine no longer replicated failed", "machine", name, "err", err)

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ferrydr/ferry/agent/bdtrack"
 	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
@@ -219,4 +220,20 @@ func (mi mountinfo) freezable(major, minor uint32) (mount, why string) {
 		return "", "no mounted filesystem to freeze"
 	}
 	return mount, ""
+}
+
+// dropBlockTrackers unpins the write trackers of a machine's block
+// devices and removes their saved state: a machine no longer replicated
+// leaves no eBPF program marking its disks.
+func (a *Agent) dropBlockTrackers(cfg msg.MachineConfig) {
+	for _, dc := range cfg.Disks {
+		var st unix.Stat_t
+		if unix.Stat(dc.Path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			continue
+		}
+		if err := bdtrack.RemovePinned(dc.Path, bdtrack.Options{}); err != nil {
+			a.log.Warn("unpinning the write tracker of a machine no longer replicated failed", "machine", cfg.Name, "disk", dc.Path, "err", err)
+		}
+		os.Remove(filepath.Join(blockStateDir(a.cfg.StateDir), fmt.Sprintf("%d_%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))))
+	}
 }

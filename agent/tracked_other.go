@@ -8,3 +8,6 @@ import "github.com/ferrydr/ferry/protocol/msg"
 func (a *Agent) trackable(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
 	return nil, nil, "write tracking needs Linux"
 }
+
+// dropBlockTrackers: there are none here.
+func (a *Agent) dropBlockTrackers(cfg msg.MachineConfig) {}
