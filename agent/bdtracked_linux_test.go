@@ -1,17 +1,20 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrydr/ferry/agent/bdtrack"
+	"github.com/ferrydr/ferry/agent/disk"
 	"github.com/ferrydr/ferry/agent/track"
 	"github.com/ferrydr/ferry/internal/testenv"
 	"github.com/ferrydr/ferry/protocol/msg"
@@ -114,4 +117,101 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	a.dropBlockTrackers(msg.MachineConfig{Name: "m", Disks: []msg.DiskConfig{{Name: "d", Path: dev, BlockSize: bs}}})
 	require.NoDirExists(t, pin)
 	require.NoFileExists(t, b.state)
+}
+
+// Two block devices with mounted ext4 filesystems: one freeze covers
+// both (the note lists both mounts while it lasts), the first cut counts
+// from nothing, and after a commit the next capture holds the dirty
+// blocks of each device as the device holds them after the thaw (but for
+// the blocks written since).
+func TestTrackedFreezeOfTwoBlockDevices(t *testing.T) {
+	testenv.RequireRoot(t)
+	devs := []string{testenv.LoopDevice(t, 64<<20), testenv.LoopDevice(t, 64<<20)}
+	var mnts []string
+	for _, d := range devs {
+		t.Cleanup(func() { bdtrack.RemovePinned(d, bdtrack.Options{}) })
+		mnts = append(mnts, testenv.MountExt4(t, d))
+	}
+	a := &Agent{cfg: Config{StateDir: t.TempDir(), MaxFreeze: 2 * time.Second, MaxCapture: DefaultMaxCapture, Now: time.Now},
+		log: slog.New(slog.DiscardHandler)}
+	cfg := msg.MachineConfig{Name: "m"}
+	for i, d := range devs {
+		cfg.Disks = append(cfg.Disks, msg.DiskConfig{Name: fmt.Sprint("d", i), Path: d, BlockSize: 65536})
+	}
+	disks, mounts, why := a.trackable(cfg)
+	require.Empty(t, why)
+	require.Equal(t, mnts, mounts)
+	disks, err := a.tracking.ensure(cfg.Name, disks)
+	if err != nil && strings.Contains(err.Error(), "not supported") {
+		testenv.Require(t, false, "bdtrack: "+err.Error())
+	}
+	require.NoError(t, err)
+	t.Cleanup(func() { a.tracking.stop(nil) })
+
+	fz := a.freezeAndCapture(cfg, disks, mounts)
+	require.NoError(t, fz.err)
+	require.Nil(t, fz.caps)
+	require.Equal(t, "write tracking has just started", fz.why)
+	for _, d := range disks {
+		d.t.Commit(5)
+	}
+	for i, m := range mnts {
+		require.NoError(t, os.WriteFile(filepath.Join(m, "f"), bytes.Repeat([]byte{byte('a' + i)}, 300<<10), 0o600))
+	}
+	unix.Sync()
+
+	fz = a.freezeAndCapture(cfg, disks, mounts)
+	require.NoError(t, fz.err)
+	require.Empty(t, fz.why)
+	require.Equal(t, int64(5), fz.base)
+	require.Len(t, fz.caps, 2)
+	_, err = os.Stat(filepath.Join(a.cfg.StateDir, freezingFile))
+	require.ErrorIs(t, err, os.ErrNotExist, "the note outlived the freeze")
+	for i, c := range fz.caps {
+		require.NotEmpty(t, c.changed, "disk %d", i)
+		// The device as it is now, less the blocks written since the
+		// freeze's cut (ext4 writes its superblock at the thaw): those
+		// must equal the capture.
+		disks[i].t.Commit(6)
+		src, err := disk.Open(devs[i], disk.OpenOptions{Format: disk.FormatRaw})
+		require.NoError(t, err)
+		exts, err := c.Extents(t.Context())
+		require.NoError(t, err)
+		now := make([][]byte, len(exts))
+		for j, e := range exts {
+			now[j] = make([]byte, e.Length)
+			_, err := src.ReadAt(now[j], e.Offset)
+			require.NoError(t, err)
+		}
+		src.Close()
+		since, err := disks[i].t.Cut()
+		require.NoError(t, err)
+		rewritten := func(off int64) bool {
+			for _, r := range since.Ranges {
+				if off >= r.Offset && off < r.Offset+r.Length {
+					return true
+				}
+			}
+			return false
+		}
+		var n int64
+		for j, e := range exts {
+			got := make([]byte, e.Length)
+			_, err = c.ReadAt(got, e.Offset)
+			require.NoError(t, err)
+			for off := int64(0); off < e.Length; off += 65536 {
+				if rewritten(e.Offset + off) {
+					continue
+				}
+				end := min(off+65536, e.Length)
+				require.True(t, bytes.Equal(now[j][off:end], got[off:end]), "disk %d: captured block at %d differs from the device", i, e.Offset+off)
+				n += end - off
+			}
+		}
+		require.GreaterOrEqual(t, n, int64(300<<10), "disk %d: the file's blocks were not all captured", i)
+	}
+	// Both filesystems are thawed: a write returns.
+	for _, m := range mnts {
+		require.NoError(t, os.WriteFile(filepath.Join(m, "g"), []byte("after"), 0o600))
+	}
 }

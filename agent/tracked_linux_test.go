@@ -17,19 +17,21 @@ import (
 	"github.com/ferrydr/ferry/protocol/msg"
 )
 
-// An agent killed inside a freeze leaves its filesystem frozen: the next
-// start thaws it, and only the one written down.
+// An agent killed inside a freeze leaves its filesystems frozen: the
+// next start thaws every one written down (a tracked freeze of block
+// devices notes several, one a line).
 func TestStartThawsWhatAKilledRunLeftFrozen(t *testing.T) {
 	testenv.RequireRoot(t)
-	mnt := testenv.MountLoop(t, "xfs", 300<<20)
+	mnts := []string{testenv.MountLoop(t, "xfs", 300<<20), testenv.MountExt4(t, testenv.LoopDevice(t, 64<<20))}
 	state := t.TempDir()
-	require.NoError(t, snapshot.Freeze(mnt))
-	t.Cleanup(func() { snapshot.Thaw(mnt) })
-	require.NoError(t, os.WriteFile(filepath.Join(state, freezingFile), []byte(mnt), 0o600))
-
-	// While frozen, a write waits.
-	wrote := make(chan error, 1)
-	go func() { wrote <- os.WriteFile(filepath.Join(mnt, "f"), []byte("x"), 0o600) }()
+	wrote := make(chan error, len(mnts))
+	for _, mnt := range mnts {
+		require.NoError(t, snapshot.Freeze(mnt))
+		t.Cleanup(func() { snapshot.Thaw(mnt) })
+		// While frozen, a write waits.
+		go func() { wrote <- os.WriteFile(filepath.Join(mnt, "f"), []byte("x"), 0o600) }()
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(state, freezingFile), []byte(strings.Join(mnts, "\n")), 0o600))
 	select {
 	case err := <-wrote:
 		t.Fatalf("a write to a frozen filesystem returned: %v", err)
@@ -38,11 +40,13 @@ func TestStartThawsWhatAKilledRunLeftFrozen(t *testing.T) {
 
 	a := &Agent{cfg: Config{StateDir: state}, log: slog.New(slog.DiscardHandler)}
 	a.thawLeftFrozen()
-	select {
-	case err := <-wrote:
-		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the filesystem is still frozen after the start")
+	for range mnts {
+		select {
+		case err := <-wrote:
+			require.NoError(t, err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("a filesystem is still frozen after the start")
+		}
 	}
 	_, err := os.Stat(filepath.Join(state, freezingFile))
 	require.ErrorIs(t, err, os.ErrNotExist)
