@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -36,4 +37,17 @@ func TestBlockStateRoundTrips(t *testing.T) {
 	b[8] = 9
 	_, err = decodeBlockState(b, 65536)
 	require.ErrorContains(t, err, "version")
+}
+
+// The v1 fixture, written from the layout docs/replication.md §5.2c
+// gives (not by this encoder), decodes, and encodes back byte for byte.
+func TestBlockStateV1Fixture(t *testing.T) {
+	b, err := os.ReadFile("testdata/bdtrack-state-v1.bin")
+	require.NoError(t, err)
+	s, err := decodeBlockState(b, 65536)
+	require.NoError(t, err)
+	require.Equal(t, int64(42), s.base)
+	require.Equal(t, "a request was too large", s.lost)
+	require.Equal(t, []uint64{64, 66, 4*64 + 40}, s.pending.Blocks())
+	require.Equal(t, b, s.encode())
 }
