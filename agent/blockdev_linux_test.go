@@ -6,9 +6,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,25 +25,9 @@ import (
 // holds what the device holds (the backing file), not the stale blocks a
 // buffered read of the device returns.
 func TestProtectMountedBlockDevice(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "losetup")
-	testenv.RequireTool(t, "mkfs.ext4")
 	const size = 32 << 20
-	dir := t.TempDir()
-	backing := filepath.Join(dir, "ext4.img")
-	require.NoError(t, os.WriteFile(backing, nil, 0o600))
-	require.NoError(t, os.Truncate(backing, size))
-	dev := strings.TrimSpace(testenv.Run(t, "losetup", "-f", "--show", backing))
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
-	testenv.Run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
-	mnt := filepath.Join(dir, "mnt")
-	require.NoError(t, os.Mkdir(mnt, 0o755))
-	testenv.Run(t, "mount", "-t", "ext4", dev, mnt)
-	t.Cleanup(func() {
-		if err := exec.Command("umount", mnt).Run(); err != nil {
-			exec.Command("umount", "-l", mnt).Run()
-		}
-	})
+	dev, backing := testenv.LoopFile(t, size)
+	mnt := testenv.MountExt4(t, dev)
 
 	// Fill the device's page cache, then write through the filesystem.
 	readDevice := func() []byte {
@@ -77,7 +59,7 @@ func TestProtectMountedBlockDevice(t *testing.T) {
 	site := c.AddSite("dr")
 	c.CreatePolicy("p", time.Hour)
 	p := c.Protect(api.ProtectRequest{Machine: "m", Agent: src.Name, Disks: []api.DiskRef{{Name: "d", Path: dev}},
-		Policy: "p", Target: site.Name, Driver: rig.SourceDriver(dir)}, site)
+		Policy: "p", Target: site.Name, Driver: rig.SourceDriver(t.TempDir())}, site)
 	rig.RequireFile(t, kept, site.SetDisk("m", "staged", "d"), "staged replica of the block device")
 	require.NotContains(t, p.Reason, "page cache", "the device was read with O_DIRECT")
 

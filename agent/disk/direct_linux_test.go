@@ -38,23 +38,8 @@ func loopDevice(t *testing.T, backing string) string {
 // nothing in the background (ext4lazyinit) once synced.
 func mountedExt4(t *testing.T, size int64) (dev, backing, mnt string) {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "mkfs.ext4")
-	dir := t.TempDir()
-	backing = filepath.Join(dir, "ext4.img")
-	require.NoError(t, os.WriteFile(backing, nil, 0o600))
-	require.NoError(t, os.Truncate(backing, size))
-	dev = loopDevice(t, backing)
-	testenv.Run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
-	mnt = filepath.Join(dir, "mnt")
-	require.NoError(t, os.Mkdir(mnt, 0o755))
-	testenv.Run(t, "mount", "-t", "ext4", dev, mnt)
-	t.Cleanup(func() {
-		if err := exec.Command("umount", mnt).Run(); err != nil {
-			exec.Command("umount", "-l", mnt).Run()
-		}
-	})
-	return dev, backing, mnt
+	dev, backing = testenv.LoopFile(t, size)
+	return dev, backing, testenv.MountExt4(t, dev)
 }
 
 // readBuffered reads [off, off+n) of a device through a plain descriptor,

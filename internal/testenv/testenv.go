@@ -72,24 +72,20 @@ func MountLoop(t testing.TB, fstype string, size int64) string {
 	if fstype == "xfs" && size < 512<<20 {
 		size = 512 << 20 // mkfs.xfs refuses filesystems under 300 MB; the image is sparse
 	}
-	base := t.TempDir()
-	img := filepath.Join(base, fstype+".img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	dev := strings.TrimSpace(Run(t, "losetup", "-f", "--show", img))
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	dev := LoopDevice(t, size)
 	Run(t, mkfs[0], append(mkfs[1:], dev)...)
-	mnt := filepath.Join(base, "mnt")
+	return mountUnder(t, "mnt", dev)
+}
+
+// mountUnder mounts (mount ARGS… DIR) on a new directory named name in a
+// temporary directory, and unmounts it at cleanup (lazily if it is busy).
+func mountUnder(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	mnt := filepath.Join(t.TempDir(), name)
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	Run(t, "mount", dev, mnt)
+	Run(t, "mount", append(args, mnt)...)
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
 			exec.Command("umount", "-l", mnt).Run()
@@ -107,28 +103,25 @@ func MountMemory(t testing.TB, fstype string) string {
 	if fstype != "tmpfs" && fstype != "ramfs" {
 		t.Fatalf("MountMemory: %q is not tmpfs or ramfs", fstype)
 	}
-	mnt := filepath.Join(t.TempDir(), fstype)
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	Run(t, "mount", "-t", fstype, "none", mnt)
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			exec.Command("umount", "-l", mnt).Run()
-			t.Logf("umount %s: %v %s", mnt, err, out)
-		}
-	})
-	return mnt
+	return mountUnder(t, fstype, "-t", fstype, "none")
 }
 
 // LoopDevice attaches a sparse file of size bytes to a new loop device
 // (losetup -f) and returns the device; it is detached at cleanup.
 func LoopDevice(t testing.TB, size int64) string {
 	t.Helper()
+	dev, _ := LoopFile(t, size)
+	return dev
+}
+
+// LoopFile is LoopDevice that also returns the backing file, for tests
+// that compare what was read with what the device holds.
+func LoopFile(t testing.TB, size int64) (dev, backing string) {
+	t.Helper()
 	RequireRoot(t)
 	RequireTool(t, "losetup")
-	img := filepath.Join(t.TempDir(), "loop.img")
-	f, err := os.Create(img)
+	backing = filepath.Join(t.TempDir(), "loop.img")
+	f, err := os.Create(backing)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,9 +129,9 @@ func LoopDevice(t testing.TB, size int64) string {
 		t.Fatal(err)
 	}
 	f.Close()
-	dev := strings.TrimSpace(Run(t, "losetup", "-f", "--show", img))
+	dev = strings.TrimSpace(Run(t, "losetup", "-f", "--show", backing))
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
-	return dev
+	return dev, backing
 }
 
 // MountExt4 makes an ext4 filesystem on dev (its journal and inode
@@ -149,17 +142,8 @@ func MountExt4(t testing.TB, dev string) string {
 	t.Helper()
 	RequireTool(t, "mkfs.ext4")
 	Run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
-	mnt := filepath.Join(t.TempDir(), "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	Run(t, "mount", "-t", "ext4", dev, mnt)
-	t.Cleanup(func() {
-		exec.Command("fsfreeze", "-u", mnt).Run()
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			exec.Command("umount", "-l", mnt).Run()
-			t.Logf("umount %s: %v %s", mnt, err, out)
-		}
-	})
+	mnt := mountUnder(t, "mnt", "-t", "ext4", dev)
+	// Registered after the unmount, so it runs before it.
+	t.Cleanup(func() { exec.Command("fsfreeze", "-u", mnt).Run() })
 	return mnt
 }
