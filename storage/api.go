@@ -78,8 +78,10 @@ type BlockWrite struct {
 	Patch []PatchRun // the content is the block's current content with these runs applied
 	// PatchData is Patch as it arrived: its encoding (encodePatch, the
 	// protocol's patch layout) in a codec, stored as is in a plain
-	// repository (docs/storage-format.md "Patch records"). Optional: Write
-	// encodes Patch when it is nil. Its Hash is ignored.
+	// repository (docs/storage-format.md "Patch records"). Either may be
+	// nil: Write encodes Patch, or decodes PatchData. A caller that has
+	// both gives both, and must make them agree (a record that does not
+	// give its hash fails its point). Its Hash is ignored.
 	PatchData *Chunk
 }
 

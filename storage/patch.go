@@ -62,6 +62,40 @@ func eachRun(p []byte, blockLen int, fn func(off int, data []byte)) error {
 	return nil
 }
 
+// patchOf is a patch write's runs, checked against a block of blockLen
+// bytes, and its bytes as they arrived (encoded here, uncompressed, when
+// the caller gave only the runs). A caller that decoded the patch already
+// (the ingest) gives both, and nothing is decoded twice: the record's own
+// bytes are checked against its hash before its point commits
+// (patchcheck.go).
+func (c *core) patchOf(w BlockWrite, blockLen int) ([]PatchRun, *Chunk, error) {
+	pd := w.PatchData
+	if w.Patch == nil {
+		plain, err := c.zc.decode(pd.Codec, pd.Data, pd.PlainLen)
+		if err != nil {
+			return nil, nil, err
+		}
+		var runs []PatchRun
+		err = eachRun(plain, blockLen, func(off int, data []byte) { runs = append(runs, PatchRun{Offset: off, Data: data}) })
+		return runs, pd, err
+	}
+	if len(w.Patch) == 0 {
+		return nil, nil, fmt.Errorf("patch with no runs")
+	}
+	next := 0
+	for _, r := range w.Patch {
+		if len(r.Data) == 0 || r.Offset < next || r.Offset+len(r.Data) > blockLen {
+			return nil, nil, fmt.Errorf("patch run [%d, %d) empty, out of order or outside a block of %d bytes", r.Offset, r.Offset+len(r.Data), blockLen)
+		}
+		next = r.Offset + len(r.Data)
+	}
+	if pd == nil {
+		enc := encodePatch(w.Patch)
+		pd = &Chunk{Hash: w.Hash, Codec: CodecNone, Data: enc, PlainLen: len(enc)}
+	}
+	return w.Patch, pd, nil
+}
+
 // applyPatch writes the runs of an encoded patch over block.
 func applyPatch(block, p []byte) error {
 	return eachRun(p, len(block), func(off int, data []byte) { copy(block[off:], data) })

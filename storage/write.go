@@ -337,11 +337,11 @@ type patchPrep struct {
 	rebuild func() (*Chunk, error)
 }
 
-// patchWrite is one patch of a Write: its plain encoding, and the block's
-// current chunk (hasBase false: zeros).
+// patchWrite is one patch of a Write: its runs, and the block's current
+// chunk (hasBase false: zeros).
 type patchWrite struct {
 	i       int
-	plain   []byte
+	runs    []PatchRun
 	data    *Chunk // as it arrived
 	base    chunkRow
 	hasBase bool
@@ -365,19 +365,11 @@ func (p *Pending) planPatches(ctx context.Context, ws []BlockWrite, supplied map
 		if w.Zero || (w.Patch == nil && w.PatchData == nil) {
 			continue
 		}
-		pd := w.PatchData
-		if pd == nil {
-			enc := encodePatch(w.Patch)
-			pd = &Chunk{Hash: w.Hash, Codec: CodecNone, Data: enc, PlainLen: len(enc)}
-		}
-		plain, err := c.zc.decode(pd.Codec, pd.Data, pd.PlainLen)
-		if err == nil {
-			err = eachRun(plain, p.specs[w.Disk].BlockSize, func(int, []byte) {})
-		}
+		runs, pd, err := c.patchOf(w, p.specs[w.Disk].BlockSize)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%w: patch of block %d of disk %q: %v", ErrHashMismatch, w.Block, w.Disk, err)
 		}
-		pws = append(pws, patchWrite{i: i, plain: plain, data: pd})
+		pws = append(pws, patchWrite{i: i, runs: runs, data: pd})
 		byDisk[w.Disk] = append(byDisk[w.Disk], w.Block)
 		count[w.Hash]++
 	}
@@ -480,8 +472,8 @@ func (p *Pending) patched(ctx context.Context, diskID int64, spec DiskSpec, w Bl
 		}
 		copy(buf, cur)
 	}
-	if err := applyPatch(buf, pw.plain); err != nil {
-		return nil, fmt.Errorf("storage: patch of block %d: %v", w.Block, err)
+	for _, r := range pw.runs { // checked against the block by patchOf
+		copy(buf[r.Offset:], r.Data)
 	}
 	if blake3.Sum256(buf) != w.Hash {
 		return nil, fmt.Errorf("%w: patched block %d of disk %q", ErrHashMismatch, w.Block, w.Disk)

@@ -322,10 +322,12 @@ func (g *Ingest) batch(ctx context.Context, agentID string, rep *replies, b *dat
 				if int(r.Offset)+len(r.Data) > d.BlockSize {
 					return protocol.Errorf(protocol.CodeInvalid, "patch run beyond block size %d", d.BlockSize)
 				}
+				w.Patch = append(w.Patch, storage.PatchRun{Offset: int(r.Offset), Data: r.Data})
 			}
-			// Checked, and handed over as it arrived: the repository
-			// stores the patch in its codec (docs/storage-format.md
-			// "Patch records"), its encoding being the repository's.
+			// Handed over decoded (the repository does not decode it
+			// again) and as it arrived: the repository stores the patch
+			// in its codec (docs/storage-format.md "Patch records"), its
+			// encoding being the repository's.
 			if w.PatchData, err = g.chunk(blk); err != nil {
 				return err
 			}
