@@ -38,6 +38,20 @@ type pointChecks struct {
 	refused int // patches rebuilt at ingest that did not give their hash (not stored)
 }
 
+func newPointChecks() *pointChecks {
+	return &pointChecks{ok: map[int64]bool{}, bad: map[int64]error{}}
+}
+
+// entry is point's checks, made on first use. Call with pc.mu held.
+func (pc *patchChecks) entry(point int64) *pointChecks {
+	p := pc.points[point]
+	if p == nil {
+		p = newPointChecks()
+		pc.points[point] = p
+	}
+	return p
+}
+
 func newPatchChecks() *patchChecks {
 	return &patchChecks{points: map[int64]*pointChecks{}, sem: make(chan struct{}, runtime.GOMAXPROCS(0))}
 }
@@ -45,11 +59,7 @@ func newPatchChecks() *patchChecks {
 // start checks the records ids of pending point in the background.
 func (pc *patchChecks) start(r *Repo, point int64, ids []int64) {
 	pc.mu.Lock()
-	p := pc.points[point]
-	if p == nil {
-		p = &pointChecks{ok: map[int64]bool{}, bad: map[int64]error{}}
-		pc.points[point] = p
-	}
+	p := pc.entry(point)
 	p.wg.Add(1)
 	pc.all.Add(1)
 	pc.mu.Unlock()
@@ -76,11 +86,7 @@ func (pc *patchChecks) start(r *Repo, point int64, ids []int64) {
 func (pc *patchChecks) refuse(point int64, n int) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	p := pc.points[point]
-	if p == nil {
-		p = &pointChecks{ok: map[int64]bool{}, bad: map[int64]error{}}
-		pc.points[point] = p
-	}
+	p := pc.entry(point)
 	p.mu.Lock()
 	p.refused += n
 	p.mu.Unlock()
@@ -114,7 +120,7 @@ func (p *Pending) settlePatchChecks(ctx context.Context) error {
 	c := p.r.c
 	pc := c.checks.take(p.ID)
 	if pc == nil {
-		pc = &pointChecks{ok: map[int64]bool{}, bad: map[int64]error{}}
+		pc = newPointChecks()
 	}
 	var todo []int64
 	for _, did := range p.diskIDs {
