@@ -130,7 +130,13 @@ func LoopFile(t testing.TB, size int64) (dev, backing string) {
 	}
 	f.Close()
 	dev = strings.TrimSpace(Run(t, "losetup", "-f", "--show", backing))
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	t.Cleanup(func() {
+		// Partitions a test added through BLKPG (partx, sfdisk) outlive
+		// the detach of a loop device without partition scanning, and
+		// the next test given this device number then cannot add its own.
+		exec.Command("partx", "-d", dev).Run()
+		exec.Command("losetup", "-d", dev).Run()
+	})
 	return dev, backing
 }
 
