@@ -107,7 +107,7 @@ func (b *blockTracker) Cut() (track.Cut, error) {
 	if d.Overflow && b.lost == "" {
 		b.lost = "a request was too large for the dirty bitmap to mark"
 	}
-	return track.Cut{Ranges: dirtyRanges(b.pending), Lost: b.lost, Base: b.base}, nil
+	return track.Cut{Ranges: dirtyRanges(b.pending), Fresh: dirtyRanges(d), Lost: b.lost, Base: b.base}, nil
 }
 
 // dirtyRanges is the byte ranges of d's dirty blocks, runs coalesced.

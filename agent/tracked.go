@@ -154,7 +154,8 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		vds[i] = snapshot.ViewDisk{Name: cfg.Disks[i].Name, Source: d.path, Path: d.path}
 		bytes += int64(len(fz.caps[i].buf))
 	}
-	note := fmt.Sprintf("frozen %d ms, %d bytes captured", fz.frozen.Milliseconds(), bytes)
+	note := fmt.Sprintf("frozen %d ms, %d bytes captured (%d read in the freeze, %d pre-copied in %d rounds)",
+		fz.frozen.Milliseconds(), bytes, fz.inFreeze, fz.precopied, fz.rounds)
 	v := snapshot.NewView(fz.instant, snapshot.CrashConsistent, snapshot.MethodTrackedFreeze, vds, append(notes, note),
 		func(keep int64) error {
 			if keep == 0 {
@@ -174,16 +175,23 @@ type frozenCapture struct {
 	base    int64
 	why     string
 	err     error
+	// leftFrozen: a thaw failed (err says which); the freezing note stays.
+	leftFrozen bool
+	timedOut   bool  // the last try's freeze ran out
+	inFreeze   int64 // bytes read while frozen, in the last try
+	precopied  int64 // bytes read before, by the pre-copy
+	rounds     int   // the pre-copy's rounds
 }
 
-// freezeAndCapture freezes every mount at once, cuts every tracker and,
-// when the cuts can be used, reads the changed blocks. Between freeze and
-// thaw it does nothing but reads and the ioctls, on descriptors opened
+// freezeAndCapture makes a tracked freeze's capture: a pre-copy while the
+// machine runs (agent/precopy.go), then every mount frozen at once, every
+// tracker cut, the blocks left to read read, and the thaw. Between freeze
+// and thaw it does nothing but reads and the ioctls, on descriptors opened
 // before: the log, the state directory and anything else may be on a
 // frozen filesystem (the log is, when the admin put it there), and a
 // write to it would wait for the thaw. A timer thaws after
-// Config.MaxFreeze whatever happens; a capture that outlives it is
-// dropped.
+// Config.MaxFreeze whatever happens; a freeze that runs out is tried
+// again after another pre-copy, up to maxFreezeTries times.
 func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string) (fz frozenCapture) {
 	readers := make([]frozenReader, len(disks))
 	var mfds []*os.File
@@ -212,19 +220,53 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 		}
 		mfds = append(mfds, f)
 	}
-	// A filesystem stays frozen after the process that froze it dies: the
-	// mounts are written down first, and the next start thaws them
-	// (thawLeftFrozen). The note goes once the trackers' state is saved.
+	// A filesystem stays frozen after the process that froze it dies, and
+	// a block tracker's cut drains the kernel's bitmap into this process's
+	// memory: the mounts are written down before the first cut (of the
+	// pre-copy), and the next start thaws them and drops the block
+	// trackers' saved state (thawLeftFrozen). The note goes once the
+	// trackers' state is saved.
 	if err := a.noteFreezing(mounts); err != nil {
 		fz.err = err
 		return fz
 	}
-	saved := false
-	defer func() {
-		if saved {
-			a.noteFreezing(nil)
+	pre := newPrecopy(cfg)
+	for try := 1; ; try++ {
+		pre.run(a, cfg, disks, readers)
+		var fr frozenRead
+		fz, fr = a.freezeOnce(cfg, disks, mounts, mfds, readers, pre)
+		if fz.err != nil || !fz.timedOut || try == maxFreezeTries {
+			break
 		}
-	}()
+		// The blocks the cut named were not all read: they must be, after
+		// the next cut.
+		if pre.off == "" {
+			for i := range pre.disks {
+				pre.disks[i].carry = fr.reads[i]
+			}
+		}
+		a.log.Info("write tracking: the freeze ran out; thawed, trying again after another pre-copy", "machine", cfg.Name, "try", try, "max_freeze", a.cfg.MaxFreeze)
+	}
+	fz.precopied, fz.rounds = pre.read, pre.rounds
+	saved := !fz.leftFrozen
+	for _, d := range disks {
+		if err := d.t.Save(); err != nil {
+			// The note stays: the next start counts afresh.
+			saved = false
+			a.log.Warn("write tracking: saving the tracker's state failed", "machine", cfg.Name, "disk", d.path, "err", err)
+		}
+	}
+	if saved {
+		a.noteFreezing(nil)
+	}
+	if fz.timedOut {
+		fz.caps, fz.why = nil, fmt.Sprintf("the freeze timed out %d times: reading the changed blocks took longer than the freeze may last (%s, --max-freeze)", maxFreezeTries, a.cfg.MaxFreeze)
+	}
+	return fz
+}
+
+// freezeOnce freezes every mount, cuts and reads, and thaws.
+func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string, mfds []*os.File, readers []frozenReader, pre *precopy) (fz frozenCapture, fr frozenRead) {
 	// thaw runs once, from the timer or from here; the mutex also hands
 	// the timer's error over.
 	var (
@@ -255,74 +297,79 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 		if err := snapshot.FreezeFile(f); err != nil {
 			thaw()
 			fz.err = errors.Join(fmt.Errorf("freeze %s: %w", mounts[i], err), thawErr)
-			saved = thawErr == nil
-			return fz
+			fz.leftFrozen = thawErr != nil
+			return fz, fr
 		}
 		frozen = append(frozen, i)
 	}
 	fz.instant = a.cfg.Now()
 	timer := time.AfterFunc(a.cfg.MaxFreeze, func() { thaw() })
-	fz.caps, fz.base, fz.why = a.captureFrozen(cfg, disks, readers, thawed.Load)
+	fr = a.captureFrozen(cfg, disks, readers, pre, thawed.Load)
 	timer.Stop()
 	early := !thaw()
 	fz.frozen = a.cfg.Now().Sub(fz.instant)
 	thawMu.Lock()
 	fz.err = thawErr
 	thawMu.Unlock()
-	saved = fz.err == nil
-	for _, d := range disks {
-		if err := d.t.Save(); err != nil {
-			// The note stays: the next start counts afresh.
-			saved = false
-			a.log.Warn("write tracking: saving the tracker's state failed", "machine", cfg.Name, "disk", d.path, "err", err)
+	fz.leftFrozen = fz.err != nil
+	fz.why, fz.inFreeze = fr.why, fr.bytes
+	switch {
+	case fz.err != nil:
+	case early:
+		fz.timedOut = true
+	case fr.why == "":
+		fz.base = fr.cuts[0].Base
+		fz.caps = make([]*captured, len(disks))
+		for i, c := range fr.cuts {
+			var err error
+			if fz.caps[i], err = pre.compose(i, c.Ranges, fr.caps[i], fr.sizes[i]); err != nil {
+				fz.caps, fz.why = nil, err.Error()
+				break
+			}
 		}
 	}
-	if early && fz.caps != nil {
-		fz.caps, fz.why = nil, fmt.Sprintf("the freeze timed out: reading the changed blocks took longer than the freeze may last (%s, --max-freeze)", a.cfg.MaxFreeze)
-	}
-	return fz
+	return fz, fr
 }
 
-// captureFrozen cuts the trackers and reads the changed blocks of frozen
-// disks; caps is nil when the cuts cannot be used alone.
-func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, readers []frozenReader, stop func() bool) (caps []*captured, base int64, why string) {
-	cuts := make([]track.Cut, len(disks))
-	for i, d := range disks {
-		c, err := d.t.Cut()
-		if err != nil {
-			why = err.Error()
-		}
-		cuts[i] = c
+// frozenRead is what one freeze's cut and read gave.
+type frozenRead struct {
+	cuts  []track.Cut
+	sizes []int64
+	reads [][]track.Range // per disk, what the freeze had to read
+	caps  []*captured     // what it read
+	bytes int64
+	why   string // why the cuts cannot be used ("" when they can)
+}
+
+// captureFrozen cuts the trackers of frozen disks and reads what the
+// pre-copy left (everything pending, without one).
+func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, readers []frozenReader, pre *precopy, stop func() bool) (fr frozenRead) {
+	fr.cuts, fr.why = cutAll(disks)
+	if fr.why != "" {
+		return fr
 	}
-	if why != "" {
-		return nil, 0, why
-	}
-	base = cuts[0].Base
-	sizes := make([]int64, len(disks))
+	fr.sizes = make([]int64, len(disks))
+	fr.reads = make([][]track.Range, len(disks))
 	var total int64
-	for i, c := range cuts {
-		switch {
-		case c.Lost != "":
-			return nil, 0, "write tracking lost its window: " + c.Lost
-		case c.Base == 0:
-			return nil, 0, "write tracking has just started"
-		case c.Base != base:
-			return nil, 0, "the disks' trackers count from different points"
-		}
-		sizes[i] = readers[i].Size()
-		total += capturedBytes(c.Ranges, int64(cfg.Disks[i].BlockSize), sizes[i])
+	for i, c := range fr.cuts {
+		fr.sizes[i] = readers[i].Size()
+		fr.reads[i] = pre.toRead(i, c)
+		total += capturedBytes(c.Ranges, int64(cfg.Disks[i].BlockSize), fr.sizes[i])
 	}
 	if total > a.cfg.MaxCapture {
-		return nil, 0, fmt.Sprintf("%d changed bytes exceed what one capture may hold (%d)", total, a.cfg.MaxCapture)
+		fr.why = fmt.Sprintf("%d changed bytes exceed what one capture may hold (%d)", total, a.cfg.MaxCapture)
+		return fr
 	}
-	caps = make([]*captured, len(disks))
-	for i, c := range cuts {
+	fr.caps = make([]*captured, len(disks))
+	for i := range fr.cuts {
 		var err error
-		if caps[i], err = capture(readers[i], c.Ranges, int64(cfg.Disks[i].BlockSize), sizes[i], stop); err != nil {
-			return nil, 0, err.Error()
+		if fr.caps[i], err = capture(readers[i], fr.reads[i], int64(cfg.Disks[i].BlockSize), fr.sizes[i], stop); err != nil {
+			fr.why = err.Error()
+			return fr
 		}
+		fr.bytes += int64(len(fr.caps[i].buf))
 	}
-	return caps, base, ""
+	return fr
 }
 
 // ensure returns the machine's trackers, starting the missing ones and

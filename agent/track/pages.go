@@ -60,6 +60,10 @@ type Cut struct {
 	// Ranges are the pages written since Base's instant (with a frozen
 	// filesystem at the cut: up to the cut).
 	Ranges []Range
+	// Fresh are the pages written in this cut's own window: since the
+	// cut before it (or since Base, for the first). A pre-copy reads
+	// Ranges once, then only each later cut's Fresh pages.
+	Fresh []Range
 	// Lost says why the ranges cannot be trusted ("" when they can).
 	Lost string
 	// Base is the point the ranges are relative to (0: none yet).

@@ -275,13 +275,14 @@ func (f *File) Cut(timeout time.Duration) (Cut, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	fresh := f.cur.ranges()
 	f.pending.union(&f.cur)
 	f.cur.clear()
 	if f.pendLost == "" {
 		f.pendLost = f.curLost
 	}
 	f.curLost = ""
-	return Cut{Ranges: f.pending.ranges(), Lost: f.pendLost, Base: f.base}, nil
+	return Cut{Ranges: f.pending.ranges(), Fresh: fresh, Lost: f.pendLost, Base: f.base}, nil
 }
 
 // Commit records that point holds everything up to the last cut: the
