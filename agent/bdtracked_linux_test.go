@@ -67,7 +67,8 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	require.False(t, b.t.Fresh)
 	c, err = b.Cut()
 	require.NoError(t, err)
-	require.Equal(t, track.Cut{Ranges: []track.Range{{Offset: 3 * bs, Length: bs}}, Base: 7}, c)
+	one := []track.Range{{Offset: 3 * bs, Length: bs}}
+	require.Equal(t, track.Cut{Ranges: one, Fresh: one, Base: 7}, c)
 	require.NoError(t, b.Save())
 	write(5 * bs)
 	require.NoError(t, b.Close())
@@ -77,6 +78,7 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	c, err = b.Cut()
 	require.NoError(t, err)
 	require.Equal(t, []track.Range{{Offset: 3 * bs, Length: bs}, {Offset: 5 * bs, Length: bs}}, c.Ranges)
+	require.Equal(t, []track.Range{{Offset: 5 * bs, Length: bs}}, c.Fresh, "the cut's own window")
 	require.Equal(t, int64(7), c.Base)
 	require.NoError(t, b.Close()) // this cut is not saved
 
@@ -105,7 +107,8 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	write(20 * bs)
 	c, err = b.Cut()
 	require.NoError(t, err)
-	require.Equal(t, track.Cut{Ranges: []track.Range{{Offset: 20 * bs, Length: bs}}, Base: 10}, c)
+	twenty := []track.Range{{Offset: 20 * bs, Length: bs}}
+	require.Equal(t, track.Cut{Ranges: twenty, Fresh: twenty, Base: 10}, c)
 	require.NoError(t, b.Save())
 	require.NoError(t, b.Close())
 
