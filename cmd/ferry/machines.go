@@ -218,7 +218,8 @@ A machine whose agent has not reported a cycle since the controller started
 has no progress.
 
 The newest point's line says how its view was made (last_point_method in
---json: reflink, tracked-freeze, direct-read, powered-off, …) and, when that
+--json: reflink, tracked-freeze, quiet-file, direct-read, powered-off, …;
+"ferry points list --help" says what each means) and, when that
 point is inconsistent, why (last_point_reason).`,
 		RunE: func(c *cobra.Command, args []string) error { return runMachineShow(c.Context(), g, args[0]) },
 	}

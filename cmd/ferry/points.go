@@ -23,9 +23,23 @@ func newPointsCommand(g *globals) *cobra.Command {
 		Use: "list MACHINE", Short: "List a machine's recovery points (id, time, consistency, bytes, name, method)", Args: exactArgs(1, "MACHINE"),
 		Long: `List a machine's recovery points: id, time (controller clock), consistency,
 bytes, name, whether the point audit found it damaged, whether a drill
-verified it, and the method that made its view (reflink, btrfs-snapshot,
-tracked-freeze, powered-off, direct-read, …; "-" for a point made before
+verified it, and the method that made its view ("-" for a point made before
 methods were recorded). Below the table, why the inconsistent points are.
+
+Methods (docs/replication.md §5.2 has the table of sources and tests):
+  reflink                      a reflink clone of the image file
+  reflink-per-disk             several disks cloned one after another, not
+                               frozen together: inconsistent, says why
+  btrfs-snapshot               a btrfs snapshot of the images' subvolume
+  driver-pause+reflink,
+  driver-pause+btrfs-snapshot  the hypervisor paused the VM for the clone
+  tracked-freeze               filesystems frozen, the blocks a write tracker
+                               saw change read (image files on one
+                               filesystem, or whole block devices)
+  quiet-file                   image files read directly, unchanged while
+                               read (judged by their change timestamps)
+  powered-off                  the VM was off while read
+  direct-read                  read while in use: inconsistent, says why
 
 With --json each point has id, time, consistency, bytes, name,
 changed_blocks, damaged and verified (when true), method and reason (the
