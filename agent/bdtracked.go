@@ -254,8 +254,9 @@ func loadBlockState(path string, blockSize int) (blockState, error) {
 func (a *Agent) trackedBlockDevice(path string, blockSize int, major, minor uint32) *trackedDisk {
 	id := fmt.Sprintf("%d_%d", major, minor)
 	return &trackedDisk{
-		path: path,
-		id:   "dev " + id,
+		path:      path,
+		id:        "dev " + id,
+		rawDevice: true,
 		start: func() (writeTracker, error) {
 			return startBlockTracker(path, blockSize, a.cfg.StateDir, id, a.log)
 		},

@@ -63,6 +63,9 @@ type trackedDisk struct {
 	start func() (writeTracker, error)
 	open  func() (frozenReader, error)
 	t     writeTracker
+	// rawDevice: a block device, which something other than its frozen
+	// filesystems could write (writtenWhileFrozen).
+	rawDevice bool
 }
 
 // frozenReader reads a disk during a freeze.
@@ -369,7 +372,43 @@ func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, reade
 		}
 		fr.bytes += int64(len(fr.caps[i].buf))
 	}
+	if !stop() {
+		fr.why = writtenWhileFrozen(disks)
+	}
 	return fr
+}
+
+// writtenWhileFrozen cuts the trackers of block devices again, still
+// frozen, and says which device was written since the first cut: nothing
+// may reach a disk whose filesystems are all frozen, so a write there
+// came from a partition with no mounted filesystem or a writer of the
+// raw device, and the blocks just read need not be of one instant. (An
+// image file's writers all wait for the thaw.)
+func writtenWhileFrozen(disks []*trackedDisk) string {
+	for _, d := range disks {
+		if !d.rawDevice {
+			continue
+		}
+		c, err := d.t.Cut()
+		switch {
+		case err != nil:
+			return err.Error()
+		case c.Lost != "":
+			return "write tracking lost its window: " + c.Lost
+		case len(c.Fresh) > 0:
+			return fmt.Sprintf("%s was written while its filesystems were frozen (%d bytes; a partition with no mounted filesystem, or a writer of the device itself): the blocks read are not of one instant",
+				d.path, rangeBytes(c.Fresh))
+		}
+	}
+	return ""
+}
+
+func rangeBytes(rs []track.Range) int64 {
+	var n int64
+	for _, r := range rs {
+		n += r.Length
+	}
+	return n
 }
 
 // ensure returns the machine's trackers, starting the missing ones and

@@ -96,17 +96,87 @@ func (a *Agent) trackableDevices(cfg msg.MachineConfig) (disks []*trackedDisk, m
 		if _, err := os.Stat(fmt.Sprintf("/sys/dev/block/%d:%d/partition", major, minor)); err == nil {
 			return nil, nil, dc.Path + " is a partition: block devices are tracked as whole disks (agent/bdtrack)"
 		}
-		mount, why := mi.freezable(major, minor)
+		ms, why := a.diskMounts(mi, major, minor)
 		if why != "" {
 			return nil, nil, dc.Path + ": " + why
 		}
-		if why := a.holdsOwnFiles(st.Rdev); why != "" {
-			return nil, nil, dc.Path + ": " + why
-		}
 		disks = append(disks, a.trackedBlockDevice(dc.Path, dc.BlockSize, major, minor))
-		mounts = append(mounts, mount)
+		mounts = append(mounts, ms...)
 	}
 	return disks, mounts, ""
+}
+
+// diskMounts is where the filesystems of whole disk major:minor are
+// frozen: the filesystem on the disk itself, or those on its partitions
+// (a partitioned disk's tracker sees its partitions' writes: the block
+// layer's events name the whole disk). A partition with no mounted
+// filesystem (swap, an unused or raw partition) is not frozen: the
+// capture then proves that nothing wrote to the disk while the others
+// were frozen, or is not used (captureFrozen).
+func (a *Agent) diskMounts(mi mountinfo, major, minor uint32) (mounts []string, why string) {
+	parts, err := partitionsOf(major, minor)
+	if err != nil {
+		return nil, err.Error()
+	}
+	if len(parts) == 0 {
+		mount, why := mi.freezable(major, minor)
+		if why != "" {
+			return nil, why
+		}
+		if why := a.holdsOwnFiles(unix.Mkdev(major, minor)); why != "" {
+			return nil, why
+		}
+		return []string{mount}, ""
+	}
+	for _, p := range parts {
+		mount, why := mi.freezable(p.major, p.minor)
+		switch {
+		case why == noMountedFS:
+			continue
+		case why != "":
+			return nil, "partition " + p.name + ": " + why
+		}
+		if why := a.holdsOwnFiles(unix.Mkdev(p.major, p.minor)); why != "" {
+			return nil, "partition " + p.name + ": " + why
+		}
+		mounts = append(mounts, mount)
+	}
+	if len(mounts) == 0 {
+		return nil, "no mounted filesystem on it or its partitions to freeze"
+	}
+	return mounts, ""
+}
+
+// partition is one partition of a whole disk, from sysfs.
+type partition struct {
+	name         string
+	major, minor uint32
+}
+
+// partitionsOf lists the partitions of whole disk major:minor: the
+// subdirectories of its sysfs directory that hold a "partition" file.
+func partitionsOf(major, minor uint32) ([]partition, error) {
+	dir := fmt.Sprintf("/sys/dev/block/%d:%d", major, minor)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []partition
+	for _, e := range entries {
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), "partition")); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "dev"))
+		if err != nil {
+			return nil, err
+		}
+		var maj, min uint32
+		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &maj, &min); err != nil {
+			return nil, fmt.Errorf("%s/%s/dev: %q", dir, e.Name(), b)
+		}
+		out = append(out, partition{name: e.Name(), major: maj, minor: min})
+	}
+	return out, nil
 }
 
 // holdsOwnFiles says why the filesystem dev cannot be frozen when it
@@ -199,6 +269,9 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
+// noMountedFS is freezable's reason for a device nothing is mounted from.
+const noMountedFS = "no mounted filesystem to freeze"
+
 // freezable is the mount point through which the filesystem on device
 // major:minor is frozen (a mount of its root directory if there is one;
 // bind mounts of a subdirectory share its superblock), or why there is
@@ -217,7 +290,7 @@ func (mi mountinfo) freezable(major, minor uint32) (mount, why string) {
 		}
 	}
 	if mount == "" {
-		return "", "no mounted filesystem to freeze"
+		return "", noMountedFS
 	}
 	return mount, ""
 }
