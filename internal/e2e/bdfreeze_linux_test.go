@@ -19,15 +19,18 @@ import (
 	"github.com/ferrydr/ferry/internal/testenv"
 )
 
-// fsWriter makes numbered steps inside a mounted filesystem, one after
-// another, each durable (fsync of the file and of the directory) before
-// the next begins. Step i creates the file f<i> with content of its own
-// (fsWriterFile), except every fifth step, which rewrites in place one of
-// the 4 KiB slots of rewrite.dat (fsWriterSlot). A crash-consistent image
-// of the filesystem therefore shows steps 1..N and possibly a partial
-// step N+1, for some N (checkFSPrefix).
+// fsWriter makes numbered steps inside one or more mounted filesystems,
+// one after another, each durable (fsync of the file and of the
+// directory) before the next begins. Step i goes into the directory
+// fsWriterDir(i) of the writer's dirs: with two filesystems, the steps
+// alternate between them. Step i creates the file f<i> with content of
+// its own (fsWriterFile), except every fifth step, which rewrites in
+// place one of the 4 KiB slots of that directory's rewrite.dat
+// (fsWriterSlot). A crash-consistent image of the filesystems, taken at
+// one instant, therefore shows steps 1..N and possibly a partial step
+// N+1, for some N (checkFSPrefix).
 type fsWriter struct {
-	dir  string
+	dirs []string
 	stop chan struct{}
 	done chan struct{}
 
@@ -45,6 +48,10 @@ const (
 func fsWriterRewrites(i int) bool { return i%fsWriterRewrit == 0 }
 func fsWriterSlotOf(i int) int    { return (i / fsWriterRewrit) % fsWriterSlots }
 
+// fsWriterDir is the index, among n directories, of the one step i
+// writes into.
+func fsWriterDir(i, n int) int { return i % n }
+
 // fsWriterFile is step i's file content: 1 to 16 KiB.
 func fsWriterFile(i int) []byte {
 	line := fmt.Sprintf("file %08d of the ordered filesystem writer\n", i)
@@ -58,18 +65,21 @@ func fsWriterSlot(i int) []byte {
 	return bytes.Repeat([]byte(line), 4096/len(line)+1)[:4096]
 }
 
-// startFSWriter creates rewrite.dat in dir (durably) and starts writing.
-func startFSWriter(t *testing.T, dir string, pause time.Duration) *fsWriter {
+// startFSWriter creates rewrite.dat in each of dirs (durably) and
+// starts writing.
+func startFSWriter(t *testing.T, pause time.Duration, dirs ...string) *fsWriter {
 	t.Helper()
-	rw := filepath.Join(dir, "rewrite.dat")
-	f, err := os.Create(rw)
-	require.NoError(t, err)
-	_, err = f.Write(make([]byte, 4096*fsWriterSlots))
-	require.NoError(t, err)
-	require.NoError(t, f.Sync())
-	require.NoError(t, f.Close())
-	require.NoError(t, syncDir(dir))
-	w := &fsWriter{dir: dir, stop: make(chan struct{}), done: make(chan struct{})}
+	require.NotEmpty(t, dirs)
+	for _, dir := range dirs {
+		f, err := os.Create(filepath.Join(dir, "rewrite.dat"))
+		require.NoError(t, err)
+		_, err = f.Write(make([]byte, 4096*fsWriterSlots))
+		require.NoError(t, err)
+		require.NoError(t, f.Sync())
+		require.NoError(t, f.Close())
+		require.NoError(t, syncDir(dir))
+	}
+	w := &fsWriter{dirs: dirs, stop: make(chan struct{}), done: make(chan struct{})}
 	go w.run(pause)
 	t.Cleanup(w.Stop)
 	return w
@@ -86,12 +96,16 @@ func syncDir(dir string) error {
 
 func (w *fsWriter) run(pause time.Duration) {
 	defer close(w.done)
-	rw, err := os.OpenFile(filepath.Join(w.dir, "rewrite.dat"), os.O_RDWR, 0)
-	if err != nil {
-		w.fail(err)
-		return
+	rws := make([]*os.File, len(w.dirs))
+	for d, dir := range w.dirs {
+		rw, err := os.OpenFile(filepath.Join(dir, "rewrite.dat"), os.O_RDWR, 0)
+		if err != nil {
+			w.fail(err)
+			return
+		}
+		defer rw.Close()
+		rws[d] = rw
 	}
-	defer rw.Close()
 	for i := 1; ; i++ {
 		select {
 		case <-w.stop:
@@ -99,7 +113,8 @@ func (w *fsWriter) run(pause time.Duration) {
 		case <-time.After(pause):
 		}
 		start := time.Now()
-		if err := w.step(rw, i); err != nil {
+		d := fsWriterDir(i, len(w.dirs))
+		if err := w.step(w.dirs[d], rws[d], i); err != nil {
 			w.fail(fmt.Errorf("step %d: %w", i, err))
 			return
 		}
@@ -111,14 +126,14 @@ func (w *fsWriter) run(pause time.Duration) {
 	}
 }
 
-func (w *fsWriter) step(rw *os.File, i int) error {
+func (w *fsWriter) step(dir string, rw *os.File, i int) error {
 	if fsWriterRewrites(i) {
 		if _, err := rw.WriteAt(fsWriterSlot(i), int64(4096*fsWriterSlotOf(i))); err != nil {
 			return err
 		}
 		return rw.Sync()
 	}
-	f, err := os.OpenFile(filepath.Join(w.dir, fmt.Sprintf("f%08d", i)), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("f%08d", i)), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
@@ -133,7 +148,7 @@ func (w *fsWriter) step(rw *os.File, i int) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return syncDir(w.dir)
+	return syncDir(dir)
 }
 
 func (w *fsWriter) fail(err error) {
@@ -158,50 +173,59 @@ func (w *fsWriter) state() (steps int, maxStall time.Duration, err error) {
 	return w.steps, w.maxStall, w.err
 }
 
-// checkFSPrefix reads the writer's files in dir (a mounted copy of a
-// point) and returns N: the steps 1..N are all there (every file f<i>
-// complete, every slot holding its last rewrite up to N), and nothing of
-// a later step is, but for step N+1's file, which may be partial.
-func checkFSPrefix(t *testing.T, dir string) int {
+// checkFSPrefix reads the writer's files in dirs (mounted copies of a
+// point's disks, in the writer's order) and returns N: the steps 1..N are
+// all there (every file f<i> complete in its own directory, every slot
+// holding its last rewrite up to N), and nothing of a later step is, but
+// for step N+1's file, which may be partial. With the steps alternating
+// between two filesystems, copies of the two taken at different instants
+// fail it: the later one holds a step whose predecessor, on the other,
+// is missing (a gap), or the other holds steps past the end (an overrun).
+func checkFSPrefix(t *testing.T, dirs ...string) int {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
+	require.NotEmpty(t, dirs)
 	complete, partial := map[int]bool{}, map[int]bool{}
-	for _, e := range entries {
-		name, ok := strings.CutPrefix(e.Name(), "f")
-		if !ok {
-			continue
-		}
-		i, err := strconv.Atoi(name)
-		require.NoError(t, err, "unexpected file %s", e.Name())
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		require.NoError(t, err)
-		if bytes.Equal(b, fsWriterFile(i)) {
-			complete[i] = true
-		} else {
-			partial[i] = true
-		}
-	}
-	rw, err := os.ReadFile(filepath.Join(dir, "rewrite.dat"))
-	require.NoError(t, err)
-	require.Len(t, rw, 4096*fsWriterSlots)
-	slot := make([]int, fsWriterSlots) // the step each slot holds (0: none yet)
+	slot := make([][]int, len(dirs)) // per directory, the step each slot holds (0: none yet)
 	re := regexp.MustCompile(`^slot (\d\d) rewritten by step (\d{8})\n`)
-	for s := range slot {
-		b := rw[4096*s : 4096*(s+1)]
-		if bytes.Equal(b, make([]byte, 4096)) {
-			continue
+	for d, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, e := range entries {
+			name, ok := strings.CutPrefix(e.Name(), "f")
+			if !ok {
+				continue
+			}
+			i, err := strconv.Atoi(name)
+			require.NoError(t, err, "unexpected file %s", e.Name())
+			require.Equal(t, fsWriterDir(i, len(dirs)), d, "file %s is on the wrong filesystem", e.Name())
+			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			require.NoError(t, err)
+			if bytes.Equal(b, fsWriterFile(i)) {
+				complete[i] = true
+			} else {
+				partial[i] = true
+			}
 		}
-		m := re.FindSubmatch(b)
-		require.NotNil(t, m, "slot %d holds neither zeros nor a rewrite: %q", s, b[:64])
-		i, _ := strconv.Atoi(string(m[2]))
-		require.True(t, fsWriterRewrites(i) && fsWriterSlotOf(i) == s && bytes.Equal(b, fsWriterSlot(i)),
-			"slot %d holds a torn or misplaced rewrite (step %d)", s, i)
-		slot[s] = i
+		rw, err := os.ReadFile(filepath.Join(dir, "rewrite.dat"))
+		require.NoError(t, err)
+		require.Len(t, rw, 4096*fsWriterSlots)
+		slot[d] = make([]int, fsWriterSlots)
+		for s := range slot[d] {
+			b := rw[4096*s : 4096*(s+1)]
+			if bytes.Equal(b, make([]byte, 4096)) {
+				continue
+			}
+			m := re.FindSubmatch(b)
+			require.NotNil(t, m, "%s: slot %d holds neither zeros nor a rewrite: %q", dir, s, b[:64])
+			i, _ := strconv.Atoi(string(m[2]))
+			require.True(t, fsWriterRewrites(i) && fsWriterSlotOf(i) == s && fsWriterDir(i, len(dirs)) == d && bytes.Equal(b, fsWriterSlot(i)),
+				"%s: slot %d holds a torn or misplaced rewrite (step %d)", dir, s, i)
+			slot[d][s] = i
+		}
 	}
 	visible := func(i int) bool {
 		if fsWriterRewrites(i) {
-			return slot[fsWriterSlotOf(i)] >= i
+			return slot[fsWriterDir(i, len(dirs))][fsWriterSlotOf(i)] >= i
 		}
 		return complete[i]
 	}
@@ -215,32 +239,62 @@ func checkFSPrefix(t *testing.T, dir string) int {
 	for i := range partial {
 		require.Equal(t, n+1, i, "file f%08d is partial, but the steps end at %d", i, n)
 	}
-	for s, i := range slot {
-		require.LessOrEqual(t, i, n, "slot %d holds step %d, after the steps end at %d", s, i, n)
+	for d := range slot {
+		for s, i := range slot[d] {
+			require.LessOrEqual(t, i, n, "%s: slot %d holds step %d, after the steps end at %d", dirs[d], s, i, n)
+		}
 	}
 	return n
 }
 
-// checkExportedExt4 attaches an exported raw image to a loop device,
-// mounts it read-write (ext4 replays its journal, as after a crash),
-// checks the writer's files, unmounts it and runs fsck.ext4 -n, which
-// must find the filesystem clean. It returns the writer's prefix.
-func checkExportedExt4(t *testing.T, img string) int {
+// exportedFS is how a point's copy of a filesystem is mounted and checked.
+type exportedFS struct {
+	mount []string // mount's options
+	fsck  []string // a read-only check that fails unless the filesystem is clean
+}
+
+var exportedFSes = map[string]exportedFS{
+	"ext4": {mount: []string{"-t", "ext4"}, fsck: []string{"fsck.ext4", "-n", "-f"}},
+	// The copy has its source's UUID, which XFS refuses to mount twice;
+	// xfs_repair -n exits non-zero on any inconsistency (and on a dirty
+	// log, which the mount has replayed).
+	"xfs": {mount: []string{"-t", "xfs", "-o", "nouuid"}, fsck: []string{"xfs_repair", "-n"}},
+}
+
+// checkExported attaches a point's exported raw images (of fstype, in
+// the writer's order) to loop devices, mounts them read-write (the mount
+// replays the journal or log, as after a crash), checks the writer's
+// steps across them all, unmounts them and runs the filesystem's
+// read-only check, which must find each clean. It returns the writer's
+// prefix.
+func checkExported(t *testing.T, fstype string, imgs ...string) int {
 	t.Helper()
-	dev := strings.TrimSpace(testenv.Run(t, "losetup", "-f", "--show", img))
-	defer exec.Command("losetup", "-d", dev).Run()
-	mnt := t.TempDir()
-	testenv.Run(t, "mount", "-t", "ext4", dev, mnt)
-	mounted := true
+	fs, ok := exportedFSes[fstype]
+	require.True(t, ok, "no way to check an exported %s", fstype)
+	var devs, mnts []string
 	defer func() {
-		if mounted {
-			exec.Command("umount", mnt).Run()
+		for _, m := range mnts {
+			exec.Command("umount", m).Run()
+		}
+		for _, d := range devs {
+			exec.Command("losetup", "-d", d).Run()
 		}
 	}()
-	n := checkFSPrefix(t, mnt)
-	testenv.Run(t, "umount", mnt)
-	mounted = false
-	testenv.Run(t, "fsck.ext4", "-n", "-f", dev)
+	for _, img := range imgs {
+		dev := strings.TrimSpace(testenv.Run(t, "losetup", "-f", "--show", img))
+		devs = append(devs, dev)
+		mnt := t.TempDir()
+		testenv.Run(t, "mount", append(append(fs.mount[:len(fs.mount):len(fs.mount)], dev), mnt)...)
+		mnts = append(mnts, mnt)
+	}
+	n := checkFSPrefix(t, mnts...)
+	for len(mnts) > 0 {
+		testenv.Run(t, "umount", mnts[0])
+		mnts = mnts[1:]
+	}
+	for _, dev := range devs {
+		testenv.Run(t, fs.fsck[0], append(fs.fsck[1:len(fs.fsck):len(fs.fsck)], dev)...)
+	}
 	return n
 }
 
@@ -276,7 +330,7 @@ func TestTrackedFreezeOfAMountedBlockDevice(t *testing.T) {
 	// unpins it before the device goes.
 	t.Cleanup(func() { bdtrack.RemovePinned(dev, bdtrack.Options{}) })
 	mnt := testenv.MountExt4(t, dev)
-	w := startFSWriter(t, mnt, 2*time.Millisecond)
+	w := startFSWriter(t, 2*time.Millisecond, mnt)
 
 	c := StartController(t)
 	src := EnrollAgent(t, c, c.Addr, "src", "--track-writes", "--max-freeze", maxFreeze.String())
@@ -315,7 +369,7 @@ func TestTrackedFreezeOfAMountedBlockDevice(t *testing.T) {
 		}
 		require.Equal(t, "crash-consistent", p.Consistency, "point %d", p.ID)
 		dir := c.Export("pm1", p.ID)
-		n := checkExportedExt4(t, filepath.Join(dir, "root.raw"))
+		n := checkExported(t, "ext4", filepath.Join(dir, "root.raw"))
 		t.Logf("point %d (tracked freeze) = steps 1..%d", p.ID, n)
 		require.Greater(t, n, last, "point %d", p.ID)
 		require.LessOrEqual(t, n, total)
