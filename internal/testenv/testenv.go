@@ -153,3 +153,16 @@ func MountExt4(t testing.TB, dev string) string {
 	t.Cleanup(func() { exec.Command("fsfreeze", "-u", mnt).Run() })
 	return mnt
 }
+
+// MountXFS makes an XFS filesystem on dev (mkfs.xfs refuses one under
+// 300 MB) and mounts it under a temporary directory; at cleanup the
+// filesystem is thawed (in case a test left it frozen) and unmounted.
+func MountXFS(t testing.TB, dev string) string {
+	t.Helper()
+	RequireTool(t, "mkfs.xfs")
+	Run(t, "mkfs.xfs", "-q", "-f", dev)
+	mnt := mountUnder(t, "mnt", "-t", "xfs", dev)
+	// Registered after the unmount, so it runs before it.
+	t.Cleanup(func() { exec.Command("fsfreeze", "-u", mnt).Run() })
+	return mnt
+}
