@@ -74,9 +74,15 @@ func testTwoMountedBlockDevices(t *testing.T, fs multiDeviceFS) {
 	c.MustFerry("policies", "create", "fast", "--rp-every", "1s")
 	machine := "pm-" + fs.name
 	c.MustFerry("protect", machine, "--agent", "src", "--disk", "a="+devs[0], "--disk", "b="+devs[1], "--policy", "fast")
-	c.WaitPoint(machine, 0, 120*time.Second)
-	first := c.Points(machine)[0] // the second may be made already
-	require.Equal(t, "direct-read", first.Method, "the first point cannot be tracked: %+v", first)
+	// The first point's method comes from the agent's log: the
+	// controller lists a point a moment before it records its method.
+	var ids []int64
+	var methods []string
+	require.Eventually(t, func() bool {
+		ids, methods = pointsInOrder(src.Proc.Output())
+		return len(ids) > 0
+	}, 120*time.Second, 100*time.Millisecond, "no point made")
+	require.Equal(t, "direct-read", methods[0], "the first point (%d) cannot be tracked", ids[0])
 
 	require.Eventually(t, func() bool {
 		_, _, err := w.state()
