@@ -37,7 +37,7 @@ func TestTrackedFreezeOfAPartitionedDisk(t *testing.T) {
 	require.Eventually(t, func() bool { _, err := os.Stat(dev + "p1"); return err == nil }, 5*time.Second, 50*time.Millisecond)
 	t.Cleanup(func() { bdtrack.RemovePinned(dev, bdtrack.Options{}) })
 	mnt := testenv.MountExt4(t, dev+"p1")
-	w := startFSWriter(t, mnt, 2*time.Millisecond)
+	w := startFSWriter(t, 2*time.Millisecond, mnt)
 
 	c := StartController(t)
 	src := EnrollAgent(t, c, c.Addr, "src", "--track-writes")
