@@ -367,6 +367,16 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	if now := g.now(); instant.After(now) {
 		instant = now // a point never claims a future instant
 	}
+	method, reason := req.ViewNote()
+	if method != "" {
+		// Recorded before the commit, under the pending point's id (the
+		// point keeps it; ids are never reused): the point must never be
+		// listed without how it was made. A commit that fails leaves a
+		// note no point shows. The agent's leaving does not stop it.
+		if err := g.recordNote(context.WithoutCancel(ctx), c.machine, c.pending.ID, method, reason); err != nil {
+			g.log.Warn("the point's method and reason were not recorded", "machine", c.machine, "point", c.pending.ID, "err", err)
+		}
+	}
 	pt, err := c.pending.Commit(ctx, storage.CommitInfo{Instant: instant, Consistency: cons, Name: req.Name})
 	if errors.Is(err, storage.ErrHashMismatch) {
 		// A patch of the cycle did not give its hash (checked after it
@@ -387,19 +397,11 @@ func (g *Ingest) End(ctx context.Context, agentID string, req msg.CycleEndReques
 	delete(g.cycles, uint64(req.Cycle))
 	g.mu.Unlock()
 	go c.commits.close()
-	method, reason := req.ViewNote()
 	attrs := []any{"machine", c.machine, "point", pt.ID, "consistency", cons, "changed", pt.Changed, "method", method, "reason", reason}
 	if c.resync != "" {
 		attrs = append(attrs, "resync", c.resync)
 	}
 	g.log.Info("point committed", attrs...)
-	if method != "" {
-		// Recorded before anyone waiting for the point hears of it; the
-		// agent's leaving does not stop it.
-		if err := g.recordNote(context.WithoutCancel(ctx), c.machine, pt.ID, method, reason); err != nil {
-			g.log.Warn("the point's method and reason were not recorded", "machine", c.machine, "point", pt.ID, "err", err)
-		}
-	}
 	g.onCommit(c.machine, pt)
 	return msg.CycleEndResponse{PointID: pt.ID, Instant: pt.Instant.UnixNano()}, nil
 }

@@ -87,7 +87,15 @@ func newRigWithKey(t *testing.T, key *storage.PrivateKey) *rig {
 	r.ing, err = ingest.New(ingest.Config{Repo: repo, Log: log, CanPatch: true,
 		OnCommit: func(_ string, p storage.Point) { r.points <- p },
 		RecordNote: func(_ context.Context, m string, point int64, method, reason string) error {
-			r.notes <- recordedNote{machine: m, point: point, method: method, reason: reason, committed: len(r.points)}
+			pts, err := r.repo.Points(context.Background(), m)
+			require.NoError(t, err)
+			listed := 0
+			for _, p := range pts {
+				if p.ID == point {
+					listed++
+				}
+			}
+			r.notes <- recordedNote{machine: m, point: point, method: method, reason: reason, committed: len(r.points), listed: listed}
 			return nil
 		}})
 	require.NoError(t, err)
@@ -259,6 +267,7 @@ type recordedNote struct {
 	point          int64
 	method, reason string
 	committed      int // points OnCommit was told of when the note was recorded
+	listed         int // the machine's points the repository listed then
 }
 
 // exported reads the whole disk of a point.
@@ -956,7 +965,7 @@ func TestIngestRecordsHowThePointWasMade(t *testing.T) {
 		} else {
 			n := <-r.notes
 			require.Equal(t, recordedNote{machine: machine, point: done.PointID, method: tc.method, reason: tc.reason}, n,
-				"recorded before OnCommit was told (committed = 0)")
+				"recorded before the point is listed (listed = 0) and before OnCommit was told (committed = 0)")
 		}
 		require.Equal(t, done.PointID, (<-r.points).ID)
 	}
