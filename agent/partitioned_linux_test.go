@@ -121,3 +121,28 @@ func TestPartitionedDiskIsFrozenThroughItsPartitions(t *testing.T) {
 	require.NoError(t, <-done)
 	require.Contains(t, caught, whole+" was written while its filesystems were frozen")
 }
+
+// Stacked devices (device-mapper, md) are refused by what sysfs says of
+// them. Neither can be made on the test machines (no device-mapper or
+// md in the kernel), so the rule is checked on a tree laid out as sysfs
+// lays them out, and on a real loop device, which is not stacked.
+func TestStackedDevicesAreNotTracked(t *testing.T) {
+	root := t.TempDir()
+	mk := func(dev string, parts ...string) {
+		require.NoError(t, os.MkdirAll(filepath.Join(append([]string{root, dev}, parts...)...), 0o755))
+	}
+	mk("253:0", "dm")
+	mk("9:0", "md")
+	mk("254:3", "slaves", "sda")
+	mk("8:0", "slaves")
+	require.Contains(t, stackedDevice(root, 253, 0), "a device-mapper (LVM, dm-crypt) device")
+	require.Contains(t, stackedDevice(root, 9, 0), "a md (software RAID) device")
+	require.Contains(t, stackedDevice(root, 254, 3), "a device stacked on 1 others")
+	require.Empty(t, stackedDevice(root, 8, 0))
+
+	testenv.RequireRoot(t)
+	dev := testenv.LoopDevice(t, 16<<20)
+	var st unix.Stat_t
+	require.NoError(t, unix.Stat(dev, &st))
+	require.Empty(t, stackedDevice(sysBlock, unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+}
