@@ -236,6 +236,24 @@ func mergeRanges(rs [][2]int64) [][2]int64 {
 	return out
 }
 
+// timeDataRead is how long reading every data range of the file at path
+// takes.
+func timeDataRead(t *testing.T, path string) time.Duration {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	buf := make([]byte, bigChunk)
+	t0 := time.Now()
+	for _, r := range dataRanges(t, f, bigSize) {
+		for off := r[0]; off < r[1]; off += bigChunk {
+			_, err := f.ReadAt(buf[:min(int64(bigChunk), r[1]-off)], off)
+			require.NoError(t, err)
+		}
+	}
+	return time.Since(t0)
+}
+
 // bigCandidate is PrefixLengthOf's search on the blocks the writes
 // touched, by digest: the only N at which no touched block disagrees.
 func bigCandidate(t *testing.T, f *os.File, log []LoggedWrite) int {
@@ -322,6 +340,18 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	t.Logf("initial sync: point %d after %s, method %s", first.ID, time.Since(t0).Round(time.Millisecond), first.Method)
 	require.Equal(t, "crash-consistent", first.Consistency, "the image is quiet: %s", first.Reason)
 	require.Equal(t, "quiet-file", first.Method, "an ext4 image nobody writes is read directly, quiet")
+	// points lists the machine's points up to the first whose method is
+	// not recorded yet: the controller commits a point before it records
+	// how its view was made, and a point listed in between says nothing.
+	points := func() []Point {
+		ps := c.Points("big")
+		for i, p := range ps {
+			if p.Method == "" {
+				return ps[:i]
+			}
+		}
+		return ps
+	}
 	exportAndCheck := func(p Point, log []LoggedWrite, edits []bigEdit) int {
 		t.Helper()
 		t0 := time.Now()
@@ -335,6 +365,11 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	}
 	require.Equal(t, 0, exportAndCheck(first, nil, nil))
 
+	// What one read of the image's data takes here, now, from the page
+	// cache: the least a freeze that re-read the image would last.
+	fullRead := timeDataRead(t, img)
+	t.Logf("reading the image's 2 GiB of data takes %s", fullRead.Round(time.Millisecond))
+
 	// Under writes.
 	read0 := agentReadBytes(t, src)
 	w := startBigWriter(t, img, 100*time.Microsecond)
@@ -344,7 +379,16 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	for _, p := range c.Points("big") {
 		started = max(started, p.ID)
 	}
-	pts := pointsDuring(t, c, "big", started, 6, 180*time.Second)
+	var pts []Point
+	require.Eventually(t, func() bool {
+		pts = pts[:0]
+		for _, p := range points() {
+			if p.ID > started {
+				pts = append(pts, p)
+			}
+		}
+		return len(pts) >= 6
+	}, 180*time.Second, 100*time.Millisecond, "fewer than 6 points under writes")
 	read1 := agentReadBytes(t, src)
 	w.Stop()
 	stopped := time.Now()
@@ -372,6 +416,7 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	}
 	t.Logf("under writes: %d points, %d writes (%d MiB), freezes %v ms, %d MiB captured in all, the agent read %d MiB",
 		checked, len(log), written>>20, freezes, captured>>20, (read1-read0)>>20)
+	require.Less(t, time.Duration(slices.Max(freezes))*time.Millisecond, fullRead, "a freeze lasted longer than reading the image's data")
 	// What the agent read while the points were made: the captured pages,
 	// the tracker's event text and its messages — never the image again.
 	require.Less(t, read1-read0, int64(bigRuns*bigRunLen/4),
@@ -383,7 +428,7 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	// Quiet: the tracker vouches for an empty change set.
 	var quiet Point
 	require.Eventually(t, func() bool {
-		for _, p := range c.Points("big") {
+		for _, p := range points() {
 			if p.ID > pts[len(pts)-1].ID && p.Time.After(stopped.Add(time.Second)) {
 				quiet = p
 				return true
@@ -403,6 +448,7 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	require.NoError(t, err)
 	defer f.Close()
 	before := agentReadBytes(t, src)
+	punched := time.Now()
 	require.NoError(t, unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, holeOff, holeLen))
 	require.Eventually(t, func() bool { return agentReadBytes(t, src)-before > 128<<20 }, 60*time.Second, 5*time.Millisecond,
 		"the agent did not start reading the image after the hole was punched")
@@ -429,7 +475,7 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	readDuring := agentReadBytes(t, src) - before
 	var direct Point
 	require.Eventually(t, func() bool {
-		for _, p := range c.Points("big") {
+		for _, p := range points() {
 			if p.ID > quiet.ID && p.Method != "tracked-freeze" {
 				direct = p
 				return true
@@ -437,8 +483,8 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 		}
 		return false
 	}, 90*time.Second, 200*time.Millisecond, "no direct-read point after the punched hole")
-	t.Logf("point %d after the hole (%s, %s): %s; the agent had read %d MiB when the two writes came",
-		direct.ID, direct.Method, direct.Consistency, direct.Reason, readDuring>>20)
+	t.Logf("point %d after the hole (%s, %s), %s after the punch: %s; the agent had read %d MiB when the two writes came, %d MiB in all",
+		direct.ID, direct.Method, direct.Consistency, time.Since(punched).Round(time.Millisecond), direct.Reason, readDuring>>20, (agentReadBytes(t, src)-before)>>20)
 	require.Contains(t, src.Proc.Output(), "space was punched")
 	require.Equal(t, "inconsistent", direct.Consistency, "two writes during the read, undone in one tick, were not seen")
 	require.Contains(t, direct.Reason, "the image was written while it was read")
@@ -447,7 +493,7 @@ func TestTrackedFreezeOfABigSparseImage(t *testing.T) {
 	// restored block.
 	var next Point
 	require.Eventually(t, func() bool {
-		for _, p := range c.Points("big") {
+		for _, p := range points() {
 			if p.ID > direct.ID {
 				next = p
 				return true
