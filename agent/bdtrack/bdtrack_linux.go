@@ -462,14 +462,10 @@ func (t *Tracker) Close() error {
 // RemovePinned unpins the tracker of dev without opening it, for a
 // caller that got ErrResized or ErrMismatch from Open.
 func RemovePinned(dev string, opts Options) error {
-	if opts.BPFFS == "" {
-		opts.BPFFS = "/sys/fs/bpf"
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(dev, &st); err != nil {
+	dir, err := pinDirOf(dev, opts)
+	if err != nil {
 		return &Error{Op: "remove", Dev: dev, Err: err}
 	}
-	dir := filepath.Join(opts.BPFFS, "ferry", fmt.Sprintf("%d_%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
 	if err := os.RemoveAll(dir); err != nil {
 		return &Error{Op: "remove", Dev: dev, Err: err}
 	}

@@ -27,3 +27,6 @@ func (t *Tracker) Remove() error { return ErrUnsupported }
 
 // RemovePinned fails: see Open.
 func RemovePinned(dev string, opts Options) error { return ErrUnsupported }
+
+// MarkOverflow fails: see Open.
+func MarkOverflow(dev string, opts Options) error { return ErrUnsupported }
