@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/ferrydr/ferry/agent/bdtrack"
 	"github.com/ferrydr/ferry/agent/disk"
@@ -70,8 +71,14 @@ func startBlockTracker(dev string, blockSize int, stateDir, id string, log *slog
 			b.base, b.lost, b.pending = st.base, st.lost, st.pending
 			log.Info("write tracking: the block device's tracker goes on from its pinned bitmap", "disk", dev, "fresh", false, "base", b.base)
 		case errors.Is(err, fs.ErrNotExist):
+			// The bitmap cannot say what the head point lacks: the cuts
+			// drained into the last run's memory are gone with it. The
+			// reason goes with the first cut, into the log of the
+			// cycle that resyncs.
+			b.lost = "the tracker is pinned but its state was not saved (the previous run died in a freeze, or could not save it)"
 			log.Info("write tracking: the block device's tracker is pinned but no state was saved; it counts from the next commit", "disk", dev, "fresh", false)
 		default:
+			b.lost = "the tracker's saved state is unreadable: " + err.Error()
 			log.Warn("write tracking: the block tracker's saved state is unreadable; it counts from the next commit", "disk", dev, "err", err)
 		}
 	}
@@ -81,6 +88,9 @@ func startBlockTracker(dev string, blockSize int, stateDir, id string, log *slog
 // Cut drains the kernel's bitmap into the pending set and returns it, as
 // byte ranges of whole blocks.
 func (b *blockTracker) Cut() (track.Cut, error) {
+	if freezeHoldFile != "" && os.Remove(freezeHoldFile) == nil {
+		time.Sleep(freezeHold)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	d, err := b.t.Cut()
@@ -109,6 +119,17 @@ func (b *blockTracker) Cut() (track.Cut, error) {
 	}
 	return track.Cut{Ranges: dirtyRanges(b.pending), Fresh: dirtyRanges(d), Lost: b.lost, Base: b.base}, nil
 }
+
+// freezeHoldFile is a test hook, armed only by the environment variable
+// FERRY_TEST_FREEZE_HOLD (a file's path, on a filesystem the agent does
+// not freeze): when that file exists as a block tracker is cut, which is
+// inside the freeze, the cut removes it and waits freezeHold first. A
+// test that sees the file go knows the agent holds the filesystem frozen
+// for that long, and kills it there (internal/e2e/bdfaults_linux_test.go):
+// polling for the freeze alone would hit its few milliseconds by luck.
+var freezeHoldFile = os.Getenv("FERRY_TEST_FREEZE_HOLD")
+
+const freezeHold = 2 * time.Second
 
 // dirtyRanges is the byte ranges of d's dirty blocks, runs coalesced.
 func dirtyRanges(d bdtrack.Dirty) []track.Range {

@@ -91,6 +91,20 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	c, err = b.Cut()
 	require.NoError(t, err)
 	require.Zero(t, c.Base)
+	require.Contains(t, c.Lost, "state was not saved", "the cut names why it cannot vouch for the head point")
+	b.Commit(9)
+	require.NoError(t, b.Save())
+	require.NoError(t, b.Close())
+
+	// A saved state that does not decode: the tracker counts afresh and
+	// its first cut says why.
+	require.NoError(t, os.WriteFile(b.state, []byte("FRYBDST\x00 torn"), 0o600))
+	b = start()
+	require.False(t, b.t.Fresh)
+	c, err = b.Cut()
+	require.NoError(t, err)
+	require.Zero(t, c.Base)
+	require.Contains(t, c.Lost, "saved state is unreadable")
 	b.Commit(9)
 	require.NoError(t, b.Save())
 
