@@ -88,9 +88,6 @@ func startBlockTracker(dev string, blockSize int, stateDir, id string, log *slog
 // Cut drains the kernel's bitmap into the pending set and returns it, as
 // byte ranges of whole blocks.
 func (b *blockTracker) Cut() (track.Cut, error) {
-	if freezeHoldFile != "" && os.Remove(freezeHoldFile) == nil {
-		time.Sleep(freezeHold)
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	d, err := b.t.Cut()
@@ -122,14 +119,23 @@ func (b *blockTracker) Cut() (track.Cut, error) {
 
 // freezeHoldFile is a test hook, armed only by the environment variable
 // FERRY_TEST_FREEZE_HOLD (a file's path, on a filesystem the agent does
-// not freeze): when that file exists as a block tracker is cut, which is
-// inside the freeze, the cut removes it and waits freezeHold first. A
-// test that sees the file go knows the agent holds the filesystem frozen
-// for that long, and kills it there (internal/e2e/bdfaults_linux_test.go):
-// polling for the freeze alone would hit its few milliseconds by luck.
+// not freeze): when that file exists as the frozen cut ends
+// (captureFrozen; not the pre-copy's cuts, which run unfrozen), the agent
+// removes it and waits freezeHold. That is inside the freeze, after the
+// kernel's bitmap was drained into this process's memory and before the
+// state is saved: the worst place to die. A test that sees the file
+// go knows the agent holds the filesystem frozen for that long, and kills
+// it there (internal/e2e/bdfaults_linux_test.go); polling for the freeze
+// alone would hit its few milliseconds by luck.
 var freezeHoldFile = os.Getenv("FERRY_TEST_FREEZE_HOLD")
 
 const freezeHold = 2 * time.Second
+
+func holdInFreeze() {
+	if freezeHoldFile != "" && os.Remove(freezeHoldFile) == nil {
+		time.Sleep(freezeHold)
+	}
+}
 
 // dirtyRanges is the byte ranges of d's dirty blocks, runs coalesced.
 func dirtyRanges(d bdtrack.Dirty) []track.Range {

@@ -351,6 +351,7 @@ func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, reade
 	if fr.why != "" {
 		return fr
 	}
+	holdInFreeze()
 	fr.sizes = make([]int64, len(disks))
 	fr.reads = make([][]track.Range, len(disks))
 	var total int64
