@@ -46,14 +46,21 @@ func blockStateDir(stateDir string) string { return filepath.Join(stateDir, "bdt
 // saved state, if any.
 func startBlockTracker(dev string, blockSize int, stateDir, id string, log *slog.Logger) (*blockTracker, error) {
 	t, err := bdtrack.Open(dev, blockSize, bdtrack.Options{})
-	if errors.Is(err, bdtrack.ErrResized) {
-		// The device changed size: what the pinned bitmap says no longer
-		// maps onto it. Start over.
-		log.Warn("write tracking: the device was resized; its tracker starts afresh", "disk", dev, "err", err)
+	if errors.Is(err, bdtrack.ErrResized) || errors.Is(err, bdtrack.ErrMismatch) {
+		// The device changed size, so what the pinned bitmap says no
+		// longer maps onto it; or the pinned tracker is not one this
+		// agent can use (another format after an upgrade, another block
+		// size after a re-protect, a map removed from bpffs). The pin
+		// directory is Ferry's own, for this device: left alone, it
+		// would refuse tracking until someone removed it. Start over.
+		lost := err
+		log.Warn("write tracking: the pinned tracker cannot be used; it starts afresh", "disk", dev, "err", err)
 		if err := bdtrack.RemovePinned(dev, bdtrack.Options{}); err != nil {
 			return nil, err
 		}
-		t, err = bdtrack.Open(dev, blockSize, bdtrack.Options{})
+		if t, err = bdtrack.Open(dev, blockSize, bdtrack.Options{}); err == nil && t.Fresh {
+			t.FreshReason = lost // rather than "no pinned tracker"
+		}
 	}
 	if err != nil {
 		return nil, err

@@ -126,6 +126,15 @@ func TestBlockTrackerGoesOnAfterARestart(t *testing.T) {
 	require.NoError(t, b.Save())
 	require.NoError(t, b.Close())
 
+	// Another block size (a re-protect): the pinned tracker does not
+	// match; it is dropped and a new one starts, saying why.
+	b, err = startBlockTracker(dev, bs/2, state, id, log)
+	require.NoError(t, err)
+	require.True(t, b.t.Fresh)
+	require.ErrorIs(t, b.t.FreshReason, bdtrack.ErrMismatch)
+	require.NoError(t, b.Save())
+	require.NoError(t, b.Close())
+
 	// A machine no longer replicated leaves nothing pinned or saved.
 	pin := "/sys/fs/bpf/ferry/" + id
 	require.DirExists(t, pin)

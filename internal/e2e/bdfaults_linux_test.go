@@ -36,6 +36,7 @@ import (
 //     detaches, writes go unmarked, and the next start finds it detached;
 //   - an overflow is counted in the running tracker from outside, through
 //     its pinned ctl map, as a request too large to mark would;
+//   - the pinned bitmap is removed from bpffs while the agent is stopped;
 //   - the tracker's saved state is overwritten with garbage while the agent
 //     is stopped;
 //   - the device grows (backing file, losetup -c; not the filesystem).
@@ -161,6 +162,15 @@ func TestBlockTrackerFaults(t *testing.T) {
 		ph.check(c, r.id)
 	})
 
+	t.Run("PinnedMapRemoved", func(t *testing.T) {
+		src.Proc.Stop()
+		require.NoError(t, os.Remove(filepath.Join("/sys/fs/bpf/ferry", devID, "bits")))
+		offset := len(al.out())
+		al.restart()
+		r := fault(offset, "does not match")
+		ph.check(c, r.id)
+	})
+
 	t.Run("CorruptSavedState", func(t *testing.T) {
 		src.Proc.Stop()
 		state := filepath.Join(src.StateDir, "bdtrack", devID)
@@ -234,6 +244,11 @@ func (p *phases) start() {
 	require.NoError(p.t, syncDir(p.mnt))
 	p.dirs, p.totals, p.last = append(p.dirs, dir), append(p.totals, -1), append(p.last, 0)
 	p.w = startFSWriter(p.t, dir, 2*time.Millisecond)
+	// Runs before the writer's Stop (cleanups run last first): an agent
+	// killed inside a freeze, by the test or by its cleanup after a
+	// failure, leaves the filesystem frozen, and Stop would wait for the
+	// writer's step for ever.
+	p.t.Cleanup(func() { exec.Command("fsfreeze", "-u", p.mnt).Run() })
 }
 
 func (p *phases) stop() {
