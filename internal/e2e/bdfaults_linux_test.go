@@ -61,6 +61,11 @@ func TestBlockTrackerFaults(t *testing.T) {
 	const maxFreeze = 3 * time.Second
 	dev, backing := testenv.LoopFile(t, 128<<20)
 	t.Cleanup(func() { bdtrack.RemovePinned(dev, bdtrack.Options{}) })
+	// Without eBPF block tracking here, no fault could be told apart.
+	probe, err := bdtrack.Open(dev, 65536, bdtrack.Options{})
+	testenv.Require(t, !errors.Is(err, bdtrack.ErrUnsupported), fmt.Sprintf("block device tracking: %v", err))
+	require.NoError(t, err)
+	require.NoError(t, probe.Remove())
 	var st unix.Stat_t
 	require.NoError(t, unix.Stat(dev, &st))
 	devID := fmt.Sprintf("%d_%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
