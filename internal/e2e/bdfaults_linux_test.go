@@ -297,7 +297,7 @@ func (p *phases) start() {
 	require.NoError(p.t, os.Mkdir(dir, 0o755))
 	require.NoError(p.t, syncDir(p.mnt))
 	p.dirs, p.totals, p.last = append(p.dirs, dir), append(p.totals, -1), append(p.last, 0)
-	p.w = startFSWriter(p.t, dir, 2*time.Millisecond)
+	p.w = startFSWriter(p.t, 2*time.Millisecond, dir)
 	// Runs before the writer's Stop (cleanups run last first): an agent
 	// killed inside a freeze, by the test or by its cleanup after a
 	// failure, leaves the filesystem frozen, and Stop would wait for the
