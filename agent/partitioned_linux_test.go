@@ -84,7 +84,7 @@ func TestPartitionedDiskIsFrozenThroughItsPartitions(t *testing.T) {
 		require.NoError(t, fz.err)
 		require.Empty(t, fz.why)
 		require.NotNil(t, fz.caps)
-		require.Positive(t, len(fz.caps[0].buf), "the partition's writes were not seen on the disk")
+		require.Positive(t, fz.caps[0].bytes(), "the partition's writes were not seen on the disk")
 	}
 
 	// A writer of the partition that no freeze stops.

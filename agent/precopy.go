@@ -147,45 +147,37 @@ func (p *precopy) run(a *Agent, cfg msg.MachineConfig, disks []*trackedDisk, rea
 // keep records the blocks of c as the newest read of each.
 func (d *precopyDisk) keep(c *captured) {
 	for _, s := range c.segs {
-		for o := 0; o < s.n; o += int(d.bs) {
-			end := min(o+int(d.bs), s.n)
-			d.blocks[s.off+int64(o)] = c.buf[s.at+o : s.at+end]
+		for o := 0; o < len(s.data); o += int(d.bs) {
+			end := min(o+int(d.bs), len(s.data))
+			d.blocks[s.off+int64(o)] = s.data[o:end]
 		}
 	}
 }
 
 // compose is disk i's view: the blocks pending at the freeze's cut
 // (pages), each from the freeze's read (final) when it has it, else from
-// the pre-copy. A block found in neither is a bug; the capture is then
-// not used.
+// the pre-copy. Nothing is copied: the segments are the reads' own
+// buffers, so a capture holds at most what its reads did. A block found
+// in neither is a bug; the capture is then not used.
 func (p *precopy) compose(i int, pages []track.Range, final *captured, size int64) (*captured, error) {
 	if p.off != "" || p.rounds == 0 {
 		return final, nil // the freeze read every pending block
 	}
 	d := &p.disks[i]
 	c := &captured{size: size}
-	blocks := blocksOf(pages, d.bs, size)
-	var total int64
-	for _, r := range blocks {
-		total += r.Length
-	}
-	c.buf = make([]byte, total)
-	at := 0
-	for _, r := range blocks {
+	for _, r := range blocksOf(pages, d.bs, size) {
 		for off := r.Offset; off < r.Offset+r.Length; off += d.bs {
-			n := int(min(d.bs, r.Offset+r.Length-off))
-			dst := c.buf[at+int(off-r.Offset) : at+int(off-r.Offset)+n]
-			if _, err := final.ReadAt(dst, off); err == nil {
-				continue
+			n := min(d.bs, r.Offset+r.Length-off)
+			data, ok := final.block(off, n)
+			if !ok {
+				b, found := d.blocks[off]
+				if !found || int64(len(b)) < n {
+					return nil, fmt.Errorf("the block at %d of disk %d was neither pre-copied nor read in the freeze", off, i)
+				}
+				data = b[:n]
 			}
-			b, ok := d.blocks[off]
-			if !ok || len(b) < n {
-				return nil, fmt.Errorf("the block at %d of disk %d was neither pre-copied nor read in the freeze", off, i)
-			}
-			copy(dst, b)
+			c.segs = append(c.segs, capturedSeg{off: off, data: data})
 		}
-		c.segs = append(c.segs, capturedSeg{off: r.Offset, at: at, n: int(r.Length)})
-		at += int(r.Length)
 	}
 	for _, pg := range pages {
 		if pg.Offset < size {

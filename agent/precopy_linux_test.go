@@ -102,7 +102,7 @@ func checkOneInstant(t *testing.T, c *captured, log []int) int {
 	seen := map[int]bool{}
 	buf := make([]byte, track.PageSize)
 	for _, s := range c.segs {
-		for off := s.off; off < s.off+int64(s.n); off += track.PageSize {
+		for off := s.off; off < s.off+int64(len(s.data)); off += track.PageSize {
 			_, err := c.ReadAt(buf, off)
 			require.NoError(t, err)
 			page := int(off / track.PageSize)
@@ -172,10 +172,10 @@ func TestPrecopyCaptureIsOneInstant(t *testing.T) {
 		require.NoError(t, fz.err)
 		require.NotNil(t, fz.caps, "freeze %d not captured: %s", i, fz.why)
 		require.Positive(t, fz.rounds, "freeze %d: no pre-copy round", i)
-		require.Less(t, fz.inFreeze, int64(len(fz.caps[0].buf)), "freeze %d read everything in the freeze", i)
+		require.Less(t, fz.inFreeze, fz.caps[0].bytes(), "freeze %d read everything in the freeze", i)
 		n := checkOneInstant(t, fz.caps[0], w.written())
 		t.Logf("freeze %d: writes 1..%d; %d bytes captured, %d pre-copied in %d rounds, %d read in %s frozen",
-			i, n, len(fz.caps[0].buf), fz.precopied, fz.rounds, fz.inFreeze, fz.frozen)
+			i, n, fz.caps[0].bytes(), fz.precopied, fz.rounds, fz.inFreeze, fz.frozen)
 		require.GreaterOrEqual(t, n, last)
 		last = n
 		time.Sleep(100 * time.Millisecond)

@@ -155,7 +155,7 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 	var bytes int64
 	for i, d := range disks {
 		vds[i] = snapshot.ViewDisk{Name: cfg.Disks[i].Name, Source: d.path, Path: d.path}
-		bytes += int64(len(fz.caps[i].buf))
+		bytes += fz.caps[i].bytes()
 	}
 	note := fmt.Sprintf("frozen %d ms, %d bytes captured (%d read in the freeze, %d pre-copied in %d rounds)",
 		fz.frozen.Milliseconds(), bytes, fz.inFreeze, fz.precopied, fz.rounds)
@@ -371,7 +371,7 @@ func (a *Agent) captureFrozen(cfg msg.MachineConfig, disks []*trackedDisk, reade
 			fr.why = err.Error()
 			return fr
 		}
-		fr.bytes += int64(len(fr.caps[i].buf))
+		fr.bytes += fr.caps[i].bytes()
 	}
 	if !stop() {
 		fr.why = writtenWhileFrozen(disks)
