@@ -70,6 +70,13 @@ type Config struct {
 	// the filesystems an app-consistent view names (0:
 	// snapshot.DefaultMaxFreeze; at most snapshot.MaxFreezeLimit).
 	MaxFreeze time.Duration
+	// FreezeOwnFS lists the mount points that tracked freezes may freeze
+	// although they are the root filesystem or hold the agent's state
+	// directory or log (--freeze-own-fs; ownfs.go). While such a
+	// filesystem is frozen the agent's log waits in memory
+	// (logfreeze.go). Unlisted, they are refused, and the refusal names
+	// the option.
+	FreezeOwnFS []string
 }
 
 // Points at which Config.TestPause is called.
@@ -108,6 +115,11 @@ func (c *Config) Validate() error {
 	if err := snapshot.CheckMaxFreeze(c.MaxFreeze); err != nil {
 		return err
 	}
+	own, err := checkFreezeOwnFS(c.FreezeOwnFS)
+	if err != nil {
+		return err
+	}
+	c.FreezeOwnFS = own
 	codec, err := ship.ParseCodecChoice(string(c.WireCodec))
 	if err != nil {
 		return err
@@ -127,8 +139,11 @@ func (c *Config) Validate() error {
 
 // Agent is a running ferry-agent.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// logs holds log's records in memory during tracked freezes
+	// (logfreeze.go).
+	logs  *logHold
 	state *State
 	taker *snapshot.Taker
 	comp  *data.Compressor
@@ -172,7 +187,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	perms.PlanScripts = perms.PlanScripts || cfg.AllowPlanScripts
 	perms.ExecDrivers = perms.ExecDrivers || cfg.AllowExecDrivers
-	log := cfg.Logger.With("agent", st.Identity.Name)
+	logs, handler := newLogHold(cfg.Logger.Handler())
+	log := slog.New(handler).With("agent", st.Identity.Name)
 	siteCfg := apply.DefaultConfig()
 	siteCfg.Logger = log.With("component", "target")
 	siteCfg.RepositoryKey = func() (*repokey.Key, error) { return repokey.Load(st.Dir) }
@@ -184,7 +200,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{
-		cfg: cfg, log: log, state: st, comp: comp, site: site,
+		cfg: cfg, log: log, logs: logs, state: st, comp: comp, site: site,
 		taker:    &snapshot.Taker{Log: log.With("component", "snapshot"), Now: cfg.Now, MaxFreeze: cfg.MaxFreeze},
 		sessCh:   make(chan struct{}),
 		machines: map[string]*machineLoop{},

@@ -29,7 +29,7 @@ func TestMountinfoFindsTheFilesystemToFreeze(t *testing.T) {
 		{7, 0, "/mnt/with space", ""}, // the mount of its root, not the bind mount
 		{7, 2, "/mnt/other", ""},
 		{7, 1, "", "no mounted filesystem to freeze"},
-		{8, 1, "", "it holds the root filesystem, which the agent does not freeze"},
+		{8, 1, "/", "it holds the root filesystem, which the agent freezes only when --freeze-own-fs lists its mount point (/)"},
 	} {
 		mount, why := mi.freezable(tc.major, tc.minor)
 		require.Equal(t, tc.mount, mount, "%d:%d", tc.major, tc.minor)

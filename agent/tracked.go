@@ -122,7 +122,11 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		v, err := take()
 		return v, capturedView{}, err
 	}
+	// The log may be on a filesystem about to be frozen: its records wait
+	// in memory until the thaw.
+	a.logs.hold()
 	fz := a.freezeAndCapture(cfg, disks, mounts)
+	a.logs.release()
 	commit := func(point int64) {
 		for _, d := range disks {
 			d.t.Commit(point)

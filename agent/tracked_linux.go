@@ -21,7 +21,7 @@ import (
 // are either raw image files, all on one filesystem (trackableFiles), or
 // whole block devices, each with a filesystem mounted from it
 // (trackableDevices); none of the filesystems is the root or holds the
-// agent's state or log.
+// agent's state or log, unless Config.FreezeOwnFS lists it (ownfs.go).
 func (a *Agent) trackable(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
 	if len(cfg.Disks) == 0 {
 		return nil, nil, "the machine has no disks"
@@ -63,10 +63,10 @@ func (a *Agent) trackableFiles(cfg msg.MachineConfig) (disks []*trackedDisk, mou
 		disks = append(disks, trackedFile(dc.Path, st.Ino))
 	}
 	mount := mountOf(filepath.Dir(cfg.Disks[0].Path), dev)
-	if mount == "/" {
-		return nil, nil, "the disks are on the root filesystem, which the agent does not freeze"
+	if mount == "/" && !a.ownFSListed(dev) {
+		return nil, nil, "the disks are on the root filesystem, " + freezesOnlyListed("/")
 	}
-	if why := a.holdsOwnFiles(dev); why != "" {
+	if why := a.holdsOwnFiles(mount, dev); why != "" {
 		return nil, nil, why
 	}
 	return disks, []string{mount}, ""
@@ -122,24 +122,26 @@ func (a *Agent) diskMounts(mi mountinfo, major, minor uint32) (mounts []string, 
 		return nil, err.Error()
 	}
 	if len(parts) == 0 {
+		dev := unix.Mkdev(major, minor)
 		mount, why := mi.freezable(major, minor)
-		if why != "" {
+		if why != "" && !(mount == "/" && a.ownFSListed(dev)) {
 			return nil, why
 		}
-		if why := a.holdsOwnFiles(unix.Mkdev(major, minor)); why != "" {
+		if why := a.holdsOwnFiles(mount, dev); why != "" {
 			return nil, why
 		}
 		return []string{mount}, ""
 	}
 	for _, p := range parts {
+		dev := unix.Mkdev(p.major, p.minor)
 		mount, why := mi.freezable(p.major, p.minor)
 		switch {
 		case why == noMountedFS:
 			continue
-		case why != "":
+		case why != "" && !(mount == "/" && a.ownFSListed(dev)):
 			return nil, "partition " + p.name + ": " + why
 		}
-		if why := a.holdsOwnFiles(unix.Mkdev(p.major, p.minor)); why != "" {
+		if why := a.holdsOwnFiles(mount, dev); why != "" {
 			return nil, "partition " + p.name + ": " + why
 		}
 		mounts = append(mounts, mount)
@@ -206,17 +208,21 @@ func partitionsOf(major, minor uint32) ([]partition, error) {
 	return out, nil
 }
 
-// holdsOwnFiles says why the filesystem dev cannot be frozen when it
-// holds the agent's state directory or log: a write to them would wait
-// for the thaw.
-func (a *Agent) holdsOwnFiles(dev uint64) string {
+// holdsOwnFiles says why the filesystem dev, mounted at mount, cannot be
+// frozen when it holds the agent's state directory or log and the admin
+// did not list it: every write the agent makes there would wait for the
+// thaw.
+func (a *Agent) holdsOwnFiles(mount string, dev uint64) string {
+	if a.ownFSListed(dev) {
+		return ""
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(a.cfg.StateDir, &st); err == nil && st.Dev == dev {
-		return "the agent's state directory is on the disks' filesystem, which a freeze would stop"
+		return "the agent's state directory is on the disks' filesystem, " + freezesOnlyListed(mount)
 	}
 	if a.cfg.LogFile != "" {
 		if err := unix.Stat(filepath.Dir(a.cfg.LogFile), &st); err == nil && st.Dev == dev {
-			return "the agent's log is on the disks' filesystem, which a freeze would stop"
+			return "the agent's log is on the disks' filesystem, " + freezesOnlyListed(mount)
 		}
 	}
 	return ""
@@ -302,7 +308,8 @@ const noMountedFS = "no mounted filesystem to freeze"
 // freezable is the mount point through which the filesystem on device
 // major:minor is frozen (a mount of its root directory if there is one;
 // bind mounts of a subdirectory share its superblock), or why there is
-// none: not mounted, or mounted as the root filesystem.
+// none: not mounted, or mounted as the root filesystem (then mount is
+// "/": frozen all the same when Config.FreezeOwnFS lists it).
 func (mi mountinfo) freezable(major, minor uint32) (mount, why string) {
 	whole := false
 	for _, e := range mi {
@@ -310,7 +317,7 @@ func (mi mountinfo) freezable(major, minor uint32) (mount, why string) {
 			continue
 		}
 		if e.point == "/" {
-			return "", "it holds the root filesystem, which the agent does not freeze"
+			return "/", "it holds the root filesystem, " + freezesOnlyListed("/")
 		}
 		if mount == "" || (!whole && e.root == "/") {
 			mount, whole = e.point, e.root == "/"

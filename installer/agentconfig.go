@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -40,6 +41,10 @@ type AgentConfig struct {
 	// MaxFreeze bounds every freeze, as a duration such as 2s ("": the
 	// default, snapshot.DefaultMaxFreeze; at most 60s).
 	MaxFreeze string `yaml:"max_freeze,omitempty"`
+	// FreezeOwnFS lists the mount points tracked freezes may freeze
+	// although they are the root filesystem or hold the agent's state or
+	// log (`ferry-agent run --freeze-own-fs`).
+	FreezeOwnFS []string `yaml:"freeze_own_fs,omitempty"`
 }
 
 // DefaultUpgradeTrial is AgentConfig.UpgradeTrial's default.
@@ -72,6 +77,11 @@ func (c AgentConfig) Validate() error {
 	}
 	if _, err := c.Freeze(); err != nil {
 		return err
+	}
+	for _, m := range c.FreezeOwnFS {
+		if !filepath.IsAbs(m) {
+			return fmt.Errorf("freeze_own_fs %q: want the absolute path of a mount point", m)
+		}
 	}
 	return nil
 }

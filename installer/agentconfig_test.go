@@ -16,6 +16,7 @@ func TestAgentConfigRoundTrip(t *testing.T) {
 	want.Scan = []string{"/srv/images"}
 	want.Streams = 4
 	want.TrackWrites, want.MaxCapture, want.MaxFreeze = true, 64<<20, "3s"
+	want.FreezeOwnFS = []string{"/srv/data", "/"}
 	require.NoError(t, writeAgentConfig(path, want))
 	got, err := LoadAgentConfig(path)
 	require.NoError(t, err)
@@ -34,16 +35,17 @@ func TestAgentConfigRoundTrip(t *testing.T) {
 func TestAgentConfigRefusals(t *testing.T) {
 	dir := t.TempDir()
 	for name, body := range map[string]string{
-		"unknown key":  "state_dir: /x\nstate-dir: /y\n",
-		"no state dir": "log_level: info\n",
-		"bad level":    "state_dir: /x\nlog_level: loud\n",
-		"bad trial":    "state_dir: /x\nupgrade_trial: soon\n",
-		"zero trial":   "state_dir: /x\nupgrade_trial: 0s\n",
-		"streams":      "state_dir: /x\nstreams: -1\n",
-		"zero freeze":  "state_dir: /x\nmax_freeze: 0s\n",
-		"long freeze":  "state_dir: /x\nmax_freeze: 61s\n",
-		"bad freeze":   "state_dir: /x\nmax_freeze: soon\n",
-		"not yaml":     "state_dir: [\n",
+		"unknown key":     "state_dir: /x\nstate-dir: /y\n",
+		"no state dir":    "log_level: info\n",
+		"bad level":       "state_dir: /x\nlog_level: loud\n",
+		"bad trial":       "state_dir: /x\nupgrade_trial: soon\n",
+		"zero trial":      "state_dir: /x\nupgrade_trial: 0s\n",
+		"streams":         "state_dir: /x\nstreams: -1\n",
+		"zero freeze":     "state_dir: /x\nmax_freeze: 0s\n",
+		"long freeze":     "state_dir: /x\nmax_freeze: 61s\n",
+		"bad freeze":      "state_dir: /x\nmax_freeze: soon\n",
+		"relative own fs": "state_dir: /x\nfreeze_own_fs: [data]\n",
+		"not yaml":        "state_dir: [\n",
 	} {
 		path := filepath.Join(dir, name+".yaml")
 		require.NoError(t, os.WriteFile(path, []byte(body), 0o644))

@@ -178,6 +178,7 @@ func runCommand(g *globals, o *runOptions) *cobra.Command {
 	f.BoolVar(&o.cfg.TrackWrites, "track-writes", false, "follow writes to raw images on XFS or ext4 (tracepoints) or to whole block devices with a mounted filesystem (eBPF dirty bitmap), and make points by briefly freezing their filesystems (root; not for images written through mmap)")
 	f.Int64Var(&o.cfg.MaxCapture, "max-capture", agent.DefaultMaxCapture, "with --track-writes: the most changed bytes one freeze reads into memory (more: a clone view)")
 	f.DurationVar(&o.cfg.MaxFreeze, "max-freeze", snapshot.DefaultMaxFreeze, "the longest any filesystem stays frozen (a tracked freeze, or --freeze of an app-consistent view); more than 0s, at most 60s")
+	f.StringSliceVar(&o.cfg.FreezeOwnFS, "freeze-own-fs", nil, "with --track-writes: a mount point that tracked freezes may freeze although it is the root filesystem or holds the agent's state directory or log (repeatable or comma-separated); the agent's log waits in memory while it is frozen")
 	allowFlags(cmd, &o.cfg.AllowPlanScripts, &o.cfg.AllowExecDrivers, "in addition to what enroll or install recorded")
 	addRunServiceFlags(cmd, o)
 	return cmd

@@ -236,6 +236,9 @@ func applyConfigFile(c *cobra.Command, o *runOptions) error {
 	if d, _ := ac.Freeze(); !f.Changed("max-freeze") && d > 0 { // LoadAgentConfig checked it
 		o.cfg.MaxFreeze = d
 	}
+	if !f.Changed("freeze-own-fs") && len(ac.FreezeOwnFS) > 0 {
+		o.cfg.FreezeOwnFS = ac.FreezeOwnFS
+	}
 	o.logFile = ac.LogFile
 	o.cfg.LogFile = ac.LogFile
 	return nil
