@@ -274,6 +274,24 @@ func EnrollAgentIn(t testing.TB, c *Controller, ns, addr, name string, runArgs .
 func enrollAgentBin(t testing.TB, c *Controller, bin, ns, addr, name string, runArgs ...string) *Agent {
 	t.Helper()
 	a := &Agent{t: t, Bin: bin, Name: name, StateDir: filepath.Join(t.TempDir(), "agent-"+name), NS: ns, args: runArgs}
+	enrollAndStart(t, c, a, addr)
+	return a
+}
+
+// EnrollAgentAt is EnrollAgent with the agent's state directory at
+// stateDir (a test that puts it on a filesystem of its own).
+func EnrollAgentAt(t testing.TB, c *Controller, stateDir, name string, runArgs ...string) *Agent {
+	t.Helper()
+	a := &Agent{t: t, Bin: c.Bin, Name: name, StateDir: stateDir, args: runArgs}
+	enrollAndStart(t, c, a, c.Addr)
+	return a
+}
+
+// enrollAndStart enrols a (dialling addr), starts it and waits until the
+// controller sees it connected.
+func enrollAndStart(t testing.TB, c *Controller, a *Agent, addr string) {
+	t.Helper()
+	name, ns := a.Name, a.NS
 	out, err := inNetns(ns, filepath.Join(a.Bin, "ferry-agent"), "enroll", "--controller", addr, "--token", c.Token(),
 		"--name", name, "--state-dir", a.StateDir).CombinedOutput()
 	require.NoError(t, err, "enroll: %s", out)
@@ -291,7 +309,6 @@ func enrollAgentBin(t testing.TB, c *Controller, bin, ns, addr, name string, run
 		}
 		return false
 	}, 30*time.Second, 50*time.Millisecond, "agent %s never connected", name)
-	return a
 }
 
 // WithoutExecDrivers, among EnrollAgent's run arguments, starts the agent
