@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -52,6 +53,11 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 		}
 	})
 	w := startFSWriter(t, mnt, 2*time.Millisecond)
+	// An agent killed inside a freeze (a failed test ends it anywhere)
+	// leaves the filesystem frozen, and the writer's Stop would wait for
+	// ever: the cleanups run in reverse, so this thaw runs after the
+	// agent is killed and before the writer stops.
+	t.Cleanup(func() { exec.Command("fsfreeze", "-u", mnt).Run() })
 
 	c := StartController(t)
 	src := EnrollAgentAt(t, c, state, "src", "--config", cfgFile, "--track-writes", "--max-freeze", maxFreeze.String())
