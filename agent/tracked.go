@@ -127,6 +127,10 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 	a.logs.hold()
 	fz := a.freezeAndCapture(cfg, disks, mounts)
 	a.logs.release()
+	if fz.err == nil {
+		// How long writers of the frozen filesystems were stopped.
+		a.log.Debug("write tracking: thawed", "machine", cfg.Name, "frozen", fz.frozen, "captured", fz.caps != nil)
+	}
 	commit := func(point int64) {
 		for _, d := range disks {
 			d.t.Commit(point)

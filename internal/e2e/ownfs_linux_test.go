@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"testing"
 	"time"
 
@@ -114,6 +115,17 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 	}
 	require.NotContains(t, log, "the freeze timed out")
 	require.NotContains(t, log, "log records were dropped")
+	var frozen []time.Duration
+	for _, m := range regexp.MustCompile(`msg="write tracking: thawed" .* frozen=(\S+)`).FindAllStringSubmatch(log, -1) {
+		d, err := time.ParseDuration(m[1])
+		require.NoError(t, err)
+		frozen = append(frozen, d)
+	}
+	require.GreaterOrEqual(t, len(frozen), len(tracked))
+	slices.Sort(frozen)
+	t.Logf("%d freezes: p50 %s, p99 %s, max %s (the agent's own measure: from the last FIFREEZE to the thaw)", len(frozen),
+		frozen[len(frozen)/2], frozen[len(frozen)*99/100], frozen[len(frozen)-1])
+	require.LessOrEqual(t, frozen[len(frozen)-1], maxFreeze)
 
 	last := -1
 	for _, p := range tracked {
