@@ -122,15 +122,7 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		v, err := take()
 		return v, capturedView{}, err
 	}
-	// The log may be on a filesystem about to be frozen: its records wait
-	// in memory until the thaw.
-	a.logs.hold()
 	fz := a.freezeAndCapture(cfg, disks, mounts)
-	a.logs.release()
-	if fz.err == nil {
-		// How long writers of the frozen filesystems were stopped.
-		a.log.Debug("write tracking: thawed", "machine", cfg.Name, "frozen", fz.frozen, "captured", fz.caps != nil)
-	}
 	commit := func(point int64) {
 		for _, d := range disks {
 			d.t.Commit(point)
@@ -278,6 +270,10 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 
 // freezeOnce freezes every mount, cuts and reads, and thaws.
 func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string, mfds []*os.File, readers []frozenReader, pre *precopy) (fz frozenCapture, fr frozenRead) {
+	// The log may be on a filesystem about to be frozen: its records wait
+	// in memory until the thaw (logfreeze.go).
+	a.logs.hold()
+	defer a.logs.release()
 	// thaw runs once, from the timer or from here; the mutex also hands
 	// the timer's error over.
 	var (
@@ -319,6 +315,9 @@ func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts [
 	timer.Stop()
 	early := !thaw()
 	fz.frozen = a.cfg.Now().Sub(fz.instant)
+	// How long the writers of the frozen filesystems were stopped (held,
+	// like any record, until the release below).
+	a.log.Debug("write tracking: thawed", "machine", cfg.Name, "frozen", fz.frozen)
 	thawMu.Lock()
 	fz.err = thawErr
 	thawMu.Unlock()

@@ -53,7 +53,7 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 			}
 		}
 	})
-	w := startFSWriter(t, mnt, 2*time.Millisecond)
+	w := startFSWriter(t, 2*time.Millisecond, mnt)
 	// An agent killed inside a freeze (a failed test ends it anywhere)
 	// leaves the filesystem frozen, and the writer's Stop would wait for
 	// ever: the cleanups run in reverse, so this thaw runs after the
@@ -113,6 +113,7 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 	for _, p := range tracked {
 		require.True(t, made[p.ID], "the log misses point %d", p.ID)
 	}
+	require.NotContains(t, log, "the freeze ran out")
 	require.NotContains(t, log, "the freeze timed out")
 	require.NotContains(t, log, "log records were dropped")
 	var frozen []time.Duration
@@ -131,7 +132,7 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 	for _, p := range tracked {
 		require.Equal(t, "crash-consistent", p.Consistency, "point %d", p.ID)
 		dir := c.Export("pm1", p.ID)
-		n := checkExportedExt4(t, filepath.Join(dir, "root.raw"))
+		n := checkExported(t, "ext4", filepath.Join(dir, "root.raw"))
 		t.Logf("point %d (tracked freeze) = steps 1..%d", p.ID, n)
 		require.Greater(t, n, last, "point %d", p.ID)
 		require.LessOrEqual(t, n, steps)
