@@ -63,7 +63,7 @@ func TestPartitionedDiskIsFrozenThroughItsPartitions(t *testing.T) {
 	require.NoError(t, os.Mkdir(filepath.Join(mnt, "state"), 0o700))
 	other := &Agent{cfg: Config{StateDir: filepath.Join(mnt, "state")}, log: a.log}
 	_, _, why = other.trackable(mc)
-	require.Equal(t, fmt.Sprintf("%s: partition %s: the agent's state directory is on the disks' filesystem, which a freeze would stop", whole, filepath.Base(p1)), why)
+	require.Equal(t, fmt.Sprintf("%s: partition %s: the agent's state directory is on the disks' filesystem, which the agent freezes only when --freeze-own-fs lists its mount point (%s)", whole, filepath.Base(p1), mnt), why)
 
 	d := disks[0]
 	var err error
