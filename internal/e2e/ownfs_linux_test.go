@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,11 +55,6 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 		}
 	})
 	w := startFSWriter(t, 2*time.Millisecond, mnt)
-	// An agent killed inside a freeze (a failed test ends it anywhere)
-	// leaves the filesystem frozen, and the writer's Stop would wait for
-	// ever: the cleanups run in reverse, so this thaw runs after the
-	// agent is killed and before the writer stops.
-	t.Cleanup(func() { exec.Command("fsfreeze", "-u", mnt).Run() })
 
 	c := StartController(t)
 	src := EnrollAgentAt(t, c, state, "src", "--config", cfgFile, "--track-writes", "--max-freeze", maxFreeze.String())
@@ -77,6 +73,23 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 	src.Proc.Stop()
 	src.args = append(src.args, "--freeze-own-fs", mnt)
 	src.Start()
+	// A failed test kills the agent anywhere, perhaps inside a freeze: the
+	// filesystem stays frozen, and a thread of the agent blocked on it
+	// cannot die (the kernel's wait for the thaw is not interruptible), so
+	// the harness's kill would wait for ever. Registered after the
+	// last start, this runs first: kill, and thaw until the agent is gone.
+	t.Cleanup(func() {
+		p := src.Proc
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		for range 300 {
+			exec.Command("fsfreeze", "-u", mnt).Run()
+			select {
+			case <-p.done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
 	// Connected again once it makes a point (a direct read: its tracker
 	// starts afresh).
 	c.WaitPoint("pm1", before.ID, 60*time.Second)
