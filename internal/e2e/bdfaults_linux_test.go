@@ -251,7 +251,14 @@ func TestBlockTrackerFaults(t *testing.T) {
 
 	t.Run("QuietDeviceEqualsItsPoint", func(t *testing.T) {
 		ph.stop()
-		testenv.Run(t, "umount", mnt)
+		// The agent opens the mount point for each freeze (every second):
+		// an unmount that meets one is busy, and the next try is not.
+		var out []byte
+		require.Eventually(t, func() bool {
+			var err error
+			out, err = exec.Command("umount", mnt).CombinedOutput()
+			return err == nil
+		}, 10*time.Second, 50*time.Millisecond, "umount %s: %s", mnt, out)
 		// Data in the grown tail, which the filesystem does not cover:
 		// the point must hold it too.
 		f, err := os.OpenFile(dev, os.O_WRONLY, 0)
