@@ -191,7 +191,7 @@ func TestTrackedFreezeOfTwoBlockDevices(t *testing.T) {
 	require.Empty(t, fz.why)
 	require.Equal(t, int64(5), fz.base)
 	require.Len(t, fz.caps, 2)
-	_, err = os.Stat(filepath.Join(a.cfg.StateDir, freezingFile))
+	_, err = os.Stat(a.freezingNote(cfg.Name))
 	require.ErrorIs(t, err, os.ErrNotExist, "the note outlived the freeze")
 	for i, c := range fz.caps {
 		require.NotEmpty(t, c.changed, "disk %d", i)

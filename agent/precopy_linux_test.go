@@ -200,6 +200,6 @@ func TestFreezeThatRunsOutIsTriedAgainThenGivenUp(t *testing.T) {
 	// Nothing is left frozen: the writer goes on.
 	before := len(w.written())
 	require.Eventually(t, func() bool { return len(w.written()) > before }, 5*time.Second, 10*time.Millisecond)
-	_, err := os.Stat(filepath.Join(a.cfg.StateDir, freezingFile))
+	_, err := os.Stat(a.freezingNote(mc.Name))
 	require.ErrorIs(t, err, os.ErrNotExist, "the freezing note outlived a thawed freeze")
 }

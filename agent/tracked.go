@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -229,7 +230,7 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 	// pre-copy), and the next start thaws them and drops the block
 	// trackers' saved state (thawLeftFrozen). The note goes once the
 	// trackers' state is saved.
-	if err := a.noteFreezing(mounts); err != nil {
+	if err := a.noteFreezing(cfg.Name, mounts); err != nil {
 		fz.err = err
 		return fz
 	}
@@ -260,7 +261,7 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 		}
 	}
 	if saved {
-		a.noteFreezing(nil)
+		a.noteFreezing(cfg.Name, nil)
 	}
 	if fz.timedOut {
 		fz.caps, fz.why = nil, fmt.Sprintf("the freeze timed out %d times: reading the changed blocks took longer than the freeze may last (%s, --max-freeze)", maxFreezeTries, a.cfg.MaxFreeze)
@@ -313,7 +314,12 @@ func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts [
 	timer := time.AfterFunc(a.cfg.MaxFreeze, func() { thaw() })
 	fr = a.captureFrozen(cfg, disks, readers, pre, thawed.Load)
 	timer.Stop()
-	early := !thaw()
+	// Ran out: the timer thawed first, or the capture outlasted the bound
+	// before the timer's goroutine got to run (a busy machine).
+	early := a.cfg.Now().Sub(fz.instant) > a.cfg.MaxFreeze
+	if !thaw() {
+		early = true
+	}
 	fz.frozen = a.cfg.Now().Sub(fz.instant)
 	// How long the writers of the frozen filesystems were stopped (held,
 	// like any record, until the release below).
@@ -496,14 +502,22 @@ func closeAll(ds []*trackedDisk) {
 	}
 }
 
-// freezingFile, in the state directory, names the filesystems the agent
-// is freezing while it does, one mount point a line.
+// freezingFile, in the state directory, is the prefix of the notes that
+// name the filesystems the agent is freezing while it does, one mount
+// point a line: one note per machine ("freezing.<machine>", escaped), so
+// that two machines' freezes at once do not remove each other's. (A note
+// named just "freezing" is a previous release's; it is read the same.)
 const freezingFile = "freezing"
 
-// noteFreezing writes down (durably) the mounts about to be frozen, or
-// removes the note (none).
-func (a *Agent) noteFreezing(mounts []string) error {
-	p := filepath.Join(a.cfg.StateDir, freezingFile)
+// freezingNote is machine's note.
+func (a *Agent) freezingNote(machine string) string {
+	return filepath.Join(a.cfg.StateDir, freezingFile+"."+url.PathEscape(machine))
+}
+
+// noteFreezing writes down (durably) the mounts of machine about to be
+// frozen, or removes the note (none).
+func (a *Agent) noteFreezing(machine string, mounts []string) error {
+	p := a.freezingNote(machine)
 	if len(mounts) == 0 {
 		return os.Remove(p)
 	}
@@ -515,23 +529,33 @@ func (a *Agent) noteFreezing(mounts []string) error {
 // and every writer of those filesystems would wait for ever. The block
 // trackers' saved state may miss that run's last cut: it is dropped.
 func (a *Agent) thawLeftFrozen() {
-	p := filepath.Join(a.cfg.StateDir, freezingFile)
-	b, err := os.ReadFile(p)
-	if err != nil {
+	notes, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, freezingFile+".*"))
+	if _, err := os.Stat(filepath.Join(a.cfg.StateDir, freezingFile)); err == nil {
+		notes = append(notes, filepath.Join(a.cfg.StateDir, freezingFile))
+	}
+	if len(notes) == 0 {
 		return
 	}
-	for _, mount := range strings.Split(string(b), "\n") {
-		if mount == "" {
+	for _, p := range notes {
+		b, err := os.ReadFile(p)
+		if err != nil {
 			continue
 		}
-		if err := snapshot.Thaw(mount); err != nil {
-			a.log.Info("the filesystem a previous run was freezing is not frozen", "mount", mount, "err", err)
-		} else {
-			a.log.Warn("thawed the filesystem a previous run left frozen", "mount", mount)
+		for _, mount := range strings.Split(string(b), "\n") {
+			if mount == "" {
+				continue
+			}
+			if err := snapshot.Thaw(mount); err != nil {
+				a.log.Info("the filesystem a previous run was freezing is not frozen", "mount", mount, "err", err)
+			} else {
+				a.log.Warn("thawed the filesystem a previous run left frozen", "mount", mount)
+			}
 		}
 	}
 	if err := os.RemoveAll(blockStateDir(a.cfg.StateDir)); err == nil {
-		os.Remove(p)
+		for _, p := range notes {
+			os.Remove(p)
+		}
 	}
 }
 

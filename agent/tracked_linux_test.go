@@ -111,3 +111,26 @@ func TestTrackableBlockDevices(t *testing.T) {
 		require.Equal(t, part+" is a partition: block devices are tracked as whole disks (agent/bdtrack)", why)
 	})
 }
+
+// Two machines frozen at once each keep their own note: one's thaw does
+// not remove the other's, and a start after a kill reads them all (and
+// a previous release's single note).
+func TestFreezingNotesArePerMachine(t *testing.T) {
+	state := t.TempDir()
+	var logged strings.Builder
+	a := &Agent{cfg: Config{StateDir: state}, log: slog.New(slog.NewTextHandler(&logged, nil))}
+	require.NoError(t, a.noteFreezing("m/1", []string{"/nowhere/a"}))
+	require.NoError(t, a.noteFreezing("m2", []string{"/nowhere/b"}))
+	require.NoError(t, a.noteFreezing("m/1", nil))
+	_, err := os.Stat(a.freezingNote("m2"))
+	require.NoError(t, err, "one machine's thaw removed the other's note")
+	require.NoError(t, os.WriteFile(filepath.Join(state, freezingFile), []byte("/nowhere/c"), 0o600))
+	a.thawLeftFrozen()
+	for _, m := range []string{"/nowhere/b", "/nowhere/c"} {
+		require.Contains(t, logged.String(), "mount="+m)
+	}
+	require.NotContains(t, logged.String(), "/nowhere/a")
+	left, err := filepath.Glob(filepath.Join(state, freezingFile+"*"))
+	require.NoError(t, err)
+	require.Empty(t, left)
+}
