@@ -162,6 +162,10 @@ type Agent struct {
 	perms msg.Permissions // what the controller may run here (permissions.go)
 
 	tracking trackers // write trackers (Config.TrackWrites)
+	// pausedLeft: machines a previous run paused through their source
+	// driver for a freeze and died (thawLeftFrozen); their next cycle
+	// resumes them first (machineLoop.cycle).
+	pausedLeft sync.Map
 
 	// pageCacheWarned holds the block devices already warned about as
 	// read through their page cache (pagecache.go).

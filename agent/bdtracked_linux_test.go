@@ -174,7 +174,7 @@ func TestTrackedFreezeOfTwoBlockDevices(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { a.tracking.stop(nil) })
 
-	fz := a.freezeAndCapture(cfg, disks, mounts)
+	fz := a.freezeAndCapture(cfg, disks, mounts, nil)
 	require.NoError(t, fz.err)
 	require.Nil(t, fz.caps)
 	require.Equal(t, "write tracking has just started", fz.why)
@@ -186,7 +186,7 @@ func TestTrackedFreezeOfTwoBlockDevices(t *testing.T) {
 	}
 	unix.Sync()
 
-	fz = a.freezeAndCapture(cfg, disks, mounts)
+	fz = a.freezeAndCapture(cfg, disks, mounts, nil)
 	require.NoError(t, fz.err)
 	require.Empty(t, fz.why)
 	require.Equal(t, int64(5), fz.base)

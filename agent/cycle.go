@@ -62,6 +62,9 @@ func (m *machineLoop) cycle(ctx context.Context, cfg msg.MachineConfig, app, pat
 		}
 		drv = d
 	}
+	if _, left := m.a.pausedLeft.LoadAndDelete(cfg.Name); left {
+		m.a.resumeLeftPaused(ctx, cfg.Name, m.driver(nil))
+	}
 	return m.a.runCycle(ctx, cycleParams{cfg: cfg, app: app, patches: patches, driver: drv,
 		mapDir: m.a.state.MachineDir(cfg.Name), keep: true, report: m.report})
 }

@@ -80,7 +80,7 @@ func TestPartitionedDiskIsFrozenThroughItsPartitions(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(mnt, fmt.Sprint("f", i)), []byte(strings.Repeat("x", 8192)), 0o600))
 	}
 	for range 3 {
-		fz := a.freezeAndCapture(mc, disks, mounts)
+		fz := a.freezeAndCapture(mc, disks, mounts, nil)
 		require.NoError(t, fz.err)
 		require.Empty(t, fz.why)
 		require.NotNil(t, fz.caps)
@@ -111,7 +111,7 @@ func TestPartitionedDiskIsFrozenThroughItsPartitions(t *testing.T) {
 	}()
 	caught := ""
 	for i := 0; i < 50 && caught == ""; i++ {
-		fz := a.freezeAndCapture(mc, disks, mounts)
+		fz := a.freezeAndCapture(mc, disks, mounts, nil)
 		require.NoError(t, fz.err)
 		if fz.caps == nil {
 			caught = fz.why

@@ -168,7 +168,7 @@ func TestPrecopyCaptureIsOneInstant(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	last := 0
 	for i := range 6 {
-		fz := a.freezeAndCapture(mc, disks, []string{mnt})
+		fz := a.freezeAndCapture(mc, disks, []string{mnt}, nil)
 		require.NoError(t, fz.err)
 		require.NotNil(t, fz.caps, "freeze %d not captured: %s", i, fz.why)
 		require.Positive(t, fz.rounds, "freeze %d: no pre-copy round", i)
@@ -193,7 +193,7 @@ func TestFreezeThatRunsOutIsTriedAgainThenGivenUp(t *testing.T) {
 	a, mc, disks, mnt, img := trackedImage(t, size, time.Nanosecond)
 	w := startPageWriter(t, img, size/track.PageSize)
 	time.Sleep(200 * time.Millisecond)
-	fz := a.freezeAndCapture(mc, disks, []string{mnt})
+	fz := a.freezeAndCapture(mc, disks, []string{mnt}, nil)
 	require.NoError(t, fz.err)
 	require.Nil(t, fz.caps)
 	require.Contains(t, fz.why, fmt.Sprintf("the freeze timed out %d times", maxFreezeTries))

@@ -104,14 +104,14 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		}
 		return v, err
 	}
-	if !a.cfg.TrackWrites || req.App || req.Driver != nil {
+	if !a.cfg.TrackWrites || req.App {
 		// The trackers' pending pages are relative to a point this view
 		// does not follow from: they count again from their next cut.
 		a.tracking.forget(cfg.Name)
 		v, err := take()
 		return v, capturedView{}, err
 	}
-	disks, mounts, why := a.trackable(cfg)
+	disks, mounts, pause, why := a.trackableWith(cfg, req.Driver)
 	if why == "" {
 		var err error
 		if disks, err = a.tracking.ensure(cfg.Name, disks); err != nil {
@@ -123,7 +123,12 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 		v, err := take()
 		return v, capturedView{}, err
 	}
-	fz := a.freezeAndCapture(cfg, disks, mounts)
+	var pauser snapshot.Driver
+	method := snapshot.MethodTrackedFreeze
+	if pause {
+		pauser, method = req.Driver, snapshot.MethodPauseTracked
+	}
+	fz := a.freezeAndCapture(cfg, disks, mounts, pauser)
 	commit := func(point int64) {
 		for _, d := range disks {
 			d.t.Commit(point)
@@ -160,7 +165,7 @@ func (a *Agent) takeView(ctx context.Context, req snapshot.Request, cfg msg.Mach
 	}
 	note := fmt.Sprintf("frozen %d ms, %d bytes captured (%d read in the freeze, %d pre-copied in %d rounds)",
 		fz.frozen.Milliseconds(), bytes, fz.inFreeze, fz.precopied, fz.rounds)
-	v := snapshot.NewView(fz.instant, snapshot.CrashConsistent, snapshot.MethodTrackedFreeze, vds, append(notes, note),
+	v := snapshot.NewView(fz.instant, snapshot.CrashConsistent, method, vds, append(notes, note),
 		func(keep int64) error {
 			if keep == 0 {
 				return nil // the trackers keep the pages pending
@@ -196,7 +201,11 @@ type frozenCapture struct {
 // write to it would wait for the thaw. A timer thaws after
 // Config.MaxFreeze whatever happens; a freeze that runs out is tried
 // again after another pre-copy, up to maxFreezeTries times.
-func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string) (fz frozenCapture) {
+//
+// With pauser (block devices with no mounted filesystem, and a source
+// driver that can pause the machine), the machine is paused after the
+// mounts are frozen and resumed at the thaw, by the same timer.
+func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string, pauser snapshot.Driver) (fz frozenCapture) {
 	readers := make([]frozenReader, len(disks))
 	var mfds []*os.File
 	defer func() {
@@ -230,7 +239,11 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 	// pre-copy), and the next start thaws them and drops the block
 	// trackers' saved state (thawLeftFrozen). The note goes once the
 	// trackers' state is saved.
-	if err := a.noteFreezing(cfg.Name, mounts); err != nil {
+	note := mounts
+	if pauser != nil {
+		note = append(slices.Clone(mounts), pausedLine)
+	}
+	if err := a.noteFreezing(cfg.Name, note); err != nil {
 		fz.err = err
 		return fz
 	}
@@ -238,7 +251,7 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 	for try := 1; ; try++ {
 		pre.run(a, cfg, disks, readers)
 		var fr frozenRead
-		fz, fr = a.freezeOnce(cfg, disks, mounts, mfds, readers, pre)
+		fz, fr = a.freezeOnce(cfg, disks, mounts, mfds, readers, pre, pauser)
 		if fz.err != nil || !fz.timedOut || try == maxFreezeTries {
 			break
 		}
@@ -270,7 +283,7 @@ func (a *Agent) freezeAndCapture(cfg msg.MachineConfig, disks []*trackedDisk, mo
 }
 
 // freezeOnce freezes every mount, cuts and reads, and thaws.
-func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string, mfds []*os.File, readers []frozenReader, pre *precopy) (fz frozenCapture, fr frozenRead) {
+func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts []string, mfds []*os.File, readers []frozenReader, pre *precopy, pauser snapshot.Driver) (fz frozenCapture, fr frozenRead) {
 	// The log may be on a filesystem about to be frozen: its records wait
 	// in memory until the thaw (logfreeze.go).
 	a.logs.hold()
@@ -282,6 +295,7 @@ func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts [
 		thawed  atomic.Bool
 		thawErr error
 		frozen  []int // indexes into mounts
+		paused  bool  // the source driver was asked to pause the machine
 	)
 	thaw := func() bool {
 		thawMu.Lock()
@@ -299,6 +313,16 @@ func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts [
 				}
 			}
 		}
+		if paused {
+			// From the timer too: it runs the driver's resume command,
+			// on no frozen filesystem. One that fails leaves the note,
+			// and the next start resumes the machine (resumeLeftPaused).
+			rctx, cancel := context.WithTimeout(context.Background(), resumeTimeout)
+			if _, err := pauser.Run(rctx, "resume"); err != nil {
+				thawErr = errors.Join(thawErr, fmt.Errorf("source driver resume: %w", err))
+			}
+			cancel()
+		}
 		return true
 	}
 	for i, f := range mfds {
@@ -309,6 +333,20 @@ func (a *Agent) freezeOnce(cfg msg.MachineConfig, disks []*trackedDisk, mounts [
 			return fz, fr
 		}
 		frozen = append(frozen, i)
+	}
+	if pauser != nil {
+		thawMu.Lock()
+		paused = true // a pause that fails half-way is resumed all the same
+		thawMu.Unlock()
+		pctx, cancel := context.WithTimeout(context.Background(), a.cfg.MaxFreeze)
+		_, err := pauser.Run(pctx, "pause")
+		cancel()
+		if err != nil {
+			thaw()
+			fz.err = errors.Join(fmt.Errorf("source driver pause: %w", err), thawErr)
+			fz.leftFrozen = thawErr != nil
+			return fz, fr
+		}
 	}
 	fz.instant = a.cfg.Now()
 	timer := time.AfterFunc(a.cfg.MaxFreeze, func() { thaw() })
@@ -502,6 +540,13 @@ func closeAll(ds []*trackedDisk) {
 	}
 }
 
+// resumeTimeout bounds the source driver's resume at a thaw.
+const resumeTimeout = 30 * time.Second
+
+// pausedLine, in a freezing note, says the machine was paused through its
+// source driver as well.
+const pausedLine = "#driver-pause"
+
 // freezingFile, in the state directory, is the prefix of the notes that
 // name the filesystems the agent is freezing while it does, one mount
 // point a line: one note per machine ("freezing.<machine>", escaped), so
@@ -542,6 +587,15 @@ func (a *Agent) thawLeftFrozen() {
 			continue
 		}
 		for _, mount := range strings.Split(string(b), "\n") {
+			if mount == pausedLine {
+				if m, ok := strings.CutPrefix(filepath.Base(p), freezingFile+"."); ok {
+					if name, err := url.PathUnescape(m); err == nil {
+						a.pausedLeft.Store(name, true)
+						a.log.Warn("a previous run paused this machine through its source driver for a freeze and died: it is resumed when its configuration arrives", "machine", name)
+					}
+				}
+				continue
+			}
 			if mount == "" {
 				continue
 			}
@@ -557,6 +611,20 @@ func (a *Agent) thawLeftFrozen() {
 			os.Remove(p)
 		}
 	}
+}
+
+// resumeLeftPaused resumes a machine that a previous run paused for a
+// freeze and died: its source driver's resume, once, logged either way.
+func (a *Agent) resumeLeftPaused(ctx context.Context, machine string, drv snapshot.Driver) {
+	if !drv.Has("resume") {
+		a.log.Error("a previous run paused this machine and died, and its source driver has no resume command now: resume it by hand", "machine", machine)
+		return
+	}
+	if _, err := drv.Run(ctx, "resume"); err != nil {
+		a.log.Error("resuming the machine a previous run left paused failed: resume it by hand", "machine", machine, "err", err)
+		return
+	}
+	a.log.Warn("resumed the machine a previous run left paused", "machine", machine)
 }
 
 // fileTracker is a raw image file's tracker (agent/track): it lives as

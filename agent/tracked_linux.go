@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrydr/ferry/agent/bdtrack"
 	"github.com/ferrydr/ferry/agent/disk"
+	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/protocol/msg"
 )
 
@@ -23,17 +24,33 @@ import (
 // (trackableDevices); none of the filesystems is the root or holds the
 // agent's state or log, unless Config.FreezeOwnFS lists it (ownfs.go).
 func (a *Agent) trackable(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
+	disks, mounts, _, why = a.trackableWith(cfg, nil)
+	return disks, mounts, why
+}
+
+// trackableWith is trackable for a machine with source driver drv (nil:
+// none). A block device with no mounted filesystem is then tracked too
+// when the driver can pause and resume the machine: pause says the
+// freeze must also pause it (the machine stops writing, as a frozen
+// filesystem does). Image files with a source driver keep the taker's
+// views (a pause around a clone).
+func (a *Agent) trackableWith(cfg msg.MachineConfig, drv snapshot.Driver) (disks []*trackedDisk, mounts []string, pause bool, why string) {
 	if len(cfg.Disks) == 0 {
-		return nil, nil, "the machine has no disks"
+		return nil, nil, false, "the machine has no disks"
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(cfg.Disks[0].Path, &st); err != nil {
-		return nil, nil, err.Error()
+		return nil, nil, false, err.Error()
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
-		return a.trackableDevices(cfg)
+		canPause := drv != nil && drv.Has("pause") && drv.Has("resume")
+		return a.trackableDevices(cfg, canPause)
 	}
-	return a.trackableFiles(cfg)
+	if drv != nil {
+		return nil, nil, false, "the machine has a source driver: its image files' views are the taker's (pause and clone)"
+	}
+	disks, mounts, why = a.trackableFiles(cfg)
+	return disks, mounts, false, why
 }
 
 // trackableFiles: raw image files, all on one filesystem.
@@ -74,39 +91,44 @@ func (a *Agent) trackableFiles(cfg msg.MachineConfig) (disks []*trackedDisk, mou
 
 // trackableDevices: whole block devices (bdtrack refuses partitions),
 // each with a filesystem mounted from it; they are all frozen at once.
-func (a *Agent) trackableDevices(cfg msg.MachineConfig) (disks []*trackedDisk, mounts []string, why string) {
+func (a *Agent) trackableDevices(cfg msg.MachineConfig, canPause bool) (disks []*trackedDisk, mounts []string, pause bool, why string) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return nil, nil, err.Error()
+		return nil, nil, false, err.Error()
 	}
 	defer f.Close()
 	mi, err := parseMountinfo(f)
 	if err != nil {
-		return nil, nil, err.Error()
+		return nil, nil, false, err.Error()
 	}
 	for _, dc := range cfg.Disks {
 		var st unix.Stat_t
 		if err := unix.Stat(dc.Path, &st); err != nil {
-			return nil, nil, err.Error()
+			return nil, nil, false, err.Error()
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-			return nil, nil, dc.Path + " is not a block device (a machine's tracked disks are all files or all block devices)"
+			return nil, nil, false, dc.Path + " is not a block device (a machine's tracked disks are all files or all block devices)"
 		}
 		major, minor := unix.Major(st.Rdev), unix.Minor(st.Rdev)
 		if _, err := os.Stat(fmt.Sprintf("/sys/dev/block/%d:%d/partition", major, minor)); err == nil {
-			return nil, nil, dc.Path + " is a partition: block devices are tracked as whole disks (agent/bdtrack)"
+			return nil, nil, false, dc.Path + " is a partition: block devices are tracked as whole disks (agent/bdtrack)"
 		}
 		if why := stackedDevice(sysBlock, major, minor); why != "" {
-			return nil, nil, dc.Path + ": " + why
+			return nil, nil, false, dc.Path + ": " + why
 		}
 		ms, why := a.diskMounts(mi, major, minor)
-		if why != "" {
-			return nil, nil, dc.Path + ": " + why
+		switch {
+		case why == noMountedAnywhere && canPause:
+			pause = true // the source driver's pause stops its writers
+		case why == noMountedAnywhere:
+			return nil, nil, false, dc.Path + ": " + why + " (and no source driver to pause the machine)"
+		case why != "":
+			return nil, nil, false, dc.Path + ": " + why
 		}
 		disks = append(disks, a.trackedBlockDevice(dc.Path, dc.BlockSize, major, minor))
 		mounts = append(mounts, ms...)
 	}
-	return disks, mounts, ""
+	return disks, mounts, pause, ""
 }
 
 // diskMounts is where the filesystems of whole disk major:minor are
@@ -124,6 +146,9 @@ func (a *Agent) diskMounts(mi mountinfo, major, minor uint32) (mounts []string, 
 	if len(parts) == 0 {
 		dev := unix.Mkdev(major, minor)
 		mount, why := mi.freezable(major, minor)
+		if why == noMountedFS {
+			return nil, noMountedAnywhere
+		}
 		if why != "" && !(mount == "/" && a.ownFSListed(dev)) {
 			return nil, why
 		}
@@ -147,7 +172,7 @@ func (a *Agent) diskMounts(mi mountinfo, major, minor uint32) (mounts []string, 
 		mounts = append(mounts, mount)
 	}
 	if len(mounts) == 0 {
-		return nil, "no mounted filesystem on it or its partitions to freeze"
+		return nil, noMountedAnywhere
 	}
 	return mounts, ""
 }
@@ -301,6 +326,10 @@ func unescapeMount(s string) string {
 	}
 	return b.String()
 }
+
+// noMountedAnywhere is diskMounts' reason for a disk with no mounted
+// filesystem, on it or on its partitions.
+const noMountedAnywhere = "no mounted filesystem to freeze, on it or its partitions"
 
 // noMountedFS is freezable's reason for a device nothing is mounted from.
 const noMountedFS = "no mounted filesystem to freeze"

@@ -79,7 +79,7 @@ func TestTrackableBlockDevices(t *testing.T) {
 	require.Equal(t, mounted, disks[0].path)
 
 	_, _, why = a.trackable(machine(mounted, bare))
-	require.Equal(t, bare+": no mounted filesystem to freeze", why)
+	require.Equal(t, bare+": no mounted filesystem to freeze, on it or its partitions (and no source driver to pause the machine)", why)
 
 	require.NoError(t, os.MkdirAll(filepath.Join(mnt, "state"), 0o700))
 	_, _, why = agentWith(Config{StateDir: filepath.Join(mnt, "state")}).trackable(machine(mounted))
@@ -125,7 +125,14 @@ func TestFreezingNotesArePerMachine(t *testing.T) {
 	_, err := os.Stat(a.freezingNote("m2"))
 	require.NoError(t, err, "one machine's thaw removed the other's note")
 	require.NoError(t, os.WriteFile(filepath.Join(state, freezingFile), []byte("/nowhere/c"), 0o600))
+	// A machine paused through its source driver for the freeze: its
+	// next cycle must resume it.
+	require.NoError(t, a.noteFreezing("vm 3", []string{pausedLine}))
 	a.thawLeftFrozen()
+	_, remembered := a.pausedLeft.Load("vm 3")
+	require.True(t, remembered, "the paused machine is not remembered")
+	_, remembered = a.pausedLeft.Load("m2")
+	require.False(t, remembered)
 	for _, m := range []string{"/nowhere/b", "/nowhere/c"} {
 		require.Contains(t, logged.String(), "mount="+m)
 	}

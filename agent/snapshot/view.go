@@ -37,6 +37,10 @@ const (
 	// of them written from before the first read to after the last
 	// (quiet.go).
 	MethodQuietFile = "quiet-file"
+	// MethodPauseTracked: block devices with no mounted filesystem, the
+	// machine paused by its source driver for as long as it takes to
+	// read the blocks a write tracker saw change.
+	MethodPauseTracked = "driver-pause+tracked"
 )
 
 // viewsDir is the hidden directory, next to the images, that holds clones.

@@ -36,6 +36,9 @@ Methods (docs/replication.md §5.2 has the table of sources and tests):
   tracked-freeze               filesystems frozen, the blocks a write tracker
                                saw change read (image files on one
                                filesystem, or whole block devices)
+  driver-pause+tracked         block devices with no mounted filesystem:
+                               the machine paused by its source driver,
+                               the blocks a write tracker saw change read
   quiet-file                   image files read directly, unchanged while
                                read (judged by their change timestamps)
   powered-off                  the VM was off while read

@@ -41,7 +41,7 @@ type Writer struct {
 // between writes.
 func StartWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration) *Writer {
 	t.Helper()
-	return startWriter(t, paths, size, seed, pause, "")
+	return startWriter(t, paths, size, seed, pause, "", 0)
 }
 
 // StartPausableWriter is StartWriter with a source driver's pause and
@@ -51,13 +51,20 @@ func StartWriter(t testing.TB, paths []string, size int64, seed uint64, pause ti
 func StartPausableWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration) (w *Writer, pauseCmd, resumeCmd string) {
 	t.Helper()
 	ctl := t.TempDir()
-	w = startWriter(t, paths, size, seed, pause, ctl)
+	w = startWriter(t, paths, size, seed, pause, ctl, 0)
+	pauseCmd, resumeCmd = pauseCommands(ctl)
+	return w, pauseCmd, resumeCmd
+}
+
+// pauseCommands are the source driver's pause and resume of a writer
+// controlled through directory ctl (waitWhilePaused).
+func pauseCommands(ctl string) (pauseCmd, resumeCmd string) {
 	req, ack := filepath.Join(ctl, "pause"), filepath.Join(ctl, "paused")
 	// A stopped writer never answers: after 10 s the pause goes on (no
 	// write can happen then anyway).
 	pauseCmd = fmt.Sprintf("touch %s; for i in $(seq 1000); do [ -e %s ] && exit 0; sleep 0.01; done", req, ack)
 	resumeCmd = fmt.Sprintf("rm -f %s; for i in $(seq 1000); do [ -e %s ] || exit 0; sleep 0.01; done", req, ack)
-	return w, pauseCmd, resumeCmd
+	return pauseCmd, resumeCmd
 }
 
 // waitWhilePaused holds the writer while ctl/pause exists, saying so with
@@ -81,12 +88,24 @@ func waitWhilePaused(ctl string, stop <-chan struct{}) {
 	}
 }
 
-func startWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration, ctl string) *Writer {
+// StartPausableDeviceWriter is StartPausableWriter for block devices: each
+// write is synced (O_DSYNC) before it is logged, as a VM's writes with
+// cache=none reach its disk, so a paused writer has nothing in flight.
+func StartPausableDeviceWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration) (w *Writer, pauseCmd, resumeCmd string) {
+	t.Helper()
+	ctl := t.TempDir()
+	w = startWriter(t, paths, size, seed, pause, ctl, os.O_SYNC)
+	pauseCmd, resumeCmd = pauseCommands(ctl)
+	return w, pauseCmd, resumeCmd
+}
+
+// startWriter starts a writer of paths, opened with os.O_WRONLY|flag.
+func startWriter(t testing.TB, paths []string, size int64, seed uint64, pause time.Duration, ctl string, flag int) *Writer {
 	t.Helper()
 	w := &Writer{Paths: paths, Seed: seed, size: size, stop: make(chan struct{}), done: make(chan struct{})}
 	files := make([]*os.File, len(paths))
 	for i, p := range paths {
-		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		f, err := os.OpenFile(p, os.O_WRONLY|flag, 0)
 		require.NoError(t, err)
 		files[i] = f
 	}
