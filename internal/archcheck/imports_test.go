@@ -13,7 +13,7 @@ const module = "github.com/ferrydr/ferry"
 
 // leaves are packages of ours that import nothing of ours and so may be
 // imported from anywhere (checked below).
-var leaves = []string{module + "/internal/buildinfo", module + "/internal/fsutil", module + "/internal/testenv", module + "/internal/workload", module + "/internal/profiling", module + "/internal/syncbuf"}
+var leaves = []string{module + "/internal/buildinfo", module + "/internal/fsutil", module + "/internal/testenv", module + "/internal/workload", module + "/internal/profiling", module + "/internal/syncbuf", module + "/internal/pgtest"}
 
 // allowed maps a package prefix to the prefixes of ours it may import.
 var allowed = map[string][]string{

@@ -1,0 +1,174 @@
+package pgtest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Bin is where Debian's postgresql-15 package puts the server's programs.
+const Bin = "/usr/lib/postgresql/15/bin"
+
+// User is the account the programs run as.
+const User = "postgres"
+
+// Missing says what this machine lacks to run a cluster ("" when nothing):
+// the programs under Bin, the postgres user, runuser.
+func Missing() string {
+	for _, p := range []string{"initdb", "pg_ctl", "postgres", "psql", "pgbench"} {
+		if _, err := os.Stat(filepath.Join(Bin, p)); err != nil {
+			return fmt.Sprintf("PostgreSQL 15 is not installed (%s; apt-get install postgresql)", filepath.Join(Bin, p))
+		}
+	}
+	if _, err := user.Lookup(User); err != nil {
+		return "no postgres user (apt-get install postgresql creates it)"
+	}
+	if _, err := exec.LookPath("runuser"); err != nil {
+		return "runuser is not on PATH (util-linux)"
+	}
+	return ""
+}
+
+// Chown gives paths (not recursively) to the postgres user: the data
+// directory's parent, the socket directory and the log's directory must be
+// its own.
+func Chown(paths ...string) error {
+	u, err := user.Lookup(User)
+	if err != nil {
+		return err
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	for _, p := range paths {
+		if err := os.Chown(p, uid, gid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Cluster is one PostgreSQL data directory and how its server listens:
+// on a Unix socket only (listen_addresses is empty), so that clusters of
+// one machine differ by socket directory and port, never by TCP.
+type Cluster struct {
+	Data string // data directory
+	Sock string // socket directory
+	Port int
+	Log  string // the server's log (pg_ctl -l)
+}
+
+// CmdError is a program that failed, with its output.
+type CmdError struct {
+	Cmd    string
+	Output string
+	Err    error
+}
+
+func (e *CmdError) Error() string {
+	return fmt.Sprintf("%s: %v\n%s", e.Cmd, e.Err, strings.TrimSpace(e.Output))
+}
+
+func (e *CmdError) Unwrap() error { return e.Err }
+
+// run runs one of Bin's programs as the postgres user in dir ("" for /,
+// which postgres can always enter) and returns its standard output.
+func run(ctx context.Context, dir, prog string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "runuser", append([]string{"-u", User, "--", filepath.Join(Bin, prog)}, args...)...)
+	cmd.Dir = dir
+	if dir == "" {
+		cmd.Dir = "/"
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), &CmdError{Cmd: prog + " " + strings.Join(args, " "), Output: out.String() + errb.String(), Err: err}
+	}
+	return out.String(), nil
+}
+
+// Init makes a new cluster in c.Data (initdb, trust authentication) and
+// appends settings (postgresql.conf lines, e.g. "max_wal_size = 64MB").
+// c.Data's parent, c.Sock and c.Log's directory must exist; Init gives
+// them to the postgres user.
+func (c *Cluster) Init(ctx context.Context, settings ...string) error {
+	if err := Chown(filepath.Dir(c.Data), c.Sock, filepath.Dir(c.Log)); err != nil {
+		return err
+	}
+	if _, err := run(ctx, "", "initdb", "-D", c.Data, "-A", "trust", "-U", User, "--no-instructions"); err != nil {
+		return err
+	}
+	if len(settings) == 0 {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(c.Data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString("\n# pgtest\n" + strings.Join(settings, "\n") + "\n")
+	return errors.Join(err, f.Close())
+}
+
+// Start starts the server and waits until it accepts connections. A
+// cluster that was not shut down cleanly recovers first (redo of its WAL):
+// Start waits for that too.
+func (c *Cluster) Start(ctx context.Context) error {
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=''", c.Port, c.Sock)
+	_, err := run(ctx, "", "pg_ctl", "-D", c.Data, "-l", c.Log, "-o", opts, "-w", "-t", "300", "start")
+	if err != nil {
+		if log, rerr := os.ReadFile(c.Log); rerr == nil {
+			err = fmt.Errorf("%w\nserver log:\n%s", err, log)
+		}
+	}
+	return err
+}
+
+// Stop stops the server: mode "fast" (clean shutdown) or "immediate" (as
+// after a crash: the next start recovers).
+func (c *Cluster) Stop(ctx context.Context, mode string) error {
+	_, err := run(ctx, "", "pg_ctl", "-D", c.Data, "-m", mode, "-w", "-t", "120", "stop")
+	return err
+}
+
+// Running reports whether the cluster's server runs (pg_ctl status).
+func (c *Cluster) Running(ctx context.Context) bool {
+	_, err := run(ctx, "", "pg_ctl", "-D", c.Data, "status")
+	return err == nil
+}
+
+// Query runs one SQL statement with psql and returns its rows, unaligned,
+// the fields of a row separated by '|'.
+func (c *Cluster) Query(ctx context.Context, sql string) (string, error) {
+	out, err := run(ctx, "", "psql", "-h", c.Sock, "-p", strconv.Itoa(c.Port), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, "postgres")
+	return strings.TrimSpace(out), err
+}
+
+// Traversable lets the postgres user reach path: every directory from /
+// down to path that others cannot search gets o+x (temporary directories
+// are made 0700, and the server must get to its data directory inside).
+func Traversable(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.IsDir() && st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o001); err != nil {
+				return err
+			}
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
