@@ -7,10 +7,12 @@ set -u
 PKGS=(xfsprogs btrfs-progs e2fsprogs util-linux qemu-utils fuse3 rsync zstd
       debootstrap systemd-container curl ca-certificates iproute2 nftables
       libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 iptables
-      prometheus chromium extlinux syslinux-common fdisk)
+      prometheus chromium extlinux syslinux-common fdisk postgresql)
 # prometheus: promtool checks the /metrics output. chromium: the web console
 # tests drive it headless (internal/e2e/console_*_test.go).
 # extlinux, syslinux-common, fdisk: the drill test's bootable disk (internal/e2e/bootdisk_test.go).
+# postgresql: a database under pgbench fails over from a tracked freeze
+# (internal/e2e/postgres_linux_test.go, internal/pgtest, ferrybench -cases pgtrack).
 
 # Debian's libvirt QEMU driver refuses to initialise without these (no
 # systemd-sysusers here); internal/libvirtd creates them too. Idempotent.

@@ -13,8 +13,20 @@ import (
 	"strings"
 )
 
-// Bin is where Debian's postgresql-15 package puts the server's programs.
-const Bin = "/usr/lib/postgresql/15/bin"
+// Bin is where Debian's postgresql package puts the server's programs:
+// /usr/lib/postgresql/VERSION/bin, the newest version installed (15 on
+// Debian 12; "" when none is).
+func Bin() string {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	best, bestV := "", 0
+	for _, d := range dirs {
+		v, err := strconv.Atoi(filepath.Base(filepath.Dir(d)))
+		if err == nil && v > bestV {
+			best, bestV = d, v
+		}
+	}
+	return best
+}
 
 // User is the account the programs run as.
 const User = "postgres"
@@ -22,9 +34,13 @@ const User = "postgres"
 // Missing says what this machine lacks to run a cluster ("" when nothing):
 // the programs under Bin, the postgres user, runuser.
 func Missing() string {
+	bin := Bin()
+	if bin == "" {
+		return "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin; apt-get install postgresql)"
+	}
 	for _, p := range []string{"initdb", "pg_ctl", "postgres", "psql", "pgbench"} {
-		if _, err := os.Stat(filepath.Join(Bin, p)); err != nil {
-			return fmt.Sprintf("PostgreSQL 15 is not installed (%s; apt-get install postgresql)", filepath.Join(Bin, p))
+		if _, err := os.Stat(filepath.Join(bin, p)); err != nil {
+			return fmt.Sprintf("PostgreSQL is incompletely installed: %v", err)
 		}
 	}
 	if _, err := user.Lookup(User); err != nil {
@@ -80,7 +96,7 @@ func (e *CmdError) Unwrap() error { return e.Err }
 // run runs one of Bin's programs as the postgres user in dir ("" for /,
 // which postgres can always enter) and returns its standard output.
 func run(ctx context.Context, dir, prog string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "runuser", append([]string{"-u", User, "--", filepath.Join(Bin, prog)}, args...)...)
+	cmd := exec.CommandContext(ctx, "runuser", append([]string{"-u", User, "--", filepath.Join(Bin(), prog)}, args...)...)
 	cmd.Dir = dir
 	if dir == "" {
 		cmd.Dir = "/"
