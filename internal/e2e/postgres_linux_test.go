@@ -41,7 +41,8 @@ func newPGDirs(t *testing.T) (sock, logs string) {
 // freezes. The machine fails over (`ferry failover --point`) to the newest
 // point taken while pgbench ran; the failed-over disk, loop-mounted,
 // starts as a crashed database does: PostgreSQL recovers (redo) and
-// accepts connections. pgbench's balance invariant holds, and the point
+// accepts connections. pgbench's balance invariant holds, pg_amcheck finds
+// every page (checksummed), heap and index sound, and the point
 // holds exactly the transactions the freeze cut: every one pgbench saw
 // committed before the freeze, none it began after the thaw (pgbench's
 // own per-transaction log, not Ferry's, is the reference).
@@ -157,6 +158,7 @@ func TestPostgresFailsOverFromATrackedFreezeUnderPgbench(t *testing.T) {
 
 	bal, err := rec.Balances(ctx)
 	require.NoError(t, err)
+	require.NoError(t, rec.Check(ctx), "pg_amcheck of the recovered database")
 	// Committed before the freeze: pgbench had its COMMIT's answer (the WAL
 	// flushed) before the instant the filesystem was frozen. Begun after
 	// the thaw: its first statement was sent after the freeze ended (the

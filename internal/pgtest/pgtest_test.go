@@ -67,4 +67,7 @@ func TestBenchKeepsBalancesAndLogsWallClockTimes(t *testing.T) {
 	if !b.Holds() || b.Txns != res.Processed {
 		t.Fatalf("balances %s after %d transactions", b, res.Processed)
 	}
+	if err := c.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
