@@ -22,11 +22,12 @@ for b in bin/ferry bin/ferry-agent; do
   [ -x "$b" ] || { echo "bench: $b missing: run make build (make bench does)" >&2; exit 1; }
 done
 
-echo "## installing the anchors (rsync, zstd) and xfsprogs" >&2
+echo "## installing the anchors (rsync, zstd), xfsprogs and postgresql" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >&2
 # iproute2 and nftables: the network lab of the WAN cases (internal/netlab).
-apt-get install -y -qq --no-install-recommends rsync zstd xfsprogs iproute2 nftables >&2
+# postgresql: the tracker-overhead case (pgtrack) runs pgbench.
+apt-get install -y -qq --no-install-recommends rsync zstd xfsprogs iproute2 nftables postgresql >&2
 
 quick=()
 if [ "${QUICK:-0}" = 1 ]; then

@@ -95,6 +95,7 @@ func (b *bench) run(ctx context.Context) error {
 		{caseStorage, b.caseStorage}, {caseDedup, b.caseDedup}, {caseMemory, b.caseMemory},
 		{caseMaterialize, b.caseMaterialize}, {caseRTO, b.caseRTO}, {caseRoundTrip, b.caseRoundTrip},
 		{casePlanRTO, b.casePlanRTO}, {caseMany, b.caseMany}, {caseWANSync, b.caseWANSync}, {caseWANRPO, b.caseWANRPO},
+		{casePGTrack, b.casePGTrack},
 	} {
 		if !b.cfg.has(c.name) {
 			continue

@@ -23,10 +23,11 @@ const (
 	caseMany        = "many"        // many small machines on several agents: controller CPU per idle cycle, RPO under light churn
 	caseWANSync     = "wan-sync"    // initial sync over a shaped link between two lab sites
 	caseWANRPO      = "wan-rpo"     // RPO under churn over a shaped link between two lab sites
+	casePGTrack     = "pgtrack"     // pgbench tps on a block device with and without the agent tracking and freezing it
 )
 
 var allCases = []string{caseSync, caseScan, caseRPO, caseStorage, caseDedup, caseMemory, caseMaterialize, caseRTO, caseRoundTrip, casePlanRTO,
-	caseMany, caseWANSync, caseWANRPO}
+	caseMany, caseWANSync, caseWANRPO, casePGTrack}
 
 // Config is what one invocation measures. BENCHMARKS.md's values are the
 // defaults; QuickConfig is the smoke run of `QUICK=1 make bench`.
@@ -71,6 +72,11 @@ type Config struct {
 	ManyPhase    time.Duration
 	ManyRate     int64
 
+	// The tracker-overhead case: pgbench at scale PGScale for PGFor per
+	// run, Runs rounds of a run without Ferry and one with it.
+	PGScale int
+	PGFor   time.Duration
+
 	Cases   []string // which cases to run (default all)
 	Profile bool     // rerun MISS cases with --cpu-profile
 	TopN    int      // profile entries kept per process
@@ -88,6 +94,7 @@ func DefaultConfig() Config {
 		RPOBlockSize: 4 << 10, TrackWrites: true,
 		Poll: 25 * time.Millisecond, Stall: 2 * time.Minute,
 		ManyMachines: 50, ManyAgents: 5, ManyDiskSize: 64 << 20, ManyPhase: 60 * time.Second, ManyRate: 64 << 10,
+		PGScale: 10, PGFor: 20 * time.Second,
 		Cases: slices.Clone(allCases), Profile: true, TopN: 15,
 	}
 }
@@ -98,6 +105,7 @@ func QuickConfig() Config {
 	c.Size, c.MemSize, c.RTOSize, c.Runs = 256<<20, 1<<30, 2<<30, 1
 	c.ChurnFor, c.Deltas, c.Machines = 10*time.Second, 3, 4
 	c.ManyPhase = 20 * time.Second
+	c.PGScale, c.PGFor = 5, 10*time.Second
 	return c
 }
 
@@ -131,6 +139,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ManyDiskSize < 4<<20 || c.ManyDiskSize%int64(max(c.BlockSize, c.RPOBlockSize)) != 0 {
 		errs = append(errs, fmt.Errorf("many-machines disk size %d: want at least 4 MiB and a multiple of the block sizes", c.ManyDiskSize))
+	}
+	if c.PGScale < 1 || c.PGFor < time.Second {
+		errs = append(errs, fmt.Errorf("-pg-scale %d, -pg-for %s: want a scale of at least 1 and runs of at least 1s", c.PGScale, c.PGFor))
 	}
 	if c.Fraction <= 0 || c.Fraction > 0.5 {
 		errs = append(errs, fmt.Errorf("delta fraction %g: want (0, 0.5]", c.Fraction))

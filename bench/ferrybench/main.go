@@ -55,6 +55,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.ManyAgents, "many-agents", cfg.ManyAgents, "agents the many-machines case spreads its machines over")
 	fs.DurationVar(&cfg.ManyPhase, "many-phase", cfg.ManyPhase, "length of each phase (idle, light churn) of the many-machines case")
 	fs.Int64Var(&cfg.ManyRate, "many-rate", cfg.ManyRate, "churn bytes per second per machine in the many-machines case")
+	fs.IntVar(&cfg.PGScale, "pg-scale", cfg.PGScale, "pgbench scale factor of the tracker-overhead case (pgtrack)")
+	fs.DurationVar(&cfg.PGFor, "pg-for", cfg.PGFor, "length of each pgbench run of the tracker-overhead case (pgtrack)")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "workload seed")
 	fs.DurationVar(&cfg.Poll, "poll", cfg.Poll, "how often points are polled while timing (20–50 ms)")
 	fs.DurationVar(&cfg.Stall, "stall", cfg.Stall, "fail a wait for a point after this long with (almost) no traffic, dumping the processes' stacks")

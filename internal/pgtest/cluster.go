@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Bin is where Debian's postgresql package puts the server's programs:
@@ -148,9 +149,48 @@ func (c *Cluster) Start(ctx context.Context) error {
 
 // Stop stops the server: mode "fast" (clean shutdown) or "immediate" (as
 // after a crash: the next start recovers).
+//
+// pg_ctl returns once postmaster.pid is gone, a moment before the
+// postmaster exits and lets go of the filesystem: Stop also waits for
+// that, so that the caller can unmount it.
 func (c *Cluster) Stop(ctx context.Context, mode string) error {
-	_, err := run(ctx, "", "pg_ctl", "-D", c.Data, "-m", mode, "-w", "-t", "120", "stop")
-	return err
+	pid := c.postmasterPID()
+	if _, err := run(ctx, "", "pg_ctl", "-D", c.Data, "-m", mode, "-w", "-t", "120", "stop"); err != nil {
+		return err
+	}
+	if pid <= 0 {
+		return nil
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the postmaster (pid %d) of %s outlived pg_ctl stop by 30 s", pid, c.Data)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+// alive reports whether process pid exists and is not a zombie (which
+// holds no file any more; the init of a container may never reap it).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || !strings.HasPrefix(string(b[i+1:]), " Z")
+}
+
+// postmasterPID is the first line of postmaster.pid (0 when none).
+func (c *Cluster) postmasterPID() int {
+	b, err := os.ReadFile(filepath.Join(c.Data, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, _ := strconv.Atoi(strings.TrimSpace(line))
+	return pid
 }
 
 // Running reports whether the cluster's server runs (pg_ctl status).
