@@ -11,29 +11,40 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferrydr/ferry/agent/bdtrack"
 	"github.com/ferrydr/ferry/internal/pgtest"
 )
 
-// pgtrackRound is one round of the tracker-overhead case: pgbench without
-// Ferry, with the tracker alone, and with Ferry replicating.
-type pgtrackRound struct {
-	off, tracked, replicating  float64 // tps
-	trackedUse, replicatingUse rigUsage
-	frozen                     []float64 // seconds frozen, per tracked-freeze point of the replicating run
-	methods                    map[string]int
-	points                     int // points committed during the replicating run
+// pgtrackPair is two pgbench runs side by side: a and b tps.
+type pgtrackPair struct{ a, b float64 }
+
+// pgtrackResult is what the tracker-overhead case measured.
+type pgtrackResult struct {
+	tracker     []pgtrackPair // a: no tracker, b: the tracker alone
+	replicating []pgtrackPair // a: the agent's tracker, no cycle; b: a cycle every rp-every
+	use         rigUsage      // the rig's processes during the replicating runs
+	useFor      time.Duration
+	frozen      []float64 // seconds frozen, per tracked-freeze point of the replicating runs
+	methods     map[string]int
+	points      int // points committed during the replicating runs
 }
 
 // casePGTrack measures what tracking and freezing a database's block
 // device costs the database: PostgreSQL on ext4 on a whole loop device,
-// pgbench (TPC-B-like) for cfg.PGFor, cfg.Runs rounds of three runs: with
-// no Ferry process; with an agent (--track-writes) protecting the device
-// as a block device after its initial point, no cycle running (the eBPF
-// tracker alone); and with a cycle every cfg.RPEvery (tracked freezes,
-// the dirty blocks read, shipped and stored). Each row is the median of
-// the per-round ratios to the run without Ferry; the freezes are the
-// points' notes.
+// pgbench (TPC-B-like) runs of cfg.PGFor. The machine is shared and its
+// speed drifts, so each comparison is made of pairs of runs back to back,
+// in alternating order, and the row is the median of the per-pair ratios:
+//
+//   - the tracker alone: runs without and with the eBPF tracker attached
+//     to the device (agent/bdtrack, opened and removed by this process);
+//   - replicating: an agent (--track-writes) protects the device as a
+//     block device; runs with its policy making no cycle (its tracker
+//     attached) and with a cycle every cfg.RPEvery (tracked freezes, the
+//     dirty blocks read, shipped and stored).
+//
+// Their product is replicating against no tracker at all.
 func (b *bench) casePGTrack(ctx context.Context) (err error) {
 	if why := pgtest.Missing(); why != "" {
 		return errors.New(why)
@@ -75,137 +86,176 @@ func (b *bench) casePGTrack(ctx context.Context) (err error) {
 	if _, err := b.pgbench(ctx, c); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	var rounds []pgtrackRound
-	for i := range b.cfg.Runs {
-		// The run without Ferry comes first in odd rounds and last in even
-		// ones: a drift of the machine's speed (other load, the tables
-		// growing) weighs on both sides alike.
-		var rd pgtrackRound
-		offFirst := i%2 == 0
-		if offFirst {
-			if rd.off, err = b.pgbench(ctx, c); err != nil {
-				return fmt.Errorf("round %d without Ferry: %w", i+1, err)
-			}
+	var res pgtrackResult
+	if res.tracker, err = b.pgtrackPairs(ctx, c, "tracker", nil, func() (func() error, error) {
+		t, err := bdtrack.Open(m.Dev, 4096, bdtrack.Options{})
+		if err != nil {
+			return nil, err
 		}
-		if rd, err = b.pgtrackOn(ctx, c, m.Dev, i, rd); err != nil {
-			return fmt.Errorf("round %d with Ferry: %w", i+1, err)
-		}
-		if !offFirst {
-			if rd.off, err = b.pgbench(ctx, c); err != nil {
-				return fmt.Errorf("round %d without Ferry: %w", i+1, err)
-			}
-		}
-		b.log.Info("pgtrack: round done", "round", i+1, "tps_without", rd.off, "tps_tracked", rd.tracked, "tps_replicating", rd.replicating, "freezes", len(rd.frozen))
-		rounds = append(rounds, rd)
+		return t.Remove, nil
+	}); err != nil {
+		return err
 	}
-	b.pgtrackReport(rounds)
+	if err := b.pgtrackReplicating(ctx, c, m.Dev, &res); err != nil {
+		return err
+	}
+	b.pgtrackReport(res)
 	return nil
 }
 
-// pgbench runs one timed pgbench from the same start: a checkpoint first,
-// so that no run inherits the previous one's dirty pages.
-func (b *bench) pgbench(ctx context.Context, c *pgtest.Cluster) (float64, error) {
-	if _, err := c.Query(ctx, "checkpoint"); err != nil {
-		return 0, err
+// pgtrackPairs runs cfg.Runs pairs of pgbench runs: one in state a (after
+// settleA, when given), one in state b (on() enters it and returns how to
+// leave it), a first in odd pairs and last in even ones, so that a drift
+// of the machine's speed weighs on both sides alike.
+func (b *bench) pgtrackPairs(ctx context.Context, c *pgtest.Cluster, what string, settleA func() error, on func() (func() error, error)) ([]pgtrackPair, error) {
+	var pairs []pgtrackPair
+	for i := range b.cfg.Runs {
+		var p pgtrackPair
+		runA := func() (err error) {
+			if settleA != nil {
+				if err := settleA(); err != nil {
+					return err
+				}
+			}
+			p.a, err = b.pgbench(ctx, c)
+			return err
+		}
+		runB := func() error {
+			off, err := on()
+			if err != nil {
+				return err
+			}
+			p.b, err = b.pgbench(ctx, c)
+			return errors.Join(err, off())
+		}
+		order := []func() error{runA, runB}
+		if i%2 == 1 {
+			order = []func() error{runB, runA}
+		}
+		for _, f := range order {
+			if err := f(); err != nil {
+				return nil, fmt.Errorf("%s pair %d: %w", what, i+1, err)
+			}
+		}
+		b.log.Info("pgtrack: pair done", "what", what, "pair", i+1, "tps_a", p.a, "tps_b", p.b)
+		pairs = append(pairs, p)
 	}
-	res, err := c.Bench(ctx, pgtest.BenchOptions{Clients: 4, Threads: 2, Duration: b.cfg.PGFor})
-	return res.TPS, err
+	return pairs, nil
 }
 
-// pgtrackOn is a round's runs with Ferry: a fresh controller and agent
-// protect the device with a policy that makes no cycle but the first; once
-// the initial point (a direct read of the whole device, which starts the
-// tracker) is made and both processes are idle, pgbench runs with the
-// tracker alone. Then the policy's rp-every becomes cfg.RPEvery; after
-// the first tracked point pgbench runs again. The rig is closed and the
-// tracker unpinned afterwards, so that the next run without Ferry has
-// nothing of it.
-func (b *bench) pgtrackOn(ctx context.Context, c *pgtest.Cluster, dev string, i int, rd pgtrackRound) (pgtrackRound, error) {
-	name := "pgtrack-" + strconv.Itoa(i+1)
-	dir, logs, err := b.runDir(b.xfs, name)
+// pgtrackReplicating protects the device with a fresh controller and
+// agent (--track-writes) whose policy makes no cycle but the first (the
+// initial point, a direct read of the device, which starts the agent's
+// tracker); then pairs of runs with that policy and with rp-every
+// cfg.RPEvery. A run with cycles starts after a first tracked point; a run
+// without starts once both processes are idle (the cycle in flight and
+// the controller's checks of what it stored are over).
+func (b *bench) pgtrackReplicating(ctx context.Context, c *pgtest.Cluster, dev string, res *pgtrackResult) error {
+	dir, logs, err := b.runDir(b.xfs, "pgtrack")
 	if err != nil {
-		return rd, err
+		return err
 	}
 	defer os.RemoveAll(dir)
 	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{agentArgs: []string{"--track-writes"}, stall: b.cfg.Stall})
 	if err != nil {
-		return rd, err
+		return err
 	}
 	defer func() {
 		r.close()
 		bdtrack.RemovePinned(dev, bdtrack.Options{})
 	}()
-	if err := r.createPolicy(ctx, "p", 24*time.Hour, b.cfg.BlockSize); err != nil {
-		return rd, err
+	const never = 24 * time.Hour
+	if err := r.createPolicy(ctx, "p", never, b.cfg.BlockSize); err != nil {
+		return err
 	}
 	if err := r.protect(ctx, "pg", dev, "p", ""); err != nil {
-		return rd, err
+		return err
 	}
-	first, _, err := r.waitPoint(ctx, "pg", 0, b.cfg.Poll, time.Hour)
+	last, _, err := r.waitPoint(ctx, "pg", 0, b.cfg.Poll, time.Hour)
 	if err != nil {
-		return rd, err
+		return err
 	}
-	if err := r.waitIdle(ctx, time.Minute); err != nil {
-		return rd, err
+	// Points made while a replicating run ran: after the one that ended
+	// the wait, up to the newest when the run ends.
+	var spans [][2]int64
+	settleIdle := func() error { return r.waitIdle(ctx, 2*time.Minute) }
+	var u0 rigUsage
+	replicate := func() (func() error, error) {
+		if err := r.setRPEvery(ctx, "p", b.cfg.RPEvery); err != nil {
+			return nil, err
+		}
+		p, _, err := r.waitPoint(ctx, "pg", last.ID, b.cfg.Poll, time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		if u0, err = r.usage(); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		return func() error {
+			u1, err := r.usage()
+			if err != nil {
+				return err
+			}
+			res.use, res.useFor = res.use.add(u1.sub(u0)), res.useFor+time.Since(start)
+			ps, err := r.cl.Points(ctx, "pg")
+			if err != nil {
+				return err
+			}
+			last = ps[len(ps)-1]
+			spans = append(spans, [2]int64{p.ID, last.ID})
+			return r.setRPEvery(ctx, "p", never)
+		}, nil
 	}
-	if rd.tracked, rd.trackedUse, err = b.pgbenchUsage(ctx, c, r); err != nil {
-		return rd, err
-	}
-	if err := r.setRPEvery(ctx, "p", b.cfg.RPEvery); err != nil {
-		return rd, err
-	}
-	second, _, err := r.waitPoint(ctx, "pg", first.ID, b.cfg.Poll, time.Hour)
-	if err != nil {
-		return rd, err
-	}
-	if rd.replicating, rd.replicatingUse, err = b.pgbenchUsage(ctx, c, r); err != nil {
-		return rd, err
+	if res.replicating, err = b.pgtrackPairs(ctx, c, "replicating", settleIdle, replicate); err != nil {
+		return err
 	}
 	r.close()
+	in := func(id int64) bool {
+		return slices.ContainsFunc(spans, func(s [2]int64) bool { return id > s[0] && id <= s[1] })
+	}
 	made, err := r.logLines("agent", "point made")
 	if err != nil {
-		return rd, err
+		return err
 	}
-	rd.methods = map[string]int{}
+	res.methods = map[string]int{}
 	for _, l := range made {
-		if id, err := l.Int("point"); err == nil && id > second.ID {
-			rd.methods[l["method"]]++
+		if id, err := l.Int("point"); err == nil && in(id) {
+			res.methods[l["method"]]++
 		}
 	}
 	committed, err := r.logLines("controller", "point committed")
 	if err != nil {
-		return rd, err
+		return err
 	}
 	for _, l := range committed {
-		if id, err := l.Int("point"); err != nil || id <= second.ID {
+		if id, err := l.Int("point"); err != nil || !in(id) {
 			continue
 		}
-		rd.points++
+		res.points++
 		if m := frozenNote.FindStringSubmatch(l["reason"]); m != nil {
 			ms, _ := strconv.Atoi(m[1])
-			rd.frozen = append(rd.frozen, float64(ms)/1000)
+			res.frozen = append(res.frozen, float64(ms)/1000)
 		}
 	}
-	return rd, nil
+	return nil
 }
 
-// pgbenchUsage is pgbench with what the rig's processes used meanwhile.
-func (b *bench) pgbenchUsage(ctx context.Context, c *pgtest.Cluster, r *rig) (float64, rigUsage, error) {
-	u0, err := r.usage()
-	if err != nil {
-		return 0, rigUsage{}, err
+// pgbench runs one timed pgbench from the same start: a checkpoint, then
+// a sync of every filesystem, so that no run inherits the previous one's
+// dirty pages — the database's, nor those of Ferry's repository, whose
+// writeback would otherwise land on the next run.
+func (b *bench) pgbench(ctx context.Context, c *pgtest.Cluster) (float64, error) {
+	if _, err := c.Query(ctx, "checkpoint"); err != nil {
+		return 0, err
 	}
-	tps, err := b.pgbench(ctx, c)
-	if err != nil {
-		return 0, rigUsage{}, err
-	}
-	u1, err := r.usage()
-	return tps, u1.sub(u0), err
+	unix.Sync()
+	res, err := c.Bench(ctx, pgtest.BenchOptions{Clients: 4, Threads: 2, Duration: b.cfg.PGFor})
+	return res.TPS, err
 }
 
 // waitIdle waits until the controller and the agent together use less
-// than 2% of a core over a second: the work that follows the initial point
-// (the controller's checks of what it stored) is over.
+// than 2% of a core over a second.
 func (r *rig) waitIdle(ctx context.Context, timeout time.Duration) error {
 	prev, err := r.usage()
 	if err != nil {
@@ -222,37 +272,51 @@ func (r *rig) waitIdle(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
+func (u rigUsage) add(v rigUsage) rigUsage {
+	return rigUsage{agent: u.agent.add(v.agent), ctl: u.ctl.add(v.ctl)}
+}
+
+func (u usage) add(v usage) usage {
+	return usage{CPU: u.CPU + v.CPU, ReadBytes: u.ReadBytes + v.ReadBytes, WriteBytes: u.WriteBytes + v.WriteBytes}
+}
+
 // pgtrackReport adds the rows and the details.
-func (b *bench) pgtrackReport(rounds []pgtrackRound) {
-	off := column(rounds, func(r pgtrackRound) float64 { return r.off })
-	tracked := column(rounds, func(r pgtrackRound) float64 { return r.tracked })
-	replicating := column(rounds, func(r pgtrackRound) float64 { return r.replicating })
-	var frozen []float64
-	methods := map[string]int{}
-	points := 0
-	for _, r := range rounds {
-		frozen = append(frozen, r.frozen...)
-		for k, n := range r.methods {
-			methods[k] += n
-		}
-		points += r.points
-	}
-	b.rows = append(b.rows,
-		row{Case: "pgbench tps, tracker on", Unit: unitTPS, Ferry: tracked, Anchor: off, AnchorName: "without",
-			Target: 0.9, TargetText: "≥ 0.9 × without", AtLeast: true, Note: "tps per round: " + runsText(unitTPS, tracked)},
-		row{Case: fmt.Sprintf("pgbench tps, replicating every %s", b.cfg.RPEvery), Unit: unitTPS, Ferry: replicating, Anchor: off, AnchorName: "without",
-			Target: 0.9, TargetText: "≥ 0.9 × without", AtLeast: true, Note: "tps per round: " + runsText(unitTPS, replicating) + "; without: " + runsText(unitTPS, off)})
+func (b *bench) pgtrackReport(res pgtrackResult) {
+	a := func(p pgtrackPair) float64 { return p.a }
+	bb := func(p pgtrackPair) float64 { return p.b }
+	noTracker, tracker := column(res.tracker, a), column(res.tracker, bb)
+	quiet, replicating := column(res.replicating, a), column(res.replicating, bb)
+	trackerRow := row{Case: "pgbench tps, tracker on", Unit: unitTPS, Ferry: tracker, Anchor: noTracker, AnchorName: "no tracker",
+		Target: 0.9, TargetText: "≥ 0.9 × no tracker", AtLeast: true,
+		Note: "tps per pair, no tracker / tracker: " + runsText(unitTPS, noTracker) + " / " + runsText(unitTPS, tracker)}
+	replRow := row{Case: fmt.Sprintf("pgbench tps, replicating every %s", b.cfg.RPEvery), Unit: unitTPS, Ferry: replicating, Anchor: quiet, AnchorName: "tracker, no cycle",
+		Target: 0.9, TargetText: "≥ 0.9 × tracker, no cycle", AtLeast: true,
+		Note: "tps per pair, no cycle / replicating: " + runsText(unitTPS, quiet) + " / " + runsText(unitTPS, replicating)}
+	b.rows = append(b.rows, trackerRow, replRow)
 	s := section{Title: "Tracker overhead (pgbench on a tracked block device)"}
-	s.addf("- PostgreSQL %s, data directory on ext4 on a whole 1 GiB loop device; `pgbench -i -s %d`. After a warm-up run, each round runs `pgbench -c 4 -j 2 -T %d` (TPC-B-like) three times, each after a CHECKPOINT: (1) no Ferry process and no tracker (first in odd rounds, last in even ones); (2) a fresh controller and agent (`--track-writes`) protecting the device as a block device, after the initial point (a direct read of the device, which starts the eBPF tracker) and once both processes are idle, with no cycle running: the tracker alone; (3) the same with rp-every %s, after its first tracked point: tracked freezes, the dirty blocks read with O_DIRECT, shipped and stored (block size %d KiB). Controller and agent run on this machine's %d cores with PostgreSQL and pgbench. Each row is the median over %d rounds of the per-round ratio to run (1).",
-		filepath.Base(filepath.Dir(pgtest.Bin())), b.cfg.PGScale, int(b.cfg.PGFor.Seconds()), b.cfg.RPEvery, b.cfg.BlockSize>>10, runtime.NumCPU(), len(rounds))
-	for i, r := range rounds {
-		s.addf("- round %d: %.0f tps without, %.0f with the tracker (%.3f ×), %.0f replicating (%.3f ×); replicating: %s",
-			i+1, r.off, r.tracked, r.tracked/r.off, r.replicating, r.replicating/r.off, r.replicatingUse.describe(b.cfg.PGFor))
-	}
-	s.addf("- points committed while pgbench ran replicating: %d; their view methods: %s", points, describeCounts(methods))
-	if len(frozen) > 0 {
+	s.addf("- PostgreSQL %s, data directory on ext4 on a whole 1 GiB loop device (its backing file in -work); `pgbench -i -s %d` and a warm-up run; every run is `pgbench -c 4 -j 2 -T %d` (TPC-B-like) after a CHECKPOINT and a `sync`. Runs come in pairs back to back, in alternating order (the machine's speed drifts: other load, the tables growing); each row is the median of the per-pair ratios.",
+		filepath.Base(filepath.Dir(pgtest.Bin())), b.cfg.PGScale, int(b.cfg.PGFor.Seconds()))
+	s.addf("- tracker on: without any tracker, and with the eBPF tracker (agent/bdtrack, 4 KiB a bit) attached to the device by the benchmark itself and removed after the run. %d pairs: ratios %s.",
+		len(res.tracker), ratiosText(tracker, noTracker))
+	s.addf("- replicating: an agent (`--track-writes`) protects the device as a block device (block size %d KiB; its initial point reads the whole device). Without cycles (policy rp-every 24h; its tracker attached; the run starts once controller and agent are idle) and with a cycle every %s (tracked freezes, the dirty blocks read with O_DIRECT, shipped, stored; the run starts after the first point). %d pairs: ratios %s. Controller and agent share this machine's %d cores with PostgreSQL and pgbench: during the replicating runs %s.",
+		b.cfg.BlockSize>>10, b.cfg.RPEvery, len(res.replicating), ratiosText(replicating, quiet), runtime.NumCPU(), res.use.describe(res.useFor))
+	s.addf("- replicating against no tracker at all, the product of the two rows' ratios: %.3f ×", trackerRow.ratio()*replRow.ratio())
+	s.addf("- points committed while pgbench ran replicating: %d; their view methods: %s", res.points, describeCounts(res.methods))
+	if len(res.frozen) > 0 {
 		s.addf("- tracked freezes (filesystem frozen, from the points' notes), %d: p50 %.0f ms, p99 %.0f ms, max %.0f ms",
-			len(frozen), 1000*percentile(frozen, 50), 1000*percentile(frozen, 99), 1000*slices.Max(frozen))
+			len(res.frozen), 1000*percentile(res.frozen, 50), 1000*percentile(res.frozen, 99), 1000*slices.Max(res.frozen))
 	}
 	b.details = append(b.details, s)
+}
+
+// ratiosText lists the per-pair ratios x/y: "0.97, 1.02".
+func ratiosText(x, y []float64) string {
+	var out []byte
+	for i, r := range ratios(x, y) {
+		if i > 0 {
+			out = append(out, ", "...)
+		}
+		out = fmt.Appendf(out, "%.3f", r)
+	}
+	return string(out)
 }
