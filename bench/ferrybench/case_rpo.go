@@ -201,7 +201,7 @@ sampling:
 		if id, err := l.Int("point"); err != nil || id <= first.ID || l["machine"] != "m" {
 			continue
 		}
-		if m := frozenNote.FindStringSubmatch(l["note"]); m != nil {
+		if m := frozenNote.FindStringSubmatch(l["reason"]); m != nil {
 			ms, _ := strconv.Atoi(m[1])
 			res.frozen = append(res.frozen, float64(ms)/1000)
 		}
@@ -210,7 +210,8 @@ sampling:
 }
 
 // frozenNote is how a tracked freeze's point note says how long the
-// filesystem stayed frozen (agent/tracked.go).
+// filesystem stayed frozen (agent/tracked.go); the controller logs the
+// note as the point's reason ("point committed … reason=").
 var frozenNote = regexp.MustCompile(`frozen (\d+) ms`)
 
 // cloneCost is what one reflink clone of the churned image costs, the
