@@ -103,13 +103,13 @@ func (b *bench) casePGTrack(ctx context.Context) (err error) {
 	return nil
 }
 
-// pgtrackPairs runs cfg.Runs pairs of pgbench runs: one in state a (after
+// pgtrackPairs runs cfg.PGPairs pairs of pgbench runs: one in state a (after
 // settleA, when given), one in state b (on() enters it and returns how to
 // leave it), a first in odd pairs and last in even ones, so that a drift
 // of the machine's speed weighs on both sides alike.
 func (b *bench) pgtrackPairs(ctx context.Context, c *pgtest.Cluster, what string, settleA func() error, on func() (func() error, error)) ([]pgtrackPair, error) {
 	var pairs []pgtrackPair
-	for i := range b.cfg.Runs {
+	for i := range b.cfg.PGPairs {
 		var p pgtrackPair
 		runA := func() (err error) {
 			if settleA != nil {

@@ -73,9 +73,11 @@ type Config struct {
 	ManyRate     int64
 
 	// The tracker-overhead case: pgbench at scale PGScale for PGFor per
-	// run, Runs rounds of a run without Ferry and one with it.
+	// run, PGPairs pairs of runs per comparison (many short pairs: the
+	// shared machine's speed drifts by more than the effect).
 	PGScale int
 	PGFor   time.Duration
+	PGPairs int
 
 	Cases   []string // which cases to run (default all)
 	Profile bool     // rerun MISS cases with --cpu-profile
@@ -94,7 +96,7 @@ func DefaultConfig() Config {
 		RPOBlockSize: 4 << 10, TrackWrites: true,
 		Poll: 25 * time.Millisecond, Stall: 2 * time.Minute,
 		ManyMachines: 50, ManyAgents: 5, ManyDiskSize: 64 << 20, ManyPhase: 60 * time.Second, ManyRate: 64 << 10,
-		PGScale: 10, PGFor: 20 * time.Second,
+		PGScale: 10, PGFor: 5 * time.Second, PGPairs: 16,
 		Cases: slices.Clone(allCases), Profile: true, TopN: 15,
 	}
 }
@@ -105,7 +107,7 @@ func QuickConfig() Config {
 	c.Size, c.MemSize, c.RTOSize, c.Runs = 256<<20, 1<<30, 2<<30, 1
 	c.ChurnFor, c.Deltas, c.Machines = 10*time.Second, 3, 4
 	c.ManyPhase = 20 * time.Second
-	c.PGScale, c.PGFor = 5, 10*time.Second
+	c.PGScale, c.PGFor, c.PGPairs = 5, 3*time.Second, 2
 	return c
 }
 
@@ -140,8 +142,8 @@ func (c *Config) Validate() error {
 	if c.ManyDiskSize < 4<<20 || c.ManyDiskSize%int64(max(c.BlockSize, c.RPOBlockSize)) != 0 {
 		errs = append(errs, fmt.Errorf("many-machines disk size %d: want at least 4 MiB and a multiple of the block sizes", c.ManyDiskSize))
 	}
-	if c.PGScale < 1 || c.PGFor < time.Second {
-		errs = append(errs, fmt.Errorf("-pg-scale %d, -pg-for %s: want a scale of at least 1 and runs of at least 1s", c.PGScale, c.PGFor))
+	if c.PGScale < 1 || c.PGFor < time.Second || c.PGPairs < 1 {
+		errs = append(errs, fmt.Errorf("-pg-scale %d, -pg-for %s, -pg-pairs %d: want a scale of at least 1, runs of at least 1s and a pair", c.PGScale, c.PGFor, c.PGPairs))
 	}
 	if c.Fraction <= 0 || c.Fraction > 0.5 {
 		errs = append(errs, fmt.Errorf("delta fraction %g: want (0, 0.5]", c.Fraction))

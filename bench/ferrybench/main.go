@@ -57,6 +57,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.Int64Var(&cfg.ManyRate, "many-rate", cfg.ManyRate, "churn bytes per second per machine in the many-machines case")
 	fs.IntVar(&cfg.PGScale, "pg-scale", cfg.PGScale, "pgbench scale factor of the tracker-overhead case (pgtrack)")
 	fs.DurationVar(&cfg.PGFor, "pg-for", cfg.PGFor, "length of each pgbench run of the tracker-overhead case (pgtrack)")
+	fs.IntVar(&cfg.PGPairs, "pg-pairs", cfg.PGPairs, "pairs of pgbench runs per comparison of the tracker-overhead case (pgtrack)")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "workload seed")
 	fs.DurationVar(&cfg.Poll, "poll", cfg.Poll, "how often points are polled while timing (20–50 ms)")
 	fs.DurationVar(&cfg.Stall, "stall", cfg.Stall, "fail a wait for a point after this long with (almost) no traffic, dumping the processes' stacks")

@@ -82,23 +82,15 @@ func TestPostgresFailsOverFromATrackedFreezeUnderPgbench(t *testing.T) {
 	c.MustFerry("protect", "pg1", "--agent", "src", "--disk", "root="+dev, "--policy", "fast", "--target", "dr")
 	first := c.WaitPoint("pg1", 0, 2*time.Minute)
 
-	type benched struct {
-		res pgtest.BenchResult
-		err error
-	}
-	done := make(chan benched, 1)
-	go func() {
-		res, err := src.Bench(ctx, pgtest.BenchOptions{Clients: 4, Threads: 2, Duration: pgBenchFor, LogDir: logs})
-		done <- benched{res, err}
-	}()
-	b := <-done
-	require.NoError(t, b.err)
-	require.NotEmpty(t, b.res.Txns)
-	benchStart, benchEnd := b.res.Txns[0].Start(), b.res.Txns[0].End
-	for _, x := range b.res.Txns {
+	// The policy makes a point every second while pgbench runs.
+	bench, err := src.Bench(ctx, pgtest.BenchOptions{Clients: 4, Threads: 2, Duration: pgBenchFor, LogDir: logs})
+	require.NoError(t, err)
+	require.NotEmpty(t, bench.Txns)
+	benchStart, benchEnd := bench.Txns[0].Start(), bench.Txns[0].End
+	for _, x := range bench.Txns {
 		benchStart, benchEnd = minTime(benchStart, x.Start()), maxTime(benchEnd, x.End)
 	}
-	t.Logf("pgbench: %.0f tps, %d transactions, %s → %s", b.res.TPS, b.res.Processed,
+	t.Logf("pgbench: %.0f tps, %d transactions, %s → %s", bench.TPS, bench.Processed,
 		benchStart.Format(time.StampMilli), benchEnd.Format(time.StampMilli))
 	// The source fails: its server stops as at a crash.
 	require.NoError(t, src.Stop(ctx, "immediate"))
@@ -165,7 +157,7 @@ func TestPostgresFailsOverFromATrackedFreezeUnderPgbench(t *testing.T) {
 	// note's milliseconds, rounded down: one more).
 	thaw := p.Time.Add(frozen + time.Millisecond)
 	var mustHave, mayHave int64
-	for _, x := range b.res.Txns {
+	for _, x := range bench.Txns {
 		if !x.Failed && x.End.Before(p.Time) {
 			mustHave++
 		}
