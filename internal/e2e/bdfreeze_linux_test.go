@@ -362,20 +362,8 @@ func TestTrackedFreezeOfAMountedBlockDevice(t *testing.T) {
 	require.NotContains(t, restarted, "hash resync")
 
 	frozen := pointsMadeBy(before+restarted, "tracked-freeze")
-	last, checked := -1, 0
-	for _, p := range append(pts, after...) {
-		if !frozen[p.ID] {
-			continue
-		}
-		require.Equal(t, "crash-consistent", p.Consistency, "point %d", p.ID)
-		dir := c.Export("pm1", p.ID)
-		n := checkExported(t, "ext4", filepath.Join(dir, "root.raw"))
-		t.Logf("point %d (tracked freeze) = steps 1..%d", p.ID, n)
-		require.Greater(t, n, last, "point %d", p.ID)
-		require.LessOrEqual(t, n, total)
-		last = n
-		checked++
-		os.RemoveAll(dir)
-	}
+	checked, _ := checkPointPrefixes(t, c, "pm1", append(pts, after...), frozen, true, total, func(dir string) int {
+		return checkExported(t, "ext4", filepath.Join(dir, "root.raw"))
+	})
 	require.GreaterOrEqual(t, checked, 20, "points under writes must come from tracked freezes")
 }

@@ -47,20 +47,9 @@ func TestDriverPauseOfAnUnmountedBlockDevice(t *testing.T) {
 	require.NoError(t, w.Err)
 	log := w.Log()
 	paused := pointsMadeBy(src.Proc.Output(), "driver-pause+tracked")
-	last, checked := -1, 0
-	for _, p := range pts {
-		if !paused[p.ID] {
-			continue
-		}
-		require.Equal(t, "crash-consistent", p.Consistency, "point %d", p.ID)
-		dir := c.Export("vm", p.ID)
-		n := PrefixLength(t, dir, []string{"root"}, [][]byte{initial}, log, seed)
-		t.Logf("point %d (paused, tracked) = writes 1..%d of %d", p.ID, n, len(log))
-		require.GreaterOrEqual(t, n, last)
-		last = n
-		checked++
-		os.RemoveAll(dir)
-	}
+	checked, last := checkPointPrefixes(t, c, "vm", pts, paused, false, len(log), func(dir string) int {
+		return PrefixLength(t, dir, []string{"root"}, [][]byte{initial}, log, seed)
+	})
 	require.GreaterOrEqual(t, checked, 4, "points under writes must come from the driver's pause: %s", src.Proc.Output())
 	// The writer never stops on its own: a capture that met one of its
 	// writes (the pause did not hold) is dropped, and says so.

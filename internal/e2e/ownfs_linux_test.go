@@ -141,15 +141,7 @@ func TestTrackedFreezeOfTheAgentsOwnFilesystem(t *testing.T) {
 		frozen[len(frozen)/2], frozen[len(frozen)*99/100], frozen[len(frozen)-1])
 	require.LessOrEqual(t, frozen[len(frozen)-1], maxFreeze)
 
-	last := -1
-	for _, p := range tracked {
-		require.Equal(t, "crash-consistent", p.Consistency, "point %d", p.ID)
-		dir := c.Export("pm1", p.ID)
-		n := checkExported(t, "ext4", filepath.Join(dir, "root.raw"))
-		t.Logf("point %d (tracked freeze) = steps 1..%d", p.ID, n)
-		require.Greater(t, n, last, "point %d", p.ID)
-		require.LessOrEqual(t, n, steps)
-		last = n
-		os.RemoveAll(dir)
-	}
+	checkPointPrefixes(t, c, "pm1", tracked, nil, true, steps, func(dir string) int {
+		return checkExported(t, "ext4", filepath.Join(dir, "root.raw"))
+	})
 }

@@ -51,21 +51,9 @@ func TestTrackedFreezeOfAPartitionedDisk(t *testing.T) {
 	t.Logf("writer made %d steps, longest %s", total, stall)
 
 	frozen := pointsMadeBy(src.Proc.Output(), "tracked-freeze")
-	last, checked := -1, 0
-	for _, p := range pts {
-		if !frozen[p.ID] {
-			continue
-		}
-		require.Equal(t, "crash-consistent", p.Consistency, "point %d", p.ID)
-		dir := c.Export("pm1", p.ID)
-		n := checkExportedPartition(t, filepath.Join(dir, "root.raw"))
-		t.Logf("point %d (tracked freeze) = steps 1..%d", p.ID, n)
-		require.GreaterOrEqual(t, n, last, "point %d", p.ID)
-		require.LessOrEqual(t, n, total)
-		last = n
-		checked++
-		os.RemoveAll(dir)
-	}
+	checked, last := checkPointPrefixes(t, c, "pm1", pts, frozen, false, total, func(dir string) int {
+		return checkExportedPartition(t, filepath.Join(dir, "root.raw"))
+	})
 	require.GreaterOrEqual(t, checked, 5, "points under writes must come from tracked freezes: %s", src.Proc.Output())
 	require.Positive(t, last, "no point holds a step")
 }

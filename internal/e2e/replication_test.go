@@ -110,3 +110,36 @@ func TestSeveralDisksShareOneInstant(t *testing.T) {
 		os.RemoveAll(dir)
 	}
 }
+
+// checkPointPrefixes exports each of pts that made holds (nil: every
+// one), requires it crash-consistent, and checks it with prefix, which
+// returns how far into the test's own write log the point is (and fails
+// the test when it holds no prefix of it). The prefixes must grow from
+// point to point (strictly when strict); at most max when max ≥ 0. It
+// returns how many points were checked and the last prefix.
+func checkPointPrefixes(t *testing.T, c *Controller, machine string, pts []Point, made map[int64]bool, strict bool, max int,
+	prefix func(dir string) int) (checked, last int) {
+	t.Helper()
+	last = -1
+	for _, p := range pts {
+		if made != nil && !made[p.ID] {
+			continue
+		}
+		require.Equal(t, "crash-consistent", p.Consistency, "point %d (%s): %s", p.ID, p.Method, p.Reason)
+		dir := c.Export(machine, p.ID)
+		n := prefix(dir)
+		t.Logf("point %d (%s) = 1..%d of the log", p.ID, p.Method, n)
+		if strict {
+			require.Greater(t, n, last, "point %d", p.ID)
+		} else {
+			require.GreaterOrEqual(t, n, last, "point %d", p.ID)
+		}
+		if max >= 0 {
+			require.LessOrEqual(t, n, max, "point %d", p.ID)
+		}
+		last = n
+		checked++
+		os.RemoveAll(dir)
+	}
+	return checked, last
+}
