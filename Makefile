@@ -2,7 +2,7 @@
 GO        ?= go
 BIN       := bin
 PKGS      := ./...
-TEST_FLAGS ?= -race -timeout 40m
+TEST_FLAGS ?= -race -timeout 75m
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/ferrydr/ferry/internal/buildinfo.Version=$(VERSION)

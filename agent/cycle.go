@@ -307,6 +307,7 @@ func (a *Agent) runCycle(ctx context.Context, p cycleParams) (int64, error) {
 		kept = true
 	}
 	log.Info("point made", append([]any{"point", eresp.PointID, "consistency", view.Consistency, "method", view.Method,
+		"instant", view.Instant.Format(time.RFC3339Nano), // this machine's clock (the controller's may be off by its offset's error)
 		"changed", res.Entries, "sent", res.Sent, "patches", res.Patches, "deduped", res.Deduped, "wire_bytes", res.WireBytes,
 		"wire_codec", res.Codec, "s2_bytes", res.CodecBytes.S2, "zstd_bytes", res.CodecBytes.Zstd, "none_bytes", res.CodecBytes.None,
 		"codec_switches", res.CodecSwitches,

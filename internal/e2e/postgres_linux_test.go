@@ -76,7 +76,7 @@ func TestPostgresFailsOverFromATrackedFreezeUnderPgbench(t *testing.T) {
 	require.NoError(t, src.BenchInit(ctx, 5))
 
 	c := StartController(t)
-	EnrollAgent(t, c, c.Addr, "src", "--track-writes", "--max-freeze", "3s")
+	agent := EnrollAgent(t, c, c.Addr, "src", "--track-writes", "--max-freeze", "3s")
 	site := AddSite(t, c, c.Addr, "dr")
 	c.MustFerry("policies", "create", "fast", "--rp-every", "1s")
 	c.MustFerry("protect", "pg1", "--agent", "src", "--disk", "root="+dev, "--policy", "fast", "--target", "dr")
@@ -155,10 +155,15 @@ func TestPostgresFailsOverFromATrackedFreezeUnderPgbench(t *testing.T) {
 	// flushed) before the instant the filesystem was frozen. Begun after
 	// the thaw: its first statement was sent after the freeze ended (the
 	// note's milliseconds, rounded down: one more).
-	thaw := p.Time.Add(frozen + time.Millisecond)
+	// The instant by the agent's clock, which is pgbench's (one machine):
+	// the controller's p.Time is off by its estimate of the agent's clock,
+	// up to half a round trip.
+	instant := agentInstant(t, agent.Proc.Output(), p.ID)
+	t.Logf("point %d: instant %s by the agent's clock, %s by the controller's", p.ID, instant.Format(time.StampMicro), p.Time.Format(time.StampMicro))
+	thaw := instant.Add(frozen + time.Millisecond)
 	var mustHave, mayHave int64
 	for _, x := range bench.Txns {
-		if !x.Failed && x.End.Before(p.Time) {
+		if !x.Failed && x.End.Before(instant) {
 			mustHave++
 		}
 		if x.Start().Before(thaw) {
@@ -197,4 +202,15 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// agentInstant is point id's instant as the agent logged it ("point made",
+// its own clock).
+func agentInstant(t *testing.T, out string, id int64) time.Time {
+	t.Helper()
+	m := regexp.MustCompile(`msg="point made" .*?\bpoint=` + strconv.FormatInt(id, 10) + ` .*?\binstant=(\S+)`).FindStringSubmatch(out)
+	require.NotNil(t, m, "the agent logged no instant for point %d", id)
+	at, err := time.Parse(time.RFC3339Nano, m[1])
+	require.NoError(t, err)
+	return at
 }
