@@ -269,6 +269,7 @@ func (c *core) writeGroup(ctx context.Context, reqs []*writeReq) (refused bool, 
 	if err != nil {
 		return false, err
 	}
+	defer func() { groupBufs.put(b.buf) }() // nothing keeps a slice of it: records are copied in and out
 	pl, err := c.appendChunks(b, reqs)
 	if err != nil {
 		return false, err
@@ -389,9 +390,10 @@ func (c *core) appendChunks(b *batch, reqs []*writeReq) (placement, error) {
 			need += pack.RecordOverhead + len(pr.data) + 64
 		}
 	}
-	// One allocation for the batch's records (growing the buffer record by
-	// record was a fifth of the controller's ingest CPU).
-	b.buf = make([]byte, 0, need)
+	// One buffer for the batch's records (growing the buffer record by
+	// record was a fifth of the controller's ingest CPU), reused from the
+	// group before: writeGroup gives it back.
+	b.buf = groupBufs.get(need)[:0]
 	pl.chunks = make([]placedChunk, 0, len(order))
 	for _, o := range order {
 		pr := o.r.preps[o.h]

@@ -181,7 +181,8 @@ func (c *core) flush(b *batch) error {
 		return err
 	}
 	c.fail(FailPackSynced)
-	back := make([]byte, len(b.buf))
+	back := groupBufs.get(len(b.buf))
+	defer groupBufs.put(back) // the records parsed from it are checked here, not kept
 	if _, err := f.ReadAt(back, b.base); err != nil {
 		return opErr("re-read", f.Name(), err)
 	}
