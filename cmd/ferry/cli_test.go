@@ -351,3 +351,30 @@ func TestExitCodes(t *testing.T) {
 	require.Equal(t, exitError, exitCodeOf(errors.New("other")))
 	require.Equal(t, exitError, exitCodeOf(&api.Error{Code: api.CodeNotFound, Message: "x"}))
 }
+
+// TestCLIFlagSuggestions: an unknown flag close to one of the command's
+// own is refused with the flag it probably meant; one close to none is
+// refused without a guess.
+func TestCLIFlagSuggestions(t *testing.T) {
+	nowhere := filepath.Join(t.TempDir(), "no.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"machines", "list", "--admin-socket", "x"}, "(did you mean --admin?)"},
+		{[]string{"protect", "vm1", "--polcy", "gold"}, "(did you mean --policy?)"},
+		{[]string{"policies", "create", "p", "--rp-evry", "30s"}, "(did you mean --rp-every?)"},
+		{[]string{"machines", "list", "--frobnicate"}, ""},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			code, _, stderr := cli(t, append([]string{"--admin", nowhere}, c.args...)...)
+			require.Equal(t, exitUsage, code, "stderr: %s", stderr)
+			require.Contains(t, stderr, "unknown flag: --")
+			if c.want == "" {
+				require.NotContains(t, stderr, "did you mean", "a guess for a flag close to none")
+				return
+			}
+			require.Contains(t, stderr, c.want)
+		})
+	}
+}

@@ -127,7 +127,9 @@ ended partial (some machines failed), 69 controller unreachable.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &usageError{withFlagSuggestion(cmd, err).Error()}
+	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.admin, "admin", "", "admin socket path or https:// URL (default $FERRY_ADMIN or "+filepath.Join(defaultDataDir, "admin.sock")+")")
 	pf.StringVar(&g.adminToken, "admin-token", "", "bearer token for TCP admin access (default $FERRY_ADMIN_TOKEN)")
