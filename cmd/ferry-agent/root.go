@@ -17,6 +17,7 @@ import (
 	"github.com/ferrydr/ferry/agent/snapshot"
 	"github.com/ferrydr/ferry/installer"
 	"github.com/ferrydr/ferry/internal/buildinfo"
+	"github.com/ferrydr/ferry/internal/cliflags"
 	"github.com/ferrydr/ferry/internal/profiling"
 )
 
@@ -45,7 +46,9 @@ at the recovery site.`,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &usageError{cliflags.WithSuggestion(cmd, err).Error()}
+	})
 	root.AddCommand(newEnrollCommand(g), newRunCommand(g), newVersionCommand(g), newKeyCommand(g))
 	addServiceCommands(root, g)
 	err := root.ExecuteContext(ctx)

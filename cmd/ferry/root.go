@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrydr/ferry/controller/admin"
 	"github.com/ferrydr/ferry/controller/api"
+	"github.com/ferrydr/ferry/internal/cliflags"
 )
 
 // Exit codes of CLI.md.
@@ -128,7 +129,7 @@ ended partial (some machines failed), 69 controller unreachable.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return &usageError{withFlagSuggestion(cmd, err).Error()}
+		return &usageError{cliflags.WithSuggestion(cmd, err).Error()}
 	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.admin, "admin", "", "admin socket path or https:// URL (default $FERRY_ADMIN or "+filepath.Join(defaultDataDir, "admin.sock")+")")
