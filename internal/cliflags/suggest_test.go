@@ -16,8 +16,6 @@ func TestWithSuggestion(t *testing.T) {
 	sub.Flags().String("secret", "", "")
 	require.NoError(t, sub.Flags().MarkHidden("secret"))
 	root.AddCommand(sub)
-	// Inherited flags are computed once the command tree is parsed.
-	sub.InheritedFlags()
 
 	for _, c := range []struct{ given, want string }{
 		{"unknown flag: --admin-socket", "unknown flag: --admin-socket (did you mean --admin?)"},
