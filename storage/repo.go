@@ -148,7 +148,7 @@ func lockRepo(dir string, creating bool) (*os.File, error) {
 	if err != nil {
 		return nil, opErr("open lock", path, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := flockWithin(f, lockWait); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
@@ -156,6 +156,32 @@ func lockRepo(dir string, creating bool) (*os.File, error) {
 		return nil, opErr("lock", path, err)
 	}
 	return f, nil
+}
+
+// lockWait is how long Open waits for a lock another descriptor holds.
+// The lock belongs to the open file description, not to the process: a
+// child forked by any goroutine of the process that closed the repository
+// holds a copy of every descriptor, close-on-exec ones included, until it
+// execs. On a loaded machine that window reaches milliseconds, and a
+// restart in the same process (or a service manager restarting ferry
+// while an old child is still starting) would otherwise fail with
+// ErrLocked although nothing holds the repository. A second process
+// really holding it still gets ErrLocked, after this wait.
+var lockWait = 2 * time.Second
+
+// flockWithin takes f's exclusive flock, trying again until wait has
+// passed while another description holds it.
+func flockWithin(f *os.File, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	pause := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 50*time.Millisecond)
+	}
 }
 
 // Open opens an existing repository. Only one process may have it open.

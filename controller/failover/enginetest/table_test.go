@@ -112,6 +112,10 @@ type machine struct {
 }
 
 func (b *bench) protect() *machine {
+	// A restart case that could not start the controller again leaves it
+	// down for every later case of the kind: say so at once rather than
+	// wait out each case's timeout.
+	require.True(b.t, b.c.Running(), "the kind's controller is down since an earlier case")
 	b.c.WaitConnected(b.site.Agent.Name) // after a restart case
 	b.n++
 	m := &machine{name: fmt.Sprintf("m%d", b.n), dir: b.t.TempDir()}
