@@ -48,6 +48,9 @@ func scanChunk(sc interface{ Scan(...any) error }) (chunkRow, error) {
 }
 
 func (c *core) chunkByHash(ctx context.Context, h Hash) (chunkRow, error) {
+	if r, ok := c.recent.chunkOf(h); ok {
+		return r, nil
+	}
 	r, err := scanChunk(c.db.QueryRowContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE hash=?`, h[:]))
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, fmt.Errorf("%w: chunk %s", ErrChunkMissing, h)
@@ -56,6 +59,9 @@ func (c *core) chunkByHash(ctx context.Context, h Hash) (chunkRow, error) {
 }
 
 func (c *core) chunkByID(ctx context.Context, id int64) (chunkRow, error) {
+	if r, ok := c.recent.chunk(id); ok {
+		return r, nil
+	}
 	r, err := scanChunk(c.db.QueryRowContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE id=?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, fmt.Errorf("%w: chunk id %d", ErrChunkMissing, id)
@@ -102,6 +108,14 @@ func (c *core) lookupHashes(ctx context.Context, hs []Hash) (map[Hash]int64, err
 			continue
 		}
 		seen[h] = true
+		// The recent level first (recent.go). Its chunks are never marked
+		// damaged: MarkDamaged folds it first.
+		if row, ok := c.recent.chunkOf(h); ok {
+			if !row.patch {
+				out[h] = row.id
+			}
+			continue
+		}
 		args = append(args, h[:])
 		if len(args) == locateBatch {
 			if err := flush(); err != nil {
@@ -313,6 +327,15 @@ func (r *Repo) Locate(ctx context.Context, hs []Hash) (map[Hash]ChunkLoc, error)
 		return nil, err
 	}
 	out := make(map[Hash]ChunkLoc, len(hs))
+	rest := make([]Hash, 0, len(hs))
+	for _, h := range hs { // the recent level first (recent.go)
+		if row, ok := r.c.recent.chunkOf(h); ok {
+			out[h] = ChunkLoc{row}
+		} else {
+			rest = append(rest, h)
+		}
+	}
+	hs = rest
 	for len(hs) > 0 {
 		n := min(len(hs), locateBatch)
 		args := make([]any, n)
@@ -421,17 +444,27 @@ func OpenEnvelope(priv *PrivateKey, env Envelope) ([]byte, error) {
 
 // patchHashes returns which of hs are stored as patch records.
 func (c *core) patchHashes(ctx context.Context, hs []Hash) (map[Hash]bool, error) {
-	args := make([]any, len(hs))
-	for i := range hs {
-		args[i] = hs[i][:]
-	}
-	return c.hashesWhere(ctx, args, "base_id IS NOT NULL")
+	return c.hashesWhere(ctx, hs, true)
 }
 
-// hashesWhere returns which of hashes (each a []byte) have a chunk row
-// for which the SQL condition cond holds ("1": any row).
-func (c *core) hashesWhere(ctx context.Context, hashes []any, cond string) (map[Hash]bool, error) {
+// hashesWhere returns which of hashes have a chunk row, a patch record's
+// only when patches.
+func (c *core) hashesWhere(ctx context.Context, hs []Hash, patches bool) (map[Hash]bool, error) {
 	out := map[Hash]bool{}
+	var hashes []any
+	for _, h := range hs {
+		if row, ok := c.recent.chunkOf(h); ok {
+			if row.patch || !patches {
+				out[h] = true
+			}
+			continue
+		}
+		hashes = append(hashes, h[:])
+	}
+	cond := "1"
+	if patches {
+		cond = "base_id IS NOT NULL"
+	}
 	for len(hashes) > 0 {
 		n := min(len(hashes), locateBatch)
 		bs, err := column[[]byte](c.db.QueryContext(ctx, `SELECT hash FROM chunks WHERE hash IN (?`+strings.Repeat(",?", n-1)+`) AND `+cond, hashes[:n]...))

@@ -95,8 +95,10 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 	}
 	for i, d := range disks {
 		after := int64(-1)
+		recent := c.recent.pointRows(diskIDs[i], p.ID, after)
 		for {
-			chs, err := c.pointChanges(ctx, diskIDs[i], p.ID, after, c.partEntries-n)
+			var chs []pack.Change
+			chs, recent, err = c.pointChanges(ctx, diskIDs[i], p.ID, after, c.partEntries-n, recent)
 			if err != nil {
 				return Point{}, err
 			}
@@ -171,33 +173,74 @@ func (p *Pending) Commit(ctx context.Context, info CommitInfo) (Point, error) {
 const commitFlushBytes = 16 << 20
 
 // pointChanges lists up to limit rows a point wrote on one disk with block
-// > after, ascending.
-func (c *core) pointChanges(ctx context.Context, diskID, seq, after int64, limit int) ([]pack.Change, error) {
+// > after, ascending: the main table's, and the recent level's (recent,
+// ascending, of which it returns what it did not take; its row wins).
+func (c *core) pointChanges(ctx context.Context, diskID, seq, after int64, limit int, recent []recentChange) ([]pack.Change, []recentChange, error) {
 	rows, err := c.db.QueryContext(ctx, `SELECT c.block, c.chunk_id, k.hash FROM changes c LEFT JOIN chunks k ON k.id = c.chunk_id
 		WHERE c.disk_id=? AND c.seq=? AND c.block>? ORDER BY c.block LIMIT ?`, diskID, seq, after, limit)
 	if err != nil {
-		return nil, err
+		return nil, recent, err
 	}
-	defer rows.Close()
-	var out []pack.Change
+	var main []pack.Change
 	for rows.Next() {
 		var ch pack.Change
 		var h []byte
 		var cid *int64
 		if err := rows.Scan(&ch.Block, &cid, &h); err != nil {
-			return nil, err
+			rows.Close()
+			return nil, recent, err
 		}
 		if cid != nil && h == nil {
-			return nil, fmt.Errorf("%w: block %d of point %d names chunk id %d, which is not stored", ErrCorrupt, ch.Block, seq, *cid)
+			rows.Close()
+			return nil, recent, fmt.Errorf("%w: block %d of point %d names chunk id %d, which is not stored", ErrCorrupt, ch.Block, seq, *cid)
 		}
 		if cid == nil {
 			ch.Zero = true
 		} else {
 			copy(ch.Hash[:], h)
 		}
+		main = append(main, ch)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, recent, err
+	}
+	var out []pack.Change
+	var ids []any
+	fromRecent := map[int]int64{} // index in out → chunk id
+	for len(out) < limit && (len(main) > 0 || len(recent) > 0) {
+		switch {
+		case len(recent) == 0 || (len(main) > 0 && main[0].Block < recent[0].block):
+			out, main = append(out, main[0]), main[1:]
+			continue
+		case len(main) > 0 && main[0].Block == recent[0].block:
+			main = main[1:] // the recent row replaced it
+		}
+		r := recent[0]
+		recent = recent[1:]
+		ch := pack.Change{Block: r.block, Zero: r.chunk == 0}
+		if r.chunk != 0 {
+			fromRecent[len(out)] = r.chunk
+			ids = append(ids, r.chunk)
+		}
 		out = append(out, ch)
 	}
-	return out, rows.Err()
+	hashes := map[int64]Hash{}
+	for len(ids) > 0 {
+		k := min(len(ids), locateBatch)
+		if err := c.chunkRowsByID(ctx, ids[:k], func(row chunkRow) { hashes[row.id] = row.hash }); err != nil {
+			return nil, recent, err
+		}
+		ids = ids[k:]
+	}
+	for i, id := range fromRecent {
+		h, ok := hashes[id]
+		if !ok {
+			return nil, recent, fmt.Errorf("%w: block %d of point %d names chunk id %d, which is not stored", ErrCorrupt, out[i].Block, seq, id)
+		}
+		out[i].Hash = h
+	}
+	return out, recent, nil
 }
 
 // dropLeftDisks takes out of pending point p the disks an earlier attempt
@@ -221,6 +264,9 @@ func (c *core) dropLeftDisks(ctx context.Context, p *Pending, disks []DiskSpec, 
 	}
 	if len(left) == 0 {
 		return disks, ids, nil
+	}
+	if err := c.foldLocked(ctx); err != nil { // the rows to drop may be recent
+		return nil, nil, err
 	}
 	err := c.inTx(ctx, func(tx *sql.Tx) error {
 		for _, did := range left {

@@ -53,6 +53,16 @@ func (r *Repo) Compact(ctx context.Context, opts CompactOptions) (CompactReport,
 	}
 	c.gcMu.Lock()
 	defer c.gcMu.Unlock()
+	// Compaction reads the main tables only. Chunks colder than
+	// recentMaxAge are there (the level is folded by age); asked for
+	// younger ones, fold the level first.
+	fold := c.foldIfOld
+	if opts.ColderThan < recentMaxAge {
+		fold = c.settle
+	}
+	if err := fold(ctx); err != nil {
+		return rep, err
+	}
 	err := c.compact(ctx, opts, &rep)
 	if rep.Packs > 0 {
 		c.log.Info("compaction done", "packs", rep.Packs, "chunks", rep.Chunks, "plain_bytes", rep.PlainBytes,

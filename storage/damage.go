@@ -20,8 +20,12 @@ func (r *Repo) MarkDamaged(ctx context.Context, hashes []Hash, reason string) (i
 	if len(hashes) == 0 {
 		return 0, nil
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+	// Folded first: a chunk of the recent level is never damaged (recent.go).
+	unlock, err := c.lockSettled(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	tx, err := c.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
@@ -61,8 +65,12 @@ func (r *Repo) MarkMissing(ctx context.Context, ids []int64, reason string) (int
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+	// Folded first: a chunk of the recent level is never damaged (recent.go).
+	unlock, err := c.lockSettled(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	tx, err := c.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
@@ -103,9 +111,18 @@ func (r *Repo) DamagedHashes(ctx context.Context) (map[Hash]bool, error) {
 // damagedPoints returns the committed points of machine that read a chunk
 // marked damaged (nil when none is: the common case costs one query).
 func (c *core) damagedPoints(ctx context.Context, machine string) (map[int64]bool, error) {
-	ids, err := column[int64](c.db.QueryContext(ctx, `SELECT DISTINCT d.chunk_id FROM damaged_chunks d
-		JOIN changes ch ON ch.chunk_id = d.chunk_id JOIN disks k ON k.id = ch.disk_id WHERE k.machine = ?`, machine))
+	q := `SELECT DISTINCT d.chunk_id FROM damaged_chunks d
+		JOIN changes ch ON ch.chunk_id = d.chunk_id JOIN disks k ON k.id = ch.disk_id WHERE k.machine = ?`
+	ids, err := column[int64](c.db.QueryContext(ctx, q, machine))
 	if err != nil || len(ids) == 0 {
+		return nil, err
+	}
+	// Which points read them depends on the blocks' later rows, which may
+	// be in the recent level: fold it (rare: only with damage).
+	if err := c.settle(ctx); err != nil {
+		return nil, err
+	}
+	if ids, err = column[int64](c.db.QueryContext(ctx, q, machine)); err != nil {
 		return nil, err
 	}
 	out := map[int64]bool{}

@@ -19,9 +19,10 @@ import (
 const fixtureDir = "testdata/v1" // repository format 1, index schema 1
 
 // fixtureDirs are every fixture, oldest first: format 1 with index schema 1
-// (migrations 2–5 run when it opens), and index schema 4, the last before
-// patch records (written by d885300).
-var fixtureDirs = []string{fixtureDir, "testdata/index4"}
+// (migrations 2–6 run when it opens), index schema 4, the last before
+// patch records (written by d885300), and index schema 5, the last before
+// the recent level (written by 7d07274).
+var fixtureDirs = []string{fixtureDir, "testdata/index4", "testdata/index5"}
 
 var fixtureDisks = []DiskSpec{{Name: "disk0", Size: 6 * tbs, BlockSize: tbs}}
 

@@ -61,8 +61,11 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	}
 	c.gcMu.Lock()
 	defer c.gcMu.Unlock()
+	if err := c.settle(ctx); err != nil {
+		return rep, err
+	}
 	var err error
-	if rep.RowsSwept, err = sweepAll(ctx, c.db, c.lockWrite); err != nil {
+	if rep.RowsSwept, err = sweepAll(ctx, c.db, func() (func(), error) { return c.lockSettled(ctx) }); err != nil {
 		return rep, err
 	}
 	if err := c.gcChunks(ctx, &rep); err != nil {
@@ -89,11 +92,6 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	return rep, nil
 }
 
-func (c *core) lockWrite() func() {
-	c.writeMu.Lock()
-	return c.writeMu.Unlock
-}
-
 // gcChunks deletes unreferenced chunk rows in batches; the reference check
 // and the delete are one transaction under the write lock.
 //
@@ -108,10 +106,15 @@ func (c *core) gcChunks(ctx context.Context, rep *GCReport) error {
 			return err
 		}
 		c.fail(FailGCDelete)
-		unlock := c.lockWrite()
+		// Each step folds the recent level first: a row written since the
+		// last step may name a chunk no row of the main table names.
+		unlock, err := c.lockSettled(ctx)
+		if err != nil {
+			return err
+		}
 		var last int64
 		var n int
-		err := c.inTx(ctx, func(tx *sql.Tx) error {
+		err = c.inTx(ctx, func(tx *sql.Tx) error {
 			rows, err := tx.QueryContext(ctx, `SELECT id, length FROM chunks WHERE id<? ORDER BY id DESC LIMIT ?`, after, gcChunkBatch)
 			if err != nil {
 				return err
@@ -376,7 +379,16 @@ func (c *core) repack(ctx context.Context, pl *packLive, recode *CompactReport) 
 		}
 	}
 	c.fail(FailGCRepack)
-	unlock := c.lockWrite()
+	// The pack goes only if no row names it: a chunk of the recent level
+	// in it (a pack sealed within minutes) is folded first, to be counted.
+	c.writeMu.Lock()
+	unlock := c.writeMu.Unlock
+	if c.recent.inPack(pl.id) {
+		if err := c.foldLocked(ctx); err != nil {
+			unlock()
+			return err
+		}
+	}
 	err := c.inTx(ctx, func(tx *sql.Tx) error {
 		var k int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM chunks WHERE pack_id=?`, int64(pl.id)).Scan(&k); err != nil {
@@ -418,8 +430,10 @@ type copyItem struct {
 // copyStep appends one step of a repack to the open pack and moves the
 // rows in one transaction.
 func (c *core) copyStep(ctx context.Context, from uint64, step []copyItem) error {
-	unlock := c.lockWrite()
-	defer unlock()
+	// It moves rows of the main table by id; the recent level's rows
+	// are not in its list (see repack's last step).
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
 	if err := c.check(); err != nil {
 		return err
 	}

@@ -102,6 +102,11 @@ func (c *core) commitWrite(req *writeReq) ([]Hash, error) {
 	for !req.done {
 		c.commitGroup(c.queue.take())
 	}
+	// The rows are durable in the recent level whatever the fold does: a
+	// fold that fails leaves them there, to be folded next time.
+	if err := c.foldIfFull(context.WithoutCancel(req.ctx)); err != nil {
+		c.log.Warn("folding the index's recent level", "err", err)
+	}
 	return req.missing, req.err
 }
 
@@ -168,13 +173,13 @@ func (c *core) commitGroup(reqs []*writeReq) {
 // the batches still live.
 func (c *core) settlePatches(reqs []*writeReq) []*writeReq {
 	brought := map[Hash]int{}
-	var hashes []any
+	var hashes []Hash
 	var bases []any
 	for _, r := range reqs {
 		for h, p := range r.preps {
 			brought[h]++
 			if p.patch != nil {
-				hashes = append(hashes, h[:])
+				hashes = append(hashes, h)
 				if p.patch.base != 0 {
 					bases = append(bases, p.patch.base)
 				}
@@ -185,7 +190,7 @@ func (c *core) settlePatches(reqs []*writeReq) []*writeReq {
 		return reqs
 	}
 	ctx := context.WithoutCancel(reqs[0].ctx)
-	stored, err := c.hashesWhere(ctx, hashes, "1")
+	stored, err := c.hashesWhere(ctx, hashes, false)
 	var baseIDs map[int64]bool
 	if err == nil {
 		baseIDs, err = c.presentIDs(ctx, bases)
@@ -244,8 +249,16 @@ func (c *core) rebuildUnsettled(r *writeReq, brought map[Hash]int, stored map[Ha
 }
 
 // presentIDs returns which of the chunk ids are stored.
-func (c *core) presentIDs(ctx context.Context, ids []any) (map[int64]bool, error) {
+func (c *core) presentIDs(ctx context.Context, all []any) (map[int64]bool, error) {
 	out := map[int64]bool{}
+	var ids []any
+	for _, id := range all {
+		if _, ok := c.recent.chunk(id.(int64)); ok {
+			out[id.(int64)] = true
+		} else {
+			ids = append(ids, id)
+		}
+	}
 	for len(ids) > 0 {
 		n := min(len(ids), locateBatch)
 		got, err := column[int64](c.db.QueryContext(ctx, `SELECT id FROM chunks WHERE id IN (?`+strings.Repeat(",?", n-1)+`)`, ids[:n]...))
@@ -282,13 +295,14 @@ func (c *core) writeGroup(ctx context.Context, reqs []*writeReq) (refused bool, 
 		return false, err
 	}
 	defer tx.Rollback()
-	if refused, err := refuseStale(ctx, tx, reqs); refused || err != nil {
+	if refused, err := c.refuseStale(ctx, tx, reqs); refused || err != nil {
 		return refused, err
 	}
 	if err := c.indexBatch(ctx, tx, b); err != nil {
 		return false, err
 	}
-	ids, err := insertChunks(ctx, tx, int64(b.op.id), pl)
+	delta := &recentDelta{nextID: c.recent.nextID}
+	ids, err := c.insertChunks(ctx, tx, int64(b.op.id), pl, delta)
 	if err != nil {
 		return false, err
 	}
@@ -300,7 +314,9 @@ func (c *core) writeGroup(ctx context.Context, reqs []*writeReq) (refused bool, 
 			}
 		}
 	}
-	chg, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`)
+	// The rows go to the recent level (recent.go), in the order written:
+	// a later row for the same block and point replaces an earlier one.
+	chg, err := tx.PrepareContext(ctx, `INSERT INTO recent_changes(disk_id, block, seq, chunk_id) VALUES (?, ?, ?, ?)`)
 	if err != nil {
 		return false, err
 	}
@@ -308,16 +324,18 @@ func (c *core) writeGroup(ctx context.Context, reqs []*writeReq) (refused bool, 
 	for _, r := range reqs {
 		for _, it := range r.items {
 			var cid any
+			ch := recentChange{disk: it.diskID, block: it.block, seq: r.pointID}
 			if !it.zero {
 				id, ok := ids[it.hash]
 				if !ok {
 					id = r.have[it.hash]
 				}
-				cid = id
+				cid, ch.chunk = id, id
 			}
 			if _, err := chg.ExecContext(ctx, it.diskID, it.block, r.pointID, cid); err != nil {
 				return false, err
 			}
+			delta.rows = append(delta.rows, ch)
 		}
 	}
 	for _, r := range reqs {
@@ -330,6 +348,7 @@ func (c *core) writeGroup(ctx context.Context, reqs []*writeReq) (refused bool, 
 	if err := tx.Commit(); err != nil {
 		return false, err
 	}
+	c.recent.apply(delta, c.clock())
 	if len(pl.chunks) > 0 {
 		c.chunksAdded.Add(1) // after the commit: see commitGroup
 	}
@@ -411,7 +430,7 @@ func (c *core) appendChunks(b *batch, reqs []*writeReq) (placement, error) {
 // refuseStale finishes the batches tx cannot commit: a point that is no
 // longer pending (aborted meanwhile) fails its writer; deduped chunks that
 // GC deleted since the lookup go back to their writer to store.
-func refuseStale(ctx context.Context, tx *sql.Tx, reqs []*writeReq) (bool, error) {
+func (c *core) refuseStale(ctx context.Context, tx *sql.Tx, reqs []*writeReq) (bool, error) {
 	chk, err := tx.PrepareContext(ctx, `SELECT 1 FROM chunks WHERE id=?`)
 	if err != nil {
 		return false, err
@@ -439,6 +458,9 @@ func refuseStale(ctx context.Context, tx *sql.Tx, reqs []*writeReq) (bool, error
 		}
 		var missing []Hash
 		for h, id := range r.have {
+			if _, ok := c.recent.chunk(id); ok {
+				continue
+			}
 			var one int
 			if err := chk.QueryRowContext(ctx, id).Scan(&one); errors.Is(err, sql.ErrNoRows) {
 				missing = append(missing, h)
@@ -454,25 +476,41 @@ func refuseStale(ctx context.Context, tx *sql.Tx, reqs []*writeReq) (bool, error
 	return refused, nil
 }
 
-// insertChunks indexes the appended chunks and returns their ids. A chunk
-// marked damaged is stored again under its id (ON CONFLICT): every row that
-// reads it reads the new copy, and the mark goes.
-func insertChunks(ctx context.Context, tx *sql.Tx, packID int64, pl placement) (map[Hash]int64, error) {
+// insertChunks indexes the appended chunks and returns their ids. A new
+// chunk gets a row in the recent level, under the next chunk id (delta
+// carries it, and the rows, to the level's mirror once tx commits). A
+// chunk that has a row already keeps its id, and the row is rewritten:
+// a chunk marked damaged stored again (every row that reads it reads the
+// new copy, and the mark goes), or a whole chunk taking the row of a patch
+// record with its hash (the patch's readers then read checked bytes);
+// settlePatches made sure no patch record meets an existing row.
+func (c *core) insertChunks(ctx context.Context, tx *sql.Tx, packID int64, pl placement, delta *recentDelta) (map[Hash]int64, error) {
 	ids := make(map[Hash]int64, len(pl.chunks))
 	if len(pl.chunks) == 0 {
 		return ids, nil
 	}
-	// A whole chunk also takes the row of a patch record with its hash
-	// (the patch's readers then read checked bytes); settlePatches made
-	// sure no patch record meets an existing row.
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO chunks(hash, pack_id, offset, length, plain_len, codec, key_slot, base_id, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT(hash) DO UPDATE SET pack_id=excluded.pack_id, offset=excluded.offset, length=excluded.length,
-		plain_len=excluded.plain_len, codec=excluded.codec, key_slot=excluded.key_slot,
-		base_id=excluded.base_id, depth=excluded.depth RETURNING id`)
+	const cols = `pack_id=?, offset=?, length=?, plain_len=?, codec=?, key_slot=?, base_id=?, depth=? WHERE id=?`
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO recent_chunks(id, hash, pack_id, offset, length, plain_len, codec, key_slot, base_id, depth)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return nil, err
 	}
 	defer ins.Close()
+	updRecent, err := tx.PrepareContext(ctx, `UPDATE recent_chunks SET `+cols)
+	if err != nil {
+		return nil, err
+	}
+	defer updRecent.Close()
+	updMain, err := tx.PrepareContext(ctx, `UPDATE chunks SET `+cols)
+	if err != nil {
+		return nil, err
+	}
+	defer updMain.Close()
+	find, err := tx.PrepareContext(ctx, `SELECT id FROM chunks WHERE hash=?`)
+	if err != nil {
+		return nil, err
+	}
+	defer find.Close()
 	var anyDamaged bool
 	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM damaged_chunks)`).Scan(&anyDamaged); err != nil {
 		return nil, err
@@ -483,21 +521,44 @@ func insertChunks(ctx context.Context, tx *sql.Tx, packID int64, pl placement) (
 	}
 	defer heal.Close()
 	for _, x := range pl.chunks {
-		var id int64
+		row := chunkRow{hash: x.p.hash, pack: uint64(packID), off: x.off, length: x.n, plainLen: x.p.plainLen, codec: x.p.codec, slot: x.slot}
 		var base any
-		depth := 0
 		if pp := x.p.patch; pp != nil {
-			base, depth = pp.base, pp.depth
+			row.patch, row.base, row.depth = true, pp.base, pp.depth
+			base = pp.base
 		}
-		if err := ins.QueryRowContext(ctx, x.p.hash[:], packID, x.off, x.n, x.p.plainLen, x.p.codec, x.slot, base, depth).Scan(&id); err != nil {
-			return nil, err
-		}
-		if anyDamaged {
-			if _, err := heal.ExecContext(ctx, id); err != nil {
+		vals := []any{packID, x.off, x.n, x.p.plainLen, x.p.codec, x.slot, base, row.depth}
+		if old, ok := c.recent.chunkOf(x.p.hash); ok {
+			row.id = old.id
+			if _, err := updRecent.ExecContext(ctx, append(vals, row.id)...); err != nil {
 				return nil, err
 			}
+			delta.chunks = append(delta.chunks, row)
+			ids[x.p.hash] = row.id
+			continue
 		}
-		ids[x.p.hash] = id
+		err := find.QueryRowContext(ctx, x.p.hash[:]).Scan(&row.id)
+		switch {
+		case err == nil:
+			if _, err := updMain.ExecContext(ctx, append(vals, row.id)...); err != nil {
+				return nil, err
+			}
+			if anyDamaged {
+				if _, err := heal.ExecContext(ctx, row.id); err != nil {
+					return nil, err
+				}
+			}
+		case errors.Is(err, sql.ErrNoRows):
+			row.id = delta.nextID
+			delta.nextID++
+			if _, err := ins.ExecContext(ctx, append([]any{row.id, x.p.hash[:]}, vals...)...); err != nil {
+				return nil, err
+			}
+			delta.chunks = append(delta.chunks, row)
+		default:
+			return nil, err
+		}
+		ids[x.p.hash] = row.id
 	}
 	return ids, nil
 }

@@ -45,7 +45,8 @@ func TestGroupCommitWritesTogetherAndRefusesAStaleWriterAlone(t *testing.T) {
 			_, err := pend[stale].Commit(ctx, CommitInfo{Instant: time.Now(), Consistency: CrashConsistent})
 			require.NoError(t, err)
 		}
-		unlock := r.c.lockWrite()
+		r.c.writeMu.Lock()
+		unlock := r.c.writeMu.Unlock
 		var mu sync.Mutex
 		errs := map[string]error{}
 		var wg sync.WaitGroup

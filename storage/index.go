@@ -18,7 +18,7 @@ import (
 // newer schema is still refused rather than misread.
 const (
 	indexSchemaMin = 1
-	indexSchemaMax = 5
+	indexSchemaMax = 6
 )
 
 //go:embed migrations/*.sql

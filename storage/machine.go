@@ -17,7 +17,9 @@ func (r *Repo) DeleteMachine(ctx context.Context, machine string) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	c.writeMu.Lock()
+	if _, err := c.lockSettled(ctx); err != nil {
+		return err
+	}
 	var maxID sql.NullInt64
 	if err := c.db.QueryRowContext(ctx, `SELECT max(id) FROM points WHERE machine=?`, machine).Scan(&maxID); err != nil {
 		c.writeMu.Unlock()
@@ -59,7 +61,9 @@ func (c *core) dropDiskRows(ctx context.Context, disk int64) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		c.writeMu.Lock()
+		if _, err := c.lockSettled(ctx); err != nil {
+			return err
+		}
 		var edge sql.NullInt64
 		err := c.db.QueryRowContext(ctx, `SELECT block FROM changes WHERE disk_id=? ORDER BY block LIMIT 1 OFFSET ?`,
 			disk, deleteBatchRows).Scan(&edge)
@@ -95,7 +99,7 @@ func (r *Repo) Stats(ctx context.Context) (Stats, error) {
 	if err := r.c.check(); err != nil {
 		return s, err
 	}
-	err := r.c.db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM packs), (SELECT count(*) FROM chunks),
+	err := r.c.db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM packs), (SELECT count(*) FROM chunks) + (SELECT count(*) FROM recent_chunks),
 		(SELECT coalesce(sum(size), 0) FROM packs), (SELECT count(*) FROM points WHERE state='committed')`).
 		Scan(&s.Packs, &s.Chunks, &s.StoredBytes, &s.Points)
 	return s, err

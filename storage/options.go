@@ -57,6 +57,11 @@ type OpenOptions struct {
 	// Failpoint is a test hook called at named steps of the write paths
 	// (docs/crash-semantics.md); nil in production.
 	Failpoint func(name string)
+	// RecentLimit is how many rows the index's recent level holds before
+	// they are folded into its main tables (docs/storage-format.md "Recent
+	// level"): 0 means the default, 131,072 (about 34 MB of memory, 255
+	// bytes per row). A negative value folds after every write transaction.
+	RecentLimit int
 
 	sync syncer // tests only: remove one named fsync
 }

@@ -123,14 +123,15 @@ func (p *Pending) settlePatchChecks(ctx context.Context) error {
 		pc = newPointChecks()
 	}
 	var todo []int64
+	listed := map[int64]bool{}
 	for _, did := range p.diskIDs {
-		ids, err := column[int64](c.db.QueryContext(ctx, `SELECT k.id FROM changes ch JOIN chunks k ON k.id = ch.chunk_id
-			WHERE ch.disk_id=? AND ch.seq=? AND k.base_id IS NOT NULL`, did, p.ID))
+		ids, err := c.pointPatches(ctx, did, p.ID)
 		if err != nil {
 			return err
 		}
 		for _, id := range ids {
-			if !pc.ok[id] && pc.bad[id] == nil {
+			if !pc.ok[id] && pc.bad[id] == nil && !listed[id] {
+				listed[id] = true
 				todo = append(todo, id)
 			}
 		}
@@ -169,10 +170,13 @@ func (p *Pending) settlePatchChecks(ctx context.Context) error {
 	// its blocks (its map's pending point), and only a resync, which a
 	// vanished pending point makes the controller ask for, brings its
 	// map and the repository together again.
-	unlock := c.lockWrite()
+	unlock, err := c.lockSettled(ctx)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	var blocks []int64
-	err := c.inTx(ctx, func(tx *sql.Tx) error {
+	err = c.inTx(ctx, func(tx *sql.Tx) error {
 		if len(ids) > 0 {
 			list := `(?` + strings.Repeat(",?", len(ids)-1) + `)`
 			bs, err := column[int64](tx.QueryContext(ctx, `SELECT block FROM changes WHERE seq=? AND chunk_id IN `+list, append([]any{p.ID}, ids...)...))
@@ -189,6 +193,37 @@ func (p *Pending) settlePatchChecks(ctx context.Context) error {
 	n := len(ids) + pc.refused
 	c.log.Warn("patches that do not give their hash: the pending point is dropped", "point", p.ID, "machine", p.Machine, "patches", n, "blocks", blocks)
 	return fmt.Errorf("%w: %d patches of point %d do not give their hash (blocks %v): the pending point is dropped, and the agent must resync", ErrHashMismatch, n, p.ID, blocks)
+}
+
+// pointPatches lists the patch records the rows of a point on one disk
+// name, in the main table and the recent level (a record both name is
+// listed twice; one the recent level replaced may be listed: checking it
+// too only costs time).
+func (c *core) pointPatches(ctx context.Context, did, seq int64) ([]int64, error) {
+	recent := c.recent.pointRows(did, seq, -1) // first: see recent.go
+	ids, err := column[int64](c.db.QueryContext(ctx, `SELECT k.id FROM changes ch JOIN chunks k ON k.id = ch.chunk_id
+		WHERE ch.disk_id=? AND ch.seq=? AND k.base_id IS NOT NULL`, did, seq))
+	if err != nil {
+		return nil, err
+	}
+	var args []any
+	for _, r := range recent {
+		if r.chunk != 0 {
+			args = append(args, r.chunk)
+		}
+	}
+	for len(args) > 0 {
+		k := min(len(args), locateBatch)
+		if err := c.chunkRowsByID(ctx, args[:k], func(row chunkRow) {
+			if row.patch {
+				ids = append(ids, row.id)
+			}
+		}); err != nil {
+			return nil, err
+		}
+		args = args[k:]
+	}
+	return ids, nil
 }
 
 // dropPending deletes a pending point and its rows. It has no records in

@@ -334,6 +334,21 @@ func (c *core) dropRowsOf(ctx context.Context, machine string, disk, t int64) er
 func (c *core) dropStep(ctx context.Context, machine string, disk, t int64, owner string, after int64) (done bool, last int64, err error) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
+	// The step reads the rows of t and of the point after it (X), and the
+	// rows around them: fold the recent level first if it holds rows of
+	// this disk up to X (a point deleted within minutes of its commit).
+	// Rows after X cannot change what the step does with those.
+	var x int64
+	if err := c.db.QueryRowContext(ctx, `SELECT coalesce(
+		(SELECT min(id) FROM points WHERE machine=?1 AND state='committed' AND id>?2),
+		(SELECT max(id) FROM points WHERE machine=?1 AND state='pending'), 0)`, machine, t).Scan(&x); err != nil {
+		return false, -1, err
+	}
+	if c.recent.rowsUpTo(disk, max(t, x)) {
+		if err := c.foldLocked(ctx); err != nil {
+			return false, -1, err
+		}
+	}
 	last = -1
 	err = c.inTx(ctx, func(tx *sql.Tx) error {
 		P, X, err := neighbours(ctx, tx, machine, t)

@@ -19,12 +19,24 @@ const headSeq = math.MaxInt64
 // or before it): found=false if the block was never written, cid=nil for
 // an explicit zero block. O(log n) in the changes table.
 func (c *core) rowAt(ctx context.Context, diskID, block, seq int64) (cid *int64, found bool, err error) {
-	err = c.db.QueryRowContext(ctx, `SELECT chunk_id FROM changes WHERE disk_id=? AND block=? AND seq<=?
-		ORDER BY seq DESC LIMIT 1`, diskID, block, seq).Scan(&cid)
+	recent, inRecent := c.recent.rowAt(diskID, block, seq) // first: see recent.go
+	var mainSeq int64
+	err = c.db.QueryRowContext(ctx, `SELECT chunk_id, seq FROM changes WHERE disk_id=? AND block=? AND seq<=?
+		ORDER BY seq DESC LIMIT 1`, diskID, block, seq).Scan(&cid, &mainSeq)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, false, nil
+		cid, err = nil, nil
+	} else if err != nil {
+		return nil, false, err
+	} else {
+		found = true
 	}
-	return cid, err == nil, err
+	if inRecent && (!found || recent.seq >= mainSeq) {
+		cid, found = nil, true
+		if recent.chunk != 0 {
+			cid = &recent.chunk
+		}
+	}
+	return cid, found, nil
 }
 
 // rowsAt finds the chunks of blocks as of point seq (each block's newest
@@ -38,10 +50,25 @@ func (c *core) rowsAt(ctx context.Context, diskID, seq int64, blocks []int64) (m
 		if err != nil {
 			return nil, err
 		}
+		page := blocks[:n]
 		blocks = blocks[n:]
+		// The recent level first; its row is the newer (recent.go).
+		recent := map[int64]recentRow{}
+		for _, b := range page {
+			if r, ok := c.recent.rowAt(diskID, b, seq); ok {
+				recent[b] = r
+			}
+		}
 		ids, err := c.chunkIDsAt(ctx, diskID, seq, string(list))
 		if err != nil {
 			return nil, err
+		}
+		for b, r := range recent {
+			if r.chunk == 0 {
+				delete(ids, b)
+			} else {
+				ids[b] = r.chunk
+			}
 		}
 		byID := map[int64][]int64{}
 		args := make([]any, 0, len(ids))
@@ -71,7 +98,7 @@ func (c *core) rowsAt(ctx context.Context, diskID, seq int64, blocks []int64) (m
 }
 
 // chunkIDsAt is the chunk id of each block of the JSON list that has a
-// non-zero row as of seq.
+// non-zero row as of seq in the main table.
 func (c *core) chunkIDsAt(ctx context.Context, diskID, seq int64, list string) (map[int64]int64, error) {
 	rows, err := c.db.QueryContext(ctx, `SELECT j.value,
 		(SELECT chunk_id FROM changes WHERE disk_id=?1 AND block=j.value AND seq<=?2 ORDER BY seq DESC LIMIT 1)
@@ -95,7 +122,18 @@ func (c *core) chunkIDsAt(ctx context.Context, diskID, seq int64, list string) (
 }
 
 // chunkRowsByID calls fn with the row of each stored chunk of ids.
-func (c *core) chunkRowsByID(ctx context.Context, ids []any, fn func(chunkRow)) error {
+func (c *core) chunkRowsByID(ctx context.Context, all []any, fn func(chunkRow)) error {
+	var ids []any
+	for _, id := range all { // the recent level first (recent.go)
+		if row, ok := c.recent.chunk(id.(int64)); ok {
+			fn(row)
+		} else {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
 	rows, err := c.db.QueryContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE id IN (?`+strings.Repeat(",?", len(ids)-1)+`)`, ids...)
 	if err != nil {
 		return err
@@ -155,7 +193,17 @@ func (r *Repo) OpenDisk(ctx context.Context, pointID int64, disk string) (*DiskR
 	if err != nil {
 		return nil, err
 	}
-	return r.diskReader(ctx, pointID, pointID, disk)
+	rd, err := r.diskReader(ctx, pointID, pointID, disk)
+	if err != nil {
+		return nil, err
+	}
+	// Its reads (eachRow) look at the main table: fold the recent level if
+	// it holds rows of this point or older ones. Its later rows are of later
+	// points (recent.go), which this reader never reads.
+	if err := r.c.settleDisk(ctx, rd.diskID, pointID); err != nil {
+		return nil, err
+	}
+	return rd, nil
 }
 
 func (r *Repo) diskReader(ctx context.Context, pointID, seq int64, disk string) (*DiskReader, error) {
@@ -350,6 +398,9 @@ func (r *Repo) HeadBlocks(ctx context.Context, machine, disk string, fn BlockFun
 	if err != nil {
 		return err
 	}
+	if err := r.c.settleDisk(ctx, did, headSeq); err != nil {
+		return err
+	}
 	return r.c.eachRow(ctx, did, headSeq, func(br blockRow) error { return fn(br.block, br.hash, br.cid == nil) })
 }
 
@@ -387,6 +438,9 @@ func (r *Repo) Diff(ctx context.Context, machine, disk string, from, to int64, f
 		return err
 	}
 	lo, hi := min(from, to), max(from, to)
+	if err := c.settleDisk(ctx, did, hi); err != nil {
+		return err
+	}
 	cand, err := column[int64](c.db.QueryContext(ctx, `SELECT DISTINCT block FROM changes WHERE disk_id=? AND seq>? AND seq<=?`, did, lo, hi))
 	if err != nil {
 		return err
@@ -475,6 +529,9 @@ func (p *Pending) Blocks(ctx context.Context, disk string, fn BlockFunc) error {
 	did, ok := p.diskIDs[disk]
 	if !ok {
 		return fmt.Errorf("%w: disk %q is not part of pending point %d", ErrNotFound, disk, p.ID)
+	}
+	if err := c.settleDisk(ctx, did, p.ID); err != nil {
+		return err
 	}
 	after := int64(-1)
 	for {

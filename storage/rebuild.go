@@ -349,7 +349,7 @@ func Rebuild(ctx context.Context, dir string, opts OpenOptions) (RebuildReport, 
 	if err := tx.Commit(); err != nil {
 		return rep, err
 	}
-	if _, err := sweepAll(ctx, db, func() func() { return func() {} }); err != nil {
+	if _, err := sweepAll(ctx, db, func() (func(), error) { return func() {}, nil }); err != nil {
 		return rep, err
 	}
 	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM changes WHERE chunk_id=-1`).Scan(&rep.MissingChunks); err != nil {

@@ -59,6 +59,8 @@ type core struct {
 	queue commitQueue
 	// checks are the background checks of patch records (patchcheck.go).
 	checks *patchChecks
+	// recent mirrors the index's recent level (recent.go).
+	recent *recentLevel
 
 	// Sizes of a commit's change records and flushes (tests lower them).
 	partEntries int
@@ -200,6 +202,7 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*Repo, error) {
 		aeads:       map[uint32]cipher.AEAD{},
 		partEntries: pack.MaxChangesPerRecord, commitFlush: commitFlushBytes,
 		checks: newPatchChecks(),
+		recent: newRecentLevel(recentLimit(opts.RecentLimit)),
 	}
 	if c.fail == nil {
 		c.fail = func(string) {}
@@ -240,6 +243,9 @@ func Open(ctx context.Context, dir string, opts OpenOptions) (*Repo, error) {
 	}
 	if err := c.recoverPacks(ctx); err != nil {
 		return nil, err
+	}
+	if err := c.loadRecent(ctx); err != nil {
+		return nil, opErr("read the index's recent level", dir, err)
 	}
 	ok = true
 	return r, nil

@@ -11,14 +11,17 @@ import (
 // and that is not its block's newest row: keep (b, s) iff it is b's head
 // row or a committed point of the machine lies in [s, next seq of b). It
 // works in bounded transactions and returns the number of rows removed.
-func sweepDisk(ctx context.Context, db *sql.DB, lock func() func(), diskID int64, machine string, orphan bool) (int64, error) {
+func sweepDisk(ctx context.Context, db *sql.DB, lock func() (func(), error), diskID int64, machine string, orphan bool) (int64, error) {
 	var removed int64
 	after := int64(-1)
 	for {
 		if err := ctx.Err(); err != nil {
 			return removed, err
 		}
-		unlock := lock()
+		unlock, err := lock()
+		if err != nil {
+			return removed, err
+		}
 		n, last, done, err := sweepStep(ctx, db, diskID, machine, orphan, after)
 		unlock()
 		removed += n
@@ -118,14 +121,17 @@ func retainedIn(ids []int64, lo, hi int64) bool {
 
 // sweepAll sweeps every disk, including rows of disks whose machine was
 // deleted.
-func sweepAll(ctx context.Context, db *sql.DB, lock func() func()) (int64, error) {
+func sweepAll(ctx context.Context, db *sql.DB, lock func() (func(), error)) (int64, error) {
 	type disk struct {
 		id      int64
 		machine string
 		orphan  bool
 	}
 	var disks []disk
-	unlock := lock()
+	unlock, err := lock()
+	if err != nil {
+		return 0, err
+	}
 	rows, err := db.QueryContext(ctx, `SELECT id, machine FROM disks ORDER BY id`)
 	if err != nil {
 		unlock()
@@ -149,8 +155,11 @@ func sweepAll(ctx context.Context, db *sql.DB, lock func() func()) (int64, error
 	after := int64(-1 << 62)
 	for {
 		var id int64
-		unlock := lock()
-		err := db.QueryRowContext(ctx, `SELECT disk_id FROM changes WHERE disk_id>? ORDER BY disk_id LIMIT 1`, after).Scan(&id)
+		unlock, err := lock()
+		if err != nil {
+			return 0, err
+		}
+		err = db.QueryRowContext(ctx, `SELECT disk_id FROM changes WHERE disk_id>? ORDER BY disk_id LIMIT 1`, after).Scan(&id)
 		unlock()
 		if errors.Is(err, sql.ErrNoRows) {
 			break

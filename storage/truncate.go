@@ -103,6 +103,16 @@ func (c *core) tombstoneDisk(ctx context.Context, p int64, d DiskSpec, did int64
 		}
 		return m
 	}
+	// The queries below read the main table: a cut (or a first full pass)
+	// reads rows of earlier points, and the point's own rows at or beyond
+	// its size may be recent. Fold first then (rare: a disk that shrank);
+	// a commit whose disk did not shrink, or a disk's first, has nothing to
+	// look at but the point's own rows.
+	if (len(hist) > 1 && hi > lo) || len(c.recent.pointRows(did, p, lo-1)) > 0 {
+		if err := c.foldLocked(ctx); err != nil {
+			return err
+		}
+	}
 	var cut []int64
 	flush := func() error {
 		if len(cut) == 0 {

@@ -65,6 +65,9 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 	if err := c.check(); err != nil {
 		return rep, err
 	}
+	if err := c.settle(ctx); err != nil {
+		return rep, err
+	}
 	rep.Plaintext = opts.ReadData && (c.pub == nil || r.priv != nil)
 	if opts.Machine == "" {
 		if err := c.verifyPacks(ctx, &rep); err != nil {

@@ -459,5 +459,17 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	// STORAGE_RECENT_LIMIT runs the package with another fold threshold
+	// of the index's recent level: 1 folds after every write (every row
+	// in the main tables, as before the level), a large value never
+	// folds on its own (every read merges the level).
+	if v := os.Getenv("STORAGE_RECENT_LIMIT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "STORAGE_RECENT_LIMIT:", err)
+			os.Exit(2)
+		}
+		defaultRecentLimit = n
+	}
 	os.Exit(m.Run())
 }
