@@ -59,7 +59,7 @@ type OpenOptions struct {
 	Failpoint func(name string)
 	// RecentLimit is how many rows the index's recent level holds before
 	// they are folded into its main tables (docs/storage-format.md "Recent
-	// level"): 0 means the default, 131,072 (about 34 MB of memory, 255
+	// level"): 0 means the default, 262,144 (about 67 MB of memory, 255
 	// bytes per row). A negative value folds after every write transaction.
 	RecentLimit int
 

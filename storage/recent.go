@@ -40,12 +40,12 @@ import (
 // Where the merge is cheap it takes the higher seq anyway.
 
 // defaultRecentLimit is how many rows (chunks and changes) the level holds
-// before a fold: ~13 cycles of 20 MB/s of 4 KiB random writes every 2 s,
-// about 34 MB of the controller's memory (255 bytes per row, measured).
-// Folding every 12 such cycles wrote 0.19 index bytes per byte churned in
-// a simulation on the same schema, against 2.27 without the level
-// (docs/benchmarks.md). A variable: the package's tests run with others.
-var defaultRecentLimit = 1 << 17
+// before a fold: ~26 cycles of 20 MB/s of 4 KiB random writes every 2 s,
+// about 67 MB of the controller's memory (255 bytes per row, measured). In
+// the RPO bench the controller wrote 1.16 bytes per byte churned with it,
+// 1.31–1.33 with half of it, 2.51 without the level (docs/benchmarks.md).
+// A variable: the package's tests run with others.
+var defaultRecentLimit = 1 << 18
 
 type diskBlock struct{ disk, block int64 }
 type chunkDisk struct{ chunk, disk int64 }
@@ -304,9 +304,11 @@ func (c *core) loadRecent(ctx context.Context) error {
 // foldLocked moves the level into the main tables in one transaction,
 // sorted by their keys. Call with writeMu held.
 func (c *core) foldLocked(ctx context.Context) error {
-	if c.recent.size() == 0 {
+	n := c.recent.size()
+	if n == 0 {
 		return nil
 	}
+	start := time.Now()
 	// The sorts below hold at most the level's rows (its limit): in
 	// memory, they write no temporary file (19 MB of one per fold of
 	// 131,072 rows, on disk). Other queries keep the default, whose sorts
@@ -338,6 +340,7 @@ func (c *core) foldLocked(ctx context.Context) error {
 	l.mu.Lock()
 	l.reset()
 	l.mu.Unlock()
+	c.log.Debug("index recent level folded", "rows", n, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
