@@ -132,27 +132,28 @@ func TestRecentLevelSurvivesReopen(t *testing.T) {
 	requireDiskBytes(t, r, p2, "sda", d.img)
 }
 
+// movedChunk commits point 1 with a chunk at block 0, folds it into the
+// main tables, then point 2 moves that content to block 2 (deduplicated:
+// a recent row names point 1's chunk) and overwrites block 0.
+func movedChunk(t *testing.T) (r *Repo, d *recentDisk, shared BlockWrite, p1, p2 Point) {
+	r, _ = newTestRepo(t, CreateOptions{}, OpenOptions{RecentLimit: 1 << 20})
+	d = newRecentDisk(8)
+	shared = d.write(0, 7)
+	p1 = commitWrites(t, r, d.spec, []BlockWrite{shared, d.write(1, 8)}, 1)
+	require.NoError(t, r.c.settle(context.Background()))
+	moved := shared
+	moved.Block = 2
+	copy(d.img[2*tbs:], d.img[0:tbs])
+	p2 = commitWrites(t, r, d.spec, []BlockWrite{moved, d.write(0, 9)}, 2)
+	return r, d, shared, p1, p2
+}
+
 // TestRecentLevelChunkOnlyARecentRowNamesSurvivesGC: a chunk whose only
 // reader is a row of the recent level must not look unreferenced to GC,
 // nor unpossessed to its machine.
 func TestRecentLevelChunkOnlyARecentRowNamesSurvivesGC(t *testing.T) {
 	ctx := context.Background()
-	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{RecentLimit: 1 << 20})
-	d := newRecentDisk(8)
-	shared := d.write(0, 7)
-	p1 := commitWrites(t, r, d.spec, []BlockWrite{shared, d.write(1, 8)}, 1)
-	require.NoError(t, r.c.settle(ctx)) // p1's rows and chunks in the main tables
-
-	// Point 2 moves the content to block 2 (deduplicated: a recent row
-	// names p1's chunk) and overwrites block 0; then p1 goes.
-	p, err := r.BeginPoint(ctx, "m1", d.spec)
-	require.NoError(t, err)
-	moved := shared
-	moved.Block = 2
-	copy(d.img[2*tbs:], d.img[0:tbs])
-	require.NoError(t, p.Write(ctx, []BlockWrite{moved, d.write(0, 9)}))
-	p2, err := p.Commit(ctx, CommitInfo{Instant: time.Unix(2, 0), Consistency: CrashConsistent})
-	require.NoError(t, err)
+	r, d, shared, p1, p2 := movedChunk(t)
 	has, err := r.HasChunksOf(ctx, []string{"m1"}, []Hash{shared.Hash})
 	require.NoError(t, err)
 	require.Equal(t, []bool{true}, has, "m1's recent row names the chunk: m1 possesses it")
@@ -172,15 +173,7 @@ func TestRecentLevelChunkOnlyARecentRowNamesSurvivesGC(t *testing.T) {
 // the main table's only row naming the chunk is removed by hand.)
 func TestGCFoldsTheRecentLevelFirst(t *testing.T) {
 	ctx := context.Background()
-	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{RecentLimit: 1 << 20})
-	d := newRecentDisk(8)
-	shared := d.write(0, 7)
-	commitWrites(t, r, d.spec, []BlockWrite{shared, d.write(1, 8)}, 1)
-	require.NoError(t, r.c.settle(ctx))
-	moved := shared
-	moved.Block = 2
-	copy(d.img[2*tbs:], d.img[0:tbs])
-	p2 := commitWrites(t, r, d.spec, []BlockWrite{moved, d.write(0, 9)}, 2)
+	r, d, shared, _, p2 := movedChunk(t)
 	_, err := r.c.db.Exec(`DELETE FROM changes WHERE block=0`)
 	require.NoError(t, err)
 	var named int
