@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -438,14 +439,17 @@ func (r *Repo) Diff(ctx context.Context, machine, disk string, from, to int64, f
 		return err
 	}
 	lo, hi := min(from, to), max(from, to)
-	if err := c.settleDisk(ctx, did, hi); err != nil {
-		return err
-	}
+	// Candidates from the recent level first, then the main table (see
+	// recent.go); a staging diff to the newest point runs every cycle, so
+	// it merges the level rather than fold it.
+	recent := c.recent.blocksBetween(did, lo, hi)
 	cand, err := column[int64](c.db.QueryContext(ctx, `SELECT DISTINCT block FROM changes WHERE disk_id=? AND seq>? AND seq<=?`, did, lo, hi))
 	if err != nil {
 		return err
 	}
+	cand = append(cand, recent...)
 	sort.Slice(cand, func(i, j int) bool { return cand[i] < cand[j] })
+	cand = slices.Compact(cand)
 	for len(cand) > 0 {
 		n := min(len(cand), diffPage)
 		page, err := c.diffRows(ctx, did, from, to, cand[:n])
@@ -477,45 +481,92 @@ type diffRow struct {
 }
 
 // diffRows resolves candidate blocks (ascending): each block's newest row
-// as of from and as of to (a point id of 0 has no rows), keeping those
-// whose chunk differs. The rows are read and closed before the caller's
-// function runs, which may query the index itself.
+// as of from and as of to (a point id of 0 has no rows), the recent
+// level's winning, keeping those whose chunk differs. The rows are read and
+// closed before the caller's function runs, which may query the index
+// itself.
 func (c *core) diffRows(ctx context.Context, diskID, from, to int64, blocks []int64) ([]diffRow, error) {
 	list, err := json.Marshal(blocks)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := c.db.QueryContext(ctx, `SELECT x.block, x.a, x.z, k.hash FROM (
-		SELECT j.value AS block,
-			(SELECT chunk_id FROM changes WHERE disk_id=?1 AND block=j.value AND seq<=?2 ORDER BY seq DESC LIMIT 1) AS a,
-			(SELECT chunk_id FROM changes WHERE disk_id=?1 AND block=j.value AND seq<=?3 ORDER BY seq DESC LIMIT 1) AS z
-		FROM json_each(?4) j) x
-		LEFT JOIN chunks k ON k.id = x.z ORDER BY x.block`, diskID, from, to, string(list))
+	// 0 below: no row, or a zero block (chunk ids start at 1).
+	type ends struct{ a, z int64 }
+	at := make(map[int64]*ends, len(blocks))
+	recent := map[int64]ends{} // first: see recent.go
+	has := map[int64][2]bool{}
+	for _, b := range blocks {
+		ra, okA := c.recent.rowAt(diskID, b, from)
+		rz, okZ := c.recent.rowAt(diskID, b, to)
+		if okA || okZ {
+			recent[b] = ends{ra.chunk, rz.chunk}
+			has[b] = [2]bool{okA, okZ}
+		}
+	}
+	rows, err := c.db.QueryContext(ctx, `SELECT j.value,
+		(SELECT chunk_id FROM changes WHERE disk_id=?1 AND block=j.value AND seq<=?2 ORDER BY seq DESC LIMIT 1),
+		(SELECT chunk_id FROM changes WHERE disk_id=?1 AND block=j.value AND seq<=?3 ORDER BY seq DESC LIMIT 1)
+		FROM json_each(?4) j`, diskID, from, to, string(list))
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []diffRow
 	for rows.Next() {
-		var d diffRow
-		var a, z *int64
-		var h []byte
-		if err := rows.Scan(&d.block, &a, &z, &h); err != nil {
+		var b int64
+		var a, z sql.NullInt64
+		if err := rows.Scan(&b, &a, &z); err != nil {
+			rows.Close()
 			return nil, err
 		}
-		if (a == nil && z == nil) || (a != nil && z != nil && *a == *z) {
+		at[b] = &ends{a.Int64, z.Int64}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var out []diffRow
+	var ids []any
+	for _, b := range blocks {
+		e := at[b]
+		if e == nil {
+			e = &ends{}
+			at[b] = e
+		}
+		if r, ok := recent[b]; ok {
+			if has[b][0] {
+				e.a = r.a
+			}
+			if has[b][1] {
+				e.z = r.z
+			}
+		}
+		if e.a == e.z {
 			continue // the same content at both
 		}
-		if z == nil {
-			d.zero = true
-		} else if h == nil {
-			return nil, fmt.Errorf("%w: chunk id %d", ErrChunkMissing, *z)
-		} else {
-			copy(d.hash[:], h)
+		out = append(out, diffRow{block: b, zero: e.z == 0})
+		if e.z != 0 {
+			ids = append(ids, e.z)
 		}
-		out = append(out, d)
 	}
-	return out, rows.Err()
+	hashes := map[int64]Hash{}
+	for len(ids) > 0 {
+		k := min(len(ids), locateBatch)
+		if err := c.chunkRowsByID(ctx, ids[:k], func(row chunkRow) { hashes[row.id] = row.hash }); err != nil {
+			return nil, err
+		}
+		ids = ids[k:]
+	}
+	for i := range out {
+		if out[i].zero {
+			continue
+		}
+		z := at[out[i].block].z
+		h, ok := hashes[z]
+		if !ok {
+			return nil, fmt.Errorf("%w: chunk id %d", ErrChunkMissing, z)
+		}
+		out[i].hash = h
+	}
+	return out, nil
 }
 
 // Blocks calls fn, ascending, for every block this pending point has

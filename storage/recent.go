@@ -237,6 +237,20 @@ func (l *recentLevel) rowsUpTo(disk, seq int64) bool {
 	return false
 }
 
+// blocksBetween lists the blocks of disk with a row of the level whose
+// seq is in (lo, hi].
+func (l *recentLevel) blocksBetween(disk, lo, hi int64) []int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	var out []int64
+	for k, bs := range l.points {
+		if k.disk == disk && k.seq > lo && k.seq <= hi {
+			out = append(out, bs...)
+		}
+	}
+	return out
+}
+
 // inPack reports whether a chunk of the level lies in pack.
 func (l *recentLevel) inPack(pack uint64) bool {
 	l.mu.RLock()
