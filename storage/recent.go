@@ -21,9 +21,9 @@ import (
 // recentLimit rows, where rows that share a page share its write.
 //
 // The level is mirrored in memory, rebuilt from its tables at Open. The
-// paths that run every cycle — Write's lookups, Commit, HasChunksOf,
-// reads of chunks by id or hash, a block's newest row — consult it first
-// and the main tables after. Every other reader of chunks or changes folds
+// paths that run every cycle — Write's lookups, Commit, HasChunksOf, a
+// staging Diff, reads of chunks by id or hash, a block's newest row —
+// consult it first and the main tables after. Every other reader of chunks or changes folds
 // first (settle), so it finds everything in the main tables.
 //
 // Readers that do not hold writeMu consult the level before the main
