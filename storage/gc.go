@@ -250,6 +250,14 @@ func (c *core) gcPacks(ctx context.Context, opts GCOptions, rep *GCReport) error
 }
 
 func (c *core) loadLive(ctx context.Context, pl *packLive) error {
+	// A pack that was open for long and sealed within minutes may hold
+	// chunks of the recent level: fold it, so the list below has them all
+	// (repack's last step would otherwise find them and fail the repack).
+	if c.recent.inPack(pl.id) {
+		if err := c.settle(ctx); err != nil {
+			return err
+		}
+	}
 	rows, err := c.db.QueryContext(ctx, `SELECT `+chunkCols+` FROM chunks WHERE pack_id=? ORDER BY offset`, int64(pl.id))
 	if err != nil {
 		return err

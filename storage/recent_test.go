@@ -184,3 +184,30 @@ func TestGCFoldsTheRecentLevelFirst(t *testing.T) {
 	require.NoError(t, err)
 	requireDiskBytes(t, r, p2, "sda", d.img)
 }
+
+// TestCompactionOfAPackHoldingRecentChunks: a pack opened long ago and
+// sealed within minutes is cold to compaction while the recent level
+// still holds some of its chunks; the repack must move those too.
+func TestCompactionOfAPackHoldingRecentChunks(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{Clock: func() time.Time { return now }, RecentLimit: 1 << 20})
+	d := newRecentDisk(8)
+	commitWrites(t, r, d.spec, []BlockWrite{d.write(0, 3)}, 1) // text: stored as S2, the pack opens now
+	require.NoError(t, r.c.settle(ctx))
+	now = now.Add(time.Hour)
+	p2 := commitWrites(t, r, d.spec, []BlockWrite{d.write(1, 6), d.write(2, 9)}, 2)
+	packID := r.c.open.id
+	sealOpenPack(t, r)
+	require.True(t, r.c.recent.inPack(packID), "precondition: the recent level holds chunks of the sealed pack")
+
+	now = now.Add(time.Minute)
+	rep, err := r.Compact(ctx, CompactOptions{ColderThan: 10 * time.Minute})
+	require.NoError(t, err)
+	require.EqualValues(t, 1, rep.Packs)
+	require.EqualValues(t, 3, rep.Chunks, "the pack's three chunks, the recent level's two included")
+	for _, f := range repoPackFiles(t, r) {
+		require.NotContains(t, f, packName(packID), "the old pack is gone")
+	}
+	requireDiskBytes(t, r, p2, "sda", d.img)
+}
