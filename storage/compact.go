@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/ferrydr/ferry/storage/internal/pack"
@@ -98,30 +99,105 @@ func (c *core) compact(ctx context.Context, opts CompactOptions, rep *CompactRep
 }
 
 // compactPacks returns the sealed packs created at or before cutoff that
-// hold S2 chunks of plain records not known damaged, oldest first.
+// hold S2 chunks of plain records or patch records worth folding (none of
+// them known damaged), oldest first, each with the patch records to fold.
 func (c *core) compactPacks(ctx context.Context, cutoff int64) ([]packLive, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT p.id, p.size FROM packs p
+	var out []packLive
+	at := map[uint64]int{} // pack id → index in out
+	add := func(id uint64, size int64) *packLive {
+		i, ok := at[id]
+		if !ok {
+			i = len(out)
+			at[id] = i
+			out = append(out, packLive{id: id, size: size})
+		}
+		return &out[i]
+	}
+	rows, err := c.db.QueryContext(ctx, `SELECT p.id, p.size, p.created_ns FROM packs p
 		WHERE p.state = 'sealed' AND p.created_ns <= ? AND p.id IN (
-			SELECT pack_id FROM chunks WHERE ((codec = ? AND key_slot = 0) OR base_id IS NOT NULL)
-				AND id NOT IN (SELECT chunk_id FROM damaged_chunks))
-		ORDER BY p.created_ns`, cutoff, CodecS2)
+			SELECT pack_id FROM chunks WHERE codec = ? AND key_slot = 0
+				AND id NOT IN (SELECT chunk_id FROM damaged_chunks))`, cutoff, CodecS2)
+	if err != nil {
+		return nil, err
+	}
+	created := map[uint64]int64{}
+	for rows.Next() {
+		var id, size, ns int64
+		if err := rows.Scan(&id, &size, &ns); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		add(uint64(id), size)
+		created[uint64(id)] = ns
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	fold, err := c.foldablePatches(ctx, cutoff)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fold {
+		pl := add(f.pack, f.size)
+		created[f.pack] = f.created
+		if pl.fold == nil {
+			pl.fold = map[int64]bool{}
+		}
+		pl.fold[f.chunk] = true
+	}
+	sort.SliceStable(out, func(i, j int) bool { return created[out[i].id] < created[out[j].id] })
+	return out, nil
+}
+
+// foldable is a patch record compaction folds, and its pack.
+type foldable struct {
+	chunk, created, size int64
+	pack                 uint64
+}
+
+// foldablePatches lists the patch records in sealed packs created at or
+// before cutoff whose fold frees their base: no change row names the base
+// and no other patch record applies to it, in either level of the index.
+// Folding any other patch would store its whole block beside a base that
+// stays: a repository under churn would grow by a block for every few
+// KiB patched (docs/storage-format.md "Patch records"). A patch over a
+// zero block is never folded: it has no base to free.
+func (c *core) foldablePatches(ctx context.Context, cutoff int64) ([]foldable, error) {
+	rows, err := c.db.QueryContext(ctx, `SELECT ch.id, ch.base_id, p.id, p.size, p.created_ns
+		FROM chunks ch JOIN packs p ON p.id = ch.pack_id
+		WHERE ch.base_id IS NOT NULL AND ch.base_id <> 0
+			AND p.state = 'sealed' AND p.created_ns <= ?
+			AND NOT EXISTS (SELECT 1 FROM changes WHERE chunk_id = ch.base_id)
+			AND NOT EXISTS (SELECT 1 FROM chunks o WHERE o.base_id = ch.base_id AND o.id <> ch.id)
+			AND ch.id NOT IN (SELECT chunk_id FROM damaged_chunks)`, cutoff)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []packLive
+	var named map[int64]bool
+	var out []foldable
 	for rows.Next() {
-		var id, size int64
-		if err := rows.Scan(&id, &size); err != nil {
+		var f foldable
+		var base, pack int64
+		if err := rows.Scan(&f.chunk, &base, &pack, &f.size, &f.created); err != nil {
 			return nil, err
 		}
-		out = append(out, packLive{id: uint64(id), size: size})
+		if named == nil {
+			named = c.recent.named()
+		}
+		if named[base] {
+			continue
+		}
+		f.pack = uint64(pack)
+		out = append(out, f)
 	}
 	return out, rows.Err()
 }
 
-// recodeItem re-encodes an S2 chunk's record payload with zstd (or as is,
-// if zstd does not save 1/32), after checking that it decodes to its hash.
+// recodeItem re-encodes an S2 chunk's record payload with zstd at the
+// default level (compressCold; or as is, if zstd does not save 1/32),
+// after checking that it decodes to its hash.
 // One that does not is copied as it was and marked damaged with the step,
 // for verify and the next cycles to repair; it is never re-encoded.
 func (c *core) recodeItem(it *copyItem, rep *CompactReport) {
@@ -137,12 +213,12 @@ func (c *core) recodeItem(it *copyItem, rep *CompactReport) {
 		rep.Damaged++
 		return
 	}
-	codec, data := c.zc.compress(plain)
+	codec, data := c.zc.compressCold(plain)
 	it.raw = pack.EncodeChunk(pack.Chunk{Hash: row.hash, Codec: uint8(codec), PlainLen: uint32(len(plain)), Data: data})
 	it.codec, it.recoded = codec, true
 }
 
-// foldItem makes a patch record a whole chunk (zstd): its block rebuilt
+// foldItem makes a patch record a whole chunk (zstd, compressCold): its block rebuilt
 // from its base and checked against its hash, which is where an agent's
 // claim is finally proven (docs/storage-format.md "Patch records"). A
 // patch that does not give its hash is copied as it was and marked
@@ -161,7 +237,7 @@ func (c *core) foldItem(ctx context.Context, it *copyItem, rep *CompactReport) {
 		c.log.Warn("compaction could not fold a patch; it stays a patch", "hash", row.hash, "err", err)
 		return
 	}
-	codec, data := c.zc.compress(plain)
+	codec, data := c.zc.compressCold(plain)
 	it.raw = pack.EncodeChunk(pack.Chunk{Hash: row.hash, Codec: uint8(codec), PlainLen: uint32(len(plain)), Data: data})
 	it.codec, it.plain, it.recoded, it.folded = codec, len(plain), true, true
 	rep.Folded++

@@ -16,11 +16,12 @@ import (
 	"github.com/zeebo/blake3"
 )
 
-// What the controller builds at ingest (a patched block, a block that
-// arrived uncompressed) is stored as S2; Compact re-encodes the cold ones
-// to zstd within its budget, leaves the young ones, and every point still
-// reads back as the bytes the test kept, after a GC that reclaims the old
-// records and after a reopen.
+// What the controller builds at ingest (a block that arrived
+// uncompressed) is stored as S2; Compact re-encodes the cold ones to zstd
+// within its budget and leaves the young ones; it folds a patch record
+// only once nothing else reads its base, and GC then deletes the base.
+// Every point still reads back as the bytes the test kept, after a GC that
+// reclaims the old records and after a reopen.
 func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	ctx := context.Background()
 	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
@@ -43,27 +44,31 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	want1 := bytes.Clone(want)
 	sealOpenPack(t, r)
 
-	// Point 2: a patch of block 2, stored as a patch record.
+	// Point 2: a patch of block 2, stored as a patch record, and block 5
+	// rewritten whole (uncompressed again).
 	copy(want[2*tbs+100:], "patched by the second point")
 	h2 := Hash(blake3.Sum256(want[2*tbs : 3*tbs]))
+	plain5 := content(303, tbs) // text, like point 1's blocks
+	copy(want[5*tbs:], plain5)
+	h5 := Hash(blake3.Sum256(plain5))
 	p2 := commitWrites(t, r, disks, []BlockWrite{{Disk: "sda", Block: 2, Hash: h2,
-		Patch: []PatchRun{{Offset: 100, Data: []byte("patched by the second point")}}}}, 2000)
+		Patch: []PatchRun{{Offset: 100, Data: []byte("patched by the second point")}}},
+		{Disk: "sda", Block: 5, Hash: h5, Chunk: &Chunk{Hash: h5, Codec: CodecNone, Data: plain5, PlainLen: tbs}}}, 2000)
 	sealOpenPack(t, r)
 
 	hashes := make([]Hash, 0, blocks+1)
 	for b := range blocks {
 		hashes = append(hashes, Hash(blake3.Sum256(want1[b*tbs:(b+1)*tbs])))
 	}
-	hashes = append(hashes, h2)
+	hashes = append(hashes, h5)
 	before := map[Hash]int{}
-	for _, h := range hashes[:blocks] {
+	for _, h := range hashes {
 		env, err := r.ChunkEnvelope(ctx, h)
 		require.NoError(t, err)
 		require.Equal(t, CodecS2, env.Codec, "chunk %s as stored at ingest", h)
 		before[h] = len(env.Data)
 	}
 	require.True(t, isPatchRecord(t, r, h2), "the patch is stored as it arrived")
-	before[h2] = tbs
 
 	rep, err := r.Compact(ctx, CompactOptions{ColderThan: time.Hour})
 	require.NoError(t, err)
@@ -79,11 +84,10 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	rep, err = r.Compact(ctx, CompactOptions{})
 	require.NoError(t, err)
 	require.EqualValues(t, 1, rep.Packs)
-	require.EqualValues(t, 1, rep.Chunks, "the patched block's pack")
-	require.EqualValues(t, 1, rep.Folded, "the patch record is folded into a whole chunk")
-	require.False(t, isPatchRecord(t, r, h2))
+	require.EqualValues(t, 1, rep.Chunks, "the second point's whole block")
+	require.Zero(t, rep.Folded, "the first point still reads the patch's base: a fold would free nothing")
+	require.True(t, isPatchRecord(t, r, h2), "the patch is copied as it was")
 	require.False(t, rep.More)
-	require.Greater(t, rep.BytesAfter, rep.BytesBefore, "a fold stores the whole block where the patch was")
 	for _, f := range packsBefore {
 		_, err := os.Stat(f)
 		require.ErrorIs(t, err, fs.ErrNotExist, "a compacted pack is removed: no dead space is left")
@@ -97,6 +101,7 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	rep, err = r.Compact(ctx, CompactOptions{})
 	require.NoError(t, err)
 	require.Zero(t, rep.Chunks, "nothing is re-encoded twice")
+	require.Zero(t, rep.Packs, "a patch whose base is read is not a reason to rewrite its pack")
 
 	requireDiskBytes(t, r, p1, "sda", want1)
 	requireDiskBytes(t, r, p2, "sda", want)
@@ -105,11 +110,25 @@ func TestCompactRecodesColdS2ChunksToZstd(t *testing.T) {
 	requireDiskBytes(t, r, p1, "sda", want1)
 	requireDiskBytes(t, r, p2, "sda", want)
 
+	// Without the first point only the patch reads its base: GC folds
+	// the patch into a whole chunk and deletes the base. (The patch was
+	// copied into the open pack, which compaction leaves until sealed.)
+	require.NoError(t, r.DeletePoint(ctx, p1.ID))
+	sealOpenPack(t, r)
+	gr, err := r.GC(ctx, GCOptions{RepackBelow: 1})
+	require.NoError(t, err)
+	require.False(t, isPatchRecord(t, r, h2), "the patch is folded")
+	env, err := r.ChunkEnvelope(ctx, h2)
+	require.NoError(t, err)
+	require.Equal(t, CodecZstd, env.Codec)
+	_, err = r.ChunkEnvelope(ctx, hashes[2])
+	require.ErrorIs(t, err, ErrChunkMissing, "the base went in the same GC (%+v)", gr)
+	requireDiskBytes(t, r, p2, "sda", want)
+
 	require.NoError(t, r.Close())
 	r, err = Open(ctx, dir, oo)
 	require.NoError(t, err)
 	defer r.Close()
-	requireDiskBytes(t, r, p1, "sda", want1)
 	requireDiskBytes(t, r, p2, "sda", want)
 	vr, err := r.Verify(ctx, VerifyOptions{})
 	require.NoError(t, err)
@@ -264,4 +283,39 @@ func TestPacksHoldNoPreallocationAfterARestart(t *testing.T) {
 		return nil
 	}))
 	require.Positive(t, files)
+}
+
+// A base that only a row of the index's recent level still reads (a newer
+// point wrote the same bytes again) keeps its patch unfolded: the main
+// tables alone would call the fold free.
+func TestCompactLeavesAPatchWhoseBaseTheRecentLevelReads(t *testing.T) {
+	ctx := context.Background()
+	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	r, _ := newTestRepo(t, CreateOptions{}, OpenOptions{Clock: clk.now, RecentLimit: 1 << 20})
+	disks := []DiskSpec{{Name: "sda", Size: 2 * pbs, BlockSize: pbs}}
+	block := content(9, pbs)
+	p1 := commitWrites(t, r, disks, []BlockWrite{chunkWrite("sda", 0, block)}, 1000)
+	patched := bytes.Clone(block)
+	copy(patched[100:], "patched")
+	hp := Hash(blake3.Sum256(patched))
+	commitWrites(t, r, disks, []BlockWrite{{Disk: "sda", Block: 0, Hash: hp,
+		Patch: []PatchRun{{Offset: 100, Data: []byte("patched")}}}}, 1001)
+	require.NoError(t, r.DeletePoint(ctx, p1.ID))
+	// Sweeps the first point's row and folds the level; the patch is in
+	// the open pack, which compaction leaves.
+	_, err := r.GC(ctx, GCOptions{})
+	require.NoError(t, err)
+	require.True(t, isPatchRecord(t, r, hp))
+
+	clk.t = clk.t.Add(time.Hour)
+	p3 := commitWrites(t, r, disks, []BlockWrite{chunkWrite("sda", 1, block)}, 1002)
+	require.Positive(t, r.c.recent.size(), "the third point's rows are in the recent level")
+	sealOpenPack(t, r)
+	rep, err := r.Compact(ctx, CompactOptions{ColderThan: 30 * time.Minute})
+	require.NoError(t, err)
+	require.Positive(t, r.c.recent.size(), "a compaction of cold packs leaves a young level")
+	require.Zero(t, rep.Folded, "the base is read by the third point")
+	require.True(t, isPatchRecord(t, r, hp))
+	want := append(bytes.Clone(patched), block...)
+	requireDiskBytes(t, r, p3, "sda", want)
 }

@@ -83,6 +83,13 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	// A folded patch was the last reader of its base (foldablePatches):
+	// the bases go now, and the repack below reclaims their space.
+	if crep.Folded > 0 {
+		if err := c.gcChunks(ctx, &rep); err != nil {
+			return rep, err
+		}
+	}
 	if err := c.gcPacks(ctx, opts, &rep); err != nil {
 		return rep, err
 	}
@@ -174,6 +181,9 @@ type packLive struct {
 	chunks  []chunkRow
 	records []recordRow
 	hasDead bool
+	// fold names the patch records compaction folds (foldablePatches);
+	// the pack's other patch records are copied as they are.
+	fold map[int64]bool
 }
 
 type recordRow struct {
@@ -363,7 +373,7 @@ func (c *core) repack(ctx context.Context, pl *packLive, recode *CompactReport) 
 			if it.chunk != nil {
 				it.codec, it.plain = it.chunk.codec, it.chunk.plainLen
 				switch {
-				case recode != nil && it.chunk.patch:
+				case recode != nil && it.chunk.patch && pl.fold[it.chunk.id]:
 					c.foldItem(ctx, &it, recode)
 				case recode != nil && it.chunk.codec == CodecS2 && it.chunk.slot == 0:
 					c.recodeItem(&it, recode)

@@ -41,9 +41,10 @@ func randomPatch(rng *rand.Rand, block []byte) []PatchRun {
 // blocks are stored as patch records — the pack files grow by about the
 // patches' bytes, measured on disk — chains stay within maxPatchDepth
 // (the patch after the last one is rebuilt at ingest), and every point
-// reads back as the bytes the test kept: as stored, after compaction folds
-// the patches, after GC, after a reopen, and after the index is rebuilt
-// from the packs.
+// reads back as the bytes the test kept: as stored, after a compaction
+// that folds nothing (every base is still read), after GC folds the
+// patches whose bases only they read, after a reopen, and after the index
+// is rebuilt from the packs.
 func TestPatchRecordsStoreWhatArrived(t *testing.T) {
 	ctx := context.Background()
 	r, dir := newTestRepo(t, CreateOptions{}, OpenOptions{})
@@ -94,23 +95,38 @@ func TestPatchRecordsStoreWhatArrived(t *testing.T) {
 	}
 	readAll("as stored")
 
+	countPatches := func() (patches, freeable int) {
+		t.Helper()
+		require.NoError(t, r.c.db.QueryRowContext(ctx, `SELECT count(*) FROM chunks WHERE base_id IS NOT NULL`).Scan(&patches))
+		// Patches whose base nothing else reads: a fold would free it.
+		require.NoError(t, r.c.db.QueryRowContext(ctx, `SELECT count(*) FROM chunks ch WHERE ch.base_id > 0
+			AND NOT EXISTS (SELECT 1 FROM changes WHERE chunk_id = ch.base_id)
+			AND NOT EXISTS (SELECT 1 FROM chunks o WHERE o.base_id = ch.base_id AND o.id <> ch.id)`).Scan(&freeable))
+		return patches, freeable
+	}
 	sealOpenPack(t, r)
+	stored, _ := countPatches()
+	require.EqualValues(t, 3*maxPatchDepth+3, stored, "the patch records of every cycle but the rebuilt one")
 	rep, err := r.Compact(ctx, CompactOptions{})
 	require.NoError(t, err)
-	require.EqualValues(t, 3*maxPatchDepth+3, rep.Folded, "every patch record is folded")
-	require.Zero(t, rep.Damaged)
-	var patches int
-	require.NoError(t, r.c.db.QueryRowContext(ctx, `SELECT count(*) FROM chunks WHERE base_id IS NOT NULL`).Scan(&patches))
-	require.Zero(t, patches)
+	require.Zero(t, rep.Folded, "every base is read by a kept point: folding would store whole blocks beside them")
+	require.Zero(t, rep.Packs, "and no pack is rewritten for them")
 	readAll("after compaction")
 
-	// Without the first points, GC frees the chunks only they read.
+	// Without the first points, their versions are read only by the
+	// patches over them: GC folds those patches, frees the bases, and
+	// leaves the patches whose bases later points still read.
 	for _, pt := range points[:3] {
 		require.NoError(t, r.DeletePoint(ctx, pt.ID))
 	}
 	points, images = points[3:], images[3:]
-	_, err = r.GC(ctx, GCOptions{RepackBelow: 1})
+	gr, err := r.GC(ctx, GCOptions{RepackBelow: 1})
 	require.NoError(t, err)
+	sealOpenPack(t, r)
+	left, freeable := countPatches()
+	require.Less(t, left, stored, "GC folded patches (%+v)", gr)
+	require.Positive(t, left, "the patches over versions kept points read stay")
+	require.Zero(t, freeable, "no patch is left whose fold would free its base")
 	readAll("after GC")
 	require.NoError(t, r.Close())
 

@@ -258,6 +258,24 @@ func (l *recentLevel) inPack(pack uint64) bool {
 	return l.packs[pack] > 0
 }
 
+// named returns the chunk ids the level names: those its change rows read
+// and the bases of its patch records. Compaction leaves a patch over one
+// of them unfolded: its base is still read.
+func (l *recentLevel) named() map[int64]bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make(map[int64]bool, len(l.owners))
+	for k := range l.owners {
+		out[k.chunk] = true
+	}
+	for _, ch := range l.chunks {
+		if ch.patch {
+			out[ch.base] = true
+		}
+	}
+	return out
+}
+
 // owned reports whether a row of the level on one of disks names chunk.
 func (l *recentLevel) owned(chunk int64, disks []int64) bool {
 	l.mu.RLock()
