@@ -9,10 +9,17 @@ import "sync"
 // of 1.2 GB (docs/benchmarks.md "Index write amplification and ingest
 // CPU"). A buffer comes back with its old contents: callers overwrite
 // what they use.
-type bufPool struct{ p sync.Pool }
+type bufPool struct {
+	p   sync.Pool
+	min int // buffers below this capacity are not kept (0: 1 MiB)
+}
 
 // groupBufs serves the group commit's batch and read-back buffers.
 var groupBufs bufPool
+
+// plainBufs serves the buffers supplied chunks are decoded into to be
+// checked (core.checkSupplied): one a chunk, up to MaxBlockSize.
+var plainBufs = bufPool{min: 4 << 10}
 
 // get returns a buffer of length n; its bytes are not zeroed.
 func (bp *bufPool) get(n int) []byte {
@@ -25,9 +32,13 @@ func (bp *bufPool) get(n int) []byte {
 	return make([]byte, n)
 }
 
-// put gives b back. Small buffers are not kept: the pool is for batches.
+// put gives b back. Buffers smaller than the pool's min are not kept.
 func (bp *bufPool) put(b []byte) {
-	if cap(b) < 1<<20 {
+	floor := bp.min
+	if floor == 0 {
+		floor = 1 << 20
+	}
+	if cap(b) < floor {
 		return
 	}
 	b = b[:0]

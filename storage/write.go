@@ -26,18 +26,41 @@ type prepared struct {
 // length == PlainLen) and compresses plaintext when that helps. A chunk
 // built from a patch was hashed when the patch was applied (checked).
 func (c *core) prepare(ch *Chunk, checked bool) (*prepared, error) {
-	plain, err := c.zc.decode(ch.Codec, ch.Data, ch.PlainLen)
-	if err != nil {
-		return nil, fmt.Errorf("%w: chunk %s: %v", ErrHashMismatch, ch.Hash, err)
+	p := &prepared{hash: ch.Hash, codec: ch.Codec, data: ch.Data, plainLen: ch.PlainLen}
+	if ch.Codec != CodecNone {
+		// Stored as it arrived: the plaintext is needed only for the check.
+		if !checked {
+			if err := c.checkSupplied(ch); err != nil {
+				return nil, err
+			}
+		}
+		return p, nil
 	}
-	if !checked && blake3.Sum256(plain) != ch.Hash {
+	if len(ch.Data) != ch.PlainLen {
+		return nil, fmt.Errorf("%w: chunk %s: length %d, want %d", ErrHashMismatch, ch.Hash, len(ch.Data), ch.PlainLen)
+	}
+	if !checked && blake3.Sum256(ch.Data) != ch.Hash {
 		return nil, fmt.Errorf("%w: chunk %s", ErrHashMismatch, ch.Hash)
 	}
-	p := &prepared{hash: ch.Hash, codec: ch.Codec, data: ch.Data, plainLen: ch.PlainLen}
-	if ch.Codec == CodecNone {
-		p.codec, p.data = c.ingestCompress(plain)
-	}
+	p.codec, p.data = c.ingestCompress(ch.Data)
 	return p, nil
+}
+
+// checkSupplied decodes a supplied chunk into a pooled buffer and
+// compares its BLAKE3 and length with the chunk's claim. The plaintext is
+// dropped: a chunk is stored as it arrived, so a fresh buffer per chunk
+// was only garbage, zeroed by the runtime before each decode.
+func (c *core) checkSupplied(ch *Chunk) error {
+	buf := plainBufs.get(ch.PlainLen)
+	defer plainBufs.put(buf)
+	plain, err := c.zc.decodeInto(buf, ch.Codec, ch.Data, ch.PlainLen)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: chunk %s: %v", ErrHashMismatch, ch.Hash, err)
+	case blake3.Sum256(plain) != ch.Hash:
+		return fmt.Errorf("%w: chunk %s", ErrHashMismatch, ch.Hash)
+	}
+	return nil
 }
 
 // ingestCompress encodes a chunk the controller had to build or that
@@ -128,14 +151,7 @@ func (c *core) verifyAll(ctx context.Context, chunks []*Chunk) error {
 				if i >= len(chunks) || ctx.Err() != nil {
 					return
 				}
-				ch := chunks[i]
-				plain, err := c.zc.decode(ch.Codec, ch.Data, ch.PlainLen)
-				switch {
-				case err != nil:
-					errs[i] = fmt.Errorf("%w: chunk %s: %v", ErrHashMismatch, ch.Hash, err)
-				case blake3.Sum256(plain) != ch.Hash:
-					errs[i] = fmt.Errorf("%w: chunk %s", ErrHashMismatch, ch.Hash)
-				}
+				errs[i] = c.checkSupplied(chunks[i])
 			}
 		})
 	}

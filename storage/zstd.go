@@ -95,8 +95,18 @@ func keepIfSmaller(codec Codec, encoded, plain []byte) (Codec, []byte) {
 // decode returns the plaintext of encoded bytes, which must be exactly
 // plainLen long.
 func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) {
+	return c.decodeInto(nil, codec, data, plainLen)
+}
+
+// decodeInto is decode writing into buf when it has room for plainLen
+// bytes (a pooled buffer), into a new buffer else; for CodecNone the
+// result is data itself.
+func (c *codecs) decodeInto(buf []byte, codec Codec, data []byte, plainLen int) ([]byte, error) {
 	if plainLen < 0 || plainLen > MaxBlockSize {
 		return nil, fmt.Errorf("plain length %d out of range", plainLen)
+	}
+	if codec != CodecNone && cap(buf) < plainLen {
+		buf = make([]byte, plainLen)
 	}
 	switch codec {
 	case CodecNone:
@@ -105,7 +115,7 @@ func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) 
 		}
 		return data, nil
 	case CodecZstd:
-		out, err := c.dec.DecodeAll(data, make([]byte, 0, plainLen))
+		out, err := c.dec.DecodeAll(data, buf[:0])
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}
@@ -114,28 +124,21 @@ func (c *codecs) decode(codec Codec, data []byte, plainLen int) ([]byte, error) 
 		}
 		return out, nil
 	case CodecS2:
-		return decodeS2(data, plainLen)
+		// s2.DecodedLen reads the block's own header: checked against
+		// plainLen before any decoding, so a lying header costs nothing.
+		n, err := s2.DecodedLen(data)
+		if err != nil {
+			return nil, fmt.Errorf("s2: %w", err)
+		}
+		if n != plainLen {
+			return nil, fmt.Errorf("s2 block of %d bytes, want %d", n, plainLen)
+		}
+		out, err := s2.Decode(buf[:plainLen], data)
+		if err != nil {
+			return nil, fmt.Errorf("s2: %w", err)
+		}
+		return out, nil
 	default:
 		return nil, fmt.Errorf("unknown codec %d", codec)
 	}
-}
-
-func decodeS2(data []byte, plainLen int) ([]byte, error) {
-	if plainLen < 0 || plainLen > MaxBlockSize {
-		return nil, fmt.Errorf("plain length %d out of range", plainLen)
-	}
-	// s2.DecodedLen reads the block's own header: checked against plainLen
-	// before any allocation, so a lying header costs nothing.
-	n, err := s2.DecodedLen(data)
-	if err != nil {
-		return nil, fmt.Errorf("s2: %w", err)
-	}
-	if n != plainLen {
-		return nil, fmt.Errorf("s2 block of %d bytes, want %d", n, plainLen)
-	}
-	out, err := s2.Decode(make([]byte, plainLen), data)
-	if err != nil {
-		return nil, fmt.Errorf("s2: %w", err)
-	}
-	return out, nil
 }

@@ -10,7 +10,12 @@ import (
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/data"
 	"github.com/ferrydr/ferry/protocol/frame"
+	"github.com/klauspost/compress/s2"
 )
+
+// arenaSize is the largest encode arena of a stream: a batch
+// (batchMaxBytes) and the worst case of its last block.
+const arenaSize = batchMaxBytes + 2*data.MaxBlockSize
 
 // ack is what an acknowledgement makes durable: map entries to record.
 type ack struct {
@@ -36,6 +41,10 @@ type conn struct {
 	batchSeq uint32
 	codec    *chooser
 	batch    measure // of the batch being assembled
+	// arena holds the encoded blocks of the batch being assembled, which
+	// are dead once sendBatch has copied them into the frame: one buffer
+	// for the stream's life instead of a fresh (and zeroed) one a block.
+	arena []byte
 }
 
 // stream sends parts on one data stream until parts is closed, then waits
@@ -198,6 +207,7 @@ func (c *conn) answer(s sent, n *data.Need) error {
 		}
 		err := c.sendBatch(&batch, acks, bytes)
 		batch.Blocks, acks, bytes = nil, nil, 0
+		c.arena = c.arena[:0]
 		return err
 	}
 	for i, it := range s.items {
@@ -240,13 +250,23 @@ func (c *conn) encode(it *item) data.Block {
 		src = (*it.buf)[:it.disk.BlockSize]
 	}
 	b.PlainLen = uint32(len(src))
+	// Room in the arena for the worst case: Compress then writes there.
+	// A full arena is replaced, not grown in place: the batch's earlier
+	// blocks still point into the old one. Each replacement doubles, up
+	// to a batch, so a cycle of a few patches allocates little.
+	room := s2.MaxEncodedLen(len(src))
+	if cap(c.arena)-len(c.arena) < room {
+		c.arena = make([]byte, 0, max(room, min(2*cap(c.arena), arenaSize)))
+	}
+	dst := c.arena[len(c.arena):len(c.arena):cap(c.arena)]
 	start := c.r.now()
-	b.Codec, b.Data = c.r.cfg.Compressor.Compress(c.codec.codec, nil, src)
+	b.Codec, b.Data = c.r.cfg.Compressor.Compress(c.codec.codec, dst, src)
 	c.batch.compress += c.r.now().Sub(start)
 	c.batch.plain += int64(len(src))
 	if b.Codec == data.CodecNone {
-		b.Data = append([]byte(nil), src...) // a block's buffer is pooled
+		b.Data = append(dst, src...) // a block's buffer is pooled
 	}
+	c.arena = c.arena[:len(c.arena)+len(b.Data)]
 	c.r.codecBytes[b.Codec].Add(int64(len(b.Data)))
 	c.r.sent.Add(1)
 	return b
