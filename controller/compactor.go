@@ -13,7 +13,8 @@ import (
 // budget per tick, so storage stays small without slowing ingest.
 const (
 	// DefaultCompactRate re-encodes 16 MiB of plain data a second: about
-	// 6 % of one core for zstd at its fastest level here.
+	// 13 % of one core here for zstd at its default level, which
+	// compaction uses (docs/storage-format.md "Compaction").
 	DefaultCompactRate = 16 << 20
 	compactTick        = 5 * time.Second
 	// compactColderThan: chunks of packs younger than this are left; under
