@@ -11,11 +11,11 @@ import "sync"
 // what they use.
 type bufPool struct {
 	p   sync.Pool
-	min int // buffers below this capacity are not kept (0: 1 MiB)
+	min int // buffers below this capacity are not kept
 }
 
 // groupBufs serves the group commit's batch and read-back buffers.
-var groupBufs bufPool
+var groupBufs = bufPool{min: 1 << 20}
 
 // plainBufs serves the buffers supplied chunks are decoded into to be
 // checked (core.checkSupplied): one a chunk, up to MaxBlockSize.
@@ -34,11 +34,7 @@ func (bp *bufPool) get(n int) []byte {
 
 // put gives b back. Buffers smaller than the pool's min are not kept.
 func (bp *bufPool) put(b []byte) {
-	floor := bp.min
-	if floor == 0 {
-		floor = 1 << 20
-	}
-	if cap(b) < floor {
+	if cap(b) < bp.min {
 		return
 	}
 	b = b[:0]

@@ -218,11 +218,12 @@ func (c *core) recodeItem(it *copyItem, rep *CompactReport) {
 	it.codec, it.recoded = codec, true
 }
 
-// foldItem makes a patch record a whole chunk (zstd, compressCold): its block rebuilt
-// from its base and checked against its hash, which is where an agent's
-// claim is finally proven (docs/storage-format.md "Patch records"). A
-// patch that does not give its hash is copied as it was and marked
-// damaged; one whose base cannot be read just now is copied as it was.
+// foldItem makes a patch record a whole chunk (zstd, compressCold): its
+// block rebuilt from its base and checked against its hash, which is
+// where an agent's claim is finally proven (docs/storage-format.md "Patch
+// records"). A patch that does not give its hash is copied as it was and
+// marked damaged; one whose base cannot be read just now is copied as it
+// was.
 func (c *core) foldItem(ctx context.Context, it *copyItem, rep *CompactReport) {
 	row := it.chunk
 	plain, err := (&Repo{c: c}).readChunkRow(ctx, *row)

@@ -26,23 +26,18 @@ type prepared struct {
 // length == PlainLen) and compresses plaintext when that helps. A chunk
 // built from a patch was hashed when the patch was applied (checked).
 func (c *core) prepare(ch *Chunk, checked bool) (*prepared, error) {
-	p := &prepared{hash: ch.Hash, codec: ch.Codec, data: ch.Data, plainLen: ch.PlainLen}
-	if ch.Codec != CodecNone {
-		// Stored as it arrived: the plaintext is needed only for the check.
-		if !checked {
-			if err := c.checkSupplied(ch); err != nil {
-				return nil, err
-			}
+	if !checked {
+		if err := c.checkSupplied(ch); err != nil {
+			return nil, err
 		}
-		return p, nil
-	}
-	if len(ch.Data) != ch.PlainLen {
+	} else if ch.Codec == CodecNone && len(ch.Data) != ch.PlainLen {
 		return nil, fmt.Errorf("%w: chunk %s: length %d, want %d", ErrHashMismatch, ch.Hash, len(ch.Data), ch.PlainLen)
 	}
-	if !checked && blake3.Sum256(ch.Data) != ch.Hash {
-		return nil, fmt.Errorf("%w: chunk %s", ErrHashMismatch, ch.Hash)
+	// Stored as it arrived; what arrived uncompressed is encoded here.
+	p := &prepared{hash: ch.Hash, codec: ch.Codec, data: ch.Data, plainLen: ch.PlainLen}
+	if ch.Codec == CodecNone {
+		p.codec, p.data = c.ingestCompress(ch.Data)
 	}
-	p.codec, p.data = c.ingestCompress(ch.Data)
 	return p, nil
 }
 
@@ -51,8 +46,11 @@ func (c *core) prepare(ch *Chunk, checked bool) (*prepared, error) {
 // dropped: a chunk is stored as it arrived, so a fresh buffer per chunk
 // was only garbage, zeroed by the runtime before each decode.
 func (c *core) checkSupplied(ch *Chunk) error {
-	buf := plainBufs.get(ch.PlainLen)
-	defer plainBufs.put(buf)
+	var buf []byte
+	if ch.Codec != CodecNone { // decodeInto returns the data itself
+		buf = plainBufs.get(ch.PlainLen)
+		defer plainBufs.put(buf)
+	}
 	plain, err := c.zc.decodeInto(buf, ch.Codec, ch.Data, ch.PlainLen)
 	switch {
 	case err != nil:
