@@ -28,6 +28,7 @@ import (
 	"github.com/ferrydr/ferry/controller/scrub"
 	"github.com/ferrydr/ferry/internal/fsutil"
 	"github.com/ferrydr/ferry/protocol"
+	"github.com/ferrydr/ferry/protocol/session"
 	"github.com/ferrydr/ferry/storage"
 )
 
@@ -292,7 +293,7 @@ func (s *Server) acceptAgents(ctx context.Context, ln net.Listener, httpLn *chan
 			continue
 		}
 		s.spawn(func() {
-			tc := tls.Server(raw, conf)
+			tc := tls.Server(session.Coalesce(raw), conf)
 			hctx, cancel := context.WithTimeout(ctx, preauthHandshakeTimeout)
 			err := tc.HandshakeContext(hctx)
 			cancel()

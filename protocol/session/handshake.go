@@ -65,7 +65,7 @@ func client(ctx context.Context, raw net.Conn, host string, cfg Config) (*Sessio
 	if tc.ServerName == "" {
 		tc.ServerName = host
 	}
-	return establish(ctx, tls.Client(raw, tc), cfg, true)
+	return establish(ctx, tls.Client(Coalesce(raw), tc), cfg, true)
 }
 
 // Server runs the controller side over conn, accepted by a listener whose

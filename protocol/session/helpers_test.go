@@ -47,11 +47,22 @@ type controller struct {
 	results chan serverResult
 }
 
+// coalescing wraps what it accepts as the controller does (Coalesce).
+type coalescing struct{ net.Listener }
+
+func (l coalescing) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return Coalesce(c), nil
+}
+
 func listen(t testing.TB, tlsCfg *tls.Config, cfg Config) *controller {
 	t.Helper()
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	c := &controller{ln: tls.NewListener(raw, tlsCfg), results: make(chan serverResult, 16)}
+	c := &controller{ln: tls.NewListener(coalescing{raw}, tlsCfg), results: make(chan serverResult, 16)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -80,6 +80,7 @@ func newSession(tc *tls.Conn, cfg Config, isClient bool, peer protocol.Banner, v
 		Logger:             yamuxLogger{s.log},
 	}
 	t := &transport{Conn: tc, graceful: &s.closing}
+	t.co, _ = tc.NetConn().(*Coalescer)
 	var err error
 	if isClient {
 		s.mux, err = yamux.Client(t, ycfg)
@@ -329,6 +330,22 @@ func (s *Session) NumStreams() int { return s.mux.NumStreams() }
 type transport struct {
 	*tls.Conn
 	graceful *atomic.Bool
+	co       *Coalescer // nil when the TLS runs over a plain connection
+}
+
+// Write sends one yamux frame part (a header, or a body of up to the
+// stream window): its TLS records leave together when the connection
+// under TLS coalesces.
+func (t *transport) Write(p []byte) (int, error) {
+	if t.co == nil {
+		return t.Conn.Write(p)
+	}
+	t.co.cork()
+	n, err := t.Conn.Write(p)
+	if ferr := t.co.uncork(); err == nil && ferr != nil {
+		n, err = 0, ferr
+	}
+	return n, err
 }
 
 // closeNotifyTimeout bounds the close_notify write of an orderly close.
