@@ -13,6 +13,11 @@ const (
 	VersionMax uint16 = 3
 )
 
+// VersionRestoreS2 is the first version whose agents decode S2 blocks
+// (codec 2) on restore streams; to older ones a controller sends stored
+// S2 chunks decoded (docs/protocol.md §6.3).
+const VersionRestoreS2 uint16 = 3
+
 // AgentVersionMin is the oldest version an agent of this build speaks:
 // agents are upgraded after their controller, so an agent newer than its
 // controller is refused at the handshake with a clear error rather than

@@ -3,6 +3,8 @@ package failover
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"net"
 	"testing"
 	"time"
 
@@ -10,14 +12,17 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/zeebo/blake3"
 
+	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/data"
+	"github.com/ferrydr/ferry/protocol/session"
+	"github.com/ferrydr/ferry/protocol/testpki"
 	"github.com/ferrydr/ferry/storage"
 )
 
-// A chunk an agent sent as S2 is stored as S2; a move sends it decoded,
-// as codec none, since restore streams carry none and zstd only (agents
-// of every version decode them).
-func TestContentSendsAnS2ChunkAsNone(t *testing.T) {
+// A chunk an agent sent as S2 is stored as S2. A move to an agent of v3
+// or later sends it as stored; to an older one decoded, as codec none
+// (none and zstd are what agents of every version decode).
+func TestContentSendsAnS2ChunkAsStoredOnlyToAnAgentThatDecodesIt(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	require.NoError(t, storage.Create(ctx, dir, storage.CreateOptions{PackSize: storage.MinPackSize}))
@@ -38,9 +43,76 @@ func TestContentSendsAnS2ChunkAsNone(t *testing.T) {
 	require.Equal(t, storage.CodecS2, env.Codec)
 
 	e := &Engine{Repo: repo}
-	var blk data.Block
-	require.NoError(t, e.content(ctx, repo, false, h, nil, &blk))
-	require.Equal(t, data.CodecNone, blk.Codec)
-	require.Equal(t, uint32(bs), blk.PlainLen)
-	require.True(t, bytes.Equal(plain, blk.Data))
+	var old data.Block
+	require.NoError(t, e.content(ctx, repo, readMode{}, h, nil, &old))
+	require.Equal(t, data.CodecNone, old.Codec)
+	require.Equal(t, uint32(bs), old.PlainLen)
+	require.True(t, bytes.Equal(plain, old.Data))
+
+	var v3 data.Block
+	require.NoError(t, e.content(ctx, repo, readMode{s2: true}, h, nil, &v3))
+	require.Equal(t, data.CodecS2, v3.Codec)
+	require.Equal(t, uint32(bs), v3.PlainLen)
+	require.True(t, bytes.Equal(env.Data, v3.Data), "the chunk as stored")
+	dec, err := data.NewDecompressor(1)
+	require.NoError(t, err)
+	defer dec.Close()
+	got, err := dec.Plain(nil, &v3)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(plain, got))
+}
+
+// A restore stream carries S2 only to an agent whose session negotiated v3
+// or later: a session with an agent of an older build (1–2) gets none.
+func TestRestoreTakesS2OnlyFromV3(t *testing.T) {
+	for _, tc := range []struct {
+		agent protocol.VersionRange
+		want  bool
+	}{
+		{protocol.VersionRange{Min: 1, Max: 2}, false},
+		{protocol.AgentVersions(), true},
+	} {
+		ctrl, agent := sessionPair(t, tc.agent)
+		st, err := ctrl.Open(context.Background(), protocol.KindRestore)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, restoreTakesS2(st), "agent speaking %s", tc.agent)
+		st.Close()
+		agent.Close()
+		ctrl.Close()
+	}
+}
+
+// sessionPair is a real mTLS session on the loopback between a controller
+// of this build and an agent speaking versions.
+func sessionPair(t *testing.T, versions protocol.VersionRange) (ctrl, agent *session.Session) {
+	t.Helper()
+	ca, err := testpki.NewCA("restore test", time.Now())
+	require.NoError(t, err)
+	srv, err := ca.Server()
+	require.NoError(t, err)
+	cli, err := ca.Client("agent")
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan *session.Session, 1)
+	go func() {
+		defer close(ch)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		cfg := session.DefaultConfig()
+		cfg.Name = "controller"
+		if s, err := session.Server(context.Background(), tls.Server(session.Coalesce(c), ca.ServerConfig(srv)), cfg); err == nil {
+			ch <- s
+		}
+	}()
+	cfg := session.DefaultConfig()
+	cfg.Name, cfg.TLS, cfg.Versions = "agent", ca.ClientConfig(&cli), versions
+	agent, err = session.Dial(context.Background(), ln.Addr().String(), cfg)
+	require.NoError(t, err)
+	ctrl = <-ch
+	require.NotNil(t, ctrl, "no controller session")
+	return ctrl, agent
 }

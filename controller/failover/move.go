@@ -15,6 +15,7 @@ import (
 	"github.com/ferrydr/ferry/protocol/data"
 	"github.com/ferrydr/ferry/protocol/frame"
 	"github.com/ferrydr/ferry/protocol/msg"
+	"github.com/ferrydr/ferry/protocol/session"
 	"github.com/ferrydr/ferry/storage"
 )
 
@@ -179,7 +180,7 @@ func (e *Engine) move(ctx context.Context, mv Move) (MoveResult, error) {
 		return nil
 	}
 	readCtx, stopReads := context.WithCancel(ctx)
-	contents, readsDone := e.prefetch(readCtx, repo, sealed != nil, blocks)
+	contents, readsDone := e.prefetch(readCtx, repo, readMode{sealed: sealed != nil, s2: restoreTakesS2(st)}, blocks)
 	defer func() {
 		stopReads()
 		readsDone() // no read of the repository outlives the move
@@ -316,7 +317,7 @@ type fetched struct {
 // of each window of blocks are located in one index query (content reads
 // then need none). It stops when ctx ends; the returned wait returns once
 // its goroutines have.
-func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, blocks []moveBlock) (<-chan chan fetched, func()) {
+func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, mode readMode, blocks []moveBlock) (<-chan chan fetched, func()) {
 	var wg sync.WaitGroup
 	order := make(chan chan fetched, prefetchWindow)
 	type job struct {
@@ -329,7 +330,7 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, 
 		wg.Go(func() {
 			for j := range jobs {
 				var f fetched
-				f.err = e.content(ctx, repo, sealed, j.hash, j.loc, &f.blk)
+				f.err = e.content(ctx, repo, mode, j.hash, j.loc, &f.blk)
 				j.out <- f // buffered: never blocks
 			}
 		})
@@ -342,7 +343,7 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, 
 			if b.zero {
 				continue
 			}
-			if i >= located && e.locates(sealed) {
+			if i >= located && e.locates(mode.sealed) {
 				end := min(len(blocks), i+prefetchWindow)
 				var hs []storage.Hash
 				for _, w := range blocks[i:end] {
@@ -377,13 +378,26 @@ func (e *Engine) prefetch(ctx context.Context, repo *storage.Repo, sealed bool, 
 // locates them ahead).
 func (e *Engine) locates(sealed bool) bool { return !e.Repo.Encrypted() || sealed }
 
+// readMode is how a move sends what it reads: sealed, the chunks of an
+// encrypted repository as stored (the agent holds the key); s2, S2 chunks
+// as stored (the agent decodes S2 on restore streams).
+type readMode struct{ sealed, s2 bool }
+
+// restoreTakesS2 reports whether the agent at the other end of a restore
+// stream decodes S2 blocks: every build that speaks protocol v3 does
+// (docs/protocol.md §6.3), older ones may not.
+func restoreTakesS2(st *session.Stream) bool {
+	return st.Session().Version() >= protocol.VersionRestoreS2
+}
+
 // content fills a block's data: the stored encoding as is for a plain
-// repository (the agent decodes and checks the hash); for an encrypted one
-// the chunk as stored with its sealed data key when the agent holds the
-// repository key (sealed; the agent decrypts), else the plaintext read
-// with the job's key. loc, when known, saves the chunk's index lookup.
-func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h storage.Hash, loc *storage.ChunkLoc, blk *data.Block) error {
-	if e.locates(sealed) {
+// repository (the agent decodes and checks the hash), an S2 chunk decoded
+// unless mode.s2; for an encrypted one the chunk as stored with its sealed
+// data key when the agent holds the repository key (mode.sealed; the
+// agent decrypts), else the plaintext read with the job's key. loc, when
+// known, saves the chunk's index lookup.
+func (e *Engine) content(ctx context.Context, repo *storage.Repo, mode readMode, h storage.Hash, loc *storage.ChunkLoc, blk *data.Block) error {
+	if e.locates(mode.sealed) {
 		var env storage.Envelope
 		var err error
 		if loc != nil {
@@ -399,13 +413,17 @@ func (e *Engine) content(ctx context.Context, repo *storage.Repo, sealed bool, h
 		case storage.CodecZstd:
 			blk.Codec = data.CodecZstd
 		case storage.CodecS2:
-			// Restore streams carry none or zstd (an agent of any
-			// version decodes them), and sealed blocks cannot be
-			// re-encoded without the key; ingest never stores S2 in an
-			// encrypted repository. S2 decodes at memory speed.
+			// Sealed blocks cannot be re-encoded without the key; ingest
+			// never stores S2 in an encrypted repository.
 			if env.Key != nil {
 				return fmt.Errorf("chunk %s: an S2 chunk in an encrypted repository cannot be sent sealed", h)
 			}
+			if mode.s2 {
+				blk.Codec = data.CodecS2
+				break
+			}
+			// An agent older than v3 gets the plaintext (none and zstd
+			// are what every version decodes); S2 decodes at memory speed.
 			plain, err := data.DecompressS2(nil, env.Data, env.PlainLen)
 			if err != nil {
 				return fmt.Errorf("chunk %s: %w", h, err)
