@@ -3,8 +3,6 @@ package failover
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"net"
 	"testing"
 	"time"
 
@@ -15,7 +13,7 @@ import (
 	"github.com/ferrydr/ferry/protocol"
 	"github.com/ferrydr/ferry/protocol/data"
 	"github.com/ferrydr/ferry/protocol/session"
-	"github.com/ferrydr/ferry/protocol/testpki"
+	"github.com/ferrydr/ferry/protocol/session/sessiontest"
 	"github.com/ferrydr/ferry/storage"
 )
 
@@ -72,47 +70,12 @@ func TestRestoreTakesS2OnlyFromV3(t *testing.T) {
 		{protocol.VersionRange{Min: 1, Max: 2}, false},
 		{protocol.AgentVersions(), true},
 	} {
-		ctrl, agent := sessionPair(t, tc.agent)
+		cfg := session.DefaultConfig()
+		cfg.Versions = tc.agent
+		ctrl, _ := sessiontest.Pair(t, cfg)
 		st, err := ctrl.Open(context.Background(), protocol.KindRestore)
 		require.NoError(t, err)
 		require.Equal(t, tc.want, restoreTakesS2(st), "agent speaking %s", tc.agent)
 		st.Close()
-		agent.Close()
-		ctrl.Close()
 	}
-}
-
-// sessionPair is a real mTLS session on the loopback between a controller
-// of this build and an agent speaking versions.
-func sessionPair(t *testing.T, versions protocol.VersionRange) (ctrl, agent *session.Session) {
-	t.Helper()
-	ca, err := testpki.NewCA("restore test", time.Now())
-	require.NoError(t, err)
-	srv, err := ca.Server()
-	require.NoError(t, err)
-	cli, err := ca.Client("agent")
-	require.NoError(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	ch := make(chan *session.Session, 1)
-	go func() {
-		defer close(ch)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		cfg := session.DefaultConfig()
-		cfg.Name = "controller"
-		if s, err := session.Server(context.Background(), tls.Server(session.Coalesce(c), ca.ServerConfig(srv)), cfg); err == nil {
-			ch <- s
-		}
-	}()
-	cfg := session.DefaultConfig()
-	cfg.Name, cfg.TLS, cfg.Versions = "agent", ca.ClientConfig(&cli), versions
-	agent, err = session.Dial(context.Background(), ln.Addr().String(), cfg)
-	require.NoError(t, err)
-	ctrl = <-ch
-	require.NotNil(t, ctrl, "no controller session")
-	return ctrl, agent
 }
