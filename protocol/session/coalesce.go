@@ -99,8 +99,15 @@ func (c *Coalescer) flushLocked() error {
 }
 
 // CloseWrite half-closes the connection when it can (a TCP connection):
-// an orderly close sends close_notify, then FIN.
+// an orderly close sends close_notify, then FIN. Records a corked write
+// gathered go first: the close_notify written while another goroutine's
+// write was corked sits behind them, and FIN must not overtake either.
 func (c *Coalescer) CloseWrite() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		_ = c.flushLocked() // a failure is the connection's; FIN follows regardless
+	}
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}

@@ -97,3 +97,32 @@ func TestCoalescerWritesThroughUncorked(t *testing.T) {
 	require.Equal(t, "one two", string(buf[:n]))
 	require.NoError(t, <-done)
 }
+
+// An orderly close while another goroutine's write is corked: what was
+// gathered (whole TLS records, the close_notify among them) reaches the
+// peer before the FIN.
+func TestCoalescerHalfCloseSendsWhatWasGathered(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer raw.Close()
+	co := Coalesce(raw)
+	co.cork()
+	_, err = co.Write([]byte("gathered record"))
+	require.NoError(t, err)
+	require.NoError(t, co.CloseWrite())
+	require.Equal(t, "gathered record", string(<-got))
+}
