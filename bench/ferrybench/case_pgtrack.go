@@ -273,7 +273,7 @@ func (r *rig) waitIdle(ctx context.Context, timeout time.Duration) error {
 }
 
 func (u rigUsage) add(v rigUsage) rigUsage {
-	return rigUsage{agent: u.agent.add(v.agent), ctl: u.ctl.add(v.ctl)}
+	return rigUsage{agent: u.agent.add(v.agent), ctl: u.ctl.add(v.ctl), bench: u.bench.add(v.bench), machine: u.machine.add(v.machine)}
 }
 
 func (u usage) add(v usage) usage {

@@ -500,26 +500,42 @@ func (r *rig) exportPoint(ctx context.Context, machine string, point int64, dir 
 	return filepath.Join(dir, diskName+".raw"), nil
 }
 
-// rigUsage is what both Ferry processes consumed so far.
-type rigUsage struct{ agent, ctl usage }
+// rigUsage is what both Ferry processes consumed so far, and, to account
+// for the rest of the machine's cores, what this bench process (the
+// counting proxy every agent byte crosses, and the churn writer where a
+// case runs one) and the machine as a whole used.
+type rigUsage struct {
+	agent, ctl, bench usage
+	machine           cpuTimes
+}
 
 func (r *rig) usage() (rigUsage, error) {
 	a, err1 := procUsage(r.agent.pid())
 	c, err2 := procUsage(r.ctl.pid())
-	return rigUsage{agent: a, ctl: c}, errors.Join(err1, err2)
+	self, err3 := procUsage(os.Getpid())
+	m, err4 := machineCPU()
+	return rigUsage{agent: a, ctl: c, bench: self, machine: m}, errors.Join(err1, err2, err3, err4)
 }
 
 func (u rigUsage) sub(v rigUsage) rigUsage {
-	return rigUsage{agent: u.agent.sub(v.agent), ctl: u.ctl.sub(v.ctl)}
+	return rigUsage{agent: u.agent.sub(v.agent), ctl: u.ctl.sub(v.ctl), bench: u.bench.sub(v.bench), machine: u.machine.sub(v.machine)}
 }
 
 // describe says how busy a phase of wall time kept the processes: CPU
-// seconds of each, in cores, and the bytes each made the disks move.
+// seconds of each, in cores, and the bytes each made the disks move. Then
+// the whole machine's account of the same wall time (/proc/stat), so that
+// cores the two processes left idle are seen either busy elsewhere (the
+// proxy, kernel writeback and loopback workers) or idle, and how much of
+// the idle time had a disk request outstanding.
 func (u rigUsage) describe(wall time.Duration) string {
 	busy := (u.agent.CPU + u.ctl.CPU).Seconds() / wall.Seconds()
-	return fmt.Sprintf("CPU agent %.2f s + controller %.2f s in %.2f s wall = %.2f of %d cores busy; disk: agent read %.1f MB, controller read %.1f MB and wrote %.1f MB",
+	s := fmt.Sprintf("CPU agent %.2f s + controller %.2f s in %.2f s wall = %.2f of %d cores busy; disk: agent read %.1f MB, controller read %.1f MB and wrote %.1f MB",
 		u.agent.CPU.Seconds(), u.ctl.CPU.Seconds(), wall.Seconds(), busy, runtime.NumCPU(),
 		float64(u.agent.ReadBytes)/1e6, float64(u.ctl.ReadBytes)/1e6, float64(u.ctl.WriteBytes)/1e6)
+	if u.machine.total() > 0 {
+		s += "; " + u.machine.account(u.agent.CPU+u.ctl.CPU, u.bench.CPU)
+	}
+	return s
 }
 
 // cycle is one measured cycle: its point, the wall time from the trigger
@@ -550,7 +566,7 @@ func (r *rig) oneCycle(ctx context.Context, machine, policy string, after int64,
 		if err := r.restart(ctx, true); err != nil {
 			return c, err
 		}
-		u0 = rigUsage{} // new processes: count from their start
+		u0.agent, u0.ctl = usage{}, usage{} // new processes: count from their start
 	} else if err := r.setRPEvery(ctx, policy, time.Second); err != nil {
 		return c, err
 	}

@@ -75,3 +75,15 @@ func TestBusyShare(t *testing.T) {
 	require.Equal(t, 0.75, busyShare(3*time.Second, 2*time.Second, 2))
 	require.Zero(t, busyShare(time.Second, 0, 2), "no wall time")
 }
+
+func TestProcStatSplitsBusyIdleAndIOWait(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice
+	c, err := parseProcStat("cpu  300 10 90 500 40 5 3 2 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+	require.NoError(t, err)
+	require.Equal(t, 4100*time.Millisecond, c.busy)
+	require.Equal(t, 5*time.Second, c.idle)
+	require.Equal(t, 400*time.Millisecond, c.iowait)
+
+	_, err = parseProcStat("intr 1 2 3\n")
+	require.ErrorContains(t, err, "not the cpu line")
+}
