@@ -372,7 +372,6 @@ func (c *core) foldLocked(ctx context.Context) error {
 	l.mu.Lock()
 	l.reset()
 	l.mu.Unlock()
-	c.fold = nil
 	c.log.Debug("index recent level folded", "rows", n, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -384,13 +383,16 @@ func (c *core) foldLocked(ctx context.Context) error {
 const recentMaxAge = 5 * time.Minute
 
 // foldIfFull folds once the level holds its limit, or its oldest row is
-// older than recentMaxAge, in slices (foldStep). Call with writeMu held.
+// older than recentMaxAge. Call with writeMu held.
 func (c *core) foldIfFull(ctx context.Context) error {
 	l := c.recent
-	if l.limit <= 1 {
-		return c.foldLocked(ctx) // every write's rows in the main tables: no slices
+	l.mu.RLock()
+	n, since := l.rows+len(l.chunks), l.since
+	l.mu.RUnlock()
+	if n == 0 || (n < l.limit && c.clock().Sub(since) < recentMaxAge) {
+		return nil
 	}
-	return c.foldStep(ctx)
+	return c.foldLocked(ctx)
 }
 
 // foldIfOld folds a level whose oldest row is older than recentMaxAge

@@ -61,8 +61,6 @@ type core struct {
 	checks *patchChecks
 	// recent mirrors the index's recent level (recent.go).
 	recent *recentLevel
-	// fold is the sliced fold under way (recent.go), under writeMu.
-	fold *foldRound
 
 	// Sizes of a commit's change records and flushes (tests lower them).
 	partEntries int
