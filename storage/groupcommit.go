@@ -332,7 +332,11 @@ func (c *core) writeGroup(ctx context.Context, reqs []*writeReq) (refused bool, 
 				}
 				cid, ch.chunk = id, id
 			}
-			if _, err := chg.ExecContext(ctx, it.diskID, it.block, r.pointID, cid); err != nil {
+			res, err := chg.ExecContext(ctx, it.diskID, it.block, r.pointID, cid)
+			if err != nil {
+				return false, err
+			}
+			if ch.at, err = res.LastInsertId(); err != nil {
 				return false, err
 			}
 			delta.rows = append(delta.rows, ch)

@@ -52,15 +52,18 @@ type chunkDisk struct{ chunk, disk int64 }
 type diskSeq struct{ disk, seq int64 }
 
 // recentRow is one change row of the level; chunk 0 is a zero block (chunk
-// ids start at 1).
+// ids start at 1). at is its rowid in recent_changes (a fold round moves
+// the rows up to a rowid, foldround.go).
 type recentRow struct {
 	seq   int64
 	chunk int64
+	at    int64
 }
 
-// recentChange is a change row as written.
+// recentChange is a change row as written, and its rowid.
 type recentChange struct {
 	disk, block, seq, chunk int64
+	at                      int64
 }
 
 // recentLevel is the in-memory mirror of recent_chunks and recent_changes.
@@ -73,6 +76,7 @@ type recentLevel struct {
 	owners map[chunkDisk]int32       // rows of a disk naming a chunk
 	packs  map[uint64]int            // pack id → chunks of the level in it
 	rows   int
+	lastAt int64     // the highest rowid of recent_changes the mirror holds
 	since  time.Time // when the level last went from empty to not
 
 	nextID int64 // the next chunk id; under writeMu
@@ -93,6 +97,7 @@ func (l *recentLevel) reset() {
 	l.owners = map[chunkDisk]int32{}
 	l.packs = map[uint64]int{}
 	l.rows = 0
+	l.lastAt = 0
 	l.since = time.Time{}
 }
 
@@ -126,11 +131,11 @@ func (l *recentLevel) putRow(ch recentChange) {
 	i := sort.Search(len(rs), func(i int) bool { return rs[i].seq >= ch.seq })
 	if i < len(rs) && rs[i].seq == ch.seq {
 		l.unown(rs[i].chunk, ch.disk)
-		rs[i].chunk = ch.chunk
+		rs[i].chunk, rs[i].at = ch.chunk, ch.at
 	} else {
 		rs = append(rs, recentRow{})
 		copy(rs[i+1:], rs[i:])
-		rs[i] = recentRow{seq: ch.seq, chunk: ch.chunk}
+		rs[i] = recentRow{seq: ch.seq, chunk: ch.chunk, at: ch.at}
 		l.blocks[k] = rs
 		ps := diskSeq{ch.disk, ch.seq}
 		l.points[ps] = append(l.points[ps], ch.block)
@@ -139,6 +144,7 @@ func (l *recentLevel) putRow(ch recentChange) {
 	if ch.chunk != 0 {
 		l.owners[chunkDisk{ch.chunk, ch.disk}]++
 	}
+	l.lastAt = max(l.lastAt, ch.at)
 }
 
 func (l *recentLevel) unown(chunk, disk int64) {
@@ -311,13 +317,13 @@ func (c *core) loadRecent(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	rows, err = c.db.QueryContext(ctx, `SELECT disk_id, block, seq, coalesce(chunk_id, 0) FROM recent_changes ORDER BY rowid`)
+	rows, err = c.db.QueryContext(ctx, `SELECT rowid, disk_id, block, seq, coalesce(chunk_id, 0) FROM recent_changes ORDER BY rowid`)
 	if err != nil {
 		return err
 	}
 	for rows.Next() {
 		var ch recentChange
-		if err := rows.Scan(&ch.disk, &ch.block, &ch.seq, &ch.chunk); err != nil {
+		if err := rows.Scan(&ch.at, &ch.disk, &ch.block, &ch.seq, &ch.chunk); err != nil {
 			rows.Close()
 			return err
 		}
@@ -372,6 +378,7 @@ func (c *core) foldLocked(ctx context.Context) error {
 	l.mu.Lock()
 	l.reset()
 	l.mu.Unlock()
+	c.fold = nil
 	c.log.Debug("index recent level folded", "rows", n, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -383,16 +390,13 @@ func (c *core) foldLocked(ctx context.Context) error {
 const recentMaxAge = 5 * time.Minute
 
 // foldIfFull folds once the level holds its limit, or its oldest row is
-// older than recentMaxAge. Call with writeMu held.
+// older than recentMaxAge, in two steps (foldStep). Call with writeMu held.
 func (c *core) foldIfFull(ctx context.Context) error {
 	l := c.recent
-	l.mu.RLock()
-	n, since := l.rows+len(l.chunks), l.since
-	l.mu.RUnlock()
-	if n == 0 || (n < l.limit && c.clock().Sub(since) < recentMaxAge) {
-		return nil
+	if l.limit <= 1 {
+		return c.foldLocked(ctx) // every write's rows in the main tables: no rounds
 	}
-	return c.foldLocked(ctx)
+	return c.foldStep(ctx)
 }
 
 // foldIfOld folds a level whose oldest row is older than recentMaxAge

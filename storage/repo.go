@@ -61,6 +61,8 @@ type core struct {
 	checks *patchChecks
 	// recent mirrors the index's recent level (recent.go).
 	recent *recentLevel
+	// fold is the fold round under way (foldround.go), under writeMu.
+	fold *foldRound
 
 	// Sizes of a commit's change records and flushes (tests lower them).
 	partEntries int
