@@ -29,6 +29,7 @@ type rpoRun struct {
 	methods  map[string]int       // the points' view methods
 	stall    time.Duration        // the writer's longest single write
 	frozen   []float64            // tracked freezes: seconds frozen, per point
+	folds    []float64            // the index's fold transactions that ended during the churn, seconds each
 	clone    cloneCost            // a reflink clone of the churned image, after the churn
 	wire     int64
 	use      rigUsage
@@ -46,6 +47,13 @@ type churnSetup struct {
 	// ioRows adds the rows of the controller's disk bytes per byte
 	// churned (issue 14: written ≤ 1.3, read ≤ 0.2).
 	ioRows bool
+	// lengthen multiplies cfg.ChurnFor for this case (0 or 1: as it is).
+	lengthen int
+}
+
+// churnFor is how long this case's writer runs.
+func (cs churnSetup) churnFor(cfg Config) time.Duration {
+	return cfg.ChurnFor * time.Duration(max(cs.lengthen, 1))
 }
 
 // rpoRun is one run of the RPO case: churn at cfg.ChurnRate on the loopback.
@@ -110,7 +118,7 @@ func (b *bench) churnRun(ctx context.Context, cs churnSetup) (res rpoRun, err er
 	done := make(chan churned, 1)
 	start := time.Now()
 	go func() {
-		n, err := churn(cctx, img, b.cfg.Size, b.cfg.Seed^0xc4, cs.rate, b.cfg.ChurnFor, &res.stall)
+		n, err := churn(cctx, img, b.cfg.Size, b.cfg.Seed^0xc4, cs.rate, cs.churnFor(b.cfg), &res.stall)
 		done <- churned{n, err}
 	}()
 	tick := time.NewTicker(b.cfg.Sample)
@@ -174,6 +182,9 @@ sampling:
 			res.cycles = append(res.cycles, d.Seconds())
 		}
 	}
+	if res.folds, err = foldsBetween(r, start, start.Add(res.took)); err != nil {
+		return res, err
+	}
 	made, err := r.logLines("agent", "point made")
 	if err != nil {
 		return res, err
@@ -210,6 +221,27 @@ sampling:
 		}
 	}
 	return res, nil
+}
+
+// foldsBetween is how long each of the fold transactions of the index's
+// recent level (storage/foldround.go) took that ended between from and to:
+// writes wait while one runs, so a cycle it falls in lands that much later.
+func foldsBetween(r *rig, from, to time.Time) ([]float64, error) {
+	lines, err := r.logLines("controller", "index recent level folded its chunk rows", "index recent level folded its change rows", "index recent level folded")
+	if err != nil {
+		return nil, err
+	}
+	var out []float64
+	for _, l := range lines {
+		at, err := l.Time()
+		if err != nil || at.Before(from) || at.After(to) {
+			continue
+		}
+		if d, err := time.ParseDuration(l["took"]); err == nil {
+			out = append(out, d.Seconds())
+		}
+	}
+	return out, nil
 }
 
 // frozenNote is how a tracked freeze's point note says how long the
@@ -320,7 +352,7 @@ func (b *bench) churnCase(ctx context.Context, cs churnSetup, r row) (section, e
 		views = "a copy of the image on an XFS mount of its own; the agent runs with --track-writes (tracked freezes of that mount)"
 	}
 	s.addf("- The image: %s. Policy rp-every %s, block size %d KiB; after the initial point, a writer does random 4 KiB buffered writes of seeded random data at %.0f MB/s for %s while (now − instant of the newest point in `points list`) is sampled every %s. Per run the statistic is over the samples; the row is the median of the runs' p99. Page cache dropped once before the churn.",
-		views, b.cfg.RPEvery, b.cfg.RPOBlockSize>>10, float64(cs.rate)/1e6, b.cfg.ChurnFor, b.cfg.Sample)
+		views, b.cfg.RPEvery, b.cfg.RPOBlockSize>>10, float64(cs.rate)/1e6, cs.churnFor(b.cfg), b.cfg.Sample)
 	if len(res.methods) > 0 {
 		s.addf("- the points' view methods: %s", describeCounts(res.methods))
 	}
@@ -331,6 +363,12 @@ func (b *bench) churnCase(ctx context.Context, cs churnSetup, r row) (section, e
 	s.addf("- writer: %.1f MB in %s (%.1f MB/s), longest single write %.1f ms; points committed during the churn: %d; %s bytes during the churn: %.1f MB",
 		float64(res.written)/1e6, res.took.Round(time.Millisecond), float64(res.written)/1e6/res.took.Seconds(), float64(res.stall.Microseconds())/1000, res.points, cs.wire, float64(res.wire)/1e6)
 	s.addf("- during the churn: %s", res.use.describe(res.took))
+	if len(res.folds) == 0 {
+		s.addf("- the index's recent level did not fold during the churn: no cycle of this run waited for a fold")
+	} else {
+		s.addf("- the index's recent level folded during the churn in %d transactions (writes wait while one runs): longest %.2f s, %.2f s in all",
+			len(res.folds), slices.Max(res.folds), sum(res.folds))
+	}
 	if len(res.cycles) > 0 {
 		s.addf("- cycle durations in the controller's log (cycle begins → point committed): median %.2f s, p99 %.2f s, max %.2f s",
 			median(res.cycles), percentile(res.cycles, 99), slices.Max(res.cycles))

@@ -50,3 +50,12 @@ func column[R any](runs []R, f func(R) float64) []float64 {
 	}
 	return out
 }
+
+// sum is the total of xs.
+func sum(xs []float64) float64 {
+	var t float64
+	for _, x := range xs {
+		t += x
+	}
+	return t
+}
