@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"database/sql"
 	"sort"
 	"sync"
 	"time"
@@ -347,30 +346,14 @@ func (c *core) foldLocked(ctx context.Context) error {
 		return nil
 	}
 	start := time.Now()
-	// The sorts below hold at most the level's rows (its limit): in
-	// memory, they write no temporary file (19 MB of one per fold of
-	// 131,072 rows, on disk). Other queries keep the default, whose sorts
-	// (a Verify's, say) are bounded by nothing.
-	if _, err := c.db.ExecContext(ctx, `PRAGMA temp_store=MEMORY`); err != nil {
-		return err
-	}
-	defer c.db.ExecContext(context.WithoutCancel(ctx), `PRAGMA temp_store=DEFAULT`)
-	err := c.inTx(ctx, func(tx *sql.Tx) error {
-		for _, q := range []string{
-			`INSERT INTO chunks(` + chunkCols + `) SELECT ` + chunkCols + ` FROM recent_chunks ORDER BY hash`,
-			// The later of two rows for one key wins, as INSERT OR REPLACE
-			// into changes did when each was written.
-			`INSERT OR REPLACE INTO changes(disk_id, block, seq, chunk_id)
-				SELECT disk_id, block, seq, chunk_id FROM recent_changes ORDER BY disk_id, block, seq, rowid`,
-			`DELETE FROM recent_chunks`,
-			`DELETE FROM recent_changes`,
-		} {
-			if _, err := tx.ExecContext(ctx, q); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	err := c.foldTx(ctx, nil,
+		`INSERT INTO chunks(`+chunkCols+`) SELECT `+chunkCols+` FROM recent_chunks ORDER BY hash`,
+		// The later of two rows for one key wins, as INSERT OR REPLACE
+		// into changes did when each was written.
+		`INSERT OR REPLACE INTO changes(disk_id, block, seq, chunk_id)
+			SELECT disk_id, block, seq, chunk_id FROM recent_changes ORDER BY disk_id, block, seq, rowid`,
+		`DELETE FROM recent_chunks`,
+		`DELETE FROM recent_changes`)
 	if err != nil {
 		return err
 	}
