@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
-
-	"github.com/ferrydr/ferry/internal/workload"
 )
 
 // The many-machines case (BENCHMARKS.md "many machines"): cfg.ManyMachines
@@ -29,6 +27,9 @@ const (
 	manyProbeCalls = 20
 	// manyChurnSeed is mixed into each writer's seed (plus its index).
 	manyChurnSeed = 0x6d616e79
+	// manyOffCPUEvery is how often the churn phase samples the agents'
+	// and the writers' threads (sampleOffCPU).
+	manyOffCPUEvery = 200 * time.Millisecond
 )
 
 // manyPhase is what one phase measured.
@@ -41,6 +42,7 @@ type manyPhase struct {
 	phases      map[string][]float64 // the agents' cycle phases (cyclePhases) of points made in the phase, seconds
 	ctl, agents usage                // agents: summed over the agent processes
 	self        usage                // this process: the churn writers and the sampling
+	machine     cpuTimes             // the whole machine (/proc/stat)
 	wire        int64                // proxy bytes, both ways
 	// The churn phase only.
 	samples []float64          // now − instant of the newest point, every machine, every sample
@@ -48,6 +50,9 @@ type manyPhase struct {
 	lists   []float64          // seconds each sampling call took
 	written int64
 	stall   time.Duration // the writers' longest single write
+	// What the agents' threads and this process's (the writers) were
+	// doing, sampled from outside (offCPU.finish).
+	agentsOffCPU, writersOffCPU string
 }
 
 // manyRun is what one run of the case measured.
@@ -66,7 +71,17 @@ type manyRun struct {
 type mark struct {
 	at                time.Time
 	ctl, agents, self usage
+	machine           cpuTimes
 	wire              int64
+}
+
+// agentPIDs are the process IDs of every agent of the rig.
+func (r *rig) agentPIDs() []int {
+	pids := []int{r.agent.pid()}
+	for _, p := range r.extra {
+		pids = append(pids, p.pid())
+	}
+	return pids
 }
 
 func (r *rig) mark() (mark, error) {
@@ -75,14 +90,16 @@ func (r *rig) mark() (mark, error) {
 	var err error
 	m.ctl, err = procUsage(r.ctl.pid())
 	errs = append(errs, err)
-	for _, p := range append([]*proc{r.agent}, r.extra...) {
-		u, err := procUsage(p.pid())
+	for _, pid := range r.agentPIDs() {
+		u, err := procUsage(pid)
 		errs = append(errs, err)
 		m.agents.CPU += u.CPU
 		m.agents.ReadBytes += u.ReadBytes
 		m.agents.WriteBytes += u.WriteBytes
 	}
 	m.self, err = procUsage(os.Getpid())
+	errs = append(errs, err)
+	m.machine, err = machineCPU()
 	errs = append(errs, err)
 	m.wire, _ = r.wire()
 	return m, errors.Join(errs...)
@@ -91,7 +108,7 @@ func (r *rig) mark() (mark, error) {
 // phase is what the processes consumed from m to n (the points are filled
 // from the log later).
 func (m mark) phase(n mark) manyPhase {
-	return manyPhase{from: m.at, to: n.at, took: n.at.Sub(m.at), ctl: n.ctl.sub(m.ctl), agents: n.agents.sub(m.agents), self: n.self.sub(m.self), wire: n.wire - m.wire}
+	return manyPhase{from: m.at, to: n.at, took: n.at.Sub(m.at), ctl: n.ctl.sub(m.ctl), agents: n.agents.sub(m.agents), self: n.self.sub(m.self), machine: n.machine.sub(m.machine), wire: n.wire - m.wire}
 }
 
 // commitsBetween counts the "point committed" lines logged in [from, to),
@@ -160,17 +177,11 @@ func (b *bench) manyRun(ctx context.Context, run int) (res manyRun, err error) {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	base := filepath.Join(dir, "base.img")
-	if err := workload.WriteImage(base, b.cfg.Seed, b.cfg.ManyDiskSize); err != nil {
-		return res, fmt.Errorf("generate the small image: %w", err)
+	imgs, removeImages, err := b.manyImages(ctx, dir)
+	if err != nil {
+		return res, err
 	}
-	imgs := make([]string, b.cfg.ManyMachines)
-	for i := range imgs {
-		imgs[i] = filepath.Join(dir, manyMachineName(i)+".img")
-		if err := reflinkCopy(base, imgs[i]); err != nil {
-			return res, err
-		}
-	}
+	defer removeImages()
 	r, err := startRig(ctx, b.cfg.Bin, dir, logs, rigOptions{stall: b.cfg.Stall})
 	if err != nil {
 		return res, err
@@ -189,6 +200,7 @@ func (b *bench) manyRun(ctx context.Context, run int) (res manyRun, err error) {
 	}
 	start := time.Now()
 	for i, img := range imgs {
+		// Machine i is on agent i mod ManyAgents, as manyImages placed it.
 		if err := r.protectAs(ctx, agents[i%len(agents)], manyMachineName(i), img, manyPolicy); err != nil {
 			return res, err
 		}
@@ -300,6 +312,8 @@ func (b *bench) manyChurn(ctx context.Context, r *rig, imgs []string) (ph manyPh
 	if err != nil {
 		return ph, err
 	}
+	agentsOff := sampleOffCPU(cctx, manyOffCPUEvery, r.agentPIDs)
+	writersOff := sampleOffCPU(cctx, manyOffCPUEvery, func() []int { return []int{os.Getpid()} })
 	for i, img := range imgs {
 		go func() {
 			n, err := churn(cctx, img, b.cfg.ManyDiskSize, b.cfg.Seed^manyChurnSeed+uint64(i), b.cfg.ManyRate, b.cfg.ManyPhase, &stalls[i])
@@ -361,6 +375,7 @@ func (b *bench) manyChurn(ctx context.Context, r *rig, imgs []string) (ph manyPh
 		return ph, err
 	}
 	ph = m0.phase(m1)
+	ph.agentsOffCPU, ph.writersOffCPU = agentsOff.finish(), writersOff.finish()
 	ph.samples, ph.worst, ph.lists, ph.written, ph.stall = samples, worst, lists, written, slices.Max(stalls)
 	return ph, nil
 }
@@ -450,15 +465,18 @@ func (b *bench) caseMany(ctx context.Context) error {
 		s.addf("- %s", l)
 	}
 	s.addf("- the last run in detail:")
-	s.addf("- %d machines, each one disk: a reflink clone of one %d MiB mixed image (seed %d), protected round-robin on %d agents (each its own `ferry-agent run` process, state directory and certificate, enrolled through the proxy); one policy, rp-every %s, block size %d KiB, reflink views. The controller logs at debug level, as in every case. Every first point was listed %s after the first protect call; proxy bytes until then %.1f MB.",
-		b.cfg.ManyMachines, b.cfg.ManyDiskSize>>20, b.cfg.Seed, b.cfg.ManyAgents, manyRPEvery, b.cfg.RPOBlockSize>>10, res.first.Round(time.Millisecond), float64(res.firstWire)/1e6)
+	s.addf("- %d machines, each one disk of %d MiB, the same mixed image (seed %d); layout %q: %s; protected round-robin on %d agents (each its own `ferry-agent run` process, state directory and certificate, enrolled through the proxy); one policy, rp-every %s, block size %d KiB, reflink views. The controller logs at debug level, as in every case. Every first point was listed %s after the first protect call; proxy bytes until then %.1f MB.",
+		b.cfg.ManyMachines, b.cfg.ManyDiskSize>>20, b.cfg.Seed, b.cfg.ManyLayout, manyLayouts[b.cfg.ManyLayout].what, b.cfg.ManyAgents, manyRPEvery, b.cfg.RPOBlockSize>>10, res.first.Round(time.Millisecond), float64(res.firstWire)/1e6)
 	s.addf("- idle (nothing writes, nothing polls): %s", res.idle.describe(b.manyExpected(res.idle.took)))
 	c := res.churn
 	s.addf("- light churn: one writer per image, random 4 KiB buffered writes at %.1f KB/s each (%.2f MB/s in all), %.1f MB written, the longest single write %.1f ms; every %s one `machines list` call gives every machine's newest point instant: %d samples from %d calls (each call took median %.1f ms, max %.1f ms; the first ten median %.1f ms, the last ten %.1f ms). RPO p50 %.2f s, p99 %.2f s, max %.2f s; the worst machine's largest %.2f s.",
 		float64(b.cfg.ManyRate)/1e3, float64(b.cfg.ManyRate)*float64(b.cfg.ManyMachines)/1e6, float64(c.written)/1e6, float64(c.stall.Microseconds())/1000, manySample,
 		len(c.samples), len(c.lists), 1000*median(c.lists), 1000*slices.Max(c.lists), 1000*median(c.lists[:min(10, len(c.lists))]), 1000*median(c.lists[max(0, len(c.lists)-10):]),
 		percentile(c.samples, 50), percentile(c.samples, 99), slices.Max(c.samples), worstOf(c.worst))
-	s.addf("- light churn: %s; this process (the writers and the sampling) used %.2f s of CPU", c.describe(b.manyExpected(c.took)), c.self.CPU.Seconds())
+	s.addf("- light churn: %s; this process (the writers and the sampling) used %.2f s of CPU; %s",
+		c.describe(b.manyExpected(c.took)), c.self.CPU.Seconds(), c.machine.account(c.ctl.CPU+c.agents.CPU, c.self.CPU))
+	s.addf("- light churn, threads sampled every %s from outside (state, and the kernel function of those in uninterruptible sleep): the agents' %s; this process's (the writers) %s",
+		manyOffCPUEvery, c.agentsOffCPU, c.writersOffCPU)
 	sampling := res.probeCPU * time.Duration(len(c.lists))
 	s.addf("- the sampling call, priced after the churn: %d back-to-back `machines list` calls took %.1f ms each and cost the controller %.1f ms of CPU each (the cycles going on meanwhile included); the churn phase's %d calls account for at most %.2f s of its controller CPU, which leaves at least %s per point for the cycles themselves.",
 		manyProbeCalls, float64(res.probeTook.Microseconds())/1000, float64(res.probeCPU.Microseconds())/1000, len(c.lists), sampling.Seconds(), unitMillis.format(perPoint(c.ctl.CPU-sampling, c.points)))

@@ -71,6 +71,7 @@ type Config struct {
 	ManyDiskSize int64
 	ManyPhase    time.Duration
 	ManyRate     int64
+	ManyLayout   string // a key of manyLayouts
 
 	// The tracker-overhead case: pgbench at scale PGScale for PGFor per
 	// run, PGPairs pairs of runs per comparison (many short pairs: the
@@ -95,7 +96,7 @@ func DefaultConfig() Config {
 		Deltas: 10, Machines: 4, Fraction: 0.01, BlockSize: 64 << 10, Seed: 1,
 		RPOBlockSize: 4 << 10, TrackWrites: true,
 		Poll: 25 * time.Millisecond, Stall: 2 * time.Minute,
-		ManyMachines: 50, ManyAgents: 5, ManyDiskSize: 64 << 20, ManyPhase: 60 * time.Second, ManyRate: 64 << 10,
+		ManyMachines: 50, ManyAgents: 5, ManyDiskSize: 64 << 20, ManyPhase: 60 * time.Second, ManyRate: 64 << 10, ManyLayout: "hosts",
 		PGScale: 10, PGFor: 5 * time.Second, PGPairs: 16,
 		Cases: slices.Clone(allCases), Profile: true, TopN: 15,
 	}
@@ -138,6 +139,9 @@ func (c *Config) Validate() error {
 	if c.ManyAgents < 1 || c.ManyMachines < c.ManyAgents || c.ManyPhase < manyRPEvery || c.ManyRate <= 0 {
 		errs = append(errs, fmt.Errorf("-many-machines %d, -many-agents %d, -many-phase %s, -many-rate %d: want at least one agent, a machine per agent, a phase of at least %s and a positive rate",
 			c.ManyMachines, c.ManyAgents, c.ManyPhase, c.ManyRate, manyRPEvery))
+	}
+	if _, ok := manyLayouts[c.ManyLayout]; !ok {
+		errs = append(errs, fmt.Errorf("many-machines layout %q: want one of %s", c.ManyLayout, manyLayoutNames()))
 	}
 	if c.ManyDiskSize < 4<<20 || c.ManyDiskSize%int64(max(c.BlockSize, c.RPOBlockSize)) != 0 {
 		errs = append(errs, fmt.Errorf("many-machines disk size %d: want at least 4 MiB and a multiple of the block sizes", c.ManyDiskSize))
