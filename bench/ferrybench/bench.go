@@ -131,7 +131,7 @@ func (b *bench) setup(ctx context.Context) error {
 	xfsSize := b.cfg.Size + max(4*b.cfg.Size, 2*b.cfg.MemSize) + 4<<30
 	var err error
 	b.log.Info("making the XFS loop mount (reflink)", "size_GiB", xfsSize>>30)
-	if b.xfs, err = makeLoopMount(ctx, "xfs", filepath.Join(b.work, "xfs.img"), filepath.Join(b.work, "mnt", "xfs"), xfsSize); err != nil {
+	if b.xfs, err = makeLoopMount(ctx, "xfs", filepath.Join(b.work, "xfs.img"), filepath.Join(b.work, "mnt", "xfs"), xfsSize, b.cfg.xfsMkfsArgs()...); err != nil {
 		return err
 	}
 	if b.cfg.has(caseScan) {

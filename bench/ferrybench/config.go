@@ -72,6 +72,11 @@ type Config struct {
 	ManyPhase    time.Duration
 	ManyRate     int64
 	ManyLayout   string // a key of manyLayouts
+	// XFSAGCount is the allocation groups of the bench's XFS mount (0:
+	// mkfs.xfs's choice, 4 on these sizes). An experiment's knob: 20
+	// groups did not shorten the many case's queue on one filesystem
+	// (docs/benchmarks.md, "Where the images live").
+	XFSAGCount int
 
 	// The tracker-overhead case: pgbench at scale PGScale for PGFor per
 	// run, PGPairs pairs of runs per comparison (many short pairs: the
@@ -173,3 +178,11 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) has(k string) bool { return slices.Contains(c.Cases, k) }
+
+// xfsMkfsArgs are the extra mkfs.xfs arguments of the bench's XFS mount.
+func (c Config) xfsMkfsArgs() []string {
+	if c.XFSAGCount <= 0 {
+		return nil
+	}
+	return []string{"-d", fmt.Sprintf("agcount=%d", c.XFSAGCount)}
+}

@@ -54,6 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.ManyMachines, "many-machines", cfg.ManyMachines, "machines of the many-machines case")
 	fs.IntVar(&cfg.ManyAgents, "many-agents", cfg.ManyAgents, "agents the many-machines case spreads its machines over")
 	fs.DurationVar(&cfg.ManyPhase, "many-phase", cfg.ManyPhase, "length of each phase (idle, light churn) of the many-machines case")
+	fs.IntVar(&cfg.XFSAGCount, "xfs-agcount", cfg.XFSAGCount, "allocation groups of the bench's XFS mount (0: mkfs.xfs's choice); an experiment's knob")
 	fs.StringVar(&cfg.ManyLayout, "many-layout", cfg.ManyLayout, "where the many-machines case keeps its images: "+manyLayoutNames()+" (see many_layout.go)")
 	fs.Int64Var(&cfg.ManyRate, "many-rate", cfg.ManyRate, "churn bytes per second per machine in the many-machines case")
 	fs.IntVar(&cfg.PGScale, "pg-scale", cfg.PGScale, "pgbench scale factor of the tracker-overhead case (pgtrack)")

@@ -17,14 +17,14 @@ import (
 // the same data).
 //
 // The layout decides more of the RPO tail than Ferry does. Every 5 s each
-// agent clones each image for its view while a writer writes it; XFS
-// serializes the clones and the copy-on-write behind the file's lock and
-// the metadata buffers of the reference counts, and 50 clones of one image
-// share their extents, so every clone and every copy-on-write of any of
-// them updates the same reference-count records (docs/benchmarks.md, "Many
-// machines: what is known of the tail"). Five hosts do not share one
-// filesystem, and fifty machines' disks are not, as a rule, reflinks of one
-// file: "hosts" is the default, and the others are kept to compare with.
+// agent clones each image for its view while a writer writes it; each
+// clone, each dropped clone and each copy-on-write allocates blocks or
+// changes reference counts, which XFS does under locked metadata buffers,
+// and the clone holds the file's lock meanwhile. Fifty busy images and five
+// agents on one filesystem queue there, whether the images share extents
+// or not (docs/benchmarks.md, "Where the images live"). Five hosts do not
+// share one filesystem: "hosts" is the default, and the others are kept
+// to compare with.
 type manyLayout struct {
 	perAgentFS bool // one XFS loop mount per agent
 	clones     bool // reflink clones of one image, per filesystem

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -24,8 +25,9 @@ var mkfsArgs = map[string][]string{
 }
 
 // makeLoopMount creates file (sparse, size bytes), makes fs on a loop
-// device over it and mounts it at dir.
-func makeLoopMount(ctx context.Context, fs, file, dir string, size int64) (m *loopMount, err error) {
+// device over it (mkfs given mkfsExtra besides its usual arguments) and
+// mounts it at dir.
+func makeLoopMount(ctx context.Context, fs, file, dir string, size int64, mkfsExtra ...string) (m *loopMount, err error) {
 	mk, ok := mkfsArgs[fs]
 	if !ok {
 		return nil, fmt.Errorf("no mkfs for %q", fs)
@@ -52,7 +54,7 @@ func makeLoopMount(ctx context.Context, fs, file, dir string, size int64) (m *lo
 			m.close(context.WithoutCancel(ctx))
 		}
 	}()
-	if _, err = command(ctx, mk[0], append(mk[1:], m.Dev)...); err != nil {
+	if _, err = command(ctx, mk[0], append(append(slices.Clone(mk[1:]), mkfsExtra...), m.Dev)...); err != nil {
 		return m, err
 	}
 	if err = os.MkdirAll(dir, 0o755); err != nil {
