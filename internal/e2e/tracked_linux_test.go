@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -158,6 +159,9 @@ func TestTrackedFreezeFallsBackWhenTheChangesDoNotFit(t *testing.T) {
 		return false
 	}, 60*time.Second, 200*time.Millisecond, "no point after the delta")
 
+	// The agent logs a point after the controller commits it, so its line
+	// may still be on its way when the point is listed.
+	src.Proc.WaitOutput(regexp.MustCompile(fmt.Sprintf(`msg="point made" [^\n]*point=%d `, p.ID)), 30*time.Second)
 	fellBack := fallbacksForCapture(src.Proc.Output())
 	var held []int64
 	for id := first.ID + 1; id <= p.ID; id++ {
