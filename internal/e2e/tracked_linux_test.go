@@ -174,7 +174,7 @@ func TestTrackedFreezeFallsBackWhenTheChangesDoNotFit(t *testing.T) {
 	// again: the fallback holds for a cycle, not for good.
 	var captured map[int64]int64
 	require.Eventually(t, func() bool {
-		captured = bytesCaptured(t, c.Proc.Output())
+		captured = bytesCaptured(c.Proc.Output())
 		for id := range captured {
 			if id > p.ID {
 				return true
@@ -216,15 +216,15 @@ func fallbacksForCapture(out string) map[int64]bool {
 }
 
 // bytesCaptured: for each point the controller committed as a tracked
-// freeze, the bytes its capture held, from the commit's reason.
-func bytesCaptured(t *testing.T, out string) map[int64]int64 {
+// freeze, the bytes its capture held, from the commit's reason. It takes
+// no *testing.T: it runs inside require.Eventually's goroutine, where a
+// failed require could not stop the test (the pattern admits digits only).
+func bytesCaptured(out string) map[int64]int64 {
 	got := map[int64]int64{}
 	re := regexp.MustCompile(`msg="point committed" .*point=(\d+) .*method=tracked-freeze reason="frozen \d+ ms, (\d+) bytes captured`)
 	for _, m := range re.FindAllStringSubmatch(out, -1) {
-		id, err := strconv.ParseInt(m[1], 10, 64)
-		require.NoError(t, err)
-		n, err := strconv.ParseInt(m[2], 10, 64)
-		require.NoError(t, err)
+		id, _ := strconv.ParseInt(m[1], 10, 64)
+		n, _ := strconv.ParseInt(m[2], 10, 64)
 		got[id] = n
 	}
 	return got
